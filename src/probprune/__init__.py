@@ -1,0 +1,60 @@
+"""probprune — provable pruning of neural networks.
+
+Random and magnitude pruning of fully-connected and convolutional networks, with the gap
+``sup_{‖x‖≤r} ‖f(x) − F(x)‖`` between pruned network f and target F pinned from both
+sides (empirical lower bound, certified upper bound) and the probabilistic bounds of
+Qian & Klabjan (ICML 2021) with explicit constants (``docs/theory.md``).
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from probprune.config import (
+    BoundSpec,
+    ConvSpec,
+    GapSpec,
+    LawSpec,
+    MCSpec,
+    NetSpec,
+    ProbPruneError,
+    PruneSpec,
+    RunConfig,
+    parse_arch,
+    parse_law,
+)
+from probprune.masks import MaskStats, PruneResult, magnitude_mask, mask_from_scores, prune, random_mask
+from probprune.nets import Activation, Net, from_module, to_module
+from probprune.rng import derive_seed, make_generator
+from probprune.sampling import sample_net
+
+try:
+    __version__ = version("probprune")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
+    __version__ = "0+unknown"
+
+__all__ = [
+    "Activation",
+    "BoundSpec",
+    "ConvSpec",
+    "GapSpec",
+    "LawSpec",
+    "MCSpec",
+    "MaskStats",
+    "Net",
+    "NetSpec",
+    "ProbPruneError",
+    "PruneResult",
+    "PruneSpec",
+    "RunConfig",
+    "__version__",
+    "derive_seed",
+    "from_module",
+    "magnitude_mask",
+    "make_generator",
+    "mask_from_scores",
+    "parse_arch",
+    "parse_law",
+    "prune",
+    "random_mask",
+    "sample_net",
+    "to_module",
+]

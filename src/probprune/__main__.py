@@ -1,0 +1,5 @@
+"""``python -m probprune`` is the same program as ``probprune``."""
+
+from probprune.cli import main
+
+main()

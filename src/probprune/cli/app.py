@@ -1,0 +1,73 @@
+"""The typer app and what every command shares: config resolution, output, errors.
+
+No maths here: commands resolve a config, call ``runner``/``report``, print results.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from probprune.config import ProbPruneError
+
+__all__ = ["TERMS", "app", "console", "emit_json", "err_console", "fail", "print_header", "stats_table"]
+
+TERMS = ("prune_fraction = share of weights REMOVED (in [0, 1]); density = share KEPT = 1 - sparsity; "
+         "sparsity = the measured share removed.")
+
+app = typer.Typer(
+    name="probprune",
+    help=("Provable pruning of neural networks (Qian & Klabjan, ICML 2021): prune FCNs/CNNs by magnitude "
+          "or at random and bound how far the outputs can move. " + TERMS),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+
+def fail(message: str) -> None:
+    """Raise the project's error (the entry point prints one line and exits 2)."""
+    raise ProbPruneError(message)
+
+
+def emit_json(doc: Any) -> None:
+    """Print exactly one JSON document on stdout."""
+    sys.stdout.write(json.dumps(doc, indent=2, sort_keys=True, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def print_header(config: dict[str, Any], out: str | None, as_json: bool) -> None:
+    """Print the resolved config and the output location first (to stderr under ``--json``)."""
+    target = err_console if as_json else console
+    target.print("[bold]resolved config[/bold]")
+    target.print(json.dumps(config, indent=2, sort_keys=True, default=str))
+    target.print(f"[bold]output[/bold]: {out if out else '(none)'}")
+
+
+def stats_table(stats: dict[str, Any], title: str = "pruning report") -> Table:
+    """A rich table of a ``MaskStats.to_dict()``."""
+    t = Table(title=title + " (sparsity = share removed, density = share kept)")
+    for col in ("layer", "size", "pruned", "sparsity", "density", "threshold"):
+        t.add_column(col, justify="right" if col != "layer" else "left")
+    for row in stats["layers"]:
+        thr = row["threshold"]
+        t.add_row(row["name"], str(row["size"]), str(row["pruned"]), f"{row['sparsity']:.4f}",
+                  f"{row['density']:.4f}", "-" if thr is None else f"{thr:.4g}")
+    tot = stats["total"]
+    t.add_row("[bold]total[/bold]", str(tot["size"]), str(tot["pruned"]), f"{tot['sparsity']:.4f}",
+              f"{tot['density']:.4f}", "")
+    return t
+
+
+@app.callback()
+def _root() -> None:
+    """Provable pruning: prune, measure the gap, bound it, verify the theory."""

@@ -1,0 +1,61 @@
+"""``probprune prune``: prune a loaded or sampled network and report per-layer sparsity."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from probprune.cli.app import TERMS, app, console, emit_json, print_header, stats_table
+from probprune.config import PruneSpec, parse_arch, parse_law
+from probprune.runner import PruneJob, run_prune
+
+ArchOpt = Annotated[str, typer.Option("--arch", help="Architecture, e.g. fcn:784,300,100,10 or "
+                                      "cnn:1x28x28,c6k5m2,c16k5p0m2,120,84,10.")]
+
+
+@app.command("prune", help="Prune a network (loaded with --weights or sampled with --law) and print the "
+             "per-layer report. " + TERMS)
+def prune_cmd(
+    arch: ArchOpt,
+    weights: Annotated[Optional[str], typer.Option(help="Target weights (.safetensors, names as to_module).")] = None,
+    law: Annotated[Optional[str], typer.Option(help="Sample the target from a law, e.g. uniform:K=2.449.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed for sampling and random masks.")] = 0,
+    activation: Annotated[str, typer.Option(help="Hidden activation: relu, leaky_relu, tanh, sigmoid, identity.")]
+    = "relu",
+    bias: Annotated[bool, typer.Option("--bias/--no-bias", help="Layers carry biases (never pruned).")] = False,
+    method: Annotated[str, typer.Option(help="magnitude or random.")] = "magnitude",
+    scope: Annotated[str, typer.Option(help="layerwise or global.")] = "layerwise",
+    prune_fraction: Annotated[Optional[float], typer.Option(
+        help="Share of weights REMOVED in [0, 1] (density = 1 - prune_fraction).")] = None,
+    threshold: Annotated[Optional[float], typer.Option(help="Magnitude: remove |w| <= threshold.")] = None,
+    relative_threshold: Annotated[Optional[float], typer.Option(
+        help="Magnitude: remove |w| <= rho * a_i (needs --law).")] = None,
+    p: Annotated[Optional[float], typer.Option("--p", help="Random: remove each weight with probability p.")] = None,
+    rescale: Annotated[bool, typer.Option(help="Random: multiply survivors by 1/(1-p).")] = False,
+    out: Annotated[Optional[str], typer.Option(help="Write pruned weights here (.safetensors).")] = None,
+    save_target: Annotated[Optional[str], typer.Option(help="Also save the sampled target (.safetensors).")]
+    = None,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document instead of tables.")] = False,
+    dry_run: Annotated[bool, typer.Option(help="Print the resolved config and stop.")] = False,
+) -> None:
+    net = parse_arch(arch, activation=activation, bias=bias)
+    spec = PruneSpec(method=method, scope=scope, prune_fraction=prune_fraction, threshold=threshold,  # type: ignore[arg-type]
+                     relative_threshold=relative_threshold, p=p, rescale=rescale)
+    job = PruneJob(net=net, prune=spec, weights=weights, law=None if law is None else parse_law(law), seed=seed,
+                   out=out, save_target=save_target, device=device)
+    resolved = {"arch": net.to_arch(), "activation": activation, "bias": bias, "weights": weights,
+                "law": None if job.law is None else job.law.to_text(), "seed": seed,
+                "prune": {k: v for k, v in vars(spec).items() if v is not None}}
+    print_header(resolved, out, as_json)
+    if dry_run:
+        return
+    res = run_prune(job)
+    stats = res.stats.to_dict()
+    if as_json:
+        emit_json({"config": resolved, "stats": stats, "out": out, "save_target": save_target})
+        return
+    console.print(stats_table(stats))
+    if out:
+        console.print(f"pruned weights written to {out}")

@@ -1,0 +1,733 @@
+"""Frozen, validated configuration values, their canonical JSON form and hash.
+
+Every spec validates itself in ``__post_init__`` and raises :class:`ProbPruneError`
+(a ``ValueError``) naming the field and the bad value. This module imports the
+standard library only, so every other layer can depend on it.
+
+Terms (see ``DESIGN.md``): ``prune_fraction`` is the share of weights **removed**
+(in [0, 1]); ``density = 1 - sparsity`` is the share kept.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import re
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal, get_args
+
+__all__ = [
+    "ACTIVATIONS",
+    "BoundSpec",
+    "ConvSpec",
+    "GapSpec",
+    "LawSpec",
+    "MCSpec",
+    "NetSpec",
+    "ProbPruneError",
+    "PruneSpec",
+    "RunConfig",
+    "canonical_json",
+    "config_hash",
+    "from_dict",
+    "layer_scale",
+    "load_toml",
+    "parse_arch",
+    "parse_law",
+    "to_dict",
+    "with_overrides",
+]
+
+SQRT6 = math.sqrt(6.0)
+
+
+class ProbPruneError(ValueError):
+    """The one error type of probprune: its message names the field and the bad value."""
+
+
+ActivationName = Literal["relu", "leaky_relu", "tanh", "sigmoid", "identity"]
+ACTIVATIONS: tuple[str, ...] = get_args(ActivationName)
+LawKind = Literal["uniform", "gaussian"]
+Method = Literal["magnitude", "random"]
+Scope = Literal["layerwise", "global"]
+PaddingMode = Literal["zeros", "circular"]
+Dtype = Literal["float32", "float64"]
+
+
+def _fail(name: str, value: Any, why: str) -> ProbPruneError:
+    return ProbPruneError(f"{name}={value!r}: {why}")
+
+
+def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise _fail(name, value, f"must be one of {', '.join(choices)}")
+
+
+def _check_int(name: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _fail(name, value, "must be an integer")
+    if value < minimum:
+        raise _fail(name, value, f"must be >= {minimum}")
+
+
+def _check_real(
+    name: str,
+    value: Any,
+    lo: float | None = None,
+    hi: float | None = None,
+    lo_open: bool = False,
+    hi_open: bool = False,
+) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _fail(name, value, "must be a number")
+    if not math.isfinite(value):
+        raise _fail(name, value, "must be finite")
+    if lo is not None and (value < lo or (lo_open and value == lo)):
+        raise _fail(name, value, f"must be {'>' if lo_open else '>='} {lo}")
+    if hi is not None and (value > hi or (hi_open and value == hi)):
+        raise _fail(name, value, f"must be {'<' if hi_open else '<='} {hi}")
+
+
+# --------------------------------------------------------------------------- nets
+
+
+@dataclass(frozen=True)
+class ConvSpec:
+    """One convolutional layer of a CNN: ``c_out`` channels, ``kernel``×``kernel``.
+
+    Args:
+        out_channels: output channels c_out (>= 1).
+        kernel: square kernel size k (>= 1).
+        stride: stride s (>= 1).
+        padding: zero/circular padding on each side; ``None`` means ``kernel // 2``.
+        padding_mode: ``zeros`` or ``circular``.
+        pool: side of a non-overlapping max-pool after the activation (1 = none).
+    """
+
+    out_channels: int
+    kernel: int
+    stride: int = 1
+    padding: int | None = None
+    padding_mode: PaddingMode = "zeros"
+    pool: int = 1
+
+    def __post_init__(self) -> None:
+        _check_int("conv.out_channels", self.out_channels, 1)
+        _check_int("conv.kernel", self.kernel, 1)
+        _check_int("conv.stride", self.stride, 1)
+        if self.padding is not None:
+            _check_int("conv.padding", self.padding, 0)
+        _check_choice("conv.padding_mode", self.padding_mode, get_args(PaddingMode))
+        _check_int("conv.pool", self.pool, 1)
+
+    @property
+    def pad(self) -> int:
+        """Padding actually used on each side."""
+        return self.kernel // 2 if self.padding is None else self.padding
+
+
+@dataclass(frozen=True)
+class NetSpec:
+    """Architecture of a target network (FCN or CNN), with no weights.
+
+    FCN: ``widths = (h_0, h_1, ..., h_l)`` including input and output widths
+    (paper: ``W_i ∈ R^{h_i × h_{i-1}}``). CNN: ``input_shape = (C, H, W)``, ``convs``
+    then a linear head whose widths (after the flatten, output last) are ``widths``.
+
+    Args:
+        kind: ``fcn`` or ``cnn``.
+        widths: FCN: all widths, >= 2 entries; CNN: head widths, >= 1 entry.
+        input_shape: CNN input (C, H, W); ``None`` for an FCN.
+        convs: CNN conv layers; empty for an FCN.
+        activation: hidden activation (the last layer has none).
+        negative_slope: slope of ``leaky_relu`` for negative inputs.
+        bias: whether layers carry biases (the paper's nets are bias-free).
+    """
+
+    kind: Literal["fcn", "cnn"] = "fcn"
+    widths: tuple[int, ...] = (16, 128, 128, 4)
+    input_shape: tuple[int, int, int] | None = None
+    convs: tuple[ConvSpec, ...] = ()
+    activation: ActivationName = "relu"
+    negative_slope: float = 0.01
+    bias: bool = False
+
+    def __post_init__(self) -> None:
+        _check_choice("net.kind", self.kind, ("fcn", "cnn"))
+        object.__setattr__(self, "widths", tuple(self.widths))
+        object.__setattr__(self, "convs", tuple(
+            c if isinstance(c, ConvSpec) else ConvSpec(**c) for c in self.convs
+        ))
+        if self.input_shape is not None:
+            object.__setattr__(self, "input_shape", tuple(self.input_shape))
+        for w in self.widths:
+            _check_int("net.widths", w, 1)
+        _check_choice("net.activation", self.activation, ACTIVATIONS)
+        _check_real("net.negative_slope", self.negative_slope, 0.0, 1.0)
+        if not isinstance(self.bias, bool):
+            raise _fail("net.bias", self.bias, "must be true or false")
+        if self.kind == "fcn":
+            if len(self.widths) < 2:
+                raise _fail("net.widths", self.widths, "an FCN needs at least input and output widths")
+            if self.convs or self.input_shape is not None:
+                raise _fail("net.convs", self.convs, "an FCN has no conv layers or input_shape")
+        else:
+            if self.input_shape is None or len(self.input_shape) != 3:
+                raise _fail("net.input_shape", self.input_shape, "a CNN needs (C, H, W)")
+            for s in self.input_shape:
+                _check_int("net.input_shape", s, 1)
+            if not self.convs:
+                raise _fail("net.convs", self.convs, "a CNN needs at least one conv layer")
+            if len(self.widths) < 1:
+                raise _fail("net.widths", self.widths, "a CNN needs at least the output width")
+            c, h, w = self.input_shape
+            for i, conv in enumerate(self.convs):
+                h = (h + 2 * conv.pad - conv.kernel) // conv.stride + 1
+                w = (w + 2 * conv.pad - conv.kernel) // conv.stride + 1
+                if h < 1 or w < 1:
+                    raise _fail(f"net.convs[{i}]", conv, "the feature map becomes empty")
+                if conv.pool > 1:
+                    h, w = h // conv.pool, w // conv.pool
+                    if h < 1 or w < 1:
+                        raise _fail(f"net.convs[{i}].pool", conv.pool, "the feature map becomes empty")
+
+    @property
+    def input_dim(self) -> int:
+        """Flattened input dimension d_0."""
+        if self.kind == "fcn":
+            return self.widths[0]
+        c, h, w = self.input_shape  # type: ignore[misc]
+        return c * h * w
+
+    @property
+    def output_dim(self) -> int:
+        """Output width h_l."""
+        return self.widths[-1]
+
+    def feature_shapes(self) -> list[tuple[int, ...]]:
+        """Shape of the input to every weight layer (per sample), in order."""
+        if self.kind == "fcn":
+            return [(w,) for w in self.widths[:-1]]
+        shapes: list[tuple[int, ...]] = []
+        c, h, w = self.input_shape  # type: ignore[misc]
+        for conv in self.convs:
+            shapes.append((c, h, w))
+            h = (h + 2 * conv.pad - conv.kernel) // conv.stride + 1
+            w = (w + 2 * conv.pad - conv.kernel) // conv.stride + 1
+            if conv.pool > 1:
+                h, w = h // conv.pool, w // conv.pool
+            c = conv.out_channels
+        flat = c * h * w
+        dims = (flat, *self.widths[:-1])
+        shapes.extend((d,) for d in dims)
+        return shapes
+
+    def weight_shapes(self) -> list[tuple[int, ...]]:
+        """Weight shape of every layer: ``(out, in)`` or ``(c_out, c_in, k, k)``."""
+        if self.kind == "fcn":
+            return [(o, i) for i, o in zip(self.widths[:-1], self.widths[1:])]
+        shapes: list[tuple[int, ...]] = []
+        feats = self.feature_shapes()
+        for conv, f in zip(self.convs, feats):
+            shapes.append((conv.out_channels, f[0], conv.kernel, conv.kernel))
+        head_in = feats[len(self.convs)][0]
+        dims = (head_in, *self.widths)
+        shapes.extend((o, i) for i, o in zip(dims[:-1], dims[1:]))
+        return shapes
+
+    @property
+    def n_layers(self) -> int:
+        """Number of weight layers l."""
+        return len(self.weight_shapes())
+
+    def layer_names(self) -> list[str]:
+        """Parameter names of the weights, as in ``to_module(net).state_dict()``."""
+        names: list[str] = []
+        idx = 0
+        n = self.n_layers
+        for i in range(n):
+            names.append(f"{idx}.weight")
+            idx += 1  # the weight layer
+            if i < n - 1:
+                idx += 1  # activation
+            if self.kind == "cnn" and i < len(self.convs):
+                if self.convs[i].pool > 1:
+                    idx += 1
+                if i == len(self.convs) - 1:
+                    idx += 1  # flatten
+        return names
+
+    def to_arch(self) -> str:
+        """The ``--arch`` string of this spec (inverse of :func:`parse_arch`)."""
+        if self.kind == "fcn":
+            return "fcn:" + ",".join(str(w) for w in self.widths)
+        c, h, w = self.input_shape  # type: ignore[misc]
+        toks = [f"{c}x{h}x{w}"]
+        for conv in self.convs:
+            t = f"c{conv.out_channels}k{conv.kernel}"
+            if conv.stride != 1:
+                t += f"s{conv.stride}"
+            if conv.padding is not None:
+                t += f"p{conv.padding}"
+            if conv.padding_mode == "circular":
+                t += "r"
+            if conv.pool > 1:
+                t += f"m{conv.pool}"
+            toks.append(t)
+        toks.extend(str(x) for x in self.widths)
+        return "cnn:" + ",".join(toks)
+
+
+_CONV_RE = re.compile(r"^c(\d+)k(\d+)(?:s(\d+))?(?:p(\d+))?(r)?(?:m(\d+))?$")
+
+
+def parse_arch(text: str, activation: str = "relu", bias: bool = False) -> NetSpec:
+    """Parse an ``--arch`` string.
+
+    ``fcn:784,300,100,10`` — widths from input to output.
+    ``cnn:1x28x28,c6k5m2,c16k5p0m2,120,84,10`` — input C×H×W, conv tokens
+    ``c<out>k<kernel>[s<stride>][p<padding>][r][m<pool>]`` (``r`` = circular padding,
+    ``m`` = max-pool side, padding defaults to kernel//2), then linear head widths.
+
+    >>> parse_arch("fcn:16,64,4").widths
+    (16, 64, 4)
+    """
+    if not isinstance(text, str) or ":" not in text:
+        raise _fail("arch", text, "expected 'fcn:w0,w1,...' or 'cnn:CxHxW,c<out>k<k>...,widths'")
+    kind, _, body = text.partition(":")
+    toks = [t.strip() for t in body.split(",") if t.strip()]
+    try:
+        if kind == "fcn":
+            return NetSpec(kind="fcn", widths=tuple(int(t) for t in toks),
+                           activation=activation, bias=bias)  # type: ignore[arg-type]
+        if kind == "cnn":
+            if not toks:
+                raise _fail("arch", text, "missing input shape")
+            shape = tuple(int(s) for s in toks[0].lower().split("x"))
+            convs: list[ConvSpec] = []
+            rest = toks[1:]
+            while rest and rest[0].startswith("c"):
+                m = _CONV_RE.match(rest[0])
+                if not m:
+                    raise _fail("arch", rest[0], "bad conv token, expected c<out>k<k>[s<s>][p<p>][r][m<pool>]")
+                out, k, s, p, r, pool = m.groups()
+                convs.append(ConvSpec(int(out), int(k), int(s or 1), None if p is None else int(p),
+                                      "circular" if r else "zeros", int(pool or 1)))
+                rest = rest[1:]
+            return NetSpec(kind="cnn", input_shape=shape, convs=tuple(convs),  # type: ignore[arg-type]
+                           widths=tuple(int(t) for t in rest), activation=activation, bias=bias)  # type: ignore[arg-type]
+    except ValueError as e:
+        if isinstance(e, ProbPruneError):
+            raise
+        raise _fail("arch", text, f"not a valid architecture ({e})") from None
+    raise _fail("arch", text, "kind must be 'fcn' or 'cnn'")
+
+
+# --------------------------------------------------------------------------- laws
+
+
+def layer_scale(weight_shape: tuple[int, ...] | list[int], scale: float) -> float:
+    """The paper's a_i = K / sqrt(max(fan_out, fan_in)) for a weight shape.
+
+    Linear ``(out, in)``: fans are out and in; conv ``(c_out, c_in, k, k)``: c_out·k·k, c_in·k·k.
+
+    >>> layer_scale((4, 16), 2.0)
+    0.5
+    >>> layer_scale((8, 3, 3, 3), 3.0)   # conv: fan_out = 72, fan_in = 27
+    0.35355339059327373
+    """
+    shape = tuple(int(s) for s in weight_shape)
+    rf = math.prod(shape[2:]) if len(shape) > 2 else 1
+    fan_out, fan_in = shape[0] * rf, shape[1] * rf
+    return scale / math.sqrt(max(fan_out, fan_in))
+
+
+@dataclass(frozen=True)
+class LawSpec:
+    """Weight law of a sampled target network.
+
+    ``uniform`` (the paper's): entries of layer i i.i.d. ``U[-a_i, a_i]`` with
+    ``a_i = scale / sqrt(max(fan_out, fan_in))`` (paper symbol K = ``scale``; for a conv
+    layer fan_in = c_in·k·k and fan_out = c_out·k·k). ``gaussian``: ``N(0, a_i²/3)``,
+    the same variance.
+
+    >>> round(LawSpec().scale, 3)
+    2.449
+    """
+
+    kind: LawKind = "uniform"
+    scale: float = SQRT6
+
+    def __post_init__(self) -> None:
+        _check_choice("law.kind", self.kind, get_args(LawKind))
+        _check_real("law.scale", self.scale, 0.0, lo_open=True)
+
+    def to_text(self) -> str:
+        """The ``--law`` string (inverse of :func:`parse_law`)."""
+        return f"{self.kind}:K={self.scale!r}"
+
+
+def parse_law(text: str) -> LawSpec:
+    """Parse ``uniform:K=2.449`` / ``gaussian`` / ``uniform:K=sqrt6``.
+
+    >>> parse_law("gaussian:K=1").scale
+    1.0
+    """
+    kind, _, rest = text.partition(":")
+    scale = SQRT6
+    if rest:
+        key, _, val = rest.partition("=")
+        if key.strip() not in ("K", "scale"):
+            raise _fail("law", text, "expected '<kind>:K=<scale>'")
+        v = val.strip()
+        try:
+            scale = SQRT6 if v in ("sqrt6", "√6") else float(v)
+        except ValueError:
+            raise _fail("law.scale", v, "must be a number") from None
+    return LawSpec(kind=kind.strip(), scale=scale)  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- pruning
+
+
+@dataclass(frozen=True)
+class PruneSpec:
+    """How to prune. Exactly one level is given.
+
+    Args:
+        method: ``magnitude`` (remove small |w|) or ``random``.
+        scope: ``layerwise`` (each layer alone) or ``global`` (one ranking over all layers).
+        prune_fraction: share of weights **removed**, in [0, 1] (exact count per scope).
+        threshold: magnitude rule ``|w| <= threshold`` (absolute, >= 0).
+        relative_threshold: ρ, magnitude rule ``|w| <= ρ·a_i`` (a_i from the law).
+        p: random rule, each weight removed independently with probability p ∈ [0, 1].
+        rescale: random rule, survivors multiplied by 1/(1-p).
+        schedule_c, schedule_alpha: vanishing schedule — the level (ρ or p, or
+            prune_fraction) is ``min(1, c·h^{-α})`` with h the smallest hidden width;
+            used by sweeps when the level field is ``None``.
+    """
+
+    method: Method = "magnitude"
+    scope: Scope = "layerwise"
+    prune_fraction: float | None = None
+    threshold: float | None = None
+    relative_threshold: float | None = None
+    p: float | None = None
+    rescale: bool = False
+    schedule_c: float | None = None
+    schedule_alpha: float | None = None
+
+    def __post_init__(self) -> None:
+        _check_choice("prune.method", self.method, get_args(Method))
+        _check_choice("prune.scope", self.scope, get_args(Scope))
+        if self.prune_fraction is not None:
+            _check_real("prune_fraction", self.prune_fraction, 0.0, 1.0)
+        if self.threshold is not None:
+            _check_real("threshold", self.threshold, 0.0)
+        if self.relative_threshold is not None:
+            _check_real("relative_threshold", self.relative_threshold, 0.0)
+        if self.p is not None:
+            _check_real("p", self.p, 0.0, 1.0)
+        if self.schedule_c is not None:
+            _check_real("schedule_c", self.schedule_c, 0.0, lo_open=True)
+        if self.schedule_alpha is not None:
+            _check_real("schedule_alpha", self.schedule_alpha, 0.0, 1.0, lo_open=True, hi_open=True)
+        given = [n for n in ("prune_fraction", "threshold", "relative_threshold", "p")
+                 if getattr(self, n) is not None]
+        if len(given) > 1:
+            raise _fail(given[1], getattr(self, given[1]),
+                        f"give only one pruning level, {given[0]} is already set")
+        if self.method == "magnitude" and self.p is not None:
+            raise _fail("p", self.p, "p belongs to random pruning; use prune_fraction, threshold or relative_threshold")
+        if self.method == "random" and (self.threshold is not None or self.relative_threshold is not None):
+            name = "threshold" if self.threshold is not None else "relative_threshold"
+            raise _fail(name, getattr(self, name), "thresholds belong to magnitude pruning; use p or prune_fraction")
+        if self.rescale and self.method != "random":
+            raise _fail("rescale", self.rescale, "rescale applies to random pruning only")
+        if (self.schedule_c is None) != (self.schedule_alpha is None):
+            raise _fail("schedule_alpha", self.schedule_alpha, "schedule_c and schedule_alpha go together")
+        if given and self.schedule_c is not None:
+            raise _fail("schedule_c", self.schedule_c, f"a schedule and a fixed {given[0]} exclude each other")
+
+    @property
+    def level_name(self) -> str | None:
+        """Name of the fixed level given, or ``None``."""
+        for n in ("prune_fraction", "threshold", "relative_threshold", "p"):
+            if getattr(self, n) is not None:
+                return n
+        return None
+
+    def schedule_field(self) -> str:
+        """Which level a schedule c·h^{-α} sets: ρ (magnitude) or p (random)."""
+        return "relative_threshold" if self.method == "magnitude" else "p"
+
+    def at_width(self, h: int) -> PruneSpec:
+        """Resolve a schedule at hidden width ``h`` (a fixed level is returned unchanged)."""
+        if self.schedule_c is None or self.schedule_alpha is None:
+            return self
+        level = min(1.0, self.schedule_c * float(h) ** (-self.schedule_alpha))
+        return dataclasses.replace(self, schedule_c=None, schedule_alpha=None,
+                                   **{self.schedule_field(): level})
+
+
+# --------------------------------------------------------------------------- gap / bound / MC
+
+
+@dataclass(frozen=True)
+class GapSpec:
+    """Budget of the empirical sup-gap estimator (lower bound) over the ball of radius r.
+
+    Args:
+        radius: r > 0 (1 in the paper).
+        n_points: random starting points (sphere and ball).
+        n_restarts: best points refined by projected gradient ascent.
+        n_steps: ascent steps per restart.
+        step_size: initial step as a fraction of r (decays by cosine schedule).
+    """
+
+    radius: float = 1.0
+    n_points: int = 2048
+    n_restarts: int = 8
+    n_steps: int = 50
+    step_size: float = 0.1
+
+    def __post_init__(self) -> None:
+        _check_real("gap.radius", self.radius, 0.0, lo_open=True)
+        _check_int("gap.n_points", self.n_points, 1)
+        _check_int("gap.n_restarts", self.n_restarts, 0)
+        _check_int("gap.n_steps", self.n_steps, 0)
+        _check_real("gap.step_size", self.step_size, 0.0, lo_open=True)
+
+
+@dataclass(frozen=True)
+class BoundSpec:
+    """Probabilistic-bound settings: failure probability δ, optional tolerance ε."""
+
+    delta: float = 0.05
+    eps: float | None = None
+
+    def __post_init__(self) -> None:
+        _check_real("delta", self.delta, 0.0, 1.0, lo_open=True, hi_open=True)
+        if self.eps is not None:
+            _check_real("eps", self.eps, 0.0, lo_open=True)
+
+
+@dataclass(frozen=True)
+class MCSpec:
+    """Monte Carlo settings.
+
+    Args:
+        n_trials: trials R per grid point (>= 1).
+        hidden_widths: grid of hidden widths h (replaces every hidden width of the FCN); empty = the arch as given.
+        chunk_size: trials per batched ensemble.
+        seed: master seed (seeds derive from config hash, grid point, trial).
+        device: ``cpu``, ``cuda`` or ``cuda:N``.
+        dtype: ``float32`` or ``float64``.
+    """
+
+    n_trials: int = 100
+    hidden_widths: tuple[int, ...] = ()
+    chunk_size: int = 16
+    seed: int = 0
+    device: str = "cpu"
+    dtype: Dtype = "float32"
+
+    def __post_init__(self) -> None:
+        _check_int("mc.n_trials", self.n_trials, 1)
+        object.__setattr__(self, "hidden_widths", tuple(self.hidden_widths))
+        for h in self.hidden_widths:
+            _check_int("mc.hidden_widths", h, 1)
+        _check_int("mc.chunk_size", self.chunk_size, 1)
+        _check_int("mc.seed", self.seed, 0)
+        if not isinstance(self.device, str) or not re.fullmatch(r"cpu|cuda(:\d+)?", self.device):
+            raise _fail("mc.device", self.device, "must be cpu, cuda or cuda:N")
+        _check_choice("mc.dtype", self.dtype, get_args(Dtype))
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """A whole run: what to sample, how to prune, how to measure, how many trials.
+
+    ``prunes`` lists the pruning rules compared at each width (grid = widths × prunes).
+    """
+
+    net: NetSpec = field(default_factory=NetSpec)
+    law: LawSpec = field(default_factory=LawSpec)
+    prunes: tuple[PruneSpec, ...] = (PruneSpec(),)
+    gap: GapSpec = field(default_factory=GapSpec)
+    bound: BoundSpec = field(default_factory=BoundSpec)
+    mc: MCSpec = field(default_factory=MCSpec)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "prunes", tuple(self.prunes))
+        if not self.prunes:
+            raise _fail("prunes", self.prunes, "the grid needs at least one pruning rule")
+
+
+# --------------------------------------------------------------------------- (de)serialisation
+
+_SPEC_TYPES: dict[str, type] = {
+    "net": NetSpec, "law": LawSpec, "gap": GapSpec, "bound": BoundSpec, "mc": MCSpec,
+}
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in fields(value)}
+    if isinstance(value, (tuple, list)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def to_dict(spec: Any, *, non_default_only: bool = False) -> dict[str, Any]:
+    """Plain-JSON dict of a spec; ``non_default_only`` drops fields equal to their default.
+
+    Dropping defaults makes the canonical form (and hash) of old configs stable when a
+    new field with a no-op default is added.
+    """
+    out: dict[str, Any] = {}
+    for f in fields(spec):
+        v = getattr(spec, f.name)
+        if non_default_only:
+            if f.default is not dataclasses.MISSING:
+                default = f.default
+            elif f.default_factory is not dataclasses.MISSING:
+                default = f.default_factory()
+            else:
+                default = dataclasses.MISSING
+            if default is not dataclasses.MISSING and v == default:
+                continue
+            if dataclasses.is_dataclass(v):
+                out[f.name] = to_dict(v, non_default_only=True)
+                continue
+            if isinstance(v, tuple) and v and dataclasses.is_dataclass(v[0]):
+                out[f.name] = [to_dict(x, non_default_only=True) for x in v]
+                continue
+        out[f.name] = _plain(v)
+    return out
+
+
+def canonical_json(cfg: RunConfig) -> str:
+    """Canonical JSON of the non-default fields of a run (sorted keys, no spaces)."""
+    return json.dumps(to_dict(cfg, non_default_only=True), sort_keys=True, separators=(",", ":"))
+
+
+def config_hash(cfg: RunConfig) -> str:
+    """First 16 hex digits of the SHA-256 of :func:`canonical_json`."""
+    return hashlib.sha256(canonical_json(cfg).encode()).hexdigest()[:16]
+
+
+def _build(cls: type, data: Mapping[str, Any], where: str) -> Any:
+    if not isinstance(data, Mapping):
+        raise _fail(where, data, "must be a table")
+    names = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise _fail(f"{where}.{unknown[0]}" if where else unknown[0], data[unknown[0]],
+                    f"unknown key (known: {', '.join(names)})")
+    kwargs: dict[str, Any] = {}
+    for k, v in data.items():
+        if cls is NetSpec and k == "convs":
+            v = tuple(_build(ConvSpec, c, f"{where}.convs") for c in v)
+        elif isinstance(v, list):
+            v = tuple(v)
+        kwargs[k] = v
+    try:
+        return cls(**kwargs)
+    except TypeError as e:
+        raise _fail(where, dict(data), str(e)) from None
+
+
+def from_dict(data: Mapping[str, Any]) -> RunConfig:
+    """Build a :class:`RunConfig` from plain data (e.g. TOML or stored ``config.json``).
+
+    Unknown keys and wrong types raise :class:`ProbPruneError` naming the key.
+    """
+    if not isinstance(data, Mapping):
+        raise _fail("config", data, "must be a table")
+    unknown = sorted(set(data) - {f.name for f in fields(RunConfig)})
+    if unknown:
+        raise _fail(unknown[0], data[unknown[0]], "unknown config section")
+    kwargs: dict[str, Any] = {}
+    for name, cls in _SPEC_TYPES.items():
+        if name in data:
+            sec = dict(data[name]) if isinstance(data[name], Mapping) else data[name]
+            if name == "net" and isinstance(sec, dict) and "arch" in sec:
+                arch = sec.pop("arch")
+                base = parse_arch(arch)
+                merged = {**to_dict(base), **sec}
+                merged["convs"] = [c for c in merged["convs"]]
+                sec = merged
+            kwargs[name] = _build(cls, sec, name)
+    if "prunes" in data:
+        pr = data["prunes"]
+        if isinstance(pr, Mapping):
+            pr = [pr]
+        if not isinstance(pr, (list, tuple)):
+            raise _fail("prunes", pr, "must be a list of tables")
+        kwargs["prunes"] = tuple(_build(PruneSpec, p, f"prunes[{i}]") for i, p in enumerate(pr))
+    return RunConfig(**kwargs)
+
+
+def load_toml(path: str) -> RunConfig:
+    """Read a TOML config file (sections ``net``, ``law``, ``[[prunes]]``, ``gap``, ``bound``, ``mc``)."""
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - exercised on 3.10 only
+        import tomli as tomllib
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise _fail("config", path, "file not found") from None
+    except tomllib.TOMLDecodeError as e:
+        raise _fail("config", path, f"not valid TOML ({e})") from None
+    return from_dict(data)
+
+
+def _coerce(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def with_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
+    """Apply ``section.field=value`` overrides (values parsed as JSON when they can be).
+
+    ``prunes.N.field=value`` edits the N-th pruning rule.
+
+    >>> with_overrides(RunConfig(), ["mc.n_trials=5"]).mc.n_trials
+    5
+    """
+    data = to_dict(cfg)
+    for item in overrides:
+        key, eq, val = item.partition("=")
+        if not eq:
+            raise _fail("--set", item, "expected section.field=value")
+        parts = key.strip().split(".")
+        value = _coerce(val.strip())
+        if parts[0] == "net" and parts[1:] == ["arch"]:
+            base = to_dict(parse_arch(str(value), data["net"]["activation"], data["net"]["bias"]))
+            data["net"] = base
+            continue
+        node: Any = data
+        for i, p in enumerate(parts[:-1]):
+            if isinstance(node, list):
+                try:
+                    node = node[int(p)]
+                except (ValueError, IndexError):
+                    raise _fail("--set", item, f"no entry {p!r}") from None
+            elif isinstance(node, dict) and p in node:
+                node = node[p]
+            else:
+                raise _fail("--set", item, f"unknown section {'.'.join(parts[:i + 1])!r}")
+        last = parts[-1]
+        if not isinstance(node, dict) or last not in node:
+            raise _fail("--set", item, f"unknown field {key!r}")
+        node[last] = value
+    return from_dict(data)

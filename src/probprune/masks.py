@@ -1,0 +1,418 @@
+"""Pruning masks: magnitude and random rules, layerwise or global, for ``Net`` and any ``nn.Module``.
+
+A mask is a ``bool`` tensor shaped like its weight, **True = kept**. ``prune_fraction``
+(and the measured ``sparsity``) is the share of weights **removed**; ``density`` is the
+share kept. One selection routine serves every rule: random pruning by fraction is
+magnitude pruning with random scores.
+
+Selection by fraction removes exactly ``round(prune_fraction · n)`` entries per scope,
+the smallest scores first, ties broken by flat index (lowest first). On tensors without
+ties this equals ``torch.nn.utils.prune.l1_unstructured`` (layerwise) and
+``global_unstructured(..., L1Unstructured)`` (global).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from probprune.config import LawSpec, ProbPruneError, PruneSpec, layer_scale
+from probprune.nets import Net, check_finite
+
+__all__ = [
+    "LayerStats",
+    "MaskStats",
+    "PruneResult",
+    "apply_mask",
+    "magnitude_mask",
+    "mask_from_scores",
+    "n_to_prune",
+    "prune",
+    "random_mask",
+]
+
+Scope = Literal["layerwise", "global"]
+
+
+def _check_fraction(name: str, value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or not 0.0 <= value <= 1.0:
+        raise ProbPruneError(f"{name}={value!r}: must be a number in [0, 1] (share of weights removed)")
+
+
+def n_to_prune(prune_fraction: float, n: int) -> int:
+    """Entries removed for ``prune_fraction`` of ``n``: ``round(prune_fraction·n)`` as torch does.
+
+    >>> n_to_prune(0.5, 5), n_to_prune(0.3, 10)
+    (2, 3)
+    """
+    _check_fraction("prune_fraction", prune_fraction)
+    return int(round(prune_fraction * n))
+
+
+def _select_smallest(scores: Tensor, k: Tensor | int) -> Tensor:
+    """Keep-mask over the last dim of ``scores`` ``[..., n]`` removing the ``k`` smallest.
+
+    Ties at the k-th value are removed lowest flat index first. O(n) per row.
+    """
+    n = scores.shape[-1]
+    lead = scores.shape[:-1]
+    kt = torch.as_tensor(k, device=scores.device, dtype=torch.long).expand(lead) if lead else \
+        torch.as_tensor(k, device=scores.device, dtype=torch.long)
+    if n == 0:
+        return torch.ones_like(scores, dtype=torch.bool)
+    kk = kt.clamp(min=1).unsqueeze(-1)
+    kth = torch.gather(torch.sort(scores, dim=-1).values, -1, kk - 1) if n <= 4096 else \
+        _kth_value(scores, kk)
+    below = scores < kth
+    eq = scores == kth
+    need = kk - below.sum(dim=-1, keepdim=True)
+    take_eq = eq & (torch.cumsum(eq.to(torch.long), dim=-1) <= need)
+    keep = ~(below | take_eq)
+    zero = (kt == 0).unsqueeze(-1)
+    return keep | zero
+
+
+def _kth_value(scores: Tensor, kk: Tensor) -> Tensor:
+    """k-th smallest per row (``kk`` ``[..., 1]``, 1-based), via kthvalue per distinct k."""
+    flat = scores.reshape(-1, scores.shape[-1])
+    ks = kk.reshape(-1)
+    out = torch.empty(flat.shape[0], 1, dtype=scores.dtype, device=scores.device)
+    for kv in torch.unique(ks).tolist():
+        rows = (ks == kv).nonzero().flatten()
+        out[rows, 0] = torch.kthvalue(flat[rows], int(kv), dim=-1).values
+    return out.reshape(*scores.shape[:-1], 1)
+
+
+def mask_from_scores(
+    scores: Sequence[Tensor],
+    prune_fraction: float,
+    scope: Scope = "layerwise",
+    prior: Sequence[Tensor | None] | None = None,
+    trial_dim: bool = False,
+) -> list[Tensor]:
+    """Keep-masks removing the lowest-scoring ``prune_fraction`` of entries per scope.
+
+    Args:
+        scores: one score tensor per layer (e.g. ``|w|``); with ``trial_dim`` each has a
+            leading ``K`` and every member is ranked separately.
+        prune_fraction: share **removed** in [0, 1], counted per layer (``layerwise``) or
+            over all layers together (``global``), prior removals included.
+        scope: ``layerwise`` or ``global``.
+        prior: earlier keep-masks; entries already removed stay removed and are counted.
+        trial_dim: whether tensors carry a leading trial dim.
+
+    Returns:
+        Keep-masks (``bool``, True = kept), shaped like ``scores``.
+
+    >>> m = mask_from_scores([torch.tensor([3., 1., 2., 4.])], 0.5)[0]
+    >>> m.tolist()
+    [True, False, False, True]
+    """
+    _check_fraction("prune_fraction", prune_fraction)
+    if scope not in ("layerwise", "global"):
+        raise ProbPruneError(f"scope={scope!r}: must be layerwise or global")
+    if not scores:
+        raise ProbPruneError("scores: no layers to prune")
+    prior_l = list(prior) if prior is not None else [None] * len(scores)
+    lead = 1 if trial_dim else 0
+    flats: list[Tensor] = []
+    for s, pm in zip(scores, prior_l):
+        f = s.reshape(*s.shape[:lead], -1)
+        if pm is not None:
+            if pm.shape != s.shape:
+                raise ProbPruneError(f"prior mask shape {tuple(pm.shape)} differs from scores {tuple(s.shape)}")
+            f = torch.where(pm.reshape(f.shape), f, torch.full_like(f, -math.inf))
+        flats.append(f)
+
+    def one_scope(f: Tensor) -> Tensor:
+        n = f.shape[-1]
+        k = n_to_prune(prune_fraction, n)
+        n_prior = (f == -math.inf).sum(dim=-1)
+        return _select_smallest(f, torch.maximum(n_prior, torch.as_tensor(k, device=f.device)))
+
+    if scope == "layerwise":
+        keeps = [one_scope(f) for f in flats]
+    else:
+        cat = torch.cat(flats, dim=-1)
+        keep_all = one_scope(cat)
+        keeps = list(torch.split(keep_all, [f.shape[-1] for f in flats], dim=-1))
+    return [k.reshape(s.shape) for k, s in zip(keeps, scores)]
+
+
+def magnitude_mask(
+    w: Tensor,
+    threshold: float | None = None,
+    fraction: float | None = None,
+    prior: Tensor | None = None,
+) -> Tensor:
+    """Keep-mask of the magnitude rule on one tensor.
+
+    Exactly one of ``threshold`` (remove ``|w| <= threshold``) and ``fraction`` (remove exactly
+    ``round(fraction·n)`` smallest ``|w|``) is given.
+
+    >>> magnitude_mask(torch.tensor([0.1, -0.5, 0.3]), threshold=0.3).tolist()
+    [False, True, False]
+    """
+    if (threshold is None) == (fraction is None):
+        raise ProbPruneError(f"threshold={threshold!r}, fraction={fraction!r}: give exactly one")
+    if threshold is not None:
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) \
+                or not math.isfinite(threshold) or threshold < 0:
+            raise ProbPruneError(f"threshold={threshold!r}: must be a finite number >= 0")
+        keep = w.abs() > threshold
+        return keep if prior is None else keep & prior
+    return mask_from_scores([w.abs()], fraction, "layerwise", [prior])[0]  # type: ignore[arg-type]
+
+
+def random_mask(
+    w: Tensor,
+    p: float,
+    generator: torch.Generator,
+    exact: bool = False,
+    prior: Tensor | None = None,
+) -> Tensor:
+    """Keep-mask of the random rule: each entry removed independently with probability ``p``.
+
+    With ``exact=True`` exactly ``round(p·n)`` entries are removed, uniformly at random
+    (random scores ranked like magnitudes).
+    """
+    _check_fraction("p", p)
+    u = torch.rand(w.shape, generator=generator, device=w.device, dtype=torch.float32 if
+                   w.dtype not in (torch.float64,) else torch.float64)
+    if exact:
+        return mask_from_scores([u], p, "layerwise", [prior])[0]
+    keep = u >= p
+    return keep if prior is None else keep & prior
+
+
+def apply_mask(w: Tensor, mask: Tensor, scale: float = 1.0) -> Tensor:
+    """``w`` with removed entries set to 0 and survivors multiplied by ``scale`` (a new tensor)."""
+    if mask.shape != w.shape:
+        raise ProbPruneError(f"mask shape {tuple(mask.shape)} differs from weight shape {tuple(w.shape)}")
+    out = torch.where(mask, w, torch.zeros((), dtype=w.dtype, device=w.device))
+    return out * scale if scale != 1.0 else out
+
+
+# --------------------------------------------------------------------------- stats
+
+
+@dataclass(frozen=True)
+class LayerStats:
+    """Per-layer pruning outcome (counts summed over ensemble members)."""
+
+    name: str
+    size: int
+    pruned: int
+    threshold: float | None
+
+    @property
+    def sparsity(self) -> float:
+        """Share removed."""
+        return self.pruned / self.size if self.size else 0.0
+
+    @property
+    def density(self) -> float:
+        """Share kept."""
+        return 1.0 - self.sparsity
+
+
+@dataclass(frozen=True)
+class MaskStats:
+    """Pruning report: per-layer counts and totals. ``sparsity`` = share removed."""
+
+    layers: tuple[LayerStats, ...]
+
+    @property
+    def size(self) -> int:
+        """Total prunable weights."""
+        return sum(s.size for s in self.layers)
+
+    @property
+    def pruned(self) -> int:
+        """Total removed."""
+        return sum(s.pruned for s in self.layers)
+
+    @property
+    def sparsity(self) -> float:
+        """Share removed over all pruned layers."""
+        return self.pruned / self.size if self.size else 0.0
+
+    @property
+    def density(self) -> float:
+        """Share kept."""
+        return 1.0 - self.sparsity
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON form."""
+        return {
+            "layers": [
+                {"name": s.name, "size": s.size, "pruned": s.pruned, "sparsity": s.sparsity,
+                 "density": s.density, "threshold": s.threshold}
+                for s in self.layers
+            ],
+            "total": {"size": self.size, "pruned": self.pruned, "sparsity": self.sparsity,
+                      "density": self.density},
+        }
+
+
+@dataclass(frozen=True, eq=False)
+class PruneResult:
+    """What :func:`prune` returns: the pruned copy, the keep-masks by parameter name, the stats."""
+
+    model: Any
+    masks: dict[str, Tensor]
+    stats: MaskStats
+
+
+# --------------------------------------------------------------------------- network level
+
+
+def _weights_of(model: Net | nn.Module) -> dict[str, Tensor]:
+    if isinstance(model, Net):
+        return dict(zip(model.names, model.weights))
+    if isinstance(model, nn.Module):
+        out: dict[str, Tensor] = {}
+        for mname, mod in model.named_modules():
+            if isinstance(mod, (nn.Linear, nn.Conv2d)):
+                out[f"{mname}.weight" if mname else "weight"] = mod.weight.detach()
+        if not out:
+            raise ProbPruneError(f"model {type(model).__name__}: has no prunable layer (nn.Linear or nn.Conv2d)")
+        return out
+    raise ProbPruneError(f"model: expected a probprune Net or an nn.Module, got {type(model).__name__}")
+
+
+def _law_scale_of(name: str, w: Tensor, law: LawSpec, trial: bool) -> float:
+    return layer_scale(w.shape[1:] if trial else w.shape, law.scale)
+
+
+def prune(
+    model: Net | nn.Module,
+    method: Literal["magnitude", "random"] = "magnitude",
+    *,
+    prune_fraction: float | None = None,
+    threshold: float | None = None,
+    relative_threshold: float | None = None,
+    p: float | None = None,
+    scope: Scope = "layerwise",
+    rescale: bool = False,
+    layers: Sequence[str] | None = None,
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
+    law: LawSpec | None = None,
+    prior: Mapping[str, Tensor] | None = None,
+) -> PruneResult:
+    """Prune a ``Net`` (single or ensemble) or any ``nn.Module``; the input is never modified.
+
+    Every ``nn.Linear``/``nn.Conv2d`` weight (or every layer of a ``Net``) is prunable; biases
+    are never pruned. Give exactly one level:
+
+    * ``prune_fraction`` — share **removed** (density = 1 − prune_fraction), exact count per
+      scope; magnitude ranks ``|w|``, random ranks uniform random scores.
+    * ``threshold`` — magnitude: remove ``|w| <= threshold``.
+    * ``relative_threshold`` ρ — magnitude: remove ``|w| <= ρ·a_i`` with a_i from ``law``.
+    * ``p`` — random: remove each weight independently with probability p.
+
+    Args:
+        model: a :class:`~probprune.nets.Net` (optionally with a trial dim: every member is
+            pruned separately) or an ``nn.Module``.
+        method: ``magnitude`` or ``random``.
+        scope: ``layerwise`` or ``global`` (one ranking over all pruned layers, per member).
+        rescale: random only — survivors × 1/(1 − level).
+        layers: parameter names to prune (default: all prunable weights).
+        generator: required for random pruning; one per member for an ensemble.
+        law: required for ``relative_threshold``.
+        prior: earlier keep-masks by name; removed entries stay removed.
+
+    Returns:
+        :class:`PruneResult` (pruned copy, keep-masks by parameter name, :class:`MaskStats`).
+
+    >>> from probprune.config import NetSpec
+    >>> net = Net.from_weights(NetSpec(widths=(2, 2)), [torch.tensor([[1., -3.], [0.5, 2.]])])
+    >>> res = prune(net, "magnitude", prune_fraction=0.5)
+    >>> res.model.weights[0].tolist(), res.stats.sparsity
+    ([[0.0, -3.0], [0.0, 2.0]], 0.5)
+    """
+    spec = PruneSpec(method=method, scope=scope, prune_fraction=prune_fraction, threshold=threshold,
+                     relative_threshold=relative_threshold, p=p, rescale=rescale)
+    if spec.level_name is None:
+        raise ProbPruneError("prune: give one level: prune_fraction, threshold, relative_threshold or p")
+    if relative_threshold is not None and law is None:
+        raise ProbPruneError(f"relative_threshold={relative_threshold!r}: needs the law (a_i = K/sqrt(max fan))")
+    all_w = _weights_of(model)
+    trial = isinstance(model, Net) and model.n_trials is not None
+    if isinstance(model, Net):
+        check_finite(model)
+    else:
+        for name, w in all_w.items():
+            if not torch.isfinite(w).all():
+                raise ProbPruneError(f"weights {name}: contains non-finite values")
+    names = list(all_w) if layers is None else list(layers)
+    for n in names:
+        if n not in all_w:
+            raise ProbPruneError(f"layers: {n!r} is not a prunable weight (known: {', '.join(all_w)})")
+    if not names:
+        raise ProbPruneError("layers: empty, nothing to prune")
+    ws = [all_w[n] for n in names]
+    pri = [None if prior is None else prior.get(n) for n in names]
+
+    gens: list[torch.Generator] = []
+    if method == "random":
+        if generator is None:
+            raise ProbPruneError("generator: random pruning needs a torch.Generator")
+        gens = [generator] if isinstance(generator, torch.Generator) else list(generator)
+        k = model.n_trials if trial else None  # type: ignore[union-attr]
+        if (k is None and len(gens) != 1) or (k is not None and len(gens) != k):
+            raise ProbPruneError(f"generator: {len(gens)} given, need {1 if k is None else k} (one per member)")
+
+    thresholds: list[float | None] = [None] * len(ws)
+    if method == "magnitude" and spec.level_name in ("threshold", "relative_threshold"):
+        keeps = []
+        for i, (n, w) in enumerate(zip(names, ws)):
+            tau = threshold if threshold is not None else \
+                relative_threshold * _law_scale_of(n, w, law, trial)  # type: ignore[operator, arg-type]
+            thresholds[i] = float(tau)  # type: ignore[arg-type]
+            keep = w.abs() > tau
+            keeps.append(keep if pri[i] is None else keep & pri[i])
+    elif method == "magnitude":
+        keeps = mask_from_scores([w.abs() for w in ws], prune_fraction, scope, pri,  # type: ignore[arg-type]
+                                 trial_dim=trial)
+        for i, (w, keep) in enumerate(zip(ws, keeps)):
+            removed = w.abs()[~keep]
+            thresholds[i] = float(removed.max()) if removed.numel() else None
+    else:
+        # one generator per member; per member, layers in order
+        def scores_for(g: torch.Generator, shapes_ws: list[Tensor]) -> list[Tensor]:
+            return [torch.rand(w.shape, generator=g, device=w.device, dtype=torch.float32) for w in shapes_ws]
+
+        if trial:
+            per = [scores_for(g, [w[j] for w in ws]) for j, g in enumerate(gens)]
+            scores = [torch.stack([per[j][i] for j in range(len(gens))]) for i in range(len(ws))]
+        else:
+            scores = scores_for(gens[0], ws)
+        if p is not None:
+            keeps = [s >= p if pm is None else (s >= p) & pm for s, pm in zip(scores, pri)]
+        else:
+            keeps = mask_from_scores(scores, prune_fraction, scope, pri, trial_dim=trial)  # type: ignore[arg-type]
+    level = p if p is not None else prune_fraction
+    scale = 1.0 / (1.0 - level) if (rescale and level is not None and level < 1.0) else 1.0
+
+    masks = dict(zip(names, keeps))
+    stats = MaskStats(tuple(
+        LayerStats(n, int(k.numel()), int((~k).sum()), thresholds[i])
+        for i, (n, k) in enumerate(zip(names, keeps))
+    ))
+    if isinstance(model, Net):
+        new_w = [apply_mask(w, masks[n], scale) if n in masks else w for n, w in zip(model.names, model.weights)]
+        return PruneResult(model.with_weights(new_w), masks, stats)
+    pruned = copy.deepcopy(model)
+    params = dict(pruned.named_parameters())
+    with torch.no_grad():
+        for n, keep in masks.items():
+            params[n].copy_(apply_mask(params[n], keep, scale))
+    return PruneResult(pruned, masks, stats)

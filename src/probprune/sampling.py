@@ -1,0 +1,117 @@
+"""Draw target networks from a weight law (one network or a batched ensemble).
+
+The paper's law: entries of layer i i.i.d. ``U[-a_i, a_i]``,
+``a_i = K / sqrt(max(fan_out_i, fan_in_i))`` (conv: fan_in = c_in·k·k, fan_out = c_out·k·k).
+The Gaussian law has the same variance ``a_i²/3``. Any callable with the
+:class:`Law` signature can stand in for a :class:`~probprune.config.LawSpec`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Protocol
+
+import torch
+from torch import Tensor
+
+from probprune.config import LawSpec, NetSpec, ProbPruneError, layer_scale
+from probprune.nets import Net
+
+__all__ = ["Law", "layer_scale", "layer_scales", "sample_net", "sample_tensor"]
+
+
+class Law(Protocol):
+    """A user law: returns a tensor of ``shape`` drawn with ``generator``.
+
+    Args:
+        shape: the tensor shape (weight ``(out, in)`` / ``(c_out, c_in, k, k)`` or bias ``(out,)``).
+        a: the paper's scale a_i of this layer (callers may ignore it).
+        generator: the only source of randomness allowed.
+        device, dtype: where and how to allocate.
+    """
+
+    def __call__(self, shape: tuple[int, ...], a: float, generator: torch.Generator,
+                 device: torch.device, dtype: torch.dtype) -> Tensor: ...
+
+
+def layer_scales(spec: NetSpec, law: LawSpec) -> list[float]:
+    """a_i for every layer of ``spec`` (the bound for magnitude thresholds τ_i = ρ·a_i)."""
+    return [layer_scale(s, law.scale) for s in spec.weight_shapes()]
+
+
+def sample_tensor(law: LawSpec | Law, shape: tuple[int, ...], a: float, generator: torch.Generator,
+                  device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> Tensor:
+    """One tensor of i.i.d. entries from ``law`` at scale ``a``.
+
+    Uniform: ``(2u - 1)·a`` with ``u ~ U[0, 1)``; Gaussian: ``N(0, 1)·a/√3``.
+    """
+    dev = torch.device(device)
+    if isinstance(law, LawSpec):
+        if law.kind == "uniform":
+            u = torch.rand(shape, generator=generator, device=dev, dtype=dtype)
+            return (2.0 * u - 1.0) * a
+        z = torch.randn(shape, generator=generator, device=dev, dtype=dtype)
+        return z * (a / math.sqrt(3.0))
+    t = law(tuple(shape), a, generator, dev, dtype)
+    if not isinstance(t, Tensor) or tuple(t.shape) != tuple(shape):
+        got = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
+        raise ProbPruneError(f"law: the user law returned {got}, expected shape {tuple(shape)}")
+    return t.to(device=dev, dtype=dtype)
+
+
+def sample_net(
+    spec: NetSpec,
+    law: LawSpec | Law,
+    generator: torch.Generator | Sequence[torch.Generator],
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    scale: float | None = None,
+) -> Net:
+    """Sample a target network, or an ensemble with one generator per member.
+
+    Layers are drawn in order from the generator (weights, then the bias of that layer,
+    biases at the same scale a_i), so layers of equal shape get different weights and
+    member k of an ensemble is bit-identical to ``sample_net(spec, law, generators[k])``.
+
+    Args:
+        spec: architecture.
+        law: a :class:`LawSpec` or a user :class:`Law`.
+        generator: one generator → one network; a sequence of K → ensemble ``[K, …]``.
+        device, dtype: where and how to allocate.
+        scale: K for a user law's a_i (a ``LawSpec`` carries its own).
+
+    >>> from probprune.rng import make_generator
+    >>> net = sample_net(NetSpec(widths=(4, 8, 2)), LawSpec(scale=2.0), make_generator(0))
+    >>> bool(net.weights[0].abs().max() <= 2.0 / 8 ** 0.5)
+    True
+    """
+    k_scale = law.scale if isinstance(law, LawSpec) else (math.sqrt(6.0) if scale is None else scale)
+    if isinstance(generator, torch.Generator):
+        gens: list[torch.Generator] = [generator]
+        single = True
+    else:
+        gens = list(generator)
+        single = False
+        if not gens:
+            raise ProbPruneError("generator: an empty sequence of generators")
+    per_member_w: list[list[Tensor]] = []
+    per_member_b: list[list[Tensor | None]] = []
+    shapes = spec.weight_shapes()
+    for g in gens:
+        ws: list[Tensor] = []
+        bs: list[Tensor | None] = []
+        for shape in shapes:
+            a = layer_scale(shape, k_scale)
+            ws.append(sample_tensor(law, shape, a, g, device, dtype))
+            bs.append(sample_tensor(law, (shape[0],), a, g, device, dtype) if spec.bias else None)
+        per_member_w.append(ws)
+        per_member_b.append(bs)
+    if single:
+        return Net.from_weights(spec, per_member_w[0], per_member_b[0])
+    weights = [torch.stack([m[i] for m in per_member_w]) for i in range(len(shapes))]
+    biases: list[Tensor | None] = [
+        None if not spec.bias else torch.stack([m[i] for m in per_member_b])  # type: ignore[misc]
+        for i in range(len(shapes))
+    ]
+    return Net.from_weights(spec, weights, biases)
