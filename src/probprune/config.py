@@ -121,6 +121,8 @@ class ConvSpec:
         _check_int("conv.stride", self.stride, 1)
         if self.padding is not None:
             _check_int("conv.padding", self.padding, 0)
+            if self.padding == self.kernel // 2:  # one spelling per geometry (stable hashes, equality)
+                object.__setattr__(self, "padding", None)
         _check_choice("conv.padding_mode", self.padding_mode, get_args(PaddingMode))
         _check_int("conv.pool", self.pool, 1)
 

@@ -359,7 +359,8 @@ def to_module(net: Net) -> nn.Sequential:
     if net.n_trials is not None:
         raise ProbPruneError("to_module: take a member first (net.member(k)); ensembles have a trial dim")
     mods: list[nn.Module] = []
-    for layer in net.layers:
+    last = len(net.layers) - 1
+    for i, layer in enumerate(net.layers):
         w = layer.weight
         has_b = layer.bias is not None
         m: nn.Module
@@ -374,7 +375,7 @@ def to_module(net: Net) -> nn.Sequential:
             if layer.bias is not None:
                 m.bias.copy_(layer.bias)  # type: ignore[union-attr]
         mods.append(m)
-        if layer.activation.name != "identity":
+        if i < last:  # hidden layers always get their activation module (nn.Identity too): stable indices
             mods.append(layer.activation.to_module())
         if layer.conv is not None and layer.conv.pool > 1:
             mods.append(nn.MaxPool2d(layer.conv.pool))

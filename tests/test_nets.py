@@ -1,0 +1,103 @@
+"""Nets: adapters both ways, ensembles, activations, bad shapes."""
+
+import pytest
+import torch
+from torch import nn
+
+from probprune import LawSpec, NetSpec, ProbPruneError, make_generator, parse_arch, sample_net
+from probprune.nets import Activation, from_module, from_state_dict, stack, to_module
+
+ARCHS = [
+    "fcn:5,17,9,3",
+    "fcn:4,2",
+    "cnn:1x8x8,c4k3m2,c6k3p0,7",
+    "cnn:2x9x9,c3k3s2r,c5k1,6,4",
+    "cnn:3x7x7,c4k5p2r,3",
+]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("act", ["relu", "leaky_relu", "tanh", "sigmoid", "identity"])
+@pytest.mark.parametrize("bias", [False, True])
+def test_to_module_identical_outputs_and_round_trip(arch: str, act: str, bias: bool) -> None:
+    spec = parse_arch(arch, activation=act, bias=bias)
+    net = sample_net(spec, LawSpec(), make_generator(0), dtype=torch.float64)
+    mod = to_module(net)
+    x = torch.randn(6, *((spec.input_dim,) if spec.kind == "fcn" else spec.input_shape), dtype=torch.float64)
+    assert torch.allclose(mod(x), net(x), atol=1e-12)
+    assert sorted(mod.state_dict()) == sorted(net.state_dict())
+    back = from_module(mod, input_shape=spec.input_shape)
+    if act != "identity" and spec.n_layers > 1:  # a one-layer net has no hidden activation to read back
+        assert back.spec == spec
+    assert torch.allclose(back(x), net(x), atol=1e-12)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_ensemble_forward_equals_members(arch: str) -> None:
+    spec = parse_arch(arch, bias=True)
+    ens = sample_net(spec, LawSpec(), [make_generator(s) for s in range(3)], dtype=torch.float64)
+    shape = (spec.input_dim,) if spec.kind == "fcn" else spec.input_shape
+    x = torch.randn(3, 5, *shape, dtype=torch.float64)
+    out = ens(x)
+    for k in range(3):
+        assert torch.allclose(out[k], ens.member(k)(x[k]), atol=1e-12)
+    shared = torch.randn(5, *shape, dtype=torch.float64)
+    assert torch.allclose(ens(shared)[2], ens.member(2)(shared), atol=1e-12)
+    again = stack([ens.member(k) for k in range(3)])
+    assert all(torch.equal(a, b) for a, b in zip(again.weights, ens.weights))
+
+
+def test_activation_constants() -> None:
+    assert Activation("sigmoid").lipschitz == 0.25 and not Activation("sigmoid").zero_at_zero
+    for name in ("relu", "leaky_relu", "tanh", "identity"):
+        assert Activation(name).lipschitz == 1.0 and Activation(name).zero_at_zero
+    # Lipschitz constants hold numerically
+    x = torch.linspace(-5, 5, 1001, dtype=torch.float64)
+    for name in ("relu", "leaky_relu", "tanh", "sigmoid", "identity"):
+        a = Activation(name)
+        slopes = (a(x[1:]) - a(x[:-1])).abs() / (x[1:] - x[:-1])
+        assert float(slopes.max()) <= a.lipschitz + 1e-9
+    with pytest.raises(ProbPruneError, match="softplus"):
+        Activation("softplus")
+
+
+def test_from_module_user_model_and_errors() -> None:
+    seq = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    net = from_module(seq)
+    assert net.spec == NetSpec(widths=(4, 8, 2), bias=True)
+    with pytest.raises(ProbPruneError, match="no prunable layer"):
+        from_module(nn.Sequential(nn.ReLU()))
+    with pytest.raises(ProbPruneError, match="BatchNorm1d"):
+        from_module(nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Linear(8, 2)))
+    with pytest.raises(ProbPruneError, match="mixed activations"):
+        from_module(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 2)))
+    with pytest.raises(ProbPruneError, match="input_shape"):
+        from_module(nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(8, 2)))
+
+
+def test_bad_architectures() -> None:
+    with pytest.raises(ProbPruneError, match="net.widths"):
+        parse_arch("fcn:4,0,2")
+    with pytest.raises(ProbPruneError, match="net.widths"):
+        parse_arch("fcn:4")
+    with pytest.raises(ProbPruneError, match="arch"):
+        parse_arch("rnn:4,2")
+    with pytest.raises(ProbPruneError, match="arch"):
+        parse_arch("fcn:4,x,2")
+    with pytest.raises(ProbPruneError, match="empty"):
+        parse_arch("cnn:1x4x4,c2k5p0,3")
+    assert parse_arch("cnn:1x28x28,c6k5m2,c16k5p0m2,120,84,10").to_arch() == "cnn:1x28x28,c6k5m2,c16k5p0m2,120,84,10"
+
+
+def test_from_state_dict_errors() -> None:
+    spec = NetSpec(widths=(3, 4, 2))
+    good = {"0.weight": torch.zeros(4, 3), "2.weight": torch.zeros(2, 4)}
+    assert from_state_dict(spec, good).n_trials is None
+    with pytest.raises(ProbPruneError, match="2.weight"):
+        from_state_dict(spec, {"0.weight": torch.zeros(4, 3)})
+    with pytest.raises(ProbPruneError, match="shape"):
+        from_state_dict(spec, {"0.weight": torch.zeros(4, 3), "2.weight": torch.zeros(3, 4)})
+    with pytest.raises(ProbPruneError, match="non-finite"):
+        from_state_dict(spec, {"0.weight": torch.full((4, 3), float("inf")), "2.weight": torch.zeros(2, 4)})
+    with pytest.raises(ProbPruneError, match="9.weight"):
+        from_state_dict(spec, {**good, "9.weight": torch.zeros(1)})
