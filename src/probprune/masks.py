@@ -378,7 +378,8 @@ def prune(
                 relative_threshold * _law_scale_of(n, w, law, trial)  # type: ignore[operator, arg-type]
             thresholds[i] = float(tau)  # type: ignore[arg-type]
             keep = w.abs() > tau
-            keeps.append(keep if pri[i] is None else keep & pri[i])
+            pm = pri[i]
+            keeps.append(keep if pm is None else keep & pm)
     elif method == "magnitude":
         keeps = mask_from_scores([w.abs() for w in ws], prune_fraction, scope, pri,  # type: ignore[arg-type]
                                  trial_dim=trial)

@@ -411,7 +411,8 @@ def from_module(seq: nn.Module, input_shape: tuple[int, int, int] | None = None)
             if seen_linear:
                 raise ProbPruneError(f"from_module: conv layer {idx} after a linear layer is not supported")
             ks, st, pd, dl = m.kernel_size, m.stride, m.padding, m.dilation
-            if ks[0] != ks[1] or st[0] != st[1] or isinstance(pd, str) or pd[0] != pd[1] or dl != (1, 1) or m.groups != 1:
+            square = ks[0] == ks[1] and st[0] == st[1] and not isinstance(pd, str) and pd[0] == pd[1]
+            if not square or dl != (1, 1) or m.groups != 1:
                 raise ProbPruneError(f"from_module: layer {idx} Conv2d needs square kernel/stride/padding, "
                                      "no dilation, groups=1")
             if m.padding_mode not in ("zeros", "circular"):
