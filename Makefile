@@ -22,7 +22,7 @@ demo: setup
 	$(BIN)/probprune verify
 
 data: setup
-	$(BIN)/probprune data prepare mnist
+	-$(BIN)/probprune data prepare mnist
 	-$(BIN)/probprune data prepare fashion-mnist
 
 test: setup
