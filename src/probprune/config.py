@@ -529,6 +529,8 @@ class MCSpec:
         seed: master seed (seeds derive from config hash, grid point, trial).
         device: ``cpu``, ``cuda`` or ``cuda:N``.
         dtype: ``float32`` or ``float64``.
+        confidence: confidence of the Clopper–Pearson interval on the coverage P(gap ≤ ε).
+        eps_scale: multiplies the ε checked (1 = as proved; a test hook: 0.1 makes a deliberately wrong bound).
     """
 
     n_trials: int = 100
@@ -537,6 +539,8 @@ class MCSpec:
     seed: int = 0
     device: str = "cpu"
     dtype: Dtype = "float32"
+    confidence: float = 0.95
+    eps_scale: float = 1.0
 
     def __post_init__(self) -> None:
         _check_int("mc.n_trials", self.n_trials, 1)
@@ -548,6 +552,8 @@ class MCSpec:
         if not isinstance(self.device, str) or not re.fullmatch(r"cpu|cuda(:\d+)?", self.device):
             raise _fail("mc.device", self.device, "must be cpu, cuda or cuda:N")
         _check_choice("mc.dtype", self.dtype, get_args(Dtype))
+        _check_real("mc.confidence", self.confidence, 0.0, 1.0, lo_open=True, hi_open=True)
+        _check_real("mc.eps_scale", self.eps_scale, 0.0, lo_open=True)
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,11 @@ from typing import Annotated, Optional
 import typer
 
 from probprune.cli.app import TERMS, app, console, emit_json, print_header, stats_table
-from probprune.config import PruneSpec, parse_arch, parse_law
-from probprune.runner import PruneJob, run_prune
+from probprune.cli.gap import sandwich_doc, sandwich_tables
+from probprune.config import GapSpec, ProbPruneError, PruneSpec, parse_arch, parse_law
+from probprune.report.certificate import write_certificate
+from probprune.runner import PruneJob, gap_sandwich, run_prune
+from probprune.runner.certificate import make_certificate
 
 ArchOpt = Annotated[str, typer.Option("--arch", help="Architecture, e.g. fcn:784,300,100,10 or "
                                       "cnn:1x28x28,c6k5m2,c16k5p0m2,120,84,10.")]
@@ -39,7 +42,21 @@ def prune_cmd(
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document instead of tables.")] = False,
     dry_run: Annotated[bool, typer.Option(help="Print the resolved config and stop.")] = False,
+    gap: Annotated[bool, typer.Option("--gap", help="After pruning, print the gap sandwich (lower/upper bound).")]
+    = False,
+    radius: Annotated[float, typer.Option(help="With --gap: input ball radius r > 0.")] = 1.0,
+    certificate: Annotated[Optional[str], typer.Option(
+        help="Write a JSON certificate here: gap sandwich (lower, certified upper, radius --radius), per-layer "
+             "prune_fraction, ε(δ) when --law is given, seeds, digests, versions.")] = None,
+    delta: Annotated[Optional[float], typer.Option(
+        help="With --certificate and --law: failure probability δ of the probabilistic bound ε(δ) (default 0.05).")]
+    = None,
 ) -> None:
+    if certificate is not None and not certificate.endswith(".json"):
+        raise ProbPruneError(f"certificate={certificate!r}: must end in .json")
+    if delta is not None and (certificate is None or law is None or not 0.0 < delta < 1.0):
+        raise ProbPruneError(f"delta={delta!r}: needs --certificate and --law, and must be in (0, 1)")
+    gap_spec = GapSpec(radius=radius) if gap else None
     net = parse_arch(arch, activation=activation, bias=bias)
     spec = PruneSpec(method=method, scope=scope, prune_fraction=prune_fraction, threshold=threshold,  # type: ignore[arg-type]
                      relative_threshold=relative_threshold, p=p, rescale=rescale)
@@ -48,14 +65,32 @@ def prune_cmd(
     resolved = {"arch": net.to_arch(), "activation": activation, "bias": bias, "weights": weights,
                 "law": None if job.law is None else job.law.to_text(), "seed": seed,
                 "prune": {k: v for k, v in vars(spec).items() if v is not None}}
+    if gap_spec is not None:
+        resolved["gap"] = {"radius": radius}
     print_header(resolved, out, as_json)
     if dry_run:
         return
     res = run_prune(job)
     stats = res.stats.to_dict()
+    sw = None if gap_spec is None else gap_sandwich(res.target, res.pruned, gap_spec, seed)
+    cert_doc = None
+    if certificate is not None:
+        cert_doc = make_certificate(res, job, gap=GapSpec(radius=radius), delta=delta)
+        write_certificate(certificate, cert_doc)
     if as_json:
-        emit_json({"config": resolved, "stats": stats, "out": out, "save_target": save_target})
+        doc = {"config": resolved, "stats": stats, "out": out, "save_target": save_target}
+        if cert_doc is not None:
+            doc["certificate"] = {"path": certificate, "gap": cert_doc["gap"]["upper"],
+                                  "lower": cert_doc["gap"]["lower"], "probabilistic": cert_doc["probabilistic"]}
+        if sw is not None:
+            doc["sandwich"] = sandwich_doc(sw)
+        emit_json(doc)
         return
     console.print(stats_table(stats))
+    if sw is not None:
+        for table in sandwich_tables(sw, radius):
+            console.print(table)
     if out:
         console.print(f"pruned weights written to {out}")
+    if cert_doc is not None:
+        console.print(f"certificate written to {certificate}", markup=False, soft_wrap=True)

@@ -1,0 +1,72 @@
+"""Bounds on the gap: operator norms, the certified layerwise bound, probabilistic bounds.
+
+Issue 3 (certified side): :mod:`probprune.bounds.norms`, :mod:`probprune.bounds.certified`.
+Issue 4 (probabilistic side) adds its re-exports in the marked block below.
+"""
+
+from probprune.bounds.certified import (
+    CertifiedBound,
+    Estimator,
+    LayerTerm,
+    LowerEstimate,
+    Sandwich,
+    certified_gap_bound,
+    lower_at,
+    sandwich,
+)
+from probprune.bounds.norms import (
+    NormMethod,
+    NormValue,
+    conv_norm,
+    matrix_norm_bound,
+    operator_norm,
+    power_lower,
+)
+
+__all__ = [
+    "CertifiedBound",
+    "Estimator",
+    "LayerTerm",
+    "LowerEstimate",
+    "NormMethod",
+    "NormValue",
+    "Sandwich",
+    "certified_gap_bound",
+    "conv_norm",
+    "lower_at",
+    "matrix_norm_bound",
+    "operator_norm",
+    "power_lower",
+    "sandwich",
+]
+
+# ---- probabilistic bounds (issue 4): add imports and extend __all__ below this line ----
+from probprune.bounds.paper import (
+    GapFit,
+    PaperConstants,
+    fit_k2_alpha,
+    implied_constants,
+    paper_min_width,
+)
+from probprune.bounds.probabilistic import (
+    Bound,
+    BoundTerm,
+    probabilistic_bound,
+    solve_max_prune,
+    solve_min_width,
+    theory_exponent,
+)
+
+__all__ += [
+    "Bound",
+    "BoundTerm",
+    "GapFit",
+    "PaperConstants",
+    "fit_k2_alpha",
+    "implied_constants",
+    "paper_min_width",
+    "probabilistic_bound",
+    "solve_max_prune",
+    "solve_min_width",
+    "theory_exponent",
+]

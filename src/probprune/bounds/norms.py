@@ -1,0 +1,366 @@
+"""Operator norms ‖W‖₂ of linear and conv layers: exact where affordable, else certified upper values.
+
+Every value returned here is an **upper** bound on the true operator norm (never an
+under-estimate): exact values carry a tiny relative margin for float64 rounding, and
+the cheaper methods are rigorous inequalities (derivations in ``docs/certified.md``).
+
+Methods (``NormValue.method``):
+
+* ``svd`` — exact: the largest singular value of the float64 matrix (``torch.linalg.svdvals``).
+* ``gram-cholesky`` — certified within ~1e-6 relative: a float64 Gram matrix ``G`` of the
+  smaller side, a Krylov (Rayleigh–Ritz) estimate ``λ`` of ``λ_max(G)``, then a Cholesky
+  factorisation of ``λ'·I − G`` (with ``λ' = λ(1 + τ)`` plus rounding margins) whose success
+  proves ``σ_max² ≤ λ'``.
+* ``frobenius-holder`` — O(mn) certified: ``min(‖W‖_F, √(‖W‖₁‖W‖_∞))``. Loose for dense
+  random matrices (by about √n/2), used only when the others are too expensive.
+* ``fft`` — conv layers: the exact norm of a multi-channel circular convolution is the
+  largest singular value over the per-frequency ``c_out × c_in`` matrices of the 2-D DFT of
+  the kernel (Sedghi, Gupta & Long 2019). Exact for stride 1 with ``2p = k − 1`` circular
+  padding; zero padding embeds in a circular convolution on an ``(n + 2p)`` grid and strides
+  select output rows, so those get a certified upper value (``exact=False``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from probprune.config import ConvSpec, ProbPruneError
+
+__all__ = [
+    "NormMethod",
+    "NormValue",
+    "conv_norm",
+    "matrix_norm_bound",
+    "operator_norm",
+    "power_lower",
+]
+
+NormMethod = Literal["auto", "svd", "gram-cholesky", "frobenius-holder"]
+
+# Relative margin applied to values computed in float64 (backward-stable SVD / sums have
+# relative errors of order n·u ≈ 1e-12 for n ≤ 1e4; 1e-9 covers that with room).
+_F64_MARGIN = 1e-9
+_U64 = 2.0 ** -53
+
+# Cost limits of "auto" (multiply-adds per member): SVD is used up to this cost ...
+SVD_BUDGET = 2.0e8
+# ... and the Gram–Cholesky certificate up to this one (≈ 1 s in float64 on 2 CPU cores).
+GRAM_BUDGET = 1.5e10
+
+
+@dataclass(frozen=True, eq=False)
+class NormValue:
+    """An operator norm, or a certified upper value of it.
+
+    Attributes:
+        value: ``[K]`` (with a trial dim) or a 0-d tensor, float64, always ≥ the true norm.
+        exact: whether ``value`` is the norm itself (up to float64 rounding).
+        method: ``svd``, ``gram-cholesky``, ``frobenius-holder`` or ``fft``.
+        lower: a value ≤ the true norm when one was computed (power iteration), else ``None``.
+    """
+
+    value: Tensor
+    exact: bool
+    method: str
+    lower: Tensor | None = None
+
+    def to_dict(self) -> dict[str, object]:
+        """Plain-JSON form (values as floats or lists)."""
+        return {"value": self.value.tolist(), "exact": self.exact, "method": self.method,
+                "lower": None if self.lower is None else self.lower.tolist()}
+
+
+def _as_batch(weight: Tensor, base_dims: int) -> tuple[Tensor, bool]:
+    if not isinstance(weight, Tensor):
+        raise ProbPruneError(f"weight: expected a tensor, got {type(weight).__name__}")
+    if weight.dim() == base_dims:
+        return weight.unsqueeze(0), False
+    if weight.dim() == base_dims + 1:
+        return weight, True
+    raise ProbPruneError(f"weight shape {tuple(weight.shape)}: expected {base_dims} dims "
+                         f"(or {base_dims + 1} with a leading trial dim)")
+
+
+def _finish(v: Tensor, batched: bool) -> Tensor:
+    return v if batched else v[0]
+
+
+def power_lower(weight: Tensor, n_iter: int = 30, generator: torch.Generator | None = None) -> Tensor:
+    """A lower value of ‖W‖₂ by power iteration on WᵀW (never above the true norm).
+
+    Args:
+        weight: ``[K, m, n]`` or ``[m, n]``.
+        n_iter: iterations.
+        generator: start vector source (a fixed seed is used when ``None``, so the result is
+            deterministic and the global RNG untouched).
+
+    Returns:
+        ``[K]`` or 0-d float64: ‖W v‖ for the final unit vector v.
+    """
+    w, batched = _as_batch(weight, 2)
+    g = generator
+    if g is None:
+        g = torch.Generator(device=w.device)
+        g.manual_seed(0)
+    v = torch.randn(w.shape[0], w.shape[2], 1, generator=g, device=w.device, dtype=w.dtype)
+    v = v / v.norm(dim=1, keepdim=True).clamp_min(torch.finfo(w.dtype).tiny)
+    for _ in range(n_iter):
+        u = torch.bmm(w, v)
+        v = torch.bmm(w.transpose(1, 2), u)
+        v = v / v.norm(dim=1, keepdim=True).clamp_min(torch.finfo(w.dtype).tiny)
+    # ‖W v‖ in float64 for a unit v: a true lower value (up to rounding of v's normalisation)
+    v64 = v.double()
+    v64 = v64 / v64.norm(dim=1, keepdim=True).clamp_min(1e-300)
+    val = torch.bmm(w.double(), v64).norm(dim=(1, 2)) * (1.0 - _F64_MARGIN)
+    return _finish(val, batched)
+
+
+def _svd_norm(w: Tensor) -> Tensor:
+    return torch.linalg.svdvals(w.double())[..., 0] * (1.0 + _F64_MARGIN)
+
+
+def _frob_holder(w: Tensor, minus: Tensor | None = None) -> Tensor:
+    """min(‖W‖_F, √(‖W‖₁‖W‖_∞)) for ``w``: [K, m, n], rigorously rounded up.
+
+    Row and column sums of |w| and w² are float32/64 matrix–vector products over row chunks
+    (fast, little memory); for non-negative terms any summation order errs by at most
+    γ_n = n·u/(1 − n·u) relative, so dividing by (1 − γ) gives upper values. With ``minus``
+    the norm of ``w − minus`` is taken chunk by chunk (no full-size difference is allocated; the
+    float32 subtraction adds one rounding, covered by the extra ``u`` in γ).
+    """
+    k, m, n = w.shape
+    dt = w.dtype if w.dtype in (torch.float32, torch.float64) else torch.float32
+    u = 2.0 ** -24 if dt == torch.float32 else _U64
+    fro2 = torch.zeros(k, dtype=torch.float64, device=w.device)
+    col = torch.zeros(k, n, dtype=torch.float64, device=w.device)
+    rowmax = torch.zeros(k, dtype=torch.float64, device=w.device)
+    ones = torch.ones(k, n, 1, dtype=dt, device=w.device)
+    step = max(1, (1 << 21) // max(1, n))
+    for s in range(0, m, step):
+        a = w[:, s:s + step].to(dt)
+        if minus is not None:
+            a = a - minus[:, s:s + step].to(dt)
+        a = a.abs()  # [K, c, n]
+        rows = torch.bmm(a, ones).squeeze(-1)  # row sums, n terms each
+        rowmax = torch.maximum(rowmax, rows.double().amax(dim=1))
+        ones_c = torch.ones(k, a.shape[1], 1, dtype=dt, device=w.device)
+        col += torch.bmm(a.transpose(1, 2), ones_c).squeeze(-1).double()  # chunk column sums
+        fro2 += torch.bmm(a.square(), ones).squeeze(-1).double().sum(dim=1)
+    chunks = -(-m // step)
+    # products/squares add one rounding each; column sums add ≤ `chunks` float64 additions
+    extra = 0 if minus is None else 2  # a rounded difference: |fl(a − b)| ≤ |a − b|(1 + u)
+    gam = (n + 2 + extra) * u / (1.0 - (n + 2 + extra) * u)
+    gam_col = (min(step, m) + 2 + extra) * u / (1.0 - (min(step, m) + 2 + extra) * u) + (chunks + 2) * _U64
+    fro_up = (fro2 * (1.0 + 2.0 * (n + m) * _U64) / (1.0 - gam)).sqrt()
+    hold_up = torch.sqrt(col.amax(dim=1) / (1.0 - gam_col) * rowmax / (1.0 - gam))
+    return torch.minimum(fro_up, hold_up) * (1.0 + _F64_MARGIN)
+
+
+def _ritz_top(g: Tensor, n_iter: int) -> Tensor:
+    """Largest Ritz value of a symmetric ``g`` from a Krylov space (a lower value of λ_max)."""
+    s = g.shape[0]
+    m = min(n_iter, s)
+    gen = torch.Generator(device=g.device)
+    gen.manual_seed(0)
+    q = torch.zeros(s, m, dtype=g.dtype, device=g.device)
+    v = torch.randn(s, generator=gen, dtype=g.dtype, device=g.device)
+    used = 0
+    for j in range(m):
+        nv = v.norm()
+        if float(nv) <= 1e-12 * max(1.0, float(g.diagonal().abs().max())):
+            break
+        q[:, j] = v / nv
+        used = j + 1
+        v = g @ q[:, j]
+        qj = q[:, :used]
+        v = v - qj @ (qj.T @ v)  # full re-orthogonalisation, twice for stability
+        v = v - qj @ (qj.T @ v)
+    qj = q[:, :used]
+    h = qj.T @ g @ qj
+    return torch.linalg.eigvalsh((h + h.T) / 2)[-1]
+
+
+def _gram_cholesky(w: Tensor, tau: float = 1e-6, n_iter: int = 80) -> Tensor:
+    """Certified σ_max via a float64 Gram matrix and a Cholesky test; ``w``: [K, m, n]."""
+    w64 = w.double()
+    if w64.shape[1] < w64.shape[2]:
+        w64 = w64.transpose(1, 2)
+    # G = WᵀW on the smaller side: [K, s, s]
+    g = torch.bmm(w64.transpose(1, 2), w64)
+    k, s, _ = g.shape
+    big = w64.shape[1]
+    fro2 = w64.square().sum(dim=(1, 2))
+    # |fl(G) − G| ≤ γ_big |W|ᵀ|W| elementwise ⇒ ‖ΔG‖₂ ≤ γ_big ‖W‖_F² (see docs/certified.md)
+    gamma = big * _U64 / (1.0 - big * _U64)
+    dg = gamma * fro2
+    lam = torch.stack([_ritz_top(g[i], n_iter) for i in range(k)]).clamp_min(0.0)
+    gmax = torch.diagonal(g, dim1=1, dim2=2).abs().amax(dim=1).tolist()
+    eye = torch.eye(s, dtype=torch.float64, device=w.device)
+    out = torch.empty(k, dtype=torch.float64, device=w.device)
+    gs = s + 1
+    gam_c = gs * _U64 / (1.0 - gs * _U64)
+    for i in range(k):
+        t = tau
+        scale = float(fro2[i])
+        if scale == 0.0:
+            out[i] = 0.0
+            continue
+        lam_i = float(lam[i])
+        while True:
+            up = lam_i * (1.0 + t) + float(dg[i])
+            a = up * eye - g[i]
+            # Rump's sufficient condition: fl-Cholesky of A − c·I succeeding proves A ≻ 0 when
+            # c ≥ γ_{s+1}/(1 − γ_{s+1})·tr(A) (plus underflow terms, negligible here); doubled.
+            # + the roundings of forming up·I − G and subtracting c·I on the diagonal
+            c = 2.0 * gam_c / (1.0 - gam_c) * float(torch.diagonal(a).abs().sum()) \
+                + 8.0 * _U64 * (up + gmax[i]) + 1e-290
+            _, info = torch.linalg.cholesky_ex(a - c * eye)
+            if int(info) == 0:
+                out[i] = math.sqrt(up) * (1.0 + _F64_MARGIN)
+                break
+            t *= 10.0
+            if t > 1e3:  # pragma: no cover - the Frobenius bound is reached long before
+                out[i] = math.sqrt(scale)
+                break
+    return out
+
+
+def matrix_norm_bound(weight: Tensor, method: NormMethod = "auto", minus: Tensor | None = None) -> NormValue:
+    """‖W‖₂ of a matrix (or a ``[K, m, n]`` stack): exact when affordable, else certified upper.
+
+    Args:
+        weight: ``[m, n]`` or ``[K, m, n]``.
+        method: ``auto`` (``svd`` if m·n·min(m, n) ≤ ``SVD_BUDGET``, ``gram-cholesky`` if
+            that cost ≤ ``GRAM_BUDGET``, else ``frobenius-holder``) or one of them forced.
+        minus: optional tensor of ``weight``'s shape: the norm of ``weight − minus`` is returned
+            (``frobenius-holder`` never materialises the difference, which matters at width 8192).
+
+    >>> round(float(matrix_norm_bound(torch.diag(torch.tensor([3., 1.]))).value), 6)
+    3.0
+    """
+    w, batched = _as_batch(weight, 2)
+    if minus is not None and (not isinstance(minus, Tensor) or minus.shape != weight.shape):
+        raise ProbPruneError(f"minus: shape {tuple(getattr(minus, 'shape', ()))} differs from the weight's "
+                             f"{tuple(weight.shape)}")
+    m, n = w.shape[1], w.shape[2]
+    cost = float(m) * n * min(m, n)
+    if method == "auto":
+        method = "svd" if cost <= SVD_BUDGET else "gram-cholesky" if cost <= GRAM_BUDGET else "frobenius-holder"
+    if method == "frobenius-holder":
+        sub = None if minus is None else _as_batch(minus, 2)[0]
+        return NormValue(_finish(_frob_holder(w, sub), batched), False, "frobenius-holder")
+    if minus is not None:
+        w = w - _as_batch(minus, 2)[0]
+    if method == "svd":
+        return NormValue(_finish(_svd_norm(w), batched), True, "svd")
+    if method == "gram-cholesky":
+        return NormValue(_finish(_gram_cholesky(w), batched), False, "gram-cholesky")
+    raise ProbPruneError(f"method={method!r}: must be auto, svd, gram-cholesky or frobenius-holder")
+
+
+def _fold_kernel(w: Tensor, grid: tuple[int, int], pad: int) -> Tensor:
+    """Place a ``[K, co, ci, k, k]`` kernel on a periodic ``grid`` (taps folded mod the grid)."""
+    kk, co, ci, kh, kw = w.shape
+    gh, gw = grid
+    out = torch.zeros(kk, co, ci, gh * gw, dtype=w.dtype, device=w.device)
+    ih = (torch.arange(kh, device=w.device) - pad) % gh
+    iw = (torch.arange(kw, device=w.device) - pad) % gw
+    idx = (ih[:, None] * gw + iw[None, :]).reshape(-1)
+    out.index_add_(3, idx, w.reshape(kk, co, ci, kh * kw))
+    return out.reshape(kk, co, ci, gh, gw)
+
+
+def _circular_norm(w: Tensor, grid: tuple[int, int], pad: int) -> Tensor:
+    """Exact norm of the circular convolution of a ``[K, co, ci, k, k]`` kernel on ``grid``."""
+    ker = _fold_kernel(w.double(), grid, pad)
+    spec = torch.fft.rfft2(ker)  # [K, co, ci, gh, gw//2+1]; the rest are conjugates
+    mats = spec.permute(0, 3, 4, 1, 2)  # [K, gh, gw', co, ci]
+    sv = torch.linalg.matrix_norm(mats, ord=2)  # [K, gh, gw']
+    return sv.flatten(1).amax(dim=1) * (1.0 + _F64_MARGIN)
+
+
+def _max_multiplicity(n: int, n_out: int, stride: int) -> int:
+    """How often one residue mod n occurs among {o·stride : o < n_out} (rows repeated by wrapping)."""
+    period = n // math.gcd(stride, n)
+    return -(-n_out // period)
+
+
+def conv_norm(weight: Tensor, conv: ConvSpec, input_shape: tuple[int, ...]) -> NormValue:
+    """Operator norm of a conv layer acting on ``input_shape`` (flattened ℓ2 norms in and out).
+
+    Args:
+        weight: ``[c_out, c_in, k, k]`` or ``[K, c_out, c_in, k, k]``.
+        conv: the geometry (stride s, padding p, ``zeros``/``circular``).
+        input_shape: ``(C, H, W)`` or ``(H, W)`` of the layer input.
+
+    Circular padding with stride 1 and ``2p = k − 1`` is a circulant operator: exact via FFT.
+    Other circular paddings repeat or drop rows of the circulant (rows repeated ``m`` times
+    scale the norm by at most √m), zero padding embeds in a circular convolution on the
+    ``(H + 2p) × (W + 2p)`` grid, and striding keeps a subset of rows: certified upper values.
+
+    >>> w = torch.zeros(1, 1, 3, 3); w[0, 0, 1, 1] = 2.0
+    >>> round(float(conv_norm(w, ConvSpec(1, 3, padding_mode="circular"), (1, 5, 5)).value), 6)
+    2.0
+    """
+    w, batched = _as_batch(weight, 4)
+    if len(input_shape) not in (2, 3):
+        raise ProbPruneError(f"input_shape={tuple(input_shape)}: expected (C, H, W) or (H, W)")
+    h, wd = int(input_shape[-2]), int(input_shape[-1])
+    if len(input_shape) == 3 and int(input_shape[0]) != w.shape[2]:
+        raise ProbPruneError(f"input_shape={tuple(input_shape)}: {input_shape[0]} channels, the kernel "
+                             f"expects {w.shape[2]}")
+    k, p, s = conv.kernel, conv.pad, conv.stride
+    if w.shape[-1] != k or w.shape[-2] != k:
+        raise ProbPruneError(f"weight shape {tuple(weight.shape)}: kernel size differs from conv.kernel={k}")
+    oh, ow = (h + 2 * p - k) // s + 1, (wd + 2 * p - k) // s + 1
+    if oh < 1 or ow < 1:
+        raise ProbPruneError(f"input_shape={tuple(input_shape)}: the conv output is empty")
+    if conv.padding_mode == "circular":
+        val = _circular_norm(w, (h, wd), p)
+        mult = _max_multiplicity(h, oh, s) * _max_multiplicity(wd, ow, s)
+        exact = s == 1 and 2 * p == k - 1
+        if mult > 1:
+            val = val * math.sqrt(mult)
+        return NormValue(_finish(val, batched), exact, "fft")
+    # zero padding: the padded input lives on an (h+2p)×(w+2p) grid; no output tap wraps around
+    val = _circular_norm(w, (h + 2 * p, wd + 2 * p), 0)
+    return NormValue(_finish(val, batched), False, "fft")
+
+
+def operator_norm(
+    weight: Tensor,
+    conv: ConvSpec | None = None,
+    input_shape: tuple[int, ...] | None = None,
+    method: NormMethod = "auto",
+    minus: Tensor | None = None,
+) -> NormValue:
+    """‖W‖₂ of a linear (``conv=None``) or conv layer; ``[K]`` values with a trial dim.
+
+    Never an under-estimate: exact (``svd``, FFT for circular convs) where possible, else a
+    certified upper value; ``NormValue.method`` says which.
+
+    Args:
+        weight: ``[(K,) out, in]`` or ``[(K,) c_out, c_in, k, k]``.
+        conv: conv geometry, ``None`` for a linear layer.
+        input_shape: per-sample input shape of a conv layer ``(C, H, W)``.
+        method: linear layers only, see :func:`matrix_norm_bound`.
+        minus: if given, the norm of ``weight − minus`` (e.g. the pruned part D = W − W̃).
+
+    >>> float(operator_norm(torch.tensor([[3., 4.]])).value) > 4.999999
+    True
+    """
+    if conv is None:
+        return matrix_norm_bound(weight, method, minus)
+    if input_shape is None:
+        raise ProbPruneError("input_shape=None: a conv layer's norm depends on the input size (C, H, W)")
+    if minus is not None:
+        if not isinstance(minus, Tensor) or minus.shape != weight.shape:
+            raise ProbPruneError(f"minus: shape {tuple(getattr(minus, 'shape', ()))} differs from the weight's "
+                                 f"{tuple(weight.shape)}")
+        weight = weight - minus
+    return conv_norm(weight, conv, input_shape)

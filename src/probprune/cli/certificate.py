@@ -1,0 +1,40 @@
+"""``probprune certificate check CERT --weights PRUNED [--target TARGET]``: confirm or reject a certificate."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from probprune.cli.app import app, console, emit_json, print_header
+from probprune.report.certificate import read_certificate
+from probprune.runner.certificate import check_certificate
+
+certificate_app = typer.Typer(help="Pruning certificates: JSON documents with the gap sandwich of a pruned "
+                              "network (schema: probprune/certificate.schema.json).", no_args_is_help=True)
+app.add_typer(certificate_app, name="certificate")
+
+
+@certificate_app.command("check", help="Validate a certificate against its schema, recompute the certified upper "
+                         "bound on the gap from the weights and confirm it (exit 0) or reject it (exit 2).")
+def check_cmd(
+    cert: Annotated[str, typer.Argument(help="The certificate (.json).")],
+    weights: Annotated[str, typer.Option(help="The pruned network f (.safetensors).")],
+    target: Annotated[Optional[str], typer.Option(
+        help="The target F (.safetensors); not needed when the certified target was sampled from a law.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document instead of text.")] = False,
+    dry_run: Annotated[bool, typer.Option(help="Print the resolved input and stop.")] = False,
+) -> None:
+    print_header({"certificate": cert, "weights": weights, "target": target}, None, as_json)
+    if dry_run:
+        return
+    doc = read_certificate(cert)
+    res = check_certificate(doc, weights, target, where=f"certificate={cert!r}")
+    if as_json:
+        emit_json({**res.to_dict(), "certificate": cert, "weights": weights})
+        return
+    console.print(f"certificate confirmed: the certified upper bound recomputed from the weights is {res.upper:.6g} "
+                  f"(certificate: {res.certified:.6g}, radius r = {res.radius:g}, target {res.target_source})",
+                  markup=False, soft_wrap=True)
+    for note in res.notes:
+        console.print(f"note: {note}", markup=False, soft_wrap=True)

@@ -1,0 +1,127 @@
+"""``probprune experiment mnist|fashion-mnist``: LeNets on real data, pruned, fine-tuned, with gap bounds."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from probprune.cli.app import TERMS, app, console, emit_json, err_console, print_header
+from probprune.config import ProbPruneError
+from probprune.runner.dataprep import require_dataset
+from probprune.runner.experiment import DEFAULT_EPOCHS, PRUNE_FRACTIONS, ExperimentSpec, run_experiment, summarize
+from probprune.runner.ray_executor import make_executor
+
+
+def _ints(name: str, text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise ProbPruneError(f"{name}={text!r}: expected comma-separated integers") from None
+
+
+def _floats(name: str, text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise ProbPruneError(f"{name}={text!r}: expected comma-separated numbers") from None
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(t.strip() for t in text.split(",") if t.strip())
+
+
+@app.command("experiment", help=(
+    "Train LeNet-300-100 and LeNet-5 on MNIST or Fashion-MNIST (prepared with 'probprune data prepare'), prune "
+    "them at random and by magnitude (layerwise and global), with and without fine-tuning (mask fixed), and "
+    "record per setting the test accuracy, the certified upper bound and empirical lower bound of the gap over "
+    "the ball of radius max ||x|| of the test set, and the mean gap on the test set. " + TERMS))
+def experiment_cmd(
+    dataset: Annotated[str, typer.Argument(help="mnist or fashion-mnist.")],
+    seeds: Annotated[Optional[str], typer.Option(help="Comma-separated seeds (default 0,1,2; --quick: 0).")] = None,
+    epochs: Annotated[Optional[float], typer.Option(
+        help=f"Dense training epochs for every model (default {DEFAULT_EPOCHS}).")] = None,
+    finetune_epochs: Annotated[Optional[float], typer.Option(
+        help="Fine-tuning epochs with the mask fixed (fractions allowed; 0 = no fine-tuned rows).")] = None,
+    finetune_lr: Annotated[Optional[float], typer.Option(help="Peak learning rate of fine-tuning (Adam).")] = None,
+    models: Annotated[Optional[str], typer.Option(help="Comma-separated: lenet-300-100,lenet-5.")] = None,
+    prune_fractions: Annotated[Optional[str], typer.Option(
+        "--prune-fractions", help=f"Comma-separated shares REMOVED (default {','.join(map(str, PRUNE_FRACTIONS))}).")]
+    = None,
+    methods: Annotated[Optional[str], typer.Option(help="Comma-separated: random,magnitude.")] = None,
+    scopes: Annotated[Optional[str], typer.Option(help="Comma-separated: layerwise,global.")] = None,
+    quick: Annotated[bool, typer.Option(help="Small smoke run: 1 epoch, fractions 0,0.5,0.9, 2000 test images.")]
+    = False,
+    runs_dir: Annotated[str, typer.Option(help="Parent folder of the run folder <hash>/.")] = "runs",
+    threads: Annotated[Optional[int], typer.Option(help="torch CPU threads (default: torch's choice).")] = None,
+    executor: Annotated[str, typer.Option(help="Where the pruning settings run: local (this process) or ray (a Ray "
+                                          "cluster; needs pip install 'probprune[ray]'; dense training stays "
+                                          "here).")] = "local",
+    address: Annotated[Optional[str], typer.Option(help="With --executor ray: default starts a local Ray instance; "
+                                                   "'auto' or 'ray://host:port' joins a cluster.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document (rows and summary).")] = False,
+    dry_run: Annotated[bool, typer.Option(help="Print the resolved config and run folder, then stop.")] = False,
+) -> None:
+    if dataset not in ("mnist", "fashion-mnist"):
+        raise ProbPruneError(f"dataset={dataset!r}: must be mnist or fashion-mnist")
+    base = ExperimentSpec.quick(dataset) if quick else ExperimentSpec(dataset=dataset)
+    kw: dict[str, Any] = base.to_dict()
+    if seeds is not None:
+        kw["seeds"] = _ints("seeds", seeds)
+    if epochs is not None:
+        kw["epochs"] = {m: epochs for m in kw["epochs"]}
+    if finetune_epochs is not None:
+        kw["finetune_epochs"] = finetune_epochs
+    if finetune_lr is not None:
+        kw["finetune_lr"] = finetune_lr
+    if models is not None:
+        kw["models"] = _names(models)
+    if prune_fractions is not None:
+        kw["prune_fractions"] = _floats("prune_fractions", prune_fractions)
+    if methods is not None:
+        kw["methods"] = _names(methods)
+    if scopes is not None:
+        kw["scopes"] = _names(scopes)
+    for k in ("models", "prune_fractions", "methods", "scopes", "seeds"):
+        kw[k] = tuple(kw[k])
+    spec = ExperimentSpec(**kw)
+    ex = None if executor == "local" and address is None else make_executor(executor, address)
+    run_dir = f"{runs_dir.rstrip('/')}/{spec.hash}"
+    if not dry_run:
+        require_dataset(dataset)  # before any output: a missing dataset is one error line
+    print_header(spec.to_dict(), run_dir, as_json)
+    if dry_run:
+        return
+    # start / join Ray before anything is written: an unreachable cluster leaves no run folder
+    getattr(ex, "start", lambda: None)()
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=err_console, transient=as_json) as bar:
+        tasks: dict[str, Any] = {}
+
+        def progress(desc: str, done: int, total: int) -> None:
+            if desc not in tasks:
+                tasks[desc] = bar.add_task(desc, total=total)
+            bar.update(tasks[desc], completed=done, total=total)
+
+        try:
+            out = run_experiment(spec, runs_dir, progress=progress, executor=ex, threads=threads)
+        finally:
+            getattr(ex, "shutdown", lambda: None)()
+    summary = summarize(out.rows)
+    if as_json:
+        emit_json({"run_dir": str(out.run_dir), "config": spec.to_dict(), "seconds": out.seconds,
+                   "computed": out.computed, "rows": out.rows, "summary": summary})
+        return
+    t = Table(title=f"{dataset}: test accuracy and gap (mean over {len(spec.seeds)} seed(s)); "
+                    "prune_fraction = share removed; gap over the ball of radius max ||x|| of the test set")
+    for col in ("model", "method", "scope", "prune_fraction", "fine-tuned", "accuracy %", "kept weights",
+                "gap lower", "gap upper", "mean test gap"):
+        t.add_column(col, justify="left" if col in ("model", "method", "scope") else "right")
+    for s in summary:
+        t.add_row(s["model"], s["method"], s["scope"], f"{s['prune_fraction']:g}", "yes" if s["finetuned"] else "no",
+                  f"{100 * s['test_accuracy']:.2f} ± {100 * s['test_accuracy_std']:.2f}", f"{s['n_kept']:.0f}",
+                  f"{s['gap_lower']:.3g}", f"{s['gap_upper']:.3g}", f"{s['mean_test_gap']:.3g}")
+    console.print(t)
+    console.print(f"run folder: {out.run_dir}  ({out.computed} settings computed in {out.seconds:.1f} s)")

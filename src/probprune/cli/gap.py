@@ -1,0 +1,95 @@
+"""``probprune gap``: pin the gap between a target and a pruned network from both sides."""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from probprune.cli.app import app, console, emit_json, err_console, print_header
+from probprune.config import GapSpec, ProbPruneError, parse_arch
+from probprune.runner.gap import GapJob, run_gap
+
+__all__ = ["gap_cmd", "sandwich_doc", "sandwich_tables"]
+
+
+def _f(v: float) -> str:
+    return f"{v:.6g}"
+
+
+def sandwich_doc(sw: Any) -> dict[str, Any]:
+    """The JSON form of a ``Sandwich`` (plus a one-line verdict)."""
+    doc: dict[str, Any] = sw.to_dict()
+    return doc
+
+
+def sandwich_tables(sw: Any, radius: float) -> list[Table]:
+    """Rich tables: the sandwich itself and the per-layer terms of the certified bound."""
+    doc = sw.to_dict()
+    lower, upper, ratio = doc["lower"], doc["upper"], doc["ratio"]
+    if not isinstance(lower, list):
+        lower, upper, ratio = [lower], [upper], [ratio]
+    t = Table(title=f"gap sandwich: lower <= sup_(||x|| <= {radius:g}) ||f(x) - F(x)|| <= upper")
+    for col in ("member", "lower (empirical)", "upper (certified)", "upper / lower"):
+        t.add_column(col, justify="right")
+    for i, (lo, up, ra) in enumerate(zip(lower, upper, ratio)):
+        t.add_row(str(i) if len(lower) > 1 else "-", _f(lo), _f(up), "inf" if math.isinf(ra) else _f(ra))
+    terms = Table(title=f"certified bound per layer ({doc['n_exact']}/{doc['n_norms']} norms exact)")
+    for col in ("layer", "||W|| <=", "||W~|| <=", "||D|| <=", "method", "L", "error e_i <="):
+        terms.add_column(col, justify="left" if col in ("layer", "method") else "right")
+    for term in doc["bound"]["terms"]:
+        def first(v: Any) -> float:
+            return float(v[0]) if isinstance(v, list) else float(v)
+        nt, npr, nd = term["norm_target"], term["norm_pruned"], term["norm_diff"]
+        method = "/".join(sorted({nt["method"] + ("" if nt["exact"] else "*") for nt in (nt, npr, nd)}))
+        terms.add_row(term["name"], _f(first(nt["value"])), _f(first(npr["value"])), _f(first(nd["value"])),
+                      method, _f(term["lipschitz"]), _f(first(term["error"])))
+    return [t, terms]
+
+
+@app.command("gap", help="Pin the gap sup_{||x|| <= r} ||f(x) - F(x)|| between a target F (--weights) and a pruned "
+             "network f (--pruned): an empirical lower bound (sampling + projected gradient ascent) and a "
+             "certified upper bound (layerwise operator norms, docs/certified.md).")
+def gap_cmd(
+    arch: Annotated[str, typer.Option("--arch", help="Architecture, e.g. fcn:784,300,100,10.")],
+    weights: Annotated[str, typer.Option(help="Target weights F (.safetensors).")],
+    pruned: Annotated[str, typer.Option(help="Pruned weights f (.safetensors, same architecture).")],
+    radius: Annotated[float, typer.Option(help="Input ball radius r > 0 (1 in the paper).")] = 1.0,
+    activation: Annotated[str, typer.Option(help="Hidden activation: relu, leaky_relu, tanh, sigmoid, identity.")]
+    = "relu",
+    bias: Annotated[bool, typer.Option("--bias/--no-bias", help="Layers carry biases.")] = False,
+    n_points: Annotated[int, typer.Option(help="Estimator: random starting points.")] = 2048,
+    n_restarts: Annotated[int, typer.Option(help="Estimator: best points refined by gradient ascent.")] = 8,
+    n_steps: Annotated[int, typer.Option(help="Estimator: ascent steps per restart.")] = 50,
+    step_size: Annotated[float, typer.Option(help="Estimator: initial step as a fraction of r.")] = 0.1,
+    norm_method: Annotated[str, typer.Option(help="auto, svd, gram-cholesky or frobenius-holder.")] = "auto",
+    seed: Annotated[int, typer.Option(help="Seed of the estimator's sampling.")] = 0,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document instead of tables.")] = False,
+    dry_run: Annotated[bool, typer.Option(help="Print the resolved config and stop.")] = False,
+) -> None:
+    if isinstance(radius, float) and not math.isfinite(radius):
+        raise ProbPruneError(f"radius={radius!r}: must be finite")
+    net = parse_arch(arch, activation=activation, bias=bias)
+    spec = GapSpec(radius=radius, n_points=n_points, n_restarts=n_restarts, n_steps=n_steps, step_size=step_size)
+    job = GapJob(net=net, weights=weights, pruned=pruned, gap=spec, seed=seed, device=device,
+                 norm_method=norm_method)  # type: ignore[arg-type]
+    resolved = {"arch": net.to_arch(), "activation": activation, "bias": bias, "weights": weights,
+                "pruned": pruned, "seed": seed, "norm_method": norm_method,
+                "gap": {"radius": radius, "n_points": n_points, "n_restarts": n_restarts, "n_steps": n_steps,
+                        "step_size": step_size}}
+    print_header(resolved, None, as_json)
+    if dry_run:
+        return
+    with err_console.status("estimating and bounding the gap", spinner="dots"):
+        res = run_gap(job)
+    sw = res.sandwich
+    if as_json:
+        emit_json({"config": resolved, "sandwich": sandwich_doc(sw)})
+        return
+    for table in sandwich_tables(sw, radius):
+        console.print(table)
+    console.print("* certified upper value, not the exact norm; assumptions: "
+                  + "; ".join(sw.bound.assumptions), markup=False)

@@ -1,0 +1,40 @@
+"""``probprune report RUN_DIR``: write ``report.html`` (self-contained) and ``summary.md`` for a run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from probprune.cli.app import app, console, emit_json, err_console, print_header
+from probprune.report import write_report
+from probprune.store.reports import load_report_data
+
+
+@app.command("report", help="Write report.html (one self-contained file: figures embedded, no network access) and "
+             "summary.md into a run folder (runs/<hash>). A partial run is reported with a visible warning "
+             "(exit 0); a folder with no results is an error (exit 2).")
+def report_cmd(
+    run_dir: Annotated[str, typer.Argument(help="The run folder, e.g. runs/<config-hash>.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document instead of text.")] = False,
+    dry_run: Annotated[bool, typer.Option(help="Print the resolved input and output and stop.")] = False,
+) -> None:
+    out = Path(run_dir) / "report.html"
+    print_header({"run_dir": run_dir}, str(out), as_json)
+    if dry_run:
+        return
+    data = load_report_data(run_dir)
+    path = write_report(data)
+    doc = {"report": str(path), "summary": str(path.parent / "summary.md"), "status": data.status,
+           "n_done": data.n_done, "n_expected": data.n_expected,
+           "n_pass": sum(1 for p in data.points if p.get("passed") is True),
+           "n_fail": sum(1 for p in data.points if p.get("passed") is False)}
+    if as_json:
+        emit_json(doc)
+        return
+    if data.status == "partial":
+        err_console.print(f"warning: partial run ({data.n_done} of {data.n_expected} trials); the report says so",
+                          markup=False, soft_wrap=True)
+    console.print(f"summary: {path.parent / 'summary.md'}", markup=False, soft_wrap=True)
+    console.print(f"report: {path}", markup=False, soft_wrap=True)

@@ -1,0 +1,298 @@
+"""``probprune verify`` (Monte Carlo check of the bounds) and ``probprune config show``.
+
+No maths here: resolve a config (embedded default, ``--config`` TOML, ``--resume`` run
+folder; then short flags; then ``--set``), hand it to :func:`probprune.runner.verify.run_verify`,
+print what the store returns.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import math
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from probprune.cli.app import TERMS, app, console, emit_json, err_console, print_header
+from probprune.config import (
+    BoundSpec,
+    ProbPruneError,
+    PruneSpec,
+    RunConfig,
+    canonical_json,
+    config_hash,
+    load_toml,
+    parse_arch,
+    parse_law,
+    to_dict,
+    with_overrides,
+)
+from probprune.runner.ray_executor import make_executor
+from probprune.runner.verify import ProgressEvent, check_run, default_config, run_verify
+from probprune.store.runs import open_run, run_dir_for
+
+__all__ = ["config_app", "report_after_verify", "resolve_config", "verify_cmd"]
+
+config_app = typer.Typer(name="config", help="Show resolved configs and their hashes.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+_DEFAULT_SCHEDULE = (1.0, 0.5)
+
+
+def _parse_widths(text: str) -> tuple[int, ...]:
+    toks = [t.strip() for t in text.split(",") if t.strip()]
+    if not toks:
+        raise ProbPruneError(f"--widths {text!r}: empty grid, give hidden widths like 128,256,512")
+    try:
+        ws = tuple(int(t) for t in toks)
+    except ValueError:
+        raise ProbPruneError(f"--widths {text!r}: widths must be integers") from None
+    if any(w < 1 for w in ws):
+        raise ProbPruneError(f"--widths {text!r}: widths must be >= 1")
+    return ws
+
+
+def _parse_schedule(text: str) -> tuple[float, float]:
+    parts = [t.strip() for t in text.split(",")]
+    try:
+        c, alpha = (float(parts[0]), float(parts[1])) if len(parts) == 2 else (math.nan, math.nan)
+    except ValueError:
+        c = alpha = math.nan
+    if math.isnan(c) or math.isnan(alpha):
+        raise ProbPruneError(f"--schedule {text!r}: expected 'c,alpha' (level = c·h^-alpha)")
+    return c, alpha
+
+
+def resolve_config(
+    config: str | None = None,
+    sets: list[str] | None = None,
+    *,
+    resume: str | None = None,
+    arch: str | None = None,
+    widths: str | None = None,
+    law: str | None = None,
+    method: str | None = None,
+    scope: str | None = None,
+    prune_fraction: float | None = None,
+    threshold: float | None = None,
+    relative_threshold: float | None = None,
+    p: float | None = None,
+    rescale: bool | None = None,
+    schedule: str | None = None,
+    delta: float | None = None,
+    eps: float | None = None,
+    trials: int | None = None,
+    chunk_size: int | None = None,
+    seed: int | None = None,
+    device: str | None = None,
+    dtype: str | None = None,
+) -> RunConfig:
+    """The run config from (resume folder | TOML file | embedded default), then short flags, then ``--set``."""
+    if resume is not None and config is not None:
+        raise ProbPruneError(f"--config {config!r}: give either --config or --resume, not both")
+    if resume is not None:
+        cfg = open_run(resume).config
+    elif config is not None:
+        cfg = load_toml(config)
+    else:
+        cfg = default_config()
+    net, mc, bound = cfg.net, cfg.mc, cfg.bound
+    if arch is not None:
+        net = parse_arch(arch, activation=net.activation, bias=net.bias)
+        mc = dataclasses.replace(mc, hidden_widths=())
+    if widths is not None:
+        mc = dataclasses.replace(mc, hidden_widths=_parse_widths(widths))
+    lawspec = cfg.law if law is None else parse_law(law)
+    prunes = cfg.prunes
+    levels = {"prune_fraction": prune_fraction, "threshold": threshold,
+              "relative_threshold": relative_threshold, "p": p}
+    given = {k: v for k, v in levels.items() if v is not None}
+    if given or schedule is not None or method is not None or rescale is not None or scope is not None:
+        m = method if method is not None else ("random" if p is not None else "magnitude")
+        sc = scope if scope is not None else "layerwise"
+        if given or schedule is not None:
+            c, a = _parse_schedule(schedule) if schedule is not None else (None, None)
+            prunes = (PruneSpec(method=m, scope=sc, rescale=bool(rescale), schedule_c=c,  # type: ignore[arg-type]
+                                schedule_alpha=a, **given),)
+        else:
+            same = tuple(r for r in cfg.prunes if method is None or r.method == method)
+            if same:
+                prunes = tuple(dataclasses.replace(r, scope=sc if scope is not None else r.scope,  # type: ignore[arg-type]
+                                                   rescale=r.rescale if rescale is None else bool(rescale))
+                               for r in same)
+            else:
+                c, a = _DEFAULT_SCHEDULE
+                prunes = (PruneSpec(method=m, scope=sc, rescale=bool(rescale), schedule_c=c,  # type: ignore[arg-type]
+                                    schedule_alpha=a),)
+    if delta is not None or eps is not None:
+        bound = BoundSpec(delta=bound.delta if delta is None else delta, eps=bound.eps if eps is None else eps)
+    mc_kw: dict[str, Any] = {k: v for k, v in {"n_trials": trials, "chunk_size": chunk_size, "seed": seed,
+                                                 "device": device, "dtype": dtype}.items() if v is not None}
+    if mc_kw:
+        mc = dataclasses.replace(mc, **mc_kw)
+    cfg = RunConfig(net=net, law=lawspec, prunes=prunes, gap=cfg.gap, bound=bound, mc=mc)
+    return with_overrides(cfg, list(sets or [])) if sets else cfg
+
+
+def report_after_verify(run_dir: Path) -> Path | None:
+    """Build the HTML report of a run when :mod:`probprune.report` provides ``build_report`` (else ``None``)."""
+    try:
+        rep = importlib.import_module("probprune.report")
+    except ImportError:
+        return None
+    build = getattr(rep, "build_report", None)
+    if build is None:
+        return None
+    return Path(build(run_dir))
+
+
+def _fmt(v: Any, spec: str = ".3g") -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return "inf" if math.isinf(v) else format(v, spec)
+    return str(v)
+
+
+_SYMBOL = {"relative_threshold": "ρ", "threshold": "τ", "p": "p", "prune_fraction": "q"}
+
+
+def points_table(points: list[dict[str, Any]]) -> Table:
+    """Rich table of the per-point statistics."""
+    t = Table(title="verify: sup-gap (empirical lower, certified upper) vs ε(δ); coverage = P(gap ≤ ε)")
+    t.add_column("result", no_wrap=True, min_width=6)
+    for c in ("h", "rule", "R", "gap med", "q(1-δ)", "upper med", "ε(δ)", "coverage [CP]", "ε/q"):
+        t.add_column(c, justify="left" if c == "rule" else "right")
+    for p in points:
+        res = "-" if p["passed"] is None else ("[green]pass[/green]" if p["passed"] else "[bold red]FAIL[/bold red]")
+        cov = "-" if p["coverage"] is None else \
+            f"{p['coverage']:.2f} [{p['coverage_low']:.2f},{p['coverage_high']:.2f}]"
+        rule = f"{p['method'][:3]} {_SYMBOL.get(p['level_name'], p['level_name'])}={p['level_value']:.3g}"
+        if p["rescale"]:
+            rule += " resc"
+        t.add_row(res, str(p["width"]), rule, str(p["n_trials"]), _fmt(p["gap_lower_median"]),
+                  _fmt(p["gap_lower_quantile"]), _fmt(p["gap_upper_median"]), _fmt(p["eps"]), cov,
+                  _fmt(p["tightness"]))
+    return t
+
+
+def slopes_table(slopes: list[dict[str, Any]]) -> Table:
+    """Rich table of the fitted log-log slopes beside the theory exponent."""
+    t = Table(title="gap vs width: fitted decay exponent λ (gap ∝ h^-λ) vs theory")
+    for c in ("method", "widths", "fitted λ", "theory λ", "relative-gap slope"):
+        t.add_column(c, justify="left" if c == "method" else "right")
+    for s in slopes:
+        t.add_row(s["method"], str(s["n_widths"]), _fmt(s["exponent"]), _fmt(s["theory_exponent"]),
+                  _fmt(s["rel_slope"]))
+    return t
+
+
+@app.command("verify", help="Monte Carlo check of the gap bounds: R sampled targets per grid point (hidden widths × "
+             "pruning rules), empirical sup-gap and certified upper bound per trial, coverage of ε(δ) with a "
+             "Clopper–Pearson interval (pass/fail), tightness, log-log slope vs width. With no options: the paper's "
+             "FCN setting (about 3 minutes on 2 CPU cores). Runs are stored in RUNS_DIR/<config-hash>/ and resume "
+             "where they stopped. " + TERMS)
+def verify_cmd(
+    config: Annotated[Optional[str], typer.Option("--config", help="TOML config file.")] = None,
+    sets: Annotated[Optional[list[str]], typer.Option("--set", help="Override section.field=value (repeatable).")]
+    = None,
+    arch: Annotated[Optional[str], typer.Option(help="Architecture, e.g. fcn:16,64,64,4 (clears the width grid).")]
+    = None,
+    widths: Annotated[Optional[str], typer.Option(help="Grid of hidden widths, e.g. 128,256,512.")] = None,
+    law: Annotated[Optional[str], typer.Option(help="Weight law, e.g. uniform:K=2.449.")] = None,
+    method: Annotated[Optional[str], typer.Option(help="magnitude or random (one pruning rule).")] = None,
+    scope: Annotated[Optional[str], typer.Option(help="layerwise or global.")] = None,
+    prune_fraction: Annotated[Optional[float], typer.Option(help="Share of weights REMOVED in [0, 1].")] = None,
+    threshold: Annotated[Optional[float], typer.Option(help="Magnitude: remove |w| <= threshold.")] = None,
+    relative_threshold: Annotated[Optional[float], typer.Option(help="Magnitude: remove |w| <= rho * a_i.")]
+    = None,
+    p: Annotated[Optional[float], typer.Option("--p", help="Random: remove each weight with probability p.")]
+    = None,
+    rescale: Annotated[Optional[bool], typer.Option("--rescale/--no-rescale", help="Random: survivors x 1/(1-p).")]
+    = None,
+    schedule: Annotated[Optional[str], typer.Option(help="Vanishing level c·h^-alpha, given as 'c,alpha'.")] = None,
+    delta: Annotated[Optional[float], typer.Option(help="Failure probability delta of the bound.")] = None,
+    eps: Annotated[Optional[float], typer.Option(help="Check this eps instead of the theory's eps(delta).")] = None,
+    trials: Annotated[Optional[int], typer.Option(help="Trials R per grid point (>= 1).")] = None,
+    chunk_size: Annotated[Optional[int], typer.Option(help="Trials per batched ensemble.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Master seed.")] = None,
+    device: Annotated[Optional[str], typer.Option(help="cpu, cuda or cuda:N.")] = None,
+    dtype: Annotated[Optional[str], typer.Option(help="float32 or float64.")] = None,
+    runs_dir: Annotated[str, typer.Option(help="Parent folder of run folders.")] = "runs",
+    resume: Annotated[Optional[str], typer.Option(help="Continue the run in this folder (runs/<hash>).")] = None,
+    executor: Annotated[str, typer.Option(help="Where trials run: local (this process) or ray (a Ray cluster; "
+                                          "needs pip install 'probprune[ray]').")] = "local",
+    address: Annotated[Optional[str], typer.Option(help="With --executor ray: default starts a local Ray "
+                                                   "instance; 'auto' or 'ray://host:port' joins a cluster.")]
+    = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document instead of tables.")] = False,
+    dry_run: Annotated[bool, typer.Option(help="Print the resolved config and run folder, then stop.")] = False,
+) -> None:
+    cfg = resolve_config(config, sets, resume=resume, arch=arch, widths=widths, law=law, method=method, scope=scope,
+                         prune_fraction=prune_fraction, threshold=threshold, relative_threshold=relative_threshold,
+                         p=p, rescale=rescale, schedule=schedule, delta=delta, eps=eps, trials=trials,
+                         chunk_size=chunk_size, seed=seed, device=device, dtype=dtype)
+    ex = make_executor(executor, address)
+    out, _ = check_run(cfg, runs_dir, resume)
+    print_header({"hash": config_hash(cfg), **to_dict(cfg, non_default_only=False)}, str(out), as_json)
+    if dry_run:
+        return
+    # start / join Ray before anything is written: an unreachable cluster leaves no run folder
+    getattr(ex, "start", lambda: None)()
+    target = err_console if as_json else console
+    with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), TimeRemainingColumn(), console=target, transient=False) as bar:
+        task = bar.add_task("trials", total=None)
+
+        def on_progress(ev: ProgressEvent) -> None:
+            desc = "trials" if ev.width is None else f"h={ev.width} {ev.method}"
+            bar.update(task, total=ev.total, completed=ev.done, description=desc)
+
+        try:
+            res = run_verify(cfg, runs_dir, executor=ex, progress=on_progress, resume=resume)
+        finally:
+            getattr(ex, "shutdown", lambda: None)()
+    report = report_after_verify(res.run_dir)
+    if as_json:
+        emit_json({"run_dir": str(res.run_dir), "hash": res.info.hash, "status": res.info.status,
+                   "n_done": res.info.n_done, "n_expected": res.info.n_expected, "n_new": res.n_new,
+                   "resumed": res.resumed, "seconds": res.seconds, "points": res.points, "slopes": res.slopes,
+                   "all_passed": all(p["passed"] is not False for p in res.points),
+                   "report": None if report is None else str(report), "config": canonical_json(cfg)})
+        return
+    console.print(points_table(res.points))
+    if res.slopes:
+        console.print(slopes_table(res.slopes))
+    n_fail = sum(1 for p in res.points if p["passed"] is False)
+    if n_fail:
+        console.print(f"[bold red]{n_fail} grid point(s) FAIL[/bold red]: the Clopper–Pearson interval of "
+                      "P(gap ≤ ε) lies below 1 − δ.")
+    state = "resumed, " if res.resumed else ""
+    console.print(f"run directory: {res.run_dir} ({state}{res.info.status}, {res.info.n_done}/{res.info.n_expected} "
+                  f"trials, {res.n_new} new, {res.seconds:.1f} s)")
+    if report is not None:
+        console.print(f"report: {report}")
+
+
+@config_app.command("show", help="Print the resolved config (default: the verify default), its hash and run folder.")
+def config_show(
+    config: Annotated[Optional[str], typer.Option("--config", help="TOML config file.")] = None,
+    sets: Annotated[Optional[list[str]], typer.Option("--set", help="Override section.field=value (repeatable).")]
+    = None,
+    runs_dir: Annotated[str, typer.Option(help="Parent folder of run folders.")] = "runs",
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
+) -> None:
+    cfg = resolve_config(config, sets)
+    doc: dict[str, Any] = {"hash": config_hash(cfg), "run_dir": str(run_dir_for(runs_dir, cfg)),
+                           "canonical": canonical_json(cfg), "config": to_dict(cfg)}
+    if as_json:
+        emit_json(doc)
+        return
+    print_header(doc["config"], doc["run_dir"], False)
+    console.print(f"[bold]hash[/bold]: {doc['hash']}")
+    console.print("[bold]canonical[/bold]:")
+    console.print(doc["canonical"], markup=False)

@@ -1,0 +1,448 @@
+"""The gap between a pruned network f and its target F, estimated from below.
+
+The gap (``DESIGN.md``) is ``sup_{‖x‖₂ ≤ r} ‖f(x) − F(x)‖₂`` (conv inputs flattened).
+:func:`sup_gap` estimates it from below — every value it returns is attained at a point
+of the ball, so it is a true lower bound on the gap:
+
+1. **sampling** (``torch.no_grad``): ``n_points`` inputs, half uniform on the sphere of
+   radius r, half uniform in the ball (radius law ``r·U^{1/d}``), shared by all members;
+   f and F are evaluated together as one batched ensemble of ``2K`` networks;
+2. **projected gradient ascent** on ``‖f(x) − F(x)‖²`` from each member's ``n_restarts``
+   best points: a normalised gradient step with a cosine-decaying step (``step_size·r``
+   at the start), a greedy choice between the steps ``η``, ``4η`` and the full step to
+   ``r·∇/‖∇‖`` (the power-method step, exact for a linear layer), then projection onto the
+   ball. The best point seen is kept.
+
+Bias-free networks with positively homogeneous activations (relu, leaky_relu, identity;
+max-pool keeps this) satisfy ``g(t·x) = t·g(x)`` for ``t ≥ 0``, so the sup over the ball
+equals ``r ×`` the sup over the unit sphere; the estimator then searches the unit sphere
+only and scales by r (``GapEstimate.homogeneous``).
+
+Everything is batched over members (trial dim K) and points; randomness comes only from
+the explicit ``generator``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import cast
+
+import torch
+from torch import Tensor
+
+from probprune.config import GapSpec, ProbPruneError
+from probprune.nets import Net
+
+__all__ = [
+    "GapEstimate",
+    "GapStats",
+    "RelativeGap",
+    "check_pair",
+    "is_homogeneous",
+    "mean_gap",
+    "relative_gap",
+    "sup_gap",
+    "sup_output",
+]
+
+# elements of the largest activation tensor per chunk of the sampling phase (≈ 64 MiB in float32)
+_CHUNK_ELEMS = 1 << 24
+# step multipliers tried at every ascent step (∞ = the full step to r·∇/‖∇‖)
+_STEP_MULTS = (1.0, 4.0, math.inf)
+
+
+@dataclass(frozen=True, eq=False)
+class GapEstimate:
+    """An empirical sup over the ball (a lower bound on the true sup).
+
+    Attributes:
+        value: ``[K]`` (ensemble) or 0-d: the best ``‖f(x) − F(x)‖`` (or ``‖F(x)‖``) found.
+        x: maximiser, ``[K, *input_shape]`` or ``[*input_shape]``, with ``‖x‖ ≤ radius``.
+        n_evals: points evaluated per member (each evaluates f and F).
+        radius: r.
+        homogeneous: whether the sphere-scaling shortcut was used.
+        sampled: ``[K]``/0-d best value of the sampling phase alone (before ascent).
+    """
+
+    value: Tensor
+    x: Tensor
+    n_evals: int
+    radius: float
+    homogeneous: bool
+    sampled: Tensor
+
+
+@dataclass(frozen=True, eq=False)
+class RelativeGap:
+    """Relative gap ``gap / sup‖F(x)‖`` with both sups estimated by :func:`sup_gap`'s estimator."""
+
+    value: Tensor
+    gap: GapEstimate
+    output: GapEstimate
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def _input_shape(net: Net) -> tuple[int, ...]:
+    spec = net.spec
+    return (spec.widths[0],) if spec.kind == "fcn" else tuple(spec.input_shape)  # type: ignore[arg-type]
+
+
+def _max_width(net: Net) -> int:
+    """Largest per-sample activation size (conv outputs before pooling included)."""
+    spec = net.spec
+    feats = [math.prod(s) for s in spec.feature_shapes()]
+    sizes = [*feats, spec.output_dim]
+    for i, conv in enumerate(spec.convs):
+        sizes.append(feats[i + 1] * conv.pool * conv.pool * 4)  # generous: floor-pooling drops edges
+    return max(sizes)
+
+
+def is_homogeneous(net: Net) -> bool:
+    """Whether ``net(t·x) = t·net(x)`` for ``t ≥ 0``: positively homogeneous σ and no (or zero) biases."""
+    if not all(layer.activation.positively_homogeneous for layer in net.layers):
+        return False
+    return all(b is None or not bool(b.any()) for b in net.biases)
+
+
+def check_pair(target: Net, pruned: Net) -> None:
+    """Raise :class:`ProbPruneError` unless target and pruned share architecture and trial dim and are finite."""
+    if not isinstance(target, Net) or not isinstance(pruned, Net):
+        raise ProbPruneError(f"target/pruned: expected Net values, got {type(target).__name__}, "
+                             f"{type(pruned).__name__}")
+    if target.spec != pruned.spec:
+        raise ProbPruneError(f"pruned: architecture {pruned.spec.to_arch()} (activation {pruned.spec.activation}, "
+                             f"bias {pruned.spec.bias}) differs from the target's {target.spec.to_arch()} "
+                             f"(activation {target.spec.activation}, bias {target.spec.bias})")
+    if target.n_trials != pruned.n_trials:
+        raise ProbPruneError(f"pruned: n_trials={pruned.n_trials} differs from the target's {target.n_trials}")
+    _check_finite(target, "target")
+    _check_finite(pruned, "pruned")
+
+
+def _as_ensemble(net: Net) -> Net:
+    if net.n_trials is not None:
+        return net
+    return Net.from_weights(net.spec, [w.unsqueeze(0) for w in net.weights],
+                            [None if b is None else b.unsqueeze(0) for b in net.biases])
+
+
+def _joint(target: Net, pruned: Net) -> Net:
+    """One ensemble of 2K members: the K targets, then the K pruned nets (f and F in one pass)."""
+    t, p = _as_ensemble(target), _as_ensemble(pruned)
+    ws = [torch.cat([a, b]) for a, b in zip(t.weights, p.weights)]
+    bs: list[Tensor | None] = []
+    for a, b in zip(t.biases, p.biases):
+        if a is None and b is None:
+            bs.append(None)
+        else:
+            a2 = torch.zeros_like(b) if a is None else a  # type: ignore[arg-type]
+            b2 = torch.zeros_like(a) if b is None else b  # type: ignore[arg-type]
+            bs.append(torch.cat([a2, b2]))
+    return Net.from_weights(t.spec, ws, bs)
+
+
+Objective = Callable[[Tensor], Tensor]
+"""Maps flat inputs ``[K, M, D]`` (or shared ``[M, D]``) to norms ``[K, M]``."""
+
+
+def _diff_objective(target: Net, pruned: Net) -> tuple[Objective, int]:
+    joint = _joint(target, pruned)
+    k = _as_ensemble(target).n_trials or 1
+    shape = _input_shape(target)
+
+    def fn(x: Tensor) -> Tensor:
+        if x.dim() == 2:  # shared points
+            xin = x.reshape(x.shape[0], *shape)
+        else:
+            xin = torch.cat([x, x]).reshape(2 * k, x.shape[1], *shape)
+        out = cast(Tensor, joint.forward(xin))
+        return (out[k:] - out[:k]).norm(dim=-1)
+
+    return fn, k
+
+
+def _output_objective(net: Net) -> tuple[Objective, int]:
+    ens = _as_ensemble(net)
+    k = ens.n_trials or 1
+    shape = _input_shape(net)
+
+    def fn(x: Tensor) -> Tensor:
+        xin = x.reshape(x.shape[0], *shape) if x.dim() == 2 else x.reshape(k, x.shape[1], *shape)
+        out = cast(Tensor, ens.forward(xin))
+        return out.norm(dim=-1)
+
+    return fn, k
+
+
+def _project(x: Tensor, radius: float, sphere: bool) -> Tensor:
+    n = x.norm(dim=-1, keepdim=True)
+    if sphere:
+        return x * (radius / n.clamp_min(torch.finfo(x.dtype).tiny))
+    return x * (radius / n.clamp_min(radius))
+
+
+def _sample_points(n: int, d: int, radius: float, sphere_only: bool, generator: torch.Generator,
+                   device: torch.device, dtype: torch.dtype) -> Tensor:
+    z = torch.randn(n, d, generator=generator, device=device, dtype=dtype)
+    z = z / z.norm(dim=1, keepdim=True).clamp_min(torch.finfo(dtype).tiny)
+    if not sphere_only:
+        n_ball = n // 2
+        u = torch.rand(n_ball, 1, generator=generator, device=device, dtype=dtype)
+        z[n - n_ball:] = z[n - n_ball:] * u.pow(1.0 / d)
+    return z * radius
+
+
+def _maximise(fn: Objective, k: int, d: int, width: int, spec: GapSpec, homogeneous: bool,
+              generator: torch.Generator, device: torch.device, dtype: torch.dtype
+              ) -> tuple[Tensor, Tensor, int, Tensor]:
+    """Sampling then projected ascent of ``fn``; returns value [K], x [K, D], n_evals, sampled [K]."""
+    rad = 1.0 if homogeneous else float(spec.radius)
+    pts = _sample_points(spec.n_points, d, rad, homogeneous, generator, device, dtype)
+    chunk = max(1, _CHUNK_ELEMS // max(1, 2 * k * width))
+    with torch.no_grad():
+        vals = torch.cat([fn(pts[s:s + chunk]) for s in range(0, spec.n_points, chunk)], dim=1)  # [K, N]
+    n_evals = spec.n_points
+    best_val, best_idx = vals.max(dim=1)
+    best_x = pts[best_idx]  # [K, D]
+    sampled = best_val.clone()
+    r = min(spec.n_restarts, spec.n_points)
+    if r == 0 or spec.n_steps == 0:
+        return best_val, best_x, n_evals, sampled
+    idx = vals.topk(r, dim=1).indices  # [K, R]
+    x = pts[idx]  # [K, R, D]
+    n_mult = len(_STEP_MULTS)
+    for t in range(spec.n_steps):
+        eta = spec.step_size * rad * 0.5 * (1.0 + math.cos(math.pi * t / spec.n_steps))
+        with torch.enable_grad():
+            xg = x.detach().requires_grad_(True)
+            cur = fn(xg)  # [K, R]
+            (grad,) = torch.autograd.grad(cur.square().sum(), xg)
+        cur = cur.detach()
+        n_evals += r
+        gnorm = grad.norm(dim=-1, keepdim=True)
+        unit = grad / gnorm.clamp_min(torch.finfo(dtype).tiny)
+        cands = []
+        for mult in _STEP_MULTS:
+            step = unit * rad if math.isinf(mult) else x + unit * (eta * mult)
+            cands.append(_project(step, rad, homogeneous))
+        cand = torch.stack(cands, dim=1)  # [K, M, R, D]
+        with torch.no_grad():
+            cval = fn(cand.reshape(k, n_mult * r, d)).reshape(k, n_mult, r)
+        n_evals += n_mult * r
+        allv = torch.cat([cur.unsqueeze(1), cval], dim=1)  # [K, 1+M, R]
+        allx = torch.cat([x.unsqueeze(1), cand], dim=1)
+        # a zero gradient (e.g. dead ReLUs) leaves the point where it is
+        allv[:, 1:] = torch.where(gnorm.squeeze(-1).unsqueeze(1) > 0, allv[:, 1:], -math.inf)
+        choice = allv.argmax(dim=1)  # [K, R]
+        new_v = allv.gather(1, choice.unsqueeze(1)).squeeze(1)
+        x = allx.gather(1, choice[:, None, :, None].expand(k, 1, r, d)).squeeze(1)
+        step_best, j = new_v.max(dim=1)
+        better = step_best > best_val
+        best_val = torch.where(better, step_best, best_val)
+        best_x = torch.where(better.unsqueeze(1), x[torch.arange(k, device=device), j], best_x)
+    return best_val, best_x, n_evals, sampled
+
+
+def _estimate(fn: Objective, k: int, net: Net, spec: GapSpec, homogeneous: bool,
+              generator: torch.Generator, single: bool) -> GapEstimate:
+    if not isinstance(spec, GapSpec):
+        raise ProbPruneError(f"spec: expected a GapSpec, got {type(spec).__name__}")
+    if not isinstance(generator, torch.Generator):
+        raise ProbPruneError(f"generator: expected a torch.Generator, got {type(generator).__name__}")
+    shape = _input_shape(net)
+    d = math.prod(shape)
+    val, x, n_evals, sampled = _maximise(fn, k, d, _max_width(net), spec, homogeneous, generator,
+                                         net.device, net.dtype)
+    if homogeneous:  # sup over the ball = r · sup over the unit sphere
+        val, x, sampled = val * spec.radius, x * spec.radius, sampled * spec.radius
+    x = x.reshape(k, *shape).detach()
+    if single:
+        val, x, sampled = val[0], x[0], sampled[0]
+    return GapEstimate(value=val.detach(), x=x, n_evals=n_evals, radius=float(spec.radius),
+                       homogeneous=homogeneous, sampled=sampled.detach())
+
+
+# ---------------------------------------------------------------------------- public API
+
+
+def sup_gap(target: Net, pruned: Net, spec: GapSpec, generator: torch.Generator) -> GapEstimate:
+    """Estimate the gap ``sup_{‖x‖ ≤ r} ‖f(x) − F(x)‖₂`` from below (sampling + projected ascent).
+
+    Args:
+        target: F, one network or an ensemble with trial dim K.
+        pruned: f, same architecture and trial dim as ``target``.
+        spec: budget: radius r, ``n_points``, ``n_restarts``, ``n_steps``, ``step_size``.
+        generator: the only randomness (input sampling); same generator state → same result.
+
+    Returns:
+        :class:`GapEstimate`: ``value`` ``[K]`` (or 0-d), maximiser ``x`` ``[K, *input]``,
+        ``n_evals = n_points + n_restarts·n_steps·4`` per member.
+
+    Assumptions: none on the nets (any activation, biases); when both nets are bias-free
+    with positively homogeneous activations the search runs on the unit sphere and is
+    scaled by r (exact identity, see module docstring).
+
+    >>> import torch
+    >>> from probprune.config import GapSpec, NetSpec
+    >>> F = Net.from_weights(NetSpec(widths=(2, 2)), [torch.eye(2)])
+    >>> f = Net.from_weights(NetSpec(widths=(2, 2)), [torch.diag(torch.tensor([1.0, 0.0]))])
+    >>> est = sup_gap(F, f, GapSpec(radius=2.0, n_points=64), torch.Generator().manual_seed(0))
+    >>> round(float(est.value), 4)   # ‖D‖₂ · r = 1 · 2
+    2.0
+    """
+    check_pair(target, pruned)
+    fn, k = _diff_objective(target, pruned)
+    homog = is_homogeneous(target) and is_homogeneous(pruned)
+    return _estimate(fn, k, target, spec, homog, generator, target.n_trials is None)
+
+
+def sup_output(net: Net, spec: GapSpec, generator: torch.Generator) -> GapEstimate:
+    """Estimate ``sup_{‖x‖ ≤ r} ‖F(x)‖₂`` from below with the estimator of :func:`sup_gap`.
+
+    Args:
+        net: F, one network or an ensemble ``[K]``.
+        spec: the estimator budget (radius r …).
+        generator: the only randomness.
+    """
+    if not isinstance(net, Net):
+        raise ProbPruneError(f"net: expected a Net, got {type(net).__name__}")
+    _check_finite(net, "weights")
+    fn, k = _output_objective(net)
+    return _estimate(fn, k, net, spec, is_homogeneous(net), generator, net.n_trials is None)
+
+
+def relative_gap(target: Net, pruned: Net, spec: GapSpec, generator: torch.Generator) -> RelativeGap:
+    """Relative gap ``sup‖f − F‖ / sup‖F‖`` over the ball, both sups estimated the same way.
+
+    The numerator is a lower bound on the gap and the denominator a lower bound on
+    ``sup‖F‖``, so the ratio is an estimate (neither bound). A zero denominator gives inf/nan.
+    """
+    gap = sup_gap(target, pruned, spec, generator)
+    out = sup_output(target, spec, generator)
+    return RelativeGap(value=gap.value / out.value, gap=gap, output=out)
+
+
+def mean_gap(target: Net, pruned: Net, x: Tensor) -> Tensor:
+    """Average ``‖f(x) − F(x)‖₂`` over the given inputs (e.g. a test set).
+
+    Args:
+        target, pruned: F and f (single or ensembles ``[K]``).
+        x: ``[N, *input]`` shared by all members, or ``[K, N, *input]``.
+
+    Returns:
+        ``[K]`` or 0-d: the mean over the N inputs.
+    """
+    check_pair(target, pruned)
+    shape = _input_shape(target)
+    single = target.n_trials is None
+    k = target.n_trials or 1
+    if not isinstance(x, Tensor) or x.dim() < len(shape) + 1:
+        raise ProbPruneError(f"x: expected [N, {', '.join(map(str, shape))}] inputs, got "
+                             f"{tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}")
+    shared = x.dim() == len(shape) + 1
+    if tuple(x.shape[-len(shape):]) != shape or (not shared and (x.dim() != len(shape) + 2 or x.shape[0] != k)):
+        raise ProbPruneError(f"x: shape {tuple(x.shape)} does not fit input {shape} with {k} member(s)")
+    n = x.shape[0] if shared else x.shape[1]
+    if n == 0:
+        raise ProbPruneError("x: no inputs given")
+    fn, _ = _diff_objective(target, pruned)
+    flat = x.reshape(n, -1) if shared else x.reshape(k, n, -1)
+    flat = flat.to(device=target.device, dtype=target.dtype)
+    chunk = max(1, _CHUNK_ELEMS // max(1, 2 * k * _max_width(target)))
+    total = torch.zeros(k, dtype=torch.float64, device=target.device)
+    with torch.no_grad():
+        for s in range(0, n, chunk):
+            part = flat[s:s + chunk] if shared else flat[:, s:s + chunk]
+            total += fn(part).double().sum(dim=1)
+    mean = (total / n).to(target.dtype)
+    return mean[0] if single else mean
+
+
+# ---------------------------------------------------------------------------- statistics
+
+
+@dataclass(frozen=True)
+class GapStats:
+    """Summary of per-trial gaps with an exact, associative :meth:`merge`.
+
+    Sums are kept as exact rationals (every float is a dyadic rational), so merging in any
+    order or chunking gives bit-identical results.
+
+    >>> a = GapStats.from_values([0.5, 1.0]); b = GapStats.from_values([2.0])
+    >>> a.merge(b) == GapStats.from_values([0.5, 1.0, 2.0]), a.merge(b).mean
+    (True, 1.1666666666666667)
+    """
+
+    count: int = 0
+    max: float = -math.inf
+    min: float = math.inf
+    sum: Fraction = Fraction(0)
+    sumsq: Fraction = Fraction(0)
+
+    @staticmethod
+    def from_values(values: Tensor | Iterable[float]) -> GapStats:
+        """Stats of some gaps (a tensor of any shape, or floats); non-finite values are rejected."""
+        vals = values.detach().double().flatten().tolist() if isinstance(values, Tensor) else \
+            [float(v) for v in values]
+        for v in vals:
+            if not math.isfinite(v):
+                raise ProbPruneError(f"gap value {v}: must be finite")
+        if not vals:
+            return GapStats()
+        fr = [Fraction(v) for v in vals]
+        return GapStats(count=len(vals), max=max(vals), min=min(vals), sum=sum(fr, Fraction(0)),
+                        sumsq=sum((f * f for f in fr), Fraction(0)))
+
+    def merge(self, other: GapStats) -> GapStats:
+        """Combine two summaries (exact, associative, commutative; ``GapStats()`` is neutral)."""
+        return GapStats(count=self.count + other.count, max=max(self.max, other.max),
+                        min=min(self.min, other.min), sum=self.sum + other.sum,
+                        sumsq=self.sumsq + other.sumsq)
+
+    @property
+    def mean(self) -> float:
+        """Mean gap (nan when empty)."""
+        return float(self.sum / self.count) if self.count else math.nan
+
+    @property
+    def var(self) -> float:
+        """Unbiased sample variance (nan with fewer than two values)."""
+        if self.count < 2:
+            return math.nan
+        return float((self.sumsq - self.sum * self.sum / self.count) / (self.count - 1))
+
+    @property
+    def std(self) -> float:
+        """Sample standard deviation."""
+        return math.sqrt(self.var) if self.count >= 2 else math.nan
+
+    def to_dict(self) -> dict[str, object]:
+        """Plain JSON: exact sums as ``"num/den"`` strings, plus the derived mean and std."""
+        return {"count": self.count, "max": self.max if self.count else None,
+                "min": self.min if self.count else None, "sum": str(self.sum), "sumsq": str(self.sumsq),
+                "mean": self.mean if self.count else None, "std": self.std if self.count >= 2 else None}
+
+    @staticmethod
+    def from_dict(data: dict[str, object]) -> GapStats:
+        """Inverse of :meth:`to_dict` (exact)."""
+        count = int(data["count"])  # type: ignore[call-overload]
+        if count == 0:
+            return GapStats()
+        return GapStats(count=count, max=float(data["max"]), min=float(data["min"]),  # type: ignore[arg-type]
+                        sum=Fraction(str(data["sum"])), sumsq=Fraction(str(data["sumsq"])))
+
+
+def _check_finite(net: Net, what: str) -> None:
+    """Like ``nets.check_finite`` but allocation-free (min/max propagate NaN; ±inf shows in them)."""
+    for name, t in net.state_dict().items():
+        if t.numel() == 0:
+            continue
+        lo, hi = torch.aminmax(t)
+        if not (bool(torch.isfinite(lo)) and bool(torch.isfinite(hi))):
+            bad = (lo if not bool(torch.isfinite(lo)) else hi).item()
+            raise ProbPruneError(f"{what} {name}: contains non-finite value {bad}")

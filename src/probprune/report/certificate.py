@@ -1,0 +1,95 @@
+"""Certificate documents: JSON Schema, validation, reading and writing (no maths here).
+
+A certificate says how far a pruned network f can be from its target F — the gap
+``sup_{‖x‖₂≤r} ‖f(x) − F(x)‖₂`` pinned between an empirical lower bound and a certified upper
+bound, plus the probabilistic bound ε(δ) when the target was sampled from a law — together with
+everything needed to recompute it (architecture, law, pruning rule, per-layer prune_fraction,
+seeds, file digests, versions). The numbers are made and re-checked by
+:mod:`probprune.runner.certificate` (which may compute; this module only checks the document's
+form); the schema ships as ``probprune/certificate.schema.json``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+from probprune.config import ProbPruneError
+from probprune.store import atomic_write_text
+
+__all__ = ["FORMAT", "file_sha256", "load_schema", "read_certificate", "validate_certificate", "write_certificate"]
+
+FORMAT = "probprune-certificate/1"
+
+
+def load_schema() -> dict[str, Any]:
+    """The certificate's JSON Schema (package data ``probprune/certificate.schema.json``)."""
+    text = files("probprune").joinpath("certificate.schema.json").read_text(encoding="utf-8")
+    schema: dict[str, Any] = json.loads(text)
+    return schema
+
+
+def validate_certificate(doc: Any, where: str = "certificate") -> None:
+    """Check ``doc`` against the schema and the few rules a schema cannot state.
+
+    Raises:
+        ProbPruneError: naming the first offending field and value.
+    """
+    try:
+        import jsonschema
+    except ModuleNotFoundError:  # pragma: no cover - jsonschema is a dependency
+        raise ProbPruneError("jsonschema: not installed (pip install jsonschema) — needed to check certificates") \
+            from None
+    validator = jsonschema.Draft202012Validator(load_schema())
+    errors = sorted(validator.iter_errors(doc), key=lambda e: list(e.absolute_path))
+    if errors:
+        e = errors[0]
+        field = ".".join(str(p) for p in e.absolute_path) or "(document)"
+        raise ProbPruneError(f"{where}: field {field}: {e.message} (schema {FORMAT})")
+    gap = doc["gap"]
+    if gap["lower"] > gap["upper"] * (1 + 1e-9) + 1e-12:
+        raise ProbPruneError(f"{where}: field gap.lower={gap['lower']!r} exceeds gap.upper={gap['upper']!r}")
+    for i, layer in enumerate(doc["layers"]):
+        if layer["pruned"] > layer["size"] or layer["zeros"] > layer["size"]:
+            raise ProbPruneError(f"{where}: field layers.{i}: pruned={layer['pruned']!r} / zeros={layer['zeros']!r} "
+                                 f"exceed size={layer['size']!r}")
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 hex digest of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_certificate(path: str | Path, doc: Mapping[str, Any]) -> None:
+    """Validate ``doc`` (e.g. from ``runner.certificate.make_certificate``), then write it atomically as JSON.
+
+    Raises:
+        ProbPruneError: ``doc`` is not a valid certificate (nothing is written).
+    """
+    validate_certificate(doc)
+    atomic_write_text(path, json.dumps(doc, indent=2, sort_keys=True) + "\n")
+
+
+def read_certificate(path: str | Path) -> dict[str, Any]:
+    """Read and validate a certificate file.
+
+    Raises:
+        ProbPruneError: missing file, not JSON, or not a valid certificate.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ProbPruneError(f"certificate={str(path)!r}: file not found")
+    try:
+        doc = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ProbPruneError(f"certificate={str(path)!r}: not readable JSON ({e})") from None
+    validate_certificate(doc, where=f"certificate={str(path)!r}")
+    return dict(doc)

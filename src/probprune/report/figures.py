@@ -1,0 +1,485 @@
+"""The report's figures: one function per figure, PNG + SVG, matplotlib's Agg renderer.
+
+Each function takes results as the store returns them (normalised rows of
+:mod:`probprune.store.reports`), never recomputes them, writes ``<out_dir>/<name>.png``
+and ``.svg``, and returns a :class:`FigureResult` whose ``data`` is read back from the
+drawn artists (lines, error bars), so a test can compare what was plotted with the input.
+
+Terms (``DESIGN.md``): gap = ``sup_{‖x‖₂≤r} ‖f(x) − F(x)‖₂`` in output units; ``prune_fraction`` =
+share of weights removed; width h = neurons per hidden layer; ε(δ) = the probabilistic bound
+at failure probability δ.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+import matplotlib.ticker
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from probprune.config import ProbPruneError
+
+__all__ = [
+    "FigureResult",
+    "accuracy_vs_sparsity",
+    "coverage",
+    "gap_distribution",
+    "gap_vs_prune_fraction",
+    "gap_vs_width",
+    "relative_gap_vs_width",
+]
+
+_COLORS = {"magnitude": "#1f77b4", "random": "#d62728", "random (rescaled)": "#2ca02c"}
+_FALLBACK = ("#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
+_GAP_UNIT = "gap sup‖f(x)−F(x)‖₂ over ‖x‖₂≤r (output units)"
+
+
+@dataclass(frozen=True)
+class FigureResult:
+    """One written figure.
+
+    Attributes:
+        name: file stem (``gap_vs_width`` …).
+        title: caption shown in the report.
+        png, svg: the written files.
+        data: the plotted numbers, read back from the figure's artists.
+    """
+
+    name: str
+    title: str
+    png: Path
+    svg: Path
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+def _color(label: str, i: int) -> str:
+    base = label.split(",")[0]
+    return _COLORS.get(base, _FALLBACK[i % len(_FALLBACK)])
+
+
+def _new_figure(n_panels: int, *, ncols: int | None = None, panel: tuple[float, float] = (5.2, 3.8),
+                sharey: bool = False) -> tuple[Figure, list[Axes]]:
+    ncols = max(1, min(n_panels, ncols or n_panels))
+    nrows = max(1, math.ceil(n_panels / ncols))
+    fig = Figure(figsize=(panel[0] * ncols, panel[1] * nrows), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(nrows, ncols, squeeze=False, sharey=sharey).ravel().tolist()
+    for ax in axes[n_panels:]:
+        ax.set_visible(False)
+    return fig, axes[:n_panels]
+
+
+def _save(fig: Figure, out_dir: str | Path, name: str) -> tuple[Path, Path]:
+    d = Path(out_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    png, svg = d / f"{name}.png", d / f"{name}.svg"
+    with matplotlib.rc_context({"svg.hashsalt": "probprune", "svg.fonttype": "none"}):
+        fig.savefig(png, format="png", dpi=100, metadata={"Software": None})
+        fig.savefig(svg, format="svg", metadata={"Date": None, "Creator": None})
+    return png, svg
+
+
+def _xy(line: Any) -> tuple[list[float], list[float]]:
+    return ([float(v) for v in line.get_xdata()], [float(v) for v in line.get_ydata()])
+
+
+def _group(rows: Iterable[Mapping[str, Any]], key: str = "label") -> dict[str, list[Mapping[str, Any]]]:
+    out: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
+    for r in rows:
+        out[str(r[key])].append(r)
+    return dict(out)
+
+
+def _fmt_delta(delta: float | None) -> str:
+    return "δ unknown" if delta is None else f"δ = {delta:g}"
+
+
+def _need(rows: Sequence[Any], what: str) -> None:
+    if not rows:
+        raise ProbPruneError(f"{what}: no results to plot")
+
+
+# --------------------------------------------------------------------------- gap vs width
+
+
+def gap_vs_width(points: Sequence[Mapping[str, Any]], slopes: Sequence[Mapping[str, Any]], delta: float | None,
+                 out_dir: str | Path, *, name: str = "gap_vs_width") -> FigureResult:
+    """Gap vs hidden width h, log-log, one panel per pruning rule.
+
+    Per width: the empirical sup-gap (lower bound; median line, band up to the (1−δ)-quantile),
+    the certified upper bound (median), the probabilistic bound ε(δ); the fitted log-log slope
+    of the median gap is annotated beside the theory's exponent.
+
+    Args:
+        points: grid-point summaries (``width``, ``label``, ``gap_lower_median``,
+            ``gap_lower_quantile``, ``gap_upper_median``, ``eps``).
+        slopes: fitted slopes (``label``, ``slope`` = d log gap / d log h, ``theory_exponent`` = λ of the
+            theory's gap ∝ h^{−λ}).
+        delta: failure probability δ of ε(δ) and of the quantile.
+        out_dir: folder for ``<name>.png`` / ``.svg``.
+
+    Returns:
+        ``data["series"]``: per rule, ``width`` and each plotted quantity, plus ``slope`` and
+        ``theory_exponent`` as annotated.
+    """
+    rows = [p for p in points if p.get("width") is not None]
+    _need(rows, "gap_vs_width")
+    groups = _group(rows)
+    slope_by = {str(s["label"]): s for s in slopes if s.get("quantity", "gap_lower") == "gap_lower"}
+    fig, axes = _new_figure(len(groups), ncols=3, sharey=True)
+    q = "(1−δ)" if delta is None else f"{1 - delta:g}"
+    series = []
+    for i, (ax, (label, grp)) in enumerate(zip(axes, sorted(groups.items()))):
+        grp = sorted(grp, key=lambda r: int(r["width"]))
+        w = np.array([float(r["width"]) for r in grp])
+        color = _color(label, i)
+        rec: dict[str, Any] = {"label": label}
+
+        def col(key: str, g: list[Mapping[str, Any]] = grp) -> np.ndarray:
+            return np.array([np.nan if r.get(key) is None else float(r[key]) for r in g])
+
+        med, qu, up, eps = col("gap_lower_median"), col("gap_lower_quantile"), col("gap_upper_median"), col("eps")
+        (lm,) = ax.plot(w, med, "o-", color=color, label="empirical sup-gap (lower bound), median")
+        rec["width"], rec["gap_lower_median"] = _xy(lm)
+        if np.isfinite(qu).any():
+            ax.fill_between(w, med, qu, color=color, alpha=0.2,
+                            label=f"band: median … {q}-quantile of the empirical gap")
+            (lq,) = ax.plot(w, qu, "-", color=color, lw=0.8, alpha=0.7)
+            rec["gap_lower_quantile"] = _xy(lq)[1]
+        if np.isfinite(up).any():
+            (lu,) = ax.plot(w, up, "s--", color="black", ms=4, label="certified upper bound, median")
+            rec["gap_upper_median"] = _xy(lu)[1]
+        if np.isfinite(eps).any():
+            (le,) = ax.plot(w, eps, "^:", color="#ff7f0e", ms=5, label=f"probabilistic bound ε(δ), {_fmt_delta(delta)}")
+            rec["eps"] = _xy(le)[1]
+        s = slope_by.get(label)
+        rec["slope"] = None if s is None else s.get("slope")
+        rec["theory_exponent"] = None if s is None else s.get("theory_exponent")
+        # annotated under the panel title (never over the data): fitted slope beside the theory's −λ
+        text = "fitted slope " + ("n/a" if rec["slope"] is None else f"{rec['slope']:.3f}")
+        text += " · theory slope −λ = " + (
+            "n/a" if rec["theory_exponent"] is None else f"{-rec['theory_exponent']:.3f}")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xticks(w, [str(int(v)) for v in w])
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+        ax.set_title(f"{label}\n{text}", fontsize=10)
+        ax.set_xlabel("hidden width h (neurons per hidden layer)")
+        if i % 3 == 0:
+            ax.set_ylabel(_GAP_UNIT, fontsize=9)
+        ax.grid(True, which="both", alpha=0.3)
+        series.append(rec)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend([h for h, l in zip(handles, labels) if not l.startswith("_")],
+               [l for l in labels if not l.startswith("_")], loc="outside lower center",
+               ncols=min(4, len(handles)), fontsize=8)
+    fig.suptitle("Gap vs width (log-log); colours: pruning rule, black: certified bound, orange: ε(δ)")
+    png, svg = _save(fig, out_dir, name)
+    return FigureResult(name, "Gap vs width (log-log): empirical sup-gap, certified upper bound, ε(δ)", png, svg,
+                        {"series": series, "delta": delta})
+
+
+def relative_gap_vs_width(points: Sequence[Mapping[str, Any]], slopes: Sequence[Mapping[str, Any]],
+                          out_dir: str | Path, *, name: str = "relative_gap_vs_width") -> FigureResult:
+    """Relative gap (gap / sup‖F(x)‖, dimensionless) vs hidden width h, log-log, one line per rule.
+
+    With the paper's scale ‖F(x)‖ itself shrinks like h^{−1/2}, so the absolute gap of any pruning
+    does too; the relative gap shows what pruning itself costs.
+
+    Args:
+        points: grid-point summaries with ``rel_gap_lower_median``.
+        slopes: fitted slopes (``label``, ``rel_slope`` if stored).
+
+    Returns:
+        ``data["series"]``: per rule, ``width``, ``rel_gap_lower_median`` as plotted and ``rel_slope``.
+    """
+    rows = [p for p in points if p.get("width") is not None and p.get("rel_gap_lower_median") is not None]
+    _need(rows, "relative_gap_vs_width")
+    rel_by = {str(s["label"]): s.get("rel_slope") for s in slopes}
+    fig, (ax,) = _new_figure(1, panel=(6.4, 4.4))
+    series = []
+    widths: set[float] = set()
+    for i, (label, grp) in enumerate(sorted(_group(rows).items())):
+        grp = sorted(grp, key=lambda r: int(r["width"]))
+        w = [float(r["width"]) for r in grp]
+        widths.update(w)
+        rs = rel_by.get(label)
+        tag = f"{label} (fitted slope {rs:.3f})" if rs is not None else label
+        (line,) = ax.plot(w, [float(r["rel_gap_lower_median"]) for r in grp], "o-", color=_color(label, i), label=tag)
+        xs, ys = _xy(line)
+        series.append({"label": label, "width": xs, "rel_gap_lower_median": ys, "rel_slope": rs})
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ws = sorted(widths)
+    ax.set_xticks(ws, [str(int(v)) for v in ws])
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+    ax.set_xlabel("hidden width h (neurons per hidden layer)")
+    ax.set_ylabel("relative gap: gap / sup‖F(x)‖₂ (dimensionless), median")
+    ax.set_title("Relative gap vs width (log-log)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    png, svg = _save(fig, out_dir, name)
+    return FigureResult(name, "Relative gap (gap / sup‖F(x)‖₂) vs width (log-log), median over trials", png, svg,
+                        {"series": series})
+
+
+# --------------------------------------------------------------------------- coverage
+
+
+def coverage(points: Sequence[Mapping[str, Any]], delta: float | None, out_dir: str | Path, *,
+             name: str = "coverage") -> FigureResult:
+    """Empirical coverage P(gap ≤ ε(δ)) per grid point with Clopper–Pearson bars vs the 1−δ line.
+
+    Args:
+        points: grid-point summaries with ``coverage``, ``cp_low``, ``cp_high``, ``passed`` (points
+            without ε(δ) are skipped).
+        delta: failure probability δ (the line is drawn at 1 − δ).
+
+    Returns:
+        ``data``: ``labels`` (x tick labels), ``coverage``, ``cp_low``, ``cp_high`` as plotted, ``level``.
+    """
+    rows = [p for p in points if p.get("coverage") is not None]
+    _need(rows, "coverage")
+    rows = sorted(rows, key=lambda r: (str(r["label"]), int(r["width"] or 0)))
+    fig, (ax,) = _new_figure(1, panel=(max(6.0, 0.55 * len(rows) + 2.5), 4.2))
+    x = np.arange(len(rows), dtype=float)
+    cov = np.array([float(r["coverage"]) for r in rows])
+    lo = np.array([float(r["cp_low"]) if r.get("cp_low") is not None else np.nan for r in rows])
+    hi = np.array([float(r["cp_high"]) if r.get("cp_high") is not None else np.nan for r in rows])
+    colors = ["#2ca02c" if r.get("passed") else "#d62728" if r.get("passed") is False else "0.4" for r in rows]
+    data: dict[str, Any] = {"labels": [], "coverage": [], "cp_low": [], "cp_high": [], "passed": [],
+                            "level": None if delta is None else 1 - delta}
+    for xi, c, l, h, colr in zip(x, cov, lo, hi, colors):
+        err = np.array([[c - l], [h - c]]) if np.isfinite(l) and np.isfinite(h) else None
+        cont = ax.errorbar([xi], [c], yerr=err, fmt="o", color=colr, capsize=4, ms=6)
+        data["coverage"].append(_xy(cont.lines[0])[1][0])
+        if err is not None:
+            seg = cont.lines[2][0].get_segments()[0]
+            data["cp_low"].append(float(seg[0][1]))
+            data["cp_high"].append(float(seg[1][1]))
+        else:
+            data["cp_low"].append(None)
+            data["cp_high"].append(None)
+    data["passed"] = [r.get("passed") for r in rows]
+    if delta is not None:
+        ax.axhline(1 - delta, color="black", ls="--", lw=1, label=f"1 − δ = {1 - delta:g}")
+    labels = [f"{r['label']}, h={r['width']}" for r in rows]
+    data["labels"] = labels
+    ax.set_xticks(x, labels, rotation=45, ha="right", fontsize=8)
+    ax.set_ylim(max(0.0, min(np.nanmin(lo) if np.isfinite(lo).any() else 1.0, float(cov.min())) - 0.05), 1.01)
+    ax.set_ylabel("empirical P(gap ≤ ε(δ)) (share of trials)")
+    ax.set_xlabel("grid point (pruning rule, hidden width h)")
+    ax.set_title("Coverage vs 1 − δ\n(Clopper–Pearson bars; green = pass, red = fail)", fontsize=10)
+    ax.grid(True, axis="y", alpha=0.3)
+    if delta is not None:
+        ax.legend(loc="lower right", fontsize=8)
+    png, svg = _save(fig, out_dir, name)
+    return FigureResult(name, "Coverage: empirical P(gap ≤ ε(δ)) with Clopper–Pearson intervals vs 1 − δ",
+                        png, svg, data)
+
+
+# --------------------------------------------------------------------------- distribution
+
+
+def gap_distribution(trials: Sequence[Mapping[str, Any]], points: Sequence[Mapping[str, Any]],
+                     delta: float | None, out_dir: str | Path, *, name: str = "gap_distribution",
+                     max_panels: int = 24) -> FigureResult:
+    """ECDF of the empirical sup-gap over the trials of each grid point, with ε(δ) marked.
+
+    Args:
+        trials: trial rows (``label``, ``width``, ``gap_lower``; ``eps`` per trial if known).
+        points: grid-point summaries (their ``eps`` marks the panel when trials carry none).
+        delta: failure probability δ (a line at 1 − δ on the ECDF axis).
+        max_panels: at most this many grid points are drawn (the largest widths of each rule first).
+
+    Returns:
+        ``data["panels"]``: per grid point, ``label``, ``width``, ``gaps`` (sorted, as plotted), ``ecdf``
+        and ``eps``.
+    """
+    rows = [t for t in trials if t.get("gap_lower") is not None and t.get("width") is not None]
+    _need(rows, "gap_distribution")
+    by_point: dict[tuple[str, int], list[float]] = defaultdict(list)
+    eps_by: dict[tuple[str, int], float | None] = {}
+    for t in rows:
+        k = (str(t["label"]), int(t["width"]))
+        by_point[k].append(float(t["gap_lower"]))
+        if t.get("eps") is not None:
+            eps_by[k] = float(t["eps"])
+    for p in points:
+        k = (str(p["label"]), int(p["width"] or 0))
+        if k not in eps_by and p.get("eps") is not None:
+            eps_by[k] = float(p["eps"])
+    keys = sorted(by_point, key=lambda k: (k[0], k[1]))
+    if len(keys) > max_panels:
+        keys = keys[-max_panels:]
+    ncols = min(len(keys), 4)
+    fig, axes = _new_figure(len(keys), ncols=ncols, panel=(3.6, 2.9))
+    panels = []
+    for ax, k in zip(axes, keys):
+        g = np.sort(np.array(by_point[k]))
+        y = np.arange(1, len(g) + 1) / len(g)
+        (line,) = ax.step(g, y, where="post", color=_color(k[0], 0), label="ECDF of trials")
+        gx, gy = _xy(line)
+        eps = eps_by.get(k)
+        if eps is not None:
+            ax.axvline(eps, color="#ff7f0e", ls=":", lw=1.5, label=f"ε(δ) = {eps:.3g}")
+        if delta is not None:
+            ax.axhline(1 - delta, color="0.3", ls="--", lw=0.8, label=f"1 − δ = {1 - delta:g}")
+        ax.set_title(f"{k[0]}, h={k[1]} (n={len(g)})", fontsize=9)
+        log_x = bool(g.size and g[0] > 0)  # ε(δ) often lies decades above the gaps: a log axis shows both
+        if log_x:
+            ax.set_xscale("log")
+        ax.set_xlabel("empirical sup-gap (output units" + (", log scale)" if log_x else ")"), fontsize=8)
+        ax.set_ylabel("share of trials ≤ gap", fontsize=8)
+        ax.set_ylim(0, 1.02)
+        ax.tick_params(labelsize=7)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=6, loc="lower right")
+        panels.append({"label": k[0], "width": k[1], "gaps": gx, "ecdf": gy, "eps": eps})
+    fig.suptitle("Distribution of the empirical sup-gap per grid point (ECDF)")
+    png, svg = _save(fig, out_dir, name)
+    return FigureResult(name, "Gap distribution per grid point (ECDF) with ε(δ) marked", png, svg,
+                        {"panels": panels, "delta": delta})
+
+
+# --------------------------------------------------------------------------- gap vs prune_fraction
+
+
+def _point_sparsity(p: Mapping[str, Any], trials: Sequence[Mapping[str, Any]]) -> float | None:
+    if p.get("sparsity") is not None:
+        return float(p["sparsity"])
+    if p.get("level_name") == "prune_fraction" and p.get("level_value") is not None:
+        return float(p["level_value"])
+    vals = [float(t["sparsity"]) for t in trials
+            if t.get("sparsity") is not None and t.get("label") == p.get("label") and t.get("width") == p.get("width")
+            and t.get("level_value") == p.get("level_value")]
+    return float(np.median(vals)) if vals else None
+
+
+def gap_vs_prune_fraction(points: Sequence[Mapping[str, Any]], trials: Sequence[Mapping[str, Any]],
+                          out_dir: str | Path, *, width: int | None = None, delta: float | None = None,
+                          name: str = "gap_vs_prune_fraction") -> FigureResult:
+    """Gap vs prune_fraction (share of weights removed, measured) at one hidden width, one line per rule.
+
+    Magnitude vs random (and rescaled random): the x value of a grid point is its stored
+    sparsity (median over trials; read from the trial rows when the summary lacks it, or the
+    configured prune_fraction), the y value its median empirical gap with a bar up to the
+    (1−δ)-quantile.
+
+    Args:
+        width: the fixed width; default the width with the most grid points (ties: the largest).
+
+    Returns:
+        ``data``: ``width`` and per rule ``prune_fraction`` and ``gap_lower_median`` as plotted
+        (``gap_lower_quantile`` too when known).
+    """
+    rows = [p for p in points if p.get("width") is not None and p.get("gap_lower_median") is not None]
+    _need(rows, "gap_vs_prune_fraction")
+    if width is None:
+        counts: dict[int, int] = defaultdict(int)
+        for p in rows:
+            counts[int(p["width"])] += 1
+        width = max(counts, key=lambda w: (counts[w], w))
+    rows = [p for p in rows if int(p["width"]) == width]
+    if not rows:
+        raise ProbPruneError(f"width={width!r}: no grid point at this width")
+    fig, (ax,) = _new_figure(1, panel=(6.4, 4.4))
+    series = []
+    for i, (label, grp) in enumerate(sorted(_group(rows).items())):
+        pts = [(s, p) for p in grp if (s := _point_sparsity(p, trials)) is not None]
+        if not pts:
+            continue
+        pts.sort(key=lambda sp: sp[0])
+        x = np.array([s for s, _ in pts])
+        med = np.array([float(p["gap_lower_median"]) for _, p in pts])
+        qu = np.array([np.nan if p.get("gap_lower_quantile") is None else float(p["gap_lower_quantile"])
+                       for _, p in pts])
+        color = _color(label, i)
+        if np.isfinite(qu).all():
+            qname = "(1−δ)" if delta is None else f"{1 - delta:g}"
+            cont = ax.errorbar(x, med, yerr=np.vstack([np.zeros_like(med), qu - med]), fmt="o-", color=color,
+                               capsize=3, label=f"{label}: median, bar to {qname}-quantile")
+            line = cont.lines[0]
+        else:
+            (line,) = ax.plot(x, med, "o-", color=color, label=f"{label}: median")
+        xs, ys = _xy(line)
+        rec: dict[str, Any] = {"label": label, "prune_fraction": xs, "gap_lower_median": ys}
+        if np.isfinite(qu).all():
+            rec["gap_lower_quantile"] = [float(v) for v in qu]
+        series.append(rec)
+    _need(series, "gap_vs_prune_fraction (no sparsity known)")
+    ax.set_yscale("log")
+    ax.set_xlabel("prune_fraction (share of weights removed, measured)")
+    ax.set_ylabel(_GAP_UNIT, fontsize=8)
+    ax.set_title(f"Gap vs prune_fraction at hidden width h = {width}")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    png, svg = _save(fig, out_dir, name)
+    return FigureResult(name, f"Gap vs prune_fraction at fixed width h = {width}: magnitude vs random", png, svg,
+                        {"width": width, "series": series})
+
+
+# --------------------------------------------------------------------------- accuracy vs sparsity
+
+
+def accuracy_vs_sparsity(rows: Sequence[Mapping[str, Any]], out_dir: str | Path, *,
+                         name: str = "accuracy_vs_sparsity") -> FigureResult:
+    """Test accuracy vs prune_fraction on real data, one panel per (dataset, model).
+
+    One line per (method, scope, fine-tuned or not); points are the mean over seeds, bars one
+    standard deviation (sample, ddof = 1; none with a single seed).
+
+    Args:
+        rows: experiment rows (``dataset``, ``model``, ``method``, ``scope``, ``prune_fraction``,
+            ``finetuned``, ``seed``, ``test_accuracy`` as a share in [0, 1] or in percent).
+
+    Returns:
+        ``data["panels"]``: per (dataset, model), per line: ``prune_fraction``, ``mean``, ``std``,
+        ``n_seeds`` (accuracy in percent, as plotted).
+    """
+    ok = [r for r in rows if r.get("test_accuracy") is not None and r.get("prune_fraction") is not None]
+    _need(ok, "accuracy_vs_sparsity")
+    percent = max(float(r["test_accuracy"]) for r in ok) > 1.0
+    panels_in: dict[tuple[str, str], list[Mapping[str, Any]]] = defaultdict(list)
+    for r in ok:
+        panels_in[(str(r["dataset"]), str(r["model"]))].append(r)
+    keys = sorted(panels_in)
+    fig, axes = _new_figure(len(keys), ncols=2, panel=(6.0, 4.4))
+    styles = {("layerwise", False): "-", ("layerwise", True): "--", ("global", False): "-.", ("global", True): ":"}
+    panels = []
+    for ax, key in zip(axes, keys):
+        lines_in: dict[tuple[str, str, bool], dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
+        for r in panels_in[key]:
+            acc = float(r["test_accuracy"]) * (1.0 if percent else 100.0)
+            lines_in[(str(r["method"]), str(r["scope"]), bool(r["finetuned"]))][float(r["prune_fraction"])].append(acc)
+        lines = []
+        for (method, scope, ft), by_pf in sorted(lines_in.items()):
+            pf = sorted(by_pf)
+            mean = np.array([float(np.mean(by_pf[x])) for x in pf])
+            std = np.array([float(np.std(by_pf[x], ddof=1)) if len(by_pf[x]) > 1 else 0.0 for x in pf])
+            label = f"{method}, {scope}, " + ("fine-tuned" if ft else "no fine-tune")
+            cont = ax.errorbar(pf, mean, yerr=std, fmt="o" if scope == "layerwise" else "s", mfc=None if
+                               scope == "layerwise" else "white", ls=styles.get((scope, ft), "-"), ms=5, capsize=3,
+                               color=_COLORS.get(method, _FALLBACK[0]), label=label)
+            xs, ys = _xy(cont.lines[0])
+            lines.append({"method": method, "scope": scope, "finetuned": ft, "prune_fraction": xs, "mean": ys,
+                          "std": [float(s) for s in std], "n_seeds": [len(by_pf[x]) for x in pf]})
+        ax.set_title(f"{key[0]} / {key[1]}")
+        ax.set_xlabel("prune_fraction (share of weights removed)")
+        ax.set_ylabel("test accuracy (%), mean ± 1 sd over seeds")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7, loc="lower left")
+        panels.append({"dataset": key[0], "model": key[1], "lines": lines})
+    fig.suptitle("Test accuracy vs prune_fraction (random vs magnitude, layerwise vs global)")
+    png, svg = _save(fig, out_dir, name)
+    return FigureResult(name, "Test accuracy vs prune_fraction on real data (error bars: ±1 sd over seeds)",
+                        png, svg, {"panels": panels, "percent_input": percent})

@@ -1,0 +1,317 @@
+"""``verify`` as a workflow: grid → units of work → executor (map) → driver (merge, store).
+
+The grid is hidden widths × pruning rules (:func:`probprune.montecarlo.expand_grid`). A
+*unit of work* is one grid point and a chunk of its trial indices; it is computed purely
+from (config, grid index, trial indices) by :func:`compute_unit` — seeds come from
+``derive_seed(config_hash, grid_index, trial, stream)`` — so units may run in any order,
+in any process (the local executor here; a Ray executor has the same shape). Only the
+driver (:func:`run_verify`) writes the store: each finished unit becomes one transaction
+with its rows, the point's recomputed statistics and the refitted slopes.
+
+Resume: trials already in ``results.sqlite`` are skipped; re-running a finished config is a no-op.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from probprune.config import (
+    SQRT6,
+    BoundSpec,
+    GapSpec,
+    LawSpec,
+    MCSpec,
+    NetSpec,
+    ProbPruneError,
+    PruneSpec,
+    RunConfig,
+    canonical_json,
+    config_hash,
+    from_dict,
+)
+from probprune.montecarlo import (
+    GridPoint,
+    PointBound,
+    expand_grid,
+    point_bound,
+    run_trials,
+    slopes_by_rule,
+    summarize_point,
+)
+from probprune.store.runs import RunInfo, RunWriter, open_run, prepare_run, read_points, read_slopes
+
+__all__ = [
+    "DEFAULT_CONFIG",
+    "Executor",
+    "LocalExecutor",
+    "ProgressEvent",
+    "Unit",
+    "VerifyResult",
+    "check_device",
+    "check_run",
+    "compute_unit",
+    "default_config",
+    "from_canonical",
+    "library_version",
+    "plan_units",
+    "run_verify",
+]
+
+# The paper's FCN setting: uniform law with K = √6, input 16, two hidden layers of width h, output 4,
+# magnitude (ρ) and random (p) pruning on the vanishing schedule c·h^{-α}. Sized to run in about
+# three minutes on 2 CPU cores (benchmarks/RESULTS.md, "verify engine (issue 5)").
+DEFAULT_CONFIG = RunConfig(
+    net=NetSpec(widths=(16, 128, 128, 4)),
+    law=LawSpec(kind="uniform", scale=SQRT6),
+    prunes=(PruneSpec(method="magnitude", schedule_c=1.0, schedule_alpha=0.5),
+            PruneSpec(method="random", schedule_c=1.0, schedule_alpha=0.5)),
+    gap=GapSpec(n_points=512, n_restarts=4, n_steps=10),
+    bound=BoundSpec(delta=0.05),
+    mc=MCSpec(n_trials=20, hidden_widths=(128, 256, 512, 1024, 2048), chunk_size=10),
+)
+
+
+def default_config() -> RunConfig:
+    """The embedded default of ``probprune verify`` (mirrored by ``configs/default.toml``)."""
+    return DEFAULT_CONFIG
+
+
+def library_version() -> str:
+    """The installed probprune version (stored with every trial)."""
+    try:
+        return version("probprune")
+    except PackageNotFoundError:  # pragma: no cover - source tree without install
+        return "0+unknown"
+
+
+def check_device(device: str) -> None:
+    """Fail early (before any file is written) when CUDA is asked for and absent."""
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ProbPruneError(f"mc.device={device!r}: CUDA is not available on this machine")
+        idx = int(device.split(":")[1]) if ":" in device else 0
+        if idx >= torch.cuda.device_count():
+            raise ProbPruneError(f"mc.device={device!r}: only {torch.cuda.device_count()} CUDA device(s)")
+
+
+# --------------------------------------------------------------------------- units and executors
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One unit of work: trials ``trials`` of grid point ``grid_index`` of the run ``config``.
+
+    Plain data (picklable): ``config`` is the canonical dict of the run, so a remote worker
+    rebuilds everything from it.
+    """
+
+    config: dict[str, Any]
+    config_hash: str
+    grid_index: int
+    trials: tuple[int, ...]
+    eps: float | None
+    version: str
+
+
+def compute_unit(unit: Unit) -> list[dict[str, Any]]:
+    """Rows of one unit (pure in its inputs: the same unit gives the same rows, up to ``seconds``)."""
+    cfg = from_dict(unit.config)
+    if config_hash(cfg) != unit.config_hash:
+        raise ProbPruneError(f"unit: config hash {config_hash(cfg)} differs from {unit.config_hash}")
+    point = expand_grid(cfg)[unit.grid_index]
+    rows = run_trials(cfg, point, unit.config_hash, unit.trials, unit.eps)
+    out = []
+    for r in rows:
+        d = r.to_dict()
+        d.update(width=point.width, method=point.prune.method, level_name=point.level_name,
+                 level=point.level_value, device=cfg.mc.device, dtype=cfg.mc.dtype, version=unit.version)
+        out.append(d)
+    return out
+
+
+class Executor(Protocol):
+    """Runs units, yielding each with its rows as it finishes (any order)."""
+
+    def map(self, fn: Callable[[Unit], list[dict[str, Any]]], units: Sequence[Unit]
+            ) -> Iterator[tuple[Unit, list[dict[str, Any]]]]:
+        """Apply ``fn`` to every unit; yield ``(unit, rows)`` pairs."""
+        ...
+
+
+class LocalExecutor:
+    """Runs units one after another in this process (the default executor)."""
+
+    def map(self, fn: Callable[[Unit], list[dict[str, Any]]], units: Sequence[Unit]
+            ) -> Iterator[tuple[Unit, list[dict[str, Any]]]]:
+        """Apply ``fn`` to each unit in order."""
+        for u in units:
+            yield u, fn(u)
+
+
+def plan_units(cfg: RunConfig, points: Sequence[GridPoint], bounds: Sequence[PointBound],
+               done: dict[int, Iterable[int]], version: str = "") -> list[Unit]:
+    """Units for the missing trials: per grid point, missing indices in order, ``mc.chunk_size`` at a time."""
+    data = from_canonical(cfg)
+    h = config_hash(cfg)
+    units: list[Unit] = []
+    for p, b in zip(points, bounds):
+        have = set(done.get(p.index, ()))
+        missing = [t for t in range(cfg.mc.n_trials) if t not in have]
+        cs = cfg.mc.chunk_size
+        for i in range(0, len(missing), cs):
+            units.append(Unit(data, h, p.index, tuple(missing[i:i + cs]), b.eps, version))
+    return units
+
+
+def from_canonical(cfg: RunConfig) -> dict[str, Any]:
+    """The canonical dict of ``cfg`` (what ``config.json`` holds)."""
+    return dict(json.loads(canonical_json(cfg)))
+
+
+# --------------------------------------------------------------------------- driver
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    """What the driver reports to a progress callback after planning and after every unit."""
+
+    done: int
+    total: int
+    new: int
+    grid_index: int | None = None
+    width: int | None = None
+    method: str | None = None
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    """Outcome of :func:`run_verify`."""
+
+    run_dir: Path
+    info: RunInfo
+    points: list[dict[str, Any]]
+    slopes: list[dict[str, Any]]
+    n_new: int
+    seconds: float
+    resumed: bool
+    bounds: list[PointBound] = field(default_factory=list)
+
+
+def _point_row(cfg: RunConfig, point: GridPoint, bound: PointBound, rows: Iterable[dict[str, Any]]
+               ) -> dict[str, Any]:
+    rs = list(rows)
+    lower = [float(r["gap_lower"]) for r in rs]
+    upper = [math.nan if r["gap_upper"] is None else float(r["gap_upper"]) for r in rs]
+    rel = [math.nan if r["rel_gap_lower"] is None else float(r["rel_gap_lower"]) for r in rs]
+    s = summarize_point(lower, upper, bound.eps, cfg.bound.delta, cfg.mc.confidence, rel)
+    d = s.to_dict()
+    d["grid_index"] = point.index
+    return d
+
+
+def _grid_row(point: GridPoint, bound: PointBound) -> dict[str, Any]:
+    d = point.describe()
+    d.update(eps=bound.eps, eps_theory=bound.eps_theory, theorem=bound.theorem,
+             theory_exponent=bound.theory_exponent)
+    return d
+
+
+def check_run(cfg: RunConfig, runs_dir: str | Path = "runs", resume: str | Path | None = None) -> tuple[Path, bool]:
+    """Every check of :func:`run_verify` that needs no computation; writes nothing.
+
+    Returns:
+        ``(run_dir, exists)``.
+
+    Raises:
+        ProbPruneError: empty grid, a rule without a level, CUDA absent, ``resume`` not a run folder or
+            holding another config.
+    """
+    points = expand_grid(cfg)
+    if not points:
+        raise ProbPruneError("grid: no grid points (empty widths or pruning rules)")
+    check_device(cfg.mc.device)
+    return prepare_run(runs_dir, cfg, resume=resume)
+
+
+def run_verify(
+    cfg: RunConfig,
+    runs_dir: str | Path = "runs",
+    *,
+    executor: Executor | None = None,
+    progress: Callable[[ProgressEvent], None] | None = None,
+    resume: str | Path | None = None,
+) -> VerifyResult:
+    """Run (or resume) the verification of ``cfg`` into ``runs_dir/<config-hash>/``.
+
+    Everything that can be wrong with the input (grid, device, a ``resume`` folder that is
+    not a run or holds another config) is checked before anything is written.
+
+    Args:
+        cfg: the run.
+        runs_dir: parent folder of run folders.
+        executor: where units run (default :class:`LocalExecutor`).
+        progress: called with a :class:`ProgressEvent` after planning and after each unit.
+        resume: an explicit run folder to continue (must hold exactly ``cfg``).
+
+    Returns:
+        :class:`VerifyResult` with the run folder, its info, the points and the slopes as stored.
+    """
+    start = time.perf_counter()
+    points = expand_grid(cfg)
+    if not points:
+        raise ProbPruneError("grid: no grid points (empty widths or pruning rules)")
+    # a remote executor checks the device against its cluster, not this (driver) machine
+    getattr(executor, "check_device", check_device)(cfg.mc.device)
+    run_dir, exists = prepare_run(runs_dir, cfg, resume=resume)
+    bounds = [point_bound(cfg, p) for p in points]
+    ver = library_version()
+    writer = RunWriter(run_dir, cfg, [_grid_row(p, b) for p, b in zip(points, bounds)], cfg.mc.n_trials,
+                       meta={"version": ver, "device": cfg.mc.device, "dtype": cfg.mc.dtype,
+                             "torch": torch.__version__})
+    n_new = 0
+    try:
+        state = writer.done()
+        units = plan_units(cfg, points, bounds, {g: rows.keys() for g, rows in state.items()}, ver)
+        total = len(points) * cfg.mc.n_trials
+        n_done = sum(len(v) for v in state.values())
+        if progress is not None:
+            progress(ProgressEvent(n_done, total, 0))
+        summaries: dict[int, dict[str, Any]] = {
+            g: {**_point_row(cfg, points[g], bounds[g], rows.values()), **_slope_keys(points[g], bounds[g])}
+            for g, rows in state.items() if rows
+        }
+        ex = executor if executor is not None else LocalExecutor()
+        for unit, rows in ex.map(compute_unit, units):
+            g = unit.grid_index
+            cur = state.setdefault(g, {})
+            for r in rows:
+                cur[int(r["trial"])] = r
+            row = _point_row(cfg, points[g], bounds[g], cur.values())
+            summaries[g] = {**row, **_slope_keys(points[g], bounds[g])}
+            slopes = slopes_by_rule(list(summaries.values()))
+            writer.write_chunk(rows, row, slopes)
+            n_done += len(rows)
+            n_new += len(rows)
+            if progress is not None:
+                progress(ProgressEvent(n_done, total, len(rows), g, points[g].width, points[g].prune.method))
+        if n_done >= total:
+            writer.set_meta("finished", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    finally:
+        writer.close()
+    info = open_run(run_dir)
+    return VerifyResult(run_dir, info, read_points(run_dir), read_slopes(run_dir), n_new,
+                        time.perf_counter() - start, exists, bounds)
+
+
+def _slope_keys(point: GridPoint, bound: PointBound) -> dict[str, Any]:
+    return {"prune_index": point.prune_index, "method": point.prune.method, "width": point.width,
+            "theory_exponent": bound.theory_exponent}

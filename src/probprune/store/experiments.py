@@ -1,0 +1,172 @@
+"""Real-data experiment runs: ``runs/<hash>/`` with ``config.json``, ``results.sqlite`` and checkpoints.
+
+One row per setting (dataset, model, method, scope, prune_fraction, finetuned, seed), keyed by
+that tuple, so a setting is never stored twice and an interrupted run resumes with the missing
+ones. Every row is committed on its own (a small transaction). The report reads rows with
+:func:`read_experiment` and never recomputes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+from collections.abc import Mapping
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+from probprune.config import ProbPruneError
+from probprune.store.checkpoint import atomic_write_text
+
+__all__ = [
+    "EXPERIMENT_COLUMNS",
+    "EXPERIMENT_DB",
+    "EXPERIMENT_KEY",
+    "ExperimentStore",
+    "experiment_hash",
+    "is_experiment_dir",
+    "read_experiment",
+    "read_experiment_config",
+]
+
+EXPERIMENT_DB = "results.sqlite"
+CONFIG_FILE = "config.json"
+_TABLE = "experiment"
+
+#: The columns of one setting (name, SQLite type); the first seven are the key.
+EXPERIMENT_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("dataset", "TEXT NOT NULL"), ("model", "TEXT NOT NULL"), ("method", "TEXT NOT NULL"),
+    ("scope", "TEXT NOT NULL"), ("prune_fraction", "REAL NOT NULL"), ("finetuned", "INTEGER NOT NULL"),
+    ("seed", "INTEGER NOT NULL"),
+    ("test_accuracy", "REAL NOT NULL"), ("dense_accuracy", "REAL"), ("gap_upper", "REAL"), ("gap_lower", "REAL"),
+    ("mean_test_gap", "REAL"), ("max_test_gap", "REAL"), ("radius", "REAL"), ("sparsity", "REAL"),
+    ("n_weights", "INTEGER"), ("n_kept", "INTEGER"), ("gap_n_evals", "INTEGER"), ("bound_exact", "INTEGER"),
+    ("seconds", "REAL"),
+)
+EXPERIMENT_KEY: tuple[str, ...] = ("dataset", "model", "method", "scope", "prune_fraction", "finetuned", "seed")
+_BOOL = ("finetuned", "bound_exact")
+
+
+def experiment_hash(config: Mapping[str, Any]) -> str:
+    """First 16 hex digits of the SHA-256 of the canonical JSON of an experiment config.
+
+    >>> experiment_hash({"b": 1, "a": [1, 2]}) == experiment_hash({"a": [1, 2], "b": 1})
+    True
+    """
+    text = json.dumps(dict(config), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def is_experiment_dir(path: str | Path) -> bool:
+    """Whether ``path`` holds an experiment run (its ``config.json`` says ``kind = experiment``)."""
+    p = Path(path) / CONFIG_FILE
+    if not p.is_file():
+        return False
+    try:
+        return json.loads(p.read_text()).get("kind") == "experiment"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def read_experiment_config(run_dir: str | Path) -> dict[str, Any]:
+    """The stored config of an experiment run."""
+    p = Path(run_dir) / CONFIG_FILE
+    if not is_experiment_dir(run_dir):
+        raise ProbPruneError(f"run_dir={str(run_dir)!r}: not an experiment run (no {CONFIG_FILE} of kind experiment)")
+    doc: dict[str, Any] = json.loads(p.read_text())
+    return doc
+
+
+def _row_dict(cols: list[str], row: tuple[Any, ...]) -> dict[str, Any]:
+    d = dict(zip(cols, row))
+    for b in _BOOL:
+        if d.get(b) is not None:
+            d[b] = bool(d[b])
+    return d
+
+
+def read_experiment(run_dir: str | Path) -> list[dict[str, Any]]:
+    """All stored settings of an experiment run, one dict per setting, in key order.
+
+    Keys: ``dataset, model, method, scope, prune_fraction, finetuned`` (bool)``, seed,
+    test_accuracy, dense_accuracy, gap_upper`` (certified), ``gap_lower`` (empirical sup over the
+    ball of radius ``radius`` = max ‖x‖ of the test set), ``mean_test_gap, max_test_gap, radius,
+    sparsity, n_weights, n_kept, gap_n_evals, bound_exact, seconds``.
+    """
+    db = Path(run_dir) / EXPERIMENT_DB
+    if not db.is_file():
+        raise ProbPruneError(f"run_dir={str(run_dir)!r}: no {EXPERIMENT_DB} (not an experiment run, or not started)")
+    try:
+        with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as con:
+            cols = [c for c, _ in EXPERIMENT_COLUMNS]
+            rows = con.execute(f"SELECT {', '.join(cols)} FROM {_TABLE} ORDER BY "
+                               f"{', '.join(EXPERIMENT_KEY)}").fetchall()
+    except sqlite3.Error as e:
+        raise ProbPruneError(f"{db}: cannot read experiment results ({e})") from None
+    return [_row_dict(cols, r) for r in rows]
+
+
+class ExperimentStore:
+    """Writer of one experiment run folder (only the driver writes).
+
+    Args:
+        run_dir: the folder (created if missing).
+        config: the experiment config; stored as ``config.json``. A folder holding a different
+            config is refused.
+    """
+
+    def __init__(self, run_dir: str | Path, config: Mapping[str, Any]) -> None:
+        self.path = Path(run_dir)
+        cfg = {"kind": "experiment", **dict(config)}
+        cfg_file = self.path / CONFIG_FILE
+        if cfg_file.exists():
+            try:
+                stored = json.loads(cfg_file.read_text())
+            except (OSError, ValueError) as e:
+                raise ProbPruneError(f"{cfg_file}: unreadable ({e})") from None
+            if stored != json.loads(json.dumps(cfg)):
+                raise ProbPruneError(f"{cfg_file}: holds a different experiment config; use another --runs-dir")
+        else:
+            try:
+                self.path.mkdir(parents=True, exist_ok=True)
+                atomic_write_text(cfg_file, json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+            except OSError as e:
+                raise ProbPruneError(f"{cfg_file}: cannot write ({e.strerror or e})") from None
+        self._con = sqlite3.connect(str(self.path / EXPERIMENT_DB))
+        self._con.execute("PRAGMA journal_mode=WAL")
+        cols = ", ".join(f"{c} {t}" for c, t in EXPERIMENT_COLUMNS)
+        self._con.execute(f"CREATE TABLE IF NOT EXISTS {_TABLE} ({cols}, PRIMARY KEY ({', '.join(EXPERIMENT_KEY)}))")
+        self._con.commit()
+
+    def done(self) -> set[tuple[Any, ...]]:
+        """Keys of the settings already stored."""
+        rows = self._con.execute(f"SELECT {', '.join(EXPERIMENT_KEY)} FROM {_TABLE}").fetchall()
+        return {(d, m, me, s, round(float(f), 6), bool(ft), int(sd)) for d, m, me, s, f, ft, sd in rows}
+
+    @staticmethod
+    def key(row: Mapping[str, Any]) -> tuple[Any, ...]:
+        """The key tuple of a row (fraction rounded to 6 digits, finetuned as bool)."""
+        return (row["dataset"], row["model"], row["method"], row["scope"], round(float(row["prune_fraction"]), 6),
+                bool(row["finetuned"]), int(row["seed"]))
+
+    def add(self, row: Mapping[str, Any]) -> None:
+        """Store one setting (one transaction); a setting already stored is left as it is."""
+        names = [c for c, _ in EXPERIMENT_COLUMNS]
+        missing = [c for c in (*EXPERIMENT_KEY, "test_accuracy") if c not in row]
+        if missing:
+            raise ProbPruneError(f"row: missing column {missing[0]!r}")
+        values = [int(row[c]) if c in _BOOL and row.get(c) is not None else row.get(c) for c in names]
+        with self._con:
+            self._con.execute(f"INSERT OR IGNORE INTO {_TABLE} ({', '.join(names)}) VALUES "
+                              f"({', '.join('?' for _ in names)})", values)
+
+    def close(self) -> None:
+        """Close the database."""
+        self._con.close()
+
+    def __enter__(self) -> ExperimentStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,203 @@
+"""The report in a real browser: headless Debian chromium opens report.html from disk.
+
+Chromium is driven through the DevTools protocol over ``--remote-debugging-pipe`` (fd 3: our
+commands, fd 4: its replies, NUL-terminated JSON), standard library only. The test asserts that
+every figure is displayed (``naturalWidth > 0``), that the page asked for nothing but itself and
+inline ``data:`` images (Network domain) and that the browser logged no error and no
+Content-Security-Policy violation (Log domain). The screenshot stays under the run folder as a CI artifact.
+
+Under ``CI=true`` the test never skips: a missing chromium is a failure.
+"""
+
+from __future__ import annotations
+
+import base64
+import fcntl
+import json
+import os
+import select
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from probprune.config import BoundSpec, GapSpec, MCSpec, NetSpec, PruneSpec, RunConfig
+from probprune.report import build_report
+
+pytestmark = pytest.mark.browser
+
+FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--disable-default-apps", "--disable-extensions", "--mute-audio", "--window-size=1400,1000")
+
+
+def _chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+class DevTools:
+    """A minimal DevTools-protocol client over chromium's debugging pipe."""
+
+    def __init__(self, binary: str, profile: Path) -> None:
+        r, self._w = os.pipe()
+        self._r, w = os.pipe()
+        # the child's ends go above 9 first, so that moving them to fd 3 / 4 never clobbers one another
+        to_chrome_r, from_chrome_w = fcntl.fcntl(r, fcntl.F_DUPFD, 10), fcntl.fcntl(w, fcntl.F_DUPFD, 10)
+        os.close(r)
+        os.close(w)
+
+        # chromium expects fd 3 = our commands, fd 4 = its replies: bash (dash takes single-digit fds only) moves them
+        script = f'exec "$0" "$@" 3<&{to_chrome_r} 4>&{from_chrome_w} {to_chrome_r}<&- {from_chrome_w}>&-'
+        self.proc = subprocess.Popen(
+            ["bash", "-c", script, binary, *FLAGS, f"--user-data-dir={profile}", "--remote-debugging-pipe",
+             "about:blank"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            pass_fds=(to_chrome_r, from_chrome_w), close_fds=True)
+        os.close(to_chrome_r)
+        os.close(from_chrome_w)
+        self._buf = b""
+        self._id = 0
+        self.events: list[dict[str, Any]] = []
+
+    def _read_message(self, deadline: float) -> dict[str, Any]:
+        while b"\0" not in self._buf:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("chromium did not answer in time")
+            ready, _, _ = select.select([self._r], [], [], left)
+            if ready:
+                chunk = os.read(self._r, 1 << 20)
+                if not chunk:
+                    err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
+                    raise RuntimeError(f"chromium closed the debugging pipe: {err[-2000:]}")
+                self._buf += chunk
+        msg, _, self._buf = self._buf.partition(b"\0")
+        doc: dict[str, Any] = json.loads(msg)
+        return doc
+
+    def send(self, method: str, params: dict[str, Any] | None = None, session: str | None = None,
+             timeout: float = 60.0) -> dict[str, Any]:
+        self._id += 1
+        msg: dict[str, Any] = {"id": self._id, "method": method, "params": params or {}}
+        if session:
+            msg["sessionId"] = session
+        os.write(self._w, json.dumps(msg).encode() + b"\0")
+        deadline = time.monotonic() + timeout
+        while True:
+            reply = self._read_message(deadline)
+            if reply.get("id") == self._id:
+                if "error" in reply:
+                    raise RuntimeError(f"{method}: {reply['error']}")
+                result: dict[str, Any] = reply.get("result", {})
+                return result
+            self.events.append(reply)
+
+    def wait_event(self, method: str, timeout: float = 60.0) -> dict[str, Any]:
+        for ev in self.events:
+            if ev.get("method") == method:
+                return ev
+        deadline = time.monotonic() + timeout
+        while True:
+            ev = self._read_message(deadline)
+            self.events.append(ev)
+            if ev.get("method") == method:
+                return ev
+
+    def close(self) -> None:
+        try:
+            self.send("Browser.close", timeout=10)
+        except (RuntimeError, TimeoutError, OSError):
+            pass
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        for fd in (self._r, self._w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+@pytest.fixture(scope="module")
+def chromium() -> str:
+    binary = _chromium()
+    if binary is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("chromium is missing, and under CI=true the browser test must run (.ci/run installs it)")
+        pytest.skip("chromium not installed (apt-get install chromium)")
+    return binary
+
+
+def _tiny_verify_run(runs: Path) -> Path:
+    import torch
+
+    from probprune.runner.verify import run_verify
+
+    torch.set_num_threads(1)  # tiny nets on a shared box
+
+    cfg = RunConfig(net=NetSpec(widths=(8, 32, 32, 4)),
+                    prunes=(PruneSpec(method="magnitude", schedule_c=1.0, schedule_alpha=0.5),
+                            PruneSpec(method="random", schedule_c=1.0, schedule_alpha=0.5)),
+                    gap=GapSpec(n_points=64, n_restarts=1, n_steps=3), bound=BoundSpec(delta=0.1),
+                    mc=MCSpec(n_trials=6, hidden_widths=(32, 64), chunk_size=6))
+    return run_verify(cfg, runs).run_dir
+
+
+def test_report_displays_every_figure_and_makes_no_request(chromium: str, tmp_path: Path) -> None:
+    # PROBPRUNE_BROWSER_RUNS: where CI keeps the run folder (report + screenshot) as an artifact
+    run_dir = _tiny_verify_run(Path(os.environ.get("PROBPRUNE_BROWSER_RUNS", str(tmp_path / "runs"))))
+    report = build_report(run_dir)
+    n_figures = report.read_text().count("<img ")
+    assert n_figures >= 4
+    url = report.resolve().as_uri()
+    dt = DevTools(chromium, tmp_path / "profile")
+    try:
+        targets = dt.send("Target.getTargets")["targetInfos"]
+        page = next(t for t in targets if t["type"] == "page")
+        session = dt.send("Target.attachToTarget", {"targetId": page["targetId"], "flatten": True})["sessionId"]
+        for domain in ("Network", "Page", "Log", "Runtime"):
+            dt.send(f"{domain}.enable", session=session)
+        dt.events.clear()
+        dt.send("Page.navigate", {"url": url}, session=session)
+        dt.wait_event("Page.loadEventFired")
+        # the load event could be a late one of about:blank: wait until our document is complete
+        deadline = time.monotonic() + 60
+        while True:
+            ready = dt.send("Runtime.evaluate", {"expression": "document.URL + ' ' + document.readyState",
+                                                 "returnByValue": True}, session=session)["result"]["value"]
+            if ready == f"{url} complete":
+                break
+            assert time.monotonic() < deadline, f"the report did not finish loading: {ready}"
+            time.sleep(0.2)
+        state = dt.send("Runtime.evaluate", {
+            "expression": "JSON.stringify(Array.from(document.images).map(i => "
+                          "({w: i.naturalWidth, h: i.naturalHeight, done: i.complete, alt: i.alt})))",
+            "returnByValue": True}, session=session)
+        images = json.loads(state["result"]["value"])
+        shot = dt.send("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True}, session=session)
+        (run_dir / "report_screenshot.png").write_bytes(base64.b64decode(shot["data"]))
+        dt.send("Runtime.evaluate", {"expression": "1"}, session=session)  # drain late events
+    finally:
+        dt.close()
+    assert len(images) == n_figures
+    for img in images:
+        assert img["done"] and img["w"] > 0 and img["h"] > 0, img
+    requested = [ev["params"]["request"]["url"] for ev in dt.events if ev.get("method") == "Network.requestWillBeSent"]
+    assert url in requested  # the network domain did watch the page load
+    outside = [u for u in requested if u != url and not u.startswith("data:")]
+    assert outside == [], f"the report asked for {outside}"
+    # a blocked fetch shows up as a Content-Security-Policy violation or a failed load in the log
+    complaints = [ev["params"]["entry"].get("text", "") for ev in dt.events if ev.get("method") == "Log.entryAdded"
+                  and (ev["params"]["entry"].get("level") == "error"
+                       or "Content Security Policy" in ev["params"]["entry"].get("text", ""))]
+    assert complaints == []
+    assert (run_dir / "report_screenshot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,0 +1,212 @@
+"""Certificates: made by ``prune --certificate`` / the Python API, checked against the weights, rejected when wrong."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import torch
+
+from probprune.cli import main
+from probprune.config import GapSpec, ProbPruneError, PruneSpec, parse_arch, parse_law
+from probprune.report.certificate import FORMAT, load_schema, read_certificate, validate_certificate, write_certificate
+from probprune.runner import PruneJob, run_prune
+from probprune.runner.certificate import check_certificate, file_sha256, make_certificate
+
+ARCH = "fcn:8,32,32,4"
+
+
+def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as ex:
+        main(args)
+    out = capsys.readouterr()
+    return int(ex.value.code or 0), out.out, out.err
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread() -> Iterator[None]:
+    # tiny networks: one torch thread is fastest, and the test box is shared
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def made_once(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A sampled target pruned by magnitude, with its certificate, made once through the CLI."""
+    d = tmp_path_factory.mktemp("made")
+    files = {"cert": d / "cert.json", "pruned": d / "pruned.safetensors", "target": d / "target.safetensors"}
+    with pytest.raises(SystemExit) as ex:
+        main(["prune", "--arch", ARCH, "--law", "uniform:K=2.449", "--relative-threshold", "0.3", "--seed", "3",
+              "--out", str(files["pruned"]), "--save-target", str(files["target"]), "--certificate",
+              str(files["cert"]), "--radius", "2.0", "--delta", "0.1", "--json"])
+    assert ex.value.code in (0, None)
+    return files
+
+
+@pytest.fixture()
+def made(made_once: dict[str, Path], tmp_path: Path) -> dict[str, Path]:
+    """A private copy of the made files (tests edit the certificate)."""
+    out = {}
+    for k, p in made_once.items():
+        out[k] = tmp_path / p.name
+        shutil.copyfile(p, out[k])
+    return out
+
+
+def edit(path: Path, change: Any) -> None:
+    doc = json.loads(path.read_text())
+    change(doc)
+    path.write_text(json.dumps(doc))
+
+
+def test_schema_is_valid_and_the_formats_agree() -> None:
+    schema = load_schema()
+    jsonschema.Draft202012Validator.check_schema(schema)
+    assert schema["properties"]["format"]["const"] == FORMAT
+
+
+def test_certificate_contents(made: dict[str, Path]) -> None:
+    doc = read_certificate(made["cert"])
+    assert doc["format"] == FORMAT and doc["arch"] == ARCH and doc["law"].startswith("uniform:K=2.449")
+    assert doc["prune"] == {"method": "magnitude", "scope": "layerwise", "level_name": "relative_threshold",
+                            "level_value": 0.3, "rescale": False}
+    assert doc["gap"]["radius"] == 2.0
+    assert 0 < doc["gap"]["lower"] <= doc["gap"]["upper"]
+    assert doc["gap"]["ratio"] == pytest.approx(doc["gap"]["upper"] / doc["gap"]["lower"])
+    assert doc["probabilistic"]["delta"] == 0.1
+    assert doc["probabilistic"]["eps"] is None or doc["probabilistic"]["eps"] > 0
+    assert doc["seeds"]["seed"] == 3
+    assert doc["pruned"]["sha256"] == file_sha256(made["pruned"])
+    assert doc["target"]["source"] == "sampled" and doc["target"]["path"].endswith("target.safetensors")
+    assert doc["target"]["sha256"] == file_sha256(made["target"])
+    assert [layer["name"] for layer in doc["layers"]] == ["0.weight", "2.weight", "4.weight"]
+    assert sum(layer["pruned"] for layer in doc["layers"]) == doc["total"]["pruned"] > 0
+    for layer in doc["layers"]:
+        assert layer["prune_fraction"] == pytest.approx(layer["pruned"] / layer["size"])
+        assert layer["zeros"] == layer["pruned"]  # sampled uniform weights are never exactly 0
+    assert len(doc["config_hash"]) == 16 and doc["versions"]["torch"]
+
+
+def test_check_confirms_with_and_without_target(made: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    upper = json.loads(made["cert"].read_text())["gap"]["upper"]
+    rc, out, err = run_cli(["certificate", "check", str(made["cert"]), "--weights", str(made["pruned"]), "--json"],
+                           capsys)
+    assert rc == 0, err
+    doc = json.loads(out)
+    assert doc["confirmed"] and doc["target_source"] == "resampled"
+    assert doc["upper"] == pytest.approx(upper, rel=1e-9)
+    rc, out, err = run_cli(["certificate", "check", str(made["cert"]), "--weights", str(made["pruned"]),
+                            "--target", str(made["target"])], capsys)
+    assert rc == 0, err
+    assert "certificate confirmed" in out and "target file" in out
+
+
+def _rejected(args: list[str], capsys: pytest.CaptureFixture[str], *words: str) -> str:
+    rc, out, err = run_cli(args, capsys)
+    assert rc == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    for w in words:
+        assert w in lines[0]
+    return lines[0]
+
+
+def test_a_wrong_upper_bound_is_rejected(made: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    edit(made["cert"], lambda d: d["gap"].update(upper=d["gap"]["upper"] / 2))
+    _rejected(["certificate", "check", str(made["cert"]), "--weights", str(made["pruned"])], capsys,
+              "rejected", "certified upper bound")
+
+
+def test_other_weights_are_rejected(made: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    other = tmp_path / "other.safetensors"
+    rc, _, err = run_cli(["prune", "--arch", ARCH, "--law", "uniform:K=2.449", "--relative-threshold", "0.5",
+                          "--seed", "3", "--out", str(other)], capsys)
+    assert rc == 0, err
+    _rejected(["certificate", "check", str(made["cert"]), "--weights", str(other)], capsys, "rejected", "zero weights")
+
+
+def test_another_target_is_rejected(made: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    t2 = tmp_path / "t2.safetensors"
+    rc, _, err = run_cli(["prune", "--arch", ARCH, "--law", "uniform:K=2.449", "--p", "0.1", "--method", "random",
+                          "--seed", "4", "--save-target", str(t2)], capsys)
+    assert rc == 0, err
+    _rejected(["certificate", "check", str(made["cert"]), "--weights", str(made["pruned"]), "--target", str(t2)],
+              capsys, "rejected", "not the certified target")
+    # without the digest to compare, the kept weights give the wrong target away
+    edit(made["cert"], lambda d: d["target"].update(sha256=None))
+    _rejected(["certificate", "check", str(made["cert"]), "--weights", str(made["pruned"]), "--target", str(t2)],
+              capsys, "rejected", "differ from the target")
+
+
+@pytest.mark.parametrize("change, field", [
+    (lambda d: d.pop("gap"), "(document)"),
+    (lambda d: d["gap"].update(upper="big"), "gap.upper"),
+    (lambda d: d["gap"].update(lower=-1.0), "gap.lower"),
+    (lambda d: d.update(format="other/9"), "format"),
+    (lambda d: d["layers"][0].update(prune_fraction=1.5), "layers.0.prune_fraction"),
+    (lambda d: d["gap"].update(lower=d["gap"]["upper"] * 2), "gap.lower"),
+    (lambda d: d.update(extra=1), "(document)"),
+])
+def test_schema_violations_are_rejected(made: dict[str, Path], capsys: pytest.CaptureFixture[str], change: Any,
+                                        field: str) -> None:
+    edit(made["cert"], change)
+    line = _rejected(["certificate", "check", str(made["cert"]), "--weights", str(made["pruned"])], capsys)
+    assert f"field {field}" in line
+
+
+def test_unreadable_inputs(made: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    _rejected(["certificate", "check", str(bad), "--weights", str(made["pruned"])], capsys, "not readable JSON")
+    _rejected(["certificate", "check", str(tmp_path / "none.json"), "--weights", str(made["pruned"])], capsys,
+              "file not found")
+    _rejected(["certificate", "check", str(made["cert"]), "--weights", str(tmp_path / "none.safetensors")], capsys,
+              "none.safetensors")
+
+
+def test_a_file_target_needs_target(tmp_path: Path, made: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    cert, pruned = tmp_path / "c2.json", tmp_path / "p2.safetensors"
+    rc, _, err = run_cli(["prune", "--arch", ARCH, "--weights", str(made["target"]), "--prune-fraction", "0.4",
+                          "--scope", "global", "--out", str(pruned), "--certificate", str(cert)], capsys)
+    assert rc == 0, err
+    doc = read_certificate(cert)
+    assert doc["law"] is None and doc["probabilistic"] is None and doc["target"]["source"] == "file"
+    assert doc["total"]["pruned"] == round(0.4 * doc["total"]["size"])
+    _rejected(["certificate", "check", str(cert), "--weights", str(pruned)], capsys, "--target")
+    rc, out, err = run_cli(["certificate", "check", str(cert), "--weights", str(pruned), "--target",
+                            str(made["target"])], capsys)
+    assert rc == 0, err
+
+
+def test_prune_certificate_bad_input_writes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "p.safetensors"
+    _rejected(["prune", "--arch", ARCH, "--law", "uniform", "--p", "0.1", "--method", "random", "--out", str(out),
+               "--certificate", str(tmp_path / "c.txt")], capsys, "certificate=")
+    _rejected(["prune", "--arch", ARCH, "--law", "uniform", "--p", "0.1", "--method", "random", "--out", str(out),
+               "--certificate", str(tmp_path / "c.json"), "--delta", "1.5"], capsys, "delta=")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_python_api_random_rescaled(tmp_path: Path) -> None:
+    out = tmp_path / "p.safetensors"
+    job = PruneJob(net=parse_arch(ARCH), prune=PruneSpec(method="random", p=0.2, rescale=True),
+                   law=parse_law("uniform"), seed=1, out=str(out))
+    doc = make_certificate(run_prune(job), job, gap=GapSpec(n_points=256))
+    write_certificate(tmp_path / "c.json", doc)
+    back = read_certificate(tmp_path / "c.json")
+    assert back == doc
+    res = check_certificate(back, out)
+    assert res.upper == pytest.approx(doc["gap"]["upper"], rel=1e-9) and res.target_source == "resampled"
+    bad = dict(doc, gap={**doc["gap"], "radius": 0.0})
+    with pytest.raises(ProbPruneError, match="gap.radius"):
+        write_certificate(tmp_path / "bad.json", bad)
+    assert not (tmp_path / "bad.json").exists()
+    with pytest.raises(ProbPruneError):
+        validate_certificate([])

@@ -1,0 +1,218 @@
+"""Figures of the report: each built from a small synthetic result set, files valid, data = input."""
+
+from __future__ import annotations
+
+import math
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from probprune.config import ProbPruneError
+from probprune.report import figures
+from probprune.store.reports import ReportData
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+WIDTHS = (128, 256, 512)
+RULES = (("magnitude", False, -1.5), ("random", False, -0.5), ("random", True, -0.5))
+DELTA = 0.1
+
+
+def synthetic(n_trials: int = 12, seed: int = 0) -> ReportData:
+    """Trials with gap ~ c·h^{slope}·lognormal, points summarising them, slopes; rows as the store spells them."""
+    rng = np.random.default_rng(seed)
+    trials: list[dict[str, Any]] = []
+    points: list[dict[str, Any]] = []
+    gi = 0
+    for method, rescale, slope in RULES:
+        for w in WIDTHS:
+            gaps = 3.0 * w ** slope * np.exp(0.2 * rng.standard_normal(n_trials))
+            eps = float(np.quantile(gaps, 0.85))
+            sp = 0.3 if method == "magnitude" else 0.2
+            for t, g in enumerate(gaps):
+                trials.append({"grid_index": gi, "trial": t, "seed": 1000 * gi + t, "width": w, "method": method,
+                               "scope": "layerwise", "level_name": "p" if method == "random" else "relative_threshold",
+                               "level_value": sp, "rescale": rescale, "gap_lower": float(g),
+                               "rel_gap_lower": float(g) * 2, "out_sup": 0.5, "gap_upper": float(g) * 7.0,
+                               "eps": eps, "sparsity": sp + 0.001 * t, "seconds": 0.01, "device": "cpu",
+                               "dtype": "float32", "version": "0.1.0"})
+            cov = float(np.mean(gaps <= eps))
+            points.append({"width": w, "method": method, "scope": "layerwise",
+                           "level": {"p" if method == "random" else "relative_threshold": sp}, "rescale": rescale,
+                           "n_trials": n_trials, "gap_lower_median": float(np.median(gaps)),
+                           "gap_lower_quantile": float(np.quantile(gaps, 1 - DELTA)),
+                           "gap_upper_median": float(np.median(gaps)) * 7.0, "eps": eps, "coverage": cov,
+                           "cp_low": max(0.0, cov - 0.2), "cp_high": min(1.0, cov + 0.05),
+                           "passed": cov >= 0.85, "tightness": eps / float(np.quantile(gaps, 1 - DELTA)),
+                           "theory_exponent": -slope})
+            gi += 1
+    slopes = [{"method": m, "scope": "layerwise", "rescale": r, "slope": s + 0.01, "theory_exponent": -s}
+              for m, r, s in RULES]
+    return ReportData.from_rows("synthetic", config={"bound": {"delta": DELTA}}, points=points, trials=trials,
+                                slopes=slopes)
+
+
+def experiment_rows() -> list[dict[str, Any]]:
+    rows = []
+    for model in ("lenet300", "lenet5"):
+        for method in ("magnitude", "random"):
+            for scope in ("layerwise", "global"):
+                for ft in (False, True):
+                    for pf in (0.0, 0.5, 0.9):
+                        for seed in (0, 1, 2):
+                            acc = 0.98 - (0.3 if method == "random" else 0.05) * pf ** 2 + 0.001 * seed \
+                                + (0.01 if ft else 0.0)
+                            rows.append({"dataset": "mnist", "model": model, "method": method, "scope": scope,
+                                         "prune_fraction": pf, "finetuned": ft, "seed": seed,
+                                         "test_accuracy": acc, "gap_upper": 10.0, "gap_lower": 1.0,
+                                         "mean_test_gap": 0.5, "radius": 9.0})
+    return rows
+
+
+def check_files(res: figures.FigureResult) -> None:
+    assert res.png.read_bytes()[:8] == PNG_MAGIC
+    assert res.png.stat().st_size > 5000
+    root = ET.parse(res.svg).getroot()
+    assert root.tag.endswith("svg")
+    assert len(list(root.iter())) > 50
+
+
+@pytest.fixture(scope="module")
+def data() -> ReportData:
+    return synthetic()
+
+
+def test_gap_vs_width_plots_the_input_numbers(tmp_path: Path, data: ReportData) -> None:
+    res = figures.gap_vs_width(data.points, data.slopes, data.delta, tmp_path)
+    check_files(res)
+    series = {s["label"]: s for s in res.data["series"]}
+    assert set(series) == {"magnitude", "random", "random (rescaled)"}
+    for method, rescale, slope in RULES:
+        label = "random (rescaled)" if rescale else method
+        pts = sorted((p for p in data.points if p["label"] == label), key=lambda p: p["width"])
+        s = series[label]
+        assert s["width"] == [float(w) for w in WIDTHS]
+        for key in ("gap_lower_median", "gap_lower_quantile", "gap_upper_median", "eps"):
+            assert s[key] == pytest.approx([p[key] for p in pts], rel=1e-12)
+        assert s["slope"] == pytest.approx(slope + 0.01)
+        assert s["theory_exponent"] == -slope
+    assert res.data["delta"] == DELTA
+
+
+def test_relative_gap_vs_width(tmp_path: Path) -> None:
+    pts = [{"width": w, "method": m, "rel_gap_lower_median": 0.1 * k / w} for k, m in ((1, "magnitude"), (3, "random"))
+           for w in (64, 128, 256)]
+    data = ReportData.from_rows("x", points=pts, slopes=[{"method": "random", "slope": -0.5, "rel_slope": -1.0}])
+    res = figures.relative_gap_vs_width(data.points, data.slopes, tmp_path)
+    check_files(res)
+    series = {s["label"]: s for s in res.data["series"]}
+    assert series["random"]["width"] == [64.0, 128.0, 256.0]
+    assert series["random"]["rel_gap_lower_median"] == pytest.approx([0.3 / w for w in (64, 128, 256)])
+    assert series["random"]["rel_slope"] == -1.0 and series["magnitude"]["rel_slope"] is None
+    with pytest.raises(ProbPruneError, match="no results"):
+        figures.relative_gap_vs_width([{"width": 4, "label": "x"}], [], tmp_path)
+
+
+def test_coverage_plots_cp_bars(tmp_path: Path, data: ReportData) -> None:
+    res = figures.coverage(data.points, data.delta, tmp_path)
+    check_files(res)
+    ordered = sorted(data.points, key=lambda p: (p["label"], p["width"]))
+    assert res.data["coverage"] == pytest.approx([p["coverage"] for p in ordered])
+    assert res.data["cp_low"] == pytest.approx([p["cp_low"] for p in ordered])
+    assert res.data["cp_high"] == pytest.approx([p["cp_high"] for p in ordered])
+    assert res.data["passed"] == [p["passed"] for p in ordered]
+    assert res.data["level"] == pytest.approx(1 - DELTA)
+    assert len(res.data["labels"]) == len(ordered)
+
+
+def test_gap_distribution_is_the_ecdf_of_the_trials(tmp_path: Path, data: ReportData) -> None:
+    res = figures.gap_distribution(data.trials, data.points, data.delta, tmp_path)
+    check_files(res)
+    panels = res.data["panels"]
+    assert len(panels) == len(RULES) * len(WIDTHS)
+    for panel in panels:
+        gaps = sorted(t["gap_lower"] for t in data.trials
+                      if t["label"] == panel["label"] and t["width"] == panel["width"])
+        assert panel["gaps"] == pytest.approx(gaps, rel=1e-12)
+        n = len(gaps)
+        assert panel["ecdf"] == pytest.approx([(i + 1) / n for i in range(n)])
+        eps = next(p["eps"] for p in data.points if p["label"] == panel["label"] and p["width"] == panel["width"])
+        assert panel["eps"] == pytest.approx(eps)
+
+
+def test_gap_distribution_caps_panels(tmp_path: Path, data: ReportData) -> None:
+    res = figures.gap_distribution(data.trials, data.points, data.delta, tmp_path, max_panels=5)
+    assert len(res.data["panels"]) == 5
+
+
+def test_gap_vs_prune_fraction_at_fixed_width(tmp_path: Path) -> None:
+    base = synthetic()
+    # a sweep over levels at width 512: four levels per rule, with sparsity in the summary
+    pts = []
+    for method, rescale, _ in RULES:
+        for j, pf in enumerate((0.1, 0.2, 0.4, 0.8)):
+            pts.append({"width": 512, "method": method, "scope": "layerwise", "rescale": rescale,
+                        "level_name": "prune_fraction", "level_value": pf, "sparsity": pf,
+                        "gap_lower_median": 0.01 * (j + 1) * (2 if method == "random" else 1),
+                        "gap_lower_quantile": 0.012 * (j + 1) * (2 if method == "random" else 1)})
+    data = ReportData.from_rows("x", points=pts + [dict(p) for p in base.points[:2]])
+    res = figures.gap_vs_prune_fraction(data.points, [], tmp_path, delta=0.05)
+    check_files(res)
+    assert res.data["width"] == 512  # the width with most grid points
+    series = {s["label"]: s for s in res.data["series"]}
+    assert set(series) == {"magnitude", "random", "random (rescaled)"}
+    for label, s in series.items():
+        mine = [p for p in data.points if p["label"] == label and p["width"] == 512]
+        assert s["prune_fraction"] == pytest.approx([0.1, 0.2, 0.4, 0.8])
+        assert s["gap_lower_median"] == pytest.approx([p["gap_lower_median"] for p in mine])
+        assert s["gap_lower_quantile"] == pytest.approx([p["gap_lower_quantile"] for p in mine])
+
+
+def test_gap_vs_prune_fraction_reads_sparsity_from_trials(tmp_path: Path, data: ReportData) -> None:
+    res = figures.gap_vs_prune_fraction(data.points, data.trials, tmp_path, width=256)
+    series = {s["label"]: s for s in res.data["series"]}
+    n = 12
+    med = float(np.median([0.3 + 0.001 * t for t in range(n)]))
+    assert series["magnitude"]["prune_fraction"] == pytest.approx([med])
+    p = next(p for p in data.points if p["label"] == "magnitude" and p["width"] == 256)
+    assert series["magnitude"]["gap_lower_median"] == pytest.approx([p["gap_lower_median"]])
+    with pytest.raises(ProbPruneError, match="width=999"):
+        figures.gap_vs_prune_fraction(data.points, data.trials, tmp_path, width=999)
+
+
+def test_accuracy_vs_sparsity_mean_and_sd_over_seeds(tmp_path: Path) -> None:
+    rows = ReportData.from_rows("x", experiment=experiment_rows()).experiment
+    res = figures.accuracy_vs_sparsity(rows, tmp_path)
+    check_files(res)
+    panels = {(p["dataset"], p["model"]): p for p in res.data["panels"]}
+    assert set(panels) == {("mnist", "lenet300"), ("mnist", "lenet5")}
+    lines = panels[("mnist", "lenet5")]["lines"]
+    assert len(lines) == 8  # 2 methods x 2 scopes x fine-tune or not
+    line = next(ln for ln in lines if ln["method"] == "random" and ln["scope"] == "global" and ln["finetuned"])
+    assert line["prune_fraction"] == [0.0, 0.5, 0.9]
+    for pf, mean, sd, n in zip(line["prune_fraction"], line["mean"], line["std"], line["n_seeds"]):
+        accs = [100 * (0.98 - 0.3 * pf ** 2 + 0.001 * s + 0.01) for s in range(3)]
+        assert n == 3
+        assert mean == pytest.approx(sum(accs) / 3)
+        assert sd == pytest.approx(math.sqrt(sum((a - mean) ** 2 for a in accs) / 2))
+
+
+def test_empty_inputs_raise(tmp_path: Path) -> None:
+    for call in (lambda: figures.gap_vs_width([], [], 0.1, tmp_path),
+                 lambda: figures.coverage([], 0.1, tmp_path),
+                 lambda: figures.gap_distribution([], [], 0.1, tmp_path),
+                 lambda: figures.gap_vs_prune_fraction([], [], tmp_path),
+                 lambda: figures.accuracy_vs_sparsity([], tmp_path)):
+        with pytest.raises(ProbPruneError, match="no results"):
+            call()
+    assert not list(tmp_path.iterdir())
+
+
+def test_store_spellings_normalise() -> None:
+    d = ReportData.from_rows("x", points=[{"h": 64, "method": "random", "level": ["p", 0.1], "gap_median": 0.5,
+                                           "pass": "fail", "coverage_low": 0.7, "coverage_high": 0.9}])
+    p = d.points[0]
+    assert (p["width"], p["level_name"], p["level_value"], p["gap_lower_median"]) == (64, "p", 0.1, 0.5)
+    assert (p["passed"], p["cp_low"], p["cp_high"]) == (False, 0.7, 0.9)

@@ -1,0 +1,48 @@
+"""Experiment run folders: one row per setting, no duplicates, config guard, read-back."""
+
+from pathlib import Path
+
+import pytest
+
+from probprune.config import ProbPruneError
+from probprune.store.experiments import ExperimentStore, is_experiment_dir, read_experiment, read_experiment_config
+
+
+def _row(**kw: object) -> dict[str, object]:
+    base: dict[str, object] = {"dataset": "mnist", "model": "lenet-5", "method": "magnitude", "scope": "global",
+                               "prune_fraction": 0.9, "finetuned": True, "seed": 0, "test_accuracy": 0.98,
+                               "gap_upper": 3.0, "gap_lower": 1.0, "mean_test_gap": 0.2, "radius": 9.5}
+    base.update(kw)
+    return base
+
+
+def test_write_read_and_resume(tmp_path: Path) -> None:
+    run = tmp_path / "abc"
+    with ExperimentStore(run, {"dataset": "mnist", "seeds": [0]}) as st:
+        st.add(_row())
+        st.add(_row(seed=1, finetuned=False, test_accuracy=0.5))
+        st.add(_row(test_accuracy=0.1))  # same key: ignored, the first value stays
+        assert st.done() == {ExperimentStore.key(_row()), ExperimentStore.key(_row(seed=1, finetuned=False))}
+    rows = read_experiment(run)
+    assert len(rows) == 2
+    # ordered by key: finetuned False (seed 1) before finetuned True (seed 0)
+    assert rows[0]["finetuned"] is False and rows[0]["seed"] == 1 and rows[0]["test_accuracy"] == 0.5
+    assert rows[1]["finetuned"] is True and rows[1]["test_accuracy"] == 0.98
+    assert rows[1]["gap_upper"] == 3.0 and rows[1]["dense_accuracy"] is None
+    assert is_experiment_dir(run) and read_experiment_config(run)["kind"] == "experiment"
+    with ExperimentStore(run, {"dataset": "mnist", "seeds": [0]}) as st:  # same config: reopens
+        assert len(st.done()) == 2
+
+
+def test_refusals(tmp_path: Path) -> None:
+    run = tmp_path / "r"
+    ExperimentStore(run, {"dataset": "mnist"}).close()
+    with pytest.raises(ProbPruneError, match="different experiment config"):
+        ExperimentStore(run, {"dataset": "fashion-mnist"})
+    with ExperimentStore(run, {"dataset": "mnist"}) as st, pytest.raises(ProbPruneError, match="seed"):
+        st.add({k: v for k, v in _row().items() if k != "seed"})
+    with pytest.raises(ProbPruneError, match="no results.sqlite"):
+        read_experiment(tmp_path / "empty")
+    assert not is_experiment_dir(tmp_path / "empty")
+    with pytest.raises(ProbPruneError, match="not an experiment run"):
+        read_experiment_config(tmp_path / "empty")
