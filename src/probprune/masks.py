@@ -70,11 +70,15 @@ def _select_smallest(scores: Tensor, k: Tensor | int) -> Tensor:
     kk = kt.clamp(min=1).unsqueeze(-1)
     kth = torch.gather(torch.sort(scores, dim=-1).values, -1, kk - 1) if n <= 4096 else \
         _kth_value(scores, kk)
-    below = scores < kth
-    eq = scores == kth
-    need = kk - below.sum(dim=-1, keepdim=True)
-    take_eq = eq & (torch.cumsum(eq.to(torch.long), dim=-1) <= need)
-    keep = ~(below | take_eq)
+    keep = scores > kth
+    # entries tied with the k-th value beyond the k to remove stay kept: the highest flat indices
+    surplus = (n - keep.sum(dim=-1, keepdim=True) - kk).reshape(-1)
+    if bool((surplus > 0).any()):
+        flat_s, flat_k, kth_f = scores.reshape(-1, n), keep.reshape(-1, n), kth.reshape(-1)
+        for r in (surplus > 0).nonzero().flatten().tolist():
+            idx = (flat_s[r] == kth_f[r]).nonzero().flatten()
+            flat_k[r, idx[len(idx) - int(surplus[r]):]] = True
+        keep = flat_k.reshape(scores.shape)
     zero = (kt == 0).unsqueeze(-1)
     return keep | zero
 
@@ -83,6 +87,8 @@ def _kth_value(scores: Tensor, kk: Tensor) -> Tensor:
     """k-th smallest per row (``kk`` ``[..., 1]``, 1-based), via kthvalue per distinct k."""
     flat = scores.reshape(-1, scores.shape[-1])
     ks = kk.reshape(-1)
+    if bool((ks == ks[0]).all()):  # one k for every row: no row copies
+        return torch.kthvalue(flat, int(ks[0]), dim=-1).values.reshape(*scores.shape[:-1], 1)
     out = torch.empty(flat.shape[0], 1, dtype=scores.dtype, device=scores.device)
     for kv in torch.unique(ks).tolist():
         rows = (ks == kv).nonzero().flatten()
@@ -134,6 +140,8 @@ def mask_from_scores(
     def one_scope(f: Tensor) -> Tensor:
         n = f.shape[-1]
         k = n_to_prune(prune_fraction, n)
+        if prior is None:
+            return _select_smallest(f, k)
         n_prior = (f == -math.inf).sum(dim=-1)
         return _select_smallest(f, torch.maximum(n_prior, torch.as_tensor(k, device=f.device)))
 
@@ -381,11 +389,11 @@ def prune(
             pm = pri[i]
             keeps.append(keep if pm is None else keep & pm)
     elif method == "magnitude":
-        keeps = mask_from_scores([w.abs() for w in ws], prune_fraction, scope, pri,  # type: ignore[arg-type]
-                                 trial_dim=trial)
-        for i, (w, keep) in enumerate(zip(ws, keeps)):
-            removed = w.abs()[~keep]
-            thresholds[i] = float(removed.max()) if removed.numel() else None
+        mags = [w.abs() for w in ws]
+        keeps = mask_from_scores(mags, prune_fraction, scope, pri, trial_dim=trial)  # type: ignore[arg-type]
+        for i, (mag, keep) in enumerate(zip(mags, keeps)):
+            # largest removed |w| (max over members of an ensemble); None when nothing was removed
+            thresholds[i] = None if bool(keep.all()) else float(mag.masked_fill(keep, -1.0).amax())
     else:
         # one generator per member; per member, layers in order
         def scores_for(g: torch.Generator, shapes_ws: list[Tensor]) -> list[Tensor]:

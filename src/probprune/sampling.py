@@ -44,13 +44,13 @@ def sample_tensor(law: LawSpec | Law, shape: tuple[int, ...], a: float, generato
                   device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> Tensor:
     """One tensor of i.i.d. entries from ``law`` at scale ``a``.
 
-    Uniform: ``(2u - 1)·a`` with ``u ~ U[0, 1)``; Gaussian: ``N(0, 1)·a/√3``.
+    Uniform: ``U[-a, a)`` drawn in place (``Tensor.uniform_``); Gaussian: ``N(0, 1)·a/√3``.
     """
     dev = torch.device(device)
     if isinstance(law, LawSpec):
         if law.kind == "uniform":
-            u = torch.rand(shape, generator=generator, device=dev, dtype=dtype)
-            return (2.0 * u - 1.0) * a
+            # one pass: U[-a, a) drawn in place
+            return torch.empty(shape, device=dev, dtype=dtype).uniform_(-a, a, generator=generator)
         z = torch.randn(shape, generator=generator, device=dev, dtype=dtype)
         return z * (a / math.sqrt(3.0))
     t = law(tuple(shape), a, generator, dev, dtype)

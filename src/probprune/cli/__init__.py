@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import sys
 
-from probprune.cli import prune as _prune  # noqa: F401  (registers the command)
-from probprune.cli import gap as _gap  # noqa: F401
 from probprune.cli import bound as _bound  # noqa: F401
-from probprune.cli import report as _report  # noqa: F401
 from probprune.cli import certificate as _certificate  # noqa: F401
-from probprune.cli import verify as _verify  # noqa: F401
 from probprune.cli import data as _data  # noqa: F401
 from probprune.cli import experiment as _experiment  # noqa: F401
+from probprune.cli import gap as _gap  # noqa: F401
+from probprune.cli import prune as _prune  # noqa: F401  (registers the command)
+from probprune.cli import report as _report  # noqa: F401
+from probprune.cli import verify as _verify  # noqa: F401
 from probprune.cli.app import app, err_console
 from probprune.config import ProbPruneError
 
