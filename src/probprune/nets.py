@@ -67,6 +67,18 @@ class Activation:
         """Whether σ(c·x) = c·σ(x) for c ≥ 0 (relu, leaky_relu, identity)."""
         return self.name in ("relu", "leaky_relu", "identity")
 
+    def apply_(self, x: Tensor) -> Tensor:
+        """σ applied in place (for fresh intermediate tensors outside autograd); returns ``x``."""
+        if self.name == "relu":
+            return torch.relu_(x)
+        if self.name == "leaky_relu":
+            return F.leaky_relu_(x, self.negative_slope)
+        if self.name == "tanh":
+            return torch.tanh_(x)
+        if self.name == "sigmoid":
+            return torch.sigmoid_(x)
+        return x
+
     def __call__(self, x: Tensor) -> Tensor:
         if self.name == "relu":
             return torch.relu(x)
@@ -293,7 +305,8 @@ def _apply_layer(layer: Layer, x: Tensor, k: int | None) -> Tensor:
             y = torch.matmul(x, w.transpose(-1, -2))
             if b is not None:
                 y = y + b.unsqueeze(-2)
-        return layer.activation(y)
+        # y is a fresh tensor: outside autograd the activation can overwrite it (saves a pass + memory)
+        return layer.activation.apply_(y) if not y.requires_grad else layer.activation(y)
     conv = layer.conv
     pad = conv.pad
     if k is None:
@@ -345,6 +358,10 @@ def stack(nets: Sequence[Net]) -> Net:
 def check_finite(net: Net, what: str = "weights") -> None:
     """Raise :class:`ProbPruneError` if any weight or bias is NaN or infinite."""
     for name, t in net.state_dict().items():
+        # a sum is finite when every entry is (a NaN/inf entry makes it NaN/inf); only an
+        # overflowing sum of finite entries needs the elementwise check
+        if bool(torch.isfinite(t.sum())):
+            continue
         if not torch.isfinite(t).all():
             bad = t[~torch.isfinite(t)].flatten()[0].item()
             raise ProbPruneError(f"{what} {name}: contains non-finite value {bad}")
