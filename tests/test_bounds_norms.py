@@ -11,14 +11,7 @@ from hypothesis import strategies as st
 from probprune.bounds.norms import conv_norm, matrix_norm_bound, operator_norm, power_lower
 from probprune.config import ConvSpec, ProbPruneError
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():  # type: ignore[no-untyped-def]
-    """Tiny tensors: one intra-op thread is faster and immune to a busy shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def exact(w: torch.Tensor) -> float:

@@ -6,20 +6,9 @@ import json
 
 import pytest
 
+from cliharness import run
 from probprune.bounds.probabilistic import probabilistic_bound
-from probprune.cli import main
 from probprune.config import LawSpec, PruneSpec, parse_arch
-
-
-def run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    try:
-        main(args)
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
-
 
 ARCH = ["--arch", "fcn:64,2048,2048,10", "--law", "uniform:K=2.449"]
 

@@ -6,19 +6,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from probprune.cli import main
+from cliharness import run
 from probprune.data import IDX_FILES, MD5, dataset_status, write_idx
 from probprune.runner.dataprep import FASHION_DIR
-
-
-def run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    try:
-        main(args)
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture

@@ -9,17 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from probprune.cli import main
-
-
-def run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    try:
-        main(args)
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
+from cliharness import run
 
 
 def test_sample_prune_save_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

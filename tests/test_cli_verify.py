@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from probprune.cli import main
+from cliharness import run
 from probprune.config import config_hash
 from probprune.runner.verify import DEFAULT_CONFIG
 
@@ -16,15 +16,6 @@ torch.set_num_threads(1)
 QUICK = ["--arch", "fcn:6,16,16,3", "--widths", "16,24", "--trials", "4", "--chunk-size", "2",
          "--set", "gap.n_points=64", "--set", "gap.n_restarts=1", "--set", "gap.n_steps=2"]
 
-
-def run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    try:
-        main(args)
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture

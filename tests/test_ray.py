@@ -26,7 +26,7 @@ except ImportError:
         raise
     pytest.skip("ray is not installed (pip install 'probprune[ray]')", allow_module_level=True)
 
-from probprune.cli import main
+from cliharness import run as cli
 from probprune.config import GapSpec, MCSpec, NetSpec, ProbPruneError, PruneSpec, RunConfig, config_hash
 from probprune.rng import derive_seed
 from probprune.runner.ray_executor import RayExecutor, SweepError, describe_unit, make_executor
@@ -63,15 +63,6 @@ def _counts(run_dir: Path) -> dict[tuple[int, int], int]:
         return {(g, t): n for g, t, n in con.execute("SELECT grid_index, trial, COUNT(*) FROM trials "
                                                       "GROUP BY grid_index, trial")}
 
-
-def cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    try:
-        main(args)
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture(scope="module")

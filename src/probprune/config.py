@@ -339,8 +339,8 @@ def layer_scale(weight_shape: tuple[int, ...] | list[int], scale: float) -> floa
 
     >>> layer_scale((4, 16), 2.0)
     0.5
-    >>> layer_scale((8, 3, 3, 3), 3.0)   # conv: fan_out = 72, fan_in = 27
-    0.35355339059327373
+    >>> round(layer_scale((8, 3, 3, 3), 3.0), 6)   # conv: fan_out = 72, fan_in = 27 → 3/√72
+    0.353553
     """
     shape = tuple(int(s) for s in weight_shape)
     rf = math.prod(shape[2:]) if len(shape) > 2 else 1

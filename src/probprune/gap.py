@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 
 from probprune.config import GapSpec, ProbPruneError
-from probprune.nets import Net
+from probprune.nets import Net, check_finite, check_pair
 
 __all__ = [
     "GapEstimate",
@@ -107,21 +107,6 @@ def is_homogeneous(net: Net) -> bool:
     if not all(layer.activation.positively_homogeneous for layer in net.layers):
         return False
     return all(b is None or not bool(b.any()) for b in net.biases)
-
-
-def check_pair(target: Net, pruned: Net) -> None:
-    """Raise :class:`ProbPruneError` unless target and pruned share architecture and trial dim and are finite."""
-    if not isinstance(target, Net) or not isinstance(pruned, Net):
-        raise ProbPruneError(f"target/pruned: expected Net values, got {type(target).__name__}, "
-                             f"{type(pruned).__name__}")
-    if target.spec != pruned.spec:
-        raise ProbPruneError(f"pruned: architecture {pruned.spec.to_arch()} (activation {pruned.spec.activation}, "
-                             f"bias {pruned.spec.bias}) differs from the target's {target.spec.to_arch()} "
-                             f"(activation {target.spec.activation}, bias {target.spec.bias})")
-    if target.n_trials != pruned.n_trials:
-        raise ProbPruneError(f"pruned: n_trials={pruned.n_trials} differs from the target's {target.n_trials}")
-    _check_finite(target, "target")
-    _check_finite(pruned, "pruned")
 
 
 def _as_ensemble(net: Net) -> Net:
@@ -311,7 +296,7 @@ def sup_output(net: Net, spec: GapSpec, generator: torch.Generator) -> GapEstima
     """
     if not isinstance(net, Net):
         raise ProbPruneError(f"net: expected a Net, got {type(net).__name__}")
-    _check_finite(net, "weights")
+    check_finite(net, "weights")
     fn, k = _output_objective(net)
     return _estimate(fn, k, net, spec, is_homogeneous(net), generator, net.n_trials is None)
 
@@ -437,12 +422,3 @@ class GapStats:
                         sum=Fraction(str(data["sum"])), sumsq=Fraction(str(data["sumsq"])))
 
 
-def _check_finite(net: Net, what: str) -> None:
-    """Like ``nets.check_finite`` but allocation-free (min/max propagate NaN; ±inf shows in them)."""
-    for name, t in net.state_dict().items():
-        if t.numel() == 0:
-            continue
-        lo, hi = torch.aminmax(t)
-        if not (bool(torch.isfinite(lo)) and bool(torch.isfinite(hi))):
-            bad = (lo if not bool(torch.isfinite(lo)) else hi).item()
-            raise ProbPruneError(f"{what} {name}: contains non-finite value {bad}")

@@ -28,6 +28,7 @@ __all__ = [
     "Layer",
     "Net",
     "check_finite",
+    "check_pair",
     "from_module",
     "from_state_dict",
     "stack",
@@ -365,6 +366,21 @@ def check_finite(net: Net, what: str = "weights") -> None:
         if not torch.isfinite(t).all():
             bad = t[~torch.isfinite(t)].flatten()[0].item()
             raise ProbPruneError(f"{what} {name}: contains non-finite value {bad}")
+
+
+def check_pair(target: Net, pruned: Net) -> None:
+    """Raise :class:`ProbPruneError` unless target and pruned share architecture and trial dim and are finite."""
+    if not isinstance(target, Net) or not isinstance(pruned, Net):
+        raise ProbPruneError(f"target/pruned: expected Net values, got {type(target).__name__}, "
+                             f"{type(pruned).__name__}")
+    if target.spec != pruned.spec:
+        raise ProbPruneError(f"pruned: architecture {pruned.spec.to_arch()} (activation {pruned.spec.activation}, "
+                             f"bias {pruned.spec.bias}) differs from the target's {target.spec.to_arch()} "
+                             f"(activation {target.spec.activation}, bias {target.spec.bias})")
+    if target.n_trials != pruned.n_trials:
+        raise ProbPruneError(f"pruned: n_trials={pruned.n_trials} differs from the target's {target.n_trials}")
+    check_finite(target, "target")
+    check_finite(pruned, "pruned")
 
 
 def to_module(net: Net) -> nn.Sequential:

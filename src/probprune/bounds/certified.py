@@ -27,7 +27,7 @@ from torch import Tensor
 
 from probprune.bounds.norms import NormMethod, NormValue, operator_norm
 from probprune.config import GapSpec, ProbPruneError
-from probprune.nets import Layer, Net
+from probprune.nets import Layer, Net, check_pair
 
 __all__ = [
     "CertifiedBound",
@@ -157,7 +157,7 @@ def certified_gap_bound(target: Net, pruned: Net, radius: float, norm_method: No
     >>> round(float(certified_gap_bound(F, f, 3.0).value), 6)   # ‖D‖·r
     3.0
     """
-    _check_pair(target, pruned)
+    check_pair(target, pruned)
     _check_radius(radius)
     spec = target.spec
     feats = spec.feature_shapes()
@@ -283,7 +283,7 @@ def lower_at(target: Net, pruned: Net, x: Tensor, radius: float) -> Tensor:
     Returns:
         ``[K]`` or 0-d float64 (a true lower bound on the gap).
     """
-    _check_pair(target, pruned)
+    check_pair(target, pruned)
     k = target.n_trials
     t64, p64 = target.to(dtype=torch.float64), pruned.to(dtype=torch.float64)
     x64 = x.detach().to(device=target.device, dtype=torch.float64)
@@ -314,7 +314,7 @@ def sandwich(
         estimator: ``probprune.gap.sup_gap`` (passed in: ``bounds`` does not import ``gap``).
         norm_method: see :func:`~probprune.bounds.norms.matrix_norm_bound`.
     """
-    _check_pair(target, pruned)
+    check_pair(target, pruned)
     if not isinstance(gap_spec, GapSpec):
         raise ProbPruneError(f"gap_spec: expected a GapSpec, got {type(gap_spec).__name__}")
     bound = certified_gap_bound(target, pruned, gap_spec.radius, norm_method)
@@ -332,26 +332,3 @@ def _check_radius(radius: float) -> None:
         raise ProbPruneError(f"radius={radius!r}: must be a finite number > 0")
 
 
-def _check_pair(target: Net, pruned: Net) -> None:
-    if not isinstance(target, Net) or not isinstance(pruned, Net):
-        raise ProbPruneError(f"target/pruned: expected Net values, got {type(target).__name__}, "
-                             f"{type(pruned).__name__}")
-    if target.spec != pruned.spec:
-        raise ProbPruneError(f"pruned: architecture {pruned.spec.to_arch()} (activation {pruned.spec.activation}, "
-                             f"bias {pruned.spec.bias}) differs from the target's {target.spec.to_arch()} "
-                             f"(activation {target.spec.activation}, bias {target.spec.bias})")
-    if target.n_trials != pruned.n_trials:
-        raise ProbPruneError(f"pruned: n_trials={pruned.n_trials} differs from the target's {target.n_trials}")
-    _check_finite(target, "target")
-    _check_finite(pruned, "pruned")
-
-
-def _check_finite(net: Net, what: str) -> None:
-    """Like ``nets.check_finite`` but allocation-free (min/max propagate NaN; ±inf shows in them)."""
-    for name, t in net.state_dict().items():
-        if t.numel() == 0:
-            continue
-        lo, hi = torch.aminmax(t)
-        if not (bool(torch.isfinite(lo)) and bool(torch.isfinite(hi))):
-            bad = (lo if not bool(torch.isfinite(lo)) else hi).item()
-            raise ProbPruneError(f"{what} {name}: contains non-finite value {bad}")

@@ -11,7 +11,6 @@ form); the schema ships as ``probprune/certificate.schema.json``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Mapping
 from importlib.resources import files
@@ -19,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from probprune.config import ProbPruneError
-from probprune.store import atomic_write_text
+from probprune.store import atomic_write_text, file_sha256
 
 __all__ = ["FORMAT", "file_sha256", "load_schema", "read_certificate", "validate_certificate", "write_certificate"]
 
@@ -57,15 +56,6 @@ def validate_certificate(doc: Any, where: str = "certificate") -> None:
         if layer["pruned"] > layer["size"] or layer["zeros"] > layer["size"]:
             raise ProbPruneError(f"{where}: field layers.{i}: pruned={layer['pruned']!r} / zeros={layer['zeros']!r} "
                                  f"exceed size={layer['size']!r}")
-
-
-def file_sha256(path: str | Path) -> str:
-    """SHA-256 hex digest of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def write_certificate(path: str | Path, doc: Mapping[str, Any]) -> None:

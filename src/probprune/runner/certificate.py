@@ -34,6 +34,7 @@ from probprune.rng import derive_seed, make_generator
 from probprune.runner.gap import gap_sandwich
 from probprune.runner.prune import PruneJob, PruneOutcome, load_net
 from probprune.sampling import sample_net
+from probprune.store import file_sha256
 
 __all__ = ["CheckOutcome", "check_certificate", "file_sha256", "make_certificate"]
 
@@ -45,15 +46,6 @@ def _v(pkg: str) -> str:
         return version(pkg)
     except PackageNotFoundError:  # pragma: no cover - source tree without install
         return "0+unknown"
-
-
-def file_sha256(path: str | Path) -> str:
-    """SHA-256 hex digest of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _zeros(net: Net) -> list[int]:

@@ -4,6 +4,12 @@ Everything written goes to a temporary name first and is renamed into place, so 
 interrupted write never leaves a half-written file. Nothing is ever unpickled.
 """
 
-from probprune.store.checkpoint import atomic_write_bytes, atomic_write_text, load_tensors, save_tensors
+from probprune.store.checkpoint import (
+    atomic_write_bytes,
+    atomic_write_text,
+    file_sha256,
+    load_tensors,
+    save_tensors,
+)
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "load_tensors", "save_tensors"]
+__all__ = ["atomic_write_bytes", "atomic_write_text", "file_sha256", "load_tensors", "save_tensors"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from collections.abc import Mapping
@@ -13,7 +14,7 @@ from safetensors.torch import load_file, save_file
 
 from probprune.config import ProbPruneError
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "load_tensors", "save_tensors"]
+__all__ = ["atomic_write_bytes", "atomic_write_text", "file_sha256", "load_tensors", "save_tensors"]
 
 
 def _tmp_in(path: Path) -> tuple[int, str]:
@@ -72,3 +73,12 @@ def load_tensors(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor],
     except (SafetensorError, OSError, ValueError) as e:
         raise ProbPruneError(f"weights={str(path)!r}: not a readable safetensors file ({e})") from None
     return tensors, dict(meta)
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 hex digest of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
