@@ -181,7 +181,7 @@ def gap_vs_width(points: Sequence[Mapping[str, Any]], slopes: Sequence[Mapping[s
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend([h for h, l in zip(handles, labels) if not l.startswith("_")],
                [l for l in labels if not l.startswith("_")], loc="outside lower center",
-               ncols=min(4, len(handles)), fontsize=8)
+               ncols=min(2, len(handles)), fontsize=8)
     fig.suptitle("Gap vs width (log-log); colours: pruning rule, black: certified bound, orange: ε(δ)")
     png, svg = _save(fig, out_dir, name)
     return FigureResult(name, "Gap vs width (log-log): empirical sup-gap, certified upper bound, ε(δ)", png, svg,
