@@ -77,6 +77,8 @@ def test_subprocess_entry_point_and_help() -> None:
     res = subprocess.run([sys.executable, "-m", "probprune", "prune", "--arch", "fcn:4,4", "--law", "uniform",
                           "--prune-fraction", "2"], capture_output=True, text=True)
     assert res.returncode == 2 and res.stderr.startswith("error: prune_fraction=2.0")
+    res = subprocess.run([sys.executable, "-m", "probprune", "--version"], capture_output=True, text=True)
+    assert res.returncode == 0 and res.stdout.startswith("probprune ")
     for args in (["--help"], ["prune", "--help"]):
         res = subprocess.run([sys.executable, "-m", "probprune", *args], capture_output=True, text=True,
                              env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"})

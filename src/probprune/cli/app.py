@@ -68,6 +68,21 @@ def stats_table(stats: dict[str, Any], title: str = "pruning report") -> Table:
     return t
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            v = version("probprune")
+        except PackageNotFoundError:  # pragma: no cover - source tree without install
+            v = "0+unknown"
+        console.print(f"probprune {v}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    show_version: bool = typer.Option(False, "--version", help="Print the version and exit.",
+                                      callback=_print_version, is_eager=True),
+) -> None:
     """Provable pruning: prune, measure the gap, bound it, verify the theory."""
