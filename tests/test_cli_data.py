@@ -1,6 +1,7 @@
 """`probprune data …` and `probprune experiment …`: JSON, dry runs, one-line errors (exit 2, nothing written)."""
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -117,6 +118,8 @@ def test_experiment_dry_run_and_bad_options(tmp_path: Path, capsys: pytest.Captu
 @pytest.mark.data
 def test_experiment_cli_json_on_mnist(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     if not dataset_status("mnist")["ready"]:
+        if os.environ.get("CI") == "true":
+            pytest.fail("mnist is not prepared — CI must prepare it (make data)")
         pytest.skip("mnist is not prepared (probprune data prepare mnist)")
     code, out, _ = run(["experiment", "mnist", "--quick", "--models", "lenet-300-100", "--prune-fractions", "0,0.5",
                         "--epochs", "0.05", "--finetune-epochs", "0", "--runs-dir", str(tmp_path), "--json"],
