@@ -84,3 +84,14 @@ def test_subprocess_entry_point_and_help() -> None:
                              env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"})
         assert res.returncode == 0
         assert "REMOVED" in res.stdout and "density" in res.stdout
+
+
+@pytest.mark.parametrize("args", [["gap"], ["bound"], ["verify"], ["report"], ["experiment"], ["data"],
+                                  ["data", "prepare"], ["data", "info"], ["certificate"], ["certificate", "check"],
+                                  ["config"], ["config", "show"]])
+def test_every_command_help_explains_prune_fraction_vs_density(args: list[str],
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    code, stdout, _ = run([*args, "--help"], capsys)
+    assert code == 0
+    text = " ".join(stdout.split())
+    assert "REMOVED" in text and "density" in text, args

@@ -12,8 +12,10 @@ from probprune.cli import gap as _gap  # noqa: F401
 from probprune.cli import prune as _prune  # noqa: F401  (registers the command)
 from probprune.cli import report as _report  # noqa: F401
 from probprune.cli import verify as _verify  # noqa: F401
-from probprune.cli.app import app, err_console
+from probprune.cli.app import add_terms_to_help, app, err_console
 from probprune.config import ProbPruneError
+
+add_terms_to_help(app)
 
 __all__ = ["app", "main"]
 

@@ -15,7 +15,17 @@ from rich.table import Table
 
 from probprune.config import ProbPruneError
 
-__all__ = ["TERMS", "app", "console", "emit_json", "err_console", "fail", "print_header", "stats_table"]
+__all__ = [
+    "TERMS",
+    "add_terms_to_help",
+    "app",
+    "console",
+    "emit_json",
+    "err_console",
+    "fail",
+    "print_header",
+    "stats_table",
+]
 
 TERMS = ("prune_fraction = share of weights REMOVED (in [0, 1]); density = share KEPT = 1 - sparsity; "
          "sparsity = the measured share removed.")
@@ -66,6 +76,26 @@ def stats_table(stats: dict[str, Any], title: str = "pruning report") -> Table:
     t.add_row("[bold]total[/bold]", str(tot["size"]), str(tot["pruned"]), f"{tot['sparsity']:.4f}",
               f"{tot['density']:.4f}", "")
     return t
+
+
+def add_terms_to_help(typer_app: typer.Typer) -> None:
+    """Append :data:`TERMS` to the help of every command and group that lacks it (recursively).
+
+    Every sub-command's ``--help`` then says what prune_fraction, sparsity and density mean.
+    """
+    for cmd in typer_app.registered_commands:
+        text = cmd.help or (cmd.callback.__doc__ if cmd.callback is not None else None) or ""
+        if "REMOVED" not in text:
+            cmd.help = (text.strip() + " " + TERMS).strip()
+    for group in typer_app.registered_groups:
+        sub = group.typer_instance
+        if sub is None:
+            continue
+        info = sub.info
+        text = info.help if isinstance(info.help, str) else ""
+        if "REMOVED" not in text:
+            info.help = (text.strip() + " " + TERMS).strip()
+        add_terms_to_help(sub)
 
 
 def _print_version(value: bool) -> None:
