@@ -31,8 +31,8 @@ def trials_for(h: int, base: int) -> int:
     return max(16, base if h <= 512 else int(base * 512 / h))
 
 
-def measure(h: int, method: str, level: float, n_trials: int, chunk: int, spec_gap: GapSpec
-            ) -> tuple[list[float], list[float]]:
+def measure(h: int, method: str, level: float, n_trials: int, chunk: int, spec_gap: GapSpec,
+            device: str = "cpu") -> tuple[list[float], list[float]]:
     """Empirical sup-gaps and sup‖F‖ of ``n_trials`` sampled (target, pruned) pairs at width h."""
     spec = NetSpec(widths=(16, h, h, 4))
     law = LawSpec()
@@ -40,14 +40,14 @@ def measure(h: int, method: str, level: float, n_trials: int, chunk: int, spec_g
     outs: list[float] = []
     for start in range(0, n_trials, chunk):
         ids = range(start, min(n_trials, start + chunk))
-        gens = [make_generator(derive_seed("bench-tight", h, method, k, "w")) for k in ids]
-        target = sample_net(spec, law, gens)
+        gens = [make_generator(derive_seed("bench-tight", h, method, k, "w"), device) for k in ids]
+        target = sample_net(spec, law, gens, device)
         if method == "magnitude":
             pruned = prune(target, "magnitude", relative_threshold=level, law=law).model
         else:
-            mg = [make_generator(derive_seed("bench-tight", h, method, k, "mask")) for k in ids]
+            mg = [make_generator(derive_seed("bench-tight", h, method, k, "mask"), device) for k in ids]
             pruned = prune(target, "random", p=level, generator=mg).model
-        g = make_generator(derive_seed("bench-tight", h, method, start, "x"))
+        g = make_generator(derive_seed("bench-tight", h, method, start, "x"), device)
         gaps += sup_gap(target, pruned, spec_gap, g).value.flatten().tolist()
         outs += sup_output(target, spec_gap, g).value.flatten().tolist()
     return gaps, outs
@@ -67,10 +67,14 @@ def main() -> None:
     ap.add_argument("--delta", type=float, default=0.05)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--markdown", action="store_true")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (float32 products; TF32 stays off)")
+    ap.add_argument("--all-trials", action="store_true", help="--trials at every width (no shrinking)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     spec_gap = GapSpec()
-    print(f"# machine: {platform.machine()} {platform.processor() or ''}, torch {torch.__version__}, "
+    where = torch.cuda.get_device_name() if args.device.startswith("cuda") else \
+        f"{platform.machine()} {platform.processor() or ''}"
+    print(f"# machine: {where}, torch {torch.__version__}, "
           f"threads {args.threads}; level {args.level}, δ = {args.delta}; gap estimator {spec_gap}")
     hdr = ("| h | method | trials | ε(δ) | theorem | Thm O ε | q95 gap | ratio ε/q95 | q95 rel. gap | "
            "ε / median sup‖F‖ | s |")
@@ -82,8 +86,8 @@ def main() -> None:
             pr = PruneSpec(relative_threshold=args.level) if method == "magnitude" else \
                 PruneSpec(method="random", p=args.level)
             b = probabilistic_bound(NetSpec(widths=(16, h, h, 4)), LawSpec(), pr, args.delta)
-            n = trials_for(h, args.trials)
-            gaps, outs = measure(h, method, args.level, n, args.chunk, spec_gap)
+            n = args.trials if args.all_trials else trials_for(h, args.trials)
+            gaps, outs = measure(h, method, args.level, n, args.chunk, spec_gap, args.device)
             q = quantile(gaps, 1.0 - args.delta)
             rel = quantile([g / o for g, o in zip(gaps, outs)], 1.0 - args.delta)
             med_out = quantile(outs, 0.5)

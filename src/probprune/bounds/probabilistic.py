@@ -31,6 +31,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import numpy as np
+
 from probprune.config import LawSpec, NetSpec, ProbPruneError, PruneSpec, layer_scale
 from probprune.nets import Activation
 
@@ -41,6 +43,7 @@ __all__ = [
     "bound_exponent",
     "check_assumptions",
     "entry_stats",
+    "mixture_uniform_proxy",
     "op_norm_bound",
     "probabilistic_bound",
     "resolve_levels",
@@ -54,6 +57,8 @@ TheoremChoice = Literal["auto", "operator", "net"]
 ETA_GRID: tuple[float, ...] = tuple(10.0 ** (-k / 4.0) for k in range(2, 49))  # 10^-0.5 … 10^-12
 
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+# grid of mixture_uniform_proxy: first point, ratio of consecutive points, last point
+_PROXY_GRID = (1e-2, 1.001, 4000.0)
 
 
 def _fail(name: str, value: Any, why: str) -> ProbPruneError:
@@ -96,6 +101,52 @@ def _std_normal_trunc(t: float) -> tuple[float, float, float]:
     m2 = m0 - 2.0 * t * phi
     m4 = 3.0 * m0 - 2.0 * phi * (t ** 3 + 3.0 * t)
     return m0, max(m2, 0.0), max(m4, 0.0)
+
+
+def _log_sinhc(x: np.ndarray) -> np.ndarray:
+    """log(sinh(x)/x) for x ≥ 0 (0 at x = 0), stable for large x."""
+    out = np.zeros_like(x)
+    mid = (x > 0) & (x <= 20.0)
+    out[mid] = np.log(np.sinh(x[mid]) / x[mid])
+    big = x > 20.0
+    xb = x[big]
+    out[big] = xb - math.log(2.0) - np.log(xb) + np.log1p(-np.exp(-2.0 * xb))
+    return out
+
+
+def mixture_uniform_proxy(weights: Sequence[float], halfwidths: Sequence[float]) -> float:
+    """Certified upper value of the optimal sub-Gaussian proxy of a mixture of uniform laws (§2.1).
+
+    The entry equals ``U[-c_j, c_j]`` with probability ``π_j`` (``c_j = 0``: the point 0), so
+    ``E e^{θX} = Σ_j π_j sinh(θc_j)/(θc_j)`` and the optimal proxy is
+    ``ν² = sup_θ 2 log E e^{θX} / θ²``. With ``u = θ·max c`` the MGF is increasing in u, so on a
+    geometric grid ``u_k`` the sup over ``[u_k, u_{k+1}]`` is at most ``2 log M(u_{k+1}) / u_k²``;
+    below the grid ``M − 1 ≤ Σπ_j (u t_j)²/6 · e^{u²/20}``; above it ``log M ≤ u``. The maximum of
+    the three is returned (× (1 + 1e-9) for rounding). For sparse entries this is far below the
+    bounded-support proxy ``c²/3``: e.g. ``π = (0.95, 0.05)`` gives ``0.0815·c²``.
+
+    >>> round(mixture_uniform_proxy([1.0], [1.0]), 3)     # the uniform law: 1/3 (strictly sub-Gaussian)
+    0.334
+    >>> round(mixture_uniform_proxy([0.95, 0.05], [0.0, 1.0]), 4)
+    0.0815
+    """
+    w = np.asarray(weights, dtype=np.float64)
+    c = np.abs(np.asarray(halfwidths, dtype=np.float64))
+    if w.shape != c.shape or w.ndim != 1 or w.size == 0 or bool((w < 0).any()):
+        raise ProbPruneError(f"mixture_uniform_proxy: weights {list(weights)!r} / halfwidths {list(halfwidths)!r}")
+    cmax = float(c.max())
+    if cmax == 0.0 or float(w[c > 0].sum()) == 0.0:
+        return 0.0
+    w = w / w.sum()
+    t = c / cmax
+    u0, ratio, u_top = _PROXY_GRID
+    n = int(math.ceil(math.log(u_top / u0) / math.log(ratio))) + 1
+    u = u0 * ratio ** np.arange(n + 1)
+    keep = w > 0
+    log_m = np.logaddexp.reduce(np.log(w[keep])[:, None] + _log_sinhc(np.outer(t[keep], u)), axis=0)
+    grid = float(np.max(2.0 * log_m[1:] / u[:-1] ** 2))
+    small = float(np.sum(w * t * t)) / 3.0 * math.exp(u0 * u0 / 20.0)
+    return cmax * cmax * max(grid * (1.0 + 1e-9), small, 2.0 / u_top)
 
 
 def entry_stats(
@@ -146,7 +197,9 @@ def entry_stats(
         tau = rho * a
         if law.kind == "uniform":
             r = min(rho, 1.0)
-            return EntryStats(r * a, r ** 3 * a * a / 3.0, r ** 5 * a ** 4 / 5.0, min(r * r * a * a / 3.0, proxy_w))
+            # removed: 0 w.p. 1 − ρ, else U[−ρa, ρa]: its optimal proxy (§2.1), far below (ρa)²/3
+            return EntryStats(r * a, r ** 3 * a * a / 3.0, r ** 5 * a ** 4 / 5.0,
+                              min(mixture_uniform_proxy([1.0 - r, r], [0.0, r * a]), proxy_w))
         s = a / math.sqrt(3.0)
         t = min(tau / s, trunc_z)
         m0z, _, _ = _std_normal_trunc(trunc_z)
@@ -156,7 +209,11 @@ def entry_stats(
     if not rescale:
         if role == "kept":
             return EntryStats(b_w, var_w, m4_w, proxy_w)
-        return EntryStats(b_w if p > 0 else 0.0, p * var_w, p * m4_w, proxy_w if p > 0 else 0.0)
+        if p == 0.0:
+            return EntryStats(0.0, 0.0, 0.0, 0.0)
+        # removed: w·(1 − M), 0 w.p. 1 − p, else the weight: uniform → optimal mixture proxy (§2.1)
+        proxy_d = min(mixture_uniform_proxy([1.0 - p, p], [0.0, a]), proxy_w) if law.kind == "uniform" else proxy_w
+        return EntryStats(b_w, p * var_w, p * m4_w, proxy_d)
     if p >= 1.0:
         raise _fail("p", p, "rescaling by 1/(1-p) needs p < 1")
     c = 1.0 / (1.0 - p)
@@ -165,8 +222,10 @@ def entry_stats(
     q = p / (1.0 - p)
     if p == 0.0:
         return EntryStats(0.0, 0.0, 0.0, 0.0)
-    return EntryStats(b_w * max(1.0, q), var_w * q, m4_w * (p + p ** 4 / (1.0 - p) ** 3),
-                      proxy_w * max(1.0, q) ** 2)
+    proxy_d = proxy_w * max(1.0, q) ** 2
+    if law.kind == "uniform" and p <= 0.5:  # −q·w (kept) or w (removed): a two-uniform mixture, monotone for q ≤ 1
+        proxy_d = min(proxy_d, mixture_uniform_proxy([p, 1.0 - p], [a, q * a]))
+    return EntryStats(b_w * max(1.0, q), var_w * q, m4_w * (p + p ** 4 / (1.0 - p) ** 3), proxy_d)
 
 
 # --------------------------------------------------------------------------- operator norms
@@ -553,9 +612,36 @@ def _terms(layers: list[_Layer], lips: list[float], ops: Sequence[tuple[_Op, _Op
     return out
 
 
+_LAMBDAS = np.concatenate([np.linspace(1e-4, 0.45, 600), 0.5 - np.geomspace(0.05, 1e-7, 400)])
+
+
+def chernoff_sq(m: int, xi: float, half: bool) -> float:
+    """t with ``P(Σ_{j≤m} Y_j² ≥ t·κ²) ≤ e^{−ξ}`` for independent rows with proxy κ² (§3.3, §3.6).
+
+    ``E e^{λY²} ≤ (1 − 2λκ²)^{−1/2}`` (Lemma 2); with ``half`` (ReLU, §3.6) the squares are of
+    ``σ(z + u) − σ(z)`` or ``σ(y)`` with a symmetric pair, whose MGF is at most
+    ``(1 + (1 − 2λκ²)^{−1/2})/2``. Chernoff at any λ ∈ (0, 1/2) is valid; the smallest over a
+    fixed grid of λ is returned (never above Laurent–Massart's ``(√m + √(2ξ))²`` for the χ² case
+    up to the grid).
+
+    >>> round(chernoff_sq(4, 10.0, False), 2) <= (2 + (20) ** 0.5) ** 2
+    True
+    """
+    lam = _LAMBDAS
+    g = (1.0 - 2.0 * lam) ** -0.5
+    log_g = np.log((1.0 + g) / 2.0) if half else np.log(g)
+    return float(np.min((xi + m * log_g) / lam))
+
+
 def _theorem_n(layers: list[_Layer], lips: list[float], gamma: float, lip_act: float, radius: float, d0: int,
-               d_ev: float, eta: float) -> tuple[float, float, float, list[BoundTerm]]:
-    """Theorem N at one η: returns (ε, lipschitz term, log N, terms)."""
+               d_ev: float, eta: float, relu: bool = False, joint: bool = False
+               ) -> tuple[float, float, float, list[BoundTerm]]:
+    """Theorem N at one η: returns (ε, lipschitz term, log N, terms).
+
+    ``relu``: hidden activation is ReLU (§3.6 half-χ² bounds for ‖x_i‖ and ‖e_i‖);
+    ``joint``: each entry of W̃ and D is nonzero in at most one of them (no rescale), so
+    ``W̃e − Dx`` has proxy ``ν̃²‖e‖² + ν_D²‖x‖²`` (§3.6); otherwise ``(ν̃‖e‖ + ν_D‖x‖)²``.
+    """
     log_n = d0 * math.log1p(2.0 / eta)
     xi = log_n + math.log(1.0 / d_ev)
     ops = [(_op(ly, ly.w, d_ev), _op(ly, ly.kept, d_ev), _op(ly, ly.removed, d_ev)) for ly in layers]
@@ -565,16 +651,29 @@ def _theorem_n(layers: list[_Layer], lips: list[float], gamma: float, lip_act: f
     gains: list[tuple[float, float, float, str, str, str]] = []
     nl = len(layers)
     for i, (ly, lip, (w, k, d)) in enumerate(zip(layers, lips, ops)):
+        hidden = i < nl - 1
         fe_net = _subgauss_fixed(ly.m, ly.kept.proxy, xi)
         fd_net = _subgauss_fixed(ly.m, ly.removed.proxy, xi)
         ge, re_ = (k[0], "op") if k[0] <= fe_net else (fe_net, "net")
         gd, rd = (d[0], "op") if d[0] <= fd_net else (fd_net, "net")
-        if i < nl - 1:
+        if hidden:
             fx_net = _forward_fixed(ly.m, ly.w, gamma, lip_act, xi)
+            if relu:
+                fx_net = min(fx_net, math.sqrt(ly.w.proxy * chernoff_sq(ly.m, xi, True)))
             gx, rx = (lip * w[0], "op") if lip * w[0] <= fx_net else (fx_net, "net")
         else:
             gx, rx = w[0], "op"
-        err = lip * (ge * err + gd * x_norm)
+        sum_form = lip * (ge * err + gd * x_norm)
+        # the error vector u = W̃e − Dx bounded in one piece at the net points (§3.6)
+        ke, kd = math.sqrt(ly.kept.proxy) * err, math.sqrt(ly.removed.proxy) * x_norm
+        kappa = math.hypot(ke, kd) if joint else ke + kd
+        one = kappa * math.sqrt(chernoff_sq(ly.m, xi, relu and hidden)) * (1.0 if (relu and hidden) else lip)
+        if one < sum_form:
+            r = one / sum_form
+            ge, gd, re_, rd = ge * r, gd * r, "joint", "joint"
+            err = one
+        else:
+            err = sum_form
         x_norm = gx * x_norm
         xs.append(x_norm)
         errs.append(err)
@@ -622,7 +721,7 @@ def probabilistic_bound(
     >>> b = probabilistic_bound(NetSpec(widths=(16, 2048, 2048, 4)), LawSpec(),
     ...                         PruneSpec(relative_threshold=0.05), 0.05)
     >>> round(b.eps, 3), b.theorem
-    (0.21, '§5 Theorem N (η-net route)')
+    (0.055, '§5 Theorem N (η-net route)')
     """
     if theorem not in ("auto", "operator", "net"):
         raise _fail("theorem", theorem, "must be auto, operator or net")
@@ -660,13 +759,15 @@ def probabilistic_bound(
         results.append(Bound(eps=eps_o, theorem="§4 Theorem O (operator-norm route)", layers=tuple(terms),
                              budget=tuple(items), eps_operator=eps_o, **base))  # type: ignore[arg-type]
     if theorem in ("auto", "net") and spec.kind == "fcn":
-        n_ev = 3 * nl + (nl - 1) + (nl - 1) + nl
+        relu = act.name == "relu"
+        n_ev = 3 * nl + (nl - 1) + (nl - 1) + nl + nl + ((nl - 1) if relu else 0)
         d_ev, z, items = budget(n_ev)
         layers = _layers(spec, law, method, lv, rescale, z)
         gamma = activation_gain(act)
         best: tuple[float, float, float, list[BoundTerm], float] | None = None
         for eta in ETA_GRID:
-            e, lt, ln, terms = _theorem_n(layers, lips, gamma, act.lipschitz, radius, spec.input_dim, d_ev, eta)
+            e, lt, ln, terms = _theorem_n(layers, lips, gamma, act.lipschitz, radius, spec.input_dim, d_ev, eta,
+                                          relu=relu, joint=not rescale)
             if best is None or e < best[0]:
                 best = (e, lt, ln, terms, eta)
         assert best is not None  # ETA_GRID is not empty
@@ -675,9 +776,12 @@ def probabilistic_bound(
             items += [(f"‖W‖ {ly.name}", d_ev), (f"‖W̃‖ {ly.name}", d_ev), (f"‖D‖ {ly.name}", d_ev)]
             if i < nl - 1:
                 items.append((f"net: ‖σ(W x)‖ {ly.name}", d_ev))
+                if relu:
+                    items.append((f"net: ‖σ(W x)‖ half-χ² {ly.name}", d_ev))
             if i > 0:
                 items.append((f"net: ‖W̃ e‖ {ly.name}", d_ev))
             items.append((f"net: ‖D x‖ {ly.name}", d_ev))
+            items.append((f"net: ‖W̃ e − D x‖ joint {ly.name}", d_ev))
         results.append(Bound(eps=e, theorem="§5 Theorem N (η-net route)", layers=tuple(terms), budget=tuple(items),
                              eta=eta, log_net_size=ln, lipschitz_term=lt, eps_net=e, **base))  # type: ignore[arg-type]
     best_bound = min(results, key=lambda b: b.eps)
