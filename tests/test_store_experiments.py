@@ -46,3 +46,21 @@ def test_refusals(tmp_path: Path) -> None:
     assert not is_experiment_dir(tmp_path / "empty")
     with pytest.raises(ProbPruneError, match="not an experiment run"):
         read_experiment_config(tmp_path / "empty")
+
+
+def test_markdown_tables_one_per_model_with_mean_and_std() -> None:
+    from probprune.cli.experiment import markdown_tables
+    from probprune.runner.experiment import summarize
+
+    rows = []
+    for seed, acc in ((0, 0.90), (1, 0.92)):
+        for ft, bump in ((False, 0.0), (True, 0.05)):
+            rows.append({"dataset": "mnist", "model": "lenet-300-100", "method": "magnitude", "scope": "global",
+                         "prune_fraction": 0.9, "finetuned": ft, "seed": seed, "test_accuracy": acc + bump,
+                         "dense_accuracy": 0.98, "gap_upper": 10.0, "gap_lower": 2.0, "mean_test_gap": 0.5,
+                         "n_kept": 26620, "n_weights": 266200})
+    text = markdown_tables(summarize(rows))
+    lines = text.splitlines()
+    assert lines[0] == "#### lenet-300-100 (2 seeds)"
+    row = next(ln for ln in lines if ln.startswith("| magnitude"))
+    assert row.startswith("| magnitude | global | 0.9 | 26620 | 91.00 ± 1.41 | 96.00 ± 1.41 | 2 / 10 | 0.5 |")

@@ -33,6 +33,42 @@ def _names(text: str) -> tuple[str, ...]:
     return tuple(t.strip() for t in text.split(",") if t.strip())
 
 
+def markdown_tables(summary: list[dict[str, Any]]) -> str:
+    """The summary as one Markdown table per model (the format of docs/experiments.md).
+
+    Accuracy cells are ``mean ± sample std`` over the seeds (just the mean for one seed); gap
+    cells are means over the seeds, in logit units.
+    """
+    def acc(s: dict[str, Any] | None) -> str:
+        if s is None:
+            return "–"
+        m = f"{100 * s['test_accuracy']:.2f}"
+        return m if s["n_seeds"] < 2 else f"{m} ± {100 * s['test_accuracy_std']:.2f}"
+
+    def gap(s: dict[str, Any] | None) -> tuple[str, str]:
+        if s is None:
+            return "–", "–"
+        return f"{s['gap_lower']:.3g} / {s['gap_upper']:.3g}", f"{s['mean_test_gap']:.3g}"
+
+    cells = {(s["model"], s["method"], s["scope"], s["prune_fraction"], s["finetuned"]): s for s in summary}
+    out: list[str] = []
+    for model in dict.fromkeys(s["model"] for s in summary):
+        n_seeds = max(s["n_seeds"] for s in summary if s["model"] == model)
+        out += [f"#### {model} ({n_seeds} seed{'s' if n_seeds > 1 else ''})", "",
+                "| method | scope | prune_fraction | kept weights | accuracy % (no FT) | accuracy % (FT) | "
+                "gap lower / upper (no FT) | mean test gap (no FT) | gap lower / upper (FT) | mean test gap (FT) |",
+                "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        keys = sorted({k[1:4] for k in cells if k[0] == model}, key=lambda k: (k[0] != "magnitude", k[1] != "layerwise",
+                                                                             k[2]))
+        for method, scope, frac in keys:
+            no, ft = cells.get((model, method, scope, frac, False)), cells.get((model, method, scope, frac, True))
+            kept = (no or ft)["n_kept"]  # type: ignore[index]
+            out.append(f"| {method} | {scope} | {frac:g} | {kept:.0f} | {acc(no)} | {acc(ft)} | "
+                       f"{gap(no)[0]} | {gap(no)[1]} | {gap(ft)[0]} | {gap(ft)[1]} |")
+        out.append("")
+    return "\n".join(out)
+
+
 @app.command("experiment", help=(
     "Train LeNet-300-100 and LeNet-5 on MNIST or Fashion-MNIST (prepared with 'probprune data prepare'), prune "
     "them at random and by magnitude (layerwise and global), with and without fine-tuning (mask fixed), and "
@@ -46,6 +82,8 @@ def experiment_cmd(
     finetune_epochs: Annotated[Optional[float], typer.Option(
         help="Fine-tuning epochs with the mask fixed (fractions allowed; 0 = no fine-tuned rows).")] = None,
     finetune_lr: Annotated[Optional[float], typer.Option(help="Peak learning rate of fine-tuning (Adam).")] = None,
+    weight_decay: Annotated[Optional[float], typer.Option(
+        help="Adam L2 weight decay of the dense training (default 1e-4; fine-tuning uses none).")] = None,
     models: Annotated[Optional[str], typer.Option(help="Comma-separated: lenet-300-100,lenet-5.")] = None,
     prune_fractions: Annotated[Optional[str], typer.Option(
         "--prune-fractions", help=f"Comma-separated shares REMOVED (default {','.join(map(str, PRUNE_FRACTIONS))}).")]
@@ -62,6 +100,9 @@ def experiment_cmd(
     address: Annotated[Optional[str], typer.Option(help="With --executor ray: default starts a local Ray instance; "
                                                    "'auto' or 'ray://host:port' joins a cluster.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document (rows and summary).")] = False,
+    markdown: Annotated[bool, typer.Option("--markdown", help="Print the summary as Markdown tables (one per "
+                                           "model, as in docs/experiments.md) instead of the terminal table.")]
+    = False,
     dry_run: Annotated[bool, typer.Option(help="Print the resolved config and run folder, then stop.")] = False,
 ) -> None:
     if dataset not in ("mnist", "fashion-mnist"):
@@ -76,6 +117,8 @@ def experiment_cmd(
         kw["finetune_epochs"] = finetune_epochs
     if finetune_lr is not None:
         kw["finetune_lr"] = finetune_lr
+    if weight_decay is not None:
+        kw["weight_decay"] = weight_decay
     if models is not None:
         kw["models"] = _names(models)
     if prune_fractions is not None:
@@ -91,7 +134,7 @@ def experiment_cmd(
     run_dir = f"{runs_dir.rstrip('/')}/{spec.hash}"
     if not dry_run:
         require_dataset(dataset)  # before any output: a missing dataset is one error line
-    print_header(spec.to_dict(), run_dir, as_json)
+    print_header(spec.to_dict(), run_dir, as_json or markdown)  # stdout stays pure JSON / Markdown
     if dry_run:
         return
     # start / join Ray before anything is written: an unreachable cluster leaves no run folder
@@ -110,6 +153,10 @@ def experiment_cmd(
         finally:
             getattr(ex, "shutdown", lambda: None)()
     summary = summarize(out.rows)
+    if markdown and not as_json:
+        print(markdown_tables(summary))
+        err_console.print(f"run folder: {out.run_dir}  ({out.computed} settings computed in {out.seconds:.1f} s)")
+        return
     if as_json:
         emit_json({"run_dir": str(out.run_dir), "config": spec.to_dict(), "seconds": out.seconds,
                    "computed": out.computed, "rows": out.rows, "summary": summary})
