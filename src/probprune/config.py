@@ -56,6 +56,7 @@ Method = Literal["magnitude", "random"]
 Scope = Literal["layerwise", "global"]
 PaddingMode = Literal["zeros", "circular"]
 Dtype = Literal["float32", "float64"]
+Matmul = Literal["fp32", "tf32"]
 
 
 def _fail(name: str, value: Any, why: str) -> ProbPruneError:
@@ -529,6 +530,11 @@ class MCSpec:
         seed: master seed (seeds derive from config hash, grid point, trial).
         device: ``cpu``, ``cuda`` or ``cuda:N``.
         dtype: ``float32`` or ``float64``.
+        matmul: ``fp32`` (default: full float32 products) or ``tf32`` — on CUDA, float32 matrix
+            products and convolutions of the sup-gap search run on TF32 tensor cores (10-bit
+            mantissa: faster, but the empirical gap carries a rounding error of about 1e-3·‖F‖;
+            see benchmarks/RESULTS.md). No effect on CPU; needs ``dtype = float32``. The
+            certified bound always runs in float64.
         confidence: confidence of the Clopper–Pearson interval on the coverage P(gap ≤ ε).
         eps_scale: multiplies the ε checked (1 = as proved; a test hook: 0.1 makes a deliberately wrong bound).
     """
@@ -539,6 +545,7 @@ class MCSpec:
     seed: int = 0
     device: str = "cpu"
     dtype: Dtype = "float32"
+    matmul: Matmul = "fp32"
     confidence: float = 0.95
     eps_scale: float = 1.0
 
@@ -552,6 +559,9 @@ class MCSpec:
         if not isinstance(self.device, str) or not re.fullmatch(r"cpu|cuda(:\d+)?", self.device):
             raise _fail("mc.device", self.device, "must be cpu, cuda or cuda:N")
         _check_choice("mc.dtype", self.dtype, get_args(Dtype))
+        _check_choice("mc.matmul", self.matmul, get_args(Matmul))
+        if self.matmul == "tf32" and self.dtype != "float32":
+            raise _fail("mc.matmul", self.matmul, f"TF32 products need mc.dtype = float32 (got {self.dtype})")
         _check_real("mc.confidence", self.confidence, 0.0, 1.0, lo_open=True, hi_open=True)
         _check_real("mc.eps_scale", self.eps_scale, 0.0, lo_open=True)
 

@@ -48,8 +48,17 @@ __all__ = [
     "sup_output",
 ]
 
-# elements of the largest activation tensor per chunk of the sampling phase (≈ 64 MiB in float32)
+# elements of the largest activation tensor per chunk of the sampling phase: ≈ 64 MiB in float32 on
+# CPU (cache- and RSS-friendly); ≈ 1 GiB on a GPU, where small chunks re-read every weight per chunk
+# and leave the matrix units waiting on memory
 _CHUNK_ELEMS = 1 << 24
+_CHUNK_ELEMS_CUDA = 1 << 28
+
+
+def _chunk_points(device: torch.device, members: int, width: int) -> int:
+    """Points per evaluation chunk so that one activation block holds about ``_CHUNK_ELEMS`` elements."""
+    budget = _CHUNK_ELEMS_CUDA if device.type == "cuda" else _CHUNK_ELEMS
+    return max(1, budget // max(1, members * width))
 # step multipliers tried at every ascent step (∞ = the full step to r·∇/‖∇‖)
 _STEP_MULTS = (1.0, 4.0, math.inf)
 
@@ -116,37 +125,25 @@ def _as_ensemble(net: Net) -> Net:
                             [None if b is None else b.unsqueeze(0) for b in net.biases])
 
 
-def _joint(target: Net, pruned: Net) -> Net:
-    """One ensemble of 2K members: the K targets, then the K pruned nets (f and F in one pass)."""
-    t, p = _as_ensemble(target), _as_ensemble(pruned)
-    ws = [torch.cat([a, b]) for a, b in zip(t.weights, p.weights)]
-    bs: list[Tensor | None] = []
-    for a, b in zip(t.biases, p.biases):
-        if a is None and b is None:
-            bs.append(None)
-        else:
-            a2 = torch.zeros_like(b) if a is None else a  # type: ignore[arg-type]
-            b2 = torch.zeros_like(a) if b is None else b  # type: ignore[arg-type]
-            bs.append(torch.cat([a2, b2]))
-    return Net.from_weights(t.spec, ws, bs)
-
-
 Objective = Callable[[Tensor], Tensor]
 """Maps flat inputs ``[K, M, D]`` (or shared ``[M, D]``) to norms ``[K, M]``."""
 
 
 def _diff_objective(target: Net, pruned: Net) -> tuple[Objective, int]:
-    joint = _joint(target, pruned)
-    k = _as_ensemble(target).n_trials or 1
+    # f and F run as two ensemble passes over the same points: no stacked copy of their weights,
+    # so memory stays at the weights, the masks and one chunk of activations
+    t, p = _as_ensemble(target), _as_ensemble(pruned)
+    k = t.n_trials or 1
     shape = _input_shape(target)
 
     def fn(x: Tensor) -> Tensor:
         if x.dim() == 2:  # shared points
             xin = x.reshape(x.shape[0], *shape)
         else:
-            xin = torch.cat([x, x]).reshape(2 * k, x.shape[1], *shape)
-        out = cast(Tensor, joint.forward(xin))
-        return (out[k:] - out[:k]).norm(dim=-1)
+            xin = x.reshape(k, x.shape[1], *shape)
+        out = cast(Tensor, p.forward(xin))
+        out = out - cast(Tensor, t.forward(xin))
+        return out.norm(dim=-1)
 
     return fn, k
 
@@ -188,7 +185,7 @@ def _maximise(fn: Objective, k: int, d: int, width: int, spec: GapSpec, homogene
     """Sampling then projected ascent of ``fn``; returns value [K], x [K, D], n_evals, sampled [K]."""
     rad = 1.0 if homogeneous else float(spec.radius)
     pts = _sample_points(spec.n_points, d, rad, homogeneous, generator, device, dtype)
-    chunk = max(1, _CHUNK_ELEMS // max(1, 2 * k * width))
+    chunk = _chunk_points(device, k, width)
     with torch.no_grad():
         vals = torch.cat([fn(pts[s:s + chunk]) for s in range(0, spec.n_points, chunk)], dim=1)  # [K, N]
     n_evals = spec.n_points
@@ -338,7 +335,7 @@ def mean_gap(target: Net, pruned: Net, x: Tensor) -> Tensor:
     fn, _ = _diff_objective(target, pruned)
     flat = x.reshape(n, -1) if shared else x.reshape(k, n, -1)
     flat = flat.to(device=target.device, dtype=target.dtype)
-    chunk = max(1, _CHUNK_ELEMS // max(1, 2 * k * _max_width(target)))
+    chunk = _chunk_points(target.device, k, _max_width(target))
     total = torch.zeros(k, dtype=torch.float64, device=target.device)
     with torch.no_grad():
         for s in range(0, n, chunk):

@@ -61,15 +61,25 @@ def _select_smallest(scores: Tensor, k: Tensor | int) -> Tensor:
 
     Ties at the k-th value are removed lowest flat index first. O(n) per row.
     """
+    return _select_smallest_kth(scores, k)[0]
+
+
+def _select_smallest_kth(scores: Tensor, k: Tensor | int) -> tuple[Tensor, Tensor]:
+    """:func:`_select_smallest` and the k-th smallest value per row ``[..., 1]`` (k ≥ 1; undefined for k = 0)."""
     n = scores.shape[-1]
     lead = scores.shape[:-1]
+    if n == 0 or (isinstance(k, int) and k == 0):
+        return torch.ones_like(scores, dtype=torch.bool), torch.full((*lead, 1), -math.inf, dtype=scores.dtype,
+                                                                     device=scores.device)
     kt = torch.as_tensor(k, device=scores.device, dtype=torch.long).expand(lead) if lead else \
         torch.as_tensor(k, device=scores.device, dtype=torch.long)
-    if n == 0:
-        return torch.ones_like(scores, dtype=torch.bool)
     kk = kt.clamp(min=1).unsqueeze(-1)
-    kth = torch.gather(torch.sort(scores, dim=-1).values, -1, kk - 1) if n <= 4096 else \
-        _kth_value(scores, kk)
+    if n <= 4096:
+        kth = torch.gather(torch.sort(scores, dim=-1).values, -1, kk - 1)
+    elif isinstance(k, int):  # one k for every row, known on the host: no device round trip
+        kth = _kth_same(scores, k)
+    else:
+        kth = _kth_value(scores, kk)
     keep = scores > kth
     # entries tied with the k-th value beyond the k to remove stay kept: the highest flat indices
     surplus = (n - keep.sum(dim=-1, keepdim=True) - kk).reshape(-1)
@@ -79,8 +89,21 @@ def _select_smallest(scores: Tensor, k: Tensor | int) -> Tensor:
             idx = (flat_s[r] == kth_f[r]).nonzero().flatten()
             flat_k[r, idx[len(idx) - int(surplus[r]):]] = True
         keep = flat_k.reshape(scores.shape)
-    zero = (kt == 0).unsqueeze(-1)
-    return keep | zero
+    if isinstance(k, int):  # k ≥ 1 here: nothing to restore
+        return keep, kth
+    return keep | (kt == 0).unsqueeze(-1), kth
+
+
+def _kth_same(scores: Tensor, k: int) -> Tensor:
+    """k-th smallest (1-based) of every row of ``scores`` ``[..., n]``, as ``[..., 1]``."""
+    flat = scores.reshape(-1, scores.shape[-1])
+    n = flat.shape[-1]
+    # partial selection on the smaller side (topk beats kthvalue on CPU and by ~17x on a GPU; same value)
+    if k <= n // 2:
+        kth = torch.topk(flat, k, dim=-1, largest=False, sorted=False).values.amax(dim=-1)
+    else:
+        kth = torch.topk(flat, n - k + 1, dim=-1, largest=True, sorted=False).values.amin(dim=-1)
+    return kth.reshape(*scores.shape[:-1], 1)
 
 
 def _kth_value(scores: Tensor, kk: Tensor) -> Tensor:
@@ -88,13 +111,7 @@ def _kth_value(scores: Tensor, kk: Tensor) -> Tensor:
     flat = scores.reshape(-1, scores.shape[-1])
     ks = kk.reshape(-1)
     if bool((ks == ks[0]).all()):  # one k for every row: no row copies
-        k, n = int(ks[0]), flat.shape[-1]
-        # partial selection on the smaller side (topk is faster than kthvalue on CPU, same value)
-        if k <= n // 2:
-            kth = torch.topk(flat, k, dim=-1, largest=False, sorted=False).values.amax(dim=-1)
-        else:
-            kth = torch.topk(flat, n - k + 1, dim=-1, largest=True, sorted=False).values.amin(dim=-1)
-        return kth.reshape(*scores.shape[:-1], 1)
+        return _kth_same(scores, int(ks[0]))
     out = torch.empty(flat.shape[0], 1, dtype=scores.dtype, device=scores.device)
     for kv in torch.unique(ks).tolist():
         rows = (ks == kv).nonzero().flatten()
@@ -385,6 +402,7 @@ def prune(
             raise ProbPruneError(f"generator: {len(gens)} given, need {1 if k is None else k} (one per member)")
 
     thresholds: list[float | None] = [None] * len(ws)
+    largest_removed: list[Tensor] | None = None
     if method == "magnitude" and spec.level_name in ("threshold", "relative_threshold"):
         keeps = []
         for i, (n, w) in enumerate(zip(names, ws)):
@@ -396,10 +414,20 @@ def prune(
             keeps.append(keep if pm is None else keep & pm)
     elif method == "magnitude":
         mags = [w.abs() for w in ws]
-        keeps = mask_from_scores(mags, prune_fraction, scope, pri, trial_dim=trial)  # type: ignore[arg-type]
-        for i, (mag, keep) in enumerate(zip(mags, keeps)):
-            # largest removed |w| (max over members of an ensemble); None when nothing was removed
-            thresholds[i] = None if bool(keep.all()) else float(mag.masked_fill(keep, -1.0).amax())
+        # largest removed |w| per layer (max over members of an ensemble; −1 when nothing was
+        # removed → None), kept on the device and read back once with the counts below
+        if scope == "layerwise" and all(pm is None for pm in pri):
+            # the k-th smallest |w| is the largest removed one: no extra pass over the weights
+            keeps, largest_removed = [], []
+            for mag in mags:
+                f = mag.reshape(*mag.shape[:1 if trial else 0], -1)
+                k = n_to_prune(prune_fraction, f.shape[-1])  # type: ignore[arg-type]
+                keep, kth = _select_smallest_kth(f, k)
+                keeps.append(keep.reshape(mag.shape))
+                largest_removed.append(kth.amax() if k > 0 else torch.full((), -1.0, device=mag.device))
+        else:
+            keeps = mask_from_scores(mags, prune_fraction, scope, pri, trial_dim=trial)  # type: ignore[arg-type]
+            largest_removed = [mag.masked_fill(keep, -1.0).amax() for mag, keep in zip(mags, keeps)]
     else:
         # one generator per member; per member, layers in order
         def scores_for(g: torch.Generator, shapes_ws: list[Tensor]) -> list[Tensor]:
@@ -418,8 +446,17 @@ def prune(
     scale = 1.0 / (1.0 - level) if (rescale and level is not None and level < 1.0) else 1.0
 
     masks = dict(zip(names, keeps))
+    # one host synchronisation for every count (and the magnitude thresholds)
+    counts = [k.numel() - k.sum() for k in keeps]
+    if largest_removed is not None:
+        read = torch.stack([torch.stack([c.to(torch.float64), t.to(torch.float64)])
+                            for c, t in zip(counts, largest_removed)]).tolist()
+        n_removed = [int(r[0]) for r in read]
+        thresholds = [None if r[1] < 0 else float(r[1]) for r in read]
+    else:
+        n_removed = [int(v) for v in torch.stack(counts).tolist()]
     stats = MaskStats(tuple(
-        LayerStats(n, int(k.numel()), int((~k).sum()), thresholds[i])
+        LayerStats(n, int(k.numel()), n_removed[i], thresholds[i])
         for i, (n, k) in enumerate(zip(names, keeps))
     ))
     if isinstance(model, Net):

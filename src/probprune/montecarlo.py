@@ -21,10 +21,11 @@ pure: no files, no printing, no global RNG.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,6 +53,7 @@ __all__ = [
     "expand_grid",
     "fit_slope",
     "hidden_width",
+    "matmul_precision",
     "point_bound",
     "probe_generator",
     "prune_ensemble",
@@ -225,6 +227,25 @@ def probe_generator(config_hash: str, grid_index: int, stream: str, device: str 
     return make_generator(derive_seed(config_hash, grid_index, stream), device)
 
 
+@contextlib.contextmanager
+def matmul_precision(mode: str) -> Iterator[None]:
+    """Within the block, CUDA float32 matrix products and convolutions use ``mode``.
+
+    ``fp32``: full float32 (TF32 off); ``tf32``: TF32 tensor cores. The previous global
+    settings are restored on exit. CPU products are unaffected either way.
+    """
+    if mode not in ("fp32", "tf32"):
+        raise ProbPruneError(f"matmul={mode!r}: must be fp32 or tf32")
+    old = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    on = mode == "tf32"
+    torch.backends.cuda.matmul.allow_tf32 = on
+    torch.backends.cudnn.allow_tf32 = on
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+
+
 def sample_ensemble(cfg: RunConfig, point: GridPoint, config_hash: str, trials: Sequence[int]) -> Net:
     """Targets F of ``trials`` at ``point`` as one ensemble ``[K, …]`` (member k = trial ``trials[k]``)."""
     gens = trial_generators(config_hash, point.index, trials, "weights", cfg.mc.device)
@@ -244,11 +265,9 @@ def prune_ensemble(cfg: RunConfig, point: GridPoint, config_hash: str, trials: S
     res = prune(target, pr.method, prune_fraction=pr.prune_fraction, threshold=pr.threshold,
                 relative_threshold=pr.relative_threshold, p=pr.p, scope=pr.scope, rescale=pr.rescale,
                 generator=gens, law=cfg.law)
-    removed = torch.zeros(len(trials), dtype=torch.float64)
-    size = 0
-    for keep in res.masks.values():
-        removed += (~keep).reshape(len(trials), -1).sum(dim=1).to(torch.float64).cpu()
-        size += keep[0].numel()
+    size = sum(keep[0].numel() for keep in res.masks.values())
+    kept = sum(keep.reshape(len(trials), -1).sum(dim=1) for keep in res.masks.values())
+    removed = (size - torch.as_tensor(kept)).to(torch.float64).cpu()  # one transfer for all layers
     return res.model, removed / max(size, 1)
 
 
@@ -314,8 +333,9 @@ def run_trials(cfg: RunConfig, point: GridPoint, config_hash: str, trials: Seque
         target = sample_ensemble(cfg, point, config_hash, ts)
         pruned, sparsity = prune_ensemble(cfg, point, config_hash, ts, target)
     dev = cfg.mc.device
-    est = sup_gap(target, pruned, cfg.gap, probe_generator(config_hash, point.index, "gap", dev))
-    out = sup_output(target, cfg.gap, probe_generator(config_hash, point.index, "output", dev))
+    with matmul_precision(cfg.mc.matmul):
+        est = sup_gap(target, pruned, cfg.gap, probe_generator(config_hash, point.index, "gap", dev))
+        out = sup_output(target, cfg.gap, probe_generator(config_hash, point.index, "output", dev))
     gap_lower = est.value.detach().to(torch.float64).cpu().reshape(-1)
     out_sup = out.value.detach().to(torch.float64).cpu().reshape(-1)
     if certify:

@@ -358,11 +358,16 @@ def stack(nets: Sequence[Net]) -> Net:
 
 def check_finite(net: Net, what: str = "weights") -> None:
     """Raise :class:`ProbPruneError` if any weight or bias is NaN or infinite."""
-    for name, t in net.state_dict().items():
-        # a sum is finite when every entry is (a NaN/inf entry makes it NaN/inf); only an
-        # overflowing sum of finite entries needs the elementwise check
-        if bool(torch.isfinite(t.sum())):
-            continue
+    tensors = net.state_dict()
+    if not tensors:
+        return
+    # a sum is finite when every entry is (a NaN/inf entry makes it NaN/inf): one reduction per
+    # tensor and one host synchronisation for all; only a non-finite sum (NaN/inf somewhere, or an
+    # overflow of finite entries) needs the elementwise check
+    sums = torch.stack([t.sum().to(torch.float64) for t in tensors.values()])
+    if bool(torch.isfinite(sums).all()):
+        return
+    for name, t in tensors.items():
         if not torch.isfinite(t).all():
             bad = t[~torch.isfinite(t)].flatten()[0].item()
             raise ProbPruneError(f"{what} {name}: contains non-finite value {bad}")

@@ -95,23 +95,31 @@ def sample_net(
         single = False
         if not gens:
             raise ProbPruneError("generator: an empty sequence of generators")
-    per_member_w: list[list[Tensor]] = []
-    per_member_b: list[list[Tensor | None]] = []
     shapes = spec.weight_shapes()
-    for g in gens:
+    if single:
         ws: list[Tensor] = []
         bs: list[Tensor | None] = []
         for shape in shapes:
             a = layer_scale(shape, k_scale)
-            ws.append(sample_tensor(law, shape, a, g, device, dtype))
-            bs.append(sample_tensor(law, (shape[0],), a, g, device, dtype) if spec.bias else None)
-        per_member_w.append(ws)
-        per_member_b.append(bs)
-    if single:
-        return Net.from_weights(spec, per_member_w[0], per_member_b[0])
-    weights = [torch.stack([m[i] for m in per_member_w]) for i in range(len(shapes))]
-    biases: list[Tensor | None] = [
-        None if not spec.bias else torch.stack([m[i] for m in per_member_b])  # type: ignore[misc]
-        for i in range(len(shapes))
-    ]
+            ws.append(sample_tensor(law, shape, a, gens[0], device, dtype))
+            bs.append(sample_tensor(law, (shape[0],), a, gens[0], device, dtype) if spec.bias else None)
+        return Net.from_weights(spec, ws, bs)
+    # ensemble: every member draws straight into its slice of the stacked tensors (no copies);
+    # per member the draws come in the same order as a one-network call, so member k is
+    # bit-identical to sample_net(spec, law, generators[k])
+    dev = torch.device(device)
+    k = len(gens)
+    weights = [torch.empty((k, *shape), device=dev, dtype=dtype) for shape in shapes]
+    biases: list[Tensor | None] = [torch.empty((k, shape[0]), device=dev, dtype=dtype) if spec.bias else None
+                                   for shape in shapes]
+    in_place = isinstance(law, LawSpec) and law.kind == "uniform"
+    for j, g in enumerate(gens):
+        for i, shape in enumerate(shapes):
+            a = layer_scale(shape, k_scale)
+            targets = [weights[i][j]] + ([biases[i][j]] if spec.bias else [])  # type: ignore[index]
+            for t in targets:
+                if in_place:
+                    t.uniform_(-a, a, generator=g)
+                else:
+                    t.copy_(sample_tensor(law, tuple(t.shape), a, g, dev, dtype))
     return Net.from_weights(spec, weights, biases)

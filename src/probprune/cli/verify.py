@@ -90,6 +90,7 @@ def resolve_config(
     seed: int | None = None,
     device: str | None = None,
     dtype: str | None = None,
+    matmul: str | None = None,
 ) -> RunConfig:
     """The run config from (resume folder | TOML file | embedded default), then short flags, then ``--set``."""
     if resume is not None and config is not None:
@@ -131,7 +132,8 @@ def resolve_config(
     if delta is not None or eps is not None:
         bound = BoundSpec(delta=bound.delta if delta is None else delta, eps=bound.eps if eps is None else eps)
     mc_kw: dict[str, Any] = {k: v for k, v in {"n_trials": trials, "chunk_size": chunk_size, "seed": seed,
-                                                 "device": device, "dtype": dtype}.items() if v is not None}
+                                                 "device": device, "dtype": dtype, "matmul": matmul}.items()
+                               if v is not None}
     if mc_kw:
         mc = dataclasses.replace(mc, **mc_kw)
     cfg = RunConfig(net=net, law=lawspec, prunes=prunes, gap=cfg.gap, bound=bound, mc=mc)
@@ -222,6 +224,9 @@ def verify_cmd(
     seed: Annotated[Optional[int], typer.Option(help="Master seed.")] = None,
     device: Annotated[Optional[str], typer.Option(help="cpu, cuda or cuda:N.")] = None,
     dtype: Annotated[Optional[str], typer.Option(help="float32 or float64.")] = None,
+    matmul: Annotated[Optional[str], typer.Option(help="fp32 (default) or tf32: TF32 tensor-core products on "
+                                                  "CUDA for the gap search (faster, ~1e-3 relative rounding).")]
+    = None,
     runs_dir: Annotated[str, typer.Option(help="Parent folder of run folders.")] = "runs",
     resume: Annotated[Optional[str], typer.Option(help="Continue the run in this folder (runs/<hash>).")] = None,
     executor: Annotated[str, typer.Option(help="Where trials run: local (this process) or ray (a Ray cluster; "
@@ -235,7 +240,7 @@ def verify_cmd(
     cfg = resolve_config(config, sets, resume=resume, arch=arch, widths=widths, law=law, method=method, scope=scope,
                          prune_fraction=prune_fraction, threshold=threshold, relative_threshold=relative_threshold,
                          p=p, rescale=rescale, schedule=schedule, delta=delta, eps=eps, trials=trials,
-                         chunk_size=chunk_size, seed=seed, device=device, dtype=dtype)
+                         chunk_size=chunk_size, seed=seed, device=device, dtype=dtype, matmul=matmul)
     ex = make_executor(executor, address)
     out, _ = check_run(cfg, runs_dir, resume)
     print_header({"hash": config_hash(cfg), **to_dict(cfg, non_default_only=False)}, str(out), as_json)
