@@ -233,3 +233,13 @@ def test_bad_random_levels_and_inputs() -> None:
         prune(nn.Sequential(nn.ReLU()), "magnitude", prune_fraction=0.5)
     with pytest.raises(ProbPruneError, match="not a prunable weight"):
         prune(net, "magnitude", prune_fraction=0.5, layers=["9.weight"])
+
+
+@pytest.mark.parametrize("shape", [(8, 8 * 2048), (3, 8 * 255 * 2 + 8), (5, 7), (2, 3, 8 * 300), (8 * 255,),
+                                   (1, 8 * 255 + 1)])
+@pytest.mark.parametrize("share", [0.0, 0.3, 1.0])
+def test_count_true_equals_sum(shape: tuple, share: float) -> None:
+    from probprune.masks import count_true
+    mask = torch.rand(shape, generator=torch.Generator().manual_seed(len(shape))) < share
+    assert torch.equal(count_true(mask), mask.sum(-1))
+    assert torch.equal(count_true(mask.transpose(0, -1).contiguous().transpose(0, -1)), mask.sum(-1))

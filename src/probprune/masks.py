@@ -30,6 +30,7 @@ __all__ = [
     "MaskStats",
     "PruneResult",
     "apply_mask",
+    "count_true",
     "magnitude_mask",
     "mask_from_scores",
     "n_to_prune",
@@ -54,6 +55,33 @@ def n_to_prune(prune_fraction: float, n: int) -> int:
     """
     _check_fraction("prune_fraction", prune_fraction)
     return int(round(prune_fraction * n))
+
+
+def count_true(mask: Tensor) -> Tensor:
+    """Number of ``True`` entries along the last dim of a bool tensor (int64, shape ``mask.shape[:-1]``).
+
+    Equal to ``mask.sum(-1)``, but without converting every entry to int64 (on a CPU that
+    conversion costs ~4 ns per entry): the bytes are summed eight at a time as int64 words in
+    blocks of 255 (no carry between byte lanes), then the lanes are added.
+
+    >>> count_true(torch.tensor([[True, False, True], [False, False, False]])).tolist()
+    [2, 0]
+    """
+    n = mask.shape[-1]
+    if mask.dtype != torch.bool:
+        raise ProbPruneError(f"count_true: expected a bool tensor, got {mask.dtype}")
+    if mask.device.type != "cpu" or n % 8 != 0 or n < 8 * 255 or not mask.is_contiguous():
+        return torch.count_nonzero(mask, dim=-1)
+    lead = mask.shape[:-1]
+    words = mask.reshape(-1, n).view(torch.uint8).view(torch.int64)  # [R, n/8], 8 byte lanes of 0/1
+    n_w = words.shape[-1]
+    main = (n_w // 255) * 255
+    lanes = words[:, :main].reshape(words.shape[0], -1, 255).sum(dim=-1)  # each lane ≤ 255: no carry
+    total = lanes.contiguous().view(torch.uint8).sum(dim=-1, dtype=torch.int64)
+    if main < n_w:
+        rest = words[:, main:].sum(dim=-1, keepdim=True)  # < 255 words: no carry either
+        total = total + rest.contiguous().view(torch.uint8).sum(dim=-1, dtype=torch.int64)
+    return total.reshape(lead)
 
 
 def _select_smallest(scores: Tensor, k: Tensor | int) -> Tensor:
@@ -82,7 +110,7 @@ def _select_smallest_kth(scores: Tensor, k: Tensor | int) -> tuple[Tensor, Tenso
         kth = _kth_value(scores, kk)
     keep = scores > kth
     # entries tied with the k-th value beyond the k to remove stay kept: the highest flat indices
-    surplus = (n - keep.sum(dim=-1, keepdim=True) - kk).reshape(-1)
+    surplus = (n - count_true(keep).unsqueeze(-1) - kk).reshape(-1)
     if bool((surplus > 0).any()):
         flat_s, flat_k, kth_f = scores.reshape(-1, n), keep.reshape(-1, n), kth.reshape(-1)
         for r in (surplus > 0).nonzero().flatten().tolist():
@@ -165,7 +193,7 @@ def mask_from_scores(
         k = n_to_prune(prune_fraction, n)
         if prior is None:
             return _select_smallest(f, k)
-        n_prior = (f == -math.inf).sum(dim=-1)
+        n_prior = count_true(f == -math.inf)
         return _select_smallest(f, torch.maximum(n_prior, torch.as_tensor(k, device=f.device)))
 
     if scope == "layerwise":
@@ -447,7 +475,7 @@ def prune(
 
     masks = dict(zip(names, keeps))
     # one host synchronisation for every count (and the magnitude thresholds)
-    counts = [k.numel() - k.sum() for k in keeps]
+    counts = [k.numel() - count_true(k.reshape(-1)) for k in keeps]
     if largest_removed is not None:
         read = torch.stack([torch.stack([c.to(torch.float64), t.to(torch.float64)])
                             for c, t in zip(counts, largest_removed)]).tolist()

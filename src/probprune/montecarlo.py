@@ -37,7 +37,7 @@ from probprune.bounds.certified import certified_gap_bound
 from probprune.bounds.probabilistic import probabilistic_bound, theory_exponent
 from probprune.config import NetSpec, ProbPruneError, PruneSpec, RunConfig
 from probprune.gap import sup_gap, sup_output
-from probprune.masks import prune
+from probprune.masks import count_true, prune
 from probprune.nets import Net
 from probprune.rng import derive_seed, make_generator
 from probprune.sampling import sample_net
@@ -266,7 +266,7 @@ def prune_ensemble(cfg: RunConfig, point: GridPoint, config_hash: str, trials: S
                 relative_threshold=pr.relative_threshold, p=pr.p, scope=pr.scope, rescale=pr.rescale,
                 generator=gens, law=cfg.law)
     size = sum(keep[0].numel() for keep in res.masks.values())
-    kept = sum(keep.reshape(len(trials), -1).sum(dim=1) for keep in res.masks.values())
+    kept = sum(count_true(keep.reshape(len(trials), -1)) for keep in res.masks.values())
     removed = (size - torch.as_tensor(kept)).to(torch.float64).cpu()  # one transfer for all layers
     return res.model, removed / max(size, 1)
 
