@@ -110,6 +110,8 @@ def _bad_cases(tmp_path: Path, run_dir: Path) -> list[tuple[list[str], str]]:
         ([*QUICK, "--p", "0.1", "--method", "magnitude"], "p"),
         ([*QUICK, "--schedule", "1"], "schedule"),
         ([*QUICK, "--arch", "fcn:6"], "widths"),
+        ([*QUICK, "--matmul", "bf16"], "mc.matmul"),
+        ([*QUICK, "--matmul", "tf32", "--dtype", "float64"], "float32"),
         (["--resume", str(tmp_path)], "not a run directory"),
         (["--resume", str(tmp_path / "nowhere")], "not a run directory"),
         (["--resume", str(run_dir), "--trials", "9"], "disagrees"),

@@ -42,6 +42,16 @@ def _member(ens: Net, k: int) -> list[torch.Tensor]:
     return [w[k] for w in ens.weights]
 
 
+def _pair(n: int = 4) -> tuple[str, int, Net, Net]:
+    """(config hash, grid index, targets, pruned) of the first grid point's trials 0..n-1, on the GPU."""
+    h = config_hash(CFG)
+    point = expand_grid(CFG)[0]
+    with torch.no_grad():
+        ens = sample_ensemble(CFG, point, h, list(range(n)))
+        pruned, _ = prune_ensemble(CFG, point, h, list(range(n)), ens)
+    return h, point.index, ens, pruned
+
+
 def test_ensemble_members_equal_one_at_a_time_draws_on_cuda() -> None:
     h = config_hash(CFG)
     for point in expand_grid(CFG):
@@ -70,17 +80,13 @@ def test_magnitude_masks_on_cuda_equal_masks_on_cpu() -> None:
 
 
 def test_gap_on_cuda_matches_cpu_and_stays_under_the_certified_bound() -> None:
-    h = config_hash(CFG)
-    point = expand_grid(CFG)[0]
-    with torch.no_grad():
-        ens = sample_ensemble(CFG, point, h, list(range(4)))
-        pruned, _ = prune_ensemble(CFG, point, h, list(range(4)), ens)
+    h, index, ens, pruned = _pair()
     x = torch.randn(2048, 16, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     x = (x / x.norm(dim=1, keepdim=True)).float()
     g_gpu = mean_gap(ens, pruned, x.cuda()).cpu()
     g_cpu = mean_gap(ens.to("cpu"), pruned.to("cpu"), x)
     torch.testing.assert_close(g_gpu, g_cpu, rtol=1e-4, atol=1e-7)
-    est = sup_gap(ens, pruned, CFG.gap, probe_generator(h, point.index, "gap", "cuda"))
+    est = sup_gap(ens, pruned, CFG.gap, probe_generator(h, index, "gap", "cuda"))
     cb = certified_gap_bound(ens, pruned, 1.0)
     assert est.value.device.type == "cuda"
     assert bool((est.value.double().cpu() <= torch.as_tensor(cb.value).double().cpu() * (1 + 1e-6)).all())
@@ -88,11 +94,7 @@ def test_gap_on_cuda_matches_cpu_and_stays_under_the_certified_bound() -> None:
 
 def test_tf32_gap_error_is_small_against_float64() -> None:
     """TF32 products (``mc.matmul = tf32``) move the measured gap by well under 1% here (fp64 reference)."""
-    h = config_hash(CFG)
-    point = expand_grid(CFG)[0]
-    with torch.no_grad():
-        ens = sample_ensemble(CFG, point, h, list(range(4)))
-        pruned, _ = prune_ensemble(CFG, point, h, list(range(4)), ens)
+    _, _, ens, pruned = _pair()
     x = torch.randn(4096, 16, device="cuda", generator=torch.Generator("cuda").manual_seed(1))
     x = x / x.norm(dim=1, keepdim=True)
     ref = mean_gap(ens.to(dtype=torch.float64), pruned.to(dtype=torch.float64), x.double())

@@ -59,6 +59,8 @@ def _chunk_points(device: torch.device, members: int, width: int) -> int:
     """Points per evaluation chunk so that one activation block holds about ``_CHUNK_ELEMS`` elements."""
     budget = _CHUNK_ELEMS_CUDA if device.type == "cuda" else _CHUNK_ELEMS
     return max(1, budget // max(1, members * width))
+
+
 # step multipliers tried at every ascent step (∞ = the full step to r·∇/‖∇‖)
 _STEP_MULTS = (1.0, 4.0, math.inf)
 
