@@ -243,3 +243,19 @@ def test_count_true_equals_sum(shape: tuple, share: float) -> None:
     mask = torch.rand(shape, generator=torch.Generator().manual_seed(len(shape))) < share
     assert torch.equal(count_true(mask), mask.sum(-1))
     assert torch.equal(count_true(mask.transpose(0, -1).contiguous().transpose(0, -1)), mask.sum(-1))
+
+
+def test_count_true_on_views_that_start_mid_word() -> None:
+    """Masks split out of one concatenated tensor (global scope) are views at any byte offset."""
+    from probprune.masks import count_true
+    whole = torch.rand(150 + 8 * 2048 + 8 * 4096, generator=torch.Generator().manual_seed(5)) < 0.4
+    for part in torch.split(whole, [150, 8 * 2048, 8 * 4096]):
+        assert torch.equal(count_true(part), part.sum(-1))
+        assert torch.equal(count_true(part.reshape(-1)), part.reshape(-1).sum(-1))
+
+
+def test_global_magnitude_prune_counts_layers_at_unaligned_offsets() -> None:
+    spec = NetSpec(widths=(15, 13, 2048, 10))  # 195 weights, then 26 624 starting at byte 195 of the global mask
+    for gens in (make_generator(0), [make_generator(i) for i in range(3)]):
+        res = prune(sample_net(spec, LawSpec(), gens), "magnitude", prune_fraction=0.37, scope="global")
+        assert [s.pruned for s in res.stats.layers] == [int((~m).sum()) for m in res.masks.values()]

@@ -70,7 +70,9 @@ def count_true(mask: Tensor) -> Tensor:
     n = mask.shape[-1]
     if mask.dtype != torch.bool:
         raise ProbPruneError(f"count_true: expected a bool tensor, got {mask.dtype}")
-    if mask.device.type != "cpu" or n % 8 != 0 or n < 8 * 255 or not mask.is_contiguous():
+    # the int64 view needs a contiguous, 8-byte aligned block (a split or sliced mask may start mid-word)
+    if mask.device.type != "cpu" or n % 8 != 0 or n < 8 * 255 or not mask.is_contiguous() \
+            or mask.storage_offset() % 8 != 0:
         return torch.count_nonzero(mask, dim=-1)
     lead = mask.shape[:-1]
     words = mask.reshape(-1, n).view(torch.uint8).view(torch.int64)  # [R, n/8], 8 byte lanes of 0/1
