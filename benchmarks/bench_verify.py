@@ -85,7 +85,9 @@ def _naive(widths: list[int], n_points: int, n_trials: int, frac: float, threads
 
 
 def _ours(widths: list[int], n_points: int, n_trials: int, frac: float, threads: int, chunk: int,
-          device: str = "cpu", matmul: str = "fp32", profile: bool = False) -> dict[str, Any]:
+          device: str = "cpu", matmul: str = "fp32", profile: bool = False, forward: str = "auto") -> dict[str, Any]:
+    import os
+
     import torch
 
     from probprune.config import GapSpec, MCSpec, NetSpec, PruneSpec, RunConfig, config_hash
@@ -99,6 +101,8 @@ def _ours(widths: list[int], n_points: int, n_trials: int, frac: float, threads:
     h = config_hash(cfg)
     point = expand_grid(cfg)[0]
     phases = {"sample": 0.0, "prune": 0.0, "gap": 0.0}
+    old_forward = os.environ.get("PROBPRUNE_FORWARD")
+    os.environ["PROBPRUNE_FORWARD"] = forward  # nets.Net.forward: batched products or member by member
 
     def mark(name: str, since: float) -> float:
         if profile:  # synchronising costs overlap, so only when asked
@@ -124,6 +128,10 @@ def _ours(widths: list[int], n_points: int, n_trials: int, frac: float, threads:
             mark("gap", t)
         del target, pruned, est
     dt = time.perf_counter() - t0
+    if old_forward is None:
+        del os.environ["PROBPRUNE_FORWARD"]
+    else:
+        os.environ["PROBPRUNE_FORWARD"] = old_forward
     out: dict[str, Any] = {"seconds": dt, "gap_mean": sum(gaps) / len(gaps)}
     if profile:
         out["phases"] = phases
@@ -188,12 +196,13 @@ def _baseline_rss() -> float:
     return _run("gemm", n=64, threads=1)["peak_rss_mib"]
 
 
-def _torch_profile(widths: list[int], n_points: int, chunk: int, frac: float, device: str, matmul: str) -> None:
+def _torch_profile(widths: list[int], n_points: int, chunk: int, frac: float, device: str, matmul: str,
+                   forward: str = "auto") -> None:
     """One warm ensemble chunk under torch.profiler: the top operators by device (or CPU) time."""
     from torch.profiler import ProfilerActivity, profile
 
     kw: dict[str, Any] = {"widths": widths, "n_points": n_points, "n_trials": chunk, "frac": frac, "threads": 2,
-                          "chunk": chunk, "device": device, "matmul": matmul}
+                          "chunk": chunk, "device": device, "matmul": matmul, "forward": forward}
     _ours(**kw)  # warm-up
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda") else [])
     with profile(activities=acts) as prof:
@@ -241,6 +250,8 @@ def main() -> None:
                     "after one untimed warm-up round)")
     ap.add_argument("--matmul", default="fp32", help="comma list of fp32,tf32: precision of the float32 "
                     "products of (a) and (b) (tf32 only matters on CUDA)")
+    ap.add_argument("--forward", default="auto", help="comma list of auto,batched,members: how our engine runs "
+                    "an ensemble's forward (nets.Net.forward; auto picks per device and size)")
     ap.add_argument("--profile", action="store_true", help="also time our phases (sample/prune/gap) separately")
     ap.add_argument("--selection", action="store_true", help="also time exact k-th value selection methods")
     ap.add_argument("--torch-profile", action="store_true", help="print torch.profiler's top operators for one "
@@ -275,60 +286,66 @@ def main() -> None:
         for prec in precisions:
             kw = {"widths": widths, "n_points": args.points, "n_trials": args.trials, "frac": args.prune_fraction,
                   "threads": args.threads, "device": args.device, "matmul": prec}
-            runs: dict[str, list[dict[str, Any]]] = {"naive": [], "ours": [], "gemm": []}
+            modes = [m.strip() for m in args.forward.split(",") if m.strip()]
+            runs: dict[str, list[dict[str, Any]]] = {"naive": [], "gemm": [], **{f"ours:{m}": [] for m in modes}}
             ref_kind = "tf32" if prec == "tf32" and cuda else "fp32"
             for rep in range(args.repeats + (1 if cuda else 0)):  # interleaved: load changes hit all alike
                 r_a = runner("naive", **kw)
-                r_b = runner("ours", chunk=args.chunk, profile=args.profile, **kw)
+                r_b = {m: runner("ours", chunk=args.chunk, profile=args.profile, forward=m, **kw) for m in modes}
                 r_c = runner("gemm", n=args.gemm_n, threads=args.threads, device=args.device, kind=ref_kind)
                 if cuda and rep == 0:
                     continue  # warm-up round (kernels, cuBLAS handles, allocator)
                 runs["naive"].append(r_a)
-                runs["ours"].append(r_b)
+                for m in modes:
+                    runs[f"ours:{m}"].append(r_b[m])
                 runs["gemm"].append(r_c)
             t_a = statistics.median(r["seconds"] for r in runs["naive"])
-            t_b = statistics.median(r["seconds"] for r in runs["ours"])
             g_c = statistics.median(r["gflops"] for r in runs["gemm"])
-            g_a, g_b = work / t_a / 1e9, work / t_b / 1e9
+            g_a = work / t_a / 1e9
             n_w = sum(a * b for a, b in zip(widths[:-1], widths[1:]))
             theory_mib = (args.chunk * n_w * (4 + 4 + 1)) / 2 ** 20
-            row = {"device": args.device, "matmul": prec, "widths": widths, "n_points": args.points,
-                   "n_trials": args.trials, "chunk": args.chunk, "gflop": work / 1e9, "naive_s": t_a, "ours_s": t_b,
-                   "naive_gflops": g_a, "ours_gflops": g_b, "gemm_kind": ref_kind, "gemm_gflops": g_c,
-                   "speedup": t_a / t_b, "ours_pct_gemm": 100 * g_b / g_c, "naive_pct_gemm": 100 * g_a / g_c,
-                   "naive_all_s": [r["seconds"] for r in runs["naive"]],
-                   "ours_all_s": [r["seconds"] for r in runs["ours"]],
-                   "gemm_all_gflops": [r["gflops"] for r in runs["gemm"]],
-                   "peak_mib_naive": max(r[mem_key] for r in runs["naive"]) - base,
-                   "peak_mib_ours": max(r[mem_key] for r in runs["ours"]) - base,
-                   "ensemble_weights_masks_mib": theory_mib,
-                   "gap_mean_naive": runs["naive"][0]["gap_mean"], "gap_mean_ours": runs["ours"][0]["gap_mean"]}
-            if args.profile:
-                row["ours_phases_s"] = {p: statistics.median(r["phases"][p] for r in runs["ours"])
-                                        for p in runs["ours"][0]["phases"]}
-            results.append(row)
             print(f"\nFCN {widths}, {args.trials} trials x {args.points} sphere points, magnitude "
                   f"{args.prune_fraction:.0%} layerwise, matmul {prec}, useful work {work / 1e9:.1f} GFLOP "
                   f"(median of {args.repeats})")
-            print(f"  (a) naive loop : {t_a:7.3f} s  {g_a:9.1f} GFLOP/s  ({row['naive_pct_gemm']:.0f}% of GEMM)  "
-                  f"runs {[round(x, 3) for x in row['naive_all_s']]}")
-            print(f"  (b) our engine : {t_b:7.3f} s  {g_b:9.1f} GFLOP/s  ({row['ours_pct_gemm']:.0f}% of GEMM)  "
-                  f"runs {[round(x, 3) for x in row['ours_all_s']]}")
-            if args.profile:
-                print("  phases: " + ", ".join(f"{p} {v:.3f} s" for p, v in row["ours_phases_s"].items()))
+            print(f"  (a) naive loop : {t_a:7.3f} s  {g_a:9.1f} GFLOP/s  ({100 * g_a / g_c:.0f}% of GEMM)  "
+                  f"runs {[round(r['seconds'], 3) for r in runs['naive']]}")
             print(f"  (c) {ref_kind} GEMM {args.gemm_n}^2: {g_c:9.1f} GFLOP/s  "
-                  f"runs {[round(x, 1) for x in row['gemm_all_gflops']]}")
-            print(f"  (b)/(a) = {row['speedup']:.2f}x   (b) = {row['ours_pct_gemm']:.0f}% of (c)")
+                  f"runs {[round(r['gflops'], 1) for r in runs['gemm']]}")
             what = "peak CUDA memory" if cuda else "peak RSS above an idle child"
-            print(f"  {what}: naive {row['peak_mib_naive']:.0f} MiB, ours {row['peak_mib_ours']:.0f} MiB "
-                  f"(K={args.chunk} targets + pruned + masks = {theory_mib:.0f} MiB)")
-            print(f"  mean sampled gap: naive {row['gap_mean_naive']:.4g}, ours {row['gap_mean_ours']:.4g} "
-                  "(different draws; same law)")
+            for m in modes:
+                ours = runs[f"ours:{m}"]
+                t_b = statistics.median(r["seconds"] for r in ours)
+                g_b = work / t_b / 1e9
+                row = {"device": args.device, "matmul": prec, "forward": m, "widths": widths,
+                       "n_points": args.points, "n_trials": args.trials, "chunk": args.chunk, "gflop": work / 1e9,
+                       "naive_s": t_a, "ours_s": t_b, "naive_gflops": g_a, "ours_gflops": g_b,
+                       "gemm_kind": ref_kind, "gemm_gflops": g_c, "speedup": t_a / t_b,
+                       "ours_pct_gemm": 100 * g_b / g_c, "naive_pct_gemm": 100 * g_a / g_c,
+                       "naive_all_s": [r["seconds"] for r in runs["naive"]],
+                       "ours_all_s": [r["seconds"] for r in ours],
+                       "gemm_all_gflops": [r["gflops"] for r in runs["gemm"]],
+                       "peak_mib_naive": max(r[mem_key] for r in runs["naive"]) - base,
+                       "peak_mib_ours": max(r[mem_key] for r in ours) - base,
+                       "ensemble_weights_masks_mib": theory_mib,
+                       "gap_mean_naive": runs["naive"][0]["gap_mean"], "gap_mean_ours": ours[0]["gap_mean"]}
+                if args.profile:
+                    row["ours_phases_s"] = {p: statistics.median(r["phases"][p] for r in ours)
+                                            for p in ours[0]["phases"]}
+                results.append(row)
+                print(f"  (b) ours, forward {m:8s}: {t_b:7.3f} s  {g_b:9.1f} GFLOP/s  "
+                      f"runs {[round(x, 3) for x in row['ours_all_s']]}")
+                print(f"      (b)/(a) = {row['speedup']:.2f}x   (b) = {row['ours_pct_gemm']:.0f}% of (c)")
+                if args.profile:
+                    print("      phases: " + ", ".join(f"{p} {v:.3f} s" for p, v in row["ours_phases_s"].items()))
+                print(f"      {what}: naive {row['peak_mib_naive']:.0f} MiB, ours {row['peak_mib_ours']:.0f} MiB "
+                      f"(K={args.chunk} targets + pruned + masks = {theory_mib:.0f} MiB); mean sampled gap: "
+                      f"naive {row['gap_mean_naive']:.4g}, ours {row['gap_mean_ours']:.4g} (different draws)")
     if args.torch_profile:
         hval = int(args.hidden.split(",")[-1])
         widths = [hval if t == "H" else int(t) for t in args.widths.split(",")]
         print(f"\ntorch.profiler, one chunk of ours (K = {args.chunk}, {widths}, matmul {precisions[-1]}):")
-        _torch_profile(widths, args.points, args.chunk, args.prune_fraction, args.device, precisions[-1])
+        _torch_profile(widths, args.points, args.chunk, args.prune_fraction, args.device, precisions[-1],
+                       args.forward.split(",")[0].strip())
     print(f"\nload average after: {_loadavg()}")
     if args.json:
         print(json.dumps(results, indent=2))

@@ -13,7 +13,8 @@ timeout 240 python3 -m pytest -q -p no:cacheprovider -o addopts="" --import-mode
   2>&1 | tee "$OUT/tests.txt" | tail -15
 # 2. engine benchmark in the issue's setting: FCN [32, H, H, 8], 32 trials x 4096 sphere points, 20% magnitude
 timeout ${BENCH_TIMEOUT:-300} python3 benchmarks/bench_verify.py --device cuda --widths 32,H,H,8 --hidden 512,2048 \
-  --trials 32 --points 4096 --chunk 32 --repeats 3 --matmul fp32,tf32 --gemm-n 8192 --profile --selection \
+  --trials 32 --points 4096 --chunk 32 --repeats 3 --matmul fp32,tf32 --forward ${FORWARD:-members,batched} \
+  --gemm-n 8192 --profile --selection \
   --torch-profile --json > "$OUT/bench.txt" 2>&1
 grep -v '^    \|^  "\|^\[\|^\]\|^  {\|^  }' "$OUT/bench.txt" | head -90
 # 3. bound tightness (issue 4) with 64 trials at every width

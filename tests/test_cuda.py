@@ -134,3 +134,24 @@ def test_tf32_verify_runs(tmp_path: Path) -> None:
     res = run_verify(cfg, tmp_path)
     assert len(read_trials(res.run_dir)) == 8
     assert not torch.backends.cuda.matmul.allow_tf32  # restored after the run
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_member_loop_forward_on_cuda_equals_batched_and_cpu(bias: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    # at 4096 points × 2048 wide layers Net.forward runs member by member with the ReLU in the
+    # cuBLASLt epilogue; it must agree with the batched products and with float64 on the CPU
+    from probprune import LawSpec, make_generator, parse_arch, sample_net
+
+    spec = parse_arch("fcn:32,2048,2048,8", bias=bias)
+    ens = sample_net(spec, LawSpec(), [make_generator(s, "cuda") for s in range(3)], "cuda")
+    x = torch.randn(4096, 32, device="cuda")
+    x = x / x.norm(dim=1, keepdim=True)
+    ref = ens.to("cpu", torch.float64)(x.cpu().double())
+    with torch.no_grad(), matmul_precision("fp32"):
+        monkeypatch.setenv("PROBPRUNE_FORWARD", "auto")
+        auto = ens(x)
+        monkeypatch.setenv("PROBPRUNE_FORWARD", "batched")
+        batched = ens(x)
+    scale = ref.abs().max()
+    assert float((auto.cpu().double() - ref).abs().max() / scale) < 1e-4
+    assert float((batched.cpu().double() - ref).abs().max() / scale) < 1e-4

@@ -259,3 +259,26 @@ def test_global_magnitude_prune_counts_layers_at_unaligned_offsets() -> None:
     for gens in (make_generator(0), [make_generator(i) for i in range(3)]):
         res = prune(sample_net(spec, LawSpec(), gens), "magnitude", prune_fraction=0.37, scope="global")
         assert [s.pruned for s in res.stats.layers] == [int((~m).sum()) for m in res.masks.values()]
+
+
+@pytest.mark.parametrize("n_in", [8, 700])  # 8·H ≤ 4096 entries: sort path; 700·H: partial-selection path
+def test_layerwise_magnitude_ties_resolved_after_one_readback(n_in: int) -> None:
+    # integer-valued weights: many entries tie with the k-th smallest |w| in every member and layer;
+    # the prune's deferred tie check must give exactly the masks of the reference ranking
+    spec = NetSpec(widths=(n_in, 12, 3))
+    g = torch.Generator().manual_seed(5)
+    ws = [torch.randint(-3, 4, (4, *s), generator=g).float() for s in spec.weight_shapes()]
+    ens = Net.from_weights(spec, ws)
+    res = prune(ens, "magnitude", prune_fraction=0.3)
+    ref = mask_from_scores([w.abs() for w in ws], 0.3, trial_dim=True)
+    for (name, keep), want, w in zip(res.masks.items(), ref, ws):
+        assert torch.equal(keep, want), name
+        n_layer = w[0].numel()
+        assert all(int((~keep[k]).sum()) == n_to_prune(0.3, n_layer) for k in range(4))
+    for st_, w, keep in zip(res.stats.layers, ws, res.masks.values()):
+        assert st_.pruned == int((~keep).sum())
+        assert st_.threshold == float(w.abs()[~keep].max())
+    for k in range(4):
+        one = prune(ens.member(k), "magnitude", prune_fraction=0.3)
+        for name in one.masks:
+            assert torch.equal(res.masks[name][k], one.masks[name])

@@ -47,6 +47,36 @@ def test_ensemble_forward_equals_members(arch: str) -> None:
     assert all(torch.equal(a, b) for a, b in zip(again.weights, ens.weights))
 
 
+@pytest.mark.parametrize("act", ["relu", "leaky_relu", "tanh", "identity"])
+@pytest.mark.parametrize("bias", [False, True])
+def test_member_loop_forward_equals_batched(act: str, bias: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Net.forward runs ensembles member by member in row blocks outside autograd; the batched form
+    # is the reference. 1300 points over a 1024-wide layer: three row blocks of at most 512 rows.
+    spec = parse_arch("fcn:6,1024,40,3", activation=act, bias=bias)
+    ens = sample_net(spec, LawSpec(), [make_generator(s) for s in range(3)], dtype=torch.float64)
+    shared = torch.randn(1300, 6, dtype=torch.float64)
+    per = torch.randn(3, 1300, 6, dtype=torch.float64)
+    with torch.no_grad():
+        outs = {}
+        for mode in ("members", "batched"):
+            monkeypatch.setenv("PROBPRUNE_FORWARD", mode)
+            outs[mode] = (ens(shared), ens(per))
+    for a, b in zip(outs["members"], outs["batched"]):
+        assert a.shape == b.shape == (3, 1300, 3)
+        assert torch.allclose(a, b, atol=1e-10, rtol=1e-10)
+    # with autograd the batched form runs (and gradients flow)
+    monkeypatch.setenv("PROBPRUNE_FORWARD", "members")
+    x = shared[:7].clone().requires_grad_(True)
+    ens(x).sum().backward()
+    assert x.grad is not None and x.grad.shape == (7, 6)
+    monkeypatch.setenv("PROBPRUNE_FORWARD", "fast")
+    with pytest.raises(ProbPruneError, match="PROBPRUNE_FORWARD='fast'"):
+        ens(shared)
+    monkeypatch.setenv("PROBPRUNE_FORWARD", "members")
+    with pytest.raises(ProbPruneError, match="trial dim 2"):
+        ens(per[:2])
+
+
 def test_activation_constants() -> None:
     assert Activation("sigmoid").lipschitz == 0.25 and not Activation("sigmoid").zero_at_zero
     for name in ("relu", "leaky_relu", "tanh", "identity"):

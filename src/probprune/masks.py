@@ -96,11 +96,26 @@ def _select_smallest(scores: Tensor, k: Tensor | int) -> Tensor:
 
 def _select_smallest_kth(scores: Tensor, k: Tensor | int) -> tuple[Tensor, Tensor]:
     """:func:`_select_smallest` and the k-th smallest value per row ``[..., 1]`` (k ≥ 1; undefined for k = 0)."""
+    keep, kth, surplus = _select_smallest_deferred(scores, k)
+    if bool((surplus > 0).any()):
+        keep = _fix_ties(scores, keep, kth, surplus)
+    return keep, kth
+
+
+def _select_smallest_deferred(scores: Tensor, k: Tensor | int) -> tuple[Tensor, Tensor, Tensor]:
+    """The first, synchronisation-free half of :func:`_select_smallest_kth`.
+
+    Returns ``(keep, kth, surplus)``: ``keep`` = scores above the k-th smallest value, and per
+    row (flattened) how many entries tied with that value are removed beyond the ``k`` asked
+    for. Where a surplus is positive the caller must pass all three to :func:`_fix_ties`; doing
+    that check later lets a caller read every layer's surplus back in one host synchronisation.
+    """
     n = scores.shape[-1]
     lead = scores.shape[:-1]
     if n == 0 or (isinstance(k, int) and k == 0):
-        return torch.ones_like(scores, dtype=torch.bool), torch.full((*lead, 1), -math.inf, dtype=scores.dtype,
-                                                                     device=scores.device)
+        return (torch.ones_like(scores, dtype=torch.bool),
+                torch.full((*lead, 1), -math.inf, dtype=scores.dtype, device=scores.device),
+                torch.zeros(math.prod(lead), dtype=torch.long, device=scores.device))
     kt = torch.as_tensor(k, device=scores.device, dtype=torch.long).expand(lead) if lead else \
         torch.as_tensor(k, device=scores.device, dtype=torch.long)
     kk = kt.clamp(min=1).unsqueeze(-1)
@@ -111,17 +126,22 @@ def _select_smallest_kth(scores: Tensor, k: Tensor | int) -> tuple[Tensor, Tenso
     else:
         kth = _kth_value(scores, kk)
     keep = scores > kth
-    # entries tied with the k-th value beyond the k to remove stay kept: the highest flat indices
     surplus = (n - count_true(keep).unsqueeze(-1) - kk).reshape(-1)
-    if bool((surplus > 0).any()):
-        flat_s, flat_k, kth_f = scores.reshape(-1, n), keep.reshape(-1, n), kth.reshape(-1)
-        for r in (surplus > 0).nonzero().flatten().tolist():
-            idx = (flat_s[r] == kth_f[r]).nonzero().flatten()
-            flat_k[r, idx[len(idx) - int(surplus[r]):]] = True
-        keep = flat_k.reshape(scores.shape)
-    if isinstance(k, int):  # k ≥ 1 here: nothing to restore
-        return keep, kth
-    return keep | (kt == 0).unsqueeze(-1), kth
+    if not isinstance(k, int):  # rows with k = 0 keep everything (their kk was clamped to 1)
+        zero = (kt == 0).reshape(-1)
+        keep = keep | zero.reshape(*lead, 1)
+        surplus = torch.where(zero, 0, surplus)
+    return keep, kth, surplus
+
+
+def _fix_ties(scores: Tensor, keep: Tensor, kth: Tensor, surplus: Tensor) -> Tensor:
+    """Keep the ``surplus`` highest-index entries tied with the k-th value, per row (see above)."""
+    n = scores.shape[-1]
+    flat_s, flat_k, kth_f = scores.reshape(-1, n), keep.reshape(-1, n).clone(), kth.reshape(-1)
+    for r in (surplus > 0).nonzero().flatten().tolist():
+        idx = (flat_s[r] == kth_f[r]).nonzero().flatten()
+        flat_k[r, idx[len(idx) - int(surplus[r]):]] = True
+    return flat_k.reshape(scores.shape)
 
 
 def _kth_same(scores: Tensor, k: int) -> Tensor:
@@ -433,6 +453,7 @@ def prune(
 
     thresholds: list[float | None] = [None] * len(ws)
     largest_removed: list[Tensor] | None = None
+    deferred: list[tuple[Tensor, Tensor, Tensor, Tensor, int]] = []  # (scores, keep, kth, surplus, k) per layer
     if method == "magnitude" and spec.level_name in ("threshold", "relative_threshold"):
         keeps = []
         for i, (n, w) in enumerate(zip(names, ws)):
@@ -448,12 +469,14 @@ def prune(
         # removed → None), kept on the device and read back once with the counts below
         if scope == "layerwise" and all(pm is None for pm in pri):
             # the k-th smallest |w| is the largest removed one: no extra pass over the weights
+            # ties at the k-th value are checked in the one read-back below (they almost never occur)
             keeps, largest_removed = [], []
             for mag in mags:
                 f = mag.reshape(*mag.shape[:1 if trial else 0], -1)
                 k = n_to_prune(prune_fraction, f.shape[-1])  # type: ignore[arg-type]
-                keep, kth = _select_smallest_kth(f, k)
+                keep, kth, surplus = _select_smallest_deferred(f, k)
                 keeps.append(keep.reshape(mag.shape))
+                deferred.append((f, keep, kth, surplus, k))
                 largest_removed.append(kth.amax() if k > 0 else torch.full((), -1.0, device=mag.device))
         else:
             keeps = mask_from_scores(mags, prune_fraction, scope, pri, trial_dim=trial)  # type: ignore[arg-type]
@@ -475,16 +498,26 @@ def prune(
     level = p if p is not None else prune_fraction
     scale = 1.0 / (1.0 - level) if (rescale and level is not None and level < 1.0) else 1.0
 
-    masks = dict(zip(names, keeps))
     # one host synchronisation for every count (and the magnitude thresholds)
-    counts = [k.numel() - count_true(k.reshape(-1)) for k in keeps]
-    if largest_removed is not None:
+    if deferred:
+        # exact-count layerwise ranking: each row removed k, plus its tie surplus
+        read = torch.stack([torch.stack([d[3].amax().to(torch.float64), t.to(torch.float64)])
+                            for d, t in zip(deferred, largest_removed or [])]).tolist()
+        for i, (f, keep, kth, surplus, _) in enumerate(deferred):
+            if read[i][0] > 0:  # rare: resolve the ties (lowest flat index removed first)
+                keeps[i] = _fix_ties(f, keep, kth, surplus).reshape(keeps[i].shape)
+        n_removed = [k * (int(f.numel()) // max(1, int(f.shape[-1]))) for f, _, _, _, k in deferred]
+        thresholds = [None if r[1] < 0 else float(r[1]) for r in read]
+    elif largest_removed is not None:
+        counts = [k.numel() - count_true(k.reshape(-1)) for k in keeps]
         read = torch.stack([torch.stack([c.to(torch.float64), t.to(torch.float64)])
                             for c, t in zip(counts, largest_removed)]).tolist()
         n_removed = [int(r[0]) for r in read]
         thresholds = [None if r[1] < 0 else float(r[1]) for r in read]
     else:
+        counts = [k.numel() - count_true(k.reshape(-1)) for k in keeps]
         n_removed = [int(v) for v in torch.stack(counts).tolist()]
+    masks = dict(zip(names, keeps))
     stats = MaskStats(tuple(
         LayerStats(n, int(k.numel()), n_removed[i], thresholds[i])
         for i, (n, k) in enumerate(zip(names, keeps))

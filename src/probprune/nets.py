@@ -285,6 +285,8 @@ class Net:
             raise ProbPruneError(f"input shape {tuple(x.shape)}: has a trial dim but the Net has none")
         if x.dim() not in (base, base + 1):
             raise ProbPruneError(f"input shape {tuple(x.shape)}: expected {base} dims (or {base + 1} with trials)")
+        if k is not None and not return_hidden and _member_loop(self, x):
+            return _forward_members(self.layers, x, k)
         if k is not None and x.dim() == base:
             x = x.unsqueeze(0).expand(k, *x.shape)
         hidden: list[Tensor] = []
@@ -295,6 +297,75 @@ class Net:
         return (x, hidden) if return_hidden else x
 
     __call__ = forward
+
+
+# ---------------------------------------------------------------------- member-by-member forward
+#
+# An FCN ensemble can run as one batched product per layer (``[K, N, in] @ [K, in, out]``) or
+# member by member, each member's points in row blocks carried through every layer before the
+# next block. Outside autograd the second is faster where it matters: on a CPU a block's
+# activations stay in cache (measured on the 2-core dev box, FCN [16, H, H, 4], K = 8, 4096
+# points: 1.0–1.9× the batched rate for H = 128 … 1024, equal at 2048 — benchmarks/RESULTS.md),
+# and on a GPU each hidden layer is one cuBLASLt product with the ReLU in its epilogue
+# (``torch._addmm_activation``), so no activation block is re-read and re-written by a separate
+# ReLU pass. Small products on a GPU are launch-bound, so there the batched form stays.
+# ``PROBPRUNE_FORWARD=batched|members`` forces one form (benchmarks compare both).
+
+_MEMBER_BLOCK_ELEMS = 1 << 19
+"""CPU: rows per block so that one block's widest activation holds about this many elements."""
+_MEMBER_MIN_ELEMS_CUDA = 1 << 22
+"""CUDA: the member loop is used when points × widest layer reaches this (each product is large)."""
+
+
+def _member_loop(net: Net, x: Tensor) -> bool:
+    """Whether :meth:`Net.forward` runs this ensemble member by member (see the note above)."""
+    import os
+
+    mode = os.environ.get("PROBPRUNE_FORWARD", "auto")
+    if mode not in ("auto", "batched", "members"):
+        raise ProbPruneError(f"PROBPRUNE_FORWARD={mode!r}: must be auto, batched or members")
+    if mode == "batched" or any(layer.conv is not None for layer in net.layers):
+        return False
+    if torch.is_grad_enabled() and (x.requires_grad or any(
+            layer.weight.requires_grad or (layer.bias is not None and layer.bias.requires_grad)
+            for layer in net.layers)):
+        return False
+    if mode == "members":
+        return True
+    if x.device.type == "cpu":
+        return True
+    width = max(int(layer.weight.shape[-2]) for layer in net.layers)
+    return x.device.type == "cuda" and int(x.shape[-2]) * width >= _MEMBER_MIN_ELEMS_CUDA
+
+
+def _forward_members(layers: Sequence[Layer], x: Tensor, k: int) -> Tensor:
+    """FCN ensemble forward, member by member in row blocks; ``x`` is ``[N, d]`` (shared) or ``[K, N, d]``."""
+    n = int(x.shape[-2])
+    if x.dim() == 3 and x.shape[0] != k:
+        raise ProbPruneError(f"input shape {tuple(x.shape)}: trial dim {x.shape[0]} differs from the Net's {k}")
+    cuda = x.device.type == "cuda"
+    width = max(int(layer.weight.shape[-2]) for layer in layers)
+    block = n if cuda else min(n, max(512, _MEMBER_BLOCK_ELEMS // max(1, width)))
+    out = torch.empty(k, n, int(layers[-1].weight.shape[-2]), dtype=x.dtype, device=x.device)
+    # ReLU layers on a GPU: the activation in the product's epilogue (needs a bias vector; zeros if none)
+    fused = [cuda and layer.activation.name == "relu" for layer in layers]
+    zeros = [torch.zeros(int(layer.weight.shape[-2]), dtype=x.dtype, device=x.device)
+             if f and layer.bias is None else None for f, layer in zip(fused, layers)]
+    for j in range(k):
+        wts = [layer.weight[j].t() for layer in layers]
+        bs = [None if layer.bias is None else layer.bias[j] for layer in layers]
+        xj = x if x.dim() == 2 else x[j]
+        for s in range(0, n, block):
+            y = xj[s:s + block]
+            for i, layer in enumerate(layers):
+                if fused[i]:
+                    b = bs[i] if bs[i] is not None else zeros[i]
+                    y = torch._addmm_activation(b, y, wts[i])
+                    continue
+                y = torch.mm(y, wts[i]) if bs[i] is None else torch.addmm(bs[i], y, wts[i])
+                layer.activation.apply_(y)
+            out[j, s:s + block] = y
+    return out
 
 
 def _apply_layer(layer: Layer, x: Tensor, k: int | None) -> Tensor:
