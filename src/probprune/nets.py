@@ -358,11 +358,11 @@ def _forward_members(layers: Sequence[Layer], x: Tensor, k: int) -> Tensor:
         for s in range(0, n, block):
             y = xj[s:s + block]
             for i, layer in enumerate(layers):
-                if fused[i]:
-                    b = bs[i] if bs[i] is not None else zeros[i]
+                b = bs[i] if bs[i] is not None else zeros[i]
+                if fused[i] and b is not None:
                     y = torch._addmm_activation(b, y, wts[i])
                     continue
-                y = torch.mm(y, wts[i]) if bs[i] is None else torch.addmm(bs[i], y, wts[i])
+                y = torch.mm(y, wts[i]) if b is None else torch.addmm(b, y, wts[i])
                 layer.activation.apply_(y)
             out[j, s:s + block] = y
     return out
