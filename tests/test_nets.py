@@ -64,8 +64,23 @@ def test_member_loop_forward_equals_batched(act: str, bias: bool, monkeypatch: p
     for a, b in zip(outs["members"], outs["batched"]):
         assert a.shape == b.shape == (3, 1300, 3)
         assert torch.allclose(a, b, atol=1e-10, rtol=1e-10)
-    # with autograd the batched form runs (and gradients flow)
+    # each row block is computed by one thread: a member's outputs do not depend on the ensemble
+    # size (how trials are chunked) or on the thread count
     monkeypatch.setenv("PROBPRUNE_FORWARD", "members")
+    sub = stack([ens.member(2), ens.member(0)])
+    threads = torch.get_num_threads()
+    try:
+        with torch.no_grad():
+            torch.set_num_threads(2)
+            two = sub(shared)
+            torch.set_num_threads(1)
+            one = sub(shared)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.get_num_threads() == threads
+    assert torch.equal(two[0], outs["members"][0][2]) and torch.equal(two[1], outs["members"][0][0])
+    assert torch.equal(one, two)
+    # with autograd the batched form runs (and gradients flow)
     x = shared[:7].clone().requires_grad_(True)
     ens(x).sum().backward()
     assert x.grad is not None and x.grad.shape == (7, 6)

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
@@ -302,25 +304,41 @@ class Net:
 # ---------------------------------------------------------------------- member-by-member forward
 #
 # An FCN ensemble can run as one batched product per layer (``[K, N, in] @ [K, in, out]``) or
-# member by member, each member's points in row blocks carried through every layer before the
-# next block. Outside autograd the second is faster where it matters: on a CPU a block's
-# activations stay in cache (measured on the 2-core dev box, FCN [16, H, H, 4], K = 8, 4096
-# points: 1.0–1.9× the batched rate for H = 128 … 1024, equal at 2048 — benchmarks/RESULTS.md),
-# and on a GPU each hidden layer is one cuBLASLt product with the ReLU in its epilogue
-# (``torch._addmm_activation``), so no activation block is re-read and re-written by a separate
-# ReLU pass. Small products on a GPU are launch-bound, so there the batched form stays.
+# member by member, each member's points in row blocks carried through every layer. Outside
+# autograd the second is faster where it matters (benchmarks/RESULTS.md, "Third session"):
+# - on a CPU a block's activations stay in cache, and the (member, block) tasks run in parallel
+#   on ``torch.get_num_threads()`` Python threads, each task single-threaded: small products
+#   scale better across cores this way than split inside one product. Every block is computed
+#   by one thread whatever the ensemble size or thread count, so a member's outputs do not
+#   depend on how trials are chunked or how many threads run;
+# - on a GPU each hidden ReLU layer is one cuBLASLt product with the ReLU in its epilogue
+#   (``torch._addmm_activation``): no separate ReLU pass re-reads and re-writes the activations.
+#   Small products on a GPU are launch-bound, so there the batched form stays.
 # ``PROBPRUNE_FORWARD=batched|members`` forces one form (benchmarks compare both).
 
 _MEMBER_BLOCK_ELEMS = 1 << 19
 """CPU: rows per block so that one block's widest activation holds about this many elements."""
+_MEMBER_MIN_ELEMS_CPU = 1 << 15
+"""CPU: the member loop is used when points × widest layer reaches this (tiny batches stay batched)."""
 _MEMBER_MIN_ELEMS_CUDA = 1 << 22
 """CUDA: the member loop is used when points × widest layer reaches this (each product is large)."""
+
+_POOL: tuple[int, int, ThreadPoolExecutor] | None = None
+"""(process id, workers, pool) of the CPU member loop; rebuilt after a fork or a thread-count change."""
+
+
+def _cpu_pool(workers: int) -> ThreadPoolExecutor:
+    global _POOL
+    pid = os.getpid()
+    if _POOL is None or _POOL[0] != pid or _POOL[1] != workers:
+        if _POOL is not None and _POOL[0] == pid:
+            _POOL[2].shutdown(wait=False)
+        _POOL = (pid, workers, ThreadPoolExecutor(workers, thread_name_prefix="probprune-forward"))
+    return _POOL[2]
 
 
 def _member_loop(net: Net, x: Tensor) -> bool:
     """Whether :meth:`Net.forward` runs this ensemble member by member (see the note above)."""
-    import os
-
     mode = os.environ.get("PROBPRUNE_FORWARD", "auto")
     if mode not in ("auto", "batched", "members"):
         raise ProbPruneError(f"PROBPRUNE_FORWARD={mode!r}: must be auto, batched or members")
@@ -332,10 +350,10 @@ def _member_loop(net: Net, x: Tensor) -> bool:
         return False
     if mode == "members":
         return True
+    size = int(x.shape[-2]) * max(int(layer.weight.shape[-2]) for layer in net.layers)
     if x.device.type == "cpu":
-        return True
-    width = max(int(layer.weight.shape[-2]) for layer in net.layers)
-    return x.device.type == "cuda" and int(x.shape[-2]) * width >= _MEMBER_MIN_ELEMS_CUDA
+        return size >= _MEMBER_MIN_ELEMS_CPU
+    return x.device.type == "cuda" and size >= _MEMBER_MIN_ELEMS_CUDA
 
 
 def _forward_members(layers: Sequence[Layer], x: Tensor, k: int) -> Tensor:
@@ -351,20 +369,42 @@ def _forward_members(layers: Sequence[Layer], x: Tensor, k: int) -> Tensor:
     fused = [cuda and layer.activation.name == "relu" for layer in layers]
     zeros = [torch.zeros(int(layer.weight.shape[-2]), dtype=x.dtype, device=x.device)
              if f and layer.bias is None else None for f, layer in zip(fused, layers)]
-    for j in range(k):
-        wts = [layer.weight[j].t() for layer in layers]
-        bs = [None if layer.bias is None else layer.bias[j] for layer in layers]
-        xj = x if x.dim() == 2 else x[j]
-        for s in range(0, n, block):
-            y = xj[s:s + block]
-            for i, layer in enumerate(layers):
-                b = bs[i] if bs[i] is not None else zeros[i]
-                if fused[i] and b is not None:
-                    y = torch._addmm_activation(b, y, wts[i])
-                    continue
-                y = torch.mm(y, wts[i]) if b is None else torch.addmm(b, y, wts[i])
-                layer.activation.apply_(y)
-            out[j, s:s + block] = y
+
+    def run(j: int, s: int) -> None:
+        y = (x if x.dim() == 2 else x[j])[s:s + block]
+        for i, layer in enumerate(layers):
+            b = zeros[i] if layer.bias is None else layer.bias[j]
+            wt = layer.weight[j].t()
+            if fused[i] and b is not None:
+                y = torch._addmm_activation(b, y, wt)
+                continue
+            y = torch.mm(y, wt) if b is None else torch.addmm(b, y, wt)
+            layer.activation.apply_(y)
+        out[j, s:s + block] = y
+
+    tasks = [(j, s) for j in range(k) for s in range(0, n, block)]
+    if cuda:
+        for j, s in tasks:
+            run(j, s)
+        return out
+    threads = torch.get_num_threads()
+    if threads > 1:
+        torch.set_num_threads(1)  # every block single-threaded (also on this thread)
+    try:
+        if threads == 1 or len(tasks) == 1:
+            for j, s in tasks:
+                run(j, s)
+        else:
+            def task(j: int, s: int) -> None:
+                torch.set_num_threads(1)  # a worker thread's own OpenMP setting
+                run(j, s)
+
+            pool = _cpu_pool(threads)
+            for fut in [pool.submit(task, j, s) for j, s in tasks]:
+                fut.result()
+    finally:
+        if threads > 1:
+            torch.set_num_threads(threads)
     return out
 
 
