@@ -170,9 +170,11 @@ def _ritz_top(g: Tensor, n_iter: int) -> Tensor:
     q = torch.zeros(s, m, dtype=g.dtype, device=g.device)
     v = torch.randn(s, generator=gen, dtype=g.dtype, device=g.device)
     used = 0
+    # an exhausted Krylov space leaves only rounding noise (float32 Krylov iterations: ~1e-7)
+    tol = (1e-12 if g.dtype == torch.float64 else 1e-5) * max(1.0, float(g.diagonal().abs().max()))
     for j in range(m):
         nv = v.norm()
-        if float(nv) <= 1e-12 * max(1.0, float(g.diagonal().abs().max())):
+        if float(nv) <= (0.0 if j == 0 else tol):  # v = G q_{j−1} minus its projections (j ≥ 1)
             break
         q[:, j] = v / nv
         used = j + 1
@@ -198,9 +200,13 @@ def _gram_cholesky(w: Tensor, tau: float = 1e-6, n_iter: int = 80) -> Tensor:
     # |fl(G) − G| ≤ γ_big |W|ᵀ|W| elementwise ⇒ ‖ΔG‖₂ ≤ γ_big ‖W‖_F² (see docs/certified.md)
     gamma = big * _U64 / (1.0 - big * _U64)
     dg = gamma * fro2
-    lam = torch.stack([_ritz_top(g[i], n_iter) for i in range(k)]).clamp_min(0.0)
     gmax = torch.diagonal(g, dim1=1, dim2=2).abs().amax(dim=1).tolist()
-    eye = torch.eye(s, dtype=torch.float64, device=w.device)
+    # the Ritz value is only the candidate that the Cholesky test certifies (or rejects), so its
+    # Krylov iterations may run in float32 (half the memory traffic; ~1e-7 relative, below τ)
+    # wherever float32 neither overflows nor underflows
+    lam = torch.stack([
+        _ritz_top(g[i].float() if 1e-30 < gmax[i] < 1e30 else g[i], n_iter).double()
+        for i in range(k)]).clamp_min(0.0)
     out = torch.empty(k, dtype=torch.float64, device=w.device)
     gs = s + 1
     gam_c = gs * _U64 / (1.0 - gs * _U64)
@@ -213,13 +219,16 @@ def _gram_cholesky(w: Tensor, tau: float = 1e-6, n_iter: int = 80) -> Tensor:
         lam_i = float(lam[i])
         while True:
             up = lam_i * (1.0 + t) + float(dg[i])
-            a = up * eye - g[i]
+            # A = up·I − G; off the diagonal −G is exact, on it up − G_jj is rounded once
+            diag = up - torch.diagonal(g[i])
             # Rump's sufficient condition: fl-Cholesky of A − c·I succeeding proves A ≻ 0 when
             # c ≥ γ_{s+1}/(1 − γ_{s+1})·tr(A) (plus underflow terms, negligible here); doubled.
             # + the roundings of forming up·I − G and subtracting c·I on the diagonal
-            c = 2.0 * gam_c / (1.0 - gam_c) * float(torch.diagonal(a).abs().sum()) \
+            c = 2.0 * gam_c / (1.0 - gam_c) * float(diag.abs().sum()) \
                 + 8.0 * _U64 * (up + gmax[i]) + 1e-290
-            _, info = torch.linalg.cholesky_ex(a - c * eye)
+            a = torch.neg(g[i])
+            a.diagonal().copy_(diag - c)
+            _, info = torch.linalg.cholesky_ex(a)
             if int(info) == 0:
                 out[i] = math.sqrt(up) * (1.0 + _F64_MARGIN)
                 break
