@@ -13,9 +13,10 @@ so masks, checkpoints and user modules share one naming.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -337,6 +338,35 @@ def _cpu_pool(workers: int) -> ThreadPoolExecutor:
     return _POOL[2]
 
 
+def cpu_parallel(calls: Sequence[Callable[[], None]]) -> None:
+    """Run CPU work items on ``torch.get_num_threads()`` Python threads, each item single-threaded.
+
+    Torch releases the GIL inside its kernels, so independent items (ensemble members, row
+    blocks) run on separate cores; each item sees one intra-op thread, so its result does not
+    depend on the thread count. The global thread count is restored afterwards. Exceptions of
+    an item are raised here.
+    """
+    threads = torch.get_num_threads()
+    if threads > 1:
+        torch.set_num_threads(1)  # every item single-threaded (also on this thread)
+    try:
+        if threads == 1 or len(calls) <= 1:
+            for call in calls:
+                call()
+            return
+
+        def item(call: Callable[[], None]) -> None:
+            torch.set_num_threads(1)  # a worker thread's own OpenMP setting
+            call()
+
+        pool = _cpu_pool(threads)
+        for fut in [pool.submit(item, call) for call in calls]:
+            fut.result()
+    finally:
+        if threads > 1:
+            torch.set_num_threads(threads)
+
+
 def _member_loop(net: Net, x: Tensor) -> bool:
     """Whether :meth:`Net.forward` runs this ensemble member by member (see the note above)."""
     mode = os.environ.get("PROBPRUNE_FORWARD", "auto")
@@ -386,25 +416,8 @@ def _forward_members(layers: Sequence[Layer], x: Tensor, k: int) -> Tensor:
     if cuda:
         for j, s in tasks:
             run(j, s)
-        return out
-    threads = torch.get_num_threads()
-    if threads > 1:
-        torch.set_num_threads(1)  # every block single-threaded (also on this thread)
-    try:
-        if threads == 1 or len(tasks) == 1:
-            for j, s in tasks:
-                run(j, s)
-        else:
-            def task(j: int, s: int) -> None:
-                torch.set_num_threads(1)  # a worker thread's own OpenMP setting
-                run(j, s)
-
-            pool = _cpu_pool(threads)
-            for fut in [pool.submit(task, j, s) for j, s in tasks]:
-                fut.result()
-    finally:
-        if threads > 1:
-            torch.set_num_threads(threads)
+    else:
+        cpu_parallel([functools.partial(run, j, s) for j, s in tasks])
     return out
 
 

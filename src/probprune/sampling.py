@@ -8,6 +8,7 @@ The Gaussian law has the same variance ``a_i²/3``. Any callable with the
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from typing import Protocol
@@ -16,7 +17,7 @@ import torch
 from torch import Tensor
 
 from probprune.config import LawSpec, NetSpec, ProbPruneError, layer_scale
-from probprune.nets import Net
+from probprune.nets import Net, cpu_parallel
 
 __all__ = ["Law", "layer_scale", "layer_scales", "sample_net", "sample_tensor"]
 
@@ -113,7 +114,9 @@ def sample_net(
     biases: list[Tensor | None] = [torch.empty((k, shape[0]), device=dev, dtype=dtype) if spec.bias else None
                                    for shape in shapes]
     in_place = isinstance(law, LawSpec) and law.kind == "uniform"
-    for j, g in enumerate(gens):
+
+    def member(j: int) -> None:
+        g = gens[j]
         for i, shape in enumerate(shapes):
             a = layer_scale(shape, k_scale)
             targets = [weights[i][j]] + ([biases[i][j]] if spec.bias else [])  # type: ignore[index]
@@ -122,4 +125,12 @@ def sample_net(
                     t.uniform_(-a, a, generator=g)
                 else:
                     t.copy_(sample_tensor(law, tuple(t.shape), a, g, dev, dtype))
+
+    if dev.type == "cpu" and isinstance(law, LawSpec):
+        # members draw from their own generators: on a CPU they run on separate cores (a user
+        # law may not be thread-safe, so it keeps the loop)
+        cpu_parallel([functools.partial(member, j) for j in range(k)])
+    else:
+        for j in range(k):
+            member(j)
     return Net.from_weights(spec, weights, biases)
