@@ -12,6 +12,7 @@ import jsonschema
 import pytest
 import torch
 
+from cliharness import run
 from probprune.cli import main
 from probprune.config import GapSpec, ProbPruneError, PruneSpec, parse_arch, parse_law
 from probprune.report.certificate import FORMAT, load_schema, read_certificate, validate_certificate, write_certificate
@@ -22,10 +23,16 @@ ARCH = "fcn:8,32,32,4"
 
 
 def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as ex:
+    return run(args, capsys)
+
+
+def run_quiet(args: list[str]) -> int:
+    """``main(args)`` outside capsys (module fixtures): the exit code."""
+    try:
         main(args)
-    out = capsys.readouterr()
-    return int(ex.value.code or 0), out.out, out.err
+    except SystemExit as e:
+        return int(e.code or 0)
+    return 0
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -42,11 +49,10 @@ def made_once(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A sampled target pruned by magnitude, with its certificate, made once through the CLI."""
     d = tmp_path_factory.mktemp("made")
     files = {"cert": d / "cert.json", "pruned": d / "pruned.safetensors", "target": d / "target.safetensors"}
-    with pytest.raises(SystemExit) as ex:
-        main(["prune", "--arch", ARCH, "--law", "uniform:K=2.449", "--relative-threshold", "0.3", "--seed", "3",
-              "--out", str(files["pruned"]), "--save-target", str(files["target"]), "--certificate",
-              str(files["cert"]), "--radius", "2.0", "--delta", "0.1", "--json"])
-    assert ex.value.code in (0, None)
+    rc = run_quiet(["prune", "--arch", ARCH, "--law", "uniform:K=2.449", "--relative-threshold", "0.3", "--seed", "3",
+                    "--out", str(files["pruned"]), "--save-target", str(files["target"]), "--certificate",
+                    str(files["cert"]), "--radius", "2.0", "--delta", "0.1", "--json"])
+    assert rc == 0
     return files
 
 
@@ -92,6 +98,10 @@ def test_certificate_contents(made: dict[str, Path]) -> None:
         assert layer["prune_fraction"] == pytest.approx(layer["pruned"] / layer["size"])
         assert layer["zeros"] == layer["pruned"]  # sampled uniform weights are never exactly 0
     assert len(doc["config_hash"]) == 16 and doc["versions"]["torch"]
+    assert "created" not in doc  # no timestamp: same command and seed, same bytes
+    assert len(doc["gap"]["witness"]) == 8
+    assert sum(v * v for v in doc["gap"]["witness"]) ** 0.5 <= doc["gap"]["radius"]
+    assert doc["gap"]["estimator"]["n_evals"] > 0
 
 
 def test_check_confirms_with_and_without_target(made: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
@@ -105,7 +115,14 @@ def test_check_confirms_with_and_without_target(made: dict[str, Path], capsys: p
     rc, out, err = run_cli(["certificate", "check", str(made["cert"]), "--weights", str(made["pruned"]),
                             "--target", str(made["target"])], capsys)
     assert rc == 0, err
-    assert "certificate confirmed" in out and "target file" in out
+    assert "certificate confirmed" in out and "target resampled" in out
+    # the given target file is checked against the re-sampled one
+    rc, out, err = run_cli(["certificate", "check", str(made["cert"]), "--weights", str(made["pruned"]),
+                            "--target", str(made["target"]), "--json"], capsys)
+    assert rc == 0, err
+    doc = json.loads(out)
+    assert {"target", "target.sha256", "seeds.seed", "gap.witness", "prune", "layers"} <= set(doc["verified"])
+    assert {"gap.estimator", "target.path", "pruned.path"} == {e["field"] for e in doc["not_verified"]}
 
 
 def _rejected(args: list[str], capsys: pytest.CaptureFixture[str], *words: str) -> str:
@@ -139,10 +156,10 @@ def test_another_target_is_rejected(made: dict[str, Path], tmp_path: Path, capsy
     assert rc == 0, err
     _rejected(["certificate", "check", str(made["cert"]), "--weights", str(made["pruned"]), "--target", str(t2)],
               capsys, "rejected", "not the certified target")
-    # without the digest to compare, the kept weights give the wrong target away
+    # without the digest to compare, re-sampling the target gives the wrong target away
     edit(made["cert"], lambda d: d["target"].update(sha256=None))
     _rejected(["certificate", "check", str(made["cert"]), "--weights", str(made["pruned"]), "--target", str(t2)],
-              capsys, "rejected", "differ from the target")
+              capsys, "rejected", "field target:", "is not the target re-sampled")
 
 
 @pytest.mark.parametrize("change, field", [

@@ -8,15 +8,17 @@ import typer
 
 from probprune.cli.app import app, console, emit_json, print_header
 from probprune.report.certificate import read_certificate
-from probprune.runner.certificate import check_certificate
+from probprune.runner.certificate import CertificateRejected, check_certificate
 
 certificate_app = typer.Typer(help="Pruning certificates: JSON documents with the gap sandwich of a pruned "
                               "network (schema: probprune/certificate.schema.json).", no_args_is_help=True)
 app.add_typer(certificate_app, name="certificate")
 
 
-@certificate_app.command("check", help="Validate a certificate against its schema, recompute the certified upper "
-                         "bound on the gap from the weights and confirm it (exit 0) or reject it (exit 2).")
+@certificate_app.command("check", help="Validate a certificate against its schema, re-derive every number it states "
+                         "from the weights (re-run pruning, statistics, certified bound and norms, the gap at the "
+                         "witness, ε(δ), digests) and confirm it (exit 0, listing what could not be re-derived) or "
+                         "reject it (exit 2, naming the field, the stated and the recomputed value).")
 def check_cmd(
     cert: Annotated[str, typer.Argument(help="The certificate (.json).")],
     weights: Annotated[str, typer.Option(help="The pruned network f (.safetensors).")],
@@ -29,12 +31,19 @@ def check_cmd(
     if dry_run:
         return
     doc = read_certificate(cert)
-    res = check_certificate(doc, weights, target, where=f"certificate={cert!r}")
+    try:
+        res = check_certificate(doc, weights, target, where=f"certificate={cert!r}")
+    except CertificateRejected as e:
+        if as_json:  # the machine-readable verdict on stdout, then the one error line and exit 2
+            emit_json({**e.to_dict(), "certificate": cert, "weights": weights})
+        raise
     if as_json:
         emit_json({**res.to_dict(), "certificate": cert, "weights": weights})
         return
-    console.print(f"certificate confirmed: the certified upper bound recomputed from the weights is {res.upper:.6g} "
-                  f"(certificate: {res.certified:.6g}, radius r = {res.radius:g}, target {res.target_source})",
-                  markup=False, soft_wrap=True)
+    console.print(f"certificate confirmed: {len(res.verified)} fields re-derived from the weights; the certified "
+                  f"upper bound is {res.upper:.6g}, the lower bound {res.lower:.6g} (at the witness), radius "
+                  f"r = {res.radius:g}, target {res.target_source}", markup=False, soft_wrap=True)
+    console.print("not verified (the confirmation does not cover them): "
+                  + "; ".join(f"{f} ({r})" for f, r in res.not_verified), markup=False, soft_wrap=True)
     for note in res.notes:
         console.print(f"note: {note}", markup=False, soft_wrap=True)

@@ -4,9 +4,9 @@ A certificate says how far a pruned network f can be from its target F — the g
 ``sup_{‖x‖₂≤r} ‖f(x) − F(x)‖₂`` pinned between an empirical lower bound and a certified upper
 bound, plus the probabilistic bound ε(δ) when the target was sampled from a law — together with
 everything needed to recompute it (architecture, law, pruning rule, per-layer prune_fraction,
-seeds, file digests, versions). The numbers are made and re-checked by
-:mod:`probprune.runner.certificate` (which may compute; this module only checks the document's
-form); the schema ships as ``probprune/certificate.schema.json``.
+seeds, file digests, versions) and the witness input of the lower bound. The numbers are made
+and re-derived by :mod:`probprune.runner.certificate` (which may compute; this module only checks
+the document's form); the schema ships as ``probprune/certificate.schema.json``.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from probprune.store import atomic_write_text, file_sha256
 
 __all__ = ["FORMAT", "file_sha256", "load_schema", "read_certificate", "validate_certificate", "write_certificate"]
 
-FORMAT = "probprune-certificate/1"
 
 
 def load_schema() -> dict[str, Any]:
@@ -30,6 +29,12 @@ def load_schema() -> dict[str, Any]:
     text = files("probprune").joinpath("certificate.schema.json").read_text(encoding="utf-8")
     schema: dict[str, Any] = json.loads(text)
     return schema
+
+
+FORMAT: str = load_schema()["properties"]["format"]["const"]
+"""The certificate format this version writes and checks (the schema's ``format`` constant)."""
+
+_OLD_FORMATS = ("probprune-certificate/1",)  # no witness for the lower bound, a timestamp
 
 
 def validate_certificate(doc: Any, where: str = "certificate") -> None:
@@ -43,6 +48,10 @@ def validate_certificate(doc: Any, where: str = "certificate") -> None:
     except ModuleNotFoundError:  # pragma: no cover - jsonschema is a dependency
         raise ProbPruneError("jsonschema: not installed (pip install jsonschema) — needed to check certificates") \
             from None
+    if isinstance(doc, Mapping) and doc.get("format") in _OLD_FORMATS:
+        raise ProbPruneError(f"{where}: field format: {doc['format']!r} is an older certificate without a witness "
+                             f"for its lower bound, so its numbers cannot all be re-derived; remake it with "
+                             f"`probprune prune … --certificate FILE` (format {FORMAT})")
     validator = jsonschema.Draft202012Validator(load_schema())
     errors = sorted(validator.iter_errors(doc), key=lambda e: list(e.absolute_path))
     if errors:
@@ -65,7 +74,12 @@ def write_certificate(path: str | Path, doc: Mapping[str, Any]) -> None:
         ProbPruneError: ``doc`` is not a valid certificate (nothing is written).
     """
     validate_certificate(doc)
-    atomic_write_text(path, json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    # sorted keys, floats as repr (round-trip), no timestamp: the same document gives the same bytes
+    try:
+        text = json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=True, allow_nan=False)
+    except ValueError as e:  # NaN / infinity: not JSON, and not a certified number
+        raise ProbPruneError(f"certificate={str(path)!r}: a number is not finite ({e})") from None
+    atomic_write_text(path, text + "\n")
 
 
 def read_certificate(path: str | Path) -> dict[str, Any]:

@@ -1,44 +1,88 @@
-"""Make and check certificates: the gap sandwich of a pruned network, recomputed from its weights.
+"""Make and check certificates: every number of a pruning certificate, re-derived from the weights.
 
 ``make_certificate`` turns a prune outcome into a certificate document (schema:
-``probprune/certificate.schema.json``): the empirical lower bound and the certified upper bound on
-the gap ``sup_{‖x‖₂≤r} ‖f(x) − F(x)‖₂`` (:func:`probprune.bounds.sandwich`), the probabilistic
-bound ε(δ) when the target was sampled from a law (``docs/theory.md``), per-layer prune_fraction,
-seeds, file digests and versions.
+``probprune/certificate.schema.json``, format ``probprune-certificate/2``): the empirical lower
+bound on the gap ``sup_{‖x‖₂≤r} ‖f(x) − F(x)‖₂`` together with its **witness** (the input x* in
+the ball where it is attained, so one forward pass re-proves it), the certified upper bound with
+its per-layer norms, the probabilistic bound ε(δ) when the target was sampled from a law
+(``docs/theory.md``), per-layer pruning statistics, the pruning rule, seeds, file digests and
+versions. The document holds no timestamp: the same command and seed give the same bytes.
 
-``check_certificate`` recomputes the certified upper bound from the weights — the pruned file,
-and the target file or (for a sampled target) the target re-sampled from the recorded law and
-seed — and confirms the certificate or rejects it with the reason.
+``check_certificate`` re-derives what the certificate states: it re-runs the recorded pruning on
+the target (the ``--target`` file, or the target re-sampled from the recorded law and seed) and
+requires the pruned weights bit for bit, recounts the statistics, recomputes the certified bound
+and its norms, re-evaluates the gap at the witness, recomputes ε(δ) with the function that made
+it, the config hash and the digests. Any mismatch raises :class:`CertificateRejected` naming the
+field, the stated and the recomputed value. What cannot be re-derived (the search budget of the
+lower bound, file paths, a seed nothing random used, differing versions) is listed as not
+verified; ``confirmed`` covers only the verified fields.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
 import sys
-from collections.abc import Mapping
+import tempfile
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
+from importlib.resources import files
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
-from probprune.bounds import NormMethod, certified_gap_bound
+from probprune.bounds import CertifiedBound, NormMethod, certified_gap_bound
 from probprune.bounds.probabilistic import probabilistic_bound
-from probprune.config import GapSpec, LawSpec, NetSpec, ProbPruneError, parse_arch, parse_law
+from probprune.config import GapSpec, LawSpec, NetSpec, ProbPruneError, PruneSpec, parse_arch, parse_law
+from probprune.masks import MaskStats
 from probprune.nets import Net
-from probprune.rng import derive_seed, make_generator
 from probprune.runner.gap import gap_sandwich
-from probprune.runner.prune import PruneJob, PruneOutcome, load_net
-from probprune.sampling import sample_net
+from probprune.runner.prune import PruneJob, PruneOutcome, load_net, run_prune, save_net
 from probprune.store import file_sha256
 
-__all__ = ["CheckOutcome", "check_certificate", "file_sha256", "make_certificate"]
+__all__ = ["FORMAT", "CertificateRejected", "CheckOutcome", "check_certificate", "file_sha256", "make_certificate"]
 
-RTOL = 1e-6
+FORMAT: str = json.loads(files("probprune").joinpath("certificate.schema.json").read_text(encoding="utf-8"))[
+    "properties"]["format"]["const"]
+"""The certificate format, as the schema states it (``probprune-certificate/2``)."""
+RTOL = 1e-9
+"""Relative tolerance between a stated and a recomputed float: maker and checker run the same
+float64 computation on the CPU, so genuine certificates agree to rounding (~1e-15)."""
+
+_PROB_NOTE = "P(gap > eps) <= delta over the draw of the target (and random masks)"
+
+
+class CertificateRejected(ProbPruneError):
+    """A certificate whose stated value differs from the value re-derived from the weights.
+
+    Attributes:
+        field: the certificate field (dotted path, e.g. ``gap.layers.1.norm_diff.value``).
+        stated: the certificate's value.
+        recomputed: the value re-derived by the checker.
+    """
+
+    def __init__(self, message: str, field: str, stated: Any, recomputed: Any) -> None:
+        super().__init__(message)
+        self.field = field
+        self.stated = stated
+        self.recomputed = recomputed
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON form (``certificate check --json`` prints it before exiting with code 2)."""
+        return {"confirmed": False, "error": str(self), "field": self.field, "stated": _plain(self.stated),
+                "recomputed": _plain(self.recomputed)}
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)
+    if v is None or isinstance(v, (bool, int, float, str)):
+        return v
+    return json.loads(json.dumps(v, default=str))
 
 
 def _v(pkg: str) -> str:
@@ -48,32 +92,124 @@ def _v(pkg: str) -> str:
         return "0+unknown"
 
 
-def _zeros(net: Net) -> list[int]:
-    return [int((w == 0).sum()) for w in net.weights]
+def _versions() -> dict[str, str]:
+    return {"probprune": _v("probprune"), "torch": torch.__version__, "python": sys.version.split()[0]}
 
 
 def _job_hash(resolved: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(resolved, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
 
 
+def _resolved(arch: str, activation: str, bias: bool, law: str | None, weights: str | None, seed: int,
+              pr: PruneSpec, g: GapSpec, delta: float | None, norm_method: str) -> dict[str, Any]:
+    # the settings the config hash covers (the checker rebuilds this from the document)
+    return {"arch": arch, "activation": activation, "bias": bias, "law": law, "weights": weights, "seed": seed,
+            "prune": {k: v for k, v in vars(pr).items() if v is not None}, "gap": vars(g), "delta": delta,
+            "norm_method": norm_method}
+
+
 def _norm(n: Any) -> dict[str, Any]:
     return {"value": float(n.value), "exact": bool(n.exact), "method": str(n.method)}
+
+
+def _zeros(net: Net) -> list[int]:
+    return [int((w == 0).sum()) for w in net.weights]
+
+
+def _input_shape(spec: NetSpec) -> tuple[int, ...]:
+    if spec.kind == "fcn":
+        return (int(spec.widths[0]),)
+    return tuple(int(s) for s in spec.input_shape)  # type: ignore[union-attr]
+
+
+def _cpu64(net: Net) -> Net:
+    return net.to(device="cpu", dtype=torch.float64)
+
+
+def _gap_at(t64: Net, p64: Net, x: torch.Tensor) -> float:
+    """``‖f(x) − F(x)‖₂`` in float64 on the CPU at one input ``x`` (flat, float64); no projection."""
+    xin = x.reshape(1, *_input_shape(t64.spec))
+    with torch.no_grad():
+        out_p = cast(torch.Tensor, p64.forward(xin))
+        out_t = cast(torch.Tensor, t64.forward(xin))
+    return float((out_p - out_t).reshape(-1).norm())
+
+
+def _bound64(t64: Net, p64: Net, radius: float, norm_method: NormMethod) -> CertifiedBound:
+    with torch.no_grad():
+        return certified_gap_bound(t64, p64, radius, norm_method)
+
+
+def _witness(x: torch.Tensor, radius: float) -> torch.Tensor:
+    """The estimator's maximiser as a flat float64 CPU vector with ``‖x‖₂ ≤ r`` in float64."""
+    w = x.detach().to(device="cpu", dtype=torch.float64).reshape(-1).clone()
+    n = float(w.norm())
+    if n > radius:
+        w = w * (radius / n)
+    shrink = 1.0
+    while float(w.norm()) > radius:  # rounding of the projection: pull it inside, a few ulps at a time
+        shrink *= 1.0 - 2.0 ** -50
+        w = w * shrink
+    return w
+
+
+def _ratio(upper: float, lower: float) -> float | None:
+    if upper == 0.0:
+        return 1.0
+    if lower == 0.0:
+        return None
+    r = upper / lower
+    return r if math.isfinite(r) else None
+
+
+def _gap_numbers(bound: CertifiedBound, lower: float) -> dict[str, Any]:
+    """The gap section's re-derivable numbers (shared by maker and checker)."""
+    upper = float(bound.value)
+    return {"lower": lower, "upper": upper, "ratio": _ratio(upper, lower), "exact_norms": bool(bound.exact),
+            "n_exact": int(bound.n_exact), "n_norms": int(bound.n_norms),
+            "layers": [{"name": t.name, "norm_target": _norm(t.norm_target), "norm_pruned": _norm(t.norm_pruned),
+                        "norm_diff": _norm(t.norm_diff), "error": float(t.error)} for t in bound.terms]}
+
+
+def _probabilistic(spec: NetSpec, law: LawSpec, pr: PruneSpec, delta: float, radius: float) -> dict[str, Any]:
+    """The probabilistic section (shared by maker and checker): ε(δ) or the reason it does not apply."""
+    try:
+        b = probabilistic_bound(spec, law, pr, delta, radius=radius)
+    except ProbPruneError as e:  # an assumption of the theorems fails: say which, give no ε
+        return {"delta": delta, "eps": None, "theorem": None, "note": f"not applicable: {e}"}
+    return {"delta": delta, "eps": float(b.eps), "theorem": b.theorem, "note": _PROB_NOTE}
+
+
+def _stats_sections(stats: MaskStats, zeros: Sequence[int]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """``layers`` and ``total`` of a certificate (shared by maker and checker)."""
+    d = stats.to_dict()
+    layers = [{"name": r["name"], "size": int(r["size"]), "pruned": int(r["pruned"]),
+               "prune_fraction": float(r["sparsity"]), "zeros": int(z),
+               "threshold": None if r["threshold"] is None else float(r["threshold"])}
+              for r, z in zip(d["layers"], zeros)]
+    total = {"size": int(d["total"]["size"]), "pruned": int(d["total"]["pruned"]),
+             "prune_fraction": float(d["total"]["sparsity"])}
+    return layers, total
 
 
 def make_certificate(outcome: PruneOutcome, job: PruneJob, *, gap: GapSpec | None = None,
                      delta: float | None = None, norm_method: NormMethod = "auto") -> dict[str, Any]:
     """The certificate document of one prune job (``report.certificate.write_certificate`` validates and writes it).
 
+    The lower bound is ``‖f(x*) − F(x*)‖₂`` evaluated in float64 on the CPU at the stored witness
+    x* (the estimator's maximiser, ``‖x*‖₂ ≤ r``); the upper bound and its norms are computed in
+    float64 on the CPU — the computations :func:`check_certificate` repeats.
+
     Args:
         outcome: what :func:`~probprune.runner.run_prune` returned (single networks, no trial dim).
         job: the job that produced it (arch, law, seed, files).
         gap: estimator budget and radius r of the sandwich (default ``GapSpec()``: r = 1).
         delta: failure probability δ of the probabilistic bound ε(δ); used only with a law
-            (default 0.05 when the target was sampled).
+            (default 0.05 when a law is given).
         norm_method: operator-norm method of the certified bound.
 
     Returns:
-        The certificate as plain JSON data.
+        The certificate as plain JSON data (no timestamp: deterministic given the job).
 
     Raises:
         ProbPruneError: an ensemble outcome, or bad ``delta``.
@@ -81,94 +217,177 @@ def make_certificate(outcome: PruneOutcome, job: PruneJob, *, gap: GapSpec | Non
     if outcome.target.n_trials is not None:
         raise ProbPruneError(f"n_trials={outcome.target.n_trials!r}: a certificate covers one network, not an ensemble")
     g = gap or GapSpec()
-    sw = gap_sandwich(outcome.target, outcome.pruned, g, job.seed, norm_method)
     spec, pr = job.net, job.prune
-    prob: dict[str, Any] | None = None
+    d: float | None = None
     if job.law is not None:
         d = 0.05 if delta is None else delta
         if isinstance(d, bool) or not isinstance(d, (int, float)) or not 0.0 < d < 1.0:
             raise ProbPruneError(f"delta={d!r}: must be in (0, 1)")
-        try:
-            b = probabilistic_bound(spec, job.law, pr, d, radius=g.radius)
-            prob = {"delta": d, "eps": float(b.eps), "theorem": b.theorem,
-                    "note": "P(gap > eps) <= delta over the draw of the target (and random masks)"}
-        except ProbPruneError as e:  # an assumption of the theorems fails: say which, give no ε
-            prob = {"delta": d, "eps": None, "theorem": None, "note": f"not applicable: {e}"}
-    stats = outcome.stats.to_dict()
-    zeros = _zeros(outcome.pruned.to(device="cpu"))
-    layers = [{"name": r["name"], "size": int(r["size"]), "pruned": int(r["pruned"]),
-               "prune_fraction": float(r["sparsity"]), "zeros": z, "threshold": r["threshold"]}
-              for r, z in zip(stats["layers"], zeros)]
+        d = float(d)
+    sw = gap_sandwich(outcome.target, outcome.pruned, g, job.seed, norm_method)
+    t64, p64 = _cpu64(outcome.target), _cpu64(outcome.pruned)
+    witness = _witness(sw.x, g.radius)
+    numbers = _gap_numbers(_bound64(t64, p64, g.radius, norm_method), _gap_at(t64, p64, witness))
+    prob = None if job.law is None or d is None else _probabilistic(spec, job.law, pr, d, g.radius)
+    layers, total = _stats_sections(outcome.stats, _zeros(outcome.pruned.to(device="cpu")))
     level_name = pr.level_name or pr.schedule_field()
-    resolved = {"arch": spec.to_arch(), "activation": spec.activation, "bias": spec.bias,
-                "law": None if job.law is None else job.law.to_text(), "weights": job.weights,
-                "seed": job.seed, "prune": {k: v for k, v in vars(pr).items() if v is not None},
-                "gap": vars(g), "delta": None if prob is None else prob["delta"], "norm_method": norm_method}
-    upper = float(sw.upper)
-    lower = float(sw.lower)
-    ratio = float(sw.ratio)
+    law_text = None if job.law is None else job.law.to_text()
+    target_sha = file_sha256(job.weights) if job.weights is not None else \
+        (file_sha256(job.save_target) if job.save_target is not None else None)
+    resolved = _resolved(spec.to_arch(), spec.activation, spec.bias, law_text, job.weights, job.seed, pr, g, d,
+                         norm_method)
     doc: dict[str, Any] = {
-        "format": "probprune-certificate/1",
-        "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "format": FORMAT,
         "arch": spec.to_arch(), "activation": spec.activation, "bias": spec.bias,
-        "law": None if job.law is None else job.law.to_text(),
+        "law": law_text,
         "target": {"source": "file" if job.weights is not None else "sampled",
-                   "path": job.weights if job.weights is not None else job.save_target,
-                   "sha256": file_sha256(job.weights) if job.weights is not None else
-                   (file_sha256(job.save_target) if job.save_target is not None else None)},
+                   "path": job.weights if job.weights is not None else job.save_target, "sha256": target_sha},
         "pruned": {"path": job.out, "sha256": None if job.out is None else file_sha256(job.out)},
         "prune": {"method": pr.method, "scope": pr.scope, "level_name": level_name,
                   "level_value": float(getattr(pr, level_name)), "rescale": bool(pr.rescale)},
         "layers": layers,
-        "total": {"size": int(stats["total"]["size"]), "pruned": int(stats["total"]["pruned"]),
-                  "prune_fraction": float(stats["total"]["sparsity"])},
-        "gap": {"radius": g.radius, "lower": lower, "upper": upper, "ratio": ratio if math.isfinite(ratio) else None,
-                "exact_norms": bool(sw.exact_norms), "n_exact": int(sw.n_exact), "n_norms": int(sw.n_norms),
-                "n_evals": int(sw.n_evals), "norm_method": norm_method,
-                "layers": [{"name": t.name, "norm_target": _norm(t.norm_target), "norm_pruned": _norm(t.norm_pruned),
-                            "norm_diff": _norm(t.norm_diff), "error": float(t.error)} for t in sw.bound.terms]},
+        "total": total,
+        "gap": {"radius": g.radius, **numbers, "norm_method": norm_method,
+                "witness": [float(v) for v in witness.tolist()],
+                "estimator": {"n_points": g.n_points, "n_restarts": g.n_restarts, "n_steps": g.n_steps,
+                              "step_size": g.step_size, "n_evals": int(sw.n_evals)}},
         "probabilistic": prob,
         "seeds": {"seed": int(job.seed)},
         "config_hash": _job_hash(resolved),
-        "versions": {"probprune": _v("probprune"), "torch": torch.__version__, "python": sys.version.split()[0]},
+        "versions": _versions(),
         "device": str(job.device),
     }
     return doc
 
 
+# ---------------------------------------------------------------------------- the checker
+
+
 @dataclass(frozen=True)
 class CheckOutcome:
-    """A confirmed certificate: the recomputed numbers beside the certified ones.
+    """A confirmed certificate: what was re-derived, what could not be, and the key numbers.
 
     Attributes:
         upper: certified upper bound recomputed from the weights.
         certified: the certificate's upper bound.
+        lower: the gap re-evaluated at the witness (= the certificate's lower bound).
         radius: r.
         target_source: ``file`` (``--target``) or ``resampled`` (law + seed).
-        notes: remarks that do not reject (e.g. a file digest differs but the numbers agree).
+        verified: the certificate fields re-derived and found equal (dotted paths).
+        not_verified: ``(field, reason)`` for each field that could not be re-derived; the
+            confirmation does not cover them.
+        notes: remarks that do not reject.
     """
 
     upper: float
     certified: float
+    lower: float
     radius: float
     target_source: str
+    verified: tuple[str, ...] = field(default_factory=tuple)
+    not_verified: tuple[tuple[str, str], ...] = field(default_factory=tuple)
     notes: tuple[str, ...] = field(default_factory=tuple)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain-JSON form."""
-        return {"confirmed": True, "upper": self.upper, "certified": self.certified, "radius": self.radius,
-                "target_source": self.target_source, "notes": list(self.notes)}
+        """Plain-JSON form: ``confirmed`` covers exactly the ``verified`` fields."""
+        return {"confirmed": True, "upper": self.upper, "certified": self.certified, "lower": self.lower,
+                "radius": self.radius, "target_source": self.target_source, "verified": list(self.verified),
+                "not_verified": [{"field": f, "reason": r} for f, r in self.not_verified],
+                "notes": list(self.notes)}
 
 
-def _resample_target(spec: NetSpec, law: LawSpec, seed: int) -> Net:
-    # the derivation of ``run_prune`` for a sampled target (a test pins the two together)
-    g = make_generator(derive_seed("prune", seed, "weights"), "cpu")
-    return sample_net(spec, law, g, device="cpu")
+class _Checker:
+    """Compares stated values to re-derived ones; records what was verified."""
+
+    def __init__(self, where: str, rtol: float) -> None:
+        self.where = where
+        self.rtol = rtol
+        self.verified: list[str] = []
+        self.not_verified: list[tuple[str, str]] = []
+
+    def reject(self, path: str, stated: Any, recomputed: Any, detail: str = "") -> None:
+        raise CertificateRejected(f"{self.where}: rejected: field {path}: stated {stated!r}, recomputed "
+                                  f"{recomputed!r}{detail}", path, stated, recomputed)
+
+    def same(self, path: str, stated: Any, expected: Any, detail: str = "") -> None:
+        """Require ``stated == expected`` (floats to ``rtol``, recursively); record ``path`` as verified."""
+        self._walk(path, stated, expected, detail)
+        self.verified.append(path)
+
+    def _walk(self, path: str, stated: Any, expected: Any, detail: str) -> None:
+        if isinstance(expected, dict):
+            if not isinstance(stated, dict) or set(stated) != set(expected):
+                self.reject(path, stated, expected, detail)
+            for k in sorted(expected):
+                self._walk(f"{path}.{k}", stated[k], expected[k], detail)
+        elif isinstance(expected, list):
+            if not isinstance(stated, list) or len(stated) != len(expected):
+                self.reject(path, stated, expected, detail)
+            for i, (s, e) in enumerate(zip(stated, expected)):
+                self._walk(f"{path}.{i}", s, e, detail)
+        elif isinstance(expected, float) and not isinstance(stated, bool) and isinstance(stated, (int, float)):
+            if not math.isclose(float(stated), expected, rel_tol=self.rtol, abs_tol=0.0):
+                self.reject(path, stated, expected, detail)
+        elif type(stated) is not type(expected) or stated != expected:
+            self.reject(path, stated, expected, detail)
+
+
+def _prune_spec(doc: Mapping[str, Any], c: _Checker, prune: Mapping[str, Any] | None = None) -> PruneSpec:
+    p = doc["prune"] if prune is None else prune
+    try:
+        return PruneSpec(method=p["method"], scope=p["scope"], rescale=p["rescale"],
+                         **{p["level_name"]: p["level_value"]})
+    except ProbPruneError as e:
+        raise ProbPruneError(f"{c.where}: rejected: field prune: {_rule_text(doc, p)} is not a valid pruning rule "
+                             f"({e})") from None
+
+
+def _rule_text(doc: Mapping[str, Any], p: Mapping[str, Any] | None = None) -> str:
+    p = doc["prune"] if p is None else p
+    text = (f"prune.method={p['method']!r}, prune.scope={p['scope']!r}, prune.level_name={p['level_name']!r}, "
+            f"prune.level_value={p['level_value']!r}, prune.rescale={p['rescale']!r}, "
+            f"seeds.seed={doc['seeds']['seed']!r}")
+    return text + (f", law={doc['law']!r}" if doc["law"] is not None else "")
+
+
+def _device_ok(dev: str) -> bool:
+    try:
+        d = torch.device(dev)
+    except (RuntimeError, ValueError):
+        return False
+    return d.type == "cpu" or (d.type == "cuda" and torch.cuda.is_available())
+
+
+def _differing(a: Net, b: Net) -> list[tuple[str, int, int]]:
+    """``(name, differing entries, size)`` for every tensor of ``a`` that is not bit-equal to ``b``'s."""
+    sa, sb = a.to(device="cpu").state_dict(), b.to(device="cpu").state_dict()
+    out = []
+    for name in sa:
+        x, y = sa[name], sb.get(name)
+        if y is None or x.shape != y.shape or x.dtype != y.dtype:
+            out.append((name, x.numel(), x.numel()))
+        elif not torch.equal(x, y):
+            out.append((name, int((x != y).sum()), x.numel()))
+    return out
+
+
+def _saved_sha256(net: Net) -> str:
+    with tempfile.TemporaryDirectory(prefix="probprune-check-") as d:
+        path = str(Path(d) / "target.safetensors")
+        save_net(net, path)
+        return file_sha256(path)
 
 
 def check_certificate(doc: Mapping[str, Any], weights: str | Path, target: str | Path | None = None,
                       rtol: float = RTOL, where: str = "certificate") -> CheckOutcome:
-    """Recompute the certified upper bound from the weights and confirm the certificate, or reject it.
+    """Re-derive every number and setting of a certificate from the weights; confirm it or reject it.
+
+    Order: the zero counts of the pruned file; the recorded pruning re-run on the target (the
+    ``target`` file, or the target re-sampled from the recorded law and seed on the recorded
+    device), which must give the pruned weights bit for bit (on a mismatch, single changes of
+    method, scope and rescale are tried to name the forged field); per-layer and total
+    statistics; the certified bound, its per-layer norms and counts; the gap at the witness
+    (``‖x*‖₂ ≤ r`` required) and the ratio; ε(δ); the config hash; the file digests; versions.
 
     Args:
         doc: the certificate, already validated against the schema
@@ -176,54 +395,170 @@ def check_certificate(doc: Mapping[str, Any], weights: str | Path, target: str |
         weights: the pruned network f (.safetensors).
         target: the target F (.safetensors); may be left out when the certificate's target was
             sampled (it is re-sampled from the recorded law and seed).
-        rtol: relative tolerance between recomputed and certified upper bound.
+        rtol: relative tolerance between stated and recomputed floats.
+        where: prefix of error messages.
+
+    Returns:
+        :class:`CheckOutcome`: the verified fields and those that could not be re-derived.
 
     Raises:
-        ProbPruneError: unreadable weights, or numbers that do not match the weights (the message
-            says which).
+        CertificateRejected: a stated value differs from the re-derived one (names the field,
+            both values).
+        ProbPruneError: unreadable weights, a missing ``--target``, a device not available here.
     """
+    c = _Checker(where, rtol)
     spec = parse_arch(doc["arch"], activation=doc["activation"], bias=doc["bias"])
     pruned = load_net(spec, str(weights))
+    law = None if doc["law"] is None else parse_law(doc["law"])
+    seed = int(doc["seeds"]["seed"])
     notes: list[str] = []
+    # --- the target
+    tsrc = doc["target"]["source"]
     if target is not None:
         want = doc["target"]["sha256"]
-        if want is not None and file_sha256(target) != want:
-            raise ProbPruneError(f"{where}: rejected: target {str(target)!r} is not the certified target "
-                                 f"(sha256 {file_sha256(target)[:12]}… ≠ {want[:12]}…)")
-        tnet = load_net(spec, str(target))
+        got = file_sha256(target)
+        if want is not None and got != want:
+            raise CertificateRejected(f"{where}: rejected: field target.sha256: target {str(target)!r} is not the "
+                                      f"certified target (stated {want}, recomputed {got})",
+                                      "target.sha256", want, got)
+        if want is None:
+            c.not_verified.append(("target.sha256", "no digest recorded"))
+        else:
+            c.verified.append("target.sha256")
+    if tsrc == "sampled" and law is None:
+        raise ProbPruneError(f"{where}: rejected: field law: a sampled target needs a law, the certificate has none")
+    if tsrc == "sampled":
+        source = "resampled"  # re-sampled from law and seed; a --target file must equal it
+    elif target is not None:
         source = "file"
-    elif doc["target"]["source"] == "sampled" and doc["law"] is not None:
-        tnet = _resample_target(spec, parse_law(doc["law"]), int(doc["seeds"]["seed"]))
-        source = "resampled"
     else:
         raise ProbPruneError(f"{where}: the certified target is a file ({doc['target']['path']!r}); "
                              "give it with --target FILE")
-    if doc["pruned"]["sha256"] is not None and file_sha256(weights) != doc["pruned"]["sha256"]:
-        notes.append(f"{weights} differs byte-wise from the certified file; its numbers were checked instead")
+    # --- zero counts straight from the pruned file
     zeros = _zeros(pruned)
-    for layer, z in zip(doc["layers"], zeros):
-        if layer["zeros"] != z:
-            raise ProbPruneError(f"{where}: rejected: layer {layer['name']} of {str(weights)!r} has {z} zero weights, "
-                                 f"the certificate says {layer['zeros']}")
     if len(doc["layers"]) != len(zeros):
-        raise ProbPruneError(f"{where}: rejected: {len(doc['layers'])} layers certified, the weights have {len(zeros)}")
-    # the pruned net must be the target with weights removed: every kept weight equals the target's
-    for name, wt, wp in zip(spec.layer_names(), tnet.weights, pruned.weights):
-        moved = (wp != 0) & (wp != wt)
-        if bool(moved.any()) and not doc["prune"]["rescale"]:
-            raise ProbPruneError(f"{where}: rejected: {int(moved.sum())} kept weights of layer {name} differ from "
-                                 "the target's (not a pruned copy of this target)")
-    radius = float(doc["gap"]["radius"])
-    with torch.no_grad():
-        bound = certified_gap_bound(tnet.to(dtype=torch.float64), pruned.to(dtype=torch.float64), radius,
-                                    doc["gap"]["norm_method"])
-    upper = float(bound.value)
-    certified = float(doc["gap"]["upper"])
-    if not math.isclose(upper, certified, rel_tol=rtol, abs_tol=1e-12):
-        raise ProbPruneError(f"{where}: rejected: the certified upper bound recomputed from the weights is {upper!r}, "
-                             f"the certificate says {certified!r} (relative tolerance {rtol:g})")
-    if doc["gap"]["lower"] > upper * (1 + rtol):
-        raise ProbPruneError(f"{where}: rejected: its lower bound {doc['gap']['lower']!r} exceeds the recomputed "
-                             f"upper bound {upper!r}")
-    return CheckOutcome(upper, certified, radius, source, tuple(notes))
+        c.reject("layers", f"{len(doc['layers'])} layers", f"{len(zeros)} layers", f" in {str(weights)!r}")
+    for i, (layer, z) in enumerate(zip(doc["layers"], zeros)):
+        if layer["zeros"] != z:
+            c.reject(f"layers.{i}.zeros", layer["zeros"], z,
+                     f" (layer {layer['name']} of {str(weights)!r} has {z} zero weights)")
+    # --- re-run the recorded pruning on the target
+    dev = str(doc["device"])
+    pr = _prune_spec(doc, c)
+    needs_dev = source == "resampled" or pr.method == "random"
+    if not _device_ok(dev):
+        if needs_dev:
+            raise ProbPruneError(f"{where}: device={dev!r}: the certificate was made on {dev}; its sampled target "
+                                 "and random masks can be re-derived only there (not available here)")
+        notes.append(f"made on device {dev!r}, magnitude pruning of a file target re-run on the CPU")
+        dev = "cpu"
 
+    def rerun(p: PruneSpec) -> PruneOutcome:
+        job = PruneJob(net=spec, prune=p, weights=None if source == "resampled" else str(target),
+                       law=law, seed=seed, device=dev)
+        return run_prune(job)
+
+    res = rerun(pr)
+    if source == "resampled" and target is not None:
+        tdiff = _differing(res.target, load_net(spec, str(target)))
+        if tdiff:
+            name, n, size = tdiff[0]
+            raise CertificateRejected(
+                f"{where}: rejected: field target: {str(target)!r} is not the target re-sampled from "
+                f"law={doc['law']!r}, seeds.seed={seed!r} ({name}: {n} of {size} entries differ)",
+                "target", str(target), f"{name}: {n} of {size} entries differ")
+        c.verified.append("target")
+    diff = _differing(res.pruned, pruned)
+    if diff:
+        # name the forged setting where one changed setting reproduces the weights
+        alternatives: dict[str, Any] = {"method": ("random" if pr.method == "magnitude" else "magnitude"),
+                                        "scope": ("global" if pr.scope == "layerwise" else "layerwise"),
+                                        "rescale": not pr.rescale}
+        for key, alt in alternatives.items():
+            try:
+                p_alt = dataclasses.replace(pr, **{key: alt})
+                if not _differing(rerun(p_alt).pruned, pruned):
+                    c.reject(f"prune.{key}", doc["prune"][key], alt,
+                             " (the pruned weights are the target pruned with this setting)")
+            except CertificateRejected:
+                raise
+            except ProbPruneError:
+                continue
+        name, n, size = diff[0]
+        raise CertificateRejected(
+            f"{where}: rejected: field prune: re-running the recorded pruning ({_rule_text(doc)}) on the "
+            f"{'re-sampled ' if source == 'resampled' else ''}target does not give the pruned weights of "
+            f"{str(weights)!r} ({name}: {n} of {size} entries differ)", "prune", dict(doc["prune"]),
+            f"{name}: {n} of {size} entries differ")
+    c.verified += ["arch", "activation", "bias", "law", "target.source", "prune", "device"]
+    if source == "resampled" or pr.method == "random":
+        c.verified.append("seeds.seed")  # the sampled target / the random masks came out bit for bit
+    else:
+        c.not_verified.append(("seeds.seed", "used only by the search for the witness (no sampling, no random "
+                                             "masks)"))
+    # --- statistics
+    layers, total = _stats_sections(res.stats, zeros)
+    c.same("layers", list(doc["layers"]), layers)
+    c.same("total", dict(doc["total"]), total)
+    # --- the certified bound and the witness, in float64 on the CPU as the maker computed them
+    g = doc["gap"]
+    radius = float(g["radius"])
+    t64, p64 = _cpu64(res.target), _cpu64(pruned)
+    bound = _bound64(t64, p64, radius, g["norm_method"])
+    upper = float(bound.value)
+    if not math.isclose(float(g["upper"]), upper, rel_tol=rtol, abs_tol=0.0):
+        c.reject("gap.upper", g["upper"], upper, " (the certified upper bound recomputed from the weights)")
+    x = torch.tensor(g["witness"], dtype=torch.float64)
+    d_in = math.prod(_input_shape(spec))
+    if x.numel() != d_in or not bool(torch.isfinite(x).all()):
+        c.reject("gap.witness", f"{x.numel()} entries", f"{d_in} finite entries (the input size)")
+    xn = float(x.norm())
+    if not xn <= radius:
+        raise CertificateRejected(f"{where}: rejected: field gap.witness: the witness lies outside the ball: "
+                                  f"‖x‖₂ = {xn!r} > gap.radius = {radius!r}", "gap.witness", xn, radius)
+    c.verified.append("gap.witness")
+    lower = _gap_at(t64, p64, x)
+    c.same("gap", {k: g[k] for k in ("lower", "upper", "ratio", "exact_norms", "n_exact", "n_norms", "layers")},
+           _gap_numbers(bound, lower), " (re-derived from the weights and the witness)")
+    c.verified += ["gap.radius", "gap.norm_method"]
+    c.not_verified.append(("gap.estimator", "the search budget that found the witness; the witness itself proves "
+                                            "the lower bound"))
+    # --- ε(δ)
+    prob = doc["probabilistic"]
+    if law is None:
+        c.same("probabilistic", prob, None)
+    elif prob is None:
+        c.reject("probabilistic", None, "a probabilistic section (a law is recorded)")
+    else:
+        want = _probabilistic(spec, law, pr, float(prob["delta"]), radius)
+        c.same("probabilistic", dict(prob), want, f" (ε recomputed at probabilistic.delta={prob['delta']!r})")
+    # --- config hash
+    est = g["estimator"]
+    gs = GapSpec(radius=radius, n_points=est["n_points"], n_restarts=est["n_restarts"], n_steps=est["n_steps"],
+                 step_size=est["step_size"])
+    resolved = _resolved(doc["arch"], doc["activation"], doc["bias"], doc["law"],
+                         doc["target"]["path"] if tsrc == "file" else None, seed, pr, gs,
+                         None if prob is None else prob["delta"], g["norm_method"])
+    c.same("config_hash", doc["config_hash"], _job_hash(resolved))
+    # --- digests
+    if doc["pruned"]["sha256"] is None:
+        c.not_verified.append(("pruned.sha256", "no digest recorded"))
+    else:
+        c.same("pruned.sha256", doc["pruned"]["sha256"], file_sha256(weights), f" (of {str(weights)!r})")
+    if target is None:
+        if doc["target"]["sha256"] is None:
+            c.not_verified.append(("target.sha256", "no digest recorded"))
+        else:
+            c.same("target.sha256", doc["target"]["sha256"], _saved_sha256(res.target),
+                   " (of the re-sampled target, saved as prune --save-target saves it)")
+    for key in ("target.path", "pruned.path"):
+        c.not_verified.append((key, "a file name, not a property of the networks"))
+    mine = _versions()
+    if dict(doc["versions"]) == mine:
+        c.verified.append("versions")
+    else:
+        c.not_verified.append(("versions", f"made with {json.dumps(doc['versions'], sort_keys=True)}, checked with "
+                                           f"{json.dumps(mine, sort_keys=True)}"))
+    c.verified.append("format")
+    return CheckOutcome(upper=upper, certified=float(g["upper"]), lower=lower, radius=radius, target_source=source,
+                        verified=tuple(c.verified), not_verified=tuple(c.not_verified), notes=tuple(notes))
