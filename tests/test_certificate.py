@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -227,3 +230,24 @@ def test_python_api_random_rescaled(tmp_path: Path) -> None:
     assert not (tmp_path / "bad.json").exists()
     with pytest.raises(ProbPruneError):
         validate_certificate([])
+
+
+def test_same_command_and_seed_give_the_same_certificate_bytes(tmp_path: Path) -> None:
+    # two separate processes (own hash seeds, own torch state), the same command in two folders
+    args = ["prune", "--arch", ARCH, "--law", "uniform:K=2.449", "--method", "random", "--p", "0.3", "--rescale",
+            "--seed", "11", "--out", "pruned.safetensors", "--save-target", "target.safetensors",
+            "--certificate", "cert.json", "--json"]
+    texts = []
+    for i, hash_seed in enumerate(("1", "2")):
+        d = tmp_path / f"run{i}"
+        d.mkdir()
+        env = {**os.environ, "PYTHONHASHSEED": hash_seed}
+        r = subprocess.run([sys.executable, "-m", "probprune", *args], cwd=d, env=env, capture_output=True,
+                           text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+        texts.append((d / "cert.json").read_bytes())
+    assert texts[0] == texts[1]
+    doc = json.loads(texts[0])
+    assert "created" not in doc and doc["pruned"]["path"] == "pruned.safetensors"
+    # keys sorted, floats as repr: the file is its own canonical form
+    assert texts[0].decode() == json.dumps(doc, indent=2, sort_keys=True) + "\n"
