@@ -22,6 +22,7 @@ from typing import Any, Literal, get_args
 
 __all__ = [
     "ACTIVATIONS",
+    "EXECUTION_FIELDS",
     "BoundSpec",
     "ConvSpec",
     "GapSpec",
@@ -629,14 +630,33 @@ def to_dict(spec: Any, *, non_default_only: bool = False) -> dict[str, Any]:
     return out
 
 
+#: Fields that only change how a run is executed, never a number it produces (trials are seeded from
+#: (hash, grid point, trial, stream), so chunks of any size draw the same trials): they stay out of the
+#: config hash, hence out of the run folder's name and every seed (``config.json`` still records them).
+EXECUTION_FIELDS: dict[str, tuple[str, ...]] = {"mc": ("chunk_size",)}
+
+
 def canonical_json(cfg: RunConfig) -> str:
     """Canonical JSON of the non-default fields of a run (sorted keys, no spaces)."""
     return json.dumps(to_dict(cfg, non_default_only=True), sort_keys=True, separators=(",", ":"))
 
 
 def config_hash(cfg: RunConfig) -> str:
-    """First 16 hex digits of the SHA-256 of :func:`canonical_json`."""
-    return hashlib.sha256(canonical_json(cfg).encode()).hexdigest()[:16]
+    """First 16 hex digits of the SHA-256 of :func:`canonical_json` without :data:`EXECUTION_FIELDS`.
+
+    A run and its hash are the same whatever chunk size executes it; configs whose execution
+    settings are at their defaults hash exactly as before the settings were left out.
+    """
+    data = to_dict(cfg, non_default_only=True)
+    for section, names in EXECUTION_FIELDS.items():
+        sec = data.get(section)
+        if isinstance(sec, dict):
+            for name in names:
+                sec.pop(name, None)
+            if not sec:
+                del data[section]
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _build(cls: type, data: Mapping[str, Any], where: str) -> Any:

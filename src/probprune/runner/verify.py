@@ -9,6 +9,11 @@ driver (:func:`run_verify`) writes the store: each finished unit becomes one tra
 with its rows, the point's recomputed statistics and the refitted slopes.
 
 Resume: trials already in ``results.sqlite`` are skipped; re-running a finished config is a no-op.
+``mc.chunk_size`` only decides how the missing trials are grouped into units: it is not part of
+the config hash (:data:`probprune.config.EXECUTION_FIELDS`), so a run may be resumed with another
+chunk size, and chunk sizes 1, 7 and R give the same rows. The chunk size of the last writer is
+recorded in the ``meta`` table. One driver at a time: a second ``verify`` on a folder that is
+being written is refused (:class:`probprune.store.runs.RunWriter` holds the folder's lock).
 """
 
 from __future__ import annotations
@@ -276,7 +281,7 @@ def run_verify(
     ver = library_version()
     writer = RunWriter(run_dir, cfg, [_grid_row(p, b) for p, b in zip(points, bounds)], cfg.mc.n_trials,
                        meta={"version": ver, "device": cfg.mc.device, "dtype": cfg.mc.dtype,
-                             "torch": torch.__version__})
+                             "torch": torch.__version__, "chunk_size": str(cfg.mc.chunk_size)})
     n_new = 0
     try:
         state = writer.done()

@@ -6,17 +6,35 @@ prefix is the folder name); ``results.sqlite`` holds one row per trial (primary 
 (``grid``: the point's setting and bound; ``points``: its statistics, recomputed by the
 driver after every chunk) and the fitted slopes. The database runs in WAL mode and every
 chunk is one small transaction: a run stopped at any moment (Ctrl-C, SIGKILL) keeps every
-committed chunk and resumes with the missing trials only.
+committed chunk and resumes with the missing trials only. A writer that closes cleanly
+checkpoints the WAL and switches the database back to rollback-journal mode, so a finished run
+folder holds no ``-wal``/``-shm`` files.
 
-Only the driver process writes. Readers (the report) use :func:`open_run`,
-:func:`read_trials`, :func:`read_points` and :func:`read_slopes` and never recompute.
+Only the driver process writes, and only one at a time: :class:`RunWriter` holds an exclusive,
+non-blocking ``flock`` on the folder's ``lock`` file for its whole life (a second process is
+refused with the holder's pid). Readers (the report) use :func:`open_run`,
+:func:`read_trials`, :func:`read_points` and :func:`read_slopes`, open the database read-only
+(creating no files) and never recompute.
+
+Nothing in a run folder is trusted: every open (read, report, resume) validates the store
+first (:func:`open_run`, and :class:`RunWriter` before it writes): the schema, the stored
+config hash against ``config.json`` (a missing ``hash`` meta row is refused, not guessed),
+grid and trial indices in range, no duplicate ``(grid_index, trial)`` rows, no NULL or
+non-numeric value where a number is required, trial rows that agree with their grid point, and
+one ``points`` row per grid point with trials whose ``n_trials`` is that point's trial count.
+Any violation raises one :class:`ProbPruneError` naming it.
 """
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
+import math
+import os
 import sqlite3
 import time
+import urllib.parse
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
@@ -30,6 +48,7 @@ __all__ = [
     "CONFIG_FILE",
     "DB_FILE",
     "GRID_COLUMNS",
+    "LOCK_FILE",
     "POINT_COLUMNS",
     "SLOPE_COLUMNS",
     "TRIAL_COLUMNS",
@@ -47,6 +66,7 @@ __all__ = [
 
 CONFIG_FILE = "config.json"
 DB_FILE = "results.sqlite"
+LOCK_FILE = "lock"
 SCHEMA_VERSION = 1
 
 TRIAL_COLUMNS: tuple[tuple[str, str], ...] = (
@@ -101,25 +121,193 @@ def is_run_dir(path: str | Path) -> bool:
     return p.is_dir() and (p / CONFIG_FILE).is_file() and (p / DB_FILE).is_file()
 
 
-def _load_stored_config(path: Path) -> tuple[RunConfig, str]:
+def _load_stored_config(path: Path) -> tuple[RunConfig, str, str]:
+    """``(config, hash, text)`` of a run folder's ``config.json``."""
     try:
-        text = (path / CONFIG_FILE).read_text()
+        text = (path / CONFIG_FILE).read_text(encoding="utf-8")
         data = json.loads(text)
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ProbPruneError(f"run {str(path)!r}: {CONFIG_FILE} is unreadable ({e})") from None
     cfg = from_dict(data)
-    return cfg, config_hash(cfg)
+    return cfg, config_hash(cfg), text
+
+
+def _wal_header(db: Path) -> bool:
+    """Whether the database file's header says WAL mode (format bytes 18-19 equal 2)."""
+    try:
+        with db.open("rb") as f:
+            head = f.read(20)
+    except OSError:
+        return False
+    return len(head) == 20 and head[18] == 2 and head[19] == 2
 
 
 def _connect_ro(path: Path) -> sqlite3.Connection:
+    """A read-only connection that creates no file in the run folder.
+
+    A database left in WAL mode with no ``-wal`` file has nothing outside the main file, so it
+    is opened ``immutable`` (a plain read-only open would create ``-wal``/``-shm``). With a
+    ``-wal`` present (a writer at work, or one that was killed) the WAL must be read: a plain
+    read-only open, which only uses files that are already there.
+    """
     db = path / DB_FILE
+    uri = f"file:{urllib.parse.quote(str(db))}?mode=ro"
+    if _wal_header(db) and not db.with_name(DB_FILE + "-wal").exists():
+        uri += "&immutable=1"
     try:
-        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30.0)
+        con = sqlite3.connect(uri, uri=True, timeout=30.0)
         con.execute("SELECT 1 FROM meta LIMIT 1")
     except sqlite3.Error as e:
         raise ProbPruneError(f"run {str(path)!r}: {DB_FILE} is not a probprune results database ({e})") from None
     con.row_factory = sqlite3.Row
     return con
+
+
+# --------------------------------------------------------------------------- validation
+
+_TABLES: dict[str, tuple[tuple[str, str], ...]] = {
+    "meta": (("key", "TEXT PRIMARY KEY"), ("value", "TEXT NOT NULL")),
+    "grid": GRID_COLUMNS,
+    "trials": TRIAL_COLUMNS,
+    "points": POINT_COLUMNS,
+    "slopes": SLOPE_COLUMNS,
+}
+# trial columns the statistics need besides the NOT NULL key and setting columns
+_TRIAL_REQUIRED = ("gap_lower",)
+_META_INTS = ("schema_version", "n_grid", "n_trials", "n_expected")
+
+
+def _kind(decl: str) -> str:
+    return decl.split()[0]
+
+
+def _required(cols: Sequence[tuple[str, str]], extra: Sequence[str] = ()) -> list[str]:
+    return [c for c, t in cols if "NOT NULL" in t or "PRIMARY KEY" in t or c in extra]
+
+
+def _bad_type_sql(table: str, cols: Sequence[tuple[str, str]]) -> str:
+    """SQL for the first row of ``table`` whose value has the wrong storage class for its column."""
+    conds = []
+    for c, t in cols:
+        allowed = {"INTEGER": "('integer', 'null')", "REAL": "('integer', 'real', 'null')",
+                   "TEXT": "('text', 'null')"}[_kind(t)]
+        conds.append(f"SELECT '{c}', rowid FROM {table} WHERE typeof({c}) NOT IN {allowed}")
+    return " UNION ALL ".join(conds) + " LIMIT 1"
+
+
+def _validate(con: sqlite3.Connection, where: str, cfg: RunConfig, h: str, config_text: str | None
+              ) -> tuple[dict[str, str], int, int, int]:
+    """Check the whole store against ``cfg``; return ``(meta, n_done, n_grid, n_trials)``.
+
+    Args:
+        con: a connection to the database.
+        where: ``run '<folder>'`` (the prefix of every message).
+        cfg, h: the run's config and its hash.
+        config_text: the stored ``config.json`` text (to recognise a run of an older hash definition).
+
+    Raises:
+        ProbPruneError: the first problem found, named.
+    """
+    db = f"{where}: {DB_FILE}"
+    # schema: every table with exactly the columns this version writes
+    for table, cols in _TABLES.items():
+        have = [r[1] for r in con.execute(f"PRAGMA table_info({table})")]
+        if not have:
+            raise ProbPruneError(f"{db}: table {table!r} is missing")
+        want = [c for c, _ in cols]
+        missing = [c for c in want if c not in have]
+        extra = [c for c in have if c not in want]
+        if missing or extra:
+            what = f"lacks column(s) {', '.join(missing)}" if missing else f"has unknown column(s) {', '.join(extra)}"
+            raise ProbPruneError(f"{db}: table {table!r} {what}")
+    # meta: the hash row is what ties the rows to config.json; without it nothing says whose rows these are
+    meta = {str(k): v for k, v in con.execute("SELECT key, value FROM meta")}
+    for k, v in meta.items():
+        if not isinstance(v, str):
+            raise ProbPruneError(f"{db}: meta row {k!r} holds {v!r}, not text")
+    stored = meta.get("hash")
+    if stored is None:
+        raise ProbPruneError(f"{db}: the meta row 'hash' is missing, so nothing ties its rows to "
+                             f"{CONFIG_FILE} (hash {h}); refusing to read or resume it")
+    if stored != h:
+        if config_text is not None and hashlib.sha256(config_text.strip().encode()).hexdigest()[:16] == stored:
+            raise ProbPruneError(f"{where}: made by an earlier probprune whose config hash ({stored}) included "
+                                 f"execution settings (mc.chunk_size); this config now hashes to {h} and its trials "
+                                 "are seeded from that hash, so the stored rows cannot be read or resumed as this "
+                                 "config's: run the config again")
+        raise ProbPruneError(f"{where}: {CONFIG_FILE} (hash {h}) disagrees with its database (hash {stored})")
+    ints: dict[str, int] = {}
+    for k in _META_INTS:
+        v = meta.get(k)
+        if v is None or not v.isdigit():
+            raise ProbPruneError(f"{db}: meta row {k!r} is {'missing' if v is None else repr(v)}")
+        ints[k] = int(v)
+    if ints["schema_version"] != SCHEMA_VERSION:
+        raise ProbPruneError(f"{db}: schema version {ints['schema_version']}, this probprune reads "
+                             f"version {SCHEMA_VERSION}")
+    n_grid, n_trials = ints["n_grid"], ints["n_trials"]
+    if n_trials != cfg.mc.n_trials:
+        raise ProbPruneError(f"{db}: meta n_trials = {n_trials}, but {CONFIG_FILE} says mc.n_trials = "
+                             f"{cfg.mc.n_trials}")
+    if ints["n_expected"] != n_grid * n_trials:
+        raise ProbPruneError(f"{db}: meta n_expected = {ints['n_expected']}, not n_grid × n_trials = "
+                             f"{n_grid} × {n_trials}")
+    # storage classes, then NULLs where a value is required
+    checks: tuple[tuple[str, tuple[tuple[str, str], ...], tuple[str, ...]], ...] = (
+        ("grid", GRID_COLUMNS, ()), ("trials", TRIAL_COLUMNS, _TRIAL_REQUIRED), ("points", POINT_COLUMNS, ()),
+        ("slopes", SLOPE_COLUMNS, ()))
+    for table, cols, needed in checks:
+        bad = con.execute(_bad_type_sql(table, cols)).fetchone()
+        if bad is not None:
+            raise ProbPruneError(f"{db}: table {table!r}, row {bad[1]}: column {bad[0]} has a value of the wrong "
+                                 "type")
+        for c in _required(cols, needed):
+            row = con.execute(f"SELECT rowid FROM {table} WHERE {c} IS NULL LIMIT 1").fetchone()
+            if row is not None:
+                raise ProbPruneError(f"{db}: table {table!r}, row {row[0]}: required column {c} is NULL")
+    # grid: exactly the points 0 … n_grid−1
+    idx = [int(r[0]) for r in con.execute("SELECT grid_index FROM grid ORDER BY grid_index")]
+    if idx != list(range(n_grid)):
+        odd = next((i for i in idx if not 0 <= i < n_grid), None)
+        if odd is not None:
+            raise ProbPruneError(f"{db}: grid point {odd} is out of range [0, {n_grid})")
+        raise ProbPruneError(f"{db}: {len(idx)} grid point(s) stored, meta n_grid = {n_grid}")
+    # trials: indices in range, no duplicates, each agreeing with its grid point
+    row = con.execute("SELECT grid_index, trial FROM trials WHERE grid_index < 0 OR grid_index >= ? "
+                      "ORDER BY grid_index, trial LIMIT 1", (n_grid,)).fetchone()
+    if row is not None:
+        raise ProbPruneError(f"{db}: trial {row[1]} names grid point {row[0]}, out of range [0, {n_grid})")
+    row = con.execute("SELECT grid_index, trial FROM trials WHERE trial < 0 OR trial >= ? "
+                      "ORDER BY grid_index, trial LIMIT 1", (n_trials,)).fetchone()
+    if row is not None:
+        raise ProbPruneError(f"{db}: trial {row[1]} at grid point {row[0]} is out of range [0, {n_trials})")
+    row = con.execute("SELECT grid_index, trial, COUNT(*) FROM trials GROUP BY grid_index, trial "
+                      "HAVING COUNT(*) > 1 ORDER BY grid_index, trial LIMIT 1").fetchone()
+    if row is not None:
+        raise ProbPruneError(f"{db}: trial {row[1]} at grid point {row[0]} is stored {row[2]} times")
+    row = con.execute("SELECT t.grid_index, t.trial, t.width, g.width, t.method, g.method FROM trials t "
+                      "JOIN grid g USING (grid_index) WHERE t.width != g.width OR t.method != g.method "
+                      "ORDER BY t.grid_index, t.trial LIMIT 1").fetchone()
+    if row is not None:
+        raise ProbPruneError(f"{db}: trial {row[1]} at grid point {row[0]} says width {row[2]}, method "
+                             f"{row[4]!r}; the grid point is width {row[3]}, method {row[5]!r}")
+    # points: one per grid point with trials, counting exactly its trials
+    counts = {int(g): int(n) for g, n in con.execute("SELECT grid_index, COUNT(*) FROM trials GROUP BY grid_index")}
+    points = {int(g): int(n) for g, n in con.execute("SELECT grid_index, n_trials FROM points")}
+    for gi in sorted(set(counts) | set(points)):
+        n_rows, n = counts.get(gi, 0), points.get(gi)
+        if not 0 <= gi < n_grid:
+            raise ProbPruneError(f"{db}: a points row names grid point {gi}, out of range [0, {n_grid})")
+        if n is None:
+            raise ProbPruneError(f"{db}: grid point {gi} has {n_rows} trial(s) but no points row")
+        if n != n_rows:
+            raise ProbPruneError(f"{db}: the points row of grid point {gi} counts {n} trial(s), the trials "
+                                 f"table holds {n_rows}")
+    prunes = {int(r[0]) for r in con.execute("SELECT DISTINCT prune_index FROM grid")}
+    for (pi,) in con.execute("SELECT prune_index FROM slopes ORDER BY prune_index"):
+        if int(pi) not in prunes:
+            raise ProbPruneError(f"{db}: a slopes row names pruning rule {pi}, which no grid point has")
+    return meta, sum(counts.values()), n_grid, n_trials
 
 
 @dataclass(frozen=True)
@@ -148,24 +336,23 @@ class RunInfo:
 
 
 def open_run(path: str | Path) -> RunInfo:
-    """Open a run folder for reading.
+    """Open a run folder for reading, after validating the whole store (see the module docstring).
 
     Raises:
-        ProbPruneError: ``path`` is not a run folder (no ``config.json``/``results.sqlite``) or is damaged.
+        ProbPruneError: ``path`` is not a run folder (no ``config.json``/``results.sqlite``), is damaged,
+            or its database breaks any check of the store (the message names the first problem).
     """
     p = Path(path)
     if not is_run_dir(p):
         raise ProbPruneError(f"run {str(path)!r}: not a run directory (needs {CONFIG_FILE} and {DB_FILE})")
-    cfg, h = _load_stored_config(p)
+    cfg, h, text = _load_stored_config(p)
     with closing(_connect_ro(p)) as con:
-        meta = {r["key"]: r["value"] for r in con.execute("SELECT key, value FROM meta")}
-        n_done = int(con.execute("SELECT COUNT(*) FROM trials").fetchone()[0])
-        n_grid = int(con.execute("SELECT COUNT(*) FROM grid").fetchone()[0])
-    if meta.get("hash") not in (None, h):
-        raise ProbPruneError(f"run {str(path)!r}: {CONFIG_FILE} (hash {h}) disagrees with its database "
-                             f"(hash {meta.get('hash')})")
-    n_expected = int(meta.get("n_expected", "0"))
-    status: Literal["complete", "partial"] = "complete" if n_expected and n_done >= n_expected else "partial"
+        try:
+            meta, n_done, n_grid, n_trials = _validate(con, f"run {str(path)!r}", cfg, h, text)
+        except sqlite3.Error as e:
+            raise ProbPruneError(f"run {str(path)!r}: {DB_FILE} cannot be read ({e})") from None
+    n_expected = n_grid * n_trials
+    status: Literal["complete", "partial"] = "complete" if n_expected and n_done == n_expected else "partial"
     return RunInfo(p, cfg, h, status, n_done, n_expected, n_grid, meta)
 
 
@@ -246,23 +433,29 @@ def prepare_run(runs_dir: str | Path, cfg: RunConfig, *, resume: str | Path | No
         ``(run_dir, exists)``.
 
     Raises:
-        ProbPruneError: ``resume`` is not a run folder; the stored config disagrees with ``cfg``.
+        ProbPruneError: ``resume`` is not a run folder; the stored config disagrees with ``cfg``; an existing
+            store fails validation (:func:`open_run`); another process is writing the folder.
     """
     h = config_hash(cfg)
     if resume is not None:
         p = Path(resume)
         if not is_run_dir(p):
             raise ProbPruneError(f"--resume {str(resume)!r}: not a run directory (needs {CONFIG_FILE} and {DB_FILE})")
-        _, stored = _load_stored_config(p)
+        _check_unlocked(p)
+        stored = open_run(p).hash  # the whole store is validated before any work is planned on it
         if stored != h:
             raise ProbPruneError(f"--resume {str(resume)!r}: the config (hash {h}) disagrees with the stored run "
                                  f"(hash {stored})")
         return p, True
     p = Path(runs_dir) / h
+    if p.is_dir():
+        _check_unlocked(p)
     if (p / CONFIG_FILE).is_file():
-        _, stored = _load_stored_config(p)
-        if stored != h or (p / CONFIG_FILE).read_text().strip() != canonical_json(cfg):
+        _, stored, _ = _load_stored_config(p)
+        if stored != h:  # equal hashes: the same run, up to execution settings (mc.chunk_size)
             raise ProbPruneError(f"run {str(p)!r}: its {CONFIG_FILE} disagrees with this config (hash {h})")
+        if (p / DB_FILE).is_file():
+            open_run(p)
         return p, (p / DB_FILE).is_file()
     if p.exists() and not p.is_dir():
         raise ProbPruneError(f"run {str(p)!r}: exists and is not a directory")
@@ -273,7 +466,9 @@ class RunWriter:
     """The driver's handle on a run folder: creates it, stores chunks, updates statistics.
 
     One connection in WAL mode; every :meth:`write_chunk` is one transaction (rows + point
-    summary + slopes), so a reader or a killed driver only ever sees whole chunks.
+    summary + slopes), so a reader or a killed driver only ever sees whole chunks. The writer
+    holds the folder's lock from construction to :meth:`close`; an existing database is
+    validated (and its grid compared with ``grid``) before anything is written to it.
     """
 
     def __init__(self, run_dir: str | Path, cfg: RunConfig, grid: Sequence[Mapping[str, Any]], n_trials: int,
@@ -286,37 +481,74 @@ class RunWriter:
             grid: one dict per grid point (:data:`GRID_COLUMNS`).
             n_trials: trials per grid point (n_expected = len(grid)·n_trials).
             meta: extra key/values for the ``meta`` table (version, device …).
+
+        Raises:
+            ProbPruneError: another process holds the folder; the stored database fails validation, belongs
+                to another config or holds another grid.
         """
         self.path = Path(run_dir)
         self.hash = config_hash(cfg)
         self.path.mkdir(parents=True, exist_ok=True)
-        self._con = sqlite3.connect(self.path / DB_FILE, timeout=60.0, isolation_level=None)
-        self._con.execute("PRAGMA journal_mode=WAL")
-        self._con.execute("PRAGMA synchronous=NORMAL")
-        with self._tx() as con:
+        self._lock = _lock_folder(self.path)
+        try:
+            con = sqlite3.connect(self.path / DB_FILE, timeout=60.0, isolation_level=None)
+        except sqlite3.Error as e:
+            _unlock_folder(self.path, self._lock)
+            raise ProbPruneError(f"run {str(self.path)!r}: {DB_FILE} cannot be opened ({e})") from None
+        self._con: sqlite3.Connection | None = con
+        try:
+            self._open(con, cfg, grid, n_trials, meta)
+        except sqlite3.DatabaseError as e:
+            con.close()
+            _unlock_folder(self.path, self._lock)
+            raise ProbPruneError(f"run {str(self.path)!r}: {DB_FILE} is not a probprune results database "
+                                 f"({e})") from None
+        except BaseException:
+            con.close()
+            _unlock_folder(self.path, self._lock)
+            raise
+
+    def _open(self, con: sqlite3.Connection, cfg: RunConfig, grid: Sequence[Mapping[str, Any]], n_trials: int,
+              meta: Mapping[str, str] | None) -> None:
+        where = f"run {str(self.path)!r}"
+        if con.execute("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table'").fetchone()[0]:
+            # an existing store: trust nothing in it before writing (resume of a damaged or forged run)
+            text = None
+            if (self.path / CONFIG_FILE).is_file():
+                _, stored_hash, text = _load_stored_config(self.path)
+                if stored_hash != self.hash:
+                    raise ProbPruneError(f"{where}: its {CONFIG_FILE} (hash {stored_hash}) disagrees with this "
+                                         f"config (hash {self.hash})")
+            _validate(con, where, cfg, self.hash, text)
+            _check_grid(con, where, grid)
+        con.execute("PRAGMA journal_mode=WAL")
+        con.execute("PRAGMA synchronous=NORMAL")
+        with self._tx() as tx:
             for ddl in _SCHEMA:
-                con.execute(ddl)
-            stored = dict(con.execute("SELECT key, value FROM meta").fetchall())
-            if stored.get("hash") not in (None, self.hash):
-                raise ProbPruneError(f"run {str(self.path)!r}: database belongs to config {stored.get('hash')}, "
-                                     f"not {self.hash}")
+                tx.execute(ddl)
             base = {"hash": self.hash, "schema_version": str(SCHEMA_VERSION), "n_grid": str(len(grid)),
                     "n_trials": str(n_trials), "n_expected": str(len(grid) * n_trials)}
+            stored = dict(tx.execute("SELECT key, value FROM meta").fetchall())
             if "created" not in stored:
                 base["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
             for k, v in {**base, **(meta or {})}.items():
-                con.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (k, str(v)))
+                tx.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (k, str(v)))
             names = [c for c, _ in GRID_COLUMNS]
             for g in grid:
-                con.execute(f"INSERT OR REPLACE INTO grid ({', '.join(names)}) VALUES "
-                            f"({', '.join('?' * len(names))})", [_sql(g.get(c)) for c in names])
+                tx.execute(f"INSERT OR REPLACE INTO grid ({', '.join(names)}) VALUES "
+                           f"({', '.join('?' * len(names))})", [_sql(g.get(c)) for c in names])
         if not (self.path / CONFIG_FILE).is_file():
             # written last: a folder with config.json always has a complete schema and grid
             atomic_write_text(self.path / CONFIG_FILE, canonical_json(cfg) + "\n")
 
+    def _live(self) -> sqlite3.Connection:
+        if self._con is None:
+            raise ProbPruneError(f"run {str(self.path)!r}: the writer is closed")
+        return self._con
+
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
-        con = self._con
+        con = self._live()
         con.execute("BEGIN IMMEDIATE")
         try:
             yield con
@@ -327,12 +559,13 @@ class RunWriter:
 
     def done(self) -> dict[int, dict[int, dict[str, Any]]]:
         """Stored trials by grid index then trial index (the driver's resume state)."""
-        self._con.row_factory = sqlite3.Row
+        con = self._live()
+        con.row_factory = sqlite3.Row
         out: dict[int, dict[int, dict[str, Any]]] = {}
-        for r in self._con.execute("SELECT * FROM trials"):
+        for r in con.execute("SELECT * FROM trials"):
             d = dict(r)
             out.setdefault(int(d["grid_index"]), {})[int(d["trial"])] = d
-        self._con.row_factory = None
+        con.row_factory = None
         return out
 
     def write_chunk(self, rows: Sequence[Mapping[str, Any]], point: Mapping[str, Any] | None,
@@ -362,17 +595,114 @@ class RunWriter:
             con.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
 
     def close(self) -> None:
-        """Checkpoint the WAL into the database file and close."""
+        """Checkpoint the WAL into the database file, leave WAL mode, close and release the folder.
+
+        Back in rollback-journal mode the folder keeps no ``-wal``/``-shm`` files, and later
+        read-only opens create none. A reader holding the database at this moment keeps it in
+        WAL mode (the next writer's close switches it back); the data is complete either way.
+        """
+        con, self._con = self._con, None
+        if con is None:
+            return
         try:
-            self._con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            con.execute("PRAGMA busy_timeout = 5000")
+            con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            con.execute("PRAGMA journal_mode=DELETE")
+        except sqlite3.OperationalError:
+            pass  # busy: the WAL is already checkpointed as far as the reader allows; nothing is lost
         finally:
-            self._con.close()
+            con.close()
+            _unlock_folder(self.path, self._lock)
 
     def __enter__(self) -> RunWriter:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _lock_folder(path: Path) -> int:
+    """Take the run folder's exclusive lock (non-blocking); return the lock file's descriptor.
+
+    The lock is an ``flock`` on ``path/lock``, released by the kernel when its holder dies, so a
+    killed run never leaves a stale lock. The file holds the holder's pid (for the message).
+
+    Raises:
+        ProbPruneError: another process holds the lock.
+    """
+    lock = path / LOCK_FILE
+    for _ in range(5):
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise ProbPruneError(f"run folder {str(path)!r}: cannot create its {LOCK_FILE} file ({e})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            pid = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise ProbPruneError(f"run folder {str(path)!r} is in use by another probprune process "
+                                 f"(pid {pid})") from None
+        # the previous holder unlinks the file on release: our descriptor may name a removed file
+        try:
+            same = os.stat(lock).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            return fd
+        os.close(fd)
+    raise ProbPruneError(f"run folder {str(path)!r}: its {LOCK_FILE} file keeps changing; another process is "
+                         "starting and stopping on it")
+
+
+def _check_unlocked(path: Path) -> None:
+    """Refuse early (writing nothing) when another process holds the run folder's lock.
+
+    Only a probe: the writer takes the lock for real (:func:`_lock_folder`), so a process that
+    starts between this check and that one is still refused there.
+    """
+    try:
+        fd = os.open(path / LOCK_FILE, os.O_RDONLY)
+    except OSError:
+        return  # no lock file: no holder (a holder's file exists for as long as it holds it)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        pid = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        raise ProbPruneError(f"run folder {str(path)!r} is in use by another probprune process (pid {pid})") from None
+    finally:
+        os.close(fd)
+
+
+def _unlock_folder(path: Path, fd: int) -> None:
+    """Remove the lock file (while still holding it) and release the lock."""
+    try:
+        (path / LOCK_FILE).unlink()
+    except FileNotFoundError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, float) or isinstance(b, float):
+        return a is not None and b is not None and math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=0.0)
+    return bool(a == b)
+
+
+def _check_grid(con: sqlite3.Connection, where: str, grid: Sequence[Mapping[str, Any]]) -> None:
+    """Refuse to resume a store whose grid is not the grid this config expands to."""
+    rows = con.execute(f"SELECT {', '.join(c for c, _ in GRID_COLUMNS)} FROM grid ORDER BY grid_index").fetchall()
+    if len(rows) != len(grid):
+        raise ProbPruneError(f"{where}: {DB_FILE} holds {len(rows)} grid point(s), this config has {len(grid)}")
+    for stored, g in zip(rows, grid):
+        for (c, _), v in zip(GRID_COLUMNS, stored):
+            want = _sql(g.get(c))
+            if not _same(v, want):
+                raise ProbPruneError(f"{where}: {DB_FILE}: grid point {g.get('grid_index')} has {c} = {v!r}, "
+                                     f"this config gives {want!r}")
 
 
 def _sql(v: Any) -> Any:
