@@ -3,6 +3,9 @@
 ``build_report(run_dir)`` reads a run folder (Monte Carlo results and/or real-data results),
 writes ``figures/*.png|svg``, ``report.html`` (one self-contained file) and ``summary.md`` into
 it and returns the path of ``report.html``.
+
+Two builds of one run give byte-identical files, except the ``generated:`` line of ``report.html``
+(:data:`probprune.report.html.GENERATED_LINE`; fixed too when ``SOURCE_DATE_EPOCH`` is set).
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from pathlib import Path
 from probprune.config import ProbPruneError
 from probprune.report import figures
 from probprune.report.figures import FigureResult
-from probprune.report.html import environment, render_html, render_summary
+from probprune.report.html import environment, generated_time, render_html, render_summary
 from probprune.store import atomic_write_text
 from probprune.store.reports import ReportData, load_report_data
 
@@ -58,11 +61,12 @@ def write_report(data: ReportData, out_dir: str | Path | None = None) -> Path:
         raise ProbPruneError(f"run_dir={str(data.run_dir)!r}: no results to report (no trials or experiment rows "
                              "stored yet)")
     out = Path(out_dir) if out_dir is not None else data.run_dir
+    generated = generated_time()  # the page's one timestamp; read (and checked) before anything is written
     figs, notes = make_figures(data, out / FIGURES_DIR)
     env = environment()
     atomic_write_text(out / "summary.md", render_summary(data, figs, env))
     path = out / "report.html"
-    atomic_write_text(path, render_html(data, figs, env, notes))
+    atomic_write_text(path, render_html(data, figs, env, notes, generated=generated))
     return path
 
 

@@ -5,6 +5,14 @@ Content-Security-Policy that forbids every fetch (``default-src 'none'; img-src 
 opens from disk and never touches the network. It shows the run's status (a visible warning when
 the run is partial), the config, the pass/fail table, the fitted slopes, the figures and the
 library versions and machine.
+
+Same run, same bytes: building the report of one run twice (in two processes, from two folders)
+gives the same ``report.html`` and ``summary.md`` except for ONE field, the page's build time,
+written as the line ``<p class="muted" id="generated">generated: YYYY-MM-DDTHH:MM:SSZ</p>``
+(:data:`GENERATED_LINE` matches it). With ``SOURCE_DATE_EPOCH`` set (the reproducible-builds
+convention, seconds since 1970 UTC) that field is that time, and the page is byte-identical. The
+page names no absolute path (the run folder by its name, figures by ``figures/<file>``) and shows
+none of the store's wall-clock fields (:data:`probprune.store.reports.TIMING_FIELDS`).
 """
 
 from __future__ import annotations
@@ -14,16 +22,22 @@ import html
 import json
 import os
 import platform
+import re
 import sys
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
+from probprune.config import ProbPruneError
 from probprune.report.figures import FigureResult
-from probprune.store.reports import ReportData
+from probprune.store.reports import TIMING_FIELDS, ReportData
 
-__all__ = ["environment", "render_html", "render_summary"]
+__all__ = ["GENERATED_LINE", "environment", "generated_time", "render_html", "render_summary"]
+
+#: The one line of ``report.html`` that differs between two builds of the same run (its build time).
+GENERATED_LINE = re.compile(r'^<p class="muted" id="generated">generated: '
+                            r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z</p>$", re.MULTILINE)
 
 _CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:2rem auto;max-width:1500px;
@@ -59,8 +73,29 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def generated_time() -> str:
+    """The report's build time, ``YYYY-MM-DDTHH:MM:SSZ`` (UTC): now, or ``SOURCE_DATE_EPOCH`` when set.
+
+    Raises:
+        ProbPruneError: ``SOURCE_DATE_EPOCH`` is set but not a whole number of seconds in range.
+
+    >>> GENERATED_LINE.fullmatch(f'<p class="muted" id="generated">generated: {generated_time()}</p>') is not None
+    True
+    """
+    raw = os.environ.get("SOURCE_DATE_EPOCH")
+    if raw is None or raw == "":
+        when = datetime.now(timezone.utc)
+    else:
+        try:
+            when = datetime.fromtimestamp(int(raw), timezone.utc)
+        except (ValueError, OverflowError, OSError):
+            raise ProbPruneError(f"SOURCE_DATE_EPOCH={raw!r}: must be a whole number of seconds since "
+                                 "1970-01-01 UTC, e.g. 1700000000") from None
+    return when.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def environment() -> dict[str, str]:
-    """Library versions and the machine the report was built on."""
+    """Library versions and the machine the report was built on (no time: see :func:`generated_time`)."""
     return {
         "probprune": _v("probprune"),
         "torch": _v("torch"),
@@ -69,7 +104,6 @@ def environment() -> dict[str, str]:
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "machine": f"{platform.machine()}, {_cpu_model()}, {os.cpu_count()} logical CPUs",
-        "built": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
 
 
@@ -122,7 +156,12 @@ def _status_line(data: ReportData) -> str:
 def _partial_text(data: ReportData) -> str:
     return (f"Partial run: only {data.n_done} of {data.n_expected if data.n_expected is not None else '?'} "
             f"trials are stored. Every number and figure below covers the stored trials only. "
-            f"Resume with: probprune verify --resume {data.run_dir}")
+            f"Resume with: probprune verify --resume DIR, where DIR is the run folder {_folder(data)}")
+
+
+def _folder(data: ReportData) -> str:
+    """The run folder by its name (never an absolute path: the page must not depend on where the run lies)."""
+    return data.run_dir.name or str(data.config_hash or "?")
 
 
 def _data_uri(fig: FigureResult) -> str:
@@ -143,7 +182,7 @@ def _experiment_rows(figs: Sequence[FigureResult]) -> list[list[str]]:
 
 
 def render_html(data: ReportData, figs: Sequence[FigureResult], env: Mapping[str, str],
-                notes: Sequence[str] = ()) -> str:
+                notes: Sequence[str] = (), generated: str | None = None) -> str:
     """The whole self-contained page (figures inlined as ``data:`` URIs).
 
     Args:
@@ -151,6 +190,8 @@ def render_html(data: ReportData, figs: Sequence[FigureResult], env: Mapping[str
         figs: figures written for it (their PNGs are embedded).
         env: :func:`environment` (versions, machine).
         notes: extra lines shown under the figures (e.g. a figure that had nothing to plot).
+        generated: the build time shown on the ``generated:`` line (default :func:`generated_time`); the
+            only part of the page that is not a function of the run's stored results and the software.
     """
     e = html.escape
     title = f"probprune report — run {data.config_hash or data.run_dir.name}"
@@ -159,7 +200,8 @@ def render_html(data: ReportData, figs: Sequence[FigureResult], env: Mapping[str
            '<meta name="viewport" content="width=device-width, initial-scale=1">',
            f"<title>{e(title)}</title><style>{_CSS}</style></head><body>",
            f"<h1>{e(title)}</h1>",
-           f'<p class="muted">Folder {e(str(data.run_dir))} · status <b id="status">{e(_status_line(data))}</b></p>']
+           f'<p class="muted">Folder {e(_folder(data))} · status <b id="status">{e(_status_line(data))}</b></p>',
+           f'<p class="muted" id="generated">generated: {e(generated or generated_time())}</p>']
     if data.status == "partial":
         out.append(f'<p class="warn" id="partial-warning">⚠ {e(_partial_text(data))}</p>')
     out.append('<p class="muted">Terms: gap = sup over ‖x‖₂ ≤ r of ‖f(x) − F(x)‖₂ (f pruned, F target, output '
@@ -206,7 +248,7 @@ def render_html(data: ReportData, figs: Sequence[FigureResult], env: Mapping[str
     for fig in figs:
         out.append(f'<figure id="fig-{e(fig.name)}"><img src="{_data_uri(fig)}" alt="{e(fig.title)}">'
                    f"<figcaption>{e(fig.title)} (files: {e(fig.png.name)}, {e(fig.svg.name)} in "
-                   f"{e(str(fig.png.parent))})</figcaption></figure>")
+                   f"{e(fig.png.parent.name)}/)</figcaption></figure>")
     for n in notes:
         out.append(f'<p class="muted">{e(n)}</p>')
     out.append("<h2>Config</h2>")
@@ -214,7 +256,8 @@ def render_html(data: ReportData, figs: Sequence[FigureResult], env: Mapping[str
     out.append(f'<pre id="config">{html.escape(cfg_text, quote=False)}</pre>')
     out.append("<h2>Versions and machine</h2><dl>")
     recorded = {f"run {k}": ", ".join(v) for k, v in data.versions.items()}
-    recorded.update({f"run meta {k}": v for k, v in sorted(data.meta.items())})
+    # wall-clock fields of the store (created, finished) differ between two runs of one config: not shown
+    recorded.update({f"run meta {k}": v for k, v in sorted(data.meta.items()) if k not in TIMING_FIELDS["meta"]})
     for k, v in {**{f"report {k}": v for k, v in env.items()}, **recorded}.items():
         out.append(f"<dt>{e(k)}</dt><dd>{e(v)}</dd>")
     out.append("</dl></body></html>")

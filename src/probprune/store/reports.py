@@ -25,6 +25,7 @@ from probprune.config import ProbPruneError
 
 __all__ = [
     "POINT_KEYS",
+    "TIMING_FIELDS",
     "ReportData",
     "load_report_data",
     "normalise_experiment",
@@ -60,6 +61,16 @@ _ALIASES: dict[str, tuple[str, ...]] = {
 }
 
 POINT_KEYS: tuple[str, ...] = tuple(_ALIASES)
+
+#: The store's wall-clock fields, by table: ``meta`` keys (``created``, ``finished``: UTC times) and
+#: columns (``seconds``: time spent on a trial / chunk / setting). They are the only stored values that
+#: differ between two runs of the same config and seed — every other row and column is a function of
+#: the config — so a comparison of two runs leaves exactly these out, and the report does not show them.
+TIMING_FIELDS: Mapping[str, tuple[str, ...]] = {
+    "meta": ("created", "finished"),
+    "trials": ("seconds",),
+    "experiment": ("seconds",),
+}
 
 
 def _pick(row: Mapping[str, Any], key: str) -> Any:
