@@ -488,7 +488,8 @@ def check_certificate(doc: Mapping[str, Any], weights: str | Path, target: str |
         raise CertificateRejected(
             f"{where}: rejected: field prune: re-running the recorded pruning ({_rule_text(doc)}) on the "
             f"{'re-sampled ' if source == 'resampled' else ''}target does not give the pruned weights of "
-            f"{str(weights)!r} ({name}: {n} of {size} entries differ)", "prune", dict(doc["prune"]),
+            f"{str(weights)!r} ({name}: {n} of {size} entries differ; the re-run removes {res.stats.pruned} "
+            f"weights, the file has {sum(zeros)} zero weights of {res.stats.size})", "prune", dict(doc["prune"]),
             f"{name}: {n} of {size} entries differ")
     c.verified += ["arch", "activation", "bias", "law", "target.source", "prune", "device"]
     if source == "resampled" or pr.method == "random":
@@ -551,8 +552,9 @@ def check_certificate(doc: Mapping[str, Any], weights: str | Path, target: str |
         else:
             c.same("target.sha256", doc["target"]["sha256"], _saved_sha256(res.target),
                    " (of the re-sampled target, saved as prune --save-target saves it)")
-    for key in ("target.path", "pruned.path"):
-        c.not_verified.append((key, "a file name, not a property of the networks"))
+    for key in ("target", "pruned"):
+        if doc[key]["path"] is not None:
+            c.not_verified.append((f"{key}.path", "a file name, not a property of the networks"))
     mine = _versions()
     if dict(doc["versions"]) == mine:
         c.verified.append("versions")
