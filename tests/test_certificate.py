@@ -187,6 +187,12 @@ def test_unreadable_inputs(made: dict[str, Path], tmp_path: Path, capsys: pytest
     _rejected(["certificate", "check", str(bad), "--weights", str(made["pruned"])], capsys, "not readable JSON")
     _rejected(["certificate", "check", str(tmp_path / "none.json"), "--weights", str(made["pruned"])], capsys,
               "file not found")
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100000 + "]" * 100000)
+    _rejected(["certificate", "check", str(deep), "--weights", str(made["pruned"])], capsys, "nested too deeply")
+    nan = tmp_path / "nan.json"
+    nan.write_text(made["cert"].read_text().replace('"upper": ', '"upper": NaN, "x": ', 1))
+    _rejected(["certificate", "check", str(nan), "--weights", str(made["pruned"])], capsys, "NaN", "not readable")
     _rejected(["certificate", "check", str(made["cert"]), "--weights", str(tmp_path / "none.safetensors")], capsys,
               "none.safetensors")
 

@@ -82,18 +82,26 @@ def write_certificate(path: str | Path, doc: Mapping[str, Any]) -> None:
     atomic_write_text(path, text + "\n")
 
 
+def _no_constant(name: str) -> Any:
+    # NaN / Infinity are not JSON, and no certified number is one
+    raise ValueError(f"{name} is not a JSON number")
+
+
 def read_certificate(path: str | Path) -> dict[str, Any]:
     """Read and validate a certificate file.
 
     Raises:
-        ProbPruneError: missing file, not JSON, or not a valid certificate.
+        ProbPruneError: missing file, not JSON (NaN / Infinity included, or nested too deeply),
+            or not a valid certificate.
     """
     p = Path(path)
     if not p.is_file():
         raise ProbPruneError(f"certificate={str(path)!r}: file not found")
     try:
-        doc = json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        doc = json.loads(p.read_text(encoding="utf-8"), parse_constant=_no_constant)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, ValueError) as e:
         raise ProbPruneError(f"certificate={str(path)!r}: not readable JSON ({e})") from None
+    except RecursionError:
+        raise ProbPruneError(f"certificate={str(path)!r}: not readable JSON (nested too deeply)") from None
     validate_certificate(doc, where=f"certificate={str(path)!r}")
     return dict(doc)
