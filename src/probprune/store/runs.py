@@ -185,14 +185,16 @@ def _required(cols: Sequence[tuple[str, str]], extra: Sequence[str] = ()) -> lis
     return [c for c, t in cols if "NOT NULL" in t or "PRIMARY KEY" in t or c in extra]
 
 
-def _bad_type_sql(table: str, cols: Sequence[tuple[str, str]]) -> str:
-    """SQL for the first row of ``table`` whose value has the wrong storage class for its column."""
-    conds = []
-    for c, t in cols:
-        allowed = {"INTEGER": "('integer', 'null')", "REAL": "('integer', 'real', 'null')",
-                   "TEXT": "('text', 'null')"}[_kind(t)]
-        conds.append(f"SELECT '{c}', rowid FROM {table} WHERE typeof({c}) NOT IN {allowed}")
-    return " UNION ALL ".join(conds) + " LIMIT 1"
+def _bad_value_sql(table: str, cols: Sequence[tuple[str, str]], required: Sequence[str]) -> str:
+    """SQL for the first row of ``table`` with a value of the wrong storage class or a NULL where one is required.
+
+    One scan of the table: the query yields ``(rowid, column, problem)``.
+    """
+    wrong = {"INTEGER": "('real', 'text', 'blob')", "REAL": "('text', 'blob')", "TEXT": "('integer', 'real', 'blob')"}
+    cases = [f"WHEN {c} IS NULL THEN '{c}\x1fNULL'" for c in required]
+    cases += [f"WHEN typeof({c}) IN {wrong[_kind(t)]} THEN '{c}\x1ftype'" for c, t in cols]
+    return (f"SELECT rowid, bad FROM (SELECT rowid, CASE {' '.join(cases)} END AS bad FROM {table}) "
+            "WHERE bad IS NOT NULL LIMIT 1")
 
 
 def _validate(con: sqlite3.Connection, where: str, cfg: RunConfig, h: str, config_text: str | None
@@ -257,14 +259,12 @@ def _validate(con: sqlite3.Connection, where: str, cfg: RunConfig, h: str, confi
         ("grid", GRID_COLUMNS, ()), ("trials", TRIAL_COLUMNS, _TRIAL_REQUIRED), ("points", POINT_COLUMNS, ()),
         ("slopes", SLOPE_COLUMNS, ()))
     for table, cols, needed in checks:
-        bad = con.execute(_bad_type_sql(table, cols)).fetchone()
+        bad = con.execute(_bad_value_sql(table, cols, _required(cols, needed))).fetchone()
         if bad is not None:
-            raise ProbPruneError(f"{db}: table {table!r}, row {bad[1]}: column {bad[0]} has a value of the wrong "
-                                 "type")
-        for c in _required(cols, needed):
-            row = con.execute(f"SELECT rowid FROM {table} WHERE {c} IS NULL LIMIT 1").fetchone()
-            if row is not None:
-                raise ProbPruneError(f"{db}: table {table!r}, row {row[0]}: required column {c} is NULL")
+            col, problem = str(bad[1]).split("\x1f")
+            what = f"required column {col} is NULL" if problem == "NULL" else \
+                f"column {col} has a value of the wrong type"
+            raise ProbPruneError(f"{db}: table {table!r}, row {bad[0]}: {what}")
     # grid: exactly the points 0 … n_grid−1
     idx = [int(r[0]) for r in con.execute("SELECT grid_index FROM grid ORDER BY grid_index")]
     if idx != list(range(n_grid)):
