@@ -17,10 +17,12 @@ from probprune.bounds.certified import (
 from probprune.bounds.norms import (
     NormMethod,
     NormValue,
+    abs_operator_norm_bound,
     conv_norm,
     matrix_norm_bound,
     operator_norm,
     power_lower,
+    vector_norm_bound,
 )
 
 __all__ = [
@@ -31,6 +33,7 @@ __all__ = [
     "NormMethod",
     "NormValue",
     "Sandwich",
+    "abs_operator_norm_bound",
     "certified_gap_bound",
     "conv_norm",
     "lower_at",
@@ -38,6 +41,7 @@ __all__ = [
     "operator_norm",
     "power_lower",
     "sandwich",
+    "vector_norm_bound",
 ]
 
 # ---- probabilistic bounds (issue 4): add imports and extend __all__ below this line ----

@@ -13,6 +13,47 @@ layers ``W̃_i = W_i − D_i, b̃_i``; hidden outputs ``h_i = P_i(σ_i(W_i h_{i�
 and the gap is at most ``e_l``. Without biases and with σ(0) = 0 this is the issue's
 ``e_i ≤ L_i (‖W̃_i‖ e_{i−1} + ‖D_i‖ ∏_{j<i} L_j ‖W_j‖ r)`` (or tighter by the min).
 Every operator norm is exact or a certified upper value (:mod:`probprune.bounds.norms`).
+
+Floating point (issue 13). The bound is for the networks *as evaluated in floating point*:
+``value ≥ sup_{‖x‖ ≤ r} ‖fl(f(x)) − fl(F(x))‖₂`` where ``fl`` is the forward pass in the
+weights' dtype (float32 or float64; or ``forward_dtype``), and also ≥ the exact-arithmetic gap
+and the gap of a forward pass in any more precise IEEE format (the margin is monotone in the
+unit roundoff u). It is ``(e_l + M_f + M_F)·(1 + γ_{m+3})·(1 + 16(l+1)·u₆₄)`` with
+
+* ``e_l``: the recursion above in exact arithmetic, with every ingredient an upper value:
+  operator norms (:mod:`~probprune.bounds.norms`, differences ``W − W̃`` formed in float64
+  from both operands cast first, and scaled by powers of two against under/overflow), bias
+  norms ``‖b‖`` and ``‖b̃ − b‖`` (the difference formed in float64, the norm scaled and
+  rounded up by :func:`~probprune.bounds.norms.vector_norm_bound`);
+* ``M_f, M_F`` (``CertifiedBound.rounding_margin`` holds their total effect): a rigorous bound on
+  ``‖fl(N(x)) − N(x)‖`` over the ball, by the standard error analysis of a dot product of
+  length n, ``|fl(wᵀx + b) − (wᵀx + b)| ≤ γ_{n+1}(|w|ᵀ|x| + |b|)`` in any summation order, with or
+  without FMA, the bias added inside or after (``γ_n = n·u/(1 − n·u)``), plus ``(n+1)·η`` per
+  output for underflow (η the smallest subnormal). Layer by layer, with ``E_0 = 0`` (the input
+  is taken as given in the dtype), ``A_i ≥ ‖|W_i|‖₂``
+  (:func:`~probprune.bounds.norms.abs_operator_norm_bound`) and ``S_i ≥ ‖σ_i(z_i)‖`` before pooling::
+
+      Δz_i = ‖W_i‖ E_{i−1} + γ_{n_i+1}(A_i (B_{i−1} + E_{i−1}) + ‖b_i‖) + (n_i+1)·η·√p_i
+      E_i  = L_i Δz_i + c_σ u (S_i + L_i Δz_i) + [c_σ > 0]·η·√p_i
+
+  (``p_i`` outputs before pooling; max-pool and flatten are exact and 1-Lipschitz). ``c_σ``:
+  0 for relu/identity (exact), 1 for leaky_relu (one product), 16 for tanh/sigmoid (the library
+  functions are assumed accurate to 8 ulps; CPU SLEEF and CUDA libdevice are within 1–4). For
+  tanh/sigmoid, ``E_i`` is also capped by the range (entries of both in [−1, 1] or [0, 1]).
+  Two bitwise identical networks compute identical outputs (deterministic kernels), so their
+  margin is 0;
+* ``(1 + γ_{m+3})`` covers the gap's own norm computed in that dtype (m outputs; the difference
+  and the sum of squares rounded), and ``(1 + 16(l+1)u₆₄)`` the float64 arithmetic of the
+  recursion itself (positive terms, ≤ 8 roundings per layer on any path).
+
+Assumed: IEEE arithmetic with round-to-nearest in the products and convolutions, i.e. sums of
+products (CPU; CUDA with TF32 off and direct or GEMM-based convolution algorithms); not
+covered: TF32 or reduced-precision matmul modes, Winograd/FFT convolution algorithms.
+A bound that overflows float64 is refused.
+
+The sandwich's lower bound (:func:`lower_at`) evaluates both networks in float64 at a point
+provably inside the ball: a true lower value of the exact-arithmetic gap up to float64 rounding,
+which the float32/float64 margin above covers, so ``lower ≤ upper`` always.
 """
 
 from __future__ import annotations
@@ -25,7 +66,13 @@ from typing import Protocol, cast
 import torch
 from torch import Tensor
 
-from probprune.bounds.norms import NormMethod, NormValue, operator_norm
+from probprune.bounds.norms import (
+    NormMethod,
+    NormValue,
+    abs_operator_norm_bound,
+    operator_norm,
+    vector_norm_bound,
+)
 from probprune.config import GapSpec, ProbPruneError
 from probprune.nets import Layer, Net, check_pair
 
@@ -41,6 +88,13 @@ __all__ = [
 ]
 
 _BOUNDED = ("tanh", "sigmoid")  # |σ| ≤ 1
+_U64 = 2.0 ** -53
+_UNIT = {torch.float32: 2.0 ** -24, torch.float64: _U64}
+"""Unit roundoff u of the float dtypes a forward pass may run in."""
+_TINY = {torch.float32: 2.0 ** -149, torch.float64: 2.0 ** -1074}
+"""Smallest subnormal η: the absolute error of one underflowing product."""
+_ACT_ULPS = {"relu": 0.0, "identity": 0.0, "leaky_relu": 1.0, "tanh": 16.0, "sigmoid": 16.0}
+"""c_σ: relative rounding error of the activation in units of u (module docstring)."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -84,11 +138,14 @@ class CertifiedBound:
     """A certified upper bound on ``sup_{‖x‖ ≤ r} ‖f(x) − F(x)‖₂``.
 
     Attributes:
-        value: ``[K]`` or 0-d float64, ≥ the true gap.
-        terms: per-layer :class:`LayerTerm`.
+        value: ``[K]`` or 0-d float64, ≥ the true gap, in floating point (module docstring).
+        terms: per-layer :class:`LayerTerm` (their ``error`` is the exact-arithmetic e_i).
         exact: whether every operator norm used was exact (else some are certified upper values).
         assumptions: what the bound relies on, in words.
         radius: r.
+        rounding_margin: ``[K]``/0-d float64: ``value − e_l``, what covers the forward passes'
+            rounding (and the float64 arithmetic of the bound); 0 for identical networks.
+        forward_dtype: the dtype whose forward pass the bound covers (``float32``/``float64``).
     """
 
     value: Tensor
@@ -96,6 +153,8 @@ class CertifiedBound:
     exact: bool
     assumptions: tuple[str, ...]
     radius: float
+    rounding_margin: Tensor | None = None
+    forward_dtype: str = "float64"
 
     @property
     def n_norms(self) -> int:
@@ -111,7 +170,8 @@ class CertifiedBound:
         """Plain-JSON form."""
         return {"value": self.value.tolist(), "exact": self.exact, "n_exact": self.n_exact,
                 "n_norms": self.n_norms, "radius": self.radius, "assumptions": list(self.assumptions),
-                "terms": [t.to_dict() for t in self.terms]}
+                "rounding_margin": None if self.rounding_margin is None else self.rounding_margin.tolist(),
+                "forward_dtype": self.forward_dtype, "terms": [t.to_dict() for t in self.terms]}
 
 
 def _sigma0(layer: Layer) -> float:
@@ -129,12 +189,44 @@ def _out_positions(layer: Layer, in_shape: tuple[int, ...]) -> int:
 
 
 def _bias_norm(b: Tensor | None, positions: int, like: Tensor) -> Tensor:
+    """Upper value of ‖b‖ over the layer output (a conv bias repeated at ``positions`` places)."""
     if b is None:
         return torch.zeros_like(like)
-    return b.double().norm(dim=-1) * math.sqrt(positions)
+    return vector_norm_bound(b) * (math.sqrt(positions) * (1.0 + 2.0 * _U64))
 
 
-def certified_gap_bound(target: Net, pruned: Net, radius: float, norm_method: NormMethod = "auto") -> CertifiedBound:
+def _gamma(n: int, u: float) -> float:
+    if n * u >= 0.5:
+        raise ProbPruneError(f"layer fan-in {n}: too long a dot product for a rounding bound in u = {u:g}")
+    return n * u / (1.0 - n * u)
+
+
+def _unit(dtype: torch.dtype, what: str) -> float:
+    if dtype not in _UNIT:
+        raise ProbPruneError(f"{what}: dtype {dtype} is not supported (float32 or float64 only)")
+    return _UNIT[dtype]
+
+
+def _same(a: Tensor | None, b: Tensor | None, lead: int) -> Tensor | bool:
+    """Whether two parameters are bitwise equal, per member (``[K]`` bool) or overall."""
+    if a is None or b is None:
+        return a is None and b is None
+    eq = a == b
+    return eq.flatten(lead).all(dim=-1) if lead else bool(eq.all())
+
+
+def _check_forward_dtype(nets: tuple[Net, ...], dtype: torch.dtype) -> None:
+    """Refuse a forward dtype in which some weight or bias is not exactly representable."""
+    for net in nets:
+        for name, layer in zip(net.spec.layer_names(), net.layers):
+            for what, t in ((name, layer.weight), (name.replace("weight", "bias"), layer.bias)):
+                if t is not None and t.dtype != dtype and not bool((t.to(dtype).to(t.dtype) == t).all()):
+                    raise ProbPruneError(f"forward_dtype={str(dtype).removeprefix('torch.')}: {what} is not "
+                                         "exactly representable in it (the bound would be for other weights)")
+
+
+def certified_gap_bound(target: Net, pruned: Net, radius: float, norm_method: NormMethod = "auto", *,
+                        forward_dtype: torch.dtype | None = None) -> CertifiedBound:
     """Certified upper bound on the gap ``sup_{‖x‖ ≤ r} ‖f(x) − F(x)‖₂`` (module docstring).
 
     Args:
@@ -142,30 +234,47 @@ def certified_gap_bound(target: Net, pruned: Net, radius: float, norm_method: No
         pruned: f, same architecture and trial dim; any weights (pruned or not) and biases.
         radius: r > 0 (finite).
         norm_method: for linear layers, see :func:`~probprune.bounds.norms.matrix_norm_bound`.
+        forward_dtype: the dtype the networks are evaluated in, when it differs from their weights'
+            (e.g. float32 weights cast to float64 for this computation); every weight and bias must
+            be exactly representable in it. Default: each network's own weight dtype.
 
     Returns:
         :class:`CertifiedBound` with ``value`` ``[K]`` (or 0-d) and per-layer terms.
 
     Assumptions: activations L-Lipschitz elementwise (σ(0) ≠ 0 allowed); max-pools
-    non-overlapping; biases allowed and may differ. Exact arithmetic in the networks'
-    forward pass (float rounding there is not covered).
+    non-overlapping; biases allowed and may differ. Floating-point forward passes in the
+    weights' dtype (or ``forward_dtype``) are covered by ``rounding_margin`` (module docstring).
 
     >>> import torch
     >>> from probprune.config import NetSpec
     >>> F = Net.from_weights(NetSpec(widths=(2, 2)), [torch.eye(2)])
     >>> f = Net.from_weights(NetSpec(widths=(2, 2)), [torch.diag(torch.tensor([1.0, 0.0]))])
-    >>> round(float(certified_gap_bound(F, f, 3.0).value), 6)   # ‖D‖·r
+    >>> b = certified_gap_bound(F, f, 3.0)
+    >>> round(float(b.value - b.rounding_margin), 6)   # ‖D‖·r in exact arithmetic (+ 1e-9 norm margin)
     3.0
+    >>> 0 < float(b.rounding_margin) < 1e-5   # + the float32 forward passes' rounding
+    True
     """
     check_pair(target, pruned)
     _check_radius(radius)
+    if forward_dtype is not None:
+        _unit(forward_dtype, "forward_dtype")
+        _check_forward_dtype((target, pruned), forward_dtype)
+    dt_t = forward_dtype or target.layers[0].weight.dtype
+    dt_p = forward_dtype or pruned.layers[0].weight.dtype
+    u_t, u_p = _unit(dt_t, "target weights"), _unit(dt_p, "pruned weights")
+    eta_t, eta_p = _TINY[dt_t], _TINY[dt_p]
     spec = target.spec
     feats = spec.feature_shapes()
     k = target.n_trials
+    lead = 0 if k is None else 1
     like = torch.zeros(() if k is None else (k,), dtype=torch.float64, device=target.device)
     err = like.clone()
     reach_t = like + radius
     reach_p = like + radius
+    fe_t = like.clone()  # E_i: forward rounding error of F (module docstring)
+    fe_p = like.clone()
+    same: Tensor | bool = True  # f and F bitwise identical (per member)
     terms: list[LayerTerm] = []
     all_exact = True
     names = spec.layer_names()
@@ -177,7 +286,7 @@ def certified_gap_bound(target: Net, pruned: Net, radius: float, norm_method: No
         w_t, w_p = lt.weight, lp.weight
         n_t = operator_norm(w_t, conv, ishape, norm_method)
         n_p = operator_norm(w_p, conv, ishape, norm_method)
-        n_d = operator_norm(w_t, conv, ishape, norm_method, minus=w_p)  # D = W − W̃
+        n_d = operator_norm(w_t, conv, ishape, norm_method, minus=w_p)  # D = W − W̃, formed in float64
         all_exact = all_exact and n_t.exact and n_p.exact and n_d.exact
         pos = _out_positions(lt, in_shape)
         bn_t = _bias_norm(lt.bias, pos, like)
@@ -187,15 +296,37 @@ def certified_gap_bound(target: Net, pruned: Net, radius: float, norm_method: No
         else:
             bt = torch.zeros_like(cast(Tensor, lp.bias)) if lt.bias is None else lt.bias
             bp = torch.zeros_like(bt) if lp.bias is None else lp.bias
-            bdiff = _bias_norm(bp - bt, pos, like)
+            bdiff = _bias_norm(bp.double() - bt.double(), pos, like)  # the difference in float64
+        same = same & _same(w_t, w_p, lead) & _same(lt.bias, lp.bias, lead)
         lip = lt.activation.lipschitz
         s0 = _sigma0(lt)
         pre = torch.minimum(n_p.value * err + n_d.value * reach_t, n_t.value * err + n_d.value * reach_p)
         err = lip * (pre + bdiff)
         units = math.prod(feats[i + 1]) if i + 1 < n_layers else spec.output_dim
+        bounded = lt.activation.name in _BOUNDED and i < n_layers - 1
+        # forward rounding: dot products of length fan_in (+ the bias), then the activation
+        if conv is None:
+            fan_in, pre_units = int(w_t.shape[-1]), int(w_t.shape[-2])
+        else:
+            fan_in, pre_units = int(w_t.shape[-3]) * conv.kernel * conv.kernel, int(w_t.shape[-4]) * pos
+        root = math.sqrt(pre_units)
+        c_act = _ACT_ULPS[lt.activation.name] if i < n_layers - 1 else 0.0
+        new_fe = []
+        for fe, nv, wgt, bnorm, reach, u, eta in ((fe_t, n_t, w_t, bn_t, reach_t, u_t, eta_t),
+                                                   (fe_p, n_p, w_p, bn_p, reach_p, u_p, eta_p)):
+            a_abs = abs_operator_norm_bound(wgt, conv, ishape)
+            dz = nv.value * fe + _gamma(fan_in + 1, u) * (a_abs * (reach + fe) + bnorm) + (fan_in + 1) * eta * root
+            s_pre = lip * (nv.value * reach + bnorm) + abs(s0) * root  # ≥ ‖σ(z)‖ before pooling
+            if bounded:
+                s_pre = s_pre.clamp_max(root)
+            e = lip * dz + c_act * u * (s_pre + lip * dz) + (eta * root if c_act > 0 else 0.0)
+            if bounded:
+                e = e.clamp_max((2.0 if lt.activation.name == "tanh" else 1.0) * math.sqrt(units))
+            new_fe.append(e)
+        fe_t, fe_p = new_fe
         new_t = lip * (n_t.value * reach_t + bn_t) + abs(s0) * math.sqrt(units)
         new_p = lip * (n_p.value * reach_p + bn_p) + abs(s0) * math.sqrt(units)
-        if lt.activation.name in _BOUNDED and i < n_layers - 1:
+        if bounded:
             cap = math.sqrt(units)
             new_t, new_p = new_t.clamp_max(cap), new_p.clamp_max(cap)
             # entries of h_i, h̃_i lie in [−1, 1] (tanh) or (0, 1) (sigmoid)
@@ -204,6 +335,14 @@ def certified_gap_bound(target: Net, pruned: Net, radius: float, norm_method: No
         terms.append(LayerTerm(name=name, norm_target=n_t, norm_pruned=n_p, norm_diff=n_d, lipschitz=lip,
                                sigma0=s0, bias_norm=bn_t, bias_diff=bdiff, reach_target=reach_t,
                                reach_pruned=reach_p, error=err))
+    u_max = max(u_t, u_p)
+    same_t = torch.as_tensor(same, device=like.device)
+    fwd = torch.where(same_t, torch.zeros_like(like), fe_t + fe_p)
+    value = (err + fwd) * ((1.0 + _gamma(spec.output_dim + 3, u_max)) * (1.0 + 16.0 * (n_layers + 1) * _U64))
+    if not bool(torch.isfinite(value).all()):
+        raise ProbPruneError("certified bound: overflows float64 (weights or radius too large for a finite "
+                             "bound); refused")
+    margin = value - err
     act = target.layers[0].activation if n_layers > 1 else None
     assumptions = [f"input ball of radius r = {radius!r} (l2, conv inputs flattened)"]
     if act is not None:
@@ -217,9 +356,13 @@ def certified_gap_bound(target: Net, pruned: Net, radius: float, norm_method: No
     methods = sorted({n.method for t in terms for n in (t.norm_target, t.norm_pruned, t.norm_diff)})
     assumptions.append(f"operator norms: {'all exact' if all_exact else 'some certified upper values'} "
                        f"({', '.join(methods)})")
-    assumptions.append("exact arithmetic in the forward pass; norms in float64 with a 1e-9 relative margin")
-    return CertifiedBound(value=err, terms=tuple(terms), exact=all_exact, assumptions=tuple(assumptions),
-                          radius=float(radius))
+    names_dt = sorted({str(d).removeprefix("torch.") for d in (dt_t, dt_p)})
+    assumptions.append(f"floating point: covers the forward passes in {'/'.join(names_dt)} (or more precise) "
+                       "IEEE arithmetic, any summation order (no TF32, no Winograd/FFT convolution), "
+                       "tanh/sigmoid within 8 ulps; differences and norms in float64, rounded up")
+    return CertifiedBound(value=value, terms=tuple(terms), exact=all_exact, assumptions=tuple(assumptions),
+                          radius=float(radius), rounding_margin=margin,
+                          forward_dtype="float32" if u_max > _U64 else "float64")
 
 
 # ---------------------------------------------------------------------------- the sandwich
@@ -290,7 +433,12 @@ def lower_at(target: Net, pruned: Net, x: Tensor, radius: float) -> Tensor:
     lead = 1 if k is not None else 0
     flat = x64.reshape(*x64.shape[:lead], -1)
     norm = flat.norm(dim=-1)
-    x64 = x64 * (radius / norm.clamp_min(radius)).reshape(*norm.shape, *([1] * (x64.dim() - lead)))
+    # provably inside the ball: the computed norm errs by ≤ γ_{d+4} relative, so points within 4γ of the
+    # sphere (or beyond it) are scaled to r·(1 − 4γ) of it; interior points are left as they are
+    g4 = 4.0 * _gamma(int(flat.shape[-1]) + 4, _U64)
+    scale = torch.where(norm >= radius * (1.0 - g4), radius * (1.0 - g4) / norm.clamp_min(radius * (1.0 - g4)),
+                        torch.ones_like(norm))
+    x64 = x64 * scale.reshape(*norm.shape, *([1] * (x64.dim() - lead)))
     xin = x64.unsqueeze(lead)  # one point per member: [K, 1, …] or [1, …]
     diff = cast(Tensor, p64.forward(xin)) - cast(Tensor, t64.forward(xin))
     return diff.norm(dim=-1).squeeze(-1)

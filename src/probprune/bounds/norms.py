@@ -18,6 +18,17 @@ Methods (``NormValue.method``):
   the kernel (Sedghi, Gupta & Long 2019). Exact for stride 1 with ``2p = k − 1`` circular
   padding; zero padding embeds in a circular convolution on an ``(n + 2p)`` grid and strides
   select output rows, so those get a certified upper value (``exact=False``).
+
+Floating point (issue 13): a difference ``W − W̃`` (``minus=``) is formed from both operands cast
+to float64 (a float32 difference would lose a rounding unit of the removed part). Every
+method first scales its matrix by a power of two ``2^−e`` (exact) so that its largest entry
+lies in [1/2, 1): squares can then neither underflow (entries ~1e-23 in float32, ~1e-160 in
+float64) nor overflow (~1e30, ~1e160), and the result is scaled back by ``2^e`` (homogeneity,
+``‖A‖ = 2^e·‖2^−e A‖``). Entries that the scaling (or a cast to float32) pushes below the
+smallest normal number are rounded with an absolute error ≤ η (``2^−148`` in float32,
+``2^−1073`` in float64); that error is added back as ``√(mn)·η`` (Frobenius norm of the
+error matrix, which bounds its operator norm). A result that overflows float64 is ``inf``
+(callers refuse it).
 """
 
 from __future__ import annotations
@@ -34,10 +45,12 @@ from probprune.config import ConvSpec, ProbPruneError
 __all__ = [
     "NormMethod",
     "NormValue",
+    "abs_operator_norm_bound",
     "conv_norm",
     "matrix_norm_bound",
     "operator_norm",
     "power_lower",
+    "vector_norm_bound",
 ]
 
 NormMethod = Literal["auto", "svd", "gram-cholesky", "frobenius-holder"]
@@ -46,6 +59,11 @@ NormMethod = Literal["auto", "svd", "gram-cholesky", "frobenius-holder"]
 # relative errors of order n·u ≈ 1e-12 for n ≤ 1e4; 1e-9 covers that with room).
 _F64_MARGIN = 1e-9
 _U64 = 2.0 ** -53
+_U32 = 2.0 ** -24
+# absolute rounding error of one entry pushed below the smallest normal number by a power-of-two
+# scaling in float64 (two steps, ≤ 2·2^−1075) or by a cast to float32 (≤ 2^−150 more)
+_ETA64 = 2.0 ** -1073
+_ETA32 = 2.0 ** -148
 
 # Cost limits of "auto" (multiply-adds per member): SVD is used up to this cost ...
 SVD_BUDGET = 2.0e8
@@ -90,6 +108,75 @@ def _finish(v: Tensor, batched: bool) -> Tensor:
     return v if batched else v[0]
 
 
+def _gamma(n: int, u: float) -> float:
+    """γ_n = n·u/(1 − n·u): relative error bound of a sum of n terms in unit roundoff u."""
+    if n * u >= 0.5:
+        raise ProbPruneError(f"n={n}: too many terms for a rounding-error bound in unit roundoff {u:g}")
+    return n * u / (1.0 - n * u)
+
+
+def _pow2(exps: list[int], device: torch.device) -> tuple[Tensor, Tensor]:
+    """``2^e`` for each exponent, as two float64 factors ``2^a·2^b`` (each within float64's range)."""
+    a = [e // 2 for e in exps]
+    return (torch.tensor([math.ldexp(1.0, x) for x in a], dtype=torch.float64, device=device),
+            torch.tensor([math.ldexp(1.0, e - x) for e, x in zip(exps, a)], dtype=torch.float64, device=device))
+
+
+def _mul_pow2(x: Tensor, exps: list[int]) -> Tensor:
+    """``x[k] · 2^exps[k]`` for a float64 ``x`` ``[K, …]``: exact up to underflow (in two steps)."""
+    f1, f2 = _pow2(exps, x.device)
+    shape = (-1,) + (1,) * (x.dim() - 1)
+    return x * f1.reshape(shape) * f2.reshape(shape)
+
+
+def _exponents(absmax: Tensor) -> list[int]:
+    """``e`` with ``absmax·2^−e`` in [1/2, 1) per member (0 for a zero member)."""
+    _, ex = torch.frexp(absmax.double())
+    return [int(e) for e in ex.tolist()]
+
+
+def _scaled64(w: Tensor, minus: Tensor | None = None) -> tuple[Tensor, list[int], Tensor]:
+    """``(w − minus)`` in float64 (operands cast first), scaled per member so its largest entry is in [1/2, 1).
+
+    Returns:
+        The scaled float64 tensor ``[K, …]``, the exponents ``e`` (value = scaled·2^e) and a
+        ``[K]`` bool mask of the nonzero members.
+    """
+    a = w.double() if minus is None else w.double() - minus.double()
+    dims = tuple(range(1, a.dim()))
+    absmax = a.abs().amax(dim=dims)
+    exps = _exponents(absmax)
+    return _mul_pow2(a, [-e for e in exps]), exps, absmax > 0
+
+
+def vector_norm_bound(v: Tensor) -> Tensor:
+    """A rigorous upper value of the ℓ2 norm of ``v`` over its last dim, in float64.
+
+    Scaled by a power of two before squaring (no underflow or overflow of the squares) and
+    rounded up by ``(1 + γ_{n+4})(1 + 1e-9)`` (float64 sum of n squares and the square root).
+
+    Args:
+        v: ``[…, n]`` float tensor.
+
+    Returns:
+        ``[…]`` float64, ≥ ‖v‖₂ (0 exactly for a zero vector).
+
+    >>> float(vector_norm_bound(torch.tensor([3e-30, 4e-30]))) >= 5e-30
+    True
+    """
+    if not isinstance(v, Tensor) or v.dim() < 1:
+        raise ProbPruneError("v: expected a tensor with at least one dim")
+    lead = v.shape[:-1]
+    n = int(v.shape[-1])
+    flat = v.reshape(-1, n) if n > 0 else v.reshape(-1, 0)
+    if flat.shape[0] == 0 or n == 0:
+        return torch.zeros(lead, dtype=torch.float64, device=v.device)
+    a, exps, nz = _scaled64(flat)
+    val = a.norm(dim=-1) * (1.0 + _gamma(n + 4, _U64)) * (1.0 + _F64_MARGIN) + math.sqrt(n) * _ETA64
+    val = torch.where(nz, _mul_pow2(val, exps), torch.zeros_like(val))
+    return val.reshape(lead)
+
+
 def power_lower(weight: Tensor, n_iter: int = 30, generator: torch.Generator | None = None) -> Tensor:
     """A lower value of ‖W‖₂ by power iteration on WᵀW (never above the true norm).
 
@@ -107,21 +194,31 @@ def power_lower(weight: Tensor, n_iter: int = 30, generator: torch.Generator | N
     if g is None:
         g = torch.Generator(device=w.device)
         g.manual_seed(0)
-    v = torch.randn(w.shape[0], w.shape[2], 1, generator=g, device=w.device, dtype=w.dtype)
-    v = v / v.norm(dim=1, keepdim=True).clamp_min(torch.finfo(w.dtype).tiny)
+    # iterate on W scaled by a power of two (largest entry in [1/2, 1)): tiny or huge entries
+    # would otherwise underflow or overflow in WᵀW v
+    s64, exps, _ = _scaled64(w)
+    dt = w.dtype if w.dtype in (torch.float32, torch.float64) else torch.float64
+    ws = s64.to(dt)
+    v = torch.randn(w.shape[0], w.shape[2], 1, generator=g, device=w.device, dtype=dt)
+    v = v / v.norm(dim=1, keepdim=True).clamp_min(torch.finfo(dt).tiny)
     for _ in range(n_iter):
-        u = torch.bmm(w, v)
-        v = torch.bmm(w.transpose(1, 2), u)
-        v = v / v.norm(dim=1, keepdim=True).clamp_min(torch.finfo(w.dtype).tiny)
-    # ‖W v‖ in float64 for a unit v: a true lower value (up to rounding of v's normalisation)
+        u = torch.bmm(ws, v)
+        v = torch.bmm(ws.transpose(1, 2), u)
+        v = v / v.norm(dim=1, keepdim=True).clamp_min(torch.finfo(dt).tiny)
+    # ‖W v‖ in float64 for a unit v: a true lower value (up to rounding of v's normalisation);
+    # the scaled float64 copy differs from 2^−e W by ≤ η per entry, so ‖·‖ by ≤ √(mn)·η
     v64 = v.double()
     v64 = v64 / v64.norm(dim=1, keepdim=True).clamp_min(1e-300)
-    val = torch.bmm(w.double(), v64).norm(dim=(1, 2)) * (1.0 - _F64_MARGIN)
-    return _finish(val, batched)
+    low = torch.bmm(s64, v64).norm(dim=(1, 2)) * (1.0 - _F64_MARGIN)
+    low = (low - math.sqrt(w.shape[1] * w.shape[2]) * _ETA64).clamp_min(0.0)
+    return _finish(_mul_pow2(low, exps), batched)
 
 
-def _svd_norm(w: Tensor) -> Tensor:
-    return torch.linalg.svdvals(w.double())[..., 0] * (1.0 + _F64_MARGIN)
+def _svd_norm(w: Tensor, minus: Tensor | None = None) -> Tensor:
+    """Largest singular value of ``w − minus`` (float64, scaled), rounded up; ``w``: [K, m, n]."""
+    a, exps, nz = _scaled64(w, minus)
+    val = torch.linalg.svdvals(a)[..., 0] * (1.0 + _F64_MARGIN) + math.sqrt(a.shape[1] * a.shape[2]) * _ETA64
+    return torch.where(nz, _mul_pow2(val, exps), torch.zeros_like(val))
 
 
 def _frob_holder(w: Tensor, minus: Tensor | None = None) -> Tensor:
@@ -130,21 +227,42 @@ def _frob_holder(w: Tensor, minus: Tensor | None = None) -> Tensor:
     Row and column sums of |w| and w² are float32/64 matrix–vector products over row chunks
     (fast, little memory); for non-negative terms any summation order errs by at most
     γ_n = n·u/(1 − n·u) relative, so dividing by (1 − γ) gives upper values. With ``minus``
-    the norm of ``w − minus`` is taken chunk by chunk (no full-size difference is allocated; the
-    float32 subtraction adds one rounding, covered by the extra ``u`` in γ).
+    the norm of ``w − minus`` is taken chunk by chunk (no full-size difference is allocated):
+    each chunk's difference is formed in float64 (both operands cast first) and, for float32
+    weights, rounded once to float32 for the sums (one rounding, covered by the extra ``u``).
+    Where the largest entry lies outside [2^−40, 2^40] (float32; [2^−400, 2^400] in float64) the
+    matrix is scaled by a power of two first, so that squares neither underflow nor overflow;
+    the absolute errors of entries and squares rounded below the smallest normal number (≤ η
+    each) are added back explicitly, and a zero matrix gets exactly 0.
     """
     k, m, n = w.shape
-    dt = w.dtype if w.dtype in (torch.float32, torch.float64) else torch.float32
-    u = 2.0 ** -24 if dt == torch.float32 else _U64
+    both32 = w.dtype == torch.float32 and (minus is None or minus.dtype == torch.float32)
+    dt = torch.float32 if both32 else torch.float64
+    u = _U32 if dt == torch.float32 else _U64
+    eta = _ETA32 if dt == torch.float32 else _ETA64
+    absmax = w.abs().amax(dim=(1, 2)).double()
+    if minus is not None:  # ‖w − minus‖_max ≤ 2·max(‖w‖_max, ‖minus‖_max)
+        absmax = 2.0 * torch.maximum(absmax, minus.abs().amax(dim=(1, 2)).double())
+    exps = _exponents(absmax)
+    safe = 40 if dt == torch.float32 else 400
+    scale = None if all(abs(e) <= safe for e in exps) else [-e for e in exps]
+    if scale is None:
+        exps = [0] * k
     fro2 = torch.zeros(k, dtype=torch.float64, device=w.device)
     col = torch.zeros(k, n, dtype=torch.float64, device=w.device)
     rowmax = torch.zeros(k, dtype=torch.float64, device=w.device)
     ones = torch.ones(k, n, 1, dtype=dt, device=w.device)
     step = max(1, (1 << 21) // max(1, n))
+    nonzero = absmax > 0 if minus is None else torch.zeros(k, dtype=torch.bool, device=w.device)
     for s in range(0, m, step):
-        a = w[:, s:s + step].to(dt)
         if minus is not None:
-            a = a - minus[:, s:s + step].to(dt)
+            a64 = w[:, s:s + step].double() - minus[:, s:s + step].double()
+            nonzero |= (a64 != 0).flatten(1).any(dim=1)  # distinct floats never differ by an exact 0
+            a = (a64 if scale is None else _mul_pow2(a64, scale)).to(dt)
+        elif scale is not None:
+            a = _mul_pow2(w[:, s:s + step].double(), scale).to(dt)
+        else:
+            a = w[:, s:s + step].to(dt)
         a = a.abs()  # [K, c, n]
         rows = torch.bmm(a, ones).squeeze(-1)  # row sums, n terms each
         rowmax = torch.maximum(rowmax, rows.double().amax(dim=1))
@@ -156,9 +274,12 @@ def _frob_holder(w: Tensor, minus: Tensor | None = None) -> Tensor:
     extra = 0 if minus is None else 2  # a rounded difference: |fl(a − b)| ≤ |a − b|(1 + u)
     gam = (n + 2 + extra) * u / (1.0 - (n + 2 + extra) * u)
     gam_col = (min(step, m) + 2 + extra) * u / (1.0 - (min(step, m) + 2 + extra) * u) + (chunks + 2) * _U64
-    fro_up = (fro2 * (1.0 + 2.0 * (n + m) * _U64) / (1.0 - gam)).sqrt()
-    hold_up = torch.sqrt(col.amax(dim=1) / (1.0 - gam_col) * rowmax / (1.0 - gam))
-    return torch.minimum(fro_up, hold_up) * (1.0 + _F64_MARGIN)
+    # absolute terms: entries rounded below the smallest normal (≤ η each, by scaling or a cast)
+    # and squares / products that underflow (≤ η each): |true entry| ≤ |computed| + η
+    fro_up = ((fro2 + m * n * eta) * (1.0 + 2.0 * (n + m) * _U64) / (1.0 - gam)).sqrt() + math.sqrt(m * n) * eta
+    hold_up = torch.sqrt((col.amax(dim=1) / (1.0 - gam_col) + m * eta) * (rowmax / (1.0 - gam) + n * eta))
+    val = torch.minimum(fro_up, hold_up) * (1.0 + _F64_MARGIN)
+    return torch.where(nonzero, _mul_pow2(val, exps), torch.zeros_like(val))
 
 
 def _ritz_top(g: Tensor, n_iter: int) -> Tensor:
@@ -188,7 +309,7 @@ def _ritz_top(g: Tensor, n_iter: int) -> Tensor:
 
 
 def _gram_cholesky(w: Tensor, tau: float = 1e-6, n_iter: int = 80) -> Tensor:
-    """Certified σ_max via a float64 Gram matrix and a Cholesky test; ``w``: [K, m, n]."""
+    """Certified σ_max via a float64 Gram matrix and a Cholesky test; ``w``: [K, m, n] (already scaled)."""
     w64 = w.double()
     if w64.shape[1] < w64.shape[2]:
         w64 = w64.transpose(1, 2)
@@ -260,15 +381,17 @@ def matrix_norm_bound(weight: Tensor, method: NormMethod = "auto", minus: Tensor
     cost = float(m) * n * min(m, n)
     if method == "auto":
         method = "svd" if cost <= SVD_BUDGET else "gram-cholesky" if cost <= GRAM_BUDGET else "frobenius-holder"
+    sub = None if minus is None else _as_batch(minus, 2)[0]
     if method == "frobenius-holder":
-        sub = None if minus is None else _as_batch(minus, 2)[0]
         return NormValue(_finish(_frob_holder(w, sub), batched), False, "frobenius-holder")
-    if minus is not None:
-        w = w - _as_batch(minus, 2)[0]
     if method == "svd":
-        return NormValue(_finish(_svd_norm(w), batched), True, "svd")
+        return NormValue(_finish(_svd_norm(w, sub), batched), True, "svd")
     if method == "gram-cholesky":
-        return NormValue(_finish(_gram_cholesky(w), batched), False, "gram-cholesky")
+        # on the float64 difference, scaled by a power of two (no under/overflow of G = WᵀW)
+        a, exps, nz = _scaled64(w, sub)
+        val = _gram_cholesky(a) + math.sqrt(m * n) * _ETA64
+        val = torch.where(nz, _mul_pow2(val, exps), torch.zeros_like(val))
+        return NormValue(_finish(val, batched), False, "gram-cholesky")
     raise ProbPruneError(f"method={method!r}: must be auto, svd, gram-cholesky or frobenius-holder")
 
 
@@ -285,12 +408,18 @@ def _fold_kernel(w: Tensor, grid: tuple[int, int], pad: int) -> Tensor:
 
 
 def _circular_norm(w: Tensor, grid: tuple[int, int], pad: int) -> Tensor:
-    """Exact norm of the circular convolution of a ``[K, co, ci, k, k]`` kernel on ``grid``."""
-    ker = _fold_kernel(w.double(), grid, pad)
+    """Exact norm of the circular convolution of a ``[K, co, ci, k, k]`` kernel on ``grid``.
+
+    The kernel is scaled by a power of two first (largest tap in [1/2, 1)); a tap error ≤ η
+    changes the operator by at most ``numel·η`` (one shifted copy of the error per tap).
+    """
+    a, exps, nz = _scaled64(w)
+    ker = _fold_kernel(a, grid, pad)
     spec = torch.fft.rfft2(ker)  # [K, co, ci, gh, gw//2+1]; the rest are conjugates
     mats = spec.permute(0, 3, 4, 1, 2)  # [K, gh, gw', co, ci]
     sv = torch.linalg.matrix_norm(mats, ord=2)  # [K, gh, gw']
-    return sv.flatten(1).amax(dim=1) * (1.0 + _F64_MARGIN)
+    val = sv.flatten(1).amax(dim=1) * (1.0 + _F64_MARGIN) + w[0].numel() * _ETA64
+    return torch.where(nz, _mul_pow2(val, exps), torch.zeros_like(val))
 
 
 def _max_multiplicity(n: int, n_out: int, stride: int) -> int:
@@ -371,5 +500,54 @@ def operator_norm(
         if not isinstance(minus, Tensor) or minus.shape != weight.shape:
             raise ProbPruneError(f"minus: shape {tuple(getattr(minus, 'shape', ()))} differs from the weight's "
                                  f"{tuple(weight.shape)}")
-        weight = weight - minus
+        weight = weight.double() - minus.double()  # in float64: no rounding of the difference
     return conv_norm(weight, conv, input_shape)
+
+
+def abs_operator_norm_bound(weight: Tensor, conv: ConvSpec | None = None,
+                            input_shape: tuple[int, ...] | None = None) -> Tensor:
+    """An upper value of ‖|W|‖₂, the operator norm of the entrywise absolute value of a layer.
+
+    Used for forward rounding errors (``|fl(Wx) − Wx| ≤ γ_n |W||x|``). By Hölder,
+    ``‖|W|‖₂ ≤ √(‖W‖₁‖W‖_∞)`` (largest column and row sums of |W|). For a conv layer the
+    operator of |kernel| dominates |C| entrywise: a row (output pixel of channel o) sums
+    ``|w[o]|`` over at most every tap once, a column (input pixel of channel c) sums
+    ``|w[:, c]|`` over taps at most ``m`` times, ``m`` the circular wrap multiplicity (1 with
+    zero padding).
+
+    Args:
+        weight: ``[(K,) out, in]`` or ``[(K,) c_out, c_in, k, k]``.
+        conv: conv geometry, ``None`` for a linear layer.
+        input_shape: ``(C, H, W)`` of a conv layer's input.
+
+    Returns:
+        ``[K]`` or 0-d float64 upper value.
+
+    >>> float(abs_operator_norm_bound(torch.tensor([[1., -1.], [1., 1.]]))) >= 2.0
+    True
+    """
+    if conv is None:
+        w, batched = _as_batch(weight, 2)
+        m, n = int(w.shape[1]), int(w.shape[2])
+        amax = float(w.abs().amax()) if w.numel() else 0.0
+        dt = torch.float32 if w.dtype == torch.float32 and amax * max(m, n) < 1e30 else torch.float64
+        u = _U32 if dt == torch.float32 else _U64
+        rows = torch.linalg.vector_norm(w.to(dt), 1, dim=2).amax(dim=1).double() / (1.0 - _gamma(n + 1, u))
+        cols = torch.linalg.vector_norm(w.to(dt), 1, dim=1).amax(dim=1).double() / (1.0 - _gamma(m + 1, u))
+        # √rows·√cols, not √(rows·cols): the product of two sums could under- or overflow
+        return _finish(rows.sqrt() * cols.sqrt() * (1.0 + _F64_MARGIN), batched)
+    if input_shape is None:
+        raise ProbPruneError("input_shape=None: a conv layer's norm depends on the input size (C, H, W)")
+    w, batched = _as_batch(weight, 4)
+    a = w.double().abs()
+    rows = a.sum(dim=(2, 3, 4)).amax(dim=1)
+    cols = a.sum(dim=(1, 3, 4)).amax(dim=1)
+    mult = 1
+    if conv.padding_mode == "circular":
+        h, wd = int(input_shape[-2]), int(input_shape[-1])
+        k, p, st = conv.kernel, conv.pad, conv.stride
+        oh, ow = (h + 2 * p - k) // st + 1, (wd + 2 * p - k) // st + 1
+        # for one tap, at most `mult` outputs read a given input pixel (strided rows wrapping around);
+        # taps folded onto one matrix entry are each counted, which only over-counts
+        mult = _max_multiplicity(h, oh, st) * _max_multiplicity(wd, ow, st)
+    return _finish(rows.sqrt() * cols.sqrt() * (math.sqrt(mult) * (1.0 + _F64_MARGIN)), batched)
