@@ -12,6 +12,7 @@ so masks, checkpoints and user modules share one naming.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import math
@@ -19,6 +20,7 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +32,7 @@ __all__ = [
     "Activation",
     "Layer",
     "Net",
+    "check_dtype",
     "check_finite",
     "check_pair",
     "from_module",
@@ -183,6 +186,10 @@ class Net:
         for i, (w, b, shape, name) in enumerate(zip(weights, biases, shapes, names)):
             if not isinstance(w, Tensor):
                 raise ProbPruneError(f"{name}: expected a tensor, got {type(w).__name__}")
+            check_dtype(name, w)
+            if w.dtype != weights[0].dtype:
+                raise ProbPruneError(f"{name}: dtype {w.dtype} differs from {names[0]}'s {weights[0].dtype}; "
+                                     "all layers must share one dtype")
             lead = tuple(w.shape[: w.dim() - len(shape)])
             if tuple(w.shape[w.dim() - len(shape):]) != shape or len(lead) > 1:
                 raise ProbPruneError(
@@ -195,6 +202,13 @@ class Net:
             if spec.bias and b is None:
                 raise ProbPruneError(f"{name.replace('weight', 'bias')}: the architecture has biases, none given")
             if b is not None:
+                bname = name.replace("weight", "bias")
+                if not isinstance(b, Tensor):
+                    raise ProbPruneError(f"{bname}: expected a tensor or None, got {type(b).__name__}")
+                check_dtype(bname, b)
+                if b.dtype != w.dtype:
+                    raise ProbPruneError(f"{bname}: dtype {b.dtype} differs from {name}'s {w.dtype}; a bias must "
+                                         "share its weight's dtype")
                 if tuple(b.shape) != (*lead, shape[0]):
                     raise ProbPruneError(
                         f"{name.replace('weight', 'bias')}: shape {tuple(b.shape)}, expected {(*lead, shape[0])}")
@@ -480,6 +494,31 @@ def stack(nets: Sequence[Net]) -> Net:
     return Net.from_weights(spec, weights, biases)
 
 
+SUPPORTED_DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.float64)
+"""Weight/bias dtypes a ``Net`` accepts: the certified bounds assume float32 or float64 arithmetic."""
+
+
+def check_dtype(name: str, t: Tensor) -> None:
+    """Raise :class:`ProbPruneError` naming ``name`` unless ``t`` is float32 or float64.
+
+    Integer, bool and complex tensors are not real weights; float16/bfloat16 (and float8) are
+    refused rather than silently widened, because the certified bounds assume float32/float64
+    arithmetic in the networks' forward pass.
+
+    >>> check_dtype("0.weight", torch.zeros(2, dtype=torch.float16))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    probprune.config.ProbPruneError: 0.weight: dtype torch.float16 is not supported: ...
+    """
+    if t.dtype in SUPPORTED_DTYPES:
+        return
+    if t.dtype.is_floating_point:
+        raise ProbPruneError(f"{name}: dtype {t.dtype} is not supported: the certified bounds assume float32 or "
+                             "float64 arithmetic; convert to float32 or float64 first, e.g. model.float()")
+    raise ProbPruneError(f"{name}: dtype {t.dtype} is not supported: weights and biases must be real floating "
+                         "point (float32 or float64)")
+
+
 def check_finite(net: Net, what: str = "weights") -> None:
     """Raise :class:`ProbPruneError` if any weight or bias is NaN or infinite."""
     tensors = net.state_dict()
@@ -546,86 +585,393 @@ def to_module(net: Net) -> nn.Sequential:
     return nn.Sequential(*mods)
 
 
+# ---------------------------------------------------------------------- from_module: exact or refused
+#
+# A conversion is exact or refused. Two independent defences:
+# 1. structure: every module is matched by exact type (a subclass may override ``forward``), with
+#    no hooks and no instance-level ``forward``; the order of the modules must be the order in
+#    which :meth:`Net.forward` applies them (weight layer, its activation, its max-pool, the
+#    flatten after the last conv layer …, the output layer with nothing after it);
+# 2. numbers: the converted Net and a float64 copy of the module are run side by side, layer by
+#    layer, on fixed random inputs, and must agree to float64 rounding.
+
 _ACT_TYPES: dict[type, str] = {
     nn.ReLU: "relu", nn.LeakyReLU: "leaky_relu", nn.Tanh: "tanh", nn.Sigmoid: "sigmoid",
 }
+_NOOP_TYPES: tuple[type, ...] = (nn.Identity, nn.Dropout)
+"""Identity maps of the eval-mode function (``nn.Dropout`` is the identity in eval mode)."""
+_ACCEPTED_TYPES: tuple[type, ...] = (
+    nn.Sequential, nn.Linear, nn.Conv2d, nn.MaxPool2d, nn.Flatten, *_ACT_TYPES, *_NOOP_TYPES)
+
+_CHECK_SEED = 13
+"""Seed of the local generator that draws the inputs of the numerical conversion check."""
+_CHECK_POINTS = 256
+"""Inputs of the numerical conversion check: norms uniform in [0, 1] (half) and [0, 10] (half), and 0."""
+_CHECK_SLACK = 64.0
+"""Factor on the float64 rounding estimate ``(fan_in + 1)·u·scale`` allowed between the two sides."""
+
+ModuleKind = Literal["weight", "act", "pool", "flatten", "noop"]
+
+
+@dataclass(frozen=True, eq=False)
+class _Leaf:
+    """One module of the user's model in forward order, with its index path (``"3"``, ``"1.0"``)."""
+
+    path: str
+    module: nn.Module
+    kind: ModuleKind
+
+    @property
+    def label(self) -> str:
+        return f"layer {self.path} ({type(self.module).__name__})"
+
+
+def _walk(seq: nn.Module, prefix: str = "") -> list[tuple[str, nn.Module | None]]:
+    """The modules a ``nn.Sequential`` applies, in order, nested ``nn.Sequential`` flattened.
+
+    ``_modules`` (not ``named_children``, which drops repeats) is what ``Sequential.forward`` runs.
+    """
+    out: list[tuple[str, nn.Module | None]] = []
+    for name, m in seq._modules.items():
+        path = f"{prefix}{name}"
+        if type(m) is nn.Sequential and not _has_hooks(m):
+            out.extend(_walk(m, path + "."))
+        else:
+            out.append((path, m))
+    return out
+
+
+def _has_hooks(m: nn.Module) -> bool:
+    return bool(m._forward_hooks or m._forward_pre_hooks) or "forward" in vars(m)
+
+
+def _classify(path: str, m: nn.Module | None) -> _Leaf:
+    """Refuse any module whose ``forward`` is not exactly the one the Net applies."""
+    if m is None:
+        raise ProbPruneError(f"from_module: layer {path} is None; nn.Sequential cannot run it")
+    name = type(m).__name__
+    if _has_hooks(m):
+        raise ProbPruneError(
+            f"from_module: layer {path} ({name}) has forward hooks or an overridden forward (e.g. from "
+            "torch.nn.utils.prune or weight_norm), which change its function; remove them first "
+            "(e.g. torch.nn.utils.prune.remove(module, 'weight'))")
+    t = type(m)
+    if t not in _ACCEPTED_TYPES:
+        base = next((b for b in _ACCEPTED_TYPES if isinstance(m, b)), None)
+        if base is not None:
+            raise ProbPruneError(
+                f"from_module: layer {path} is {name}, a subclass of nn.{base.__name__}: its forward may differ "
+                f"from nn.{base.__name__}'s, so it is refused (types are matched exactly); if it computes the "
+                f"same function, copy its parameters into a plain nn.{base.__name__}")
+        raise ProbPruneError(
+            f"from_module: layer {path} of type {name} is not supported (supported: nn.Linear, nn.Conv2d, "
+            "nn.ReLU, nn.LeakyReLU, nn.Tanh, nn.Sigmoid, nn.MaxPool2d, nn.Flatten, nn.Identity, nn.Dropout, "
+            "nested nn.Sequential)")
+    if t in (nn.Linear, nn.Conv2d):
+        return _Leaf(path, m, "weight")
+    if t in _ACT_TYPES:
+        return _Leaf(path, m, "act")
+    if t is nn.MaxPool2d:
+        return _Leaf(path, m, "pool")
+    if t is nn.Flatten:
+        if (m.start_dim, m.end_dim) != (1, -1):  # type: ignore[union-attr]
+            raise ProbPruneError(f"from_module: layer {path} Flatten(start_dim={m.start_dim}, "
+                                 f"end_dim={m.end_dim}): only Flatten(start_dim=1, end_dim=-1) is supported")
+        return _Leaf(path, m, "flatten")
+    if t is nn.Sequential:  # a nested Sequential with hooks
+        raise ProbPruneError(f"from_module: layer {path} (Sequential) has forward hooks; remove them first")
+    return _Leaf(path, m, "noop")
+
+
+def _pool_size(leaf: _Leaf) -> int:
+    m = cast(nn.MaxPool2d, leaf.module)  # _classify matched the exact type
+
+    def pair(v: object) -> tuple[object, object]:
+        return (v[0], v[1]) if isinstance(v, (tuple, list)) and len(v) == 2 else (v, v)
+
+    k, s, p, d = pair(m.kernel_size), pair(m.stride), pair(m.padding), pair(m.dilation)
+    if not (isinstance(k[0], int) and k[0] == k[1] and s == k and p == (0, 0) and d == (1, 1)
+            and not m.ceil_mode and not m.return_indices):
+        raise ProbPruneError(
+            f"from_module: {leaf.label} kernel_size={m.kernel_size}, stride={m.stride}, padding={m.padding}, "
+            f"dilation={m.dilation}, ceil_mode={m.ceil_mode}: only a square non-overlapping max-pool "
+            "(stride == kernel_size, no padding, no dilation, floor mode, no indices) is supported")
+    return int(k[0])
+
+
+def _conv_spec(leaf: _Leaf) -> ConvSpec:
+    m = cast(nn.Conv2d, leaf.module)  # _classify matched the exact type
+    ks, st, pd, dl = m.kernel_size, m.stride, m.padding, m.dilation
+    if isinstance(pd, str) or ks[0] != ks[1] or st[0] != st[1] or pd[0] != pd[1] or dl != (1, 1) or m.groups != 1:
+        raise ProbPruneError(
+            f"from_module: {leaf.label} kernel_size={ks}, stride={st}, padding={pd}, dilation={dl}, "
+            f"groups={m.groups}: needs a square kernel/stride/padding (integers), no dilation, groups=1")
+    if m.padding_mode not in ("zeros", "circular"):
+        raise ProbPruneError(f"from_module: {leaf.label} padding_mode={m.padding_mode!r}: only 'zeros' and "
+                             "'circular' are supported")
+    pad = None if pd[0] == ks[0] // 2 else pd[0]
+    return ConvSpec(m.out_channels, ks[0], st[0], pad, m.padding_mode)  # type: ignore[arg-type]
+
+
+def _param(leaf: _Leaf, attr: str) -> Tensor | None:
+    t = getattr(leaf.module, attr)
+    if t is None:
+        return None
+    if not isinstance(t, Tensor):
+        raise ProbPruneError(f"from_module: {leaf.label} {attr} is a {type(t).__name__}, not a tensor")
+    check_dtype(f"from_module: {leaf.label} {attr}", t)
+    if t.is_meta:
+        raise ProbPruneError(f"from_module: {leaf.label} {attr} is on the meta device (no values); "
+                             "load the weights first")
+    return t.detach().clone()
 
 
 def from_module(seq: nn.Module, input_shape: tuple[int, int, int] | None = None) -> Net:
-    """Read a plain ``nn.Sequential`` (Linear/Conv2d/activations/MaxPool2d/Flatten) into a ``Net``.
+    """Read a plain ``nn.Sequential`` into a ``Net`` that computes exactly the same function, or refuse.
+
+    Accepted, by **exact type** (subclasses, modules with forward hooks or an instance-level
+    ``forward`` are refused): ``nn.Linear``, ``nn.Conv2d`` (square kernel/stride/padding, zeros or
+    circular padding, no dilation, groups 1), ``nn.ReLU``, ``nn.LeakyReLU`` (slope in [0, 1]),
+    ``nn.Tanh``, ``nn.Sigmoid``, ``nn.MaxPool2d`` (square, stride = kernel, no padding),
+    ``nn.Flatten`` (default dims), ``nn.Identity``, ``nn.Dropout`` and nested ``nn.Sequential``
+    (flattened: a Sequential is the composition of its children; index paths like ``1.0`` name
+    nested layers in messages).
+
+    The order must be the one :meth:`Net.forward` applies: ``[Flatten]`` (FCN input only), then
+    per hidden layer ``weight → activation [→ MaxPool2d] [→ Flatten after the last conv]``, then
+    the output ``nn.Linear`` with no activation after it. Every hidden layer carries exactly one
+    activation of one network-wide type, or none has one (an identity-activation net: consecutive
+    linear maps are then kept as separate layers, which is exact). Refused: an activation after
+    the output layer, two activations in a row, an activation missing after one hidden layer while
+    others have one, a pool or flatten elsewhere, a conv after a linear layer, mixed biases.
+
+    ``nn.Dropout`` is read as the identity: the Net is the module's **eval-mode** (inference)
+    function, whatever ``seq.training`` is; in training mode with ``p > 0`` the module's output is
+    random and no deterministic network equals it. ``nn.Identity`` and ``nn.Dropout`` may sit
+    anywhere.
+
+    After the structural check, the conversion is checked numerically: a float64 eval-mode copy of
+    the module and the Net (widened to float64, so only the conversion and not float rounding is
+    compared) run layer by layer on 256 inputs from a fixed local generator (input norms spread
+    over [0, 10], and 0); each layer must agree to float64 rounding (``64·(fan_in+1)·2⁻⁵³`` times
+    the layer's ``|W|·|x| + |b|``, whatever the weights' own dtype) or the conversion is refused,
+    naming the first disagreeing layer. The user's module is never modified (not its dtype, its
+    device or its train/eval mode).
 
     Args:
-        seq: the stack; one hidden activation type throughout, none after the last layer.
-        input_shape: (C, H, W) for a CNN (the spatial size is not stored in the module).
+        seq: the model, an ``nn.Sequential``; weights float32 or float64 (see :func:`check_dtype`).
+        input_shape: ``(C, H, W)`` for a CNN (the spatial size is not stored in the module).
+
+    Returns:
+        A single :class:`Net` (no trial dim) on the module's device, in the weights' dtype.
+
+    Raises:
+        ProbPruneError: naming the layer (index path and type) and the reason.
+
+    >>> from torch import nn
+    >>> from_module(nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))).spec.to_arch()
+    'fcn:3,4,2'
     """
-    if not isinstance(seq, nn.Sequential):
-        raise ProbPruneError(f"from_module: expected nn.Sequential, got {type(seq).__name__}")
+    if type(seq) is not nn.Sequential:
+        base = "a subclass of nn.Sequential (its forward may differ)" if isinstance(seq, nn.Sequential) else ""
+        raise ProbPruneError(f"from_module: expected a plain nn.Sequential, got {type(seq).__name__} {base}".strip())
+    if _has_hooks(seq):
+        raise ProbPruneError("from_module: the nn.Sequential has forward hooks or an overridden forward; "
+                             "remove them first")
+    leaves = [_classify(path, m) for path, m in _walk(seq)]
+    wpos = [i for i, leaf in enumerate(leaves) if leaf.kind == "weight"]
+    if not wpos:
+        raise ProbPruneError("from_module: the model has no prunable layer (nn.Linear or nn.Conv2d)")
+    first_is_linear = type(leaves[wpos[0]].module) is nn.Linear
+    for leaf in leaves[:wpos[0]]:
+        if leaf.kind == "noop" or (leaf.kind == "flatten" and first_is_linear):
+            continue  # an FCN's input is flattened: a leading Flatten is the identity on [N, d]
+        raise ProbPruneError(f"from_module: {leaf.label} comes before the first weight layer; the network "
+                             "must start with nn.Linear or nn.Conv2d")
+
+    n_layers = len(wpos)
+    hidden: list[_Leaf | None] = []  # the activation after each hidden layer (None: no activation)
+    convs: list[ConvSpec] = []
+    segments: list[list[int]] = []  # leaf indices each Net layer covers (weight layer … before the next)
+    seen_linear = False
+    for j, start in enumerate(wpos):
+        end = wpos[j + 1] if j + 1 < n_layers else len(leaves)
+        segments.append(list(range(start, end)))
+        wl = leaves[start]
+        is_conv = type(wl.module) is nn.Conv2d
+        last = j == n_layers - 1
+        next_conv = not last and type(leaves[wpos[j + 1]].module) is nn.Conv2d
+        if is_conv and seen_linear:
+            raise ProbPruneError(f"from_module: {wl.label} comes after a linear layer; a CNN is conv layers, then "
+                                 "a linear head")
+        seen_linear = seen_linear or not is_conv
+        act: _Leaf | None = None
+        pool: _Leaf | None = None
+        flat: _Leaf | None = None
+        for leaf in (leaves[i] for i in range(start + 1, end)):
+            if leaf.kind == "act":
+                if last:
+                    raise ProbPruneError(
+                        f"from_module: {leaf.label} is an activation after the output layer, {wl.label}; the Net's "
+                        "last layer has no activation (remove it, or certify the network without it)")
+                if act is not None:
+                    raise ProbPruneError(f"from_module: {act.label} and {leaf.label} are two activations in a row; "
+                                         "the Net applies exactly one activation after each hidden layer")
+                if pool is not None or flat is not None:
+                    after = pool if pool is not None else flat
+                    raise ProbPruneError(f"from_module: {leaf.label} comes after {after.label}; the Net applies "  # type: ignore[union-attr]
+                                         "conv → activation → max-pool → flatten, in that order")
+                act = leaf
+            elif leaf.kind == "pool":
+                if not is_conv:
+                    raise ProbPruneError(f"from_module: {leaf.label} follows the linear {wl.label}; max-pools "
+                                         "are supported only after conv layers")
+                if pool is not None or flat is not None:
+                    raise ProbPruneError(f"from_module: {leaf.label} follows {(pool or flat).label}; the Net has at "  # type: ignore[union-attr]
+                                         "most one max-pool per conv layer, before the flatten")
+                pool = leaf
+            elif leaf.kind == "flatten":
+                if not is_conv or last or next_conv or flat is not None:
+                    raise ProbPruneError(f"from_module: {leaf.label} is supported only at the input of an FCN or "
+                                         "once between the last conv layer and the first linear layer")
+                flat = leaf
+        if last and is_conv:
+            raise ProbPruneError(f"from_module: {wl.label} is the last weight layer; a CNN must end with a linear "
+                                 "head (nn.Flatten, nn.Linear)")
+        if is_conv and not last and not next_conv and flat is None:
+            raise ProbPruneError(f"from_module: the linear {leaves[wpos[j + 1]].label} follows the conv "
+                                 f"{wl.label} without nn.Flatten between them")
+        if is_conv:
+            convs.append(dataclasses.replace(_conv_spec(wl), pool=1 if pool is None else _pool_size(pool)))
+        if not last:
+            hidden.append(act)
+
+    present = [a for a in hidden if a is not None]
+    kinds = sorted({(_ACT_TYPES[type(a.module)], float(getattr(a.module, "negative_slope", 0.01))) for a in present})
+    if len(kinds) > 1:
+        raise ProbPruneError(f"from_module: mixed activations {kinds} are not supported; the Net applies one "
+                             "activation type (and slope) after every hidden layer")
+    if present and len(present) < len(hidden):
+        j = hidden.index(None)
+        raise ProbPruneError(
+            f"from_module: {leaves[wpos[j]].label} and {leaves[wpos[j + 1]].label} follow each other with no "
+            f"activation between them, while {present[0].label} applies one; the Net applies the same activation "
+            "after every hidden layer (insert it, or remove the activations everywhere)")
+    act_name, slope = kinds[0] if kinds else ("identity", 0.01)
+    if act_name == "leaky_relu" and not 0.0 <= slope <= 1.0:
+        raise ProbPruneError(f"from_module: {present[0].label} negative_slope={slope}: only slopes in [0, 1] are "
+                             "supported (the bounds use Lipschitz constant 1)")
+    if act_name != "leaky_relu":
+        slope = 0.01  # the NetSpec default: the slope is meaningless for other activations
+
     weights: list[Tensor] = []
     biases: list[Tensor | None] = []
-    convs: list[ConvSpec] = []
-    acts: set[tuple[str, float]] = set()
-    linear_widths: list[int] = []
-    seen_linear = False
-    pending: dict[str, int] = {}
-    mods = list(seq)
-    for idx, m in enumerate(mods):
-        if isinstance(m, nn.Conv2d):
-            if seen_linear:
-                raise ProbPruneError(f"from_module: conv layer {idx} after a linear layer is not supported")
-            ks, st, pd, dl = m.kernel_size, m.stride, m.padding, m.dilation
-            square = ks[0] == ks[1] and st[0] == st[1] and not isinstance(pd, str) and pd[0] == pd[1]
-            if not square or dl != (1, 1) or m.groups != 1:
-                raise ProbPruneError(f"from_module: layer {idx} Conv2d needs square kernel/stride/padding, "
-                                     "no dilation, groups=1")
-            if m.padding_mode not in ("zeros", "circular"):
-                raise ProbPruneError(f"from_module: layer {idx} padding_mode={m.padding_mode!r} unsupported")
-            if convs:
-                convs[-1] = dataclasses.replace(convs[-1], pool=pending.pop("pool", 1))
-            pending.clear()
-            pad = None if pd[0] == ks[0] // 2 else pd[0]
-            convs.append(ConvSpec(m.out_channels, ks[0], st[0], pad, m.padding_mode))  # type: ignore[arg-type]
-            weights.append(m.weight.detach().clone())
-            biases.append(None if m.bias is None else m.bias.detach().clone())
-        elif isinstance(m, nn.Linear):
-            if convs and not seen_linear:
-                convs[-1] = dataclasses.replace(convs[-1], pool=pending.pop("pool", 1))
-            if not seen_linear and not convs:
-                linear_widths.append(m.in_features)
-            seen_linear = True
-            linear_widths.append(m.out_features)
-            weights.append(m.weight.detach().clone())
-            biases.append(None if m.bias is None else m.bias.detach().clone())
-        elif type(m) in _ACT_TYPES:
-            slope = float(getattr(m, "negative_slope", 0.01))
-            acts.add((_ACT_TYPES[type(m)], slope))
-        elif isinstance(m, nn.MaxPool2d):
-            k = m.kernel_size if isinstance(m.kernel_size, int) else m.kernel_size[0]
-            s = m.stride if isinstance(m.stride, int) else m.stride[0]
-            if k != s or m.padding not in (0, (0, 0)) or m.dilation not in (1, (1, 1)) or m.ceil_mode:
-                raise ProbPruneError(f"from_module: layer {idx} MaxPool2d must have kernel == stride, no padding")
-            pending["pool"] = int(k)
-        elif isinstance(m, (nn.Flatten, nn.Identity, nn.Dropout)):
-            continue
-        else:
-            raise ProbPruneError(f"from_module: layer {idx} of type {type(m).__name__} is not supported")
-    if not weights:
-        raise ProbPruneError("from_module: the model has no prunable layer (nn.Linear or nn.Conv2d)")
-    if len(acts) > 1:
-        raise ProbPruneError(f"from_module: mixed activations {sorted(acts)} are not supported")
-    act, slope = acts.pop() if acts else ("identity", 0.01)
+    for start in wpos:
+        w = _param(leaves[start], "weight")
+        if w is None:
+            raise ProbPruneError(f"from_module: {leaves[start].label} has no weight")
+        weights.append(w)
+        biases.append(_param(leaves[start], "bias"))
     has_bias = [b is not None for b in biases]
     if any(has_bias) and not all(has_bias):
         raise ProbPruneError("from_module: some layers have biases and some not; use bias everywhere or nowhere")
+    linears = [w for i, w in zip(wpos, weights) if type(leaves[i].module) is nn.Linear]
+    widths = [int(w.shape[0]) for w in linears]
     if convs:
         if input_shape is None:
             raise ProbPruneError("from_module: a CNN needs input_shape=(C, H, W)")
-        spec = NetSpec(kind="cnn", input_shape=input_shape, convs=tuple(convs),
-                       widths=tuple(linear_widths), activation=act, negative_slope=slope,  # type: ignore[arg-type]
-                       bias=all(has_bias))
+        spec = NetSpec(kind="cnn", input_shape=input_shape, convs=tuple(convs), widths=tuple(widths),
+                       activation=act_name, negative_slope=slope, bias=all(has_bias))  # type: ignore[arg-type]
     else:
-        spec = NetSpec(kind="fcn", widths=tuple(linear_widths), activation=act,  # type: ignore[arg-type]
-                       negative_slope=slope, bias=all(has_bias))
-    return Net.from_weights(spec, weights, biases)
+        if input_shape is not None:
+            # a module whose first layer is nn.Linear acts on the last dim of a (C, H, W) input:
+            # it equals an FCN on the flattened input only behind a leading nn.Flatten
+            lead_flat = any(leaf.kind == "flatten" for leaf in leaves[:wpos[0]])
+            if not lead_flat or math.prod(input_shape) != int(linears[0].shape[1]):
+                raise ProbPruneError(
+                    f"from_module: input_shape={tuple(input_shape)} given, but the model is fully connected and "
+                    f"{leaves[wpos[0]].label} (in_features={int(linears[0].shape[1])}) does not read the flattened "
+                    "input; start the model with nn.Flatten() and matching in_features, or pass input_shape=None")
+        spec = NetSpec(kind="fcn", widths=(int(linears[0].shape[1]), *widths),
+                       activation=act_name, negative_slope=slope, bias=all(has_bias))  # type: ignore[arg-type]
+    for start, w, shape in zip(wpos, weights, spec.weight_shapes()):
+        if tuple(w.shape) != tuple(shape):
+            raise ProbPruneError(f"from_module: {leaves[start].label} weight shape {tuple(w.shape)} does not fit the "
+                                 f"layers before it (expected {tuple(shape)} for {spec.to_arch()})")
+    net = Net.from_weights(spec, weights, biases)
+    _check_conversion(seq, net, leaves, segments, wpos[0])
+    return net
+
+
+def _abs_scale(layer: Layer, x: Tensor) -> Tensor:
+    """``max(|W|·|x| + |b|)`` over the batch: the size float rounding of the layer's sum is relative to."""
+    conv = None if layer.conv is None else dataclasses.replace(layer.conv, pool=1)
+    absl = Layer(weight=layer.weight.abs(), bias=None if layer.bias is None else layer.bias.abs(),
+                 activation=IDENTITY, conv=conv, flatten=False)
+    return _apply_layer(absl, x.abs(), None).abs().max()
+
+
+def _check_conversion(seq: nn.Module, net: Net, leaves: Sequence[_Leaf], segments: Sequence[Sequence[int]],
+                      first: int) -> None:
+    """Second defence: the Net computes the module's function (float64, layer by layer), else refuse."""
+    mod = copy.deepcopy(seq)  # the user's module keeps its dtype, device and mode
+    mod.eval()
+    mod.to(device="cpu", dtype=torch.float64)
+    mods = [cast(nn.Module, m) for _, m in _walk(mod)]  # no None: _classify refused it
+    net64 = net.to(device="cpu", dtype=torch.float64)
+    spec = net64.spec
+    shape = (spec.input_dim,) if spec.kind == "fcn" else spec.input_shape
+    gen = torch.Generator().manual_seed(_CHECK_SEED)  # local: never the global RNG
+    n, d = _CHECK_POINTS, spec.input_dim
+    z = torch.randn(n, d, generator=gen, dtype=torch.float64)
+    z = z / z.norm(dim=1, keepdim=True).clamp_min(1e-300)
+    half = n // 2
+    norms = torch.cat([torch.rand(half, generator=gen, dtype=torch.float64),
+                       10.0 * torch.rand(n - half, generator=gen, dtype=torch.float64)])
+    norms[0] = 0.0
+    x = (z * norms[:, None]).reshape(n, *shape)  # type: ignore[misc]
+    u = 2.0 ** -53
+    tiny = 2.0 ** -1074
+    with torch.no_grad():
+        try:
+            h = x
+            for i in range(first):
+                h = mods[i](h)
+            err = 0.0  # ∞-norm bound on the difference the layers' rounding can build up to the output
+            for j, layer in enumerate(net64.layers):
+                ref = h
+                for i in segments[j]:
+                    ref = mods[i](ref)
+                got = _apply_layer(layer, h, None)
+                where = ", ".join(leaves[i].label for i in segments[j])
+                if got.shape != ref.shape:
+                    raise ProbPruneError(f"from_module: the converted layer {j} ({where}) has output shape "
+                                         f"{tuple(got.shape)}, the module's {tuple(ref.shape)}; refusing the "
+                                         "conversion")
+                if not bool(torch.isfinite(ref).all()):
+                    raise ProbPruneError(f"from_module: cannot check the conversion: the module's output after "
+                                         f"{where} is not finite in float64 for inputs of norm ≤ 10")
+                fan_in = math.prod(layer.weight.shape[1:])
+                tol = _CHECK_SLACK * (fan_in + 1) * (u * float(_abs_scale(layer, h) + ref.abs().max()) + tiny)
+                diff = float((got - ref).abs().max())
+                if not diff <= tol:
+                    raise ProbPruneError(
+                        f"from_module: the converted network differs from the module at layer {j} ({where}): "
+                        f"max |difference| {diff:.3g} on {n} random inputs of norm ≤ 10, tolerance {tol:.3g} "
+                        "(float64 rounding); refusing the conversion")
+                w_inf = float(layer.weight.abs().flatten(1).sum(dim=1).max())
+                err = layer.activation.lipschitz * w_inf * err + tol
+                h = ref
+            whole = mod(x)
+        except RuntimeError as exc:  # a shape the module cannot run (guarded above; kept as a refusal)
+            raise ProbPruneError(f"from_module: cannot run the module on inputs of shape {tuple(x.shape)}: "
+                                 f"{str(exc).splitlines()[0]}") from exc
+        out = cast(Tensor, net64.forward(x))
+        diff = float((out - whole).abs().max()) if out.shape == whole.shape else math.inf
+        if not diff <= err:
+            raise ProbPruneError(f"from_module: the converted network's output differs from the module's: max "
+                                 f"|difference| {diff:.3g} on {n} random inputs, tolerance {err:.3g}; refusing "
+                                 "the conversion")
 
 
 def from_state_dict(spec: NetSpec, tensors: Mapping[str, Tensor]) -> Net:
