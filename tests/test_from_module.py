@@ -361,9 +361,18 @@ def test_mixed_dtypes_refused_and_float64_kept() -> None:
         from_module(seq)
 
 
-def test_meta_weights_refused() -> None:
+def test_meta_sparse_and_non_finite_weights_refused() -> None:
     seq = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)).to("meta")
     with pytest.raises(ProbPruneError, match=r"layer 0 \(Linear\) weight is on the meta device"):
+        from_module(seq)
+    seq = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    with torch.no_grad():
+        seq[2].bias[1] = float("nan")
+    with pytest.raises(ProbPruneError, match=r"layer 2 \(Linear\) bias contains non-finite values"):
+        from_module(seq)
+    seq = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    seq[0].weight = nn.Parameter(seq[0].weight.detach().to_sparse())
+    with pytest.raises(ProbPruneError, match=r"layer 0 \(Linear\) weight has layout torch.sparse_coo"):
         from_module(seq)
 
 

@@ -723,6 +723,11 @@ def _param(leaf: _Leaf, attr: str) -> Tensor | None:
     if t.is_meta:
         raise ProbPruneError(f"from_module: {leaf.label} {attr} is on the meta device (no values); "
                              "load the weights first")
+    if t.layout is not torch.strided:
+        raise ProbPruneError(f"from_module: {leaf.label} {attr} has layout {t.layout}; only dense (strided) "
+                             "tensors are supported (call .to_dense() first)")
+    if not bool(torch.isfinite(t).all()):
+        raise ProbPruneError(f"from_module: {leaf.label} {attr} contains non-finite values (NaN or inf)")
     return t.detach().clone()
 
 
