@@ -134,6 +134,20 @@ TAMPER: list[tuple[str, Callable[[Path], None], str]] = [
      "meta n_expected = 7, not n_grid × n_trials = 2 × 4"),
     ("slope of no rule", lambda d: _sql(d, "UPDATE slopes SET prune_index = 5"),
      "a slopes row names pruning rule 5"),
+    # a consistent forgery of grid and trials together still disagrees with config.json
+    ("grid relabelled", lambda d: _sql(d, "UPDATE grid SET width = 64 WHERE grid_index = 1",
+                                       "UPDATE trials SET width = 64 WHERE grid_index = 1"),
+     "grid point 1 has width = 64, but config.json gives 12"),
+    ("rule relabelled", lambda d: _sql(d, "UPDATE grid SET method = 'random' WHERE grid_index = 0",
+                                       "UPDATE trials SET method = 'random' WHERE grid_index = 0"),
+     "grid point 0 has method = 'random', but config.json gives 'magnitude'"),
+    ("level relabelled", lambda d: _sql(d, "UPDATE grid SET level_value = 0.05"),
+     "grid point 0 has level_value = 0.05, but config.json gives 0.3"),
+    ("grid point removed", lambda d: _sql(d, "DELETE FROM trials WHERE grid_index = 1", "DELETE FROM points WHERE "
+                                          "grid_index = 1", "DELETE FROM grid WHERE grid_index = 1",
+                                          "UPDATE meta SET value = '1' WHERE key = 'n_grid'",
+                                          "UPDATE meta SET value = '4' WHERE key = 'n_expected'"),
+     "meta n_grid = 1, but config.json gives 2 grid point(s)"),
 ]
 
 

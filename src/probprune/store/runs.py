@@ -197,6 +197,39 @@ def _bad_value_sql(table: str, cols: Sequence[tuple[str, str]], required: Sequen
             "WHERE bad IS NOT NULL LIMIT 1")
 
 
+def _check_grid_rows(con: sqlite3.Connection, db: str, cfg: RunConfig, n_grid: int) -> None:
+    """The grid rows are the config's grid: hidden widths (outer) × pruning rules (inner), each rule as resolved.
+
+    Only what the config alone determines is checked here (the bound ε needs the theory: the
+    driver compares it on resume).
+    """
+    n_rules = len(cfg.prunes)
+    widths = cfg.mc.hidden_widths
+    want = max(1, len(widths)) * n_rules
+    if n_grid != want:
+        raise ProbPruneError(f"{db}: meta n_grid = {n_grid}, but {CONFIG_FILE} gives {want} grid point(s) "
+                             f"({max(1, len(widths))} width(s) × {n_rules} pruning rule(s))")
+    cols = ("grid_index", "width", "prune_index", "method", "scope", "rescale", "level_name", "level_value",
+            "schedule_c", "schedule_alpha")
+    for row in con.execute(f"SELECT {', '.join(cols)} FROM grid ORDER BY grid_index"):
+        r = dict(zip(cols, row))
+        g = int(r["grid_index"])
+        rule = cfg.prunes[g % n_rules]
+        expect: dict[str, Any] = {"prune_index": g % n_rules, "method": rule.method, "scope": rule.scope,
+                                  "rescale": int(rule.rescale), "schedule_c": rule.schedule_c,
+                                  "schedule_alpha": rule.schedule_alpha}
+        if widths:
+            expect["width"] = widths[g // n_rules]
+        if isinstance(r["width"], int) and r["width"] >= 1:
+            resolved = rule.at_width(r["width"])
+            expect["level_name"] = resolved.level_name
+            if resolved.level_name is not None:
+                expect["level_value"] = getattr(resolved, resolved.level_name)
+        for c, v in expect.items():
+            if not (r[c] is None and v is None) and not _same(r[c], v):
+                raise ProbPruneError(f"{db}: grid point {g} has {c} = {r[c]!r}, but {CONFIG_FILE} gives {v!r}")
+
+
 def _validate(con: sqlite3.Connection, where: str, cfg: RunConfig, h: str, config_text: str | None
               ) -> tuple[dict[str, str], int, int, int]:
     """Check the whole store against ``cfg``; return ``(meta, n_done, n_grid, n_trials)``.
@@ -272,6 +305,7 @@ def _validate(con: sqlite3.Connection, where: str, cfg: RunConfig, h: str, confi
         if odd is not None:
             raise ProbPruneError(f"{db}: grid point {odd} is out of range [0, {n_grid})")
         raise ProbPruneError(f"{db}: {len(idx)} grid point(s) stored, meta n_grid = {n_grid}")
+    _check_grid_rows(con, db, cfg, n_grid)
     # trials: indices in range, no duplicates, each agreeing with its grid point
     row = con.execute("SELECT grid_index, trial FROM trials WHERE grid_index < 0 OR grid_index >= ? "
                       "ORDER BY grid_index, trial LIMIT 1", (n_grid,)).fetchone()
