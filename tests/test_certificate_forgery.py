@@ -18,6 +18,9 @@ import torch
 
 from cliharness import run
 from probprune.cli import main
+from probprune.config import ProbPruneError
+from probprune.report.certificate import read_certificate, validate_certificate
+from probprune.runner.certificate import check_certificate
 
 ARCH = "fcn:8,32,32,4"
 Doc = dict[str, Any]
@@ -313,3 +316,53 @@ def test_an_old_certificate_without_a_witness_is_refused(made_once: dict[str, di
     line = err.strip().splitlines()[-1]
     assert rc == 2 and line.startswith("error: ")
     assert "field format" in line and "without a witness" in line and "probprune-certificate/2" in line
+
+
+def _leaves(node: Any, path: str = "") -> Iterator[tuple[str, Any]]:
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from _leaves(v, f"{path}.{k}" if path else k)
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from _leaves(v, f"{path}.{i}")
+    else:
+        yield path, node
+
+
+def _perturbed(v: Any) -> Any:
+    if isinstance(v, bool):
+        return not v
+    if isinstance(v, int):
+        return v + 1
+    if isinstance(v, float):
+        return v * 0.5 if v != 0 else 0.25
+    if isinstance(v, str):
+        return v[:-1] + ("1" if v[-1:] == "0" else "0")
+    return None
+
+
+@pytest.mark.parametrize("kind", ["threshold", "random"])
+def test_every_field_is_rederived_or_listed(made_once: dict[str, dict[str, Path]], kind: str) -> None:
+    """Change any one value of a genuine certificate: the check rejects it, or lists the field as not verified."""
+    files = made_once[kind]
+    genuine = read_certificate(files["cert"])
+    accepted: dict[str, list[str]] = {}
+    checked = 0
+    for path, value in _leaves(genuine):
+        new = _perturbed(value)
+        if new is None:
+            continue
+        doc = json.loads(json.dumps(genuine))
+        _set(path, new)(doc)
+        checked += 1
+        try:
+            validate_certificate(doc)
+            res = check_certificate(doc, files["pruned"])
+        except ProbPruneError:
+            continue
+        accepted[path] = [f for f, _ in res.not_verified]
+    assert checked > 60
+    # accepted only where the confirmation says it does not cover the changed field
+    uncovered = [p for p, listed in accepted.items() if not any(p == f or p.startswith(f + ".") for f in listed)]
+    assert not uncovered, accepted
+    assert {"versions.torch", "gap.estimator.n_evals", "pruned.path"} <= set(accepted)
