@@ -10,7 +10,9 @@ every figure file). Allowed differences, each named once:
   ``meta.finished``, ``trials.seconds``), left out of the row comparison.
 
 The two processes get different ``PYTHONHASHSEED`` values, so nothing may depend on set or hash
-order. Certificates (``prune --certificate``) are covered by their own tests.
+order. Certificates (``prune --certificate``) are covered by their own tests. The real-data
+``experiment`` (checkpoints, rows less ``experiment.seconds``, report) is compared too when MNIST is
+prepared (marker ``data``).
 """
 
 from __future__ import annotations
@@ -154,22 +156,15 @@ def _rows(db: Path) -> dict[str, list[dict[str, Any]]]:
     return out
 
 
-@pytest.mark.slow
-def test_two_processes_with_the_same_seed_write_the_same_bytes(tmp_path: Path) -> None:
-    a, b = tmp_path / "a", tmp_path / "b"
-    _make_everything({a: "1", b: "2"})
+def _assert_same_artifacts(a: Path, b: Path, expected: set[str]) -> list[str]:
+    """Every file under ``a`` equals its twin under ``b`` (up to the one timestamp and the timing fields)."""
     files_a = sorted(p.relative_to(a).as_posix() for p in a.rglob("*") if p.is_file())
     files_b = sorted(p.relative_to(b).as_posix() for p in b.rglob("*") if p.is_file())
     # SQLite's write-ahead files may or may not be left behind (the store's business): not artifacts
     files_a = [f for f in files_a if not f.endswith(("-wal", "-shm"))]
     files_b = [f for f in files_b if not f.endswith(("-wal", "-shm"))]
     assert files_a == files_b
-    (run,) = {f.split("/")[1] for f in files_a if f.startswith("runs/")}
-    expected = {"pruned.safetensors", "target.safetensors", f"runs/{run}/config.json",
-                f"runs/{run}/results.sqlite", f"runs/{run}/report.html", f"runs/{run}/summary.md"}
-    assert expected <= set(files_a)
-    figures = [f for f in files_a if f.startswith(f"runs/{run}/figures/")]
-    assert len(figures) >= 6 and {f.rsplit(".", 1)[1] for f in figures} == {"png", "svg"}
+    assert expected <= set(files_a), sorted(expected - set(files_a))
     for rel in files_a:
         fa, fb = a / rel, b / rel
         if rel.endswith("results.sqlite"):
@@ -178,7 +173,45 @@ def test_two_processes_with_the_same_seed_write_the_same_bytes(tmp_path: Path) -
             ta, tb = fa.read_text(encoding="utf-8"), fb.read_text(encoding="utf-8")
             assert len(GENERATED_LINE.findall(ta)) == 1 and len(GENERATED_LINE.findall(tb)) == 1
             ta, tb = GENERATED_LINE.sub("", ta), GENERATED_LINE.sub("", tb)
-            assert str(a) not in ta and str(tmp_path) not in ta, "report.html names an absolute path"
+            assert str(a) not in ta and str(a.parent) not in ta, "report.html names an absolute path"
             assert ta == tb, f"{rel}: differs beyond the generated: line"
         else:
             assert fa.read_bytes() == fb.read_bytes(), f"{rel}: bytes differ"
+    return files_a
+
+
+@pytest.mark.slow
+def test_two_processes_with_the_same_seed_write_the_same_bytes(tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    _make_everything({a: "1", b: "2"})
+    (run,) = (p.name for p in (a / "runs").iterdir())
+    expected = {"pruned.safetensors", "target.safetensors", f"runs/{run}/config.json",
+                f"runs/{run}/results.sqlite", f"runs/{run}/report.html", f"runs/{run}/summary.md"}
+    files = _assert_same_artifacts(a, b, expected)
+    figures = [f for f in files if f.startswith(f"runs/{run}/figures/")]
+    assert len(figures) >= 6 and {f.rsplit(".", 1)[1] for f in figures} == {"png", "svg"}
+
+
+@pytest.mark.slow
+@pytest.mark.data
+def test_two_experiment_processes_write_the_same_bytes(tmp_path: Path) -> None:
+    """The real-data experiment: trained checkpoint, rows (less ``seconds``), report and figure."""
+    from probprune.data import dataset_status
+
+    if not dataset_status("mnist")["ready"]:
+        if os.environ.get("CI") == "true":
+            pytest.fail("mnist is not prepared — CI must prepare it (make data)")
+        pytest.skip("mnist is not prepared (probprune data prepare mnist)")
+    a, b = tmp_path / "a", tmp_path / "b"
+    folders = {a: "3", b: "4"}
+    for f in folders:
+        f.mkdir()
+    _cli_pair(folders, ["experiment", "mnist", "--quick", "--models", "lenet-300-100", "--methods", "random",
+                        "--scopes", "layerwise", "--seeds", "0", "--epochs", "0.01", "--finetune-epochs", "0",
+                        "--prune-fractions", "0.5", "--runs-dir", "runs", "--json"])
+    (run,) = (p.name for p in (a / "runs").iterdir())
+    _cli_pair(folders, ["report", f"{{cwd}}/runs/{run}", "--json"])
+    expected = {f"runs/{run}/checkpoints/lenet-300-100-seed0.safetensors", f"runs/{run}/config.json",
+                f"runs/{run}/results.sqlite", f"runs/{run}/report.html", f"runs/{run}/summary.md",
+                f"runs/{run}/figures/accuracy_vs_sparsity.png", f"runs/{run}/figures/accuracy_vs_sparsity.svg"}
+    _assert_same_artifacts(a, b, expected)
