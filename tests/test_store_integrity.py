@@ -297,6 +297,13 @@ def test_a_lock_file_left_by_a_dead_process_does_not_block(tmp_path: Path) -> No
     assert again.n_new == 0 and not (res.run_dir / LOCK_FILE).exists()
 
 
+def _text(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:  # released between the glob and the read
+        return ""
+
+
 @pytest.mark.slow
 def test_two_verify_processes_on_one_run_folder(tmp_path: Path) -> None:
     """Two real ``probprune verify`` processes: the second is refused with the first one's pid (exit 2)."""
@@ -309,7 +316,7 @@ def test_two_verify_processes_on_one_run_folder(tmp_path: Path) -> None:
         deadline = time.time() + 120
         locks: list[Path] = []
         while time.time() < deadline and first.poll() is None:
-            locks = [p for p in tmp_path.glob(f"*/{LOCK_FILE}") if p.read_text().strip()]
+            locks = [p for p in tmp_path.glob(f"*/{LOCK_FILE}") if _text(p)]
             if locks:
                 break
             time.sleep(0.005)
@@ -386,3 +393,12 @@ def test_a_live_writers_committed_chunks_are_read(tmp_path: Path) -> None:
     finally:
         w.close()
     assert _db_files(w.path) == [DB_FILE]
+
+
+def test_a_run_folder_with_uri_characters_in_its_path_is_read(fresh: Path) -> None:
+    # the read-only open is a file: URI; '?', '#' and '%' in the path must not cut or re-encode it
+    odd = fresh.parent.parent / "a?b #c %41" / fresh.name
+    shutil.copytree(fresh, odd)
+    before = _files(odd)
+    assert open_run(odd).status == "complete" and len(read_trials(odd)) == 8
+    assert _files(odd) == before
