@@ -12,6 +12,7 @@ at failure probability δ.
 
 from __future__ import annotations
 
+import io
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -27,6 +28,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from probprune.config import ProbPruneError
+from probprune.store import atomic_write_bytes
 
 __all__ = [
     "FigureResult",
@@ -82,9 +84,14 @@ def _save(fig: Figure, out_dir: str | Path, name: str) -> tuple[Path, Path]:
     d = Path(out_dir)
     d.mkdir(parents=True, exist_ok=True)
     png, svg = d / f"{name}.png", d / f"{name}.svg"
-    with matplotlib.rc_context({"svg.hashsalt": "probprune", "svg.fonttype": "none"}):
-        fig.savefig(png, format="png", dpi=100, metadata={"Software": None})
-        fig.savefig(svg, format="svg", metadata={"Date": None, "Creator": None})
+    # same figure, same bytes: no date or software version in the files, SVG ids from a fixed salt;
+    # each file is rendered in memory and renamed into place (never left half-written)
+    with matplotlib.rc_context({"svg.hashsalt": "probprune", "svg.fonttype": "none", "svg.id": None}):
+        for path, fmt, meta in ((png, "png", {"Software": None}),
+                                (svg, "svg", {"Date": None, "Creator": None})):
+            buf = io.BytesIO()
+            fig.savefig(buf, format=fmt, dpi=100, metadata=meta)
+            atomic_write_bytes(path, buf.getvalue())
     return png, svg
 
 
