@@ -488,15 +488,15 @@ def build(in_shape: tuple[int, ...], toks: list[Token], bias: list[bool], nest: 
             if len(shape) != 3:
                 continue
             _, c_out, k, stride, pad, mode = t
-            size = (shape[1] + 2 * pad - k) // stride + 1
-            if size < 1 or (mode == "circular" and pad > shape[1]):
+            hw = [(s + 2 * pad - k) // stride + 1 for s in shape[1:]]  # not square after a Linear on the last dim
+            if min(hw) < 1 or (mode == "circular" and pad > min(shape[1:])):
                 continue
             m = nn.Conv2d(shape[0], c_out, k, stride=stride, padding=pad, padding_mode=mode,
                           bias=bias[n_weight % len(bias)])
             n_weight += 1
-            shape = (c_out, size, size)
+            shape = (c_out, hw[0], hw[1])
         elif name == "pool":
-            if len(shape) != 3 or shape[1] < t[1]:
+            if len(shape) != 3 or min(shape[1:]) < t[1]:
                 continue
             m = nn.MaxPool2d(t[1])
             shape = (shape[0], shape[1] // t[1], shape[2] // t[1])
