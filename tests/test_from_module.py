@@ -261,14 +261,19 @@ def test_numerical_check_names_the_first_disagreeing_layer(monkeypatch: pytest.M
                                              r"layer 1 \(Tanh\)\)"):
         from_module(seq)
     monkeypatch.undo()
-    # a global forward hook changes every module's output: only the numbers can see it
+    # a global forward hook changes every module's output: refused by structure, and (with that
+    # check switched off) by the numbers, which name the first layer it touches
     handle = torch.nn.modules.module.register_module_forward_hook(
         lambda m, i, o: o + 1e-3 if isinstance(m, nn.Linear) and m.out_features == 4 else o)
     try:
+        with pytest.raises(ProbPruneError, match="global module forward hooks"):
+            from_module(seq)
+        monkeypatch.setattr(nets, "_global_hooks_present", lambda: False)
         with pytest.raises(ProbPruneError, match=r"differs from the module at layer 1 \(layer 2 \(Linear\)"):
             from_module(seq)
     finally:
         handle.remove()
+        monkeypatch.undo()
     assert from_module(seq).spec.activation == "tanh"
 
 

@@ -146,3 +146,15 @@ def test_from_state_dict_errors() -> None:
         from_state_dict(spec, {"0.weight": torch.full((4, 3), float("inf")), "2.weight": torch.zeros(2, 4)})
     with pytest.raises(ProbPruneError, match="9.weight"):
         from_state_dict(spec, {**good, "9.weight": torch.zeros(1)})
+
+
+def test_net_to_half_or_int_refused_naming_the_tensor() -> None:
+    net = sample_net(parse_arch("fcn:3,4,2", bias=True), LawSpec(), make_generator(0))
+    for dtype in (torch.float16, torch.bfloat16):
+        with pytest.raises(ProbPruneError, match=rf"0.weight: dtype {dtype} is not supported.*model.float\(\)"):
+            net.to(dtype=dtype)
+    with pytest.raises(ProbPruneError, match="0.weight: dtype torch.int32 is not supported"):
+        net.to(dtype=torch.int32)
+    assert net.to(dtype=torch.float64).dtype == torch.float64
+    with pytest.raises(ProbPruneError, match="0.weight: dtype torch.float16"):
+        sample_net(parse_arch("fcn:3,4,2"), LawSpec(), make_generator(0), dtype=torch.float16)

@@ -166,9 +166,11 @@ class Net:
         weights: Sequence[Tensor],
         biases: Sequence[Tensor | None] | None = None,
     ) -> Net:
-        """Build a ``Net`` from per-layer weights (and biases), checking shapes.
+        """Build a ``Net`` from per-layer weights (and biases), checking shapes and dtypes.
 
-        All weights must share one trial shape: none, or a leading ``K``.
+        All weights must share one trial shape (none, or a leading ``K``) and one dtype,
+        float32 or float64 (:func:`check_dtype`: integer, bool, complex, float16 and bfloat16
+        tensors are refused); each bias must have its weight's dtype.
         """
         shapes = spec.weight_shapes()
         names = spec.layer_names()
@@ -641,6 +643,12 @@ def _walk(seq: nn.Module, prefix: str = "") -> list[tuple[str, nn.Module | None]
     return out
 
 
+def _global_hooks_present() -> bool:
+    """Whether hooks registered for every module (``register_module_forward_hook`` …) exist."""
+    glob = torch.nn.modules.module
+    return bool(getattr(glob, "_global_forward_hooks", None) or getattr(glob, "_global_forward_pre_hooks", None))
+
+
 def _has_hooks(m: nn.Module) -> bool:
     return bool(m._forward_hooks or m._forward_pre_hooks) or "forward" in vars(m)
 
@@ -783,6 +791,10 @@ def from_module(seq: nn.Module, input_shape: tuple[int, int, int] | None = None)
     if _has_hooks(seq):
         raise ProbPruneError("from_module: the nn.Sequential has forward hooks or an overridden forward; "
                              "remove them first")
+    if _global_hooks_present():
+        raise ProbPruneError("from_module: global module forward hooks are registered "
+                             "(torch.nn.modules.module.register_module_forward_hook / _pre_hook); they change every "
+                             "module's forward: remove them first")
     leaves = [_classify(path, m) for path, m in _walk(seq)]
     wpos = [i for i, leaf in enumerate(leaves) if leaf.kind == "weight"]
     if not wpos:
