@@ -241,7 +241,7 @@ def test_bound_covers_the_float_forward_pass(arch: str, act: str, bias: bool, dt
     assert margin is not None
     last = sw.bound.terms[-1]
     rel = (margin / (last.reach_target + last.reach_pruned).clamp_min(1e-300)).max()
-    assert float(rel) <= (1e-3 if dtype == torch.float32 else 1e-11), float(rel)
+    assert float(rel) <= (1e-2 if dtype == torch.float32 else 1e-10), float(rel)
 
 
 # ----------------------------------------------------------------------------- under/overflow of the norms
@@ -360,3 +360,32 @@ def test_the_margin_is_needed_and_enough_at_the_exact_maximiser() -> None:
     exact_part = b.value - b.rounding_margin  # type: ignore[operator]
     assert bool((gap <= b.value).all())
     assert int((gap > exact_part).sum()) > 0  # without the margin the bound would be false here
+
+
+def _tf32(x: torch.Tensor) -> torch.Tensor:
+    """float32 → 10 mantissa bits, magnitudes rounded up (relative error < 2^−10, the model's worst case)."""
+    return ((x.contiguous().view(torch.int32) + 0x1FFF) & ~0x1FFF).view(torch.float32)
+
+
+def test_tf32_option_covers_tensor_core_products() -> None:
+    """A TF32 evaluation (operands cut to 10 mantissa bits, exact products, one float32 rounding of the sum)
+    moves the gap far more than IEEE float32 rounding: the default bound is exceeded, ``tf32=True`` is not."""
+    n = 128
+    spec = NetSpec(widths=(6, 4))
+    t = sample_net(spec, LawSpec(), [torch.Generator().manual_seed(50 + j) for j in range(n)])
+    p = prune(t, "random", p=0.5, rescale=True, generator=[torch.Generator().manual_seed(j) for j in range(n)]).model
+    d = t.weights[0].double() - p.weights[0].double()
+    x = torch.linalg.svd(d).Vh[:, 0, :].float()  # [K, 6] maximisers
+    radius = x.double().norm(dim=1).max().item() * (1 + 1e-12)
+    xt = _tf32(x).double().unsqueeze(-1)
+    out_t = (_tf32(t.weights[0]).double() @ xt).float().double()
+    out_p = (_tf32(p.weights[0]).double() @ xt).float().double()
+    gap = (out_p - out_t).norm(dim=(1, 2))
+    ieee = certified_gap_bound(t, p, radius)
+    tf = certified_gap_bound(t, p, radius, tf32=True)
+    assert bool((gap <= tf.value).all())
+    assert int((gap > ieee.value).sum()) > 0
+    assert any("TF32 products and convolutions included" in a for a in tf.assumptions)
+    t64, p64 = t.to(dtype=torch.float64), p.to(dtype=torch.float64)
+    assert torch.equal(certified_gap_bound(t64, p64, radius, tf32=True).value,
+                       certified_gap_bound(t64, p64, radius).value)  # no effect in float64

@@ -47,8 +47,10 @@ unit roundoff u). It is ``(e_l + M_f + M_F)·(1 + γ_{m+3})·(1 + 16(l+1)·u₆�
   recursion itself (positive terms, ≤ 8 roundings per layer on any path).
 
 Assumed: IEEE arithmetic with round-to-nearest in the products and convolutions, i.e. sums of
-products (CPU; CUDA with TF32 off and direct or GEMM-based convolution algorithms); not
-covered: TF32 or reduced-precision matmul modes, Winograd/FFT convolution algorithms.
+products (CPU; CUDA with TF32 off and direct or GEMM-based convolution algorithms). TF32 tensor
+cores are covered only with ``tf32=True`` (operands rounded to 10 mantissa bits: γ_{n+1} becomes
+``(1 + 2^−10)²(1 + γ_{n+1}) − 1``); not covered: float16/bfloat16 matmul modes and Winograd/FFT
+convolution algorithms.
 A bound that overflows float64 is refused.
 
 The sandwich's lower bound (:func:`lower_at`) evaluates both networks in float64 at a point
@@ -91,6 +93,8 @@ _BOUNDED = ("tanh", "sigmoid")  # |σ| ≤ 1
 _U64 = 2.0 ** -53
 _UNIT = {torch.float32: 2.0 ** -24, torch.float64: _U64}
 """Unit roundoff u of the float dtypes a forward pass may run in."""
+_TF32 = 2.0 ** -10
+"""Relative error of one float32 operand rounded (or truncated) to TF32's 10 mantissa bits."""
 _TINY = {torch.float32: 2.0 ** -149, torch.float64: 2.0 ** -1074}
 """Smallest subnormal η: the absolute error of one underflowing product."""
 _ACT_ULPS = {"relu": 0.0, "identity": 0.0, "leaky_relu": 1.0, "tanh": 16.0, "sigmoid": 16.0}
@@ -226,7 +230,7 @@ def _check_forward_dtype(nets: tuple[Net, ...], dtype: torch.dtype) -> None:
 
 
 def certified_gap_bound(target: Net, pruned: Net, radius: float, norm_method: NormMethod = "auto", *,
-                        forward_dtype: torch.dtype | None = None) -> CertifiedBound:
+                        forward_dtype: torch.dtype | None = None, tf32: bool = False) -> CertifiedBound:
     """Certified upper bound on the gap ``sup_{‖x‖ ≤ r} ‖f(x) − F(x)‖₂`` (module docstring).
 
     Args:
@@ -237,6 +241,10 @@ def certified_gap_bound(target: Net, pruned: Net, radius: float, norm_method: No
         forward_dtype: the dtype the networks are evaluated in, when it differs from their weights'
             (e.g. float32 weights cast to float64 for this computation); every weight and bias must
             be exactly representable in it. Default: each network's own weight dtype.
+        tf32: also cover float32 products and convolutions on TF32 tensor cores (CUDA with
+            ``allow_tf32``): each operand is rounded to 10 mantissa bits (relative error ≤ 2^−10,
+            truncation included), the products are exact in float32 and the sums float32, so a
+            dot product errs by ≤ ((1 + 2^−10)²(1 + γ_{n+1}) − 1)·(|w|ᵀ|x| + |b|). No effect on float64.
 
     Returns:
         :class:`CertifiedBound` with ``value`` ``[K]`` (or 0-d) and per-layer terms.
@@ -315,7 +323,10 @@ def certified_gap_bound(target: Net, pruned: Net, radius: float, norm_method: No
         for fe, nv, wgt, bnorm, reach, u, eta in ((fe_t, n_t, w_t, bn_t, reach_t, u_t, eta_t),
                                                    (fe_p, n_p, w_p, bn_p, reach_p, u_p, eta_p)):
             a_abs = abs_operator_norm_bound(wgt, conv, ishape)
-            dz = nv.value * fe + _gamma(fan_in + 1, u) * (a_abs * (reach + fe) + bnorm) + (fan_in + 1) * eta * root
+            gam = _gamma(fan_in + 1, u)
+            if tf32 and u > _U64:
+                gam = (1.0 + _TF32) ** 2 * (1.0 + gam) - 1.0
+            dz = nv.value * fe + gam * (a_abs * (reach + fe) + bnorm) + (fan_in + 1) * eta * root
             s_pre = lip * (nv.value * reach + bnorm) + abs(s0) * root  # ≥ ‖σ(z)‖ before pooling
             if bounded:
                 s_pre = s_pre.clamp_max(root)
@@ -357,9 +368,12 @@ def certified_gap_bound(target: Net, pruned: Net, radius: float, norm_method: No
     assumptions.append(f"operator norms: {'all exact' if all_exact else 'some certified upper values'} "
                        f"({', '.join(methods)})")
     names_dt = sorted({str(d).removeprefix("torch.") for d in (dt_t, dt_p)})
+    tf32_used = tf32 and u_max > _U64
     assumptions.append(f"floating point: covers the forward passes in {'/'.join(names_dt)} (or more precise) "
-                       "IEEE arithmetic, any summation order (no TF32, no Winograd/FFT convolution), "
-                       "tanh/sigmoid within 8 ulps; differences and norms in float64, rounded up")
+                       "IEEE arithmetic, any summation order ("
+                       + ("TF32 products and convolutions included" if tf32_used else "no TF32")
+                       + ", no Winograd/FFT convolution), tanh/sigmoid within 8 ulps; differences and norms in "
+                       "float64, rounded up")
     return CertifiedBound(value=value, terms=tuple(terms), exact=all_exact, assumptions=tuple(assumptions),
                           radius=float(radius), rounding_margin=margin,
                           forward_dtype="float32" if u_max > _U64 else "float64")
