@@ -252,6 +252,22 @@ class _Double(nn.Module):
         return 2 * w
 
 
+def test_edited_conv_attributes_refused() -> None:
+    def cnn() -> nn.Sequential:
+        return nn.Sequential(nn.Conv2d(1, 2, 3, padding=1, padding_mode="circular"), nn.ReLU(), nn.Flatten(),
+                             nn.Linear(128, 2))
+
+    seq = cnn()
+    seq[0].padding = (0, 0)  # forward still pads by 1 (the list fixed at construction)
+    with pytest.raises(ProbPruneError, match=r"layer 0 \(Conv2d\) padding=\(0, 0\) differs from the padding"):
+        from_module(seq, input_shape=(1, 8, 8))
+    seq = cnn()
+    seq[0].kernel_size = (1, 1)
+    with pytest.raises(ProbPruneError, match=r"does not match kernel_size=\(1, 1\)"):
+        from_module(seq, input_shape=(1, 8, 8))
+    assert from_module(cnn(), input_shape=(1, 8, 8)).spec.to_arch() == "cnn:1x8x8,c2k3r,2"
+
+
 def test_numerical_check_names_the_first_disagreeing_layer(monkeypatch: pytest.MonkeyPatch) -> None:
     # the second defence, on its own: make the structural reader misread Tanh as Sigmoid
     seq = fill(nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 2)), 1)

@@ -717,6 +717,15 @@ def _conv_spec(leaf: _Leaf) -> ConvSpec:
     if m.padding_mode not in ("zeros", "circular"):
         raise ProbPruneError(f"from_module: {leaf.label} padding_mode={m.padding_mode!r}: only 'zeros' and "
                              "'circular' are supported")
+    # forward reads the kernel from the weight and a circular pad from a list fixed at construction:
+    # attributes edited afterwards would describe another function
+    w = m.weight
+    if isinstance(w, Tensor) and w.dim() == 4 and tuple(w.shape[-2:]) != tuple(ks):
+        raise ProbPruneError(f"from_module: {leaf.label} weight shape {tuple(w.shape)} does not match "
+                             f"kernel_size={ks}")
+    if m.padding_mode != "zeros" and list(m._reversed_padding_repeated_twice) != [pd[0]] * 4:
+        raise ProbPruneError(f"from_module: {leaf.label} padding={pd} differs from the padding its forward applies "
+                             f"({list(m._reversed_padding_repeated_twice)}); rebuild the layer instead of editing it")
     pad = None if pd[0] == ks[0] // 2 else pd[0]
     return ConvSpec(m.out_channels, ks[0], st[0], pad, m.padding_mode)  # type: ignore[arg-type]
 
