@@ -162,8 +162,18 @@ class ExperimentStore:
                               f"({', '.join('?' for _ in names)})", values)
 
     def close(self) -> None:
-        """Close the database."""
-        self._con.close()
+        """Close the database, leaving it in rollback-journal mode: no ``-wal``/``-shm`` files behind.
+
+        The writer works in WAL mode (small transactions, readers never blocked); switching back to the
+        ``delete`` journal on close folds the log into the file, so a finished run folder holds the
+        database alone and a read-only open (:func:`read_experiment`) creates no side files.
+        """
+        try:
+            self._con.execute("PRAGMA journal_mode=DELETE")
+        except sqlite3.OperationalError:
+            pass  # another connection still holds the database open: it stays in WAL mode until that one ends
+        finally:
+            self._con.close()
 
     def __enter__(self) -> ExperimentStore:
         return self
