@@ -115,6 +115,10 @@ def test_forward_dtype_option() -> None:
     b_as32 = certified_gap_bound(t64, p64, 1.0, forward_dtype=torch.float32)
     assert float(b_as32.value) == pytest.approx(float(b32.value), rel=1e-9)
     assert float(b64.value) < float(b32.value)  # a float64 forward pass rounds less
+    # float32 weights evaluated in float64 (cast up exactly): the float64 margin, the same value as for t64, p64
+    b_as64 = certified_gap_bound(t, p, 1.0, forward_dtype=torch.float64)
+    assert float(b_as64.value) == pytest.approx(float(b64.value), rel=1e-12) and b_as64.forward_dtype == "float64"
+    assert float(b_as64.rounding_margin) < 1e-12 * float(b_as64.value)  # type: ignore[arg-type]
     assert b64.forward_dtype == "float64" and b_as32.forward_dtype == "float32"
     odd = p64.with_weights([p64.weights[0] + 1e-12, p64.weights[1]])
     with pytest.raises(ProbPruneError, match="forward_dtype=float32: .*0.weight is not exactly representable"):

@@ -238,9 +238,11 @@ def certified_gap_bound(target: Net, pruned: Net, radius: float, norm_method: No
         pruned: f, same architecture and trial dim; any weights (pruned or not) and biases.
         radius: r > 0 (finite).
         norm_method: for linear layers, see :func:`~probprune.bounds.norms.matrix_norm_bound`.
-        forward_dtype: the dtype the networks are evaluated in, when it differs from their weights'
-            (e.g. float32 weights cast to float64 for this computation); every weight and bias must
-            be exactly representable in it. Default: each network's own weight dtype.
+        forward_dtype: the dtype the networks are evaluated in, when it differs from their weights':
+            float32 weights cast to float64 for this computation but run in float32 by the user
+            (``torch.float32``), or float32 weights that the user runs in float64 (``torch.float64``:
+            the far smaller float64 margin). Every weight and bias must be exactly representable in
+            it. Default: each network's own weight dtype.
         tf32: also cover float32 products and convolutions on TF32 tensor cores (CUDA with
             ``allow_tf32``): each operand is rounded to 10 mantissa bits (relative error ≤ 2^−10,
             truncation included), the products are exact in float32 and the sums float32, so a
