@@ -612,7 +612,7 @@ _CHECK_POINTS = 256
 _CHECK_SLACK = 64.0
 """Factor on the float64 rounding estimate ``(fan_in + 1)·u·scale`` allowed between the two sides."""
 
-ModuleKind = Literal["weight", "act", "pool", "flatten", "noop"]
+_ModuleKind = Literal["weight", "act", "pool", "flatten", "noop"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -621,7 +621,7 @@ class _Leaf:
 
     path: str
     module: nn.Module
-    kind: ModuleKind
+    kind: _ModuleKind
 
     @property
     def label(self) -> str:
