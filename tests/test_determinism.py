@@ -215,3 +215,5 @@ def test_two_experiment_processes_write_the_same_bytes(tmp_path: Path) -> None:
                 f"runs/{run}/results.sqlite", f"runs/{run}/report.html", f"runs/{run}/summary.md",
                 f"runs/{run}/figures/accuracy_vs_sparsity.png", f"runs/{run}/figures/accuracy_vs_sparsity.svg"}
     _assert_same_artifacts(a, b, expected)
+    # the experiment store closes in rollback-journal mode: nothing but the database is left behind
+    assert not [p for p in (*a.rglob("*-wal"), *a.rglob("*-shm"))]
