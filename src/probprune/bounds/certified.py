@@ -404,7 +404,8 @@ class Sandwich:
 
     Attributes:
         lower: ``[K]``/0-d float64: ``‖f(x*) − F(x*)‖`` re-evaluated in float64 at the estimator's
-            maximiser ``x*`` (inside the ball), hence a true lower bound.
+            maximiser ``x*`` (moved provably inside the ball, see :func:`lower_at`), hence a true
+            lower bound up to float64 rounding, which ``upper``'s rounding margin covers.
         upper: the certified bound's value.
         ratio: upper / lower (1 where upper = 0: the nets agree everywhere; inf where lower = 0 < upper).
         exact_norms: whether every operator norm was exact.
@@ -433,6 +434,10 @@ class Sandwich:
 
 def lower_at(target: Net, pruned: Net, x: Tensor, radius: float) -> Tensor:
     """``‖f(x) − F(x)‖`` in float64 at one point per member, ``x`` projected into the ball first.
+
+    The projection is rounded inwards: a point within ``4γ_{d+4}`` (float64, d inputs) of the
+    sphere or beyond it is scaled to radius ``r(1 − 4γ_{d+4})`` by its computed norm, which puts
+    it inside the closed ball in exact arithmetic; interior points are used unchanged.
 
     Args:
         target, pruned: F and f (single or ensembles ``[K]``).

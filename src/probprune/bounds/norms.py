@@ -529,6 +529,7 @@ def abs_operator_norm_bound(weight: Tensor, conv: ConvSpec | None = None,
     if conv is None:
         w, batched = _as_batch(weight, 2)
         m, n = int(w.shape[1]), int(w.shape[2])
+        w = w.detach()  # a value for the margin only: no autograd graph
         amax = max(float(w.amax()), -float(w.amin())) if w.numel() else 0.0  # no |w| copy
         dt = torch.float32 if w.dtype == torch.float32 and amax * max(m, n) < 1e30 else torch.float64
         u = _U32 if dt == torch.float32 else _U64
