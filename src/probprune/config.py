@@ -27,12 +27,15 @@ __all__ = [
     "ConvSpec",
     "GapSpec",
     "LawSpec",
+    "MAX_SEED",
     "MCSpec",
+    "MIN_DELTA",
     "NetSpec",
     "ProbPruneError",
     "PruneSpec",
     "RunConfig",
     "canonical_json",
+    "check_seed",
     "config_hash",
     "from_dict",
     "layer_scale",
@@ -44,6 +47,10 @@ __all__ = [
 ]
 
 SQRT6 = math.sqrt(6.0)
+#: Largest seed: SQLite's INTEGER (signed 64-bit) stores every seed a run records.
+MAX_SEED = 2 ** 63 - 1
+#: Smallest failure probability δ: δ split over the bound's events stays a positive normal float.
+MIN_DELTA = 1e-300
 
 
 class ProbPruneError(ValueError):
@@ -74,6 +81,16 @@ def _check_int(name: str, value: Any, minimum: int) -> None:
         raise _fail(name, value, "must be an integer")
     if value < minimum:
         raise _fail(name, value, f"must be >= {minimum}")
+
+
+def check_seed(name: str, value: Any) -> None:
+    """A seed is an integer in [0, :data:`MAX_SEED`] (it is stored as an SQLite INTEGER).
+
+    >>> check_seed("seed", 2 ** 63 - 1)  # the largest; 2 ** 63 raises ProbPruneError
+    """
+    _check_int(name, value, 0)
+    if value > MAX_SEED:
+        raise _fail(name, value, f"must be <= {MAX_SEED} (a signed 64-bit integer)")
 
 
 def _check_real(
@@ -516,6 +533,8 @@ class BoundSpec:
 
     def __post_init__(self) -> None:
         _check_real("delta", self.delta, 0.0, 1.0, lo_open=True, hi_open=True)
+        if self.delta < MIN_DELTA:
+            raise _fail("delta", self.delta, f"must be >= {MIN_DELTA:g} (smaller values underflow)")
         if self.eps is not None:
             _check_real("eps", self.eps, 0.0, lo_open=True)
 
@@ -556,7 +575,7 @@ class MCSpec:
         for h in self.hidden_widths:
             _check_int("mc.hidden_widths", h, 1)
         _check_int("mc.chunk_size", self.chunk_size, 1)
-        _check_int("mc.seed", self.seed, 0)
+        check_seed("mc.seed", self.seed)
         if not isinstance(self.device, str) or not re.fullmatch(r"cpu|cuda(:\d+)?", self.device):
             raise _fail("mc.device", self.device, "must be cpu, cuda or cuda:N")
         _check_choice("mc.dtype", self.dtype, get_args(Dtype))
@@ -670,6 +689,8 @@ def _build(cls: type, data: Mapping[str, Any], where: str) -> Any:
     kwargs: dict[str, Any] = {}
     for k, v in data.items():
         if cls is NetSpec and k == "convs":
+            if not isinstance(v, (list, tuple)):
+                raise _fail(f"{where}.convs", v, "must be a list of conv tables")
             v = tuple(_build(ConvSpec, c, f"{where}.convs") for c in v)
         elif isinstance(v, list):
             v = tuple(v)
@@ -722,7 +743,13 @@ def load_toml(path: str) -> RunConfig:
             data = tomllib.load(fh)
     except FileNotFoundError:
         raise _fail("config", path, "file not found") from None
-    except tomllib.TOMLDecodeError as e:
+    except IsADirectoryError:
+        raise _fail("config", path, "is a directory, not a TOML file") from None
+    except OSError as e:
+        raise _fail("config", path, f"cannot read ({e.strerror or e})") from None
+    except UnicodeDecodeError as e:
+        raise _fail("config", path, f"not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except ValueError as e:  # TOMLDecodeError, or an integer with too many digits
         raise _fail("config", path, f"not valid TOML ({e})") from None
     return from_dict(data)
 
@@ -732,6 +759,9 @@ def _coerce(text: str) -> Any:
         return json.loads(text)
     except json.JSONDecodeError:
         return text
+    except ValueError:  # an integer literal longer than Python converts (sys.get_int_max_str_digits)
+        shown = text if len(text) <= 40 else f"{text[:20]}…({len(text)} characters)"
+        raise _fail("--set", shown, "a number with too many digits") from None
 
 
 def with_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:

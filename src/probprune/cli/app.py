@@ -6,6 +6,7 @@ No maths here: commands resolve a config, call ``runner``/``report``, print resu
 from __future__ import annotations
 
 import json
+import math
 import sys
 from typing import Any
 
@@ -23,6 +24,7 @@ __all__ = [
     "emit_json",
     "err_console",
     "fail",
+    "json_safe",
     "print_header",
     "stats_table",
 ]
@@ -49,15 +51,39 @@ def fail(message: str) -> None:
     raise ProbPruneError(message)
 
 
+def json_safe(value: Any) -> Any:
+    """``value`` with every non-finite float replaced by a string: ``"inf"``, ``"-inf"`` or ``"nan"``.
+
+    Strict JSON has no Infinity or NaN; a bound that is infinite (no finite certificate) is
+    reported as the string ``"inf"`` so that every ``--json`` document parses everywhere.
+
+    >>> json_safe({"upper": float("inf"), "xs": [1.0, float("nan")]})
+    {'upper': 'inf', 'xs': [1.0, 'nan']}
+    """
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
 def emit_json(doc: Any) -> None:
-    """Print exactly one JSON document on stdout."""
-    sys.stdout.write(json.dumps(doc, indent=2, sort_keys=True, default=str) + "\n")
+    """Print exactly one strict JSON document on stdout (non-finite numbers as strings, see :func:`json_safe`)."""
+    sys.stdout.write(json.dumps(json_safe(doc), indent=2, sort_keys=True, default=str, allow_nan=False) + "\n")
     sys.stdout.flush()
 
 
 def print_header(config: dict[str, Any], out: str | None, as_json: bool) -> None:
-    """Print the resolved config and the output location first (to stderr under ``--json``)."""
-    target = err_console if as_json else console
+    """Print the resolved config and the output location first; nothing under ``--json``.
+
+    Under ``--json`` stdout holds only the JSON document and stderr stays empty on success
+    (and holds only the error line on failure).
+    """
+    if as_json:
+        return
+    target = console
     target.print("[bold]resolved config[/bold]")
     target.print(json.dumps(config, indent=2, sort_keys=True, default=str))
     target.print(f"[bold]output[/bold]: {out if out else '(none)'}")

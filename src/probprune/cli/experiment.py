@@ -12,21 +12,29 @@ from probprune.cli.app import TERMS, app, console, emit_json, err_console, print
 from probprune.config import ProbPruneError
 from probprune.runner.dataprep import require_dataset
 from probprune.runner.experiment import DEFAULT_EPOCHS, PRUNE_FRACTIONS, ExperimentSpec, run_experiment, summarize
+from probprune.runner.prune import check_output_dir
 from probprune.runner.ray_executor import make_executor
+
+#: More torch threads than this is a typo, not a setting.
+_MAX_THREADS = 1024
+
+
+def _shown(text: str) -> str:
+    return repr(text) if len(text) <= 60 else repr(text[:40]) + f"…({len(text)} characters)"
 
 
 def _ints(name: str, text: str) -> tuple[int, ...]:
     try:
         return tuple(int(t) for t in text.split(",") if t.strip())
-    except ValueError:
-        raise ProbPruneError(f"{name}={text!r}: expected comma-separated integers") from None
+    except ValueError:  # not an integer, or more digits than int() converts
+        raise ProbPruneError(f"{name}={_shown(text)}: expected comma-separated integers") from None
 
 
 def _floats(name: str, text: str) -> tuple[float, ...]:
     try:
         return tuple(float(t) for t in text.split(",") if t.strip())
     except ValueError:
-        raise ProbPruneError(f"{name}={text!r}: expected comma-separated numbers") from None
+        raise ProbPruneError(f"{name}={_shown(text)}: expected comma-separated numbers") from None
 
 
 def _names(text: str) -> tuple[str, ...]:
@@ -130,6 +138,10 @@ def experiment_cmd(
     for k in ("models", "prune_fractions", "methods", "scopes", "seeds"):
         kw[k] = tuple(kw[k])
     spec = ExperimentSpec(**kw)
+    spec.check_budget()
+    if threads is not None and not 1 <= threads <= _MAX_THREADS:
+        raise ProbPruneError(f"threads={threads!r}: must be in [1, {_MAX_THREADS}]")
+    check_output_dir("runs_dir", runs_dir)
     ex = None if executor == "local" and address is None else make_executor(executor, address)
     run_dir = f"{runs_dir.rstrip('/')}/{spec.hash}"
     if not dry_run:

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from probprune.cli.app import TERMS, app, console, emit_json, print_header, stats_table
 from probprune.cli.gap import sandwich_doc, sandwich_tables
-from probprune.config import GapSpec, ProbPruneError, PruneSpec, parse_arch, parse_law
+from probprune.config import MIN_DELTA, GapSpec, ProbPruneError, PruneSpec, parse_arch, parse_law
 from probprune.report.certificate import write_certificate
 from probprune.runner import PruneJob, gap_sandwich, run_prune
 from probprune.runner.certificate import make_certificate
+from probprune.runner.prune import check_gap_budget, write_outputs
 
 ArchOpt = Annotated[str, typer.Option("--arch", help="Architecture, e.g. fcn:784,300,100,10 or "
                                       "cnn:1x28x28,c6k5m2,c16k5p0m2,120,84,10.")]
@@ -54,14 +56,17 @@ def prune_cmd(
 ) -> None:
     if certificate is not None and not certificate.endswith(".json"):
         raise ProbPruneError(f"certificate={certificate!r}: must end in .json")
-    if delta is not None and (certificate is None or law is None or not 0.0 < delta < 1.0):
-        raise ProbPruneError(f"delta={delta!r}: needs --certificate and --law, and must be in (0, 1)")
+    if delta is not None and (certificate is None or law is None or not MIN_DELTA <= delta < 1.0):
+        raise ProbPruneError(f"delta={delta!r}: needs --certificate and --law, and must be in [{MIN_DELTA:g}, 1)")
     gap_spec = GapSpec(radius=radius) if gap else None
     net = parse_arch(arch, activation=activation, bias=bias)
     spec = PruneSpec(method=method, scope=scope, prune_fraction=prune_fraction, threshold=threshold,  # type: ignore[arg-type]
                      relative_threshold=relative_threshold, p=p, rescale=rescale)
     job = PruneJob(net=net, prune=spec, weights=weights, law=None if law is None else parse_law(law), seed=seed,
                    out=out, save_target=save_target, device=device)
+    if gap_spec is not None or certificate is not None:
+        check_gap_budget(net, gap_spec or GapSpec(radius=radius))
+    job.check_outputs(("certificate", certificate))  # every output path, before any work
     resolved = {"arch": net.to_arch(), "activation": activation, "bias": bias, "weights": weights,
                 "law": None if job.law is None else job.law.to_text(), "seed": seed,
                 "prune": {k: v for k, v in vars(spec).items() if v is not None}}
@@ -70,13 +75,20 @@ def prune_cmd(
     print_header(resolved, out, as_json)
     if dry_run:
         return
-    res = run_prune(job)
+    res = run_prune(job, write=False)
     stats = res.stats.to_dict()
     sw = None if gap_spec is None else gap_sandwich(res.target, res.pruned, gap_spec, seed)
     cert_doc = None
-    if certificate is not None:
-        cert_doc = make_certificate(res, job, gap=GapSpec(radius=radius), delta=delta)
-        write_certificate(certificate, cert_doc)
+    new_files = [Path(f) for f in (out, save_target, certificate) if f is not None and not Path(f).exists()]
+    try:
+        write_outputs(job, res)  # after the sandwich; the certificate records the written files' digests
+        if certificate is not None:
+            cert_doc = make_certificate(res, job, gap=GapSpec(radius=radius), delta=delta)
+            write_certificate(certificate, cert_doc)
+    except BaseException:
+        for f in new_files:  # a failed command leaves no new file behind
+            f.unlink(missing_ok=True)
+        raise
     if as_json:
         doc = {"config": resolved, "stats": stats, "out": out, "save_target": save_target}
         if cert_doc is not None:

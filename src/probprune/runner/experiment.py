@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from probprune.bounds import certified_gap_bound
-from probprune.config import GapSpec, ProbPruneError
+from probprune.config import GapSpec, ProbPruneError, check_seed
 from probprune.data import (
     DATASETS,
     MODELS,
@@ -46,6 +46,7 @@ from probprune.gap import sup_gap
 from probprune.masks import prune
 from probprune.nets import Net, from_state_dict, to_module
 from probprune.rng import derive_seed, make_generator
+from probprune.runner.prune import check_time, n_weights
 from probprune.store import atomic_write_text, load_tensors, save_tensors
 from probprune.store.experiments import ExperimentStore, experiment_hash, read_experiment
 
@@ -131,8 +132,7 @@ class ExperimentSpec:
         object.__setattr__(self, "prune_fractions", tuple(sorted(fr)))
         seeds = _tuple_of("seeds", self.seeds)
         for s in seeds:
-            if isinstance(s, bool) or not isinstance(s, int) or s < 0:
-                raise ProbPruneError(f"seeds: {s!r} must be an integer >= 0")
+            check_seed("seeds", s)
         object.__setattr__(self, "seeds", seeds)
         eps = dict(DEFAULT_EPOCHS)
         eps.update({str(k): float(v) for k, v in dict(self.epochs).items()})
@@ -143,8 +143,14 @@ class ExperimentSpec:
         object.__setattr__(self, "epochs", {m: eps[m] for m in MODELS})
         if not math.isfinite(self.finetune_epochs) or self.finetune_epochs < 0:
             raise ProbPruneError(f"finetune_epochs={self.finetune_epochs!r}: must be a number >= 0")
-        TrainSpec(epochs=1.0, batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay)
-        TrainSpec(epochs=1.0, batch_size=self.batch_size, lr=self.finetune_lr)
+        try:
+            TrainSpec(epochs=1.0, batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay)
+        except ProbPruneError as e:
+            raise ProbPruneError(f"dense training (lr={self.lr!r}, weight_decay={self.weight_decay!r}): {e}") from None
+        try:
+            TrainSpec(epochs=1.0, batch_size=self.batch_size, lr=self.finetune_lr)
+        except ProbPruneError as e:
+            raise ProbPruneError(f"finetune_lr={self.finetune_lr!r}: {e}") from None
         GapSpec(radius=1.0, n_points=self.gap_points, n_restarts=self.gap_restarts, n_steps=self.gap_steps)
         if self.test_limit is not None and (isinstance(self.test_limit, bool) or not isinstance(self.test_limit, int)
                                             or self.test_limit < 1):
@@ -169,6 +175,20 @@ class ExperimentSpec:
     def hash(self) -> str:
         """The run's folder name."""
         return experiment_hash(self.to_dict())
+
+    def check_budget(self) -> None:
+        """Refuse a run whose training alone clearly takes too long (see ``runner.prune.check_time``).
+
+        Estimate: 6 flop per weight per training image (forward + backward), dense and fine-tuning
+        epochs over the 60 000 training images, for every model and seed — a lower bound of the work.
+        """
+        seconds = 0.0
+        ft_runs = len(self.prune_fractions) * len(self.methods) * len(self.scopes)
+        for m in self.models:
+            per_epoch = 6.0 * 60_000 * n_weights(lenet_spec(m)) / 1e11
+            seconds += len(self.seeds) * per_epoch * (self.epochs[m] + ft_runs * self.finetune_epochs)
+        check_time(f"experiment (epochs={self.epochs}, finetune_epochs={self.finetune_epochs!r}, "
+                   f"{len(self.seeds)} seed(s))", seconds)
 
     def n_settings(self) -> int:
         """Rows this spec produces."""

@@ -7,11 +7,11 @@ from dataclasses import dataclass, field
 import torch
 
 from probprune.bounds import NormMethod, Sandwich, sandwich
-from probprune.config import GapSpec, NetSpec, ProbPruneError
+from probprune.config import GapSpec, NetSpec, ProbPruneError, check_seed
 from probprune.gap import sup_gap
 from probprune.nets import Net
 from probprune.rng import derive_seed, make_generator
-from probprune.runner.prune import load_net
+from probprune.runner.prune import check_device, check_gap_budget, load_net
 
 __all__ = ["GapJob", "GapOutcome", "gap_sandwich", "run_gap"]
 
@@ -29,6 +29,8 @@ class GapJob:
     norm_method: NormMethod = "auto"
 
     def __post_init__(self) -> None:
+        check_seed("seed", self.seed)
+        check_device(self.device)
         for name in ("weights", "pruned"):
             v = getattr(self, name)
             if not isinstance(v, str) or not v.endswith(".safetensors"):
@@ -36,6 +38,7 @@ class GapJob:
         if self.norm_method not in ("auto", "svd", "gram-cholesky", "frobenius-holder"):
             raise ProbPruneError(f"norm_method={self.norm_method!r}: must be auto, svd, gram-cholesky or "
                                  "frobenius-holder")
+        check_gap_budget(self.net, self.gap)
 
 
 @dataclass(frozen=True, eq=False)

@@ -1,21 +1,289 @@
-"""The ``prune`` workflow: load or sample a target, prune it, write the pruned weights."""
+"""The ``prune`` workflow: load or sample a target, prune it, write the pruned weights.
+
+Also the checks every workflow makes before it allocates or writes anything (pre-flight):
+
+* :func:`check_device` — the device exists on this machine (``cpu``; ``cuda``/``cuda:N`` with CUDA;
+  ``mps`` with Apple's backend);
+* :func:`check_output_paths` / :func:`check_output_dir` — every output path of a command can be
+  written (its folder exists and is writable, it is not a folder itself, no two outputs coincide);
+* :func:`check_memory` / :func:`check_time` — a memory estimate (bytes) and a time estimate
+  (seconds) of the work, refused when clearly out of reach. The memory limit is half the physical
+  memory (``os.sysconf``) unless ``$PROBPRUNE_MEMORY_LIMIT`` gives one (bytes, or with a suffix
+  ``K``/``M``/``G``/``T``: ``PROBPRUNE_MEMORY_LIMIT=64G``); the time limit is 10⁶ s (11.6 days)
+  unless ``$PROBPRUNE_TIME_LIMIT`` gives one (seconds). The estimates are deliberately rough
+  lower bounds of what the work needs, so a refusal is never a false alarm by more than a small
+  factor.
+"""
 
 from __future__ import annotations
 
+import math
+import os
+import re
+import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from probprune.config import LawSpec, NetSpec, ProbPruneError, PruneSpec, parse_arch
+from probprune.config import (
+    GapSpec,
+    LawSpec,
+    NetSpec,
+    ProbPruneError,
+    PruneSpec,
+    RunConfig,
+    check_seed,
+    layer_scale,
+    parse_arch,
+)
 from probprune.masks import MaskStats, prune
+from probprune.montecarlo import expand_grid
 from probprune.nets import Net, from_state_dict
 from probprune.rng import derive_seed, make_generator
 from probprune.sampling import sample_net
 from probprune.store import load_tensors, save_tensors
 
-__all__ = ["PruneJob", "PruneOutcome", "load_net", "run_prune", "save_net"]
+__all__ = [
+    "MEMORY_ENV",
+    "TIME_ENV",
+    "PruneJob",
+    "PruneOutcome",
+    "check_device",
+    "check_gap_budget",
+    "check_law_range",
+    "check_memory",
+    "check_output_dir",
+    "check_output_paths",
+    "check_time",
+    "check_verify_budget",
+    "gap_memory",
+    "gap_seconds",
+    "load_net",
+    "memory_limit",
+    "n_weights",
+    "run_prune",
+    "save_net",
+    "time_limit",
+    "write_outputs",
+]
+
+#: Environment variable overriding the memory limit (bytes; suffixes K, M, G, T allowed).
+MEMORY_ENV = "PROBPRUNE_MEMORY_LIMIT"
+#: Environment variable overriding the time limit (seconds).
+TIME_ENV = "PROBPRUNE_TIME_LIMIT"
+_DEFAULT_SECONDS = 1e6
+#: Assumed sustained rate of dense float32 arithmetic (flop/s), for time estimates.
+_FLOPS = 1e11
+#: Assumed fixed cost of one batched step (kernel launches, Python), seconds.
+_STEP_SECONDS = 2e-5
+
+# --------------------------------------------------------------------------- pre-flight checks
+
+
+def check_device(device: Any, name: str = "device") -> None:
+    """Refuse a device this machine does not have (before anything is allocated).
+
+    Accepted: ``cpu``; ``cuda`` and ``cuda:N`` when CUDA is available with more than N devices;
+    ``mps`` when available.
+
+    >>> check_device("cpu")
+    """
+    if not isinstance(device, str) or not re.fullmatch(r"cpu|cuda(:\d+)?|mps", device):
+        raise ProbPruneError(f"{name}={device!r}: must be cpu, cuda, cuda:N or mps")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ProbPruneError(f"{name}={device!r}: CUDA is not available on this machine (use cpu)")
+        idx = int(device.partition(":")[2] or 0)
+        if idx >= torch.cuda.device_count():
+            raise ProbPruneError(f"{name}={device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if device == "mps":
+        backend = getattr(torch.backends, "mps", None)
+        if backend is None or not backend.is_available():
+            raise ProbPruneError(f"{name}={device!r}: the MPS backend is not available on this machine (use cpu)")
+
+
+def _probe_dir(name: str, value: str, folder: Path) -> None:
+    """``folder`` exists, is a folder, and a file can be created in it (created and removed at once)."""
+    if not folder.exists():
+        raise ProbPruneError(f"{name}={value!r}: folder {str(folder)!r} does not exist")
+    if not folder.is_dir():
+        raise ProbPruneError(f"{name}={value!r}: {str(folder)!r} is not a directory")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".probprune-probe-", dir=folder)
+    except OSError as e:
+        raise ProbPruneError(f"{name}={value!r}: cannot write in {str(folder)!r} ({e.strerror or e})") from None
+    os.close(fd)
+    os.unlink(tmp)
+
+
+def check_output_paths(paths: Mapping[str, str | os.PathLike[str] | None]) -> None:
+    """Check every output file of a command before any work: writable, not a folder, all distinct.
+
+    Args:
+        paths: option name → output file (``None`` = not asked for).
+
+    Raises:
+        ProbPruneError: an output names a folder, its folder is missing or not writable, or two
+            outputs are the same file.
+    """
+    seen: dict[str, str] = {}
+    for name, value in paths.items():
+        if value is None:
+            continue
+        p = Path(value).expanduser()
+        if str(value).strip() == "" or p.is_dir():
+            raise ProbPruneError(f"{name}={str(value)!r}: is a directory, not a file")
+        if p.exists() and not os.access(p, os.W_OK):
+            raise ProbPruneError(f"{name}={str(value)!r}: exists and is not writable")
+        _probe_dir(name, str(value), p.parent if str(p.parent) else Path("."))
+        key = os.path.realpath(p)
+        if key in seen:
+            raise ProbPruneError(f"{name}={str(value)!r}: the same file as {seen[key]}")
+        seen[key] = name
+
+
+def check_output_dir(name: str, value: str | os.PathLike[str]) -> None:
+    """An output folder (created on demand): not a file, and its nearest existing ancestor is writable."""
+    p = Path(value).expanduser()
+    if p.exists() and not p.is_dir():
+        raise ProbPruneError(f"{name}={str(value)!r}: exists and is not a directory")
+    anc = p
+    while not anc.exists():
+        if anc.parent == anc:
+            break
+        anc = anc.parent
+    _probe_dir(name, str(value), anc)
+
+
+def _parse_bytes(text: str) -> int:
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)i?B?\s*", text, flags=re.IGNORECASE)
+    if m is None:
+        raise ProbPruneError(f"${MEMORY_ENV}={text!r}: expected bytes, e.g. 8000000000 or 8G")
+    mult = 1024 ** "_KMGT".index(m.group(2).upper() or "_") if m.group(2) else 1
+    return int(float(m.group(1)) * mult)
+
+
+def memory_limit() -> int:
+    """Bytes a single job may plan to use: ``$PROBPRUNE_MEMORY_LIMIT``, else half the physical memory."""
+    env = os.environ.get(MEMORY_ENV)
+    if env:
+        return _parse_bytes(env)
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")) // 2
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - platforms without sysconf
+        return 8 * 1024 ** 3
+
+
+def time_limit() -> float:
+    """Seconds a single job may plan to take: ``$PROBPRUNE_TIME_LIMIT``, else 10⁶ s."""
+    env = os.environ.get(TIME_ENV)
+    if not env:
+        return _DEFAULT_SECONDS
+    try:
+        v = float(env)
+    except ValueError:
+        v = math.nan
+    if not v > 0:
+        raise ProbPruneError(f"${TIME_ENV}={env!r}: expected seconds > 0")
+    return v
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit, size in (("TiB", 1024 ** 4), ("GiB", 1024 ** 3), ("MiB", 1024 ** 2)):
+        if n >= size:
+            return f"{n / size:.3g} {unit}"
+    return f"{n:.0f} B"
+
+
+def check_memory(what: str, estimate: float) -> None:
+    """Refuse work whose memory estimate (bytes) exceeds :func:`memory_limit`, naming both."""
+    limit = memory_limit()
+    if estimate > limit:
+        raise ProbPruneError(f"{what}: needs about {_fmt_bytes(estimate)} of memory, over the limit of "
+                             f"{_fmt_bytes(limit)} (half the physical memory; set ${MEMORY_ENV} to change it)")
+
+
+def check_time(what: str, seconds: float) -> None:
+    """Refuse work whose time estimate exceeds :func:`time_limit`, naming both."""
+    limit = time_limit()
+    if seconds > limit:
+        raise ProbPruneError(f"{what}: would take about {seconds:.3g} s, over the limit of {limit:.3g} s "
+                             f"(set ${TIME_ENV} to change it)")
+
+
+def n_weights(net: NetSpec) -> int:
+    """Number of weight (and bias) entries of an architecture (exact Python integer, never overflows)."""
+    total = 0
+    for shape in net.weight_shapes():
+        total += math.prod(shape) + (shape[0] if net.bias else 0)
+    return total
+
+
+def _n_features(net: NetSpec) -> int:
+    return sum(math.prod(s) for s in net.feature_shapes()) + net.output_dim
+
+
+def gap_memory(net: NetSpec, gap: GapSpec, n_members: int = 1, bytes_per: int = 4) -> int:
+    """Rough lower bound of the memory (bytes) of the gap search: the sampled points through both nets."""
+    return n_members * gap.n_points * _n_features(net) * bytes_per * 2
+
+
+def gap_seconds(net: NetSpec, gap: GapSpec, n_members: int = 1) -> float:
+    """Rough lower bound of the time (s) of the gap search: two nets, sampling then ascent steps."""
+    evals = gap.n_points + gap.n_restarts * gap.n_steps * 4
+    return n_members * (4.0 * evals * n_weights(net) / _FLOPS) + gap.n_steps * _STEP_SECONDS
+
+
+#: Bookkeeping per stored trial (its row read back, its unit of work), bytes.
+_TRIAL_BYTES = 512
+
+
+def check_verify_budget(cfg: RunConfig) -> None:
+    """Refuse a verification run whose chunks or trial count are clearly out of memory or time.
+
+    Per grid point, one chunk of ``min(chunk_size, n_trials)`` trials holds the sampled targets,
+    pruned copies and masks, and the gap search's points through both nets; the run also keeps
+    a row per trial. Time: every trial runs a gap search.
+    """
+    mc = cfg.mc
+    bytes_per = 8 if mc.dtype == "float64" else 4
+    chunk = min(mc.chunk_size, mc.n_trials)
+    points = expand_grid(cfg)
+    for pt in points:
+        check_law_range(pt.net, cfg.law, torch.float64 if mc.dtype == "float64" else torch.float32)
+    worst = max(points, key=lambda pt: n_weights(pt.net) + gap_memory(pt.net, cfg.gap))
+    per_chunk = chunk * (4 * bytes_per * n_weights(worst.net) + gap_memory(worst.net, cfg.gap, 1, bytes_per))
+    total_trials = mc.n_trials * len(points)
+    what = (f"verify (n_trials={mc.n_trials}, chunk_size={mc.chunk_size}, {len(points)} grid point(s), "
+            f"widest arch {worst.net.to_arch()})")
+    check_memory(what, per_chunk + total_trials * _TRIAL_BYTES)
+    check_time(what, mc.n_trials * sum(gap_seconds(pt.net, cfg.gap) for pt in points))
+
+
+def check_law_range(net: NetSpec, law: LawSpec, dtype: torch.dtype = torch.float32) -> None:
+    """The law's weights fit the sampling dtype and the bound's moments (a_i⁴) fit float64.
+
+    >>> check_law_range(NetSpec(), LawSpec())
+    """
+    top = max(layer_scale(s, law.scale) for s in net.weight_shapes())
+    try:
+        fourth = top ** 4
+    except OverflowError:
+        fourth = math.inf
+    if not (top <= torch.finfo(dtype).max / 4 and math.isfinite(fourth)):
+        raise ProbPruneError(f"law.scale={law.scale!r}: sampled weights up to {top:.3g} do not fit "
+                             f"{str(dtype).replace('torch.', '')} (or their 4th moments float64)")
+
+
+def check_gap_budget(net: NetSpec, gap: GapSpec, n_members: int = 1) -> None:
+    """Refuse a gap search (``--n-points``, ``--n-restarts``, ``--n-steps``) clearly out of memory or time."""
+    what = (f"gap search (n_points={gap.n_points}, n_restarts={gap.n_restarts}, n_steps={gap.n_steps}, "
+            f"arch {net.to_arch()})")
+    check_memory(what, gap_memory(net, gap, n_members) + 8.0 * n_weights(net))
+    check_time(what, gap_seconds(net, gap, n_members))
 
 
 @dataclass(frozen=True)
@@ -33,9 +301,11 @@ class PruneJob:
     extras: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        check_seed("seed", self.seed)
+        check_device(self.device)
         if self.weights is None and self.law is None:
             raise ProbPruneError("weights: give --weights FILE or --law to sample a target")
-        if self.weights is not None and self.law is not None and self.save_target is not None:
+        if self.law is None and self.save_target is not None:
             raise ProbPruneError("save_target: only a sampled target (--law) can be saved")
         if self.prune.level_name is None:
             raise ProbPruneError("prune: give one level: --prune-fraction, --threshold, --relative-threshold or --p")
@@ -46,6 +316,14 @@ class PruneJob:
             v = getattr(self, name)
             if v is not None and not str(v).endswith(".safetensors"):
                 raise ProbPruneError(f"{name}={v!r}: must end in .safetensors")
+        if self.law is not None:
+            check_law_range(self.net, self.law)
+        # the target, the pruned copy, scores and masks: about four float32 copies of the weights
+        check_memory(f"arch={self.net.to_arch()!r} ({n_weights(self.net)} weights)", 16.0 * n_weights(self.net))
+
+    def check_outputs(self, *more: tuple[str, str | None]) -> None:
+        """Pre-flight: every output path of the job (and ``more``) can be written; checks, writes nothing."""
+        check_output_paths({"out": self.out, "save_target": self.save_target, **dict(more)})
 
 
 @dataclass(frozen=True, eq=False)
@@ -77,8 +355,23 @@ def save_net(net: Net, path: str) -> None:
     save_tensors(path, net.state_dict(), {"arch": net.spec.to_arch(), "format": "probprune"})
 
 
-def run_prune(job: PruneJob) -> PruneOutcome:
-    """Load or sample the target, prune it, then write ``out`` / ``save_target`` (after all checks)."""
+def write_outputs(job: PruneJob, res: PruneOutcome) -> None:
+    """Write ``out`` (the pruned net) and ``save_target`` (the sampled target) of a finished job."""
+    if job.out is not None:
+        save_net(res.pruned, job.out)
+    if job.save_target is not None:
+        save_net(res.target, job.save_target)
+
+
+def run_prune(job: PruneJob, write: bool = True) -> PruneOutcome:
+    """Load or sample the target, prune it, then write ``out`` / ``save_target`` (after all checks).
+
+    Args:
+        job: what to do.
+        write: write the outputs now; ``False`` leaves that to :func:`write_outputs`, so a caller with
+            more work that can fail (a gap sandwich, a certificate) writes nothing until all of it is done.
+    """
+    job.check_outputs()
     if job.weights is not None:
         target = load_net(job.net, job.weights).to(device=job.device)
     else:
@@ -89,9 +382,7 @@ def run_prune(job: PruneJob) -> PruneOutcome:
     res = prune(target, pr.method, prune_fraction=pr.prune_fraction, threshold=pr.threshold,
                 relative_threshold=pr.relative_threshold, p=pr.p, scope=pr.scope, rescale=pr.rescale,
                 generator=gen, law=job.law)
-    if job.out is not None:
-        Path(job.out).parent.mkdir(parents=True, exist_ok=True)
-        save_net(res.model, job.out)
-    if job.save_target is not None:
-        save_net(target, job.save_target)
-    return PruneOutcome(target, res.model, res.masks, res.stats, job.seed)
+    outcome = PruneOutcome(target, res.model, res.masks, res.stats, job.seed)
+    if write:
+        write_outputs(job, outcome)
+    return outcome
