@@ -320,7 +320,7 @@ def certified_gap_bound(target: Net, pruned: Net, radius: float, norm_method: No
         else:
             fan_in, pre_units = int(w_t.shape[-3]) * conv.kernel * conv.kernel, int(w_t.shape[-4]) * pos
         root = math.sqrt(pre_units)
-        c_act = _ACT_ULPS[lt.activation.name] if i < n_layers - 1 else 0.0
+        c_act = _ACT_ULPS[lt.activation.name]  # 0 for the identity after the output layer
         new_fe = []
         for fe, nv, wgt, bnorm, reach, u, eta in ((fe_t, n_t, w_t, bn_t, reach_t, u_t, eta_t),
                                                    (fe_p, n_p, w_p, bn_p, reach_p, u_p, eta_p)):
