@@ -257,3 +257,23 @@ def test_same_command_and_seed_give_the_same_certificate_bytes(tmp_path: Path) -
     assert "created" not in doc and doc["pruned"]["path"] == "pruned.safetensors"
     # keys sorted, floats as repr: the file is its own canonical form
     assert texts[0].decode() == json.dumps(doc, indent=2, sort_keys=True) + "\n"
+
+
+def test_certified_upper_covers_the_float32_forward_pass(tmp_path: Path) -> None:
+    # the certificate computes its bound on float64 copies of the weights, but the user runs the float32 networks:
+    # the stated upper bound must carry the float32 rounding margin, not the (far smaller) float64 one
+    from probprune.bounds import certified_gap_bound
+
+    out = tmp_path / "p.safetensors"
+    job = PruneJob(net=parse_arch("fcn:16,256,256,4"), prune=PruneSpec(method="magnitude", prune_fraction=0.3),
+                   law=parse_law("uniform"), seed=2, out=str(out))
+    outcome = run_prune(job)
+    assert outcome.target.dtype == torch.float32
+    doc = make_certificate(outcome, job, gap=GapSpec(n_points=64))
+    own = certified_gap_bound(outcome.target, outcome.pruned, doc["gap"]["radius"])
+    as64 = certified_gap_bound(outcome.target.to(dtype=torch.float64), outcome.pruned.to(dtype=torch.float64),
+                               doc["gap"]["radius"])
+    assert float(own.value) > float(as64.value) * (1 + 1e-6)  # the float32 margin is visible at this width
+    # the same float32 margin (the norms themselves may differ in the last digits: float64 copies vs float32 inputs)
+    assert doc["gap"]["upper"] > float(as64.value) * (1 + 1e-6)
+    assert doc["gap"]["upper"] == pytest.approx(float(own.value), rel=1e-6)

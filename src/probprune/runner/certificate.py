@@ -122,6 +122,11 @@ def _input_shape(spec: NetSpec) -> tuple[int, ...]:
     return tuple(int(s) for s in spec.input_shape)  # type: ignore[union-attr]
 
 
+def _forward_dtype(target: Net, pruned: Net) -> torch.dtype:
+    """The dtype the user's networks run in: the less precise of the two weight dtypes."""
+    return torch.float32 if torch.float32 in (target.dtype, pruned.dtype) else torch.float64
+
+
 def _cpu64(net: Net) -> Net:
     return net.to(device="cpu", dtype=torch.float64)
 
@@ -135,9 +140,14 @@ def _gap_at(t64: Net, p64: Net, x: torch.Tensor) -> float:
     return float((out_p - out_t).reshape(-1).norm())
 
 
-def _bound64(t64: Net, p64: Net, radius: float, norm_method: NormMethod) -> CertifiedBound:
+def _bound64(t64: Net, p64: Net, radius: float, norm_method: NormMethod, forward_dtype: torch.dtype) -> CertifiedBound:
+    """The certified bound computed in float64 on the CPU for networks the user runs in ``forward_dtype``.
+
+    The float64 copies are exact, but the user evaluates the networks in their own weight dtype
+    (float32 usually), so the bound's rounding margin is the one of that dtype.
+    """
     with torch.no_grad():
-        return certified_gap_bound(t64, p64, radius, norm_method)
+        return certified_gap_bound(t64, p64, radius, norm_method, forward_dtype=forward_dtype)
 
 
 def _witness(x: torch.Tensor, radius: float) -> torch.Tensor:
@@ -227,7 +237,8 @@ def make_certificate(outcome: PruneOutcome, job: PruneJob, *, gap: GapSpec | Non
     sw = gap_sandwich(outcome.target, outcome.pruned, g, job.seed, norm_method)
     t64, p64 = _cpu64(outcome.target), _cpu64(outcome.pruned)
     witness = _witness(sw.x, g.radius)
-    numbers = _gap_numbers(_bound64(t64, p64, g.radius, norm_method), _gap_at(t64, p64, witness))
+    numbers = _gap_numbers(_bound64(t64, p64, g.radius, norm_method, _forward_dtype(outcome.target, outcome.pruned)),
+                           _gap_at(t64, p64, witness))
     prob = None if job.law is None or d is None else _probabilistic(spec, job.law, pr, d, g.radius)
     layers, total = _stats_sections(outcome.stats, _zeros(outcome.pruned.to(device="cpu")))
     level_name = pr.level_name or pr.schedule_field()
@@ -505,7 +516,7 @@ def check_certificate(doc: Mapping[str, Any], weights: str | Path, target: str |
     g = doc["gap"]
     radius = float(g["radius"])
     t64, p64 = _cpu64(res.target), _cpu64(pruned)
-    bound = _bound64(t64, p64, radius, g["norm_method"])
+    bound = _bound64(t64, p64, radius, g["norm_method"], _forward_dtype(res.target, pruned))
     upper = float(bound.value)
     if not math.isclose(float(g["upper"]), upper, rel_tol=rtol, abs_tol=0.0):
         c.reject("gap.upper", g["upper"], upper, " (the certified upper bound recomputed from the weights)")
