@@ -247,3 +247,16 @@ def test_matmul_precision_sets_and_restores_the_tf32_flags() -> None:
     with pytest.raises(ProbPruneError, match="matmul"):
         with matmul_precision("bf16"):
             pass
+
+
+def test_tf32_trials_get_a_bound_that_covers_tf32_products() -> None:
+    # under mc.matmul = tf32 the gap search may run on TF32 tensor cores: the certified value must cover that
+    # forward pass (a wider rounding margin), or a TF32 lower value could exceed it
+    import dataclasses
+
+    cfg = dataclasses.replace(SMALL, mc=dataclasses.replace(SMALL.mc, matmul="tf32"))
+    point = expand_grid(SMALL)[0]
+    fp32 = run_trials(SMALL, point, H, [0, 1])
+    tf32 = run_trials(cfg, point, H, [0, 1])
+    for a, b in zip(fp32, tf32):
+        assert b.gap_upper > a.gap_upper * (1 + 1e-4)  # TF32 operands are rounded to 10 bits: a visible margin
