@@ -594,3 +594,201 @@ def test_bad_input(argv: list[str], fragment: str, files: dict[str, str], tmp_pa
     if "--json" in args:
         assert out == "", out
     assert sorted(os.listdir(tmp_path)) == [], "files written"
+
+
+# --------------------------------------------------------------------------- large input spaces (Hypothesis)
+
+_NUMERIC_TEXT = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True).map(repr),
+    st.integers(min_value=-(2 ** 80), max_value=2 ** 80).map(str),
+    st.text(alphabet="0123456789.eE+-xnaif ", max_size=12),
+    st.text(max_size=8),
+)
+_SETTINGS = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+def _strict_json(text: str) -> Any:
+    def refuse(name: str) -> Any:
+        raise ValueError(f"non-standard JSON constant {name}")
+    return json.loads(text, parse_constant=refuse)
+
+
+def _one_outcome(argv: list[str], capsys: pytest.CaptureFixture[str], tmp: Path, as_json: bool = False) -> int:
+    """Either success (exit 0; under --json: strict JSON on stdout, nothing on stderr) or one error line, exit 2."""
+    code, out, err = run_in(tmp, argv, capsys)
+    assert code in (0, 2), (argv, code, err)
+    if code == 2:
+        assert_one_error_line(code, err, "", argv)
+    elif as_json:
+        _strict_json(out)
+        assert err == "", (argv, err)
+    return code
+
+
+@_SETTINGS
+@given(option=st.sampled_from(["--radius", "--delta", "--relative-threshold"]), value=_NUMERIC_TEXT)
+def test_bound_numeric_options_fuzz(option: str, value: str, capsys: pytest.CaptureFixture[str],
+                                    tmp_path: Path) -> None:
+    argv = ["bound", "--arch", "fcn:4,64,64,2", "--json", option, value]
+    if option != "--relative-threshold":
+        argv += ["--relative-threshold", "0.1"]
+    _one_outcome(argv, capsys, tmp_path, as_json=True)
+
+
+@_SETTINGS
+@given(option=st.sampled_from(["--prune-fraction", "--seed", "--radius", "--threshold"]), value=_NUMERIC_TEXT)
+def test_prune_numeric_options_fuzz(option: str, value: str, capsys: pytest.CaptureFixture[str],
+                                    tmp_path: Path) -> None:
+    argv = ["prune", "--arch", "fcn:3,4,2", "--law", "uniform", "--dry-run", "--out", "o.safetensors", option, value]
+    if option not in ("--prune-fraction", "--threshold"):
+        argv += ["--prune-fraction", "0.5"]
+    if option == "--radius":
+        argv += ["--gap"]
+    _one_outcome(argv, capsys, tmp_path)
+    assert sorted(os.listdir(tmp_path)) == []
+
+
+@_SETTINGS
+@given(option=st.sampled_from(["--trials", "--seed", "--widths", "--chunk-size", "--delta", "--schedule"]),
+       value=_NUMERIC_TEXT)
+def test_verify_numeric_options_fuzz(option: str, value: str, capsys: pytest.CaptureFixture[str],
+                                     tmp_path: Path) -> None:
+    _one_outcome(["verify", "--arch", "fcn:4,8,2", "--runs-dir", "runs", "--dry-run", option, value], capsys, tmp_path)
+    assert sorted(os.listdir(tmp_path)) == []
+
+
+@_SETTINGS
+@given(key=st.sampled_from(["mc.n_trials", "mc.seed", "net.widths", "law.scale", "gap.radius", "bound.delta",
+                            "prunes.0.p", "net.convs", "mc.device", "net.arch", "mc.bogus"]),
+       value=st.one_of(_NUMERIC_TEXT, st.text(alphabet='[]{}",:0123456789truefalsenull ', max_size=16)))
+def test_config_set_fuzz(key: str, value: str, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    _one_outcome(["config", "show", "--json", "--set", f"{key}={value}"], capsys, tmp_path, as_json=True)
+
+
+@_SETTINGS
+@given(option=st.sampled_from(["--n-points", "--n-steps", "--step-size", "--seed"]), value=_NUMERIC_TEXT)
+def test_gap_numeric_options_fuzz(option: str, value: str, files: dict[str, str], capsys: pytest.CaptureFixture[str],
+                                  tmp_path: Path) -> None:
+    argv = expand(["gap", "--arch", "fcn:3,4,2", "--weights", "{t}", "--pruned", "{p}", "--dry-run", option, value],
+                  files)
+    _one_outcome(argv, capsys, tmp_path)
+
+
+# --------------------------------------------------------------------------- the pieces, directly
+
+
+def test_help_and_version_exit_0(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    for argv in (["--help"], ["--version"], ["prune", "--help"], ["data", "prepare", "--help"],
+                 ["certificate", "check", "--help"], ["config", "show", "--help"]):
+        code, out, err = run_in(tmp_path, argv, capsys)
+        assert code == 0 and out and err == "", (argv, code, err)
+
+
+def test_bare_group_prints_help_then_one_error_line(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, out, err = run_in(tmp_path, ["data"], capsys)
+    assert "prepare" in out and "info" in out
+    assert_one_error_line(code, err, "probprune data: missing command", ["data"])
+
+
+def test_json_success_leaves_stderr_empty(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, out, err = run_in(tmp_path, ["prune", "--arch", "fcn:3,4,2", "--law", "uniform", "--prune-fraction", "0.5",
+                                       "--json"], capsys)
+    assert code == 0 and err == ""
+    assert _strict_json(out)["stats"]["total"]["size"] == 20
+
+
+def test_emit_json_is_strict(capsys: pytest.CaptureFixture[str]) -> None:
+    from probprune.cli.app import emit_json
+
+    emit_json({"upper": float("inf"), "lower": float("-inf"), "ratio": [1.0, float("nan")], "n": 3})
+    doc = _strict_json(capsys.readouterr().out)
+    assert doc == {"upper": "inf", "lower": "-inf", "ratio": [1.0, "nan"], "n": 3}
+
+
+def test_failed_certificate_leaves_no_output_behind(files: dict[str, str], capsys: pytest.CaptureFixture[str],
+                                                    tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An error after the weights were written (here: the certificate) removes the files this command created."""
+    import probprune.cli.prune as cli_prune
+
+    def broken(*_a: Any, **_k: Any) -> Any:
+        from probprune.config import ProbPruneError
+
+        raise ProbPruneError("certificate: simulated failure")
+
+    monkeypatch.setattr(cli_prune, "make_certificate", broken)
+    code, _, err = run_in(tmp_path, ["prune", "--arch", "fcn:3,4,2", "--law", "uniform", "--prune-fraction", "0.5",
+                                     "--out", "o.safetensors", "--save-target", "t.safetensors",
+                                     "--certificate", "c.json"], capsys)
+    assert_one_error_line(code, err, "simulated failure", "certificate")
+    assert sorted(os.listdir(tmp_path)) == []
+
+
+def test_memory_limit_env_is_read_and_named(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from probprune.runner.prune import memory_limit
+
+    monkeypatch.setenv("PROBPRUNE_MEMORY_LIMIT", "2K")
+    assert memory_limit() == 2048
+    argv = ["prune", "--arch", "fcn:16,64,4", "--law", "uniform", "--prune-fraction", "0.5"]
+    code, _, err = run_in(tmp_path, argv, capsys)
+    line = assert_one_error_line(code, err, "PROBPRUNE_MEMORY_LIMIT", argv)
+    assert "about 20 KiB" in line and "limit of 2 KiB" in line  # the estimate (16 bytes × 1280 weights), the limit
+    monkeypatch.setenv("PROBPRUNE_MEMORY_LIMIT", "lots")
+    code, _, err = run_in(tmp_path, argv, capsys)
+    assert_one_error_line(code, err, "PROBPRUNE_MEMORY_LIMIT='lots'", argv)
+    monkeypatch.delenv("PROBPRUNE_MEMORY_LIMIT")
+    assert memory_limit() == os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+
+
+def test_time_limit_env(files: dict[str, str], capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PROBPRUNE_TIME_LIMIT", "1e-9")
+    argv = expand(["gap", "--arch", "fcn:3,4,2", "--weights", "{t}", "--pruned", "{p}"], files)
+    code, _, err = run_in(tmp_path, argv, capsys)
+    assert_one_error_line(code, err, "would take about .* over the limit of 1e-09 s", argv)
+
+
+def test_gunzip_capped() -> None:
+    from probprune.config import ProbPruneError
+    from probprune.runner.dataprep import gunzip_capped
+
+    two = gzip.compress(b"abc") + gzip.compress(b"def")
+    assert gunzip_capped(two, 6, "x") == gzip.decompress(two) == b"abcdef"
+    with pytest.raises(ProbPruneError, match="more than 5 bytes"):
+        gunzip_capped(two, 5, "x")
+    with pytest.raises(ProbPruneError, match="corrupt gzip"):
+        gunzip_capped(gzip.compress(b"abc" * 100)[:-10], 1000, "x")
+    with pytest.raises(ProbPruneError, match="corrupt gzip"):
+        gunzip_capped(b"\x1f\x8b\x08\x00garbage", 1000, "x")
+
+
+def test_device_check() -> None:
+    from probprune.config import ProbPruneError
+    from probprune.runner.prune import check_device
+
+    check_device("cpu")
+    for bad in ("tpu", "meta", "cuda:x", "", "CPU", "xla", 0):
+        with pytest.raises(ProbPruneError, match="device"):
+            check_device(bad)
+    if not torch.cuda.is_available():
+        for bad in ("cuda", "cuda:0"):
+            with pytest.raises(ProbPruneError, match="CUDA is not available"):
+                check_device(bad)
+
+
+# --------------------------------------------------------------------------- the installed entry point
+
+
+@pytest.mark.parametrize(("argv", "fragment"), [
+    (["--bogus"], "No such option: --bogus"),
+    (["prune", "--arch", "fcn:3,4,2", "--law", "uniform", "--prune-fraction", "0.5", "--seed", "1.5", "--json"],
+     "--seed.*1.5"),
+    (["data", "prepare"], "Missing argument"),
+])
+def test_subprocess_entry_point(argv: list[str], fragment: str, tmp_path: Path) -> None:
+    env = {**os.environ, "PROBPRUNE_DATA": str(tmp_path / "data")}
+    res = subprocess.run([sys.executable, "-m", "probprune", *argv], capture_output=True, text=True, cwd=tmp_path,
+                         env=env, timeout=120)
+    assert_one_error_line(res.returncode, res.stderr, fragment, argv)
+    assert res.stdout == ""
+    assert sorted(os.listdir(tmp_path)) == []

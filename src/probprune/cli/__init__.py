@@ -119,5 +119,4 @@ def main(argv: list[str] | None = None) -> None:
     except OSError as e:  # a file the user named: unreadable, a directory, a full disk …
         where = e.filename if e.filename is not None else "file"
         _fail_line(f"{where}: {e.strerror or e}")
-    if isinstance(rc, int) and rc != 0:
-        sys.exit(rc)
+    sys.exit(rc if isinstance(rc, int) else 0)  # as click's standalone mode: always a SystemExit

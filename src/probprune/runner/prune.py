@@ -192,7 +192,7 @@ def time_limit() -> float:
 
 
 def _fmt_bytes(n: float) -> str:
-    for unit, size in (("TiB", 1024 ** 4), ("GiB", 1024 ** 3), ("MiB", 1024 ** 2)):
+    for unit, size in (("TiB", 1024 ** 4), ("GiB", 1024 ** 3), ("MiB", 1024 ** 2), ("KiB", 1024)):
         if n >= size:
             return f"{n / size:.3g} {unit}"
     return f"{n:.0f} B"
@@ -202,16 +202,18 @@ def check_memory(what: str, estimate: float) -> None:
     """Refuse work whose memory estimate (bytes) exceeds :func:`memory_limit`, naming both."""
     limit = memory_limit()
     if estimate > limit:
+        source = f"from ${MEMORY_ENV}" if os.environ.get(MEMORY_ENV) else \
+            f"half the physical memory; set ${MEMORY_ENV} to change it"
         raise ProbPruneError(f"{what}: needs about {_fmt_bytes(estimate)} of memory, over the limit of "
-                             f"{_fmt_bytes(limit)} (half the physical memory; set ${MEMORY_ENV} to change it)")
+                             f"{_fmt_bytes(limit)} ({source})")
 
 
 def check_time(what: str, seconds: float) -> None:
     """Refuse work whose time estimate exceeds :func:`time_limit`, naming both."""
     limit = time_limit()
     if seconds > limit:
-        raise ProbPruneError(f"{what}: would take about {seconds:.3g} s, over the limit of {limit:.3g} s "
-                             f"(set ${TIME_ENV} to change it)")
+        source = f"from ${TIME_ENV}" if os.environ.get(TIME_ENV) else f"set ${TIME_ENV} to change it"
+        raise ProbPruneError(f"{what}: would take about {seconds:.3g} s, over the limit of {limit:.3g} s ({source})")
 
 
 def n_weights(net: NetSpec) -> int:
