@@ -12,9 +12,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
 import shutil
 import struct
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -32,8 +32,21 @@ _HEADER_ALIGN = 8  # the safetensors writer pads its header with spaces so that 
 
 
 def _tmp_in(path: Path) -> tuple[int, str]:
+    """Create a new empty file beside ``path`` (a unique hidden name); returns (fd, name).
+
+    Opened with ``O_CREAT | O_EXCL`` and mode ``0o666`` so that the process umask decides the final
+    permissions, as for any ``open(path, "w")`` — ``tempfile.mkstemp`` would force ``0o600``, and the
+    rename would carry that mode onto every checkpoint, certificate and report.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    return tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0) | getattr(os, "O_NOFOLLOW", 0)
+    for _ in range(100):
+        name = str(path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp")
+        try:
+            return os.open(name, flags, 0o666), name
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{path.parent}: no free temporary name for {path.name!r}")
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
