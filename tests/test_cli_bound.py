@@ -54,7 +54,10 @@ def test_solve_min_width_with_schedule(capsys: pytest.CaptureFixture[str]) -> No
 
 def test_dry_run_prints_config_only(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(["bound", *ARCH, "--relative-threshold", "0.05", "--dry-run"], capsys)
-    assert code == 0 and "resolved config" in out and "ε(" not in out
+    assert code == 0 and "ε(" not in out
+    assert out.splitlines() == [out.splitlines()[0]] and out.startswith("probprune bound | config ")  # one line
+    code, out, _ = run(["bound", *ARCH, "--relative-threshold", "0.05", "--dry-run", "--verbose"], capsys)
+    assert code == 0 and "resolved config" in out and '"relative_threshold": 0.05' in out and "ε(" not in out
 
 
 @pytest.mark.parametrize(("extra", "match"), [

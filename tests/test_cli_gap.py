@@ -30,9 +30,9 @@ FAST = ["--n-points", "128", "--n-restarts", "2", "--n-steps", "10"]
 
 def test_gap_json(files: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
     t, p = files
-    code, out, _ = run(["gap", "--arch", ARCH, "--weights", str(t), "--pruned", str(p), "--radius", "2",
-                        "--json", *FAST], capsys)
-    assert code == 0
+    code, out, err = run(["gap", "--arch", ARCH, "--weights", str(t), "--pruned", str(p), "--radius", "2",
+                          "--json", *FAST], capsys)
+    assert code == 0 and err == ""  # under --json stderr stays empty
     doc = json.loads(out)
     sw = doc["sandwich"]
     assert 0 < sw["lower"] <= sw["upper"]
@@ -50,8 +50,10 @@ def test_gap_tables_and_dry_run(files: tuple[Path, Path], capsys: pytest.Capture
     t, p = files
     code, out, _ = run(["gap", "--arch", ARCH, "--weights", str(t), "--pruned", str(p), *FAST], capsys)
     assert code == 0
-    assert "resolved config" in out and "gap sandwich" in out and "4.weight" in out and "svd" in out
-    code, out, _ = run(["gap", "--arch", ARCH, "--weights", str(t), "--pruned", str(p), "--dry-run"], capsys)
+    assert out.startswith("probprune gap | config ") and "resolved config" not in out
+    assert "gap sandwich" in out and "4.weight" in out and "svd" in out
+    code, out, _ = run(["gap", "--arch", ARCH, "--weights", str(t), "--pruned", str(p), "--dry-run", "--verbose"],
+                       capsys)
     assert code == 0 and "resolved config" in out and "gap sandwich" not in out
 
 

@@ -34,6 +34,7 @@ def test_json_run_then_resume_is_a_noop(tmp_path: Path, capsys: pytest.CaptureFi
                                         monkeypatch: pytest.MonkeyPatch) -> None:
     code, out, err = run(["verify", *QUICK, "--runs-dir", str(tmp_path), "--json"], capsys)
     assert code == 0, err
+    assert err == ""  # under --json: no config dump, no progress bar on stderr
     doc = json.loads(out)
     run_dir = Path(doc["run_dir"])
     assert run_dir.parent == tmp_path and run_dir.name == doc["hash"]
@@ -49,7 +50,7 @@ def test_json_run_then_resume_is_a_noop(tmp_path: Path, capsys: pytest.CaptureFi
 
     monkeypatch.setattr(cli_verify, "report_after_verify", lambda run_dir: None)
     code, out, err = run(["verify", "--resume", str(run_dir), "--json"], capsys)
-    assert code == 0, err
+    assert code == 0 and err == "", err
     again = json.loads(out)
     assert again["n_new"] == 0 and again["resumed"] is True and again["points"] == doc["points"]
     # the same config from flags finds the same folder
@@ -59,7 +60,8 @@ def test_json_run_then_resume_is_a_noop(tmp_path: Path, capsys: pytest.CaptureFi
 
 def test_table_output_and_dry_run(tmp_path: Path, capsys: pytest.CaptureFixture[str], no_report: None) -> None:
     code, out, _ = run(["verify", *QUICK, "--runs-dir", str(tmp_path), "--dry-run"], capsys)
-    assert code == 0 and "resolved config" in out and "output" in out
+    assert code == 0 and out.startswith("probprune verify | config ") and f"output: {tmp_path}" in out
+    assert len(out.strip().splitlines()) == 1  # the full config is behind --verbose
     assert list(tmp_path.iterdir()) == []  # a dry run writes nothing
     code, out, err = run(["verify", *QUICK, "--method", "random", "--p", "0.1", "--rescale",
                           "--runs-dir", str(tmp_path)], capsys)

@@ -5,10 +5,11 @@ No maths here: commands resolve a config, call ``runner``/``report``, print resu
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import sys
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -18,12 +19,14 @@ from probprune.config import ProbPruneError
 
 __all__ = [
     "TERMS",
+    "VerboseOpt",
     "add_terms_to_help",
     "app",
     "console",
     "emit_json",
     "err_console",
     "fail",
+    "header_line",
     "json_safe",
     "print_header",
     "stats_table",
@@ -41,6 +44,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
 )
+
+#: ``--verbose``: print the full resolved config after the one-line header.
+VerboseOpt = Annotated[bool, typer.Option("--verbose", help="Also print the full resolved config.")]
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
@@ -75,18 +81,40 @@ def emit_json(doc: Any) -> None:
     sys.stdout.flush()
 
 
-def print_header(config: dict[str, Any], out: str | None, as_json: bool) -> None:
-    """Print the resolved config and the output location first; nothing under ``--json``.
+def _command_path() -> str:
+    try:
+        from typer._click.globals import get_current_context
+    except ImportError:  # pragma: no cover - typer built on the click package
+        from click import get_current_context  # type: ignore[no-redef]
+    ctx = get_current_context(silent=True)
+    return "probprune" if ctx is None else str(ctx.command_path)
 
-    Under ``--json`` stdout holds only the JSON document and stderr stays empty on success
-    (and holds only the error line on failure).
+
+def header_line(config: dict[str, Any], out: str | None) -> str:
+    """The one line every command prints first: command, config hash, output.
+
+    The hash is the run's config hash when ``config`` carries one (``verify``), else the first 16 hex
+    digits of the SHA-256 of the resolved input as canonical JSON (equal inputs, equal hash).
+    """
+    h = config.get("hash")
+    if not isinstance(h, str):
+        canon = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
+        h = hashlib.sha256(canon.encode()).hexdigest()[:16]
+    return f"{_command_path()} | config {h} | output: {out if out else '(none)'}"
+
+
+def print_header(config: dict[str, Any], out: str | None, as_json: bool, verbose: bool = False) -> None:
+    """Print one line (command, config hash, output) and, with ``--verbose``, the resolved config.
+
+    Nothing under ``--json``: stdout then holds only the JSON document and stderr stays empty on
+    success (and holds only the error line on failure).
     """
     if as_json:
         return
-    target = console
-    target.print("[bold]resolved config[/bold]")
-    target.print(json.dumps(config, indent=2, sort_keys=True, default=str))
-    target.print(f"[bold]output[/bold]: {out if out else '(none)'}")
+    console.print(header_line(config, out), markup=False, soft_wrap=True)
+    if verbose:
+        console.print("[bold]resolved config[/bold]")
+        console.print(json.dumps(config, indent=2, sort_keys=True, default=str), markup=False)
 
 
 def stats_table(stats: dict[str, Any], title: str = "pruning report") -> Table:

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.table import Table
 
-from probprune.cli.app import TERMS, app, console, emit_json, print_header
+from probprune.cli.app import TERMS, VerboseOpt, app, console, emit_json, print_header
 from probprune.config import ProbPruneError, PruneSpec, parse_arch, parse_law
 from probprune.runner.bound import BoundJob, check_job, run_bound
 
@@ -50,6 +50,7 @@ def bound_cmd(
     theorem: Annotated[str, typer.Option(help="auto, operator (§4) or net (§5).")] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document instead of tables.")] = False,
     dry_run: Annotated[bool, typer.Option(help="Print the resolved config and stop.")] = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     net = parse_arch(arch, activation=activation)
     lw = parse_law(law)
@@ -69,7 +70,7 @@ def bound_cmd(
                 "solve": solve, "radius": radius, "theorem": theorem,
                 "prune": {k: v for k, v in vars(spec).items() if v is not None}}
     check_job(job)
-    print_header(resolved, None, as_json)
+    print_header(resolved, None, as_json, verbose)
     if dry_run:
         return
     doc = run_bound(job)

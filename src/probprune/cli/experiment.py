@@ -8,7 +8,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from probprune.cli.app import TERMS, app, console, emit_json, err_console, print_header
+from probprune.cli.app import TERMS, VerboseOpt, app, console, emit_json, err_console, print_header
 from probprune.config import ProbPruneError
 from probprune.runner.dataprep import require_dataset
 from probprune.runner.experiment import DEFAULT_EPOCHS, PRUNE_FRACTIONS, ExperimentSpec, run_experiment, summarize
@@ -112,6 +112,7 @@ def experiment_cmd(
                                            "model, as in docs/experiments.md) instead of the terminal table.")]
     = False,
     dry_run: Annotated[bool, typer.Option(help="Print the resolved config and run folder, then stop.")] = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     if dataset not in ("mnist", "fashion-mnist"):
         raise ProbPruneError(f"dataset={dataset!r}: must be mnist or fashion-mnist")
@@ -146,13 +147,14 @@ def experiment_cmd(
     run_dir = f"{runs_dir.rstrip('/')}/{spec.hash}"
     if not dry_run:
         require_dataset(dataset)  # before any output: a missing dataset is one error line
-    print_header(spec.to_dict(), run_dir, as_json or markdown)  # stdout stays pure JSON / Markdown
+    # stdout stays pure JSON / Markdown
+    print_header({"hash": spec.hash, **spec.to_dict()}, run_dir, as_json or markdown, verbose)
     if dry_run:
         return
     # start / join Ray before anything is written: an unreachable cluster leaves no run folder
     getattr(ex, "start", lambda: None)()
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=err_console, transient=as_json) as bar:
+                  console=err_console, transient=as_json, disable=as_json) as bar:
         tasks: dict[str, Any] = {}
 
         def progress(desc: str, done: int, total: int) -> None:

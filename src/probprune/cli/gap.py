@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from probprune.cli.app import app, console, emit_json, err_console, print_header
+from probprune.cli.app import VerboseOpt, app, console, emit_json, err_console, print_header
 from probprune.config import GapSpec, ProbPruneError, parse_arch
 from probprune.runner.gap import GapJob, run_gap
 
@@ -69,6 +69,7 @@ def gap_cmd(
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document instead of tables.")] = False,
     dry_run: Annotated[bool, typer.Option(help="Print the resolved config and stop.")] = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     if isinstance(radius, float) and not math.isfinite(radius):
         raise ProbPruneError(f"radius={radius!r}: must be finite")
@@ -80,11 +81,14 @@ def gap_cmd(
                 "pruned": pruned, "seed": seed, "norm_method": norm_method,
                 "gap": {"radius": radius, "n_points": n_points, "n_restarts": n_restarts, "n_steps": n_steps,
                         "step_size": step_size}}
-    print_header(resolved, None, as_json)
+    print_header(resolved, None, as_json, verbose)
     if dry_run:
         return
-    with err_console.status("estimating and bounding the gap", spinner="dots"):
+    if as_json:  # stderr stays empty under --json
         res = run_gap(job)
+    else:
+        with err_console.status("estimating and bounding the gap", spinner="dots"):
+            res = run_gap(job)
     sw = res.sandwich
     if as_json:
         emit_json({"config": resolved, "sandwich": sandwich_doc(sw)})

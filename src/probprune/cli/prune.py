@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from probprune.cli.app import TERMS, app, console, emit_json, print_header, stats_table
+from probprune.cli.app import TERMS, VerboseOpt, app, console, emit_json, print_header, stats_table
 from probprune.cli.gap import sandwich_doc, sandwich_tables
 from probprune.config import MIN_DELTA, GapSpec, ProbPruneError, PruneSpec, parse_arch, parse_law
 from probprune.report.certificate import write_certificate
@@ -44,6 +44,7 @@ def prune_cmd(
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document instead of tables.")] = False,
     dry_run: Annotated[bool, typer.Option(help="Print the resolved config and stop.")] = False,
+    verbose: VerboseOpt = False,
     gap: Annotated[bool, typer.Option("--gap", help="After pruning, print the gap sandwich (lower/upper bound).")]
     = False,
     radius: Annotated[float, typer.Option(help="With --gap: input ball radius r > 0.")] = 1.0,
@@ -72,7 +73,7 @@ def prune_cmd(
                 "prune": {k: v for k, v in vars(spec).items() if v is not None}}
     if gap_spec is not None:
         resolved["gap"] = {"radius": radius}
-    print_header(resolved, out, as_json)
+    print_header(resolved, out, as_json, verbose)
     if dry_run:
         return
     res = run_prune(job, write=False)

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from probprune.cli.app import app, console, emit_json, err_console, print_header
+from probprune.cli.app import VerboseOpt, app, console, emit_json, err_console, print_header
 from probprune.report import write_report
 from probprune.store.reports import load_report_data
 
@@ -19,9 +19,10 @@ def report_cmd(
     run_dir: Annotated[str, typer.Argument(help="The run folder, e.g. runs/<config-hash>.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document instead of text.")] = False,
     dry_run: Annotated[bool, typer.Option(help="Print the resolved input and output and stop.")] = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     out = Path(run_dir) / "report.html"
-    print_header({"run_dir": run_dir}, str(out), as_json)
+    print_header({"run_dir": run_dir}, str(out), as_json, verbose)
     if dry_run:
         return
     data = load_report_data(run_dir)

@@ -17,7 +17,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from probprune.cli.app import TERMS, app, console, emit_json, err_console, print_header
+from probprune.cli.app import TERMS, VerboseOpt, app, console, emit_json, err_console, print_header
 from probprune.config import (
     BoundSpec,
     ProbPruneError,
@@ -237,6 +237,7 @@ def verify_cmd(
     = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document instead of tables.")] = False,
     dry_run: Annotated[bool, typer.Option(help="Print the resolved config and run folder, then stop.")] = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     cfg = resolve_config(config, sets, resume=resume, arch=arch, widths=widths, law=law, method=method, scope=scope,
                          prune_fraction=prune_fraction, threshold=threshold, relative_threshold=relative_threshold,
@@ -248,14 +249,15 @@ def verify_cmd(
     check_verify_budget(cfg)  # before anything is allocated or written
     ex = make_executor(executor, address)
     out, _ = check_run(cfg, runs_dir, resume)
-    print_header({"hash": config_hash(cfg), **to_dict(cfg, non_default_only=False)}, str(out), as_json)
+    print_header({"hash": config_hash(cfg), **to_dict(cfg, non_default_only=False)}, str(out), as_json, verbose)
     if dry_run:
         return
     # start / join Ray before anything is written: an unreachable cluster leaves no run folder
     getattr(ex, "start", lambda: None)()
     target = err_console if as_json else console
     with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), TimeRemainingColumn(), console=target, transient=False) as bar:
+                  TimeElapsedColumn(), TimeRemainingColumn(), console=target, transient=False,
+                  disable=as_json) as bar:  # under --json stderr stays empty
         task = bar.add_task("trials", total=None)
 
         def on_progress(ev: ProgressEvent) -> None:
@@ -302,7 +304,7 @@ def config_show(
     if as_json:
         emit_json(doc)
         return
-    print_header(doc["config"], doc["run_dir"], False)
+    print_header({"hash": doc["hash"], **doc["config"]}, doc["run_dir"], False, verbose=True)
     console.print(f"[bold]hash[/bold]: {doc['hash']}")
     console.print("[bold]canonical[/bold]:")
     console.print(doc["canonical"], markup=False)
