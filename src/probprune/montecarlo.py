@@ -27,7 +27,7 @@ import math
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from scipy.stats import beta as _beta
@@ -45,15 +45,18 @@ from probprune.sampling import sample_net
 __all__ = [
     "PROBE_STREAMS",
     "STREAMS",
+    "VERDICTS",
     "GridPoint",
     "PointBound",
     "PointSummary",
     "TrialRow",
+    "Verdict",
     "clopper_pearson",
     "expand_grid",
     "fit_slope",
     "hidden_width",
     "matmul_precision",
+    "min_trials_to_confirm",
     "point_bound",
     "probe_generator",
     "prune_ensemble",
@@ -63,6 +66,7 @@ __all__ = [
     "summarize_point",
     "torch_dtype",
     "trial_generators",
+    "verdict",
 ]
 
 STREAMS: tuple[str, ...] = ("weights", "mask")
@@ -383,6 +387,53 @@ def clopper_pearson(k: int, n: int, confidence: float = 0.95) -> tuple[float, fl
     return lo, hi
 
 
+#: What one grid point's trials say about the bound's claim P(gap ≤ ε) ≥ 1 − δ.
+Verdict = Literal["confirmed", "consistent", "refuted"]
+VERDICTS: tuple[Verdict, ...] = ("confirmed", "consistent", "refuted")
+
+
+def verdict(coverage_low: float, coverage_high: float, delta: float) -> Verdict:
+    """The verdict of a Clopper–Pearson interval ``[coverage_low, coverage_high]`` on the claim coverage ≥ 1 − δ.
+
+    *confirmed*: the whole interval lies above 1 − δ (the data show the bound holds, at the interval's
+    confidence); *refuted*: the whole interval lies below 1 − δ (the data show it fails); *consistent*:
+    the interval contains 1 − δ (the data neither confirm nor refute it — too few trials to tell).
+
+    >>> verdict(0.83, 1.0, 0.05), verdict(0.96, 1.0, 0.05), verdict(0.2, 0.9, 0.05)
+    ('consistent', 'confirmed', 'refuted')
+    """
+    target = 1.0 - delta
+    if coverage_low > target:
+        return "confirmed"
+    if coverage_high < target:
+        return "refuted"
+    return "consistent"
+
+
+def min_trials_to_confirm(delta: float, confidence: float = 0.95) -> int:
+    """The fewest trials that can confirm P(gap ≤ ε) ≥ 1 − δ: n failure-free trials, lower end above 1 − δ.
+
+    With k = n covered trials the two-sided Clopper–Pearson lower end is ``(α/2)^(1/n)``
+    (α = 1 − confidence), which exceeds 1 − δ exactly when ``n > ln(α/2) / ln(1 − δ)``. With fewer
+    trials a point can be *refuted* or *consistent*, never *confirmed*; with more, one failure may
+    still keep it from confirming.
+
+    >>> min_trials_to_confirm(0.05), min_trials_to_confirm(0.1), min_trials_to_confirm(0.05, 0.99)
+    (72, 36, 104)
+    """
+    if not (isinstance(delta, (int, float)) and 0.0 < delta < 1.0):
+        raise ProbPruneError(f"delta={delta!r}: must be in (0, 1)")
+    if not 0.0 < confidence < 1.0:
+        raise ProbPruneError(f"confidence={confidence!r}: must be in (0, 1)")
+    n = max(1, math.floor(math.log((1.0 - confidence) / 2.0) / math.log1p(-delta)))
+    # the closed form can be off by one where the ratio is (nearly) an integer: settle it with the interval itself
+    while n > 1 and clopper_pearson(n - 1, n - 1, confidence)[0] > 1.0 - delta:
+        n -= 1
+    while clopper_pearson(n, n, confidence)[0] <= 1.0 - delta:
+        n += 1
+    return n
+
+
 def _quantile(values: Sequence[float], q: float) -> float:
     """Empirical q-quantile (linear interpolation, as ``numpy.quantile``'s default)."""
     xs = sorted(values)
@@ -408,9 +459,15 @@ class PointSummary:
         coverage: n_covered / n_trials — the empirical P(gap ≤ ε).
         coverage_low, coverage_high: Clopper–Pearson interval of the coverage at ``confidence``.
         coverage_certified: share of trials whose certified upper bound is ≤ ε (proof the bound held).
-        passed: ``True`` unless the interval lies entirely below 1 − δ (``None`` without ε).
+        passed: ``True`` unless the point is *refuted* (``verdict != "refuted"``; ``None`` without ε) —
+            "not refuted", which is weaker than *confirmed*; kept for scripts that read it.
         tightness: ε / gap_lower_quantile (how loose the bound is; ≥ 1 when it holds).
         delta, confidence: δ and the interval's confidence.
+        verdict: ``confirmed`` (interval above 1 − δ), ``consistent`` (it contains 1 − δ) or ``refuted``
+            (below), see :func:`verdict`; ``None`` without ε.
+        n_trials_to_confirm: the fewest trials that can confirm at this δ and confidence
+            (:func:`min_trials_to_confirm`, e.g. 72 at δ = 0.05, 95 %); a point with fewer trials can
+            only be refuted or consistent.
     """
 
     n_trials: int
@@ -428,6 +485,8 @@ class PointSummary:
     tightness: float | None
     delta: float
     confidence: float
+    verdict: Verdict | None = None
+    n_trials_to_confirm: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict."""
@@ -436,11 +495,13 @@ class PointSummary:
 
 def summarize_point(gap_lower: Sequence[float], gap_upper: Sequence[float], eps: float | None, delta: float,
                     confidence: float = 0.95, rel_gap_lower: Sequence[float] | None = None) -> PointSummary:
-    """Coverage of ε at one grid point: empirical P(gap ≤ ε), its Clopper–Pearson interval, pass/fail.
+    """Coverage of ε at one grid point: empirical P(gap ≤ ε), its Clopper–Pearson interval, verdict.
 
     A trial *violates* ε when its empirical sup-gap (a lower bound on the true gap) exceeds ε —
-    a certain violation. The bound **fails** when the whole Clopper–Pearson interval of the
-    coverage lies below 1 − δ, i.e. the data reject P(gap ≤ ε) ≥ 1 − δ at the interval's level.
+    a certain violation. The claim P(gap ≤ ε) ≥ 1 − δ is **refuted** when the whole Clopper–Pearson
+    interval of the coverage lies below 1 − δ, **confirmed** when it lies above, and **consistent**
+    (neither shown) when it contains 1 − δ — always the case with fewer than
+    :func:`min_trials_to_confirm` trials and no failure (20 trials give [0.83, 1] at 95 %).
 
     Args:
         gap_lower: ``[R]`` empirical sup-gaps.
@@ -451,10 +512,12 @@ def summarize_point(gap_lower: Sequence[float], gap_upper: Sequence[float], eps:
         rel_gap_lower: ``[R]`` relative gaps (optional).
 
     >>> s = summarize_point([0.1, 0.2, 0.3], [0.5, 0.6, 0.7], eps=0.25, delta=0.05)
-    >>> s.n_covered, s.passed
-    (2, True)
-    >>> summarize_point([0.1] * 50, [0.5] * 50, eps=0.01, delta=0.05).passed
-    False
+    >>> s.n_covered, s.verdict, s.passed
+    (2, 'consistent', True)
+    >>> summarize_point([0.1] * 50, [0.5] * 50, eps=0.01, delta=0.05).verdict
+    'refuted'
+    >>> summarize_point([0.1] * 72, [0.5] * 72, eps=0.2, delta=0.05).verdict
+    'confirmed'
     """
     n = len(gap_lower)
     if n < 1:
@@ -466,15 +529,17 @@ def summarize_point(gap_lower: Sequence[float], gap_upper: Sequence[float], eps:
     ups = [u for u in gap_upper if not math.isnan(u)]
     up_med = _quantile(ups, 0.5) if ups else math.nan
     rel_med = _quantile([r for r in rel_gap_lower if not math.isnan(r)], 0.5) if rel_gap_lower else math.nan
+    n_min = min_trials_to_confirm(delta, confidence)
     if eps is None:
         return PointSummary(n, lo_med, lo_q, rel_med, up_med, None, None, None, None, None, None, None, None,
-                            delta, confidence)
+                            delta, confidence, None, n_min)
     k = sum(1 for g in gap_lower if g <= eps)
     c_lo, c_hi = clopper_pearson(k, n, confidence)
     cert = sum(1 for u in ups if u <= eps) / len(ups) if ups else None
     tight = eps / lo_q if lo_q > 0 else math.inf
+    v = verdict(c_lo, c_hi, delta)
     return PointSummary(n, lo_med, lo_q, rel_med, up_med, eps, k, k / n, c_lo, c_hi, cert,
-                        c_hi >= 1.0 - delta, tight, delta, confidence)
+                        v != "refuted", tight, delta, confidence, v, n_min)
 
 
 def fit_slope(widths: Sequence[float], values: Sequence[float]) -> tuple[float, float]:

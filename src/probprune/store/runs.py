@@ -52,6 +52,7 @@ __all__ = [
     "POINT_COLUMNS",
     "SLOPE_COLUMNS",
     "TRIAL_COLUMNS",
+    "VERDICT_VALUES",
     "RunInfo",
     "RunWriter",
     "is_run_dir",
@@ -67,7 +68,7 @@ __all__ = [
 CONFIG_FILE = "config.json"
 DB_FILE = "results.sqlite"
 LOCK_FILE = "lock"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: points.verdict, points.n_trials_to_confirm
 
 TRIAL_COLUMNS: tuple[tuple[str, str], ...] = (
     ("grid_index", "INTEGER NOT NULL"), ("trial", "INTEGER NOT NULL"), ("seed", "INTEGER NOT NULL"),
@@ -88,8 +89,11 @@ POINT_COLUMNS: tuple[tuple[str, str], ...] = (
     ("gap_lower_quantile", "REAL"), ("rel_gap_lower_median", "REAL"), ("gap_upper_median", "REAL"),
     ("eps", "REAL"), ("n_covered", "INTEGER"), ("coverage", "REAL"), ("coverage_low", "REAL"),
     ("coverage_high", "REAL"), ("coverage_certified", "REAL"), ("passed", "INTEGER"), ("tightness", "REAL"),
-    ("delta", "REAL"), ("confidence", "REAL"),
+    ("delta", "REAL"), ("confidence", "REAL"), ("verdict", "TEXT"), ("n_trials_to_confirm", "INTEGER"),
 )
+#: The values of ``points.verdict`` (``montecarlo.Verdict``): the Clopper–Pearson interval of the coverage lies
+#: above 1 − δ / contains it / lies below it.
+VERDICT_VALUES: tuple[str, ...] = ("confirmed", "consistent", "refuted")
 SLOPE_COLUMNS: tuple[tuple[str, str], ...] = (
     ("prune_index", "INTEGER PRIMARY KEY"), ("method", "TEXT"), ("n_widths", "INTEGER"), ("slope", "REAL"),
     ("intercept", "REAL"), ("exponent", "REAL"), ("rel_slope", "REAL"), ("theory_exponent", "REAL"),
@@ -337,11 +341,48 @@ def _validate(con: sqlite3.Connection, where: str, cfg: RunConfig, h: str, confi
         if n != n_rows:
             raise ProbPruneError(f"{db}: the points row of grid point {gi} counts {n} trial(s), the trials "
                                  f"table holds {n_rows}")
+    _check_verdicts(con, db)
     prunes = {int(r[0]) for r in con.execute("SELECT DISTINCT prune_index FROM grid")}
     for (pi,) in con.execute("SELECT prune_index FROM slopes ORDER BY prune_index"):
         if int(pi) not in prunes:
             raise ProbPruneError(f"{db}: a slopes row names pruning rule {pi}, which no grid point has")
     return meta, sum(counts.values()), n_grid, n_trials
+
+
+def _check_verdicts(con: sqlite3.Connection, db: str) -> None:
+    """Each stored verdict is one of :data:`VERDICT_VALUES` and says what its row's interval and ``passed`` say.
+
+    confirmed ⇔ coverage_low > 1 − δ; refuted ⇔ coverage_high < 1 − δ; consistent otherwise; ``passed`` is
+    "not refuted". A verdict needs its interval and δ; ``n_trials_to_confirm`` is at least 1.
+    """
+    allowed = ", ".join(f"'{v}'" for v in VERDICT_VALUES)
+    row = con.execute(f"SELECT grid_index, verdict FROM points WHERE verdict IS NOT NULL AND verdict NOT IN "
+                      f"({allowed}) ORDER BY grid_index LIMIT 1").fetchone()
+    if row is not None:
+        raise ProbPruneError(f"{db}: the points row of grid point {row[0]} has verdict {row[1]!r}, not one of "
+                             f"{', '.join(VERDICT_VALUES)}")
+    row = con.execute("SELECT grid_index, verdict FROM points WHERE verdict IS NOT NULL AND (coverage_low IS NULL "
+                      "OR coverage_high IS NULL OR delta IS NULL) ORDER BY grid_index LIMIT 1").fetchone()
+    if row is not None:
+        raise ProbPruneError(f"{db}: the points row of grid point {row[0]} has verdict {row[1]!r} but no "
+                             "coverage interval or δ to ground it")
+    implied = ("CASE WHEN coverage_low > 1.0 - delta THEN 'confirmed' WHEN coverage_high < 1.0 - delta "
+               "THEN 'refuted' ELSE 'consistent' END")
+    row = con.execute(f"SELECT grid_index, verdict, {implied}, coverage_low, coverage_high, delta FROM points "
+                      f"WHERE verdict IS NOT NULL AND verdict != {implied} ORDER BY grid_index LIMIT 1").fetchone()
+    if row is not None:
+        raise ProbPruneError(f"{db}: the points row of grid point {row[0]} says {row[1]!r}, but its interval "
+                             f"[{row[3]}, {row[4]}] against 1 − δ = {1.0 - row[5]} is {row[2]!r}")
+    row = con.execute("SELECT grid_index, verdict, passed FROM points WHERE verdict IS NOT NULL AND passed IS NOT "
+                      "NULL AND passed != (verdict != 'refuted') ORDER BY grid_index LIMIT 1").fetchone()
+    if row is not None:
+        raise ProbPruneError(f"{db}: the points row of grid point {row[0]} says verdict {row[1]!r} but passed = "
+                             f"{row[2]} (passed means not refuted)")
+    row = con.execute("SELECT grid_index, n_trials_to_confirm FROM points WHERE n_trials_to_confirm < 1 "
+                      "ORDER BY grid_index LIMIT 1").fetchone()
+    if row is not None:
+        raise ProbPruneError(f"{db}: the points row of grid point {row[0]} has n_trials_to_confirm = {row[1]}, "
+                             "not a positive count")
 
 
 @dataclass(frozen=True)
@@ -422,8 +463,10 @@ def read_points(path: str | Path) -> list[dict[str, Any]]:
     ``rescale``, ``eps``, ``eps_theory``, ``theorem``, ``theory_exponent`` …) and the statistics
     (``n_trials``, ``gap_lower_median``, ``gap_lower_quantile`` (the (1−δ)-quantile),
     ``rel_gap_lower_median``, ``gap_upper_median``, ``n_covered``, ``coverage``, ``coverage_low``,
-    ``coverage_high``, ``coverage_certified``, ``passed`` (bool or None), ``tightness``, ``delta``,
-    ``confidence``). A point with no trial yet has ``n_trials = 0`` and ``None`` statistics.
+    ``coverage_high``, ``coverage_certified``, ``passed`` (bool or None: not refuted), ``tightness``, ``delta``,
+    ``confidence``, ``verdict`` (``confirmed`` / ``consistent`` / ``refuted`` or None),
+    ``n_trials_to_confirm`` (the fewest trials that can confirm at this δ and confidence)). A point with no
+    trial yet has ``n_trials = 0`` and ``None`` statistics.
     """
     p = Path(path)
     open_run(p)
