@@ -14,7 +14,9 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import re
+import stat
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -23,13 +25,13 @@ from typing import Any, Literal, get_args
 __all__ = [
     "ACTIVATIONS",
     "EXECUTION_FIELDS",
+    "MAX_SEED",
+    "MIN_DELTA",
     "BoundSpec",
     "ConvSpec",
     "GapSpec",
     "LawSpec",
-    "MAX_SEED",
     "MCSpec",
-    "MIN_DELTA",
     "NetSpec",
     "ProbPruneError",
     "PruneSpec",
@@ -524,6 +526,51 @@ class GapSpec:
         _check_real("gap.step_size", self.step_size, 0.0, lo_open=True)
 
 
+BallNorm = Literal["l2", "linf"]
+
+
+@dataclass(frozen=True)
+class BallSpec:
+    """An input ball ``{x : ‖x − centre‖ ≤ radius} ∩ box`` (local certificates; DESIGN.md "ball").
+
+    Args:
+        radius: r > 0, finite.
+        centre: the centre as a flat tuple of floats (length = input dim); ``None`` = 0 (the paper's ball).
+        norm: ``l2`` (default) or ``linf``.
+        box: ``(lo, hi)`` bounds every input coordinate lies in (e.g. ``(0, 1)`` for pixels), or ``None``;
+            the centre must lie in it.
+
+    >>> BallSpec(radius=0.03, centre=(0.5, 0.2), norm="linf", box=(0.0, 1.0)).norm
+    'linf'
+    """
+
+    radius: float
+    centre: tuple[float, ...] | None = None
+    norm: BallNorm = "l2"
+    box: tuple[float, float] | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.radius, bool) or not isinstance(self.radius, (int, float)) \
+                or not math.isfinite(self.radius) or self.radius <= 0:
+            raise _fail("ball.radius", self.radius, "must be a finite number > 0")
+        if self.norm not in ("l2", "linf"):
+            raise _fail("ball.norm", self.norm, "must be one of l2, linf")
+        if self.centre is not None:
+            if not isinstance(self.centre, tuple) or not self.centre or any(
+                    isinstance(c, bool) or not isinstance(c, (int, float)) or not math.isfinite(c)
+                    for c in self.centre):
+                raise _fail("ball.centre", self.centre, "must be a non-empty tuple of finite numbers (or None)")
+        if self.box is not None:
+            if not isinstance(self.box, tuple) or len(self.box) != 2 or any(
+                    isinstance(c, bool) or not isinstance(c, (int, float)) or not math.isfinite(c)
+                    for c in self.box) or not self.box[0] < self.box[1]:
+                raise _fail("ball.box", self.box, "must be a tuple (lo, hi) of finite numbers with lo < hi")
+            lo, hi = self.box
+            inside = (0.0 <= hi and lo <= 0.0) if self.centre is None else all(lo <= c <= hi for c in self.centre)
+            if not inside:
+                raise _fail("ball.box", self.box, "does not contain the centre")
+
+
 @dataclass(frozen=True)
 class BoundSpec:
     """Probabilistic-bound settings: failure probability δ, optional tolerance ε."""
@@ -732,6 +779,10 @@ def from_dict(data: Mapping[str, Any]) -> RunConfig:
     return RunConfig(**kwargs)
 
 
+#: A config is a small text file; anything larger (or a device such as /dev/zero) is refused unread.
+_MAX_CONFIG_BYTES = 1 << 20
+
+
 def load_toml(path: str) -> RunConfig:
     """Read a TOML config file (sections ``net``, ``law``, ``[[prunes]]``, ``gap``, ``bound``, ``mc``)."""
     if sys.version_info >= (3, 11):
@@ -740,6 +791,11 @@ def load_toml(path: str) -> RunConfig:
         import tomli as tomllib
     try:
         with open(path, "rb") as fh:
+            st = os.fstat(fh.fileno())
+            if stat.S_ISDIR(st.st_mode):
+                raise IsADirectoryError(path)
+            if not stat.S_ISREG(st.st_mode) or st.st_size > _MAX_CONFIG_BYTES:
+                raise _fail("config", path, f"not a regular file of at most {_MAX_CONFIG_BYTES} bytes")
             data = tomllib.load(fh)
     except FileNotFoundError:
         raise _fail("config", path, "file not found") from None

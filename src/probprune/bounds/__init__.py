@@ -14,6 +14,14 @@ from probprune.bounds.certified import (
     lower_at,
     sandwich,
 )
+from probprune.bounds.differential import (
+    AgreementResult,
+    DifferentialBound,
+    GapWitness,
+    certified_agreement,
+    differential_bound,
+    gap_search,
+)
 from probprune.bounds.norms import (
     NormMethod,
     NormValue,
@@ -26,16 +34,22 @@ from probprune.bounds.norms import (
 )
 
 __all__ = [
+    "AgreementResult",
     "CertifiedBound",
+    "DifferentialBound",
     "Estimator",
+    "GapWitness",
     "LayerTerm",
     "LowerEstimate",
     "NormMethod",
     "NormValue",
     "Sandwich",
     "abs_operator_norm_bound",
+    "certified_agreement",
     "certified_gap_bound",
     "conv_norm",
+    "differential_bound",
+    "gap_search",
     "lower_at",
     "matrix_norm_bound",
     "operator_norm",

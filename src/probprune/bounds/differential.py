@@ -1,0 +1,808 @@
+"""Differential bound propagation over any ball: certified gap, certified agreement, witnesses.
+
+Networks (FCN, single, ReLU or identity hidden activations): target ``F`` with layers
+``z_k = W_k h_{k−1} + b_k``, ``h_k = σ(z_k)``, pruned ``f`` with ``W̃_k, b̃_k`` and
+``z̃_k = W̃_k h̃_{k−1} + b̃_k``, ``h_0 = h̃_0 = x``; the last layer has no activation. The
+*difference* variables ``δ_k = z̃_k − z_k`` and ``Δh_k = h̃_k − h_k`` obey, with ``D_k = W_k − W̃_k``::
+
+    δ_k = W̃_k Δh_{k−1} − D_k h_{k−1} + (b̃_k − b_k),      Δh_0 = 0,
+
+so every quantity is a function of the pairs ``(z_k, δ_k)`` (ReluDiff/NeuroDiff). The bound keeps,
+per layer, intervals of ``z_k``, ``δ_k`` and ``z̃_k = z_k + δ_k`` obtained by *back-substitution*
+(CROWN/DeepPoly style): to bound a linear objective ``λ_zᵀ z_k + λ_δᵀ δ_k`` from below, substitute
+the affine identity above, then replace ``h_{k−1}`` and ``Δh_{k−1}`` by linear lower/upper bounds in
+``(z_{k−1}, δ_{k−1})`` (the sign of each coefficient decides which), and repeat down to the input,
+where the linear function of ``x`` is minimised exactly over the ball (ℓ2: ``λᵀc − r‖λ‖₂``; ℓ∞:
+per coordinate over ``[c − r, c + r]``; a box ``[lo, hi]``: for ℓ∞ intersected per coordinate, for
+ℓ2 the larger of the ball's and the box's minimum, both valid since the set lies in each). The
+cross-tightening ``z̃ ∈ [l + δ_l, u + δ_u]``, ``δ ∈ [l̃ − u, ũ − l]`` is applied to every layer.
+
+**Relaxations.** For ``h = relu(z)``, ``z ∈ [l, u]``: exact when stable (``u ≤ 0``: 0; ``l ≥ 0``: z),
+else ``λz ≤ h ≤ s(z − l)`` with ``s = u/(u − l)`` and ``λ = 1`` if ``u > −l`` else 0 (both lines
+valid on [l, u]: relu is convex, the chord lies above it, ``λz ≤ relu(z)`` for λ ∈ [0, 1]).
+
+For ``g = Δh = relu(z + δ) − relu(z)`` three candidate pairs of lines, each valid on the box
+``z ∈ [l, u], δ ∈ [δ_l, δ_u]`` (with ``z + δ ∈ [l̃, ũ]``):
+
+* *independent*: ``λ̃(z + δ) − (s z + t) ≤ g ≤ (s̃ (z + δ) + t̃) − λz`` — the ReLU relaxations of
+  ``z̃`` and ``z`` subtracted (exact where both neurons are stable: ``δ``, ``0``, ``z̃`` or ``−z``);
+* *δ-chords*: ``g`` is, for fixed z, non-decreasing and 1-Lipschitz in δ with ``g(z, 0) = 0``
+  (relu is monotone and 1-Lipschitz), so ``min(0, δ) ≤ g ≤ max(0, δ)``. Proof: for δ ≥ 0,
+  ``0 ≤ relu(z + δ) − relu(z) ≤ δ``; for δ < 0, ``δ ≤ relu(z + δ) − relu(z) ≤ 0``. Then the chord of
+  the convex ``max(0, δ)`` over ``[δ_l, δ_u]`` bounds it above and the chord of the concave
+  ``min(0, δ)`` bounds it below: ``g ≤ δ_u (δ − δ_l)/(δ_u − δ_l)``, ``g ≥ −δ_l (δ − δ_u)/(δ_u − δ_l)``
+  (where ``δ_l < 0 < δ_u``; otherwise the pieces are exact: ``0`` or ``δ``);
+* *interval*: ``relu(l̃) − relu(u) ≤ g ≤ relu(ũ) − relu(l)`` (relu monotone).
+
+Per neuron the upper line with the smallest value at the box centre (the smallest mean over the
+box) is taken, and the lower line with the largest, ties going to the independent form (exact for
+stable pairs). Identity activations are exact (``h = z``, ``Δh = δ``).
+
+**Output.** The last layer's difference ``δ_l = f(x) − F(x)`` has back-substituted intervals
+``[lo_j, hi_j]``; ``‖f(x) − F(x)‖₂ ≤ sqrt(Σ_j max(lo_j², hi_j²))`` since each coordinate's square is
+at most the larger square of its interval's ends.
+
+**Floating point (soundness).** All of the above is done in float64 and every rounding is
+covered, so the value is ≥ the exact-arithmetic gap of the given weights *and* of the forward
+passes in the user's dtype:
+
+* Back-substitution carries with each objective a slack ``s ≥ 0`` such that, in exact arithmetic,
+  ``objective ≥ λ_zᵀ z + λ_δᵀ δ + c − s`` for the *computed* (float) ``λ_z, λ_δ, c``. A computed
+  product ``λ W`` (inner length n) differs from the exact one by at most ``γ_{n}·|λ||W|``
+  elementwise (``γ_n = nu/(1 − nu)``, u = 2⁻⁵³, any summation order, FMA or not); its effect on the
+  objective is at most ``γ |λ| (|W| v_max)`` with ``v_max`` the bound on ``|h|`` or ``|Δh|`` from the
+  intervals, which is added to ``s`` (computed with a factor ``2γ_{n+2}`` that also covers the
+  rounding of the slack computation). ``D = W − W̃`` and ``b̃ − b`` are formed with their exact
+  rounding error (TwoSum), which enters the slack the same way. The elementwise relaxation products
+  (≤ 8 roundings) and the constant sums are covered likewise, and the minimum over the ball is
+  rounded down (dot products, norms by ``γ_{d+3}``).
+* Relaxation lines are made valid after rounding: slopes of chords rounded up, intercepts moved
+  outwards by ``4u(|p| z_max + |q| δ_max + |r|)`` (the rounding of a line's coefficients changes
+  its value on the box by less than that).
+* Forward rounding of the user's nets (dtype with unit roundoff u_d, η its smallest subnormal):
+  elementwise, ``E_0 = 0`` and ``E_k = |W_k| E_{k−1} + γ_{n+1}(u_d)(|W_k|(h_max + E_{k−1}) + |b_k|)
+  + (n + 1)η`` (relu and identity are exact and 1-Lipschitz), with ``h_max`` from the intervals;
+  the output intervals of ``fl(f) − fl(F)`` are widened by ``E_f + E_F``; the norm is scaled by
+  ``(1 + γ_{m+3}(u_d))(1 + γ_{m+3}(u))`` as in :mod:`probprune.bounds.certified`.
+* An absolute ``2⁻⁹⁶⁰`` per rounded step covers underflow. Bitwise identical networks give 0.
+
+Assumed as in :mod:`~probprune.bounds.certified`: IEEE round-to-nearest products (no TF32).
+Not supported (refused): conv nets, ensembles, activations other than relu/identity.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal, cast
+
+import torch
+from torch import Tensor
+
+from probprune.config import BallSpec, ProbPruneError
+from probprune.nets import Net, check_pair
+
+__all__ = [
+    "AgreementResult",
+    "DifferentialBound",
+    "GapWitness",
+    "certified_agreement",
+    "differential_bound",
+    "gap_search",
+]
+
+_U = 2.0 ** -53
+_TINY = 2.0 ** -960
+_UNIT = {torch.float32: 2.0 ** -24, torch.float64: _U}
+_ETA = {torch.float32: 2.0 ** -149, torch.float64: 2.0 ** -1074}
+Verdict = Literal["certified", "not certified", "refuted"]
+
+
+def _gamma(n: int, u: float = _U) -> float:
+    if n * u >= 0.5:
+        raise ProbPruneError(f"dot product of length {n}: too long for a rounding bound in u = {u:g}")
+    return n * u / (1.0 - n * u)
+
+
+def _g2(n: int) -> float:
+    """``2γ_{n+2}``: a rounding factor that also covers the rounding of the error bound itself."""
+    return 2.0 * _gamma(n + 2)
+
+
+# ---------------------------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True, eq=False)
+class DifferentialBound:
+    """A certified upper bound on ``sup_{x ∈ ball} ‖f(x) − F(x)‖₂``, one per ball.
+
+    Attributes:
+        value: ``[B]`` float64; ≥ the gap in exact arithmetic and for the forward passes in
+            ``forward_dtype`` (module docstring).
+        lower, upper: ``[B, m]`` float64: every output difference ``f_j(x) − F_j(x)`` (as computed in
+            ``forward_dtype``, and exactly) lies in ``[lower_j, upper_j]`` for every x in the ball.
+        rounding_margin: ``[B, m]``: the forward passes' rounding included in the intervals.
+        ball: the ball (its centre replaced by ``centres`` when those were given).
+        centres: ``[B, d]`` float64 centres.
+        forward_dtype: the dtype whose forward passes are covered.
+        assumptions: what the bound relies on.
+    """
+
+    value: Tensor
+    lower: Tensor
+    upper: Tensor
+    rounding_margin: Tensor
+    ball: BallSpec
+    centres: Tensor
+    forward_dtype: str
+    assumptions: tuple[str, ...]
+
+
+@dataclass(frozen=True, eq=False)
+class GapWitness:
+    """A lower bound on the gap over the ball with the input attaining it.
+
+    Attributes:
+        value: ``[B]`` float64 ``‖f(x) − F(x)‖₂`` evaluated in float64 at ``x`` (x inside the ball).
+        x: ``[B, d]`` float64 witnesses.
+    """
+
+    value: Tensor
+    x: Tensor
+
+
+@dataclass(frozen=True, eq=False)
+class AgreementResult:
+    """Per ball: is the top-1 class of f equal to F's everywhere in the ball?
+
+    Attributes:
+        verdicts: ``"certified"`` (proved: for every x in the ball, F(x) and f(x) — exactly and as
+            computed in the forward dtype — both have ``target_class`` as their unique top-1 class),
+            ``"refuted"`` (``witness`` is an input in the ball where the two top-1 classes differ,
+            in float64), or ``"not certified"`` (neither).
+        target_class: ``[B]`` F's top-1 class at the centre (float64).
+        margin_target: ``[B]`` certified lower bound on ``min_{x, j≠c} F_c(x) − F_j(x)`` (rounding included).
+        margin_pruned: ``[B]`` the same for f.
+        witnesses: per ball, a ``[d]`` float64 input for a refuted verdict, else ``None``.
+    """
+
+    verdicts: tuple[Verdict, ...]
+    target_class: Tensor
+    margin_target: Tensor
+    margin_pruned: Tensor
+    witnesses: tuple[Tensor | None, ...]
+
+    @property
+    def certified_rate(self) -> float:
+        """Share of balls with a certified verdict."""
+        return sum(v == "certified" for v in self.verdicts) / max(1, len(self.verdicts))
+
+
+# ---------------------------------------------------------------------------------------- setup
+
+
+@dataclass(frozen=True, eq=False)
+class _Pair:
+    """Float64 copies of both nets' layers, with the exact remainders of the differences."""
+
+    w: tuple[Tensor, ...]
+    wt: tuple[Tensor, ...]
+    d: tuple[Tensor, ...]
+    d_err: tuple[Tensor, ...]
+    b: tuple[Tensor, ...]
+    bt: tuple[Tensor, ...]
+    db: tuple[Tensor, ...]
+    db_err: tuple[Tensor, ...]
+    relu: tuple[bool, ...]  # hidden activation after layer k is relu (else identity)
+
+
+def _two_diff(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+    """``a − b = s + e`` exactly (Knuth's TwoSum on ``a + (−b)``), float64."""
+    nb = -b
+    s = a + nb
+    bb = s - a
+    e = (a - (s - bb)) + (nb - bb)
+    return s, e
+
+
+def _prepare(target: Net, pruned: Net) -> _Pair:
+    check_pair(target, pruned)
+    if target.n_trials is not None:
+        raise ProbPruneError("differential bound: ensembles (a trial dim) are not supported yet; pass one "
+                             "member (net.member(k))")
+    if target.spec.kind != "fcn" or any(layer.is_conv for layer in target.layers):
+        raise ProbPruneError("differential bound: conv nets are not supported yet (FCN only); use "
+                             "certified_gap_bound for a layerwise bound")
+    for layer in target.layers[:-1]:
+        if layer.activation.name not in ("relu", "identity"):
+            raise ProbPruneError(f"differential bound: activation={layer.activation.name!r} is not supported "
+                                 "(relu and identity only)")
+    if target.layers[-1].activation.name != "identity":
+        raise ProbPruneError("differential bound: the output layer must have no activation")
+    w, wt, d, de, b, bt, db, dbe = [], [], [], [], [], [], [], []
+    for lt, lp in zip(target.layers, pruned.layers):
+        wk, wtk = lt.weight.detach().double(), lp.weight.detach().double()
+        bk = torch.zeros(wk.shape[0], dtype=torch.float64, device=wk.device) if lt.bias is None \
+            else lt.bias.detach().double()
+        btk = torch.zeros_like(bk) if lp.bias is None else lp.bias.detach().double()
+        for name, t in (("weights", wk), ("weights", wtk), ("biases", bk), ("biases", btk)):
+            if not bool(torch.isfinite(t).all()):
+                raise ProbPruneError(f"differential bound: non-finite {name}")
+        dk, dke = _two_diff(wk, wtk)
+        dbk, dbke = _two_diff(btk, bk)
+        w.append(wk)
+        wt.append(wtk)
+        d.append(dk)
+        de.append(dke.abs())
+        b.append(bk)
+        bt.append(btk)
+        db.append(dbk)
+        dbe.append(dbke.abs())
+    relu = tuple(layer.activation.name == "relu" for layer in target.layers[:-1])
+    return _Pair(tuple(w), tuple(wt), tuple(d), tuple(de), tuple(b), tuple(bt), tuple(db), tuple(dbe), relu)
+
+
+@dataclass(frozen=True, eq=False)
+class _Region:
+    """The ball, per centre: ``[B, d]`` centres and the per-coordinate box it lies in (outward)."""
+
+    centres: Tensor
+    radius: float
+    norm: str
+    box: tuple[float, float] | None
+    lo: Tensor  # [B, d] a box containing the ball ∩ box (exact for linf, coordinate bounds for l2)
+    hi: Tensor
+
+
+def _region(ball: BallSpec, centres: Tensor | None, dim: int, device: torch.device) -> _Region:
+    if not isinstance(ball, BallSpec):
+        raise ProbPruneError(f"ball: expected a BallSpec, got {type(ball).__name__}")
+    if centres is None:
+        if ball.centre is None:
+            c = torch.zeros(1, dim, dtype=torch.float64, device=device)
+        else:
+            if len(ball.centre) != dim:
+                raise ProbPruneError(f"ball.centre: length {len(ball.centre)}, the network's input dim is {dim}")
+            c = torch.tensor([ball.centre], dtype=torch.float64, device=device)
+    else:
+        if not isinstance(centres, Tensor) or centres.dim() != 2 or centres.shape[1] != dim \
+                or centres.shape[0] < 1:
+            shape = tuple(centres.shape) if isinstance(centres, Tensor) else type(centres).__name__
+            raise ProbPruneError(f"centres: shape {shape}, expected [B, {dim}]")
+        c = centres.detach().to(device=device, dtype=torch.float64)
+        if not bool(torch.isfinite(c).all()):
+            raise ProbPruneError("centres: must be finite")
+        if ball.box is not None and not bool(((c >= ball.box[0]) & (c <= ball.box[1])).all()):
+            raise ProbPruneError(f"centres: some centre lies outside the box {ball.box}")
+    r = float(ball.radius)
+    ninf, pinf = torch.tensor(-math.inf, dtype=torch.float64), torch.tensor(math.inf, dtype=torch.float64)
+    lo = torch.nextafter(c - r, ninf.to(device))  # outward: the box [lo, hi] ⊇ {|x_i − c_i| ≤ r}
+    hi = torch.nextafter(c + r, pinf.to(device))
+    if ball.box is not None:
+        lo = lo.clamp_min(ball.box[0])
+        hi = hi.clamp_max(ball.box[1])
+    return _Region(c, r, ball.norm, ball.box, lo, hi)
+
+
+def _down(v: Tensor, err: Tensor | float) -> Tensor:
+    """A value ≤ ``v − err`` in exact arithmetic (covers the subtraction's rounding and underflow)."""
+    out = v - err
+    return out - (out.abs() * (2.0 * _U) + _TINY)
+
+
+def _min_linear(lam: Tensor, const: Tensor, reg: _Region) -> Tensor:
+    """Lower value of ``min_{x ∈ ball} λ x + const`` (``λ`` ``[B, m, d]``, ``const`` ``[B, m]``)."""
+    d = lam.shape[-1]
+    g = _g2(d + 1)
+    box_min = (lam.clamp_min(0) @ reg.lo.unsqueeze(-1) + lam.clamp_max(0) @ reg.hi.unsqueeze(-1)).squeeze(-1)
+    xmax = torch.maximum(reg.lo.abs(), reg.hi.abs())
+    box_err = g * (lam.abs() @ xmax.unsqueeze(-1)).squeeze(-1)
+    box_val = _down(box_min + const, box_err + g * const.abs())
+    if reg.norm == "linf":
+        return box_val  # the linf ball ∩ box is exactly a (outward-rounded) box
+    lc = (lam @ reg.centres.unsqueeze(-1)).squeeze(-1)
+    lc_err = g * (lam.abs() @ reg.centres.abs().unsqueeze(-1)).squeeze(-1)
+    nrm = lam.norm(dim=-1) * (1.0 + _g2(d + 3)) + _TINY
+    ball_val = _down(lc + const - reg.radius * nrm * (1.0 + 4.0 * _U), lc_err + g * const.abs())
+    return ball_val if reg.box is None else torch.maximum(ball_val, box_val)
+
+
+@dataclass(frozen=True, eq=False)
+class _Relax:
+    """Linear bounds of ``h`` (in z) and ``Δh`` (in z, δ) per neuron, ``[B, n]`` each, plus magnitudes."""
+
+    hl: tuple[Tensor, Tensor]          # h ≥ a z + β
+    hu: tuple[Tensor, Tensor]          # h ≤ a z + β
+    gl: tuple[Tensor, Tensor, Tensor]  # Δh ≥ p z + q δ + r
+    gu: tuple[Tensor, Tensor, Tensor]
+    zmax: Tensor
+    dmax: Tensor
+    hmax: Tensor
+    dhmax: Tensor
+
+
+def _nudge(p: Tensor, q: Tensor, r: Tensor, zmax: Tensor, dmax: Tensor, up: bool) -> Tensor:
+    """Intercept moved outwards so that the rounded line stays valid on the box."""
+    m = 4.0 * _U * (p.abs() * zmax + q.abs() * dmax + r.abs()) + _TINY
+    return r + m if up else r - m
+
+
+def _relu_lines(lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """ReLU relaxation on ``[lo, hi]``: lower slope λ, upper slope s and intercept t (s, t rounded up)."""
+    act = lo >= 0
+    dead = hi <= 0
+    unst = ~(act | dead)
+    width = torch.where(unst, hi - lo, torch.ones_like(hi))
+    s = torch.where(unst, hi / width * (1.0 + 4.0 * _U), act.double())
+    t = torch.where(unst, -s * lo, torch.zeros_like(lo))
+    t = torch.where(unst, t + t.abs() * (2.0 * _U) + _TINY, t)
+    lam = torch.where(unst, (hi > -lo).double(), act.double())
+    return lam, s, t
+
+
+def _relax(l: Tensor, u: Tensor, dl: Tensor, du: Tensor, tl: Tensor, tu: Tensor, relu: bool) -> _Relax:
+    zmax = torch.maximum(l.abs(), u.abs())
+    dmax = torch.maximum(dl.abs(), du.abs())
+    zero, one = torch.zeros_like(l), torch.ones_like(l)
+    if not relu:
+        return _Relax((one, zero), (one, zero), (zero, one, zero), (zero, one, zero), zmax, dmax, zmax, dmax)
+    lam, s, t = _relu_lines(l, u)
+    lam_t, s_t, t_t = _relu_lines(tl, tu)
+    ninf = torch.tensor(-math.inf, dtype=torch.float64, device=l.device)
+    pinf = torch.tensor(math.inf, dtype=torch.float64, device=l.device)
+    # candidates: independent (A), δ-chords (B), interval (C)
+    ua = (s_t - lam, s_t, t_t)
+    la = (lam_t - s, lam_t, -t)
+    unst_d = (dl < 0) & (du > 0)
+    wd = torch.where(unst_d, du - dl, one)
+    qb_u = torch.where(unst_d, du / wd * (1.0 + 4.0 * _U), (dl >= 0).double())
+    rb_u = torch.where(unst_d, -qb_u * dl, zero)
+    ub = (zero, qb_u, rb_u)
+    qb_l = torch.where(unst_d, -dl / wd * (1.0 + 4.0 * _U), (du <= 0).double())
+    rb_l = torch.where(unst_d, -qb_l * du, zero)
+    lb = (zero, qb_l, rb_l)
+    c_hi = torch.nextafter(tu.clamp_min(0) - l.clamp_min(0), pinf)
+    c_lo = torch.nextafter(tl.clamp_min(0) - u.clamp_min(0), ninf)
+    uc = (zero, zero, c_hi)
+    lc = (zero, zero, c_lo)
+    zc, dc = (l + u) / 2, (dl + du) / 2
+
+    def at(line: tuple[Tensor, Tensor, Tensor]) -> Tensor:
+        return line[0] * zc + line[1] * dc + line[2]
+
+    def pick(cands: list[tuple[Tensor, Tensor, Tensor]], up: bool) -> tuple[Tensor, Tensor, Tensor]:
+        best = cands[0]
+        val = at(best)
+        for cand in cands[1:]:
+            v = at(cand)
+            better = v < val if up else v > val
+            best = tuple(torch.where(better, c, bb) for c, bb in zip(cand, best))  # type: ignore[assignment]
+            val = torch.where(better, v, val)
+        return best
+
+    pu, qu, ru = pick([ua, ub, uc], True)
+    pl, ql, rl = pick([la, lb, lc], False)
+    ru = _nudge(pu, qu, ru, zmax, dmax, True)
+    rl = _nudge(pl, ql, rl, zmax, dmax, False)
+    hmax = u.clamp_min(0)
+    dh_lo = torch.maximum(c_lo, dl.clamp_max(0))
+    dh_hi = torch.minimum(c_hi, du.clamp_min(0))
+    dhmax = torch.maximum(dh_lo.abs(), dh_hi.abs())
+    return _Relax((lam, zero), (s, t), (pl, ql, rl), (pu, qu, ru), zmax, dmax, hmax, dhmax)
+
+
+def _backsub(lz: Tensor, ld: Tensor, k: int, pair: _Pair, relax: list[_Relax], reg: _Region) -> Tensor:
+    """Certified lower value over the ball of ``lzᵀ z_k + ldᵀ δ_k`` (``[B, m, n_k]`` each) → ``[B, m]``."""
+    bsz, m = lz.shape[0], lz.shape[1]
+    c = torch.zeros(bsz, m, dtype=torch.float64, device=lz.device)
+    s = torch.zeros_like(c)
+    for j in range(k, -1, -1):
+        w, wt, dd, de = pair.w[j], pair.wt[j], pair.d[j], pair.d_err[j]
+        n_in = w.shape[1]
+        g = _g2(2 * w.shape[0] + 2)
+        a = lz @ w - ld @ dd
+        gg = ld @ wt
+        cc = (lz @ pair.b[j].unsqueeze(-1) + ld @ pair.db[j].unsqueeze(-1)).squeeze(-1)
+        alz, ald = lz.abs(), ld.abs()
+        # the bias difference's exact remainder enters in full, the products' rounding by g
+        c_err = (g * (alz @ pair.b[j].abs().unsqueeze(-1) + ald @ pair.db[j].abs().unsqueeze(-1))
+                 + (1.0 + g) * (ald @ pair.db_err[j].unsqueeze(-1))).squeeze(-1)
+        if j == 0:
+            xmax = torch.maximum(reg.lo.abs(), reg.hi.abs())  # [B, d]
+            hmax_in = xmax
+            dhmax_in = None
+        else:
+            hmax_in = relax[j - 1].hmax
+            dhmax_in = relax[j - 1].dhmax
+        # |exact(A) − A| · |h| and |exact(G) − G| · |Δh|, by associativity of non-negative products
+        # (D's exact remainder de enters in full, the products' rounding by g)
+        wh = hmax_in @ w.abs().T
+        dh = hmax_in @ dd.abs().T
+        dre = hmax_in @ de.T
+        s_aff = g * ((alz * wh.unsqueeze(1)).sum(-1) + (ald * dh.unsqueeze(1)).sum(-1)) \
+            + (1.0 + g) * (ald * dre.unsqueeze(1)).sum(-1)
+        if dhmax_in is not None:
+            wth = dhmax_in @ wt.abs().T
+            s_aff = s_aff + g * (ald * wth.unsqueeze(1)).sum(-1)
+        s = (s + s_aff + c_err) * (1.0 + 4.0 * _U) + _TINY
+        c = c + cc
+        s = s + 2.0 * _U * c.abs()
+        if j == 0:
+            return _down(_min_linear(a, c, reg), s)
+        rx = relax[j - 1]
+        ap, an = a.clamp_min(0), a.clamp_max(0)
+        gp, gn = gg.clamp_min(0), gg.clamp_max(0)
+        (al, bl), (au, bu) = rx.hl, rx.hu
+        (pl, ql, rl), (pu, qu, ru) = rx.gl, rx.gu
+        e = lambda t: t.unsqueeze(1)  # noqa: E731 — broadcast a [B, n] relaxation over the objectives
+        lz = ap * e(al) + an * e(au) + gp * e(pl) + gn * e(pu)
+        ld = gp * e(ql) + gn * e(qu)
+        cons = ap * e(bl) + an * e(bu) + gp * e(rl) + gn * e(ru)
+        mag = a.abs() * e(al.abs() + au.abs()) + gg.abs() * e(pl.abs() + pu.abs())
+        magd = gg.abs() * e(ql.abs() + qu.abs())
+        s_rel = _g2(8) * ((mag * e(rx.zmax)).sum(-1) + (magd * e(rx.dmax)).sum(-1))
+        csum = cons.sum(-1)
+        cabs = a.abs() * e(bl.abs() + bu.abs()) + gg.abs() * e(rl.abs() + ru.abs())
+        s_rel = s_rel + _g2(n_in + 8) * cabs.sum(-1)
+        c = c + csum
+        s = (s + s_rel + 2.0 * _U * c.abs()) * (1.0 + 4.0 * _U) + _TINY
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _propagate(pair: _Pair, reg: _Region) -> tuple[list[_Relax], list[tuple[Tensor, ...]]]:
+    """Intervals ``(l, u, δ_l, δ_u, l̃, ũ)`` of every layer (``[B, n_k]`` each) and the hidden relaxations."""
+    relax: list[_Relax] = []
+    bounds: list[tuple[Tensor, ...]] = []
+    bsz = reg.centres.shape[0]
+    ninf = torch.tensor(-math.inf, dtype=torch.float64, device=reg.centres.device)
+    pinf = torch.tensor(math.inf, dtype=torch.float64, device=reg.centres.device)
+    for k in range(len(pair.w)):
+        n = pair.w[k].shape[0]
+        eye = torch.eye(n, dtype=torch.float64, device=reg.centres.device)
+        zero = torch.zeros_like(eye)
+        lz = torch.cat([eye, -eye, zero, zero, eye, -eye]).expand(bsz, 6 * n, n)
+        ld = torch.cat([zero, zero, eye, -eye, eye, -eye]).expand(bsz, 6 * n, n)
+        low = _backsub(lz, ld, k, pair, relax, reg)
+        l, u = low[:, :n], -low[:, n:2 * n]
+        dl, du = low[:, 2 * n:3 * n], -low[:, 3 * n:4 * n]
+        tl, tu = low[:, 4 * n:5 * n], -low[:, 5 * n:]
+        tl = torch.maximum(tl, torch.nextafter(l + dl, ninf))
+        tu = torch.minimum(tu, torch.nextafter(u + du, pinf))
+        dl = torch.maximum(dl, torch.nextafter(tl - u, ninf))
+        du = torch.minimum(du, torch.nextafter(tu - l, pinf))
+        bounds.append((l, u, dl, du, tl, tu))
+        if k < len(pair.w) - 1:
+            relax.append(_relax(l, u, dl, du, tl, tu, pair.relu[k]))
+    return relax, bounds
+
+
+def _forward_error(ws: tuple[Tensor, ...], bs: tuple[Tensor, ...], hmax: list[Tensor],
+                   dtype: torch.dtype) -> Tensor:
+    """Elementwise bound ``[B, m]`` on ``|fl(N(x)) − N(x)|`` over the ball (module docstring)."""
+    u, eta = _UNIT[dtype], _ETA[dtype]
+    e = torch.zeros_like(hmax[0])
+    for k, (w, b) in enumerate(zip(ws, bs)):
+        n = w.shape[1]
+        gam = _gamma(n + 1, u)
+        aw = w.abs()
+        e = (e @ aw.T + gam * ((hmax[k] + e) @ aw.T + b.abs()) + (n + 1) * eta) * (1.0 + _g2(n + 3))
+    return e
+
+
+def _identical(target: Net, pruned: Net) -> bool:
+    for lt, lp in zip(target.layers, pruned.layers):
+        if lt.weight.dtype != lp.weight.dtype or not torch.equal(lt.weight, lp.weight):
+            return False
+        if (lt.bias is None) != (lp.bias is None) or (lt.bias is not None and not torch.equal(
+                lt.bias, cast(Tensor, lp.bias))):
+            return False
+    return True
+
+
+def _dtype(net: Net, forward_dtype: torch.dtype | None) -> torch.dtype:
+    dt = forward_dtype or net.dtype
+    if dt not in _UNIT:
+        raise ProbPruneError(f"forward_dtype={dt}: float32 or float64 only")
+    return dt
+
+
+@dataclass(frozen=True, eq=False)
+class _Analysis:
+    reg: _Region
+    pair: _Pair
+    relax: list[_Relax]
+    bounds: list[tuple[Tensor, ...]]
+    err_t: Tensor
+    err_p: Tensor
+
+
+def _analyse(target: Net, pruned: Net, ball: BallSpec, centres: Tensor | None,
+             forward_dtype: torch.dtype | None) -> _Analysis:
+    pair = _prepare(target, pruned)
+    reg = _region(ball, centres, pair.w[0].shape[1], pair.w[0].device)
+    relax, bounds = _propagate(pair, reg)
+    xmax = torch.maximum(reg.lo.abs(), reg.hi.abs())
+    h_t = [xmax] + [b[1].clamp_min(0) if pair.relu[k] else torch.maximum(b[0].abs(), b[1].abs())
+                    for k, b in enumerate(bounds[:-1])]
+    h_p = [xmax] + [b[5].clamp_min(0) if pair.relu[k] else torch.maximum(b[4].abs(), b[5].abs())
+                    for k, b in enumerate(bounds[:-1])]
+    err_t = _forward_error(pair.w, pair.b, h_t, _dtype(target, forward_dtype))
+    err_p = _forward_error(pair.wt, pair.bt, h_p, _dtype(pruned, forward_dtype))
+    return _Analysis(reg, pair, relax, bounds, err_t, err_p)
+
+
+def _assumptions(ball: BallSpec, dt: str) -> tuple[str, ...]:
+    box = f" ∩ box {ball.box}" if ball.box is not None else ""
+    return (f"ball: {ball.norm} radius {ball.radius!r}{box}",
+            "FCN, relu/identity activations, biases allowed and may differ",
+            f"floating point: covers exact arithmetic and forward passes in {dt} (IEEE round-to-nearest, "
+            "any summation order, no TF32); bound computed in float64 with every rounding covered")
+
+
+def differential_bound(target: Net, pruned: Net, ball: BallSpec, *, centres: Tensor | None = None,
+                       forward_dtype: torch.dtype | None = None, batch_size: int = 32) -> DifferentialBound:
+    """Certified upper bound on ``sup_{x ∈ ball} ‖f(x) − F(x)‖₂`` by differential back-substitution.
+
+    Args:
+        target: F (single FCN ``Net``, relu or identity hidden activations, biases allowed).
+        pruned: f, same architecture.
+        ball: radius, norm (``l2``/``linf``), optional box; its centre unless ``centres`` is given.
+        centres: ``[B, d]`` centres, one ball each (vectorised), overriding ``ball.centre``.
+        forward_dtype: the dtype the user's forward passes run in (default: each net's weight dtype).
+        batch_size: balls per vectorised chunk (memory ~ 6·n²·batch_size doubles per layer).
+
+    Returns:
+        :class:`DifferentialBound` with ``value`` ``[B]`` (``B = 1`` without ``centres``).
+
+    >>> import torch
+    >>> from probprune.config import NetSpec
+    >>> F = Net.from_weights(NetSpec(widths=(2, 2)), [torch.eye(2)])
+    >>> f = Net.from_weights(NetSpec(widths=(2, 2)), [torch.diag(torch.tensor([1.0, 0.0]))])
+    >>> b = differential_bound(F, f, BallSpec(radius=1.0, centre=(0.0, 2.0)))
+    >>> abs(float(b.value[0]) - 3.0) < 1e-5   # f − F = (0, −x₂), x₂ ∈ [1, 3]
+    True
+    """
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ProbPruneError(f"batch_size={batch_size!r}: must be an integer >= 1")
+    pair0 = _prepare(target, pruned)
+    reg0 = _region(ball, centres, pair0.w[0].shape[1], pair0.w[0].device)
+    dt = _dtype(target, forward_dtype)
+    dt_p = _dtype(pruned, forward_dtype)
+    dt_name = "float32" if torch.float32 in (dt, dt_p) else "float64"
+    m = pair0.w[-1].shape[0]
+    bsz = reg0.centres.shape[0]
+    if _identical(target, pruned):
+        z = torch.zeros(bsz, m, dtype=torch.float64, device=reg0.centres.device)
+        return DifferentialBound(z[:, 0], z, z.clone(), z.clone(), ball, reg0.centres, dt_name,
+                                 (*_assumptions(ball, dt_name), "the networks are bitwise identical: gap 0"))
+    los, his, margins = [], [], []
+    for start in range(0, bsz, batch_size):
+        an = _analyse(target, pruned, ball, reg0.centres[start:start + batch_size], forward_dtype)
+        _, _, dl, du, _, _ = an.bounds[-1]
+        marg = (an.err_t + an.err_p) * (1.0 + 4.0 * _U)
+        ninf = torch.tensor(-math.inf, dtype=torch.float64, device=dl.device)
+        los.append(torch.nextafter(dl - marg, ninf))
+        his.append(torch.nextafter(du + marg, -ninf))
+        margins.append(marg)
+    lo, hi, marg = torch.cat(los), torch.cat(his), torch.cat(margins)
+    sq = torch.maximum(lo * lo, hi * hi).sum(-1)
+    u_d = max(_UNIT[dt], _UNIT[dt_p])
+    value = sq.sqrt() * ((1.0 + _gamma(m + 3, u_d)) * (1.0 + _g2(m + 3))) + _TINY
+    if not bool(torch.isfinite(value).all()):
+        raise ProbPruneError("differential bound: overflows float64; refused")
+    return DifferentialBound(value, lo, hi, marg, ball, reg0.centres, dt_name, _assumptions(ball, dt_name))
+
+
+# ---------------------------------------------------------------------------------------- lower side
+
+
+def _project(x: Tensor, reg: _Region, shrink: float) -> Tensor:
+    """Into the ball ∩ box (``x`` ``[R, B, d]``); ``shrink`` < 1 keeps it provably inside."""
+    c = reg.centres.unsqueeze(0)
+    if reg.norm == "linf":
+        rr = reg.radius * shrink
+        x = torch.minimum(torch.maximum(x, c - rr), c + rr)
+        if reg.box is not None:
+            x = x.clamp(reg.box[0], reg.box[1])
+        return x
+    if reg.box is not None:
+        x = x.clamp(reg.box[0], reg.box[1])
+    v = x - c
+    nrm = v.norm(dim=-1, keepdim=True)
+    rr = reg.radius * shrink
+    scale = torch.where(nrm > rr, rr / nrm.clamp_min(1e-300), torch.ones_like(nrm))
+    return c + v * scale  # convex combination of c and a box point: stays in the box
+
+
+def _inside(x: Tensor, reg: _Region) -> Tensor:
+    """Whether each ``x`` ``[..., B, d]`` is provably in the closed ball ∩ box (float64 check with margin)."""
+    v = x - reg.centres
+    d = x.shape[-1]
+    if reg.norm == "linf":
+        ok = (v.abs().amax(-1) * (1.0 + 4.0 * _U)) <= reg.radius
+    else:
+        ok = v.norm(dim=-1) * (1.0 + _g2(d + 4)) <= reg.radius
+    if reg.box is not None:
+        ok = ok & ((x >= reg.box[0]) & (x <= reg.box[1])).all(-1)
+    return ok
+
+
+def _start_points(reg: _Region, n_restarts: int, generator: torch.Generator) -> Tensor:
+    bsz, d = reg.centres.shape
+    dev = reg.centres.device
+    if reg.norm == "linf":
+        noise = torch.rand(n_restarts, bsz, d, generator=generator, dtype=torch.float64, device=dev) * 2 - 1
+        pts = reg.centres + reg.radius * noise
+    else:
+        v = torch.randn(n_restarts, bsz, d, generator=generator, dtype=torch.float64, device=dev)
+        v = v / v.norm(dim=-1, keepdim=True).clamp_min(1e-300)
+        pts = reg.centres + reg.radius * v
+    return torch.cat([reg.centres.unsqueeze(0), pts])
+
+
+def _ascend(objective: Callable[[Tensor], Tensor], reg: _Region, n_restarts: int, n_steps: int, step: float,
+            generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Projected Adam ascent on ``objective(x [R, B, d]) → [R, B]``; best feasible value and point per ball."""
+    fn = objective
+    shrink = 1.0 - 1e-12
+    x = _project(_start_points(reg, n_restarts, generator), reg, shrink)
+    best_v = torch.full(reg.centres.shape[:1], -math.inf, dtype=torch.float64, device=x.device)
+    best_x = reg.centres.clone()
+    m1 = torch.zeros_like(x)
+    m2 = torch.zeros_like(x)
+    for t in range(n_steps + 1):
+        xr = x.detach().requires_grad_(True)
+        val = fn(xr)
+        with torch.no_grad():
+            feas = _inside(xr, reg)
+            vv = torch.where(feas, val, torch.full_like(val, -math.inf))
+            top, idx = vv.max(0)
+            better = top > best_v
+            pick = xr[idx, torch.arange(idx.shape[0], device=x.device)]
+            best_x = torch.where(better.unsqueeze(-1), pick, best_x)
+            best_v = torch.where(better, top, best_v)
+        if t == n_steps:
+            break
+        (grad,) = torch.autograd.grad(val.sum(), xr)
+        with torch.no_grad():
+            m1 = 0.9 * m1 + 0.1 * grad
+            m2 = 0.999 * m2 + 0.001 * grad * grad
+            dirn = (m1 / (1 - 0.9 ** (t + 1))) / ((m2 / (1 - 0.999 ** (t + 1))).sqrt() + 1e-30)
+            lr = step * reg.radius * 0.5 * (1 + math.cos(math.pi * t / n_steps)) + 1e-3 * reg.radius
+            if reg.norm == "l2":
+                dirn = dirn / dirn.norm(dim=-1, keepdim=True).clamp_min(1e-300)
+            x = _project(x + lr * dirn, reg, shrink)
+    return best_v, best_x
+
+
+def gap_search(target: Net, pruned: Net, ball: BallSpec, generator: torch.Generator, *,
+               centres: Tensor | None = None, n_restarts: int = 8, n_steps: int = 100,
+               step: float = 0.25) -> GapWitness:
+    """Lower bound on the gap over the ball by projected Adam ascent (float64), with the witnesses.
+
+    Starts: the centre and ``n_restarts`` random points (uniform in the ℓ∞ box, on the ℓ2 sphere),
+    all projected into the ball ∩ box; cosine step schedule. The returned value is the float64
+    ``‖f(x) − F(x)‖₂`` at a point checked to lie in the closed ball ∩ box.
+
+    Args:
+        target, pruned: F and f (single FCN nets).
+        ball: the ball; ``centres`` ``[B, d]`` overrides its centre (vectorised).
+        generator: randomness of the starts.
+        n_restarts, n_steps: budget. step: initial step as a fraction of the radius.
+    """
+    pair = _prepare(target, pruned)
+    for name, v in (("n_restarts", n_restarts), ("n_steps", n_steps)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise ProbPruneError(f"{name}={v!r}: must be an integer >= 0")
+    reg = _region(ball, centres, pair.w[0].shape[1], pair.w[0].device)
+    t64, p64 = target.to(dtype=torch.float64), pruned.to(dtype=torch.float64)
+
+    def obj(x: Tensor) -> Tensor:
+        flat = x.reshape(-1, x.shape[-1])
+        diff = cast(Tensor, p64(flat)) - cast(Tensor, t64(flat))
+        return (diff * diff).sum(-1).reshape(x.shape[:-1])  # squared: smooth where f = F
+
+    _, xb = _ascend(obj, reg, n_restarts, n_steps, step, generator)
+    with torch.no_grad():
+        val = obj(xb.unsqueeze(0))[0].sqrt()
+    return GapWitness(value=val.detach(), x=xb.detach())
+
+
+# ---------------------------------------------------------------------------------------- agreement
+
+
+def _disagree(t64: Net, p64: Net, x: Tensor) -> Tensor:
+    """Whether top-1 classes of F and f differ at ``x`` ``[N, d]`` with clear margins (float64)."""
+    ft, fp = cast(Tensor, t64(x)), cast(Tensor, p64(x))
+    tol_t = 1e-9 * (1.0 + ft.abs().amax(-1))
+    tol_p = 1e-9 * (1.0 + fp.abs().amax(-1))
+    t2, p2 = ft.topk(2, dim=-1).values, fp.topk(2, dim=-1).values
+    clear = (t2[:, 0] - t2[:, 1] > tol_t) & (p2[:, 0] - p2[:, 1] > tol_p)
+    return clear & (ft.argmax(-1) != fp.argmax(-1))
+
+
+def certified_agreement(target: Net, pruned: Net, ball: BallSpec, *, centres: Tensor | None = None,
+                        forward_dtype: torch.dtype | None = None, attack: bool = True,
+                        generator: torch.Generator | None = None, n_restarts: int = 4, n_steps: int = 50,
+                        batch_size: int = 32) -> AgreementResult:
+    """Certify (or refute, with a witness) that f and F have the same top-1 class everywhere in the ball.
+
+    ``c`` is F's top-1 class at the centre (float64). Certified means: the back-substituted lower
+    bounds of ``F_c − F_j`` and of ``f_c − f_j`` (joint (z, δ) relaxation; f's logits are ``z + δ``),
+    less both forward passes' rounding bounds, are > 0 for every ``j ≠ c`` — so ``c`` is the unique
+    top-1 class of both nets at every input of the ball, exactly and as computed. Otherwise an
+    attack (projected ascent on ``max_j (f_j − f_c) − max_j (F_j − F_c)``) looks for a witness where
+    the top-1 classes differ in float64 with clear margins: ``"refuted"``; else ``"not certified"``.
+
+    Args:
+        target, pruned: F and f (single FCN classifiers, ≥ 2 outputs).
+        ball: the ball; ``centres`` ``[B, d]`` overrides its centre.
+        forward_dtype: dtype of the user's forward passes (default: the weights').
+        attack: search for a witness where not certified. generator: its randomness (default seed 0).
+        n_restarts, n_steps: attack budget. batch_size: balls per vectorised chunk.
+    """
+    pair0 = _prepare(target, pruned)
+    m = pair0.w[-1].shape[0]
+    if m < 2:
+        raise ProbPruneError(f"certified agreement: the network has {m} output; a classifier needs >= 2")
+    reg0 = _region(ball, centres, pair0.w[0].shape[1], pair0.w[0].device)
+    t64, p64 = target.to(dtype=torch.float64), pruned.to(dtype=torch.float64)
+    with torch.no_grad():
+        cls = cast(Tensor, t64(reg0.centres)).argmax(-1)
+    eye = torch.eye(m, dtype=torch.float64, device=cls.device)
+    mt_all, mp_all = [], []
+    for start in range(0, reg0.centres.shape[0], batch_size):
+        cs = reg0.centres[start:start + batch_size]
+        an = _analyse(target, pruned, ball, cs, forward_dtype)
+        c = cls[start:start + batch_size]
+        rows = eye[c].unsqueeze(1) - eye.unsqueeze(0)  # [b, m, m]: e_c − e_j (row j = c is zero)
+        k = len(an.pair.w) - 1
+        both = torch.cat([rows, rows], 1)
+        lz = both
+        ld = torch.cat([torch.zeros_like(rows), rows], 1)
+        low = _backsub(lz, ld, k, an.pair, an.relax, an.reg)
+        err_t = an.err_t.gather(1, c.unsqueeze(1)) + an.err_t
+        err_p = an.err_p.gather(1, c.unsqueeze(1)) + an.err_p
+        lt = _down(low[:, :m], err_t * (1.0 + 4.0 * _U))
+        lp = _down(low[:, m:], err_p * (1.0 + 4.0 * _U))
+        not_c = eye[c] == 0
+        inf = torch.full_like(lt, math.inf)
+        mt_all.append(torch.where(not_c, lt, inf).amin(-1))
+        mp_all.append(torch.where(not_c, lp, inf).amin(-1))
+    mt, mp = torch.cat(mt_all), torch.cat(mp_all)
+    verdicts: list[Verdict] = ["certified" if bool(a > 0) and bool(b > 0) else "not certified"
+                               for a, b in zip(mt, mp)]
+    witnesses: list[Tensor | None] = [None] * len(verdicts)
+    open_idx = [i for i, v in enumerate(verdicts) if v != "certified"]
+    if attack and open_idx:
+        gen = generator if generator is not None else torch.Generator(device=cls.device).manual_seed(0)
+        sub = reg0.centres[open_idx]
+        reg = _region(ball, sub, sub.shape[1], sub.device)
+        csub = cls[open_idx]
+        mask = eye[csub].bool()
+
+        def obj(x: Tensor) -> Tensor:
+            flat = x.reshape(-1, x.shape[-1])
+            ft = cast(Tensor, t64(flat)).reshape(*x.shape[:-1], m)
+            fp = cast(Tensor, p64(flat)).reshape(*x.shape[:-1], m)
+            oc = ft.gather(-1, csub.expand(x.shape[0], -1).unsqueeze(-1))
+            pc = fp.gather(-1, csub.expand(x.shape[0], -1).unsqueeze(-1))
+            neg = torch.full_like(ft, -math.inf)
+            up = torch.where(mask, neg, fp - pc).amax(-1)
+            ut = torch.where(mask, neg, ft - oc).amax(-1)
+            return up - ut
+
+        _, xb = _ascend(obj, reg, n_restarts, n_steps, 0.25, gen)
+        with torch.no_grad():
+            cand = torch.cat([xb, sub])
+            dis = _disagree(t64, p64, cand)
+            ins = _inside(cand, _Region(torch.cat([sub, sub]), reg.radius, reg.norm, reg.box, reg.lo, reg.hi))
+        nsub = len(open_idx)
+        for j, i in enumerate(open_idx):
+            for cand_j in (j, j + nsub):
+                if bool(dis[cand_j]) and bool(ins[cand_j]):
+                    verdicts[i] = "refuted"
+                    witnesses[i] = cand[cand_j].detach().clone()
+                    break
+    return AgreementResult(tuple(verdicts), cls, mt, mp, tuple(witnesses))

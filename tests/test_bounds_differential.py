@@ -1,0 +1,310 @@
+"""Differential bound over any ball: soundness (Hypothesis), exact cases, tightness, agreement, bad input."""
+
+from __future__ import annotations
+
+import math
+from typing import cast
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from torch import Tensor
+
+from probprune.bounds import certified_gap_bound
+from probprune.bounds.differential import (
+    certified_agreement,
+    differential_bound,
+    gap_search,
+)
+from probprune.config import BallSpec, ConvSpec, NetSpec, ProbPruneError
+from probprune.nets import Net, stack
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _net_pair(seed: int, widths: tuple[int, ...], bias: bool, act: str, keep: float,
+              dtype: torch.dtype = torch.float32) -> tuple[Net, Net]:
+    g = torch.Generator().manual_seed(seed)
+    spec = NetSpec(widths=widths, bias=bias, activation=act)  # type: ignore[arg-type]
+    ws = [torch.randn(o, i, generator=g, dtype=dtype) / math.sqrt(i) for i, o in zip(widths[:-1], widths[1:])]
+    bs = [torch.randn(o, generator=g, dtype=dtype) * 0.3 for o in widths[1:]] if bias else None
+    masks = [torch.rand(w.shape, generator=g) < keep for w in ws]
+    target = Net.from_weights(spec, ws, bs)
+    pruned = Net.from_weights(spec, [w * m for w, m in zip(ws, masks)], bs)
+    return target, pruned
+
+
+def _points_in_ball(ball: BallSpec, centre: Tensor, n: int, g: torch.Generator) -> Tensor:
+    """Random points (interior, sphere/box corners) inside ball ∩ box, float64 ``[n, d]``."""
+    d = centre.shape[0]
+    r = ball.radius * (1 - 1e-9)
+    if ball.norm == "linf":
+        u = torch.rand(n, d, generator=g, dtype=torch.float64) * 2 - 1
+        corners = torch.randint(0, 2, (n, d), generator=g).double() * 2 - 1
+        pts = centre + r * torch.cat([u, corners])
+    else:
+        v = torch.randn(2 * n, d, generator=g, dtype=torch.float64)
+        v = v / v.norm(dim=-1, keepdim=True)
+        rad = torch.cat([torch.rand(n, 1, generator=g, dtype=torch.float64) ** (1 / d),
+                         torch.ones(n, 1, dtype=torch.float64)])
+        pts = centre + r * rad * v
+    if ball.box is not None:
+        pts = pts.clamp(*ball.box)
+        if ball.norm == "l2":  # pull back into the ball along the segment to the centre (box convex)
+            v = pts - centre
+            nrm = v.norm(dim=-1, keepdim=True)
+            pts = centre + v * torch.where(nrm > r, r / nrm, torch.ones_like(nrm))
+    return pts
+
+
+def _gaps(target: Net, pruned: Net, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``‖f − F‖`` per point in float64 and in the nets' own dtype, and the float64 differences."""
+    t64, p64 = target.to(dtype=torch.float64), pruned.to(dtype=torch.float64)
+    d64 = cast(Tensor, p64(x)) - cast(Tensor, t64(x))
+    xd = x.to(target.dtype)
+    dd = cast(Tensor, pruned(xd)) - cast(Tensor, target(xd))
+    return d64.norm(dim=-1), dd.double().norm(dim=-1), d64
+
+
+ball_strategy = st.fixed_dictionaries({
+    "norm": st.sampled_from(["l2", "linf"]),
+    "radius": st.sampled_from([1e-4, 0.01, 0.1, 0.5, 2.0]),
+    "box": st.sampled_from([None, (0.0, 1.0), (-1.0, 2.0)]),
+})
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 10**6),
+       widths=st.sampled_from([(3, 5, 2), (4, 6, 6, 3), (2, 8, 1), (5, 4, 7, 4, 2)]),
+       bias=st.booleans(), act=st.sampled_from(["relu", "identity"]), keep=st.sampled_from([0.3, 0.7, 0.95]),
+       ballp=ball_strategy, dtype=st.sampled_from([torch.float32, torch.float64]))
+def test_bound_is_sound_at_sampled_points_and_at_the_search_maximiser(
+        seed: int, widths: tuple[int, ...], bias: bool, act: str, keep: float, ballp: dict[str, object],
+        dtype: torch.dtype) -> None:
+    target, pruned = _net_pair(seed, widths, bias, act, keep, dtype)
+    g = torch.Generator().manual_seed(seed)
+    lo, hi = cast("tuple[float, float]", ballp["box"] or (-1.0, 1.0))
+    centre = lo + (hi - lo) * torch.rand(widths[0], generator=g, dtype=torch.float64)
+    ball = BallSpec(radius=cast(float, ballp["radius"]), centre=tuple(centre.tolist()),
+                    norm=ballp["norm"], box=ballp["box"])  # type: ignore[arg-type]
+    b = differential_bound(target, pruned, ball)
+    pts = _points_in_ball(ball, centre, 200, g)
+    wit = gap_search(target, pruned, ball, g, n_restarts=3, n_steps=30)
+    pts = torch.cat([pts, wit.x])
+    g64, gd, diff = _gaps(target, pruned, pts)
+    upper = float(b.value[0])
+    assert float(g64.max()) <= upper
+    assert float(gd.max()) <= upper  # the forward passes in the user's dtype
+    assert float(wit.value[0]) <= upper
+    assert bool((diff >= b.lower[0]).all()) and bool((diff <= b.upper[0]).all())
+
+
+def test_one_affine_layer_single_output_is_exact() -> None:
+    """f − F = −D x + Δb: sup over the l2 ball is |−D c + Δb| + r‖D‖₂, attained."""
+    spec = NetSpec(widths=(4, 1), bias=True)
+    w = torch.tensor([[1.0, -2.0, 0.5, 3.0]], dtype=torch.float64)
+    wp = torch.tensor([[1.0, 0.0, 0.5, 0.0]], dtype=torch.float64)
+    b, bp = torch.tensor([0.25], dtype=torch.float64), torch.tensor([0.5], dtype=torch.float64)
+    target, pruned = Net.from_weights(spec, [w], [b]), Net.from_weights(spec, [wp], [bp])
+    c = torch.tensor([0.1, 0.2, -0.3, 0.4], dtype=torch.float64)
+    r = 0.7
+    d = w - wp
+    exact = abs(float(-(d @ c) + (bp - b))) + r * float(d.norm())
+    val = float(differential_bound(target, pruned, BallSpec(radius=r, centre=tuple(c.tolist()))).value[0])
+    assert exact <= val <= exact * (1 + 1e-12)
+    # linf: |−D c + Δb| + r‖D‖₁
+    exact_inf = abs(float(-(d @ c) + (bp - b))) + r * float(d.abs().sum())
+    vinf = float(differential_bound(target, pruned, BallSpec(radius=r, centre=tuple(c.tolist()),
+                                                             norm="linf")).value[0])
+    assert exact_inf <= vinf <= exact_inf * (1 + 1e-12)
+
+
+def test_all_neurons_stable_equals_exact_gap() -> None:
+    """Positive weights and inputs in a positive box: every ReLU active, f − F affine, bound exact."""
+    g = torch.Generator().manual_seed(3)
+    spec = NetSpec(widths=(3, 4, 1), bias=True)
+    w1 = torch.rand(4, 3, generator=g, dtype=torch.float64) + 0.1
+    w2 = torch.rand(1, 4, generator=g, dtype=torch.float64) + 0.1
+    b1 = torch.ones(4, dtype=torch.float64)
+    b2 = torch.zeros(1, dtype=torch.float64)
+    m1 = torch.tensor([[1, 0, 1], [1, 1, 0], [0, 1, 1], [1, 1, 1]], dtype=torch.float64)
+    target = Net.from_weights(spec, [w1, w2], [b1, b2])
+    pruned = Net.from_weights(spec, [w1 * m1, w2], [b1, b2])
+    c = torch.tensor([0.5, 0.5, 0.5], dtype=torch.float64)
+    ball = BallSpec(radius=0.2, centre=tuple(c.tolist()), norm="linf", box=(0.0, 1.0))
+    # f − F = −w2 (w1 − w1·m1) x: linear, maximised at a corner of the box
+    lin = -(w2 @ (w1 - w1 * m1))[0]
+    exact = abs(float(lin @ c)) + 0.2 * float(lin.abs().sum())
+    val = float(differential_bound(target, pruned, ball).value[0])
+    assert exact <= val <= exact * (1 + 1e-10)
+
+
+def test_radius_to_zero_approaches_the_gap_at_the_centre() -> None:
+    target, pruned = _net_pair(7, (6, 12, 12, 3), True, "relu", 0.5, torch.float64)
+    c = torch.full((6,), 0.3, dtype=torch.float64)
+    centre_gap = float((cast(Tensor, pruned(c[None])) - cast(Tensor, target(c[None]))).norm())
+    assert centre_gap > 0.05
+    for norm in ("l2", "linf"):
+        val = float(differential_bound(target, pruned, BallSpec(radius=1e-6, centre=tuple(c.tolist()),
+                                                                norm=norm)).value[0])  # type: ignore[arg-type]
+        assert centre_gap <= val <= centre_gap * (1 + 1e-3)
+
+
+def test_identical_networks_give_zero() -> None:
+    target, _ = _net_pair(1, (4, 8, 3), True, "relu", 0.5)
+    copy = Net.from_weights(target.spec, [w.clone() for w in target.weights],
+                            [None if b is None else b.clone() for b in target.biases])
+    b = differential_bound(target, copy, BallSpec(radius=1.0, norm="linf"))
+    assert float(b.value[0]) == 0.0
+    assert bool((b.lower == 0).all()) and bool((b.upper == 0).all())
+
+
+def test_float32_forward_margin_is_included() -> None:
+    """The same weights, evaluated in float32, carry a larger (nonzero) rounding margin than in float64."""
+    t32, p32 = _net_pair(2, (4, 8, 3), True, "relu", 0.5)
+    ball = BallSpec(radius=0.1)
+    b32 = differential_bound(t32, p32, ball)
+    b64 = differential_bound(t32, p32, ball, forward_dtype=torch.float64)
+    assert float(b32.rounding_margin.min()) > 1e3 * float(b64.rounding_margin.max()) > 0
+    assert float(b32.value[0]) > float(b64.value[0])
+
+
+def test_batched_balls_equal_one_at_a_time() -> None:
+    target, pruned = _net_pair(4, (5, 10, 10, 3), True, "relu", 0.6)
+    g = torch.Generator().manual_seed(0)
+    cs = torch.rand(7, 5, generator=g, dtype=torch.float64)
+    ball = BallSpec(radius=0.05, norm="linf", box=(0.0, 1.0))
+    batched = differential_bound(target, pruned, ball, centres=cs, batch_size=3)
+    for i in range(7):
+        one = differential_bound(target, pruned, BallSpec(radius=0.05, norm="linf", box=(0.0, 1.0),
+                                                          centre=tuple(cs[i].tolist())))
+        assert torch.allclose(batched.value[i], one.value[0], rtol=1e-12, atol=0)
+        assert torch.allclose(batched.upper[i], one.upper[0], rtol=1e-12, atol=1e-300)
+
+
+def test_compared_with_the_layerwise_bound_around_zero() -> None:
+    """Both bounds are valid upper bounds at the paper's ball (no claim which is tighter)."""
+    target, pruned = _net_pair(5, (8, 32, 32, 4), False, "relu", 0.9)
+    ball = BallSpec(radius=1.0)
+    ours = float(differential_bound(target, pruned, ball).value[0])
+    layerwise = float(certified_gap_bound(target, pruned, 1.0).value)
+    found = float(gap_search(target, pruned, ball, torch.Generator().manual_seed(0)).value[0])
+    assert 0 < found <= ours
+    assert found <= layerwise
+
+
+def test_gap_search_witness_lies_in_the_ball() -> None:
+    target, pruned = _net_pair(6, (4, 8, 2), True, "relu", 0.5)
+    c = (0.5, 0.5, 0.5, 0.5)
+    for norm in ("l2", "linf"):
+        ball = BallSpec(radius=0.3, centre=c, norm=norm, box=(0.0, 0.6))  # type: ignore[arg-type]
+        w = gap_search(target, pruned, ball, torch.Generator().manual_seed(0))
+        x = w.x[0]
+        v = x - torch.tensor(c, dtype=torch.float64)
+        assert float(v.norm() if norm == "l2" else v.abs().max()) <= 0.3
+        assert bool(((x >= 0) & (x <= 0.6)).all())
+        g64, _, _ = _gaps(target, pruned, x[None])
+        assert float(g64[0]) == pytest.approx(float(w.value[0]), rel=1e-12)
+
+
+# ------------------------------------------------------------------------------------------ agreement
+
+
+def test_agreement_certified_for_a_small_ball_with_a_large_margin() -> None:
+    spec = NetSpec(widths=(2, 4, 3), bias=True)
+    w1 = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.0, -1.0]])
+    w2 = torch.tensor([[2.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.1]])
+    b = [torch.zeros(4), torch.zeros(3)]
+    target = Net.from_weights(spec, [w1, w2], b)
+    pruned = Net.from_weights(spec, [w1, w2 * torch.tensor([[1.0, 1, 1, 1], [1, 1, 1, 1], [1, 1, 1, 0]])], b)
+    res = certified_agreement(target, pruned, BallSpec(radius=0.05, centre=(1.0, 0.2), norm="linf"))
+    assert res.verdicts == ("certified",)
+    assert int(res.target_class[0]) == 0
+    assert float(res.margin_target[0]) > 1.0 and float(res.margin_pruned[0]) > 1.0
+    # a ball that reaches the decision boundary of f (x1 = 2 x0) is not certified
+    res2 = certified_agreement(target, pruned, BallSpec(radius=0.5, centre=(0.3, 0.5)), attack=False)
+    assert res2.verdicts == ("not certified",)
+
+
+def test_agreement_refuted_with_a_witness() -> None:
+    """Pruning the class-0 weight makes f prefer class 1 near x = (1, 0.8): a witness is returned."""
+    spec = NetSpec(widths=(2, 2), bias=False)
+    w = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    target = Net.from_weights(spec, [w])
+    pruned = Net.from_weights(spec, [torch.tensor([[0.5, 0.0], [0.0, 1.0]])])
+    ball = BallSpec(radius=0.15, centre=(1.0, 0.8), norm="l2")
+    res = certified_agreement(target, pruned, ball)
+    assert res.verdicts == ("refuted",)
+    x = cast(Tensor, res.witnesses[0])
+    assert float((x - torch.tensor([1.0, 0.8], dtype=torch.float64)).norm()) <= 0.15
+    t64, p64 = target.to(dtype=torch.float64), pruned.to(dtype=torch.float64)
+    assert int(cast(Tensor, t64(x[None])).argmax()) != int(cast(Tensor, p64(x[None])).argmax())
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 10**6), keep=st.sampled_from([0.5, 0.9]), ballp=ball_strategy)
+def test_agreement_never_certified_where_a_point_disagrees(seed: int, keep: float,
+                                                           ballp: dict[str, object]) -> None:
+    target, pruned = _net_pair(seed, (4, 10, 10, 3), True, "relu", keep)
+    g = torch.Generator().manual_seed(seed)
+    lo, hi = cast("tuple[float, float]", ballp["box"] or (-1.0, 1.0))
+    cs = lo + (hi - lo) * torch.rand(4, 4, generator=g, dtype=torch.float64)
+    ball = BallSpec(radius=cast(float, ballp["radius"]), norm=ballp["norm"], box=ballp["box"])  # type: ignore[arg-type]
+    res = certified_agreement(target, pruned, ball, centres=cs, n_steps=20)
+    t64, p64 = target.to(dtype=torch.float64), pruned.to(dtype=torch.float64)
+    for i, v in enumerate(res.verdicts):
+        if v == "certified":
+            pts = _points_in_ball(BallSpec(radius=ball.radius, norm=ball.norm, box=ball.box,
+                                           centre=tuple(cs[i].tolist())), cs[i], 100, g)
+            ct = cast(Tensor, t64(pts)).argmax(-1)
+            cp = cast(Tensor, p64(pts)).argmax(-1)
+            assert bool((ct == res.target_class[i]).all()) and bool((cp == ct).all())
+            ct32 = cast(Tensor, target(pts.float())).argmax(-1)
+            assert bool((ct32 == cast(Tensor, pruned(pts.float())).argmax(-1)).all())
+        elif v == "refuted":
+            x = cast(Tensor, res.witnesses[i])
+            assert int(cast(Tensor, t64(x[None])).argmax()) != int(cast(Tensor, p64(x[None])).argmax())
+
+
+# ------------------------------------------------------------------------------------------ bad input
+
+
+@pytest.mark.parametrize("kwargs, field", [
+    ({"radius": 0.0}, "ball.radius"), ({"radius": -1.0}, "ball.radius"), ({"radius": math.nan}, "ball.radius"),
+    ({"radius": math.inf}, "ball.radius"), ({"radius": True}, "ball.radius"),
+    ({"radius": 1.0, "norm": "l1"}, "ball.norm"),
+    ({"radius": 1.0, "centre": [0.0, 1.0]}, "ball.centre"), ({"radius": 1.0, "centre": ()}, "ball.centre"),
+    ({"radius": 1.0, "centre": (0.0, math.nan)}, "ball.centre"),
+    ({"radius": 1.0, "box": (1.0, 0.0)}, "ball.box"), ({"radius": 1.0, "box": (0.0,)}, "ball.box"),
+    ({"radius": 1.0, "box": (0.5, 1.0)}, "ball.box"),  # does not contain the default centre 0
+    ({"radius": 1.0, "centre": (0.5, 2.0), "box": (0.0, 1.0)}, "ball.box"),
+])
+def test_bad_ballspec_is_refused(kwargs: dict[str, object], field: str) -> None:
+    with pytest.raises(ProbPruneError, match=field.replace(".", r"\.")):
+        BallSpec(**kwargs)  # type: ignore[arg-type]
+
+
+def test_bad_calls_are_refused() -> None:
+    target, pruned = _net_pair(0, (3, 4, 2), True, "relu", 0.5)
+    with pytest.raises(ProbPruneError, match="ball.centre"):
+        differential_bound(target, pruned, BallSpec(radius=1.0, centre=(0.0, 0.0)))
+    with pytest.raises(ProbPruneError, match="centres"):
+        differential_bound(target, pruned, BallSpec(radius=1.0), centres=torch.zeros(2, 5))
+    with pytest.raises(ProbPruneError, match="centres"):
+        differential_bound(target, pruned, BallSpec(radius=0.1, box=(0.0, 1.0)), centres=torch.full((1, 3), 2.0))
+    with pytest.raises(ProbPruneError, match="ball"):
+        differential_bound(target, pruned, 1.0)  # type: ignore[arg-type]
+    t_tanh, p_tanh = _net_pair(0, (3, 4, 2), True, "tanh", 0.5)
+    with pytest.raises(ProbPruneError, match="activation='tanh'"):
+        differential_bound(t_tanh, p_tanh, BallSpec(radius=1.0))
+    with pytest.raises(ProbPruneError, match="ensembles"):
+        differential_bound(stack([target, target]), stack([pruned, pruned]), BallSpec(radius=1.0))
+    one_out, one_out_p = _net_pair(0, (3, 4, 1), True, "relu", 0.5)
+    with pytest.raises(ProbPruneError, match="classifier"):
+        certified_agreement(one_out, one_out_p, BallSpec(radius=0.1))
+    cspec = NetSpec(kind="cnn", widths=(2,), input_shape=(1, 4, 4), convs=(ConvSpec(out_channels=1, kernel=3),))
+    ws = [torch.randn(s) for s in cspec.weight_shapes()]
+    cnn = Net.from_weights(cspec, ws)
+    with pytest.raises(ProbPruneError, match="conv nets"):
+        differential_bound(cnn, cnn, BallSpec(radius=1.0))
