@@ -84,6 +84,7 @@ def build_fixtures(root: Path) -> dict[str, str]:
     (root / "afile").write_text("x")
     f["file"] = str(root / "afile")
     f["nowhere"] = str(root / "no" / "such" / "folder")
+    f["devzero"] = "/dev/zero"  # endless: must be refused unread
     # configs
     cfgs = {
         "cfg_latin1": "[net]\nactivation = \"r\xe9lu\"\n".encode("latin-1"),
@@ -225,6 +226,8 @@ def _prune_cases() -> list[Case]:
         ("prune-gap-radius-inf", [*base, "--gap", "--radius", "inf"], "radius"),
         ("prune-gap-radius-neg", [*base, "--gap", "--radius", "-1"], "radius"),
         ("prune-gap-radius-text", [*base, "--gap", "--radius", "r"], "--radius"),
+        ("prune-gap-radius-overflow", [*base, "--gap", "--radius", "1e300", "--out", "o.safetensors"],
+         "radius.*overflow"),
     ]
     for arch, frag in (("fcn:", "widths|arch"), ("fcn:3", "widths"), ("fcn:a,b", "arch"), ("fcn:3,-1,2", "widths"),
                        ("fcn:3,0,2", "widths"), ("xyz:3,4", "arch"), ("3,4,2", "arch"), ("cnn:", "arch"),
@@ -291,6 +294,7 @@ def _gap_cases() -> list[Case]:
         ("gap-n-points-huge", [*base, "--n-points", HUGE], "n-points|n_points"),
         ("gap-n-steps-big", [*base, "--n-steps", "1000000000000"], "n_steps|time"),
         ("gap-json-error", [*base, "--radius", "-1", "--json"], "radius"),
+        ("gap-radius-overflow", [*base, "--radius", "1e300", "--json"], "radius.*overflow"),
     ]
     for opt, vals, frag in (
         ("--n-points", ["0", "-1", "abc", "1.5", ""], "n[-_]points"),
@@ -434,7 +438,8 @@ def _verify_cases() -> list[Case]:
                            ("cfg_net_scalar", "net"), ("cfg_prunes_scalar", "prunes"), ("cfg_prunes_bad", "p="),
                            ("cfg_law_inf", "scale"), ("cfg_delta", "delta"), ("cfg_array_top", "x"),
                            ("cfg_arch_bad", "arch"), ("cfg_arch_int", "arch"), ("cfg_bias_str", "bias"),
-                           ("cfg_gap_bad", "radius"), ("cfgdir", "director|config"), ("nowhere", "not found")):
+                           ("cfg_gap_bad", "radius"), ("cfgdir", "director|config"), ("nowhere", "not found"),
+                           ("devzero", "regular file")):
             cases.append((f"{tag}-config-{name}", [*cmd, "--config", f"{{{name}}}"], frag))
         for s, frag in (("mc.n_trials", "--set"), ("mc.n_trials=", "n_trials"), ("bogus.x=1", "bogus"),
                         ("mc.bogus=1", "bogus"), ("mc.seed=" + HUGE, "seed|digits"), ("mc.seed=" + BIG, "seed"),

@@ -55,7 +55,12 @@ def gap_sandwich(target: Net, pruned: Net, gap: GapSpec, seed: int = 0,
     """Lower (empirical sup) and certified upper bound on the gap, the estimator seeded from ``seed``."""
     g = make_generator(derive_seed("gap", seed, "estimator"), target.device)
     with torch.no_grad():
-        return sandwich(target, pruned, gap, g, estimator=sup_gap, norm_method=norm_method)
+        sw = sandwich(target, pruned, gap, g, estimator=sup_gap, norm_method=norm_method)
+    if not bool(torch.isfinite(torch.as_tensor(sw.lower)).all()):
+        dtype = str(target.dtype).replace("torch.", "")
+        raise ProbPruneError(f"gap.radius={gap.radius!r}: the networks' outputs overflow {dtype} in the ball, so the "
+                             "empirical lower bound is not a number; use a smaller radius")
+    return sw
 
 
 def run_gap(job: GapJob) -> GapOutcome:
