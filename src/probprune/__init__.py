@@ -23,6 +23,7 @@ from probprune.config import (
 )
 from probprune.masks import MaskStats, PruneResult, magnitude_mask, mask_from_scores, prune, random_mask
 from probprune.nets import Activation, Net, from_module, to_module
+from probprune.nets.onnx import load_onnx, save_onnx
 from probprune.rng import derive_seed, make_generator
 from probprune.sampling import sample_net
 
@@ -48,6 +49,7 @@ __all__ = [
     "__version__",
     "derive_seed",
     "from_module",
+    "load_onnx",
     "magnitude_mask",
     "make_generator",
     "mask_from_scores",
@@ -56,5 +58,6 @@ __all__ = [
     "prune",
     "random_mask",
     "sample_net",
+    "save_onnx",
     "to_module",
 ]
