@@ -687,6 +687,8 @@ def test_help_and_version_exit_0(capsys: pytest.CaptureFixture[str], tmp_path: P
                  ["certificate", "check", "--help"], ["config", "show", "--help"]):
         code, out, err = run_in(tmp_path, argv, capsys)
         assert code == 0 and out and err == "", (argv, code, err)
+        if argv == ["--help"]:
+            assert "PROBPRUNE_MEMORY_LIMIT" in out and "PROBPRUNE_TIME_LIMIT" in out
 
 
 def test_bare_group_prints_help_then_one_error_line(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

@@ -38,7 +38,10 @@ TERMS = ("prune_fraction = share of weights REMOVED (in [0, 1]); density = share
 app = typer.Typer(
     name="probprune",
     help=("Provable pruning of neural networks (Qian & Klabjan, ICML 2021): prune FCNs/CNNs by magnitude "
-          "or at random and bound how far the outputs can move. " + TERMS),
+          "or at random and bound how far the outputs can move. " + TERMS + " Limits: work whose estimated "
+          "memory exceeds $PROBPRUNE_MEMORY_LIMIT (bytes, or e.g. 8G; default half the physical memory) or whose "
+          "estimated time exceeds $PROBPRUNE_TIME_LIMIT (seconds; default 1e6) is refused before it starts. "
+          "Every error is one line 'error: …' on stderr with exit code 2."),
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
