@@ -273,6 +273,10 @@ def _prune_cases() -> list[Case]:
                        ("dir", "not found|director|safetensors")):
         cases.append((f"prune-weights-{name}", [*w, f"{{{name}}}", "--out", "o.safetensors"], frag))
     cases.append(("prune-weights-missing", [*w, "nope.safetensors"], "not found"))
+    for opt in ("--out", "--save-target", "--certificate"):
+        suffix = ".json" if opt == "--certificate" else ".safetensors"
+        cases.append((f"prune{opt}-nul", [*base, opt, "a\x00b" + suffix], "NUL|null"))
+    cases.append(("prune-weights-nul", [*w, "a\x00b.safetensors"], "null|NUL|not found"))
     cases.append(("prune-json-error", [*base, "--seed", "-3", "--json"], "seed"))
     return cases
 
@@ -413,6 +417,7 @@ def _verify_cases() -> list[Case]:
         ("verify-arch", ["verify", "--arch", "fcn:a", "--runs-dir", "runs"], "arch"),
         ("verify-runs-dir-file", [*base[:-2], "--runs-dir", "{file}"], "runs[-_]dir|director"),
         ("verify-runs-dir-proc", [*base[:-2], "--runs-dir", "/proc/runs"], "runs[-_]dir|/proc"),
+        ("verify-runs-dir-nul", [*base[:-2], "--runs-dir", "a\x00b"], "NUL"),
         ("verify-resume-missing", [*base, "--resume", "nope"], "resume|run"),
         ("verify-resume-file", [*base, "--resume", "{file}"], "resume|run"),
         ("verify-resume-empty", [*base, "--resume", "{run_empty}"], "resume|run"),

@@ -105,6 +105,11 @@ def check_device(device: Any, name: str = "device") -> None:
             raise ProbPruneError(f"{name}={device!r}: the MPS backend is not available on this machine (use cpu)")
 
 
+def _check_path_text(name: str, value: str | os.PathLike[str]) -> None:
+    if "\x00" in os.fspath(value):
+        raise ProbPruneError(f"{name}={os.fspath(value)!r}: a path cannot contain a NUL character")
+
+
 def _probe_dir(name: str, value: str, folder: Path) -> None:
     """``folder`` exists, is a folder, and a file can be created in it (created and removed at once)."""
     if not folder.exists():
@@ -133,6 +138,7 @@ def check_output_paths(paths: Mapping[str, str | os.PathLike[str] | None]) -> No
     for name, value in paths.items():
         if value is None:
             continue
+        _check_path_text(name, value)
         p = Path(value).expanduser()
         if str(value).strip() == "" or p.is_dir():
             raise ProbPruneError(f"{name}={str(value)!r}: is a directory, not a file")
@@ -147,6 +153,7 @@ def check_output_paths(paths: Mapping[str, str | os.PathLike[str] | None]) -> No
 
 def check_output_dir(name: str, value: str | os.PathLike[str]) -> None:
     """An output folder (created on demand): not a file, and its nearest existing ancestor is writable."""
+    _check_path_text(name, value)
     p = Path(value).expanduser()
     if p.exists() and not p.is_dir():
         raise ProbPruneError(f"{name}={str(value)!r}: exists and is not a directory")
