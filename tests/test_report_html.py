@@ -14,6 +14,7 @@ import pytest
 
 from probprune.cli import main
 from probprune.config import BoundSpec, MCSpec, NetSpec, ProbPruneError, PruneSpec, RunConfig, config_hash
+from probprune.montecarlo import min_trials_to_confirm
 from probprune.report import build_report, write_report
 from probprune.store.reports import ReportData, load_report_data
 from probprune.store.runs import RunWriter
@@ -36,7 +37,7 @@ def make_run(root: Path, n_written: int = N_TRIALS) -> tuple[Path, list[dict[str
     for i, (w, (k, pr)) in enumerate((w, kp) for w in WIDTHS for kp in enumerate(RULES)):
         grid.append({"grid_index": i, "width": w, "prune_index": k, "arch": f"fcn:8,{w},{w},4", "method": pr.method,
                      "scope": pr.scope, "level_name": pr.level_name, "level_value": getattr(pr, pr.level_name or ""),
-                     "rescale": pr.rescale, "eps": 0.5 / w ** 0.5, "theory_exponent": 0.5})
+                     "rescale": pr.rescale, "eps": (0.01 if i == 1 else 0.5) / w ** 0.5, "theory_exponent": 0.5})
     rng = np.random.default_rng(1)
     points = []
     with RunWriter(run, cfg, grid, N_TRIALS, meta={"version": "test", "device": "cpu"}) as wr:
@@ -54,8 +55,13 @@ def make_run(root: Path, n_written: int = N_TRIALS) -> tuple[Path, list[dict[str
             point = {"grid_index": g["grid_index"], "n_trials": n_written, "gap_lower_median": med,
                      "gap_lower_quantile": float(np.quantile(gaps, 0.9)), "gap_upper_median": med * 9,
                      "rel_gap_lower_median": med * 3,
-                     "eps": g["eps"], "n_covered": int(cov * n_written), "coverage": cov, "coverage_low": cov - 0.3,
-                     "coverage_high": 1.0, "passed": g["grid_index"] != 1, "tightness": 1.5, "delta": 0.1}
+                     "eps": g["eps"], "n_covered": int(cov * n_written), "coverage": cov,
+                     # grid point 1 is refuted (interval below 1 − δ = 0.9), the others consistent
+                     "coverage_low": 0.0 if g["grid_index"] == 1 else cov - 0.3,
+                     "coverage_high": 0.5 if g["grid_index"] == 1 else 1.0, "passed": g["grid_index"] != 1,
+                     "verdict": "refuted" if g["grid_index"] == 1 else "consistent",
+                     "n_trials_to_confirm": min_trials_to_confirm(0.1), "confidence": 0.95,
+                     "tightness": 1.5, "delta": 0.1}
             points.append({**g, **point})
             wr.write_chunk(rows, point, [{"prune_index": k, "method": pr.method, "n_widths": 2, "slope": -0.5,
                                           "intercept": 0.0, "exponent": 0.5, "theory_exponent": 0.5}
@@ -106,10 +112,18 @@ def test_report_is_self_contained_and_shows_the_results(tmp_path: Path, capsys: 
     assert all(u.startswith("data:") for u in page.urls)
     assert not re.search(r"(?i)(https?:|//[a-z0-9.-]+\.[a-z]{2,}/|<script|<link|@import|url\()", text)
     assert "default-src 'none'" in text
-    # the pass/fail table holds every grid point with its verdict, numbers as stored
+    # the verdict table holds every grid point with its verdict, numbers as stored
     table = text.split('id="points"')[1].split("</table>")[0]
     assert table.count("<tr>") == len(points) + 1
-    assert table.count(">PASS<") == 3 and table.count(">FAIL<") == 1
+    assert table.count('mid">consistent<') == 3 and table.count('bad">refuted<') == 1
+    assert ">confirmed<" not in table and "PASS" not in text and "FAIL" not in text
+    assert table.count(">36<") == 4  # trials to confirm at δ = 0.1, 95 %
+    assert "0 confirmed</span>, <span class=\"mid\">3 consistent</span>" in text
+    # 6 trials per point can never confirm: the page says so, with the count that could
+    warn = text.split('id="can-only-refute">')[1].split("</p>")[0]
+    assert "Every grid point ran 6 trials" in warn and "can only be refuted, never confirmed" in warn
+    assert "at least 36 trials with no violation" in warn and "--set mc.n_trials=36" in warn
+    assert "1 − δ = 0.9 at 95 % confidence" in warn
     assert f"{points[0]['gap_lower_median']:.4g}" in table
     assert "partial-warning" not in page.ids
     assert "complete: 24 of 24 trials stored" in text
@@ -119,7 +133,9 @@ def test_report_is_self_contained_and_shows_the_results(tmp_path: Path, capsys: 
         assert (run / "figures" / f"{name}.png").is_file() and (run / "figures" / f"{name}.svg").is_file()
     summary = (run / "summary.md").read_text()
     assert "| 3 | 64 | random (rescaled) | p=0.1 | 6 |" in summary
-    assert "3 pass, 1 fail" in summary
+    assert "(0 confirmed, 3 consistent, 1 refuted, 0 without a verdict)" in summary
+    assert "**Every grid point ran 6 trials: such a point can only be refuted, never confirmed." in summary
+    assert "| consistent | 36 |" in summary and "| refuted | 36 |" in summary
 
 
 def test_report_reads_the_store_without_recomputing(tmp_path: Path) -> None:
@@ -214,3 +230,62 @@ def test_experiment_run_folder_through_the_store(tmp_path: Path, capsys: pytest.
     assert len(page.imgs) == 1 and "fig-accuracy_vs_sparsity" in page.ids
     table = text.split('id="experiment"')[1].split("</table>")[0]
     assert ">79.90<" in table  # random, global, fine-tuned, prune_fraction 0.9: mean of 80.0 and 79.8
+
+
+def _experiment_run(root: Path, drop: int = 0) -> tuple[Path, list[dict[str, Any]]]:
+    """An experiment folder with the quick preset's grid (2 models × 3 fractions × 2 methods × 2 scopes × 2)."""
+    from probprune.store.experiments import ExperimentStore
+
+    cfg = {"dataset": "mnist", "models": ["lenet-300-100", "lenet-5"], "prune_fractions": [0.0, 0.5, 0.9],
+           "methods": ["random", "magnitude"], "scopes": ["layerwise", "global"], "seeds": [0],
+           "finetune_epochs": 0.1}
+    rows = [{"dataset": "mnist", "model": m, "method": me, "scope": sc, "prune_fraction": pf, "finetuned": ft,
+             "seed": 0, "test_accuracy": 0.97 - 0.3 * pf * (me == "random") + 0.01 * ft,
+             "gap_lower": 1.0 + 10 * pf + 0.5 * (m == "lenet-5"), "gap_upper": 300.0 + 1000 * pf,
+             "mean_test_gap": 0.25 + pf, "radius": 9.25, "sparsity": pf}
+            for m in cfg["models"] for pf in cfg["prune_fractions"] for me in cfg["methods"]
+            for sc in cfg["scopes"] for ft in (False, True)]
+    run = root / "exp"
+    with ExperimentStore(run, cfg) as st:
+        for r in rows[:len(rows) - drop]:
+            st.add(r)
+    return run, rows
+
+
+def test_experiment_report_describes_an_experiment(tmp_path: Path) -> None:
+    run, rows = _experiment_run(tmp_path)
+    assert len(rows) == 48
+    data = load_report_data(run)
+    assert (data.kind, data.status, data.n_done, data.n_expected) == ("experiment", "complete", 48, 48)
+    page, text = parse(build_report(run))
+    assert "complete: 48 of 48 settings stored" in text and "trials" not in text.split('id="terms"')[0]
+    assert "experiment on real data" in text.split("</title>")[0]
+    terms = text.split('id="terms">')[1].split("</p>")[0]
+    assert "certified upper" in terms and "mean test gap" in terms and "largest ‖x‖₂ of a test image" in terms
+    assert "Clopper" not in terms and "verdict" not in terms.lower()  # ε(δ) and coverage do not apply here
+    table = text.split('id="experiment"')[1].split("</table>")[0]
+    head = table.split("</thead>")[0]
+    for col in ("gap lower", "certified upper", "mean test gap", "radius r", "accuracy mean (%)", "sparsity"):
+        assert f">{col}<" in head
+    assert table.count("<tr>") == 1 + 48
+    # lenet-5, random, global, not fine-tuned, prune_fraction 0.9: each number as stored
+    want = ">".join(["mnist</td><td class=\"l\"", "lenet-5</td><td class=\"l\"", "random</td><td class=\"l\"",
+                     "global</td><td class=\"l\"", "no</td><td class=\"\"", "0.9</td><td class=\"\"",
+                     "0.9</td><td class=\"\"", "1</td><td class=\"\"", "70.00</td><td class=\"\"",
+                     "–</td><td class=\"\"", "10.5</td><td class=\"\"", "1200</td><td class=\"\"",
+                     "1.15</td><td class=\"\"", "9.25</td>"])
+    assert want in table
+    summary = (run / "summary.md").read_text()
+    assert "# probprune experiment on real data" in summary and "complete: 48 of 48 settings stored" in summary
+    assert "| mnist | lenet-5 | random | global | no | 0.9 | 0.9 | 1 | 70.00 | – | 10.5 | 1200 | 1.15 | 9.25 |" \
+        in summary
+    assert "ε(δ) = the probabilistic bound" not in summary and "Verdict" not in summary
+
+
+def test_partial_experiment_report_counts_settings(tmp_path: Path) -> None:
+    run, _ = _experiment_run(tmp_path, drop=5)
+    page, text = parse(build_report(run))
+    assert "partial: 43 of 48 settings stored" in text and "partial-warning" in page.ids
+    warn = text.split('id="partial-warning">')[1].split("</p>")[0]
+    assert "only 43 of 48 settings are stored" in warn and "probprune experiment" in warn
+    assert "verify --resume" not in warn

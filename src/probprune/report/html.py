@@ -2,9 +2,12 @@
 
 The page embeds every figure as a ``data:`` URI, carries its CSS inline and a
 Content-Security-Policy that forbids every fetch (``default-src 'none'; img-src data:``), so it
-opens from disk and never touches the network. It shows the run's status (a visible warning when
-the run is partial), the config, the pass/fail table, the fitted slopes, the figures and the
-library versions and machine.
+opens from disk and never touches the network. Each run type gets its own page: a Monte Carlo run
+(``probprune verify``) shows its trial count, the terms it uses, the verdict of each grid point
+(confirmed / consistent / refuted, and whether its trial count could ever confirm) and the fitted
+slopes; a real-data experiment shows its setting count, its own terms and one row per setting with
+accuracy and the gap sandwich (lower, certified upper, mean test gap). Both show a visible warning
+when the run is partial, the figures, the config, the library versions and the machine.
 
 Same run, same bytes: building the report of one run twice (in two processes, from two folders)
 gives the same ``report.html`` and ``summary.md`` except for ONE field, the page's build time,
@@ -31,7 +34,7 @@ from typing import Any
 
 from probprune.config import ProbPruneError
 from probprune.report.figures import FigureResult
-from probprune.store.reports import TIMING_FIELDS, ReportData
+from probprune.store.reports import TIMING_FIELDS, VERDICTS, ReportData
 
 __all__ = ["GENERATED_LINE", "environment", "generated_time", "render_html", "render_summary"]
 
@@ -44,7 +47,7 @@ body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:2re
 padding:0 1rem;color:#222;line-height:1.4}
 h1{font-size:1.6rem;margin-bottom:.2rem}h2{border-bottom:1px solid #ddd;padding-bottom:.2rem;margin-top:2rem}
 .muted{color:#666}.warn{background:#fff3cd;border:2px solid #e0a800;padding:.8rem 1rem;border-radius:6px;
-font-weight:600}.ok{color:#1a7f37;font-weight:600}.bad{color:#c62828;font-weight:600}
+font-weight:600}.ok{color:#1a7f37;font-weight:600}.bad{color:#c62828;font-weight:600}.mid{color:#8a6d00;font-weight:600}
 table{border-collapse:collapse;font-size:.85rem;margin:.5rem 0}th,td{border:1px solid #ccc;padding:.25rem .5rem;
 text-align:right}th{background:#f3f3f3}td.l,th.l{text-align:left}
 figure{margin:1.2rem 0}figure img{max-width:100%;height:auto;border:1px solid #eee}
@@ -121,17 +124,21 @@ def _level(p: Mapping[str, Any]) -> str:
     return f"{p['level_name']}={_f(p.get('level_value'))}"
 
 
+_VERDICT_CLASS = {"confirmed": "ok", "consistent": "mid", "refuted": "bad"}
+
+
 def _verdict(p: Mapping[str, Any]) -> tuple[str, str]:
-    if p.get("passed") is True:
-        return "PASS", "ok"
-    if p.get("passed") is False:
-        return "FAIL", "bad"
+    """(verdict word, CSS class) of a grid point: confirmed / consistent / refuted, or – without one."""
+    v = p.get("verdict")
+    if v in _VERDICT_CLASS:
+        return str(v), _VERDICT_CLASS[str(v)]
     return "–", "muted"
 
 
 _POINT_HEAD = ("#", "width h", "rule", "level", "trials", "gap median", "gap (1−δ)-quantile", "rel. gap median",
                "certified upper median", "ε(δ)", "coverage P(gap ≤ ε)", "Clopper–Pearson interval", "verdict",
-               "tightness ε/quantile")
+               "trials to confirm", "tightness ε/quantile")
+_VERDICT_COL = _POINT_HEAD.index("verdict")
 
 
 def _point_cells(i: int, p: Mapping[str, Any]) -> list[str]:
@@ -139,24 +146,92 @@ def _point_cells(i: int, p: Mapping[str, Any]) -> list[str]:
     return [str(i), _f(p.get("width")), str(p.get("label")), _level(p), _f(p.get("n_trials")),
             _f(p.get("gap_lower_median")), _f(p.get("gap_lower_quantile")), _f(p.get("rel_gap_lower_median")),
             _f(p.get("gap_upper_median")), _f(p.get("eps")), _f(p.get("coverage")), cp, _verdict(p)[0],
-            _f(p.get("tightness"))]
+            _f(p.get("n_trials_to_confirm")), _f(p.get("tightness"))]
 
 
-def _counts(points: Sequence[Mapping[str, Any]]) -> tuple[int, int, int]:
-    n_pass = sum(1 for p in points if p.get("passed") is True)
-    n_fail = sum(1 for p in points if p.get("passed") is False)
-    return n_pass, n_fail, len(points) - n_pass - n_fail
+def _counts(points: Sequence[Mapping[str, Any]]) -> dict[str, int]:
+    """Points per verdict (``none``: no ε to check, or no trial yet)."""
+    out = {v: sum(1 for p in points if p.get("verdict") == v) for v in VERDICTS}
+    out["none"] = len(points) - sum(out.values())
+    return out
+
+
+def _counts_text(points: Sequence[Mapping[str, Any]]) -> str:
+    c = _counts(points)
+    return (f"{c['confirmed']} confirmed, {c['consistent']} consistent, {c['refuted']} refuted, "
+            f"{c['none']} without a verdict")
+
+
+def _confidence(data: ReportData) -> float | None:
+    vals = {p.get("confidence") for p in data.points if p.get("confidence") is not None}
+    return vals.pop() if len(vals) == 1 else None
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:g} %"
+
+
+def _can_only_refute(data: ReportData) -> str | None:
+    """A plain sentence when some grid points ran too few trials to ever be confirmed (else ``None``)."""
+    short = [p for p in data.points if p.get("n_trials") and p.get("n_trials_to_confirm") is not None
+             and p.get("eps") is not None and p["n_trials"] < p["n_trials_to_confirm"]]
+    if not short:
+        return None
+    need = max(int(p["n_trials_to_confirm"]) for p in short)
+    ran = sorted({int(p["n_trials"]) for p in short})
+    ran_text = " or ".join(str(n) for n in ran)
+    delta = data.delta if data.delta is not None else short[0].get("delta")
+    conf = _confidence(data)
+    target = "1 − δ" if delta is None else f"1 − δ = {1 - delta:g}"
+    at = "" if conf is None else f" at {_pct(conf)} confidence"
+    every = "Every grid point" if len(short) == len(data.points) else f"{len(short)} of {len(data.points)} grid points"
+    return (f"{every} ran {ran_text} trials: such a point can only be refuted, never confirmed. Confirming "
+            f"P(gap ≤ ε) ≥ {target}{at} needs at least {need} trials with no violation (with n of n trials "
+            f"covered, the Clopper–Pearson lower end is (α/2)^(1/n), α = 1 − confidence, and it exceeds "
+            f"1 − δ only from n = {need} on). So “consistent” here means the run did not refute the bound, "
+            f"not that it confirmed it; run again with --set mc.n_trials={need} (or more) to be able to "
+            "confirm.")
+
+
+_TERMS_VERIFY = ("Terms: gap = sup over ‖x‖₂ ≤ r of ‖f(x) − F(x)‖₂ (f pruned, F target, output units), "
+                 "estimated from below by projected ascent (gap median, quantile) and bounded from above by a "
+                 "proof (certified upper); prune_fraction = share of weights removed; sparsity = the share "
+                 "removed as measured; ε(δ) = the probabilistic bound, claimed to hold with probability "
+                 "≥ 1 − δ; coverage = share of trials with gap ≤ ε(δ), with its Clopper–Pearson interval. "
+                 "Verdict of a grid point: confirmed = the whole interval lies above 1 − δ (the trials show "
+                 "the claim holds); consistent = the interval contains 1 − δ (the trials neither confirm nor "
+                 "refute it); refuted = the whole interval lies below 1 − δ (the trials show it fails). "
+                 "Trials to confirm = the fewest failure-free trials that can confirm at this δ and "
+                 "confidence.")
+
+_TERMS_EXPERIMENT = ("Terms: F = the dense network trained on the data set, f = F pruned (prune_fraction = "
+                     "share of weights removed; sparsity = the share removed as measured); fine-tuned = f "
+                     "retrained with its mask fixed. Accuracy = top-1 accuracy of f on the test set (%). The "
+                     "gap columns concern sup over ‖x‖₂ ≤ r of ‖f(x) − F(x)‖₂ (logits), r = the largest ‖x‖₂ "
+                     "of a test image: gap lower = an input found in the ball where the gap is that large "
+                     "(an empirical lower bound); certified upper = a proven upper bound of the sup; mean test "
+                     "gap = the mean of ‖f(x) − F(x)‖₂ over the test images. Each row is the mean over "
+                     "seeds (accuracy with its sample standard deviation). There is no ε(δ) or coverage here: "
+                     "those belong to Monte Carlo runs (probprune verify).")
+
+
+def _terms(data: ReportData) -> str:
+    return _TERMS_EXPERIMENT if data.kind == "experiment" else _TERMS_VERIFY
 
 
 def _status_line(data: ReportData) -> str:
-    exp = "?" if data.n_expected is None else str(data.n_expected)
-    return f"{data.status}: {data.n_done} of {exp} trials stored"
+    if data.n_expected is None:
+        return f"{data.status}: {data.n_done} {data.unit} stored"
+    return f"{data.status}: {data.n_done} of {data.n_expected} {data.unit} stored"
 
 
 def _partial_text(data: ReportData) -> str:
-    return (f"Partial run: only {data.n_done} of {data.n_expected if data.n_expected is not None else '?'} "
-            f"trials are stored. Every number and figure below covers the stored trials only. "
-            f"Resume with: probprune verify --resume DIR, where DIR is the run folder {_folder(data)}")
+    exp = data.n_expected if data.n_expected is not None else "?"
+    again = ("run the same probprune experiment command again (stored settings are skipped)"
+             if data.kind == "experiment" else
+             f"probprune verify --resume DIR, where DIR is the run folder {_folder(data)}")
+    return (f"Partial run: only {data.n_done} of {exp} {data.unit} are stored. Every number and figure below "
+            f"covers the stored {data.unit} only. Resume with: {again}")
 
 
 def _folder(data: ReportData) -> str:
@@ -168,16 +243,33 @@ def _data_uri(fig: FigureResult) -> str:
     return "data:image/png;base64," + base64.b64encode(fig.png.read_bytes()).decode("ascii")
 
 
-def _experiment_rows(figs: Sequence[FigureResult]) -> list[list[str]]:
+_EXPERIMENT_HEAD = ("dataset", "model", "method", "scope", "fine-tuned", "prune_fraction", "sparsity", "seeds",
+                    "accuracy mean (%)", "accuracy sd", "gap lower", "certified upper", "mean test gap",
+                    "radius r")
+
+
+def _mean(vals: Sequence[float | None]) -> float | None:
+    xs = [v for v in vals if v is not None]
+    return sum(xs) / len(xs) if xs else None
+
+
+def _experiment_rows(data: ReportData) -> list[list[str]]:
+    """One row per setting (means over seeds), in the store's key order."""
+    groups: dict[tuple[Any, ...], list[Mapping[str, Any]]] = {}
+    for r in data.experiment:
+        k = (r["dataset"], r["model"], r["method"], r["scope"], r["finetuned"], r["prune_fraction"])
+        groups.setdefault(k, []).append(r)
     rows = []
-    for fig in figs:
-        if fig.name != "accuracy_vs_sparsity":
-            continue
-        for panel in fig.data["panels"]:
-            for ln in panel["lines"]:
-                for x, m, s, n in zip(ln["prune_fraction"], ln["mean"], ln["std"], ln["n_seeds"]):
-                    rows.append([panel["dataset"], panel["model"], ln["method"], ln["scope"],
-                                 "yes" if ln["finetuned"] else "no", f"{x:g}", f"{m:.2f}", f"{s:.2f}", str(n)])
+    for k in sorted(groups, key=lambda k: (k[0], k[1], k[2], k[3], k[4], -1.0 if k[5] is None else k[5])):
+        rs = groups[k]
+        accs = [100.0 * r["test_accuracy"] for r in rs if r.get("test_accuracy") is not None]
+        m = _mean(accs)
+        sd = (sum((a - m) ** 2 for a in accs) / (len(accs) - 1)) ** 0.5 if m is not None and len(accs) > 1 else None
+        rows.append([str(k[0]), str(k[1]), str(k[2]), str(k[3]), "yes" if k[4] else "no", _f(k[5]),
+                     _f(_mean([r.get("sparsity") for r in rs])), str(len(rs)),
+                     "–" if m is None else f"{m:.2f}", "–" if sd is None else f"{sd:.2f}",
+                     _f(_mean([r.get("gap_lower") for r in rs])), _f(_mean([r.get("gap_upper") for r in rs])),
+                     _f(_mean([r.get("mean_test_gap") for r in rs])), _f(_mean([r.get("radius") for r in rs]))])
     return rows
 
 
@@ -194,7 +286,8 @@ def render_html(data: ReportData, figs: Sequence[FigureResult], env: Mapping[str
             only part of the page that is not a function of the run's stored results and the software.
     """
     e = html.escape
-    title = f"probprune report — run {data.config_hash or data.run_dir.name}"
+    what = "experiment on real data" if data.kind == "experiment" else "Monte Carlo verify run"
+    title = f"probprune report — {what} {data.config_hash or data.run_dir.name}"
     out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
            f'<meta http-equiv="Content-Security-Policy" content="{_CSP}">',
            '<meta name="viewport" content="width=device-width, initial-scale=1">',
@@ -204,17 +297,19 @@ def render_html(data: ReportData, figs: Sequence[FigureResult], env: Mapping[str
            f'<p class="muted" id="generated">generated: {e(generated or generated_time())}</p>']
     if data.status == "partial":
         out.append(f'<p class="warn" id="partial-warning">⚠ {e(_partial_text(data))}</p>')
-    out.append('<p class="muted">Terms: gap = sup over ‖x‖₂ ≤ r of ‖f(x) − F(x)‖₂ (f pruned, F target, output '
-               "units); prune_fraction = share of weights removed; sparsity = the share removed as measured; "
-               "ε(δ) = probabilistic bound holding with probability ≥ 1 − δ; coverage = share of trials with "
-               "gap ≤ ε(δ), with its Clopper–Pearson interval; a grid point fails when that interval lies "
-               "below 1 − δ.</p>")
+    out.append(f'<p class="muted" id="terms">{e(_terms(data))}</p>')
     if data.points:
-        n_pass, n_fail, n_none = _counts(data.points)
-        out.append("<h2>Pass / fail per grid point</h2>")
+        c = _counts(data.points)
+        out.append("<h2>Verdict per grid point</h2>")
         delta = "–" if data.delta is None else f"{data.delta:g}"
-        out.append(f'<p>δ = {e(delta)}: <span class="ok">{n_pass} pass</span>, <span class="bad">{n_fail} fail'
-                   f"</span>, {n_none} without a verdict.</p>")
+        conf = _confidence(data)
+        at = "" if conf is None else f", {_pct(conf)} confidence"
+        out.append(f'<p id="verdicts">δ = {e(delta)}{e(at)}: <span class="ok">{c["confirmed"]} confirmed</span>, '
+                   f'<span class="mid">{c["consistent"]} consistent</span>, <span class="bad">{c["refuted"]} '
+                   f"refuted</span>, {c['none']} without a verdict.</p>")
+        only = _can_only_refute(data)
+        if only is not None:
+            out.append(f'<p class="warn" id="can-only-refute">{e(only)}</p>')
         out.append('<table id="points"><thead><tr>' + "".join(
             f'<th class="{"l" if h in ("rule", "level") else ""}">{e(h)}</th>' for h in _POINT_HEAD)
             + "</tr></thead><tbody>")
@@ -222,7 +317,7 @@ def render_html(data: ReportData, figs: Sequence[FigureResult], env: Mapping[str
             cells = _point_cells(i, p)
             cls = _verdict(p)[1]
             out.append("<tr>" + "".join(
-                f'<td class="{"l" if j in (2, 3) else ""}{" " + cls if j == 12 else ""}">{e(c)}</td>'
+                f'<td class="{"l" if j in (2, 3) else ""}{" " + cls if j == _VERDICT_COL else ""}">{e(c)}</td>'
                 for j, c in enumerate(cells)) + "</tr>")
         out.append("</tbody></table>")
     if data.slopes:
@@ -234,12 +329,12 @@ def render_html(data: ReportData, figs: Sequence[FigureResult], env: Mapping[str
             out.append(f'<tr><td class="l">{e(str(s["label"]))}</td><td>{e(_f(s.get("slope")))}</td>'
                        f"<td>{e('–' if th is None else _f(-th))}</td></tr>")
         out.append("</tbody></table>")
-    exp_rows = _experiment_rows(figs)
+    exp_rows = _experiment_rows(data)
     if exp_rows:
-        out.append("<h2>Real data: test accuracy (%) per setting, mean and sd over seeds</h2>")
-        head = ("dataset", "model", "method", "scope", "fine-tuned", "prune_fraction", "accuracy mean", "sd", "seeds")
-        out.append('<table id="experiment"><thead><tr>' + "".join(f"<th>{h}</th>" for h in head)
-                   + "</tr></thead><tbody>")
+        out.append("<h2>Real data: accuracy and gap per setting (means over seeds)</h2>")
+        out.append('<table id="experiment"><thead><tr>' + "".join(
+            f'<th class="{"l" if j < 5 else ""}">{e(h)}</th>' for j, h in enumerate(_EXPERIMENT_HEAD))
+            + "</tr></thead><tbody>")
         for r in exp_rows:
             out.append("<tr>" + "".join(f'<td class="{"l" if j < 5 else ""}">{e(c)}</td>' for j, c in enumerate(r))
                        + "</tr>")
@@ -265,19 +360,24 @@ def render_html(data: ReportData, figs: Sequence[FigureResult], env: Mapping[str
 
 
 def render_summary(data: ReportData, figs: Sequence[FigureResult], env: Mapping[str, str]) -> str:
-    """``summary.md``: status, pass/fail table, slopes and figure files, for pasting into papers or issues."""
-    lines = [f"# probprune run {data.config_hash or data.run_dir.name}", "",
+    """``summary.md``: status, terms, the verdict or experiment table, slopes and figure files (for papers, issues)."""
+    what = "experiment on real data" if data.kind == "experiment" else "Monte Carlo verify run"
+    lines = [f"# probprune {what} {data.config_hash or data.run_dir.name}", "",
              f"- status: **{_status_line(data)}**"]
     if data.status == "partial":
         lines.append(f"- **warning**: {_partial_text(data)}")
-    if data.delta is not None:
-        lines.append(f"- δ = {data.delta:g}")
+    if data.delta is not None and data.kind == "verify":
+        conf = _confidence(data)
+        lines.append(f"- δ = {data.delta:g}" + ("" if conf is None else f", confidence {_pct(conf)}"))
     lines.append(f"- probprune {env.get('probprune', '?')}, torch {env.get('torch', '?')}; "
                  f"machine: {env.get('machine', '?')}")
+    lines += ["", _terms(data)]
     if data.points:
-        n_pass, n_fail, n_none = _counts(data.points)
-        lines += ["", f"## Pass / fail ({n_pass} pass, {n_fail} fail, {n_none} without a verdict)", "",
-                  "| " + " | ".join(_POINT_HEAD) + " |", "|" + "---|" * len(_POINT_HEAD)]
+        lines += ["", f"## Verdict per grid point ({_counts_text(data.points)})", ""]
+        only = _can_only_refute(data)
+        if only is not None:
+            lines += [f"**{only}**", ""]
+        lines += ["| " + " | ".join(_POINT_HEAD) + " |", "|" + "---|" * len(_POINT_HEAD)]
         for i, p in enumerate(data.points):
             lines.append("| " + " | ".join(c.replace("|", "\\|") for c in _point_cells(i, p)) + " |")
     if data.slopes:
@@ -286,11 +386,10 @@ def render_summary(data: ReportData, figs: Sequence[FigureResult], env: Mapping[
         for s in data.slopes:
             th = s.get("theory_exponent")
             lines.append(f"| {s['label']} | {_f(s.get('slope'))} | {'–' if th is None else _f(-th)} |")
-    exp_rows = _experiment_rows(figs)
+    exp_rows = _experiment_rows(data)
     if exp_rows:
-        lines += ["", "## Real data: test accuracy (%)", "",
-                  "| dataset | model | method | scope | fine-tuned | prune_fraction | mean | sd | seeds |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+        lines += ["", "## Real data: accuracy and gap per setting (means over seeds)", "",
+                  "| " + " | ".join(_EXPERIMENT_HEAD) + " |", "|" + "---|" * len(_EXPERIMENT_HEAD)]
         lines += ["| " + " | ".join(r) + " |" for r in exp_rows]
     if figs:
         lines += ["", "## Figures", ""]

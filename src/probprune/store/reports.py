@@ -26,7 +26,9 @@ from probprune.config import ProbPruneError
 __all__ = [
     "POINT_KEYS",
     "TIMING_FIELDS",
+    "VERDICTS",
     "ReportData",
+    "experiment_expected",
     "load_report_data",
     "normalise_experiment",
     "normalise_point",
@@ -53,11 +55,14 @@ _ALIASES: dict[str, tuple[str, ...]] = {
     "coverage": ("coverage", "cover", "p_hat"),
     "cp_low": ("cp_low", "coverage_low", "ci_low", "cover_low"),
     "cp_high": ("cp_high", "coverage_high", "ci_high", "cover_high"),
-    "passed": ("passed", "pass", "ok", "verdict"),
+    "passed": ("passed", "pass", "ok"),
+    "verdict": ("verdict",),
+    "n_trials_to_confirm": ("n_trials_to_confirm",),
     "tightness": ("tightness", "tightness_ratio", "ratio"),
     "theory_exponent": ("theory_exponent",),  # λ of gap ∝ h^{−λ} (positive; the theory's slope is −λ)
     "sparsity": ("sparsity", "sparsity_median", "measured_sparsity"),
     "delta": ("delta",),
+    "confidence": ("confidence",),
 }
 
 POINT_KEYS: tuple[str, ...] = tuple(_ALIASES)
@@ -91,7 +96,25 @@ def _num(v: Any) -> float | None:
     return f if math.isfinite(f) else None
 
 
-def _verdict(v: Any) -> bool | None:
+#: The three verdicts of a grid point (``store.runs.VERDICT_VALUES``): the Clopper–Pearson interval of the
+#: coverage lies above 1 − δ (*confirmed*), contains it (*consistent*), lies below it (*refuted*).
+VERDICTS: tuple[str, ...] = ("confirmed", "consistent", "refuted")
+
+
+def _three_way(v: Any, passed: bool | None, low: float | None, high: float | None,
+               delta: float | None) -> str | None:
+    """A point's verdict: the stored one; for rows written without one, ``refuted`` where they say failed,
+    else the one their interval implies (``None`` without an interval)."""
+    if isinstance(v, str) and v.strip().lower() in VERDICTS:
+        return v.strip().lower()
+    if passed is False:
+        return "refuted"
+    if passed is True and low is not None and high is not None and delta is not None:
+        return "confirmed" if low > 1.0 - delta else "consistent"
+    return None
+
+
+def _passed(v: Any) -> bool | None:
     if v is None:
         return None
     if isinstance(v, str):
@@ -145,9 +168,14 @@ def normalise_point(row: Mapping[str, Any]) -> dict[str, Any]:
     n = _pick(row, "n_trials")
     out["n_trials"] = int(n) if _num(n) is not None else None
     for k in ("gap_lower_median", "gap_lower_quantile", "gap_upper_median", "rel_gap_lower_median", "eps",
-              "coverage", "cp_low", "cp_high", "tightness", "theory_exponent", "sparsity", "delta"):
+              "coverage", "cp_low", "cp_high", "tightness", "theory_exponent", "sparsity", "delta", "confidence"):
         out[k] = _num(_pick(row, k))
-    out["passed"] = _verdict(_pick(row, "passed"))
+    out["passed"] = _passed(_pick(row, "passed"))
+    out["verdict"] = _three_way(_pick(row, "verdict"), out["passed"], out["cp_low"], out["cp_high"], out["delta"])
+    if out["passed"] is None and out["verdict"] is not None:
+        out["passed"] = out["verdict"] != "refuted"  # passed = not refuted (weaker than confirmed)
+    m = _num(_pick(row, "n_trials_to_confirm"))
+    out["n_trials_to_confirm"] = int(m) if m is not None else None
     out["label"] = series_label(out["method"], out["scope"], out["rescale"])
     return out
 
@@ -198,11 +226,38 @@ def normalise_experiment(row: Mapping[str, Any]) -> dict[str, Any]:
         "finetuned": bool(row.get("finetuned") or False),
         "seed": row.get("seed"),
         "test_accuracy": acc,
+        "dense_accuracy": _num(row.get("dense_accuracy")),
         "gap_upper": _num(row.get("gap_upper")),
         "gap_lower": _num(row.get("gap_lower")),
         "mean_test_gap": _num(row.get("mean_test_gap")),
+        "max_test_gap": _num(row.get("max_test_gap")),
         "radius": _num(row.get("radius")),
+        "sparsity": _num(row.get("sparsity")),
     }
+
+
+def experiment_expected(config: Mapping[str, Any]) -> int | None:
+    """Settings an experiment config asks for: models × seeds × prune_fractions × methods × scopes × (1 or 2).
+
+    The second factor 2 is the fine-tuned copy of every setting (``finetune_epochs > 0``); the product
+    mirrors ``runner.experiment.ExperimentSpec.n_settings`` (the store cannot import the runner).
+    ``None`` when the stored config lacks one of the lists.
+
+    >>> experiment_expected({"models": ["a", "b"], "seeds": [0], "prune_fractions": [0, .5, .9],
+    ...                      "methods": ["random", "magnitude"], "scopes": ["layerwise", "global"],
+    ...                      "finetune_epochs": 0.1})
+    48
+    """
+    n = 1
+    for key in ("models", "seeds", "prune_fractions", "methods", "scopes"):
+        v = config.get(key)
+        if not isinstance(v, (list, tuple)):
+            return None
+        n *= len(v)
+    ft = _num(config.get("finetune_epochs"))
+    if ft is None:
+        return None
+    return n * (2 if ft > 0 else 1)
 
 
 @dataclass(frozen=True)
@@ -213,8 +268,9 @@ class ReportData:
         run_dir: the run folder.
         config: the stored config as plain JSON data (``config.json``).
         config_hash: the run's hash (folder name) or ``None``.
-        status: ``complete`` or ``partial`` (trials still missing).
-        n_done, n_expected: trials written / trials the config asks for (``None`` if unknown).
+        status: ``complete`` or ``partial`` (trials / settings still missing).
+        n_done, n_expected: what is stored / what the config asks for (``None`` if unknown): trials of a
+            Monte Carlo run, settings of a real-data experiment (see :attr:`kind`).
         delta: failure probability δ of the probabilistic bound (``None`` if none).
         points, trials, slopes: Monte Carlo results (normalised, see ``normalise_*``).
         experiment: real-data rows (normalised).
@@ -235,6 +291,18 @@ class ReportData:
     experiment: list[dict[str, Any]] = field(default_factory=list)
     versions: dict[str, list[str]] = field(default_factory=dict)
     meta: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def kind(self) -> Literal["verify", "experiment"]:
+        """Which run this is: a Monte Carlo check (``verify``) or a real-data experiment (``experiment``)."""
+        if self.config.get("kind") == "experiment" or (self.experiment and not (self.points or self.trials)):
+            return "experiment"
+        return "verify"
+
+    @property
+    def unit(self) -> str:
+        """What :attr:`n_done` counts: ``trials`` or ``settings``."""
+        return "settings" if self.kind == "experiment" else "trials"
 
     @property
     def empty(self) -> bool:
@@ -341,6 +409,10 @@ def load_report_data(run_dir: str | Path) -> ReportData:
     status = str(_get(info, "status") or "complete")
     n_done = _get(info, "n_done")
     n_expected = _get(info, "n_expected")
+    if is_experiment:
+        # an experiment stores one row per setting: count those against the settings its config asks for
+        n_done, n_expected = len(experiment), experiment_expected(cfg)
+        status = "partial" if n_expected is not None and n_done < n_expected else "complete"
     delta = None
     bound = cfg.get("bound")
     if isinstance(bound, Mapping):
