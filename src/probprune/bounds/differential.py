@@ -59,11 +59,17 @@ passes in the user's dtype:
 * Relaxation lines are made valid after rounding: slopes of chords rounded up, intercepts moved
   outwards by ``4u(|p| z_max + |q| δ_max + |r|)`` (the rounding of a line's coefficients changes
   its value on the box by less than that).
-* Forward rounding of the user's nets (dtype with unit roundoff u_d, η its smallest subnormal):
-  elementwise, ``E_0 = 0`` and ``E_k = |W_k| E_{k−1} + γ_{n+1}(u_d)(|W_k|(h_max + E_{k−1}) + |b_k|)
-  + (n + 1)η`` (relu and identity are exact and 1-Lipschitz), with ``h_max`` from the intervals;
-  the output intervals of ``fl(f) − fl(F)`` are widened by ``E_f + E_F``; the norm is scaled by
-  ``(1 + γ_{m+3}(u_d))(1 + γ_{m+3}(u))`` as in :mod:`probprune.bounds.certified`.
+* Forward rounding of the user's nets (dtype with unit roundoff u_d, η its smallest subnormal) is
+  modelled *inside* the propagation: the computed pre-activations are
+  ``fl(z_k) = W_k fl(h_{k−1}) + b_k + ρ_k`` with ``|ρ_k| ≤ γ_{n+1}(u_d)(|W_k| h_max + |b_k|) + (n + 1)η``
+  elementwise (the standard dot-product error bound, any order, FMA or not; relu and identity are
+  exact), ``h_max`` the bound on ``|fl(h_{k−1})|`` from the (computed-net) intervals, the input taken
+  as given in the dtype. Every interval and relaxation is of the *computed* nets; back-substitution
+  meets ``λ_zᵀρ + λ_δᵀ(ρ̃ − ρ)`` at each layer and adds ``|λ_z − λ_δ|ᵀρ_max + |λ_δ|ᵀρ̃_max`` to the slack
+  — the rounding is propagated through the signed relaxation, not through ``|W|`` (far tighter than
+  a layerwise ``|W| E`` recursion). ρ = 0 is allowed, so the exact-arithmetic nets are covered too.
+  The norm is scaled by ``(1 + γ_{m+3}(u_d))(1 + γ_{m+3}(u))`` (the user's subtraction and norm, and
+  ours) as in :mod:`probprune.bounds.certified`.
 * An absolute ``2⁻⁹⁶⁰`` per rounded step covers underflow. Bitwise identical networks give 0.
 
 Assumed as in :mod:`~probprune.bounds.certified`: IEEE round-to-nearest products (no TF32).
@@ -122,7 +128,6 @@ class DifferentialBound:
             ``forward_dtype`` (module docstring).
         lower, upper: ``[B, m]`` float64: every output difference ``f_j(x) − F_j(x)`` (as computed in
             ``forward_dtype``, and exactly) lies in ``[lower_j, upper_j]`` for every x in the ball.
-        rounding_margin: ``[B, m]``: the forward passes' rounding included in the intervals.
         ball: the ball (its centre replaced by ``centres`` when those were given).
         centres: ``[B, d]`` float64 centres.
         forward_dtype: the dtype whose forward passes are covered.
@@ -132,7 +137,6 @@ class DifferentialBound:
     value: Tensor
     lower: Tensor
     upper: Tensor
-    rounding_margin: Tensor
     ball: BallSpec
     centres: Tensor
     forward_dtype: str
@@ -392,8 +396,13 @@ def _relax(l: Tensor, u: Tensor, dl: Tensor, du: Tensor, tl: Tensor, tu: Tensor,
     return _Relax((lam, zero), (s, t), (pl, ql, rl), (pu, qu, ru), zmax, dmax, hmax, dhmax)
 
 
-def _backsub(lz: Tensor, ld: Tensor, k: int, pair: _Pair, relax: list[_Relax], reg: _Region) -> Tensor:
-    """Certified lower value over the ball of ``lzᵀ z_k + ldᵀ δ_k`` (``[B, m, n_k]`` each) → ``[B, m]``."""
+def _backsub(lz: Tensor, ld: Tensor, k: int, pair: _Pair, relax: list[_Relax], reg: _Region,
+             rho: list[tuple[Tensor, Tensor]]) -> Tensor:
+    """Certified lower value over the ball of ``lzᵀ z_k + ldᵀ δ_k`` (``[B, m, n_k]`` each) → ``[B, m]``.
+
+    ``z``, ``z̃`` are the pre-activations *as computed* in the forward dtype: ``z_j = W_j h_{j−1} + b_j + ρ_j``
+    with ``|ρ_j| ≤ rho[j][0]`` (target) and ``|ρ̃_j| ≤ rho[j][1]`` (pruned); ρ = 0 is exact arithmetic.
+    """
     bsz, m = lz.shape[0], lz.shape[1]
     c = torch.zeros(bsz, m, dtype=torch.float64, device=lz.device)
     s = torch.zeros_like(c)
@@ -401,6 +410,11 @@ def _backsub(lz: Tensor, ld: Tensor, k: int, pair: _Pair, relax: list[_Relax], r
         w, wt, dd, de = pair.w[j], pair.wt[j], pair.d[j], pair.d_err[j]
         n_in = w.shape[1]
         g = _g2(2 * w.shape[0] + 2)
+        # the forward passes' rounding: lzᵀρ + ldᵀ(ρ̃ − ρ) = (lz − ld)ᵀρ + ldᵀρ̃, at most in absolute value
+        rt, rp = rho[j]
+        s_rho = (((lz - ld).abs() * rt.unsqueeze(1)).sum(-1) * (1.0 + 2.0 * _U)
+                 + (ld.abs() * rp.unsqueeze(1)).sum(-1)) * (1.0 + _g2(w.shape[0] + 2))
+        s = s + s_rho
         a = lz @ w - ld @ dd
         gg = ld @ wt
         cc = (lz @ pair.b[j].unsqueeze(-1) + ld @ pair.db[j].unsqueeze(-1)).squeeze(-1)
@@ -450,10 +464,20 @@ def _backsub(lz: Tensor, ld: Tensor, k: int, pair: _Pair, relax: list[_Relax], r
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _propagate(pair: _Pair, reg: _Region) -> tuple[list[_Relax], list[tuple[Tensor, ...]]]:
-    """Intervals ``(l, u, δ_l, δ_u, l̃, ũ)`` of every layer (``[B, n_k]`` each) and the hidden relaxations."""
+def _rho(w: Tensor, b: Tensor, hmax: Tensor, dtype: torch.dtype) -> Tensor:
+    """``[B, n]`` bound on a layer's forward rounding ``|fl(W h + b) − (W h + b)|`` in ``dtype``, ``|h| ≤ hmax``."""
+    n = w.shape[1]
+    u, eta = _UNIT[dtype], _ETA[dtype]
+    return (_gamma(n + 1, u) * (hmax @ w.abs().T + b.abs()) + (n + 1) * eta) * (1.0 + _g2(n + 3))
+
+
+def _propagate(pair: _Pair, reg: _Region, dt_t: torch.dtype, dt_p: torch.dtype
+               ) -> tuple[list[_Relax], list[tuple[Tensor, ...]], list[tuple[Tensor, Tensor]]]:
+    """Intervals ``(l, u, δ_l, δ_u, l̃, ũ)`` of every layer (``[B, n_k]`` each), hidden relaxations, rounding."""
     relax: list[_Relax] = []
     bounds: list[tuple[Tensor, ...]] = []
+    rho: list[tuple[Tensor, Tensor]] = []
+    xmax = torch.maximum(reg.lo.abs(), reg.hi.abs())
     bsz = reg.centres.shape[0]
     ninf = torch.tensor(-math.inf, dtype=torch.float64, device=reg.centres.device)
     pinf = torch.tensor(math.inf, dtype=torch.float64, device=reg.centres.device)
@@ -463,7 +487,15 @@ def _propagate(pair: _Pair, reg: _Region) -> tuple[list[_Relax], list[tuple[Tens
         zero = torch.zeros_like(eye)
         lz = torch.cat([eye, -eye, zero, zero, eye, -eye]).expand(bsz, 6 * n, n)
         ld = torch.cat([zero, zero, eye, -eye, eye, -eye]).expand(bsz, 6 * n, n)
-        low = _backsub(lz, ld, k, pair, relax, reg)
+        if k == 0:
+            h_t = h_p = xmax  # the input is taken as given in the dtype
+        else:
+            pl_, pu_, _, _, ptl, ptu = bounds[-1]
+            relu_prev = pair.relu[k - 1]
+            h_t = pu_.clamp_min(0) if relu_prev else torch.maximum(pl_.abs(), pu_.abs())
+            h_p = ptu.clamp_min(0) if relu_prev else torch.maximum(ptl.abs(), ptu.abs())
+        rho.append((_rho(pair.w[k], pair.b[k], h_t, dt_t), _rho(pair.wt[k], pair.bt[k], h_p, dt_p)))
+        low = _backsub(lz, ld, k, pair, relax, reg, rho)
         l, u = low[:, :n], -low[:, n:2 * n]
         dl, du = low[:, 2 * n:3 * n], -low[:, 3 * n:4 * n]
         tl, tu = low[:, 4 * n:5 * n], -low[:, 5 * n:]
@@ -474,20 +506,7 @@ def _propagate(pair: _Pair, reg: _Region) -> tuple[list[_Relax], list[tuple[Tens
         bounds.append((l, u, dl, du, tl, tu))
         if k < len(pair.w) - 1:
             relax.append(_relax(l, u, dl, du, tl, tu, pair.relu[k]))
-    return relax, bounds
-
-
-def _forward_error(ws: tuple[Tensor, ...], bs: tuple[Tensor, ...], hmax: list[Tensor],
-                   dtype: torch.dtype) -> Tensor:
-    """Elementwise bound ``[B, m]`` on ``|fl(N(x)) − N(x)|`` over the ball (module docstring)."""
-    u, eta = _UNIT[dtype], _ETA[dtype]
-    e = torch.zeros_like(hmax[0])
-    for k, (w, b) in enumerate(zip(ws, bs)):
-        n = w.shape[1]
-        gam = _gamma(n + 1, u)
-        aw = w.abs()
-        e = (e @ aw.T + gam * ((hmax[k] + e) @ aw.T + b.abs()) + (n + 1) * eta) * (1.0 + _g2(n + 3))
-    return e
+    return relax, bounds, rho
 
 
 def _identical(target: Net, pruned: Net) -> bool:
@@ -513,23 +532,15 @@ class _Analysis:
     pair: _Pair
     relax: list[_Relax]
     bounds: list[tuple[Tensor, ...]]
-    err_t: Tensor
-    err_p: Tensor
+    rho: list[tuple[Tensor, Tensor]]
 
 
 def _analyse(target: Net, pruned: Net, ball: BallSpec, centres: Tensor | None,
              forward_dtype: torch.dtype | None) -> _Analysis:
     pair = _prepare(target, pruned)
     reg = _region(ball, centres, pair.w[0].shape[1], pair.w[0].device)
-    relax, bounds = _propagate(pair, reg)
-    xmax = torch.maximum(reg.lo.abs(), reg.hi.abs())
-    h_t = [xmax] + [b[1].clamp_min(0) if pair.relu[k] else torch.maximum(b[0].abs(), b[1].abs())
-                    for k, b in enumerate(bounds[:-1])]
-    h_p = [xmax] + [b[5].clamp_min(0) if pair.relu[k] else torch.maximum(b[4].abs(), b[5].abs())
-                    for k, b in enumerate(bounds[:-1])]
-    err_t = _forward_error(pair.w, pair.b, h_t, _dtype(target, forward_dtype))
-    err_p = _forward_error(pair.wt, pair.bt, h_p, _dtype(pruned, forward_dtype))
-    return _Analysis(reg, pair, relax, bounds, err_t, err_p)
+    relax, bounds, rho = _propagate(pair, reg, _dtype(target, forward_dtype), _dtype(pruned, forward_dtype))
+    return _Analysis(reg, pair, relax, bounds, rho)
 
 
 def _assumptions(ball: BallSpec, dt: str) -> tuple[str, ...]:
@@ -574,24 +585,21 @@ def differential_bound(target: Net, pruned: Net, ball: BallSpec, *, centres: Ten
     bsz = reg0.centres.shape[0]
     if _identical(target, pruned):
         z = torch.zeros(bsz, m, dtype=torch.float64, device=reg0.centres.device)
-        return DifferentialBound(z[:, 0], z, z.clone(), z.clone(), ball, reg0.centres, dt_name,
+        return DifferentialBound(z[:, 0], z, z.clone(), ball, reg0.centres, dt_name,
                                  (*_assumptions(ball, dt_name), "the networks are bitwise identical: gap 0"))
-    los, his, margins = [], [], []
+    los, his = [], []
     for start in range(0, bsz, batch_size):
         an = _analyse(target, pruned, ball, reg0.centres[start:start + batch_size], forward_dtype)
-        _, _, dl, du, _, _ = an.bounds[-1]
-        marg = (an.err_t + an.err_p) * (1.0 + 4.0 * _U)
-        ninf = torch.tensor(-math.inf, dtype=torch.float64, device=dl.device)
-        los.append(torch.nextafter(dl - marg, ninf))
-        his.append(torch.nextafter(du + marg, -ninf))
-        margins.append(marg)
-    lo, hi, marg = torch.cat(los), torch.cat(his), torch.cat(margins)
+        _, _, dl, du, _, _ = an.bounds[-1]  # of the computed outputs' difference (rounding inside)
+        los.append(dl)
+        his.append(du)
+    lo, hi = torch.cat(los), torch.cat(his)
     sq = torch.maximum(lo * lo, hi * hi).sum(-1)
     u_d = max(_UNIT[dt], _UNIT[dt_p])
     value = sq.sqrt() * ((1.0 + _gamma(m + 3, u_d)) * (1.0 + _g2(m + 3))) + _TINY
     if not bool(torch.isfinite(value).all()):
         raise ProbPruneError("differential bound: overflows float64; refused")
-    return DifferentialBound(value, lo, hi, marg, ball, reg0.centres, dt_name, _assumptions(ball, dt_name))
+    return DifferentialBound(value, lo, hi, ball, reg0.centres, dt_name, _assumptions(ball, dt_name))
 
 
 # ---------------------------------------------------------------------------------------- lower side
@@ -761,11 +769,8 @@ def certified_agreement(target: Net, pruned: Net, ball: BallSpec, *, centres: Te
         both = torch.cat([rows, rows], 1)
         lz = both
         ld = torch.cat([torch.zeros_like(rows), rows], 1)
-        low = _backsub(lz, ld, k, an.pair, an.relax, an.reg)
-        err_t = an.err_t.gather(1, c.unsqueeze(1)) + an.err_t
-        err_p = an.err_p.gather(1, c.unsqueeze(1)) + an.err_p
-        lt = _down(low[:, :m], err_t * (1.0 + 4.0 * _U))
-        lp = _down(low[:, m:], err_p * (1.0 + 4.0 * _U))
+        low = _backsub(lz, ld, k, an.pair, an.relax, an.reg, an.rho)  # computed logits: rounding inside
+        lt, lp = low[:, :m], low[:, m:]
         not_c = eye[c] == 0
         inf = torch.full_like(lt, math.inf)
         mt_all.append(torch.where(not_c, lt, inf).amin(-1))
