@@ -9,6 +9,8 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import probprune
 from probprune.config import ConvSpec, NetSpec, ProbPruneError
@@ -573,3 +575,32 @@ def test_pad_of_zeros_is_the_identity_and_padding_is_refused(tmp_path: Path, ops
     with pytest.raises(ProbPruneError, match=r"node 'pad' \(Pad\): pads=\[0, 0, 1, 1, 0, 0, 1, 1\].*only a Pad that "
                                              r"pads nothing"):
         load_onnx(model([0, 0, 1, 1, 0, 0, 1, 1], "pad.onnx"))
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_random_nets_round_trip_exactly(tmp_path: Path, data: st.DataObject) -> None:
+    act = data.draw(st.sampled_from(["relu", "leaky_relu", "tanh", "sigmoid", "identity"]))
+    bias = data.draw(st.booleans())
+    if data.draw(st.booleans()):
+        spec = NetSpec(widths=tuple(data.draw(st.lists(st.integers(1, 9), min_size=2, max_size=5))),
+                       activation=act, negative_slope=0.25, bias=bias)  # type: ignore[arg-type]
+    else:
+        k = data.draw(st.sampled_from([1, 3]))
+        convs = (ConvSpec(data.draw(st.integers(1, 4)), k, data.draw(st.integers(1, 2)),
+                          data.draw(st.integers(0, 1)), pool=data.draw(st.sampled_from([1, 2]))),)
+        spec = NetSpec(kind="cnn", input_shape=(data.draw(st.integers(1, 3)), 8, 8), convs=convs,
+                       widths=(data.draw(st.integers(1, 5)),), activation=act, negative_slope=0.25,  # type: ignore[arg-type]
+                       bias=bias)
+    net = _rand_net(spec, seed=data.draw(st.integers(0, 1000)))
+    p = save_onnx(net, tmp_path / "r.onnx")
+    shape = (spec.input_dim,) if spec.kind == "fcn" else spec.input_shape
+    x = _inputs(shape, n=8)  # type: ignore[arg-type]
+    np.testing.assert_allclose(_ort(p, x), net(torch.from_numpy(x)).detach().numpy(), rtol=1e-5, atol=1e-6)
+    back = load_onnx(p)
+    if len(net.layers) == 1:  # no hidden layer: the activation is never applied, and reads back as the identity
+        spec = dataclasses.replace(spec, activation="identity", negative_slope=0.01)
+    elif act != "leaky_relu":
+        spec = dataclasses.replace(spec, negative_slope=0.01)  # the slope only means something for leaky_relu
+    assert back.spec == spec  # slope 0.25 is a float32 exactly
+    assert all(torch.equal(a, b) for a, b in zip(back.state_dict().values(), net.state_dict().values()))

@@ -610,12 +610,6 @@ def _build(items: Sequence[_Item], in_shape: tuple[int, ...], dtype: torch.dtype
 # ---------------------------------------------------------------------- float64 reference evaluation
 
 
-def _sliding(x: np.ndarray, k: int, s: int) -> np.ndarray:
-    """``[N, C, H', W', k, k]`` windows of ``x`` (``[N, C, H, W]``) with stride ``s``."""
-    win = np.lib.stride_tricks.sliding_window_view(x, (k, k), axis=(2, 3))
-    return win[:, :, ::s, ::s]
-
-
 def _eval_node(node: NodeProto, x: np.ndarray, consts: Mapping[str, np.ndarray]) -> np.ndarray:
     """One ONNX node in float64 numpy, from the operator definition."""
     a = _attrs(node)
@@ -642,15 +636,15 @@ def _eval_node(node: NodeProto, x: np.ndarray, consts: Mapping[str, np.ndarray])
         return (x - mean) / np.sqrt(var + float(a.get("epsilon", 1e-5))) * scale + bias
     if op == "Conv":
         w = cast(np.ndarray, c(1))
+        if int(a.get("group", 1)) != 1 or any(int(d) != 1 for d in a.get("dilations", [1, 1])):
+            raise _fail(f"{_label(node)}: no float64 reference for grouped or dilated convolutions")  # pragma: no cover
         pads = list(a.get("pads", [0, 0, 0, 0])) if a.get("auto_pad", "NOTSET") == "NOTSET" else [0, 0, 0, 0]
         s = list(a.get("strides", [1, 1]))
-        k = w.shape[2]
         xp = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
         win = np.lib.stride_tricks.sliding_window_view(xp, (w.shape[2], w.shape[3]), axis=(2, 3))
         win = win[:, :, ::s[0], ::s[1]]
         y = np.einsum("nchwij,ocij->nohw", win, w, optimize=True)
         b = c(2)
-        del k
         return y if b is None else y + b.reshape(1, -1, 1, 1)
     if op == "Relu":
         return np.maximum(x, 0.0)
