@@ -804,3 +804,21 @@ def test_subprocess_entry_point(argv: list[str], fragment: str, tmp_path: Path) 
     assert_one_error_line(res.returncode, res.stderr, fragment, argv)
     assert res.stdout == ""
     assert sorted(os.listdir(tmp_path)) == []
+
+
+def test_report_checks_both_outputs_first(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """``summary.md`` that cannot be written (here: a folder) stops ``report`` before ``report.html`` is written."""
+    from test_report_html import make_run
+
+    run, _ = make_run(tmp_path)
+    (run / "summary.md").mkdir()
+    code, _, err = run_in(tmp_path, ["report", str(run)], capsys)
+    assert_one_error_line(code, err, "summary.*directory", "report")
+    assert not (run / "report.html").exists()
+
+
+def test_data_folder_checked_before_any_source_is_read(files: dict[str, str], capsys: pytest.CaptureFixture[str],
+                                                       tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PROBPRUNE_DATA", files["file"])  # a file, not a folder
+    code, _, err = run_in(tmp_path, expand(["data", "prepare", "mnist", "--from", "{idx_bomb}"], files), capsys)
+    assert_one_error_line(code, err, "data folder.*not a directory", "data")

@@ -10,6 +10,7 @@ from rich.table import Table
 from probprune.cli.app import app, console, emit_json, err_console
 from probprune.config import ProbPruneError
 from probprune.runner.dataprep import data_info, prepare_dataset
+from probprune.runner.prune import check_output_dir
 
 data_app = typer.Typer(
     name="data",
@@ -42,6 +43,7 @@ def prepare_cmd(
         console.print(f"[bold]dataset[/bold]: {dataset}  [bold]source[/bold]: {source}  [bold]output[/bold]: {dest}")
     if dry_run:
         return
+    check_output_dir("data folder", dest)  # writable before any source is read
     res = prepare_dataset(dataset, from_dir, force=force,
                           log=None if as_json else (lambda m: err_console.print(m, markup=False)))
     if as_json:

@@ -9,6 +9,7 @@ import typer
 
 from probprune.cli.app import VerboseOpt, app, console, emit_json, err_console, print_header
 from probprune.report import write_report
+from probprune.runner.prune import check_output_paths
 from probprune.store.reports import load_report_data
 
 
@@ -26,6 +27,7 @@ def report_cmd(
     if dry_run:
         return
     data = load_report_data(run_dir)
+    check_output_paths({"report": out, "summary": Path(run_dir) / "summary.md"})  # before anything is written
     path = write_report(data)
     doc = {"report": str(path), "summary": str(path.parent / "summary.md"), "status": data.status,
            "n_done": data.n_done, "n_expected": data.n_expected,
