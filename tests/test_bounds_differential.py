@@ -232,6 +232,19 @@ def test_gap_search_witness_lies_in_the_ball() -> None:
         assert float(g64[0]) == pytest.approx(float(w.value[0]), rel=1e-12)
 
 
+def test_gap_search_uses_given_starts() -> None:
+    """With no random starts and no steps, the result is the best given start (projected into the ball)."""
+    target, pruned = _net_pair(8, (3, 6, 2), True, "relu", 0.5)
+    ball = BallSpec(radius=1.0)
+    starts = torch.tensor([[0.0, 0.0, 0.0], [0.6, 0.0, 0.8], [3.0, 4.0, 0.0]], dtype=torch.float64)
+    w = gap_search(target, pruned, ball, torch.Generator().manual_seed(0), n_restarts=0, n_steps=0, starts=starts)
+    proj = torch.stack([starts[0], starts[1] * (1 - 1e-12), starts[2] / 5 * (1 - 1e-12)])
+    g64, _, _ = _gaps(target, pruned, proj)
+    assert float(w.value[0]) == pytest.approx(float(g64.max()), rel=1e-9)
+    with pytest.raises(ProbPruneError, match="starts"):
+        gap_search(target, pruned, ball, torch.Generator(), starts=torch.zeros(2, 4))
+
+
 # ------------------------------------------------------------------------------------------ agreement
 
 

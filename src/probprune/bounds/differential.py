@@ -650,11 +650,14 @@ def _start_points(reg: _Region, n_restarts: int, generator: torch.Generator) -> 
 
 
 def _ascend(objective: Callable[[Tensor], Tensor], reg: _Region, n_restarts: int, n_steps: int, step: float,
-            generator: torch.Generator) -> tuple[Tensor, Tensor]:
+            generator: torch.Generator, starts: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Projected Adam ascent on ``objective(x [R, B, d]) → [R, B]``; best feasible value and point per ball."""
     fn = objective
     shrink = 1.0 - 1e-12
-    x = _project(_start_points(reg, n_restarts, generator), reg, shrink)
+    x0 = _start_points(reg, n_restarts, generator)
+    if starts is not None:
+        x0 = torch.cat([x0, starts.to(x0).unsqueeze(1).expand(-1, x0.shape[1], -1)])
+    x = _project(x0, reg, shrink)
     best_v = torch.full(reg.centres.shape[:1], -math.inf, dtype=torch.float64, device=x.device)
     best_x = reg.centres.clone()
     m1 = torch.zeros_like(x)
@@ -686,7 +689,7 @@ def _ascend(objective: Callable[[Tensor], Tensor], reg: _Region, n_restarts: int
 
 def gap_search(target: Net, pruned: Net, ball: BallSpec, generator: torch.Generator, *,
                centres: Tensor | None = None, n_restarts: int = 8, n_steps: int = 100,
-               step: float = 0.25) -> GapWitness:
+               step: float = 0.25, starts: Tensor | None = None) -> GapWitness:
     """Lower bound on the gap over the ball by projected Adam ascent (float64), with the witnesses.
 
     Starts: the centre and ``n_restarts`` random points (uniform in the ℓ∞ box, on the ℓ2 sphere),
@@ -698,12 +701,18 @@ def gap_search(target: Net, pruned: Net, ball: BallSpec, generator: torch.Genera
         ball: the ball; ``centres`` ``[B, d]`` overrides its centre (vectorised).
         generator: randomness of the starts.
         n_restarts, n_steps: budget. step: initial step as a fraction of the radius.
+        starts: ``[S, d]`` extra starting points (e.g. data points, or a previous best), projected
+            into each ball first.
     """
     pair = _prepare(target, pruned)
     for name, v in (("n_restarts", n_restarts), ("n_steps", n_steps)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 0:
             raise ProbPruneError(f"{name}={v!r}: must be an integer >= 0")
     reg = _region(ball, centres, pair.w[0].shape[1], pair.w[0].device)
+    if starts is not None and (not isinstance(starts, Tensor) or starts.dim() != 2
+                               or starts.shape[1] != reg.centres.shape[1]):
+        shape = tuple(starts.shape) if isinstance(starts, Tensor) else type(starts).__name__
+        raise ProbPruneError(f"starts: shape {shape}, expected [S, {reg.centres.shape[1]}]")
     t64, p64 = target.to(dtype=torch.float64), pruned.to(dtype=torch.float64)
 
     def obj(x: Tensor) -> Tensor:
@@ -711,7 +720,7 @@ def gap_search(target: Net, pruned: Net, ball: BallSpec, generator: torch.Genera
         diff = cast(Tensor, p64(flat)) - cast(Tensor, t64(flat))
         return (diff * diff).sum(-1).reshape(x.shape[:-1])  # squared: smooth where f = F
 
-    _, xb = _ascend(obj, reg, n_restarts, n_steps, step, generator)
+    _, xb = _ascend(obj, reg, n_restarts, n_steps, step, generator, starts)
     with torch.no_grad():
         val = obj(xb.unsqueeze(0))[0].sqrt()
     return GapWitness(value=val.detach(), x=xb.detach())
