@@ -866,6 +866,14 @@ def save_onnx(net: Net, path: str | os.PathLike[str], input_name: str = "input",
     Raises:
         ProbPruneError: for an ensemble, non-finite weights, circular padding, a bad shape, names or opset,
             or a path that cannot be written.
+
+
+    >>> import pathlib, tempfile
+    >>> net = Net.from_weights(NetSpec(widths=(3, 4, 2)), [torch.ones(4, 3), -torch.ones(2, 4)])
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     back = load_onnx(save_onnx(net, pathlib.Path(d) / "net.onnx"))
+    >>> back.spec == net.spec and all(torch.equal(a, b) for a, b in zip(back.weights, net.weights))
+    True
     """
     import onnx
     from onnx import TensorProto, helper, numpy_helper
