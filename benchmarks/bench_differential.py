@@ -1,0 +1,202 @@
+"""Differential bound vs the layerwise bound vs projected-gradient lower bound on mnist-net_256x2.
+
+Usage: ``.venv/bin/python benchmarks/bench_differential.py [--n-images 100] [--radii 0.01,0.03]``
+
+Network: ``../shared/models/vnncomp2021/mnist-net_256x2.onnx`` (784-256-256-10, ReLU, biases; Gemm weights
+read with the ``onnx`` package), pruned 50 % and 90 % by global magnitude. Balls:
+
+* global: ℓ2 radius 1 around 0 (the paper's ball);
+* local: ℓ∞ radius r ∩ box [0, 1] around the first N MNIST test images (pixels / 255).
+
+For local balls the layerwise bound (``certified_gap_bound``) is taken at the ℓ2 ball around 0 of radius
+``max_i ‖c_i‖₂ + r·√784``, which contains every local ball (it has no centre or ℓ∞ form). Certified
+agreement: ``certified_agreement`` (margins of both nets by back-substitution, then an attack); empirical
+agreement: share of images where that attack found no disagreement; accuracy of both nets on the N images.
+Prints a markdown table. Float32 nets; every certified number covers their float32 forward passes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import cast
+
+import torch
+from torch import Tensor
+
+from probprune.bounds import certified_agreement, certified_gap_bound, differential_bound, gap_search
+from probprune.config import BallSpec, NetSpec
+from probprune.data import load_dataset
+from probprune.masks import prune
+from probprune.nets import Net
+
+MODEL = Path(__file__).resolve().parents[2] / "shared" / "models" / "vnncomp2021" / "mnist-net_256x2.onnx"
+
+
+def load_mnist_256x2(path: Path = MODEL) -> Net:
+    """The VNN-COMP MNIST MLP as a ``Net`` (Flatten, Gemm(transB=1), Relu, …: weights taken as stored)."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    ops = [n.op_type for n in model.graph.node]
+    if ops != ["Flatten", "Gemm", "Relu", "Gemm", "Relu", "Gemm"]:
+        raise SystemExit(f"unexpected graph {ops}")
+    for n in model.graph.node:
+        if n.op_type == "Gemm":
+            attrs = {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
+            if attrs.get("transB") != 1 or attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0:
+                raise SystemExit(f"unexpected Gemm attributes {attrs}")
+    init = {t.name: torch.from_numpy(numpy_helper.to_array(t).copy()) for t in model.graph.initializer}
+    spec = NetSpec(widths=(784, 256, 256, 10), bias=True)
+    return Net.from_weights(spec, [init[f"layers.{i}.weight"] for i in (0, 2, 4)],
+                            [init[f"layers.{i}.bias"] for i in (0, 2, 4)])
+
+
+def crown_merged(target: Net, pruned: Net, centres: Tensor, radius: float, norm: str,
+                 box: tuple[float, float] | None) -> Tensor:
+    """Baseline: plain CROWN on the merged net ``x ↦ f(x) − F(x)`` (float64, no rounding margins).
+
+    The merged net stacks F and f side by side (block-diagonal hidden weights), its output layer is
+    ``[−W_l, W̃_l]``; every unstable ReLU of F and of f is relaxed independently (chord above, λz below
+    with λ = 1 if u > −l else 0), bounds back-substituted to the input for every layer. Returns
+    ``[B]`` values ``sqrt(Σ max(lo², hi²))`` of the output intervals. Not float-rigorous (a baseline).
+    """
+    ws, bs = [], []
+    n = len(target.layers)
+    for k, (lt, lp) in enumerate(zip(target.layers, pruned.layers)):
+        w, wt = lt.weight.double(), lp.weight.double()
+        b = lt.bias.double() if lt.bias is not None else torch.zeros(w.shape[0], dtype=torch.float64)
+        bt = lp.bias.double() if lp.bias is not None else torch.zeros(wt.shape[0], dtype=torch.float64)
+        if k == 0:
+            ws.append(torch.cat([w, wt]))
+            bs.append(torch.cat([b, bt]))
+        elif k < n - 1:
+            ws.append(torch.block_diag(w, wt))
+            bs.append(torch.cat([b, bt]))
+        else:
+            ws.append(torch.cat([-w, wt], dim=1))
+            bs.append(bt - b)
+    c = centres.double()
+    lo, hi = c - radius, c + radius
+    if box is not None:
+        lo, hi = lo.clamp_min(box[0]), hi.clamp_max(box[1])
+
+    def concretise(lam: Tensor, const: Tensor) -> Tensor:  # lower bound of lam·x + const over the ball
+        boxv = (lam.clamp_min(0) @ lo.unsqueeze(-1) + lam.clamp_max(0) @ hi.unsqueeze(-1)).squeeze(-1)
+        if norm == "linf":
+            return boxv + const
+        ballv = (lam @ c.unsqueeze(-1)).squeeze(-1) - radius * lam.norm(dim=-1)
+        return torch.maximum(ballv, boxv) + const
+
+    lines: list[tuple[Tensor, Tensor, Tensor]] = []  # per hidden layer: λ (lower slope), s, t (upper s z + t)
+    bounds = None
+    for k in range(n):
+        m = ws[k].shape[0]
+        eye = torch.eye(m, dtype=torch.float64).expand(c.shape[0], m, m)
+        lam = torch.cat([eye, -eye], 1)
+        const = torch.zeros(lam.shape[:2], dtype=torch.float64)
+        for j in range(k, -1, -1):
+            const = const + lam @ bs[j]
+            lam = lam @ ws[j]
+            if j == 0:
+                break
+            low, s_up, t_up = lines[j - 1]
+            pos, neg = lam.clamp_min(0), lam.clamp_max(0)
+            const = const + (neg * t_up.unsqueeze(1)).sum(-1)
+            lam = pos * low.unsqueeze(1) + neg * s_up.unsqueeze(1)
+        val = concretise(lam, const)
+        l, u = val[:, :m], -val[:, m:]
+        bounds = (l, u)
+        if k < n - 1:
+            unst = (l < 0) & (u > 0)
+            s_ = torch.where(unst, u / (u - l).clamp_min(1e-300), (l >= 0).double())
+            t_ = torch.where(unst, -s_ * l, torch.zeros_like(l))
+            lam_ = torch.where(unst, (u > -l).double(), (l >= 0).double())
+            lines.append((lam_, s_, t_))
+    assert bounds is not None
+    l, u = bounds
+    return torch.maximum(l * l, u * u).sum(-1).sqrt()
+
+
+def _med_max(v: Tensor) -> str:
+    vals = v.tolist()
+    return f"{statistics.median(vals):.4g} / {max(vals):.4g}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n-images", type=int, default=100)
+    ap.add_argument("--radii", default="0.01,0.03")
+    ap.add_argument("--fractions", default="0.5,0.9")
+    ap.add_argument("--batch-size", type=int, default=25)
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    target = load_mnist_256x2()
+    ds = load_dataset("mnist")
+    n = args.n_images
+    x = ds.test_images[:n].reshape(n, -1).double() / 255.0
+    labels = ds.test_labels[:n]
+    print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+          f"torch {torch.__version__}; {n} MNIST test images")
+    rows = ["| prune | ball | layerwise | CROWN merged (med / max) | differential (med / max) | "
+            "PGD lower (med / max) | "
+            "differential ÷ PGD (med / max) | CROWN ÷ PGD (med / max) | layerwise ÷ PGD (med) | "
+            "time diff. / PGD (s) |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
+    agree_rows = ["| prune | ball | certified agreement | empirical agreement | acc. target | acc. pruned | "
+                  "refuted | time (s) |", "|---|---|---|---|---|---|---|---|"]
+    acc_t = float((cast(Tensor, target(x.float())).argmax(-1) == labels).double().mean())
+    for frac in (float(f) for f in args.fractions.split(",")):
+        pruned = cast(Net, prune(target, "magnitude", prune_fraction=frac, scope="global").model)
+        acc_p = float((cast(Tensor, pruned(x.float())).argmax(-1) == labels).double().mean())
+        # global ball
+        ball = BallSpec(radius=1.0)
+        t0 = time.perf_counter()
+        ours = differential_bound(target, pruned, ball).value
+        t1 = time.perf_counter()
+        found = gap_search(target, pruned, ball, torch.Generator().manual_seed(0), n_restarts=32,
+                           n_steps=300, starts=x / x.norm(dim=-1, keepdim=True)).value
+        t2 = time.perf_counter()
+        lw = float(certified_gap_bound(target, pruned, 1.0).value)
+        cr = float(crown_merged(target, pruned, torch.zeros(1, 784, dtype=torch.float64), 1.0, "l2", None)[0])
+        rows.append(f"| {frac:.0%} | l2 1 around 0 | {lw:.4g} | {cr:.4g} | {float(ours[0]):.4g} | "
+                    f"{float(found[0]):.4g} | {float(ours[0] / found[0]):.4g} | {cr / float(found[0]):.4g} | "
+                    f"{lw / float(found[0]):.4g} | {t1 - t0:.2f} / {t2 - t1:.1f} |")
+        print(rows[-1], flush=True)
+        for r in (float(v) for v in args.radii.split(",")):
+            ball = BallSpec(radius=r, norm="linf", box=(0.0, 1.0))
+            t0 = time.perf_counter()
+            ours = differential_bound(target, pruned, ball, centres=x, batch_size=args.batch_size).value
+            t1 = time.perf_counter()
+            found = gap_search(target, pruned, ball, torch.Generator().manual_seed(0), centres=x,
+                               n_restarts=4, n_steps=80).value
+            t2 = time.perf_counter()
+            big = float(x.norm(dim=-1).max()) + r * math.sqrt(784)
+            lw = float(certified_gap_bound(target, pruned, big).value)
+            cr = crown_merged(target, pruned, x, r, "linf", (0.0, 1.0))
+            ratio = ours / found
+            rows.append(f"| {frac:.0%} | linf {r} ∩ [0,1] | {lw:.4g} (l2 {big:.3g} around 0) | {_med_max(cr)} | "
+                        f"{_med_max(ours)} | {_med_max(found)} | {_med_max(ratio)} | {_med_max(cr / found)} | "
+                        f"{lw / statistics.median(found.tolist()):.4g} | {t1 - t0:.1f} / {t2 - t1:.1f} |")
+            print(rows[-1], flush=True)
+            t0 = time.perf_counter()
+            res = certified_agreement(target, pruned, ball, centres=x, batch_size=args.batch_size)
+            t1 = time.perf_counter()
+            cert = res.certified_rate
+            refuted = sum(v == "refuted" for v in res.verdicts) / n
+            agree_rows.append(f"| {frac:.0%} | linf {r} ∩ [0,1] | {cert:.1%} | {1 - refuted:.1%} | {acc_t:.1%} | "
+                              f"{acc_p:.1%} | {refuted:.1%} | {t1 - t0:.1f} |")
+            print(agree_rows[-1], flush=True)
+    print()
+    print("\n".join(rows))
+    print()
+    print("\n".join(agree_rows))
+
+
+if __name__ == "__main__":
+    main()
