@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from probprune.config import ProbPruneError
-from probprune.report import figures
+from probprune.report import figures, make_figures
 from probprune.store.reports import ReportData
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -123,8 +123,19 @@ def test_coverage_plots_cp_bars(tmp_path: Path, data: ReportData) -> None:
     assert res.data["cp_low"] == pytest.approx([p["cp_low"] for p in ordered])
     assert res.data["cp_high"] == pytest.approx([p["cp_high"] for p in ordered])
     assert res.data["passed"] == [p["passed"] for p in ordered]
+    assert res.data["verdict"] == [p["verdict"] for p in ordered] == ["refuted"] * len(ordered)
     assert res.data["level"] == pytest.approx(1 - DELTA)
     assert len(res.data["labels"]) == len(ordered)
+
+
+def test_coverage_colours_each_point_by_its_verdict(tmp_path: Path) -> None:
+    rows = [{"width": 64 * (i + 1), "method": "magnitude", "coverage": c, "coverage_low": lo, "coverage_high": hi,
+             "verdict": v, "delta": 0.05}
+            for i, (c, lo, hi, v) in enumerate(((1.0, 0.96, 1.0, "confirmed"), (1.0, 0.83, 1.0, "consistent"),
+                                                 (0.5, 0.3, 0.7, "refuted")))]
+    res = figures.coverage(ReportData.from_rows("x", points=rows).points, 0.05, tmp_path)
+    assert res.data["verdict"] == ["confirmed", "consistent", "refuted"]
+    assert res.data["colors"] == ["#2ca02c", "#b8860b", "#d62728"]  # green, amber, red
 
 
 def test_gap_distribution_is_the_ecdf_of_the_trials(tmp_path: Path, data: ReportData) -> None:
@@ -171,15 +182,86 @@ def test_gap_vs_prune_fraction_at_fixed_width(tmp_path: Path) -> None:
 
 
 def test_gap_vs_prune_fraction_reads_sparsity_from_trials(tmp_path: Path, data: ReportData) -> None:
-    res = figures.gap_vs_prune_fraction(data.points, data.trials, tmp_path, width=256)
-    series = {s["label"]: s for s in res.data["series"]}
-    n = 12
-    med = float(np.median([0.3 + 0.001 * t for t in range(n)]))
-    assert series["magnitude"]["prune_fraction"] == pytest.approx([med])
-    p = next(p for p in data.points if p["label"] == "magnitude" and p["width"] == 256)
-    assert series["magnitude"]["gap_lower_median"] == pytest.approx([p["gap_lower_median"]])
+    # two magnitude levels at width 256; the summaries carry no sparsity: it comes from the trial rows
+    pts = [{"width": 256, "method": "magnitude", "scope": "layerwise", "rescale": False,
+            "level": {"relative_threshold": rho}, "gap_lower_median": g} for rho, g in ((0.3, 0.01), (0.6, 0.05))]
+    trials = [{"grid_index": i, "trial": t, "width": 256, "method": "magnitude", "scope": "layerwise",
+               "level_name": "relative_threshold", "level_value": rho, "rescale": False, "gap_lower": 0.01,
+               "sparsity": sp + 0.001 * t} for i, (rho, sp) in enumerate(((0.3, 0.24), (0.6, 0.45)))
+              for t in range(12)]
+    d = ReportData.from_rows("x", points=pts, trials=trials)
+    res = figures.gap_vs_prune_fraction(d.points, d.trials, tmp_path)
+    (series,) = res.data["series"]
+    off = float(np.median([0.001 * t for t in range(12)]))
+    assert res.data["width"] == 256
+    assert series["prune_fraction"] == pytest.approx([0.24 + off, 0.45 + off])
+    assert series["gap_lower_median"] == pytest.approx([0.01, 0.05])
     with pytest.raises(ProbPruneError, match="width=999"):
-        figures.gap_vs_prune_fraction(data.points, data.trials, tmp_path, width=999)
+        figures.gap_vs_prune_fraction(d.points, d.trials, tmp_path, width=999)
+
+
+def test_gap_vs_prune_fraction_is_refused_when_the_levels_are_a_schedule(tmp_path: Path) -> None:
+    # the default job: level c·h^-0.5 per width, so at each width one prune_fraction per rule
+    pts = [{"width": w, "method": m, "scope": "layerwise", "rescale": False, "level": {lv: w ** -0.5},
+            "sparsity": w ** -0.5 + (1e-5 if m == "random" else 0.0), "gap_lower_median": 0.1 / w,
+            "gap_lower_quantile": 0.12 / w}
+           for w in (128, 512, 2048) for m, lv in (("magnitude", "relative_threshold"), ("random", "p"))]
+    d = ReportData.from_rows("x", points=pts)
+    with pytest.raises(ProbPruneError, match=r"levels follow a schedule .* at h = 2048 each rule is one point "
+                                             r"\(magnitude: 0\.0220971; random: 0\.0221071\)"):
+        figures.gap_vs_prune_fraction(d.points, [], tmp_path)
+    assert not list(tmp_path.iterdir())  # nothing drawn
+    # the report leaves the figure out and says why
+    made, notes = make_figures(d, tmp_path / "figs")
+    assert "gap_vs_prune_fraction" not in {f.name for f in made} and "gap_vs_width" in {f.name for f in made}
+    assert [n for n in notes if n.startswith("figure 'gap vs prune_fraction' left out: no pruning rule has two "
+                                             "prune_fractions at one width")]
+    # one rule with a single level at a width, without a schedule: refused as well (one dot says nothing)
+    one = ReportData.from_rows("x", points=[{**pts[0], "width": 64}, {**pts[1], "width": 64}])
+    with pytest.raises(ProbPruneError, match="each rule has a single level"):
+        figures.gap_vs_prune_fraction(one.points, [], tmp_path)
+
+
+def _labels_overlap(fig: Any, ax: Any) -> bool:
+    fig.canvas.draw()
+    r = fig.canvas.get_renderer()
+    boxes = sorted((lab.get_window_extent(r) for lab in ax.get_xticklabels(which="both")
+                    if lab.get_visible() and lab.get_text()), key=lambda b: b.x0)
+    return any(a.x1 > b.x0 for a, b in zip(boxes, boxes[1:]))
+
+
+@pytest.mark.parametrize(("lo", "hi"), [(0.0021, 0.0035), (0.0021, 0.09), (0.3, 0.55), (4e-5, 0.9), (0.04, 1.7)])
+def test_log_axis_tick_labels_never_overlap(lo: float, hi: float) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    def panel() -> tuple[Any, Any]:
+        fig = Figure(figsize=(3.6, 2.9), dpi=100, layout="constrained")
+        FigureCanvasAgg(fig)
+        ax = fig.subplots()
+        ax.plot([lo, hi], [0, 1])
+        ax.tick_params(labelsize=7)
+        return fig, ax
+
+    fig, ax = panel()
+    ticks = figures._set_log_x(ax, lo, hi)
+    ax.set_xlim(lo, hi)
+    assert not _labels_overlap(fig, ax)
+    assert 2 <= len(ticks) <= 4 and all(lo <= t <= hi for t in ticks)
+    if (lo, hi) == (0.0021, 0.0035):  # under a decade matplotlib labels the minor ticks (2×10⁻³, 3×10⁻³ …)
+        fig0, ax0 = panel()
+        ax0.set_xscale("log")
+        ax0.set_xlim(lo, hi)
+        assert _labels_overlap(fig0, ax0)  # what the report drew before
+
+
+def test_gap_distribution_panels_use_readable_log_ticks(tmp_path: Path) -> None:
+    trials = [{"width": 2048, "method": "magnitude", "gap_lower": 0.00072 + 0.00001 * t, "eps": 0.024}
+              for t in range(20)]
+    res = figures.gap_distribution(ReportData.from_rows("x", trials=trials).trials, [], 0.05, tmp_path)
+    (panel,) = res.data["panels"]
+    assert panel["log_x"] and 2 <= len(panel["xticks"]) <= 4
+    assert min(panel["xticks"]) >= 0.00072 / 1.15 and max(panel["xticks"]) <= 0.024 * 1.15
 
 
 def test_accuracy_vs_sparsity_mean_and_sd_over_seeds(tmp_path: Path) -> None:

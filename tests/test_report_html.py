@@ -105,7 +105,9 @@ def test_report_is_self_contained_and_shows_the_results(tmp_path: Path, capsys: 
     path = run / "report.html"
     page, text = parse(path)
     # every figure embedded as a PNG data URI; nothing else is referenced
-    assert len(page.imgs) == 5  # gap vs width, relative gap vs width, coverage, distribution, gap vs prune_fraction
+    assert len(page.imgs) == 4  # gap vs width, relative gap vs width, coverage, distribution
+    # one level per rule and width: gap vs prune_fraction would be a dot per rule; left out with the reason
+    assert "figure &#x27;gap vs prune_fraction&#x27; left out: no pruning rule has two prune_fractions" in text
     for src in page.imgs:
         assert src.startswith("data:image/png;base64,")
         assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
@@ -129,13 +131,15 @@ def test_report_is_self_contained_and_shows_the_results(tmp_path: Path, capsys: 
     assert "complete: 24 of 24 trials stored" in text
     assert "report probprune" in text and "report machine" in text and "run meta version" in text
     assert '"n_trials": 6' in text  # the config
-    for name in ("gap_vs_width", "relative_gap_vs_width", "coverage", "gap_distribution", "gap_vs_prune_fraction"):
+    for name in ("gap_vs_width", "relative_gap_vs_width", "coverage", "gap_distribution"):
         assert (run / "figures" / f"{name}.png").is_file() and (run / "figures" / f"{name}.svg").is_file()
+    assert not (run / "figures" / "gap_vs_prune_fraction.png").exists()
     summary = (run / "summary.md").read_text()
     assert "| 3 | 64 | random (rescaled) | p=0.1 | 6 |" in summary
     assert "(0 confirmed, 3 consistent, 1 refuted, 0 without a verdict)" in summary
     assert "**Every grid point ran 6 trials: such a point can only be refuted, never confirmed." in summary
-    assert "| consistent | 36 |" in summary and "| refuted | 36 |" in summary
+    assert "| 1 | 32 | random (rescaled) | p=0.1 | 6 | refuted | 36 |" in summary
+    assert summary.count("| 6 | consistent | 36 |") == 3
 
 
 def test_report_reads_the_store_without_recomputing(tmp_path: Path) -> None:

@@ -43,6 +43,8 @@ __all__ = [
 _COLORS = {"magnitude": "#1f77b4", "random": "#d62728", "random (rescaled)": "#2ca02c"}
 _FALLBACK = ("#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
 _GAP_UNIT = "gap sup‖f(x)−F(x)‖₂ over ‖x‖₂≤r (output units)"
+#: coverage markers by verdict (``store.reports.VERDICTS``)
+_VERDICT_COLORS = {"confirmed": "#2ca02c", "consistent": "#b8860b", "refuted": "#d62728"}
 
 
 @dataclass(frozen=True)
@@ -108,6 +110,55 @@ def _group(rows: Iterable[Mapping[str, Any]], key: str = "label") -> dict[str, l
 
 def _fmt_delta(delta: float | None) -> str:
     return "δ unknown" if delta is None else f"δ = {delta:g}"
+
+
+def _log_ticks(lo: float, hi: float, max_ticks: int = 4) -> list[float]:
+    """At most ``max_ticks`` readable ticks for a log axis over ``[lo, hi]`` (lo > 0).
+
+    Powers of ten when at least two fall in range (every k-th of them when there are many), else the
+    1-2-5 values, else the 1…9 values in range (thinned to ``max_ticks``), else the two ends rounded
+    inward to two significant digits; matplotlib's own choice labels every minor tick on a span under
+    a decade, and those labels overlap in a small panel.
+
+    >>> _log_ticks(0.0021, 0.09)
+    [0.005, 0.01, 0.02, 0.05]
+    >>> _log_ticks(1e-4, 10.0)
+    [0.0001, 0.01, 1.0]
+    >>> _log_ticks(0.0021, 0.0035), _log_ticks(0.00211, 0.00219)
+    ([0.0021, 0.0035], [0.00211, 0.00219])
+    """
+    if not (math.isfinite(lo) and math.isfinite(hi) and 0 < lo <= hi):
+        return []
+    k0, k1 = math.floor(math.log10(lo)), math.ceil(math.log10(hi))
+    decades = [10.0 ** k for k in range(k0, k1 + 1) if lo <= 10.0 ** k <= hi]
+    if len(decades) >= 2:
+        step = math.ceil(len(decades) / max_ticks)
+        return [float(f"{d:.1e}") for d in decades[::step]]
+    for mantissas in ((1, 2, 5), tuple(range(1, 10))):
+        cands = [float(f"{m * 10.0 ** k:.1e}") for k in range(k0, k1 + 1) for m in mantissas]
+        inside = [c for c in cands if lo <= c <= hi]
+        if len(inside) > max_ticks:
+            step = math.ceil(len(inside) / max_ticks)
+            inside = inside[::step]
+        if len(inside) >= 2:
+            return inside
+    for digits in (2, 3, 4):  # the two ends, rounded inward to as few digits as keeps them apart
+        q = 10.0 ** (math.floor(math.log10(lo)) - digits + 1)
+        a, b = float(f"{math.ceil(lo / q) * q:.{digits}g}"), float(f"{math.floor(hi / q) * q:.{digits}g}")
+        if lo <= a < b <= hi:
+            return [a, b]
+    return [float(f"{lo:.3g}")] if lo <= float(f"{lo:.3g}") <= hi else []
+
+
+def _set_log_x(ax: Axes, lo: float, hi: float) -> list[float]:
+    """Log x axis over [lo, hi] with :func:`_log_ticks` labels (plain numbers, no minor labels)."""
+    ax.set_xscale("log")
+    ticks = _log_ticks(lo, hi)
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    if ticks:
+        ax.xaxis.set_major_locator(matplotlib.ticker.FixedLocator(ticks))
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FixedFormatter([f"{t:g}" for t in ticks]))
+    return ticks
 
 
 def _need(rows: Sequence[Any], what: str) -> None:
@@ -262,9 +313,9 @@ def coverage(points: Sequence[Mapping[str, Any]], delta: float | None, out_dir: 
     cov = np.array([float(r["coverage"]) for r in rows])
     lo = np.array([float(r["cp_low"]) if r.get("cp_low") is not None else np.nan for r in rows])
     hi = np.array([float(r["cp_high"]) if r.get("cp_high") is not None else np.nan for r in rows])
-    colors = ["#2ca02c" if r.get("passed") else "#d62728" if r.get("passed") is False else "0.4" for r in rows]
+    colors = [_VERDICT_COLORS.get(str(r.get("verdict")), "0.4") for r in rows]
     data: dict[str, Any] = {"labels": [], "coverage": [], "cp_low": [], "cp_high": [], "passed": [],
-                            "level": None if delta is None else 1 - delta}
+                            "verdict": [], "colors": colors, "level": None if delta is None else 1 - delta}
     for xi, c, l, h, colr in zip(x, cov, lo, hi, colors):
         err = np.array([[c - l], [h - c]]) if np.isfinite(l) and np.isfinite(h) else None
         cont = ax.errorbar([xi], [c], yerr=err, fmt="o", color=colr, capsize=4, ms=6)
@@ -277,18 +328,23 @@ def coverage(points: Sequence[Mapping[str, Any]], delta: float | None, out_dir: 
             data["cp_low"].append(None)
             data["cp_high"].append(None)
     data["passed"] = [r.get("passed") for r in rows]
+    data["verdict"] = [r.get("verdict") for r in rows]
     if delta is not None:
         ax.axhline(1 - delta, color="black", ls="--", lw=1, label=f"1 − δ = {1 - delta:g}")
+    for v, colr in _VERDICT_COLORS.items():  # a legend entry per verdict shown
+        n = data["verdict"].count(v)
+        if n:
+            ax.errorbar([], [], yerr=[], fmt="o", color=colr, capsize=4, ms=6, label=f"{v} ({n})")
     labels = [f"{r['label']}, h={r['width']}" for r in rows]
     data["labels"] = labels
     ax.set_xticks(x, labels, rotation=45, ha="right", fontsize=8)
     ax.set_ylim(max(0.0, min(np.nanmin(lo) if np.isfinite(lo).any() else 1.0, float(cov.min())) - 0.05), 1.01)
     ax.set_ylabel("empirical P(gap ≤ ε(δ)) (share of trials)")
     ax.set_xlabel("grid point (pruning rule, hidden width h)")
-    ax.set_title("Coverage vs 1 − δ\n(Clopper–Pearson bars; green = pass, red = fail)", fontsize=10)
+    ax.set_title("Coverage vs 1 − δ (Clopper–Pearson bars)\nconfirmed: bar above the line; consistent: bar "
+                 "crosses it; refuted: bar below", fontsize=10)
     ax.grid(True, axis="y", alpha=0.3)
-    if delta is not None:
-        ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="lower right", fontsize=8)
     png, svg = _save(fig, out_dir, name)
     return FigureResult(name, "Coverage: empirical P(gap ≤ ε(δ)) with Clopper–Pearson intervals vs 1 − δ",
                         png, svg, data)
@@ -343,15 +399,20 @@ def gap_distribution(trials: Sequence[Mapping[str, Any]], points: Sequence[Mappi
             ax.axhline(1 - delta, color="0.3", ls="--", lw=0.8, label=f"1 − δ = {1 - delta:g}")
         ax.set_title(f"{k[0]}, h={k[1]} (n={len(g)})", fontsize=9)
         log_x = bool(g.size and g[0] > 0)  # ε(δ) often lies decades above the gaps: a log axis shows both
+        ticks: list[float] = []
         if log_x:
-            ax.set_xscale("log")
+            span = [float(g[0]), float(g[-1])] + ([eps] if eps is not None and eps > 0 else [])
+            lo_x, hi_x = min(span) / 1.15, max(span) * 1.15
+            ax.set_xlim(lo_x, hi_x)
+            ticks = _set_log_x(ax, lo_x, hi_x)
         ax.set_xlabel("empirical sup-gap (output units" + (", log scale)" if log_x else ")"), fontsize=8)
         ax.set_ylabel("share of trials ≤ gap", fontsize=8)
         ax.set_ylim(0, 1.02)
         ax.tick_params(labelsize=7)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=6, loc="lower right")
-        panels.append({"label": k[0], "width": k[1], "gaps": gx, "ecdf": gy, "eps": eps})
+        panels.append({"label": k[0], "width": k[1], "gaps": gx, "ecdf": gy, "eps": eps, "log_x": log_x,
+                       "xticks": ticks})
     fig.suptitle("Distribution of the empirical sup-gap per grid point (ECDF)")
     png, svg = _save(fig, out_dir, name)
     return FigureResult(name, "Gap distribution per grid point (ECDF) with ε(δ) marked", png, svg,
@@ -382,23 +443,47 @@ def gap_vs_prune_fraction(points: Sequence[Mapping[str, Any]], trials: Sequence[
     configured prune_fraction), the y value its median empirical gap with a bar up to the
     (1−δ)-quantile.
 
+    The figure needs a rule with at least two prune_fractions at one width. When every rule has a
+    single level per width — the default job, whose levels follow a schedule c·h^−α, so at a fixed
+    width the "curve" is one dot per rule a hair apart (0.022089 and 0.022099 at h = 2048) — it is
+    refused with a sentence that says why (the report shows that sentence instead); gap vs width
+    shows those points.
+
     Args:
-        width: the fixed width; default the width with the most grid points (ties: the largest).
+        width: the fixed width; default the width where a rule has the most distinct prune_fractions
+            (ties: the largest width).
 
     Returns:
         ``data``: ``width`` and per rule ``prune_fraction`` and ``gap_lower_median`` as plotted
         (``gap_lower_quantile`` too when known).
+
+    Raises:
+        ProbPruneError: no grid point with a gap, no sparsity known, or no rule with two prune_fractions
+            at the width.
     """
     rows = [p for p in points if p.get("width") is not None and p.get("gap_lower_median") is not None]
     _need(rows, "gap_vs_prune_fraction")
+    levels: dict[int, dict[str, set[float]]] = defaultdict(lambda: defaultdict(set))
+    for p in rows:
+        sp = _point_sparsity(p, trials)
+        if sp is not None:
+            levels[int(p["width"])][str(p["label"])].add(round(sp, 12))
+    distinct = {w: max((len(v) for v in by.values()), default=0) for w, by in levels.items()}
     if width is None:
-        counts: dict[int, int] = defaultdict(int)
-        for p in rows:
-            counts[int(p["width"])] += 1
-        width = max(counts, key=lambda w: (counts[w], w))
+        width = max(distinct, key=lambda w: (distinct[w], w)) if distinct else int(rows[0]["width"])
     rows = [p for p in rows if int(p["width"]) == width]
     if not rows:
         raise ProbPruneError(f"width={width!r}: no grid point at this width")
+    if distinct.get(width, 0) < 2:
+        by_rule = levels.get(width, {})
+        at = "; ".join(f"{lab}: {min(v):.6g}" for lab, v in sorted(by_rule.items()) if v)
+        scheduled = any(len({round(_point_sparsity(p, trials) or -1.0, 12) for p in grp}) > 1
+                        for grp in _group([p for p in points if p.get("width") is not None]).values())
+        why = ("the levels follow a schedule (one level per width, falling as h grows)" if scheduled else
+               "each rule has a single level")
+        raise ProbPruneError(f"no pruning rule has two prune_fractions at one width: {why}, so at h = {width} each "
+                             f"rule is one point ({at or 'no sparsity known'}) and a curve against prune_fraction "
+                             "would say nothing; the gap vs width figure shows these points")
     fig, (ax,) = _new_figure(1, panel=(6.4, 4.4))
     series = []
     for i, (label, grp) in enumerate(sorted(_group(rows).items())):

@@ -48,8 +48,9 @@ padding:0 1rem;color:#222;line-height:1.4}
 h1{font-size:1.6rem;margin-bottom:.2rem}h2{border-bottom:1px solid #ddd;padding-bottom:.2rem;margin-top:2rem}
 .muted{color:#666}.warn{background:#fff3cd;border:2px solid #e0a800;padding:.8rem 1rem;border-radius:6px;
 font-weight:600}.ok{color:#1a7f37;font-weight:600}.bad{color:#c62828;font-weight:600}.mid{color:#8a6d00;font-weight:600}
-table{border-collapse:collapse;font-size:.85rem;margin:.5rem 0}th,td{border:1px solid #ccc;padding:.25rem .5rem;
-text-align:right}th{background:#f3f3f3}td.l,th.l{text-align:left}
+table{border-collapse:collapse;font-size:.8rem;margin:.5rem 0}th,td{border:1px solid #ccc;padding:.2rem .4rem;
+text-align:right}th{background:#f3f3f3}td{white-space:nowrap}td.l,th.l{text-align:left}
+.wide{overflow-x:auto;max-width:100%}
 figure{margin:1.2rem 0}figure img{max-width:100%;height:auto;border:1px solid #eee}
 figcaption{font-size:.9rem;color:#444}pre{background:#f7f7f7;padding:.6rem;overflow:auto;font-size:.8rem}
 dl{display:grid;grid-template-columns:max-content auto;gap:.2rem 1rem}dt{font-weight:600}dd{margin:0}
@@ -135,18 +136,19 @@ def _verdict(p: Mapping[str, Any]) -> tuple[str, str]:
     return "–", "muted"
 
 
-_POINT_HEAD = ("#", "width h", "rule", "level", "trials", "gap median", "gap (1−δ)-quantile", "rel. gap median",
-               "certified upper median", "ε(δ)", "coverage P(gap ≤ ε)", "Clopper–Pearson interval", "verdict",
-               "trials to confirm", "tightness ε/quantile")
+# the verdict sits beside the trial count (what a reader looks for first, and what decides whether it can confirm)
+_POINT_HEAD = ("#", "width h", "rule", "level", "trials", "verdict", "trials to confirm", "gap median",
+               "gap (1−δ)-quantile", "rel. gap median", "certified upper median", "ε(δ)", "coverage P(gap ≤ ε)",
+               "Clopper–Pearson interval", "tightness ε/quantile")
 _VERDICT_COL = _POINT_HEAD.index("verdict")
 
 
 def _point_cells(i: int, p: Mapping[str, Any]) -> list[str]:
     cp = "–" if p.get("cp_low") is None else f"[{_f(p['cp_low'])}, {_f(p['cp_high'])}]"
-    return [str(i), _f(p.get("width")), str(p.get("label")), _level(p), _f(p.get("n_trials")),
-            _f(p.get("gap_lower_median")), _f(p.get("gap_lower_quantile")), _f(p.get("rel_gap_lower_median")),
-            _f(p.get("gap_upper_median")), _f(p.get("eps")), _f(p.get("coverage")), cp, _verdict(p)[0],
-            _f(p.get("n_trials_to_confirm")), _f(p.get("tightness"))]
+    return [str(i), _f(p.get("width")), str(p.get("label")), _level(p), _f(p.get("n_trials")), _verdict(p)[0],
+            _f(p.get("n_trials_to_confirm")), _f(p.get("gap_lower_median")), _f(p.get("gap_lower_quantile")),
+            _f(p.get("rel_gap_lower_median")), _f(p.get("gap_upper_median")), _f(p.get("eps")),
+            _f(p.get("coverage")), cp, _f(p.get("tightness"))]
 
 
 def _counts(points: Sequence[Mapping[str, Any]]) -> dict[str, int]:
@@ -310,7 +312,7 @@ def render_html(data: ReportData, figs: Sequence[FigureResult], env: Mapping[str
         only = _can_only_refute(data)
         if only is not None:
             out.append(f'<p class="warn" id="can-only-refute">{e(only)}</p>')
-        out.append('<table id="points"><thead><tr>' + "".join(
+        out.append('<div class="wide"><table id="points"><thead><tr>' + "".join(
             f'<th class="{"l" if h in ("rule", "level") else ""}">{e(h)}</th>' for h in _POINT_HEAD)
             + "</tr></thead><tbody>")
         for i, p in enumerate(data.points):
@@ -319,7 +321,7 @@ def render_html(data: ReportData, figs: Sequence[FigureResult], env: Mapping[str
             out.append("<tr>" + "".join(
                 f'<td class="{"l" if j in (2, 3) else ""}{" " + cls if j == _VERDICT_COL else ""}">{e(c)}</td>'
                 for j, c in enumerate(cells)) + "</tr>")
-        out.append("</tbody></table>")
+        out.append("</tbody></table></div>")
     if data.slopes:
         out.append("<h2>Fitted slopes of the median gap vs width (log-log)</h2>")
         out.append('<table id="slopes"><thead><tr><th class="l">rule</th><th>fitted slope d log gap / d log h</th>'
@@ -332,13 +334,13 @@ def render_html(data: ReportData, figs: Sequence[FigureResult], env: Mapping[str
     exp_rows = _experiment_rows(data)
     if exp_rows:
         out.append("<h2>Real data: accuracy and gap per setting (means over seeds)</h2>")
-        out.append('<table id="experiment"><thead><tr>' + "".join(
+        out.append('<div class="wide"><table id="experiment"><thead><tr>' + "".join(
             f'<th class="{"l" if j < 5 else ""}">{e(h)}</th>' for j, h in enumerate(_EXPERIMENT_HEAD))
             + "</tr></thead><tbody>")
         for r in exp_rows:
             out.append("<tr>" + "".join(f'<td class="{"l" if j < 5 else ""}">{e(c)}</td>' for j, c in enumerate(r))
                        + "</tr>")
-        out.append("</tbody></table>")
+        out.append("</tbody></table></div>")
     out.append("<h2>Figures</h2>")
     for fig in figs:
         out.append(f'<figure id="fig-{e(fig.name)}"><img src="{_data_uri(fig)}" alt="{e(fig.title)}">'
