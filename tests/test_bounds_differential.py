@@ -337,6 +337,9 @@ def test_bad_calls_are_refused() -> None:
         differential_bound(t_tanh, p_tanh, BallSpec(radius=1.0))
     with pytest.raises(ProbPruneError, match="ensembles"):
         differential_bound(stack([target, target]), stack([pruned, pruned]), BallSpec(radius=1.0))
+    t64, p64 = _net_pair(0, (3, 4, 2), True, "relu", 0.5, torch.float64)
+    with pytest.raises(ProbPruneError, match="forward_dtype=float32"):
+        differential_bound(t64, p64, BallSpec(radius=1.0), forward_dtype=torch.float32)
     one_out, one_out_p = _net_pair(0, (3, 4, 1), True, "relu", 0.5)
     with pytest.raises(ProbPruneError, match="classifier"):
         certified_agreement(one_out, one_out_p, BallSpec(radius=0.1))

@@ -523,6 +523,12 @@ def _dtype(net: Net, forward_dtype: torch.dtype | None) -> torch.dtype:
     dt = forward_dtype or net.dtype
     if dt not in _UNIT:
         raise ProbPruneError(f"forward_dtype={dt}: float32 or float64 only")
+    if dt != net.dtype:  # the bound would be for other weights than those the user runs
+        for layer in net.layers:
+            for t in (layer.weight, layer.bias):
+                if t is not None and not bool((t.to(dt).to(t.dtype) == t).all()):
+                    raise ProbPruneError(f"forward_dtype={str(dt).removeprefix('torch.')}: some weight or bias "
+                                         "is not exactly representable in it")
     return dt
 
 
