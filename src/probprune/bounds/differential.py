@@ -38,6 +38,14 @@ Per neuron the upper line with the smallest value at the box centre (the smalles
 box) is taken, and the lower line with the largest, ties going to the independent form (exact for
 stable pairs). Identity activations are exact (``h = z``, ``Δh = δ``).
 
+**Three decompositions.** Going down through a layer, a row meets ``A h + G Δh``. Since
+``h̃ = h + Δh`` exactly, the same quantity is ``(A − G) h + G h̃`` and ``A h̃ + (G − A) Δh``; ``h̃ =
+relu(z + δ)`` has its own ReLU relaxation in ``z̃ = z + δ``. Per entry (row × neuron) the decomposition
+with the least looseness ``Σ |coefficient| · (upper − lower line at the box centre)`` is relaxed. So a
+row of the pruned net alone (``A = G``) is back-substituted exactly as CROWN on f, a row of the target
+alone (``G = 0``) as CROWN on F, and a difference row mixes them per neuron. Every choice is an exact
+identity followed by valid relaxations, so any choice is sound; ``fl(A − G)``'s rounding enters the slack.
+
 **Output.** The last layer's difference ``δ_l = f(x) − F(x)`` has back-substituted intervals
 ``[lo_j, hi_j]``; ``‖f(x) − F(x)‖₂ ≤ sqrt(Σ_j max(lo_j², hi_j²))`` since each coordinate's square is
 at most the larger square of its interval's ends.
@@ -324,6 +332,11 @@ class _Relax:
     dmax: Tensor
     hmax: Tensor
     dhmax: Tensor
+    tl: tuple[Tensor, Tensor]          # h̃ ≥ a (z + δ) + β
+    tu: tuple[Tensor, Tensor]          # h̃ ≤ a (z + δ) + β
+    width_h: Tensor                    # looseness of each relaxation at the box centre (a heuristic)
+    width_g: Tensor
+    width_t: Tensor
 
 
 def _nudge(p: Tensor, q: Tensor, r: Tensor, zmax: Tensor, dmax: Tensor, up: bool) -> Tensor:
@@ -350,7 +363,8 @@ def _relax(l: Tensor, u: Tensor, dl: Tensor, du: Tensor, tl: Tensor, tu: Tensor,
     dmax = torch.maximum(dl.abs(), du.abs())
     zero, one = torch.zeros_like(l), torch.ones_like(l)
     if not relu:
-        return _Relax((one, zero), (one, zero), (zero, one, zero), (zero, one, zero), zmax, dmax, zmax, dmax)
+        return _Relax((one, zero), (one, zero), (zero, one, zero), (zero, one, zero), zmax, dmax, zmax, dmax,
+                      (one, zero), (one, zero), zero, zero, zero)
     lam, s, t = _relu_lines(l, u)
     lam_t, s_t, t_t = _relu_lines(tl, tu)
     ninf = torch.tensor(-math.inf, dtype=torch.float64, device=l.device)
@@ -393,7 +407,11 @@ def _relax(l: Tensor, u: Tensor, dl: Tensor, du: Tensor, tl: Tensor, tu: Tensor,
     dh_lo = torch.maximum(c_lo, dl.clamp_max(0))
     dh_hi = torch.minimum(c_hi, du.clamp_min(0))
     dhmax = torch.maximum(dh_lo.abs(), dh_hi.abs())
-    return _Relax((lam, zero), (s, t), (pl, ql, rl), (pu, qu, ru), zmax, dmax, hmax, dhmax)
+    wh = ((s - lam) * zc + t).clamp_min(0)
+    wg = ((pu - pl) * zc + (qu - ql) * dc + (ru - rl)).clamp_min(0)
+    wt = ((s_t - lam_t) * (zc + dc) + t_t).clamp_min(0)
+    return _Relax((lam, zero), (s, t), (pl, ql, rl), (pu, qu, ru), zmax, dmax, hmax, dhmax,
+                  (lam_t, zero), (s_t, t_t), wh, wg, wt)
 
 
 def _backsub(lz: Tensor, ld: Tensor, k: int, pair: _Pair, relax: list[_Relax], reg: _Region,
@@ -445,20 +463,39 @@ def _backsub(lz: Tensor, ld: Tensor, k: int, pair: _Pair, relax: list[_Relax], r
         if j == 0:
             return _down(_min_linear(a, c, reg), s)
         rx = relax[j - 1]
-        ap, an = a.clamp_min(0), a.clamp_max(0)
-        gp, gn = gg.clamp_min(0), gg.clamp_max(0)
+        e = lambda t: t.unsqueeze(1)  # noqa: E731 — broadcast a [B, n] relaxation over the objectives
+        # three exact decompositions of A h + G Δh (h̃ = h + Δh): (A, G, 0), (A − G, 0, G), (0, G − A, A)
+        # on (h, Δh, h̃); per entry the one with the least looseness at the box centre
+        amg = a - gg
+        l1 = a.abs() * e(rx.width_h) + gg.abs() * e(rx.width_g)
+        l2 = amg.abs() * e(rx.width_h) + gg.abs() * e(rx.width_t)
+        l3 = amg.abs() * e(rx.width_g) + a.abs() * e(rx.width_t)
+        o2 = (l2 < l1) & (l2 <= l3)
+        o3 = (l3 < l1) & ~o2
+        zero_ = torch.zeros_like(a)
+        ch = torch.where(o2, amg, torch.where(o3, zero_, a))
+        cd = torch.where(o2, zero_, torch.where(o3, -amg, gg))
+        ct = torch.where(o2, gg, torch.where(o3, a, zero_))
+        # fl(A − G) differs from A − G by ≤ u|fl(A − G)|, multiplying h (≤ hmax) or Δh (≤ dhmax)
+        s_dec = 2.0 * _U * ((amg.abs() * e(rx.hmax + rx.dhmax)).sum(-1)) * (1.0 + _g2(n_in))
+        hp, hn = ch.clamp_min(0), ch.clamp_max(0)
+        gp, gn = cd.clamp_min(0), cd.clamp_max(0)
+        tp, tn = ct.clamp_min(0), ct.clamp_max(0)
         (al, bl), (au, bu) = rx.hl, rx.hu
         (pl, ql, rl), (pu, qu, ru) = rx.gl, rx.gu
-        e = lambda t: t.unsqueeze(1)  # noqa: E731 — broadcast a [B, n] relaxation over the objectives
-        lz = ap * e(al) + an * e(au) + gp * e(pl) + gn * e(pu)
-        ld = gp * e(ql) + gn * e(qu)
-        cons = ap * e(bl) + an * e(bu) + gp * e(rl) + gn * e(ru)
-        mag = a.abs() * e(al.abs() + au.abs()) + gg.abs() * e(pl.abs() + pu.abs())
-        magd = gg.abs() * e(ql.abs() + qu.abs())
-        s_rel = _g2(8) * ((mag * e(rx.zmax)).sum(-1) + (magd * e(rx.dmax)).sum(-1))
+        (tal, tbl), (tau, tbu) = rx.tl, rx.tu
+        tz = tp * e(tal) + tn * e(tau)
+        lz = hp * e(al) + hn * e(au) + gp * e(pl) + gn * e(pu) + tz
+        ld = gp * e(ql) + gn * e(qu) + tz
+        cons = hp * e(bl) + hn * e(bu) + gp * e(rl) + gn * e(ru) + tp * e(tbl) + tn * e(tbu)
+        tmag = ct.abs() * e(tal.abs() + tau.abs())
+        mag = ch.abs() * e(al.abs() + au.abs()) + cd.abs() * e(pl.abs() + pu.abs()) + tmag
+        magd = cd.abs() * e(ql.abs() + qu.abs()) + tmag
+        s_rel = _g2(12) * ((mag * e(rx.zmax)).sum(-1) + (magd * e(rx.dmax)).sum(-1)) + s_dec
         csum = cons.sum(-1)
-        cabs = a.abs() * e(bl.abs() + bu.abs()) + gg.abs() * e(rl.abs() + ru.abs())
-        s_rel = s_rel + _g2(n_in + 8) * cabs.sum(-1)
+        cabs = ch.abs() * e(bl.abs() + bu.abs()) + cd.abs() * e(rl.abs() + ru.abs()) \
+            + ct.abs() * e(tbl.abs() + tbu.abs())
+        s_rel = s_rel + _g2(n_in + 12) * cabs.sum(-1)
         c = c + csum
         s = (s + s_rel + 2.0 * _U * c.abs()) * (1.0 + 4.0 * _U) + _TINY
     raise AssertionError("unreachable")  # pragma: no cover
