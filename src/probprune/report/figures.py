@@ -569,7 +569,7 @@ def accuracy_vs_sparsity(rows: Sequence[Mapping[str, Any]], out_dir: str | Path,
         ax.set_xlabel("prune_fraction (share of weights removed)")
         ax.set_ylabel("test accuracy (%), mean ± 1 sd over seeds")
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=7, loc="lower left")
+        ax.legend(fontsize=7, loc="best")  # the least covered corner: random pruning falls into the lower left
         panels.append({"dataset": key[0], "model": key[1], "lines": lines})
     fig.suptitle("Test accuracy vs prune_fraction (random vs magnitude, layerwise vs global)")
     png, svg = _save(fig, out_dir, name)
