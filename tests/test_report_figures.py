@@ -281,12 +281,36 @@ def test_accuracy_vs_sparsity_mean_and_sd_over_seeds(tmp_path: Path) -> None:
         assert sd == pytest.approx(math.sqrt(sum((a - mean) ** 2 for a in accs) / 2))
 
 
+def test_experiment_gaps_plot_the_seed_means_of_the_sandwich(tmp_path: Path) -> None:
+    rows = ReportData.from_rows("x", experiment=experiment_rows()).experiment
+    for r in rows:  # distinct numbers per setting and seed; prune_fraction 0 has f = F, gap 0
+        pf, s = r["prune_fraction"], r["seed"]
+        r.update(gap_upper=100 * pf + s, gap_lower=2 * pf + 0.1 * s, mean_test_gap=0.5 * pf if pf else 0.0)
+    res = figures.experiment_gaps(rows, tmp_path)
+    check_files(res)
+    panels = {(p["model"], p["scope"]): p for p in res.data["panels"]}
+    assert set(panels) == {(m, sc) for m in ("lenet300", "lenet5") for sc in ("global", "layerwise")}
+    lines = {(ln["method"], ln["finetuned"], ln["quantity"]): ln for ln in panels[("lenet5", "global")]["lines"]}
+    assert len(lines) == 2 * 2 * 3
+    up = lines[("random", True, "gap_upper")]
+    assert up["prune_fraction"] == [0.0, 0.5, 0.9]  # 0 + seed 1, 2 > 0: on the log axis
+    assert up["value"] == pytest.approx([1.0, 51.0, 91.0])  # mean over seeds 0, 1, 2
+    low = lines[("magnitude", False, "gap_lower")]
+    assert low["prune_fraction"] == [0.0, 0.5, 0.9] and low["value"] == pytest.approx([0.1, 1.1, 1.9])
+    mean = lines[("magnitude", False, "mean_test_gap")]
+    assert mean["prune_fraction"] == [0.5, 0.9] and mean["value"] == pytest.approx([0.25, 0.45])  # zero left out
+    with pytest.raises(ProbPruneError, match="no results"):
+        figures.experiment_gaps([{**rows[0], "gap_upper": None, "gap_lower": 0.0, "mean_test_gap": None}],
+                                tmp_path / "none")
+
+
 def test_empty_inputs_raise(tmp_path: Path) -> None:
     for call in (lambda: figures.gap_vs_width([], [], 0.1, tmp_path),
                  lambda: figures.coverage([], 0.1, tmp_path),
                  lambda: figures.gap_distribution([], [], 0.1, tmp_path),
                  lambda: figures.gap_vs_prune_fraction([], [], tmp_path),
-                 lambda: figures.accuracy_vs_sparsity([], tmp_path)):
+                 lambda: figures.accuracy_vs_sparsity([], tmp_path),
+                 lambda: figures.experiment_gaps([], tmp_path)):
         with pytest.raises(ProbPruneError, match="no results"):
             call()
     assert not list(tmp_path.iterdir())

@@ -206,7 +206,7 @@ def test_experiment_results_get_the_accuracy_figure_and_table(tmp_path: Path) ->
     data = ReportData.from_rows(tmp_path, experiment=rows)
     path = write_report(data)
     page, text = parse(path)
-    assert len(page.imgs) == 1 and 'id="fig-accuracy_vs_sparsity"' in text
+    assert len(page.imgs) == 1 and 'id="fig-accuracy_vs_sparsity"' in text  # no gap stored: no gap figure
     table = text.split('id="experiment"')[1].split("</table>")[0]
     assert table.count("<tr>") == 1 + 4
     assert ">85.50<" in table  # magnitude, prune_fraction 0.5: mean of 85.0 and 86.0
@@ -231,7 +231,7 @@ def test_experiment_run_folder_through_the_store(tmp_path: Path, capsys: pytest.
         main(["report", str(run)])
     assert ex.value.code in (0, None)
     page, text = parse(run / "report.html")
-    assert len(page.imgs) == 1 and "fig-accuracy_vs_sparsity" in page.ids
+    assert len(page.imgs) == 2 and {"fig-accuracy_vs_sparsity", "fig-experiment_gaps"} <= page.ids
     table = text.split('id="experiment"')[1].split("</table>")[0]
     assert ">79.90<" in table  # random, global, fine-tuned, prune_fraction 0.9: mean of 80.0 and 79.8
 

@@ -42,6 +42,7 @@ def make_figures(data: ReportData, out_dir: str | Path) -> tuple[list[FigureResu
                      lambda: figures.gap_vs_prune_fraction(points, data.trials, out, delta=data.delta)))
     if data.experiment:
         todo.append(("accuracy vs prune_fraction", lambda: figures.accuracy_vs_sparsity(data.experiment, out)))
+        todo.append(("real-data gap vs prune_fraction", lambda: figures.experiment_gaps(data.experiment, out)))
     made, notes = [], []
     for what, make in todo:
         try:
