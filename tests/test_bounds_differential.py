@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import cast
 
@@ -18,7 +19,7 @@ from probprune.bounds.differential import (
     gap_search,
 )
 from probprune.config import BallSpec, ConvSpec, NetSpec, ProbPruneError
-from probprune.nets import Net, stack
+from probprune.nets import Activation, Net, stack
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -26,7 +27,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def _net_pair(seed: int, widths: tuple[int, ...], bias: bool, act: str, keep: float,
               dtype: torch.dtype = torch.float32) -> tuple[Net, Net]:
     g = torch.Generator().manual_seed(seed)
-    spec = NetSpec(widths=widths, bias=bias, activation=act)  # type: ignore[arg-type]
+    name, _, slope = act.partition(":")
+    spec = NetSpec(widths=widths, bias=bias, activation=name,  # type: ignore[arg-type]
+                   negative_slope=float(slope or 0.01))
     ws = [torch.randn(o, i, generator=g, dtype=dtype) / math.sqrt(i) for i, o in zip(widths[:-1], widths[1:])]
     bs = [torch.randn(o, generator=g, dtype=dtype) * 0.3 for o in widths[1:]] if bias else None
     masks = [torch.rand(w.shape, generator=g) < keep for w in ws]
@@ -77,7 +80,8 @@ ball_strategy = st.fixed_dictionaries({
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 10**6),
        widths=st.sampled_from([(3, 5, 2), (4, 6, 6, 3), (2, 8, 1), (5, 4, 7, 4, 2)]),
-       bias=st.booleans(), act=st.sampled_from(["relu", "identity"]), keep=st.sampled_from([0.3, 0.7, 0.95]),
+       bias=st.booleans(), act=st.sampled_from(["relu", "identity", "leaky_relu:0.01", "leaky_relu:0.3"]),
+       keep=st.sampled_from([0.3, 0.7, 0.95]),
        ballp=ball_strategy, dtype=st.sampled_from([torch.float32, torch.float64]))
 def test_bound_is_sound_at_sampled_points_and_at_the_search_maximiser(
         seed: int, widths: tuple[int, ...], bias: bool, act: str, keep: float, ballp: dict[str, object],
@@ -108,8 +112,9 @@ def test_intervals_contain_every_sampled_difference_fixed_sweep() -> None:
     """
     for seed in range(400):
         widths = [(3, 5, 2), (4, 6, 6, 3), (2, 8, 1), (5, 4, 7, 4, 2)][seed % 4]
-        dtype = torch.float64 if seed % 5 else torch.float32
-        target, pruned = _net_pair(seed, widths, True, "relu", [0.3, 0.7, 0.95][seed % 3], dtype)
+        dtype = torch.float64 if seed % 3 else torch.float32
+        act = ["relu", "relu", "leaky_relu:0.1", "leaky_relu:0.5", "identity"][seed % 5]
+        target, pruned = _net_pair(seed, widths, True, act, [0.3, 0.7, 0.95][seed % 3], dtype)
         g = torch.Generator().manual_seed(seed)
         box = [None, (0.0, 1.0)][seed % 7 == 0]
         c = torch.rand(widths[0], generator=g, dtype=torch.float64)
@@ -356,6 +361,14 @@ def test_bad_calls_are_refused() -> None:
     t_tanh, p_tanh = _net_pair(0, (3, 4, 2), True, "tanh", 0.5)
     with pytest.raises(ProbPruneError, match="activation='tanh'"):
         differential_bound(t_tanh, p_tanh, BallSpec(radius=1.0))
+    # NetSpec bounds the slope to [0, 1]; a Net assembled from layers directly is refused here too
+    steep = Activation("leaky_relu", 2.0)
+    t_steep = Net(spec=target.spec, layers=tuple(dataclasses.replace(layer, activation=steep) if i == 0 else layer
+                                                 for i, layer in enumerate(target.layers)))
+    p_steep = Net(spec=pruned.spec, layers=tuple(dataclasses.replace(layer, activation=steep) if i == 0 else layer
+                                                 for i, layer in enumerate(pruned.layers)))
+    with pytest.raises(ProbPruneError, match="negative_slope=2.0"):
+        differential_bound(t_steep, p_steep, BallSpec(radius=1.0))
     with pytest.raises(ProbPruneError, match="ensembles"):
         differential_bound(stack([target, target]), stack([pruned, pruned]), BallSpec(radius=1.0))
     t64, p64 = _net_pair(0, (3, 4, 2), True, "relu", 0.5, torch.float64)

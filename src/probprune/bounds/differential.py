@@ -1,6 +1,6 @@
 """Differential bound propagation over any ball: certified gap, certified agreement, witnesses.
 
-Networks (FCN, single, ReLU or identity hidden activations): target ``F`` with layers
+Networks (FCN, single, ReLU, LeakyReLU (slope α ∈ [0, 1]) or identity hidden activations): target ``F`` with layers
 ``z_k = W_k h_{k−1} + b_k``, ``h_k = σ(z_k)``, pruned ``f`` with ``W̃_k, b̃_k`` and
 ``z̃_k = W̃_k h̃_{k−1} + b̃_k``, ``h_0 = h̃_0 = x``; the last layer has no activation. The
 *difference* variables ``δ_k = z̃_k − z_k`` and ``Δh_k = h̃_k − h_k`` obey, with ``D_k = W_k − W̃_k``::
@@ -37,6 +37,14 @@ For ``g = Δh = relu(z + δ) − relu(z)`` three candidate pairs of lines, each 
 Per neuron the upper line with the smallest value at the box centre (the smallest mean over the
 box) is taken, and the lower line with the largest, ties going to the independent form (exact for
 stable pairs). Identity activations are exact (``h = z``, ``Δh = δ``).
+
+**LeakyReLU** ``σ(z) = max(z, αz)``, 0 ≤ α ≤ 1 (relu is α = 0): convex, monotone, slopes in [α, 1].
+The same three candidates hold with σ in place of relu: the chord ``s(z − l) + αl`` above, ``λz`` below
+(λ ∈ [α, 1]; stable neurons exact: z or αz); for fixed z, ``g`` is non-decreasing in δ with slopes in
+[α, 1] and ``g(z, 0) = 0``, so ``min(δ, αδ) ≤ g ≤ max(δ, αδ)`` (for δ ≥ 0, ``αδ ≤ g ≤ δ``; for δ < 0,
+``δ ≤ g ≤ αδ``), relaxed by the chords of the convex ``max(δ, αδ)`` and the concave ``min(δ, αδ)``;
+the interval candidate uses σ's monotonicity. Its forward rounding (one product ``αz`` for z < 0,
+``|error| ≤ u_d|αz| + η``) enters as ``fl(h) = σ(fl(z)) + τ``: ``(A − G)ᵀτ + Gᵀτ̃`` in the slack.
 
 **Three decompositions.** Going down through a layer, a row meets ``A h + G Δh``. Since
 ``h̃ = h + Δh`` exactly, the same quantity is ``(A − G) h + G h̃`` and ``A h̃ + (G − A) Δh``; ``h̃ =
@@ -81,7 +89,7 @@ passes in the user's dtype:
 * An absolute ``2⁻⁹⁶⁰`` per rounded step covers underflow. Bitwise identical networks give 0.
 
 Assumed as in :mod:`~probprune.bounds.certified`: IEEE round-to-nearest products (no TF32).
-Not supported (refused): conv nets, ensembles, activations other than relu/identity.
+Not supported (refused): conv nets, ensembles, tanh/sigmoid, leaky slopes outside [0, 1].
 """
 
 from __future__ import annotations
@@ -206,7 +214,7 @@ class _Pair:
     bt: tuple[Tensor, ...]
     db: tuple[Tensor, ...]
     db_err: tuple[Tensor, ...]
-    relu: tuple[bool, ...]  # hidden activation after layer k is relu (else identity)
+    alpha: tuple[float | None, ...]  # hidden activation after layer k: leaky slope α (relu: 0), None: identity
 
 
 def _two_diff(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
@@ -227,9 +235,13 @@ def _prepare(target: Net, pruned: Net) -> _Pair:
         raise ProbPruneError("differential bound: conv nets are not supported yet (FCN only); use "
                              "certified_gap_bound for a layerwise bound")
     for layer in target.layers[:-1]:
-        if layer.activation.name not in ("relu", "identity"):
+        if layer.activation.name not in ("relu", "leaky_relu", "identity"):
             raise ProbPruneError(f"differential bound: activation={layer.activation.name!r} is not supported "
-                                 "(relu and identity only)")
+                                 "(relu, leaky_relu and identity only)")
+        slope = layer.activation.negative_slope
+        if layer.activation.name == "leaky_relu" and not (math.isfinite(slope) and 0.0 <= slope <= 1.0):
+            raise ProbPruneError(f"differential bound: leaky_relu negative_slope={slope!r} is not supported "
+                                 "(0 <= slope <= 1: convex and 1-Lipschitz)")
     if target.layers[-1].activation.name != "identity":
         raise ProbPruneError("differential bound: the output layer must have no activation")
     w, wt, d, de, b, bt, db, dbe = [], [], [], [], [], [], [], []
@@ -251,8 +263,10 @@ def _prepare(target: Net, pruned: Net) -> _Pair:
         bt.append(btk)
         db.append(dbk)
         dbe.append(dbke.abs())
-    relu = tuple(layer.activation.name == "relu" for layer in target.layers[:-1])
-    return _Pair(tuple(w), tuple(wt), tuple(d), tuple(de), tuple(b), tuple(bt), tuple(db), tuple(dbe), relu)
+    alpha = tuple(None if layer.activation.name == "identity" else
+                  (float(layer.activation.negative_slope) if layer.activation.name == "leaky_relu" else 0.0)
+                  for layer in target.layers[:-1])
+    return _Pair(tuple(w), tuple(wt), tuple(d), tuple(de), tuple(b), tuple(bt), tuple(db), tuple(dbe), alpha)
 
 
 @dataclass(frozen=True, eq=False)
@@ -337,6 +351,11 @@ class _Relax:
     width_h: Tensor                    # looseness of each relaxation at the box centre (a heuristic)
     width_g: Tensor
     width_t: Tensor
+    tau_t: Tensor | None               # bound on the activation's own forward rounding (leaky: one product)
+    tau_p: Tensor | None
+    hmax_c: Tensor                     # bounds on |fl(h)|, |fl(h̃)|, |fl(h̃) − fl(h)| of the computed nets
+    hpmax_c: Tensor
+    dhmax_c: Tensor
 
 
 def _nudge(p: Tensor, q: Tensor, r: Tensor, zmax: Tensor, dmax: Tensor, up: bool) -> Tensor:
@@ -345,43 +364,68 @@ def _nudge(p: Tensor, q: Tensor, r: Tensor, zmax: Tensor, dmax: Tensor, up: bool
     return r + m if up else r - m
 
 
-def _relu_lines(lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """ReLU relaxation on ``[lo, hi]``: lower slope λ, upper slope s and intercept t (s, t rounded up)."""
+def _act_lines(lo: Tensor, hi: Tensor, alpha: float) -> tuple[Tensor, Tensor, Tensor]:
+    """Relaxation of σ(z) = max(z, αz) (0 ≤ α ≤ 1; relu: α = 0) on ``[lo, hi]``.
+
+    Returns the lower slope λ (``λz ≤ σ(z)`` for λ ∈ [α, 1]: 1 if ``hi > −lo`` else α) and the upper
+    line ``s z + t``: the chord ``s (z − lo) + α lo``, s rounded up (a steeper line through
+    ``(lo, σ(lo))`` stays above σ on ``[lo, hi]`` since σ is convex), ``t = (s − α)(−lo)`` rounded up.
+    Stable neurons are exact: ``z`` (``lo ≥ 0``) or ``αz`` (``hi ≤ 0``).
+    """
     act = lo >= 0
     dead = hi <= 0
     unst = ~(act | dead)
-    width = torch.where(unst, hi - lo, torch.ones_like(hi))
-    s = torch.where(unst, hi / width * (1.0 + 4.0 * _U), act.double())
-    t = torch.where(unst, -s * lo, torch.zeros_like(lo))
-    t = torch.where(unst, t + t.abs() * (2.0 * _U) + _TINY, t)
-    lam = torch.where(unst, (hi > -lo).double(), act.double())
+    one = torch.ones_like(hi)
+    width = torch.where(unst, hi - lo, one)
+    stable = torch.where(act, one, one * alpha)
+    s = torch.where(unst, (hi - alpha * lo) / width * (1.0 + 8.0 * _U), stable)
+    t = torch.where(unst, ((s - alpha) * -lo) * (1.0 + 4.0 * _U) + _TINY, torch.zeros_like(lo))
+    lam = torch.where(unst, torch.where(hi > -lo, one, one * alpha), stable)
     return lam, s, t
 
 
-def _relax(l: Tensor, u: Tensor, dl: Tensor, du: Tensor, tl: Tensor, tu: Tensor, relu: bool) -> _Relax:
+def _sigma_out(v: Tensor, alpha: float, up: bool) -> Tensor:
+    """σ(v) rounded outwards (up or down)."""
+    inf = torch.tensor(math.inf if up else -math.inf, dtype=torch.float64, device=v.device)
+    return torch.where(v >= 0, v, torch.nextafter(alpha * v, inf))
+
+
+def _chords(dl: Tensor, du: Tensor, alpha: float) -> tuple[tuple[Tensor, Tensor, Tensor],
+                                                          tuple[Tensor, Tensor, Tensor]]:
+    """δ-chords: ``min(δ, αδ) ≤ Δh ≤ max(δ, αδ)`` relaxed linearly on ``[δ_l, δ_u]`` (module docstring)."""
+    zero, one = torch.zeros_like(dl), torch.ones_like(dl)
+    unst = (dl < 0) & (du > 0)
+    wd = torch.where(unst, du - dl, one)
+    # upper: chord of the convex max(δ, αδ) through (δ_l, αδ_l), (δ_u, δ_u): q(δ − δ_l) + αδ_l
+    q_u = torch.where(unst, (du - alpha * dl) / wd * (1.0 + 8.0 * _U),
+                      torch.where(dl >= 0, one, one * alpha))
+    r_u = torch.where(unst, ((q_u - alpha) * -dl) * (1.0 + 4.0 * _U) + _TINY, zero)
+    # lower: chord of the concave min(δ, αδ) through (δ_l, δ_l), (δ_u, αδ_u): q(δ − δ_u) + αδ_u
+    q_l = torch.where(unst, (alpha * du - dl) / wd * (1.0 + 8.0 * _U),
+                      torch.where(du <= 0, one, one * alpha))
+    r_l = torch.where(unst, -(((q_l - alpha) * du) * (1.0 + 4.0 * _U) + _TINY), zero)
+    return (zero, q_u, r_u), (zero, q_l, r_l)
+
+
+def _relax(l: Tensor, u: Tensor, dl: Tensor, du: Tensor, tl: Tensor, tu: Tensor, alpha: float | None,
+           dt_t: torch.dtype, dt_p: torch.dtype) -> _Relax:
     zmax = torch.maximum(l.abs(), u.abs())
     dmax = torch.maximum(dl.abs(), du.abs())
     zero, one = torch.zeros_like(l), torch.ones_like(l)
-    if not relu:
+    if alpha is None:
+        tmax = torch.maximum(tl.abs(), tu.abs())
         return _Relax((one, zero), (one, zero), (zero, one, zero), (zero, one, zero), zmax, dmax, zmax, dmax,
-                      (one, zero), (one, zero), zero, zero, zero)
-    lam, s, t = _relu_lines(l, u)
-    lam_t, s_t, t_t = _relu_lines(tl, tu)
+                      (one, zero), (one, zero), zero, zero, zero, None, None, zmax, tmax, dmax)
+    lam, s, t = _act_lines(l, u, alpha)
+    lam_t, s_t, t_t = _act_lines(tl, tu, alpha)
     ninf = torch.tensor(-math.inf, dtype=torch.float64, device=l.device)
     pinf = torch.tensor(math.inf, dtype=torch.float64, device=l.device)
     # candidates: independent (A), δ-chords (B), interval (C)
     ua = (s_t - lam, s_t, t_t)
     la = (lam_t - s, lam_t, -t)
-    unst_d = (dl < 0) & (du > 0)
-    wd = torch.where(unst_d, du - dl, one)
-    qb_u = torch.where(unst_d, du / wd * (1.0 + 4.0 * _U), (dl >= 0).double())
-    rb_u = torch.where(unst_d, -qb_u * dl, zero)
-    ub = (zero, qb_u, rb_u)
-    qb_l = torch.where(unst_d, -dl / wd * (1.0 + 4.0 * _U), (du <= 0).double())
-    rb_l = torch.where(unst_d, -qb_l * du, zero)
-    lb = (zero, qb_l, rb_l)
-    c_hi = torch.nextafter(tu.clamp_min(0) - l.clamp_min(0), pinf)
-    c_lo = torch.nextafter(tl.clamp_min(0) - u.clamp_min(0), ninf)
+    ub, lb = _chords(dl, du, alpha)
+    c_hi = torch.nextafter(_sigma_out(tu, alpha, True) - _sigma_out(l, alpha, False), pinf)
+    c_lo = torch.nextafter(_sigma_out(tl, alpha, False) - _sigma_out(u, alpha, True), ninf)
     uc = (zero, zero, c_hi)
     lc = (zero, zero, c_lo)
     zc, dc = (l + u) / 2, (dl + du) / 2
@@ -403,15 +447,25 @@ def _relax(l: Tensor, u: Tensor, dl: Tensor, du: Tensor, tl: Tensor, tu: Tensor,
     pl, ql, rl = pick([la, lb, lc], False)
     ru = _nudge(pu, qu, ru, zmax, dmax, True)
     rl = _nudge(pl, ql, rl, zmax, dmax, False)
-    hmax = u.clamp_min(0)
+    # |σ(z)| ≤ max(σ(u)⁺, α(−l)⁺); Δh ∈ [max(c_lo, min(0, δ_l)), min(c_hi, max(0, δ_u))]
+    hmax = torch.maximum(u.clamp_min(0), (alpha * (-l).clamp_min(0)) * (1.0 + 2.0 * _U))
+    hpmax = torch.maximum(tu.clamp_min(0), (alpha * (-tl).clamp_min(0)) * (1.0 + 2.0 * _U))
     dh_lo = torch.maximum(c_lo, dl.clamp_max(0))
     dh_hi = torch.minimum(c_hi, du.clamp_min(0))
     dhmax = torch.maximum(dh_lo.abs(), dh_hi.abs())
     wh = ((s - lam) * zc + t).clamp_min(0)
     wg = ((pu - pl) * zc + (qu - ql) * dc + (ru - rl)).clamp_min(0)
     wt = ((s_t - lam_t) * (zc + dc) + t_t).clamp_min(0)
+    tau_t = tau_p = None
+    hmax_c, hpmax_c, dhmax_c = hmax, hpmax, dhmax
+    if alpha != 0.0:  # fl(α z) for z < 0: one rounded product, |error| ≤ u_d |αz| + η_d
+        tau_t = (_UNIT[dt_t] * alpha * (-l).clamp_min(0) + _ETA[dt_t]) * (1.0 + 4.0 * _U)
+        tau_p = (_UNIT[dt_p] * alpha * (-tl).clamp_min(0) + _ETA[dt_p]) * (1.0 + 4.0 * _U)
+        hmax_c = (hmax + tau_t) * (1.0 + 2.0 * _U)
+        hpmax_c = (hpmax + tau_p) * (1.0 + 2.0 * _U)
+        dhmax_c = (dhmax + tau_t + tau_p) * (1.0 + 4.0 * _U)
     return _Relax((lam, zero), (s, t), (pl, ql, rl), (pu, qu, ru), zmax, dmax, hmax, dhmax,
-                  (lam_t, zero), (s_t, t_t), wh, wg, wt)
+                  (lam_t, zero), (s_t, t_t), wh, wg, wt, tau_t, tau_p, hmax_c, hpmax_c, dhmax_c)
 
 
 def _backsub(lz: Tensor, ld: Tensor, k: int, pair: _Pair, relax: list[_Relax], reg: _Region,
@@ -445,8 +499,8 @@ def _backsub(lz: Tensor, ld: Tensor, k: int, pair: _Pair, relax: list[_Relax], r
             hmax_in = xmax
             dhmax_in = None
         else:
-            hmax_in = relax[j - 1].hmax
-            dhmax_in = relax[j - 1].dhmax
+            hmax_in = relax[j - 1].hmax_c
+            dhmax_in = relax[j - 1].dhmax_c
         # |exact(A) − A| · |h| and |exact(G) − G| · |Δh|, by associativity of non-negative products
         # (D's exact remainder de enters in full, the products' rounding by g)
         wh = hmax_in @ w.abs().T
@@ -464,6 +518,11 @@ def _backsub(lz: Tensor, ld: Tensor, k: int, pair: _Pair, relax: list[_Relax], r
             return _down(_min_linear(a, c, reg), s)
         rx = relax[j - 1]
         e = lambda t: t.unsqueeze(1)  # noqa: E731 — broadcast a [B, n] relaxation over the objectives
+        if rx.tau_t is not None and rx.tau_p is not None:
+            # fl(h) = σ(z) + τ, fl(h̃) = σ(z̃) + τ̃: A fl(h) + G (fl(h̃) − fl(h)) = … + (A − G)ᵀτ + Gᵀτ̃
+            s_tau = (((a - gg).abs() * e(rx.tau_t)).sum(-1) * (1.0 + 2.0 * _U)
+                     + (gg.abs() * e(rx.tau_p)).sum(-1)) * (1.0 + _g2(n_in + 2))
+            s = s + s_tau
         # three exact decompositions of A h + G Δh (h̃ = h + Δh): (A, G, 0), (A − G, 0, G), (0, G − A, A)
         # on (h, Δh, h̃); per entry the one with the least looseness at the box centre
         amg = a - gg
@@ -527,10 +586,7 @@ def _propagate(pair: _Pair, reg: _Region, dt_t: torch.dtype, dt_p: torch.dtype
         if k == 0:
             h_t = h_p = xmax  # the input is taken as given in the dtype
         else:
-            pl_, pu_, _, _, ptl, ptu = bounds[-1]
-            relu_prev = pair.relu[k - 1]
-            h_t = pu_.clamp_min(0) if relu_prev else torch.maximum(pl_.abs(), pu_.abs())
-            h_p = ptu.clamp_min(0) if relu_prev else torch.maximum(ptl.abs(), ptu.abs())
+            h_t, h_p = relax[k - 1].hmax_c, relax[k - 1].hpmax_c
         rho.append((_rho(pair.w[k], pair.b[k], h_t, dt_t), _rho(pair.wt[k], pair.bt[k], h_p, dt_p)))
         low = _backsub(lz, ld, k, pair, relax, reg, rho)
         l, u = low[:, :n], -low[:, n:2 * n]
@@ -542,7 +598,7 @@ def _propagate(pair: _Pair, reg: _Region, dt_t: torch.dtype, dt_p: torch.dtype
         du = torch.minimum(du, torch.nextafter(tu - l, pinf))
         bounds.append((l, u, dl, du, tl, tu))
         if k < len(pair.w) - 1:
-            relax.append(_relax(l, u, dl, du, tl, tu, pair.relu[k]))
+            relax.append(_relax(l, u, dl, du, tl, tu, pair.alpha[k], dt_t, dt_p))
     return relax, bounds, rho
 
 
@@ -589,7 +645,7 @@ def _analyse(target: Net, pruned: Net, ball: BallSpec, centres: Tensor | None,
 def _assumptions(ball: BallSpec, dt: str) -> tuple[str, ...]:
     box = f" ∩ box {ball.box}" if ball.box is not None else ""
     return (f"ball: {ball.norm} radius {ball.radius!r}{box}",
-            "FCN, relu/identity activations, biases allowed and may differ",
+            "FCN, relu/leaky_relu/identity activations, biases allowed and may differ",
             f"floating point: covers exact arithmetic and forward passes in {dt} (IEEE round-to-nearest, "
             "any summation order, no TF32); bound computed in float64 with every rounding covered")
 
@@ -599,7 +655,8 @@ def differential_bound(target: Net, pruned: Net, ball: BallSpec, *, centres: Ten
     """Certified upper bound on ``sup_{x ∈ ball} ‖f(x) − F(x)‖₂`` by differential back-substitution.
 
     Args:
-        target: F (single FCN ``Net``, relu or identity hidden activations, biases allowed).
+        target: F (single FCN ``Net``, relu, leaky_relu (slope in [0, 1]) or identity hidden activations,
+            biases allowed).
         pruned: f, same architecture.
         ball: radius, norm (``l2``/``linf``), optional box; its centre unless ``centres`` is given.
         centres: ``[B, d]`` centres, one ball each (vectorised), overriding ``ball.centre``.
