@@ -64,3 +64,14 @@ def test_reports_and_figures_follow_the_umask(tmp_path: Path, umask: int) -> Non
     assert path in written and (tmp_path / "summary.md") in written
     assert any(p.suffix == ".png" for p in written) and any(p.suffix == ".svg" for p in written)
     assert {p.name: _mode(p) for p in written} == {p.name: umask for p in written}
+
+
+def test_data_files_follow_the_umask(tmp_path: Path, umask: int) -> None:
+    import numpy as np
+
+    from probprune.data import write_idx
+
+    path = tmp_path / "x-idx1-ubyte"
+    write_idx(path, np.arange(10, dtype=np.uint8))
+    assert stat.S_IMODE(path.stat().st_mode) == umask
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary file left

@@ -23,7 +23,6 @@ import hashlib
 import math
 import os
 import struct
-import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -197,7 +196,9 @@ def write_idx(path: str | os.PathLike[str], array: np.ndarray) -> None:
 def _atomic_write(path: Path, data: bytes) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        # created 0666 & ~umask (mkstemp would force 0600): data files are as readable as the user's others
+        tmp = str(path.parent / f".{path.name}.{os.urandom(6).hex()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     except OSError as e:
         raise ProbPruneError(f"{path}: cannot write ({e.strerror or e})") from None
     try:
