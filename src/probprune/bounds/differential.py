@@ -472,10 +472,12 @@ def _backsub(lz: Tensor, ld: Tensor, k: int, pair: _Pair, relax: list[_Relax], r
              rho: list[tuple[Tensor, Tensor]]) -> Tensor:
     """Certified lower value over the ball of ``lzᵀ z_k + ldᵀ δ_k`` (``[B, m, n_k]`` each) → ``[B, m]``.
 
+    ``lz``, ``ld`` may also be ``[m, n_k]``, shared by every ball (the first products are then done once).
+
     ``z``, ``z̃`` are the pre-activations *as computed* in the forward dtype: ``z_j = W_j h_{j−1} + b_j + ρ_j``
     with ``|ρ_j| ≤ rho[j][0]`` (target) and ``|ρ̃_j| ≤ rho[j][1]`` (pruned); ρ = 0 is exact arithmetic.
     """
-    bsz, m = lz.shape[0], lz.shape[1]
+    bsz, m = reg.centres.shape[0], lz.shape[-2]
     c = torch.zeros(bsz, m, dtype=torch.float64, device=lz.device)
     s = torch.zeros_like(c)
     for j in range(k, -1, -1):
@@ -574,15 +576,14 @@ def _propagate(pair: _Pair, reg: _Region, dt_t: torch.dtype, dt_p: torch.dtype
     bounds: list[tuple[Tensor, ...]] = []
     rho: list[tuple[Tensor, Tensor]] = []
     xmax = torch.maximum(reg.lo.abs(), reg.hi.abs())
-    bsz = reg.centres.shape[0]
     ninf = torch.tensor(-math.inf, dtype=torch.float64, device=reg.centres.device)
     pinf = torch.tensor(math.inf, dtype=torch.float64, device=reg.centres.device)
     for k in range(len(pair.w)):
         n = pair.w[k].shape[0]
         eye = torch.eye(n, dtype=torch.float64, device=reg.centres.device)
         zero = torch.zeros_like(eye)
-        lz = torch.cat([eye, -eye, zero, zero, eye, -eye]).expand(bsz, 6 * n, n)
-        ld = torch.cat([zero, zero, eye, -eye, eye, -eye]).expand(bsz, 6 * n, n)
+        lz = torch.cat([eye, -eye, zero, zero, eye, -eye])  # shared by every ball
+        ld = torch.cat([zero, zero, eye, -eye, eye, -eye])
         if k == 0:
             h_t = h_p = xmax  # the input is taken as given in the dtype
         else:
