@@ -27,6 +27,7 @@ __all__ = [
     "EXECUTION_FIELDS",
     "MAX_SEED",
     "MIN_DELTA",
+    "BallSpec",
     "BoundSpec",
     "ConvSpec",
     "GapSpec",
