@@ -75,3 +75,16 @@ def test_data_files_follow_the_umask(tmp_path: Path, umask: int) -> None:
     write_idx(path, np.arange(10, dtype=np.uint8))
     assert stat.S_IMODE(path.stat().st_mode) == umask
     assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary file left
+
+
+def test_onnx_files_follow_the_umask(tmp_path: Path, umask: int) -> None:
+    pytest.importorskip("onnx")
+    from probprune.config import NetSpec
+    from probprune.nets import Net
+    from probprune.nets.onnx import save_onnx
+
+    net = Net.from_weights(NetSpec(widths=(3, 4, 2)), [torch.ones(4, 3), torch.ones(2, 4)])
+    path = tmp_path / "m.onnx"
+    save_onnx(net, path)
+    assert stat.S_IMODE(path.stat().st_mode) == umask
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]

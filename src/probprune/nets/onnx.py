@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -966,7 +965,12 @@ def _atomic_write(path: Path, data: bytes) -> Path:
     parent = path.parent
     if not parent.is_dir():
         raise ProbPruneError(f"save_onnx: path {str(path)!r}: folder {str(parent)!r} does not exist")
-    fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{path.name}.", suffix=".tmp")
+    # created 0666 & ~umask (mkstemp would force 0600), under a random name beside the target
+    tmp = str(parent / f".{path.name}.{os.urandom(6).hex()}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    except OSError as exc:
+        raise ProbPruneError(f"save_onnx: path {str(path)!r}: cannot write ({exc.strerror or exc})") from exc
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
