@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.table import Table
 
 from probprune.cli.app import VerboseOpt, app, console, emit_json, err_console, print_header
-from probprune.config import GapSpec, ProbPruneError, parse_arch
+from probprune.config import GapSpec, ProbPruneError
 from probprune.runner.gap import GapJob, run_gap
+from probprune.runner.prune import model_spec
 
 __all__ = ["gap_cmd", "sandwich_doc", "sandwich_tables"]
 
@@ -53,13 +54,17 @@ def sandwich_tables(sw: Any, radius: float) -> list[Table]:
              "network f (--pruned): an empirical lower bound (sampling + projected gradient ascent) and a "
              "certified upper bound (layerwise operator norms, docs/certified.md).")
 def gap_cmd(
-    arch: Annotated[str, typer.Option("--arch", help="Architecture, e.g. fcn:784,300,100,10.")],
-    weights: Annotated[str, typer.Option(help="Target weights F (.safetensors).")],
-    pruned: Annotated[str, typer.Option(help="Pruned weights f (.safetensors, same architecture).")],
+    weights: Annotated[str, typer.Option(help="Target model F (.safetensors or .onnx).")],
+    pruned: Annotated[str, typer.Option(help="Pruned model f (.safetensors or .onnx, same architecture).")],
+    arch: Annotated[Optional[str], typer.Option(
+        "--arch", help="Architecture, e.g. fcn:784,300,100,10 (not needed when either model is .onnx; if given, "
+                       "it must match).")] = None,
     radius: Annotated[float, typer.Option(help="Input ball radius r > 0 (1 in the paper).")] = 1.0,
-    activation: Annotated[str, typer.Option(help="Hidden activation: relu, leaky_relu, tanh, sigmoid, identity.")]
-    = "relu",
-    bias: Annotated[bool, typer.Option("--bias/--no-bias", help="Layers carry biases.")] = False,
+    activation: Annotated[Optional[str], typer.Option(
+        help="Hidden activation: relu (default), leaky_relu, tanh, sigmoid, identity; an .onnx model's own.")]
+    = None,
+    bias: Annotated[Optional[bool], typer.Option(
+        "--bias/--no-bias", help="Layers carry biases; default no, an .onnx model's own.")] = None,
     n_points: Annotated[int, typer.Option(help="Estimator: random starting points.")] = 2048,
     n_restarts: Annotated[int, typer.Option(help="Estimator: best points refined by gradient ascent.")] = 8,
     n_steps: Annotated[int, typer.Option(help="Estimator: ascent steps per restart.")] = 50,
@@ -73,11 +78,11 @@ def gap_cmd(
 ) -> None:
     if isinstance(radius, float) and not math.isfinite(radius):
         raise ProbPruneError(f"radius={radius!r}: must be finite")
-    net = parse_arch(arch, activation=activation, bias=bias)
+    net, loaded = model_spec(arch, activation, bias, ("weights", weights), ("pruned", pruned))
     spec = GapSpec(radius=radius, n_points=n_points, n_restarts=n_restarts, n_steps=n_steps, step_size=step_size)
     job = GapJob(net=net, weights=weights, pruned=pruned, gap=spec, seed=seed, device=device,
                  norm_method=norm_method)  # type: ignore[arg-type]
-    resolved = {"arch": net.to_arch(), "activation": activation, "bias": bias, "weights": weights,
+    resolved = {"arch": net.to_arch(), "activation": net.activation, "bias": net.bias, "weights": weights,
                 "pruned": pruned, "seed": seed, "norm_method": norm_method,
                 "gap": {"radius": radius, "n_points": n_points, "n_restarts": n_restarts, "n_steps": n_steps,
                         "step_size": step_size}}
@@ -85,10 +90,10 @@ def gap_cmd(
     if dry_run:
         return
     if as_json:  # stderr stays empty under --json
-        res = run_gap(job)
+        res = run_gap(job, loaded)
     else:
         with err_console.status("estimating and bounding the gap", spinner="dots"):
-            res = run_gap(job)
+            res = run_gap(job, loaded)
     sw = res.sandwich
     if as_json:
         emit_json({"config": resolved, "sandwich": sandwich_doc(sw)})

@@ -13,22 +13,26 @@ from probprune.config import MIN_DELTA, GapSpec, ProbPruneError, PruneSpec, pars
 from probprune.report.certificate import write_certificate
 from probprune.runner import PruneJob, gap_sandwich, run_prune
 from probprune.runner.certificate import make_certificate
-from probprune.runner.prune import check_gap_budget, write_outputs
+from probprune.runner.prune import LoadedModel, check_gap_budget, model_format, model_spec, write_outputs
 
-ArchOpt = Annotated[str, typer.Option("--arch", help="Architecture, e.g. fcn:784,300,100,10 or "
-                                      "cnn:1x28x28,c6k5m2,c16k5p0m2,120,84,10.")]
+ArchOpt = Annotated[Optional[str], typer.Option("--arch", help="Architecture, e.g. fcn:784,300,100,10 or "
+                                                "cnn:1x28x28,c6k5m2,c16k5p0m2,120,84,10 (not needed for an "
+                                                ".onnx model; if given, it must match).")]
 
 
 @app.command("prune", help="Prune a network (loaded with --weights or sampled with --law) and print the "
              "per-layer report. " + TERMS)
 def prune_cmd(
-    arch: ArchOpt,
-    weights: Annotated[Optional[str], typer.Option(help="Target weights (.safetensors, names as to_module).")] = None,
+    arch: ArchOpt = None,
+    weights: Annotated[Optional[str], typer.Option(
+        help="Target model: .safetensors (names as to_module; needs --arch) or .onnx.")] = None,
     law: Annotated[Optional[str], typer.Option(help="Sample the target from a law, e.g. uniform:K=2.449.")] = None,
     seed: Annotated[int, typer.Option(help="Seed for sampling and random masks.")] = 0,
-    activation: Annotated[str, typer.Option(help="Hidden activation: relu, leaky_relu, tanh, sigmoid, identity.")]
-    = "relu",
-    bias: Annotated[bool, typer.Option("--bias/--no-bias", help="Layers carry biases (never pruned).")] = False,
+    activation: Annotated[Optional[str], typer.Option(
+        help="Hidden activation: relu (default), leaky_relu, tanh, sigmoid, identity; an .onnx model's own.")]
+    = None,
+    bias: Annotated[Optional[bool], typer.Option(
+        "--bias/--no-bias", help="Layers carry biases (never pruned); default no, an .onnx model's own.")] = None,
     method: Annotated[str, typer.Option(help="magnitude or random.")] = "magnitude",
     scope: Annotated[str, typer.Option(help="layerwise or global.")] = "layerwise",
     prune_fraction: Annotated[Optional[float], typer.Option(
@@ -38,9 +42,9 @@ def prune_cmd(
         help="Magnitude: remove |w| <= rho * a_i (needs --law).")] = None,
     p: Annotated[Optional[float], typer.Option("--p", help="Random: remove each weight with probability p.")] = None,
     rescale: Annotated[bool, typer.Option(help="Random: multiply survivors by 1/(1-p).")] = False,
-    out: Annotated[Optional[str], typer.Option(help="Write pruned weights here (.safetensors).")] = None,
-    save_target: Annotated[Optional[str], typer.Option(help="Also save the sampled target (.safetensors).")]
-    = None,
+    out: Annotated[Optional[str], typer.Option(help="Write the pruned model here (.safetensors or .onnx).")] = None,
+    save_target: Annotated[Optional[str], typer.Option(
+        help="Also save the sampled target (.safetensors or .onnx).")] = None,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document instead of tables.")] = False,
     dry_run: Annotated[bool, typer.Option(help="Print the resolved config and stop.")] = False,
@@ -60,7 +64,18 @@ def prune_cmd(
     if delta is not None and (certificate is None or law is None or not MIN_DELTA <= delta < 1.0):
         raise ProbPruneError(f"delta={delta!r}: needs --certificate and --law, and must be in [{MIN_DELTA:g}, 1)")
     gap_spec = GapSpec(radius=radius) if gap else None
-    net = parse_arch(arch, activation=activation, bias=bias)
+    if certificate is not None:
+        for name, path in (("weights", weights), ("out", out), ("save_target", save_target)):
+            if path is not None and model_format(name, path) == "onnx":
+                raise ProbPruneError(f"certificate={certificate!r}: certificates are not supported for ONNX models "
+                                     f"yet ({name}={path!r}); use .safetensors files, or leave --certificate out")
+    loaded: dict[str, LoadedModel]
+    if weights is None:
+        if arch is None:
+            raise ProbPruneError("arch: give --arch (e.g. fcn:784,300,100,10) to sample a target with --law")
+        net, loaded = parse_arch(arch, activation="relu" if activation is None else activation, bias=bool(bias)), {}
+    else:
+        net, loaded = model_spec(arch, activation, bias, ("weights", weights))
     spec = PruneSpec(method=method, scope=scope, prune_fraction=prune_fraction, threshold=threshold,  # type: ignore[arg-type]
                      relative_threshold=relative_threshold, p=p, rescale=rescale)
     job = PruneJob(net=net, prune=spec, weights=weights, law=None if law is None else parse_law(law), seed=seed,
@@ -68,7 +83,7 @@ def prune_cmd(
     if gap_spec is not None or certificate is not None:
         check_gap_budget(net, gap_spec or GapSpec(radius=radius))
     job.check_outputs(("certificate", certificate))  # every output path, before any work
-    resolved = {"arch": net.to_arch(), "activation": activation, "bias": bias, "weights": weights,
+    resolved = {"arch": net.to_arch(), "activation": net.activation, "bias": net.bias, "weights": weights,
                 "law": None if job.law is None else job.law.to_text(), "seed": seed,
                 "prune": {k: v for k, v in vars(spec).items() if v is not None}}
     if gap_spec is not None:
@@ -76,7 +91,7 @@ def prune_cmd(
     print_header(resolved, out, as_json, verbose)
     if dry_run:
         return
-    res = run_prune(job, write=False)
+    res = run_prune(job, write=False, loaded=loaded.get("weights"))
     stats = res.stats.to_dict()
     sw = None if gap_spec is None else gap_sandwich(res.target, res.pruned, gap_spec, seed)
     cert_doc = None
@@ -104,6 +119,7 @@ def prune_cmd(
         for table in sandwich_tables(sw, radius):
             console.print(table)
     if out:
-        console.print(f"pruned weights written to {out}")
+        console.print(f"pruned {'model' if model_format('out', out) == 'onnx' else 'weights'} written to {out}",
+                      markup=False, soft_wrap=True)
     if cert_doc is not None:
         console.print(f"certificate written to {certificate}", markup=False, soft_wrap=True)

@@ -1,7 +1,12 @@
-"""The ``gap`` workflow: load a target and a pruned network, pin their gap from both sides."""
+"""The ``gap`` workflow: load a target and a pruned network, pin their gap from both sides.
+
+Either file may be ``.safetensors`` or ``.onnx`` (:func:`~probprune.runner.prune.load_model`); a mixed
+pair works when both have the same architecture.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -11,7 +16,7 @@ from probprune.config import GapSpec, NetSpec, ProbPruneError, check_seed
 from probprune.gap import sup_gap
 from probprune.nets import Net
 from probprune.rng import derive_seed, make_generator
-from probprune.runner.prune import check_device, check_gap_budget, load_net
+from probprune.runner.prune import LoadedModel, check_device, check_gap_budget, load_model, model_format
 
 __all__ = ["GapJob", "GapOutcome", "gap_sandwich", "run_gap"]
 
@@ -32,9 +37,7 @@ class GapJob:
         check_seed("seed", self.seed)
         check_device(self.device)
         for name in ("weights", "pruned"):
-            v = getattr(self, name)
-            if not isinstance(v, str) or not v.endswith(".safetensors"):
-                raise ProbPruneError(f"{name}={v!r}: must be a .safetensors file")
+            model_format(name, getattr(self, name))
         if self.norm_method not in ("auto", "svd", "gram-cholesky", "frobenius-holder"):
             raise ProbPruneError(f"norm_method={self.norm_method!r}: must be auto, svd, gram-cholesky or "
                                  "frobenius-holder")
@@ -63,11 +66,22 @@ def gap_sandwich(target: Net, pruned: Net, gap: GapSpec, seed: int = 0,
     return sw
 
 
-def run_gap(job: GapJob) -> GapOutcome:
-    """Load both networks (same architecture, finite weights), then compute their :class:`Sandwich`."""
-    target = load_net(job.net, job.weights).to(device=job.device)
+def run_gap(job: GapJob, loaded: Mapping[str, LoadedModel] | None = None) -> GapOutcome:
+    """Load both networks (same architecture, finite weights), then compute their :class:`Sandwich`.
+
+    Args:
+        job: what to do.
+        loaded: models already read (option name ``weights``/``pruned`` → model, from
+            :func:`~probprune.runner.prune.model_spec`), so that no file is read twice.
+    """
+    have = dict(loaded or {})
+    target = (have.get("weights") or load_model(job.weights, job.net, "weights")).net.to(device=job.device)
     try:
-        pruned = load_net(job.net, job.pruned).to(device=job.device)
+        pruned = (have.get("pruned") or load_model(job.pruned, job.net, "pruned")).net.to(device=job.device)
     except ProbPruneError as e:
-        raise ProbPruneError(f"pruned: {e}") from None
+        msg = str(e)
+        raise ProbPruneError(msg if msg.startswith("pruned") else f"pruned: {msg}") from None
+    if target.dtype != pruned.dtype:
+        raise ProbPruneError(f"pruned={job.pruned!r}: its weights are {str(pruned.dtype).replace('torch.', '')}, "
+                             f"the target's {str(target.dtype).replace('torch.', '')}; give both in one dtype")
     return GapOutcome(target, pruned, gap_sandwich(target, pruned, job.gap, job.seed, job.norm_method))

@@ -1,5 +1,10 @@
 """The ``prune`` workflow: load or sample a target, prune it, write the pruned weights.
 
+Model files are read and written by suffix (:func:`model_format`): ``.safetensors`` (names as
+``to_module``; the architecture comes from ``--arch``) or ``.onnx`` (read exactly or refused by
+:func:`~probprune.nets.onnx.read_onnx`; the file carries its architecture). :func:`load_model`
+reads either, :func:`save_model` writes either.
+
 Also the checks every workflow makes before it allocates or writes anything (pre-flight):
 
 * :func:`check_device` — the device exists on this machine (``cpu``; ``cuda``/``cuda:N`` with CUDA;
@@ -17,6 +22,7 @@ Also the checks every workflow makes before it allocates or writes anything (pre
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import re
@@ -24,7 +30,7 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -42,13 +48,16 @@ from probprune.config import (
 from probprune.masks import MaskStats, prune
 from probprune.montecarlo import expand_grid
 from probprune.nets import Net, from_state_dict
+from probprune.nets.onnx import OnnxInfo, read_onnx, save_onnx
 from probprune.rng import derive_seed, make_generator
 from probprune.sampling import sample_net
 from probprune.store import load_tensors, save_tensors
 
 __all__ = [
     "MEMORY_ENV",
+    "MODEL_SUFFIXES",
     "TIME_ENV",
+    "LoadedModel",
     "PruneJob",
     "PruneOutcome",
     "check_device",
@@ -61,10 +70,14 @@ __all__ = [
     "check_verify_budget",
     "gap_memory",
     "gap_seconds",
+    "load_model",
     "load_net",
     "memory_limit",
+    "model_format",
+    "model_spec",
     "n_weights",
     "run_prune",
+    "save_model",
     "save_net",
     "time_limit",
     "write_outputs",
@@ -312,6 +325,8 @@ class PruneJob:
     def __post_init__(self) -> None:
         check_seed("seed", self.seed)
         check_device(self.device)
+        if self.weights is not None:
+            model_format("weights", self.weights)
         if self.weights is None and self.law is None:
             raise ProbPruneError("weights: give --weights FILE or --law to sample a target")
         if self.law is None and self.save_target is not None:
@@ -323,8 +338,8 @@ class PruneJob:
                 f"relative_threshold={self.prune.relative_threshold!r}: needs --law (τ_i = ρ·a_i)")
         for name in ("out", "save_target"):
             v = getattr(self, name)
-            if v is not None and not str(v).endswith(".safetensors"):
-                raise ProbPruneError(f"{name}={v!r}: must end in .safetensors")
+            if v is not None:
+                model_format(name, str(v))
         if self.law is not None:
             check_law_range(self.net, self.law)
         # the target, the pruned copy, scores and masks: about four float32 copies of the weights
@@ -344,6 +359,122 @@ class PruneOutcome:
     masks: dict[str, torch.Tensor]
     stats: MaskStats
     seed: int
+    onnx_info: OnnxInfo | None = None
+
+
+#: Model file suffix → format (lower-case suffix; see :func:`model_format`).
+MODEL_SUFFIXES: dict[str, Literal["safetensors", "onnx"]] = {".safetensors": "safetensors", ".onnx": "onnx"}
+_PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin")
+
+
+def model_format(name: str, path: str | os.PathLike[str]) -> Literal["safetensors", "onnx"]:
+    """The format of a model file by its suffix: ``safetensors`` or ``onnx``; anything else is refused.
+
+    >>> model_format("out", "pruned.onnx")
+    'onnx'
+    """
+    if not isinstance(path, (str, os.PathLike)):
+        raise ProbPruneError(f"{name}={path!r}: must be a file name ending in .safetensors or .onnx")
+    text = os.fspath(path)
+    suffix = Path(text).suffix.lower()
+    fmt = MODEL_SUFFIXES.get(suffix)
+    if fmt is None:
+        hint = ""
+        if suffix in _PICKLE_SUFFIXES:
+            hint = ("; pickled PyTorch files are never loaded (they can run code): export the model with "
+                    "torch.onnx.export, or save its state_dict with safetensors.torch.save_file")
+        raise ProbPruneError(f"{name}={text!r}: must end in .safetensors or .onnx{hint}")
+    return fmt
+
+
+@dataclass(frozen=True, eq=False)
+class LoadedModel:
+    """A network read from a model file, with the ONNX graph's names and shapes when it was ONNX."""
+
+    net: Net
+    onnx_info: OnnxInfo | None = None
+
+
+def _same_spec(name: str, path: str, found: NetSpec, wanted: NetSpec) -> None:
+    """An ONNX model's own architecture equals the one asked for (``--arch``, ``--activation``, ``--bias``)."""
+    for what, a, b in (("architecture", found.to_arch(), wanted.to_arch()),
+                       ("activation", found.activation, wanted.activation),
+                       ("bias", found.bias, wanted.bias)):
+        if a != b:
+            raise ProbPruneError(f"{name}={path!r}: the ONNX model has {what} {a}, not {b} as given; "
+                                 "leave --arch/--activation/--bias out for an ONNX model, or make them match")
+    if found.activation == "leaky_relu" and found.negative_slope != wanted.negative_slope:
+        raise ProbPruneError(f"{name}={path!r}: the ONNX model has negative_slope {found.negative_slope}, "
+                             f"not {wanted.negative_slope}")
+
+
+def load_model(path: str, spec: NetSpec | None = None, name: str = "weights") -> LoadedModel:
+    """Read a model file by its suffix (:func:`model_format`).
+
+    Args:
+        path: a ``.safetensors`` file (needs ``spec``) or an ``.onnx`` file (carries its architecture).
+        spec: the architecture asked for; for ONNX, ``None`` takes the file's own, otherwise it must match.
+        name: the option named in errors (``weights``, ``pruned``).
+
+    Raises:
+        ProbPruneError: naming ``name`` and the file: unknown suffix, unreadable or unsupported model,
+            no ``spec`` for safetensors, or an architecture other than ``spec``.
+    """
+    if model_format(name, path) == "onnx":
+        try:
+            net, info = read_onnx(path)
+        except ProbPruneError as e:
+            raise ProbPruneError(f"{name}={path!r}: {e}") from None
+        if spec is not None:
+            _same_spec(name, path, net.spec, spec)
+        return LoadedModel(net, info)
+    if spec is None:
+        raise ProbPruneError(f"arch: --arch is needed for {name}={path!r} (a .safetensors file holds weights "
+                             "only; an .onnx model carries its architecture)")
+    return LoadedModel(load_net(spec, path))
+
+
+def model_spec(arch: str | None, activation: str | None, bias: bool | None,
+               *models: tuple[str, str | None]) -> tuple[NetSpec, dict[str, LoadedModel]]:
+    """The architecture of a command from its options and its model files (the first ONNX one is read once).
+
+    With an ONNX model among ``models``, its own architecture is used and every option given
+    (``arch``, ``activation``, ``bias``; ``None`` = not given) must agree with it. Without one,
+    ``arch`` is needed (``activation`` defaults to ``relu``, ``bias`` to false).
+
+    Args:
+        arch: the ``--arch`` string, or ``None``.
+        activation: ``--activation``, or ``None``.
+        bias: ``--bias/--no-bias``, or ``None``.
+        models: (option name, path or ``None``) of the command's model files, in order.
+
+    Returns:
+        The spec, and the ONNX model read on the way (option name → model), to be reused.
+
+    Raises:
+        ProbPruneError: a model file with an unknown suffix, an unreadable ONNX model, an option that
+            disagrees with the ONNX model, or no ``--arch`` and no ONNX model.
+    """
+    for name, path in models:
+        if path is not None:
+            model_format(name, path)
+    onnx = [(name, path) for name, path in models if path is not None and model_format(name, path) == "onnx"]
+    if not onnx:
+        if arch is None:
+            raise ProbPruneError("arch: give --arch (e.g. fcn:784,300,100,10) for a .safetensors model or a "
+                                 "sampled one (an .onnx model carries its own architecture)")
+        return parse_arch(arch, activation="relu" if activation is None else activation, bias=bool(bias)), {}
+    name, path = onnx[0]
+    model = load_model(path, None, name)
+    found = model.net.spec
+    asked = parse_arch(arch, activation=found.activation if activation is None else activation,
+                       bias=found.bias if bias is None else bias) if arch is not None else \
+        dataclasses.replace(found, activation=found.activation if activation is None else activation,  # type: ignore[arg-type]
+                            bias=found.bias if bias is None else bias)
+    if asked.activation == found.activation:
+        asked = dataclasses.replace(asked, negative_slope=found.negative_slope)
+    _same_spec(name, path, found, asked)
+    return found, {name: model}
 
 
 def load_net(spec: NetSpec | str, path: str) -> Net:
@@ -364,25 +495,43 @@ def save_net(net: Net, path: str) -> None:
     save_tensors(path, net.state_dict(), {"arch": net.spec.to_arch(), "format": "probprune"})
 
 
+def save_model(net: Net, path: str, onnx_info: OnnxInfo | None = None) -> None:
+    """Save a single ``Net`` by the file's suffix: safetensors (:func:`save_net`) or ONNX.
+
+    An ONNX file gets the input/output names and input shape of ``onnx_info`` (the model the net
+    was read from) when given, else ``input``/``output`` with a symbolic batch dim.
+    """
+    if model_format("path", path) == "onnx":
+        save_onnx(net.to(device="cpu"), path, **({} if onnx_info is None else onnx_info.save_kwargs()))
+    else:
+        save_net(net, path)
+
+
 def write_outputs(job: PruneJob, res: PruneOutcome) -> None:
-    """Write ``out`` (the pruned net) and ``save_target`` (the sampled target) of a finished job."""
+    """Write ``out`` (the pruned net) and ``save_target`` (the sampled target) of a finished job, by suffix."""
     if job.out is not None:
-        save_net(res.pruned, job.out)
+        save_model(res.pruned, job.out, res.onnx_info)
     if job.save_target is not None:
-        save_net(res.target, job.save_target)
+        save_model(res.target, job.save_target, res.onnx_info)
 
 
-def run_prune(job: PruneJob, write: bool = True) -> PruneOutcome:
+def run_prune(job: PruneJob, write: bool = True, loaded: LoadedModel | None = None) -> PruneOutcome:
     """Load or sample the target, prune it, then write ``out`` / ``save_target`` (after all checks).
 
     Args:
         job: what to do.
         write: write the outputs now; ``False`` leaves that to :func:`write_outputs`, so a caller with
             more work that can fail (a gap sandwich, a certificate) writes nothing until all of it is done.
+        loaded: ``job.weights`` already read (by :func:`model_spec`), so that it is not read twice.
     """
     job.check_outputs()
+    info = None
     if job.weights is not None:
-        target = load_net(job.net, job.weights).to(device=job.device)
+        if loaded is None:
+            loaded = load_model(job.weights, job.net)
+        elif loaded.onnx_info is not None:
+            _same_spec("weights", job.weights, loaded.net.spec, job.net)
+        target, info = loaded.net.to(device=job.device), loaded.onnx_info
     else:
         g = make_generator(derive_seed("prune", job.seed, "weights"), job.device)
         target = sample_net(job.net, job.law, g, device=job.device)  # type: ignore[arg-type]
@@ -391,7 +540,7 @@ def run_prune(job: PruneJob, write: bool = True) -> PruneOutcome:
     res = prune(target, pr.method, prune_fraction=pr.prune_fraction, threshold=pr.threshold,
                 relative_threshold=pr.relative_threshold, p=pr.p, scope=pr.scope, rescale=pr.rescale,
                 generator=gen, law=job.law)
-    outcome = PruneOutcome(target, res.model, res.masks, res.stats, job.seed)
+    outcome = PruneOutcome(target, res.model, res.masks, res.stats, job.seed, info)
     if write:
         write_outputs(job, outcome)
     return outcome
