@@ -1,0 +1,120 @@
+"""``probprune certify``: local certified gaps and certified agreement of a pruned network on real inputs."""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from probprune.cli.app import VerboseOpt, app, console, emit_json, err_console, print_header
+from probprune.config import ProbPruneError
+from probprune.runner.certify import CertifyJob, check_job, run_certify
+
+__all__ = ["certify_cmd", "parse_clip", "summary_table"]
+
+
+def parse_clip(text: str | None) -> tuple[float, float] | None:
+    """``"LO,HI"`` → ``(LO, HI)`` (finite, LO < HI), or ``None``.
+
+    >>> parse_clip("0,1")
+    (0.0, 1.0)
+    """
+    if text is None:
+        return None
+    parts = text.split(",")
+    try:
+        lo, hi = (float(p) for p in parts) if len(parts) == 2 else (math.nan, math.nan)
+    except ValueError:
+        lo = hi = math.nan
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise ProbPruneError(f"clip={text!r}: must be LO,HI with finite numbers LO < HI (e.g. 0,1)")
+    return lo, hi
+
+
+def _f(v: Any) -> str:
+    if v is None:
+        return "-"
+    v = float(v)
+    return "inf" if math.isinf(v) else f"{v:.4g}"
+
+
+def _pct(v: Any) -> str:
+    return "-" if v is None else f"{100 * float(v):.1f} %"
+
+
+def summary_table(summary: dict[str, Any], norm: str, radius: float) -> Table:
+    """The summary as a two-column table."""
+    t = Table(title=f"certify: {summary['n']} inputs, {norm} ball of radius {radius:g}")
+    t.add_column("quantity")
+    t.add_column("value", justify="right")
+    for name, val in (
+        ("certified agreement", _pct(summary["certified_agreement"])),
+        ("empirical agreement", _pct(summary["empirical_agreement"])),
+        ("refuted (disagreement found)", str(summary["refuted"])),
+        ("accuracy target F", _pct(summary["accuracy_target"])),
+        ("accuracy pruned f", _pct(summary["accuracy_pruned"])),
+        ("upper (certified gap) median / max", f"{_f(summary['median_upper'])} / {_f(summary['max_upper'])}"),
+        ("lower (found gap) median / max", f"{_f(summary['median_lower'])} / {_f(summary['max_lower'])}"),
+        ("upper / lower median / max", f"{_f(summary['median_ratio'])} / {_f(summary['max_ratio'])}"),
+        ("differential bound smaller", f"{summary['differential_wins']} / {summary['n']}"),
+        ("seconds", f"{summary['seconds']:.1f}"),
+    ):
+        t.add_row(name, val)
+    return t
+
+
+@app.command("certify", help="Local certificates of a pruned network f (--pruned) against its target F (--weights) "
+             "on real inputs: per input, the certified gap sup ||f(x) - F(x)|| over the ball around it (the "
+             "smaller of the differential and the layerwise bound), a found gap (gradient search), and whether "
+             "f and F provably give the same top-1 class everywhere in the ball (docs/certified.md).")
+def certify_cmd(
+    weights: Annotated[str, typer.Option(help="Target model F (.onnx, or .safetensors with --arch).")],
+    pruned: Annotated[str, typer.Option(help="Pruned model f (.onnx or .safetensors, same architecture).")],
+    data: Annotated[str, typer.Option(help="mnist, fashion-mnist (the first N test images, pixels / 255 in "
+                                           "[0, 1]) or an .npy file of inputs [N, d].")],
+    radius: Annotated[float, typer.Option(help="Ball radius r > 0 around each input.")],
+    n_points: Annotated[int, typer.Option(help="N: how many inputs (the first N).")] = 100,
+    norm: Annotated[str, typer.Option(help="Ball norm: linf or l2.")] = "linf",
+    clip: Annotated[Optional[str], typer.Option(help="LO,HI: the box the inputs live in (e.g. 0,1 for pixels), "
+                                                     "intersected with each ball.")] = None,
+    arch: Annotated[Optional[str], typer.Option(
+        "--arch", help="Architecture of .safetensors models, e.g. fcn:784,300,100,10 (an .onnx model carries "
+                       "its own; if given, it must match).")] = None,
+    activation: Annotated[str, typer.Option(help="Hidden activation of a .safetensors architecture.")] = "relu",
+    bias: Annotated[bool, typer.Option("--bias/--no-bias", help="A .safetensors architecture has biases.")] = False,
+    labels: Annotated[Optional[str], typer.Option(help="Labels [N] (.npy of integers) for an .npy data file.")]
+    = None,
+    n_restarts: Annotated[int, typer.Option(help="Gap search: random restarts per input.")] = 8,
+    n_steps: Annotated[int, typer.Option(help="Gap search: ascent steps per restart.")] = 100,
+    seed: Annotated[int, typer.Option(help="Seed of the searches.")] = 0,
+    out: Annotated[Optional[str], typer.Option(help="Write the per-input rows to this .csv or .json file.")]
+    = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document (rows and summary).")] = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    job = CertifyJob(weights=weights, pruned=pruned, data=data, n_points=n_points, norm=norm, radius=radius,
+                     arch=arch, activation=activation, bias=bias, clip=parse_clip(clip), labels=labels, seed=seed,
+                     n_restarts=n_restarts, n_steps=n_steps, out=out)
+    check_job(job)
+    resolved = job.to_dict()
+    print_header(resolved, out, as_json, verbose)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=err_console, transient=True, disable=as_json) as bar:
+        task = bar.add_task("certifying", total=n_points)
+
+        def progress(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        res = run_certify(job, progress=progress)
+    if as_json:
+        emit_json({"config": resolved, "inputs": res.inputs, "arch": res.spec.to_arch(), "rows": res.rows,
+                   "summary": res.summary})
+        return
+    console.print(f"inputs: {res.inputs}", markup=False)
+    console.print(summary_table(res.summary, norm, radius))
+    console.print("upper = min(differential bound, layerwise bound over the l2 ball around 0 containing the local "
+                  "ball); certified agreement: F and f have the same unique top-1 class everywhere in the ball",
+                  markup=False)

@@ -1,0 +1,405 @@
+"""``probprune certify``: local certificates and certified agreement of a pruned network on real inputs.
+
+For each input ``c`` (a test image, or a row of an ``.npy`` file) and the ball ``{x : ‖x − c‖ ≤ r} ∩ box``
+(``‖·‖`` ℓ∞ or ℓ2, the box the optional ``--clip``) this computes:
+
+* ``lower``: :func:`~probprune.bounds.differential.gap_search` — ``‖f(x) − F(x)‖₂`` (float64) at a witness
+  checked to lie in the ball ∩ box;
+* ``upper``: the **minimum** of two certified upper bounds on ``sup_x ‖f(x) − F(x)‖₂`` over the ball, both
+  valid (so is their minimum): the differential bound
+  (:func:`~probprune.bounds.differential.differential_bound`) and the layerwise bound
+  (:func:`~probprune.bounds.certified.certified_gap_bound`) over the ℓ2 ball around 0 of radius ``R`` that
+  contains the local ball ∩ box. ``R`` is the smaller of ``‖c‖₂ + r`` (ℓ2) or ``‖c‖₂ + r·√d`` (ℓ∞) and
+  ``‖m‖₂`` with ``m_i = max(|lo_i|, |hi_i|)``, ``[lo_i, hi_i]`` the per-coordinate range of the ball ∩ box
+  (every point x of the set has ``|x_i| ≤ m_i``, so ``‖x‖₂ ≤ ‖m‖₂``); both are rounded up;
+* the certified agreement verdict (:func:`~probprune.bounds.differential.certified_agreement`): "certified"
+  means F and f both have F's top-1 class at ``c`` as their unique top-1 class everywhere in the ball;
+* empirical agreement: the top-1 classes (float64) of F and f agree at ``c``, at the gap search's witness,
+  and the agreement attack found no input of the ball where they differ;
+* the label (when known), for the accuracy of both nets at the centres (float64 forward passes).
+
+Inputs: ``mnist`` / ``fashion-mnist`` — the first N test images, pixels / 255 in [0, 1] (as
+:func:`probprune.data.inputs_for`, no further normalisation), flattened to the net's input; or an ``.npy`` file
+``[N, d]`` (read with ``allow_pickle=False``), optionally with labels ``[N]`` from another ``.npy``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from probprune.bounds.certified import certified_gap_bound
+from probprune.bounds.differential import certified_agreement, differential_bound, gap_search
+from probprune.config import BallSpec, NetSpec, ProbPruneError, parse_arch
+from probprune.data import dataset_status, inputs_for, load_dataset
+from probprune.nets import Net, check_pair
+from probprune.nets.onnx import load_onnx
+from probprune.runner.prune import check_output_paths, load_net
+
+__all__ = ["CertifyJob", "CertifyOutcome", "check_job", "layerwise_radius", "load_inputs", "load_pair",
+           "run_certify", "summarize_rows"]
+
+DATASETS = ("mnist", "fashion-mnist")
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class CertifyJob:
+    """What ``probprune certify`` computes.
+
+    Args:
+        weights, pruned: model files of F and f (``.onnx`` or ``.safetensors``).
+        data: ``mnist``, ``fashion-mnist`` or an ``.npy`` file of inputs ``[N, d]``.
+        n_points: N, the number of inputs (the first N).
+        norm: ``linf`` or ``l2``.
+        radius: r > 0, finite.
+        arch: architecture for ``.safetensors`` models (an ONNX model carries its own; if given it must match).
+        activation, bias: of a ``.safetensors`` architecture (ignored for ONNX, whose own are used).
+        clip: ``(lo, hi)`` box the inputs live in, or ``None``.
+        labels: ``.npy`` of labels ``[N']`` (N' ≥ N) for an ``.npy`` data file, or ``None``.
+        seed: randomness of the searches.
+        n_restarts, n_steps: gap search budget; the agreement attack gets half of each (at least 1).
+        batch_size: inputs per chunk (one progress step each).
+        out: ``.csv`` or ``.json`` file for the rows, or ``None``.
+    """
+
+    weights: str
+    pruned: str
+    data: str
+    n_points: int
+    norm: str
+    radius: float
+    arch: str | None = None
+    activation: str = "relu"
+    bias: bool = False
+    clip: tuple[float, float] | None = None
+    labels: str | None = None
+    seed: int = 0
+    n_restarts: int = 8
+    n_steps: int = 100
+    batch_size: int = 25
+    out: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON form (the resolved config)."""
+        return {"weights": self.weights, "pruned": self.pruned, "data": self.data, "n_points": self.n_points,
+                "norm": self.norm, "radius": self.radius, "arch": self.arch, "activation": self.activation,
+                "bias": self.bias, "clip": None if self.clip is None else list(self.clip), "labels": self.labels,
+                "seed": self.seed, "n_restarts": self.n_restarts, "n_steps": self.n_steps,
+                "batch_size": self.batch_size, "out": self.out}
+
+
+@dataclass(frozen=True, eq=False)
+class CertifyOutcome:
+    """Per-input rows, the summary, and the note on the inputs' scale."""
+
+    rows: list[dict[str, Any]]
+    summary: dict[str, Any]
+    inputs: str
+    spec: NetSpec
+    seconds: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _int(name: str, v: object, lo: int) -> None:
+    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+        raise ProbPruneError(f"{name}={v!r}: must be an integer >= {lo}")
+
+
+def _model_kind(name: str, path: str) -> str:
+    suffix = Path(path).suffix.lower()
+    if suffix not in (".onnx", ".safetensors"):
+        raise ProbPruneError(f"{name}={path!r}: must end in .onnx or .safetensors")
+    if not Path(path).is_file():
+        raise ProbPruneError(f"{name}={path!r}: no such file")
+    return suffix[1:]
+
+
+def check_job(job: CertifyJob) -> None:
+    """Every check that needs no model or data: radius, norm, clip, counts, suffixes, output path.
+
+    Raises:
+        ProbPruneError: naming the field and the bad value.
+    """
+    if isinstance(job.radius, bool) or not isinstance(job.radius, (int, float)) or not math.isfinite(job.radius) \
+            or job.radius <= 0:
+        raise ProbPruneError(f"radius={job.radius!r}: must be a finite number > 0")
+    if job.norm not in ("linf", "l2"):
+        raise ProbPruneError(f"norm={job.norm!r}: must be one of linf, l2")
+    if job.clip is not None:
+        lo, hi = job.clip
+        if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+            raise ProbPruneError(f"clip={job.clip!r}: must be LO,HI with finite LO < HI")
+    _int("n_points", job.n_points, 1)
+    _int("n_restarts", job.n_restarts, 0)
+    _int("n_steps", job.n_steps, 0)
+    _int("batch_size", job.batch_size, 1)
+    _int("seed", job.seed, 0)
+    _model_kind("weights", job.weights)
+    _model_kind("pruned", job.pruned)
+    if job.data not in DATASETS:
+        if Path(job.data).suffix.lower() != ".npy":
+            raise ProbPruneError(f"data={job.data!r}: must be mnist, fashion-mnist or an .npy file of inputs [N, d]")
+        if not Path(job.data).is_file():
+            raise ProbPruneError(f"data={job.data!r}: no such file")
+    elif job.labels is not None:
+        raise ProbPruneError(f"labels={job.labels!r}: only for an .npy data file (a dataset has its own)")
+    if job.labels is not None:
+        if Path(job.labels).suffix.lower() != ".npy":
+            raise ProbPruneError(f"labels={job.labels!r}: must be an .npy file of integer labels [N]")
+        if not Path(job.labels).is_file():
+            raise ProbPruneError(f"labels={job.labels!r}: no such file")
+    if job.out is not None:
+        if Path(job.out).suffix.lower() not in (".csv", ".json"):
+            raise ProbPruneError(f"out={job.out!r}: must end in .csv or .json")
+        check_output_paths({"out": job.out})
+
+
+def load_pair(job: CertifyJob) -> tuple[Net, Net]:
+    """F and f from their files (by suffix); an ONNX model's architecture is used for a safetensors partner.
+
+    Raises:
+        ProbPruneError: unknown suffix, unreadable model, ``--arch`` that differs from an ONNX model's,
+            no architecture for a safetensors file, or two different architectures.
+    """
+    kinds = {name: _model_kind(name, path) for name, path in (("weights", job.weights), ("pruned", job.pruned))}
+    nets: dict[str, Net] = {}
+    for name, path in (("weights", job.weights), ("pruned", job.pruned)):
+        if kinds[name] == "onnx":
+            try:
+                nets[name] = load_onnx(path)
+            except ProbPruneError as e:
+                raise ProbPruneError(f"{name}={path!r}: {e}") from None
+            found = nets[name].spec.to_arch()
+            if job.arch is not None and parse_arch(job.arch).to_arch() != found:
+                raise ProbPruneError(f"arch={job.arch!r}: the ONNX model {name}={path!r} has architecture {found}")
+    spec: NetSpec | None = next((n.spec for n in nets.values()), None)
+    if spec is None:
+        if job.arch is None:
+            raise ProbPruneError("arch: give --arch (e.g. fcn:784,256,256,10) for .safetensors models")
+        spec = parse_arch(job.arch, activation=job.activation, bias=job.bias)
+    for name, path in (("weights", job.weights), ("pruned", job.pruned)):
+        if name not in nets:
+            try:
+                nets[name] = load_net(spec, path)
+            except ProbPruneError as e:
+                msg = str(e)
+                raise ProbPruneError(msg if msg.startswith(("weights=", "pruned=")) else
+                                     f"{name}={path!r}: {msg}") from None
+    target, pruned = nets["weights"], nets["pruned"]
+    check_pair(target, pruned)
+    if target.n_trials is not None:
+        raise ProbPruneError("weights: an ensemble; certify takes single networks")
+    return target, pruned
+
+
+def _load_npy(name: str, path: str) -> np.ndarray:
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except ValueError as e:
+        raise ProbPruneError(f"{name}={path!r}: not a plain .npy array ({' '.join(str(e).split())})") from None
+    if not isinstance(arr, np.ndarray):
+        raise ProbPruneError(f"{name}={path!r}: not a single .npy array")
+    return arr
+
+
+def load_inputs(job: CertifyJob, spec: NetSpec) -> tuple[Tensor, Tensor | None, str]:
+    """The first N inputs ``[N, d]`` (float64 copies of the values the net sees), their labels, and a note.
+
+    Raises:
+        ProbPruneError: a dataset that is not prepared, N beyond the data, an ``.npy`` of the wrong shape,
+            non-numeric or non-finite values, labels of the wrong shape.
+    """
+    if spec.kind != "fcn":
+        raise ProbPruneError("differential bound: conv nets are not supported yet (FCN only); use "
+                             "probprune gap for a layerwise bound")
+    d = spec.widths[0]
+    n = job.n_points
+    if job.data in DATASETS:
+        if not dataset_status(job.data)["ready"]:
+            raise ProbPruneError(f"data={job.data!r}: not prepared; run: probprune data prepare {job.data}")
+        ds = load_dataset(job.data)
+        total = int(ds.test_images.shape[0])
+        if n > total:
+            raise ProbPruneError(f"n_points={n}: the {job.data} test set has {total} images")
+        imgs = ds.test_images[:n]
+        if imgs[0].numel() != d:
+            raise ProbPruneError(f"data={job.data!r}: images have {imgs[0].numel()} pixels, the network's input "
+                                 f"dim is {d}")
+        x = inputs_for(imgs, spec, torch.float32).double()
+        return x, ds.test_labels[:n].clone(), f"{job.data} test images 0..{n - 1}, pixels / 255 in [0, 1]"
+    arr = _load_npy("data", job.data)
+    if arr.dtype.kind not in "fiu" or arr.ndim != 2 or arr.shape[1] != d:
+        raise ProbPruneError(f"data={job.data!r}: shape {arr.shape} dtype {arr.dtype}, expected numbers [N, {d}]")
+    if n > arr.shape[0]:
+        raise ProbPruneError(f"n_points={n}: data={job.data!r} has {arr.shape[0]} rows")
+    arr = arr[:n]
+    if not np.isfinite(arr).all():
+        raise ProbPruneError(f"data={job.data!r}: non-finite values")
+    x = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float64))
+    y: Tensor | None = None
+    if job.labels is not None:
+        lab = _load_npy("labels", job.labels)
+        if lab.dtype.kind not in "iu" or lab.ndim != 1 or lab.shape[0] < n:
+            raise ProbPruneError(f"labels={job.labels!r}: shape {lab.shape} dtype {lab.dtype}, expected integers "
+                                 f"[>= {n}]")
+        y = torch.from_numpy(lab[:n].astype(np.int64))
+    return x, y, f"rows 0..{n - 1} of {job.data} as given"
+
+
+def layerwise_radius(centres: Tensor, radius: float, norm: str, clip: tuple[float, float] | None) -> Tensor:
+    """``[B]`` radii R (rounded up) of ℓ2 balls around 0 that contain each ball ∩ box (module docstring).
+
+    >>> float(layerwise_radius(torch.tensor([[3.0, 4.0]], dtype=torch.float64), 1.0, "l2", None)[0]) >= 6.0
+    True
+    """
+    c = centres.double()
+    d = c.shape[1]
+    up = 1.0 + 1e-12  # covers the float64 rounding of the norms (relative ≤ (d + 2)·2⁻⁵³ for d < 10⁴)
+    grow = radius if norm == "l2" else radius * math.sqrt(d)
+    r1 = (c.norm(dim=1) + grow) * up
+    lo, hi = c - radius, c + radius
+    if clip is not None:
+        lo, hi = lo.clamp_min(clip[0]), hi.clamp_max(clip[1])
+    r2 = torch.maximum(lo.abs(), hi.abs()).norm(dim=1) * up
+    return torch.minimum(r1, r2)
+
+
+def _median(v: list[float]) -> float:
+    return float(np.median(np.asarray(v, dtype=np.float64))) if v else math.nan
+
+
+def summarize_rows(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The summary of the rows: agreement shares, accuracies, median/max of upper, lower, ratio."""
+    n = len(rows)
+    ups = [float(r["upper"]) for r in rows]
+    los = [float(r["lower"]) for r in rows]
+    ratios = [float(r["ratio"]) for r in rows]
+    labelled = [r for r in rows if r["label"] is not None]
+    acc_t = sum(r["class_target"] == r["label"] for r in labelled) / len(labelled) if labelled else None
+    acc_p = sum(r["class_pruned"] == r["label"] for r in labelled) / len(labelled) if labelled else None
+    return {
+        "n": n,
+        "certified_agreement": sum(bool(r["certified_agree"]) for r in rows) / max(1, n),
+        "empirical_agreement": sum(bool(r["empirical_agree"]) for r in rows) / max(1, n),
+        "refuted": sum(r["verdict"] == "refuted" for r in rows),
+        "accuracy_target": acc_t,
+        "accuracy_pruned": acc_p,
+        "median_upper": _median(ups), "max_upper": max(ups) if ups else math.nan,
+        "median_lower": _median(los), "max_lower": max(los) if los else math.nan,
+        "median_ratio": _median(ratios), "max_ratio": max(ratios) if ratios else math.nan,
+        "differential_wins": sum(r["upper_from"] == "differential" for r in rows),
+    }
+
+
+def _chunk_rows(target: Net, pruned: Net, x: Tensor, y: Tensor | None, start: int, job: CertifyJob,
+                gen: torch.Generator) -> list[dict[str, Any]]:
+    ball = BallSpec(radius=float(job.radius), norm=job.norm, box=job.clip)  # type: ignore[arg-type]
+    diff = differential_bound(target, pruned, ball, centres=x)
+    radii = layerwise_radius(x, float(job.radius), job.norm, job.clip)
+    lay = [float(certified_gap_bound(target, pruned, float(r)).value) for r in radii.tolist()]
+    low = gap_search(target, pruned, ball, gen, centres=x, n_restarts=job.n_restarts, n_steps=job.n_steps)
+    agr = certified_agreement(target, pruned, ball, centres=x, generator=gen,
+                              n_restarts=max(1, job.n_restarts // 2), n_steps=max(1, job.n_steps // 2))
+    t64, p64 = target.to(dtype=torch.float64), pruned.to(dtype=torch.float64)
+    with torch.no_grad():
+        ct, cp = cast(Tensor, t64(x)).argmax(-1), cast(Tensor, p64(x)).argmax(-1)
+        wt, wp = cast(Tensor, t64(low.x)).argmax(-1), cast(Tensor, p64(low.x)).argmax(-1)
+    rows = []
+    for i in range(x.shape[0]):
+        ud, ul = float(diff.value[i]), lay[i]
+        upper = min(ud, ul)
+        lower = float(low.value[i])
+        verdict = agr.verdicts[i]
+        emp = bool(ct[i] == cp[i]) and bool(wt[i] == wp[i]) and verdict != "refuted"
+        rows.append({
+            "index": start + i,
+            "label": None if y is None else int(y[i]),
+            "class_target": int(ct[i]), "class_pruned": int(cp[i]),
+            "lower": lower, "upper": upper, "upper_differential": ud, "upper_layerwise": ul,
+            "layerwise_radius": float(radii[i]),
+            "upper_from": "differential" if ud <= ul else "layerwise",
+            "ratio": upper / lower if lower > 0 else math.inf,
+            "verdict": verdict, "certified_agree": verdict == "certified", "empirical_agree": emp,
+            "margin_target": float(agr.margin_target[i]), "margin_pruned": float(agr.margin_pruned[i]),
+        })
+    return rows
+
+
+def write_rows(path: str, rows: list[dict[str, Any]], summary: dict[str, Any]) -> None:
+    """Write the rows as CSV (one line per input) or JSON (``{"rows": …, "summary": …}``), atomically."""
+    import csv
+    import io
+    import json
+    import tempfile
+
+    if Path(path).suffix.lower() == ".json":
+        def safe(v: Any) -> Any:
+            if isinstance(v, float) and not math.isfinite(v):
+                return "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")
+            if isinstance(v, dict):
+                return {k: safe(w) for k, w in v.items()}
+            if isinstance(v, list):
+                return [safe(w) for w in v]
+            return v
+        text = json.dumps(safe({"rows": rows, "summary": summary}), indent=2, sort_keys=True, allow_nan=False)
+    else:
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=list(rows[0].keys()) if rows else ["index"], lineterminator="\n")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: ("" if v is None else v) for k, v in r.items()})
+        text = buf.getvalue()
+    p = Path(path).expanduser()
+    fd, tmp = tempfile.mkstemp(dir=str(p.parent if str(p.parent) else "."), prefix=".certify-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, p)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def run_certify(job: CertifyJob, progress: Progress | None = None, write: bool = True) -> CertifyOutcome:
+    """Load, certify every input, summarise, and (with ``job.out`` and ``write``) write the rows.
+
+    Args:
+        job: the settings (checked first: nothing is computed or written for bad input).
+        progress: called with (inputs done, total) after each chunk.
+        write: write ``job.out`` when set.
+    """
+    check_job(job)
+    target, pruned = load_pair(job)
+    if target.spec.kind != "fcn":  # the differential bound's own refusal, passed on
+        differential_bound(target, pruned, BallSpec(radius=float(job.radius)))
+    x, y, note = load_inputs(job, target.spec)
+    if job.clip is not None and not bool(((x >= job.clip[0]) & (x <= job.clip[1])).all()):
+        bad = int(((x < job.clip[0]) | (x > job.clip[1])).any(1).nonzero()[0, 0])
+        raise ProbPruneError(f"clip={job.clip!r}: input {bad} lies outside the box")
+    t0 = time.perf_counter()
+    gen = torch.Generator().manual_seed(job.seed)
+    rows: list[dict[str, Any]] = []
+    n = x.shape[0]
+    if progress is not None:
+        progress(0, n)
+    for start in range(0, n, job.batch_size):
+        rows += _chunk_rows(target, pruned, x[start:start + job.batch_size],
+                            None if y is None else y[start:start + job.batch_size], start, job, gen)
+        if progress is not None:
+            progress(len(rows), n)
+    seconds = time.perf_counter() - t0
+    summary = summarize_rows(rows)
+    summary["seconds"] = seconds
+    if write and job.out is not None:
+        write_rows(job.out, rows, summary)
+    return CertifyOutcome(rows, summary, note, target.spec, seconds)
