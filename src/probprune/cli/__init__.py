@@ -22,6 +22,7 @@ except ImportError:  # pragma: no cover - typer built on the click package
 
 from probprune.cli import bound as _bound  # noqa: F401
 from probprune.cli import certificate as _certificate  # noqa: F401
+from probprune.cli import certify as _certify  # noqa: F401
 from probprune.cli import data as _data  # noqa: F401
 from probprune.cli import experiment as _experiment  # noqa: F401
 from probprune.cli import gap as _gap  # noqa: F401
