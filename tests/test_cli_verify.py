@@ -41,6 +41,10 @@ def test_json_run_then_resume_is_a_noop(tmp_path: Path, capsys: pytest.CaptureFi
     assert doc["status"] == "complete" and doc["n_done"] == doc["n_expected"] == 16 and doc["n_new"] == 16
     assert len(doc["points"]) == 4 and {s["method"] for s in doc["slopes"]} == {"magnitude", "random"}
     assert doc["all_passed"] is True
+    # verdicts: 4 failure-free trials leave every interval containing 1 - δ (consistent, not confirmed)
+    assert all(p["verdict"] == "consistent" and p["n_trials"] < p["n_trials_to_confirm"] for p in doc["points"])
+    assert (doc["n_confirmed"], doc["n_consistent"], doc["n_refuted"]) == (0, 4, 0)
+    assert doc["executor"] == {"name": "local"}
     assert all(p["passed"] is True and p["eps"] > p["gap_lower_quantile"] for p in doc["points"])
     assert (run_dir / "config.json").is_file() and (run_dir / "results.sqlite").is_file()
     report_path = getattr(importlib.import_module("probprune.report"), "build_report", None)
@@ -66,7 +70,11 @@ def test_table_output_and_dry_run(tmp_path: Path, capsys: pytest.CaptureFixture[
     code, out, err = run(["verify", *QUICK, "--method", "random", "--p", "0.1", "--rescale",
                           "--runs-dir", str(tmp_path)], capsys)
     assert code == 0, err
-    assert "coverage" in out and "pass" in out and "run directory:" in out
+    assert "coverage" in out and "run directory:" in out
+    # 4 trials without a failure cannot confirm: each point is "consistent", and the output says how many would
+    assert "consistent" in out and "pass" not in out.split("run directory:")[0]
+    assert "4 trials per point can only refute" in out and "--set mc.n_trials=" in out
+    assert "verdicts: 0 confirmed, 2 consistent, 0 refuted" in out
 
 
 def test_default_dry_run_is_the_paper_setting(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -139,3 +147,18 @@ def test_bad_input_one_line_exit_2_nothing_changed(tmp_path: Path, capsys: pytes
         assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], (args, err)
         assert out == ""  # not even the header: the config is resolved before anything is printed
         assert _snapshot(tmp_path) == before, args
+
+
+def test_refuted_points_are_named_in_table_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                   no_report: None) -> None:
+    tiny = [*QUICK, "--eps", "1e-9", "--runs-dir", str(tmp_path)]  # every gap exceeds this ε: coverage 0
+    code, out, err = run(["verify", *tiny, "--json"], capsys)
+    assert code == 0, err
+    doc = json.loads(out)
+    assert all(p["verdict"] == "refuted" for p in doc["points"])
+    assert (doc["n_confirmed"], doc["n_consistent"], doc["n_refuted"]) == (0, 0, 4)
+    assert doc["all_passed"] is False
+    code, out, err = run(["verify", *tiny], capsys)
+    assert code == 0, err
+    assert "4 grid point(s) refuted" in out and out.count("refuted") >= 6  # 4 rows + counts + failure line
+    assert "FAIL" not in out

@@ -6,14 +6,18 @@ No maths here: commands resolve a config, call ``runner``/``report``, print resu
 from __future__ import annotations
 
 import hashlib
+import inspect
+import io
 import json
 import math
 import sys
 from typing import Annotated, Any
 
 import typer
+from rich.cells import cell_len
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from probprune.config import ProbPruneError
 
@@ -29,7 +33,9 @@ __all__ = [
     "header_line",
     "json_safe",
     "print_header",
+    "print_table",
     "stats_table",
+    "takes_prune_setting",
 ]
 
 TERMS = ("prune_fraction = share of weights REMOVED (in [0, 1]); density = share KEPT = 1 - sparsity; "
@@ -51,8 +57,96 @@ app = typer.Typer(
 #: ``--verbose``: print the full resolved config after the one-line header.
 VerboseOpt = Annotated[bool, typer.Option("--verbose", help="Also print the full resolved config.")]
 
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+
+
+def _plain(cell: Any) -> Text:
+    """A table cell or header as :class:`~rich.text.Text` (markup in a string is rendered, not shown)."""
+    if isinstance(cell, Text):
+        return cell
+    if isinstance(cell, str):
+        return Text.from_markup(cell)
+    return Text(str(cell))
+
+
+def table_width(table: Table) -> int:
+    """The width in cells of ``table`` printed whole (no column shrunk, wrapped or cut)."""
+    for col in table.columns:
+        col.no_wrap = True
+        col.overflow = "fold"  # never an ellipsis, whatever happens
+    buf = io.StringIO()
+    Console(file=buf, width=100_000, color_system=None, force_terminal=False, highlight=False,
+            legacy_windows=False).print(table)
+    return max((cell_len(line.rstrip()) for line in buf.getvalue().splitlines()), default=0)
+
+
+def _stacked(table: Table) -> list[Text]:
+    """``table`` as records: one ``column: value`` line per cell, a blank line between rows."""
+    heads = [_plain(c.header).plain for c in table.columns]
+    pad = max((cell_len(h) for h in heads), default=0)
+    lines: list[Text] = []
+    if table.title is not None:
+        lines.append(_plain(table.title))
+    cols = [list(c.cells) for c in table.columns]
+    for i in range(table.row_count):
+        lines.append(Text(""))
+        for head, cells in zip(heads, cols):
+            lines.append(Text(head.rjust(pad) + ": ") + _plain(cells[i] if i < len(cells) else ""))
+    if table.caption is not None:
+        lines += [Text(""), _plain(table.caption)]
+    return lines
+
+
+def print_table(table: Table, target: Console | None = None) -> str:
+    """Print a results table so that no cell is ever cut: the one printer of every command's tables.
+
+    * stdout (``target``) is **not a terminal** (piped, redirected, a test): the table is printed at its
+      full natural width, whatever ``$COLUMNS`` says, without colour — every row one line, easy to
+      ``grep``/``awk``;
+    * a **terminal** wide enough for the table: the table as it is;
+    * a terminal **narrower** than the table: stacked records, one ``column: value`` line per cell
+      and a blank line between rows (a long value then wraps at the terminal's edge but is never cut).
+
+    Every column is set ``no_wrap`` with ``overflow="fold"``, so no ellipsis can appear.
+
+    Args:
+        table: the rich table.
+        target: the console to print on (default :data:`console`).
+
+    Returns:
+        The layout used: ``"wide"``, ``"table"`` or ``"stacked"``.
+    """
+    c = console if target is None else target
+    width = table_width(table)
+    if not c.is_terminal:
+        wide = Console(file=c.file, width=max(width, 1), color_system=None, force_terminal=False,
+                       highlight=False, legacy_windows=False, soft_wrap=False)
+        Console.print(wide, table, crop=False)
+        return "wide"
+    if width <= c.width:
+        Console.print(c, table)
+        return "table"
+    for line in _stacked(table):
+        Console.print(c, line, soft_wrap=True)
+    return "stacked"
+
+
+class _TableConsole(Console):
+    """A console whose ``print`` of one :class:`~rich.table.Table` goes through :func:`print_table`.
+
+    Every command prints its results with ``console.print(table)``; routing that call here makes
+    :func:`print_table` the one printer of every table without each command having to know it.
+    """
+
+    def print(self, *objects: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        """Print as :meth:`rich.console.Console.print`; a lone table goes through :func:`print_table`."""
+        if len(objects) == 1 and isinstance(objects[0], Table) and not kwargs:
+            print_table(objects[0], self)
+            return
+        super().print(*objects, **kwargs)
+
+
+console: Console = _TableConsole(highlight=False)
+err_console: Console = _TableConsole(stderr=True, highlight=False)
 
 
 def fail(message: str) -> None:
@@ -135,24 +229,33 @@ def stats_table(stats: dict[str, Any], title: str = "pruning report") -> Table:
     return t
 
 
-def add_terms_to_help(typer_app: typer.Typer) -> None:
-    """Append :data:`TERMS` to the help of every command and group that lacks it (recursively).
+#: Parameters that set a pruning rule: a command with one of them gets :data:`TERMS` in its help.
+PRUNE_PARAMS = frozenset({"prune_fraction", "prune_fractions", "threshold", "relative_threshold", "p", "method",
+                          "methods", "density"})
 
-    Every sub-command's ``--help`` then says what prune_fraction, sparsity and density mean.
+
+def takes_prune_setting(callback: Any) -> bool:
+    """Whether a command function takes a pruning setting (one of :data:`PRUNE_PARAMS`)."""
+    if callback is None:
+        return False
+    return bool(PRUNE_PARAMS & set(inspect.signature(callback).parameters))
+
+
+def add_terms_to_help(typer_app: typer.Typer) -> None:
+    """Append :data:`TERMS` to the help of every command that takes a pruning setting (recursively).
+
+    Those commands' ``--help`` then say what prune_fraction, sparsity and density mean; commands and
+    groups without a pruning setting (``data info``, ``config show``, ``report`` …) are left alone.
     """
     for cmd in typer_app.registered_commands:
+        if not takes_prune_setting(cmd.callback):
+            continue
         text = cmd.help or (cmd.callback.__doc__ if cmd.callback is not None else None) or ""
         if "REMOVED" not in text:
             cmd.help = (text.strip() + " " + TERMS).strip()
     for group in typer_app.registered_groups:
-        sub = group.typer_instance
-        if sub is None:
-            continue
-        info = sub.info
-        text = info.help if isinstance(info.help, str) else ""
-        if "REMOVED" not in text:
-            info.help = (text.strip() + " " + TERMS).strip()
-        add_terms_to_help(sub)
+        if group.typer_instance is not None:
+            add_terms_to_help(group.typer_instance)
 
 
 def _print_version(value: bool) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
@@ -35,6 +36,16 @@ def _floats(name: str, text: str) -> tuple[float, ...]:
         return tuple(float(t) for t in text.split(",") if t.strip())
     except ValueError:
         raise ProbPruneError(f"{name}={_shown(text)}: expected comma-separated numbers") from None
+
+
+def _write_report(run_dir: Path) -> Path:
+    """Write the run's HTML report (``report.html`` in the run folder) at the end of the run; returns its path.
+
+    Imported here, not at start-up: the report needs matplotlib, which ``--help`` should not load.
+    """
+    from probprune.report import build_report
+
+    return Path(build_report(run_dir))
 
 
 def _names(text: str) -> tuple[str, ...]:
@@ -94,7 +105,7 @@ def experiment_cmd(
         help="Adam L2 weight decay of the dense training (default 1e-4; fine-tuning uses none).")] = None,
     models: Annotated[Optional[str], typer.Option(help="Comma-separated: lenet-300-100,lenet-5.")] = None,
     prune_fractions: Annotated[Optional[str], typer.Option(
-        "--prune-fractions", help=f"Comma-separated shares REMOVED (default {','.join(map(str, PRUNE_FRACTIONS))}).")]
+        "--prune-fractions", help=f"Comma-separated shares REMOVED (default {', '.join(map(str, PRUNE_FRACTIONS))}).")]
     = None,
     methods: Annotated[Optional[str], typer.Option(help="Comma-separated: random,magnitude.")] = None,
     scopes: Annotated[Optional[str], typer.Option(help="Comma-separated: layerwise,global.")] = None,
@@ -103,7 +114,7 @@ def experiment_cmd(
     runs_dir: Annotated[str, typer.Option(help="Parent folder of the run folder <hash>/.")] = "runs",
     threads: Annotated[Optional[int], typer.Option(help="torch CPU threads (default: torch's choice).")] = None,
     executor: Annotated[str, typer.Option(help="Where the pruning settings run: local (this process) or ray (a Ray "
-                                          "cluster; needs pip install 'probprune[ray]'; dense training stays "
+                                          "cluster; needs pip install 'probprune\\[ray]'; dense training stays "
                                           "here).")] = "local",
     address: Annotated[Optional[str], typer.Option(help="With --executor ray: default starts a local Ray instance; "
                                                    "'auto' or 'ray://host:port' joins a cluster.")] = None,
@@ -167,13 +178,15 @@ def experiment_cmd(
         finally:
             getattr(ex, "shutdown", lambda: None)()
     summary = summarize(out.rows)
+    report = _write_report(out.run_dir)
     if markdown and not as_json:
         print(markdown_tables(summary))
         err_console.print(f"run folder: {out.run_dir}  ({out.computed} settings computed in {out.seconds:.1f} s)")
+        err_console.print(f"report: {report}", markup=False, soft_wrap=True)
         return
     if as_json:
         emit_json({"run_dir": str(out.run_dir), "config": spec.to_dict(), "seconds": out.seconds,
-                   "computed": out.computed, "rows": out.rows, "summary": summary})
+                   "computed": out.computed, "rows": out.rows, "summary": summary, "report": str(report)})
         return
     t = Table(title=f"{dataset}: test accuracy and gap (mean over {len(spec.seeds)} seed(s)); "
                     "prune_fraction = share removed; gap over the ball of radius max ||x|| of the test set")
@@ -186,3 +199,4 @@ def experiment_cmd(
                   f"{s['gap_lower']:.3g}", f"{s['gap_upper']:.3g}", f"{s['mean_test_gap']:.3g}")
     console.print(t)
     console.print(f"run folder: {out.run_dir}  ({out.computed} settings computed in {out.seconds:.1f} s)")
+    console.print(f"report: {report}", markup=False, soft_wrap=True)

@@ -8,14 +8,13 @@ from typing import Annotated
 import typer
 
 from probprune.cli.app import VerboseOpt, app, console, emit_json, err_console, print_header
-from probprune.report import write_report
-from probprune.runner.prune import check_output_paths
-from probprune.store.reports import load_report_data
+from probprune.cli.verify import verdict_counts
 
 
 @app.command("report", help="Write report.html (one self-contained file: figures embedded, no network access) and "
              "summary.md into a run folder (runs/<hash>). A partial run is reported with a visible warning "
-             "(exit 0); a folder with no results is an error (exit 2).")
+             "(exit 0); a folder with no results is an error (exit 2). --json adds, for a verify run, the grid "
+             "points per verdict: n_confirmed, n_consistent, n_refuted (n_fail = n_refuted, n_pass = the others).")
 def report_cmd(
     run_dir: Annotated[str, typer.Argument(help="The run folder, e.g. runs/<config-hash>.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document instead of text.")] = False,
@@ -26,13 +25,17 @@ def report_cmd(
     print_header({"run_dir": run_dir}, str(out), as_json, verbose)
     if dry_run:
         return
+    from probprune.report import write_report
+    from probprune.runner.prune import check_output_paths
+    from probprune.store.reports import load_report_data
+
     data = load_report_data(run_dir)
     check_output_paths({"report": out, "summary": Path(run_dir) / "summary.md"})  # before anything is written
     path = write_report(data)
     doc = {"report": str(path), "summary": str(path.parent / "summary.md"), "status": data.status,
            "n_done": data.n_done, "n_expected": data.n_expected,
            "n_pass": sum(1 for p in data.points if p.get("passed") is True),
-           "n_fail": sum(1 for p in data.points if p.get("passed") is False)}
+           "n_fail": sum(1 for p in data.points if p.get("passed") is False), **verdict_counts(data.points)}
     if as_json:
         emit_json(doc)
         return

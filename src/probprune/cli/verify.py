@@ -14,10 +14,9 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from probprune.cli.app import TERMS, VerboseOpt, app, console, emit_json, err_console, print_header
+from probprune.cli.app import TERMS, VerboseOpt, app, console, emit_json, err_console, print_header, print_table
 from probprune.config import (
     BoundSpec,
     ProbPruneError,
@@ -31,12 +30,9 @@ from probprune.config import (
     to_dict,
     with_overrides,
 )
-from probprune.runner.prune import check_device, check_output_dir, check_verify_budget
-from probprune.runner.ray_executor import make_executor
-from probprune.runner.verify import ProgressEvent, check_run, default_config, run_verify
-from probprune.store.runs import open_run, run_dir_for
 
-__all__ = ["config_app", "report_after_verify", "resolve_config", "verify_cmd"]
+__all__ = ["VERDICT_STYLE", "config_app", "confirm_sentence", "points_table", "ray_line", "report_after_verify",
+           "resolve_config", "slopes_table", "verdict_counts", "verify_cmd"]
 
 config_app = typer.Typer(name="config", help="Show resolved configs and their hashes.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
@@ -97,10 +93,14 @@ def resolve_config(
     if resume is not None and config is not None:
         raise ProbPruneError(f"--config {config!r}: give either --config or --resume, not both")
     if resume is not None:
+        from probprune.store.runs import open_run
+
         cfg = open_run(resume).config
     elif config is not None:
         cfg = load_toml(config)
     else:
+        from probprune.runner.verify import default_config
+
         cfg = default_config()
     net, mc, bound = cfg.net, cfg.mc, cfg.bound
     if arch is not None:
@@ -164,14 +164,51 @@ def _fmt(v: Any, spec: str = ".3g") -> str:
 _SYMBOL = {"relative_threshold": "ρ", "threshold": "τ", "p": "p", "prune_fraction": "q"}
 
 
+#: Colour of each verdict on a terminal (plain words when not on one).
+VERDICT_STYLE = {"confirmed": "green", "consistent": "yellow", "refuted": "bold red"}
+
+
+def _verdict(p: dict[str, Any]) -> str | None:
+    v = p.get("verdict")
+    if isinstance(v, str):
+        return v
+    if p.get("passed") is False:  # a row written before verdicts: failed means refuted
+        return "refuted"
+    return None
+
+
+def verdict_counts(points: list[dict[str, Any]]) -> dict[str, int]:
+    """``n_confirmed``, ``n_consistent``, ``n_refuted``: grid points per verdict (points without one not counted)."""
+    vs = [_verdict(p) for p in points]
+    return {f"n_{v}": sum(1 for x in vs if x == v) for v in VERDICT_STYLE}
+
+
+def confirm_sentence(points: list[dict[str, Any]]) -> str | None:
+    """The warning for points with too few trials to confirm the bound, or ``None`` when every point has enough.
+
+    With n trials and no failure the Clopper–Pearson interval of P(gap ≤ ε) still contains 1 − δ for
+    n below ``n_trials_to_confirm``: such a run can refute the bound, never confirm it.
+    """
+    short = [p for p in points if p.get("n_trials_to_confirm") is not None and p.get("eps") is not None
+             and p.get("n_trials") is not None and p["n_trials"] < p["n_trials_to_confirm"]]
+    if not short:
+        return None
+    n = min(int(p["n_trials"]) for p in short)
+    m = max(int(p["n_trials_to_confirm"]) for p in short)
+    return (f"{n} trials per point can only refute the bound, not confirm it (with no failure the "
+            f"Clopper–Pearson interval still contains 1 − δ); confirming needs ≥ {m} trials "
+            f"(--set mc.n_trials={m}).")
+
+
 def points_table(points: list[dict[str, Any]]) -> Table:
-    """Rich table of the per-point statistics."""
+    """Rich table of the per-point statistics, with the verdict of each point (confirmed / consistent / refuted)."""
     t = Table(title="verify: sup-gap (empirical lower, certified upper) vs ε(δ); coverage = P(gap ≤ ε)")
-    t.add_column("result", no_wrap=True, min_width=6)
+    t.add_column("verdict", no_wrap=True, min_width=7)
     for c in ("h", "rule", "R", "gap med", "q(1-δ)", "upper med", "ε(δ)", "coverage [CP]", "ε/q"):
         t.add_column(c, justify="left" if c == "rule" else "right")
     for p in points:
-        res = "-" if p["passed"] is None else ("[green]pass[/green]" if p["passed"] else "[bold red]FAIL[/bold red]")
+        v = _verdict(p)
+        res = "-" if v is None else f"[{VERDICT_STYLE.get(v, 'default')}]{v}[/]"
         cov = "-" if p["coverage"] is None else \
             f"{p['coverage']:.2f} [{p['coverage_low']:.2f},{p['coverage_high']:.2f}]"
         rule = f"{p['method'][:3]} {_SYMBOL.get(p['level_name'], p['level_name'])}={p['level_value']:.3g}"
@@ -196,7 +233,9 @@ def slopes_table(slopes: list[dict[str, Any]]) -> Table:
 
 @app.command("verify", help="Monte Carlo check of the gap bounds: R sampled targets per grid point (hidden widths × "
              "pruning rules), empirical sup-gap and certified upper bound per trial, coverage of ε(δ) with a "
-             "Clopper–Pearson interval (pass/fail), tightness, log-log slope vs width. With no options: the paper's "
+             "Clopper–Pearson interval and a verdict per point — confirmed (interval above 1 − δ), consistent "
+             "(it contains 1 − δ: too few trials to confirm) or refuted (below) —, tightness, log-log slope vs "
+             "width. With no options: the paper's "
              "FCN setting (about 3 minutes on 2 CPU cores). Runs are stored in RUNS_DIR/<config-hash>/ and resume "
              "where they stopped. " + TERMS)
 def verify_cmd(
@@ -231,11 +270,14 @@ def verify_cmd(
     runs_dir: Annotated[str, typer.Option(help="Parent folder of run folders.")] = "runs",
     resume: Annotated[Optional[str], typer.Option(help="Continue the run in this folder (runs/<hash>).")] = None,
     executor: Annotated[str, typer.Option(help="Where trials run: local (this process) or ray (a Ray cluster; "
-                                          "needs pip install 'probprune[ray]').")] = "local",
+                                          "needs pip install 'probprune\\[ray]').")] = "local",
     address: Annotated[Optional[str], typer.Option(help="With --executor ray: default starts a local Ray "
                                                    "instance; 'auto' or 'ray://host:port' joins a cluster.")]
     = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document instead of tables.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help=(
+        "Print one JSON document instead of tables: per point its verdict, the counts n_confirmed / "
+        "n_consistent / n_refuted, and all_passed = no point refuted (weaker than confirmed).")
+    )] = False,
     dry_run: Annotated[bool, typer.Option(help="Print the resolved config and run folder, then stop.")] = False,
     verbose: VerboseOpt = False,
 ) -> None:
@@ -243,6 +285,10 @@ def verify_cmd(
                          prune_fraction=prune_fraction, threshold=threshold, relative_threshold=relative_threshold,
                          p=p, rescale=rescale, schedule=schedule, delta=delta, eps=eps, trials=trials,
                          chunk_size=chunk_size, seed=seed, device=device, dtype=dtype, matmul=matmul)
+    from probprune.runner.prune import check_device, check_output_dir, check_verify_budget
+    from probprune.runner.ray_executor import make_executor
+    from probprune.runner.verify import check_run
+
     check_device(cfg.mc.device, "mc.device")
     if resume is None:
         check_output_dir("runs_dir", runs_dir)
@@ -254,6 +300,67 @@ def verify_cmd(
         return
     # start / join Ray before anything is written: an unreachable cluster leaves no run folder
     getattr(ex, "start", lambda: None)()
+    ex_doc = _executor_doc(ex)  # while it runs: describing a stopped Ray would start it again
+    where = ray_line(ex_doc)
+    if where is not None and not as_json:
+        console.print(where, markup=False, soft_wrap=True)
+    res = _run_with_progress(cfg, runs_dir, ex, resume, as_json)
+    report = report_after_verify(res.run_dir)
+    if as_json:
+        emit_json({"run_dir": str(res.run_dir), "hash": res.info.hash, "status": res.info.status,
+                   "n_done": res.info.n_done, "n_expected": res.info.n_expected, "n_new": res.n_new,
+                   "resumed": res.resumed, "seconds": res.seconds, "points": res.points, "slopes": res.slopes,
+                   **verdict_counts(res.points), "all_passed": all(_verdict(p) != "refuted" for p in res.points),
+                   "executor": ex_doc,
+                   "report": None if report is None else str(report), "config": canonical_json(cfg)})
+        return
+    print_table(points_table(res.points))
+    if res.slopes:
+        print_table(slopes_table(res.slopes))
+    counts = verdict_counts(res.points)
+    console.print(f"verdicts: {counts['n_confirmed']} confirmed, {counts['n_consistent']} consistent, "
+                  f"{counts['n_refuted']} refuted", markup=False, soft_wrap=True)
+    if counts["n_refuted"]:
+        console.print(f"[bold red]{counts['n_refuted']} grid point(s) refuted[/bold red]: the Clopper–Pearson "
+                      "interval of P(gap ≤ ε) lies below 1 − δ.", soft_wrap=True)
+    sentence = confirm_sentence(res.points)
+    if sentence is not None:
+        console.print(sentence, markup=False, soft_wrap=True)
+    state = "resumed, " if res.resumed else ""
+    console.print(f"run directory: {res.run_dir} ({state}{res.info.status}, {res.info.n_done}/{res.info.n_expected} "
+                  f"trials, {res.n_new} new, {res.seconds:.1f} s)", markup=False, soft_wrap=True)
+    if report is not None:
+        console.print(f"report: {report}", markup=False, soft_wrap=True)
+
+
+def _executor_doc(ex: Any) -> dict[str, Any]:
+    """``{"name": "local"}``, or ``{"name": "ray", …}`` with what the Ray executor reports (after its start)."""
+    describe = getattr(ex, "describe", None)
+    return {"name": "local"} if describe is None else {"name": "ray", **describe()}
+
+
+def ray_line(d: dict[str, Any]) -> str | None:
+    """One line saying where Ray runs the work (local instance or cluster address, nodes, workers) from
+    :func:`_executor_doc`; ``None`` for the local executor."""
+    if d.get("name") != "ray":
+        return None
+    gpus = f", {d['n_gpus']:g} GPU(s)" if d["n_gpus"] else ""
+    return (f"executor: {d['where']} (address {d['address']}): {d['n_nodes']} node(s), {d['n_cpus']:g} CPU(s){gpus}, "
+            f"{d['n_workers']} worker(s) at once")
+
+
+def _run_with_progress(cfg: RunConfig, runs_dir: str, ex: Any, resume: str | None, as_json: bool) -> Any:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    from probprune.runner.verify import ProgressEvent, run_verify
+
     target = err_console if as_json else console
     with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), TimeRemainingColumn(), console=target, transient=False,
@@ -265,29 +372,9 @@ def verify_cmd(
             bar.update(task, total=ev.total, completed=ev.done, description=desc)
 
         try:
-            res = run_verify(cfg, runs_dir, executor=ex, progress=on_progress, resume=resume)
+            return run_verify(cfg, runs_dir, executor=ex, progress=on_progress, resume=resume)
         finally:
             getattr(ex, "shutdown", lambda: None)()
-    report = report_after_verify(res.run_dir)
-    if as_json:
-        emit_json({"run_dir": str(res.run_dir), "hash": res.info.hash, "status": res.info.status,
-                   "n_done": res.info.n_done, "n_expected": res.info.n_expected, "n_new": res.n_new,
-                   "resumed": res.resumed, "seconds": res.seconds, "points": res.points, "slopes": res.slopes,
-                   "all_passed": all(p["passed"] is not False for p in res.points),
-                   "report": None if report is None else str(report), "config": canonical_json(cfg)})
-        return
-    console.print(points_table(res.points))
-    if res.slopes:
-        console.print(slopes_table(res.slopes))
-    n_fail = sum(1 for p in res.points if p["passed"] is False)
-    if n_fail:
-        console.print(f"[bold red]{n_fail} grid point(s) FAIL[/bold red]: the Clopper–Pearson interval of "
-                      "P(gap ≤ ε) lies below 1 − δ.")
-    state = "resumed, " if res.resumed else ""
-    console.print(f"run directory: {res.run_dir} ({state}{res.info.status}, {res.info.n_done}/{res.info.n_expected} "
-                  f"trials, {res.n_new} new, {res.seconds:.1f} s)")
-    if report is not None:
-        console.print(f"report: {report}")
 
 
 @config_app.command("show", help="Print the resolved config (default: the verify default), its hash and run folder.")
@@ -298,6 +385,8 @@ def config_show(
     runs_dir: Annotated[str, typer.Option(help="Parent folder of run folders.")] = "runs",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
 ) -> None:
+    from probprune.store.runs import run_dir_for
+
     cfg = resolve_config(config, sets)
     doc: dict[str, Any] = {"hash": config_hash(cfg), "run_dir": str(run_dir_for(runs_dir, cfg)),
                            "canonical": canonical_json(cfg), "config": to_dict(cfg)}

@@ -288,6 +288,23 @@ class RayExecutor:
     def __exit__(self, *exc: object) -> None:
         self.shutdown()
 
+    def describe(self) -> dict[str, Any]:
+        """Where the work runs (call after :meth:`start`): ``where`` (``"local Ray instance"`` or the
+        cluster address), ``address`` (the GCS address Ray reports), ``n_nodes``, ``n_cpus``, ``n_gpus``
+        and ``n_workers`` (tasks that can run at once: CPUs // ``threads_per_task``)."""
+        ray = import_ray()
+        self.start()
+        res = ray.cluster_resources()
+        nodes = [n for n in ray.nodes() if n.get("Alive", True)]
+        try:
+            gcs = str(ray.get_runtime_context().gcs_address)
+        except Exception:  # older Ray or Ray client: the address given is all we know
+            gcs = str(self.address)
+        cpus, gpus = float(res.get("CPU", 0.0)), float(res.get("GPU", 0.0))
+        where = "local Ray instance" if self.kind == "local" else f"Ray cluster {self.address}"
+        return {"where": where, "address": gcs, "n_nodes": len(nodes), "n_cpus": cpus, "n_gpus": gpus,
+                "n_workers": max(1, int(cpus) // self.threads_per_task)}
+
     # ------------------------------------------------------------------ checks
 
     def cluster_gpus(self) -> float:

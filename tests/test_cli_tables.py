@@ -1,0 +1,212 @@
+"""Every results table keeps every number whole: at 60, 80 and 200 columns on a terminal and redirected.
+
+The numbers are parsed back out of the printed text and compared with the same command's ``--json``.
+Also: the help texts (``[ray]`` shown, the TERMS sentence only where a prune setting is taken, no
+truncated defaults) and ``report --json``'s verdict counts.
+"""
+
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+from rich.table import Table
+
+from cliharness import run
+from probprune.cli.app import console, print_table
+
+TINY = ["--arch", "fcn:6,16,16,3", "--widths", "16,24", "--trials", "4", "--chunk-size", "2",
+        "--set", "gap.n_points=64", "--set", "gap.n_restarts=1", "--set", "gap.n_steps=2"]
+WIDTHS = (60, 80, 200)
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_NUM = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?(?:e[+-]?\d+)?(?![\w])")
+
+
+def numbers(text: str) -> Counter[str]:
+    """Every number token in ``text`` (ANSI colours removed), counted."""
+    return Counter(_NUM.findall(_ANSI.sub("", text)))
+
+
+def assert_whole(text: str, expected: list[str]) -> None:
+    """No ellipsis anywhere, and each expected number appears whole (as often as expected)."""
+    plain = _ANSI.sub("", text)
+    assert "…" not in plain and "..." not in plain, plain
+    have, want = numbers(plain), Counter(expected)
+    missing = {k: n for k, n in want.items() if have[k] < n}
+    assert not missing, (missing, plain)
+
+
+@pytest.fixture(params=[(w, tty) for w in WIDTHS for tty in (True, False)],
+                ids=[f"{w}-{'tty' if tty else 'redirected'}" for w in WIDTHS for tty in (True, False)])
+def screen(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[int, bool]]:
+    """The CLI's console as a terminal of ``w`` columns, or redirected with ``COLUMNS=w``."""
+    w, tty = request.param
+    monkeypatch.setattr(console, "_force_terminal", tty)
+    monkeypatch.setattr(console, "_width", w)
+    yield w, tty
+
+
+def _g(v: float) -> str:
+    return "inf" if v == float("inf") else format(v, ".3g")
+
+
+def test_verify_tables_show_every_number(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                         monkeypatch: pytest.MonkeyPatch, screen: tuple[int, bool]) -> None:
+    import probprune.cli.verify as cli_verify
+
+    monkeypatch.setattr(cli_verify, "report_after_verify", lambda run_dir: None)
+    code, out, err = run(["verify", *TINY, "--runs-dir", str(tmp_path), "--json"], capsys)
+    assert code == 0, err
+    doc = json.loads(out)
+    code, out, err = run(["verify", *TINY, "--runs-dir", str(tmp_path)], capsys)
+    assert code == 0, err
+    want: list[str] = []
+    for p in doc["points"]:
+        want += [str(p["width"]), _g(p["gap_lower_median"]), _g(p["gap_lower_quantile"]), _g(p["gap_upper_median"]),
+                 _g(p["eps"]), _g(p["tightness"])]
+    assert_whole(out, want)
+    for p in doc["points"]:  # coverage and its interval: 0.xx [0.xx,1.00]
+        assert f"{p['coverage']:.2f} [{p['coverage_low']:.2f},{p['coverage_high']:.2f}]" in _ANSI.sub("", out)
+    assert _ANSI.sub("", out).count("consistent") >= len(doc["points"])
+    w, tty = screen
+    lines = _ANSI.sub("", out).splitlines()
+    rows = [ln for ln in lines if "│" in ln]
+    if tty:  # on a terminal a table is drawn only when it fits, else stacked records (no table rows)
+        assert all(len(ln) <= w for ln in rows)
+        assert rows if w == 200 else True
+        assert rows or sum(ln.strip().startswith("gap med:") for ln in lines) == len(doc["points"])
+    else:  # redirected: the whole table, one line per point, whatever COLUMNS says
+        assert len([ln for ln in rows if "consistent" in ln]) == len(doc["points"])
+
+
+def test_bound_table_shows_every_number(capsys: pytest.CaptureFixture[str], screen: tuple[int, bool]) -> None:
+    args = ["bound", "--arch", "fcn:16,64,64,4", "--method", "magnitude", "--relative-threshold", "0.05"]
+    code, out, err = run([*args, "--json"], capsys)
+    assert code == 0, err
+    doc = json.loads(out)
+    code, out, err = run(args, capsys)
+    assert code == 0, err
+    want = []
+    for r in doc["bound"]["layers"]:
+        want += [format(r[k], ".4g") for k in ("level", "norm_w", "norm_kept", "norm_removed", "error", "contribution")]
+    assert_whole(out, want)
+
+
+def test_prune_table_shows_every_number(capsys: pytest.CaptureFixture[str], screen: tuple[int, bool]) -> None:
+    args = ["prune", "--arch", "fcn:16,64,64,4", "--law", "uniform:K=2.449", "--seed", "0", "--method",
+            "magnitude", "--prune-fraction", "0.9", "--scope", "global"]
+    code, out, err = run([*args, "--json"], capsys)
+    assert code == 0, err
+    doc = json.loads(out)
+    code, out, err = run(args, capsys)
+    assert code == 0, err
+    want = []
+    for r in [*doc["stats"]["layers"], doc["stats"]["total"]]:
+        want += [str(r["size"]), str(r["pruned"]), f"{r['sparsity']:.4f}", f"{r['density']:.4f}"]
+    assert_whole(out, want)
+
+
+def test_data_info_table_keeps_paths_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                           capsys: pytest.CaptureFixture[str], screen: tuple[int, bool]) -> None:
+    root = tmp_path / ("a-rather-long-folder-name-" * 3) / "data"
+    monkeypatch.setenv("PROBPRUNE_DATA", str(root))
+    code, out, _ = run(["data", "info", "--json"], capsys)
+    assert code == 0
+    doc = json.loads(out)
+    code, out, _ = run(["data", "info"], capsys)
+    assert code == 0
+    plain = _ANSI.sub("", out)
+    assert "…" not in plain
+    for d in doc["datasets"]:
+        # a path is cut into lines only by the terminal (stacked records keep each value on its own line)
+        assert d["path"] in plain.replace("\n", "") or d["path"] in plain
+
+
+def test_redirected_subprocess_prints_the_wide_table(tmp_path: Path) -> None:
+    """A real pipe with COLUMNS=60: the table comes out at its full width, paths and all."""
+    root = tmp_path / ("long-folder-name-" * 4) / "data"
+    env = {**os.environ, "COLUMNS": "60", "PROBPRUNE_DATA": str(root)}
+    env.pop("FORCE_COLOR", None)
+    res = subprocess.run([sys.executable, "-m", "probprune", "data", "info"], capture_output=True, text=True,
+                         env=env, timeout=120, check=False)
+    assert res.returncode == 0, res.stderr
+    assert "…" not in res.stdout
+    assert str(root / "mnist") in res.stdout and max(len(ln) for ln in res.stdout.splitlines()) > 60
+
+
+def test_print_table_layouts() -> None:
+    t = Table(title="t")
+    for c in ("model", "certified upper", "gap median"):
+        t.add_column(c)
+    t.add_row("LeNet-300-100", "3.2912345", "0.0008229")
+    t.add_row("LeNet-5", "12.5", "[green]0.022089[/green]")
+    for w, kind in ((20, "stacked"), (60, "table"), (200, "table")):
+        buf = io.StringIO()
+        c = Console(file=buf, width=w, force_terminal=True, color_system=None)
+        assert print_table(t, c) == kind
+        assert_whole(buf.getvalue(), ["3.2912345", "0.0008229", "12.5", "0.022089", "300", "100", "5"])
+        assert "LeNet-300-100" in buf.getvalue() and "[green]" not in buf.getvalue()
+    buf = io.StringIO()
+    assert print_table(t, Console(file=buf, width=20, force_terminal=False)) == "wide"
+    assert max(len(ln) for ln in buf.getvalue().splitlines()) > 20 and "LeNet-300-100" in buf.getvalue()
+    assert "model: LeNet-300-100" in _stacked_text(t)
+
+
+def _stacked_text(t: Table) -> str:
+    buf = io.StringIO()
+    print_table(t, Console(file=buf, width=10, force_terminal=True, color_system=None))
+    return " ".join(buf.getvalue().split())
+
+
+# ---------------------------------------------------------------- help texts
+
+def _help(args: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    code, out, _ = run([*args, "--help"], capsys)
+    assert code == 0
+    return " ".join(out.replace("│", " ").split())
+
+
+@pytest.mark.parametrize("cmd", [["verify"], ["experiment"]])
+def test_help_shows_the_ray_extra(cmd: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert "pip install 'probprune[ray]'" in _help(cmd, capsys)
+
+
+@pytest.mark.parametrize("cmd", [["prune"], ["verify"], ["bound"], ["experiment"]])
+def test_terms_where_a_prune_setting_is_taken(cmd: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert "share of weights REMOVED" in _help(cmd, capsys)
+
+
+@pytest.mark.parametrize("cmd", [["data", "info"], ["data"], ["config", "show"], ["config"], ["report"],
+                                 ["certificate", "check"]])
+def test_no_terms_where_no_prune_setting(cmd: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert "share of weights REMOVED" not in _help(cmd, capsys)
+
+
+def test_experiment_help_shows_every_default_fraction(capsys: pytest.CaptureFixture[str]) -> None:
+    from probprune.runner.experiment import PRUNE_FRACTIONS
+
+    text = _help(["experiment"], capsys)
+    assert "…" not in text
+    assert "(default " + ", ".join(map(str, PRUNE_FRACTIONS)) + ")" in text
+
+
+# ---------------------------------------------------------------- report --json verdict counts
+
+def test_report_json_counts_verdicts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from test_report_html import make_run
+
+    run_dir, points = make_run(tmp_path)
+    code, out, err = run(["report", str(run_dir), "--json"], capsys)
+    assert code == 0, err
+    doc = json.loads(out)
+    want = Counter(p["verdict"] for p in points)
+    assert (doc["n_confirmed"], doc["n_consistent"], doc["n_refuted"]) == (
+        want["confirmed"], want["consistent"], want["refuted"]) == (0, 3, 1)
+    assert doc["n_fail"] == doc["n_refuted"]
