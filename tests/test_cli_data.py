@@ -129,3 +129,53 @@ def test_experiment_cli_json_on_mnist(tmp_path: Path, capsys: pytest.CaptureFixt
     assert len(doc["rows"]) == 8 and len(doc["summary"]) == 8
     assert Path(doc["run_dir"]).parent == tmp_path
     assert all(r["gap_lower"] <= r["gap_upper"] for r in doc["rows"])
+    # the run writes its own report (no `probprune report` needed), and says where
+    report = Path(doc["report"])
+    assert report == Path(doc["run_dir"]) / "report.html" and report.is_file()
+    text = report.read_text()
+    assert "complete: 8 of 8 settings stored" in text and 'id="experiment"' in text
+
+
+def _fake_experiment(monkeypatch: pytest.MonkeyPatch, seen: list[Path]) -> None:
+    """Replace the training run by one that stores four settings through the real store (no data, no training)."""
+    import probprune.cli.experiment as cli_exp
+    from probprune.runner.experiment import ExperimentOutcome
+    from probprune.store.experiments import ExperimentStore
+
+    def fake_run(spec, runs_dir, **_: object):  # type: ignore[no-untyped-def]
+        run_dir = Path(runs_dir) / spec.hash
+        rows = [{"dataset": "mnist", "model": "lenet-300-100", "method": me, "scope": "layerwise",
+                 "prune_fraction": pf, "finetuned": False, "seed": 0, "test_accuracy": 0.9 - 0.1 * pf,
+                 "gap_lower": 1.0 + pf, "gap_upper": 40.0 + pf, "mean_test_gap": 0.5, "radius": 9.25,
+                 "sparsity": pf, "n_kept": 1000 * (1 - pf), "n_weights": 1000}
+                for me in ("random", "magnitude") for pf in (0.0, 0.5)]
+        cfg = {"dataset": "mnist", "models": ["lenet-300-100"], "prune_fractions": [0.0, 0.5],
+               "methods": ["random", "magnitude"], "scopes": ["layerwise"], "seeds": [0], "finetune_epochs": 0}
+        with ExperimentStore(run_dir, cfg) as st:
+            for r in rows:
+                st.add(r)
+        seen.append(run_dir)
+        return ExperimentOutcome(run_dir, rows, 0.1, len(rows))
+
+    monkeypatch.setattr(cli_exp, "run_experiment", fake_run)
+    monkeypatch.setattr(cli_exp, "require_dataset", lambda name: None)
+
+
+@pytest.mark.parametrize("mode", ["table", "json", "markdown"])
+def test_experiment_writes_its_report_at_the_end(mode: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    seen: list[Path] = []
+    _fake_experiment(monkeypatch, seen)
+    runs = tmp_path / "runs"
+    flag = {"table": [], "json": ["--json"], "markdown": ["--markdown"]}[mode]
+    code, out, err = run(["experiment", "mnist", "--quick", "--runs-dir", str(runs), *flag], capsys)
+    assert code == 0, err
+    report = seen[0] / "report.html"
+    assert report.is_file()
+    text = report.read_text()
+    assert "complete: 4 of 4 settings stored" in text and 'id="experiment"' in text
+    if mode == "json":
+        assert json.loads(out)["report"] == str(report) and err == ""
+    else:  # the path on its own line (stderr for --markdown, so that stdout stays pure Markdown)
+        lines = (err if mode == "markdown" else out).splitlines()
+        assert f"report: {report}" in lines, (out, err)
