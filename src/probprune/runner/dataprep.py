@@ -52,10 +52,12 @@ __all__ = [
     "FASHION_DIR",
     "MAX_IDX_BYTES",
     "MNIST_PACKAGE",
+    "PrepareAll",
     "PrepareResult",
     "data_info",
     "gunzip_capped",
     "mnist_from_pickle",
+    "prepare_all",
     "prepare_dataset",
     "require_dataset",
 ]
@@ -297,6 +299,51 @@ def prepare_dataset(
         name = getattr(e, "filename", None) or str(dest)
         raise ProbPruneError(f"{name}: cannot write ({e.strerror or e})") from None
     return PrepareResult(dataset, str(dest), source, {f: MD5[dataset][f] for f in MD5[dataset]})
+
+
+@dataclass(frozen=True)
+class PrepareAll:
+    """What :func:`prepare_all` did: the datasets prepared (or already present), and why the others were not."""
+
+    done: tuple[PrepareResult, ...]
+    failed: dict[str, str]  # dataset → the reason (the error message)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON form."""
+        return {"datasets": [r.to_dict() for r in self.done],
+                "failed": [{"dataset": d, "reason": why} for d, why in self.failed.items()]}
+
+
+def prepare_all(root: str | os.PathLike[str] | None = None, force: bool = False,
+                log: Callable[[str], None] | None = None) -> PrepareAll:
+    """Prepare every dataset from its packaged source (:func:`prepare_dataset` for each), keeping going on failure.
+
+    Each dataset's folder is checked writable before its source is read. A dataset that cannot be
+    prepared (its source is missing or corrupt, its folder cannot be written) is recorded with the
+    reason and leaves nothing behind; the others are still prepared.
+
+    Args:
+        root: data root (default ``$PROBPRUNE_DATA`` or the per-user cache).
+        force: re-prepare even when verified files are present.
+        log: progress messages.
+
+    Raises:
+        ProbPruneError: when no dataset is prepared nor already present, naming each one and its reason.
+    """
+    from probprune.runner.prune import check_output_dir
+
+    done: list[PrepareResult] = []
+    failed: dict[str, str] = {}
+    for name in DATASETS:
+        try:
+            check_output_dir("data folder", dataset_dir(name, root))
+            done.append(prepare_dataset(name, None, root=root, force=force, log=log))
+        except ProbPruneError as e:
+            failed[name] = str(e)
+    if not done:
+        raise ProbPruneError("data prepare: no dataset could be prepared: "
+                             + "; ".join(f"{d}: {why}" for d, why in failed.items()))
+    return PrepareAll(tuple(done), failed)
 
 
 def data_info(root: str | os.PathLike[str] | None = None) -> dict[str, Any]:
