@@ -7,9 +7,8 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.table import Table
 
-from probprune.cli.app import TERMS, VerboseOpt, app, console, emit_json, print_header
+from probprune.cli.app import TERMS, VerboseOpt, app, console, emit_json, print_header, print_table
 from probprune.config import ProbPruneError, PruneSpec, parse_arch, parse_law
-from probprune.runner.bound import BoundJob, check_job, run_bound
 
 
 def _bound_table(b: dict[str, Any]) -> Table:
@@ -52,6 +51,8 @@ def bound_cmd(
     dry_run: Annotated[bool, typer.Option(help="Print the resolved config and stop.")] = False,
     verbose: VerboseOpt = False,
 ) -> None:
+    from probprune.runner.bound import BoundJob, check_job, run_bound  # here: scipy/torch only when it runs
+
     net = parse_arch(arch, activation=activation)
     lw = parse_law(law)
     if (alpha is None) != (c is None):
@@ -85,7 +86,7 @@ def bound_cmd(
         else:
             console.print(f"[bold]smallest hidden width[/bold] with ε(δ={delta:g}) ≤ {eps:g}: "
                           f"{doc['answer']['hidden_width']}")
-    console.print(_bound_table(b))
+    print_table(_bound_table(b))
     console.print(f"probability budget: {len(b['budget'])} events, δ split equally "
                   f"({b['budget'][0]['delta']:.3g} each)")
     for n in b["notes"]:

@@ -7,8 +7,6 @@ from typing import Annotated, Optional
 import typer
 
 from probprune.cli.app import app, console, emit_json, print_header
-from probprune.report.certificate import read_certificate
-from probprune.runner.certificate import CertificateRejected, check_certificate
 
 certificate_app = typer.Typer(help="Pruning certificates: JSON documents with the gap sandwich of a pruned "
                               "network (schema: probprune/certificate.schema.json).", no_args_is_help=True)
@@ -27,6 +25,9 @@ def check_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document instead of text.")] = False,
     dry_run: Annotated[bool, typer.Option(help="Print the resolved input and stop.")] = False,
 ) -> None:
+    from probprune.report.certificate import read_certificate  # here: torch/matplotlib only when it runs
+    from probprune.runner.certificate import CertificateRejected, check_certificate
+
     print_header({"certificate": cert, "weights": weights, "target": target}, None, as_json)
     if dry_run:
         return
