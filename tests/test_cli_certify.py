@@ -120,6 +120,11 @@ def test_small_ball_certifies_and_large_ball_does_not(files: dict[str, Path],
     code, out, err = run(_certify(files, "--json", radius="5"), capsys)
     assert code == 0, err
     assert not any(r["certified_agree"] for r in json.loads(out)["rows"])
+    # identical networks: gap 0 on both sides, ratio 1, agreement certified wherever the margin allows
+    code, out, err = run([*_certify(files, "--json", radius="0.0001"), "--pruned", str(files["t_onnx"])], capsys)
+    assert code == 0, err
+    same = json.loads(out)["rows"]
+    assert all(r["lower"] == r["upper"] == 0.0 and r["ratio"] == 1.0 for r in same)
 
 
 def test_layerwise_radius_contains_the_ball() -> None:
@@ -208,6 +213,11 @@ def test_bad_input_one_line_exit_2_nothing_written(files: dict[str, Path], tmp_p
     cases.append((["certify", "--weights", str(files["t_onnx"]), "--pruned", str(tmp_path / "cp.onnx"),
                    "--data", str(files["x"]), "--n-points", "2", "--radius", "0.1"], "architecture"))
     cases.append((_certify(files, "--out", str(tmp_path / "rows.txt")), "out="))
+    one_t, one_p = _pair("fcn:6,8,1")
+    save_onnx(one_t, tmp_path / "1t.onnx")
+    save_onnx(one_p, tmp_path / "1p.onnx")
+    cases.append((["certify", "--weights", str(tmp_path / "1t.onnx"), "--pruned", str(tmp_path / "1p.onnx"),
+                   "--data", str(files["x"]), "--n-points", "2", "--radius", "0.1"], "needs a classifier"))
     for args, needle in cases:
         code, out, err = run([*args, "--out", str(out_file)] if "--out" not in args else args, capsys)
         lines = err.strip().splitlines()

@@ -199,6 +199,9 @@ def load_pair(job: CertifyJob) -> tuple[Net, Net]:
     check_pair(target, pruned)
     if target.n_trials is not None:
         raise ProbPruneError("weights: an ensemble; certify takes single networks")
+    if target.spec.widths[-1] < 2:
+        raise ProbPruneError(f"weights={job.weights!r}: the network has {target.spec.widths[-1]} output; "
+                             "certified agreement needs a classifier (>= 2 outputs)")
     return target, pruned
 
 
@@ -328,7 +331,7 @@ def _chunk_rows(target: Net, pruned: Net, x: Tensor, y: Tensor | None, start: in
             "lower": lower, "upper": upper, "upper_differential": ud, "upper_layerwise": ul,
             "layerwise_radius": float(radii[i]),
             "upper_from": "differential" if ud <= ul else "layerwise",
-            "ratio": upper / lower if lower > 0 else math.inf,
+            "ratio": upper / lower if lower > 0 else (1.0 if upper == 0 else math.inf),
             "verdict": verdict, "certified_agree": verdict == "certified", "empirical_agree": emp,
             "margin_target": float(agr.margin_target[i]), "margin_pruned": float(agr.margin_pruned[i]),
         })
