@@ -210,3 +210,41 @@ def test_report_json_counts_verdicts(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert (doc["n_confirmed"], doc["n_consistent"], doc["n_refuted"]) == (
         want["confirmed"], want["consistent"], want["refuted"]) == (0, 3, 1)
     assert doc["n_fail"] == doc["n_refuted"]
+
+
+# ---------------------------------------------------------------- packaged config presets
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_packaged_presets_are_the_repository_configs() -> None:
+    import tomllib
+
+    from probprune.cli.verify import presets
+
+    repo = {p.stem: p.read_bytes() for p in sorted((REPO / "configs").glob("*.toml"))}
+    packaged = {name: p.read_bytes() for name, p in presets().items()}
+    assert repo and packaged == repo  # same names, same bytes
+    data = tomllib.loads((REPO / "pyproject.toml").read_text())
+    assert "configs/*.toml" in data["tool"]["setuptools"]["package-data"]["probprune"]
+
+
+@pytest.mark.parametrize("name", ["quick", "quick.toml", "fixed-level"])
+def test_config_preset_name_works_from_any_folder(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    stem = name.removesuffix(".toml")
+    code, out, err = run(["config", "show", "--config", str(REPO / "configs" / f"{stem}.toml"), "--json"], capsys)
+    assert code == 0, err
+    want = json.loads(out)["hash"]
+    monkeypatch.chdir(tmp_path)  # no configs/ folder here
+    code, out, err = run(["config", "show", "--config", name, "--json"], capsys)
+    assert code == 0, err
+    assert json.loads(out)["hash"] == want
+
+
+def test_unknown_config_names_the_presets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run(["config", "show", "--config", "qiuck"], capsys)
+    assert code == 2 and out == ""
+    assert err.startswith("error: --config 'qiuck': file not found") and "quick" in err

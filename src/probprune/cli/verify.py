@@ -31,13 +31,27 @@ from probprune.config import (
     with_overrides,
 )
 
-__all__ = ["VERDICT_STYLE", "config_app", "confirm_sentence", "points_table", "ray_line", "report_after_verify",
-           "resolve_config", "slopes_table", "verdict_counts", "verify_cmd"]
+__all__ = [
+    "VERDICT_STYLE",
+    "config_app",
+    "config_file",
+    "confirm_sentence",
+    "points_table",
+    "presets",
+    "ray_line",
+    "report_after_verify",
+    "resolve_config",
+    "slopes_table",
+    "verdict_counts",
+    "verify_cmd",
+]
 
 config_app = typer.Typer(name="config", help="Show resolved configs and their hashes.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 
 _DEFAULT_SCHEDULE = (1.0, 0.5)
+_CONFIG_HELP = ("TOML config file, or the name of a packaged preset (default, fixed-level, quick: "
+                "probprune/configs/NAME.toml), usable from any folder.")
 
 
 def _parse_widths(text: str) -> tuple[int, ...]:
@@ -62,6 +76,33 @@ def _parse_schedule(text: str) -> tuple[float, float]:
     if math.isnan(c) or math.isnan(alpha):
         raise ProbPruneError(f"--schedule {text!r}: expected 'c,alpha' (level = c·h^-alpha)")
     return c, alpha
+
+
+def presets() -> dict[str, Path]:
+    """The config presets shipped inside the package (``probprune/configs/*.toml``), by name."""
+    from importlib.resources import files
+
+    folder = Path(str(files("probprune") / "configs"))
+    return {p.stem: p for p in sorted(folder.glob("*.toml"))} if folder.is_dir() else {}
+
+
+def config_file(config: str) -> Path:
+    """The TOML file of ``--config``: an existing file as given, else a preset name (``quick`` or
+    ``quick.toml``) resolved to the packaged ``probprune/configs/quick.toml`` — so ``--config quick``
+    works from any folder.
+
+    Raises:
+        ProbPruneError: a bare name that is neither a file here nor a preset (the message lists the presets).
+    """
+    path = Path(config)
+    if path.exists() or path.parent != Path("."):
+        return path  # a path: load_toml reads it or says it is not found
+    name = path.name[:-len(".toml")] if path.name.endswith(".toml") else path.name
+    found = presets()
+    if name in found:
+        return found[name]
+    raise ProbPruneError(f"--config {config!r}: file not found, and not a preset name (presets: "
+                         f"{', '.join(found) or 'none installed'})")
 
 
 def resolve_config(
@@ -97,7 +138,7 @@ def resolve_config(
 
         cfg = open_run(resume).config
     elif config is not None:
-        cfg = load_toml(config)
+        cfg = load_toml(config_file(config))
     else:
         from probprune.runner.verify import default_config
 
@@ -239,7 +280,7 @@ def slopes_table(slopes: list[dict[str, Any]]) -> Table:
              "FCN setting (about 3 minutes on 2 CPU cores). Runs are stored in RUNS_DIR/<config-hash>/ and resume "
              "where they stopped. " + TERMS)
 def verify_cmd(
-    config: Annotated[Optional[str], typer.Option("--config", help="TOML config file.")] = None,
+    config: Annotated[Optional[str], typer.Option("--config", help=_CONFIG_HELP)] = None,
     sets: Annotated[Optional[list[str]], typer.Option("--set", help="Override section.field=value (repeatable).")]
     = None,
     arch: Annotated[Optional[str], typer.Option(help="Architecture, e.g. fcn:16,64,64,4 (clears the width grid).")]
@@ -379,7 +420,7 @@ def _run_with_progress(cfg: RunConfig, runs_dir: str, ex: Any, resume: str | Non
 
 @config_app.command("show", help="Print the resolved config (default: the verify default), its hash and run folder.")
 def config_show(
-    config: Annotated[Optional[str], typer.Option("--config", help="TOML config file.")] = None,
+    config: Annotated[Optional[str], typer.Option("--config", help=_CONFIG_HELP)] = None,
     sets: Annotated[Optional[list[str]], typer.Option("--set", help="Override section.field=value (repeatable).")]
     = None,
     runs_dir: Annotated[str, typer.Option(help="Parent folder of run folders.")] = "runs",
