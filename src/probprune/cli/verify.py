@@ -138,7 +138,7 @@ def resolve_config(
 
         cfg = open_run(resume).config
     elif config is not None:
-        cfg = load_toml(config_file(config))
+        cfg = load_toml(str(config_file(config)))
     else:
         from probprune.runner.verify import default_config
 
