@@ -248,3 +248,24 @@ def test_unknown_config_names_the_presets(tmp_path: Path, monkeypatch: pytest.Mo
     code, out, err = run(["config", "show", "--config", "qiuck"], capsys)
     assert code == 2 and out == ""
     assert err.startswith("error: --config 'qiuck': file not found") and "quick" in err
+
+
+# ---------------------------------------------------------------- --executor ray says where it ran
+
+def test_executor_ray_says_where_the_work_ran(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("ray")
+    import probprune.cli.verify as cli_verify
+
+    monkeypatch.setattr(cli_verify, "report_after_verify", lambda run_dir: None)
+    args = ["verify", *TINY, "--widths", "16", "--runs-dir", str(tmp_path), "--executor", "ray"]
+    code, out, err = run([*args, "--json"], capsys)
+    assert code == 0, err
+    ex = json.loads(out)["executor"]
+    assert ex["name"] == "ray" and ex["where"] == "local Ray instance" and ex["n_nodes"] == 1
+    assert ex["n_cpus"] >= 1 and ex["n_workers"] == int(ex["n_cpus"]) and ":" in ex["address"]
+    code, out, err = run(args, capsys)  # a second run (a no-op) on a fresh local instance prints the line
+    assert code == 0, err
+    line = next(ln for ln in out.splitlines() if ln.startswith("executor: "))
+    assert line.startswith("executor: local Ray instance (address ") and "1 node(s)" in line
+    assert f"{ex['n_workers']} worker(s) at once" in line

@@ -45,6 +45,9 @@ def test_json_run_then_resume_is_a_noop(tmp_path: Path, capsys: pytest.CaptureFi
     assert all(p["verdict"] == "consistent" and p["n_trials"] < p["n_trials_to_confirm"] for p in doc["points"])
     assert (doc["n_confirmed"], doc["n_consistent"], doc["n_refuted"]) == (0, 4, 0)
     assert doc["executor"] == {"name": "local"}
+    # the config is an object, as in every command's --json (the canonical text beside it)
+    assert doc["config"]["mc"]["n_trials"] == 4 and doc["config"]["mc"]["hidden_widths"] == [16, 24]
+    assert json.loads(doc["canonical"])["mc"]["n_trials"] == 4
     assert all(p["passed"] is True and p["eps"] > p["gap_lower_quantile"] for p in doc["points"])
     assert (run_dir / "config.json").is_file() and (run_dir / "results.sqlite").is_file()
     report_path = getattr(importlib.import_module("probprune.report"), "build_report", None)

@@ -353,7 +353,9 @@ def verify_cmd(
                    "resumed": res.resumed, "seconds": res.seconds, "points": res.points, "slopes": res.slopes,
                    **verdict_counts(res.points), "all_passed": all(_verdict(p) != "refuted" for p in res.points),
                    "executor": ex_doc,
-                   "report": None if report is None else str(report), "config": canonical_json(cfg)})
+                   "report": None if report is None else str(report),
+                   # one form in every command's --json: the config as an object (canonical text beside it)
+                   "config": to_dict(cfg), "canonical": canonical_json(cfg)})
         return
     print_table(points_table(res.points))
     if res.slopes:
