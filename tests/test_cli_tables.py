@@ -269,3 +269,35 @@ def test_executor_ray_says_where_the_work_ran(tmp_path: Path, capsys: pytest.Cap
     line = next(ln for ln in out.splitlines() if ln.startswith("executor: "))
     assert line.startswith("executor: local Ray instance (address ") and "1 node(s)" in line
     assert f"{ex['n_workers']} worker(s) at once" in line
+
+
+# ---------------------------------------------------------------- progress lines when not on a terminal
+
+def test_progress_log_prints_every_few_seconds_with_an_eta() -> None:
+    from probprune.cli.app import ProgressLog
+
+    now = [0.0]
+    buf = io.StringIO()
+    log = ProgressLog(Console(file=buf, width=200), interval_s=5.0, clock=lambda: now[0])
+    for done, t in ((0, 0.0), (1, 1.0), (2, 6.0), (3, 7.0), (4, 12.0), (10, 30.0), (10, 31.0)):
+        now[0] = t
+        log.update(done, 10, "trials")
+    lines = buf.getvalue().splitlines()
+    assert lines == ["progress: trials 0/10 (0 %), 0 s elapsed, ETA -",
+                     "progress: trials 2/10 (20 %), 6 s elapsed, ETA 24 s",
+                     "progress: trials 4/10 (40 %), 12 s elapsed, ETA 18 s",
+                     "progress: trials 10/10 (100 %), 30 s elapsed, ETA 0 s"]
+
+
+def test_redirected_verify_logs_progress_on_stderr(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import probprune.cli.verify as cli_verify
+
+    monkeypatch.setattr(cli_verify, "report_after_verify", lambda run_dir: None)
+    code, out, err = run(["verify", *TINY, "--runs-dir", str(tmp_path)], capsys)
+    assert code == 0, err
+    lines = [ln for ln in err.splitlines() if ln.startswith("progress: trials")]
+    assert lines and lines[-1].startswith("progress: trials") and " 16/16 (100 %)" in lines[-1]
+    assert "ETA" in lines[-1] and "progress:" not in out  # stdout keeps only the results
+    code, out, err = run(["verify", *TINY, "--runs-dir", str(tmp_path / "j"), "--json"], capsys)
+    assert code == 0 and err == ""  # under --json stderr stays empty

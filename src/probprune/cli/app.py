@@ -11,6 +11,8 @@ import io
 import json
 import math
 import sys
+import time
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
@@ -23,6 +25,7 @@ from probprune.config import ProbPruneError
 
 __all__ = [
     "TERMS",
+    "ProgressLog",
     "VerboseOpt",
     "add_terms_to_help",
     "app",
@@ -212,6 +215,54 @@ def print_header(config: dict[str, Any], out: str | None, as_json: bool, verbose
     if verbose:
         console.print("[bold]resolved config[/bold]")
         console.print(json.dumps(config, indent=2, sort_keys=True, default=str), markup=False)
+
+
+class ProgressLog:
+    """Progress as plain lines for a log (stdout/stderr not a terminal, where a live bar shows nothing).
+
+    ``update(done, total, what)`` prints ``progress: <what> <done>/<total> (<pct> %), <elapsed> elapsed,
+    ETA <eta>`` for the first update, then at most once every ``interval_s`` seconds, and always when
+    ``done`` reaches ``total`` — so a redirected long run writes a line every few seconds.
+
+    Args:
+        target: the console to print on (commands use :data:`err_console`: stdout keeps the results).
+        interval_s: the least time between two lines.
+        clock: the time source (seconds; a test passes its own).
+    """
+
+    def __init__(self, target: Console, interval_s: float = 5.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.target, self.interval_s, self.clock = target, float(interval_s), clock
+        self.t0 = clock()
+        self.last: float | None = None
+        self.last_done: int | None = None
+        self.lines = 0
+
+    @staticmethod
+    def _duration(s: float) -> str:
+        s = max(0.0, s)
+        if s < 60:
+            return f"{s:.0f} s"
+        m, sec = divmod(int(round(s)), 60)
+        return f"{m} min {sec:02d} s" if m < 60 else f"{m // 60} h {m % 60:02d} min"
+
+    def update(self, done: int, total: int | None, what: str = "") -> None:
+        """Report ``done`` of ``total`` units (a line when due, see the class)."""
+        now = self.clock()
+        final = total is not None and done >= total
+        if final and done == self.last_done:
+            return  # the final line once
+        if not final and self.last is not None and now - self.last < self.interval_s:
+            return
+        elapsed = now - self.t0
+        if total:
+            pct = 100.0 * done / total
+            eta = "-" if done == 0 else self._duration(elapsed * (total - done) / done)
+            text = f"{done}/{total} ({pct:.0f} %), {self._duration(elapsed)} elapsed, ETA {eta}"
+        else:
+            text = f"{done} done, {self._duration(elapsed)} elapsed"
+        Console.print(self.target, f"progress: {what + ' ' if what else ''}{text}", markup=False, soft_wrap=True)
+        self.last, self.last_done, self.lines = now, done, self.lines + 1
 
 
 def stats_table(stats: dict[str, Any], title: str = "pruning report") -> Table:

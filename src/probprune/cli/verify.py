@@ -16,7 +16,17 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.table import Table
 
-from probprune.cli.app import TERMS, VerboseOpt, app, console, emit_json, err_console, print_header, print_table
+from probprune.cli.app import (
+    TERMS,
+    ProgressLog,
+    VerboseOpt,
+    app,
+    console,
+    emit_json,
+    err_console,
+    print_header,
+    print_table,
+)
 from probprune.config import (
     BoundSpec,
     ProbPruneError,
@@ -405,14 +415,20 @@ def _run_with_progress(cfg: RunConfig, runs_dir: str, ex: Any, resume: str | Non
     from probprune.runner.verify import ProgressEvent, run_verify
 
     target = err_console if as_json else console
+    live = not as_json and console.is_terminal
+    # not on a terminal a live bar shows nothing until the end: plain lines on stderr every few seconds
+    log = None if as_json or live else ProgressLog(err_console)
     with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), TimeRemainingColumn(), console=target, transient=False,
-                  disable=as_json) as bar:  # under --json stderr stays empty
+                  disable=not live) as bar:  # under --json stderr stays empty
         task = bar.add_task("trials", total=None)
 
         def on_progress(ev: ProgressEvent) -> None:
             desc = "trials" if ev.width is None else f"h={ev.width} {ev.method}"
             bar.update(task, total=ev.total, completed=ev.done, description=desc)
+            if log is not None:
+                log.update(ev.done, ev.total, "trials" if ev.width is None else f"trials (now h={ev.width} "
+                                                                                f"{ev.method})")
 
         try:
             return run_verify(cfg, runs_dir, executor=ex, progress=on_progress, resume=resume)
