@@ -9,8 +9,6 @@ from rich.table import Table
 
 from probprune.cli.app import app, console, emit_json, err_console
 from probprune.config import ProbPruneError
-from probprune.runner.dataprep import data_info, prepare_all, prepare_dataset
-from probprune.runner.prune import check_output_dir
 
 data_app = typer.Typer(
     name="data",
@@ -31,6 +29,8 @@ def _source(dataset: str, from_dir: str | None) -> str:
 
 def _prepare_every(force: bool, as_json: bool, dry_run: bool) -> None:
     """``data prepare`` with no dataset: every one its source allows; say which could not be and why."""
+    from probprune.runner.dataprep import data_info, prepare_all
+
     info = data_info()
     if not as_json:
         for d in info["datasets"]:
@@ -62,6 +62,9 @@ def prepare_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
     dry_run: Annotated[bool, typer.Option(help="Print what would be done and stop.")] = False,
 ) -> None:
+    from probprune.runner.dataprep import data_info, prepare_dataset  # when it runs, not at start-up
+    from probprune.runner.prune import check_output_dir
+
     if dataset is None:
         if from_dir is not None:
             raise ProbPruneError(f"from={from_dir!r}: a folder holds one dataset; name it: probprune data prepare "
@@ -93,6 +96,8 @@ def prepare_cmd(
 def info_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
 ) -> None:
+    from probprune.runner.dataprep import data_info  # when the command runs, not at start-up
+
     info = data_info()
     if as_json:
         emit_json(info)

@@ -10,8 +10,6 @@ from rich.table import Table
 
 from probprune.cli.app import VerboseOpt, app, console, emit_json, err_console, print_header
 from probprune.config import GapSpec, ProbPruneError
-from probprune.runner.gap import GapJob, run_gap
-from probprune.runner.prune import model_spec
 
 __all__ = ["gap_cmd", "sandwich_doc", "sandwich_tables"]
 
@@ -76,6 +74,9 @@ def gap_cmd(
     dry_run: Annotated[bool, typer.Option(help="Print the resolved config and stop.")] = False,
     verbose: VerboseOpt = False,
 ) -> None:
+    from probprune.runner.gap import GapJob, run_gap  # when the command runs, not at start-up (torch)
+    from probprune.runner.prune import model_spec
+
     if isinstance(radius, float) and not math.isfinite(radius):
         raise ProbPruneError(f"radius={radius!r}: must be finite")
     net, loaded = model_spec(arch, activation, bias, ("weights", weights), ("pruned", pruned))
