@@ -301,3 +301,12 @@ def test_redirected_verify_logs_progress_on_stderr(tmp_path: Path, capsys: pytes
     assert "ETA" in lines[-1] and "progress:" not in out  # stdout keeps only the results
     code, out, err = run(["verify", *TINY, "--runs-dir", str(tmp_path / "j"), "--json"], capsys)
     assert code == 0 and err == ""  # under --json stderr stays empty
+
+
+def test_report_text_says_the_verdict_counts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from test_report_html import make_run
+
+    run_dir, _ = make_run(tmp_path)
+    code, out, err = run(["report", str(run_dir)], capsys)
+    assert code == 0, err
+    assert "verdicts: 0 confirmed, 3 consistent, 1 refuted" in out

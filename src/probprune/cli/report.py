@@ -42,5 +42,9 @@ def report_cmd(
     if data.status == "partial":
         err_console.print(f"warning: partial run ({data.n_done} of {data.n_expected} trials); the report says so",
                           markup=False, soft_wrap=True)
+    if data.points:
+        c = doc
+        console.print(f"verdicts: {c['n_confirmed']} confirmed, {c['n_consistent']} consistent, {c['n_refuted']} "
+                      "refuted", markup=False, soft_wrap=True)
     console.print(f"summary: {path.parent / 'summary.md'}", markup=False, soft_wrap=True)
     console.print(f"report: {path}", markup=False, soft_wrap=True)
