@@ -469,7 +469,8 @@ def _other_cases() -> list[Case]:
         ("root-no-command", [], "command"),
         ("data-no-command", ["data"], "command"),
         ("data-bogus", ["data", "bogus"], "bogus"),
-        ("data-prepare-missing", ["data", "prepare"], "dataset|DATASET"),
+        # `data prepare` alone prepares every dataset it can (issue 17); with --from it must name the dataset
+        ("data-prepare-from-unnamed", ["data", "prepare", "--from", "{idx_empty}"], "name it"),
         ("data-prepare-bogus", ["data", "prepare", "bogus", "--from", "{idx_empty}"], "dataset"),
         ("data-prepare-from-missing", ["data", "prepare", "mnist", "--from", "{nowhere}"], "not a directory|--from"),
         ("data-prepare-from-file", ["data", "prepare", "mnist", "--from", "{file}"], "not a directory|--from"),
