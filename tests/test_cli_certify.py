@@ -152,6 +152,7 @@ def test_safetensors_tables_and_csv(files: dict[str, Path], tmp_path: Path,
     code, out, err = run(_certify(files, "--out", str(out_csv), onnx=False), capsys)
     assert code == 0, err
     assert out.splitlines()[0].startswith("probprune certify | config ")
+    assert "progress: inputs 12/12" in err  # not a terminal: plain progress lines on stderr
     assert "certified agreement" in out and "empirical agreement" in out
     with out_csv.open() as fh:
         rows = list(csv.DictReader(fh))

@@ -9,7 +9,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from probprune.cli.app import VerboseOpt, app, console, emit_json, err_console, print_header
+from probprune.cli.app import ProgressLog, VerboseOpt, app, console, emit_json, err_console, print_header
 from probprune.config import ProbPruneError
 from probprune.runner.certify import CertifyJob, check_job, run_certify
 
@@ -101,12 +101,17 @@ def certify_cmd(
     check_job(job)
     resolved = job.to_dict()
     print_header(resolved, out, as_json, verbose)
+    live = not as_json and err_console.is_terminal
+    # as verify: a live bar on a terminal, plain lines every few seconds otherwise, nothing under --json
+    log = None if as_json or live else ProgressLog(err_console)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=err_console, transient=True, disable=as_json) as bar:
+                  console=err_console, transient=True, disable=not live) as bar:
         task = bar.add_task("certifying", total=n_points)
 
         def progress(done: int, total: int) -> None:
             bar.update(task, completed=done, total=total)
+            if log is not None:
+                log.update(done, total, "inputs")
 
         res = run_certify(job, progress=progress)
     if as_json:
