@@ -722,14 +722,14 @@ def test_emit_json_is_strict(capsys: pytest.CaptureFixture[str]) -> None:
 def test_failed_certificate_leaves_no_output_behind(files: dict[str, str], capsys: pytest.CaptureFixture[str],
                                                     tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """An error after the weights were written (here: the certificate) removes the files this command created."""
-    import probprune.cli.prune as cli_prune
+    import probprune.runner.certificate as runner_certificate
 
     def broken(*_a: Any, **_k: Any) -> Any:
         from probprune.config import ProbPruneError
 
         raise ProbPruneError("certificate: simulated failure")
 
-    monkeypatch.setattr(cli_prune, "make_certificate", broken)
+    monkeypatch.setattr(runner_certificate, "make_certificate", broken)  # the command imports it when it runs
     code, _, err = run_in(tmp_path, ["prune", "--arch", "fcn:3,4,2", "--law", "uniform", "--prune-fraction", "0.5",
                                      "--out", "o.safetensors", "--save-target", "t.safetensors",
                                      "--certificate", "c.json"], capsys)

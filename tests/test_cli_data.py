@@ -138,7 +138,6 @@ def test_experiment_cli_json_on_mnist(tmp_path: Path, capsys: pytest.CaptureFixt
 
 def _fake_experiment(monkeypatch: pytest.MonkeyPatch, seen: list[Path]) -> None:
     """Replace the training run by one that stores four settings through the real store (no data, no training)."""
-    import probprune.cli.experiment as cli_exp
     from probprune.runner.experiment import ExperimentOutcome
     from probprune.store.experiments import ExperimentStore
 
@@ -157,8 +156,12 @@ def _fake_experiment(monkeypatch: pytest.MonkeyPatch, seen: list[Path]) -> None:
         seen.append(run_dir)
         return ExperimentOutcome(run_dir, rows, 0.1, len(rows))
 
-    monkeypatch.setattr(cli_exp, "run_experiment", fake_run)
-    monkeypatch.setattr(cli_exp, "require_dataset", lambda name: None)
+    # the command imports its workflow when it runs: patch the modules it imports from
+    import probprune.runner.dataprep as dataprep
+    import probprune.runner.experiment as runner_exp
+
+    monkeypatch.setattr(runner_exp, "run_experiment", fake_run)
+    monkeypatch.setattr(dataprep, "require_dataset", lambda name: None)
 
 
 @pytest.mark.parametrize("mode", ["table", "json", "markdown"])

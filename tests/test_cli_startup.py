@@ -8,8 +8,6 @@ import re
 import subprocess
 import sys
 
-import pytest
-
 HEAVY = ("torch", "scipy", "matplotlib", "ray")
 #: the CLI modules whose own imports must stay light (the command modules of H11's brief)
 LIGHT = ("probprune.cli", "probprune.cli.app", "probprune.cli.verify", "probprune.cli.report",
@@ -66,7 +64,5 @@ def test_light_cli_modules_import_no_heavy_package() -> None:
     assert not bad, bad
 
 
-@pytest.mark.xfail(strict=True, reason="probprune/__init__.py imports masks/nets (torch) eagerly and the command "
-                   "modules owned by others import runner/report at module level; see the issue 17 notes")
 def test_import_cli_loads_no_heavy_package() -> None:
     assert culprits("import probprune.cli") == {}

@@ -25,6 +25,8 @@ from typing import Any, Literal, get_args
 __all__ = [
     "ACTIVATIONS",
     "EXECUTION_FIELDS",
+    "EXPERIMENT_EPOCHS",
+    "EXPERIMENT_PRUNE_FRACTIONS",
     "MAX_SEED",
     "MIN_DELTA",
     "BallSpec",
@@ -51,6 +53,11 @@ __all__ = [
 
 SQRT6 = math.sqrt(6.0)
 #: Largest seed: SQLite's INTEGER (signed 64-bit) stores every seed a run records.
+#: The real-data experiment's grid of prune fractions (share of weights removed).
+EXPERIMENT_PRUNE_FRACTIONS: tuple[float, ...] = (0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98)
+#: Dense training epochs per model of the real-data experiment (Adam, cosine decay).
+EXPERIMENT_EPOCHS: dict[str, float] = {"lenet-300-100": 6.0, "lenet-5": 8.0}
+
 MAX_SEED = 2 ** 63 - 1
 #: Smallest failure probability δ: δ split over the bound's events stays a positive normal float.
 MIN_DELTA = 1e-300

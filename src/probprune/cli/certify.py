@@ -11,7 +11,6 @@ from rich.table import Table
 
 from probprune.cli.app import ProgressLog, VerboseOpt, app, console, emit_json, err_console, print_header
 from probprune.config import ProbPruneError
-from probprune.runner.certify import CertifyJob, check_job, run_certify
 
 __all__ = ["certify_cmd", "parse_clip", "summary_table"]
 
@@ -95,6 +94,8 @@ def certify_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document (rows and summary).")] = False,
     verbose: VerboseOpt = False,
 ) -> None:
+    from probprune.runner.certify import CertifyJob, check_job, run_certify  # torch: when the command runs
+
     job = CertifyJob(weights=weights, pruned=pruned, data=data, n_points=n_points, norm=norm, radius=radius,
                      arch=arch, activation=activation, bias=bias, clip=parse_clip(clip), labels=labels, seed=seed,
                      n_restarts=n_restarts, n_steps=n_steps, out=out)

@@ -10,11 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from probprune.cli.app import TERMS, VerboseOpt, app, console, emit_json, err_console, print_header
-from probprune.config import ProbPruneError
-from probprune.runner.dataprep import require_dataset
-from probprune.runner.experiment import DEFAULT_EPOCHS, PRUNE_FRACTIONS, ExperimentSpec, run_experiment, summarize
-from probprune.runner.prune import check_output_dir
-from probprune.runner.ray_executor import make_executor
+from probprune.config import EXPERIMENT_EPOCHS, EXPERIMENT_PRUNE_FRACTIONS, ProbPruneError
 
 #: More torch threads than this is a typo, not a setting.
 _MAX_THREADS = 1024
@@ -97,7 +93,7 @@ def experiment_cmd(
     dataset: Annotated[str, typer.Argument(help="mnist or fashion-mnist.")],
     seeds: Annotated[Optional[str], typer.Option(help="Comma-separated seeds (default 0,1,2; --quick: 0).")] = None,
     epochs: Annotated[Optional[float], typer.Option(
-        help=f"Dense training epochs for every model (default {DEFAULT_EPOCHS}).")] = None,
+        help=f"Dense training epochs for every model (default {EXPERIMENT_EPOCHS}).")] = None,
     finetune_epochs: Annotated[Optional[float], typer.Option(
         help="Fine-tuning epochs with the mask fixed (fractions allowed; 0 = no fine-tuned rows).")] = None,
     finetune_lr: Annotated[Optional[float], typer.Option(help="Peak learning rate of fine-tuning (Adam).")] = None,
@@ -105,7 +101,8 @@ def experiment_cmd(
         help="Adam L2 weight decay of the dense training (default 1e-4; fine-tuning uses none).")] = None,
     models: Annotated[Optional[str], typer.Option(help="Comma-separated: lenet-300-100,lenet-5.")] = None,
     prune_fractions: Annotated[Optional[str], typer.Option(
-        "--prune-fractions", help=f"Comma-separated shares REMOVED (default {', '.join(map(str, PRUNE_FRACTIONS))}).")]
+        "--prune-fractions",
+        help=f"Comma-separated shares REMOVED (default {', '.join(map(str, EXPERIMENT_PRUNE_FRACTIONS))}).")]
     = None,
     methods: Annotated[Optional[str], typer.Option(help="Comma-separated: random,magnitude.")] = None,
     scopes: Annotated[Optional[str], typer.Option(help="Comma-separated: layerwise,global.")] = None,
@@ -125,6 +122,12 @@ def experiment_cmd(
     dry_run: Annotated[bool, typer.Option(help="Print the resolved config and run folder, then stop.")] = False,
     verbose: VerboseOpt = False,
 ) -> None:
+    # the workflow (torch, the data sets) is imported when the command runs, not for --help
+    from probprune.runner.dataprep import require_dataset
+    from probprune.runner.experiment import ExperimentSpec, run_experiment, summarize
+    from probprune.runner.prune import check_output_dir
+    from probprune.runner.ray_executor import make_executor
+
     if dataset not in ("mnist", "fashion-mnist"):
         raise ProbPruneError(f"dataset={dataset!r}: must be mnist or fashion-mnist")
     base = ExperimentSpec.quick(dataset) if quick else ExperimentSpec(dataset=dataset)

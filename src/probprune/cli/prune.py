@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from probprune.cli.app import TERMS, VerboseOpt, app, console, emit_json, print_header, stats_table
 from probprune.cli.gap import sandwich_doc, sandwich_tables
 from probprune.config import MIN_DELTA, GapSpec, ProbPruneError, PruneSpec, parse_arch, parse_law
-from probprune.report.certificate import write_certificate
-from probprune.runner import PruneJob, gap_sandwich, run_prune
-from probprune.runner.certificate import make_certificate
-from probprune.runner.prune import LoadedModel, check_gap_budget, model_format, model_spec, write_outputs
+
+if TYPE_CHECKING:
+    from probprune.runner.prune import LoadedModel
 
 ArchOpt = Annotated[Optional[str], typer.Option("--arch", help="Architecture, e.g. fcn:784,300,100,10 or "
                                                 "cnn:1x28x28,c6k5m2,c16k5p0m2,120,84,10 (not needed for an "
@@ -59,6 +58,12 @@ def prune_cmd(
         help="With --certificate and --law: failure probability δ of the probabilistic bound ε(δ) (default 0.05).")]
     = None,
 ) -> None:
+    # the workflow (torch, matplotlib) is imported when the command runs, not for --help
+    from probprune.report.certificate import write_certificate
+    from probprune.runner import PruneJob, gap_sandwich, run_prune
+    from probprune.runner.certificate import make_certificate
+    from probprune.runner.prune import check_gap_budget, model_format, model_spec, write_outputs
+
     if certificate is not None and not certificate.endswith(".json"):
         raise ProbPruneError(f"certificate={certificate!r}: must end in .json")
     if delta is not None and (certificate is None or law is None or not MIN_DELTA <= delta < 1.0):

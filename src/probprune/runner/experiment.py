@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from probprune.bounds import certified_gap_bound
-from probprune.config import GapSpec, ProbPruneError, check_seed
+from probprune.config import EXPERIMENT_EPOCHS, EXPERIMENT_PRUNE_FRACTIONS, GapSpec, ProbPruneError, check_seed
 from probprune.data import (
     DATASETS,
     MODELS,
@@ -62,10 +62,10 @@ __all__ = [
     "summarize",
 ]
 
-#: The issue's grid of prune fractions (share of weights removed).
-PRUNE_FRACTIONS: tuple[float, ...] = (0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98)
+#: The grid of prune fractions (share of weights removed); defined in config (the CLI's help reads it there).
+PRUNE_FRACTIONS: tuple[float, ...] = EXPERIMENT_PRUNE_FRACTIONS
 #: Dense training epochs per model (Adam, cosine decay).
-DEFAULT_EPOCHS: dict[str, float] = {"lenet-300-100": 6.0, "lenet-5": 8.0}
+DEFAULT_EPOCHS: dict[str, float] = EXPERIMENT_EPOCHS
 
 Progress = Callable[[str, int, int], None]
 
