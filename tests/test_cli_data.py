@@ -275,3 +275,26 @@ def test_prepare_without_argument_uses_the_real_sources(data_root: Path, monkeyp
     assert not (data_root / "mnist").exists() or not any((data_root / "mnist").iterdir())
     code, out, _ = run(["data", "prepare"], capsys)  # again: fashion-mnist is present, mnist still fails
     assert code == 0 and "fashion-mnist: already prepared" in out
+
+
+def test_experiment_prints_progress_lines_when_not_on_a_terminal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    # redirected, a live bar shows nothing: the run must still say how far it is (issue 17)
+    import probprune.runner.experiment as runner_exp
+
+    seen: list[Path] = []
+    _fake_experiment(monkeypatch, seen)
+    fake = runner_exp.run_experiment
+
+    def with_progress(spec, runs_dir, **kw):  # type: ignore[no-untyped-def]
+        for done in range(5):
+            kw["progress"]("settings", done, 4)
+        return fake(spec, runs_dir, **kw)
+
+    monkeypatch.setattr(runner_exp, "run_experiment", with_progress)
+    code, out, err = run(["experiment", "mnist", "--quick", "--runs-dir", str(tmp_path / "runs")], capsys)
+    assert code == 0, err
+    lines = [line for line in err.splitlines() if line.startswith("progress:")]
+    assert lines and "settings" in lines[0] and "4/4" in lines[-1] and "ETA" in lines[0]
+    code, out, err = run(["experiment", "mnist", "--quick", "--runs-dir", str(tmp_path / "runs2"), "--json"], capsys)
+    assert code == 0 and err == ""  # under --json stderr stays empty

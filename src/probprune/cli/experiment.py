@@ -9,7 +9,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from probprune.cli.app import TERMS, VerboseOpt, app, console, emit_json, err_console, print_header
+from probprune.cli.app import TERMS, ProgressLog, VerboseOpt, app, console, emit_json, err_console, print_header
 from probprune.config import EXPERIMENT_EPOCHS, EXPERIMENT_PRUNE_FRACTIONS, ProbPruneError
 
 #: More torch threads than this is a typo, not a setting.
@@ -167,11 +167,18 @@ def experiment_cmd(
         return
     # start / join Ray before anything is written: an unreachable cluster leaves no run folder
     getattr(ex, "start", lambda: None)()
+    # a live bar on a terminal; plain progress lines (every few seconds, with an ETA) when stderr is a log
+    live = not as_json and err_console.is_terminal
+    logs: dict[str, ProgressLog] = {}
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=err_console, transient=as_json, disable=as_json) as bar:
+                  console=err_console, transient=as_json, disable=not live) as bar:
         tasks: dict[str, Any] = {}
 
         def progress(desc: str, done: int, total: int) -> None:
+            if not live:
+                if not as_json:
+                    logs.setdefault(desc, ProgressLog(err_console)).update(done, total, desc)
+                return
             if desc not in tasks:
                 tasks[desc] = bar.add_task(desc, total=total)
             bar.update(tasks[desc], completed=done, total=total)
