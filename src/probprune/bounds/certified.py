@@ -71,6 +71,7 @@ from torch import Tensor
 from probprune.bounds.norms import (
     NormMethod,
     NormValue,
+    _gamma,
     abs_operator_norm_bound,
     operator_norm,
     vector_norm_bound,
@@ -197,12 +198,6 @@ def _bias_norm(b: Tensor | None, positions: int, like: Tensor) -> Tensor:
     if b is None:
         return torch.zeros_like(like)
     return vector_norm_bound(b) * (math.sqrt(positions) * (1.0 + 2.0 * _U64))
-
-
-def _gamma(n: int, u: float) -> float:
-    if n * u >= 0.5:
-        raise ProbPruneError(f"layer fan-in {n}: too long a dot product for a rounding bound in u = {u:g}")
-    return n * u / (1.0 - n * u)
 
 
 def _unit(dtype: torch.dtype, what: str) -> float:

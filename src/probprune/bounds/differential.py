@@ -102,6 +102,7 @@ from typing import Literal, cast
 import torch
 from torch import Tensor
 
+from probprune.bounds.norms import _gamma
 from probprune.config import BallSpec, ProbPruneError
 from probprune.nets import Net, check_pair
 
@@ -121,15 +122,9 @@ _ETA = {torch.float32: 2.0 ** -149, torch.float64: 2.0 ** -1074}
 Verdict = Literal["certified", "not certified", "refuted"]
 
 
-def _gamma(n: int, u: float = _U) -> float:
-    if n * u >= 0.5:
-        raise ProbPruneError(f"dot product of length {n}: too long for a rounding bound in u = {u:g}")
-    return n * u / (1.0 - n * u)
-
-
 def _g2(n: int) -> float:
     """``2γ_{n+2}``: a rounding factor that also covers the rounding of the error bound itself."""
-    return 2.0 * _gamma(n + 2)
+    return 2.0 * _gamma(n + 2, _U)
 
 
 # ---------------------------------------------------------------------------------------- results
