@@ -937,6 +937,23 @@ def _abs_scale(layer: Layer, x: Tensor) -> Tensor:
     return _apply_layer(absl, x.abs(), None).abs().max()
 
 
+def _check_points(shape: tuple[int, ...]) -> Tensor:
+    """The conversion checks' float64 inputs ``[n, *shape]``: norms uniform in [0, 1] (half) and [0, 10] (half), and 0.
+
+    Drawn from a local generator seeded with ``_CHECK_SEED`` (never the global RNG); shared by
+    :func:`from_module` and :mod:`probprune.nets.onnx`.
+    """
+    gen = torch.Generator().manual_seed(_CHECK_SEED)
+    n, d = _CHECK_POINTS, math.prod(shape)
+    z = torch.randn(n, d, generator=gen, dtype=torch.float64)
+    z = z / z.norm(dim=1, keepdim=True).clamp_min(1e-300)
+    half = n // 2
+    norms = torch.cat([torch.rand(half, generator=gen, dtype=torch.float64),
+                       10.0 * torch.rand(n - half, generator=gen, dtype=torch.float64)])
+    norms[0] = 0.0
+    return (z * norms[:, None]).reshape(n, *shape)
+
+
 def _check_conversion(seq: nn.Module, net: Net, leaves: Sequence[_Leaf], segments: Sequence[Sequence[int]],
                       first: int) -> None:
     """Second defence: the Net computes the module's function (float64, layer by layer), else refuse."""
@@ -946,16 +963,9 @@ def _check_conversion(seq: nn.Module, net: Net, leaves: Sequence[_Leaf], segment
     mods = [cast(nn.Module, m) for _, m in _walk(mod)]  # no None: _classify refused it
     net64 = net.to(device="cpu", dtype=torch.float64)
     spec = net64.spec
-    shape = (spec.input_dim,) if spec.kind == "fcn" else spec.input_shape
-    gen = torch.Generator().manual_seed(_CHECK_SEED)  # local: never the global RNG
-    n, d = _CHECK_POINTS, spec.input_dim
-    z = torch.randn(n, d, generator=gen, dtype=torch.float64)
-    z = z / z.norm(dim=1, keepdim=True).clamp_min(1e-300)
-    half = n // 2
-    norms = torch.cat([torch.rand(half, generator=gen, dtype=torch.float64),
-                       10.0 * torch.rand(n - half, generator=gen, dtype=torch.float64)])
-    norms[0] = 0.0
-    x = (z * norms[:, None]).reshape(n, *shape)  # type: ignore[misc]
+    shape = (spec.input_dim,) if spec.kind == "fcn" else cast(tuple[int, ...], spec.input_shape)
+    x = _check_points(shape)
+    n = x.shape[0]
     u = 2.0 ** -53
     tiny = 2.0 ** -1074
     with torch.no_grad():

@@ -42,13 +42,12 @@ from torch import Tensor
 
 from probprune.config import ConvSpec, NetSpec, ProbPruneError
 from probprune.nets import (
-    _CHECK_POINTS,
-    _CHECK_SEED,
     _CHECK_SLACK,
     Activation,
     Net,
     _abs_scale,
     _apply_layer,
+    _check_points,
     check_finite,
 )
 
@@ -678,19 +677,6 @@ def _eval_node(node: NodeProto, x: np.ndarray, consts: Mapping[str, np.ndarray])
     raise _fail(f"{_label(node)}: no float64 reference for op {op}")  # pragma: no cover - _convert refused it
 
 
-def _check_inputs(shape: tuple[int, ...]) -> np.ndarray:
-    """The check's inputs ``[n, *shape[1:]]``: norms uniform in [0, 1] (half) and [0, 10] (half), and 0."""
-    gen = torch.Generator().manual_seed(_CHECK_SEED)
-    n, d = _CHECK_POINTS, math.prod(shape[1:])
-    z = torch.randn(n, d, generator=gen, dtype=torch.float64)
-    z = z / z.norm(dim=1, keepdim=True).clamp_min(1e-300)
-    half = n // 2
-    norms = torch.cat([torch.rand(half, generator=gen, dtype=torch.float64),
-                       10.0 * torch.rand(n - half, generator=gen, dtype=torch.float64)])
-    norms[0] = 0.0
-    return (z * norms[:, None]).reshape(n, *shape[1:]).numpy()
-
-
 def _tolerance(net64: Net, x: Tensor, folded: Sequence[bool], us: Sequence[float],
                u_model: float) -> list[float]:
     """∞-norm bounds on the output difference that rounding (``u`` per operation, for each ``u`` in
@@ -721,7 +707,7 @@ def _check_numbers(model: ModelProto, chain: Sequence[NodeProto], consts: Mappin
                    folded: Sequence[bool], in_shape: tuple[int, ...], batch: int | None, inp: str,
                    out: str) -> bool:
     """Second defence: float64 numpy evaluation of the nodes, and onnxruntime if installed; refuse on a mismatch."""
-    x = _check_inputs(in_shape)
+    x = _check_points(in_shape[1:]).numpy()
     n = x.shape[0]
     net64 = net.to(device="cpu", dtype=torch.float64)
     u_model = 2.0 ** -24 if net.dtype == torch.float32 else 2.0 ** -53
