@@ -343,18 +343,18 @@ class _Checker:
             self.reject(path, stated, expected, detail)
 
 
-def _prune_spec(doc: Mapping[str, Any], c: _Checker, prune: Mapping[str, Any] | None = None) -> PruneSpec:
-    p = doc["prune"] if prune is None else prune
+def _prune_spec(doc: Mapping[str, Any], c: _Checker) -> PruneSpec:
+    p = doc["prune"]
     try:
         return PruneSpec(method=p["method"], scope=p["scope"], rescale=p["rescale"],
                          **{p["level_name"]: p["level_value"]})
     except ProbPruneError as e:
-        raise ProbPruneError(f"{c.where}: rejected: field prune: {_rule_text(doc, p)} is not a valid pruning rule "
+        raise ProbPruneError(f"{c.where}: rejected: field prune: {_rule_text(doc)} is not a valid pruning rule "
                              f"({e})") from None
 
 
-def _rule_text(doc: Mapping[str, Any], p: Mapping[str, Any] | None = None) -> str:
-    p = doc["prune"] if p is None else p
+def _rule_text(doc: Mapping[str, Any]) -> str:
+    p = doc["prune"]
     text = (f"prune.method={p['method']!r}, prune.scope={p['scope']!r}, prune.level_name={p['level_name']!r}, "
             f"prune.level_value={p['level_value']!r}, prune.rescale={p['rescale']!r}, "
             f"seeds.seed={doc['seeds']['seed']!r}")
