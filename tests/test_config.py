@@ -84,3 +84,12 @@ def test_bad_overrides() -> None:
                          ("prunes.5.p=0.1", "5"), ("mc.n_trials=-1", "n_trials")]:
         with pytest.raises(ProbPruneError, match=needle):
             with_overrides(DEFAULT_CONFIG, [item])
+
+
+def test_oversized_config_refused_once(tmp_path: Path) -> None:
+    """A file too large to be a config is refused as such, not re-wrapped as invalid TOML."""
+    f = tmp_path / "big.toml"
+    f.write_bytes(b"#" * ((1 << 20) + 1))
+    with pytest.raises(ProbPruneError) as info:
+        load_toml(str(f))
+    assert str(info.value) == f"config={str(f)!r}: not a regular file of at most {1 << 20} bytes"

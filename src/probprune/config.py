@@ -52,12 +52,12 @@ __all__ = [
 ]
 
 SQRT6 = math.sqrt(6.0)
-#: Largest seed: SQLite's INTEGER (signed 64-bit) stores every seed a run records.
 #: The real-data experiment's grid of prune fractions (share of weights removed).
 EXPERIMENT_PRUNE_FRACTIONS: tuple[float, ...] = (0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98)
 #: Dense training epochs per model of the real-data experiment (Adam, cosine decay).
 EXPERIMENT_EPOCHS: dict[str, float] = {"lenet-300-100": 6.0, "lenet-5": 8.0}
 
+#: Largest seed: SQLite's INTEGER (signed 64-bit) stores every seed a run records.
 MAX_SEED = 2 ** 63 - 1
 #: Smallest failure probability δ: δ split over the bound's events stays a positive normal float.
 MIN_DELTA = 1e-300
@@ -805,6 +805,8 @@ def load_toml(path: str) -> RunConfig:
             if not stat.S_ISREG(st.st_mode) or st.st_size > _MAX_CONFIG_BYTES:
                 raise _fail("config", path, f"not a regular file of at most {_MAX_CONFIG_BYTES} bytes")
             data = tomllib.load(fh)
+    except ProbPruneError:  # the refusal above, as it is (not wrapped as invalid TOML below)
+        raise
     except FileNotFoundError:
         raise _fail("config", path, "file not found") from None
     except IsADirectoryError:
