@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from probprune.cli.app import VerboseOpt, app, console, emit_json, err_console, print_header
-from probprune.cli.verify import verdict_counts
+from probprune.cli.verify import verdict_counts, verdict_line
 
 
 @app.command("report", help="Write report.html (one self-contained file: figures embedded, no network access) and "
@@ -43,8 +43,6 @@ def report_cmd(
         err_console.print(f"warning: partial run ({data.n_done} of {data.n_expected} trials); the report says so",
                           markup=False, soft_wrap=True)
     if data.points:
-        c = doc
-        console.print(f"verdicts: {c['n_confirmed']} confirmed, {c['n_consistent']} consistent, {c['n_refuted']} "
-                      "refuted", markup=False, soft_wrap=True)
+        console.print(verdict_line(doc), markup=False, soft_wrap=True)
     console.print(f"summary: {path.parent / 'summary.md'}", markup=False, soft_wrap=True)
     console.print(f"report: {path}", markup=False, soft_wrap=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -53,6 +54,7 @@ __all__ = [
     "resolve_config",
     "slopes_table",
     "verdict_counts",
+    "verdict_line",
     "verify_cmd",
 ]
 
@@ -234,6 +236,12 @@ def verdict_counts(points: list[dict[str, Any]]) -> dict[str, int]:
     return {f"n_{v}": sum(1 for x in vs if x == v) for v in VERDICT_STYLE}
 
 
+def verdict_line(counts: Mapping[str, Any]) -> str:
+    """``verdicts: A confirmed, B consistent, C refuted`` from :func:`verdict_counts`."""
+    return (f"verdicts: {counts['n_confirmed']} confirmed, {counts['n_consistent']} consistent, "
+            f"{counts['n_refuted']} refuted")
+
+
 def confirm_sentence(points: list[dict[str, Any]]) -> str | None:
     """The warning for points with too few trials to confirm the bound, or ``None`` when every point has enough.
 
@@ -371,8 +379,7 @@ def verify_cmd(
     if res.slopes:
         print_table(slopes_table(res.slopes))
     counts = verdict_counts(res.points)
-    console.print(f"verdicts: {counts['n_confirmed']} confirmed, {counts['n_consistent']} consistent, "
-                  f"{counts['n_refuted']} refuted", markup=False, soft_wrap=True)
+    console.print(verdict_line(counts), markup=False, soft_wrap=True)
     if counts["n_refuted"]:
         console.print(f"[bold red]{counts['n_refuted']} grid point(s) refuted[/bold red]: the Clopper–Pearson "
                       "interval of P(gap ≤ ε) lies below 1 − δ.", soft_wrap=True)
