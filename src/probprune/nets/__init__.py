@@ -963,8 +963,7 @@ def _check_conversion(seq: nn.Module, net: Net, leaves: Sequence[_Leaf], segment
     mods = [cast(nn.Module, m) for _, m in _walk(mod)]  # no None: _classify refused it
     net64 = net.to(device="cpu", dtype=torch.float64)
     spec = net64.spec
-    shape = (spec.input_dim,) if spec.kind == "fcn" else cast(tuple[int, ...], spec.input_shape)
-    x = _check_points(shape)
+    x = _check_points(spec.feature_shapes()[0])  # the input shape per sample
     n = x.shape[0]
     u = 2.0 ** -53
     tiny = 2.0 ** -1074

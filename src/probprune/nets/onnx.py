@@ -711,8 +711,7 @@ def _check_numbers(model: ModelProto, chain: Sequence[NodeProto], consts: Mappin
     n = x.shape[0]
     net64 = net.to(device="cpu", dtype=torch.float64)
     u_model = 2.0 ** -24 if net.dtype == torch.float32 else 2.0 ** -53
-    net_in_shape = (net.spec.input_dim,) if net.spec.kind == "fcn" else tuple(cast(tuple[int, ...],
-                                                                                    net.spec.input_shape))
+    net_in_shape = net.spec.feature_shapes()[0]  # the input shape per sample
 
     def net_out(xx: np.ndarray) -> np.ndarray:
         with torch.no_grad():
@@ -878,7 +877,7 @@ def save_onnx(net: Net, path: str | os.PathLike[str], input_name: str = "input",
         raise ProbPruneError(f"save_onnx: input_name={input_name!r}, output_name={output_name!r}: must differ from "
                              f"each other and from the parameter names {net.names}")
     spec = net.spec
-    feat = (spec.input_dim,) if spec.kind == "fcn" else tuple(cast(tuple[int, ...], spec.input_shape))
+    feat = spec.feature_shapes()[0]  # the input shape per sample
     shape: tuple[int | str | None, ...] = ("N", *feat) if input_shape is None else tuple(input_shape)
     if len(shape) < 2 or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in shape[1:]) \
             or not (shape[0] is None or isinstance(shape[0], str) or (isinstance(shape[0], int) and shape[0] >= 1)):
