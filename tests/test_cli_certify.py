@@ -18,7 +18,7 @@ from probprune.data import as_net, dataset_status, init_module
 from probprune.masks import prune
 from probprune.nets import Net
 from probprune.nets.onnx import load_onnx, save_onnx
-from probprune.runner.certify import layerwise_radius
+from probprune.runner.certify import layerwise_radius, write_rows
 from probprune.runner.prune import save_net
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -144,6 +144,19 @@ def test_layerwise_radius_contains_the_ball() -> None:
     c1 = torch.full((1, 4), 0.98, dtype=torch.float64)
     r = float(layerwise_radius(c1, 0.1, "linf", (0.0, 1.0))[0])
     assert r == pytest.approx(2.0, rel=1e-9) and r < 0.98 * 2 + 0.2
+
+
+def test_rows_file_gets_the_umask_mode(tmp_path: Path) -> None:
+    """The rows file is written atomically with the umask's permissions (as any ``open(path, "w")``), not 0600."""
+    old = os.umask(0o022)
+    try:
+        for name in ("rows.csv", "rows.json"):
+            write_rows(str(tmp_path / name), [{"index": 0, "upper": math.inf}], {"n": 1})
+            assert (tmp_path / name).stat().st_mode & 0o777 == 0o644
+    finally:
+        os.umask(old)
+    assert json.loads((tmp_path / "rows.json").read_text())["rows"][0]["upper"] == "inf"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
 def test_safetensors_tables_and_csv(files: dict[str, Path], tmp_path: Path,

@@ -26,7 +26,6 @@ Inputs: ``mnist`` / ``fashion-mnist`` — the first N test images, pixels / 255 
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -44,6 +43,7 @@ from probprune.data import dataset_status, inputs_for, load_dataset
 from probprune.nets import Net, check_pair
 from probprune.nets.onnx import load_onnx
 from probprune.runner.prune import check_output_paths, load_net
+from probprune.store import atomic_write_text
 
 __all__ = ["CertifyJob", "CertifyOutcome", "check_job", "layerwise_radius", "load_inputs", "load_pair",
            "run_certify", "summarize_rows"]
@@ -343,7 +343,6 @@ def write_rows(path: str, rows: list[dict[str, Any]], summary: dict[str, Any]) -
     import csv
     import io
     import json
-    import tempfile
 
     if Path(path).suffix.lower() == ".json":
         def safe(v: Any) -> Any:
@@ -362,15 +361,7 @@ def write_rows(path: str, rows: list[dict[str, Any]], summary: dict[str, Any]) -
         for r in rows:
             w.writerow({k: ("" if v is None else v) for k, v in r.items()})
         text = buf.getvalue()
-    p = Path(path).expanduser()
-    fd, tmp = tempfile.mkstemp(dir=str(p.parent if str(p.parent) else "."), prefix=".certify-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(Path(path).expanduser(), text)
 
 
 def run_certify(job: CertifyJob, progress: Progress | None = None, write: bool = True) -> CertifyOutcome:
