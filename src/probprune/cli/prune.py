@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import Annotated, Optional
 
 import typer
 
 from probprune.cli.app import TERMS, VerboseOpt, app, console, emit_json, print_header, stats_table
 from probprune.cli.gap import sandwich_doc, sandwich_tables
-from probprune.config import MIN_DELTA, GapSpec, ProbPruneError, PruneSpec, parse_arch, parse_law
-
-if TYPE_CHECKING:
-    from probprune.runner.prune import LoadedModel
+from probprune.config import MIN_DELTA, GapSpec, ProbPruneError, PruneSpec, parse_law
 
 ArchOpt = Annotated[Optional[str], typer.Option("--arch", help="Architecture, e.g. fcn:784,300,100,10 or "
                                                 "cnn:1x28x28,c6k5m2,c16k5p0m2,120,84,10 (not needed for an "
@@ -74,13 +71,7 @@ def prune_cmd(
             if path is not None and model_format(name, path) == "onnx":
                 raise ProbPruneError(f"certificate={certificate!r}: certificates are not supported for ONNX models "
                                      f"yet ({name}={path!r}); use .safetensors files, or leave --certificate out")
-    loaded: dict[str, LoadedModel]
-    if weights is None:
-        if arch is None:
-            raise ProbPruneError("arch: give --arch (e.g. fcn:784,300,100,10) to sample a target with --law")
-        net, loaded = parse_arch(arch, activation="relu" if activation is None else activation, bias=bool(bias)), {}
-    else:
-        net, loaded = model_spec(arch, activation, bias, ("weights", weights))
+    net, loaded = model_spec(arch, activation, bias, ("weights", weights))  # no --weights: --arch, sampled
     spec = PruneSpec(method=method, scope=scope, prune_fraction=prune_fraction, threshold=threshold,  # type: ignore[arg-type]
                      relative_threshold=relative_threshold, p=p, rescale=rescale)
     job = PruneJob(net=net, prune=spec, weights=weights, law=None if law is None else parse_law(law), seed=seed,
