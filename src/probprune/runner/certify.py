@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -106,8 +106,6 @@ class CertifyOutcome:
     summary: dict[str, Any]
     inputs: str
     spec: NetSpec
-    seconds: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _int(name: str, v: object, lo: int) -> None:
@@ -396,4 +394,4 @@ def run_certify(job: CertifyJob, progress: Progress | None = None, write: bool =
     summary["seconds"] = seconds
     if write and job.out is not None:
         write_rows(job.out, rows, summary)
-    return CertifyOutcome(rows, summary, note, target.spec, seconds)
+    return CertifyOutcome(rows, summary, note, target.spec)
