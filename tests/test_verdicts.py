@@ -31,6 +31,16 @@ def test_verdict_of_an_interval() -> None:
     assert verdict(0.5, 0.95, 0.05) == "consistent"
 
 
+def test_the_store_names_the_verdicts_montecarlo_returns() -> None:
+    # store may not import montecarlo (layering), so its tuple is a copy: pin the two, and the reader's to the store's
+    from probprune.montecarlo import VERDICTS as MC_VERDICTS
+    from probprune.store.reports import VERDICTS as REPORT_VERDICTS
+    from probprune.store.runs import VERDICT_VALUES
+
+    assert VERDICT_VALUES == MC_VERDICTS
+    assert REPORT_VERDICTS is VERDICT_VALUES
+
+
 def test_min_trials_to_confirm_at_the_default_delta() -> None:
     assert min_trials_to_confirm(0.05, 0.95) == 72
     assert clopper_pearson(72, 72)[0] > 0.95 > clopper_pearson(71, 71)[0]

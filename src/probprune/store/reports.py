@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from probprune.config import ProbPruneError
+from probprune.store.runs import VERDICT_VALUES
 
 __all__ = [
     "POINT_KEYS",
@@ -96,9 +97,9 @@ def _num(v: Any) -> float | None:
     return f if math.isfinite(f) else None
 
 
-#: The three verdicts of a grid point (``store.runs.VERDICT_VALUES``): the Clopper–Pearson interval of the
-#: coverage lies above 1 − δ (*confirmed*), contains it (*consistent*), lies below it (*refuted*).
-VERDICTS: tuple[str, ...] = ("confirmed", "consistent", "refuted")
+#: The three verdicts of a grid point (the tuple ``store.runs.VERDICT_VALUES``): the Clopper–Pearson interval
+#: of the coverage lies above 1 − δ (*confirmed*), contains it (*consistent*), lies below it (*refuted*).
+VERDICTS: tuple[str, ...] = VERDICT_VALUES
 
 
 def _three_way(v: Any, passed: bool | None, low: float | None, high: float | None,
