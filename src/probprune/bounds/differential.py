@@ -102,6 +102,8 @@ from typing import Literal, cast
 import torch
 from torch import Tensor
 
+from probprune.bounds.certified import _TINY as _ETA  # smallest subnormal per dtype
+from probprune.bounds.certified import _UNIT
 from probprune.bounds.norms import _gamma
 from probprune.config import BallSpec, ProbPruneError
 from probprune.nets import Net, check_pair
@@ -117,8 +119,6 @@ __all__ = [
 
 _U = 2.0 ** -53
 _TINY = 2.0 ** -960
-_UNIT = {torch.float32: 2.0 ** -24, torch.float64: _U}
-_ETA = {torch.float32: 2.0 ** -149, torch.float64: 2.0 ** -1074}
 Verdict = Literal["certified", "not certified", "refuted"]
 
 
