@@ -23,7 +23,6 @@ from probprune.store import atomic_write_text, file_sha256
 __all__ = ["FORMAT", "file_sha256", "load_schema", "read_certificate", "validate_certificate", "write_certificate"]
 
 
-
 def load_schema() -> dict[str, Any]:
     """The certificate's JSON Schema (package data ``probprune/certificate.schema.json``)."""
     text = files("probprune").joinpath("certificate.schema.json").read_text(encoding="utf-8")
