@@ -372,8 +372,10 @@ def test_bad_calls_are_refused() -> None:
     with pytest.raises(ProbPruneError, match="ensembles"):
         differential_bound(stack([target, target]), stack([pruned, pruned]), BallSpec(radius=1.0))
     t64, p64 = _net_pair(0, (3, 4, 2), True, "relu", 0.5, torch.float64)
-    with pytest.raises(ProbPruneError, match="forward_dtype=float32"):
+    with pytest.raises(ProbPruneError, match="forward_dtype=float32: 0.weight is not exactly representable"):
         differential_bound(t64, p64, BallSpec(radius=1.0), forward_dtype=torch.float32)
+    with pytest.raises(ProbPruneError, match="forward_dtype: dtype torch.float16 is not supported"):
+        differential_bound(t64, p64, BallSpec(radius=1.0), forward_dtype=torch.float16)
     one_out, one_out_p = _net_pair(0, (3, 4, 1), True, "relu", 0.5)
     with pytest.raises(ProbPruneError, match="classifier"):
         certified_agreement(one_out, one_out_p, BallSpec(radius=0.1))

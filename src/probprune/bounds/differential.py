@@ -103,7 +103,7 @@ import torch
 from torch import Tensor
 
 from probprune.bounds.certified import _TINY as _ETA  # smallest subnormal per dtype
-from probprune.bounds.certified import _UNIT
+from probprune.bounds.certified import _UNIT, _check_forward_dtype, _unit
 from probprune.bounds.norms import _gamma
 from probprune.config import BallSpec, ProbPruneError
 from probprune.nets import Net, check_pair
@@ -609,15 +609,10 @@ def _identical(target: Net, pruned: Net) -> bool:
 
 
 def _dtype(net: Net, forward_dtype: torch.dtype | None) -> torch.dtype:
+    """The forward dtype of ``net``: float32/float64, every weight and bias exactly representable in it."""
     dt = forward_dtype or net.dtype
-    if dt not in _UNIT:
-        raise ProbPruneError(f"forward_dtype={dt}: float32 or float64 only")
-    if dt != net.dtype:  # the bound would be for other weights than those the user runs
-        for layer in net.layers:
-            for t in (layer.weight, layer.bias):
-                if t is not None and not bool((t.to(dt).to(t.dtype) == t).all()):
-                    raise ProbPruneError(f"forward_dtype={str(dt).removeprefix('torch.')}: some weight or bias "
-                                         "is not exactly representable in it")
+    _unit(dt, "forward_dtype")
+    _check_forward_dtype((net,), dt)  # else the bound would be for other weights than those the user runs
     return dt
 
 
