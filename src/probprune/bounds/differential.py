@@ -625,11 +625,11 @@ class _Analysis:
     rho: list[tuple[Tensor, Tensor]]
 
 
-def _analyse(target: Net, pruned: Net, ball: BallSpec, centres: Tensor | None,
-             forward_dtype: torch.dtype | None) -> _Analysis:
-    pair = _prepare(target, pruned)
+def _analyse(pair: _Pair, ball: BallSpec, centres: Tensor | None, dt_t: torch.dtype,
+             dt_p: torch.dtype) -> _Analysis:
+    """The relaxations and bounds of one chunk of balls (``pair`` and the dtypes prepared once per call)."""
     reg = _region(ball, centres, pair.w[0].shape[1], pair.w[0].device)
-    relax, bounds, rho = _propagate(pair, reg, _dtype(target, forward_dtype), _dtype(pruned, forward_dtype))
+    relax, bounds, rho = _propagate(pair, reg, dt_t, dt_p)
     return _Analysis(reg, pair, relax, bounds, rho)
 
 
@@ -680,7 +680,7 @@ def differential_bound(target: Net, pruned: Net, ball: BallSpec, *, centres: Ten
                                  (*_assumptions(ball, dt_name), "the networks are bitwise identical: gap 0"))
     los, his = [], []
     for start in range(0, bsz, batch_size):
-        an = _analyse(target, pruned, ball, reg0.centres[start:start + batch_size], forward_dtype)
+        an = _analyse(pair0, ball, reg0.centres[start:start + batch_size], dt, dt_p)
         _, _, dl, du, _, _ = an.bounds[-1]  # of the computed outputs' difference (rounding inside)
         los.append(dl)
         his.append(du)
@@ -855,6 +855,7 @@ def certified_agreement(target: Net, pruned: Net, ball: BallSpec, *, centres: Te
     if m < 2:
         raise ProbPruneError(f"certified agreement: the network has {m} output; a classifier needs >= 2")
     reg0 = _region(ball, centres, pair0.w[0].shape[1], pair0.w[0].device)
+    dt_t, dt_p = _dtype(target, forward_dtype), _dtype(pruned, forward_dtype)
     t64, p64 = target.to(dtype=torch.float64), pruned.to(dtype=torch.float64)
     with torch.no_grad():
         cls = cast(Tensor, t64(reg0.centres)).argmax(-1)
@@ -862,7 +863,7 @@ def certified_agreement(target: Net, pruned: Net, ball: BallSpec, *, centres: Te
     mt_all, mp_all = [], []
     for start in range(0, reg0.centres.shape[0], batch_size):
         cs = reg0.centres[start:start + batch_size]
-        an = _analyse(target, pruned, ball, cs, forward_dtype)
+        an = _analyse(pair0, ball, cs, dt_t, dt_p)
         c = cls[start:start + batch_size]
         rows = eye[c].unsqueeze(1) - eye.unsqueeze(0)  # [b, m, m]: e_c − e_j (row j = c is zero)
         k = len(an.pair.w) - 1
