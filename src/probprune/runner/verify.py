@@ -52,6 +52,7 @@ from probprune.montecarlo import (
     slopes_by_rule,
     summarize_point,
 )
+from probprune.runner.prune import check_device as prune_check_device
 from probprune.store.runs import RunInfo, RunWriter, open_run, prepare_run, read_points, read_slopes
 
 __all__ = [
@@ -99,13 +100,8 @@ def library_version() -> str:
 
 
 def check_device(device: str) -> None:
-    """Fail early (before any file is written) when CUDA is asked for and absent."""
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ProbPruneError(f"mc.device={device!r}: CUDA is not available on this machine")
-        idx = int(device.split(":")[1]) if ":" in device else 0
-        if idx >= torch.cuda.device_count():
-            raise ProbPruneError(f"mc.device={device!r}: only {torch.cuda.device_count()} CUDA device(s)")
+    """Fail early (before any file is written) when ``mc.device`` is not on this machine (the one shared rule)."""
+    prune_check_device(device, "mc.device")
 
 
 # --------------------------------------------------------------------------- units and executors
