@@ -265,7 +265,8 @@ def layerwise_radius(centres: Tensor, radius: float, norm: str, clip: tuple[floa
     """
     c = centres.double()
     d = c.shape[1]
-    up = 1.0 + 1e-12  # covers the float64 rounding of the norms (relative ≤ (d + 2)·2⁻⁵³ for d < 10⁴)
+    # covers the float64 rounding of the norms and sums for any d (relative ≤ 2(d + 4)·2⁻⁵³), with room to spare
+    up = (1.0 + 1e-12) * (1.0 + 2.0 * (d + 4) * 2.0 ** -53)
     grow = radius if norm == "l2" else radius * math.sqrt(d)
     r1 = (c.norm(dim=1) + grow) * up
     lo, hi = c - radius, c + radius
