@@ -16,9 +16,8 @@ import copy
 import dataclasses
 import functools
 import math
-import os
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Literal, cast
 
@@ -26,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from probprune.config import ConvSpec, NetSpec, ProbPruneError
+from probprune.config import ConvSpec, ExecutionPolicy, NetSpec, ProbPruneError
 
 __all__ = [
     "Activation",
@@ -287,13 +286,19 @@ class Net:
         return sum(math.prod(s) for s in self.spec.weight_shapes())
 
     # ------------------------------------------------------------------ forward
-    def forward(self, x: Tensor, return_hidden: bool = False) -> Tensor | tuple[Tensor, list[Tensor]]:
+    def forward(self, x: Tensor, return_hidden: bool = False, *, policy: ExecutionPolicy | None = None,
+                workers: Executor | None = None) -> Tensor | tuple[Tensor, list[Tensor]]:
         """Evaluate on inputs.
 
         Args:
             x: ``[N, d_0]`` (FCN) or ``[N, C, H, W]`` (CNN); for an ensemble, ``[K, N, …]``
                 (an input without the trial dim is shared by all members).
             return_hidden: also return the post-activation output of every hidden layer.
+            policy: ``policy.forward`` picks the form of an FCN ensemble's forward outside autograd
+                (default ``auto``; see the note on the member-by-member forward below).
+            workers: single-threaded CPU workers for the member-by-member form (the runner's
+                :func:`probprune.runner.execution.execution` owns them); ``None`` runs the row
+                blocks one after another on this thread.
 
         Returns:
             ``[(K,) N, h_l]`` outputs (and the hidden list).
@@ -304,8 +309,9 @@ class Net:
             raise ProbPruneError(f"input shape {tuple(x.shape)}: has a trial dim but the Net has none")
         if x.dim() not in (base, base + 1):
             raise ProbPruneError(f"input shape {tuple(x.shape)}: expected {base} dims (or {base + 1} with trials)")
-        if k is not None and not return_hidden and _member_loop(self, x):
-            return _forward_members(self.layers, x, k)
+        mode = "auto" if policy is None else policy.forward
+        if k is not None and not return_hidden and _member_loop(self, x, mode):
+            return _forward_members(self.layers, x, k, workers)
         if k is not None and x.dim() == base:
             x = x.unsqueeze(0).expand(k, *x.shape)
         hidden: list[Tensor] = []
@@ -324,14 +330,17 @@ class Net:
 # member by member, each member's points in row blocks carried through every layer. Outside
 # autograd the second is faster where it matters (benchmarks/RESULTS.md, "Third session"):
 # - on a CPU a block's activations stay in cache, and the (member, block) tasks run in parallel
-#   on ``torch.get_num_threads()`` Python threads, each task single-threaded: small products
-#   scale better across cores this way than split inside one product. Every block is computed
-#   by one thread whatever the ensemble size or thread count, so a member's outputs do not
-#   depend on how trials are chunked or how many threads run;
+#   on the caller's single-threaded workers (``workers``: the runner owns the pool and sizes it
+#   by ``ExecutionPolicy.threads``): small products scale better across cores this way than
+#   split inside one product. Every block is computed by one single-threaded worker whatever the
+#   ensemble size or worker count, so a member's outputs do not depend on how trials are chunked
+#   or how many workers run (without workers the blocks run on the calling thread, with its own
+#   intra-op threads);
 # - on a GPU each hidden ReLU layer is one cuBLASLt product with the ReLU in its epilogue
 #   (``torch._addmm_activation``): no separate ReLU pass re-reads and re-writes the activations.
 #   Small products on a GPU are launch-bound, so there the batched form stays.
-# ``PROBPRUNE_FORWARD=batched|members`` forces one form (benchmarks compare both).
+# ``ExecutionPolicy(forward="batched"|"members")`` forces one form (benchmarks compare both; the
+# runner reads the ``PROBPRUNE_FORWARD`` knob into the policy).
 
 _MEMBER_BLOCK_ELEMS = 1 << 19
 """CPU: rows per block so that one block's widest activation holds about this many elements."""
@@ -340,54 +349,25 @@ _MEMBER_MIN_ELEMS_CPU = 1 << 15
 _MEMBER_MIN_ELEMS_CUDA = 1 << 22
 """CUDA: the member loop is used when points × widest layer reaches this (each product is large)."""
 
-_POOL: tuple[int, int, ThreadPoolExecutor] | None = None
-"""(process id, workers, pool) of the CPU member loop; rebuilt after a fork or a thread-count change."""
-
-
-def _cpu_pool(workers: int) -> ThreadPoolExecutor:
-    global _POOL
-    pid = os.getpid()
-    if _POOL is None or _POOL[0] != pid or _POOL[1] != workers:
-        if _POOL is not None and _POOL[0] == pid:
-            _POOL[2].shutdown(wait=False)
-        _POOL = (pid, workers, ThreadPoolExecutor(workers, thread_name_prefix="probprune-forward"))
-    return _POOL[2]
-
-
-def cpu_parallel(calls: Sequence[Callable[[], None]]) -> None:
-    """Run CPU work items on ``torch.get_num_threads()`` Python threads, each item single-threaded.
+def cpu_parallel(calls: Sequence[Callable[[], None]], workers: Executor | None = None) -> None:
+    """Run CPU work items on ``workers`` (e.g. the runner's single-threaded pool), else one after another.
 
     Torch releases the GIL inside its kernels, so independent items (ensemble members, row
-    blocks) run on separate cores; each item sees one intra-op thread, so its result does not
-    depend on the thread count. The global thread count is restored afterwards. Exceptions of
-    an item are raised here.
+    blocks) run on separate cores. Nothing global is read or changed here: the caller owns the
+    workers and their thread settings. With workers, every item runs on one of them (even a
+    single item), so an item's result does not depend on how many items there are. Exceptions
+    of an item are raised here.
     """
-    threads = torch.get_num_threads()
-    if threads > 1:
-        torch.set_num_threads(1)  # every item single-threaded (also on this thread)
-    try:
-        if threads == 1 or len(calls) <= 1:
-            for call in calls:
-                call()
-            return
-
-        def item(call: Callable[[], None]) -> None:
-            torch.set_num_threads(1)  # a worker thread's own OpenMP setting
+    if workers is None:
+        for call in calls:
             call()
-
-        pool = _cpu_pool(threads)
-        for fut in [pool.submit(item, call) for call in calls]:
-            fut.result()
-    finally:
-        if threads > 1:
-            torch.set_num_threads(threads)
+        return
+    for fut in [workers.submit(call) for call in calls]:
+        fut.result()
 
 
-def _member_loop(net: Net, x: Tensor) -> bool:
+def _member_loop(net: Net, x: Tensor, mode: str) -> bool:
     """Whether :meth:`Net.forward` runs this ensemble member by member (see the note above)."""
-    mode = os.environ.get("PROBPRUNE_FORWARD", "auto")
-    if mode not in ("auto", "batched", "members"):
-        raise ProbPruneError(f"PROBPRUNE_FORWARD={mode!r}: must be auto, batched or members")
     if mode == "batched" or any(layer.conv is not None for layer in net.layers):
         return False
     if torch.is_grad_enabled() and (x.requires_grad or any(
@@ -402,7 +382,7 @@ def _member_loop(net: Net, x: Tensor) -> bool:
     return x.device.type == "cuda" and size >= _MEMBER_MIN_ELEMS_CUDA
 
 
-def _forward_members(layers: Sequence[Layer], x: Tensor, k: int) -> Tensor:
+def _forward_members(layers: Sequence[Layer], x: Tensor, k: int, workers: Executor | None) -> Tensor:
     """FCN ensemble forward, member by member in row blocks; ``x`` is ``[N, d]`` (shared) or ``[K, N, d]``."""
     n = int(x.shape[-2])
     if x.dim() == 3 and x.shape[0] != k:
@@ -433,7 +413,7 @@ def _forward_members(layers: Sequence[Layer], x: Tensor, k: int) -> Tensor:
         for j, s in tasks:
             run(j, s)
     else:
-        cpu_parallel([functools.partial(run, j, s) for j, s in tasks])
+        cpu_parallel([functools.partial(run, j, s) for j, s in tasks], workers)
     return out
 
 
