@@ -774,6 +774,20 @@ def from_module(seq: nn.Module, input_shape: tuple[int, int, int] | None = None)
     >>> from_module(nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))).spec.to_arch()
     'fcn:3,4,2'
     """
+    _check_plain(seq)
+    leaves = [_classify(path, m) for path, m in _walk(seq)]
+    wpos = _weight_positions(leaves)
+    hidden, convs, segments = _read_layers(leaves, wpos)
+    act_name, slope = _one_activation(hidden, leaves, wpos)
+    weights, biases = _weights_and_biases(leaves, wpos)
+    spec = _spec_of(leaves, wpos, weights, convs, input_shape, act_name, slope, all(b is not None for b in biases))
+    net = Net.from_weights(spec, weights, biases)
+    _check_conversion(seq, net, leaves, segments, wpos[0])
+    return net
+
+
+def _check_plain(seq: nn.Module) -> None:
+    """``seq`` is a plain ``nn.Sequential`` whose forward nothing changes (no hooks, no overridden forward)."""
     if type(seq) is not nn.Sequential:
         base = "a subclass of nn.Sequential (its forward may differ)" if isinstance(seq, nn.Sequential) else ""
         raise ProbPruneError(f"from_module: expected a plain nn.Sequential, got {type(seq).__name__} {base}".strip())
@@ -784,7 +798,10 @@ def from_module(seq: nn.Module, input_shape: tuple[int, int, int] | None = None)
         raise ProbPruneError("from_module: global module forward hooks are registered "
                              "(torch.nn.modules.module.register_module_forward_hook / _pre_hook); they change every "
                              "module's forward: remove them first")
-    leaves = [_classify(path, m) for path, m in _walk(seq)]
+
+
+def _weight_positions(leaves: list[_Leaf]) -> list[int]:
+    """Indices of the weight layers; only no-ops (and an FCN's input flatten) may come before the first."""
     wpos = [i for i, leaf in enumerate(leaves) if leaf.kind == "weight"]
     if not wpos:
         raise ProbPruneError("from_module: the model has no prunable layer (nn.Linear or nn.Conv2d)")
@@ -794,7 +811,12 @@ def from_module(seq: nn.Module, input_shape: tuple[int, int, int] | None = None)
             continue  # an FCN's input is flattened: a leading Flatten is the identity on [N, d]
         raise ProbPruneError(f"from_module: {leaf.label} comes before the first weight layer; the network "
                              "must start with nn.Linear or nn.Conv2d")
+    return wpos
 
+
+def _read_layers(leaves: list[_Leaf], wpos: list[int]
+                 ) -> tuple[list[_Leaf | None], list[ConvSpec], list[list[int]]]:
+    """Per weight layer, in order: its activation (hidden layers), its conv spec, the leaves it covers."""
     n_layers = len(wpos)
     hidden: list[_Leaf | None] = []  # the activation after each hidden layer (None: no activation)
     convs: list[ConvSpec] = []
@@ -811,36 +833,7 @@ def from_module(seq: nn.Module, input_shape: tuple[int, int, int] | None = None)
             raise ProbPruneError(f"from_module: {wl.label} comes after a linear layer; a CNN is conv layers, then "
                                  "a linear head")
         seen_linear = seen_linear or not is_conv
-        act: _Leaf | None = None
-        pool: _Leaf | None = None
-        flat: _Leaf | None = None
-        for leaf in (leaves[i] for i in range(start + 1, end)):
-            if leaf.kind == "act":
-                if last:
-                    raise ProbPruneError(
-                        f"from_module: {leaf.label} is an activation after the output layer, {wl.label}; the Net's "
-                        "last layer has no activation (remove it, or certify the network without it)")
-                if act is not None:
-                    raise ProbPruneError(f"from_module: {act.label} and {leaf.label} are two activations in a row; "
-                                         "the Net applies exactly one activation after each hidden layer")
-                if pool is not None or flat is not None:
-                    after = pool if pool is not None else flat
-                    raise ProbPruneError(f"from_module: {leaf.label} comes after {after.label}; the Net applies "  # type: ignore[union-attr]
-                                         "conv → activation → max-pool → flatten, in that order")
-                act = leaf
-            elif leaf.kind == "pool":
-                if not is_conv:
-                    raise ProbPruneError(f"from_module: {leaf.label} follows the linear {wl.label}; max-pools "
-                                         "are supported only after conv layers")
-                if pool is not None or flat is not None:
-                    raise ProbPruneError(f"from_module: {leaf.label} follows {(pool or flat).label}; the Net has at "  # type: ignore[union-attr]
-                                         "most one max-pool per conv layer, before the flatten")
-                pool = leaf
-            elif leaf.kind == "flatten":
-                if not is_conv or last or next_conv or flat is not None:
-                    raise ProbPruneError(f"from_module: {leaf.label} is supported only at the input of an FCN or "
-                                         "once between the last conv layer and the first linear layer")
-                flat = leaf
+        act, pool, flat = _layer_tail(leaves[start + 1:end], wl, is_conv, last, next_conv)
         if last and is_conv:
             raise ProbPruneError(f"from_module: {wl.label} is the last weight layer; a CNN must end with a linear "
                                  "head (nn.Flatten, nn.Linear)")
@@ -851,7 +844,47 @@ def from_module(seq: nn.Module, input_shape: tuple[int, int, int] | None = None)
             convs.append(dataclasses.replace(_conv_spec(wl), pool=1 if pool is None else _pool_size(pool)))
         if not last:
             hidden.append(act)
+    return hidden, convs, segments
 
+
+def _layer_tail(tail: list[_Leaf], wl: _Leaf, is_conv: bool, last: bool, next_conv: bool
+                ) -> tuple[_Leaf | None, _Leaf | None, _Leaf | None]:
+    """The activation, max-pool and flatten between weight layer ``wl`` and the next (each optional, in order)."""
+    act: _Leaf | None = None
+    pool: _Leaf | None = None
+    flat: _Leaf | None = None
+    for leaf in tail:
+        if leaf.kind == "act":
+            if last:
+                raise ProbPruneError(
+                    f"from_module: {leaf.label} is an activation after the output layer, {wl.label}; the Net's "
+                    "last layer has no activation (remove it, or certify the network without it)")
+            if act is not None:
+                raise ProbPruneError(f"from_module: {act.label} and {leaf.label} are two activations in a row; "
+                                     "the Net applies exactly one activation after each hidden layer")
+            if pool is not None or flat is not None:
+                after = pool if pool is not None else flat
+                raise ProbPruneError(f"from_module: {leaf.label} comes after {after.label}; the Net applies "  # type: ignore[union-attr]
+                                     "conv → activation → max-pool → flatten, in that order")
+            act = leaf
+        elif leaf.kind == "pool":
+            if not is_conv:
+                raise ProbPruneError(f"from_module: {leaf.label} follows the linear {wl.label}; max-pools "
+                                     "are supported only after conv layers")
+            if pool is not None or flat is not None:
+                raise ProbPruneError(f"from_module: {leaf.label} follows {(pool or flat).label}; the Net has at "  # type: ignore[union-attr]
+                                     "most one max-pool per conv layer, before the flatten")
+            pool = leaf
+        elif leaf.kind == "flatten":
+            if not is_conv or last or next_conv or flat is not None:
+                raise ProbPruneError(f"from_module: {leaf.label} is supported only at the input of an FCN or "
+                                     "once between the last conv layer and the first linear layer")
+            flat = leaf
+    return act, pool, flat
+
+
+def _one_activation(hidden: list[_Leaf | None], leaves: list[_Leaf], wpos: list[int]) -> tuple[str, float]:
+    """The network-wide activation (name, slope): one type after every hidden layer, or none anywhere."""
     present = [a for a in hidden if a is not None]
     kinds = sorted({(_ACT_TYPES[type(a.module)], float(getattr(a.module, "negative_slope", 0.01))) for a in present})
     if len(kinds) > 1:
@@ -869,7 +902,11 @@ def from_module(seq: nn.Module, input_shape: tuple[int, int, int] | None = None)
                              "supported (the bounds use Lipschitz constant 1)")
     if act_name != "leaky_relu":
         slope = 0.01  # the NetSpec default: the slope is meaningless for other activations
+    return act_name, slope
 
+
+def _weights_and_biases(leaves: list[_Leaf], wpos: list[int]) -> tuple[list[Tensor], list[Tensor | None]]:
+    """The weight layers' parameters; biases everywhere or nowhere."""
     weights: list[Tensor] = []
     biases: list[Tensor | None] = []
     for start in wpos:
@@ -881,13 +918,19 @@ def from_module(seq: nn.Module, input_shape: tuple[int, int, int] | None = None)
     has_bias = [b is not None for b in biases]
     if any(has_bias) and not all(has_bias):
         raise ProbPruneError("from_module: some layers have biases and some not; use bias everywhere or nowhere")
+    return weights, biases
+
+
+def _spec_of(leaves: list[_Leaf], wpos: list[int], weights: list[Tensor], convs: list[ConvSpec],
+             input_shape: tuple[int, int, int] | None, act_name: str, slope: float, bias: bool) -> NetSpec:
+    """The :class:`NetSpec` the layers read describe; every weight shape must fit it."""
     linears = [w for i, w in zip(wpos, weights) if type(leaves[i].module) is nn.Linear]
     widths = [int(w.shape[0]) for w in linears]
     if convs:
         if input_shape is None:
             raise ProbPruneError("from_module: a CNN needs input_shape=(C, H, W)")
         spec = NetSpec(kind="cnn", input_shape=input_shape, convs=tuple(convs), widths=tuple(widths),
-                       activation=act_name, negative_slope=slope, bias=all(has_bias))  # type: ignore[arg-type]
+                       activation=act_name, negative_slope=slope, bias=bias)  # type: ignore[arg-type]
     else:
         if input_shape is not None:
             # a module whose first layer is nn.Linear acts on the last dim of a (C, H, W) input:
@@ -899,14 +942,12 @@ def from_module(seq: nn.Module, input_shape: tuple[int, int, int] | None = None)
                     f"{leaves[wpos[0]].label} (in_features={int(linears[0].shape[1])}) does not read the flattened "
                     "input; start the model with nn.Flatten() and matching in_features, or pass input_shape=None")
         spec = NetSpec(kind="fcn", widths=(int(linears[0].shape[1]), *widths),
-                       activation=act_name, negative_slope=slope, bias=all(has_bias))  # type: ignore[arg-type]
+                       activation=act_name, negative_slope=slope, bias=bias)  # type: ignore[arg-type]
     for start, w, shape in zip(wpos, weights, spec.weight_shapes()):
         if tuple(w.shape) != tuple(shape):
             raise ProbPruneError(f"from_module: {leaves[start].label} weight shape {tuple(w.shape)} does not fit the "
                                  f"layers before it (expected {tuple(shape)} for {spec.to_arch()})")
-    net = Net.from_weights(spec, weights, biases)
-    _check_conversion(seq, net, leaves, segments, wpos[0])
-    return net
+    return spec
 
 
 def _abs_scale(layer: Layer, x: Tensor) -> Tensor:
