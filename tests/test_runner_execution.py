@@ -178,3 +178,40 @@ def test_run_verify_refuses_a_bad_forward_knob_before_writing(tmp_path: Path,
     with pytest.raises(ProbPruneError, match="PROBPRUNE_FORWARD='fast'"):
         run_verify(CFG, tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+def _setting_unit() -> Any:
+    from probprune.runner.experiment import ExperimentSpec, SettingUnit
+
+    return SettingUnit(ExperimentSpec(), "/nowhere", "lenet-300-100", 0, "magnitude", "layerwise", 0.5, False, {},
+                       torch.zeros(1), 1.0)
+
+
+def test_experiment_data_cache_is_an_explicit_object(monkeypatch: pytest.MonkeyPatch) -> None:
+    import pickle
+
+    from probprune.runner import experiment
+    from probprune.runner.experiment import DatasetCache, compute_setting
+
+    loads: list[tuple[str, Any]] = []
+
+    def fake_load(name: str, root: Any = None) -> object:
+        loads.append((name, root))
+        return object()  # no images: compute_setting stops right after loading
+
+    monkeypatch.setattr(experiment, "load_dataset", fake_load)
+    unit = _setting_unit()
+    for _ in range(2):  # no hidden module cache: without a DatasetCache every call loads
+        with pytest.raises(AttributeError):
+            compute_setting(unit)
+    assert loads == [("mnist", "/nowhere")] * 2
+    cache = DatasetCache()
+    data = cache.get("mnist", Path("/nowhere"))
+    for _ in range(2):  # the run's cache: the driver's data set is reused
+        with pytest.raises(AttributeError):
+            compute_setting(unit, datasets=cache)
+    assert len(loads) == 3 and cache.get("mnist", "/nowhere") is data
+    shipped = pickle.loads(pickle.dumps(cache))  # a worker's copy carries no data set and loads its own
+    assert shipped.get("mnist", "/nowhere") is not data and len(loads) == 4
+    assert cache.get("fashion-mnist", None) is not data and len(loads) == 5  # one data set at a time
+    assert cache.get("mnist", "/nowhere") is not data and len(loads) == 6

@@ -17,6 +17,7 @@ target whatever grid it belongs to, and a resumed run computes exactly the missi
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
@@ -53,6 +54,7 @@ from probprune.store.experiments import ExperimentStore, experiment_hash, read_e
 __all__ = [
     "DEFAULT_EPOCHS",
     "PRUNE_FRACTIONS",
+    "DatasetCache",
     "ExperimentOutcome",
     "ExperimentSpec",
     "SettingUnit",
@@ -299,18 +301,19 @@ def run_experiment(spec: ExperimentSpec, runs_dir: str | Path = "runs", data_roo
     t0 = time.perf_counter()
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise ProbPruneError(f"threads={threads!r}: must be an integer >= 1")
-    data = load_dataset(spec.dataset, data_root)
+    datasets = DatasetCache()  # the run's data: loaded (and checked) once, shared with in-process settings
+    data = datasets.get(spec.dataset, data_root)
     old_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
     try:
-        return _run(spec, runs_dir, data_root, data, progress, executor, t0)
+        return _run(spec, runs_dir, data_root, data, progress, executor, t0, datasets)
     finally:
         torch.set_num_threads(old_threads)
 
 
 def _run(spec: ExperimentSpec, runs_dir: str | Path, data_root: str | Path | None, data: Any,
-         progress: Progress | None, executor: Any, t0: float) -> ExperimentOutcome:
+         progress: Progress | None, executor: Any, t0: float, datasets: DatasetCache) -> ExperimentOutcome:
     run_dir = Path(runs_dir) / spec.hash
     total = spec.n_settings()
     computed = 0
@@ -339,7 +342,7 @@ def _run(spec: ExperimentSpec, runs_dir: str | Path, data_root: str | Path | Non
                 dense_acc = float((target_logits.argmax(dim=-1) == y_test).double().mean())
                 if executor is not None:
                     for row in _settings_via(executor, spec, data_root, model, seed, target, target_logits,
-                                             radius, dense_acc, done):
+                                             radius, dense_acc, done, datasets):
                         store.add(row)
                         done.add(ExperimentStore.key(row))
                         computed += 1
@@ -457,18 +460,41 @@ class SettingUnit:
                 f"prune_fraction={self.prune_fraction:g} {ft}")
 
 
-_DATASETS: dict[tuple[str, str | None], Any] = {}
+class DatasetCache:
+    """The data sets a run has loaded, by (dataset, data root): an explicit object owned by the run.
+
+    :func:`run_experiment` makes one per call and hands it to :func:`compute_setting` (through the
+    executor), so settings computed in the driver's process reuse the driver's data set. Pickling it
+    (to ship the work to another process, e.g. a Ray task) carries no data: the receiving copy
+    loads, and checks, its own. One data set is held at a time.
+    """
+
+    def __init__(self) -> None:
+        self._data: dict[tuple[str, str | None], Any] = {}
+
+    def get(self, dataset: str, data_root: str | Path | None) -> Any:
+        """The loaded data set (:func:`probprune.data.load_dataset`), loaded on first use."""
+        key = (dataset, None if data_root is None else str(data_root))
+        if key not in self._data:
+            self._data.clear()
+            self._data[key] = load_dataset(dataset, data_root)
+        return self._data[key]
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {}  # never ship a data set: the receiving process loads its own
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self._data = {}
 
 
-def compute_setting(unit: SettingUnit) -> list[dict[str, Any]]:
-    """The measured values of one setting (one dict: accuracy, gap sandwich, test-set gap, ``seconds``)."""
+def compute_setting(unit: SettingUnit, datasets: DatasetCache | None = None) -> list[dict[str, Any]]:
+    """The measured values of one setting (one dict: accuracy, gap sandwich, test-set gap, ``seconds``).
+
+    ``datasets``: where the data set comes from (the run's :class:`DatasetCache`); ``None`` loads it.
+    """
     ts = time.perf_counter()
     spec = unit.spec
-    key = (spec.dataset, unit.data_root)
-    if key not in _DATASETS:  # a worker loads (and checks) the dataset once per process
-        _DATASETS.clear()
-        _DATASETS[key] = load_dataset(spec.dataset, unit.data_root)
-    data = _DATASETS[key]
+    data = (DatasetCache() if datasets is None else datasets).get(spec.dataset, unit.data_root)
     net_spec = lenet_spec(unit.model)
     x_train = inputs_for(data.train_images, net_spec)
     x_test = inputs_for(data.test_images, net_spec)
@@ -485,7 +511,7 @@ def compute_setting(unit: SettingUnit) -> list[dict[str, Any]]:
 
 def _settings_via(executor: Any, spec: ExperimentSpec, data_root: str | Path | None, model: str, seed: int,
                   target: Net, target_logits: Tensor, radius: float, dense_acc: float,
-                  done: set[tuple[Any, ...]]) -> Any:
+                  done: set[tuple[Any, ...]], datasets: DatasetCache) -> Any:
     """Rows of the missing settings of one dense target, computed by ``executor`` (yielded as they finish)."""
     fts = (False, True) if spec.finetune_epochs > 0 else (False,)
     groups: dict[tuple[Any, ...], list[tuple[str, str, float, bool]]] = {}
@@ -502,7 +528,7 @@ def _settings_via(executor: Any, spec: ExperimentSpec, data_root: str | Path | N
     units = {ckey: SettingUnit(spec, None if data_root is None else str(data_root), model, seed, ms[0][0], ms[0][1],
                                ms[0][2], ms[0][3], state, target_logits.detach().cpu(), radius)
              for ckey, ms in groups.items()}
-    for unit, rows in executor.map(compute_setting, list(units.values())):
+    for unit, rows in executor.map(functools.partial(compute_setting, datasets=datasets), list(units.values())):
         f0 = unit.prune_fraction
         ckey = ("dense", unit.finetuned) if f0 == 0.0 else (unit.method, unit.scope, f0, unit.finetuned)
         for method, scope, f, ft in groups[ckey]:
