@@ -85,7 +85,8 @@ def test_core_reads_no_environment_and_sets_no_global_torch_state(two_threads: N
     point = expand_grid(CFG)[1]
     tf32 = dataclasses.replace(CFG, mc=dataclasses.replace(CFG.mc, matmul="tf32"))
     with ThreadPoolExecutor(2) as pool:  # any executor: the core only submits work items to it
-        for cfg, policy, workers in ((CFG, None, None), (CFG, ExecutionPolicy(forward="members"), pool),
+        members = ExecutionPolicy(forward="members")
+        for cfg, policy, workers in ((CFG, None, None), (CFG, None, pool), (CFG, members, None), (CFG, members, pool),
                                      (tf32, ExecutionPolicy(forward="batched", matmul="tf32"), pool)):
             rows = run_trials(cfg, point, config_hash(cfg), [0, 1, 2], policy=policy, workers=workers)
             assert len(rows) == 3
@@ -130,12 +131,16 @@ def test_units_carry_the_policy_and_give_the_same_rows(tmp_path: Path) -> None:
 def test_execution_applies_and_restores_threads_and_tf32_even_on_error() -> None:
     threads, flags = torch.get_num_threads(), _tf32()
     with execution(ExecutionPolicy(threads=1, matmul="tf32")) as ex:
-        assert torch.get_num_threads() == 1 and _tf32() == (True, True) and ex.workers is None
+        assert torch.get_num_threads() == 1 and _tf32() == (True, True)
+        here = threading.get_ident()
+        assert ex.workers.submit(threading.get_ident).result() == here  # one thread: the calling thread
+        with pytest.raises(ZeroDivisionError):
+            ex.workers.submit(lambda: 1 // 0).result()
     assert torch.get_num_threads() == threads and _tf32() == flags
     with pytest.raises(RuntimeError, match="boom"):
         with execution(ExecutionPolicy(threads=3, matmul="tf32")) as ex:
             assert torch.get_num_threads() == 3 and ex.policy.threads == 3 and _tf32() == (True, True)
-            seen = ex.workers.submit(torch.get_num_threads).result()  # type: ignore[union-attr]
+            seen = ex.workers.submit(torch.get_num_threads).result()
             assert seen == 1  # every worker is single-threaded
             raise RuntimeError("boom")
     assert torch.get_num_threads() == threads and _tf32() == flags

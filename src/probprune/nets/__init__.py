@@ -297,8 +297,9 @@ class Net:
             policy: ``policy.forward`` picks the form of an FCN ensemble's forward outside autograd
                 (default ``auto``; see the note on the member-by-member forward below).
             workers: single-threaded CPU workers for the member-by-member form (the runner's
-                :func:`probprune.runner.execution.execution` owns them); ``None`` runs the row
-                blocks one after another on this thread.
+                :func:`probprune.runner.execution.execution` owns them). Without workers, ``auto``
+                runs a CPU ensemble batched and ``members`` runs the row blocks one after another
+                on this thread.
 
         Returns:
             ``[(K,) N, h_l]`` outputs (and the hidden list).
@@ -310,7 +311,7 @@ class Net:
         if x.dim() not in (base, base + 1):
             raise ProbPruneError(f"input shape {tuple(x.shape)}: expected {base} dims (or {base + 1} with trials)")
         mode = "auto" if policy is None else policy.forward
-        if k is not None and not return_hidden and _member_loop(self, x, mode):
+        if k is not None and not return_hidden and _member_loop(self, x, mode, workers is not None):
             return _forward_members(self.layers, x, k, workers)
         if k is not None and x.dim() == base:
             x = x.unsqueeze(0).expand(k, *x.shape)
@@ -334,8 +335,9 @@ class Net:
 #   by ``ExecutionPolicy.threads``): small products scale better across cores this way than
 #   split inside one product. Every block is computed by one single-threaded worker whatever the
 #   ensemble size or worker count, so a member's outputs do not depend on how trials are chunked
-#   or how many workers run (without workers the blocks run on the calling thread, with its own
-#   intra-op threads);
+#   or how many workers run. Without workers ``auto`` keeps the batched form on a CPU: row blocks
+#   on the calling thread's own intra-op threads measured slower than one batched product
+#   (a forced ``members`` runs them there);
 # - on a GPU each hidden ReLU layer is one cuBLASLt product with the ReLU in its epilogue
 #   (``torch._addmm_activation``): no separate ReLU pass re-reads and re-writes the activations.
 #   Small products on a GPU are launch-bound, so there the batched form stays.
@@ -366,7 +368,7 @@ def cpu_parallel(calls: Sequence[Callable[[], None]], workers: Executor | None =
         fut.result()
 
 
-def _member_loop(net: Net, x: Tensor, mode: str) -> bool:
+def _member_loop(net: Net, x: Tensor, mode: str, pooled: bool) -> bool:
     """Whether :meth:`Net.forward` runs this ensemble member by member (see the note above)."""
     if mode == "batched" or any(layer.conv is not None for layer in net.layers):
         return False
@@ -377,8 +379,8 @@ def _member_loop(net: Net, x: Tensor, mode: str) -> bool:
     if mode == "members":
         return True
     size = int(x.shape[-2]) * max(int(layer.weight.shape[-2]) for layer in net.layers)
-    if x.device.type == "cpu":
-        return size >= _MEMBER_MIN_ELEMS_CPU
+    if x.device.type == "cpu":  # auto: only on single-threaded workers (on one thread the batched form is faster)
+        return pooled and size >= _MEMBER_MIN_ELEMS_CPU
     return x.device.type == "cuda" and size >= _MEMBER_MIN_ELEMS_CUDA
 
 

@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator, Mapping
-from concurrent.futures import Executor, ThreadPoolExecutor
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 
@@ -53,12 +54,24 @@ class Execution:
 
     Attributes:
         policy: the policy with ``threads`` resolved (never ``None``).
-        workers: the pool of single-threaded CPU workers (``None`` when ``threads`` is 1: every
-            item then runs on the calling thread, itself single-threaded).
+        workers: the single-threaded CPU workers: a pool of ``threads`` threads, or, when
+            ``threads`` is 1, the calling thread itself (set to one intra-op thread).
     """
 
     policy: ExecutionPolicy
-    workers: Executor | None
+    workers: Executor
+
+
+class _CallingThread(Executor):
+    """An executor that runs each item at once on the calling thread (the one-thread case)."""
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        fut: Future[Any] = Future()
+        try:
+            fut.set_result(fn(*args, **kwargs))
+        except BaseException as exc:  # handed to the caller through the future, as a pool would
+            fut.set_exception(exc)
+        return fut
 
 
 def _single_thread() -> None:
@@ -95,8 +108,8 @@ def execution(policy: ExecutionPolicy | None = None) -> Iterator[Execution]:
     >>> from probprune.config import ExecutionPolicy
     >>> before = torch.get_num_threads()
     >>> with execution(ExecutionPolicy(threads=1)) as ex:
-    ...     (ex.policy.threads, ex.workers, torch.get_num_threads())
-    (1, None, 1)
+    ...     (ex.policy.threads, torch.get_num_threads())
+    (1, 1)
     >>> torch.get_num_threads() == before
     True
     """
@@ -113,7 +126,7 @@ def execution(policy: ExecutionPolicy | None = None) -> Iterator[Execution]:
             if threads > 1:
                 pool = ThreadPoolExecutor(threads, thread_name_prefix="probprune-worker",
                                           initializer=_single_thread)
-            yield Execution(replace(pol, threads=threads), pool)
+            yield Execution(replace(pol, threads=threads), _CallingThread() if pool is None else pool)
     finally:
         if pool is not None:
             pool.shutdown(wait=True)
