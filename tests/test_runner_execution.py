@@ -145,8 +145,15 @@ def test_execution_applies_and_restores_threads_and_tf32_even_on_error() -> None
             raise RuntimeError("boom")
     assert torch.get_num_threads() == threads and _tf32() == flags
     assert _new_thread_count() == threads  # the workers' setting does not leak to new threads
-    with execution() as ex:  # default: the process's thread count, fp32 products
-        assert ex.policy.threads == threads and _tf32() == (False, False)
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        with execution() as ex:  # default: the process's thread count and TF32 flags, left as they are
+            assert ex.policy.threads == threads and _tf32() == (True, flags[1])
+        with execution(ExecutionPolicy(matmul="fp32")):
+            assert _tf32() == (False, False)
+        assert _tf32() == (True, flags[1])
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = flags[0]
     assert _tf32() == flags
 
 

@@ -663,20 +663,21 @@ class ExecutionPolicy:
             threads of batched products, and the number of single-threaded workers that run an
             ensemble's members (or row blocks) in parallel on a CPU — each block is computed by one
             thread, so results do not depend on this value.
-        matmul: CUDA float32 products of the run: ``fp32`` (TF32 off) or ``tf32`` (see
-            :class:`MCSpec`, whose hashed ``matmul`` a verify run's policy carries: TF32 changes the
-            numbers, so it is not an execution-only setting there).
+        matmul: CUDA float32 products of the run: ``fp32`` (TF32 off), ``tf32`` or ``None`` (leave
+            the process's flags). A verify run's policy carries :class:`MCSpec`'s hashed ``matmul``
+            (TF32 changes the numbers, so there it is not an execution-only setting).
     """
 
     forward: Forward = "auto"
     threads: int | None = None
-    matmul: Matmul = "fp32"
+    matmul: Matmul | None = None
 
     def __post_init__(self) -> None:
         _check_choice("execution.forward", self.forward, FORWARDS)
         if self.threads is not None:
             _check_int("execution.threads", self.threads, 1)
-        _check_choice("execution.matmul", self.matmul, get_args(Matmul))
+        if self.matmul is not None:
+            _check_choice("execution.matmul", self.matmul, get_args(Matmul))
 
 
 @dataclass(frozen=True)

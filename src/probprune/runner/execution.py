@@ -35,7 +35,7 @@ FORWARD_ENV = "PROBPRUNE_FORWARD"
 
 
 def policy_from_env(environ: Mapping[str, str] | None = None, *, threads: int | None = None,
-                    matmul: Matmul = "fp32") -> ExecutionPolicy:
+                    matmul: Matmul | None = None) -> ExecutionPolicy:
     """The run's policy: ``forward`` from ``$PROBPRUNE_FORWARD`` (default ``auto``), the rest as given.
 
     Raises:
@@ -102,8 +102,9 @@ def matmul_precision(mode: str) -> Iterator[None]:
 def execution(policy: ExecutionPolicy | None = None) -> Iterator[Execution]:
     """Apply ``policy`` (threads, TF32 flags) for the block; yield what the core needs.
 
-    ``policy.threads = None`` keeps the process's current thread count. The previous thread
-    count and TF32 flags are restored on exit, also when the block raises.
+    ``policy.threads = None`` keeps the process's current thread count, ``policy.matmul = None``
+    its TF32 flags. The previous thread count and flags are restored on exit, also when the block
+    raises.
 
     >>> from probprune.config import ExecutionPolicy
     >>> before = torch.get_num_threads()
@@ -120,7 +121,7 @@ def execution(policy: ExecutionPolicy | None = None) -> Iterator[Execution]:
     threads = old_threads if pol.threads is None else pol.threads
     pool: ThreadPoolExecutor | None = None
     try:
-        with matmul_precision(pol.matmul):
+        with contextlib.nullcontext() if pol.matmul is None else matmul_precision(pol.matmul):
             if threads != old_threads:
                 torch.set_num_threads(threads)
             if threads > 1:

@@ -22,6 +22,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,14 @@ import torch
 from torch import Tensor
 
 from probprune.bounds import certified_gap_bound
-from probprune.config import EXPERIMENT_EPOCHS, EXPERIMENT_PRUNE_FRACTIONS, GapSpec, ProbPruneError, check_seed
+from probprune.config import (
+    EXPERIMENT_EPOCHS,
+    EXPERIMENT_PRUNE_FRACTIONS,
+    ExecutionPolicy,
+    GapSpec,
+    ProbPruneError,
+    check_seed,
+)
 from probprune.data import (
     DATASETS,
     MODELS,
@@ -47,6 +55,7 @@ from probprune.gap import sup_gap
 from probprune.masks import prune
 from probprune.nets import Net, from_state_dict, to_module
 from probprune.rng import derive_seed, make_generator
+from probprune.runner.execution import execution
 from probprune.runner.prune import check_time, n_weights
 from probprune.store import atomic_write_text, load_tensors, save_tensors
 from probprune.store.experiments import ExperimentStore, experiment_hash, read_experiment
@@ -221,7 +230,8 @@ class _Eval:
 
 
 def evaluate_pruned(target: Net, pruned: Net, x_test: Tensor, y_test: Tensor, target_logits: Tensor,
-                    radius: float, gap: GapSpec, generator: torch.Generator) -> dict[str, Any]:
+                    radius: float, gap: GapSpec, generator: torch.Generator, *,
+                    workers: Executor | None = None) -> dict[str, Any]:
     """Accuracy, test-set gap and the gap sandwich of ``pruned`` against ``target``.
 
     Args:
@@ -230,6 +240,7 @@ def evaluate_pruned(target: Net, pruned: Net, x_test: Tensor, y_test: Tensor, ta
         radius: r of the ball (e.g. max ‖x‖ of the test set).
         gap: sup-gap estimator budget (its radius is replaced by ``radius``).
         generator: randomness of the sup-gap estimator.
+        workers: CPU workers of the estimator's forward passes (the runner's; same values either way).
 
     Returns:
         ``test_accuracy``, ``mean_test_gap`` / ``max_test_gap`` (‖f(x) − F(x)‖₂ over the test set),
@@ -242,7 +253,8 @@ def evaluate_pruned(target: Net, pruned: Net, x_test: Tensor, y_test: Tensor, ta
     diff = (logits.double() - target_logits.double()).norm(dim=-1)
     upper = certified_gap_bound(target, pruned, radius)
     est = sup_gap(target, pruned, GapSpec(radius=radius, n_points=gap.n_points, n_restarts=gap.n_restarts,
-                                          n_steps=gap.n_steps, step_size=gap.step_size), generator)
+                                          n_steps=gap.n_steps, step_size=gap.step_size), generator,
+                  workers=workers)
     # test inputs inside the ball (all of them when r = max ‖x‖) give a lower bound on the gap too
     inside = x_test.reshape(x_test.shape[0], -1).double().norm(dim=-1) <= radius
     lower = max(float(est.value), float(diff[inside].max()) if bool(inside.any()) else 0.0)
@@ -303,17 +315,13 @@ def run_experiment(spec: ExperimentSpec, runs_dir: str | Path = "runs", data_roo
         raise ProbPruneError(f"threads={threads!r}: must be an integer >= 1")
     datasets = DatasetCache()  # the run's data: loaded (and checked) once, shared with in-process settings
     data = datasets.get(spec.dataset, data_root)
-    old_threads = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
-        return _run(spec, runs_dir, data_root, data, progress, executor, t0, datasets)
-    finally:
-        torch.set_num_threads(old_threads)
+    with execution(ExecutionPolicy(threads=threads)) as ex:  # restores the thread count afterwards
+        return _run(spec, runs_dir, data_root, data, progress, executor, t0, datasets, ex.workers)
 
 
 def _run(spec: ExperimentSpec, runs_dir: str | Path, data_root: str | Path | None, data: Any,
-         progress: Progress | None, executor: Any, t0: float, datasets: DatasetCache) -> ExperimentOutcome:
+         progress: Progress | None, executor: Any, t0: float, datasets: DatasetCache,
+         workers: Executor) -> ExperimentOutcome:
     run_dir = Path(runs_dir) / spec.hash
     total = spec.n_settings()
     computed = 0
@@ -364,7 +372,7 @@ def _run(spec: ExperimentSpec, runs_dir: str | Path, data_root: str | Path | Non
                                 if ckey not in cache:
                                     cache[ckey] = _one_setting(spec, model, seed, target, method, scope, f, ft,
                                                                x_train, data.train_labels, x_test, y_test,
-                                                               target_logits, radius, gap_budget)
+                                                               target_logits, radius, gap_budget, workers)
                                 row = {"dataset": spec.dataset, "model": model, "method": method, "scope": scope,
                                        "prune_fraction": f, "finetuned": ft, "seed": seed,
                                        "dense_accuracy": dense_acc, "radius": radius, **cache[ckey],
@@ -381,7 +389,7 @@ def _run(spec: ExperimentSpec, runs_dir: str | Path, data_root: str | Path | Non
 
 def _one_setting(spec: ExperimentSpec, model: str, seed: int, target: Net, method: str, scope: str, f: float,
                  ft: bool, x_train: Tensor, y_train: Tensor, x_test: Tensor, y_test: Tensor, target_logits: Tensor,
-                 radius: float, gap_budget: GapSpec) -> dict[str, Any]:
+                 radius: float, gap_budget: GapSpec, workers: Executor | None = None) -> dict[str, Any]:
     stream = ("dense",) if f == 0.0 else (method, scope, round(f, 6))
     mask_gen = make_generator(derive_seed(f"experiment:{spec.dataset}", model, seed, *stream, "mask"))
     res = prune(target, method, prune_fraction=f, scope=scope,  # type: ignore[arg-type]
@@ -394,7 +402,8 @@ def _one_setting(spec: ExperimentSpec, model: str, seed: int, target: Net, metho
                        g, masks=res.masks)
         pruned = as_net(module, target.spec)
     gap_gen = make_generator(derive_seed(f"experiment:{spec.dataset}", model, seed, *stream, ft, "gap"))
-    out = evaluate_pruned(target, pruned, x_test, y_test, target_logits, radius, gap_budget, gap_gen)
+    out = evaluate_pruned(target, pruned, x_test, y_test, target_logits, radius, gap_budget, gap_gen,
+                          workers=workers)
     n_weights = res.stats.size
     n_kept = sum(int((w != 0).sum()) for w in pruned.weights)
     out.update({"sparsity": res.stats.sparsity, "n_weights": n_weights, "n_kept": n_kept})
@@ -503,9 +512,10 @@ def compute_setting(unit: SettingUnit, datasets: DatasetCache | None = None) -> 
         x_test, y_test = x_test[:spec.test_limit], y_test[:spec.test_limit]
     target = from_state_dict(net_spec, unit.target)
     gap_budget = GapSpec(radius=1.0, n_points=spec.gap_points, n_restarts=spec.gap_restarts, n_steps=spec.gap_steps)
-    out = _one_setting(spec, unit.model, unit.seed, target, unit.method, unit.scope, unit.prune_fraction,
-                       unit.finetuned, x_train, data.train_labels, x_test, y_test, unit.target_logits, unit.radius,
-                       gap_budget)
+    with execution() as ex:  # this process's thread count; the workers are this call's own
+        out = _one_setting(spec, unit.model, unit.seed, target, unit.method, unit.scope, unit.prune_fraction,
+                           unit.finetuned, x_train, data.train_labels, x_test, y_test, unit.target_logits,
+                           unit.radius, gap_budget, ex.workers)
     return [{**out, "seconds": time.perf_counter() - ts}]
 
 

@@ -6,6 +6,7 @@ pair works when both have the same architecture.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -16,6 +17,7 @@ from probprune.config import GapSpec, NetSpec, ProbPruneError, check_seed
 from probprune.gap import sup_gap
 from probprune.nets import Net
 from probprune.rng import derive_seed, make_generator
+from probprune.runner.execution import execution
 from probprune.runner.prune import LoadedModel, check_device, check_gap_budget, load_model, model_format
 
 __all__ = ["GapJob", "GapOutcome", "gap_sandwich", "run_gap"]
@@ -57,8 +59,9 @@ def gap_sandwich(target: Net, pruned: Net, gap: GapSpec, seed: int = 0,
                  norm_method: NormMethod = "auto") -> Sandwich:
     """Lower (empirical sup) and certified upper bound on the gap, the estimator seeded from ``seed``."""
     g = make_generator(derive_seed("gap", seed, "estimator"), target.device)
-    with torch.no_grad():
-        sw = sandwich(target, pruned, gap, g, estimator=sup_gap, norm_method=norm_method)
+    with torch.no_grad(), execution() as ex:  # the search's forward passes on single-threaded workers
+        sw = sandwich(target, pruned, gap, g, estimator=functools.partial(sup_gap, workers=ex.workers),
+                      norm_method=norm_method)
     if not bool(torch.isfinite(torch.as_tensor(sw.lower)).all()):
         dtype = str(target.dtype).replace("torch.", "")
         raise ProbPruneError(f"gap.radius={gap.radius!r}: the networks' outputs overflow {dtype} in the ball, so the "
