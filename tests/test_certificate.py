@@ -98,7 +98,8 @@ def test_certificate_contents(made: dict[str, Path]) -> None:
     assert [layer["name"] for layer in doc["layers"]] == ["0.weight", "2.weight", "4.weight"]
     assert sum(layer["pruned"] for layer in doc["layers"]) == doc["total"]["pruned"] > 0
     for layer in doc["layers"]:
-        assert layer["prune_fraction"] == pytest.approx(layer["pruned"] / layer["size"])
+        assert layer["sparsity"] == pytest.approx(layer["pruned"] / layer["size"])
+        assert "prune_fraction" not in layer  # the measured share is the sparsity; prune_fraction is the rule
         assert layer["zeros"] == layer["pruned"]  # sampled uniform weights are never exactly 0
     assert len(doc["config_hash"]) == 16 and doc["versions"]["torch"]
     assert "created" not in doc  # no timestamp: same command and seed, same bytes
@@ -170,7 +171,7 @@ def test_another_target_is_rejected(made: dict[str, Path], tmp_path: Path, capsy
     (lambda d: d["gap"].update(upper="big"), "gap.upper"),
     (lambda d: d["gap"].update(lower=-1.0), "gap.lower"),
     (lambda d: d.update(format="other/9"), "format"),
-    (lambda d: d["layers"][0].update(prune_fraction=1.5), "layers.0.prune_fraction"),
+    (lambda d: d["layers"][0].update(sparsity=1.5), "layers.0.sparsity"),
     (lambda d: d["gap"].update(lower=d["gap"]["upper"] * 2), "gap.lower"),
     (lambda d: d.update(extra=1), "(document)"),
 ])

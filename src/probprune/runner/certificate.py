@@ -1,7 +1,7 @@
 """Make and check certificates: every number of a pruning certificate, re-derived from the weights.
 
 ``make_certificate`` turns a prune outcome into a certificate document (schema:
-``probprune/certificate.schema.json``, format ``probprune-certificate/2``): the empirical lower
+``probprune/certificate.schema.json``, format ``probprune-certificate/3``): the empirical lower
 bound on the gap ``sup_{‖x‖₂≤r} ‖f(x) − F(x)‖₂`` together with its **witness** (the input x* in
 the ball where it is attained, so one forward pass re-proves it), the certified upper bound with
 its per-layer norms, the probabilistic bound ε(δ) when the target was sampled from a law
@@ -48,7 +48,7 @@ __all__ = ["FORMAT", "CertificateRejected", "CheckOutcome", "check_certificate",
 
 FORMAT: str = json.loads(files("probprune").joinpath("certificate.schema.json").read_text(encoding="utf-8"))[
     "properties"]["format"]["const"]
-"""The certificate format, as the schema states it (``probprune-certificate/2``)."""
+"""The certificate format, as the schema states it (``probprune-certificate/3``)."""
 RTOL = 1e-9
 """Relative tolerance between a stated and a recomputed float: maker and checker run the same
 float64 computation on the CPU, so genuine certificates agree to rounding (~1e-15)."""
@@ -194,11 +194,11 @@ def _stats_sections(stats: MaskStats, zeros: Sequence[int]) -> tuple[list[dict[s
     """``layers`` and ``total`` of a certificate (shared by maker and checker)."""
     d = stats.to_dict()
     layers = [{"name": r["name"], "size": int(r["size"]), "pruned": int(r["pruned"]),
-               "prune_fraction": float(r["sparsity"]), "zeros": int(z),
+               "sparsity": float(r["sparsity"]), "zeros": int(z),
                "threshold": None if r["threshold"] is None else float(r["threshold"])}
               for r, z in zip(d["layers"], zeros)]
     total = {"size": int(d["total"]["size"]), "pruned": int(d["total"]["pruned"]),
-             "prune_fraction": float(d["total"]["sparsity"])}
+             "sparsity": float(d["total"]["sparsity"])}
     return layers, total
 
 
