@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from probprune.config import GapSpec, LawSpec, NetSpec, ProbPruneError, parse_arch
+from probprune.config import GapSpec, LawSpec, NetSpec, ProbPruneError, PruneSpec, parse_arch
 from probprune.gap import GapStats, is_homogeneous, mean_gap, relative_gap, sup_gap, sup_output
 from probprune.masks import prune
 from probprune.nets import Net
@@ -171,6 +171,10 @@ def test_bad_input() -> None:
             GapSpec(radius=r)
     with pytest.raises(ProbPruneError, match="generator"):
         sup_gap(t, p, GapSpec(), 0)  # type: ignore[arg-type]
+    for call in (lambda: sup_gap(t, p, NetSpec(widths=(4, 10, 2)), gen(0)),  # type: ignore[arg-type]
+                 lambda: sup_output(t, PruneSpec(), gen(0))):  # type: ignore[arg-type]
+        with pytest.raises(ProbPruneError, match="gap_spec: expected a GapSpec, got"):
+            call()
 
 
 # ---------------------------------------------------------------------------- GapStats
