@@ -36,13 +36,6 @@ KINDS: dict[str, list[str]] = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _quiet(args: list[str]) -> int:
     try:

@@ -27,8 +27,6 @@ from probprune.montecarlo import (
 from probprune.rng import derive_seed, make_generator
 from probprune.sampling import sample_net
 
-torch.set_num_threads(1)
-
 SMALL = RunConfig(
     net=NetSpec(widths=(6, 24, 24, 3)),
     prunes=(PruneSpec(method="magnitude", relative_threshold=0.2),
