@@ -9,16 +9,18 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "probprune"
 CORE = {"config", "rng", "nets", "sampling", "masks", "gap", "bounds"}
 ALLOWED = {
     "config": set(),
+    "files": set(),  # atomic file writes that follow the umask: stdlib only
     "rng": {"config"},
-    "nets": {"config"},
+    "nets": {"config", "files"},
     "sampling": {"config", "rng", "nets"},
     "masks": {"config", "nets"},
     "gap": {"config", "nets"},
     "bounds": {"config", "nets"},
     "montecarlo": {"config", "rng", "nets", "sampling", "masks", "gap", "bounds"},
-    "data": {"config", "nets", "masks", "gap"},
-    "store": {"config"},
-    "runner": {"config", "rng", "nets", "sampling", "masks", "gap", "bounds", "montecarlo", "data", "store"},
+    "data": {"config", "files", "nets", "masks", "gap"},
+    "store": {"config", "files"},
+    "runner": {"config", "files", "rng", "nets", "sampling", "masks", "gap", "bounds", "montecarlo", "data",
+               "store"},
     "report": {"config", "store"},
     "cli": {"config", "store", "runner", "report"},
 }

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from probprune.config import NetSpec, ProbPruneError, parse_arch
+from probprune.files import atomic_write_bytes
 from probprune.nets import Net, from_module, to_module
 
 __all__ = [
@@ -194,27 +195,11 @@ def write_idx(path: str | os.PathLike[str], array: np.ndarray) -> None:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
+    # data files are as readable as the user's others (the umask decides; probprune.files)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # created 0666 & ~umask (mkstemp would force 0600): data files are as readable as the user's others
-        tmp = str(path.parent / f".{path.name}.{os.urandom(6).hex()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        atomic_write_bytes(path, data)
     except OSError as e:
         raise ProbPruneError(f"{path}: cannot write ({e.strerror or e})") from None
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise ProbPruneError(f"{path}: cannot write ({e.strerror or e})") from None
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 # --------------------------------------------------------------------------- datasets

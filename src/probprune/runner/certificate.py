@@ -28,7 +28,6 @@ import sys
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from importlib.metadata import PackageNotFoundError, version
 from importlib.resources import files
 from pathlib import Path
 from typing import Any, NoReturn, cast
@@ -37,7 +36,16 @@ import torch
 
 from probprune.bounds import CertifiedBound, NormMethod, certified_gap_bound
 from probprune.bounds.probabilistic import probabilistic_bound
-from probprune.config import GapSpec, LawSpec, NetSpec, ProbPruneError, PruneSpec, parse_arch, parse_law
+from probprune.config import (
+    GapSpec,
+    LawSpec,
+    NetSpec,
+    ProbPruneError,
+    PruneSpec,
+    package_version,
+    parse_arch,
+    parse_law,
+)
 from probprune.masks import MaskStats
 from probprune.nets import Net
 from probprune.runner.gap import gap_sandwich
@@ -85,15 +93,8 @@ def _plain(v: Any) -> Any:
     return json.loads(json.dumps(v, default=str))
 
 
-def _v(pkg: str) -> str:
-    try:
-        return version(pkg)
-    except PackageNotFoundError:  # pragma: no cover - source tree without install
-        return "0+unknown"
-
-
 def _versions() -> dict[str, str]:
-    return {"probprune": _v("probprune"), "torch": torch.__version__, "python": sys.version.split()[0]}
+    return {"probprune": package_version("probprune"), "torch": torch.__version__, "python": sys.version.split()[0]}
 
 
 def _job_hash(resolved: dict[str, Any]) -> str:
