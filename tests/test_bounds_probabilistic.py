@@ -12,17 +12,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import beta
 
+from probprune.bounds.concentration import op_norm_bound
+from probprune.bounds.entries import entry_stats
 from probprune.bounds.probabilistic import (
-    ETA_GRID,
     bound_exponent,
-    entry_stats,
-    op_norm_bound,
     probabilistic_bound,
     resolve_levels,
     solve_max_prune,
     solve_min_width,
     theory_exponent,
 )
+from probprune.bounds.theorems import ETA_GRID
 from probprune.config import GapSpec, LawSpec, NetSpec, ProbPruneError, PruneSpec, parse_arch
 from probprune.gap import sup_gap
 from probprune.masks import prune
@@ -98,8 +98,8 @@ def test_operator_norm_lemma_holds(role: str, level: float, rescale: bool, kind:
     for delta in (0.05, 0.5):
         z = math.inf
         if kind == "gaussian":  # Lemma 1 for Gaussians uses the truncation event T with its own δ_T
-            from probprune.bounds.probabilistic import _gauss_trunc_z
-            z = _gauss_trunc_z(m * n, delta / 2)
+            from probprune.bounds.entries import gauss_trunc_z
+            z = gauss_trunc_z(m * n, delta / 2)
         stt = entry_stats(law, a, role, method, level, rescale, z)  # type: ignore[arg-type]
         bound, _ = op_norm_bound(m, n, stt, delta / 2 if kind == "gaussian" else delta)
         k = int((norms > bound).sum())
@@ -282,7 +282,7 @@ def test_exponents() -> None:
                                                       ("gaussian", "weight", 0.0)])
 def test_fixed_vector_lemmas_hold(kind: str, role: str, level: float) -> None:
     """Lemma 2 (‖Av‖) and Lemma 3 (‖relu(Wv)‖) for a fixed v: failure frequency ≤ e^{−ξ} (Clopper–Pearson)."""
-    from probprune.bounds.probabilistic import _forward_fixed, _subgauss_fixed, activation_gain
+    from probprune.bounds.concentration import activation_gain, forward_fixed, subgauss_fixed
     from probprune.nets import Activation
     law = LawSpec(kind=kind)  # type: ignore[arg-type]
     m, n, a = 8, 50, 0.4
@@ -296,11 +296,11 @@ def test_fixed_vector_lemmas_hold(kind: str, role: str, level: float) -> None:
     for delta in (0.05, 0.5):
         xi = math.log(1 / delta)
         av = (w @ v).norm(dim=-1)
-        k = int((av > _subgauss_fixed(m, st_.proxy, xi) * v.norm()).sum())
+        k = int((av > subgauss_fixed(m, st_.proxy, xi) * v.norm()).sum())
         assert cp_upper(k, N_NETS) <= delta
         if role == "weight":
             fw = torch.relu(w @ v).norm(dim=-1)
-            bound = _forward_fixed(m, st_, activation_gain(Activation("relu")), 1.0, xi) * v.norm()
+            bound = forward_fixed(m, st_, activation_gain(Activation("relu")), 1.0, xi) * v.norm()
             assert cp_upper(int((fw > bound).sum()), N_NETS) <= delta
 
 
@@ -310,7 +310,7 @@ def test_fixed_vector_lemmas_hold(kind: str, role: str, level: float) -> None:
 @pytest.mark.parametrize(("weights", "halfwidths"), [([1.0], [1.0]), ([0.95, 0.05], [0.0, 1.0]),
                                                      ([0.7, 0.3], [0.0, 2.0]), ([0.2, 0.8], [1.0, 0.25])])
 def test_mixture_proxy_bounds_the_mgf_and_is_nearly_optimal(weights: list, halfwidths: list) -> None:
-    from probprune.bounds.probabilistic import mixture_uniform_proxy
+    from probprune.bounds.entries import mixture_uniform_proxy
     nu2 = mixture_uniform_proxy(weights, halfwidths)
     theta = torch.logspace(-3, 3, 20001, dtype=torch.float64)
     mgf = sum(w * (torch.sinh(theta * c) / (theta * c) if c > 0 else torch.ones_like(theta))
@@ -324,7 +324,7 @@ def test_mixture_proxy_bounds_the_mgf_and_is_nearly_optimal(weights: list, halfw
 
 
 def test_mixture_proxy_monotone_in_level() -> None:
-    from probprune.bounds.probabilistic import mixture_uniform_proxy
+    from probprune.bounds.entries import mixture_uniform_proxy
     vals = [mixture_uniform_proxy([1 - q, q], [0.0, 1.0]) for q in (0.001, 0.01, 0.05, 0.2, 0.5, 1.0)]
     assert vals == sorted(vals) and vals[-1] == pytest.approx(1 / 3, rel=3e-3)
 
@@ -348,7 +348,7 @@ def _layer(kind: str, method: str, level: float, n_rows: int, n_cols: int, seed:
 ])
 def test_lemma4_error_vector_in_one_piece(kind: str, method: str, level: float, relu: bool, e_scale: float) -> None:
     """‖σ(z + u) − σ(z)‖ (ReLU) or ‖u‖, u = W̃e − Dx: failure frequency ≤ e^{−ξ} (Clopper–Pearson), δ = 0.05, 0.5."""
-    from probprune.bounds.probabilistic import chernoff_sq
+    from probprune.bounds.concentration import chernoff_sq
     law = LawSpec(kind=kind)  # type: ignore[arg-type]
     m, n = 40, 30
     w, removed, a, g = _layer(kind, method, level, m, n, seed=31)
@@ -369,7 +369,7 @@ def test_lemma4_error_vector_in_one_piece(kind: str, method: str, level: float, 
 
 @pytest.mark.parametrize("kind", ["uniform", "gaussian"])
 def test_lemma4_forward_half_chi2(kind: str) -> None:
-    from probprune.bounds.probabilistic import chernoff_sq
+    from probprune.bounds.concentration import chernoff_sq
     law = LawSpec(kind=kind)  # type: ignore[arg-type]
     m, n = 64, 20
     w, _, a, g = _layer(kind, "magnitude", 0.0, m, n, seed=41)
@@ -384,7 +384,7 @@ def test_lemma4_forward_half_chi2(kind: str) -> None:
 
 
 def test_chernoff_form_beats_laurent_massart() -> None:
-    from probprune.bounds.probabilistic import chernoff_sq
+    from probprune.bounds.concentration import chernoff_sq
     for m, xi in ((4, 3.0), (64, 10.0), (2048, 155.0)):
         lm = (math.sqrt(m) + math.sqrt(2 * xi)) ** 2
         assert chernoff_sq(m, xi, False) <= lm * 1.001

@@ -50,3 +50,37 @@ def test_module_imports_only_lower_layers(path: Path) -> None:
     assert comp in ALLOWED, f"{comp} is not in DESIGN.md's layer table"
     bad = _imports(path) - ALLOWED[comp] - {comp}
     assert not bad, f"{path.name} ({comp}) imports {sorted(bad)}"
+
+
+# inside `bounds`: one module per job, each importing only the jobs below it
+BOUNDS = {
+    "norms": set(),
+    "certified": {"norms"},
+    "differential": {"norms", "certified"},
+    "entries": set(),
+    "concentration": {"entries"},
+    "theorems": {"entries", "concentration"},
+    "probabilistic": {"entries", "concentration", "theorems"},
+    "paper": {"entries", "concentration", "theorems", "probabilistic"},
+}
+BOUNDS_FILES = sorted(p for p in (SRC / "bounds").glob("*.py") if p.name != "__init__.py")
+
+
+def _bounds_imports(path: Path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+            [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else []
+        for n in names:
+            parts = n.split(".")
+            if parts[:2] == ["probprune", "bounds"] and len(parts) > 2:
+                found.add(parts[2])
+    return found
+
+
+@pytest.mark.parametrize("path", BOUNDS_FILES, ids=lambda p: p.name)
+def test_bounds_module_imports_only_lower_jobs(path: Path) -> None:
+    mod = path.stem
+    assert mod in BOUNDS, f"bounds/{path.name} is not in the bounds table of this test"
+    bad = _bounds_imports(path) - BOUNDS[mod]
+    assert not bad, f"bounds/{path.name} imports {sorted(bad)}"
