@@ -68,7 +68,7 @@ def test_implied_constants_make_the_paper_statement_true(method: str) -> None:
         h = 2 ** math.ceil(math.log2(h_star))  # ≥ h*; off the K2 grid, so this also checks §8.2's monotonicity reliance
         b = probabilistic_bound(with_hidden_width(spec, h), law,
                                 PruneSpec(method=method, **{field: c * h ** (-alpha)}), delta)  # type: ignore[arg-type]
-        assert b.eps <= eps
+        assert b.value <= eps
 
 
 def test_implied_constants_bad_input() -> None:

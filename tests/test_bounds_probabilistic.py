@@ -71,14 +71,14 @@ def test_bound_holds_on_sampled_nets(arch: str, kind: str, pr: PruneSpec) -> Non
     theorems = ("auto", "operator", "net") if spec.kind == "fcn" else ("auto",)
     for delta in (0.05, 0.5):
         for thm in theorems:  # each theorem must hold on its own, not only the one `auto` returns
-            eps = probabilistic_bound(spec, law, pr, delta, theorem=thm).eps  # type: ignore[arg-type]
+            eps = probabilistic_bound(spec, law, pr, delta, theorem=thm).value  # type: ignore[arg-type]
             k = int((gaps > eps).sum())
             assert cp_upper(k, N_NETS) <= delta, (arch, kind, pr, delta, thm, eps, float(gaps.max()))
 
 
 @pytest.mark.parametrize(("role", "level", "rescale", "kind"), [
-    ("weight", 0.0, False, "uniform"), ("removed", 0.3, False, "uniform"), ("removed", 0.3, True, "uniform"),
-    ("weight", 0.0, False, "gaussian"), ("removed", 0.5, False, "gaussian"),
+    ("target", 0.0, False, "uniform"), ("diff", 0.3, False, "uniform"), ("diff", 0.3, True, "uniform"),
+    ("target", 0.0, False, "gaussian"), ("diff", 0.5, False, "gaussian"),
 ])
 def test_operator_norm_lemma_holds(role: str, level: float, rescale: bool, kind: str) -> None:
     """Lemma 1 (§3): P(‖A‖₂ > bound(δ)) ≤ δ over 300 matrices (exact norms), for W and D."""
@@ -88,7 +88,7 @@ def test_operator_norm_lemma_holds(role: str, level: float, rescale: bool, kind:
     g = make_generator(11)
     w = (torch.rand(N_NETS, m, n, generator=g, dtype=torch.float64) * 2 - 1) * a if kind == "uniform" else \
         torch.randn(N_NETS, m, n, generator=g, dtype=torch.float64) * a / math.sqrt(3)
-    if role == "removed":
+    if role == "diff":
         if method == "magnitude":
             w = w * (w.abs() <= level * a)
         else:
@@ -116,10 +116,10 @@ def test_entry_stats_match_monte_carlo() -> None:
     keep = torch.rand(400_000, generator=g, dtype=torch.float64) >= p
     law = LawSpec()
     cases = {
-        "magnitude-removed": (w * (w.abs() <= rho * a), entry_stats(law, a, "removed", "magnitude", rho)),
-        "random-removed": (w * ~keep, entry_stats(law, a, "removed", "random", p)),
-        "rescale-removed": (w - w * keep / (1 - p), entry_stats(law, a, "removed", "random", p, True)),
-        "rescale-kept": (w * keep / (1 - p), entry_stats(law, a, "kept", "random", p, True)),
+        "magnitude-diff": (w * (w.abs() <= rho * a), entry_stats(law, a, "diff", "magnitude", rho)),
+        "random-diff": (w * ~keep, entry_stats(law, a, "diff", "random", p)),
+        "rescale-diff": (w - w * keep / (1 - p), entry_stats(law, a, "diff", "random", p, True)),
+        "rescale-pruned": (w * keep / (1 - p), entry_stats(law, a, "pruned", "random", p, True)),
     }
     for name, (x, s) in cases.items():
         assert float((x ** 2).mean()) == pytest.approx(s.var, rel=0.02), name
@@ -131,20 +131,20 @@ def test_bound_structure() -> None:
     spec = NetSpec(widths=(16, 256, 256, 4))
     b = probabilistic_bound(spec, LawSpec(), PruneSpec(relative_threshold=0.1), 0.05)
     assert sum(p for _, p in b.budget) == pytest.approx(0.05)
-    assert sum(t.contribution for t in b.layers) + b.lipschitz_term == pytest.approx(b.eps, rel=1e-9)
-    assert b.theorem.startswith("§5") and b.eps == min(b.eps_operator, b.eps_net)  # type: ignore[type-var]
+    assert sum(t.contribution for t in b.layers) + b.lipschitz_term == pytest.approx(b.value, rel=1e-9)
+    assert b.theorem.startswith("§5") and b.value == min(b.value_operator, b.value_net)  # type: ignore[type-var]
     assert b.eta in ETA_GRID and b.log_net_size == pytest.approx(16 * math.log1p(2 / b.eta))
     assert any("σ(0) = 0" in a for a in b.assumptions)
     op = probabilistic_bound(spec, LawSpec(), PruneSpec(relative_threshold=0.1), 0.05, theorem="operator")
-    assert op.eps == pytest.approx(b.eps_operator) and op.theorem.startswith("§4")
-    assert op.eps > b.eps  # the η-net theorem is tighter here
+    assert op.value == pytest.approx(b.value_operator) and op.theorem.startswith("§4")
+    assert op.value > b.value  # the η-net theorem is tighter here
     doc = b.to_dict()
     assert doc["layers"][0]["name"] == "0.weight" and len(doc["budget"]) == len(b.budget)
     zero = probabilistic_bound(spec, LawSpec(), PruneSpec(relative_threshold=0.0), 0.05)
-    assert zero.eps == 0.0  # nothing pruned: Theorem O gives exactly 0
+    assert zero.value == 0.0  # nothing pruned: Theorem O gives exactly 0
     cnn = probabilistic_bound(parse_arch("cnn:1x8x8,c4k3,c4k3m2,10"), LawSpec(),
                               PruneSpec(method="random", p=0.1), 0.05)
-    assert cnn.theorem.startswith("§4") and cnn.eps_net is None and len(cnn.layers) == 3
+    assert cnn.theorem.startswith("§4") and cnn.value_net is None and len(cnn.layers) == 3
 
 
 def test_tightness_improves_on_operator_route_at_width() -> None:
@@ -152,7 +152,7 @@ def test_tightness_improves_on_operator_route_at_width() -> None:
     ratios = []
     for h in (256, 4096):
         b = probabilistic_bound(NetSpec(widths=(16, h, h, 4)), LawSpec(), PruneSpec(relative_threshold=0.05), 0.05)
-        ratios.append(b.eps_operator / b.eps)  # type: ignore[operator]
+        ratios.append(b.value_operator / b.value)  # type: ignore[operator]
     assert ratios[1] > ratios[0] > 1.0
 
 
@@ -214,7 +214,7 @@ def test_monotone_in_level_and_delta(m: tuple, l1: float, l2: float, d1: float, 
     law = LawSpec(kind=kind)
     lo, hi = sorted((l1, l2))
     dlo, dhi = sorted((d1, d2))
-    e = lambda lv, d: probabilistic_bound(SPEC_SMALL, law, _pr(method, rescale, lv), d).eps  # noqa: E731
+    e = lambda lv, d: probabilistic_bound(SPEC_SMALL, law, _pr(method, rescale, lv), d).value  # noqa: E731
     assert e(lo, dhi) <= e(hi, dhi) * (1 + 1e-12)
     assert e(lo, dhi) <= e(lo, dlo) * (1 + 1e-12)
 
@@ -225,7 +225,7 @@ def test_monotone_in_width_numerically(m: tuple, level: float, h: int) -> None:
     """ε decreases with the hidden width (relied on by solve_min_width; checked, not proven, §7)."""
     method, rescale, kind = m
     law = LawSpec(kind=kind)
-    e = [probabilistic_bound(NetSpec(widths=(8, w, w, 4)), law, _pr(method, rescale, level), 0.05).eps
+    e = [probabilistic_bound(NetSpec(widths=(8, w, w, 4)), law, _pr(method, rescale, level), 0.05).value
          for w in (h, 2 * h)]
     assert e[1] <= e[0]
 
@@ -238,11 +238,11 @@ def test_solve_max_prune_consistent(m: tuple, eps: float, delta: float) -> None:
     base = _pr(method, rescale, 0.1)
     base = dataclasses.replace(base, relative_threshold=None, p=None)
     level, b = solve_max_prune(SPEC_SMALL, law, base, delta, eps, tol=1e-5)
-    assert b.eps <= eps
+    assert b.value <= eps
     top = 1.0 if (method == "magnitude" and kind == "uniform") or (method == "random" and not rescale) else None
     if top is None or level < top:
         above = probabilistic_bound(SPEC_SMALL, law, _pr(method, rescale, min(level + 2e-5, 1 - 1e-9)), delta)
-        assert above.eps > eps
+        assert above.value > eps
 
 
 @settings(max_examples=5, deadline=None)
@@ -251,11 +251,11 @@ def test_solve_min_width_consistent(eps: float, alpha: float) -> None:
     spec = NetSpec(widths=(8, 64, 64, 4))
     pr = PruneSpec(method="random", schedule_c=0.5, schedule_alpha=alpha)
     h, b = solve_min_width(spec, LawSpec(), pr, 0.05, eps)
-    assert b.eps <= eps
+    assert b.value <= eps
     from probprune.bounds.probabilistic import with_hidden_width
     if h > 9:
         before = probabilistic_bound(with_hidden_width(spec, h - 1), LawSpec(), pr.at_width(h - 1), 0.05)
-        assert before.eps > eps
+        assert before.value > eps
 
 
 def test_solvers_bad_input() -> None:
@@ -278,8 +278,8 @@ def test_exponents() -> None:
         assert abs(got - theory_exponent(method, 0.5)) < 0.12  # log factors only  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize(("kind", "role", "level"), [("uniform", "weight", 0.0), ("uniform", "removed", 0.3),
-                                                      ("gaussian", "weight", 0.0)])
+@pytest.mark.parametrize(("kind", "role", "level"), [("uniform", "target", 0.0), ("uniform", "diff", 0.3),
+                                                      ("gaussian", "target", 0.0)])
 def test_fixed_vector_lemmas_hold(kind: str, role: str, level: float) -> None:
     """Lemma 2 (‖Av‖) and Lemma 3 (‖relu(Wv)‖) for a fixed v: failure frequency ≤ e^{−ξ} (Clopper–Pearson)."""
     from probprune.bounds.concentration import activation_gain, forward_fixed, subgauss_fixed
@@ -289,7 +289,7 @@ def test_fixed_vector_lemmas_hold(kind: str, role: str, level: float) -> None:
     g = make_generator(21)
     w = (torch.rand(N_NETS, m, n, generator=g, dtype=torch.float64) * 2 - 1) * a if kind == "uniform" else \
         torch.randn(N_NETS, m, n, generator=g, dtype=torch.float64) * a / math.sqrt(3)
-    if role == "removed":
+    if role == "diff":
         w = w * (w.abs() <= level * a)
     v = torch.randn(n, generator=g, dtype=torch.float64)
     st_ = entry_stats(law, a, role, "magnitude", level)  # type: ignore[arg-type]
@@ -298,7 +298,7 @@ def test_fixed_vector_lemmas_hold(kind: str, role: str, level: float) -> None:
         av = (w @ v).norm(dim=-1)
         k = int((av > subgauss_fixed(m, st_.proxy, xi) * v.norm()).sum())
         assert cp_upper(k, N_NETS) <= delta
-        if role == "weight":
+        if role == "target":
             fw = torch.relu(w @ v).norm(dim=-1)
             bound = forward_fixed(m, st_, activation_gain(Activation("relu")), 1.0, xi) * v.norm()
             assert cp_upper(int((fw > bound).sum()), N_NETS) <= delta
@@ -358,8 +358,8 @@ def test_lemma4_error_vector_in_one_piece(kind: str, method: str, level: float, 
     z = w @ x
     u = kept_w @ e - d @ x
     out = (torch.relu(z + u) - torch.relu(z)).norm(dim=-1) if relu else u.norm(dim=-1)
-    st_k = entry_stats(law, a, "kept", method, level)  # type: ignore[arg-type]
-    st_d = entry_stats(law, a, "removed", method, level)  # type: ignore[arg-type]
+    st_k = entry_stats(law, a, "pruned", method, level)  # type: ignore[arg-type]
+    st_d = entry_stats(law, a, "diff", method, level)  # type: ignore[arg-type]
     kappa = math.sqrt(st_k.proxy * float(e.norm()) ** 2 + st_d.proxy * float(x.norm()) ** 2)
     for delta in (0.05, 0.5):
         bound = kappa * math.sqrt(chernoff_sq(m, math.log(1 / delta), relu))
@@ -375,7 +375,7 @@ def test_lemma4_forward_half_chi2(kind: str) -> None:
     w, _, a, g = _layer(kind, "magnitude", 0.0, m, n, seed=41)
     x = torch.randn(n, generator=g, dtype=torch.float64)
     out = torch.relu(w @ x).norm(dim=-1)
-    nu2 = entry_stats(law, a, "weight", "magnitude", 0.0).proxy
+    nu2 = entry_stats(law, a, "target", "magnitude", 0.0).proxy
     for delta in (0.05, 0.5):
         bound = math.sqrt(nu2 * chernoff_sq(m, math.log(1 / delta), True)) * float(x.norm())
         assert cp_upper(int((out > bound).sum()), N_NETS) <= delta

@@ -204,7 +204,7 @@ def point_bound(cfg: RunConfig, point: GridPoint) -> PointBound:
         lam = theory_exponent(rule.method, rule.schedule_alpha, rule.rescale)
     try:
         b = probabilistic_bound(point.net, cfg.law, point.prune, cfg.bound.delta, radius=cfg.gap.radius)
-        eps_theory: float | None = float(b.eps)
+        eps_theory: float | None = float(b.value)
         theorem = b.theorem
     except ProbPruneError as e:
         eps_theory, theorem = None, f"not covered: {e}"

@@ -108,15 +108,15 @@ def mixture_uniform_proxy(weights: Sequence[float], halfwidths: Sequence[float])
 def entry_stats(
     law: LawSpec,
     a: float,
-    role: Literal["weight", "kept", "removed"],
+    role: Literal["target", "pruned", "diff"],
     method: Literal["magnitude", "random"],
     level: float,
     rescale: bool = False,
     trunc_z: float = math.inf,
 ) -> EntryStats:
-    """Entry statistics of ``W`` (role ``weight``), ``W̃`` (``kept``) or ``D = W − W̃`` (``removed``).
+    """Entry statistics of ``W`` (role ``target``), ``W̃`` (``pruned``) or ``D = W − W̃`` (``diff``).
 
-    Every returned field is **nondecreasing in the level** (ρ or p): for ``kept`` under
+    Every returned field is **nondecreasing in the level** (ρ or p): for ``pruned`` under
     magnitude pruning and random pruning without rescale we use the unpruned W's values
     (a valid upper bound, §2.3), which makes every bound monotone in the level (§7).
 
@@ -129,7 +129,7 @@ def entry_stats(
         rescale: random only, survivors × 1/(1 − p).
         trunc_z: Gaussian law only, the truncation level b = z·s of the event T (§2.2).
 
-    >>> s = entry_stats(LawSpec(scale=1.0), 1.0, "removed", "magnitude", 0.5)
+    >>> s = entry_stats(LawSpec(scale=1.0), 1.0, "diff", "magnitude", 0.5)
     >>> round(s.var, 6), s.b    # ρ³a²/3, ρa
     (0.041667, 0.5)
     """
@@ -144,16 +144,16 @@ def entry_stats(
             raise _fail("trunc_z", trunc_z, "must be positive")
         var_w, m4_w, b_w, proxy_w = s * s * m2 / m0, s ** 4 * m4 / m0, s * trunc_z, s * s
         gauss_sd, lip_sd = s, s
-    if role == "weight":
+    if role == "target":
         return EntryStats(b_w, var_w, m4_w, proxy_w, gauss_sd, lip_sd)
     if method == "magnitude":
         rho = level
-        if role == "kept":
+        if role == "pruned":
             return EntryStats(b_w, var_w, m4_w, proxy_w)
         tau = rho * a
         if law.kind == "uniform":
             r = min(rho, 1.0)
-            # removed: 0 w.p. 1 − ρ, else U[−ρa, ρa]: its optimal proxy (§2.1), far below (ρa)²/3
+            # D: 0 w.p. 1 − ρ, else U[−ρa, ρa]: its optimal proxy (§2.1), far below (ρa)²/3
             return EntryStats(r * a, r ** 3 * a * a / 3.0, r ** 5 * a ** 4 / 5.0,
                               min(mixture_uniform_proxy([1.0 - r, r], [0.0, r * a]), proxy_w))
         s = a / math.sqrt(3.0)
@@ -163,23 +163,23 @@ def entry_stats(
         return EntryStats(min(tau, b_w), s * s * m2t / m0z, s ** 4 * m4t / m0z, min(tau * tau / 3.0, proxy_w))
     p = level
     if not rescale:
-        if role == "kept":
+        if role == "pruned":
             return EntryStats(b_w, var_w, m4_w, proxy_w)
         if p == 0.0:
             return EntryStats(0.0, 0.0, 0.0, 0.0)
-        # removed: w·(1 − M), 0 w.p. 1 − p, else the weight: uniform → optimal mixture proxy (§2.1)
+        # D = w·(1 − M): 0 w.p. 1 − p, else the weight: uniform → optimal mixture proxy (§2.1)
         proxy_d = min(mixture_uniform_proxy([1.0 - p, p], [0.0, a]), proxy_w) if law.kind == "uniform" else proxy_w
         return EntryStats(b_w, p * var_w, p * m4_w, proxy_d)
     if p >= 1.0:
         raise _fail("p", p, "rescaling by 1/(1-p) needs p < 1")
     c = 1.0 / (1.0 - p)
-    if role == "kept":
+    if role == "pruned":
         return EntryStats(c * b_w, c * var_w, c ** 4 * (1.0 - p) * m4_w, c * c * proxy_w)
     q = p / (1.0 - p)
     if p == 0.0:
         return EntryStats(0.0, 0.0, 0.0, 0.0)
     proxy_d = proxy_w * max(1.0, q) ** 2
-    if law.kind == "uniform" and p <= 0.5:  # −q·w (kept) or w (removed): a two-uniform mixture, monotone for q ≤ 1
+    if law.kind == "uniform" and p <= 0.5:  # D = −q·w (kept) or w (removed): a two-uniform mixture, monotone for q ≤ 1
         proxy_d = min(proxy_d, mixture_uniform_proxy([p, 1.0 - p], [a, q * a]))
     return EntryStats(b_w * max(1.0, q), var_w * q, m4_w * (p + p ** 4 / (1.0 - p) ** 3), proxy_d)
 

@@ -129,7 +129,7 @@ def implied_constants(
         level = min(c * hi ** (-alpha), 1.0 - 1e-12 if (method == "random" and rescale) else 1.0)
         pr = PruneSpec(method=method, rescale=rescale, **{field: level})
         b = probabilistic_bound(with_hidden_width(spec, hi), law, pr, min(hi ** (-alpha), 0.999), radius=radius)
-        val = b.eps * hi ** alpha
+        val = b.value * hi ** alpha
         if val > k2:
             k2, arg_h = val, hi
         h *= 2.0 ** (1.0 / steps_per_octave)

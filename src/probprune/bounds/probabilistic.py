@@ -55,10 +55,10 @@ TheoremChoice = Literal["auto", "operator", "net"]
 
 @dataclass(frozen=True)
 class Bound:
-    """A probabilistic gap bound: P(gap > eps) ≤ delta (``docs/theory.md``).
+    """A probabilistic gap bound: P(gap > value) ≤ delta (``docs/theory.md``).
 
     Attributes:
-        eps: ε(δ), the bound on sup_{‖x‖≤r} ‖f(x) − F(x)‖₂.
+        value: ε(δ), the bound on sup_{‖x‖≤r} ‖f(x) − F(x)‖₂.
         delta: δ.
         theorem: the section of docs/theory.md (``§4 Theorem O`` or ``§5 Theorem N``).
         method, law, arch, rescale, radius: the setting.
@@ -70,10 +70,10 @@ class Bound:
         eta: the η of the net (Theorem N), else None.
         log_net_size: log N of the η-net (Theorem N), else 0.
         lipschitz_term: η·r·(Lip F + Lip f) (Theorem N), else 0.
-        eps_operator, eps_net: the two theorems' values (None where not applicable).
+        value_operator, value_net: the two theorems' values (None where not applicable).
     """
 
-    eps: float
+    value: float
     delta: float
     theorem: str
     method: str
@@ -89,8 +89,8 @@ class Bound:
     eta: float | None = None
     log_net_size: float = 0.0
     lipschitz_term: float = 0.0
-    eps_operator: float | None = None
-    eps_net: float | None = None
+    value_operator: float | None = None
+    value_net: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON dict (for ``--json`` and the store)."""
@@ -258,7 +258,7 @@ def probabilistic_bound(
     >>> from probprune.config import NetSpec, LawSpec, PruneSpec
     >>> b = probabilistic_bound(NetSpec(widths=(16, 2048, 2048, 4)), LawSpec(),
     ...                         PruneSpec(relative_threshold=0.05), 0.05)
-    >>> round(b.eps, 3), b.theorem
+    >>> round(b.value, 3), b.theorem
     (0.055, '§5 Theorem N (η-net route)')
     """
     if theorem not in ("auto", "operator", "net"):
@@ -294,8 +294,8 @@ def probabilistic_bound(
         eps_o, terms = theorem_o(layers, lips, radius, d_ev)
         for ly in layers:
             items += [(f"‖W‖ {ly.name}", d_ev), (f"‖W̃‖ {ly.name}", d_ev), (f"‖D‖ {ly.name}", d_ev)]
-        results.append(Bound(eps=eps_o, theorem="§4 Theorem O (operator-norm route)", layers=tuple(terms),
-                             budget=tuple(items), eps_operator=eps_o, **base))  # type: ignore[arg-type]
+        results.append(Bound(value=eps_o, theorem="§4 Theorem O (operator-norm route)", layers=tuple(terms),
+                             budget=tuple(items), value_operator=eps_o, **base))  # type: ignore[arg-type]
     if theorem in ("auto", "net") and spec.kind == "fcn":
         relu = act.name == "relu"
         n_ev = 3 * nl + (nl - 1) + (nl - 1) + nl + nl + ((nl - 1) if relu else 0)
@@ -320,12 +320,12 @@ def probabilistic_bound(
                 items.append((f"net: ‖W̃ e‖ {ly.name}", d_ev))
             items.append((f"net: ‖D x‖ {ly.name}", d_ev))
             items.append((f"net: ‖W̃ e − D x‖ joint {ly.name}", d_ev))
-        results.append(Bound(eps=e, theorem="§5 Theorem N (η-net route)", layers=tuple(terms), budget=tuple(items),
-                             eta=eta, log_net_size=ln, lipschitz_term=lt, eps_net=e, **base))  # type: ignore[arg-type]
-    best_bound = min(results, key=lambda b: b.eps)
-    eps_o_val = next((b.eps for b in results if b.theorem.startswith("§4")), None)
-    eps_n_val = next((b.eps for b in results if b.theorem.startswith("§5")), None)
-    return dataclasses.replace(best_bound, eps_operator=eps_o_val, eps_net=eps_n_val)
+        results.append(Bound(value=e, theorem="§5 Theorem N (η-net route)", layers=tuple(terms), budget=tuple(items),
+                             eta=eta, log_net_size=ln, lipschitz_term=lt, value_net=e, **base))  # type: ignore[arg-type]
+    best_bound = min(results, key=lambda b: b.value)
+    eps_o_val = next((b.value for b in results if b.theorem.startswith("§4")), None)
+    eps_n_val = next((b.value for b in results if b.theorem.startswith("§5")), None)
+    return dataclasses.replace(best_bound, value_operator=eps_o_val, value_net=eps_n_val)
 
 
 # --------------------------------------------------------------------------- exponents
@@ -366,7 +366,7 @@ def bound_exponent(spec: NetSpec, law: LawSpec, method: Literal["magnitude", "ra
         s = with_hidden_width(spec, h)
         pr = PruneSpec(method=method, rescale=rescale, **{"relative_threshold" if method == "magnitude" else "p":
                                                           min(1.0, c * h ** (-alpha))})
-        vals.append(probabilistic_bound(s, law, pr, delta).eps)
+        vals.append(probabilistic_bound(s, law, pr, delta).value)
     return -math.log(vals[1] / vals[0]) / math.log(h2 / h1)
 
 
@@ -404,15 +404,15 @@ def solve_max_prune(spec: NetSpec, law: LawSpec, prune: PruneSpec, delta: float,
 
     lo, hi = 0.0, _level_max(law, prune)
     b_hi = at(hi)
-    if b_hi.eps <= eps:
+    if b_hi.value <= eps:
         return hi, b_hi
     b_lo = at(lo)
-    if b_lo.eps > eps:
-        raise _fail("eps", eps, f"even pruning nothing gives ε = {b_lo.eps:.4g}")
+    if b_lo.value > eps:
+        raise _fail("eps", eps, f"even pruning nothing gives ε = {b_lo.value:.4g}")
     while hi - lo > tol:
         mid = 0.5 * (lo + hi)
         b = at(mid)
-        if b.eps <= eps:
+        if b.value <= eps:
             lo, b_lo = mid, b
         else:
             hi = mid
@@ -440,21 +440,21 @@ def solve_min_width(spec: NetSpec, law: LawSpec, prune: PruneSpec, delta: float,
         return probabilistic_bound(with_hidden_width(spec, h), law, pr, delta, radius=radius)
 
     b = at(h_lo)
-    if b.eps <= eps:
+    if b.value <= eps:
         return h_lo, b
     lo, hi = h_lo, h_lo
     while True:
         hi = min(2 * hi, h_max)
         b_hi = at(hi)
-        if b_hi.eps <= eps:
+        if b_hi.value <= eps:
             break
         if hi >= h_max:
-            raise _fail("eps", eps, f"no hidden width up to {h_max} meets it (ε = {b_hi.eps:.4g} there)")
+            raise _fail("eps", eps, f"no hidden width up to {h_max} meets it (ε = {b_hi.value:.4g} there)")
         lo = hi
     while hi - lo > 1:
         mid = (lo + hi) // 2
         bm = at(mid)
-        if bm.eps <= eps:
+        if bm.value <= eps:
             hi, b_hi = mid, bm
         else:
             lo = mid

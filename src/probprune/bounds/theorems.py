@@ -37,11 +37,12 @@ class BoundTerm:
         shape: weight shape.
         a: the paper's scale a_i.
         level: ρ_i (magnitude) or p_i (random).
-        norm_w, norm_kept, norm_removed: bounds on ‖W_i‖, ‖W̃_i‖, ‖D_i‖ (operator norms).
-        gain_x, gain_e, gain_d: factors actually used in the recursion for ‖x_i‖ (per ‖x_{i−1}‖),
-            ‖W̃_i e_{i−1}‖ (per ‖e_{i−1}‖), ‖D_i x_{i−1}‖ (per ‖x_{i−1}‖).
-        route_x, route_e, route_d: ``op`` (operator norm) or ``net`` (fixed-vector bound on the η-net).
-        x_norm: bound on sup ‖x_i‖ (i < l) over the net points (or the ball, Theorem O).
+        norm_target, norm_pruned, norm_diff: bounds on ‖W_i‖, ‖W̃_i‖, ‖D_i‖ (operator norms).
+        gain_target, gain_pruned, gain_diff: factors actually used in the recursion for ‖x_i‖ = ‖σ(W_i x_{i−1})‖
+            (per ‖x_{i−1}‖), ‖W̃_i e_{i−1}‖ (per ‖e_{i−1}‖), ‖D_i x_{i−1}‖ (per ‖x_{i−1}‖).
+        route_target, route_pruned, route_diff: how each gain was bounded: ``op:<method>`` (operator norm),
+            ``net`` (fixed-vector bound on the η-net) or ``joint`` (W̃e − Dx in one piece).
+        reach_target: bound on sup ‖x_i‖ (i < l) over the net points (or the ball, Theorem O).
         error: bound on ‖e_i‖ (hidden) or on the gap at the net points (last layer).
         contribution: the part of ε caused by pruning this layer (they sum to ε − lipschitz_term).
     """
@@ -50,16 +51,16 @@ class BoundTerm:
     shape: tuple[int, ...]
     a: float
     level: float
-    norm_w: float
-    norm_kept: float
-    norm_removed: float
-    gain_x: float
-    gain_e: float
-    gain_d: float
-    route_x: str
-    route_e: str
-    route_d: str
-    x_norm: float
+    norm_target: float
+    norm_pruned: float
+    norm_diff: float
+    gain_target: float
+    gain_pruned: float
+    gain_diff: float
+    route_target: str
+    route_pruned: str
+    route_diff: str
+    reach_target: float
     error: float
     contribution: float
 
@@ -80,9 +81,9 @@ class LayerLaw:
     level: float
     is_conv: bool
     n_freq: int
-    w: EntryStats
-    kept: EntryStats
-    removed: EntryStats
+    target: EntryStats
+    pruned: EntryStats
+    diff: EntryStats
 
 
 def layer_laws(spec: NetSpec, law: LawSpec, method: str, levels: list[float], rescale: bool,
@@ -95,9 +96,9 @@ def layer_laws(spec: NetSpec, law: LawSpec, method: str, levels: list[float], re
     for i, (shape, feat, name, lv) in enumerate(zip(shapes, feats, names, levels)):
         a = layer_scale(shape, law.scale)
         args = (law, a)
-        w = entry_stats(*args, "weight", method, lv, rescale, trunc_z)  # type: ignore[arg-type]
-        kept = entry_stats(*args, "kept", method, lv, rescale, trunc_z)  # type: ignore[arg-type]
-        rem = entry_stats(*args, "removed", method, lv, rescale, trunc_z)  # type: ignore[arg-type]
+        w = entry_stats(*args, "target", method, lv, rescale, trunc_z)  # type: ignore[arg-type]
+        kept = entry_stats(*args, "pruned", method, lv, rescale, trunc_z)  # type: ignore[arg-type]
+        rem = entry_stats(*args, "diff", method, lv, rescale, trunc_z)  # type: ignore[arg-type]
         if i < n_conv:
             conv = spec.convs[i]
             _, hh, ww = feat
@@ -120,7 +121,7 @@ def _op(layer: LayerLaw, st: EntryStats, delta: float) -> tuple[float, str]:
 def theorem_o(layers: list[LayerLaw], lips: list[float], radius: float, d_ev: float
                ) -> tuple[float, list[BoundTerm]]:
     """Theorem O: ε = r Σ_i (Π_{j>i} L_j‖W̃_j‖) L_i ‖D_i‖ (Π_{j<i} L_j‖W_j‖) (with L_l = 1)."""
-    ops = [(_op(ly, ly.w, d_ev), _op(ly, ly.kept, d_ev), _op(ly, ly.removed, d_ev)) for ly in layers]
+    ops = [(_op(ly, ly.target, d_ev), _op(ly, ly.pruned, d_ev), _op(ly, ly.diff, d_ev)) for ly in layers]
     x_norm, err = radius, 0.0
     xs: list[float] = []
     errs: list[float] = []
@@ -166,7 +167,7 @@ def theorem_n(layers: list[LayerLaw], lips: list[float], gamma: float, lip_act: 
     """
     log_n = d0 * math.log1p(2.0 / eta)
     xi = log_n + math.log(1.0 / d_ev)
-    ops = [(_op(ly, ly.w, d_ev), _op(ly, ly.kept, d_ev), _op(ly, ly.removed, d_ev)) for ly in layers]
+    ops = [(_op(ly, ly.target, d_ev), _op(ly, ly.pruned, d_ev), _op(ly, ly.diff, d_ev)) for ly in layers]
     x_norm, err = radius, 0.0
     xs: list[float] = []
     errs: list[float] = []
@@ -174,20 +175,20 @@ def theorem_n(layers: list[LayerLaw], lips: list[float], gamma: float, lip_act: 
     nl = len(layers)
     for i, (ly, lip, (w, k, d)) in enumerate(zip(layers, lips, ops)):
         hidden = i < nl - 1
-        fe_net = subgauss_fixed(ly.m, ly.kept.proxy, xi)
-        fd_net = subgauss_fixed(ly.m, ly.removed.proxy, xi)
+        fe_net = subgauss_fixed(ly.m, ly.pruned.proxy, xi)
+        fd_net = subgauss_fixed(ly.m, ly.diff.proxy, xi)
         ge, re_ = (k[0], "op") if k[0] <= fe_net else (fe_net, "net")
         gd, rd = (d[0], "op") if d[0] <= fd_net else (fd_net, "net")
         if hidden:
-            fx_net = forward_fixed(ly.m, ly.w, gamma, lip_act, xi)
+            fx_net = forward_fixed(ly.m, ly.target, gamma, lip_act, xi)
             if relu:
-                fx_net = min(fx_net, math.sqrt(ly.w.proxy * chernoff_sq(ly.m, xi, True)))
+                fx_net = min(fx_net, math.sqrt(ly.target.proxy * chernoff_sq(ly.m, xi, True)))
             gx, rx = (lip * w[0], "op") if lip * w[0] <= fx_net else (fx_net, "net")
         else:
             gx, rx = w[0], "op"
         sum_form = lip * (ge * err + gd * x_norm)
         # the error vector u = W̃e − Dx bounded in one piece at the net points (§3.6)
-        ke, kd = math.sqrt(ly.kept.proxy) * err, math.sqrt(ly.removed.proxy) * x_norm
+        ke, kd = math.sqrt(ly.pruned.proxy) * err, math.sqrt(ly.diff.proxy) * x_norm
         kappa = math.hypot(ke, kd) if joint else ke + kd
         one = kappa * math.sqrt(chernoff_sq(ly.m, xi, relu and hidden)) * (1.0 if (relu and hidden) else lip)
         if one < sum_form:

@@ -187,7 +187,7 @@ def _probabilistic(spec: NetSpec, law: LawSpec, pr: PruneSpec, delta: float, rad
         b = probabilistic_bound(spec, law, pr, delta, radius=radius)
     except ProbPruneError as e:  # an assumption of the theorems fails: say which, give no ε
         return {"delta": delta, "eps": None, "theorem": None, "note": f"not applicable: {e}"}
-    return {"delta": delta, "eps": float(b.eps), "theorem": b.theorem, "note": _PROB_NOTE}
+    return {"delta": delta, "eps": float(b.value), "theorem": b.theorem, "note": _PROB_NOTE}
 
 
 def _stats_sections(stats: MaskStats, zeros: Sequence[int]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
