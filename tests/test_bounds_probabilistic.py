@@ -389,3 +389,18 @@ def test_chernoff_form_beats_laurent_massart() -> None:
         lm = (math.sqrt(m) + math.sqrt(2 * xi)) ** 2
         assert chernoff_sq(m, xi, False) <= lm * 1.001
         assert chernoff_sq(m, xi, True) < chernoff_sq(m, xi, False)
+
+
+def test_one_hidden_width_helper_for_fcn_and_cnn() -> None:
+    """``with_hidden_width`` serves the solvers and the Monte Carlo grid: FCN hidden widths, CNN head widths."""
+    from probprune.bounds.probabilistic import hidden_width, with_hidden_width
+    from probprune.montecarlo import hidden_width as mc_hidden_width
+
+    assert mc_hidden_width is hidden_width
+    assert with_hidden_width(NetSpec(widths=(8, 64, 32, 4)), 16).widths == (8, 16, 16, 4)
+    cnn = parse_arch("cnn:1x8x8,c4k3,c4k3m2,32,10")
+    assert with_hidden_width(cnn, 64).widths == (64, 10) and hidden_width(with_hidden_width(cnn, 64)) == 64
+    with pytest.raises(ProbPruneError, match="mc.hidden_widths: the architecture fcn:8,4 has no hidden layer"):
+        with_hidden_width(NetSpec(widths=(8, 4)), 16, "mc.hidden_widths")
+    with pytest.raises(ProbPruneError, match="arch=.*not defined for CNNs"):
+        bound_exponent(cnn, LawSpec(), "magnitude", 1.0, 0.5)

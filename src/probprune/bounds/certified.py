@@ -1,4 +1,4 @@
-"""A certified upper bound on the gap by layerwise perturbation, and the lower/upper sandwich.
+"""A certified upper bound on the gap by layerwise perturbation, and a provable lower value.
 
 Notation (``docs/certified.md`` has the derivation): target layers ``W_i, b_i``, pruned
 layers ``W̃_i = W_i − D_i, b̃_i``; hidden outputs ``h_i = P_i(σ_i(W_i h_{i−1} + b_i))`` with
@@ -53,17 +53,17 @@ cores are covered only with ``tf32=True`` (operands rounded to 10 mantissa bits:
 convolution algorithms.
 A bound that overflows float64 is refused.
 
-The sandwich's lower bound (:func:`lower_at`) evaluates both networks in float64 at a point
-provably inside the ball: a true lower value of the exact-arithmetic gap up to float64 rounding,
-which the float32/float64 margin above covers, so ``lower ≤ upper`` always.
+The lower value (:func:`lower_at`, the sandwich of :func:`probprune.runner.gap.gap_sandwich`) evaluates
+both networks in float64 at a point provably inside the ball: a true lower value of the
+exact-arithmetic gap up to float64 rounding, which the float32/float64 margin above covers, so
+``lower ≤ upper`` always.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol, cast
+from typing import cast
 
 import torch
 from torch import Tensor
@@ -76,18 +76,14 @@ from probprune.bounds.norms import (
     operator_norm,
     vector_norm_bound,
 )
-from probprune.config import GapSpec, ProbPruneError
+from probprune.config import ProbPruneError
 from probprune.nets import Layer, Net, check_pair
 
 __all__ = [
     "CertifiedBound",
-    "Estimator",
     "LayerTerm",
-    "LowerEstimate",
-    "Sandwich",
     "certified_gap_bound",
     "lower_at",
-    "sandwich",
 ]
 
 _BOUNDED = ("tanh", "sigmoid")  # |σ| ≤ 1
@@ -376,55 +372,7 @@ def certified_gap_bound(target: Net, pruned: Net, radius: float, norm_method: No
                           forward_dtype="float32" if u_max > _U64 else "float64")
 
 
-# ---------------------------------------------------------------------------- the sandwich
-
-
-class LowerEstimate(Protocol):
-    """What an estimator returns: ``value`` ``[K]``/0-d and the maximiser ``x`` ``[K, *input]``/``[*input]``."""
-
-    @property
-    def value(self) -> Tensor: ...
-
-    @property
-    def x(self) -> Tensor: ...
-
-
-Estimator = Callable[[Net, Net, GapSpec, torch.Generator], LowerEstimate]
-"""``probprune.gap.sup_gap`` (``bounds`` may not import ``gap``, so callers pass it in)."""
-
-
-@dataclass(frozen=True, eq=False)
-class Sandwich:
-    """The gap pinned from both sides: ``lower ≤ gap ≤ upper``.
-
-    Attributes:
-        lower: ``[K]``/0-d float64: ``‖f(x*) − F(x*)‖`` re-evaluated in float64 at the estimator's
-            maximiser ``x*`` (moved provably inside the ball, see :func:`lower_at`), hence a true
-            lower bound up to float64 rounding, which ``upper``'s rounding margin covers.
-        upper: the certified bound's value.
-        ratio: upper / lower (1 where upper = 0: the nets agree everywhere; inf where lower = 0 < upper).
-        exact_norms: whether every operator norm was exact.
-        n_exact, n_norms: exact norms / norms computed.
-        x: the maximiser.
-        bound: the full :class:`CertifiedBound`.
-        n_evals: evaluations the estimator spent per member.
-    """
-
-    lower: Tensor
-    upper: Tensor
-    ratio: Tensor
-    exact_norms: bool
-    n_exact: int
-    n_norms: int
-    x: Tensor
-    bound: CertifiedBound
-    n_evals: int
-
-    def to_dict(self) -> dict[str, object]:
-        """Plain-JSON form (without the maximiser)."""
-        return {"lower": self.lower.tolist(), "upper": self.upper.tolist(), "ratio": self.ratio.tolist(),
-                "exact_norms": self.exact_norms, "n_exact": self.n_exact, "n_norms": self.n_norms,
-                "n_evals": self.n_evals, "bound": self.bound.to_dict()}
+# ---------------------------------------------------------------------------- a lower value
 
 
 def lower_at(target: Net, pruned: Net, x: Tensor, radius: float) -> Tensor:
@@ -458,36 +406,6 @@ def lower_at(target: Net, pruned: Net, x: Tensor, radius: float) -> Tensor:
     xin = x64.unsqueeze(lead)  # one point per member: [K, 1, …] or [1, …]
     diff = cast(Tensor, p64.forward(xin)) - cast(Tensor, t64.forward(xin))
     return diff.norm(dim=-1).squeeze(-1)
-
-
-def sandwich(
-    target: Net,
-    pruned: Net,
-    gap_spec: GapSpec,
-    generator: torch.Generator,
-    *,
-    estimator: Estimator,
-    norm_method: NormMethod = "auto",
-) -> Sandwich:
-    """Lower (empirical sup, re-evaluated in float64) and certified upper bound on the gap.
-
-    Args:
-        target, pruned: F and f (single or ensembles ``[K]``).
-        gap_spec: estimator budget and the radius r.
-        generator: the estimator's randomness.
-        estimator: ``probprune.gap.sup_gap`` (passed in: ``bounds`` does not import ``gap``).
-        norm_method: see :func:`~probprune.bounds.norms.matrix_norm_bound`.
-    """
-    check_pair(target, pruned)
-    if not isinstance(gap_spec, GapSpec):
-        raise ProbPruneError(f"gap_spec: expected a GapSpec, got {type(gap_spec).__name__}")
-    bound = certified_gap_bound(target, pruned, gap_spec.radius, norm_method)
-    est = estimator(target, pruned, gap_spec, generator)
-    lower = lower_at(target, pruned, est.x, gap_spec.radius)
-    upper = bound.value
-    ratio = torch.where(upper == 0, torch.ones_like(upper), upper / lower)
-    return Sandwich(lower=lower, upper=upper, ratio=ratio, exact_norms=bound.exact, n_exact=bound.n_exact,
-                    n_norms=bound.n_norms, x=est.x, bound=bound, n_evals=int(getattr(est, "n_evals", 0)))
 
 
 def _check_radius(radius: float) -> None:

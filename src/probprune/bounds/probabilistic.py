@@ -42,6 +42,7 @@ __all__ = [
     "Bound",
     "bound_exponent",
     "check_assumptions",
+    "hidden_width",
     "probabilistic_bound",
     "resolve_levels",
     "solve_max_prune",
@@ -178,8 +179,7 @@ def resolve_levels(spec: NetSpec, law: LawSpec, prune: PruneSpec,
     else:
         pr = prune
         if pr.schedule_c is not None:
-            hidden = _hidden_widths(spec)
-            h = min(hidden) if hidden else spec.widths[-1]
+            h = hidden_width(spec)
             pr = pr.at_width(h)
             notes.append(f"schedule c·h^-α resolved at h = {h}")
         name = pr.level_name
@@ -219,8 +219,40 @@ def resolve_levels(spec: NetSpec, law: LawSpec, prune: PruneSpec,
     return lv, notes
 
 
-def _hidden_widths(spec: NetSpec) -> list[int]:
-    return list(spec.widths[1:-1]) if spec.kind == "fcn" else list(spec.widths[:-1])
+def hidden_width(spec: NetSpec) -> int:
+    """The width h that a schedule c·h^{−α} reads: the smallest hidden width (else the output width).
+
+    Hidden widths: an FCN's widths but the first and last, a CNN's head widths but the last.
+
+    >>> hidden_width(NetSpec(widths=(16, 256, 128, 4)))
+    128
+    """
+    hidden = list(spec.widths[1:-1]) if spec.kind == "fcn" else list(spec.widths[:-1])
+    return min(hidden) if hidden else spec.widths[-1]
+
+
+def with_hidden_width(spec: NetSpec, h: int, field: str = "arch") -> NetSpec:
+    """``spec`` with every hidden width (see :func:`hidden_width`) replaced by ``h``.
+
+    Args:
+        spec: the template architecture.
+        h: the new hidden width.
+        field: the setting named in the error (``mc.hidden_widths`` for a Monte Carlo grid).
+
+    Raises:
+        ProbPruneError: the architecture has no hidden layer to vary.
+
+    >>> with_hidden_width(NetSpec(widths=(16, 256, 128, 4)), 64).widths
+    (16, 64, 64, 4)
+    """
+    w = spec.widths
+    if spec.kind == "fcn":
+        if len(w) < 3:
+            raise ProbPruneError(f"{field}: the architecture {spec.to_arch()} has no hidden layer to vary")
+        return dataclasses.replace(spec, widths=(w[0], *([int(h)] * (len(w) - 2)), w[-1]))
+    if len(w) < 2:
+        raise ProbPruneError(f"{field}: the architecture {spec.to_arch()} has no hidden head layer to vary")
+    return dataclasses.replace(spec, widths=(*([int(h)] * (len(w) - 1)), w[-1]))
 
 
 def probabilistic_bound(
@@ -350,17 +382,11 @@ def theory_exponent(method: Literal["magnitude", "random"], alpha: float, rescal
     raise _fail("method", method, "must be magnitude or random")
 
 
-def with_hidden_width(spec: NetSpec, h: int) -> NetSpec:
-    """The FCN ``spec`` with every hidden width replaced by ``h``."""
-    if spec.kind != "fcn":
-        raise _fail("arch", spec.to_arch(), "width solving replaces FCN hidden widths; not defined for CNNs")
-    w = spec.widths
-    return dataclasses.replace(spec, widths=(w[0], *([int(h)] * (len(w) - 2)), w[-1]))
-
-
 def bound_exponent(spec: NetSpec, law: LawSpec, method: Literal["magnitude", "random"], c: float, alpha: float,
                    delta: float = 0.05, h1: int = 2 ** 12, h2: int = 2 ** 16, rescale: bool = False) -> float:
     """Local log-log slope −d log ε / d log h of our bound between widths h1 and h2 for level c·h^{−α}."""
+    if spec.kind != "fcn":
+        raise _fail("arch", spec.to_arch(), "width solving replaces FCN hidden widths; not defined for CNNs")
     vals = []
     for h in (h1, h2):
         s = with_hidden_width(spec, h)
