@@ -29,15 +29,17 @@ def _component(path: Path) -> str:
     return rel.parts[0].removesuffix(".py")
 
 
-def _imports(path: Path) -> set[str]:
+def _imports(path: Path, package: tuple[str, ...] = ("probprune",)) -> set[str]:
+    """The modules right below ``package`` that ``path`` imports (absolute imports)."""
     found = set()
+    n_pkg = len(package)
     for node in ast.walk(ast.parse(path.read_text())):
         names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
             [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else []
         for n in names:
             parts = n.split(".")
-            if parts[0] == "probprune" and len(parts) > 1:
-                found.add(parts[1])
+            if tuple(parts[:n_pkg]) == package and len(parts) > n_pkg:
+                found.add(parts[n_pkg])
     return found
 
 
@@ -66,21 +68,9 @@ BOUNDS = {
 BOUNDS_FILES = sorted(p for p in (SRC / "bounds").glob("*.py") if p.name != "__init__.py")
 
 
-def _bounds_imports(path: Path) -> set[str]:
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
-            [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else []
-        for n in names:
-            parts = n.split(".")
-            if parts[:2] == ["probprune", "bounds"] and len(parts) > 2:
-                found.add(parts[2])
-    return found
-
-
 @pytest.mark.parametrize("path", BOUNDS_FILES, ids=lambda p: p.name)
 def test_bounds_module_imports_only_lower_jobs(path: Path) -> None:
     mod = path.stem
     assert mod in BOUNDS, f"bounds/{path.name} is not in the bounds table of this test"
-    bad = _bounds_imports(path) - BOUNDS[mod]
+    bad = _imports(path, ("probprune", "bounds")) - BOUNDS[mod]
     assert not bad, f"bounds/{path.name} imports {sorted(bad)}"

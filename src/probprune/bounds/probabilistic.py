@@ -255,6 +255,60 @@ def with_hidden_width(spec: NetSpec, h: int, field: str = "arch") -> NetSpec:
     return dataclasses.replace(spec, widths=(*([int(h)] * (len(w) - 1)), w[-1]))
 
 
+def _split_delta(spec: NetSpec, law: LawSpec, delta: float, n_events: int
+                 ) -> tuple[float, float, list[tuple[str, float]]]:
+    """δ split equally over ``n_events`` (+ the truncation event T for a Gaussian law): (δ each, z of T, budget)."""
+    gaussian = law.kind == "gaussian"
+    d_ev = delta / (n_events + (1 if gaussian else 0))
+    z = math.inf
+    items: list[tuple[str, float]] = []
+    if gaussian:
+        n_entries = sum(math.prod(s) for s in spec.weight_shapes())
+        z = gauss_trunc_z(n_entries, d_ev)
+        items.append((f"T: all |w| ≤ {z:.3f}·s_i (Gaussian truncation)", d_ev))
+    return d_ev, z, items
+
+
+def _operator_route(spec: NetSpec, law: LawSpec, prune: PruneSpec, levels: list[float], lips: list[float],
+                    radius: float, delta: float, base: dict[str, Any]) -> Bound:
+    """Theorem O (§4) at δ: three operator-norm events per layer."""
+    d_ev, z, items = _split_delta(spec, law, delta, 3 * spec.n_layers)
+    layers = layer_laws(spec, law, prune.method, levels, bool(prune.rescale), z)
+    value, terms = theorem_o(layers, lips, radius, d_ev)
+    for ly in layers:
+        items += [(f"‖W‖ {ly.name}", d_ev), (f"‖W̃‖ {ly.name}", d_ev), (f"‖D‖ {ly.name}", d_ev)]
+    return Bound(value=value, theorem="§4 Theorem O (operator-norm route)", layers=tuple(terms),
+                 budget=tuple(items), value_operator=value, **base)
+
+
+def _net_route(spec: NetSpec, law: LawSpec, prune: PruneSpec, levels: list[float], act: Activation,
+               lips: list[float], radius: float, delta: float, base: dict[str, Any]) -> Bound:
+    """Theorem N (§5, FCNs) at δ, at the η of :data:`ETA_GRID` that gives the smallest value."""
+    nl = spec.n_layers
+    relu = act.name == "relu"
+    rescale = bool(prune.rescale)
+    n_ev = 3 * nl + (nl - 1) + (nl - 1) + nl + nl + ((nl - 1) if relu else 0)
+    d_ev, z, items = _split_delta(spec, law, delta, n_ev)
+    layers = layer_laws(spec, law, prune.method, levels, rescale, z)
+    gamma = activation_gain(act)
+    # the first smallest over the fixed grid: the choice depends on no random quantity
+    value, lip_term, log_n, terms, eta = min(
+        ((*theorem_n(layers, lips, gamma, act.lipschitz, radius, spec.input_dim, d_ev, eta, relu=relu,
+                     joint=not rescale), eta) for eta in ETA_GRID), key=lambda r: r[0])
+    for i, ly in enumerate(layers):
+        items += [(f"‖W‖ {ly.name}", d_ev), (f"‖W̃‖ {ly.name}", d_ev), (f"‖D‖ {ly.name}", d_ev)]
+        if i < nl - 1:
+            items.append((f"net: ‖σ(W x)‖ {ly.name}", d_ev))
+            if relu:
+                items.append((f"net: ‖σ(W x)‖ half-χ² {ly.name}", d_ev))
+        if i > 0:
+            items.append((f"net: ‖W̃ e‖ {ly.name}", d_ev))
+        items.append((f"net: ‖D x‖ {ly.name}", d_ev))
+        items.append((f"net: ‖W̃ e − D x‖ joint {ly.name}", d_ev))
+    return Bound(value=value, theorem="§5 Theorem N (η-net route)", layers=tuple(terms), budget=tuple(items),
+                 eta=eta, log_net_size=log_n, lipschitz_term=lip_term, value_net=value, **base)
+
+
 def probabilistic_bound(
     spec: NetSpec,
     law: LawSpec,
@@ -298,66 +352,21 @@ def probabilistic_bound(
     checked = _check_setting(spec, law, delta, radius)
     lv, notes = resolve_levels(spec, law, prune, levels)
     act = Activation(spec.activation, spec.negative_slope)
-    nl = spec.n_layers
-    lips = [act.lipschitz] * (nl - 1) + [1.0]
-    method = prune.method
-    rescale = bool(prune.rescale)
-    gaussian = law.kind == "gaussian"
+    lips = [act.lipschitz] * (spec.n_layers - 1) + [1.0]
     if theorem == "net" and spec.kind != "fcn":
         raise _fail("theorem", theorem, "Theorem N (η-net) is for FCNs; CNNs use Theorem O")
-
-    def budget(n_events: int) -> tuple[float, float, list[tuple[str, float]]]:
-        total = n_events + (1 if gaussian else 0)
-        d_ev = delta / total
-        z = math.inf
-        items: list[tuple[str, float]] = []
-        if gaussian:
-            n_entries = sum(math.prod(s) for s in spec.weight_shapes())
-            z = gauss_trunc_z(n_entries, d_ev)
-            items.append((f"T: all |w| ≤ {z:.3f}·s_i (Gaussian truncation)", d_ev))
-        return d_ev, z, items
-
+    base: dict[str, Any] = dict(delta=delta, method=prune.method, law=law.to_text(), arch=spec.to_arch(),
+                                rescale=bool(prune.rescale), radius=float(radius), levels=tuple(lv),
+                                assumptions=tuple(checked), notes=tuple(notes))
     results: list[Bound] = []
-    base = dict(delta=delta, method=method, law=law.to_text(), arch=spec.to_arch(), rescale=rescale,
-                radius=float(radius), levels=tuple(lv), assumptions=tuple(checked), notes=tuple(notes))
     if theorem in ("auto", "operator"):
-        d_ev, z, items = budget(3 * nl)
-        layers = layer_laws(spec, law, method, lv, rescale, z)
-        eps_o, terms = theorem_o(layers, lips, radius, d_ev)
-        for ly in layers:
-            items += [(f"‖W‖ {ly.name}", d_ev), (f"‖W̃‖ {ly.name}", d_ev), (f"‖D‖ {ly.name}", d_ev)]
-        results.append(Bound(value=eps_o, theorem="§4 Theorem O (operator-norm route)", layers=tuple(terms),
-                             budget=tuple(items), value_operator=eps_o, **base))  # type: ignore[arg-type]
+        results.append(_operator_route(spec, law, prune, lv, lips, radius, delta, base))
     if theorem in ("auto", "net") and spec.kind == "fcn":
-        relu = act.name == "relu"
-        n_ev = 3 * nl + (nl - 1) + (nl - 1) + nl + nl + ((nl - 1) if relu else 0)
-        d_ev, z, items = budget(n_ev)
-        layers = layer_laws(spec, law, method, lv, rescale, z)
-        gamma = activation_gain(act)
-        best: tuple[float, float, float, list[BoundTerm], float] | None = None
-        for eta in ETA_GRID:
-            e, lt, ln, terms = theorem_n(layers, lips, gamma, act.lipschitz, radius, spec.input_dim, d_ev, eta,
-                                          relu=relu, joint=not rescale)
-            if best is None or e < best[0]:
-                best = (e, lt, ln, terms, eta)
-        assert best is not None  # ETA_GRID is not empty
-        e, lt, ln, terms, eta = best
-        for i, ly in enumerate(layers):
-            items += [(f"‖W‖ {ly.name}", d_ev), (f"‖W̃‖ {ly.name}", d_ev), (f"‖D‖ {ly.name}", d_ev)]
-            if i < nl - 1:
-                items.append((f"net: ‖σ(W x)‖ {ly.name}", d_ev))
-                if relu:
-                    items.append((f"net: ‖σ(W x)‖ half-χ² {ly.name}", d_ev))
-            if i > 0:
-                items.append((f"net: ‖W̃ e‖ {ly.name}", d_ev))
-            items.append((f"net: ‖D x‖ {ly.name}", d_ev))
-            items.append((f"net: ‖W̃ e − D x‖ joint {ly.name}", d_ev))
-        results.append(Bound(value=e, theorem="§5 Theorem N (η-net route)", layers=tuple(terms), budget=tuple(items),
-                             eta=eta, log_net_size=ln, lipschitz_term=lt, value_net=e, **base))  # type: ignore[arg-type]
-    best_bound = min(results, key=lambda b: b.value)
-    eps_o_val = next((b.value for b in results if b.theorem.startswith("§4")), None)
-    eps_n_val = next((b.value for b in results if b.theorem.startswith("§5")), None)
-    return dataclasses.replace(best_bound, value_operator=eps_o_val, value_net=eps_n_val)
+        results.append(_net_route(spec, law, prune, lv, act, lips, radius, delta, base))
+    best = min(results, key=lambda b: b.value)
+    value_operator = next((b.value for b in results if b.theorem.startswith("§4")), None)
+    value_net = next((b.value for b in results if b.theorem.startswith("§5")), None)
+    return dataclasses.replace(best, value_operator=value_operator, value_net=value_net)
 
 
 # --------------------------------------------------------------------------- exponents
