@@ -1,5 +1,5 @@
-"""Probabilistic bounds (docs/theory.md): validity over sampled nets, lemma-level validity, monotonicity,
-inverse consistency, errors naming the failed assumption."""
+"""Probabilistic bounds (docs/theory.md): validity over sampled nets, monotonicity, inverse consistency, errors
+naming the failed assumption (the lemmas: test_bounds_entries.py, test_bounds_concentration.py)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import beta
 
-from probprune.bounds.concentration import op_norm_bound
-from probprune.bounds.entries import entry_stats
 from probprune.bounds.probabilistic import (
     bound_exponent,
     probabilistic_bound,
@@ -74,57 +72,6 @@ def test_bound_holds_on_sampled_nets(arch: str, kind: str, pr: PruneSpec) -> Non
             eps = probabilistic_bound(spec, law, pr, delta, theorem=thm).value  # type: ignore[arg-type]
             k = int((gaps > eps).sum())
             assert cp_upper(k, N_NETS) <= delta, (arch, kind, pr, delta, thm, eps, float(gaps.max()))
-
-
-@pytest.mark.parametrize(("role", "level", "rescale", "kind"), [
-    ("target", 0.0, False, "uniform"), ("diff", 0.3, False, "uniform"), ("diff", 0.3, True, "uniform"),
-    ("target", 0.0, False, "gaussian"), ("diff", 0.5, False, "gaussian"),
-])
-def test_operator_norm_lemma_holds(role: str, level: float, rescale: bool, kind: str) -> None:
-    """Lemma 1 (§3): P(‖A‖₂ > bound(δ)) ≤ δ over 300 matrices (exact norms), for W and D."""
-    law = LawSpec(kind=kind)  # type: ignore[arg-type]
-    m, n, a = 40, 6, 0.3
-    method = "random" if rescale else "magnitude"
-    g = make_generator(11)
-    w = (torch.rand(N_NETS, m, n, generator=g, dtype=torch.float64) * 2 - 1) * a if kind == "uniform" else \
-        torch.randn(N_NETS, m, n, generator=g, dtype=torch.float64) * a / math.sqrt(3)
-    if role == "diff":
-        if method == "magnitude":
-            w = w * (w.abs() <= level * a)
-        else:
-            keep = torch.rand(N_NETS, m, n, generator=g, dtype=torch.float64) >= level
-            w = w - w * keep / (1 - level)
-    norms = torch.linalg.matrix_norm(w, ord=2)
-    for delta in (0.05, 0.5):
-        z = math.inf
-        if kind == "gaussian":  # Lemma 1 for Gaussians uses the truncation event T with its own δ_T
-            from probprune.bounds.entries import gauss_trunc_z
-            z = gauss_trunc_z(m * n, delta / 2)
-        stt = entry_stats(law, a, role, method, level, rescale, z)  # type: ignore[arg-type]
-        bound, _ = op_norm_bound(m, n, stt, delta / 2 if kind == "gaussian" else delta)
-        k = int((norms > bound).sum())
-        assert cp_upper(k, N_NETS) <= delta, (role, kind, delta, bound, float(norms.max()))
-    # and the bound is not absurdly loose: within a factor 4 of the largest sampled norm
-    assert bound <= 4 * float(norms.max())
-
-
-def test_entry_stats_match_monte_carlo() -> None:
-    """The variances and fourth moments used by the proofs match sample moments (uniform law)."""
-    a, rho, p = 0.7, 0.4, 0.3
-    g = make_generator(5)
-    w = (torch.rand(400_000, generator=g, dtype=torch.float64) * 2 - 1) * a
-    keep = torch.rand(400_000, generator=g, dtype=torch.float64) >= p
-    law = LawSpec()
-    cases = {
-        "magnitude-diff": (w * (w.abs() <= rho * a), entry_stats(law, a, "diff", "magnitude", rho)),
-        "random-diff": (w * ~keep, entry_stats(law, a, "diff", "random", p)),
-        "rescale-diff": (w - w * keep / (1 - p), entry_stats(law, a, "diff", "random", p, True)),
-        "rescale-pruned": (w * keep / (1 - p), entry_stats(law, a, "pruned", "random", p, True)),
-    }
-    for name, (x, s) in cases.items():
-        assert float((x ** 2).mean()) == pytest.approx(s.var, rel=0.02), name
-        assert float((x ** 4).mean()) == pytest.approx(s.m4, rel=0.04), name
-        assert float(x.abs().max()) <= s.b + 1e-12, name
 
 
 def test_bound_structure() -> None:
@@ -276,119 +223,6 @@ def test_exponents() -> None:
     for method in ("magnitude", "random"):
         got = bound_exponent(spec, LawSpec(), method, 1.0, 0.5)  # type: ignore[arg-type]
         assert abs(got - theory_exponent(method, 0.5)) < 0.12  # log factors only  # type: ignore[arg-type]
-
-
-@pytest.mark.parametrize(("kind", "role", "level"), [("uniform", "target", 0.0), ("uniform", "diff", 0.3),
-                                                      ("gaussian", "target", 0.0)])
-def test_fixed_vector_lemmas_hold(kind: str, role: str, level: float) -> None:
-    """Lemma 2 (‖Av‖) and Lemma 3 (‖relu(Wv)‖) for a fixed v: failure frequency ≤ e^{−ξ} (Clopper–Pearson)."""
-    from probprune.bounds.concentration import activation_gain, forward_fixed, subgauss_fixed
-    from probprune.nets import Activation
-    law = LawSpec(kind=kind)  # type: ignore[arg-type]
-    m, n, a = 8, 50, 0.4
-    g = make_generator(21)
-    w = (torch.rand(N_NETS, m, n, generator=g, dtype=torch.float64) * 2 - 1) * a if kind == "uniform" else \
-        torch.randn(N_NETS, m, n, generator=g, dtype=torch.float64) * a / math.sqrt(3)
-    if role == "diff":
-        w = w * (w.abs() <= level * a)
-    v = torch.randn(n, generator=g, dtype=torch.float64)
-    st_ = entry_stats(law, a, role, "magnitude", level)  # type: ignore[arg-type]
-    for delta in (0.05, 0.5):
-        xi = math.log(1 / delta)
-        av = (w @ v).norm(dim=-1)
-        k = int((av > subgauss_fixed(m, st_.proxy, xi) * v.norm()).sum())
-        assert cp_upper(k, N_NETS) <= delta
-        if role == "target":
-            fw = torch.relu(w @ v).norm(dim=-1)
-            bound = forward_fixed(m, st_, activation_gain(Activation("relu")), 1.0, xi) * v.norm()
-            assert cp_upper(int((fw > bound).sum()), N_NETS) <= delta
-
-
-# ------------------------------------------------------------------ Lemma 4 and the optimal sparse proxies
-
-
-@pytest.mark.parametrize(("weights", "halfwidths"), [([1.0], [1.0]), ([0.95, 0.05], [0.0, 1.0]),
-                                                     ([0.7, 0.3], [0.0, 2.0]), ([0.2, 0.8], [1.0, 0.25])])
-def test_mixture_proxy_bounds_the_mgf_and_is_nearly_optimal(weights: list, halfwidths: list) -> None:
-    from probprune.bounds.entries import mixture_uniform_proxy
-    nu2 = mixture_uniform_proxy(weights, halfwidths)
-    theta = torch.logspace(-3, 3, 20001, dtype=torch.float64)
-    mgf = sum(w * (torch.sinh(theta * c) / (theta * c) if c > 0 else torch.ones_like(theta))
-              for w, c in zip(weights, halfwidths))
-    ratio = 2 * torch.log(mgf) / theta ** 2
-    ratio = ratio[torch.isfinite(ratio)]
-    assert float(ratio.max()) <= nu2  # a valid proxy: E e^{θX} ≤ e^{θ²ν²/2} on the whole range
-    assert nu2 <= float(ratio.max()) * 1.005  # and (almost) the optimal one
-    var = sum(w * c * c / 3 for w, c in zip(weights, halfwidths))
-    assert nu2 >= var * (1 - 1e-12)
-
-
-def test_mixture_proxy_monotone_in_level() -> None:
-    from probprune.bounds.entries import mixture_uniform_proxy
-    vals = [mixture_uniform_proxy([1 - q, q], [0.0, 1.0]) for q in (0.001, 0.01, 0.05, 0.2, 0.5, 1.0)]
-    assert vals == sorted(vals) and vals[-1] == pytest.approx(1 / 3, rel=3e-3)
-
-
-def _layer(kind: str, method: str, level: float, n_rows: int, n_cols: int, seed: int) -> tuple:
-    g = make_generator(seed)
-    a = 0.3
-    w = (torch.rand(N_NETS, n_rows, n_cols, generator=g, dtype=torch.float64) * 2 - 1) * a if kind == "uniform" \
-        else torch.randn(N_NETS, n_rows, n_cols, generator=g, dtype=torch.float64) * a / math.sqrt(3)
-    if method == "magnitude":
-        removed = w.abs() <= level * a
-    else:
-        removed = torch.rand(w.shape, generator=g, dtype=torch.float64) < level
-    return w, removed, a, g
-
-
-@pytest.mark.parametrize(("kind", "method", "level", "relu", "e_scale"), [
-    ("uniform", "magnitude", 0.3, True, 1.0), ("uniform", "magnitude", 0.3, True, 0.0),
-    ("uniform", "random", 0.2, True, 1.0), ("uniform", "random", 0.2, False, 0.3),
-    ("gaussian", "magnitude", 0.5, True, 1.0), ("uniform", "magnitude", 0.05, False, 0.0),
-])
-def test_lemma4_error_vector_in_one_piece(kind: str, method: str, level: float, relu: bool, e_scale: float) -> None:
-    """‖σ(z + u) − σ(z)‖ (ReLU) or ‖u‖, u = W̃e − Dx: failure frequency ≤ e^{−ξ} (Clopper–Pearson), δ = 0.05, 0.5."""
-    from probprune.bounds.concentration import chernoff_sq
-    law = LawSpec(kind=kind)  # type: ignore[arg-type]
-    m, n = 40, 30
-    w, removed, a, g = _layer(kind, method, level, m, n, seed=31)
-    kept_w, d = w * ~removed, w * removed
-    x = torch.randn(n, generator=g, dtype=torch.float64)
-    e = torch.randn(n, generator=g, dtype=torch.float64) * e_scale
-    z = w @ x
-    u = kept_w @ e - d @ x
-    out = (torch.relu(z + u) - torch.relu(z)).norm(dim=-1) if relu else u.norm(dim=-1)
-    st_k = entry_stats(law, a, "pruned", method, level)  # type: ignore[arg-type]
-    st_d = entry_stats(law, a, "diff", method, level)  # type: ignore[arg-type]
-    kappa = math.sqrt(st_k.proxy * float(e.norm()) ** 2 + st_d.proxy * float(x.norm()) ** 2)
-    for delta in (0.05, 0.5):
-        bound = kappa * math.sqrt(chernoff_sq(m, math.log(1 / delta), relu))
-        k = int((out > bound).sum())
-        assert cp_upper(k, N_NETS) <= delta, (delta, k, bound, float(out.median()))
-
-
-@pytest.mark.parametrize("kind", ["uniform", "gaussian"])
-def test_lemma4_forward_half_chi2(kind: str) -> None:
-    from probprune.bounds.concentration import chernoff_sq
-    law = LawSpec(kind=kind)  # type: ignore[arg-type]
-    m, n = 64, 20
-    w, _, a, g = _layer(kind, "magnitude", 0.0, m, n, seed=41)
-    x = torch.randn(n, generator=g, dtype=torch.float64)
-    out = torch.relu(w @ x).norm(dim=-1)
-    nu2 = entry_stats(law, a, "target", "magnitude", 0.0).proxy
-    for delta in (0.05, 0.5):
-        bound = math.sqrt(nu2 * chernoff_sq(m, math.log(1 / delta), True)) * float(x.norm())
-        assert cp_upper(int((out > bound).sum()), N_NETS) <= delta
-    # the half-χ² value sits near the truth: the median is at least 70% of the δ = 0.5 bound
-    assert float(out.median()) >= 0.7 * math.sqrt(nu2 * chernoff_sq(m, math.log(2), True)) * float(x.norm())
-
-
-def test_chernoff_form_beats_laurent_massart() -> None:
-    from probprune.bounds.concentration import chernoff_sq
-    for m, xi in ((4, 3.0), (64, 10.0), (2048, 155.0)):
-        lm = (math.sqrt(m) + math.sqrt(2 * xi)) ** 2
-        assert chernoff_sq(m, xi, False) <= lm * 1.001
-        assert chernoff_sq(m, xi, True) < chernoff_sq(m, xi, False)
 
 
 def test_one_hidden_width_helper_for_fcn_and_cnn() -> None:
