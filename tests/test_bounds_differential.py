@@ -384,3 +384,43 @@ def test_bad_calls_are_refused() -> None:
     cnn = Net.from_weights(cspec, ws)
     with pytest.raises(ProbPruneError, match="conv nets"):
         differential_bound(cnn, cnn, BallSpec(radius=1.0))
+
+
+def test_batched_balls_equal_one_at_a_time_when_grouped_by_rows() -> None:
+    """Chunks larger than a row group (balls sorted by rows needed, padded per group): still per-ball values."""
+    target, pruned = _net_pair(6, (6, 16, 16, 3), True, "relu", 0.5)
+    g = torch.Generator().manual_seed(1)
+    cs = torch.rand(11, 6, generator=g, dtype=torch.float64)
+    for norm, r in (("linf", 0.1), ("l2", 0.3)):
+        ball = BallSpec(radius=r, norm=norm, box=(0.0, 1.0))  # type: ignore[arg-type]
+        batched = differential_bound(target, pruned, ball, centres=cs, batch_size=11)
+        agr = certified_agreement(target, pruned, ball, centres=cs, attack=False, batch_size=11)
+        for i in range(11):
+            one = differential_bound(target, pruned, dataclasses.replace(ball, centre=tuple(cs[i].tolist())))
+            assert torch.allclose(batched.value[i], one.value[0], rtol=1e-12, atol=0)
+            assert torch.allclose(batched.lower[i], one.lower[0], rtol=1e-12, atol=1e-300)
+            a1 = certified_agreement(target, pruned, dataclasses.replace(ball, centre=tuple(cs[i].tolist())),
+                                     attack=False)
+            assert torch.allclose(agr.margin_pruned[i], a1.margin_pruned[0], rtol=1e-12, atol=1e-300)
+
+
+def test_only_neurons_the_cheap_intervals_leave_unstable_are_back_substituted(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hidden layers: rows only for neurons whose one-step intervals straddle 0 (a small ball: few of them)."""
+    from probprune.bounds import differential as dmod
+
+    target, pruned = _net_pair(7, (8, 64, 64, 4), True, "relu", 0.7)
+    seen: list[tuple[int, int, int]] = []
+    orig = dmod._refine
+
+    def spy(need: Tensor, k: int, *args: object, **kw: object) -> Tensor:
+        seen.append((k, int(need.sum()), need.numel()))
+        return orig(need, k, *args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(dmod, "_refine", spy)
+    c = tuple(torch.rand(8, generator=torch.Generator().manual_seed(2), dtype=torch.float64).tolist())
+    differential_bound(target, pruned, BallSpec(radius=1e-3, centre=c, norm="linf"))
+    assert [k for k, _, _ in seen] == [1, 2]
+    k1 = seen[0]
+    assert k1[1] < k1[2] // 6  # far fewer rows than the 6 per neuron of a full back-substitution
+    assert seen[1][1] == 2 * 4  # the output layer: both sides of every δ
