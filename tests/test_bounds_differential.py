@@ -424,3 +424,25 @@ def test_only_neurons_the_cheap_intervals_leave_unstable_are_back_substituted(
     k1 = seen[0]
     assert k1[1] < k1[2] // 6  # far fewer rows than the 6 per neuron of a full back-substitution
     assert seen[1][1] == 2 * 4  # the output layer: both sides of every δ
+
+
+def test_agreement_carries_the_gap_bound_of_the_same_propagation(monkeypatch: pytest.MonkeyPatch) -> None:
+    """certified_agreement propagates once per chunk and its ``bound`` equals differential_bound's."""
+    from probprune.bounds import differential as dmod
+
+    target, pruned = _net_pair(8, (6, 12, 12, 4), True, "relu", 0.6)
+    cs = torch.rand(5, 6, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    ball = BallSpec(radius=0.05, norm="linf", box=(0.0, 1.0))
+    calls: list[int] = []
+    orig = dmod._propagate
+
+    def spy(*args: object) -> object:
+        calls.append(1)
+        return orig(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(dmod, "_propagate", spy)
+    agr = certified_agreement(target, pruned, ball, centres=cs, attack=False, batch_size=2)
+    assert len(calls) == 3  # ceil(5 / 2) chunks, one propagation each
+    ref = differential_bound(target, pruned, ball, centres=cs, batch_size=2)
+    assert agr.bound is not None
+    assert torch.equal(agr.bound.value, ref.value) and torch.equal(agr.bound.upper, ref.upper)

@@ -181,6 +181,7 @@ class AgreementResult:
         margin_target: ``[B]`` certified lower bound on ``min_{x, j≠c} F_c(x) − F_j(x)`` (rounding included).
         margin_pruned: ``[B]`` the same for f.
         witnesses: per ball, a ``[d]`` float64 input for a refuted verdict, else ``None``.
+        bound: the certified gap of the same balls, from the same propagation (as :func:`differential_bound`).
     """
 
     verdicts: tuple[Verdict, ...]
@@ -188,6 +189,7 @@ class AgreementResult:
     margin_target: Tensor
     margin_pruned: Tensor
     witnesses: tuple[Tensor | None, ...]
+    bound: DifferentialBound | None = None
 
     @property
     def certified_rate(self) -> float:
@@ -834,6 +836,51 @@ def _assumptions(ball: BallSpec, dt: str) -> tuple[str, ...]:
             "any summation order, no TF32); bound computed in float64 with every rounding covered")
 
 
+def _chunks(pair: _Pair, ball: BallSpec, centres: Tensor, dt_t: torch.dtype, dt_p: torch.dtype, batch_size: int,
+            cls: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+    """One propagation per chunk of balls: the output differences' intervals ``[B, m]`` (and, given F's
+    classes ``cls``, the certified margins ``[B]`` of both nets, from the same relaxations)."""
+    los, his, mts, mps = [], [], [], []
+    for start in range(0, centres.shape[0], batch_size):
+        an = _analyse(pair, ball, centres[start:start + batch_size], dt_t, dt_p)
+        _, _, dl, du, _, _ = an.bounds[-1]  # of the computed outputs' difference (rounding inside)
+        los.append(dl)
+        his.append(du)
+        if cls is not None:
+            mt, mp = _margins(an, cls[start:start + batch_size])
+            mts.append(mt)
+            mps.append(mp)
+    if cls is None:
+        return torch.cat(los), torch.cat(his), None, None
+    return torch.cat(los), torch.cat(his), torch.cat(mts), torch.cat(mps)
+
+
+def _gap_bound(lo: Tensor, hi: Tensor, ball: BallSpec, centres: Tensor, dt_t: torch.dtype,
+               dt_p: torch.dtype) -> DifferentialBound:
+    """``‖f(x) − F(x)‖₂ ≤ sqrt(Σ_j max(lo_j², hi_j²))``, scaled for the forward passes' and our own rounding."""
+    dt_name = "float32" if torch.float32 in (dt_t, dt_p) else "float64"
+    m = lo.shape[-1]
+    sq = torch.maximum(lo * lo, hi * hi).sum(-1)
+    u_d = max(_UNIT[dt_t], _UNIT[dt_p])
+    value = sq.sqrt() * ((1.0 + _gamma(m + 3, u_d)) * (1.0 + _g2(m + 3))) + _TINY
+    if not bool(torch.isfinite(value).all()):
+        raise ProbPruneError("differential bound: overflows float64; refused")
+    return DifferentialBound(value, lo, hi, ball, centres, dt_name, _assumptions(ball, dt_name))
+
+
+def _zero_bound(ball: BallSpec, centres: Tensor, m: int, dt_t: torch.dtype, dt_p: torch.dtype) -> DifferentialBound:
+    """Bitwise identical networks: the gap is 0."""
+    dt_name = "float32" if torch.float32 in (dt_t, dt_p) else "float64"
+    z = torch.zeros(centres.shape[0], m, dtype=torch.float64, device=centres.device)
+    return DifferentialBound(z[:, 0], z, z.clone(), ball, centres, dt_name,
+                             (*_assumptions(ball, dt_name), "the networks are bitwise identical: gap 0"))
+
+
+def _check_batch_size(batch_size: object) -> None:
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ProbPruneError(f"batch_size={batch_size!r}: must be an integer >= 1")
+
+
 def differential_bound(target: Net, pruned: Net, ball: BallSpec, *, centres: Tensor | None = None,
                        forward_dtype: torch.dtype | None = None, batch_size: int = 32) -> DifferentialBound:
     """Certified upper bound on ``sup_{x ∈ ball} ‖f(x) − F(x)‖₂`` by differential back-substitution.
@@ -858,32 +905,14 @@ def differential_bound(target: Net, pruned: Net, ball: BallSpec, *, centres: Ten
     >>> abs(float(b.value[0]) - 3.0) < 1e-5   # f − F = (0, −x₂), x₂ ∈ [1, 3]
     True
     """
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise ProbPruneError(f"batch_size={batch_size!r}: must be an integer >= 1")
+    _check_batch_size(batch_size)
     pair0 = _prepare(target, pruned)
     reg0 = _region(ball, centres, pair0.w[0].shape[1], pair0.w[0].device)
-    dt = _dtype(target, forward_dtype)
-    dt_p = _dtype(pruned, forward_dtype)
-    dt_name = "float32" if torch.float32 in (dt, dt_p) else "float64"
-    m = pair0.w[-1].shape[0]
-    bsz = reg0.centres.shape[0]
+    dt, dt_p = _dtype(target, forward_dtype), _dtype(pruned, forward_dtype)
     if _identical(target, pruned):
-        z = torch.zeros(bsz, m, dtype=torch.float64, device=reg0.centres.device)
-        return DifferentialBound(z[:, 0], z, z.clone(), ball, reg0.centres, dt_name,
-                                 (*_assumptions(ball, dt_name), "the networks are bitwise identical: gap 0"))
-    los, his = [], []
-    for start in range(0, bsz, batch_size):
-        an = _analyse(pair0, ball, reg0.centres[start:start + batch_size], dt, dt_p)
-        _, _, dl, du, _, _ = an.bounds[-1]  # of the computed outputs' difference (rounding inside)
-        los.append(dl)
-        his.append(du)
-    lo, hi = torch.cat(los), torch.cat(his)
-    sq = torch.maximum(lo * lo, hi * hi).sum(-1)
-    u_d = max(_UNIT[dt], _UNIT[dt_p])
-    value = sq.sqrt() * ((1.0 + _gamma(m + 3, u_d)) * (1.0 + _g2(m + 3))) + _TINY
-    if not bool(torch.isfinite(value).all()):
-        raise ProbPruneError("differential bound: overflows float64; refused")
-    return DifferentialBound(value, lo, hi, ball, reg0.centres, dt_name, _assumptions(ball, dt_name))
+        return _zero_bound(ball, reg0.centres, pair0.w[-1].shape[0], dt, dt_p)
+    lo, hi, _, _ = _chunks(pair0, ball, reg0.centres, dt, dt_p, batch_size)
+    return _gap_bound(lo, hi, ball, reg0.centres, dt, dt_p)
 
 
 # ---------------------------------------------------------------------------------------- lower side
@@ -1023,6 +1052,60 @@ def _disagree(t64: Net, p64: Net, x: Tensor) -> Tensor:
     return clear & (ft.argmax(-1) != fp.argmax(-1))
 
 
+def _margins(an: _Analysis, c: Tensor) -> tuple[Tensor, Tensor]:
+    """Certified lower bounds ``[b]`` of ``min_{x, j≠c} F_c − F_j`` and of the same for f (rounding inside).
+
+    Rows ``e_c − e_j`` on F's logits ``z`` and on f's ``z + δ``, back-substituted through the chunk's
+    relaxations (no second propagation).
+    """
+    m = an.pair.w[-1].shape[0]
+    eye = torch.eye(m, dtype=torch.float64, device=c.device)
+    rows = eye[c].unsqueeze(1) - eye.unsqueeze(0)  # [b, m, m]: e_c − e_j (row j = c is zero)
+    k = len(an.pair.w) - 1
+    both = torch.cat([rows, rows], 1)
+    ld = torch.cat([torch.zeros_like(rows), rows], 1)
+    low = _backsub(both, ld, k, an.pair, an.relax, an.reg, an.rho)  # computed logits: rounding inside
+    lt, lp = low[:, :m], low[:, m:]
+    not_c = eye[c] == 0
+    inf = torch.full_like(lt, math.inf)
+    return torch.where(not_c, lt, inf).amin(-1), torch.where(not_c, lp, inf).amin(-1)
+
+
+def _attack(t64: Net, p64: Net, ball: BallSpec, sub: Tensor, csub: Tensor, generator: torch.Generator,
+            n_restarts: int, n_steps: int) -> list[Tensor | None]:
+    """Per ball of ``sub`` (centres ``[b, d]``, F's classes ``csub``): a float64 input of the ball ∩ box where
+    the top-1 classes of F and f differ with clear margins, or ``None`` (projected ascent on
+    ``max_j (f_j − f_c) − max_j (F_j − F_c)``; the centres themselves are candidates too)."""
+    m = cast(Tensor, t64(sub[:1])).shape[-1]
+    reg = _region(ball, sub, sub.shape[1], sub.device)
+    mask = torch.eye(m, dtype=torch.float64, device=sub.device)[csub].bool()
+
+    def obj(x: Tensor) -> Tensor:
+        flat = x.reshape(-1, x.shape[-1])
+        ft = cast(Tensor, t64(flat)).reshape(*x.shape[:-1], m)
+        fp = cast(Tensor, p64(flat)).reshape(*x.shape[:-1], m)
+        oc = ft.gather(-1, csub.expand(x.shape[0], -1).unsqueeze(-1))
+        pc = fp.gather(-1, csub.expand(x.shape[0], -1).unsqueeze(-1))
+        neg = torch.full_like(ft, -math.inf)
+        up = torch.where(mask, neg, fp - pc).amax(-1)
+        ut = torch.where(mask, neg, ft - oc).amax(-1)
+        return up - ut
+
+    _, xb = _ascend(obj, reg, n_restarts, n_steps, 0.25, generator)
+    with torch.no_grad():
+        cand = torch.cat([xb, sub])
+        dis = _disagree(t64, p64, cand)
+        ins = _inside(cand, _Region(torch.cat([sub, sub]), reg.radius, reg.norm, reg.box, reg.lo, reg.hi))
+    nsub = sub.shape[0]
+    out: list[Tensor | None] = [None] * nsub
+    for j in range(nsub):
+        for cand_j in (j, j + nsub):
+            if bool(dis[cand_j]) and bool(ins[cand_j]):
+                out[j] = cand[cand_j].detach().clone()
+                break
+    return out
+
+
 def certified_agreement(target: Net, pruned: Net, ball: BallSpec, *, centres: Tensor | None = None,
                         forward_dtype: torch.dtype | None = None, attack: bool = True,
                         generator: torch.Generator | None = None, n_restarts: int = 4, n_steps: int = 50,
@@ -1035,6 +1118,8 @@ def certified_agreement(target: Net, pruned: Net, ball: BallSpec, *, centres: Te
     top-1 class of both nets at every input of the ball, exactly and as computed. Otherwise an
     attack (projected ascent on ``max_j (f_j − f_c) − max_j (F_j − F_c)``) looks for a witness where
     the top-1 classes differ in float64 with clear margins: ``"refuted"``; else ``"not certified"``.
+    The same propagation also gives the certified gap (``AgreementResult.bound``, as
+    :func:`differential_bound`).
 
     Args:
         target, pruned: F and f (single FCN classifiers, ≥ 2 outputs).
@@ -1043,6 +1128,7 @@ def certified_agreement(target: Net, pruned: Net, ball: BallSpec, *, centres: Te
         attack: search for a witness where not certified. generator: its randomness (default seed 0).
         n_restarts, n_steps: attack budget. batch_size: balls per vectorised chunk.
     """
+    _check_batch_size(batch_size)
     pair0 = _prepare(target, pruned)
     m = pair0.w[-1].shape[0]
     if m < 2:
@@ -1052,56 +1138,19 @@ def certified_agreement(target: Net, pruned: Net, ball: BallSpec, *, centres: Te
     t64, p64 = target.to(dtype=torch.float64), pruned.to(dtype=torch.float64)
     with torch.no_grad():
         cls = cast(Tensor, t64(reg0.centres)).argmax(-1)
-    eye = torch.eye(m, dtype=torch.float64, device=cls.device)
-    mt_all, mp_all = [], []
-    for start in range(0, reg0.centres.shape[0], batch_size):
-        cs = reg0.centres[start:start + batch_size]
-        an = _analyse(pair0, ball, cs, dt_t, dt_p)
-        c = cls[start:start + batch_size]
-        rows = eye[c].unsqueeze(1) - eye.unsqueeze(0)  # [b, m, m]: e_c − e_j (row j = c is zero)
-        k = len(an.pair.w) - 1
-        both = torch.cat([rows, rows], 1)
-        lz = both
-        ld = torch.cat([torch.zeros_like(rows), rows], 1)
-        low = _backsub(lz, ld, k, an.pair, an.relax, an.reg, an.rho)  # computed logits: rounding inside
-        lt, lp = low[:, :m], low[:, m:]
-        not_c = eye[c] == 0
-        inf = torch.full_like(lt, math.inf)
-        mt_all.append(torch.where(not_c, lt, inf).amin(-1))
-        mp_all.append(torch.where(not_c, lp, inf).amin(-1))
-    mt, mp = torch.cat(mt_all), torch.cat(mp_all)
+    lo, hi, mt_, mp_ = _chunks(pair0, ball, reg0.centres, dt_t, dt_p, batch_size, cls)
+    mt, mp = cast(Tensor, mt_), cast(Tensor, mp_)  # given classes, _chunks returns the margins
+    bound = _zero_bound(ball, reg0.centres, m, dt_t, dt_p) if _identical(target, pruned) else \
+        _gap_bound(lo, hi, ball, reg0.centres, dt_t, dt_p)
     verdicts: list[Verdict] = ["certified" if bool(a > 0) and bool(b > 0) else "not certified"
                                for a, b in zip(mt, mp)]
     witnesses: list[Tensor | None] = [None] * len(verdicts)
     open_idx = [i for i, v in enumerate(verdicts) if v != "certified"]
     if attack and open_idx:
         gen = generator if generator is not None else torch.Generator(device=cls.device).manual_seed(0)
-        sub = reg0.centres[open_idx]
-        reg = _region(ball, sub, sub.shape[1], sub.device)
-        csub = cls[open_idx]
-        mask = eye[csub].bool()
-
-        def obj(x: Tensor) -> Tensor:
-            flat = x.reshape(-1, x.shape[-1])
-            ft = cast(Tensor, t64(flat)).reshape(*x.shape[:-1], m)
-            fp = cast(Tensor, p64(flat)).reshape(*x.shape[:-1], m)
-            oc = ft.gather(-1, csub.expand(x.shape[0], -1).unsqueeze(-1))
-            pc = fp.gather(-1, csub.expand(x.shape[0], -1).unsqueeze(-1))
-            neg = torch.full_like(ft, -math.inf)
-            up = torch.where(mask, neg, fp - pc).amax(-1)
-            ut = torch.where(mask, neg, ft - oc).amax(-1)
-            return up - ut
-
-        _, xb = _ascend(obj, reg, n_restarts, n_steps, 0.25, gen)
-        with torch.no_grad():
-            cand = torch.cat([xb, sub])
-            dis = _disagree(t64, p64, cand)
-            ins = _inside(cand, _Region(torch.cat([sub, sub]), reg.radius, reg.norm, reg.box, reg.lo, reg.hi))
-        nsub = len(open_idx)
-        for j, i in enumerate(open_idx):
-            for cand_j in (j, j + nsub):
-                if bool(dis[cand_j]) and bool(ins[cand_j]):
-                    verdicts[i] = "refuted"
-                    witnesses[i] = cand[cand_j].detach().clone()
-                    break
-    return AgreementResult(tuple(verdicts), cls, mt, mp, tuple(witnesses))
+        found = _attack(t64, p64, ball, reg0.centres[open_idx], cls[open_idx], gen, n_restarts, n_steps)
+        for i, w in zip(open_idx, found):
+            if w is not None:
+                verdicts[i] = "refuted"
+                witnesses[i] = w
+    return AgreementResult(tuple(verdicts), cls, mt, mp, tuple(witnesses), bound)

@@ -37,7 +37,12 @@ import torch
 from torch import Tensor
 
 from probprune.bounds.certified import certified_gap_bound
-from probprune.bounds.differential import certified_agreement, differential_bound, gap_search
+from probprune.bounds.differential import (
+    DifferentialBound,
+    certified_agreement,
+    differential_bound,
+    gap_search,
+)
 from probprune.config import BallSpec, NetSpec, ProbPruneError, parse_arch
 from probprune.data import dataset_status, inputs_for, load_dataset
 from probprune.nets import Net, check_pair
@@ -306,12 +311,13 @@ def summarize_rows(rows: list[dict[str, Any]]) -> dict[str, Any]:
 def _chunk_rows(target: Net, pruned: Net, x: Tensor, y: Tensor | None, start: int, job: CertifyJob,
                 gen: torch.Generator) -> list[dict[str, Any]]:
     ball = BallSpec(radius=float(job.radius), norm=job.norm, box=job.clip)  # type: ignore[arg-type]
-    diff = differential_bound(target, pruned, ball, centres=x)
     radii = layerwise_radius(x, float(job.radius), job.norm, job.clip)
     lay = [float(certified_gap_bound(target, pruned, float(r)).value) for r in radii.tolist()]
     low = gap_search(target, pruned, ball, gen, centres=x, n_restarts=job.n_restarts, n_steps=job.n_steps)
+    # one propagation gives both the agreement margins and the differential gap bound
     agr = certified_agreement(target, pruned, ball, centres=x, generator=gen,
                               n_restarts=max(1, job.n_restarts // 2), n_steps=max(1, job.n_steps // 2))
+    diff = cast(DifferentialBound, agr.bound)
     t64, p64 = target.to(dtype=torch.float64), pruned.to(dtype=torch.float64)
     with torch.no_grad():
         ct, cp = cast(Tensor, t64(x)).argmax(-1), cast(Tensor, p64(x)).argmax(-1)
