@@ -12,7 +12,7 @@ from rich.table import Table
 from probprune.cli.app import ProgressLog, VerboseOpt, app, console, emit_json, err_console, print_header
 from probprune.config import ProbPruneError
 
-__all__ = ["certify_cmd", "parse_clip", "summary_table"]
+__all__ = ["certify_cmd", "curve_table", "parse_clip", "summary_table"]
 
 
 def parse_clip(text: str | None) -> tuple[float, float] | None:
@@ -71,10 +71,11 @@ def summary_table(summary: dict[str, Any], norm: str, radius: float) -> Table:
              "f and F provably give the same top-1 class everywhere in the ball (docs/certified.md).")
 def certify_cmd(
     weights: Annotated[str, typer.Option(help="Target model F (.onnx, or .safetensors with --arch).")],
-    pruned: Annotated[str, typer.Option(help="Pruned model f (.onnx or .safetensors, same architecture).")],
     data: Annotated[str, typer.Option(help="mnist, fashion-mnist (the first N test images, pixels / 255 in "
                                            "[0, 1]) or an .npy file of inputs [N, d].")],
     radius: Annotated[float, typer.Option(help="Ball radius r > 0 around each input.")],
+    pruned: Annotated[Optional[str], typer.Option(help="Pruned model f (.onnx or .safetensors, same "
+                                                       "architecture); not with --solve.")] = None,
     n_points: Annotated[int, typer.Option(help="N: how many inputs (the first N).")] = 100,
     norm: Annotated[str, typer.Option(help="Ball norm: linf or l2.")] = "linf",
     clip: Annotated[Optional[str], typer.Option(help="LO,HI: the box the inputs live in (e.g. 0,1 for pixels), "
@@ -92,13 +93,26 @@ def certify_cmd(
     out: Annotated[Optional[str], typer.Option(help="Write the per-input rows to this .csv or .json file.")]
     = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document (rows and summary).")] = False,
+    solve: Annotated[Optional[str], typer.Option(
+        help="max-prune: prune --weights at increasing levels and report the largest prune fraction whose "
+             "certified agreement rate is >= --agreement (and the measured curve).")] = None,
+    method: Annotated[str, typer.Option(help="--solve max-prune: magnitude or random.")] = "magnitude",
+    scope: Annotated[str, typer.Option(help="--solve max-prune: global or layerwise.")] = "global",
+    agreement: Annotated[float, typer.Option(help="--solve max-prune: target certified agreement rate in (0, 1].")]
+    = 0.95,
+    tol: Annotated[float, typer.Option(help="--solve max-prune: width of the final bisection bracket.")] = 0.01,
     verbose: VerboseOpt = False,
 ) -> None:
     from probprune.runner.certify import CertifyJob, check_job, run_certify  # torch: when the command runs
 
-    job = CertifyJob(weights=weights, pruned=pruned, data=data, n_points=n_points, norm=norm, radius=radius,
+    if solve is None and pruned is None:
+        raise ProbPruneError("pruned: give --pruned (the pruned model), or --solve max-prune")
+    job = CertifyJob(weights=weights, pruned=pruned or "", data=data, n_points=n_points, norm=norm, radius=radius,
                      arch=arch, activation=activation, bias=bias, clip=parse_clip(clip), labels=labels, seed=seed,
                      n_restarts=n_restarts, n_steps=n_steps, out=out)
+    if solve is not None:
+        _max_prune(job, solve, method, scope, agreement, tol, as_json, verbose)
+        return
     check_job(job)
     resolved = job.to_dict()
     print_header(resolved, out, as_json, verbose)
@@ -124,3 +138,42 @@ def certify_cmd(
     console.print("upper = min(differential bound, layerwise bound over the l2 ball around 0 containing the local "
                   "ball); certified agreement: F and f have the same unique top-1 class everywhere in the ball",
                   markup=False)
+
+
+def curve_table(outcome: Any) -> Table:
+    """The max-prune curve (prune fraction → certified / empirical agreement, accuracy) as a table."""
+    s = outcome.summary
+    t = Table(title=f"certify --solve max-prune: {s['method']} {s['scope']}, {s['n']} inputs, target certified "
+                    f"agreement {100 * s['agreement_target']:.1f} %")
+    for name in ("prune fraction", "certified agreement", "empirical agreement", "accuracy pruned", "refuted",
+                 "meets target", "seconds"):
+        t.add_column(name, justify="right")
+    for r in outcome.curve:
+        t.add_row(f"{r['prune_fraction']:.4g}", _pct(r["certified_agreement"]), _pct(r["empirical_agreement"]),
+                  _pct(r["accuracy_pruned"]), str(r["refuted"]), "yes" if r["meets_target"] else "no",
+                  f"{r['seconds']:.1f}")
+    return t
+
+
+def _max_prune(job: Any, solve: str, method: str, scope: str, agreement: float, tol: float, as_json: bool,
+               verbose: bool) -> None:
+    from probprune.runner.certify import SOLVES, MaxPruneSolve, check_solve, run_max_prune
+
+    if solve not in SOLVES:
+        raise ProbPruneError(f"solve={solve!r}: must be one of {', '.join(SOLVES)}")
+    spec = MaxPruneSolve(method=method, scope=scope, agreement=agreement, tol=tol)
+    check_solve(job, spec)
+    resolved = {**job.to_dict(), **spec.to_dict()}
+    print_header(resolved, job.out, as_json, verbose)
+    log = None if as_json else ProgressLog(err_console)
+    res = run_max_prune(job, spec, progress=None if log is None else lambda d, t: log.update(d, t, "levels"))
+    if as_json:
+        emit_json({"config": resolved, "inputs": res.inputs, "arch": res.spec.to_arch(), "curve": res.curve,
+                   "summary": res.summary})
+        return
+    console.print(f"inputs: {res.inputs}", markup=False)
+    console.print(curve_table(res))
+    best = res.summary["max_prune_fraction"]
+    console.print("largest prune fraction with certified agreement >= "
+                  f"{100 * agreement:.1f} %: {'none (not even 0)' if best is None else f'{best:.4g}'} "
+                  "(every answered level was measured; the rate need not be monotone in the level)", markup=False)

@@ -18,6 +18,11 @@ For each input ``c`` (a test image, or a row of an ``.npy`` file) and the ball `
   and the agreement attack found no input of the ball where they differ;
 * the label (when known), for the accuracy of both nets at the centres (float64 forward passes).
 
+``--solve max-prune`` (:func:`run_max_prune`): prunes ``--weights`` itself (``--method``, ``--scope``) at the
+levels ``GRID`` and then by bisection, measures the certified agreement rate (and empirical agreement, accuracy)
+at each, and answers the largest *measured* level whose rate is ≥ ``--agreement``; see :func:`_search_levels`
+for what monotonicity holds (nested masks) and what does not (the rate).
+
 Inputs: ``mnist`` / ``fashion-mnist`` — the first N test images, pixels / 255 in [0, 1] (as
 :func:`probprune.data.inputs_for`, no further normalisation), flattened to the net's input; or an ``.npy`` file
 ``[N, d]`` (read with ``allow_pickle=False``), optionally with labels ``[N]`` from another ``.npy``.
@@ -25,6 +30,7 @@ Inputs: ``mnist`` / ``fashion-mnist`` — the first N test images, pixels / 255 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -50,8 +56,8 @@ from probprune.nets.onnx import load_onnx
 from probprune.runner.prune import check_output_paths, load_net
 from probprune.store import atomic_write_text
 
-__all__ = ["CertifyJob", "CertifyOutcome", "check_job", "layerwise_radius", "load_inputs", "load_pair",
-           "run_certify", "summarize_rows"]
+__all__ = ["CertifyJob", "CertifyOutcome", "MaxPruneOutcome", "MaxPruneSolve", "check_job", "check_solve",
+           "layerwise_radius", "load_inputs", "load_pair", "run_certify", "run_max_prune", "summarize_rows"]
 
 DATASETS = ("mnist", "fashion-mnist")
 Progress = Callable[[int, int], None]
@@ -402,3 +408,154 @@ def run_certify(job: CertifyJob, progress: Progress | None = None, write: bool =
     if write and job.out is not None:
         write_rows(job.out, rows, summary)
     return CertifyOutcome(rows, summary, note, target.spec)
+
+
+# ---------------------------------------------------------------------------------------- max-prune
+
+SOLVES = ("max-prune",)
+GRID = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
+
+
+@dataclass(frozen=True)
+class MaxPruneSolve:
+    """``--solve max-prune``: the largest prune fraction whose certified agreement rate is ≥ ``agreement``.
+
+    Args:
+        method: ``magnitude`` or ``random`` (random: uniform scores from ``seed``, the same at every level).
+        scope: ``global`` or ``layerwise``.
+        agreement: the target certified agreement rate, in (0, 1].
+        tol: the bisection stops when the bracket is at most this wide (0 < tol < 0.5).
+    """
+
+    method: str = "magnitude"
+    scope: str = "global"
+    agreement: float = 0.95
+    tol: float = 0.01
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON form."""
+        return {"solve": "max-prune", "method": self.method, "scope": self.scope, "agreement": self.agreement,
+                "tol": self.tol}
+
+
+def check_solve(job: CertifyJob, solve: MaxPruneSolve) -> None:
+    """The checks of a max-prune job that need no model: the solve's fields, and no pruned model given.
+
+    Raises:
+        ProbPruneError: naming the field and the bad value.
+    """
+    if job.pruned:
+        raise ProbPruneError(f"pruned={job.pruned!r}: --solve max-prune prunes --weights itself; give no --pruned")
+    a = solve.agreement
+    if isinstance(a, bool) or not isinstance(a, (int, float)) or not math.isfinite(a) or not 0.0 < a <= 1.0:
+        raise ProbPruneError(f"agreement={a!r}: must be a number in (0, 1]")
+    if solve.method not in ("magnitude", "random"):
+        raise ProbPruneError(f"method={solve.method!r}: must be one of magnitude, random")
+    if solve.scope not in ("global", "layerwise"):
+        raise ProbPruneError(f"scope={solve.scope!r}: must be one of global, layerwise")
+    t = solve.tol
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or not 0.0 < t < 0.5:
+        raise ProbPruneError(f"tol={t!r}: must be a number in (0, 0.5)")
+    check_job(dataclasses.replace(job, pruned=job.weights))
+
+
+def _level_row(target: Net, x: Tensor, y: Tensor | None, frac: float, job: CertifyJob, solve: MaxPruneSolve
+               ) -> dict[str, Any]:
+    """Prune ``target`` at ``frac`` and measure certified/empirical agreement and the pruned net's accuracy."""
+    from probprune.masks import prune
+
+    t0 = time.perf_counter()
+    gen = torch.Generator().manual_seed(job.seed)
+    pruned = cast(Net, prune(target, cast(Any, solve.method), prune_fraction=frac, scope=cast(Any, solve.scope),
+                             generator=gen if solve.method == "random" else None).model)
+    ball = BallSpec(radius=float(job.radius), norm=job.norm, box=job.clip)  # type: ignore[arg-type]
+    agr = certified_agreement(target, pruned, ball, centres=x, generator=torch.Generator().manual_seed(job.seed),
+                              n_restarts=max(1, job.n_restarts // 2), n_steps=max(1, job.n_steps // 2),
+                              batch_size=job.batch_size)
+    with torch.no_grad():
+        cp = cast(Tensor, pruned.to(dtype=torch.float64)(x)).argmax(-1)
+    same = cp == agr.target_class
+    n = x.shape[0]
+    emp = sum(bool(same[i]) and agr.verdicts[i] != "refuted" for i in range(n)) / n
+    return {"prune_fraction": frac, "certified_agreement": agr.certified_rate, "empirical_agreement": emp,
+            "refuted": sum(v == "refuted" for v in agr.verdicts),
+            "accuracy_pruned": None if y is None else float((cp == y).double().mean()),
+            "meets_target": agr.certified_rate >= solve.agreement, "seconds": time.perf_counter() - t0}
+
+
+def _search_levels(evaluate: Callable[[float], dict[str, Any]], solve: MaxPruneSolve) -> float | None:
+    """The grid ``GRID``, then bisection above its largest passing level; the largest passing level seen.
+
+    Magnitude (and fixed-seed random) masks are nested — every weight removed at level p is removed at
+    every level above — but the certified agreement rate need not fall monotonically with p (the gap of
+    nested masks can shrink, and the relaxation's looseness varies). So the search takes the largest
+    *measured* passing grid level (not the first failure), bisects between it and the next grid level,
+    and answers a level only where its own rate was measured ≥ the target: every answer is certified,
+    but a larger passing level between other grid points may exist.
+    """
+    rows = {f: evaluate(f) for f in GRID}
+    passing = [f for f in GRID if rows[f]["meets_target"]]
+    if not passing:
+        return None
+    lo = max(passing)
+    above = [f for f in GRID if f > lo]
+    if not above:
+        return lo
+    hi = above[0]
+    while hi - lo > solve.tol:
+        mid = round((lo + hi) / 2, 6)
+        if evaluate(mid)["meets_target"]:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+@dataclass(frozen=True, eq=False)
+class MaxPruneOutcome:
+    """The measured curve (one row per level, by prune fraction), the answer and the summary."""
+
+    curve: list[dict[str, Any]]
+    summary: dict[str, Any]
+    inputs: str
+    spec: NetSpec
+
+
+def run_max_prune(job: CertifyJob, solve: MaxPruneSolve, progress: Progress | None = None,
+                  write: bool = True) -> MaxPruneOutcome:
+    """``--solve max-prune``: the largest prune fraction of ``job.weights`` with certified agreement ≥ target.
+
+    Args:
+        job: inputs, ball, budgets (``job.pruned`` must be empty: the models are made here).
+        solve: method, scope, target rate, bisection tolerance.
+        progress: called with (levels done, levels planned) after each level.
+        write: write ``job.out`` (the curve and the summary) when set.
+    """
+    check_solve(job, solve)
+    target, _ = load_pair(dataclasses.replace(job, pruned=job.weights))
+    x, y, note = load_inputs(job, target.spec)
+    if job.clip is not None and not bool(((x >= job.clip[0]) & (x <= job.clip[1])).all()):
+        bad = int(((x < job.clip[0]) | (x > job.clip[1])).any(1).nonzero()[0, 0])
+        raise ProbPruneError(f"clip={job.clip!r}: input {bad} lies outside the box")
+    t0 = time.perf_counter()
+    seen: dict[float, dict[str, Any]] = {}
+    planned = len(GRID) + math.ceil(math.log2(max(2.0, 0.1 / solve.tol)))
+
+    def evaluate(frac: float) -> dict[str, Any]:
+        if frac not in seen:
+            seen[frac] = _level_row(target, x, y, frac, job, solve)
+            if progress is not None:
+                progress(len(seen), max(planned, len(seen)))
+        return seen[frac]
+
+    best = _search_levels(evaluate, solve)
+    with torch.no_grad():
+        ct = cast(Tensor, target.to(dtype=torch.float64)(x)).argmax(-1)
+    summary = {"max_prune_fraction": best, "agreement_target": solve.agreement, "method": solve.method,
+               "scope": solve.scope, "n": int(x.shape[0]), "levels": len(seen),
+               "accuracy_target": None if y is None else float((ct == y).double().mean()),
+               "seconds": time.perf_counter() - t0}
+    curve = [seen[f] for f in sorted(seen)]
+    if write and job.out is not None:
+        write_rows(job.out, curve, summary)
+    return MaxPruneOutcome(curve, summary, note, target.spec)
