@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import platform
 import statistics
 import time
@@ -34,7 +35,10 @@ from probprune.data import load_dataset
 from probprune.masks import prune
 from probprune.nets import Net
 
-MODEL = Path(__file__).resolve().parents[2] / "shared" / "models" / "vnncomp2021" / "mnist-net_256x2.onnx"
+_REL = Path("shared") / "models" / "vnncomp2021" / "mnist-net_256x2.onnx"
+# ../shared beside the checkout (main), else beside the worktrees' parent (/work/wt/<name>)
+MODEL = next((p / _REL for p in Path(__file__).resolve().parents[1:4] if (p / _REL).is_file()),
+             Path(__file__).resolve().parents[2] / _REL)
 
 
 def load_mnist_256x2(path: Path = MODEL) -> Net:
@@ -128,16 +132,36 @@ def _med_max(v: Tensor) -> str:
     return f"{statistics.median(vals):.4g} / {max(vals):.4g}"
 
 
+def _time_bound(target: Net, x: Tensor, batch_size: int) -> None:
+    """Wall and CPU seconds of the batched differential bound (and certified agreement) at linf 0.03 ∩ [0, 1]."""
+    pruned = cast(Net, prune(target, "magnitude", prune_fraction=0.5, scope="global").model)
+    ball = BallSpec(radius=0.03, norm="linf", box=(0.0, 1.0))
+    for name, fn in (("differential_bound", lambda: differential_bound(target, pruned, ball, centres=x,
+                                                                       batch_size=batch_size)),
+                     ("certified_agreement (no attack)", lambda: certified_agreement(
+                         target, pruned, ball, centres=x, attack=False, batch_size=batch_size))):
+        t0, c0 = time.perf_counter(), time.process_time()
+        fn()
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        print(f"{name}: {x.shape[0]} images in {wall:.1f} s wall ({cpu:.1f} s CPU, "
+              f"{1000 * wall / x.shape[0]:.1f} ms per image), load average {os.getloadavg()[0]:.1f}", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n-images", type=int, default=100)
     ap.add_argument("--radii", default="0.01,0.03")
     ap.add_argument("--fractions", default="0.5,0.9")
     ap.add_argument("--batch-size", type=int, default=25)
+    ap.add_argument("--time-n", type=int, default=0, help="only time differential_bound on the first N images "
+                                                          "(linf 0.03, 50 %% global magnitude) and exit")
     args = ap.parse_args()
     torch.set_num_threads(2)
     target = load_mnist_256x2()
     ds = load_dataset("mnist")
+    if args.time_n:
+        _time_bound(target, ds.test_images[:args.time_n].reshape(args.time_n, -1).double() / 255.0, args.batch_size)
+        return
     n = args.n_images
     x = ds.test_images[:n].reshape(n, -1).double() / 255.0
     labels = ds.test_labels[:n]

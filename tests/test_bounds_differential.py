@@ -446,3 +446,39 @@ def test_agreement_carries_the_gap_bound_of_the_same_propagation(monkeypatch: py
     ref = differential_bound(target, pruned, ball, centres=cs, batch_size=2)
     assert agr.bound is not None
     assert torch.equal(agr.bound.value, ref.value) and torch.equal(agr.bound.upper, ref.upper)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 10**6), widths=st.sampled_from([(3, 6, 2), (4, 8, 8, 3)]),
+       act=st.sampled_from(["relu", "leaky_relu:0.2"]), ballp=ball_strategy)
+def test_optimised_slopes_are_sound_and_never_looser(seed: int, widths: tuple[int, ...], act: str,
+                                                     ballp: dict[str, object]) -> None:
+    """optimise > 0: still ≥ every sampled gap and the search's, never above the unoptimised bound."""
+    target, pruned = _net_pair(seed, widths, True, act, 0.6)
+    g = torch.Generator().manual_seed(seed)
+    lo, hi = cast("tuple[float, float]", ballp["box"] or (-1.0, 1.0))
+    centre = lo + (hi - lo) * torch.rand(widths[0], generator=g, dtype=torch.float64)
+    ball = BallSpec(radius=cast(float, ballp["radius"]), centre=tuple(centre.tolist()),
+                    norm=ballp["norm"], box=ballp["box"])  # type: ignore[arg-type]
+    plain = differential_bound(target, pruned, ball)
+    opt = differential_bound(target, pruned, ball, optimise=8)
+    wit = gap_search(target, pruned, ball, g, n_restarts=3, n_steps=30)
+    g64, gd, diff = _gaps(target, pruned, torch.cat([_points_in_ball(ball, centre, 200, g), wit.x]))
+    assert float(opt.value[0]) <= float(plain.value[0])
+    assert float(g64.max()) <= float(opt.value[0]) and float(gd.max()) <= float(opt.value[0])
+    assert bool((diff >= opt.lower[0]).all()) and bool((diff <= opt.upper[0]).all())
+
+
+def test_optimised_slopes_are_projected_into_their_valid_range() -> None:
+    """Slopes pushed outside [α, 1] by the optimiser are clamped before use: λz ≤ σ(z) on the interval."""
+    from probprune.bounds.differential import _act_lines
+
+    lo = torch.tensor([-2.0, -1.0, 0.5, -3.0], dtype=torch.float64)
+    hi = torch.tensor([1.0, 3.0, 2.0, -0.5], dtype=torch.float64)
+    for alpha in (0.0, 0.2):
+        lam, _, _ = _act_lines(lo, hi, alpha, torch.tensor([5.0, -4.0, 0.3, 0.7], dtype=torch.float64))
+        assert lam.tolist() == [1.0, alpha, 1.0, alpha]  # unstable: clamped; stable: exact (z or αz)
+    big = differential_bound(*_net_pair(9, (4, 8, 3), True, "relu", 0.5), BallSpec(radius=0.5), optimise=3)
+    assert bool(torch.isfinite(big.value).all())
+    with pytest.raises(ProbPruneError, match="optimise=-1"):
+        differential_bound(*_net_pair(9, (4, 8, 3), True, "relu", 0.5), BallSpec(radius=0.5), optimise=-1)
