@@ -9,18 +9,20 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "probprune"
 CORE = {"config", "rng", "nets", "sampling", "masks", "gap", "bounds"}
 ALLOWED = {
     "config": set(),
+    "records": {"config"},
     "rng": {"config"},
     "nets": {"config"},
     "sampling": {"config", "rng", "nets"},
     "masks": {"config", "nets"},
     "gap": {"config", "nets"},
     "bounds": {"config", "nets"},
-    "montecarlo": {"config", "rng", "nets", "sampling", "masks", "gap", "bounds"},
+    "montecarlo": {"config", "records", "rng", "nets", "sampling", "masks", "gap", "bounds"},
     "data": {"config", "nets", "masks", "gap"},
-    "store": {"config"},
-    "runner": {"config", "rng", "nets", "sampling", "masks", "gap", "bounds", "montecarlo", "data", "store"},
-    "report": {"config", "store"},
-    "cli": {"config", "store", "runner", "report"},
+    "store": {"config", "records"},
+    "runner": {"config", "records", "rng", "nets", "sampling", "masks", "gap", "bounds", "montecarlo", "data",
+               "store"},
+    "report": {"config", "records", "store"},
+    "cli": {"config", "records", "store", "runner", "report"},
 }
 
 

@@ -15,6 +15,7 @@ import pytest
 from probprune.cli import main
 from probprune.config import BoundSpec, MCSpec, NetSpec, ProbPruneError, PruneSpec, RunConfig, config_hash
 from probprune.montecarlo import min_trials_to_confirm
+from probprune.records import GridRow, PointSummary, SlopeRow, TrialRow
 from probprune.report import build_report, write_report
 from probprune.store.reports import ReportData, load_report_data
 from probprune.store.runs import RunWriter
@@ -40,7 +41,7 @@ def make_run(root: Path, n_written: int = N_TRIALS) -> tuple[Path, list[dict[str
                      "rescale": pr.rescale, "eps": (0.01 if i == 1 else 0.5) / w ** 0.5, "theory_exponent": 0.5})
     rng = np.random.default_rng(1)
     points = []
-    with RunWriter(run, cfg, grid, N_TRIALS, meta={"version": "test", "device": "cpu"}) as wr:
+    with RunWriter(run, cfg, [GridRow(**g) for g in grid], N_TRIALS, meta={"version": "test", "device": "cpu"}) as wr:
         for g in grid:
             if n_written == 0:
                 continue
@@ -63,9 +64,10 @@ def make_run(root: Path, n_written: int = N_TRIALS) -> tuple[Path, list[dict[str
                      "n_trials_to_confirm": min_trials_to_confirm(0.1), "confidence": 0.95,
                      "tightness": 1.5, "delta": 0.1}
             points.append({**g, **point})
-            wr.write_chunk(rows, point, [{"prune_index": k, "method": pr.method, "n_widths": 2, "slope": -0.5,
-                                          "intercept": 0.0, "exponent": 0.5, "theory_exponent": 0.5}
-                                         for k, pr in enumerate(RULES)])
+            wr.write_chunk([TrialRow(**r) for r in rows],
+                           PointSummary(**{k: v for k, v in point.items() if k != "grid_index"}),
+                           [SlopeRow(prune_index=k, method=pr.method, n_widths=2, slope=-0.5, intercept=0.0,
+                                     exponent=0.5, theory_exponent=0.5) for k, pr in enumerate(RULES)])
     return run, points
 
 
