@@ -33,13 +33,14 @@ def test_verdict_of_an_interval() -> None:
 
 
 def test_the_store_names_the_verdicts_montecarlo_returns() -> None:
-    # store may not import montecarlo (layering), so its tuple is a copy: pin the two, and the reader's to the store's
+    # the verdicts are defined once (probprune.records): montecarlo, the store and the report name that one tuple
     from probprune.montecarlo import VERDICTS as MC_VERDICTS
-    from probprune.store.reports import VERDICTS as REPORT_VERDICTS
+    from probprune.records import VERDICTS
+    from probprune.report.html import VERDICTS as REPORT_VERDICTS
     from probprune.store.runs import VERDICT_VALUES
 
     assert VERDICT_VALUES == MC_VERDICTS
-    assert REPORT_VERDICTS is VERDICT_VALUES
+    assert REPORT_VERDICTS is VERDICT_VALUES is MC_VERDICTS is VERDICTS
 
 
 def test_min_trials_to_confirm_at_the_default_delta() -> None:

@@ -53,6 +53,7 @@ __all__ = [
     "LOCK_FILE",
     "POINT_COLUMNS",
     "SLOPE_COLUMNS",
+    "TIMING_FIELDS",
     "TRIAL_COLUMNS",
     "VERDICT_VALUES",
     "RunInfo",
@@ -84,6 +85,16 @@ SLOPE_COLUMNS: tuple[tuple[str, str], ...] = columns(SlopeRow)
 #: The values of ``points.verdict`` (:data:`probprune.records.VERDICTS`): the Clopper–Pearson interval of the
 #: coverage lies above 1 − δ / contains it / lies below it.
 VERDICT_VALUES: tuple[str, ...] = VERDICTS
+
+#: The store's wall-clock fields, by table: ``meta`` keys (``created``, ``finished``: UTC times) and
+#: columns (``seconds``: time spent on a trial / chunk / setting). They are the only stored values that
+#: differ between two runs of the same config and seed — every other row and column is a function of
+#: the config — so a comparison of two runs leaves exactly these out, and the report does not show them.
+TIMING_FIELDS: Mapping[str, tuple[str, ...]] = {
+    "meta": ("created", "finished"),
+    "trials": ("seconds",),
+    "experiment": ("seconds",),
+}
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
