@@ -277,3 +277,24 @@ def test_certified_upper_covers_the_float32_forward_pass(tmp_path: Path) -> None
     # the same float32 margin (the norms themselves may differ in the last digits: float64 copies vs float32 inputs)
     assert doc["gap"]["upper"] > float(as64.value) * (1 + 1e-6)
     assert doc["gap"]["upper"] == pytest.approx(float(own.value), rel=1e-6)
+
+
+def test_make_certificate_computes_the_certified_bound_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the certificate's float64 CPU bound is handed to the sandwich, which then computes none of its own
+    import probprune.runner.certificate as rc
+    import probprune.runner.gap as rg
+
+    calls: list[float] = []
+    real = rc.certified_gap_bound
+
+    def counted(*args: Any, **kw: Any) -> Any:
+        calls.append(args[2])
+        return real(*args, **kw)
+
+    monkeypatch.setattr(rc, "certified_gap_bound", counted)
+    monkeypatch.setattr(rg, "certified_gap_bound", counted)
+    job = PruneJob(net=parse_arch(ARCH), prune=PruneSpec(relative_threshold=0.3), law=parse_law("uniform"), seed=4,
+                   out=str(tmp_path / "p.safetensors"))
+    doc = make_certificate(run_prune(job), job, gap=GapSpec(radius=1.5, n_points=64))
+    assert calls == [1.5]
+    assert doc["gap"]["lower"] <= doc["gap"]["upper"]

@@ -187,7 +187,7 @@ def _probabilistic(spec: NetSpec, law: LawSpec, pr: PruneSpec, delta: float, rad
         b = probabilistic_bound(spec, law, pr, delta, radius=radius)
     except ProbPruneError as e:  # an assumption of the theorems fails: say which, give no ε
         return {"delta": delta, "eps": None, "theorem": None, "note": f"not applicable: {e}"}
-    return {"delta": delta, "eps": float(b.eps), "theorem": b.theorem, "note": _PROB_NOTE}
+    return {"delta": delta, "eps": float(b.value), "theorem": b.theorem, "note": _PROB_NOTE}
 
 
 def _stats_sections(stats: MaskStats, zeros: Sequence[int]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -234,11 +234,11 @@ def make_certificate(outcome: PruneOutcome, job: PruneJob, *, gap: GapSpec | Non
         if isinstance(d, bool) or not isinstance(d, (int, float)) or not 0.0 < d < 1.0:
             raise ProbPruneError(f"delta={d!r}: must be in (0, 1)")
         d = float(d)
-    sw = gap_sandwich(outcome.target, outcome.pruned, g, job.seed, norm_method)
     t64, p64 = _cpu64(outcome.target), _cpu64(outcome.pruned)
+    bound = _bound64(t64, p64, g.radius, norm_method, _forward_dtype(outcome.target, outcome.pruned))
+    sw = gap_sandwich(outcome.target, outcome.pruned, g, job.seed, norm_method, bound=bound)  # the bound once
     witness = _witness(sw.x, g.radius)
-    numbers = _gap_numbers(_bound64(t64, p64, g.radius, norm_method, _forward_dtype(outcome.target, outcome.pruned)),
-                           _gap_at(t64, p64, witness))
+    numbers = _gap_numbers(bound, _gap_at(t64, p64, witness))
     prob = None if job.law is None or d is None else _probabilistic(spec, job.law, pr, d, g.radius)
     layers, total = _stats_sections(outcome.stats, _zeros(outcome.pruned.to(device="cpu")))
     level_name = pr.level_name or pr.schedule_field()
