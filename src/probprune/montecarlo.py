@@ -22,7 +22,6 @@ pure: no files, no printing, no global RNG.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 import time
 from collections.abc import Iterator, Sequence
