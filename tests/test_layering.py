@@ -10,19 +10,20 @@ CORE = {"config", "rng", "nets", "sampling", "masks", "gap", "bounds"}
 ALLOWED = {
     "config": set(),
     "files": set(),  # atomic file writes that follow the umask: stdlib only
+    "records": {"config"},
     "rng": {"config"},
     "nets": {"config", "files"},
     "sampling": {"config", "rng", "nets"},
     "masks": {"config", "nets"},
     "gap": {"config", "nets"},
     "bounds": {"config", "nets"},
-    "montecarlo": {"config", "rng", "nets", "sampling", "masks", "gap", "bounds"},
+    "montecarlo": {"config", "records", "rng", "nets", "sampling", "masks", "gap", "bounds"},
     "data": {"config", "files", "nets", "masks", "gap"},
-    "store": {"config", "files"},
-    "runner": {"config", "files", "rng", "nets", "sampling", "masks", "gap", "bounds", "montecarlo", "data",
-               "store"},
-    "report": {"config", "store"},
-    "cli": {"config", "store", "runner", "report"},
+    "store": {"config", "files", "records"},
+    "runner": {"config", "files", "records", "rng", "nets", "sampling", "masks", "gap", "bounds", "montecarlo",
+               "data", "store"},
+    "report": {"config", "records", "store"},
+    "cli": {"config", "records", "store", "runner", "report"},
 }
 
 

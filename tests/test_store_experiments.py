@@ -5,15 +5,16 @@ from pathlib import Path
 import pytest
 
 from probprune.config import ProbPruneError
+from probprune.records import ExperimentRow
 from probprune.store.experiments import ExperimentStore, is_experiment_dir, read_experiment, read_experiment_config
 
 
-def _row(**kw: object) -> dict[str, object]:
+def _row(**kw: object) -> ExperimentRow:
     base: dict[str, object] = {"dataset": "mnist", "model": "lenet-5", "method": "magnitude", "scope": "global",
                                "prune_fraction": 0.9, "finetuned": True, "seed": 0, "test_accuracy": 0.98,
                                "gap_upper": 3.0, "gap_lower": 1.0, "mean_test_gap": 0.2, "radius": 9.5}
     base.update(kw)
-    return base
+    return ExperimentRow(**base)  # type: ignore[arg-type]
 
 
 def test_write_read_and_resume(tmp_path: Path) -> None:
@@ -40,7 +41,7 @@ def test_refusals(tmp_path: Path) -> None:
     with pytest.raises(ProbPruneError, match="different experiment config"):
         ExperimentStore(run, {"dataset": "fashion-mnist"})
     with ExperimentStore(run, {"dataset": "mnist"}) as st, pytest.raises(ProbPruneError, match="seed"):
-        st.add({k: v for k, v in _row().items() if k != "seed"})
+        st.add(_row(seed=None))
     with pytest.raises(ProbPruneError, match="no results.sqlite"):
         read_experiment(tmp_path / "empty")
     assert not is_experiment_dir(tmp_path / "empty")

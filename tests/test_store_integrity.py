@@ -28,6 +28,7 @@ from probprune.config import (
     config_hash,
     from_dict,
 )
+from probprune.records import GridRow, PointSummary, TrialRow
 from probprune.runner.verify import DEFAULT_CONFIG, run_verify
 from probprune.store.runs import (
     CONFIG_FILE,
@@ -103,7 +104,8 @@ TAMPER: list[tuple[str, Callable[[Path], None], str]] = [
     ("duplicate", lambda d: _sql(d, *_no_pk("INSERT INTO trials SELECT * FROM trials WHERE grid_index = 0 "
                                             "AND trial = 1")),
      "trial 1 at grid point 0 is stored 2 times"),
-    ("NULL gap", lambda d: _sql(d, "UPDATE trials SET gap_lower = NULL WHERE grid_index = 0 AND trial = 2"),
+    # gap_lower is NOT NULL in the table (TrialRow.gap_lower is a float): a forger must rebuild the table first
+    ("NULL gap", lambda d: _sql(d, *_no_pk("UPDATE trials SET gap_lower = NULL WHERE grid_index = 0 AND trial = 2")),
      "required column gap_lower is NULL"),
     ("NULL key", lambda d: _sql(d, *_no_pk("UPDATE trials SET seed = NULL WHERE trial = 0")),
      "required column seed is NULL"),
@@ -181,12 +183,14 @@ def test_a_tampered_store_is_refused_on_every_open(fresh: Path, capsys: pytest.C
     assert _files(fresh) == before
 
 
-def read_grid_unchecked(run_dir: Path) -> list[dict]:
+def read_grid_unchecked(run_dir: Path) -> list[GridRow]:
     """The grid rows as the driver would give them to the writer (read past any validation)."""
     con = sqlite3.connect(f"file:{run_dir / DB_FILE}?mode=ro&immutable=1", uri=True)
     con.row_factory = sqlite3.Row
+    fields = [f.name for f in dataclasses.fields(GridRow)]
     try:
-        return [dict(r) for r in con.execute("SELECT * FROM grid ORDER BY grid_index")]
+        return [GridRow(**{f: dict(r).get(f) for f in fields})
+                for r in con.execute("SELECT * FROM grid ORDER BY grid_index")]
     except sqlite3.Error:
         return []
     finally:
@@ -270,7 +274,7 @@ def test_a_second_writer_is_refused_naming_the_holder(tmp_path: Path, capsys: py
     res = run_verify(CFG, tmp_path)
     before = _files(res.run_dir)
     grid = read_grid(res.run_dir)
-    held = RunWriter(res.run_dir, CFG, [{**g, "rescale": int(g["rescale"])} for g in grid], N_TRIALS)
+    held = RunWriter(res.run_dir, CFG, [GridRow(**g) for g in grid], N_TRIALS)
     try:
         assert (res.run_dir / LOCK_FILE).read_text().strip() == str(os.getpid())
         msg = f"is in use by another probprune process (pid {os.getpid()})"
@@ -381,12 +385,12 @@ def test_a_live_writers_committed_chunks_are_read(tmp_path: Path) -> None:
     part = RunConfig(net=CFG.net, prunes=CFG.prunes, gap=CFG.gap, mc=dataclasses.replace(CFG.mc, n_trials=2))
     src = run_verify(part, tmp_path / "src")
     rows = read_trials(src.run_dir)
-    grid = [{**g, "rescale": int(g["rescale"])} for g in read_grid(src.run_dir)]
-    points = {p["grid_index"]: {k: p[k] for k in ("grid_index", "n_trials", "eps")} for p in read_points(src.run_dir)}
+    grid = [GridRow(**g) for g in read_grid(src.run_dir)]
+    points = {p["grid_index"]: PointSummary(n_trials=p["n_trials"], eps=p["eps"]) for p in read_points(src.run_dir)}
     w = RunWriter(tmp_path / "live" / src.run_dir.name, part, grid, 2)
     try:
         (w.path / CONFIG_FILE).write_text(canonical_json(part) + "\n")
-        w.write_chunk([r for r in rows if r["grid_index"] == 0], points[0])
+        w.write_chunk([TrialRow(**r) for r in rows if r["grid_index"] == 0], points[0])
         assert DB_FILE + "-wal" in _db_files(w.path)
         info = open_run(w.path)
         assert (info.status, info.n_done) == ("partial", 2)

@@ -45,6 +45,7 @@ from probprune.data import (
 from probprune.gap import sup_gap
 from probprune.masks import prune
 from probprune.nets import Net, from_state_dict, to_module
+from probprune.records import ExperimentRow
 from probprune.rng import derive_seed, make_generator
 from probprune.runner.prune import check_time, n_weights
 from probprune.store import atomic_write_text, load_tensors, save_tensors
@@ -362,10 +363,10 @@ def _run(spec: ExperimentSpec, runs_dir: str | Path, data_root: str | Path | Non
                                     cache[ckey] = _one_setting(spec, model, seed, target, method, scope, f, ft,
                                                                x_train, data.train_labels, x_test, y_test,
                                                                target_logits, radius, gap_budget)
-                                row = {"dataset": spec.dataset, "model": model, "method": method, "scope": scope,
-                                       "prune_fraction": f, "finetuned": ft, "seed": seed,
-                                       "dense_accuracy": dense_acc, "radius": radius, **cache[ckey],
-                                       "seconds": time.perf_counter() - ts}
+                                row = ExperimentRow(dataset=spec.dataset, model=model, method=method, scope=scope,
+                                                    prune_fraction=f, finetuned=ft, seed=seed,
+                                                    dense_accuracy=dense_acc, radius=radius, **cache[ckey],
+                                                    seconds=time.perf_counter() - ts)
                                 store.add(row)
                                 done.add(key)
                                 computed += 1
@@ -506,5 +507,5 @@ def _settings_via(executor: Any, spec: ExperimentSpec, data_root: str | Path | N
         f0 = unit.prune_fraction
         ckey = ("dense", unit.finetuned) if f0 == 0.0 else (unit.method, unit.scope, f0, unit.finetuned)
         for method, scope, f, ft in groups[ckey]:
-            yield {"dataset": spec.dataset, "model": model, "method": method, "scope": scope, "prune_fraction": f,
-                   "finetuned": ft, "seed": seed, "dense_accuracy": dense_acc, "radius": radius, **rows[0]}
+            yield ExperimentRow(dataset=spec.dataset, model=model, method=method, scope=scope, prune_fraction=f,
+                                finetuned=ft, seed=seed, dense_accuracy=dense_acc, radius=radius, **rows[0])
