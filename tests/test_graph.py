@@ -116,6 +116,11 @@ def test_graph_validation_refusals() -> None:
     with pytest.raises(ProbPruneError, match="different trial dims"):
         Graph([Node("a", "linear", ("input",), params={"weight": torch.ones(2, 2, 2)}),
                Node("b", "linear", ("a",), params={"weight": torch.ones(3, 2, 2)})], (2,))
+    with pytest.raises(ProbPruneError, match="broadcasting changes the shape"):
+        Graph([Node("a", "affine", ("input",), params={"scale": torch.ones(3, 1)})], (1,))
+    with pytest.raises(ProbPruneError, match="broadcasting changes the shape"):
+        Graph([Node("a", "linear", ("input",), params={"weight": torch.ones(1, 2)}), Node("b", "add", ("a", "input"))],
+              (2,))
     g = Graph([Node("a", "linear", ("input",), params={"weight": w})], (2,))
     with pytest.raises(ProbPruneError, match="expected"):
         g(torch.ones(3, 3))

@@ -56,6 +56,7 @@ def test_module_imports_only_lower_layers(path: Path) -> None:
 MODULE_ALLOWED = {
     "nets/graph.py": {"probprune.config"},
     "nets/fx.py": {"probprune.config", "probprune.nets.graph"},
+    "bounds/graph.py": {"probprune.config", "probprune.nets.graph", "probprune.bounds.norms"},
 }
 
 

@@ -136,7 +136,8 @@ class Activation:
             if beta <= 0:
                 raise ProbPruneError(f"activation softplus: beta={beta} must be > 0")
             s0, lo = _up(math.log(2.0) / beta), 0.0
-            abs_err = _up(math.log1p(math.exp(-thr * 1.0)) / beta) if thr > -700 else inf
+            # torch returns x above the threshold; exp underflow below it (≤ 2η/β)
+            abs_err = _up((math.log1p(math.exp(-thr)) + 2.0 ** -1073) / beta) if thr > -700 else inf
         for name, v in (("lipschitz", lip), ("sigma0", s0), ("lo", lo), ("hi", hi), ("ulps", ulps),
                         ("abs_error", abs_err)):
             object.__setattr__(self, name, v)
@@ -192,7 +193,9 @@ class Node:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "attrs", MappingProxyType(dict(self.attrs)))
-        object.__setattr__(self, "params", MappingProxyType(dict(self.params)))
+        # parameters are values, never autograd leaves of a user's module
+        object.__setattr__(self, "params", MappingProxyType({k: v.detach() if isinstance(v, Tensor) else v
+                                                             for k, v in self.params.items()}))
 
 
 _ARITY = {"add": 2, "cat": -1}
@@ -344,9 +347,15 @@ class Graph:
             for node in self.nodes:
                 params = {k: (v[0] if self.n_trials is not None and self._has_trial(node, k) else v).double()
                           for k, v in node.params.items()}
-                out = apply_node(node, [vals[i] for i in node.inputs], params)
+                ins = [vals[i] for i in node.inputs]
+                out = apply_node(node, ins, params)
+                if node.op in ("add", "affine") and any(t.shape != out.shape for t in ins):
+                    raise ProbPruneError(f"graph node {node.name!r} ({node.op}): broadcasting changes the shape "
+                                         f"{[tuple(t.shape[1:]) for t in ins]} → {tuple(out.shape[1:])}; not supported")
                 vals[node.name] = out
                 shapes[node.name] = tuple(out.shape[1:])
+        except ProbPruneError:
+            raise
         except (RuntimeError, ValueError, IndexError, TypeError) as exc:
             raise ProbPruneError(f"graph node {node.name!r} ({node.op}): cannot run on input shape "
                                  f"{self.input_shape}: {str(exc).splitlines()[0]}") from exc
