@@ -13,6 +13,7 @@ ALLOWED = {
     "nets": {"config"},
     "sampling": {"config", "rng", "nets"},
     "masks": {"config", "nets"},
+    "graphmasks": {"config", "nets", "masks"},
     "gap": {"config", "nets"},
     "bounds": {"config", "nets"},
     "montecarlo": {"config", "rng", "nets", "sampling", "masks", "gap", "bounds"},
