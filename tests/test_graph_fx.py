@@ -256,3 +256,14 @@ def test_fixed_batch_reshape_is_refused() -> None:
 
     with pytest.raises(ProbPruneError, match="output shape|check inputs"):
         graph_from_module(Fixed().eval(), torch.randn(2, 3, 2))
+
+
+def test_numerical_check_refuses_a_wrong_node_and_names_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reader that maps ReLU to a slightly leaky ReLU: the second defence catches it at that node."""
+    from probprune.nets import fx
+    from probprune.nets.graph import activation
+
+    monkeypatch.setitem(fx._MODULE_ACTS, nn.ReLU, lambda m: activation("leaky_relu", 1e-9))
+    module = fill(nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 2)), 8)
+    with pytest.raises(ProbPruneError, match=r"differs from the module at node '1' \(act, fx node _1\)"):
+        graph_from_module(module, torch.randn(2, 4))

@@ -45,7 +45,7 @@ from torch import Tensor, nn
 from probprune.config import ProbPruneError
 from probprune.nets.graph import Activation, Graph, Node, activation, apply_node
 
-__all__ = ["graph_from_module"]
+__all__ = ["check_against", "check_points", "graph_from_module"]
 
 _CHECK_POINTS = 256
 _CHECK_SEED = 20_260_515
@@ -508,7 +508,7 @@ def graph_from_module(module: nn.Module, example_input: Tensor) -> Graph:
     return graph
 
 
-def _check_points(shape: tuple[int, ...]) -> Tensor:
+def check_points(shape: tuple[int, ...]) -> Tensor:
     """256 float64 inputs ``[256, *shape]``: norms uniform in [0, 1] (half) and [0, 10] (half), and 0."""
     gen = torch.Generator().manual_seed(_CHECK_SEED)
     n, d = _CHECK_POINTS, math.prod(shape)
@@ -548,8 +548,8 @@ def _inf_lipschitz(node: Node) -> float:
 
 
 def _check_numerics(graph: Graph, gm: torch.fx.GraphModule, b: _Builder) -> None:
-    """Second defence: each node, fed the module's own values, agrees to float64 rounding; so does the output."""
-    x = _check_points(graph.input_shape)
+    """Second defence: run the float64 module on the check inputs and compare node by node (:func:`check_against`)."""
+    x = check_points(graph.input_shape)
     rec = _Recorder(gm)
     with torch.no_grad():
         try:
@@ -558,24 +558,43 @@ def _check_numerics(graph: Graph, gm: torch.fx.GraphModule, b: _Builder) -> None
             raise ProbPruneError(f"graph_from_module: the module cannot run on {x.shape[0]} check inputs of "
                                  f"shape {tuple(x.shape)}: {str(exc).splitlines()[0]} (does it fix the batch "
                                  "size?)") from exc
-        defined: dict[str, str] = {}
-        for fx_name, g in b.names.items():
-            if fx_name not in b.folded:
-                defined[g] = fx_name  # the last fx node equal to g (a BatchNorm folded into g)
-        ref: dict[str, Tensor] = {"input": x}
-        err: dict[str, float] = {"input": 0.0}
+    ref: dict[str, tuple[str, Any]] = {}
+    for fx_name, g in b.names.items():
+        if fx_name not in b.folded:
+            ref[g] = (f"fx node {fx_name}", rec.values[fx_name])  # the last fx node equal to g (a folded BatchNorm)
+    check_against(graph, x, ref, whole, "graph_from_module", "the module")
+
+
+def check_against(graph: Graph, x: Tensor, ref: Mapping[str, tuple[str, Any]], whole: Any, who: str,
+                  what: str) -> None:
+    """Each node, fed the reference's values of its inputs, agrees with the reference to float64 rounding of the
+    node; the whole output within the rounding propagated through the graph (∞-norm Lipschitz constants).
+
+    Args:
+        graph: the converted graph.
+        x: the float64 check inputs ``[n, *input_shape]``.
+        ref: per graph node name: (a label of the reference tensor, its float64 value on ``x``); nodes without a
+            reference (helper nodes of the conversion) are fed their own outputs.
+        whole: the reference's output on ``x``.
+        who, what: the caller (for messages) and what the reference is (``the module``, ``the ONNX model``).
+
+    Raises:
+        ProbPruneError: naming the first node (and its reference tensor) outside the tolerance.
+    """
+    vals: dict[str, Tensor] = {"input": x}
+    err: dict[str, float] = {"input": 0.0}
+    with torch.no_grad():
         for node in graph.nodes:
-            xs = [ref[i] for i in node.inputs]
+            xs = [vals[i] for i in node.inputs]
             got = apply_node(node, xs)
-            want = rec.values.get(defined.get(node.name, ""), got)
-            where = f"node {node.name!r} ({node.op}" + (f", fx node {defined[node.name]}" if node.name in defined
-                                                         else "") + ")"
+            label, want = ref.get(node.name, ("", got))
+            where = f"node {node.name!r} ({node.op}" + (f", {label}" if label else "") + ")"
             if not isinstance(want, Tensor) or want.shape != got.shape:
-                raise ProbPruneError(f"graph_from_module: {where} has output shape {tuple(got.shape)}, the module's "
+                raise ProbPruneError(f"{who}: {where} has output shape {tuple(got.shape)}, {what}'s "
                                      f"{tuple(getattr(want, 'shape', ()))}; refusing the conversion")
             if not bool(torch.isfinite(want).all()):
-                raise ProbPruneError(f"graph_from_module: cannot check {where}: the module's output is not finite "
-                                     "in float64 for inputs of norm ≤ 10")
+                raise ProbPruneError(f"{who}: cannot check {where}: {what}'s output is not finite in float64 for "
+                                     "inputs of norm ≤ 10")
             absp = {k: v.abs() for k, v in node.params.items()}
             scale = float(apply_node(node, [v.abs() for v in xs], absp).abs().max()) if node.op in (
                 "linear", "conv", "affine", "avgpool", "adaptive_avgpool") else max(float(v.abs().max()) for v in xs)
@@ -584,16 +603,15 @@ def _check_numerics(graph: Graph, gm: torch.fx.GraphModule, b: _Builder) -> None
             tol = _SLACK * (fan + 1) * (_U * (scale + float(want.abs().max())) + _TINY) + extra
             diff = float((got - want).abs().max())
             if not diff <= tol:
-                raise ProbPruneError(f"graph_from_module: the graph differs from the module at {where}: max "
-                                     f"|difference| {diff:.3g} on {x.shape[0]} inputs of norm ≤ 10, tolerance "
-                                     f"{tol:.3g} (float64 rounding); refusing the conversion")
-            lip = _inf_lipschitz(node)
+                raise ProbPruneError(f"{who}: the graph differs from {what} at {where}: max |difference| {diff:.3g} "
+                                     f"on {x.shape[0]} inputs of norm ≤ 10, tolerance {tol:.3g} (float64 rounding); "
+                                     "refusing the conversion")
             ins = [err[i] for i in node.inputs]
-            err[node.name] = lip * (sum(ins) if node.op == "add" else max(ins)) + tol
-            ref[node.name] = want
+            err[node.name] = _inf_lipschitz(node) * (sum(ins) if node.op == "add" else max(ins)) + tol
+            vals[node.name] = want
         out = graph.forward(x)
-        diff = float((out - whole).abs().max()) if out.shape == whole.shape else math.inf
-        if not diff <= err[graph.output]:
-            raise ProbPruneError(f"graph_from_module: the graph's output differs from the module's: max |difference| "
-                                 f"{diff:.3g} on {x.shape[0]} inputs, tolerance {err[graph.output]:.3g}; refusing "
-                                 "the conversion")
+    whole_t = torch.as_tensor(whole, dtype=torch.float64)
+    diff = float((out - whole_t).abs().max()) if out.shape == whole_t.shape else math.inf
+    if not diff <= err[graph.output]:
+        raise ProbPruneError(f"{who}: the graph's output differs from {what}'s: max |difference| {diff:.3g} on "
+                             f"{x.shape[0]} inputs, tolerance {err[graph.output]:.3g}; refusing the conversion")
