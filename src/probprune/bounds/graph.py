@@ -211,10 +211,21 @@ def _affine_rule(nt: Node, np_: Node, s: _State, in_shape: tuple[int, ...], out_
         bdiff = float(vector_norm_bound(diff.expand(out_shape).reshape(-1)))
     else:
         bdiff = _bias_norm(diff, out_shape)
+    # float64 parameters: W − W̃ and b̃ − b were rounded once per entry (|fl(d) − d| ≤ u|d|): the error matrix has
+    # ‖E‖₂ ≤ ‖E‖_F ≤ u‖D‖_F ≤ u(1 + u)‖fl(D)‖_F, and ‖d‖ ≤ ‖fl(d)‖/(1 − u)
+    n_d += 2.0 * _U * _frobenius(wt, wp)
+    bdiff *= 1.0 + 2.0 * _U
     e = min(n_p * s.e + n_d * s.b_t, n_t * s.e + n_d * s.b_p) + bdiff
     return _State(n_t * s.b_t + bn[0], n_p * s.b_p + bn[1], e,
                   _dot_rounding(n_t, a_t, s.b_t, s.f_t, bn[0], fan, outs),
                   _dot_rounding(n_p, a_p, s.b_p, s.f_p, bn[1], fan, outs))
+
+
+def _frobenius(wt: Tensor | None, wp: Tensor | None) -> float:
+    """An upper value of ‖fl(W − W̃)‖_F (missing scales are 1)."""
+    one = torch.ones((), dtype=torch.float64)
+    d = (one if wt is None else wt.double()) - (one if wp is None else wp.double())
+    return float(vector_norm_bound(d.reshape(1, -1))[0]) if d.dim() else abs(float(d))
 
 
 def _act_rule(act: Activation, s: _State, n: int) -> _State:
