@@ -267,3 +267,21 @@ def test_rules_are_attained_where_the_gap_is_known(name: str) -> None:
     g, f = _tight_cases()[name]
     bound, found = check(g, f, 1.5)
     assert bound <= found * (1 + 1e-6)
+
+
+@pytest.mark.parametrize("dims,spot,m", [(1, (0, 3), 3), (2, (0, 2, 2), 4)])
+def test_overlapping_maxpool_factor_is_attained(dims: int, spot: tuple[int, ...], m: int) -> None:
+    """One entry inside m windows: P(c·e_j) has c in m places, so the gap is √m·‖D‖·r — the rule's factor."""
+    shape = (1, 7) if dims == 1 else (1, 5, 5)
+    n = math.prod(shape)
+    u = torch.randn(4, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    d = torch.zeros(n, 4, dtype=torch.float64)
+    d[int(torch.tensor(spot[1:]) @ torch.tensor([shape[-1], 1][-len(spot[1:]):]))] = u
+    pool = {"dims": dims, "kernel": (3,) * dims, "stride": (1,) if dims == 1 else (2, 2),
+            "padding": (1,) if dims == 1 else (0, 0)}
+    g = Graph([Node("fc", "linear", ("input",), {}, {"weight": torch.zeros(n, 4, dtype=torch.float64)}),
+               Node("r", "reshape", ("fc",), {"shape": shape}), Node("p", "maxpool", ("r",), pool)], (4,))
+    f = g.with_parameters({"fc.weight": d})
+    bound, found = check(g, f, 2.0)
+    assert found == pytest.approx(math.sqrt(m) * 2.0 * float(u.norm()), rel=1e-9)
+    assert bound <= found * (1 + 1e-6)
