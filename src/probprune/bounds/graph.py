@@ -317,6 +317,7 @@ def certified_graph_gap(target: Graph, pruned: Graph, radius: float) -> GraphBou
     3.0
     """
     _check_pair(target, pruned)
+    target, pruned = target.to(torch.float64, "cpu"), pruned.to(torch.float64, "cpu")  # the bound's arithmetic
     if not isinstance(radius, (int, float)) or not math.isfinite(radius) or radius <= 0:
         raise ProbPruneError(f"radius={radius!r}: must be a finite number > 0")
     r = float(radius)

@@ -340,7 +340,10 @@ class Graph:
                              f"(or {base + 1} with a trial dim)")
 
     def _infer_shapes(self) -> dict[str, tuple[int, ...]]:
-        x = torch.zeros(1, *self.input_shape, dtype=torch.float64)
+        devices = {v.device for n in self.nodes for v in n.params.values()}
+        if len(devices) > 1:
+            raise ProbPruneError(f"graph: parameters on several devices {sorted(map(str, devices))}")
+        x = torch.zeros(1, *self.input_shape, dtype=torch.float64, device=devices.pop() if devices else None)
         vals: dict[str, Tensor] = {"input": x}
         shapes = {"input": self.input_shape}
         try:
@@ -406,9 +409,10 @@ class Graph:
                  for n in self.nodes]
         return Graph(nodes, self.input_shape)
 
-    def to(self, dtype: torch.dtype) -> Graph:
-        """A copy with every parameter cast to ``dtype`` (float32 → float64 is exact)."""
-        return Graph([Node(n.name, n.op, n.inputs, n.attrs, {k: v.to(dtype) for k, v in n.params.items()})
+    def to(self, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> Graph:
+        """A copy with every parameter cast to ``dtype`` (float32 → float64 is exact) and/or moved to ``device``."""
+        return Graph([Node(n.name, n.op, n.inputs, n.attrs, {k: v.to(device=device, dtype=dtype)
+                                                             for k, v in n.params.items()})
                       for n in self.nodes], self.input_shape)
 
     def _forward_one(self, params: Mapping[str, Tensor], x: Tensor,
