@@ -267,3 +267,30 @@ def test_numerical_check_refuses_a_wrong_node_and_names_it(monkeypatch: pytest.M
     module = fill(nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 2)), 8)
     with pytest.raises(ProbPruneError, match=r"differs from the module at node '1' \(act, fx node _1\)"):
         graph_from_module(module, torch.randn(2, 4))
+
+
+def test_functional_pools_lenet_style() -> None:
+    """F.max_pool2d / F.avg_pool2d / F.adaptive_avg_pool2d inside forward, as classic LeNets write them."""
+
+    class LeNet(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv1, self.conv2 = nn.Conv2d(1, 3, 3), nn.Conv2d(3, 4, 3, padding=1)
+            self.fc = nn.Linear(4 * 2 * 2 + 3, 3)
+
+        def forward(self, x: Tensor) -> Tensor:
+            x = F.max_pool2d(F.relu(self.conv1(x)), 3, stride=2, padding=1)
+            y = F.avg_pool2d(torch.sigmoid(self.conv2(x)), 2)
+            z = F.adaptive_avg_pool2d(torch.tanh(x), 1).flatten(1)
+            return self.fc(torch.cat([y.flatten(1), z], 1))
+
+    same(fill(LeNet(), 9), torch.randn(2, 1, 9, 9))
+    ops = [n.op for n in graph_from_module(fill(LeNet(), 9), torch.randn(2, 1, 9, 9)).nodes]
+    assert {"maxpool", "avgpool", "adaptive_avgpool", "cat"} <= set(ops)
+
+    class Sliced(LeNet):
+        def forward(self, x: Tensor) -> Tensor:
+            return self.conv1(x)[:, :2]
+
+    with pytest.raises(ProbPruneError, match=r"node 'getitem'.*function not supported"):
+        graph_from_module(fill(Sliced(), 9), torch.randn(2, 1, 9, 9))

@@ -84,6 +84,15 @@ _FUNC_ACTS: dict[Any, tuple[str, tuple[tuple[str, float], ...]]] = {
     F.softplus: ("softplus", (("beta", 1.0), ("threshold", 20.0))),
 }
 _ALIASES = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d)
+_MAXPOOL_ARGS = ("kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices")
+_AVGPOOL_ARGS = ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad", "divisor_override")
+_FUNC_POOLS: dict[Any, tuple[tuple[str, ...], Callable[..., nn.Module]]] = {
+    F.max_pool1d: (_MAXPOOL_ARGS, nn.MaxPool1d), F.max_pool2d: (_MAXPOOL_ARGS, nn.MaxPool2d),
+    F.avg_pool1d: (_AVGPOOL_ARGS[:-1], nn.AvgPool1d), F.avg_pool2d: (_AVGPOOL_ARGS, nn.AvgPool2d),
+    F.adaptive_avg_pool1d: (("output_size",), nn.AdaptiveAvgPool1d),
+    F.adaptive_avg_pool2d: (("output_size",), nn.AdaptiveAvgPool2d),
+}
+"""Functional pools, read as the module with the same arguments."""
 _RESHAPES = ("view", "reshape", "flatten")
 _LEAVES = (set(_MODULE_ACTS) | set(_ALIASES) | {nn.Linear, nn.Conv1d, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d,
            nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
@@ -229,9 +238,10 @@ def _batchnorm(b: _Builder, n: torch.fx.Node, m: nn.modules.batchnorm._BatchNorm
 
 
 def _pool(b: _Builder, n: torch.fx.Node, m: nn.Module, src: str) -> None:
+    name = str(n.target) if n.op == "call_module" else n.name
     dims = 1 if isinstance(m, (nn.MaxPool1d, nn.AvgPool1d, nn.AdaptiveAvgPool1d)) else 2
     if isinstance(m, (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)):
-        b.emit(n, str(n.target), "adaptive_avgpool", (src,), {"dims": dims, "output_size": b.shape(n)[1:]})
+        b.emit(n, name, "adaptive_avgpool", (src,), {"dims": dims, "output_size": b.shape(n)[1:]})
         return
     pm = cast(Any, m)
     if pm.ceil_mode:
@@ -242,11 +252,11 @@ def _pool(b: _Builder, n: torch.fx.Node, m: nn.Module, src: str) -> None:
     if isinstance(m, (nn.MaxPool1d, nn.MaxPool2d)):
         if _pair(m.dilation, dims) != (1,) * dims or m.return_indices:
             raise _refuse(n, "dilation or return_indices", "use a max-pool with dilation 1")
-        b.emit(n, str(n.target), "maxpool", (src,), attrs)
+        b.emit(n, name, "maxpool", (src,), attrs)
         return
     if getattr(m, "divisor_override", None) is not None:
         raise _refuse(n, "divisor_override", "use the default divisor")
-    b.emit(n, str(n.target), "avgpool", (src,), {**attrs, "count_include_pad": bool(pm.count_include_pad)})
+    b.emit(n, name, "avgpool", (src,), {**attrs, "count_include_pad": bool(pm.count_include_pad)})
 
 
 def _call_module(b: _Builder, n: torch.fx.Node) -> None:
@@ -391,6 +401,15 @@ def _call_function(b: _Builder, n: torch.fx.Node) -> None:
             raise _refuse(n, "non-zero or non-constant padding", "only zero padding is supported")
         pads = tuple(int(v) for v in cast(tuple[int, ...], b.const(n.args[1])))
         b.emit(n, n.name, "pad", (b.tensor_input(n, n.args[0]),), {"pads": pads})
+        return
+    if fn in _FUNC_POOLS:
+        names, make = _FUNC_POOLS[fn]
+        kwargs = {k: b.const(_arg(n, i + 1, k, None)) for i, k in enumerate(names)}
+        try:
+            module = make(**{k: v for k, v in kwargs.items() if v is not None})
+        except TypeError as exc:
+            raise _refuse(n, f"arguments not understood ({exc})") from exc
+        _pool(b, n, module, b.tensor_input(n, n.args[0]))
         return
     if fn is operator.neg:
         b.emit(n, n.name, "affine", (b.tensor_input(n, n.args[0]),), {},
