@@ -129,3 +129,51 @@ def test_refusals(tmp_path: Path) -> None:
     bad.write_bytes(resnet_onnx(tmp_path).read_bytes()[:200])
     with pytest.raises(ProbPruneError, match="broken|truncated|not an ONNX"):
         load_onnx_graph(bad)
+
+
+def test_save_and_reload_roundtrip(tmp_path: Path) -> None:
+    """A pruned fx-read residual CNN (BatchNorm, GELU, SiLU, ReLU6, Softplus(β), pools, cat, pad) written to ONNX:
+    onnxruntime runs it with the graph's values, and load_onnx_graph reads back the very parameters."""
+    import torch.nn.functional as F
+    from torch import nn
+
+    from probprune.nets.fx import graph_from_module
+    from probprune.nets.onnx_graph import save_onnx_graph
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(2, 4, 3, padding="same")
+            self.bn = nn.BatchNorm2d(4)
+            self.conv2 = nn.Conv2d(4, 4, 3, stride=2, padding=1, groups=2, dilation=1)
+            self.pool = nn.MaxPool2d(3, 2, 1)
+            self.fc = nn.Linear(36 + 36 + 4 + 16, 5)
+            self.sp = nn.Softplus(2.0)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = F.silu(self.bn(self.conv(x * 2.0 - 0.5)))
+            a = F.relu6(self.conv2(h))
+            b = self.pool(F.gelu(h))
+            c = F.adaptive_avg_pool2d(h, 1)
+            d = F.avg_pool2d(F.pad(h, (1, 1, 1, 1)), 4, 4)
+            return self.sp(self.fc(torch.cat([a.flatten(1), b.flatten(1), c.flatten(1), d.flatten(1)], 1)))
+
+    module = Net()
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.rand(p.shape, generator=gen) - 0.5)
+        module.bn.running_var.copy_(torch.rand(4, generator=gen) + 0.5)
+    module.eval()
+    g = graph_from_module(module, torch.randn(2, 2, 6, 6))
+    f, _ = prune_graph(g, 0.5)
+    path = save_onnx_graph(f, tmp_path / "pruned.onnx")
+    x = np.random.default_rng(5).standard_normal((30, 2, 6, 6))
+    s = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = s.run(None, {"input": x.astype(np.float32)})[0]
+    assert np.abs(got - f(torch.from_numpy(x)).numpy()).max() <= 1e-5
+    back, info = load_onnx_graph(path)
+    assert info.input_shape == ("N", 2, 6, 6)
+    assert np.abs(back(torch.from_numpy(x)).numpy() - got).max() <= 1e-5
+    for k in f.prunable():  # float32 round trip of the parameters, names kept
+        torch.testing.assert_close(back.parameters()[k], f.parameters()[k].float().double(), rtol=0, atol=0)

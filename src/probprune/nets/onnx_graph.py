@@ -4,7 +4,8 @@ Unlike :func:`probprune.nets.onnx.load_onnx` (chains that are today's ``Net``), 
 ``Gemm`` (``transA = 0``), ``MatMul`` by a constant, ``Conv`` (explicit pads, strides, dilations, groups), ``Add`` /
 ``Sub`` (of two tensors, or of a constant), ``Mul`` / ``Div`` by constants, ``BatchNormalization`` (inference:
 folded in float64 into the Conv/Gemm before it when that node feeds nothing else, else a per-channel affine node),
-``Relu``, ``LeakyRelu``, ``Elu``, ``Tanh``, ``Sigmoid``, ``Softplus``, ``Clip`` (→ Hardtanh / ReLU6 / ReLU), ``Flatten``
+``Relu``, ``LeakyRelu``, ``Elu``, ``Tanh``, ``Sigmoid``, ``Softplus``, ``Gelu``, ``Mul(x, Sigmoid(x))`` (SiLU), ``Clip``
+(→ Hardtanh / ReLU6 / ReLU), ``Flatten``
 (axis 1), ``Reshape`` (batch dim kept first), ``Pad`` (constant zero), ``MaxPool``, ``AveragePool``,
 ``GlobalAveragePool``, ``Concat``, ``Identity``, ``Dropout``, ``Constant``. Anything else is refused naming the node
 (name, op type) and what to do. Parsing (file checks, opset, attributes, constants) reuses
@@ -18,7 +19,11 @@ Numerical second check: a float64 copy of the model (every float initializer and
 output declared double) is evaluated by ``onnx.reference.ReferenceEvaluator`` — the ONNX project's own numpy
 implementation of the operator definitions, independent of this conversion — on 256 fixed inputs with norms
 spread over [0, 10]; every node must agree to float64 rounding (:func:`probprune.nets.fx.check_against`) or the
-conversion is refused, naming the node and its ONNX tensor.
+conversion is refused, naming the node and its ONNX tensor. (Two of the evaluator's operators are replaced by their
+definitions: BatchNormalization of opsets 9–13, which it evaluates with batch statistics, and Gelu, whose erf it
+approximates to ~1e-7.)
+
+:func:`save_onnx_graph` writes a graph back (opset 13, or 20 with a GELU) for onnxruntime.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
@@ -40,7 +46,7 @@ from probprune.nets.onnx import _attrs, _constants, _dims, _opset, _read_model
 if TYPE_CHECKING:
     from onnx import ModelProto, NodeProto
 
-__all__ = ["OnnxGraphInfo", "load_onnx_graph"]
+__all__ = ["OnnxGraphInfo", "load_onnx_graph", "save_onnx_graph"]
 
 _ACTS = {"Relu": ("relu", ()), "Tanh": ("tanh", ()), "Sigmoid": ("sigmoid", ()), "LeakyRelu": ("leaky_relu", (0.01,)),
          "Elu": ("elu", (1.0,)), "Softplus": ("softplus", ())}
@@ -71,6 +77,7 @@ class _Reader:
     batch: int | None
     opset: int
     consumers: dict[str, int]
+    producer: dict[str, NodeProto] = field(default_factory=dict)
     nodes: list[Node] = field(default_factory=list)
     names: dict[str, str] = field(default_factory=dict)  # ONNX tensor → graph node
     vals: dict[str, Tensor] = field(default_factory=dict)  # graph node → value on one zero sample
@@ -204,6 +211,11 @@ def _arith(r: _Reader, node: NodeProto) -> None:
             r.taken.add(neg.name)
             r.emit(node, "", "add", (r.src(node, 0), neg.name))
             return
+        for i, j in ((0, 1), (1, 0)):  # Mul(x, Sigmoid(x)) is SiLU
+            sig = r.producer.get(node.input[j])
+            if op == "Mul" and sig is not None and sig.op_type == "Sigmoid" and sig.input[0] == node.input[i]:
+                r.emit(node, "", "act", (r.src(node, i),), {"act": activation("silu")})
+                return
         raise _fail(f"{_label(node)}: {op} of two input-dependent tensors is not supported (not linear)")
     i_dyn = 0 if dyn[0] else 1
     src = r.src(node, i_dyn)
@@ -296,6 +308,10 @@ def _act(r: _Reader, node: NodeProto, a: dict[str, Any]) -> None:
             raise _fail(f"{_label(node)}: Clip({lo_f}, {hi_f}) is not supported (finite bounds or [0, ∞) only)")
     elif op in ("LeakyRelu", "Elu"):
         act = activation(_ACTS[op][0], float(a.get("alpha", _ACTS[op][1][0])))
+    elif op == "Gelu":
+        if a.get("approximate", "none") != "none":
+            raise _fail(f"{_label(node)}: approximate={a.get('approximate')!r} is not supported")
+        act = activation("gelu")
     elif op == "Softplus":
         act = activation("softplus", 1.0, 20.0)  # torch's threshold 20 deviates ≤ 2.1e-9 (allowed for, docs)
     else:
@@ -319,7 +335,7 @@ def _convert(r: _Reader, node: NodeProto) -> None:
                 "Clip": _act}
     if op in handlers:
         handlers[op](r, node, a)
-    elif op in _ACTS:
+    elif op in _ACTS or op == "Gelu":
         _act(r, node, a)
     elif op in ("Add", "Sub", "Mul", "Div"):
         _arith(r, node)
@@ -390,8 +406,17 @@ def _check(model: ModelProto, graph: Graph, r: _Reader, inp: str, out: str) -> N
             y = scale.reshape(shape) * (x - mean.reshape(shape)) / np.sqrt(var.reshape(shape) + eps)
             return (y + bias.reshape(shape),)
 
+    class Gelu(OpRun):  # type: ignore[misc]
+        """x·Φ(x) with libm's erf (onnx's reference evaluator approximates erf to ~1e-7)."""
+
+        op_domain = ""
+
+        def _run(self, x: np.ndarray, approximate: str | None = None) -> tuple[np.ndarray]:
+            erf = np.vectorize(math.erf, otypes=[np.float64])
+            return ((0.5 * x * (1.0 + erf(x / math.sqrt(2.0)))).astype(x.dtype),)
+
     tensors = [t for t in r.names if t != inp and t not in r.folded]
-    evaluator = ReferenceEvaluator(_double_model(model, tensors), new_ops=[BatchNormalization])
+    evaluator = ReferenceEvaluator(_double_model(model, tensors), new_ops=[BatchNormalization, Gelu])
     x = check_points(graph.input_shape)
     step = x.shape[0] if r.batch is None else r.batch
     chunks: list[list[np.ndarray]] = []
@@ -440,8 +465,150 @@ def load_onnx_graph(path: str | os.PathLike[str]) -> tuple[Graph, OnnxGraphInfo]
     for node in g.node:
         if node.op_type != "Constant":
             _convert(r, node)
+        for o in node.output:
+            r.producer[o] = node
     if outp.name not in r.names or r.names[outp.name] != (r.nodes[-1].name if r.nodes else None):
         raise _fail(f"output {outp.name!r}: is not the last tensor computed from the input")
     graph = Graph(r.nodes, sample)
     _check(model, graph, r, inp.name, outp.name)
     return graph, OnnxGraphInfo(inp.name, outp.name, dims, opset)
+
+
+@dataclass
+class _Writer:
+    """Collects ONNX nodes and initializers while writing a graph."""
+
+    np_dtype: Any
+    nodes: list[Any] = field(default_factory=list)
+    inits: list[Any] = field(default_factory=list)
+
+    def init(self, name: str, value: Tensor | np.ndarray, dtype: Any = None) -> str:
+        from onnx import numpy_helper
+
+        arr = value.detach().cpu().numpy() if isinstance(value, Tensor) else np.asarray(value)
+        self.inits.append(numpy_helper.from_array(arr.astype(dtype or self.np_dtype), name))
+        return name
+
+    def node(self, op: str, inputs: list[str], output: str, name: str, **attrs: Any) -> str:
+        from onnx import helper
+
+        self.nodes.append(helper.make_node(op, inputs, [output], name=name, **attrs))
+        return output
+
+
+def _write_act(w: _Writer, node: Node, x: str, out: str) -> None:
+    act = node.attrs["act"]
+    k, p, nm = act.kind, act.params, node.name
+    simple = {"relu": "Relu", "tanh": "Tanh", "sigmoid": "Sigmoid"}
+    if k in simple:
+        w.node(simple[k], [x], out, nm)
+    elif k == "leaky_relu":
+        w.node("LeakyRelu", [x], out, nm, alpha=float(p[0]))
+    elif k == "elu":
+        w.node("Elu", [x], out, nm, alpha=float(p[0]))
+    elif k in ("relu6", "hardtanh"):
+        lo, hi = (0.0, 6.0) if k == "relu6" else p
+        w.node("Clip", [x, w.init(f"{nm}.min", np.array(lo)), w.init(f"{nm}.max", np.array(hi))], out, nm)
+    elif k == "silu":
+        w.node("Mul", [x, w.node("Sigmoid", [x], f"{out}.s", f"{nm}.sigmoid")], out, nm)
+    elif k == "gelu":  # opset 20
+        w.node("Gelu", [x], out, nm)
+    else:  # softplus(β): Softplus(βx)/β (ONNX's has no threshold: ≤ log1p(e^−threshold)/β from torch's)
+        beta = float(p[0])
+        if beta == 1.0:
+            w.node("Softplus", [x], out, nm)
+        else:
+            bx = w.node("Mul", [x, w.init(f"{nm}.beta", np.array(beta))], f"{out}.a", f"{nm}.a")
+            w.node("Div", [w.node("Softplus", [bx], f"{out}.b", f"{nm}.b"), w.init(f"{nm}.beta_", np.array(beta))],
+                   out, nm)
+
+
+def _write_node(w: _Writer, g: Graph, node: Node, ins: list[str], out: str) -> None:
+    nm, a, p = node.name, node.attrs, node.params
+    if node.op == "linear":
+        w.node("Gemm", [ins[0], w.init(f"{nm}.weight", p["weight"])] + ([w.init(f"{nm}.bias", p["bias"])]
+                                                                        if "bias" in p else []), out, nm, transB=1)
+    elif node.op == "conv":
+        pads = [lo for lo, _ in a["padding"]] + [hi for _, hi in a["padding"]]
+        w.node("Conv", [ins[0], w.init(f"{nm}.weight", p["weight"])] + ([w.init(f"{nm}.bias", p["bias"])]
+                                                                        if "bias" in p else []), out, nm,
+               strides=list(a["stride"]), pads=pads, dilations=list(a["dilation"]), group=int(a["groups"]))
+    elif node.op == "affine":
+        h = ins[0]
+        if "scale" in p:
+            h = w.node("Mul", [h, w.init(f"{nm}.scale", p["scale"])], out if "shift" not in p else f"{out}.m", nm)
+        if "shift" in p:
+            w.node("Add", [h, w.init(f"{nm}.shift", p["shift"])], out, f"{nm}.shift" if "scale" in p else nm)
+        if not p:
+            w.node("Identity", [h], out, nm)
+    elif node.op in ("add", "cat"):
+        w.node("Add" if node.op == "add" else "Concat", ins, out, nm, **({"axis": int(a["dim"]) + 1}
+                                                                           if node.op == "cat" else {}))
+    elif node.op == "reshape":
+        w.node("Reshape", [ins[0], w.init(f"{nm}.shape", np.array([-1, *g.shapes[nm]]), np.int64)], out, nm)
+    elif node.op == "pad":
+        flat, rank = list(a["pads"]), len(g.shapes[nm]) + 1
+        begin, end = [0] * rank, [0] * rank
+        for i in range(len(flat) // 2):
+            begin[rank - 1 - i], end[rank - 1 - i] = flat[2 * i], flat[2 * i + 1]
+        w.node("Pad", [ins[0], w.init(f"{nm}.pads", np.array(begin + end), np.int64)], out, nm, mode="constant")
+    elif node.op in ("maxpool", "avgpool"):
+        extra = {"count_include_pad": int(a["count_include_pad"])} if node.op == "avgpool" else {}
+        w.node("MaxPool" if node.op == "maxpool" else "AveragePool", ins, out, nm, kernel_shape=list(a["kernel"]),
+               strides=list(a["stride"]), pads=list(a["padding"]) * 2, **extra)
+    elif node.op == "adaptive_avgpool":
+        src = g.shapes[node.inputs[0]][1:]
+        if all(o == 1 for o in a["output_size"]):
+            w.node("GlobalAveragePool", ins, out, nm)
+        elif all(i % o == 0 for i, o in zip(src, a["output_size"])):
+            k = [i // o for i, o in zip(src, a["output_size"])]
+            w.node("AveragePool", ins, out, nm, kernel_shape=k, strides=k)
+        else:
+            raise ProbPruneError(f"save_onnx_graph: node {nm!r}: adaptive pooling of {src} to {a['output_size']} "
+                                 "has uneven windows; ONNX has no such op")
+    elif node.op == "act":
+        _write_act(w, node, ins[0], out)
+    else:
+        w.node("Identity", ins, out, nm)
+
+
+def save_onnx_graph(graph: Graph, path: str | os.PathLike[str], input_name: str = "input",
+                    output_name: str = "output", dtype: torch.dtype = torch.float32, opset: int = 13) -> Path:
+    """Write a graph as an ONNX model (opset 13) that onnxruntime runs with the same values.
+
+    Args:
+        graph: the graph (no trial dim).
+        path: the ``.onnx`` file (written atomically).
+        input_name, output_name: the model's tensor names.
+        dtype: of the stored parameters and the input: float32 (what onnxruntime's CPU provider runs for every op;
+            float64 parameters are rounded once to float32) or float64 (exact).
+        opset: the default-domain opset (≥ 13; 20 when the graph has a GELU, ONNX's ``Gelu``). SiLU is written as
+            ``Mul(x, Sigmoid(x))`` (read back as SiLU), Softplus(β ≠ 1) as ``Softplus(βx)/β``.
+
+    Returns:
+        The path written. The model's input is ``[N, *graph.input_shape]`` with a dynamic batch dim.
+    """
+    import onnx
+    from onnx import TensorProto, helper
+
+    from probprune.nets.onnx import _atomic_write
+
+    if graph.n_trials is not None:
+        raise ProbPruneError("save_onnx_graph: a graph with a trial dim; save each member")
+    if dtype not in (torch.float32, torch.float64) or opset < 13:
+        raise ProbPruneError(f"save_onnx_graph: dtype={dtype} / opset={opset}: float32 or float64, opset ≥ 13")
+    elem = TensorProto.FLOAT if dtype == torch.float32 else TensorProto.DOUBLE
+    w = _Writer(np.float32 if dtype == torch.float32 else np.float64)
+    names = {"input": input_name}
+    for node in graph.nodes:
+        out = output_name if node.name == graph.output else f"{node.name}:out"
+        _write_node(w, graph, node, [names[i] for i in node.inputs], out)
+        names[node.name] = out
+    g = helper.make_graph(w.nodes, "probprune-graph",
+                          [helper.make_tensor_value_info(input_name, elem, ["N", *graph.input_shape])],
+                          [helper.make_tensor_value_info(output_name, elem, ["N", *graph.output_shape])], w.inits)
+    if any(n.op == "act" and n.attrs["act"].kind == "gelu" for n in graph.nodes):
+        opset = max(opset, 20)  # Gelu
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)], producer_name="probprune")
+    onnx.checker.check_model(model)
+    return _atomic_write(Path(path), model.SerializeToString())
