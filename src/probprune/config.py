@@ -20,18 +20,24 @@ import stat
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any, Literal, get_args
+from importlib.resources import files
+from pathlib import Path
+from typing import Any, ClassVar, Literal, get_args
 
 __all__ = [
     "ACTIVATIONS",
+    "DATASETS",
     "EXECUTION_FIELDS",
     "EXPERIMENT_EPOCHS",
     "EXPERIMENT_PRUNE_FRACTIONS",
+    "HASH_RULE",
     "MAX_SEED",
     "MIN_DELTA",
+    "MODELS",
     "BallSpec",
     "BoundSpec",
     "ConvSpec",
+    "ExperimentSpec",
     "GapSpec",
     "LawSpec",
     "MCSpec",
@@ -39,14 +45,19 @@ __all__ = [
     "ProbPruneError",
     "PruneSpec",
     "RunConfig",
+    "TrainSpec",
     "canonical_json",
     "check_seed",
+    "config_file",
     "config_hash",
+    "default_config",
     "from_dict",
+    "hash_kind",
     "layer_scale",
     "load_toml",
     "parse_arch",
     "parse_law",
+    "presets",
     "to_dict",
     "with_overrides",
 ]
@@ -648,6 +659,7 @@ class RunConfig:
     ``prunes`` lists the pruning rules compared at each width (grid = widths × prunes).
     """
 
+    KIND: ClassVar[str] = "verify"
     net: NetSpec = field(default_factory=NetSpec)
     law: LawSpec = field(default_factory=LawSpec)
     prunes: tuple[PruneSpec, ...] = (PruneSpec(),)
@@ -659,6 +671,163 @@ class RunConfig:
         object.__setattr__(self, "prunes", tuple(self.prunes))
         if not self.prunes:
             raise _fail("prunes", self.prunes, "the grid needs at least one pruning rule")
+
+
+# --------------------------------------------------------------------------- real-data experiment
+
+#: The offline data sets and the LeNets of the real-data experiment (``probprune.data`` loads and builds them).
+DATASETS: tuple[str, ...] = ("mnist", "fashion-mnist")
+MODELS: tuple[str, ...] = ("lenet-300-100", "lenet-5")
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """Training (or fine-tuning) schedule: Adam, cosine learning-rate decay to 0, cross-entropy.
+
+    Args:
+        epochs: passes over the training set (fractions allowed: ``0.25`` = a quarter epoch).
+        batch_size: samples per step.
+        lr: peak learning rate.
+        weight_decay: Adam's L2 weight decay.
+    """
+
+    epochs: float = 1.0
+    batch_size: int = 100
+    lr: float = 2e-3
+    weight_decay: float = 0.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.epochs, bool) or not isinstance(self.epochs, (int, float)) \
+                or not math.isfinite(self.epochs) or self.epochs <= 0:
+            raise ProbPruneError(f"epochs={self.epochs!r}: must be a number > 0")
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ProbPruneError(f"batch_size={self.batch_size!r}: must be an integer >= 1")
+        for name, v in (("lr", self.lr), ("weight_decay", self.weight_decay)):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                raise ProbPruneError(f"{name}={v!r}: must be a finite number >= 0")
+
+
+def _tuple_of(name: str, values: Any, allowed: tuple[Any, ...] | None = None) -> tuple[Any, ...]:
+    if isinstance(values, (str, bytes)) or not isinstance(values, (tuple, list)):
+        raise _fail(name, values, "must be a list")
+    vals = tuple(values)
+    if not vals:
+        raise ProbPruneError(f"{name}: empty")
+    if len(set(vals)) != len(vals):
+        raise ProbPruneError(f"{name}={list(vals)!r}: contains duplicates")
+    if allowed is not None:
+        for v in vals:
+            if v not in allowed:
+                raise ProbPruneError(f"{name}: {v!r} is not one of {', '.join(map(str, allowed))}")
+    return vals
+
+
+def _check_experiment_lists(spec: ExperimentSpec) -> None:
+    object.__setattr__(spec, "models", _tuple_of("models", spec.models, MODELS))
+    object.__setattr__(spec, "methods", _tuple_of("methods", spec.methods, ("random", "magnitude")))
+    object.__setattr__(spec, "scopes", _tuple_of("scopes", spec.scopes, ("layerwise", "global")))
+    for f in _tuple_of("prune_fractions", spec.prune_fractions):
+        if isinstance(f, bool) or not isinstance(f, (int, float)) or not math.isfinite(f) or not 0.0 <= f < 1.0:
+            raise ProbPruneError(f"prune_fractions: {f!r} must be in [0, 1) (share of weights removed)")
+    fr = _tuple_of("prune_fractions", [float(f) for f in spec.prune_fractions])
+    object.__setattr__(spec, "prune_fractions", tuple(sorted(fr)))
+    seeds = _tuple_of("seeds", spec.seeds)
+    for s in seeds:
+        check_seed("seeds", s)
+    object.__setattr__(spec, "seeds", seeds)
+
+
+@dataclass(frozen=True)
+class ExperimentSpec:
+    """What ``probprune experiment`` runs (section kind ``experiment``; its non-default fields are hashed).
+
+    Args:
+        dataset: ``mnist`` or ``fashion-mnist``.
+        models: ``lenet-300-100``, ``lenet-5``.
+        prune_fractions: shares of weights removed, each in [0, 1).
+        methods, scopes: pruning rules (``random``/``magnitude``, ``layerwise``/``global``).
+        seeds: one dense target per model and seed.
+        epochs: dense training epochs per model (default :data:`EXPERIMENT_EPOCHS`).
+        finetune_epochs: fine-tuning length (fractions of an epoch allowed); 0 = no fine-tuned rows.
+        batch_size, lr, finetune_lr: Adam with cosine decay.
+        weight_decay: Adam's L2 weight decay of the dense training (small weights then matter
+            less, so magnitude pruning costs less accuracy); fine-tuning uses none.
+        gap_points, gap_restarts, gap_steps: budget of the empirical sup-gap estimator.
+        test_limit: evaluate on the first ``test_limit`` test images only (``None``: all 10 000).
+
+    >>> ExperimentSpec.quick().test_limit
+    2000
+    """
+
+    KIND: ClassVar[str] = "experiment"
+
+    dataset: str = "mnist"
+    models: tuple[str, ...] = MODELS
+    prune_fractions: tuple[float, ...] = EXPERIMENT_PRUNE_FRACTIONS
+    methods: tuple[str, ...] = ("random", "magnitude")
+    scopes: tuple[str, ...] = ("layerwise", "global")
+    seeds: tuple[int, ...] = (0, 1, 2)
+    epochs: dict[str, float] = field(default_factory=lambda: dict(EXPERIMENT_EPOCHS))
+    finetune_epochs: float = 1.0
+    batch_size: int = 100
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    finetune_lr: float = 2e-3
+    gap_points: int = 512
+    gap_restarts: int = 4
+    gap_steps: int = 20
+    test_limit: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.dataset not in DATASETS:
+            raise ProbPruneError(f"dataset={self.dataset!r}: must be one of {', '.join(DATASETS)}")
+        _check_experiment_lists(self)
+        if not isinstance(self.epochs, Mapping):
+            raise _fail("epochs", self.epochs, "must be a table of epochs per model")
+        eps = dict(EXPERIMENT_EPOCHS)
+        for k, v in dict(self.epochs).items():
+            if str(k) not in MODELS:
+                raise ProbPruneError(f"epochs: unknown model {k!r}")
+            TrainSpec(epochs=v)  # validates
+            eps[str(k)] = float(v)
+        object.__setattr__(self, "epochs", {m: eps[m] for m in MODELS})
+        if isinstance(self.finetune_epochs, bool) or not isinstance(self.finetune_epochs, (int, float)) \
+                or not math.isfinite(self.finetune_epochs) or self.finetune_epochs < 0:
+            raise ProbPruneError(f"finetune_epochs={self.finetune_epochs!r}: must be a number >= 0")
+        try:
+            TrainSpec(epochs=1.0, batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay)
+        except ProbPruneError as e:
+            raise ProbPruneError(f"dense training (lr={self.lr!r}, weight_decay={self.weight_decay!r}): {e}") from None
+        try:
+            TrainSpec(epochs=1.0, batch_size=self.batch_size, lr=self.finetune_lr)
+        except ProbPruneError as e:
+            raise ProbPruneError(f"finetune_lr={self.finetune_lr!r}: {e}") from None
+        GapSpec(radius=1.0, n_points=self.gap_points, n_restarts=self.gap_restarts, n_steps=self.gap_steps)
+        if self.test_limit is not None and (isinstance(self.test_limit, bool) or not isinstance(self.test_limit, int)
+                                            or self.test_limit < 1):
+            raise ProbPruneError(f"test_limit={self.test_limit!r}: must be an integer >= 1 or None")
+
+    @staticmethod
+    def quick(dataset: str = "mnist", seeds: tuple[int, ...] = (0,)) -> ExperimentSpec:
+        """A small preset (one epoch, three fractions, small gap budget) for smoke runs and CI."""
+        return ExperimentSpec(dataset=dataset, prune_fractions=(0.0, 0.5, 0.9), seeds=tuple(seeds),
+                              epochs={"lenet-300-100": 1.0, "lenet-5": 1.0}, finetune_epochs=0.1,
+                              gap_points=128, gap_restarts=2, gap_steps=10, test_limit=2000)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON form of every field (stored as the run's ``config.json``)."""
+        return to_dict(self)
+
+    @property
+    def hash(self) -> str:
+        """The run's folder name: :func:`config_hash` (a field added later at its default never renames it)."""
+        return config_hash(self)
+
+    def n_settings(self) -> int:
+        """Rows this spec produces."""
+        ft = 2 if self.finetune_epochs > 0 else 1
+        return (len(self.models) * len(self.seeds) * len(self.prune_fractions) * len(self.methods)
+                * len(self.scopes) * ft)
 
 
 # --------------------------------------------------------------------------- (de)serialisation
@@ -704,32 +873,77 @@ def to_dict(spec: Any, *, non_default_only: bool = False) -> dict[str, Any]:
     return out
 
 
-#: Fields that only change how a run is executed, never a number it produces (trials are seeded from
-#: (hash, grid point, trial, stream), so chunks of any size draw the same trials): they stay out of the
-#: config hash, hence out of the run folder's name and every seed (``config.json`` still records them).
-EXECUTION_FIELDS: dict[str, tuple[str, ...]] = {"mc": ("chunk_size",)}
+#: The rule :func:`config_hash` follows. 1 (before issue 14): the SHA-256 of a run config's non-default JSON
+#: alone, so two commands' configs at their defaults shared a hash; 2: the hashed text also names the section
+#: kind and this rule. Folders made under an older rule are refused on open, never silently re-labelled.
+HASH_RULE = 2
+
+#: Fields that only change how a job is executed, never a number it produces (trials are seeded from
+#: (hash, grid point, trial, stream), so chunks of any size draw the same trials), by section kind as
+#: dotted paths inside that section: they stay out of the config hash, hence out of the run folder's
+#: name and every seed (``config.json`` still records them). A path may name a whole sub-section.
+EXECUTION_FIELDS: dict[str, tuple[str, ...]] = {"verify": ("mc.chunk_size",)}
 
 
-def canonical_json(cfg: RunConfig) -> str:
-    """Canonical JSON of the non-default fields of a run (sorted keys, no spaces)."""
-    return json.dumps(to_dict(cfg, non_default_only=True), sort_keys=True, separators=(",", ":"))
+def hash_kind(spec: Any) -> str:
+    """The section kind a top-level spec hashes under (its class's ``KIND``: ``verify``, ``experiment`` …).
 
-
-def config_hash(cfg: RunConfig) -> str:
-    """First 16 hex digits of the SHA-256 of :func:`canonical_json` without :data:`EXECUTION_FIELDS`.
-
-    A run and its hash are the same whatever chunk size executes it; configs whose execution
-    settings are at their defaults hash exactly as before the settings were left out.
+    >>> hash_kind(RunConfig())
+    'verify'
     """
-    data = to_dict(cfg, non_default_only=True)
-    for section, names in EXECUTION_FIELDS.items():
-        sec = data.get(section)
-        if isinstance(sec, dict):
-            for name in names:
-                sec.pop(name, None)
-            if not sec:
-                del data[section]
-    text = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    kind = getattr(type(spec), "KIND", None)
+    if not isinstance(kind, str) or not dataclasses.is_dataclass(spec):
+        raise _fail("config", type(spec).__name__, "is not a config section (a spec with a KIND)")
+    return kind
+
+
+def canonical_json(spec: Any) -> str:
+    """Canonical JSON of the non-default fields of a spec (sorted keys, no spaces).
+
+    A field added later with a no-op default is left out while at its default, so the text (and the
+    hash) of every existing config stays the same.
+
+    >>> canonical_json(RunConfig())
+    '{}'
+    """
+    return json.dumps(to_dict(spec, non_default_only=True), sort_keys=True, separators=(",", ":"))
+
+
+def _drop_path(data: dict[str, Any], path: str) -> None:
+    head, dot, rest = path.partition(".")
+    if head not in data:
+        return
+    if not dot:
+        del data[head]
+        return
+    sub = data[head]
+    if isinstance(sub, dict):
+        _drop_path(sub, rest)
+        if not sub:
+            del data[head]
+
+
+def config_hash(spec: Any, kind: str | None = None) -> str:
+    """The one config hash: 16 hex digits of the SHA-256 of ``{"config", "kind", "rule"}`` as canonical JSON.
+
+    ``config`` is the spec's non-default form (:func:`canonical_json`) without the kind's
+    :data:`EXECUTION_FIELDS`; ``kind`` is :func:`hash_kind` (a plain mapping, hashed as it is, needs an
+    explicit ``kind``); ``rule`` is :data:`HASH_RULE`. A run and its hash are the same whatever chunk
+    size executes it, and configs of different commands never share a hash.
+
+    >>> config_hash(RunConfig()) == config_hash(RunConfig(mc=MCSpec(chunk_size=3)))
+    True
+    """
+    if isinstance(spec, Mapping):
+        if kind is None:
+            raise _fail("kind", kind, "a plain mapping is hashed under an explicit kind")
+        data: dict[str, Any] = json.loads(json.dumps(dict(spec)))
+    else:
+        kind = hash_kind(spec) if kind is None else kind
+        data = to_dict(spec, non_default_only=True)
+    for path in EXECUTION_FIELDS.get(kind, ()):
+        _drop_path(data, path)
+    text = json.dumps({"config": data, "kind": kind, "rule": HASH_RULE}, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -818,6 +1032,37 @@ def load_toml(path: str) -> RunConfig:
     except ValueError as e:  # TOMLDecodeError, or an integer with too many digits
         raise _fail("config", path, f"not valid TOML ({e})") from None
     return from_dict(data)
+
+
+def presets() -> dict[str, Path]:
+    """The config presets shipped inside the package (``probprune/configs/*.toml``), by name."""
+    folder = Path(str(files("probprune") / "configs"))
+    return {p.stem: p for p in sorted(folder.glob("*.toml"))} if folder.is_dir() else {}
+
+
+def config_file(config: str) -> Path:
+    """The TOML file of ``--config``: an existing file as given, else a preset name (``quick`` or
+    ``quick.toml``) resolved to the packaged ``probprune/configs/quick.toml`` — so ``--config quick``
+    works from any folder.
+
+    Raises:
+        ProbPruneError: a bare name that is neither a file here nor a preset (the message lists the presets).
+    """
+    path = Path(config)
+    if path.exists() or path.parent != Path("."):
+        return path  # a path: load_toml reads it or says it is not found
+    name = path.name[:-len(".toml")] if path.name.endswith(".toml") else path.name
+    found = presets()
+    if name in found:
+        return found[name]
+    raise ProbPruneError(f"--config {config!r}: file not found, and not a preset name (presets: "
+                         f"{', '.join(found) or 'none installed'})")
+
+
+def default_config() -> RunConfig:
+    """The config of ``probprune verify`` with no options: the packaged preset ``default``
+    (``probprune/configs/default.toml``, the paper's FCN setting, about 3 minutes on 2 CPU cores)."""
+    return load_toml(str(presets()["default"]))
 
 
 def _coerce(text: str) -> Any:

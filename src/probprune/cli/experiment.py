@@ -10,7 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from probprune.cli.app import TERMS, ProgressLog, VerboseOpt, app, console, emit_json, err_console, print_header
-from probprune.config import EXPERIMENT_EPOCHS, EXPERIMENT_PRUNE_FRACTIONS, ProbPruneError
+from probprune.config import EXPERIMENT_EPOCHS, EXPERIMENT_PRUNE_FRACTIONS, ExperimentSpec, ProbPruneError
 
 #: More torch threads than this is a typo, not a setting.
 _MAX_THREADS = 1024
@@ -124,7 +124,7 @@ def experiment_cmd(
 ) -> None:
     # the workflow (torch, the data sets) is imported when the command runs, not for --help
     from probprune.runner.dataprep import require_dataset
-    from probprune.runner.experiment import ExperimentSpec, run_experiment, summarize
+    from probprune.runner.experiment import check_budget, run_experiment, summarize
     from probprune.runner.prune import check_output_dir
     from probprune.runner.ray_executor import make_executor
 
@@ -153,7 +153,7 @@ def experiment_cmd(
     for k in ("models", "prune_fractions", "methods", "scopes", "seeds"):
         kw[k] = tuple(kw[k])
     spec = ExperimentSpec(**kw)
-    spec.check_budget()
+    check_budget(spec)
     if threads is not None and not 1 <= threads <= _MAX_THREADS:
         raise ProbPruneError(f"threads={threads!r}: must be in [1, {_MAX_THREADS}]")
     check_output_dir("runs_dir", runs_dir)

@@ -34,7 +34,9 @@ from probprune.config import (
     PruneSpec,
     RunConfig,
     canonical_json,
+    config_file,
     config_hash,
+    default_config,
     load_toml,
     parse_arch,
     parse_law,
@@ -45,10 +47,8 @@ from probprune.config import (
 __all__ = [
     "VERDICT_STYLE",
     "config_app",
-    "config_file",
     "confirm_sentence",
     "points_table",
-    "presets",
     "ray_line",
     "report_after_verify",
     "resolve_config",
@@ -90,33 +90,6 @@ def _parse_schedule(text: str) -> tuple[float, float]:
     return c, alpha
 
 
-def presets() -> dict[str, Path]:
-    """The config presets shipped inside the package (``probprune/configs/*.toml``), by name."""
-    from importlib.resources import files
-
-    folder = Path(str(files("probprune") / "configs"))
-    return {p.stem: p for p in sorted(folder.glob("*.toml"))} if folder.is_dir() else {}
-
-
-def config_file(config: str) -> Path:
-    """The TOML file of ``--config``: an existing file as given, else a preset name (``quick`` or
-    ``quick.toml``) resolved to the packaged ``probprune/configs/quick.toml`` — so ``--config quick``
-    works from any folder.
-
-    Raises:
-        ProbPruneError: a bare name that is neither a file here nor a preset (the message lists the presets).
-    """
-    path = Path(config)
-    if path.exists() or path.parent != Path("."):
-        return path  # a path: load_toml reads it or says it is not found
-    name = path.name[:-len(".toml")] if path.name.endswith(".toml") else path.name
-    found = presets()
-    if name in found:
-        return found[name]
-    raise ProbPruneError(f"--config {config!r}: file not found, and not a preset name (presets: "
-                         f"{', '.join(found) or 'none installed'})")
-
-
 def resolve_config(
     config: str | None = None,
     sets: list[str] | None = None,
@@ -152,8 +125,6 @@ def resolve_config(
     elif config is not None:
         cfg = load_toml(str(config_file(config)))
     else:
-        from probprune.runner.verify import default_config
-
         cfg = default_config()
     net, mc, bound = cfg.net, cfg.mc, cfg.bound
     if arch is not None:

@@ -21,7 +21,6 @@ verified; ``confirmed`` covers only the verified fields.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 import sys
@@ -37,7 +36,7 @@ import torch
 
 from probprune.bounds import CertifiedBound, NormMethod, certified_gap_bound
 from probprune.bounds.probabilistic import probabilistic_bound
-from probprune.config import GapSpec, LawSpec, NetSpec, ProbPruneError, PruneSpec, parse_arch, parse_law
+from probprune.config import GapSpec, LawSpec, NetSpec, ProbPruneError, PruneSpec, config_hash, parse_arch, parse_law
 from probprune.masks import MaskStats
 from probprune.nets import Net
 from probprune.runner.gap import gap_sandwich
@@ -94,10 +93,6 @@ def _v(pkg: str) -> str:
 
 def _versions() -> dict[str, str]:
     return {"probprune": _v("probprune"), "torch": torch.__version__, "python": sys.version.split()[0]}
-
-
-def _job_hash(resolved: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(resolved, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
 
 
 def _resolved(arch: str, activation: str, bias: bool, law: str | None, weights: str | None, seed: int,
@@ -264,7 +259,7 @@ def make_certificate(outcome: PruneOutcome, job: PruneJob, *, gap: GapSpec | Non
                               "step_size": g.step_size, "n_evals": int(sw.n_evals)}},
         "probabilistic": prob,
         "seeds": {"seed": int(job.seed)},
-        "config_hash": _job_hash(resolved),
+        "config_hash": config_hash(resolved, kind="certificate"),
         "versions": _versions(),
         "device": str(job.device),
     }
@@ -549,7 +544,7 @@ def check_certificate(doc: Mapping[str, Any], weights: str | Path, target: str |
     resolved = _resolved(doc["arch"], doc["activation"], doc["bias"], doc["law"],
                          doc["target"]["path"] if tsrc == "file" else None, seed, pr, gs,
                          None if prob is None else prob["delta"], g["norm_method"])
-    c.same("config_hash", doc["config_hash"], _job_hash(resolved))
+    c.same("config_hash", doc["config_hash"], config_hash(resolved, kind="certificate"))
     # --- digests
     if doc["pruned"]["sha256"] is None:
         c.not_verified.append(("pruned.sha256", "no digest recorded"))
