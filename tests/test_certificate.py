@@ -17,9 +17,9 @@ import torch
 
 from cliharness import run
 from probprune.cli import main
-from probprune.config import GapSpec, ProbPruneError, PruneSpec, parse_arch, parse_law
+from probprune.config import GapSpec, ProbPruneError, PruneJob, PruneSpec, parse_arch, parse_law
 from probprune.report.certificate import FORMAT, load_schema, read_certificate, validate_certificate, write_certificate
-from probprune.runner import PruneJob, run_prune
+from probprune.runner import run_prune
 from probprune.runner.certificate import check_certificate, file_sha256, make_certificate
 
 ARCH = "fcn:8,32,32,4"

@@ -8,8 +8,7 @@ import pytest
 import torch
 
 from cliharness import run
-from probprune.config import config_hash
-from probprune.config import default_config
+from probprune.config import config_hash, default_config
 
 torch.set_num_threads(1)
 

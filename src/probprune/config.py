@@ -18,11 +18,11 @@ import os
 import re
 import stat
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from importlib.resources import files
 from pathlib import Path
-from typing import Any, ClassVar, Literal, get_args
+from typing import Any, ClassVar, Literal, get_args, get_origin, get_type_hints
 
 __all__ = [
     "ACTIVATIONS",
@@ -35,14 +35,18 @@ __all__ = [
     "MIN_DELTA",
     "MODELS",
     "BallSpec",
+    "BoundJob",
     "BoundSpec",
+    "CertifyJob",
     "ConvSpec",
     "ExperimentSpec",
+    "GapJob",
     "GapSpec",
     "LawSpec",
     "MCSpec",
     "NetSpec",
     "ProbPruneError",
+    "PruneJob",
     "PruneSpec",
     "RunConfig",
     "TrainSpec",
@@ -58,6 +62,8 @@ __all__ = [
     "parse_arch",
     "parse_law",
     "presets",
+    "read_toml",
+    "resolve",
     "to_dict",
     "with_overrides",
 ]
@@ -673,12 +679,219 @@ class RunConfig:
             raise _fail("prunes", self.prunes, "the grid needs at least one pruning rule")
 
 
-# --------------------------------------------------------------------------- real-data experiment
+# --------------------------------------------------------------------------- command jobs
 
 #: The offline data sets and the LeNets of the real-data experiment (``probprune.data`` loads and builds them).
 DATASETS: tuple[str, ...] = ("mnist", "fashion-mnist")
 MODELS: tuple[str, ...] = ("lenet-300-100", "lenet-5")
 
+NormMethod = Literal["auto", "svd", "gram-cholesky", "frobenius-holder"]
+Solve = Literal["none", "max-prune", "min-width"]
+Theorem = Literal["auto", "operator", "net"]
+CertifyNorm = Literal["linf", "l2"]
+
+
+def _check_device_name(name: str, value: Any) -> None:
+    # the spelling only; whether this machine has the device is the runner's check (it needs torch)
+    if not isinstance(value, str) or not re.fullmatch(r"cpu|cuda(:\d+)?|mps", value):
+        raise _fail(name, value, "must be cpu, cuda, cuda:N or mps")
+
+
+def _check_opt_str(name: str, value: Any) -> None:
+    if value is not None and not isinstance(value, str):
+        raise _fail(name, value, "must be a file name (text)")
+
+
+@dataclass(frozen=True)
+class PruneJob:
+    """What ``probprune prune`` does (section kind ``prune``): target from ``weights`` or sampled from ``law``.
+
+    Args:
+        net: the architecture; prune: the rule (exactly one fixed level).
+        weights: target model file (``.safetensors``/``.onnx``), or ``None`` to sample from ``law`` with ``seed``.
+        law: weight law of a sampled target (needed by ``relative_threshold``: τ_i = ρ·a_i).
+        seed: sampling and random masks.
+        out, save_target: where to write the pruned model / the sampled target (or ``None``).
+        device: ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
+        extras: free-form notes carried along (not validated).
+    """
+
+    KIND: ClassVar[str] = "prune"
+
+    net: NetSpec
+    prune: PruneSpec
+    weights: str | None = None
+    law: LawSpec | None = None
+    seed: int = 0
+    out: str | None = None
+    save_target: str | None = None
+    device: str = "cpu"
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_seed("seed", self.seed)
+        _check_device_name("device", self.device)
+        for name in ("weights", "out", "save_target"):
+            _check_opt_str(name, getattr(self, name))
+        if self.weights is None and self.law is None:
+            raise ProbPruneError("weights: give --weights FILE or --law to sample a target")
+        if self.law is None and self.save_target is not None:
+            raise ProbPruneError("save_target: only a sampled target (--law) can be saved")
+        if self.prune.level_name is None:
+            raise ProbPruneError("prune: give one level: --prune-fraction, --threshold, --relative-threshold or --p")
+        if self.prune.relative_threshold is not None and self.law is None:
+            raise ProbPruneError(
+                f"relative_threshold={self.prune.relative_threshold!r}: needs --law (τ_i = ρ·a_i)")
+
+
+@dataclass(frozen=True)
+class GapJob:
+    """What ``probprune gap`` does (kind ``gap``): load ``weights`` (target F) and ``pruned`` (f), pin their gap.
+
+    Args:
+        net: the architecture of both files; weights, pruned: model files.
+        gap: the estimator's budget and the radius; seed: the estimator's sampling.
+        device: ``cpu``, ``cuda``, ``cuda:N`` or ``mps``; norm_method: operator-norm bound method.
+    """
+
+    KIND: ClassVar[str] = "gap"
+
+    net: NetSpec
+    weights: str
+    pruned: str
+    gap: GapSpec = field(default_factory=GapSpec)
+    seed: int = 0
+    device: str = "cpu"
+    norm_method: NormMethod = "auto"
+
+    def __post_init__(self) -> None:
+        check_seed("seed", self.seed)
+        _check_device_name("device", self.device)
+        _check_choice("norm_method", self.norm_method, get_args(NormMethod))
+
+
+@dataclass(frozen=True)
+class BoundJob:
+    """What ``probprune bound`` computes (kind ``bound``).
+
+    Args:
+        net, law, prune: the setting (``prune`` carries the level, or a schedule c·h^{−α}).
+        delta: δ ∈ (0, 1); eps: ε* > 0 (needed by the solvers) — validated as a :class:`BoundSpec`.
+        solve: ``none`` (print ε(δ)), ``max-prune`` or ``min-width``.
+        radius: input ball radius r.
+        theorem: ``auto``, ``operator`` or ``net``.
+    """
+
+    KIND: ClassVar[str] = "bound"
+
+    net: NetSpec
+    law: LawSpec
+    prune: PruneSpec
+    delta: float = 0.05
+    eps: float | None = None
+    solve: Solve = "none"
+    radius: float = 1.0
+    theorem: Theorem = "auto"
+
+    def __post_init__(self) -> None:
+        _check_choice("solve", self.solve, get_args(Solve))
+        BoundSpec(delta=self.delta, eps=self.eps)
+        _check_real("radius", self.radius, 0.0, lo_open=True)
+        _check_choice("theorem", self.theorem, get_args(Theorem))
+        if self.solve != "none" and self.eps is None:
+            raise ProbPruneError(f"eps=None: --solve {self.solve} needs --eps")
+        fixed = self.prune.level_name is not None or self.prune.schedule_c is not None
+        if self.solve == "none" and not fixed:
+            raise ProbPruneError("prune: give one level: --relative-threshold, --threshold, --p or --prune-fraction")
+        if self.solve == "min-width" and not fixed:
+            raise ProbPruneError("prune: --solve min-width needs a fixed level or a schedule (--schedule c,alpha)")
+        if self.solve == "max-prune" and self.prune.schedule_c is not None:
+            raise ProbPruneError("schedule: --solve max-prune finds a fixed level; drop --schedule")
+        if self.solve == "max-prune" and self.prune.level_name is not None:
+            raise ProbPruneError("--solve max-prune finds the level itself; give no level")
+
+
+def _suffix(name: str, path: Any, suffixes: tuple[str, ...], what: str) -> None:
+    if not isinstance(path, str) or not path.lower().endswith(suffixes):
+        raise _fail(name, path, f"must end in {what}")
+
+
+@dataclass(frozen=True)
+class CertifyJob:
+    """What ``probprune certify`` computes (kind ``certify``).
+
+    Args:
+        weights, pruned: model files of F and f (``.onnx`` or ``.safetensors``).
+        data: ``mnist``, ``fashion-mnist`` or an ``.npy`` file of inputs ``[N, d]``.
+        n_points: N, the number of inputs (the first N).
+        norm: ``linf`` or ``l2``.
+        radius: r > 0, finite.
+        arch: architecture for ``.safetensors`` models (an ONNX model carries its own; if given it must match).
+        activation, bias: of a ``.safetensors`` architecture (ignored for ONNX, whose own are used).
+        clip: ``(lo, hi)`` box the inputs live in, or ``None``.
+        labels: ``.npy`` of labels ``[N']`` (N' ≥ N) for an ``.npy`` data file, or ``None``.
+        seed: randomness of the searches.
+        n_restarts, n_steps: gap search budget; the agreement attack gets half of each (at least 1).
+        batch_size: inputs per chunk (one progress step each).
+        out: ``.csv`` or ``.json`` file for the rows, or ``None``.
+    """
+
+    KIND: ClassVar[str] = "certify"
+
+    weights: str
+    pruned: str
+    data: str
+    radius: float
+    n_points: int = 100
+    norm: CertifyNorm = "linf"
+    arch: str | None = None
+    activation: str = "relu"
+    bias: bool = False
+    clip: tuple[float, float] | None = None
+    labels: str | None = None
+    seed: int = 0
+    n_restarts: int = 8
+    n_steps: int = 100
+    batch_size: int = 25
+    out: str | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.radius, bool) or not isinstance(self.radius, (int, float)) \
+                or not math.isfinite(self.radius) or self.radius <= 0:
+            raise _fail("radius", self.radius, "must be a finite number > 0")
+        _check_choice("norm", self.norm, get_args(CertifyNorm))
+        if self.clip is not None:
+            clip = tuple(self.clip) if isinstance(self.clip, (list, tuple)) else self.clip
+            if not isinstance(clip, tuple) or len(clip) != 2 or any(
+                    isinstance(c, bool) or not isinstance(c, (int, float)) or not math.isfinite(c) for c in clip) \
+                    or not clip[0] < clip[1]:
+                raise _fail("clip", self.clip, "must be LO,HI with finite LO < HI")
+            object.__setattr__(self, "clip", (float(clip[0]), float(clip[1])))
+        for name, lo in (("n_points", 1), ("n_restarts", 0), ("n_steps", 0), ("batch_size", 1)):
+            _check_int(name, getattr(self, name), lo)
+        check_seed("seed", self.seed)
+        _check_choice("activation", self.activation, ACTIVATIONS)
+        if not isinstance(self.bias, bool):
+            raise _fail("bias", self.bias, "must be true or false")
+        for name in ("weights", "pruned"):
+            _suffix(name, getattr(self, name), (".onnx", ".safetensors"), ".onnx or .safetensors")
+        if not isinstance(self.data, str):
+            raise _fail("data", self.data, "must be mnist, fashion-mnist or an .npy file of inputs [N, d]")
+        if self.data not in DATASETS:
+            _suffix("data", self.data, (".npy",), "mnist, fashion-mnist or an .npy file of inputs [N, d]")
+        elif self.labels is not None:
+            raise _fail("labels", self.labels, "only for an .npy data file (a dataset has its own)")
+        if self.labels is not None:
+            _suffix("labels", self.labels, (".npy",), ".npy (a file of integer labels [N])")
+        if self.out is not None:
+            _suffix("out", self.out, (".csv", ".json"), ".csv or .json")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON form of every field (the resolved config)."""
+        return to_dict(self)
+
+
+# --------------------------------------------------------------------------- real-data experiment
 
 @dataclass(frozen=True)
 class TrainSpec:
@@ -832,11 +1045,6 @@ class ExperimentSpec:
 
 # --------------------------------------------------------------------------- (de)serialisation
 
-_SPEC_TYPES: dict[str, type] = {
-    "net": NetSpec, "law": LawSpec, "gap": GapSpec, "bound": BoundSpec, "mc": MCSpec,
-}
-
-
 def _plain(value: Any) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: _plain(getattr(value, f.name)) for f in fields(value)}
@@ -882,7 +1090,12 @@ HASH_RULE = 2
 #: (hash, grid point, trial, stream), so chunks of any size draw the same trials), by section kind as
 #: dotted paths inside that section: they stay out of the config hash, hence out of the run folder's
 #: name and every seed (``config.json`` still records them). A path may name a whole sub-section.
-EXECUTION_FIELDS: dict[str, tuple[str, ...]] = {"verify": ("mc.chunk_size",)}
+EXECUTION_FIELDS: dict[str, tuple[str, ...]] = {
+    "verify": ("mc.chunk_size",),
+    # where a job writes its results is not a setting of the results
+    "prune": ("out", "save_target"),
+    "certify": ("out",),
+}
 
 
 def hash_kind(spec: Any) -> str:
@@ -947,66 +1160,81 @@ def config_hash(spec: Any, kind: str | None = None) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def _nested(tp: Any) -> tuple[str, type] | None:
+    """``("one", C)`` for a field typed ``C`` or ``C | None`` (C a spec), ``("many", C)`` for ``tuple[C, ...]``."""
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        return "one", tp
+    args = [a for a in get_args(tp) if a is not type(None) and a is not Ellipsis]
+    if len(args) == 1 and dataclasses.is_dataclass(args[0]) and isinstance(args[0], type):
+        return ("many" if get_origin(tp) is tuple else "one"), args[0]
+    return None
+
+
 def _build(cls: type, data: Mapping[str, Any], where: str) -> Any:
+    """A spec of type ``cls`` from plain data: nested specs built by their field types, lists made tuples."""
     if not isinstance(data, Mapping):
         raise _fail(where, data, "must be a table")
+    if cls is NetSpec and "arch" in data:  # an --arch string, with the other net fields on top of it
+        sec = dict(data)
+        base = parse_arch(sec.pop("arch"))
+        data = {**to_dict(base), **sec}
     names = {f.name: f for f in fields(cls)}
     unknown = sorted(set(data) - set(names))
     if unknown:
         raise _fail(f"{where}.{unknown[0]}" if where else unknown[0], data[unknown[0]],
                     f"unknown key (known: {', '.join(names)})")
+    hints = get_type_hints(cls)
     kwargs: dict[str, Any] = {}
     for k, v in data.items():
-        if cls is NetSpec and k == "convs":
-            if not isinstance(v, (list, tuple)):
-                raise _fail(f"{where}.convs", v, "must be a list of conv tables")
-            v = tuple(_build(ConvSpec, c, f"{where}.convs") for c in v)
+        sub = f"{where}.{k}" if where else k
+        nested = _nested(hints.get(k))
+        if nested is not None and v is not None:
+            how, inner = nested
+            if how == "many":
+                if isinstance(v, Mapping):
+                    v = [v]
+                if not isinstance(v, (list, tuple)):
+                    raise _fail(sub, v, "must be a list of tables")
+                v = tuple(x if isinstance(x, inner) else _build(inner, x, f"{sub}[{i}]") for i, x in enumerate(v))
+            elif not isinstance(v, inner):
+                v = _build(inner, v, sub)
         elif isinstance(v, list):
             v = tuple(v)
         kwargs[k] = v
     try:
         return cls(**kwargs)
     except TypeError as e:
-        raise _fail(where, dict(data), str(e)) from None
+        raise _fail(where or cls.__name__, dict(data), str(e)) from None
 
 
-def from_dict(data: Mapping[str, Any]) -> RunConfig:
-    """Build a :class:`RunConfig` from plain data (e.g. TOML or stored ``config.json``).
+def from_dict(data: Mapping[str, Any], cls: type = RunConfig) -> Any:
+    """Build a config section (default :class:`RunConfig`) from plain data (TOML or a stored ``config.json``).
 
-    Unknown keys and wrong types raise :class:`ProbPruneError` naming the key.
+    Nested specs are built from their tables, lists become tuples, ``net.arch`` is parsed; unknown keys
+    and wrong types raise :class:`ProbPruneError` naming the key. The spec then validates itself once.
+
+    >>> from_dict({"mc": {"n_trials": 5}}).mc.n_trials
+    5
     """
     if not isinstance(data, Mapping):
         raise _fail("config", data, "must be a table")
-    unknown = sorted(set(data) - {f.name for f in fields(RunConfig)})
-    if unknown:
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown and cls is RunConfig:
         raise _fail(unknown[0], data[unknown[0]], "unknown config section")
-    kwargs: dict[str, Any] = {}
-    for name, cls in _SPEC_TYPES.items():
-        if name in data:
-            sec = dict(data[name]) if isinstance(data[name], Mapping) else data[name]
-            if name == "net" and isinstance(sec, dict) and "arch" in sec:
-                arch = sec.pop("arch")
-                base = parse_arch(arch)
-                merged = {**to_dict(base), **sec}
-                merged["convs"] = [c for c in merged["convs"]]
-                sec = merged
-            kwargs[name] = _build(cls, sec, name)
-    if "prunes" in data:
-        pr = data["prunes"]
-        if isinstance(pr, Mapping):
-            pr = [pr]
-        if not isinstance(pr, (list, tuple)):
-            raise _fail("prunes", pr, "must be a list of tables")
-        kwargs["prunes"] = tuple(_build(PruneSpec, p, f"prunes[{i}]") for i, p in enumerate(pr))
-    return RunConfig(**kwargs)
+    if cls is RunConfig and isinstance(data.get("prunes"), list):
+        data = {**data, "prunes": [p for p in data["prunes"]]}
+    if cls is RunConfig and "prunes" in data and not isinstance(data["prunes"], (list, tuple, Mapping)):
+        raise _fail("prunes", data["prunes"], "must be a list of tables")
+    return _build(cls, data, "")
 
 
 #: A config is a small text file; anything larger (or a device such as /dev/zero) is refused unread.
 _MAX_CONFIG_BYTES = 1 << 20
 
 
-def load_toml(path: str) -> RunConfig:
-    """Read a TOML config file (sections ``net``, ``law``, ``[[prunes]]``, ``gap``, ``bound``, ``mc``)."""
+def read_toml(path: str) -> dict[str, Any]:
+    """The tables of a TOML config file, unbuilt (a refusal names the file and what is wrong with it)."""
     if sys.version_info >= (3, 11):
         import tomllib
     else:  # pragma: no cover - exercised on 3.10 only
@@ -1031,7 +1259,13 @@ def load_toml(path: str) -> RunConfig:
         raise _fail("config", path, f"not UTF-8 text ({e.reason} at byte {e.start})") from None
     except ValueError as e:  # TOMLDecodeError, or an integer with too many digits
         raise _fail("config", path, f"not valid TOML ({e})") from None
-    return from_dict(data)
+    return data
+
+
+def load_toml(path: str, cls: type = RunConfig) -> Any:
+    """Read a TOML config file into a section (default :class:`RunConfig`: tables ``net``, ``law``,
+    ``[[prunes]]``, ``gap``, ``bound``, ``mc``; another section's file holds that section's fields)."""
+    return from_dict(read_toml(path), cls)
 
 
 def presets() -> dict[str, Path]:
@@ -1075,24 +1309,36 @@ def _coerce(text: str) -> Any:
         raise _fail("--set", shown, "a number with too many digits") from None
 
 
-def with_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
-    """Apply ``section.field=value`` overrides (values parsed as JSON when they can be).
+def _put(data: dict[str, Any], path: str, value: Any) -> None:
+    """Set ``value`` at dotted ``path`` inside plain data, making the tables on the way."""
+    *heads, last = path.split(".")
+    node = data
+    for h in heads:
+        if not isinstance(node.get(h), dict):
+            node[h] = {}
+        node = node[h]
+    node[last] = value
 
-    ``prunes.N.field=value`` edits the N-th pruning rule.
+
+def with_overrides(spec: Any, overrides: Sequence[str]) -> Any:
+    """Apply ``section.field=value`` overrides to any config section (values parsed as JSON when they can be).
+
+    ``prunes.N.field=value`` edits the N-th pruning rule; ``net.arch=…`` replaces the architecture.
+    The result is rebuilt, so it validates itself once.
 
     >>> with_overrides(RunConfig(), ["mc.n_trials=5"]).mc.n_trials
     5
     """
-    data = to_dict(cfg)
+    data = to_dict(spec)
     for item in overrides:
         key, eq, val = item.partition("=")
         if not eq:
             raise _fail("--set", item, "expected section.field=value")
         parts = key.strip().split(".")
         value = _coerce(val.strip())
-        if parts[0] == "net" and parts[1:] == ["arch"]:
-            base = to_dict(parse_arch(str(value), data["net"]["activation"], data["net"]["bias"]))
-            data["net"] = base
+        net = data.get("net")
+        if parts[-1] == "arch" and isinstance(net, dict) and parts[:-1] == ["net"]:
+            data["net"] = to_dict(parse_arch(str(value), net["activation"], net["bias"]))
             continue
         node: Any = data
         for i, p in enumerate(parts[:-1]):
@@ -1101,7 +1347,7 @@ def with_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
                     node = node[int(p)]
                 except (ValueError, IndexError):
                     raise _fail("--set", item, f"no entry {p!r}") from None
-            elif isinstance(node, dict) and p in node:
+            elif isinstance(node, dict) and p in node and isinstance(node[p], (dict, list)):
                 node = node[p]
             else:
                 raise _fail("--set", item, f"unknown section {'.'.join(parts[:i + 1])!r}")
@@ -1109,4 +1355,47 @@ def with_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
         if not isinstance(node, dict) or last not in node:
             raise _fail("--set", item, f"unknown field {key!r}")
         node[last] = value
-    return from_dict(data)
+    return from_dict(data, type(spec))
+
+
+#: How one command-line flag enters a config section: a dotted field path (the value goes there as it is),
+#: or ``(path, parse)`` where ``parse`` turns the flag's text into the field's plain value.
+FlagRule = str | tuple[str, Callable[[Any], Any]]
+#: A rule that reads several flags at once (e.g. verify's pruning-rule flags) and edits the plain data.
+FlagGroup = Callable[[dict[str, Any], Mapping[str, Any]], None]
+
+
+def resolve(
+    cls: type,
+    *,
+    table: Mapping[str, FlagRule],
+    flags: Mapping[str, Any],
+    config: str | None = None,
+    base: Any = None,
+    sets: Sequence[str] = (),
+    groups: Sequence[FlagGroup] = (),
+) -> Any:
+    """The one resolver of every command: settings, then flags, then ``--set``, validated once.
+
+    Order: the dataclass defaults, or ``base`` (a resumed run, a preset), or the ``--config`` file or preset
+    (its tables are this section's fields); then every flag given (not ``None``), by ``table``; then the
+    ``groups``; then each ``--set key=value``. The section is built once from the result, so every value,
+    whichever way it came, passes the same ``__post_init__`` (an error names the field and the value).
+
+    >>> resolve(MCSpec, table={"trials": "n_trials"}, flags={"trials": 7}, sets=["seed=3"]).seed
+    3
+    """
+    if config is not None and base is not None:
+        raise _fail("--config", config, "give a config file or a run to resume, not both")
+    data: dict[str, Any] = read_toml(str(config_file(config))) if config is not None else \
+        ({} if base is None else to_dict(base))
+    for name, value in flags.items():
+        if value is None or name not in table:
+            continue
+        rule = table[name]
+        path, parse = (rule, None) if isinstance(rule, str) else rule
+        _put(data, path, value if parse is None else parse(value))
+    for group in groups:
+        group(data, flags)
+    spec = from_dict(data, cls)
+    return with_overrides(spec, list(sets)) if sets else spec

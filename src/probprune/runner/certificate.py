@@ -36,11 +36,21 @@ import torch
 
 from probprune.bounds import CertifiedBound, NormMethod, certified_gap_bound
 from probprune.bounds.probabilistic import probabilistic_bound
-from probprune.config import GapSpec, LawSpec, NetSpec, ProbPruneError, PruneSpec, config_hash, parse_arch, parse_law
+from probprune.config import (
+    GapSpec,
+    LawSpec,
+    NetSpec,
+    ProbPruneError,
+    PruneJob,
+    PruneSpec,
+    config_hash,
+    parse_arch,
+    parse_law,
+)
 from probprune.masks import MaskStats
 from probprune.nets import Net
 from probprune.runner.gap import gap_sandwich
-from probprune.runner.prune import PruneJob, PruneOutcome, load_net, run_prune, save_net
+from probprune.runner.prune import PruneOutcome, load_net, run_prune, save_net
 from probprune.store import file_sha256
 
 __all__ = ["FORMAT", "CertificateRejected", "CheckOutcome", "check_certificate", "file_sha256", "make_certificate"]

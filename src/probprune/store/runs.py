@@ -248,6 +248,25 @@ def _check_grid_rows(con: sqlite3.Connection, db: str, cfg: RunConfig, n_grid: i
                 raise ProbPruneError(f"{db}: grid point {g} has {c} = {r[c]!r}, but {CONFIG_FILE} gives {v!r}")
 
 
+def _check_hash(stored: str | None, db: str, where: str, cfg: RunConfig, h: str, config_text: str | None) -> None:
+    """The meta row ``hash`` is the config's hash; a folder of an older hash rule is refused with the reason."""
+    if stored is None:
+        raise ProbPruneError(f"{db}: the meta row 'hash' is missing, so nothing ties its rows to "
+                             f"{CONFIG_FILE} (hash {h}); refusing to read or resume it")
+    if stored == h:
+        return
+    if stored == _rule1_hash(cfg):
+        raise ProbPruneError(f"run folder {where[4:]} was made by an older probprune (hash rule 1, hash {stored}); "
+                             f"this probprune (hash rule {HASH_RULE}) names its config {h} and seeds its trials "
+                             "from that hash: re-run it")
+    if config_text is not None and hashlib.sha256(config_text.strip().encode()).hexdigest()[:16] == stored:
+        raise ProbPruneError(f"{where}: made by an earlier probprune whose config hash ({stored}) included "
+                             f"execution settings (mc.chunk_size); this config now hashes to {h} and its trials "
+                             "are seeded from that hash, so the stored rows cannot be read or resumed as this "
+                             "config's: run the config again")
+    raise ProbPruneError(f"{where}: {CONFIG_FILE} (hash {h}) disagrees with its database (hash {stored})")
+
+
 def _validate(con: sqlite3.Connection, where: str, cfg: RunConfig, h: str, config_text: str | None
               ) -> tuple[dict[str, str], int, int, int]:
     """Check the whole store against ``cfg``; return ``(meta, n_done, n_grid, n_trials)``.
@@ -278,21 +297,7 @@ def _validate(con: sqlite3.Connection, where: str, cfg: RunConfig, h: str, confi
     for k, v in meta.items():
         if not isinstance(v, str):
             raise ProbPruneError(f"{db}: meta row {k!r} holds {v!r}, not text")
-    stored = meta.get("hash")
-    if stored is None:
-        raise ProbPruneError(f"{db}: the meta row 'hash' is missing, so nothing ties its rows to "
-                             f"{CONFIG_FILE} (hash {h}); refusing to read or resume it")
-    if stored != h:
-        if stored == _rule1_hash(cfg):
-            raise ProbPruneError(f"run folder {where[4:]} was made by an older probprune (hash rule 1, hash {stored}); "
-                                 f"this probprune (hash rule {HASH_RULE}) names its config {h} and seeds its trials "
-                                 "from that hash: re-run it")
-        if config_text is not None and hashlib.sha256(config_text.strip().encode()).hexdigest()[:16] == stored:
-            raise ProbPruneError(f"{where}: made by an earlier probprune whose config hash ({stored}) included "
-                                 f"execution settings (mc.chunk_size); this config now hashes to {h} and its trials "
-                                 "are seeded from that hash, so the stored rows cannot be read or resumed as this "
-                                 "config's: run the config again")
-        raise ProbPruneError(f"{where}: {CONFIG_FILE} (hash {h}) disagrees with its database (hash {stored})")
+    _check_hash(meta.get("hash"), db, where, cfg, h, config_text)
     ints: dict[str, int] = {}
     for k in _META_INTS:
         v = meta.get(k)
