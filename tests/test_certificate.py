@@ -144,6 +144,26 @@ def test_a_wrong_upper_bound_is_rejected(made: dict[str, Path], capsys: pytest.C
               "rejected", "certified upper bound")
 
 
+def test_a_certificate_of_hash_rule_1_is_rejected_with_the_reason(made: dict[str, Path],
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    import hashlib
+
+    from probprune.runner.certificate import _resolved
+
+    d = json.loads(made["cert"].read_text())
+    pr = PruneSpec(method=d["prune"]["method"], scope=d["prune"]["scope"], rescale=d["prune"]["rescale"],
+                   **{d["prune"]["level_name"]: d["prune"]["level_value"]})
+    est = {k: v for k, v in d["gap"]["estimator"].items() if k != "n_evals"}
+    resolved = _resolved(d["arch"], d["activation"], d["bias"], d["law"], None, d["seeds"]["seed"], pr,
+                         GapSpec(radius=d["gap"]["radius"], **est), d["probabilistic"]["delta"],
+                         d["gap"]["norm_method"])
+    rule1 = hashlib.sha256(json.dumps(resolved, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
+    assert rule1 != d["config_hash"]
+    edit(made["cert"], lambda doc: doc.update(config_hash=rule1))  # as made before issue 14
+    _rejected(["certificate", "check", str(made["cert"]), "--weights", str(made["pruned"])], capsys,
+              "field config_hash", "hash rule 1")
+
+
 def test_other_weights_are_rejected(made: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     other = tmp_path / "other.safetensors"
     rc, _, err = run_cli(["prune", "--arch", ARCH, "--law", "uniform:K=2.449", "--relative-threshold", "0.5",

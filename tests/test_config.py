@@ -58,6 +58,51 @@ def test_a_new_field_at_its_default_changes_no_hash() -> None:
     assert Later(new_knob=2.0).hash != ExperimentSpec().hash
 
 
+def test_every_section_round_trips_and_hashes_under_its_kind() -> None:
+    from probprune.config import (
+        SECTIONS,
+        BoundJob,
+        CertifyJob,
+        GapJob,
+        LawSpec,
+        PruneJob,
+        hash_kind,
+        parse_arch,
+        to_dict,
+    )
+
+    net = parse_arch("fcn:4,8,2")
+    examples = [RunConfig(), ExperimentSpec.quick(), PruneJob(net=net, prune=PruneSpec(p=0.2, method="random"),
+                                                              law=LawSpec(scale=2.0), out="x.onnx"),
+                GapJob(net=net, weights="t.onnx", pruned="p.onnx"),
+                BoundJob(net=net, law=LawSpec(), prune=PruneSpec(relative_threshold=0.1), delta=0.1),
+                CertifyJob(weights="t.onnx", pruned="p.onnx", data="mnist", radius=0.1, clip=(0.0, 1.0))]
+    assert sorted(SECTIONS) == sorted(hash_kind(x) for x in examples)
+    hashes = set()
+    for x in examples:
+        assert SECTIONS[hash_kind(x)] is type(x)
+        assert from_dict(to_dict(x), type(x)) == x
+        assert from_dict(__import__("json").loads(canonical_json(x)), type(x)) == x
+        hashes.add(config_hash(x))
+    assert len(hashes) == len(examples)
+
+
+def test_jobs_validate_once_naming_field_and_value() -> None:
+    from probprune.config import BoundJob, CertifyJob, GapJob, LawSpec, parse_arch
+
+    net = parse_arch("fcn:4,8,2")
+    for make, needle in [
+        (lambda: BoundJob(net=net, law=LawSpec(), prune=PruneSpec(relative_threshold=0.1), delta=0.0), "delta=0.0"),
+        (lambda: BoundJob(net=net, law=LawSpec(), prune=PruneSpec(relative_threshold=0.1), eps=-1.0), "eps=-1.0"),
+        (lambda: GapJob(net=net, weights="t.onnx", pruned="p.onnx", norm_method="nope"), "norm_method='nope'"),
+        (lambda: GapJob(net=net, weights="t.onnx", pruned="p.onnx", device="tpu"), "device='tpu'"),
+        (lambda: CertifyJob(weights="t.onnx", pruned="p.onnx", data="mnist", radius=0.1, norm="l1"), "norm='l1'"),
+        (lambda: CertifyJob(weights="t.pt", pruned="p.onnx", data="mnist", radius=0.1), "weights='t.pt'"),
+    ]:
+        with pytest.raises(ProbPruneError, match=needle):
+            make()
+
+
 def test_new_mc_fields_default_to_no_op() -> None:
     assert config_hash(RunConfig(mc=MCSpec(confidence=0.95, eps_scale=1.0))) == config_hash(RunConfig())
     assert config_hash(RunConfig(mc=MCSpec(eps_scale=0.1))) != config_hash(RunConfig())

@@ -34,6 +34,7 @@ __all__ = [
     "MAX_SEED",
     "MIN_DELTA",
     "MODELS",
+    "SECTIONS",
     "BallSpec",
     "BoundJob",
     "BoundSpec",
@@ -1227,6 +1228,11 @@ def from_dict(data: Mapping[str, Any], cls: type = RunConfig) -> Any:
     if cls is RunConfig and "prunes" in data and not isinstance(data["prunes"], (list, tuple, Mapping)):
         raise _fail("prunes", data["prunes"], "must be a list of tables")
     return _build(cls, data, "")
+
+
+#: Every command's settings section by kind (the kind enters the hash: sections never share a folder).
+SECTIONS: dict[str, type] = {cls.KIND: cls for cls in (RunConfig, PruneJob, GapJob, BoundJob, CertifyJob,  # type: ignore[attr-defined]
+                                                        ExperimentSpec)}
 
 
 #: A config is a small text file; anything larger (or a device such as /dev/zero) is refused unread.

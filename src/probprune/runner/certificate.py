@@ -21,6 +21,7 @@ verified; ``confirmed`` covers only the verified fields.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import sys
@@ -554,7 +555,10 @@ def check_certificate(doc: Mapping[str, Any], weights: str | Path, target: str |
     resolved = _resolved(doc["arch"], doc["activation"], doc["bias"], doc["law"],
                          doc["target"]["path"] if tsrc == "file" else None, seed, pr, gs,
                          None if prob is None else prob["delta"], g["norm_method"])
-    c.same("config_hash", doc["config_hash"], config_hash(resolved, kind="certificate"))
+    rule1 = hashlib.sha256(json.dumps(resolved, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
+    c.same("config_hash", doc["config_hash"], config_hash(resolved, kind="certificate"),
+           " (made by an older probprune, hash rule 1: make the certificate again)" if doc["config_hash"] == rule1
+           else "")
     # --- digests
     if doc["pruned"]["sha256"] is None:
         c.not_verified.append(("pruned.sha256", "no digest recorded"))
