@@ -10,8 +10,6 @@ import torch
 from cliharness import run
 from probprune.config import config_hash, default_config
 
-torch.set_num_threads(1)
-
 QUICK = ["--arch", "fcn:6,16,16,3", "--widths", "16,24", "--trials", "4", "--chunk-size", "2",
          "--set", "gap.n_points=64", "--set", "gap.n_restarts=1", "--set", "gap.n_steps=2"]
 
