@@ -26,10 +26,11 @@ from probprune.config import (
     RunConfig,
     canonical_json,
     config_hash,
+    default_config,
     from_dict,
 )
 from probprune.records import GridRow, PointSummary, TrialRow
-from probprune.runner.verify import DEFAULT_CONFIG, run_verify
+from probprune.runner.verify import run_verify
 from probprune.store.runs import (
     CONFIG_FILE,
     DB_FILE,
@@ -232,6 +233,25 @@ def test_a_run_of_the_earlier_hash_definition_is_refused_with_the_reason(tmp_pat
             call()
 
 
+def test_a_run_of_hash_rule_1_is_refused_with_the_reason(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # a folder made before issue 14: its meta hash (and folder name) is the rule-1 hash of the same config.json
+    res = run_verify(CFG, tmp_path / "new")
+    data = json.loads(canonical_json(CFG))
+    data["mc"].pop("chunk_size", None)
+    rule1 = hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
+    assert rule1 != config_hash(CFG)
+    old = tmp_path / "old" / rule1
+    shutil.copytree(res.run_dir, old)
+    _sql(old, f"UPDATE meta SET value = '{rule1}' WHERE key = 'hash'")
+    msg = (rf"run folder '{old}' was made by an older probprune \(hash rule 1, hash {rule1}\); this probprune "
+           rf"\(hash rule 2\) names its config {config_hash(CFG)} .*: re-run it")
+    for call in (lambda: open_run(old), lambda: run_verify(CFG, tmp_path / "old", resume=old)):
+        with pytest.raises(ProbPruneError, match=msg):
+            call()
+    code, _, err = run(["verify", "--resume", str(old), "--json"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "hash rule 1" in err
+
+
 # --------------------------------------------------------------------------- chunk size is execution only
 
 
@@ -260,11 +280,11 @@ def test_chunk_size_changes_neither_the_hash_nor_any_trial(tmp_path: Path, one_t
 
 
 def test_execution_settings_leave_the_pinned_default_hashes_alone() -> None:
-    assert config_hash(RunConfig(mc=MCSpec(chunk_size=3))) == config_hash(RunConfig()) == "44136fa355b3678a"
-    assert config_hash(RunConfig(mc=MCSpec(n_trials=5, chunk_size=1))) == "1bd80baf2f28380a"
+    assert config_hash(RunConfig(mc=MCSpec(chunk_size=3))) == config_hash(RunConfig()) == "3b76612531ce75aa"
+    assert config_hash(RunConfig(mc=MCSpec(n_trials=5, chunk_size=1))) == "ed0102ab72ceae70"
     # the shipped default sets chunk_size = 10, which no longer enters its hash
-    assert config_hash(DEFAULT_CONFIG) == config_hash(dataclasses.replace(
-        DEFAULT_CONFIG, mc=dataclasses.replace(DEFAULT_CONFIG.mc, chunk_size=16))) == "0428b3f2f155e282"
+    assert config_hash(default_config()) == config_hash(dataclasses.replace(
+        default_config(), mc=dataclasses.replace(default_config().mc, chunk_size=16))) == "d532fd7e38716ac9"
 
 
 # --------------------------------------------------------------------------- one writer per run folder

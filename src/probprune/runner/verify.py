@@ -29,14 +29,7 @@ from typing import Any, Protocol
 import torch
 
 from probprune.config import (
-    SQRT6,
-    BoundSpec,
-    GapSpec,
-    LawSpec,
-    MCSpec,
-    NetSpec,
     ProbPruneError,
-    PruneSpec,
     RunConfig,
     canonical_json,
     config_hash,
@@ -57,7 +50,6 @@ from probprune.runner.prune import check_device as prune_check_device
 from probprune.store.runs import RunInfo, RunWriter, open_run, prepare_run, read_points, read_slopes
 
 __all__ = [
-    "DEFAULT_CONFIG",
     "Executor",
     "LocalExecutor",
     "ProgressEvent",
@@ -66,31 +58,11 @@ __all__ = [
     "check_device",
     "check_run",
     "compute_unit",
-    "default_config",
     "from_canonical",
     "library_version",
     "plan_units",
     "run_verify",
 ]
-
-# The paper's FCN setting: uniform law with K = √6, input 16, two hidden layers of width h, output 4,
-# magnitude (ρ) and random (p) pruning on the vanishing schedule c·h^{-α}. Sized to run in about
-# three minutes on 2 CPU cores (benchmarks/RESULTS.md, "verify engine (issue 5)").
-DEFAULT_CONFIG = RunConfig(
-    net=NetSpec(widths=(16, 128, 128, 4)),
-    law=LawSpec(kind="uniform", scale=SQRT6),
-    prunes=(PruneSpec(method="magnitude", schedule_c=1.0, schedule_alpha=0.5),
-            PruneSpec(method="random", schedule_c=1.0, schedule_alpha=0.5)),
-    gap=GapSpec(n_points=512, n_restarts=4, n_steps=10),
-    bound=BoundSpec(delta=0.05),
-    mc=MCSpec(n_trials=20, hidden_widths=(128, 256, 512, 1024, 2048), chunk_size=10),
-)
-
-
-def default_config() -> RunConfig:
-    """The embedded default of ``probprune verify`` (mirrored by ``configs/default.toml``)."""
-    return DEFAULT_CONFIG
-
 
 def library_version() -> str:
     """The installed probprune version (stored with every trial)."""

@@ -8,7 +8,6 @@ ones. Every row is committed on its own (a small transaction). The report reads 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sqlite3
 from collections.abc import Mapping
@@ -16,7 +15,7 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
-from probprune.config import ProbPruneError
+from probprune.config import HASH_RULE, ProbPruneError
 from probprune.records import KEYS, ExperimentRow
 from probprune.store.checkpoint import atomic_write_text
 from probprune.store.tables import columns, create_table, from_sql, names, values
@@ -26,7 +25,6 @@ __all__ = [
     "EXPERIMENT_DB",
     "EXPERIMENT_KEY",
     "ExperimentStore",
-    "experiment_hash",
     "experiment_records",
     "is_experiment_dir",
     "read_experiment",
@@ -43,14 +41,12 @@ EXPERIMENT_COLUMNS: tuple[tuple[str, str], ...] = columns(ExperimentRow)
 EXPERIMENT_KEY: tuple[str, ...] = KEYS[ExperimentRow]
 
 
-def experiment_hash(config: Mapping[str, Any]) -> str:
-    """First 16 hex digits of the SHA-256 of the canonical JSON of an experiment config.
-
-    >>> experiment_hash({"b": 1, "a": [1, 2]}) == experiment_hash({"a": [1, 2], "b": 1})
-    True
-    """
-    text = json.dumps(dict(config), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+def _check_rule(cfg_file: Path, stored: Mapping[str, Any]) -> None:
+    """Refuse an experiment folder made under an older hash rule (its name is not this config's hash)."""
+    rule = stored.get("hash_rule", 1)
+    if rule != HASH_RULE:
+        raise ProbPruneError(f"run folder {str(cfg_file.parent)!r} was made by an older probprune (hash rule "
+                             f"{rule!r}; this one uses {HASH_RULE}); re-run it")
 
 
 def is_experiment_dir(path: str | Path) -> bool:
@@ -70,6 +66,7 @@ def read_experiment_config(run_dir: str | Path) -> dict[str, Any]:
     if not is_experiment_dir(run_dir):
         raise ProbPruneError(f"run_dir={str(run_dir)!r}: not an experiment run (no {CONFIG_FILE} of kind experiment)")
     doc: dict[str, Any] = json.loads(p.read_text())
+    _check_rule(p, doc)
     return doc
 
 
@@ -82,6 +79,7 @@ def experiment_records(run_dir: str | Path) -> list[ExperimentRow]:
     db = Path(run_dir) / EXPERIMENT_DB
     if not db.is_file():
         raise ProbPruneError(f"run_dir={str(run_dir)!r}: no {EXPERIMENT_DB} (not an experiment run, or not started)")
+    read_experiment_config(run_dir)  # refuses a folder of an older hash rule
     try:
         with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as con:
             rows = con.execute(f"SELECT {', '.join(names(ExperimentRow))} FROM {_TABLE} ORDER BY "
@@ -102,20 +100,30 @@ class ExperimentStore:
 
     Args:
         run_dir: the folder (created if missing).
-        config: the experiment config; stored as ``config.json``. A folder holding a different
-            config is refused.
+        config: the experiment config; stored as ``config.json`` (with ``kind``, ``hash_rule`` and
+            ``hash``). A folder holding a different config is refused, and so is one made under an
+            older hash rule.
+        hash: the config's :func:`~probprune.config.config_hash`: when given, a stored config with the
+            same hash is the same config (a field added later at its default changes nothing); without
+            it the stored config must equal ``config``.
     """
 
-    def __init__(self, run_dir: str | Path, config: Mapping[str, Any]) -> None:
+    def __init__(self, run_dir: str | Path, config: Mapping[str, Any], hash: str | None = None) -> None:
         self.path = Path(run_dir)
-        cfg = {"kind": "experiment", **dict(config)}
+        cfg = {"kind": "experiment", **dict(config), "hash_rule": HASH_RULE}
+        if hash is not None:
+            cfg["hash"] = hash
         cfg_file = self.path / CONFIG_FILE
         if cfg_file.exists():
             try:
                 stored = json.loads(cfg_file.read_text())
             except (OSError, ValueError) as e:
                 raise ProbPruneError(f"{cfg_file}: unreadable ({e})") from None
-            if stored != json.loads(json.dumps(cfg)):
+            if not isinstance(stored, dict):
+                raise ProbPruneError(f"{cfg_file}: not a JSON object")
+            _check_rule(cfg_file, stored)
+            same = stored.get("hash") == hash if hash is not None else stored == json.loads(json.dumps(cfg))
+            if not same:
                 raise ProbPruneError(f"{cfg_file}: holds a different experiment config; use another --runs-dir")
         else:
             try:

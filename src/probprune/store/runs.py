@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from probprune.config import ProbPruneError, RunConfig, canonical_json, config_hash, from_dict
+from probprune.config import HASH_RULE, ProbPruneError, RunConfig, canonical_json, config_hash, from_dict, to_dict
 from probprune.records import KEYS, VERDICTS, GridRow, PointSummary, SlopeRow, TrialRow
 from probprune.store.checkpoint import atomic_write_text
 from probprune.store.tables import columns, create_table, from_sql, names, values
@@ -125,6 +125,20 @@ def _load_stored_config(path: Path) -> tuple[RunConfig, str, str]:
         raise ProbPruneError(f"run {str(path)!r}: {CONFIG_FILE} is unreadable ({e})") from None
     cfg = from_dict(data)
     return cfg, config_hash(cfg), text
+
+
+def _rule1_hash(cfg: RunConfig) -> str:
+    """The hash a run folder got under hash rule 1 (before issue 14): the non-default JSON without mc.chunk_size.
+
+    Only to recognise such a folder and refuse it with the reason (its trials are seeded from that hash).
+    """
+    data = to_dict(cfg, non_default_only=True)
+    mc = data.get("mc")
+    if isinstance(mc, dict):
+        mc.pop("chunk_size", None)
+        if not mc:
+            del data["mc"]
+    return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
 
 
 def _wal_header(db: Path) -> bool:
@@ -223,6 +237,25 @@ def _check_grid_rows(con: sqlite3.Connection, db: str, cfg: RunConfig, n_grid: i
                 raise ProbPruneError(f"{db}: grid point {g} has {c} = {r[c]!r}, but {CONFIG_FILE} gives {v!r}")
 
 
+def _check_hash(stored: str | None, db: str, where: str, cfg: RunConfig, h: str, config_text: str | None) -> None:
+    """The meta row ``hash`` is the config's hash; a folder of an older hash rule is refused with the reason."""
+    if stored is None:
+        raise ProbPruneError(f"{db}: the meta row 'hash' is missing, so nothing ties its rows to "
+                             f"{CONFIG_FILE} (hash {h}); refusing to read or resume it")
+    if stored == h:
+        return
+    if stored == _rule1_hash(cfg):
+        raise ProbPruneError(f"run folder {where[4:]} was made by an older probprune (hash rule 1, hash {stored}); "
+                             f"this probprune (hash rule {HASH_RULE}) names its config {h} and seeds its trials "
+                             "from that hash: re-run it")
+    if config_text is not None and hashlib.sha256(config_text.strip().encode()).hexdigest()[:16] == stored:
+        raise ProbPruneError(f"{where}: made by an earlier probprune whose config hash ({stored}) included "
+                             f"execution settings (mc.chunk_size); this config now hashes to {h} and its trials "
+                             "are seeded from that hash, so the stored rows cannot be read or resumed as this "
+                             "config's: run the config again")
+    raise ProbPruneError(f"{where}: {CONFIG_FILE} (hash {h}) disagrees with its database (hash {stored})")
+
+
 def _validate(con: sqlite3.Connection, where: str, cfg: RunConfig, h: str, config_text: str | None
               ) -> tuple[dict[str, str], int, int, int]:
     """Check the whole store against ``cfg``; return ``(meta, n_done, n_grid, n_trials)``.
@@ -280,17 +313,7 @@ def _check_meta(con: sqlite3.Connection, db: str, where: str, cfg: RunConfig, h:
     for k, v in meta.items():
         if not isinstance(v, str):
             raise ProbPruneError(f"{db}: meta row {k!r} holds {v!r}, not text")
-    stored = meta.get("hash")
-    if stored is None:
-        raise ProbPruneError(f"{db}: the meta row 'hash' is missing, so nothing ties its rows to "
-                             f"{CONFIG_FILE} (hash {h}); refusing to read or resume it")
-    if stored != h:
-        if config_text is not None and hashlib.sha256(config_text.strip().encode()).hexdigest()[:16] == stored:
-            raise ProbPruneError(f"{where}: made by an earlier probprune whose config hash ({stored}) included "
-                                 f"execution settings (mc.chunk_size); this config now hashes to {h} and its trials "
-                                 "are seeded from that hash, so the stored rows cannot be read or resumed as this "
-                                 "config's: run the config again")
-        raise ProbPruneError(f"{where}: {CONFIG_FILE} (hash {h}) disagrees with its database (hash {stored})")
+    _check_hash(meta.get("hash"), db, where, cfg, h, config_text)
     ints: dict[str, int] = {}
     for k in _META_INTS:
         v = meta.get(k)
