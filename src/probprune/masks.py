@@ -548,8 +548,8 @@ def _stats(names: Sequence[str], scores: Sequence[Tensor], sel: _Selection, rule
     n_removed, thresholds = sel.n_removed, sel.thresholds
     largest = rule.reports_threshold and thresholds is None
     if n_removed is None:
-        rows = [torch.stack([v.to(torch.float64) for v in
-                             (m.numel() - count_true(m.reshape(-1)), s.masked_fill(m, -1.0).amax())[:1 + largest]])
+        rows = [torch.stack([(m.numel() - count_true(m.reshape(-1))).to(torch.float64)]
+                            + ([s.masked_fill(m, -1.0).amax().to(torch.float64)] if largest else []))
                 for s, m in zip(scores, sel.masks)]
         read = torch.stack(rows).tolist()
         n_removed = [int(r[0]) for r in read]
