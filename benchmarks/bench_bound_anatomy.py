@@ -16,7 +16,8 @@ from __future__ import annotations
 import argparse
 import math
 
-from probprune.bounds import probabilistic as pb
+from probprune.bounds.concentration import activation_gain
+from probprune.bounds.theorems import layer_laws, theorem_n
 from probprune.config import LawSpec, NetSpec
 from probprune.nets import Activation
 
@@ -42,11 +43,11 @@ def main() -> None:
     print("| method | η | log N | ξ | E_l (net part) | η·r·(Lip F + Lip f) | ε_N(η) | E_l / q95 |")
     print("|---|---|---|---|---|---|---|---|")
     for method in ("magnitude", "random"):
-        layers = pb._layers(spec, law, method, [args.level] * nl, False, math.inf)
+        layers = layer_laws(spec, law, method, [args.level] * nl, False, math.inf)
         for eta in (1e-4, 1e-2, 0.1, 0.5, 1.0, math.inf):
-            e, lip_term, log_n, _ = pb._theorem_n(layers, [1.0] * nl, pb.activation_gain(relu), 1.0, 1.0,
-                                                 spec.input_dim, d_ev, eta if math.isfinite(eta) else 1e6,
-                                                 relu=True, joint=True)
+            e, lip_term, log_n, _ = theorem_n(layers, [1.0] * nl, activation_gain(relu), 1.0, 1.0,
+                                           spec.input_dim, d_ev, eta if math.isfinite(eta) else 1e6,
+                                           relu=True, joint=True)
             net = e - lip_term  # η = 10⁶ (no net): log N ≈ 3e-5, the remainder ≈ 4e7 cancels to ~1e-8
             xi = log_n + math.log(1.0 / d_ev)
             q = q95[method]

@@ -91,8 +91,8 @@ def main() -> None:
             q = quantile(gaps, 1.0 - args.delta)
             rel = quantile([g / o for g, o in zip(gaps, outs)], 1.0 - args.delta)
             med_out = quantile(outs, 0.5)
-            print(f"| {h} | {method} | {n} | {b.eps:.4g} | {b.theorem.split()[1]} {b.theorem.split()[2]} | "
-                  f"{b.eps_operator:.4g} | {q:.4g} | {b.eps / q:.1f} | {rel:.4g} | {b.eps / med_out:.3g} | "
+            print(f"| {h} | {method} | {n} | {b.value:.4g} | {b.theorem.split()[1]} {b.theorem.split()[2]} | "
+                  f"{b.value_operator:.4g} | {q:.4g} | {b.value / q:.1f} | {rel:.4g} | {b.value / med_out:.3g} | "
                   f"{time.perf_counter() - t0:.0f} |", flush=True)
 
 

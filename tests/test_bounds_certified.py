@@ -7,12 +7,13 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from probprune.bounds import certified_gap_bound, lower_at, sandwich
+from probprune.bounds import certified_gap_bound, lower_at
 from probprune.config import GapSpec, LawSpec, NetSpec, ProbPruneError, parse_arch
-from probprune.gap import sup_gap
 from probprune.masks import prune
 from probprune.nets import Net
+from probprune.runner.gap import gap_sandwich
 from probprune.sampling import sample_net
+from reference import certified_bound_one, check_batched_equals_reference
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -37,8 +38,8 @@ def build(arch: str, act: str, bias: bool, method: str, frac: float, seed: int, 
 
 
 def check_sandwich(t: Net, p: Net, radius: float, seed: int) -> None:
-    sw = sandwich(t, p, GapSpec(radius=radius, n_points=TINY.n_points, n_restarts=TINY.n_restarts,
-                                n_steps=TINY.n_steps), torch.Generator().manual_seed(seed), estimator=sup_gap)
+    sw = gap_sandwich(t, p, GapSpec(radius=radius, n_points=TINY.n_points, n_restarts=TINY.n_restarts,
+                                    n_steps=TINY.n_steps), seed)
     assert sw.lower.shape == (K,) and sw.upper.shape == (K,)
     bad = sw.lower > sw.upper
     assert not bool(bad.any()), (sw.lower[bad], sw.upper[bad])
@@ -90,7 +91,7 @@ def test_linear_layer_sandwich_closes() -> None:
     spec = NetSpec(widths=(12, 20))
     t = sample_net(spec, LawSpec(), torch.Generator().manual_seed(0))
     p = prune(t, "magnitude", prune_fraction=0.7).model
-    sw = sandwich(t, p, GapSpec(radius=2.0), torch.Generator().manual_seed(1), estimator=sup_gap)
+    sw = gap_sandwich(t, p, GapSpec(radius=2.0), 1)
     d = float(torch.linalg.svdvals((t.weights[0] - p.weights[0]).double())[0])
     # the exact-arithmetic part is ‖D‖·r; the float32 forward-rounding margin comes on top (and is small)
     margin = float(sw.bound.rounding_margin)  # type: ignore[arg-type]
@@ -151,16 +152,16 @@ def test_maxpool_cnn_term_and_assumption() -> None:
 
 def test_identical_nets_bound_zero_ratio_one() -> None:
     t, _ = build("fcn:3,5,2", "sigmoid", True, "magnitude", 0.5, 1, 1.0)
-    sw = sandwich(t, t, TINY, torch.Generator().manual_seed(0), estimator=sup_gap)
+    sw = gap_sandwich(t, t, TINY, 0)
     assert bool((sw.upper == 0).all()) and bool((sw.ratio == 1).all())
 
 
 def test_ensemble_bound_equals_members() -> None:
     t, p = build("cnn:2x6x6,c3k3m2,c2k2s2p0,2", "tanh", True, "random", 0.5, 4, 1.0)
-    b = certified_gap_bound(t, p, 1.3)
-    for k in (0, 5):
-        one = certified_gap_bound(t.member(k), p.member(k), 1.3)
-        assert float(one.value) == pytest.approx(float(b.value[k]), rel=1e-9)
+    # members 0 and 5 of the batched bound vs the bound of that pair alone (old tolerance: rel 1e-9)
+    check_batched_equals_reference(lambda r: [float(v) for v in certified_gap_bound(t, p, r).value],
+                                   lambda r, k: float(certified_bound_one(t.member(k), p.member(k), r).value),
+                                   [1.3], rtol=1e-9, members=(0, 5))
 
 
 def test_bad_input() -> None:
@@ -181,3 +182,20 @@ def test_bad_input() -> None:
         w[0, 0, 1] = bad
         with pytest.raises(ProbPruneError, match="pruned 2.weight: contains non-finite"):
             certified_gap_bound(t, p.with_weights([p.weights[0], w]), 1.0)
+
+
+def test_gap_sandwich_uses_a_given_bound_and_refuses_another_ball() -> None:
+    t, p = build("fcn:3,5,2", "relu", False, "magnitude", 0.5, 2, 1.0)
+    own = gap_sandwich(t, p, TINY, 0)
+    b = certified_gap_bound(t.to(dtype=torch.float64), p.to(dtype=torch.float64), TINY.radius,
+                            forward_dtype=torch.float32)
+    given_sw = gap_sandwich(t, p, TINY, 0, bound=b)
+    assert given_sw.bound is b and torch.equal(given_sw.upper, b.value)
+    assert torch.equal(given_sw.lower, own.lower) and torch.equal(given_sw.x, own.x)  # same estimator, same seed
+    assert bool((given_sw.lower <= given_sw.upper).all())
+    other = certified_gap_bound(t, p, 2.0 * TINY.radius)
+    with pytest.raises(ProbPruneError, match="bound: computed for radius"):
+        gap_sandwich(t, p, TINY, 0, bound=other)
+    single = certified_gap_bound(t.member(0), p.member(0), TINY.radius)
+    with pytest.raises(ProbPruneError, match="shape"):
+        gap_sandwich(t, p, TINY, 0, bound=single)

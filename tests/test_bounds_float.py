@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cliharness import run
-from probprune.bounds import certified_gap_bound, lower_at, sandwich
+from probprune.bounds import certified_gap_bound, lower_at
 from probprune.bounds.norms import (
     abs_operator_norm_bound,
     conv_norm,
@@ -25,9 +25,9 @@ from probprune.bounds.norms import (
     vector_norm_bound,
 )
 from probprune.config import ConvSpec, GapSpec, LawSpec, NetSpec, ProbPruneError, parse_arch
-from probprune.gap import sup_gap
 from probprune.masks import prune
 from probprune.nets import Net
+from probprune.runner.gap import gap_sandwich
 from probprune.sampling import sample_net
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -221,7 +221,7 @@ def test_bound_covers_the_float_forward_pass(arch: str, act: str, bias: bool, dt
                                        .to(dtype) for b in t.biases])  # type: ignore[union-attr]
     p = _pruned(t, mode, frac, rescale, seed)
     g = torch.Generator().manual_seed(seed)
-    sw = sandwich(t, p, GapSpec(radius=radius, n_points=64, n_restarts=2, n_steps=4), g, estimator=sup_gap)
+    sw = gap_sandwich(t, p, GapSpec(radius=radius, n_points=64, n_restarts=2, n_steps=4), seed)
     upper = sw.upper
     assert bool((sw.lower <= upper).all()), (sw.lower, upper)
     x = _points(t, radius, 384, g, dtype)

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from probprune.bounds.paper import GapFit, PaperConstants, fit_k2_alpha, implied_constants, paper_min_width
+from probprune.bounds.paper import GapFit, PaperConstants, fit_gap_exponent, implied_constants, paper_min_width
 from probprune.bounds.probabilistic import probabilistic_bound, with_hidden_width
 from probprune.config import LawSpec, NetSpec, ProbPruneError, PruneSpec
 
@@ -42,18 +42,18 @@ def test_calculator_bad_input(eps: float, delta: float) -> None:
 def test_fit_recovers_power_law(k2: float, alpha: float, noise: list[float]) -> None:
     hs = [64.0 * 2 ** i for i in range(5)]
     gaps = [k2 * h ** (-alpha) * math.exp(n) for h, n in zip(hs, noise)]
-    f = fit_k2_alpha(hs, gaps)
+    f = fit_gap_exponent(hs, gaps)
     assert isinstance(f, GapFit) and "fit" in f.label and "not a proof" in f.label
-    assert f.alpha == pytest.approx(alpha, abs=1e-6) and f.k2 == pytest.approx(k2, rel=1e-5) and f.r2 > 0.999
+    assert f.exponent == pytest.approx(alpha, abs=1e-6) and f.k2 == pytest.approx(k2, rel=1e-5) and f.r2 > 0.999
 
 
 def test_fit_bad_input() -> None:
     with pytest.raises(ProbPruneError, match="gaps"):
-        fit_k2_alpha([1, 2], [1.0])
+        fit_gap_exponent([1, 2], [1.0])
     with pytest.raises(ProbPruneError, match="gaps"):
-        fit_k2_alpha([1, 2], [1.0, 0.0])
+        fit_gap_exponent([1, 2], [1.0, 0.0])
     with pytest.raises(ProbPruneError, match="distinct"):
-        fit_k2_alpha([4, 4], [1.0, 2.0])
+        fit_gap_exponent([4, 4], [1.0, 2.0])
 
 
 @pytest.mark.parametrize("method", ["magnitude", "random"])
@@ -68,7 +68,7 @@ def test_implied_constants_make_the_paper_statement_true(method: str) -> None:
         h = 2 ** math.ceil(math.log2(h_star))  # ≥ h*; off the K2 grid, so this also checks §8.2's monotonicity reliance
         b = probabilistic_bound(with_hidden_width(spec, h), law,
                                 PruneSpec(method=method, **{field: c * h ** (-alpha)}), delta)  # type: ignore[arg-type]
-        assert b.eps <= eps
+        assert b.value <= eps
 
 
 def test_implied_constants_bad_input() -> None:

@@ -138,11 +138,7 @@ def chromium() -> str:
 
 
 def _tiny_verify_run(runs: Path) -> Path:
-    import torch
-
     from probprune.runner.verify import run_verify
-
-    torch.set_num_threads(1)  # tiny nets on a shared box
 
     cfg = RunConfig(net=NetSpec(widths=(8, 32, 32, 4)),
                     prunes=(PruneSpec(method="magnitude", schedule_c=1.0, schedule_alpha=0.5),

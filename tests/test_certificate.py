@@ -7,7 +7,6 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,14 +36,6 @@ def run_quiet(args: list[str]) -> int:
         return int(e.code or 0)
     return 0
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    # tiny networks: one torch thread is fastest, and the test box is shared
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +89,8 @@ def test_certificate_contents(made: dict[str, Path]) -> None:
     assert [layer["name"] for layer in doc["layers"]] == ["0.weight", "2.weight", "4.weight"]
     assert sum(layer["pruned"] for layer in doc["layers"]) == doc["total"]["pruned"] > 0
     for layer in doc["layers"]:
-        assert layer["prune_fraction"] == pytest.approx(layer["pruned"] / layer["size"])
+        assert layer["sparsity"] == pytest.approx(layer["pruned"] / layer["size"])
+        assert "prune_fraction" not in layer  # the measured share is the sparsity; prune_fraction is the rule
         assert layer["zeros"] == layer["pruned"]  # sampled uniform weights are never exactly 0
     assert len(doc["config_hash"]) == 16 and doc["versions"]["torch"]
     assert "created" not in doc  # no timestamp: same command and seed, same bytes
@@ -170,7 +162,7 @@ def test_another_target_is_rejected(made: dict[str, Path], tmp_path: Path, capsy
     (lambda d: d["gap"].update(upper="big"), "gap.upper"),
     (lambda d: d["gap"].update(lower=-1.0), "gap.lower"),
     (lambda d: d.update(format="other/9"), "format"),
-    (lambda d: d["layers"][0].update(prune_fraction=1.5), "layers.0.prune_fraction"),
+    (lambda d: d["layers"][0].update(sparsity=1.5), "layers.0.sparsity"),
     (lambda d: d["gap"].update(lower=d["gap"]["upper"] * 2), "gap.lower"),
     (lambda d: d.update(extra=1), "(document)"),
 ])
@@ -277,3 +269,24 @@ def test_certified_upper_covers_the_float32_forward_pass(tmp_path: Path) -> None
     # the same float32 margin (the norms themselves may differ in the last digits: float64 copies vs float32 inputs)
     assert doc["gap"]["upper"] > float(as64.value) * (1 + 1e-6)
     assert doc["gap"]["upper"] == pytest.approx(float(own.value), rel=1e-6)
+
+
+def test_make_certificate_computes_the_certified_bound_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the certificate's float64 CPU bound is handed to the sandwich, which then computes none of its own
+    import probprune.runner.certificate as rc
+    import probprune.runner.gap as rg
+
+    calls: list[float] = []
+    real = rc.certified_gap_bound
+
+    def counted(*args: Any, **kw: Any) -> Any:
+        calls.append(args[2])
+        return real(*args, **kw)
+
+    monkeypatch.setattr(rc, "certified_gap_bound", counted)
+    monkeypatch.setattr(rg, "certified_gap_bound", counted)
+    job = PruneJob(net=parse_arch(ARCH), prune=PruneSpec(relative_threshold=0.3), law=parse_law("uniform"), seed=4,
+                   out=str(tmp_path / "p.safetensors"))
+    doc = make_certificate(run_prune(job), job, gap=GapSpec(radius=1.5, n_points=64))
+    assert calls == [1.5]
+    assert doc["gap"]["lower"] <= doc["gap"]["upper"]

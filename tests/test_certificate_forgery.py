@@ -36,13 +36,6 @@ KINDS: dict[str, list[str]] = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _quiet(args: list[str]) -> int:
     try:
@@ -146,16 +139,16 @@ FORGERIES: list[tuple[str, str, Callable[[Doc], None], tuple[str, ...]]] = [
     ("threshold", "n_norms", _set("gap.n_norms", lambda v: v + 1), ("field gap.n_norms",)),
     ("threshold", "exact_norms", _set("gap.exact_norms", lambda v: not v), ("field gap.exact_norms",)),
     # pruning statistics, from the re-run pruning and the weights
-    ("threshold", "prune_fraction", _set("layers.0.prune_fraction", lambda v: v + 0.01),
-     ("field layers.0.prune_fraction",)),
+    ("threshold", "sparsity", _set("layers.0.sparsity", lambda v: v + 0.01),
+     ("field layers.0.sparsity",)),
     ("threshold", "pruned", _set("layers.1.pruned", lambda v: v - 1), ("field layers.1.pruned",)),
     ("threshold", "zeros", _set("layers.2.zeros", lambda v: v - 1), ("field layers.2.zeros", "zero weights")),
     ("threshold", "size", _set("layers.0.size", lambda v: v + 1), ("field layers.0.size",)),
     ("threshold", "threshold", _set("layers.0.threshold", lambda v: v * 1.01), ("field layers.0.threshold",)),
     ("threshold", "layer_name", _set("layers.0.name", "9.weight"), ("field layers.0.name",)),
     ("threshold", "total_pruned", _set("total.pruned", lambda v: v + 1), ("field total.pruned",)),
-    ("threshold", "total_fraction", _set("total.prune_fraction", lambda v: v * 0.9),
-     ("field total.prune_fraction",)),
+    ("threshold", "total_fraction", _set("total.sparsity", lambda v: v * 0.9),
+     ("field total.sparsity",)),
     # method / scope / level / rescale / seed / law: the recorded pruning, re-run, must give the weights
     ("threshold", "level_value", _set("prune.level_value", 0.35), ("field prune:", "prune.level_value=0.35")),
     ("threshold", "level_name", _set("prune.level_name", "threshold"), ("field prune:", "prune.level_name=")),
@@ -315,7 +308,27 @@ def test_an_old_certificate_without_a_witness_is_refused(made_once: dict[str, di
     rc, _, err = _check(files, capsys)
     line = err.strip().splitlines()[-1]
     assert rc == 2 and line.startswith("error: ")
-    assert "field format" in line and "without a witness" in line and "probprune-certificate/2" in line
+    assert "field format" in line and "without a witness" in line and "probprune-certificate/3" in line
+
+
+def test_a_format_2_certificate_is_refused_with_a_one_line_message(made_once: dict[str, dict[str, Path]],
+                                                                   tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    files = _copy(made_once, "threshold", tmp_path)
+
+    def to_v2(d: Doc) -> None:  # format 2 stored the measured sparsity under the key prune_fraction
+        d["format"] = "probprune-certificate/2"
+        for section in (*d["layers"], d["total"]):
+            section["prune_fraction"] = section.pop("sparsity")
+    _edit(files["cert"], to_v2)
+    rc, out, err = _check(files, capsys)
+    lines = err.strip().splitlines()
+    assert rc == 2 and "confirmed" not in out and len(lines) == 1 and lines[0].startswith("error: ")
+    line = lines[0]
+    assert "field format" in line and "'probprune-certificate/2'" in line and "prune_fraction" in line
+    assert "remake it with `probprune prune" in line and "probprune-certificate/3" in line
+    with pytest.raises(ProbPruneError, match="probprune-certificate/2"):
+        validate_certificate(json.loads(files["cert"].read_text()))
 
 
 def _leaves(node: Any, path: str = "") -> Iterator[tuple[str, Any]]:

@@ -20,7 +20,7 @@ def test_bound_json_matches_library(capsys: pytest.CaptureFixture[str]) -> None:
     doc = json.loads(out)
     lib = probabilistic_bound(parse_arch("fcn:64,2048,2048,10"), LawSpec(scale=2.449),
                               PruneSpec(relative_threshold=0.05), 0.05)
-    assert doc["bound"]["eps"] == pytest.approx(lib.eps)
+    assert doc["bound"]["value"] == pytest.approx(lib.value)
     assert [r["name"] for r in doc["bound"]["layers"]] == ["0.weight", "2.weight", "4.weight"]
     assert doc["bound"]["theorem"].startswith("§")
 
@@ -36,10 +36,10 @@ def test_solve_max_prune(capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 0
     doc = json.loads(out)
     level = doc["answer"]["level"]
-    assert 0 < level < 1 and doc["bound"]["eps"] <= 0.1
+    assert 0 < level < 1 and doc["bound"]["value"] <= 0.1
     above = probabilistic_bound(parse_arch("fcn:64,2048,2048,10"), LawSpec(scale=2.449),
                                 PruneSpec(relative_threshold=level + 1e-5), 0.05)
-    assert above.eps > 0.1
+    assert above.value > 0.1
 
 
 def test_solve_min_width_with_schedule(capsys: pytest.CaptureFixture[str]) -> None:
@@ -48,7 +48,7 @@ def test_solve_min_width_with_schedule(capsys: pytest.CaptureFixture[str]) -> No
     assert code == 0
     doc = json.loads(out)
     h = doc["answer"]["hidden_width"]
-    assert h > 16 and doc["bound"]["eps"] <= 0.5
+    assert h > 16 and doc["bound"]["value"] <= 0.5
     assert doc["paper"]["theory_exponent"] == pytest.approx(0.75) and doc["paper"]["constants"]["source"] == "theorem"
 
 

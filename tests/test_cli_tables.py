@@ -95,7 +95,8 @@ def test_bound_table_shows_every_number(capsys: pytest.CaptureFixture[str], scre
     assert code == 0, err
     want = []
     for r in doc["bound"]["layers"]:
-        want += [format(r[k], ".4g") for k in ("level", "norm_w", "norm_kept", "norm_removed", "error", "contribution")]
+        want += [format(r[k], ".4g")
+                 for k in ("level", "norm_target", "norm_pruned", "norm_diff", "error", "contribution")]
     assert_whole(out, want)
 
 

@@ -11,8 +11,6 @@ from cliharness import run
 from probprune.config import config_hash
 from probprune.runner.verify import DEFAULT_CONFIG
 
-torch.set_num_threads(1)
-
 QUICK = ["--arch", "fcn:6,16,16,3", "--widths", "16,24", "--trials", "4", "--chunk-size", "2",
          "--set", "gap.n_points=64", "--set", "gap.n_restarts=1", "--set", "gap.n_steps=2"]
 

@@ -93,3 +93,27 @@ def test_oversized_config_refused_once(tmp_path: Path) -> None:
     with pytest.raises(ProbPruneError) as info:
         load_toml(str(f))
     assert str(info.value) == f"config={str(f)!r}: not a regular file of at most {1 << 20} bytes"
+
+
+def test_package_version_is_the_one_version_lookup(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.metadata
+
+    import probprune
+    from probprune.config import package_version
+    from probprune.report.html import environment
+    from probprune.runner.certificate import _versions
+    from probprune.runner.verify import library_version
+
+    assert package_version("probprune") == probprune.__version__
+    assert package_version("no-such-distribution-probprune-test") == "0+unknown"
+    assert package_version("no-such-distribution-probprune-test", "not installed") == "not installed"
+
+    def fake(name: str) -> str:
+        if name == "probprune":
+            return "9.9.9"
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", fake)
+    # runs, certificates and reports all record what the one lookup returns
+    assert library_version() == _versions()["probprune"] == environment()["probprune"] == "9.9.9"
+    assert environment()["numpy"] == "not installed"

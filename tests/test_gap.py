@@ -8,11 +8,12 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from probprune.config import GapSpec, LawSpec, NetSpec, ProbPruneError, parse_arch
+from probprune.config import GapSpec, LawSpec, NetSpec, ProbPruneError, PruneSpec, parse_arch
 from probprune.gap import GapStats, is_homogeneous, mean_gap, relative_gap, sup_gap, sup_output
 from probprune.masks import prune
 from probprune.nets import Net
 from probprune.sampling import sample_net
+from reference import check_batched_equals_reference, gap_over_points
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -136,10 +137,10 @@ def test_sup_output_and_relative_gap() -> None:
 def test_mean_gap_matches_loop() -> None:
     t, p = pair("fcn:5,12,3", k=3, act="tanh", bias=True)
     x = torch.randn(50, 5, generator=gen(1))
-    got = mean_gap(t, p, x)
-    for k in range(3):
-        ref = (p.member(k)(x) - t.member(k)(x)).norm(dim=1).mean()  # type: ignore[operator]
-        assert float(got[k]) == pytest.approx(float(ref), rel=1e-5)
+    # member k of the batched mean gap vs the plain one-pair loop over the points (old tolerance: rel 1e-5)
+    check_batched_equals_reference(lambda xin: [float(v) for v in mean_gap(t, p, xin)],
+                                   lambda xin, k: float(gap_over_points(t.member(k), p.member(k), xin).mean()),
+                                   [x], rtol=1e-5)
     xk = torch.randn(3, 20, 5, generator=gen(2))
     per = mean_gap(t, p, xk)
     assert float(per[1]) == pytest.approx(float((p.member(1)(xk[1]) - t.member(1)(xk[1])).norm(dim=1).mean()),  # type: ignore[operator]
@@ -171,6 +172,10 @@ def test_bad_input() -> None:
             GapSpec(radius=r)
     with pytest.raises(ProbPruneError, match="generator"):
         sup_gap(t, p, GapSpec(), 0)  # type: ignore[arg-type]
+    for call in (lambda: sup_gap(t, p, NetSpec(widths=(4, 10, 2)), gen(0)),  # type: ignore[arg-type]
+                 lambda: sup_output(t, PruneSpec(), gen(0))):  # type: ignore[arg-type]
+        with pytest.raises(ProbPruneError, match="gap_spec: expected a GapSpec, got"):
+            call()
 
 
 # ---------------------------------------------------------------------------- GapStats

@@ -9,16 +9,18 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "probprune"
 CORE = {"config", "rng", "nets", "sampling", "masks", "gap", "bounds"}
 ALLOWED = {
     "config": set(),
+    "files": set(),  # atomic file writes that follow the umask: stdlib only
     "rng": {"config"},
-    "nets": {"config"},
+    "nets": {"config", "files"},
     "sampling": {"config", "rng", "nets"},
     "masks": {"config", "nets"},
     "gap": {"config", "nets"},
     "bounds": {"config", "nets"},
     "montecarlo": {"config", "rng", "nets", "sampling", "masks", "gap", "bounds"},
-    "data": {"config", "nets", "masks", "gap"},
-    "store": {"config"},
-    "runner": {"config", "rng", "nets", "sampling", "masks", "gap", "bounds", "montecarlo", "data", "store"},
+    "data": {"config", "files", "nets", "masks", "gap"},
+    "store": {"config", "files"},
+    "runner": {"config", "files", "rng", "nets", "sampling", "masks", "gap", "bounds", "montecarlo", "data",
+               "store"},
     "report": {"config", "store"},
     "cli": {"config", "store", "runner", "report"},
 }
@@ -29,15 +31,17 @@ def _component(path: Path) -> str:
     return rel.parts[0].removesuffix(".py")
 
 
-def _imports(path: Path) -> set[str]:
+def _imports(path: Path, package: tuple[str, ...] = ("probprune",)) -> set[str]:
+    """The modules right below ``package`` that ``path`` imports (absolute imports)."""
     found = set()
+    n_pkg = len(package)
     for node in ast.walk(ast.parse(path.read_text())):
         names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
             [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else []
         for n in names:
             parts = n.split(".")
-            if parts[0] == "probprune" and len(parts) > 1:
-                found.add(parts[1])
+            if tuple(parts[:n_pkg]) == package and len(parts) > n_pkg:
+                found.add(parts[n_pkg])
     return found
 
 
@@ -50,3 +54,26 @@ def test_module_imports_only_lower_layers(path: Path) -> None:
     assert comp in ALLOWED, f"{comp} is not in DESIGN.md's layer table"
     bad = _imports(path) - ALLOWED[comp] - {comp}
     assert not bad, f"{path.name} ({comp}) imports {sorted(bad)}"
+
+
+# inside `bounds`: one module per job, each importing only the jobs below it
+BOUNDS = {
+    "norms": set(),
+    "certified": {"norms"},
+    "differential": {"norms", "certified"},
+    "entries": set(),
+    "concentration": {"entries"},
+    "theorems": {"entries", "concentration"},
+    "probabilistic": {"entries", "concentration", "theorems"},
+    "paper": {"entries", "concentration", "theorems", "probabilistic"},
+    "graph": {"norms"},  # issue 15's graph bound (branch h-graph)
+}
+BOUNDS_FILES = sorted(p for p in (SRC / "bounds").glob("*.py") if p.name != "__init__.py")
+
+
+@pytest.mark.parametrize("path", BOUNDS_FILES, ids=lambda p: p.name)
+def test_bounds_module_imports_only_lower_jobs(path: Path) -> None:
+    mod = path.stem
+    assert mod in BOUNDS, f"bounds/{path.name} is not in the bounds table of this test"
+    bad = _imports(path, ("probprune", "bounds")) - BOUNDS[mod]
+    assert not bad, f"bounds/{path.name} imports {sorted(bad)}"

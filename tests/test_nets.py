@@ -6,6 +6,7 @@ from torch import nn
 
 from probprune import LawSpec, NetSpec, ProbPruneError, make_generator, parse_arch, sample_net
 from probprune.nets import Activation, from_module, from_state_dict, stack, to_module
+from reference import check_batched_equals_reference, forward_one
 
 ARCHS = [
     "fcn:5,17,9,3",
@@ -38,11 +39,15 @@ def test_ensemble_forward_equals_members(arch: str) -> None:
     ens = sample_net(spec, LawSpec(), [make_generator(s) for s in range(3)], dtype=torch.float64)
     shape = (spec.input_dim,) if spec.kind == "fcn" else spec.input_shape
     x = torch.randn(3, 5, *shape, dtype=torch.float64)
-    out = ens(x)
-    for k in range(3):
-        assert torch.allclose(out[k], ens.member(k)(x[k]), atol=1e-12)
     shared = torch.randn(5, *shape, dtype=torch.float64)
-    assert torch.allclose(ens(shared)[2], ens.member(2)(shared), atol=1e-12)
+    # the batched ensemble forward vs member k run alone, by the library and by the plain layer loop
+    # (torch.allclose's tolerances: atol 1e-12, rtol 1e-5)
+    check_batched_equals_reference(lambda xin: ens(xin), lambda xin, k: ens.member(k)(xin[k]), [x],
+                                   atol=1e-12, rtol=1e-5)
+    check_batched_equals_reference(lambda xin: ens(xin), lambda xin, k: forward_one(ens.member(k), xin[k]), [x],
+                                   atol=1e-12, rtol=1e-5)
+    check_batched_equals_reference(lambda xin: ens(xin), lambda xin, k: ens.member(k)(xin), [shared],
+                                   atol=1e-12, rtol=1e-5, members=[2])
     again = stack([ens.member(k) for k in range(3)])
     assert all(torch.equal(a, b) for a, b in zip(again.weights, ens.weights))
 

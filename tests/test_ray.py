@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 
 try:
     import ray
@@ -35,10 +34,9 @@ from probprune.store.runs import DB_FILE, read_points, read_trials
 
 pytestmark = pytest.mark.ray
 
-# Ray tasks run torch on threads_per_task = 1 thread; the local reference runs on as many, the condition
-# under which rows are bit-identical (docs/distributed.md: with other thread counts the float64 certified
-# bound may differ in its last bits)
-torch.set_num_threads(1)
+# Ray tasks run torch on threads_per_task = 1 thread; the local reference runs on as many (conftest's
+# one_thread fixture), the condition under which rows are bit-identical (docs/distributed.md: with other
+# thread counts the float64 certified bound may differ in its last bits)
 
 # 2 widths x 2 rules = 4 grid points, 6 trials each in chunks of 3: 8 units of a fraction of a second
 CFG = RunConfig(

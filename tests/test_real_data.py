@@ -46,7 +46,6 @@ def _need(name: str) -> None:
 def mnist_fc() -> dict[str, object]:
     """One epoch of LeNet-300-100 on MNIST (Adam, lr 3e-3, batch 100, cosine decay; seed 0)."""
     _need("mnist")
-    torch.set_num_threads(min(2, torch.get_num_threads()))
     ds = load_dataset("mnist")
     spec = lenet_spec("lenet-300-100")
     g = torch.Generator().manual_seed(0)

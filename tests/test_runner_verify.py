@@ -24,8 +24,6 @@ from probprune.runner.verify import (
 )
 from probprune.store.runs import DB_FILE, open_run, read_points, read_slopes, read_trials
 
-torch.set_num_threads(1)
-
 CFG = RunConfig(
     net=NetSpec(widths=(6, 16, 16, 3)),
     prunes=(PruneSpec(method="magnitude", schedule_c=1.0, schedule_alpha=0.5),

@@ -8,6 +8,7 @@ import torch
 from probprune import LawSpec, NetSpec, ProbPruneError, make_generator, parse_arch, sample_net
 from probprune.config import layer_scale, parse_law
 from probprune.sampling import layer_scales
+from reference import check_batched_equals_reference
 
 
 def test_paper_law_scale_and_variance() -> None:
@@ -51,6 +52,11 @@ def test_same_seed_bit_identical_and_ensemble_members(dtype: torch.dtype) -> Non
     assert ens.n_trials == 3
     m = ens.member(1)
     assert all(torch.equal(x, y) for x, y in zip(m.state_dict().values(), a.state_dict().values()))
+    # every member, bit for bit and in the same dtype, is the network sampled alone from its generator
+    check_batched_equals_reference(
+        lambda seeds: [list(ens.member(k).state_dict().values()) for k in range(len(seeds))],
+        lambda seeds, k: list(sample_net(spec, LawSpec(), make_generator(seeds[k]), dtype=dtype).state_dict().values()),
+        [(41, 42, 43)])
 
 
 def test_user_law_hook() -> None:

@@ -7,7 +7,6 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -15,9 +14,6 @@ from probprune.config import GapSpec, MCSpec, NetSpec, ProbPruneError, PruneSpec
 from probprune.montecarlo import clopper_pearson, min_trials_to_confirm, summarize_point, verdict
 from probprune.runner.verify import run_verify
 from probprune.store.runs import DB_FILE, RunWriter, open_run, prepare_run, read_points
-
-torch.set_num_threads(1)
-
 
 # --------------------------------------------------------------------------- statistics
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib.metadata
 import json
 import math
 import os
@@ -45,6 +46,7 @@ __all__ = [
     "from_dict",
     "layer_scale",
     "load_toml",
+    "package_version",
     "parse_arch",
     "parse_law",
     "to_dict",
@@ -65,6 +67,21 @@ MIN_DELTA = 1e-300
 
 class ProbPruneError(ValueError):
     """The one error type of probprune: its message names the field and the bad value."""
+
+
+def package_version(name: str, missing: str = "0+unknown") -> str:
+    """The installed version of the distribution ``name`` (e.g. ``probprune``), or ``missing``.
+
+    The one version lookup: runs, certificates, reports and ``probprune --version`` record the
+    same string (``missing`` when the distribution is not installed, e.g. a bare source tree).
+
+    >>> package_version("no-such-distribution-probprune-test")
+    '0+unknown'
+    """
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return missing
 
 
 ActivationName = Literal["relu", "leaky_relu", "tanh", "sigmoid", "identity"]

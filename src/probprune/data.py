@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from probprune.config import NetSpec, ProbPruneError, parse_arch
+from probprune.files import atomic_write_bytes
 from probprune.nets import Net, from_module, to_module
 
 __all__ = [
@@ -194,27 +195,11 @@ def write_idx(path: str | os.PathLike[str], array: np.ndarray) -> None:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
+    # data files are as readable as the user's others (the umask decides; probprune.files)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # created 0666 & ~umask (mkstemp would force 0600): data files are as readable as the user's others
-        tmp = str(path.parent / f".{path.name}.{os.urandom(6).hex()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        atomic_write_bytes(path, data)
     except OSError as e:
         raise ProbPruneError(f"{path}: cannot write ({e.strerror or e})") from None
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise ProbPruneError(f"{path}: cannot write ({e.strerror or e})") from None
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 # --------------------------------------------------------------------------- datasets
@@ -289,7 +274,7 @@ def load_dataset(name: str, root: str | os.PathLike[str] | None = None, verify: 
     )
 
 
-def inputs_for(images: Tensor, spec: NetSpec, dtype: torch.dtype = torch.float32) -> Tensor:
+def inputs_for(images: Tensor, net_spec: NetSpec, dtype: torch.dtype = torch.float32) -> Tensor:
     """Network inputs from uint8 images ``[N, H, W]``: ``/255``, shaped ``[N, H·W]`` (FCN) or ``[N, 1, H, W]``.
 
     >>> from probprune.config import parse_arch
@@ -297,7 +282,7 @@ def inputs_for(images: Tensor, spec: NetSpec, dtype: torch.dtype = torch.float32
     torch.Size([2, 784])
     """
     x = images.to(dtype) / 255.0
-    if spec.kind == "fcn":
+    if net_spec.kind == "fcn":
         return x.reshape(x.shape[0], -1)
     return x.reshape(x.shape[0], 1, *x.shape[1:])
 
@@ -318,20 +303,20 @@ def lenet_spec(model: str) -> NetSpec:
     return parse_arch(_ARCH[model], activation="relu", bias=True)
 
 
-def init_module(spec: NetSpec, generator: torch.Generator) -> nn.Sequential:
-    """A fresh ``nn.Sequential`` for ``spec`` with weights and biases ~ U[−1/√fan_in, 1/√fan_in].
+def init_module(net_spec: NetSpec, generator: torch.Generator) -> nn.Sequential:
+    """A fresh ``nn.Sequential`` for ``net_spec`` with weights and biases ~ U[−1/√fan_in, 1/√fan_in].
 
     The bound is torch's default initialisation for ``nn.Linear``/``nn.Conv2d``, but drawn
     from ``generator`` (never the global RNG), layer by layer, weight then bias.
     """
     weights: list[Tensor] = []
     biases: list[Tensor | None] = []
-    for shape in spec.weight_shapes():
+    for shape in net_spec.weight_shapes():
         fan_in = math.prod(shape[1:])
         bound = 1.0 / math.sqrt(fan_in)
         weights.append((torch.rand(shape, generator=generator) * 2 - 1) * bound)
-        biases.append((torch.rand(shape[0], generator=generator) * 2 - 1) * bound if spec.bias else None)
-    return to_module(Net.from_weights(spec, weights, biases))
+        biases.append((torch.rand(shape[0], generator=generator) * 2 - 1) * bound if net_spec.bias else None)
+    return to_module(Net.from_weights(net_spec, weights, biases))
 
 
 @dataclass(frozen=True)
@@ -365,7 +350,7 @@ def train(
     module: nn.Sequential,
     x: Tensor,
     y: Tensor,
-    spec: TrainSpec,
+    train_spec: TrainSpec,
     generator: torch.Generator,
     masks: Mapping[str, Tensor] | None = None,
     on_step: Callable[[int, int], None] | None = None,
@@ -375,7 +360,7 @@ def train(
     Args:
         module: the network (e.g. :func:`init_module` or ``to_module(net)``).
         x: inputs ``[N, …]`` (see :func:`inputs_for`); y: labels ``[N]`` (int64).
-        spec: the schedule.
+        train_spec: the schedule.
         generator: draws the batch order (one permutation per epoch).
         masks: keep-masks by parameter name (``0.weight`` …, True = kept); the masked weights
             are zeroed before training and again after every optimizer step.
@@ -403,10 +388,10 @@ def train(
 
     reapply()
     n = x.shape[0]
-    bs = spec.batch_size
+    bs = train_spec.batch_size
     per_epoch = math.ceil(n / bs)
-    n_steps = max(1, math.ceil(spec.epochs * per_epoch))
-    opt = torch.optim.Adam(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
+    n_steps = max(1, math.ceil(train_spec.epochs * per_epoch))
+    opt = torch.optim.Adam(model.parameters(), lr=train_spec.lr, weight_decay=train_spec.weight_decay)
     model.train()
     step = 0
     perm = torch.randperm(n, generator=generator)
@@ -415,7 +400,7 @@ def train(
         if i == 0 and step > 0:
             perm = torch.randperm(n, generator=generator)
         idx = perm[i * bs:(i + 1) * bs]
-        lr = spec.lr * 0.5 * (1.0 + math.cos(math.pi * step / n_steps))
+        lr = train_spec.lr * 0.5 * (1.0 + math.cos(math.pi * step / n_steps))
         for group in opt.param_groups:
             group["lr"] = lr
         loss = F.cross_entropy(model(x[idx]), y[idx])
@@ -444,9 +429,9 @@ def accuracy(model: nn.Module | Net, x: Tensor, y: Tensor, batch_size: int = 200
     return float((predict(model, x, batch_size).argmax(dim=-1) == y).double().mean())
 
 
-def as_net(module: nn.Sequential, spec: NetSpec) -> Net:
-    """The ``Net`` of a trained LeNet module (checked against ``spec``)."""
-    net = from_module(module, input_shape=spec.input_shape)
-    if net.spec != spec:
-        raise ProbPruneError(f"as_net: module is {net.spec.to_arch()}, expected {spec.to_arch()}")
+def as_net(module: nn.Sequential, net_spec: NetSpec) -> Net:
+    """The ``Net`` of a trained LeNet module (checked against ``net_spec``)."""
+    net = from_module(module, input_shape=net_spec.input_shape)
+    if net.spec != net_spec:
+        raise ProbPruneError(f"as_net: module is {net.spec.to_arch()}, expected {net_spec.to_arch()}")
     return net

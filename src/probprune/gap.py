@@ -99,16 +99,16 @@ class RelativeGap:
 
 
 def _input_shape(net: Net) -> tuple[int, ...]:
-    spec = net.spec
-    return (spec.widths[0],) if spec.kind == "fcn" else tuple(spec.input_shape)  # type: ignore[arg-type]
+    net_spec = net.spec
+    return (net_spec.widths[0],) if net_spec.kind == "fcn" else tuple(net_spec.input_shape)  # type: ignore[arg-type]
 
 
 def _max_width(net: Net) -> int:
     """Largest per-sample activation size (conv outputs before pooling included)."""
-    spec = net.spec
-    feats = [math.prod(s) for s in spec.feature_shapes()]
-    sizes = [*feats, spec.output_dim]
-    for i, conv in enumerate(spec.convs):
+    net_spec = net.spec
+    feats = [math.prod(s) for s in net_spec.feature_shapes()]
+    sizes = [*feats, net_spec.output_dim]
+    for i, conv in enumerate(net_spec.convs):
         sizes.append(feats[i + 1] * conv.pool * conv.pool * 4)  # generous: floor-pooling drops edges
     return max(sizes)
 
@@ -181,27 +181,27 @@ def _sample_points(n: int, d: int, radius: float, sphere_only: bool, generator: 
     return z * radius
 
 
-def _maximise(fn: Objective, k: int, d: int, width: int, spec: GapSpec, homogeneous: bool,
+def _maximise(fn: Objective, k: int, d: int, width: int, gap_spec: GapSpec, homogeneous: bool,
               generator: torch.Generator, device: torch.device, dtype: torch.dtype
               ) -> tuple[Tensor, Tensor, int, Tensor]:
     """Sampling then projected ascent of ``fn``; returns value [K], x [K, D], n_evals, sampled [K]."""
-    rad = 1.0 if homogeneous else float(spec.radius)
-    pts = _sample_points(spec.n_points, d, rad, homogeneous, generator, device, dtype)
+    rad = 1.0 if homogeneous else float(gap_spec.radius)
+    pts = _sample_points(gap_spec.n_points, d, rad, homogeneous, generator, device, dtype)
     chunk = _chunk_points(device, k, width)
     with torch.no_grad():
-        vals = torch.cat([fn(pts[s:s + chunk]) for s in range(0, spec.n_points, chunk)], dim=1)  # [K, N]
-    n_evals = spec.n_points
+        vals = torch.cat([fn(pts[s:s + chunk]) for s in range(0, gap_spec.n_points, chunk)], dim=1)  # [K, N]
+    n_evals = gap_spec.n_points
     best_val, best_idx = vals.max(dim=1)
     best_x = pts[best_idx]  # [K, D]
     sampled = best_val.clone()
-    r = min(spec.n_restarts, spec.n_points)
-    if r == 0 or spec.n_steps == 0:
+    r = min(gap_spec.n_restarts, gap_spec.n_points)
+    if r == 0 or gap_spec.n_steps == 0:
         return best_val, best_x, n_evals, sampled
     idx = vals.topk(r, dim=1).indices  # [K, R]
     x = pts[idx]  # [K, R, D]
     n_mult = len(_STEP_MULTS)
-    for t in range(spec.n_steps):
-        eta = spec.step_size * rad * 0.5 * (1.0 + math.cos(math.pi * t / spec.n_steps))
+    for t in range(gap_spec.n_steps):
+        eta = gap_spec.step_size * rad * 0.5 * (1.0 + math.cos(math.pi * t / gap_spec.n_steps))
         with torch.enable_grad():
             xg = x.detach().requires_grad_(True)
             cur = fn(xg)  # [K, R]
@@ -232,35 +232,35 @@ def _maximise(fn: Objective, k: int, d: int, width: int, spec: GapSpec, homogene
     return best_val, best_x, n_evals, sampled
 
 
-def _estimate(fn: Objective, k: int, net: Net, spec: GapSpec, homogeneous: bool,
+def _estimate(fn: Objective, k: int, net: Net, gap_spec: GapSpec, homogeneous: bool,
               generator: torch.Generator, single: bool) -> GapEstimate:
-    if not isinstance(spec, GapSpec):
-        raise ProbPruneError(f"spec: expected a GapSpec, got {type(spec).__name__}")
+    if not isinstance(gap_spec, GapSpec):
+        raise ProbPruneError(f"gap_spec: expected a GapSpec, got {type(gap_spec).__name__}")
     if not isinstance(generator, torch.Generator):
         raise ProbPruneError(f"generator: expected a torch.Generator, got {type(generator).__name__}")
     shape = _input_shape(net)
     d = math.prod(shape)
-    val, x, n_evals, sampled = _maximise(fn, k, d, _max_width(net), spec, homogeneous, generator,
+    val, x, n_evals, sampled = _maximise(fn, k, d, _max_width(net), gap_spec, homogeneous, generator,
                                          net.device, net.dtype)
     if homogeneous:  # sup over the ball = r · sup over the unit sphere
-        val, x, sampled = val * spec.radius, x * spec.radius, sampled * spec.radius
+        val, x, sampled = val * gap_spec.radius, x * gap_spec.radius, sampled * gap_spec.radius
     x = x.reshape(k, *shape).detach()
     if single:
         val, x, sampled = val[0], x[0], sampled[0]
-    return GapEstimate(value=val.detach(), x=x, n_evals=n_evals, radius=float(spec.radius),
+    return GapEstimate(value=val.detach(), x=x, n_evals=n_evals, radius=float(gap_spec.radius),
                        homogeneous=homogeneous, sampled=sampled.detach())
 
 
 # ---------------------------------------------------------------------------- public API
 
 
-def sup_gap(target: Net, pruned: Net, spec: GapSpec, generator: torch.Generator) -> GapEstimate:
+def sup_gap(target: Net, pruned: Net, gap_spec: GapSpec, generator: torch.Generator) -> GapEstimate:
     """Estimate the gap ``sup_{‖x‖ ≤ r} ‖f(x) − F(x)‖₂`` from below (sampling + projected ascent).
 
     Args:
         target: F, one network or an ensemble with trial dim K.
         pruned: f, same architecture and trial dim as ``target``.
-        spec: budget: radius r, ``n_points``, ``n_restarts``, ``n_steps``, ``step_size``.
+        gap_spec: budget: radius r, ``n_points``, ``n_restarts``, ``n_steps``, ``step_size``.
         generator: the only randomness (input sampling); same generator state → same result.
 
     Returns:
@@ -282,32 +282,32 @@ def sup_gap(target: Net, pruned: Net, spec: GapSpec, generator: torch.Generator)
     check_pair(target, pruned)
     fn, k = _diff_objective(target, pruned)
     homog = is_homogeneous(target) and is_homogeneous(pruned)
-    return _estimate(fn, k, target, spec, homog, generator, target.n_trials is None)
+    return _estimate(fn, k, target, gap_spec, homog, generator, target.n_trials is None)
 
 
-def sup_output(net: Net, spec: GapSpec, generator: torch.Generator) -> GapEstimate:
+def sup_output(net: Net, gap_spec: GapSpec, generator: torch.Generator) -> GapEstimate:
     """Estimate ``sup_{‖x‖ ≤ r} ‖F(x)‖₂`` from below with the estimator of :func:`sup_gap`.
 
     Args:
         net: F, one network or an ensemble ``[K]``.
-        spec: the estimator budget (radius r …).
+        gap_spec: the estimator budget (radius r …).
         generator: the only randomness.
     """
     if not isinstance(net, Net):
         raise ProbPruneError(f"net: expected a Net, got {type(net).__name__}")
     check_finite(net, "weights")
     fn, k = _output_objective(net)
-    return _estimate(fn, k, net, spec, is_homogeneous(net), generator, net.n_trials is None)
+    return _estimate(fn, k, net, gap_spec, is_homogeneous(net), generator, net.n_trials is None)
 
 
-def relative_gap(target: Net, pruned: Net, spec: GapSpec, generator: torch.Generator) -> RelativeGap:
+def relative_gap(target: Net, pruned: Net, gap_spec: GapSpec, generator: torch.Generator) -> RelativeGap:
     """Relative gap ``sup‖f − F‖ / sup‖F‖`` over the ball, both sups estimated the same way.
 
     The numerator is a lower bound on the gap and the denominator a lower bound on
     ``sup‖F‖``, so the ratio is an estimate (neither bound). A zero denominator gives inf/nan.
     """
-    gap = sup_gap(target, pruned, spec, generator)
-    out = sup_output(target, spec, generator)
+    gap = sup_gap(target, pruned, gap_spec, generator)
+    out = sup_output(target, gap_spec, generator)
     return RelativeGap(value=gap.value / out.value, gap=gap, output=out)
 
 

@@ -34,7 +34,8 @@ from scipy.stats import beta as _beta
 from torch import Tensor
 
 from probprune.bounds.certified import certified_gap_bound
-from probprune.bounds.probabilistic import probabilistic_bound, theory_exponent
+from probprune.bounds.paper import log_log_fit
+from probprune.bounds.probabilistic import hidden_width, probabilistic_bound, theory_exponent, with_hidden_width
 from probprune.config import NetSpec, ProbPruneError, PruneSpec, RunConfig
 from probprune.gap import sup_gap, sup_output
 from probprune.masks import count_true, prune
@@ -89,27 +90,6 @@ def torch_dtype(name: str) -> torch.dtype:
 # --------------------------------------------------------------------------- grid
 
 
-def hidden_width(spec: NetSpec) -> int:
-    """The width h that a schedule c·h^{−α} reads: the smallest hidden width (else the output width).
-
-    >>> hidden_width(NetSpec(widths=(16, 256, 128, 4)))
-    128
-    """
-    hidden = list(spec.widths[1:-1]) if spec.kind == "fcn" else list(spec.widths[:-1])
-    return min(hidden) if hidden else spec.widths[-1]
-
-
-def _with_hidden(spec: NetSpec, h: int) -> NetSpec:
-    w = spec.widths
-    if spec.kind == "fcn":
-        if len(w) < 3:
-            raise ProbPruneError(f"mc.hidden_widths: the architecture {spec.to_arch()} has no hidden layer to vary")
-        return dataclasses.replace(spec, widths=(w[0], *([int(h)] * (len(w) - 2)), w[-1]))
-    if len(w) < 2:
-        raise ProbPruneError(f"mc.hidden_widths: the architecture {spec.to_arch()} has no hidden head layer to vary")
-    return dataclasses.replace(spec, widths=(*([int(h)] * (len(w) - 1)), w[-1]))
-
-
 @dataclass(frozen=True)
 class GridPoint:
     """One point of the verification grid: an architecture and a resolved pruning rule.
@@ -159,7 +139,8 @@ def expand_grid(cfg: RunConfig) -> list[GridPoint]:
     >>> [(p.width, round(p.level_value, 4)) for p in expand_grid(cfg)]
     [(64, 0.125), (256, 0.0625)]
     """
-    nets = [cfg.net] if not cfg.mc.hidden_widths else [_with_hidden(cfg.net, h) for h in cfg.mc.hidden_widths]
+    nets = [cfg.net] if not cfg.mc.hidden_widths else \
+        [with_hidden_width(cfg.net, h, "mc.hidden_widths") for h in cfg.mc.hidden_widths]
     points: list[GridPoint] = []
     for net in nets:
         h = hidden_width(net)
@@ -204,7 +185,7 @@ def point_bound(cfg: RunConfig, point: GridPoint) -> PointBound:
         lam = theory_exponent(rule.method, rule.schedule_alpha, rule.rescale)
     try:
         b = probabilistic_bound(point.net, cfg.law, point.prune, cfg.bound.delta, radius=cfg.gap.radius)
-        eps_theory: float | None = float(b.eps)
+        eps_theory: float | None = float(b.value)
         theorem = b.theorem
     except ProbPruneError as e:
         eps_theory, theorem = None, f"not covered: {e}"
@@ -550,16 +531,11 @@ def fit_slope(widths: Sequence[float], values: Sequence[float]) -> tuple[float, 
     >>> round(s, 6)
     -0.5
     """
-    pts = [(math.log(h), math.log(v)) for h, v in zip(widths, values)
-           if h > 0 and v is not None and not math.isnan(v) and v > 0]
-    if len({x for x, _ in pts}) < 2:
+    pts = [(h, v) for h, v in zip(widths, values) if h > 0 and v is not None and not math.isnan(v) and v > 0]
+    if len({math.log(h) for h, _ in pts}) < 2:
         return math.nan, math.nan
-    mx = sum(x for x, _ in pts) / len(pts)
-    my = sum(y for _, y in pts) / len(pts)
-    sxx = sum((x - mx) ** 2 for x, _ in pts)
-    sxy = sum((x - mx) * (y - my) for x, y in pts)
-    slope = sxy / sxx
-    return slope, my - slope * mx
+    slope, intercept, _ = log_log_fit([h for h, _ in pts], [v for _, v in pts])
+    return slope, intercept
 
 
 def slopes_by_rule(points: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:

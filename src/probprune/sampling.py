@@ -78,9 +78,11 @@ def sample_net(
     Args:
         spec: architecture.
         law: a :class:`LawSpec` or a user :class:`Law`.
-        generator: one generator → one network; a sequence of K → ensemble ``[K, …]``.
+        generator: one generator → one network; a sequence of ``n_members`` generators → an
+            ensemble (weights ``[n_members, …]``, the trial dim first).
         device, dtype: where and how to allocate.
-        scale: K for a user law's a_i (a ``LawSpec`` carries its own).
+        scale: the paper's scale K in ``a_i = K/√max(h_i, h_{i−1})`` for a user law (default √6;
+            a ``LawSpec`` carries its own).
 
     >>> from probprune.rng import make_generator
     >>> net = sample_net(NetSpec(widths=(4, 8, 2)), LawSpec(scale=2.0), make_generator(0))

@@ -6,13 +6,9 @@ Issue 4 (probabilistic side) adds its re-exports in the marked block below.
 
 from probprune.bounds.certified import (
     CertifiedBound,
-    Estimator,
     LayerTerm,
-    LowerEstimate,
-    Sandwich,
     certified_gap_bound,
     lower_at,
-    sandwich,
 )
 from probprune.bounds.differential import (
     AgreementResult,
@@ -37,13 +33,10 @@ __all__ = [
     "AgreementResult",
     "CertifiedBound",
     "DifferentialBound",
-    "Estimator",
     "GapWitness",
     "LayerTerm",
-    "LowerEstimate",
     "NormMethod",
     "NormValue",
-    "Sandwich",
     "abs_operator_norm_bound",
     "certified_agreement",
     "certified_gap_bound",
@@ -54,7 +47,6 @@ __all__ = [
     "matrix_norm_bound",
     "operator_norm",
     "power_lower",
-    "sandwich",
     "vector_norm_bound",
 ]
 
@@ -62,7 +54,7 @@ __all__ = [
 from probprune.bounds.paper import (
     GapFit,
     PaperConstants,
-    fit_k2_alpha,
+    fit_gap_exponent,
     implied_constants,
     paper_min_width,
 )
@@ -80,7 +72,7 @@ __all__ += [
     "BoundTerm",
     "GapFit",
     "PaperConstants",
-    "fit_k2_alpha",
+    "fit_gap_exponent",
     "implied_constants",
     "paper_min_width",
     "probabilistic_bound",

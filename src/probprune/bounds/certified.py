@@ -1,4 +1,4 @@
-"""A certified upper bound on the gap by layerwise perturbation, and the lower/upper sandwich.
+"""A certified upper bound on the gap by layerwise perturbation, and a provable lower value.
 
 Notation (``docs/certified.md`` has the derivation): target layers ``W_i, b_i``, pruned
 layers ``W̃_i = W_i − D_i, b̃_i``; hidden outputs ``h_i = P_i(σ_i(W_i h_{i−1} + b_i))`` with
@@ -53,17 +53,17 @@ cores are covered only with ``tf32=True`` (operands rounded to 10 mantissa bits:
 convolution algorithms.
 A bound that overflows float64 is refused.
 
-The sandwich's lower bound (:func:`lower_at`) evaluates both networks in float64 at a point
-provably inside the ball: a true lower value of the exact-arithmetic gap up to float64 rounding,
-which the float32/float64 margin above covers, so ``lower ≤ upper`` always.
+The lower value (:func:`lower_at`, the sandwich of :func:`probprune.runner.gap.gap_sandwich`) evaluates
+both networks in float64 at a point provably inside the ball: a true lower value of the
+exact-arithmetic gap up to float64 rounding, which the float32/float64 margin above covers, so
+``lower ≤ upper`` always.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol, cast
+from typing import cast
 
 import torch
 from torch import Tensor
@@ -76,18 +76,14 @@ from probprune.bounds.norms import (
     operator_norm,
     vector_norm_bound,
 )
-from probprune.config import GapSpec, ProbPruneError
+from probprune.config import ProbPruneError
 from probprune.nets import Layer, Net, check_pair
 
 __all__ = [
     "CertifiedBound",
-    "Estimator",
     "LayerTerm",
-    "LowerEstimate",
-    "Sandwich",
     "certified_gap_bound",
     "lower_at",
-    "sandwich",
 ]
 
 _BOUNDED = ("tanh", "sigmoid")  # |σ| ≤ 1
@@ -224,6 +220,133 @@ def _check_forward_dtype(nets: tuple[Net, ...], dtype: torch.dtype) -> None:
                                          "exactly representable in it (the bound would be for other weights)")
 
 
+@dataclass(frozen=True)
+class _LayerShape:
+    """What the recursion and the rounding analysis read off one layer's structure (module docstring)."""
+
+    ishape: tuple[int, ...] | None  # the input shape of a conv layer (None: linear)
+    pos: int  # output positions before pooling (1 for a linear layer)
+    fan_in: int  # dot-product length n_i
+    root: float  # √(outputs before pooling)
+    units: int  # outputs after pooling
+    lip: float  # L_i
+    s0: float  # σ_i(0)
+    c_act: float  # c_σ: the activation's rounding in units of u
+    bounded: bool  # a tanh/sigmoid hidden layer: entries in [−1, 1] or (0, 1)
+    span: float  # the length of that range: 2 (tanh) or 1 (sigmoid)
+
+
+def _layer_shape(layer: Layer, in_shape: tuple[int, ...], units: int, last: bool) -> _LayerShape:
+    conv, w = layer.conv, layer.weight
+    pos = _out_positions(layer, in_shape)
+    if conv is None:
+        fan_in, pre_units = int(w.shape[-1]), int(w.shape[-2])
+    else:
+        fan_in, pre_units = int(w.shape[-3]) * conv.kernel * conv.kernel, int(w.shape[-4]) * pos
+    act = layer.activation.name
+    return _LayerShape(None if conv is None else in_shape, pos, fan_in, math.sqrt(pre_units), units,
+                       layer.activation.lipschitz, _sigma0(layer), _ACT_ULPS[act],  # c_σ = 0 after the output layer
+                       act in _BOUNDED and not last, 2.0 if act == "tanh" else 1.0)
+
+
+def _bias_norms(lt: Layer, lp: Layer, positions: int, like: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Upper values of ‖b_i‖, ‖b̃_i‖ and ‖b̃_i − b_i‖ (the difference formed in float64) over the layer output."""
+    bn_t = _bias_norm(lt.bias, positions, like)
+    bn_p = _bias_norm(lp.bias, positions, like)
+    if lt.bias is None and lp.bias is None:
+        return bn_t, bn_p, like.clone()
+    bt = torch.zeros_like(cast(Tensor, lp.bias)) if lt.bias is None else lt.bias
+    bp = torch.zeros_like(bt) if lp.bias is None else lp.bias
+    return bn_t, bn_p, _bias_norm(bp.double() - bt.double(), positions, like)
+
+
+def _forward_error(sh: _LayerShape, layer: Layer, fe: Tensor, norm: Tensor, bnorm: Tensor, reach: Tensor,
+                   rounding: tuple[float, float], tf32: bool) -> Tensor:
+    """E_i of one network from E_{i−1} (module docstring): dot products of length fan_in (+ the bias), then σ.
+
+    ``layer`` is that network's layer (its weight), ``norm``/``bnorm``/``reach`` its ‖W_i‖, ‖b_i‖, B_{i−1};
+    ``rounding`` = (u, η) of its forward dtype.
+    """
+    u, eta = rounding
+    a_abs = abs_operator_norm_bound(layer.weight, layer.conv, sh.ishape)
+    gam = _gamma(sh.fan_in + 1, u)
+    if tf32 and u > _U64:
+        gam = (1.0 + _TF32) ** 2 * (1.0 + gam) - 1.0
+    dz = norm * fe + gam * (a_abs * (reach + fe) + bnorm) + (sh.fan_in + 1) * eta * sh.root
+    s_pre = sh.lip * (norm * reach + bnorm) + abs(sh.s0) * sh.root  # ≥ ‖σ(z)‖ before pooling
+    if sh.bounded:
+        s_pre = s_pre.clamp_max(sh.root)
+    e = sh.lip * dz + sh.c_act * u * (s_pre + sh.lip * dz) + (eta * sh.root if sh.c_act > 0 else 0.0)
+    if sh.bounded:
+        e = e.clamp_max(sh.span * math.sqrt(sh.units))
+    return e
+
+
+def _propagate(target: Net, pruned: Net, radius: float, norm_method: NormMethod,
+               rounding: tuple[tuple[float, float], tuple[float, float]], tf32: bool
+               ) -> tuple[Tensor, Tensor, list[LayerTerm]]:
+    """The recursion over the layers: (e_l, M_f + M_F — 0 where f and F are bitwise identical —, terms)."""
+    spec = target.spec
+    feats = spec.feature_shapes()
+    k = target.n_trials
+    lead = 0 if k is None else 1
+    like = torch.zeros(() if k is None else (k,), dtype=torch.float64, device=target.device)
+    err, reach_t, reach_p = like.clone(), like + radius, like + radius
+    fe_t, fe_p = like.clone(), like.clone()  # E_i: forward rounding error of F and of f (module docstring)
+    same: Tensor | bool = True  # f and F bitwise identical (per member)
+    terms: list[LayerTerm] = []
+    n_layers = len(target.layers)
+    for i, (lt, lp, name) in enumerate(zip(target.layers, pruned.layers, spec.layer_names())):
+        units = math.prod(feats[i + 1]) if i + 1 < n_layers else spec.output_dim
+        sh = _layer_shape(lt, feats[i], units, i == n_layers - 1)
+        n_t = operator_norm(lt.weight, lt.conv, sh.ishape, norm_method)
+        n_p = operator_norm(lp.weight, lt.conv, sh.ishape, norm_method)
+        n_d = operator_norm(lt.weight, lt.conv, sh.ishape, norm_method, minus=lp.weight)  # D = W − W̃ in float64
+        bn_t, bn_p, bdiff = _bias_norms(lt, lp, sh.pos, like)
+        same = same & _same(lt.weight, lp.weight, lead) & _same(lt.bias, lp.bias, lead)
+        pre = torch.minimum(n_p.value * err + n_d.value * reach_t, n_t.value * err + n_d.value * reach_p)
+        err = sh.lip * (pre + bdiff)
+        fe_t = _forward_error(sh, lt, fe_t, n_t.value, bn_t, reach_t, rounding[0], tf32)
+        fe_p = _forward_error(sh, lp, fe_p, n_p.value, bn_p, reach_p, rounding[1], tf32)
+        cap = math.sqrt(sh.units)
+        reach_t = sh.lip * (n_t.value * reach_t + bn_t) + abs(sh.s0) * cap
+        reach_p = sh.lip * (n_p.value * reach_p + bn_p) + abs(sh.s0) * cap
+        if sh.bounded:
+            reach_t, reach_p = reach_t.clamp_max(cap), reach_p.clamp_max(cap)
+            err = err.clamp_max(sh.span * cap)  # entries of h_i, h̃_i lie in [−1, 1] (tanh) or (0, 1) (sigmoid)
+        terms.append(LayerTerm(name=name, norm_target=n_t, norm_pruned=n_p, norm_diff=n_d, lipschitz=sh.lip,
+                               sigma0=sh.s0, bias_norm=bn_t, bias_diff=bdiff, reach_target=reach_t,
+                               reach_pruned=reach_p, error=err))
+    fwd = torch.where(torch.as_tensor(same, device=like.device), torch.zeros_like(like), fe_t + fe_p)
+    return err, fwd, terms
+
+
+def _assumptions(target: Net, radius: float, terms: list[LayerTerm], all_exact: bool,
+                 dtypes: tuple[torch.dtype, torch.dtype], tf32_used: bool) -> tuple[str, ...]:
+    """What the bound relies on, in words."""
+    spec = target.spec
+    act = target.layers[0].activation if len(target.layers) > 1 else None
+    out = [f"input ball of radius r = {radius!r} (l2, conv inputs flattened)"]
+    if act is not None:
+        s0 = _sigma0(target.layers[0])
+        out.append(f"activation {act.name}: {act.lipschitz}-Lipschitz, sigma(0) = {s0}"
+                   + (" (reach includes |sigma(0)|·sqrt(n))" if s0 != 0 else ""))
+    out.append("biases: " + ("present; they cancel in D but enter the reach via ||b|| and the error "
+                             "via ||b~ - b||" if spec.bias else "none"))
+    if any(c.pool > 1 for c in spec.convs):
+        out.append("max-pool: non-overlapping, 1-Lipschitz and norm-non-increasing")
+    methods = sorted({n.method for t in terms for n in (t.norm_target, t.norm_pruned, t.norm_diff)})
+    out.append(f"operator norms: {'all exact' if all_exact else 'some certified upper values'} "
+               f"({', '.join(methods)})")
+    names_dt = sorted({str(d).removeprefix("torch.") for d in dtypes})
+    out.append(f"floating point: covers the forward passes in {'/'.join(names_dt)} (or more precise) "
+               "IEEE arithmetic, any summation order ("
+               + ("TF32 products and convolutions included" if tf32_used else "no TF32")
+               + ", no Winograd/FFT convolution), tanh/sigmoid within 8 ulps; differences and norms in "
+               "float64, rounded up")
+    return tuple(out)
+
+
 def certified_gap_bound(target: Net, pruned: Net, radius: float, norm_method: NormMethod = "auto", *,
                         forward_dtype: torch.dtype | None = None, tf32: bool = False) -> CertifiedBound:
     """Certified upper bound on the gap ``sup_{‖x‖ ≤ r} ‖f(x) − F(x)‖₂`` (module docstring).
@@ -268,163 +391,21 @@ def certified_gap_bound(target: Net, pruned: Net, radius: float, norm_method: No
     dt_t = forward_dtype or target.layers[0].weight.dtype
     dt_p = forward_dtype or pruned.layers[0].weight.dtype
     u_t, u_p = _unit(dt_t, "target weights"), _unit(dt_p, "pruned weights")
-    eta_t, eta_p = _TINY[dt_t], _TINY[dt_p]
-    spec = target.spec
-    feats = spec.feature_shapes()
-    k = target.n_trials
-    lead = 0 if k is None else 1
-    like = torch.zeros(() if k is None else (k,), dtype=torch.float64, device=target.device)
-    err = like.clone()
-    reach_t = like + radius
-    reach_p = like + radius
-    fe_t = like.clone()  # E_i: forward rounding error of F (module docstring)
-    fe_p = like.clone()
-    same: Tensor | bool = True  # f and F bitwise identical (per member)
-    terms: list[LayerTerm] = []
-    all_exact = True
-    names = spec.layer_names()
-    n_layers = len(target.layers)
-    for i, (lt, lp, name) in enumerate(zip(target.layers, pruned.layers, names)):
-        in_shape = feats[i]
-        conv = lt.conv
-        ishape = in_shape if conv is not None else None
-        w_t, w_p = lt.weight, lp.weight
-        n_t = operator_norm(w_t, conv, ishape, norm_method)
-        n_p = operator_norm(w_p, conv, ishape, norm_method)
-        n_d = operator_norm(w_t, conv, ishape, norm_method, minus=w_p)  # D = W − W̃, formed in float64
-        all_exact = all_exact and n_t.exact and n_p.exact and n_d.exact
-        pos = _out_positions(lt, in_shape)
-        bn_t = _bias_norm(lt.bias, pos, like)
-        bn_p = _bias_norm(lp.bias, pos, like)
-        if lt.bias is None and lp.bias is None:
-            bdiff = like.clone()
-        else:
-            bt = torch.zeros_like(cast(Tensor, lp.bias)) if lt.bias is None else lt.bias
-            bp = torch.zeros_like(bt) if lp.bias is None else lp.bias
-            bdiff = _bias_norm(bp.double() - bt.double(), pos, like)  # the difference in float64
-        same = same & _same(w_t, w_p, lead) & _same(lt.bias, lp.bias, lead)
-        lip = lt.activation.lipschitz
-        s0 = _sigma0(lt)
-        pre = torch.minimum(n_p.value * err + n_d.value * reach_t, n_t.value * err + n_d.value * reach_p)
-        err = lip * (pre + bdiff)
-        units = math.prod(feats[i + 1]) if i + 1 < n_layers else spec.output_dim
-        bounded = lt.activation.name in _BOUNDED and i < n_layers - 1
-        # forward rounding: dot products of length fan_in (+ the bias), then the activation
-        if conv is None:
-            fan_in, pre_units = int(w_t.shape[-1]), int(w_t.shape[-2])
-        else:
-            fan_in, pre_units = int(w_t.shape[-3]) * conv.kernel * conv.kernel, int(w_t.shape[-4]) * pos
-        root = math.sqrt(pre_units)
-        c_act = _ACT_ULPS[lt.activation.name]  # 0 for the identity after the output layer
-        new_fe = []
-        for fe, nv, wgt, bnorm, reach, u, eta in ((fe_t, n_t, w_t, bn_t, reach_t, u_t, eta_t),
-                                                   (fe_p, n_p, w_p, bn_p, reach_p, u_p, eta_p)):
-            a_abs = abs_operator_norm_bound(wgt, conv, ishape)
-            gam = _gamma(fan_in + 1, u)
-            if tf32 and u > _U64:
-                gam = (1.0 + _TF32) ** 2 * (1.0 + gam) - 1.0
-            dz = nv.value * fe + gam * (a_abs * (reach + fe) + bnorm) + (fan_in + 1) * eta * root
-            s_pre = lip * (nv.value * reach + bnorm) + abs(s0) * root  # ≥ ‖σ(z)‖ before pooling
-            if bounded:
-                s_pre = s_pre.clamp_max(root)
-            e = lip * dz + c_act * u * (s_pre + lip * dz) + (eta * root if c_act > 0 else 0.0)
-            if bounded:
-                e = e.clamp_max((2.0 if lt.activation.name == "tanh" else 1.0) * math.sqrt(units))
-            new_fe.append(e)
-        fe_t, fe_p = new_fe
-        new_t = lip * (n_t.value * reach_t + bn_t) + abs(s0) * math.sqrt(units)
-        new_p = lip * (n_p.value * reach_p + bn_p) + abs(s0) * math.sqrt(units)
-        if bounded:
-            cap = math.sqrt(units)
-            new_t, new_p = new_t.clamp_max(cap), new_p.clamp_max(cap)
-            # entries of h_i, h̃_i lie in [−1, 1] (tanh) or (0, 1) (sigmoid)
-            err = err.clamp_max((2.0 if lt.activation.name == "tanh" else 1.0) * cap)
-        reach_t, reach_p = new_t, new_p
-        terms.append(LayerTerm(name=name, norm_target=n_t, norm_pruned=n_p, norm_diff=n_d, lipschitz=lip,
-                               sigma0=s0, bias_norm=bn_t, bias_diff=bdiff, reach_target=reach_t,
-                               reach_pruned=reach_p, error=err))
+    err, fwd, terms = _propagate(target, pruned, radius, norm_method, ((u_t, _TINY[dt_t]), (u_p, _TINY[dt_p])), tf32)
     u_max = max(u_t, u_p)
-    same_t = torch.as_tensor(same, device=like.device)
-    fwd = torch.where(same_t, torch.zeros_like(like), fe_t + fe_p)
-    value = (err + fwd) * ((1.0 + _gamma(spec.output_dim + 3, u_max)) * (1.0 + 16.0 * (n_layers + 1) * _U64))
+    n_layers = len(terms)
+    value = (err + fwd) * ((1.0 + _gamma(target.spec.output_dim + 3, u_max)) * (1.0 + 16.0 * (n_layers + 1) * _U64))
     if not bool(torch.isfinite(value).all()):
         raise ProbPruneError("certified bound: overflows float64 (weights or radius too large for a finite "
                              "bound); refused")
-    margin = value - err
-    act = target.layers[0].activation if n_layers > 1 else None
-    assumptions = [f"input ball of radius r = {radius!r} (l2, conv inputs flattened)"]
-    if act is not None:
-        s0 = _sigma0(target.layers[0])
-        assumptions.append(f"activation {act.name}: {act.lipschitz}-Lipschitz, sigma(0) = {s0}"
-                           + (" (reach includes |sigma(0)|·sqrt(n))" if s0 != 0 else ""))
-    assumptions.append("biases: " + ("present; they cancel in D but enter the reach via ||b|| and the error "
-                                     "via ||b~ - b||" if spec.bias else "none"))
-    if any(c.pool > 1 for c in spec.convs):
-        assumptions.append("max-pool: non-overlapping, 1-Lipschitz and norm-non-increasing")
-    methods = sorted({n.method for t in terms for n in (t.norm_target, t.norm_pruned, t.norm_diff)})
-    assumptions.append(f"operator norms: {'all exact' if all_exact else 'some certified upper values'} "
-                       f"({', '.join(methods)})")
-    names_dt = sorted({str(d).removeprefix("torch.") for d in (dt_t, dt_p)})
-    tf32_used = tf32 and u_max > _U64
-    assumptions.append(f"floating point: covers the forward passes in {'/'.join(names_dt)} (or more precise) "
-                       "IEEE arithmetic, any summation order ("
-                       + ("TF32 products and convolutions included" if tf32_used else "no TF32")
-                       + ", no Winograd/FFT convolution), tanh/sigmoid within 8 ulps; differences and norms in "
-                       "float64, rounded up")
-    return CertifiedBound(value=value, terms=tuple(terms), exact=all_exact, assumptions=tuple(assumptions),
-                          radius=float(radius), rounding_margin=margin,
+    all_exact = all(n.exact for t in terms for n in (t.norm_target, t.norm_pruned, t.norm_diff))
+    assumptions = _assumptions(target, radius, terms, all_exact, (dt_t, dt_p), tf32 and u_max > _U64)
+    return CertifiedBound(value=value, terms=tuple(terms), exact=all_exact, assumptions=assumptions,
+                          radius=float(radius), rounding_margin=value - err,
                           forward_dtype="float32" if u_max > _U64 else "float64")
 
 
-# ---------------------------------------------------------------------------- the sandwich
-
-
-class LowerEstimate(Protocol):
-    """What an estimator returns: ``value`` ``[K]``/0-d and the maximiser ``x`` ``[K, *input]``/``[*input]``."""
-
-    @property
-    def value(self) -> Tensor: ...
-
-    @property
-    def x(self) -> Tensor: ...
-
-
-Estimator = Callable[[Net, Net, GapSpec, torch.Generator], LowerEstimate]
-"""``probprune.gap.sup_gap`` (``bounds`` may not import ``gap``, so callers pass it in)."""
-
-
-@dataclass(frozen=True, eq=False)
-class Sandwich:
-    """The gap pinned from both sides: ``lower ≤ gap ≤ upper``.
-
-    Attributes:
-        lower: ``[K]``/0-d float64: ``‖f(x*) − F(x*)‖`` re-evaluated in float64 at the estimator's
-            maximiser ``x*`` (moved provably inside the ball, see :func:`lower_at`), hence a true
-            lower bound up to float64 rounding, which ``upper``'s rounding margin covers.
-        upper: the certified bound's value.
-        ratio: upper / lower (1 where upper = 0: the nets agree everywhere; inf where lower = 0 < upper).
-        exact_norms: whether every operator norm was exact.
-        n_exact, n_norms: exact norms / norms computed.
-        x: the maximiser.
-        bound: the full :class:`CertifiedBound`.
-        n_evals: evaluations the estimator spent per member.
-    """
-
-    lower: Tensor
-    upper: Tensor
-    ratio: Tensor
-    exact_norms: bool
-    n_exact: int
-    n_norms: int
-    x: Tensor
-    bound: CertifiedBound
-    n_evals: int
-
-    def to_dict(self) -> dict[str, object]:
-        """Plain-JSON form (without the maximiser)."""
-        return {"lower": self.lower.tolist(), "upper": self.upper.tolist(), "ratio": self.ratio.tolist(),
-                "exact_norms": self.exact_norms, "n_exact": self.n_exact, "n_norms": self.n_norms,
-                "n_evals": self.n_evals, "bound": self.bound.to_dict()}
+# ---------------------------------------------------------------------------- a lower value
 
 
 def lower_at(target: Net, pruned: Net, x: Tensor, radius: float) -> Tensor:
@@ -458,36 +439,6 @@ def lower_at(target: Net, pruned: Net, x: Tensor, radius: float) -> Tensor:
     xin = x64.unsqueeze(lead)  # one point per member: [K, 1, …] or [1, …]
     diff = cast(Tensor, p64.forward(xin)) - cast(Tensor, t64.forward(xin))
     return diff.norm(dim=-1).squeeze(-1)
-
-
-def sandwich(
-    target: Net,
-    pruned: Net,
-    gap_spec: GapSpec,
-    generator: torch.Generator,
-    *,
-    estimator: Estimator,
-    norm_method: NormMethod = "auto",
-) -> Sandwich:
-    """Lower (empirical sup, re-evaluated in float64) and certified upper bound on the gap.
-
-    Args:
-        target, pruned: F and f (single or ensembles ``[K]``).
-        gap_spec: estimator budget and the radius r.
-        generator: the estimator's randomness.
-        estimator: ``probprune.gap.sup_gap`` (passed in: ``bounds`` does not import ``gap``).
-        norm_method: see :func:`~probprune.bounds.norms.matrix_norm_bound`.
-    """
-    check_pair(target, pruned)
-    if not isinstance(gap_spec, GapSpec):
-        raise ProbPruneError(f"gap_spec: expected a GapSpec, got {type(gap_spec).__name__}")
-    bound = certified_gap_bound(target, pruned, gap_spec.radius, norm_method)
-    est = estimator(target, pruned, gap_spec, generator)
-    lower = lower_at(target, pruned, est.x, gap_spec.radius)
-    upper = bound.value
-    ratio = torch.where(upper == 0, torch.ones_like(upper), upper / lower)
-    return Sandwich(lower=lower, upper=upper, ratio=ratio, exact_norms=bound.exact, n_exact=bound.n_exact,
-                    n_norms=bound.n_norms, x=est.x, bound=bound, n_evals=int(getattr(est, "n_evals", 0)))
 
 
 def _check_radius(radius: float) -> None:

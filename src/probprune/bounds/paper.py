@@ -7,7 +7,10 @@ Qian & Klabjan state: for ε, δ > 0 and α ∈ (0, 1) there are constants K1..K
 then with probability ≥ 1 − δ the pruned network's gap is ≤ ε. Their constants are not known.
 This module gives (1) the width calculator for any constants, (2) the constants that *our*
 explicit theorems imply for a pruning schedule c·h^{−α} (§8.2), and (3) a least-squares fit of
-(K2, α) to Monte Carlo gap-vs-width data — a **fit**, not a proof.
+(K2, λ) to Monte Carlo gap-vs-width data, gap ≈ K2·h^{−λ} — a **fit**, not a proof. The fitted
+gap exponent is called ``exponent`` (λ, as in :func:`~probprune.bounds.probabilistic.theory_exponent`);
+``alpha`` is only ever the schedule exponent α of level = c·h^{−α}. :func:`log_log_fit` is the one
+least-squares line on log-log axes (the Monte Carlo slopes of :mod:`probprune.montecarlo` use it too).
 """
 
 from __future__ import annotations
@@ -18,13 +21,9 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from probprune.bounds.probabilistic import probabilistic_bound, with_hidden_width
-from probprune.config import LawSpec, NetSpec, ProbPruneError, PruneSpec
+from probprune.config import LawSpec, NetSpec, PruneSpec, _fail
 
-__all__ = ["GapFit", "PaperConstants", "fit_k2_alpha", "implied_constants", "paper_min_width"]
-
-
-def _fail(name: str, value: Any, why: str) -> ProbPruneError:
-    return ProbPruneError(f"{name}={value!r}: {why}")
+__all__ = ["GapFit", "PaperConstants", "fit_gap_exponent", "implied_constants", "log_log_fit", "paper_min_width"]
 
 
 def _check_alpha(alpha: float) -> None:
@@ -129,7 +128,7 @@ def implied_constants(
         level = min(c * hi ** (-alpha), 1.0 - 1e-12 if (method == "random" and rescale) else 1.0)
         pr = PruneSpec(method=method, rescale=rescale, **{field: level})
         b = probabilistic_bound(with_hidden_width(spec, hi), law, pr, min(hi ** (-alpha), 0.999), radius=radius)
-        val = b.eps * hi ** alpha
+        val = b.value * hi ** alpha
         if val > k2:
             k2, arg_h = val, hi
         h *= 2.0 ** (1.0 / steps_per_octave)
@@ -142,30 +141,57 @@ def implied_constants(
 
 @dataclass(frozen=True)
 class GapFit:
-    """Least-squares fit gap ≈ K2·h^{−α} on log-log axes — a **fit**, not a proof.
+    """Least-squares fit gap ≈ K2·h^{−λ} on log-log axes — a **fit**, not a proof.
 
     Attributes:
-        k2, alpha: the fitted constants.
+        k2: the fitted constant K2.
+        exponent: the fitted gap exponent λ (compare :func:`~probprune.bounds.probabilistic.theory_exponent`).
         r2: coefficient of determination of the log-log fit.
         n: number of (h, gap) points.
     """
 
     k2: float
-    alpha: float
+    exponent: float
     r2: float
     n: int
     label: str = "fit (least squares on log gap vs log h), not a proof"
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON dict."""
-        return {"K2": self.k2, "alpha": self.alpha, "r2": self.r2, "n": self.n, "label": self.label}
+        return {"K2": self.k2, "exponent": self.exponent, "r2": self.r2, "n": self.n, "label": self.label}
 
 
-def fit_k2_alpha(widths: Sequence[float], gaps: Sequence[float]) -> GapFit:
-    """Fit log gap = log K2 − α·log h by least squares (Monte Carlo gap-vs-width curves, §8.3).
+def log_log_fit(widths: Sequence[float], values: Sequence[float]) -> tuple[float, float, float]:
+    """Least-squares line ``log v = slope·log h + intercept``: ``(slope, intercept, r²)``.
 
-    >>> f = fit_k2_alpha([100, 400, 1600], [0.3, 0.15, 0.075])
-    >>> round(f.alpha, 6), round(f.k2, 6)
+    The values are taken as given (callers drop or refuse non-positive ones first).
+
+    Raises:
+        ProbPruneError: fewer than two distinct widths.
+
+    >>> s, b, r2 = log_log_fit([100, 400, 1600], [1.0, 0.5, 0.25])
+    >>> round(s, 6), round(r2, 6)
+    (-0.5, 1.0)
+    """
+    xs = [math.log(h) for h in widths]
+    ys = [math.log(v) for v in values]
+    n = len(xs)
+    mx, my = sum(xs) / n, sum(ys) / n
+    sxx = sum((x - mx) ** 2 for x in xs)
+    if sxx == 0.0:
+        raise _fail("widths", list(widths), "need at least two distinct widths")
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx
+    icpt = my - slope * mx
+    ss_res = sum((y - (icpt + slope * x)) ** 2 for x, y in zip(xs, ys))
+    ss_tot = sum((y - my) ** 2 for y in ys)
+    return slope, icpt, 1.0 if ss_tot == 0.0 else 1.0 - ss_res / ss_tot
+
+
+def fit_gap_exponent(widths: Sequence[float], gaps: Sequence[float]) -> GapFit:
+    """Fit log gap = log K2 − λ·log h by least squares (Monte Carlo gap-vs-width curves, §8.3).
+
+    >>> f = fit_gap_exponent([100, 400, 1600], [0.3, 0.15, 0.075])
+    >>> round(f.exponent, 6), round(f.k2, 6)
     (0.5, 3.0)
     """
     if len(widths) != len(gaps):
@@ -177,16 +203,5 @@ def fit_k2_alpha(widths: Sequence[float], gaps: Sequence[float]) -> GapFit:
             raise _fail("widths", h, "must be finite and > 0")
         if not (math.isfinite(g) and g > 0):
             raise _fail("gaps", g, "must be finite and > 0 (log-log fit)")
-    xs = [math.log(h) for h in widths]
-    ys = [math.log(g) for g in gaps]
-    n = len(xs)
-    mx, my = sum(xs) / n, sum(ys) / n
-    sxx = sum((x - mx) ** 2 for x in xs)
-    if sxx == 0.0:
-        raise _fail("widths", list(widths), "need at least two distinct widths")
-    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx
-    icpt = my - slope * mx
-    ss_res = sum((y - (icpt + slope * x)) ** 2 for x, y in zip(xs, ys))
-    ss_tot = sum((y - my) ** 2 for y in ys)
-    r2 = 1.0 if ss_tot == 0.0 else 1.0 - ss_res / ss_tot
-    return GapFit(k2=math.exp(icpt), alpha=-slope, r2=r2, n=n)
+    slope, icpt, r2 = log_log_fit(widths, gaps)
+    return GapFit(k2=math.exp(icpt), exponent=-slope, r2=r2, n=len(widths))

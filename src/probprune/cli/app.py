@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from probprune.config import ProbPruneError
+from probprune.config import ProbPruneError, package_version
 
 __all__ = [
     "TERMS",
@@ -311,13 +311,7 @@ def add_terms_to_help(typer_app: typer.Typer) -> None:
 
 def _print_version(value: bool) -> None:
     if value:
-        from importlib.metadata import PackageNotFoundError, version
-
-        try:
-            v = version("probprune")
-        except PackageNotFoundError:  # pragma: no cover - source tree without install
-            v = "0+unknown"
-        console.print(f"probprune {v}")
+        console.print(f"probprune {package_version('probprune')}")
         raise typer.Exit()
 
 

@@ -12,13 +12,13 @@ from probprune.config import ProbPruneError, PruneSpec, parse_arch, parse_law
 
 
 def _bound_table(b: dict[str, Any]) -> Table:
-    t = Table(title=f"ε(δ={b['delta']:g}) = {b['eps']:.6g}   [{b['theorem']}]")
+    t = Table(title=f"ε(δ={b['delta']:g}) = {b['value']:.6g}   [{b['theorem']}]")
     for col in ("layer", "level", "‖W‖≤", "‖W̃‖≤", "‖D‖≤", "routes x/e/D", "error≤", "share of ε"):
         t.add_column(col, justify="left" if col in ("layer", "routes x/e/D") else "right")
     for r in b["layers"]:
-        routes = "/".join(x.replace("op:", "") for x in (r["route_x"], r["route_e"], r["route_d"]))
-        t.add_row(r["name"], f"{r['level']:.4g}", f"{r['norm_w']:.4g}", f"{r['norm_kept']:.4g}",
-                  f"{r['norm_removed']:.4g}", routes, f"{r['error']:.4g}", f"{r['contribution']:.4g}")
+        routes = "/".join(x.replace("op:", "") for x in (r["route_target"], r["route_pruned"], r["route_diff"]))
+        t.add_row(r["name"], f"{r['level']:.4g}", f"{r['norm_target']:.4g}", f"{r['norm_pruned']:.4g}",
+                  f"{r['norm_diff']:.4g}", routes, f"{r['error']:.4g}", f"{r['contribution']:.4g}")
     if b.get("lipschitz_term"):
         t.add_row("η-net", "", "", "", "", f"η={b['eta']:.2g} logN={b['log_net_size']:.0f}", "",
                   f"{b['lipschitz_term']:.4g}")

@@ -41,6 +41,7 @@ import torch
 from torch import Tensor
 
 from probprune.config import ConvSpec, NetSpec, ProbPruneError
+from probprune.files import atomic_write_bytes
 from probprune.nets import (
     _CHECK_SLACK,
     Activation,
@@ -950,23 +951,9 @@ def _atomic_write(path: Path, data: bytes) -> Path:
     parent = path.parent
     if not parent.is_dir():
         raise ProbPruneError(f"save_onnx: path {str(path)!r}: folder {str(parent)!r} does not exist")
-    # created 0666 & ~umask (mkstemp would force 0600), under a random name beside the target
-    tmp = str(parent / f".{path.name}.{os.urandom(6).hex()}.tmp")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:  # the umask decides the mode; no temporary file is left behind (probprune.files)
+        atomic_write_bytes(path, data)
     except OSError as exc:
         raise ProbPruneError(f"save_onnx: path {str(path)!r}: cannot write ({exc.strerror or exc})") from exc
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise ProbPruneError(f"save_onnx: path {str(path)!r}: cannot write ({exc.strerror or exc})") from exc
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 

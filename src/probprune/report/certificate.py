@@ -3,7 +3,7 @@
 A certificate says how far a pruned network f can be from its target F — the gap
 ``sup_{‖x‖₂≤r} ‖f(x) − F(x)‖₂`` pinned between an empirical lower bound and a certified upper
 bound, plus the probabilistic bound ε(δ) when the target was sampled from a law — together with
-everything needed to recompute it (architecture, law, pruning rule, per-layer prune_fraction,
+everything needed to recompute it (architecture, law, pruning rule, per-layer sparsity,
 seeds, file digests, versions) and the witness input of the lower bound. The numbers are made
 and re-derived by :mod:`probprune.runner.certificate` (which may compute; this module only checks
 the document's form); the schema ships as ``probprune/certificate.schema.json``.
@@ -33,7 +33,13 @@ def load_schema() -> dict[str, Any]:
 FORMAT: str = load_schema()["properties"]["format"]["const"]
 """The certificate format this version writes and checks (the schema's ``format`` constant)."""
 
-_OLD_FORMATS = ("probprune-certificate/1",)  # no witness for the lower bound, a timestamp
+_OLD_FORMATS: dict[str, str] = {
+    # format -> why its numbers cannot be checked as they stand
+    "probprune-certificate/1": "is an older certificate without a witness for its lower bound, so its numbers "
+                               "cannot all be re-derived",
+    "probprune-certificate/2": "is an older certificate that stores the measured sparsity under the key "
+                               "prune_fraction (now sparsity)",
+}
 
 
 def validate_certificate(doc: Any, where: str = "certificate") -> None:
@@ -47,9 +53,9 @@ def validate_certificate(doc: Any, where: str = "certificate") -> None:
     except ModuleNotFoundError:  # pragma: no cover - jsonschema is a dependency
         raise ProbPruneError("jsonschema: not installed (pip install jsonschema) — needed to check certificates") \
             from None
-    if isinstance(doc, Mapping) and doc.get("format") in _OLD_FORMATS:
-        raise ProbPruneError(f"{where}: field format: {doc['format']!r} is an older certificate without a witness "
-                             f"for its lower bound, so its numbers cannot all be re-derived; remake it with "
+    old = doc.get("format") if isinstance(doc, Mapping) else None
+    if isinstance(old, str) and old in _OLD_FORMATS:
+        raise ProbPruneError(f"{where}: field format: {old!r} {_OLD_FORMATS[old]}; remake it with "
                              f"`probprune prune … --certificate FILE` (format {FORMAT})")
     validator = jsonschema.Draft202012Validator(load_schema())
     errors = sorted(validator.iter_errors(doc), key=lambda e: list(e.absolute_path))

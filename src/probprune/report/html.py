@@ -29,10 +29,9 @@ import re
 import sys
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from probprune.config import ProbPruneError
+from probprune.config import ProbPruneError, package_version
 from probprune.report.figures import FigureResult
 from probprune.store.reports import TIMING_FIELDS, VERDICTS, ReportData
 
@@ -57,13 +56,6 @@ dl{display:grid;grid-template-columns:max-content auto;gap:.2rem 1rem}dt{font-we
 """
 
 _CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
-
-
-def _v(pkg: str) -> str:
-    try:
-        return version(pkg)
-    except PackageNotFoundError:
-        return "not installed"
 
 
 def _cpu_model() -> str:
@@ -101,10 +93,10 @@ def generated_time() -> str:
 def environment() -> dict[str, str]:
     """Library versions and the machine the report was built on (no time: see :func:`generated_time`)."""
     return {
-        "probprune": _v("probprune"),
-        "torch": _v("torch"),
-        "numpy": _v("numpy"),
-        "matplotlib": _v("matplotlib"),
+        "probprune": package_version("probprune", "not installed"),
+        "torch": package_version("torch", "not installed"),
+        "numpy": package_version("numpy", "not installed"),
+        "matplotlib": package_version("matplotlib", "not installed"),
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "machine": f"{platform.machine()}, {_cpu_model()}, {os.cpu_count()} logical CPUs",

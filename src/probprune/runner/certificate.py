@@ -1,7 +1,7 @@
 """Make and check certificates: every number of a pruning certificate, re-derived from the weights.
 
 ``make_certificate`` turns a prune outcome into a certificate document (schema:
-``probprune/certificate.schema.json``, format ``probprune-certificate/2``): the empirical lower
+``probprune/certificate.schema.json``, format ``probprune-certificate/3``): the empirical lower
 bound on the gap ``sup_{‖x‖₂≤r} ‖f(x) − F(x)‖₂`` together with its **witness** (the input x* in
 the ball where it is attained, so one forward pass re-proves it), the certified upper bound with
 its per-layer norms, the probabilistic bound ε(δ) when the target was sampled from a law
@@ -28,16 +28,24 @@ import sys
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from importlib.metadata import PackageNotFoundError, version
 from importlib.resources import files
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, NoReturn, cast
 
 import torch
 
 from probprune.bounds import CertifiedBound, NormMethod, certified_gap_bound
 from probprune.bounds.probabilistic import probabilistic_bound
-from probprune.config import GapSpec, LawSpec, NetSpec, ProbPruneError, PruneSpec, parse_arch, parse_law
+from probprune.config import (
+    GapSpec,
+    LawSpec,
+    NetSpec,
+    ProbPruneError,
+    PruneSpec,
+    package_version,
+    parse_arch,
+    parse_law,
+)
 from probprune.masks import MaskStats
 from probprune.nets import Net
 from probprune.runner.gap import gap_sandwich
@@ -48,7 +56,7 @@ __all__ = ["FORMAT", "CertificateRejected", "CheckOutcome", "check_certificate",
 
 FORMAT: str = json.loads(files("probprune").joinpath("certificate.schema.json").read_text(encoding="utf-8"))[
     "properties"]["format"]["const"]
-"""The certificate format, as the schema states it (``probprune-certificate/2``)."""
+"""The certificate format, as the schema states it (``probprune-certificate/3``)."""
 RTOL = 1e-9
 """Relative tolerance between a stated and a recomputed float: maker and checker run the same
 float64 computation on the CPU, so genuine certificates agree to rounding (~1e-15)."""
@@ -85,15 +93,8 @@ def _plain(v: Any) -> Any:
     return json.loads(json.dumps(v, default=str))
 
 
-def _v(pkg: str) -> str:
-    try:
-        return version(pkg)
-    except PackageNotFoundError:  # pragma: no cover - source tree without install
-        return "0+unknown"
-
-
 def _versions() -> dict[str, str]:
-    return {"probprune": _v("probprune"), "torch": torch.__version__, "python": sys.version.split()[0]}
+    return {"probprune": package_version("probprune"), "torch": torch.__version__, "python": sys.version.split()[0]}
 
 
 def _job_hash(resolved: dict[str, Any]) -> str:
@@ -187,18 +188,18 @@ def _probabilistic(spec: NetSpec, law: LawSpec, pr: PruneSpec, delta: float, rad
         b = probabilistic_bound(spec, law, pr, delta, radius=radius)
     except ProbPruneError as e:  # an assumption of the theorems fails: say which, give no ε
         return {"delta": delta, "eps": None, "theorem": None, "note": f"not applicable: {e}"}
-    return {"delta": delta, "eps": float(b.eps), "theorem": b.theorem, "note": _PROB_NOTE}
+    return {"delta": delta, "eps": float(b.value), "theorem": b.theorem, "note": _PROB_NOTE}
 
 
 def _stats_sections(stats: MaskStats, zeros: Sequence[int]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """``layers`` and ``total`` of a certificate (shared by maker and checker)."""
     d = stats.to_dict()
     layers = [{"name": r["name"], "size": int(r["size"]), "pruned": int(r["pruned"]),
-               "prune_fraction": float(r["sparsity"]), "zeros": int(z),
+               "sparsity": float(r["sparsity"]), "zeros": int(z),
                "threshold": None if r["threshold"] is None else float(r["threshold"])}
               for r, z in zip(d["layers"], zeros)]
     total = {"size": int(d["total"]["size"]), "pruned": int(d["total"]["pruned"]),
-             "prune_fraction": float(d["total"]["sparsity"])}
+             "sparsity": float(d["total"]["sparsity"])}
     return layers, total
 
 
@@ -234,11 +235,11 @@ def make_certificate(outcome: PruneOutcome, job: PruneJob, *, gap: GapSpec | Non
         if isinstance(d, bool) or not isinstance(d, (int, float)) or not 0.0 < d < 1.0:
             raise ProbPruneError(f"delta={d!r}: must be in (0, 1)")
         d = float(d)
-    sw = gap_sandwich(outcome.target, outcome.pruned, g, job.seed, norm_method)
     t64, p64 = _cpu64(outcome.target), _cpu64(outcome.pruned)
+    bound = _bound64(t64, p64, g.radius, norm_method, _forward_dtype(outcome.target, outcome.pruned))
+    sw = gap_sandwich(outcome.target, outcome.pruned, g, job.seed, norm_method, bound=bound)  # the bound once
     witness = _witness(sw.x, g.radius)
-    numbers = _gap_numbers(_bound64(t64, p64, g.radius, norm_method, _forward_dtype(outcome.target, outcome.pruned)),
-                           _gap_at(t64, p64, witness))
+    numbers = _gap_numbers(bound, _gap_at(t64, p64, witness))
     prob = None if job.law is None or d is None else _probabilistic(spec, job.law, pr, d, g.radius)
     layers, total = _stats_sections(outcome.stats, _zeros(outcome.pruned.to(device="cpu")))
     level_name = pr.level_name or pr.schedule_field()
@@ -389,6 +390,202 @@ def _saved_sha256(net: Net) -> str:
         return file_sha256(path)
 
 
+def _check_target_file(doc: Mapping[str, Any], target: str | Path | None, law: LawSpec | None, c: _Checker) -> str:
+    """Where the target comes from: ``resampled`` (law + seed) or ``file`` (``--target``, with the stated digest)."""
+    where = c.where
+    tsrc = doc["target"]["source"]
+    if target is not None:
+        want = doc["target"]["sha256"]
+        got = file_sha256(target)
+        if want is not None and got != want:
+            raise CertificateRejected(f"{where}: rejected: field target.sha256: target {str(target)!r} is not the "
+                                      f"certified target (stated {want}, recomputed {got})",
+                                      "target.sha256", want, got)
+        if want is None:
+            c.not_verified.append(("target.sha256", "no digest recorded"))
+        else:
+            c.verified.append("target.sha256")
+    if tsrc == "sampled" and law is None:
+        raise ProbPruneError(f"{where}: rejected: field law: a sampled target needs a law, the certificate has none")
+    if tsrc == "sampled":
+        return "resampled"  # re-sampled from law and seed; a --target file must equal it
+    if target is not None:
+        return "file"
+    raise ProbPruneError(f"{where}: the certified target is a file ({doc['target']['path']!r}); "
+                         "give it with --target FILE")
+
+
+def _check_zeros(doc: Mapping[str, Any], pruned: Net, weights: str | Path, c: _Checker) -> list[int]:
+    """The zero weights of each layer, counted straight from the pruned file, against ``layers.*.zeros``."""
+    zeros = _zeros(pruned)
+    if len(doc["layers"]) != len(zeros):
+        c.reject("layers", f"{len(doc['layers'])} layers", f"{len(zeros)} layers", f" in {str(weights)!r}")
+    for i, (layer, z) in enumerate(zip(doc["layers"], zeros)):
+        if layer["zeros"] != z:
+            c.reject(f"layers.{i}.zeros", layer["zeros"], z,
+                     f" (layer {layer['name']} of {str(weights)!r} has {z} zero weights)")
+    return zeros
+
+
+@dataclass(frozen=True)
+class _Rerun:
+    """The recorded pruning, ready to re-run on the target (a file, or re-sampled from law and seed)."""
+
+    spec: NetSpec
+    law: LawSpec | None
+    seed: int
+    source: str
+    target: str | Path | None
+    device: str
+
+    def __call__(self, p: PruneSpec) -> PruneOutcome:
+        job = PruneJob(net=self.spec, prune=p, weights=None if self.source == "resampled" else str(self.target),
+                       law=self.law, seed=self.seed, device=self.device)
+        return run_prune(job)
+
+
+def _rerun_device(doc: Mapping[str, Any], pr: PruneSpec, source: str, c: _Checker, notes: list[str]) -> str:
+    """The recorded device, or the CPU where the re-run does not depend on it (magnitude pruning of a file)."""
+    dev = str(doc["device"])
+    needs_dev = source == "resampled" or pr.method == "random"
+    if not _device_ok(dev):
+        if needs_dev:
+            raise ProbPruneError(f"{c.where}: device={dev!r}: the certificate was made on {dev}; its sampled target "
+                                 "and random masks can be re-derived only there (not available here)")
+        notes.append(f"made on device {dev!r}, magnitude pruning of a file target re-run on the CPU")
+        dev = "cpu"
+    return dev
+
+
+def _reject_pruning(doc: Mapping[str, Any], pr: PruneSpec, rerun: _Rerun, res: PruneOutcome, pruned: Net,
+                    weights: str | Path, zeros: Sequence[int], diff: Sequence[tuple[str, int, int]],
+                    c: _Checker) -> NoReturn:
+    """Reject a re-run that does not give the pruned weights, naming the forged setting where one change does."""
+    alternatives: dict[str, Any] = {"method": ("random" if pr.method == "magnitude" else "magnitude"),
+                                    "scope": ("global" if pr.scope == "layerwise" else "layerwise"),
+                                    "rescale": not pr.rescale}
+    for key, alt in alternatives.items():
+        try:
+            reproduced = not _differing(rerun(dataclasses.replace(pr, **{key: alt})).pruned, pruned)
+        except ProbPruneError:  # the changed setting is not a valid rule here
+            continue
+        if reproduced:
+            c.reject(f"prune.{key}", doc["prune"][key], alt,
+                     " (the pruned weights are the target pruned with this setting)")
+    name, n, size = diff[0]
+    raise CertificateRejected(
+        f"{c.where}: rejected: field prune: re-running the recorded pruning ({_rule_text(doc)}) on the "
+        f"{'re-sampled ' if rerun.source == 'resampled' else ''}target does not give the pruned weights of "
+        f"{str(weights)!r} ({name}: {n} of {size} entries differ; the re-run removes {res.stats.pruned} "
+        f"weights, the file has {sum(zeros)} zero weights of {res.stats.size})", "prune", dict(doc["prune"]),
+        f"{name}: {n} of {size} entries differ")
+
+
+def _check_pruning(doc: Mapping[str, Any], pr: PruneSpec, rerun: _Rerun, pruned: Net, weights: str | Path,
+                   zeros: Sequence[int], c: _Checker) -> PruneOutcome:
+    """Re-run the recorded pruning on the target; require the pruned weights (and a given target) bit for bit."""
+    res = rerun(pr)
+    if rerun.source == "resampled" and rerun.target is not None:
+        tdiff = _differing(res.target, load_net(rerun.spec, str(rerun.target)))
+        if tdiff:
+            name, n, size = tdiff[0]
+            raise CertificateRejected(
+                f"{c.where}: rejected: field target: {str(rerun.target)!r} is not the target re-sampled from "
+                f"law={doc['law']!r}, seeds.seed={rerun.seed!r} ({name}: {n} of {size} entries differ)",
+                "target", str(rerun.target), f"{name}: {n} of {size} entries differ")
+        c.verified.append("target")
+    diff = _differing(res.pruned, pruned)
+    if diff:
+        _reject_pruning(doc, pr, rerun, res, pruned, weights, zeros, diff, c)
+    c.verified += ["arch", "activation", "bias", "law", "target.source", "prune", "device"]
+    if rerun.source == "resampled" or pr.method == "random":
+        c.verified.append("seeds.seed")  # the sampled target / the random masks came out bit for bit
+    else:
+        c.not_verified.append(("seeds.seed", "used only by the search for the witness (no sampling, no random "
+                                             "masks)"))
+    return res
+
+
+def _check_gap(doc: Mapping[str, Any], spec: NetSpec, target: Net, pruned: Net, c: _Checker) -> tuple[float, float]:
+    """The certified bound and the gap at the witness, in float64 on the CPU as the maker computed them.
+
+    Returns:
+        ``(upper, lower)`` recomputed from the weights and the witness.
+    """
+    g = doc["gap"]
+    radius = float(g["radius"])
+    t64, p64 = _cpu64(target), _cpu64(pruned)
+    bound = _bound64(t64, p64, radius, g["norm_method"], _forward_dtype(target, pruned))
+    upper = float(bound.value)
+    if not math.isclose(float(g["upper"]), upper, rel_tol=c.rtol, abs_tol=0.0):
+        c.reject("gap.upper", g["upper"], upper, " (the certified upper bound recomputed from the weights)")
+    x = torch.tensor(g["witness"], dtype=torch.float64)
+    d_in = math.prod(_input_shape(spec))
+    if x.numel() != d_in or not bool(torch.isfinite(x).all()):
+        c.reject("gap.witness", f"{x.numel()} entries", f"{d_in} finite entries (the input size)")
+    xn = float(x.norm())
+    if not xn <= radius:
+        raise CertificateRejected(f"{c.where}: rejected: field gap.witness: the witness lies outside the ball: "
+                                  f"‖x‖₂ = {xn!r} > gap.radius = {radius!r}", "gap.witness", xn, radius)
+    c.verified.append("gap.witness")
+    lower = _gap_at(t64, p64, x)
+    c.same("gap", {k: g[k] for k in ("lower", "upper", "ratio", "exact_norms", "n_exact", "n_norms", "layers")},
+           _gap_numbers(bound, lower), " (re-derived from the weights and the witness)")
+    c.verified += ["gap.radius", "gap.norm_method"]
+    c.not_verified.append(("gap.estimator", "the search budget that found the witness; the witness itself proves "
+                                            "the lower bound"))
+    return upper, lower
+
+
+def _check_probabilistic(doc: Mapping[str, Any], spec: NetSpec, law: LawSpec | None, pr: PruneSpec,
+                         c: _Checker) -> None:
+    """ε(δ) recomputed at the stated δ with the function that made it (no section without a law)."""
+    prob = doc["probabilistic"]
+    if law is None:
+        c.same("probabilistic", prob, None)
+    elif prob is None:
+        c.reject("probabilistic", None, "a probabilistic section (a law is recorded)")
+    else:
+        want = _probabilistic(spec, law, pr, float(prob["delta"]), float(doc["gap"]["radius"]))
+        c.same("probabilistic", dict(prob), want, f" (ε recomputed at probabilistic.delta={prob['delta']!r})")
+
+
+def _check_config_hash(doc: Mapping[str, Any], pr: PruneSpec, c: _Checker) -> None:
+    """The config hash, rebuilt from the document's settings."""
+    g, prob = doc["gap"], doc["probabilistic"]
+    est = g["estimator"]
+    gs = GapSpec(radius=float(g["radius"]), n_points=est["n_points"], n_restarts=est["n_restarts"],
+                 n_steps=est["n_steps"], step_size=est["step_size"])
+    resolved = _resolved(doc["arch"], doc["activation"], doc["bias"], doc["law"],
+                         doc["target"]["path"] if doc["target"]["source"] == "file" else None,
+                         int(doc["seeds"]["seed"]), pr, gs, None if prob is None else prob["delta"], g["norm_method"])
+    c.same("config_hash", doc["config_hash"], _job_hash(resolved))
+
+
+def _check_files(doc: Mapping[str, Any], weights: str | Path, target: str | Path | None, res: PruneOutcome,
+                 c: _Checker) -> None:
+    """The file digests (of the re-sampled target when no file was given) and the versions."""
+    if doc["pruned"]["sha256"] is None:
+        c.not_verified.append(("pruned.sha256", "no digest recorded"))
+    else:
+        c.same("pruned.sha256", doc["pruned"]["sha256"], file_sha256(weights), f" (of {str(weights)!r})")
+    if target is None:
+        if doc["target"]["sha256"] is None:
+            c.not_verified.append(("target.sha256", "no digest recorded"))
+        else:
+            c.same("target.sha256", doc["target"]["sha256"], _saved_sha256(res.target),
+                   " (of the re-sampled target, saved as prune --save-target saves it)")
+    for key in ("target", "pruned"):
+        if doc[key]["path"] is not None:
+            c.not_verified.append((f"{key}.path", "a file name, not a property of the networks"))
+    mine = _versions()
+    if dict(doc["versions"]) == mine:
+        c.verified.append("versions")
+    else:
+        c.not_verified.append(("versions", f"made with {json.dumps(doc['versions'], sort_keys=True)}, checked with "
+                                           f"{json.dumps(mine, sort_keys=True)}"))
+
+
 def check_certificate(doc: Mapping[str, Any], weights: str | Path, target: str | Path | None = None,
                       rtol: float = RTOL, where: str = "certificate") -> CheckOutcome:
     """Re-derive every number and setting of a certificate from the weights; confirm it or reject it.
@@ -421,155 +618,20 @@ def check_certificate(doc: Mapping[str, Any], weights: str | Path, target: str |
     spec = parse_arch(doc["arch"], activation=doc["activation"], bias=doc["bias"])
     pruned = load_net(spec, str(weights))
     law = None if doc["law"] is None else parse_law(doc["law"])
-    seed = int(doc["seeds"]["seed"])
     notes: list[str] = []
-    # --- the target
-    tsrc = doc["target"]["source"]
-    if target is not None:
-        want = doc["target"]["sha256"]
-        got = file_sha256(target)
-        if want is not None and got != want:
-            raise CertificateRejected(f"{where}: rejected: field target.sha256: target {str(target)!r} is not the "
-                                      f"certified target (stated {want}, recomputed {got})",
-                                      "target.sha256", want, got)
-        if want is None:
-            c.not_verified.append(("target.sha256", "no digest recorded"))
-        else:
-            c.verified.append("target.sha256")
-    if tsrc == "sampled" and law is None:
-        raise ProbPruneError(f"{where}: rejected: field law: a sampled target needs a law, the certificate has none")
-    if tsrc == "sampled":
-        source = "resampled"  # re-sampled from law and seed; a --target file must equal it
-    elif target is not None:
-        source = "file"
-    else:
-        raise ProbPruneError(f"{where}: the certified target is a file ({doc['target']['path']!r}); "
-                             "give it with --target FILE")
-    # --- zero counts straight from the pruned file
-    zeros = _zeros(pruned)
-    if len(doc["layers"]) != len(zeros):
-        c.reject("layers", f"{len(doc['layers'])} layers", f"{len(zeros)} layers", f" in {str(weights)!r}")
-    for i, (layer, z) in enumerate(zip(doc["layers"], zeros)):
-        if layer["zeros"] != z:
-            c.reject(f"layers.{i}.zeros", layer["zeros"], z,
-                     f" (layer {layer['name']} of {str(weights)!r} has {z} zero weights)")
-    # --- re-run the recorded pruning on the target
-    dev = str(doc["device"])
+    source = _check_target_file(doc, target, law, c)
+    zeros = _check_zeros(doc, pruned, weights, c)
     pr = _prune_spec(doc, c)
-    needs_dev = source == "resampled" or pr.method == "random"
-    if not _device_ok(dev):
-        if needs_dev:
-            raise ProbPruneError(f"{where}: device={dev!r}: the certificate was made on {dev}; its sampled target "
-                                 "and random masks can be re-derived only there (not available here)")
-        notes.append(f"made on device {dev!r}, magnitude pruning of a file target re-run on the CPU")
-        dev = "cpu"
-
-    def rerun(p: PruneSpec) -> PruneOutcome:
-        job = PruneJob(net=spec, prune=p, weights=None if source == "resampled" else str(target),
-                       law=law, seed=seed, device=dev)
-        return run_prune(job)
-
-    res = rerun(pr)
-    if source == "resampled" and target is not None:
-        tdiff = _differing(res.target, load_net(spec, str(target)))
-        if tdiff:
-            name, n, size = tdiff[0]
-            raise CertificateRejected(
-                f"{where}: rejected: field target: {str(target)!r} is not the target re-sampled from "
-                f"law={doc['law']!r}, seeds.seed={seed!r} ({name}: {n} of {size} entries differ)",
-                "target", str(target), f"{name}: {n} of {size} entries differ")
-        c.verified.append("target")
-    diff = _differing(res.pruned, pruned)
-    if diff:
-        # name the forged setting where one changed setting reproduces the weights
-        alternatives: dict[str, Any] = {"method": ("random" if pr.method == "magnitude" else "magnitude"),
-                                        "scope": ("global" if pr.scope == "layerwise" else "layerwise"),
-                                        "rescale": not pr.rescale}
-        for key, alt in alternatives.items():
-            try:
-                reproduced = not _differing(rerun(dataclasses.replace(pr, **{key: alt})).pruned, pruned)
-            except ProbPruneError:  # the changed setting is not a valid rule here
-                continue
-            if reproduced:
-                c.reject(f"prune.{key}", doc["prune"][key], alt,
-                         " (the pruned weights are the target pruned with this setting)")
-        name, n, size = diff[0]
-        raise CertificateRejected(
-            f"{where}: rejected: field prune: re-running the recorded pruning ({_rule_text(doc)}) on the "
-            f"{'re-sampled ' if source == 'resampled' else ''}target does not give the pruned weights of "
-            f"{str(weights)!r} ({name}: {n} of {size} entries differ; the re-run removes {res.stats.pruned} "
-            f"weights, the file has {sum(zeros)} zero weights of {res.stats.size})", "prune", dict(doc["prune"]),
-            f"{name}: {n} of {size} entries differ")
-    c.verified += ["arch", "activation", "bias", "law", "target.source", "prune", "device"]
-    if source == "resampled" or pr.method == "random":
-        c.verified.append("seeds.seed")  # the sampled target / the random masks came out bit for bit
-    else:
-        c.not_verified.append(("seeds.seed", "used only by the search for the witness (no sampling, no random "
-                                             "masks)"))
-    # --- statistics
+    rerun = _Rerun(spec, law, int(doc["seeds"]["seed"]), source, target, _rerun_device(doc, pr, source, c, notes))
+    res = _check_pruning(doc, pr, rerun, pruned, weights, zeros, c)
     layers, total = _stats_sections(res.stats, zeros)
     c.same("layers", list(doc["layers"]), layers)
     c.same("total", dict(doc["total"]), total)
-    # --- the certified bound and the witness, in float64 on the CPU as the maker computed them
-    g = doc["gap"]
-    radius = float(g["radius"])
-    t64, p64 = _cpu64(res.target), _cpu64(pruned)
-    bound = _bound64(t64, p64, radius, g["norm_method"], _forward_dtype(res.target, pruned))
-    upper = float(bound.value)
-    if not math.isclose(float(g["upper"]), upper, rel_tol=rtol, abs_tol=0.0):
-        c.reject("gap.upper", g["upper"], upper, " (the certified upper bound recomputed from the weights)")
-    x = torch.tensor(g["witness"], dtype=torch.float64)
-    d_in = math.prod(_input_shape(spec))
-    if x.numel() != d_in or not bool(torch.isfinite(x).all()):
-        c.reject("gap.witness", f"{x.numel()} entries", f"{d_in} finite entries (the input size)")
-    xn = float(x.norm())
-    if not xn <= radius:
-        raise CertificateRejected(f"{where}: rejected: field gap.witness: the witness lies outside the ball: "
-                                  f"‖x‖₂ = {xn!r} > gap.radius = {radius!r}", "gap.witness", xn, radius)
-    c.verified.append("gap.witness")
-    lower = _gap_at(t64, p64, x)
-    c.same("gap", {k: g[k] for k in ("lower", "upper", "ratio", "exact_norms", "n_exact", "n_norms", "layers")},
-           _gap_numbers(bound, lower), " (re-derived from the weights and the witness)")
-    c.verified += ["gap.radius", "gap.norm_method"]
-    c.not_verified.append(("gap.estimator", "the search budget that found the witness; the witness itself proves "
-                                            "the lower bound"))
-    # --- ε(δ)
-    prob = doc["probabilistic"]
-    if law is None:
-        c.same("probabilistic", prob, None)
-    elif prob is None:
-        c.reject("probabilistic", None, "a probabilistic section (a law is recorded)")
-    else:
-        want = _probabilistic(spec, law, pr, float(prob["delta"]), radius)
-        c.same("probabilistic", dict(prob), want, f" (ε recomputed at probabilistic.delta={prob['delta']!r})")
-    # --- config hash
-    est = g["estimator"]
-    gs = GapSpec(radius=radius, n_points=est["n_points"], n_restarts=est["n_restarts"], n_steps=est["n_steps"],
-                 step_size=est["step_size"])
-    resolved = _resolved(doc["arch"], doc["activation"], doc["bias"], doc["law"],
-                         doc["target"]["path"] if tsrc == "file" else None, seed, pr, gs,
-                         None if prob is None else prob["delta"], g["norm_method"])
-    c.same("config_hash", doc["config_hash"], _job_hash(resolved))
-    # --- digests
-    if doc["pruned"]["sha256"] is None:
-        c.not_verified.append(("pruned.sha256", "no digest recorded"))
-    else:
-        c.same("pruned.sha256", doc["pruned"]["sha256"], file_sha256(weights), f" (of {str(weights)!r})")
-    if target is None:
-        if doc["target"]["sha256"] is None:
-            c.not_verified.append(("target.sha256", "no digest recorded"))
-        else:
-            c.same("target.sha256", doc["target"]["sha256"], _saved_sha256(res.target),
-                   " (of the re-sampled target, saved as prune --save-target saves it)")
-    for key in ("target", "pruned"):
-        if doc[key]["path"] is not None:
-            c.not_verified.append((f"{key}.path", "a file name, not a property of the networks"))
-    mine = _versions()
-    if dict(doc["versions"]) == mine:
-        c.verified.append("versions")
-    else:
-        c.not_verified.append(("versions", f"made with {json.dumps(doc['versions'], sort_keys=True)}, checked with "
-                                           f"{json.dumps(mine, sort_keys=True)}"))
+    upper, lower = _check_gap(doc, spec, res.target, pruned, c)
+    _check_probabilistic(doc, spec, law, pr, c)
+    _check_config_hash(doc, pr, c)
+    _check_files(doc, weights, target, res, c)
     c.verified.append("format")
-    return CheckOutcome(upper=upper, certified=float(g["upper"]), lower=lower, radius=radius, target_source=source,
-                        verified=tuple(c.verified), not_verified=tuple(c.not_verified), notes=tuple(notes))
+    return CheckOutcome(upper=upper, certified=float(doc["gap"]["upper"]), lower=lower,
+                        radius=float(doc["gap"]["radius"]), target_source=source, verified=tuple(c.verified),
+                        not_verified=tuple(c.not_verified), notes=tuple(notes))

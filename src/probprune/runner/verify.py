@@ -23,7 +23,6 @@ import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -42,6 +41,7 @@ from probprune.config import (
     canonical_json,
     config_hash,
     from_dict,
+    package_version,
 )
 from probprune.montecarlo import (
     GridPoint,
@@ -93,10 +93,7 @@ def default_config() -> RunConfig:
 
 def library_version() -> str:
     """The installed probprune version (stored with every trial)."""
-    try:
-        return version("probprune")
-    except PackageNotFoundError:  # pragma: no cover - source tree without install
-        return "0+unknown"
+    return package_version("probprune")
 
 
 def check_device(device: str) -> None:

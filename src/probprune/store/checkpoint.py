@@ -1,4 +1,5 @@
-"""Checkpoints as safetensors (+ the architecture string in the file's metadata), atomic writes.
+"""Checkpoints as safetensors (+ the architecture string in the file's metadata); atomic writes
+(:mod:`probprune.files`, re-exported here for the layers above).
 
 Same tensors, same metadata → same bytes, in every process: the safetensors writer keeps the
 metadata in a hash map whose order changes from one call to the next, so :func:`save_tensors`
@@ -12,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import secrets
 import shutil
 import struct
 from collections.abc import Mapping
@@ -23,51 +23,13 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from probprune.config import ProbPruneError
+from probprune.files import atomic_write_bytes, atomic_write_text, temp_beside
 
 __all__ = ["atomic_write_bytes", "atomic_write_text", "canonical_header", "file_sha256", "load_tensors",
            "save_tensors"]
 
 _METADATA_KEY = "__metadata__"
 _HEADER_ALIGN = 8  # the safetensors writer pads its header with spaces so that the data starts 8-aligned
-
-
-def _tmp_in(path: Path) -> tuple[int, str]:
-    """Create a new empty file beside ``path`` (a unique hidden name); returns (fd, name).
-
-    Opened with ``O_CREAT | O_EXCL`` and mode ``0o666`` so that the process umask decides the final
-    permissions, as for any ``open(path, "w")`` — ``tempfile.mkstemp`` would force ``0o600``, and the
-    rename would carry that mode onto every checkpoint, certificate and report.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0) | getattr(os, "O_NOFOLLOW", 0)
-    for _ in range(100):
-        name = str(path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp")
-        try:
-            return os.open(name, flags, 0o666), name
-        except FileExistsError:
-            continue
-    raise FileExistsError(f"{path.parent}: no free temporary name for {path.name!r}")
-
-
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path``, then rename it into place."""
-    p = Path(path)
-    fd, tmp = _tmp_in(p)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, p)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
-    """Atomically write UTF-8 text."""
-    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def canonical_header(header: Mapping[str, object]) -> bytes:
@@ -131,9 +93,9 @@ def save_tensors(path: str | os.PathLike[str], tensors: Mapping[str, torch.Tenso
     recorded ``sha256`` of a checkpoint re-made from the same seed matches.
     """
     p = Path(path)
-    fd, raw = _tmp_in(p)
+    fd, raw = temp_beside(p)
     os.close(fd)
-    fd, tmp = _tmp_in(p)
+    fd, tmp = temp_beside(p)
     os.close(fd)
     try:
         save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, raw,
