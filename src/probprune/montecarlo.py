@@ -239,9 +239,7 @@ def prune_ensemble(cfg: RunConfig, point: GridPoint, config_hash: str, trials: S
     pr = point.prune
     gens = trial_generators(config_hash, point.index, trials, "mask", cfg.mc.device) \
         if pr.method == "random" else None
-    res = prune(target, pr.method, prune_fraction=pr.prune_fraction, threshold=pr.threshold,
-                relative_threshold=pr.relative_threshold, p=pr.p, scope=pr.scope, rescale=pr.rescale,
-                generator=gens, law=cfg.law)
+    res = prune(target, pr, generator=gens, law=cfg.law)
     size = sum(keep[0].numel() for keep in res.masks.values())
     kept = sum(count_true(keep.reshape(len(trials), -1)) for keep in res.masks.values())
     removed = (size - torch.as_tensor(kept)).to(torch.float64).cpu()  # one transfer for all layers

@@ -519,9 +519,7 @@ def run_prune(job: PruneJob, write: bool = True, loaded: LoadedModel | None = No
         target = sample_net(job.net, job.law, g, device=job.device)  # type: ignore[arg-type]
     pr = job.prune
     gen = make_generator(derive_seed("prune", job.seed, "mask"), job.device) if pr.method == "random" else None
-    res = prune(target, pr.method, prune_fraction=pr.prune_fraction, threshold=pr.threshold,
-                relative_threshold=pr.relative_threshold, p=pr.p, scope=pr.scope, rescale=pr.rescale,
-                generator=gen, law=job.law)
+    res = prune(target, pr, generator=gen, law=job.law)
     outcome = PruneOutcome(target, res.model, res.masks, res.stats, job.seed, info)
     if write:
         write_outputs(job, outcome)
