@@ -338,7 +338,7 @@ def test_max_prune_bad_input_one_line_exit_2(files: dict[str, Path], tmp_path: P
         ([*base, "--solve", "max-prune", "--scope", "row"], "scope='row'"),
         ([*base, "--solve", "max-prune", "--tol", "0"], "tol=0"),
         ([*base, "--solve", "max-prune", "--radius", "-1"], "radius=-1"),
-        (base, "pruned: give --pruned"),
+        (base, "pruned: missing"),
     ]
     for args, needle in cases:
         code, out, err = run(args, capsys)

@@ -49,64 +49,17 @@ from probprune.bounds.differential import (
     differential_bound,
     gap_search,
 )
-from probprune.config import BallSpec, NetSpec, ProbPruneError, parse_arch
+from probprune.config import DATASETS, BallSpec, CertifyJob, NetSpec, ProbPruneError, parse_arch
 from probprune.data import dataset_status, inputs_for, load_dataset
 from probprune.nets import Net, check_pair
 from probprune.nets.onnx import load_onnx
 from probprune.runner.prune import check_output_paths, load_net
 from probprune.store import atomic_write_text
 
-__all__ = ["CertifyJob", "CertifyOutcome", "MaxPruneOutcome", "MaxPruneSolve", "check_job", "check_solve",
-           "layerwise_radius", "load_inputs", "load_pair", "run_certify", "run_max_prune", "summarize_rows"]
+__all__ = ["CertifyOutcome", "MaxPruneOutcome", "MaxPruneSolve", "check_job", "check_solve", "layerwise_radius",
+           "load_inputs", "load_pair", "run_certify", "run_max_prune", "summarize_rows"]
 
-DATASETS = ("mnist", "fashion-mnist")
 Progress = Callable[[int, int], None]
-
-
-@dataclass(frozen=True)
-class CertifyJob:
-    """What ``probprune certify`` computes.
-
-    Args:
-        weights, pruned: model files of F and f (``.onnx`` or ``.safetensors``).
-        data: ``mnist``, ``fashion-mnist`` or an ``.npy`` file of inputs ``[N, d]``.
-        n_points: N, the number of inputs (the first N).
-        norm: ``linf`` or ``l2``.
-        radius: r > 0, finite.
-        arch: architecture for ``.safetensors`` models (an ONNX model carries its own; if given it must match).
-        activation, bias: of a ``.safetensors`` architecture (ignored for ONNX, whose own are used).
-        clip: ``(lo, hi)`` box the inputs live in, or ``None``.
-        labels: ``.npy`` of labels ``[N']`` (N' ≥ N) for an ``.npy`` data file, or ``None``.
-        seed: randomness of the searches.
-        n_restarts, n_steps: gap search budget; the agreement attack gets half of each (at least 1).
-        batch_size: inputs per chunk (one progress step each).
-        out: ``.csv`` or ``.json`` file for the rows, or ``None``.
-    """
-
-    weights: str
-    pruned: str
-    data: str
-    n_points: int
-    norm: str
-    radius: float
-    arch: str | None = None
-    activation: str = "relu"
-    bias: bool = False
-    clip: tuple[float, float] | None = None
-    labels: str | None = None
-    seed: int = 0
-    n_restarts: int = 8
-    n_steps: int = 100
-    batch_size: int = 25
-    out: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain-JSON form (the resolved config)."""
-        return {"weights": self.weights, "pruned": self.pruned, "data": self.data, "n_points": self.n_points,
-                "norm": self.norm, "radius": self.radius, "arch": self.arch, "activation": self.activation,
-                "bias": self.bias, "clip": None if self.clip is None else list(self.clip), "labels": self.labels,
-                "seed": self.seed, "n_restarts": self.n_restarts, "n_steps": self.n_steps,
-                "batch_size": self.batch_size, "out": self.out}
 
 
 @dataclass(frozen=True, eq=False)
@@ -119,11 +72,6 @@ class CertifyOutcome:
     spec: NetSpec
 
 
-def _int(name: str, v: object, lo: int) -> None:
-    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-        raise ProbPruneError(f"{name}={v!r}: must be an integer >= {lo}")
-
-
 def _model_kind(name: str, path: str) -> str:
     suffix = Path(path).suffix.lower()
     if suffix not in (".onnx", ".safetensors"):
@@ -134,42 +82,19 @@ def _model_kind(name: str, path: str) -> str:
 
 
 def check_job(job: CertifyJob) -> None:
-    """Every check that needs no model or data: radius, norm, clip, counts, suffixes, output path.
+    """The files a :class:`~probprune.config.CertifyJob` names exist (the spec checked everything else), and
+    the output path can be written.
 
     Raises:
         ProbPruneError: naming the field and the bad value.
     """
-    if isinstance(job.radius, bool) or not isinstance(job.radius, (int, float)) or not math.isfinite(job.radius) \
-            or job.radius <= 0:
-        raise ProbPruneError(f"radius={job.radius!r}: must be a finite number > 0")
-    if job.norm not in ("linf", "l2"):
-        raise ProbPruneError(f"norm={job.norm!r}: must be one of linf, l2")
-    if job.clip is not None:
-        lo, hi = job.clip
-        if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
-            raise ProbPruneError(f"clip={job.clip!r}: must be LO,HI with finite LO < HI")
-    _int("n_points", job.n_points, 1)
-    _int("n_restarts", job.n_restarts, 0)
-    _int("n_steps", job.n_steps, 0)
-    _int("batch_size", job.batch_size, 1)
-    _int("seed", job.seed, 0)
     _model_kind("weights", job.weights)
     _model_kind("pruned", job.pruned)
-    if job.data not in DATASETS:
-        if Path(job.data).suffix.lower() != ".npy":
-            raise ProbPruneError(f"data={job.data!r}: must be mnist, fashion-mnist or an .npy file of inputs [N, d]")
-        if not Path(job.data).is_file():
-            raise ProbPruneError(f"data={job.data!r}: no such file")
-    elif job.labels is not None:
-        raise ProbPruneError(f"labels={job.labels!r}: only for an .npy data file (a dataset has its own)")
-    if job.labels is not None:
-        if Path(job.labels).suffix.lower() != ".npy":
-            raise ProbPruneError(f"labels={job.labels!r}: must be an .npy file of integer labels [N]")
-        if not Path(job.labels).is_file():
-            raise ProbPruneError(f"labels={job.labels!r}: no such file")
+    for name in ("data", "labels"):
+        path = getattr(job, name)
+        if path is not None and path not in DATASETS and not Path(path).is_file():
+            raise ProbPruneError(f"{name}={path!r}: no such file")
     if job.out is not None:
-        if Path(job.out).suffix.lower() not in (".csv", ".json"):
-            raise ProbPruneError(f"out={job.out!r}: must end in .csv or .json")
         check_output_paths({"out": job.out})
 
 
@@ -439,13 +364,12 @@ class MaxPruneSolve:
 
 
 def check_solve(job: CertifyJob, solve: MaxPruneSolve) -> None:
-    """The checks of a max-prune job that need no model: the solve's fields, and no pruned model given.
+    """The checks of a max-prune job that need no model: the solve's fields and the job's files
+    (``job.pruned`` is not used: the pruned models are made from ``job.weights``).
 
     Raises:
         ProbPruneError: naming the field and the bad value.
     """
-    if job.pruned:
-        raise ProbPruneError(f"pruned={job.pruned!r}: --solve max-prune prunes --weights itself; give no --pruned")
     a = solve.agreement
     if isinstance(a, bool) or not isinstance(a, (int, float)) or not math.isfinite(a) or not 0.0 < a <= 1.0:
         raise ProbPruneError(f"agreement={a!r}: must be a number in (0, 1]")
@@ -526,7 +450,7 @@ def run_max_prune(job: CertifyJob, solve: MaxPruneSolve, progress: Progress | No
     """``--solve max-prune``: the largest prune fraction of ``job.weights`` with certified agreement ≥ target.
 
     Args:
-        job: inputs, ball, budgets (``job.pruned`` must be empty: the models are made here).
+        job: inputs, ball, budgets (``job.pruned`` is not used: the models are made here).
         solve: method, scope, target rate, bisection tolerance.
         progress: called with (levels done, levels planned) after each level.
         write: write ``job.out`` (the curve and the summary) when set.
