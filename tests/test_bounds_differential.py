@@ -384,3 +384,101 @@ def test_bad_calls_are_refused() -> None:
     cnn = Net.from_weights(cspec, ws)
     with pytest.raises(ProbPruneError, match="conv nets"):
         differential_bound(cnn, cnn, BallSpec(radius=1.0))
+
+
+def test_batched_balls_equal_one_at_a_time_when_grouped_by_rows() -> None:
+    """Chunks larger than a row group (balls sorted by rows needed, padded per group): still per-ball values."""
+    target, pruned = _net_pair(6, (6, 16, 16, 3), True, "relu", 0.5)
+    g = torch.Generator().manual_seed(1)
+    cs = torch.rand(11, 6, generator=g, dtype=torch.float64)
+    for norm, r in (("linf", 0.1), ("l2", 0.3)):
+        ball = BallSpec(radius=r, norm=norm, box=(0.0, 1.0))  # type: ignore[arg-type]
+        batched = differential_bound(target, pruned, ball, centres=cs, batch_size=11)
+        agr = certified_agreement(target, pruned, ball, centres=cs, attack=False, batch_size=11)
+        for i in range(11):
+            one = differential_bound(target, pruned, dataclasses.replace(ball, centre=tuple(cs[i].tolist())))
+            assert torch.allclose(batched.value[i], one.value[0], rtol=1e-12, atol=0)
+            assert torch.allclose(batched.lower[i], one.lower[0], rtol=1e-12, atol=1e-300)
+            a1 = certified_agreement(target, pruned, dataclasses.replace(ball, centre=tuple(cs[i].tolist())),
+                                     attack=False)
+            assert torch.allclose(agr.margin_pruned[i], a1.margin_pruned[0], rtol=1e-12, atol=1e-300)
+
+
+def test_only_neurons_the_cheap_intervals_leave_unstable_are_back_substituted(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hidden layers: rows only for neurons whose one-step intervals straddle 0 (a small ball: few of them)."""
+    from probprune.bounds import differential as dmod
+
+    target, pruned = _net_pair(7, (8, 64, 64, 4), True, "relu", 0.7)
+    seen: list[tuple[int, int, int]] = []
+    orig = dmod._refine
+
+    def spy(need: Tensor, k: int, *args: object, **kw: object) -> Tensor:
+        seen.append((k, int(need.sum()), need.numel()))
+        return orig(need, k, *args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(dmod, "_refine", spy)
+    c = tuple(torch.rand(8, generator=torch.Generator().manual_seed(2), dtype=torch.float64).tolist())
+    differential_bound(target, pruned, BallSpec(radius=1e-3, centre=c, norm="linf"))
+    assert [k for k, _, _ in seen] == [1, 2]
+    k1 = seen[0]
+    assert k1[1] < k1[2] // 6  # far fewer rows than the 6 per neuron of a full back-substitution
+    assert seen[1][1] == 2 * 4  # the output layer: both sides of every δ
+
+
+def test_agreement_carries_the_gap_bound_of_the_same_propagation(monkeypatch: pytest.MonkeyPatch) -> None:
+    """certified_agreement propagates once per chunk and its ``bound`` equals differential_bound's."""
+    from probprune.bounds import differential as dmod
+
+    target, pruned = _net_pair(8, (6, 12, 12, 4), True, "relu", 0.6)
+    cs = torch.rand(5, 6, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    ball = BallSpec(radius=0.05, norm="linf", box=(0.0, 1.0))
+    calls: list[int] = []
+    orig = dmod._propagate
+
+    def spy(*args: object) -> object:
+        calls.append(1)
+        return orig(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(dmod, "_propagate", spy)
+    agr = certified_agreement(target, pruned, ball, centres=cs, attack=False, batch_size=2)
+    assert len(calls) == 3  # ceil(5 / 2) chunks, one propagation each
+    ref = differential_bound(target, pruned, ball, centres=cs, batch_size=2)
+    assert agr.bound is not None
+    assert torch.equal(agr.bound.value, ref.value) and torch.equal(agr.bound.upper, ref.upper)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 10**6), widths=st.sampled_from([(3, 6, 2), (4, 8, 8, 3)]),
+       act=st.sampled_from(["relu", "leaky_relu:0.2"]), ballp=ball_strategy)
+def test_optimised_slopes_are_sound_and_never_looser(seed: int, widths: tuple[int, ...], act: str,
+                                                     ballp: dict[str, object]) -> None:
+    """optimise > 0: still ≥ every sampled gap and the search's, never above the unoptimised bound."""
+    target, pruned = _net_pair(seed, widths, True, act, 0.6)
+    g = torch.Generator().manual_seed(seed)
+    lo, hi = cast("tuple[float, float]", ballp["box"] or (-1.0, 1.0))
+    centre = lo + (hi - lo) * torch.rand(widths[0], generator=g, dtype=torch.float64)
+    ball = BallSpec(radius=cast(float, ballp["radius"]), centre=tuple(centre.tolist()),
+                    norm=ballp["norm"], box=ballp["box"])  # type: ignore[arg-type]
+    plain = differential_bound(target, pruned, ball)
+    opt = differential_bound(target, pruned, ball, optimise=8)
+    wit = gap_search(target, pruned, ball, g, n_restarts=3, n_steps=30)
+    g64, gd, diff = _gaps(target, pruned, torch.cat([_points_in_ball(ball, centre, 200, g), wit.x]))
+    assert float(opt.value[0]) <= float(plain.value[0])
+    assert float(g64.max()) <= float(opt.value[0]) and float(gd.max()) <= float(opt.value[0])
+    assert bool((diff >= opt.lower[0]).all()) and bool((diff <= opt.upper[0]).all())
+
+
+def test_optimised_slopes_are_projected_into_their_valid_range() -> None:
+    """Slopes pushed outside [α, 1] by the optimiser are clamped before use: λz ≤ σ(z) on the interval."""
+    from probprune.bounds.differential import _act_lines
+
+    lo = torch.tensor([-2.0, -1.0, 0.5, -3.0], dtype=torch.float64)
+    hi = torch.tensor([1.0, 3.0, 2.0, -0.5], dtype=torch.float64)
+    for alpha in (0.0, 0.2):
+        lam, _, _ = _act_lines(lo, hi, alpha, torch.tensor([5.0, -4.0, 0.3, 0.7], dtype=torch.float64))
+        assert lam.tolist() == [1.0, alpha, 1.0, alpha]  # unstable: clamped; stable: exact (z or αz)
+    big = differential_bound(*_net_pair(9, (4, 8, 3), True, "relu", 0.5), BallSpec(radius=0.5), optimise=3)
+    assert bool(torch.isfinite(big.value).all())
+    with pytest.raises(ProbPruneError, match="optimise=-1"):
+        differential_bound(*_net_pair(9, (4, 8, 3), True, "relu", 0.5), BallSpec(radius=0.5), optimise=-1)

@@ -150,6 +150,7 @@ def _tiny_verify_run(runs: Path) -> Path:
 
 def _experiment_run(runs: Path) -> Path:
     """An experiment folder (2 models × 2 fractions × 2 methods × 1 scope × fine-tuned or not, 2 seeds)."""
+    from probprune.records import ExperimentRow
     from probprune.store.experiments import ExperimentStore
 
     cfg = {"dataset": "mnist", "models": ["lenet-300-100", "lenet-5"], "prune_fractions": [0.0, 0.8],
@@ -161,11 +162,11 @@ def _experiment_run(runs: Path) -> Path:
                 for me in cfg["methods"]:
                     for ft in (False, True):
                         for seed in cfg["seeds"]:
-                            st.add({"dataset": "mnist", "model": m, "method": me, "scope": "global",
-                                    "prune_fraction": pf, "finetuned": ft, "seed": seed,
-                                    "test_accuracy": 0.97 - pf * (0.4 if me == "random" else 0.02) + 0.002 * seed,
-                                    "gap_lower": 2.0 * pf, "gap_upper": 300.0 * pf, "mean_test_gap": 0.5 * pf,
-                                    "radius": 9.3, "sparsity": pf})
+                            st.add(ExperimentRow(
+                                dataset="mnist", model=m, method=me, scope="global", prune_fraction=pf, finetuned=ft,
+                                seed=seed, test_accuracy=0.97 - pf * (0.4 if me == "random" else 0.02) + 0.002 * seed,
+                                gap_lower=2.0 * pf, gap_upper=300.0 * pf, mean_test_gap=0.5 * pf, radius=9.3,
+                                sparsity=pf))
     return run
 
 

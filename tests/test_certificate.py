@@ -16,9 +16,9 @@ import torch
 
 from cliharness import run
 from probprune.cli import main
-from probprune.config import GapSpec, ProbPruneError, PruneSpec, parse_arch, parse_law
+from probprune.config import GapSpec, ProbPruneError, PruneJob, PruneSpec, parse_arch, parse_law
 from probprune.report.certificate import FORMAT, load_schema, read_certificate, validate_certificate, write_certificate
-from probprune.runner import PruneJob, run_prune
+from probprune.runner import run_prune
 from probprune.runner.certificate import check_certificate, file_sha256, make_certificate
 
 ARCH = "fcn:8,32,32,4"
@@ -134,6 +134,26 @@ def test_a_wrong_upper_bound_is_rejected(made: dict[str, Path], capsys: pytest.C
     edit(made["cert"], lambda d: d["gap"].update(upper=d["gap"]["upper"] / 2))
     _rejected(["certificate", "check", str(made["cert"]), "--weights", str(made["pruned"])], capsys,
               "rejected", "certified upper bound")
+
+
+def test_a_certificate_of_hash_rule_1_is_rejected_with_the_reason(made: dict[str, Path],
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    import hashlib
+
+    from probprune.runner.certificate import _resolved
+
+    d = json.loads(made["cert"].read_text())
+    pr = PruneSpec(method=d["prune"]["method"], scope=d["prune"]["scope"], rescale=d["prune"]["rescale"],
+                   **{d["prune"]["level_name"]: d["prune"]["level_value"]})
+    est = {k: v for k, v in d["gap"]["estimator"].items() if k != "n_evals"}
+    resolved = _resolved(d["arch"], d["activation"], d["bias"], d["law"], None, d["seeds"]["seed"], pr,
+                         GapSpec(radius=d["gap"]["radius"], **est), d["probabilistic"]["delta"],
+                         d["gap"]["norm_method"])
+    rule1 = hashlib.sha256(json.dumps(resolved, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
+    assert rule1 != d["config_hash"]
+    edit(made["cert"], lambda doc: doc.update(config_hash=rule1))  # as made before issue 14
+    _rejected(["certificate", "check", str(made["cert"]), "--weights", str(made["pruned"])], capsys,
+              "field config_hash", "hash rule 1")
 
 
 def test_other_weights_are_rejected(made: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -370,6 +370,9 @@ def _bound_cases() -> list[Case]:
                            ("1e300", "0.999", "c|schedule|overflow"), ("1e-320", "0.5", "c|schedule"),
                            ("x", "0.5", "--c")):
         cases.append((f"bound-schedule-{c},{alpha}", [*sched, "--c", c, "--alpha", alpha], frag))
+        # the one spelling of every command: the same values through --schedule c,alpha
+        cases.append((f"bound-schedule-flag-{c},{alpha}", [*sched, "--schedule", f"{c},{alpha}"],
+                      frag.replace("--c", "--schedule")))
     return cases
 
 

@@ -44,12 +44,20 @@ def test_solve_max_prune(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_solve_min_width_with_schedule(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(["bound", "--arch", "fcn:16,64,64,4", "--method", "random", "--solve", "min-width",
-                        "--eps", "0.5", "--alpha", "0.5", "--c", "0.5", "--json"], capsys)
+                        "--eps", "0.5", "--schedule", "0.5,0.5", "--json"], capsys)
     assert code == 0
     doc = json.loads(out)
     h = doc["answer"]["hidden_width"]
     assert h > 16 and doc["bound"]["value"] <= 0.5
     assert doc["paper"]["theory_exponent"] == pytest.approx(0.75) and doc["paper"]["constants"]["source"] == "theorem"
+
+
+def test_the_old_schedule_spelling_is_refused_with_the_one_to_use(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(["bound", "--arch", "fcn:16,64,64,4", "--method", "random", "--solve", "min-width",
+                          "--eps", "0.5", "--alpha", "0.5", "--c", "0.5", "--json"], capsys)
+    assert code == 2 and out == ""
+    assert err.strip().splitlines() == ["error: --c/--alpha (c=0.5, alpha=0.5): the schedule is one flag in every "
+                                        "command now: --schedule c,alpha (level = c·h^-alpha)"]
 
 
 def test_dry_run_prints_config_only(capsys: pytest.CaptureFixture[str]) -> None:

@@ -273,3 +273,77 @@ def test_mnist_five_images(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
                         str(tmp_path / "p.safetensors"), "--arch", "fcn:784,16,10", "--bias", "--data", "mnist",
                         "--n-points", "10001", "--radius", "0.01"], capsys)
     assert code == 2 and "n_points=10001" in err
+
+
+def test_max_prune_answers_a_measured_passing_level(files: dict[str, Path], tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """--solve max-prune: the answer's own certified rate is ≥ the target, the next measured level above fails,
+    every curve row equals certified_agreement on the model pruned at that level, and masks are nested."""
+    from probprune.runner.certify import GRID
+
+    spec = parse_arch(ARCH, bias=False)  # bias-free: the rate is not monotone here (0.2 fails, 0.3 passes)
+    save_onnx(as_net(init_module(spec, torch.Generator().manual_seed(0)), spec), tmp_path / "nb.onnx")
+    out_file = tmp_path / "curve.json"
+    args = ["certify", "--weights", str(tmp_path / "nb.onnx"), "--data", str(files["x"]), "--n-points", "12",
+            "--radius", "0.02", "--clip", "0,1", *FAST, "--solve", "max-prune", "--agreement", "0.75",
+            "--tol", "0.05", "--labels", str(files["y"])]
+    code, out, err = run([*args, "--json", "--out", str(out_file)], capsys)
+    assert code == 0, err
+    doc = json.loads(out)
+    curve, summary = doc["curve"], doc["summary"]
+    fracs = [r["prune_fraction"] for r in curve]
+    assert fracs == sorted(fracs) and set(GRID) <= set(fracs)
+    best = summary["max_prune_fraction"]
+    assert best is not None and best in fracs
+    row = curve[fracs.index(best)]
+    assert row["certified_agreement"] >= 0.75 and row["meets_target"]
+    assert all(r["meets_target"] == (r["certified_agreement"] >= 0.75) for r in curve)
+    assert all(r["certified_agreement"] <= r["empirical_agreement"] for r in curve)
+    above = [r for r in curve if r["prune_fraction"] > best]
+    assert len(curve) > len(GRID)  # the bisection ran
+    # it ends with a failing level within tol above the answer, and no measured level above passes
+    assert not above[0]["meets_target"] and above[0]["prune_fraction"] - best <= 0.05 + 1e-9
+    assert not any(r["meets_target"] for r in above)
+    assert any(not r["meets_target"] for r in curve if r["prune_fraction"] < best)  # not monotone: coped with
+    target = load_onnx(tmp_path / "nb.onnx")
+    x = torch.from_numpy(np.load(files["x"])).double()
+    ball = BallSpec(radius=0.02, norm="linf", box=(0.0, 1.0))
+    prev = None
+    for r in curve[:: max(1, len(curve) // 4)]:
+        res = prune(target, "magnitude", prune_fraction=r["prune_fraction"], scope="global")
+        agr = certified_agreement(target, res.model, ball, centres=x, attack=False)  # type: ignore[arg-type]
+        assert r["certified_agreement"] == pytest.approx(agr.certified_rate)
+        keep = torch.cat([m.flatten() for m in res.masks.values()])
+        if prev is not None:
+            assert bool((keep <= prev).all())  # nested: removed stays removed at a higher level
+        prev = keep
+    assert json.loads(out_file.read_text())["summary"]["max_prune_fraction"] == best
+    code, out, err = run(args, capsys)
+    assert code == 0, err
+    assert "largest prune fraction with certified agreement" in out and "prune fraction" in out
+
+
+def test_max_prune_bad_input_one_line_exit_2(files: dict[str, Path], tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    out_file = tmp_path / "curve.json"
+    base = ["certify", "--weights", str(files["t_onnx"]), "--data", str(files["x"]), "--n-points", "4",
+            "--radius", "0.02", *FAST, "--out", str(out_file)]
+    cases = [
+        ([*base, "--solve", "max-prune", "--agreement", "0"], "agreement=0"),
+        ([*base, "--solve", "max-prune", "--agreement", "1.5"], "agreement=1.5"),
+        ([*base, "--solve", "max-prune", "--agreement", "nan"], "agreement=nan"),
+        ([*base, "--solve", "max-prune", "--pruned", str(files["p_onnx"])], "pruned="),
+        ([*base, "--solve", "min-prune"], "solve='min-prune'"),
+        ([*base, "--solve", "max-prune", "--method", "taylor"], "method='taylor'"),
+        ([*base, "--solve", "max-prune", "--scope", "row"], "scope='row'"),
+        ([*base, "--solve", "max-prune", "--tol", "0"], "tol=0"),
+        ([*base, "--solve", "max-prune", "--radius", "-1"], "radius=-1"),
+        (base, "pruned: missing"),
+    ]
+    for args, needle in cases:
+        code, out, err = run(args, capsys)
+        lines = err.strip().splitlines()
+        assert code == 2, (args, out, err)
+        assert len(lines) == 1 and lines[0].startswith("error: "), (args, err)
+        assert needle in lines[0], (needle, lines[0])
+        assert not out_file.exists()

@@ -138,6 +138,7 @@ def test_experiment_cli_json_on_mnist(tmp_path: Path, capsys: pytest.CaptureFixt
 
 def _fake_experiment(monkeypatch: pytest.MonkeyPatch, seen: list[Path]) -> None:
     """Replace the training run by one that stores four settings through the real store (no data, no training)."""
+    from probprune.records import ExperimentRow
     from probprune.runner.experiment import ExperimentOutcome
     from probprune.store.experiments import ExperimentStore
 
@@ -152,7 +153,7 @@ def _fake_experiment(monkeypatch: pytest.MonkeyPatch, seen: list[Path]) -> None:
                "methods": ["random", "magnitude"], "scopes": ["layerwise"], "seeds": [0], "finetune_epochs": 0}
         with ExperimentStore(run_dir, cfg) as st:
             for r in rows:
-                st.add(r)
+                st.add(ExperimentRow(**r))  # type: ignore[arg-type]
         seen.append(run_dir)
         return ExperimentOutcome(run_dir, rows, 0.1, len(rows))
 

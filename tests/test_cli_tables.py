@@ -191,7 +191,7 @@ def test_no_terms_where_no_prune_setting(cmd: list[str], capsys: pytest.CaptureF
 
 
 def test_experiment_help_shows_every_default_fraction(capsys: pytest.CaptureFixture[str]) -> None:
-    from probprune.runner.experiment import PRUNE_FRACTIONS
+    from probprune.config import EXPERIMENT_PRUNE_FRACTIONS as PRUNE_FRACTIONS
 
     text = _help(["experiment"], capsys)
     assert "…" not in text
@@ -221,7 +221,7 @@ REPO = Path(__file__).resolve().parents[1]
 def test_packaged_presets_are_the_repository_configs() -> None:
     import tomllib
 
-    from probprune.cli.verify import presets
+    from probprune.config import presets
 
     repo = {p.stem: p.read_bytes() for p in sorted((REPO / "configs").glob("*.toml"))}
     packaged = {name: p.read_bytes() for name, p in presets().items()}

@@ -8,8 +8,7 @@ import pytest
 import torch
 
 from cliharness import run
-from probprune.config import config_hash
-from probprune.runner.verify import DEFAULT_CONFIG
+from probprune.config import config_hash, default_config
 
 QUICK = ["--arch", "fcn:6,16,16,3", "--widths", "16,24", "--trials", "4", "--chunk-size", "2",
          "--set", "gap.n_points=64", "--set", "gap.n_restarts=1", "--set", "gap.n_steps=2"]
@@ -80,7 +79,7 @@ def test_table_output_and_dry_run(tmp_path: Path, capsys: pytest.CaptureFixture[
 
 def test_default_dry_run_is_the_paper_setting(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(["verify", "--runs-dir", str(tmp_path), "--dry-run"], capsys)
-    assert code == 0 and str(tmp_path / config_hash(DEFAULT_CONFIG)) in out
+    assert code == 0 and str(tmp_path / config_hash(default_config())) in out
     assert list(tmp_path.iterdir()) == []
 
 
@@ -88,7 +87,7 @@ def test_config_show(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(["config", "show", "--json"], capsys)
     assert code == 0
     doc = json.loads(out)
-    assert doc["hash"] == config_hash(DEFAULT_CONFIG)
+    assert doc["hash"] == config_hash(default_config())
     assert doc["config"]["mc"]["hidden_widths"] == [128, 256, 512, 1024, 2048]
     code, out, _ = run(["config", "show", "--set", "mc.n_trials=7", "--json"], capsys)
     assert json.loads(out)["config"]["mc"]["n_trials"] == 7

@@ -13,11 +13,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from probprune.bounds import certified_gap_bound
-from probprune.config import ProbPruneError, parse_arch
+from probprune.config import ProbPruneError, TrainSpec, parse_arch
 from probprune.data import (
     IDX_FILES,
     MD5,
-    TrainSpec,
     accuracy,
     as_net,
     data_dir,

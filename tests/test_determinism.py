@@ -6,7 +6,7 @@ the database file's bytes need not match), and ``report`` on it (``report.html``
 every figure file). Allowed differences, each named once:
 
 - ``report.html``: the one ``generated: …`` line (:data:`probprune.report.html.GENERATED_LINE`);
-- the store: its wall-clock fields (:data:`probprune.store.reports.TIMING_FIELDS`: ``meta.created``,
+- the store: its wall-clock fields (:data:`probprune.store.runs.TIMING_FIELDS`: ``meta.created``,
   ``meta.finished``, ``trials.seconds``), left out of the row comparison.
 
 The two processes get different ``PYTHONHASHSEED`` values, so nothing may depend on set or hash
@@ -36,7 +36,8 @@ from probprune.report import write_report
 from probprune.report.html import GENERATED_LINE, environment, render_html
 from probprune.store import load_tensors, save_tensors
 from probprune.store.checkpoint import canonical_header
-from probprune.store.reports import TIMING_FIELDS, ReportData
+from probprune.store.runs import TIMING_FIELDS
+from reportrows import report, trial
 
 _ROOT = Path(__file__).resolve().parents[1]
 _QUICK = _ROOT / "configs" / "quick.toml"
@@ -93,8 +94,7 @@ def test_canonical_header_is_one_form_of_any_equivalent_header() -> None:
 
 
 def test_source_date_epoch_fixes_the_one_timestamp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    data = ReportData.from_rows(tmp_path / "run", trials=[{"width": 8, "method": "random", "gap_lower": 1.0,
-                                                           "gap_upper": 2.0}])
+    data = report(tmp_path / "run", trials=[trial(width=8, method="random", gap_lower=1.0, gap_upper=2.0)])
     monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
     now = render_html(data, [], environment())
     assert len(GENERATED_LINE.findall(now)) == 1  # the one timestamp, when nothing fixes it

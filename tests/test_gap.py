@@ -1,15 +1,12 @@
-"""Empirical sup-gap estimator, mean gap, relative gap and GapStats."""
+"""Empirical sup-gap estimator, mean gap and relative gap."""
 
 import math
-from fractions import Fraction
 
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from probprune.config import GapSpec, LawSpec, NetSpec, ProbPruneError, PruneSpec, parse_arch
-from probprune.gap import GapStats, is_homogeneous, mean_gap, relative_gap, sup_gap, sup_output
+from probprune.gap import is_homogeneous, mean_gap, relative_gap, sup_gap, sup_output
 from probprune.masks import prune
 from probprune.nets import Net
 from probprune.sampling import sample_net
@@ -176,30 +173,3 @@ def test_bad_input() -> None:
                  lambda: sup_output(t, PruneSpec(), gen(0))):  # type: ignore[arg-type]
         with pytest.raises(ProbPruneError, match="gap_spec: expected a GapSpec, got"):
             call()
-
-
-# ---------------------------------------------------------------------------- GapStats
-
-floats = st.lists(st.floats(min_value=0.0, max_value=1e6, allow_nan=False), max_size=20)
-
-
-@settings(max_examples=200, deadline=None)
-@given(a=floats, b=floats, c=floats)
-def test_gapstats_merge_exact_and_associative(a: list[float], b: list[float], c: list[float]) -> None:
-    sa, sb, sc = GapStats.from_values(a), GapStats.from_values(b), GapStats.from_values(c)
-    left = sa.merge(sb).merge(sc)
-    assert left == sa.merge(sb.merge(sc))
-    assert left == sc.merge(sa).merge(sb)
-    assert left == GapStats.from_values(a + b + c)
-    assert GapStats.from_dict(left.to_dict()) == left
-    if left.count:
-        assert left.sum == sum((Fraction(v) for v in a + b + c), Fraction(0))
-        assert left.max == max(a + b + c)
-
-
-def test_gapstats_values() -> None:
-    s = GapStats.from_values(torch.tensor([1.0, 2.0, 4.0]))
-    assert s.count == 3 and s.mean == pytest.approx(7 / 3) and s.var == pytest.approx(7 / 3)
-    assert GapStats().merge(s) == s and math.isnan(GapStats().mean)
-    with pytest.raises(ProbPruneError, match="finite"):
-        GapStats.from_values([1.0, math.inf])

@@ -10,19 +10,21 @@ CORE = {"config", "rng", "nets", "sampling", "masks", "gap", "bounds"}
 ALLOWED = {
     "config": set(),
     "files": set(),  # atomic file writes that follow the umask: stdlib only
+    "records": {"config"},
     "rng": {"config"},
     "nets": {"config", "files"},
     "sampling": {"config", "rng", "nets"},
     "masks": {"config", "nets"},
+    "graphmasks": {"config", "nets", "masks"},
     "gap": {"config", "nets"},
     "bounds": {"config", "nets"},
-    "montecarlo": {"config", "rng", "nets", "sampling", "masks", "gap", "bounds"},
+    "montecarlo": {"config", "records", "rng", "nets", "sampling", "masks", "gap", "bounds"},
     "data": {"config", "files", "nets", "masks", "gap"},
-    "store": {"config", "files"},
-    "runner": {"config", "files", "rng", "nets", "sampling", "masks", "gap", "bounds", "montecarlo", "data",
-               "store"},
-    "report": {"config", "store"},
-    "cli": {"config", "store", "runner", "report"},
+    "store": {"config", "files", "records"},
+    "runner": {"config", "files", "records", "rng", "nets", "sampling", "masks", "gap", "bounds", "montecarlo",
+               "data", "store"},
+    "report": {"config", "records", "store"},
+    "cli": {"config", "records", "store", "runner", "report"},
 }
 
 
@@ -54,6 +56,27 @@ def test_module_imports_only_lower_layers(path: Path) -> None:
     assert comp in ALLOWED, f"{comp} is not in DESIGN.md's layer table"
     bad = _imports(path) - ALLOWED[comp] - {comp}
     assert not bad, f"{path.name} ({comp}) imports {sorted(bad)}"
+
+
+# finer rules for single modules inside a component (issue 15's graph modules)
+MODULE_ALLOWED = {
+    "nets/graph.py": {"probprune.config"},
+    "nets/fx.py": {"probprune.config", "probprune.nets.graph"},
+    "nets/onnx_graph.py": {"probprune.config", "probprune.nets.graph", "probprune.nets.fx", "probprune.nets.onnx"},
+    "bounds/graph.py": {"probprune.config", "probprune.nets.graph", "probprune.bounds.norms"},
+}
+
+
+@pytest.mark.parametrize("rel", sorted(MODULE_ALLOWED))
+def test_graph_modules_import_only_what_they_may(rel: str) -> None:
+    path = SRC / rel
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("probprune")}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("probprune"):
+            found.add(node.module or "")
+    assert found <= MODULE_ALLOWED[rel], f"{rel} imports {sorted(found - MODULE_ALLOWED[rel])}"
 
 
 # inside `bounds`: one module per job, each importing only the jobs below it

@@ -12,7 +12,7 @@ from torch import nn
 from torch.nn.utils import prune as tprune
 
 from probprune import LawSpec, NetSpec, ProbPruneError, make_generator, prune, sample_net, to_module
-from probprune.config import layer_scale
+from probprune.config import PruneSpec, layer_scale
 from probprune.masks import apply_mask, magnitude_mask, mask_from_scores, n_to_prune, random_mask
 from probprune.nets import Net
 
@@ -27,7 +27,7 @@ def test_layerwise_equals_torch_l1_unstructured(fraction: float, shape: tuple[in
     lin = nn.Linear(1, 1)
     lin.weight = nn.Parameter(w.clone())
     tprune.l1_unstructured(lin, "weight", amount=fraction)
-    ours = magnitude_mask(w, fraction=fraction)
+    ours = magnitude_mask(w, prune_fraction=fraction)
     assert torch.equal(ours, lin.weight_mask.bool())
 
 
@@ -62,7 +62,7 @@ def test_random_p_fraction_in_binomial_interval() -> None:
     w = torch.ones(n)
     outside = 0
     for _ in range(draws):
-        pruned = int((~random_mask(w, p, g)).sum())
+        pruned = int((~random_mask(w, g, p=p)).sum())
         outside += not (lo <= pruned <= hi)
     # each draw falls outside the 99.9% interval with prob <= 0.001: expect 0.2 of 200;
     # P(>= 4 outside) < 1e-4 under the binomial law
@@ -72,7 +72,7 @@ def test_random_p_fraction_in_binomial_interval() -> None:
 @pytest.mark.parametrize("p", [0.0, 0.05, 0.37, 0.5, 1.0])
 def test_random_exact_prunes_exact_count(p: float) -> None:
     w = torch.randn(31, 17)
-    keep = random_mask(w, p, make_generator(5), exact=True)
+    keep = random_mask(w, make_generator(5), prune_fraction=p)
     assert int((~keep).sum()) == round(p * w.numel())
 
 
@@ -152,7 +152,7 @@ def test_ensemble_masks_equal_member_masks() -> None:
 
 def test_ties_are_broken_by_lowest_index() -> None:
     w = torch.tensor([1.0, 0.5, 0.5, 0.5, 2.0])
-    keep = magnitude_mask(w, fraction=0.4)  # remove 2 of the three 0.5s: indices 1 and 2
+    keep = magnitude_mask(w, prune_fraction=0.4)  # remove 2 of the three 0.5s: indices 1 and 2
     assert keep.tolist() == [True, False, False, True, True]
 
 
@@ -166,7 +166,7 @@ def test_ties_are_broken_by_lowest_index() -> None:
 def test_magnitude_counts_and_nestedness(shape: tuple[int, ...], f1: float, f2: float, seed: int) -> None:
     w = torch.randn(shape, generator=torch.Generator().manual_seed(seed))
     lo, hi = sorted((f1, f2))
-    k_lo, k_hi = magnitude_mask(w, fraction=lo), magnitude_mask(w, fraction=hi)
+    k_lo, k_hi = magnitude_mask(w, prune_fraction=lo), magnitude_mask(w, prune_fraction=hi)
     assert k_lo.shape == w.shape and k_lo.dtype == torch.bool
     assert int((~k_lo).sum()) == n_to_prune(lo, w.numel())
     assert int((~k_hi).sum()) == n_to_prune(hi, w.numel())
@@ -192,7 +192,7 @@ def test_prior_mask_is_respected() -> None:
     w = torch.arange(1.0, 11.0)
     prior = torch.ones(10, dtype=torch.bool)
     prior[9] = False  # the largest weight was already removed
-    keep = magnitude_mask(w, fraction=0.3, prior=prior)
+    keep = magnitude_mask(w, prune_fraction=0.3, prior=prior)
     assert not keep[9] and int((~keep).sum()) == 3
     assert keep.tolist() == [False, False, True, True, True, True, True, True, True, False]
 
@@ -282,3 +282,246 @@ def test_layerwise_magnitude_ties_resolved_after_one_readback(n_in: int) -> None
         one = prune(ens.member(k), "magnitude", prune_fraction=0.3)
         for name in one.masks:
             assert torch.equal(res.masks[name][k], one.masks[name])
+
+
+# --------------------------------------------------------------------------- one path vs a slow reference
+
+
+def _reference_prune(net: Net, spec: PruneSpec, seeds: list[int] | None, law: LawSpec,
+                     prior: dict[str, torch.Tensor] | None) -> tuple[list[torch.Tensor], list[int], list[float | None]]:
+    """The masks module's documented rules, one member and one entry at a time (slow, independent).
+
+    Random scores: per member, layers in order, ``torch.rand(shape, generator)`` float32. By rank:
+    per member and scope, entries already removed by the prior first, then by score, ties by flat
+    index (lowest first: a stable sort); remove ``max(n_prior, round(prune_fraction·n))``. At a
+    level: magnitude removes ``|w| <= τ``, random removes ``u < p``.
+    """
+    trial = net.n_trials is not None
+    members = range(net.n_trials) if trial else [None]
+    ws = [[w if k is None else w[k] for w in net.weights] for k in members]
+    if spec.method == "magnitude":
+        scores = [[w.abs() for w in m] for m in ws]
+    else:
+        scores = []
+        for k, m in zip(members, ws):
+            g = torch.Generator().manual_seed(seeds[0 if k is None else k])  # type: ignore[index]
+            scores.append([torch.rand(w.shape, generator=g, dtype=torch.float32) for w in m])
+    pri = [[None if prior is None else (prior[n] if k is None else prior[n][k]) for n in net.names] for k in members]
+    keeps: list[list[torch.Tensor]] = []
+    for m_scores, m_prior in zip(scores, pri):
+        flat_s = [s.reshape(-1).tolist() for s in m_scores]
+        flat_p = [[True] * len(fs) if p is None else p.reshape(-1).tolist() for fs, p in zip(flat_s, m_prior)]
+        if spec.prune_fraction is None:
+            level = [spec.threshold if spec.threshold is not None else spec.p] * len(flat_s)
+            if spec.relative_threshold is not None:
+                level = [spec.relative_threshold * layer_scale(s.shape, law.scale) for s in m_scores]
+            kept = [[bool(pk and (v > t if spec.method == "magnitude" else v >= t)) for v, pk in zip(fs, fp)]
+                    for fs, fp, t in zip(flat_s, flat_p, level)]
+        else:
+            groups = [[i] for i in range(len(flat_s))] if spec.scope == "layerwise" else [list(range(len(flat_s)))]
+            kept = [[True] * len(fs) for fs in flat_s]
+            for grp in groups:
+                entries = [(0 if flat_p[i][j] else -1, flat_s[i][j], pos, i, j)
+                           for pos, (i, j) in enumerate((i, j) for i in grp for j in range(len(flat_s[i])))]
+                n_prior = sum(1 for e in entries if e[0] < 0)
+                k_rm = max(n_prior, round(spec.prune_fraction * len(entries)))
+                for e in sorted(entries, key=lambda e: (e[0], e[1] if e[0] == 0 else 0.0, e[2]))[:k_rm]:
+                    kept[e[3]][e[4]] = False
+        keeps.append([torch.tensor(kp, dtype=torch.bool).reshape(s.shape) for kp, s in zip(kept, m_scores)])
+    masks = [torch.stack([m[i] for m in keeps]) if trial else keeps[0][i] for i in range(len(net.names))]
+    removed = [int((~m).sum()) for m in masks]
+    thresholds: list[float | None] = []
+    for i, m in enumerate(masks):
+        if spec.method == "random":
+            thresholds.append(None)
+        elif spec.prune_fraction is None:
+            thresholds.append(float(spec.threshold) if spec.threshold is not None
+                              else spec.relative_threshold * layer_scale(net.spec.weight_shapes()[i], law.scale))
+        else:
+            gone = net.weights[i].abs()[~m]
+            thresholds.append(float(gone.max()) if gone.numel() else None)
+    return masks, removed, thresholds
+
+
+REFERENCE_SPECS = [
+    PruneSpec(method="magnitude", prune_fraction=0.3),
+    PruneSpec(method="magnitude", prune_fraction=0.62, scope="global"),
+    PruneSpec(method="magnitude", prune_fraction=1.0),
+    PruneSpec(method="magnitude", prune_fraction=0.0, scope="global"),
+    PruneSpec(method="magnitude", threshold=0.05),
+    PruneSpec(method="magnitude", relative_threshold=0.4),
+    PruneSpec(method="random", prune_fraction=0.45),
+    PruneSpec(method="random", prune_fraction=0.3, scope="global"),
+    PruneSpec(method="random", p=0.35, rescale=True),
+]
+
+
+@pytest.mark.parametrize("spec", REFERENCE_SPECS, ids=lambda s: f"{s.method}-{s.level_name}-{s.scope}")
+@pytest.mark.parametrize(("widths", "n_trials", "ties", "with_prior"), [
+    ((6, 9, 4), None, False, False),
+    ((6, 9, 4), 3, True, True),
+    ((12, 700, 8), 2, True, False),   # 8 400 entries: the partial-selection (topk) path, ties in every row
+    ((12, 700, 8), None, False, True),
+])
+def test_prune_equals_slow_reference(spec: PruneSpec, widths: tuple[int, ...], n_trials: int | None, ties: bool,
+                                     with_prior: bool) -> None:
+    """Masks, counts, thresholds and weights of the one path equal the documented rules (today's outputs)."""
+    law = LawSpec(scale=2.0)
+    net_spec = NetSpec(widths=widths)
+    gens_w = make_generator(4) if n_trials is None else [make_generator(s) for s in range(n_trials)]
+    net = sample_net(net_spec, law, gens_w)
+    if ties:  # integer weights: many entries tie with the k-th smallest |w|
+        g = torch.Generator().manual_seed(8)
+        net = net.with_weights([torch.randint(-3, 4, w.shape, generator=g).float() * 0.1 for w in net.weights])
+    g = torch.Generator().manual_seed(9)
+    prior = {n: torch.rand(w.shape, generator=g) > 0.4 for n, w in zip(net.names, net.weights)} if with_prior \
+        else None
+    seeds = [31 + s for s in range(n_trials or 1)]
+    gens = [torch.Generator().manual_seed(s) for s in seeds]
+    res = prune(net, spec, generator=(gens if n_trials else gens[0]) if spec.method == "random" else None,
+                law=law, prior=prior)
+    masks, removed, thresholds = _reference_prune(net, spec, seeds, law, prior)
+    scale = 1.0 / (1.0 - spec.p) if spec.rescale and spec.p is not None else 1.0
+    for name, want, w, got_w in zip(net.names, masks, net.weights, res.model.weights):
+        assert torch.equal(res.masks[name], want), name
+        assert torch.equal(got_w, torch.where(want, w, torch.zeros(())) * scale if scale != 1.0
+                           else torch.where(want, w, torch.zeros(()))), name
+    assert [s.pruned for s in res.stats.layers] == removed
+    assert [s.threshold for s in res.stats.layers] == pytest.approx(thresholds)
+    assert [s.size for s in res.stats.layers] == [m.numel() for m in masks]
+
+
+def test_spec_form_equals_keyword_form_and_unknown_fields_are_refused() -> None:
+    net = sample_net(NetSpec(widths=(5, 30, 3)), LawSpec(), [make_generator(s) for s in range(2)])
+    spec = PruneSpec(method="random", scope="global", prune_fraction=0.4)
+    a = prune(net, spec, generator=[make_generator(1), make_generator(2)])
+    b = prune(net, "random", scope="global", prune_fraction=0.4, generator=[make_generator(1), make_generator(2)])
+    assert all(torch.equal(a.masks[n], b.masks[n]) for n in a.masks) and a.stats == b.stats
+    with pytest.raises(ProbPruneError, match="unknown field 'fraction'"):
+        prune(net, "magnitude", fraction=0.5)
+    with pytest.raises(ProbPruneError, match="beside a PruneSpec"):
+        prune(net, spec, prune_fraction=0.5)
+    with pytest.raises(ProbPruneError, match="prune.method"):
+        prune(net, "largest", prune_fraction=0.5)
+
+
+@pytest.mark.parametrize("fraction", FRACTIONS)
+def test_ensemble_prune_equals_torch_l1_unstructured_per_member(fraction: float) -> None:
+    """The path the Monte Carlo engine runs (an ensemble, layerwise, partial selection) is torch's."""
+    spec = NetSpec(widths=(12, 700, 8))
+    ens = sample_net(spec, LawSpec(), [make_generator(s) for s in range(3)])
+    res = prune(ens, PruneSpec(prune_fraction=fraction))
+    for name, w in zip(ens.names, ens.weights):
+        for k in range(3):
+            lin = nn.Linear(1, 1)
+            lin.weight = nn.Parameter(w[k].clone())
+            tprune.l1_unstructured(lin, "weight", amount=fraction)
+            assert torch.equal(res.masks[name][k], lin.weight_mask.bool()), (name, k)
+
+
+@pytest.mark.parametrize("fraction", FRACTIONS)
+def test_random_prune_fraction_removes_torch_random_unstructured_count(fraction: float) -> None:
+    """Comparable with ``random_unstructured``: the exact count (torch draws its own scores from the global RNG)."""
+    model = nn.Sequential(nn.Linear(10, 20), nn.ReLU(), nn.Linear(20, 7))
+    ref = copy.deepcopy(model)
+    for mod in ref:
+        if isinstance(mod, nn.Linear):
+            tprune.random_unstructured(mod, "weight", amount=fraction)
+    res = prune(model, "random", prune_fraction=fraction, generator=make_generator(0))
+    for name, mod in zip(["0.weight", "2.weight"], [ref[0], ref[2]]):
+        assert int((~res.masks[name]).sum()) == int((mod.weight_mask == 0).sum()), name
+
+
+def test_random_mask_equals_prune_for_float64_weights() -> None:
+    """One score function: ``random_mask`` draws what ``prune`` draws (float32), whatever the weight dtype."""
+    w = torch.randn(40, 30, dtype=torch.float64)
+    net = Net.from_weights(NetSpec(widths=(30, 40)), [w])
+    for kw in ({"prune_fraction": 0.3}, {"p": 0.3}):
+        want = prune(net, "random", generator=make_generator(6), **kw).masks["0.weight"]  # type: ignore[arg-type]
+        assert torch.equal(random_mask(w, make_generator(6), **kw), want)
+    with pytest.raises(ProbPruneError, match="give exactly one"):
+        random_mask(w, make_generator(6))
+    with pytest.raises(ProbPruneError, match="give exactly one"):
+        magnitude_mask(w, threshold=0.1, prune_fraction=0.2)
+
+
+# --------------------------------------------------------------------------- modules pruned with torch.nn.utils.prune
+
+
+def _torch_pruned_mlp(seed: int) -> nn.Sequential:
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(10, 24), nn.ReLU(), nn.Linear(24, 16), nn.ReLU(), nn.Linear(16, 5))
+    tprune.l1_unstructured(model[0], "weight", amount=0.3)
+    tprune.random_unstructured(model[2], "weight", amount=0.5)  # a prior unrelated to |w|
+    return model
+
+
+def _is_plain(model: nn.Module) -> bool:
+    return not any(m._forward_pre_hooks for m in model.modules()) and \
+        not any(n.endswith(("_orig", "_mask")) for n in model.state_dict())
+
+
+@pytest.mark.parametrize("fraction", [0.5, 0.6, 0.9])
+def test_torch_pruned_module_layerwise_equals_torch_repruning(fraction: float) -> None:
+    """Re-pruning a torch-pruned module equals torch's own re-pruning (amount = the extra count)."""
+    model = _torch_pruned_mlp(int(fraction * 10))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    res = prune(model, "magnitude", prune_fraction=fraction)
+    ref = _torch_pruned_mlp(int(fraction * 10))
+    for i in (0, 2, 4):
+        mod = ref[i]
+        n = mod.weight.numel()
+        n_prior = int((mod.weight_mask == 0).sum()) if hasattr(mod, "weight_mask") else 0
+        tprune.l1_unstructured(mod, "weight", amount=max(0, round(fraction * n) - n_prior))
+        assert torch.equal(res.masks[f"{i}.weight"], mod.weight_mask.bool()), i
+    assert _is_plain(res.model)
+    x = torch.randn(7, 10)
+    assert torch.equal(res.model(x), ref(x))
+    # the input keeps its re-parametrisation and values
+    assert {k: v for k, v in model.state_dict().items()}.keys() == before.keys()
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert all(model[i]._forward_pre_hooks for i in (0, 2))
+    copy.deepcopy(res.model)  # a plain module copies (the re-parametrised input does not)
+
+
+def test_torch_pruned_module_global_equals_torch_global_repruning() -> None:
+    model = _torch_pruned_mlp(3)
+    res = prune(model, "magnitude", prune_fraction=0.7, scope="global")
+    ref = _torch_pruned_mlp(3)
+    params = [(ref[i], "weight") for i in (0, 2, 4)]
+    n = sum(m.weight.numel() for m, _ in params)
+    n_prior = sum(int((m.weight_mask == 0).sum()) for m, _ in params if hasattr(m, "weight_mask"))
+    tprune.global_unstructured(params, pruning_method=tprune.L1Unstructured, amount=round(0.7 * n) - n_prior)
+    for i, (mod, _) in zip((0, 2, 4), params):
+        assert torch.equal(res.masks[f"{i}.weight"], mod.weight_mask.bool()), i
+    assert res.stats.pruned == round(0.7 * n)
+
+
+def test_torch_pruned_entries_stay_pruned() -> None:
+    """The torch mask is a prior: a smaller prune_fraction keeps it; every rule keeps its removals."""
+    model = _torch_pruned_mlp(5)
+    torch_keep = {i: model[i].weight_mask.bool() for i in (0, 2)}
+    res = prune(model, "magnitude", prune_fraction=0.1)
+    for i, keep in torch_keep.items():
+        assert torch.equal(res.masks[f"{i}.weight"], keep)  # 0.1 < the prior's share: nothing more removed
+    assert res.stats.layers[0].pruned == round(0.3 * 240)
+    for kw in ({"threshold": 0.05}, {"p": 0.4}):
+        method = "magnitude" if "threshold" in kw else "random"
+        r = prune(model, method, generator=make_generator(1), prior={"2.weight": torch.rand(16, 24) > 0.5},
+                  **kw)  # type: ignore[arg-type]
+        for i, keep in torch_keep.items():
+            assert not (r.masks[f"{i}.weight"] & ~keep).any()
+        assert _is_plain(r.model)
+
+
+def test_torch_pruned_conv_and_bias_become_plain_parameters() -> None:
+    torch.manual_seed(2)
+    model = nn.Sequential(nn.Conv2d(2, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 4 * 4, 3))
+    tprune.l1_unstructured(model[0], "weight", amount=0.25)
+    tprune.l1_unstructured(model[3], "bias", amount=1)  # biases are never ours to prune, but torch's stay
+    x = torch.randn(2, 2, 6, 6)
+    res = prune(model, "magnitude", prune_fraction=0.0)
+    assert _is_plain(res.model)
+    assert torch.equal(res.model(x), model(x))
+    assert torch.equal(res.masks["0.weight"], model[0].weight_mask.bool())
+    assert sorted(res.model.state_dict()) == ["0.bias", "0.weight", "3.bias", "3.weight"]

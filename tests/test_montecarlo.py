@@ -24,6 +24,7 @@ from probprune.montecarlo import (
     summarize_point,
     trial_generators,
 )
+from probprune.records import GridRow, PointSummary
 from reference import check_batched_equals_reference, one_trial
 
 SMALL = RunConfig(
@@ -218,12 +219,14 @@ def test_fit_slope_recovers_a_power_law_and_slopes_by_rule() -> None:
     assert s == pytest.approx(-0.75, abs=1e-12) and b == pytest.approx(math.log(3.0), abs=1e-12)
     assert math.isnan(fit_slope([128], [1.0])[0])
     assert math.isnan(fit_slope([128, 256], [1.0, 0.0])[0])  # non-positive values are dropped
-    pts = [{"prune_index": j, "method": m, "width": w, "gap_lower_median": c * w ** -e,
-            "rel_gap_lower_median": c * w ** -(e - 0.5), "theory_exponent": e}
+    pts = [(GridRow(grid_index=0, width=w, prune_index=j, arch="", method=m, scope="layerwise", level_name="p",
+                    level_value=0.1, rescale=False, theory_exponent=e),
+            PointSummary(n_trials=1, gap_lower_median=c * w ** -e, rel_gap_lower_median=c * w ** -(e - 0.5)))
            for j, (m, c, e) in enumerate([("magnitude", 2.0, 1.25), ("random", 1.0, 0.75)]) for w in ws]
     out = slopes_by_rule(pts)
-    assert [o["method"] for o in out] == ["magnitude", "random"]
-    assert out[0]["exponent"] == pytest.approx(1.25) and out[1]["rel_slope"] == pytest.approx(-0.25)
+    assert [o.method for o in out] == ["magnitude", "random"]
+    assert out[0].exponent == pytest.approx(1.25) and out[1].rel_slope == pytest.approx(-0.25)
+    assert out[0].theory_exponent == 1.25
 
 
 def test_law_and_prune_specs_are_honoured() -> None:

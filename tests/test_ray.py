@@ -262,8 +262,9 @@ def test_describe_unit_names_grid_point_trials_and_seeds() -> None:
 
 @pytest.mark.data
 def test_experiment_settings_on_ray_equal_local(executor: RayExecutor, tmp_path: Path) -> None:
+    from probprune.config import ExperimentSpec
     from probprune.data import dataset_status
-    from probprune.runner.experiment import ExperimentSpec, run_experiment
+    from probprune.runner.experiment import run_experiment
 
     if not dataset_status("mnist")["ready"]:
         if os.environ.get("CI") == "true":

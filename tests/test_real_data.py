@@ -11,9 +11,8 @@ import pytest
 import torch
 
 from probprune.bounds import certified_gap_bound
-from probprune.config import GapSpec, ProbPruneError
+from probprune.config import ExperimentSpec, GapSpec, ProbPruneError, TrainSpec
 from probprune.data import (
-    TrainSpec,
     accuracy,
     as_net,
     dataset_status,
@@ -27,7 +26,7 @@ from probprune.data import (
 from probprune.gap import mean_gap, sup_gap
 from probprune.masks import prune
 from probprune.runner.dataprep import prepare_dataset
-from probprune.runner.experiment import ExperimentSpec, run_experiment, summarize
+from probprune.runner.experiment import run_experiment, summarize
 from probprune.store.experiments import read_experiment
 
 pytestmark = pytest.mark.data

@@ -15,9 +15,10 @@ import pytest
 from probprune.cli import main
 from probprune.config import BoundSpec, MCSpec, NetSpec, ProbPruneError, PruneSpec, RunConfig, config_hash
 from probprune.montecarlo import min_trials_to_confirm
-from probprune.report import build_report, write_report
-from probprune.store.reports import ReportData, load_report_data
+from probprune.records import GridRow, PointSummary, SlopeRow, TrialRow
+from probprune.report import build_report, load_report_data, write_report
 from probprune.store.runs import RunWriter
+from reportrows import experiment, report
 
 WIDTHS = (32, 64)
 RULES = (PruneSpec(method="magnitude", relative_threshold=0.2), PruneSpec(method="random", p=0.1, rescale=True))
@@ -40,7 +41,7 @@ def make_run(root: Path, n_written: int = N_TRIALS) -> tuple[Path, list[dict[str
                      "rescale": pr.rescale, "eps": (0.01 if i == 1 else 0.5) / w ** 0.5, "theory_exponent": 0.5})
     rng = np.random.default_rng(1)
     points = []
-    with RunWriter(run, cfg, grid, N_TRIALS, meta={"version": "test", "device": "cpu"}) as wr:
+    with RunWriter(run, cfg, [GridRow(**g) for g in grid], N_TRIALS, meta={"version": "test", "device": "cpu"}) as wr:
         for g in grid:
             if n_written == 0:
                 continue
@@ -63,9 +64,10 @@ def make_run(root: Path, n_written: int = N_TRIALS) -> tuple[Path, list[dict[str
                      "n_trials_to_confirm": min_trials_to_confirm(0.1), "confidence": 0.95,
                      "tightness": 1.5, "delta": 0.1}
             points.append({**g, **point})
-            wr.write_chunk(rows, point, [{"prune_index": k, "method": pr.method, "n_widths": 2, "slope": -0.5,
-                                          "intercept": 0.0, "exponent": 0.5, "theory_exponent": 0.5}
-                                         for k, pr in enumerate(RULES)])
+            wr.write_chunk([TrialRow(**r) for r in rows],
+                           PointSummary(**{k: v for k, v in point.items() if k != "grid_index"}),
+                           [SlopeRow(prune_index=k, method=pr.method, n_widths=2, slope=-0.5, intercept=0.0,
+                                     exponent=0.5, theory_exponent=0.5) for k, pr in enumerate(RULES)])
     return run, points
 
 
@@ -146,11 +148,11 @@ def test_report_reads_the_store_without_recomputing(tmp_path: Path) -> None:
     run, points = make_run(tmp_path)
     data = load_report_data(run)
     assert data.status == "complete" and data.n_done == 24 and data.n_expected == 24 and data.delta == 0.1
-    assert [p["gap_lower_median"] for p in data.points] == pytest.approx([p["gap_lower_median"] for p in points])
-    assert [p["label"] for p in data.points] == ["magnitude", "random (rescaled)"] * 2
+    assert [p.summary.gap_lower_median for p in data.points] == pytest.approx([p["gap_lower_median"] for p in points])
+    assert [p.label for p in data.points] == ["magnitude", "random (rescaled)"] * 2
     # trials get their rule from the grid (scope, rescale) and slopes from their pruning rule
-    assert {t["label"] for t in data.trials} == {"magnitude", "random (rescaled)"}
-    assert [s["label"] for s in data.slopes] == ["magnitude", "random (rescaled)"]
+    assert {t.label for t in data.trials} == {"magnitude", "random (rescaled)"}
+    assert [s.label for s in data.slopes] == ["magnitude", "random (rescaled)"]
 
 
 def test_partial_run_is_reported_with_a_visible_warning(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -200,10 +202,10 @@ def test_report_dry_run_writes_nothing(tmp_path: Path, capsys: pytest.CaptureFix
 
 
 def test_experiment_results_get_the_accuracy_figure_and_table(tmp_path: Path) -> None:
-    rows = [{"dataset": "mnist", "model": "lenet300", "method": m, "scope": "layerwise", "prune_fraction": pf,
-             "finetuned": False, "seed": s, "test_accuracy": 0.9 - pf * (0.5 if m == "random" else 0.1) + 0.01 * s}
+    rows = [experiment(dataset="mnist", model="lenet300", method=m, scope="layerwise", prune_fraction=pf,
+                       finetuned=False, seed=s, test_accuracy=0.9 - pf * (0.5 if m == "random" else 0.1) + 0.01 * s)
             for m in ("magnitude", "random") for pf in (0.0, 0.5) for s in (0, 1)]
-    data = ReportData.from_rows(tmp_path, experiment=rows)
+    data = report(tmp_path, experiment=rows)
     path = write_report(data)
     page, text = parse(path)
     assert len(page.imgs) == 1 and 'id="fig-accuracy_vs_sparsity"' in text  # no gap stored: no gap figure
@@ -221,10 +223,10 @@ def test_experiment_run_folder_through_the_store(tmp_path: Path, capsys: pytest.
         for method in ("magnitude", "random"):
             for pf in (0.0, 0.9):
                 for seed in (0, 1):
-                    st.add({"dataset": "mnist", "model": "lenet300", "method": method, "scope": "global",
-                            "prune_fraction": pf, "finetuned": True, "seed": seed,
-                            "test_accuracy": 0.98 - pf * (0.2 if method == "random" else 0.01) - 0.002 * seed,
-                            "gap_upper": 50.0, "gap_lower": 2.0, "mean_test_gap": 0.7, "radius": 9.3})
+                    st.add(experiment(dataset="mnist", model="lenet300", method=method, scope="global",
+                                      prune_fraction=pf, finetuned=True, seed=seed,
+                                      test_accuracy=0.98 - pf * (0.2 if method == "random" else 0.01) - 0.002 * seed,
+                                      gap_upper=50.0, gap_lower=2.0, mean_test_gap=0.7, radius=9.3))
     data = load_report_data(run)
     assert len(data.experiment) == 8 and not data.points and data.config.get("kind") == "experiment"
     with pytest.raises(SystemExit) as ex:
@@ -252,7 +254,7 @@ def _experiment_run(root: Path, drop: int = 0) -> tuple[Path, list[dict[str, Any
     run = root / "exp"
     with ExperimentStore(run, cfg) as st:
         for r in rows[:len(rows) - drop]:
-            st.add(r)
+            st.add(experiment(**r))
     return run, rows
 
 

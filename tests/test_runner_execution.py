@@ -102,7 +102,13 @@ def test_two_policies_give_equal_results() -> None:
                       ("members", ExecutionPolicy(forward="members", threads=2))):
         with execution(pol) as ex:
             out[name] = _strip(run_trials(CFG, point, H, [0, 1, 2, 3], policy=ex.policy, workers=ex.workers))
-    assert out["one"] == out["two"] == out["members"]  # single-threaded blocks: bit for bit
+    assert out["two"] == out["members"]  # the same thread count: bit for bit
+    # the forward passes run on single-threaded blocks: bit for bit whatever the thread count; the
+    # certified bound's float64 reductions run on the calling thread's intra-op threads, so its
+    # (rounded-up) value may move in the last bits
+    for a, b in zip(out["one"], out["two"]):
+        assert {k: v for k, v in a.items() if k != "gap_upper"} == {k: v for k, v in b.items() if k != "gap_upper"}
+        assert a["gap_upper"] == pytest.approx(b["gap_upper"], rel=1e-13)
     with execution(ExecutionPolicy(forward="batched", threads=1)) as ex:
         batched = _strip(run_trials(CFG, point, H, [0, 1, 2, 3], policy=ex.policy, workers=ex.workers))
     for a, b in zip(out["one"], batched):  # the other form agrees to rounding
@@ -119,8 +125,9 @@ def test_units_carry_the_policy_and_give_the_same_rows(tmp_path: Path) -> None:
     for threads in (1, 2):
         units = plan_units(CFG, points, bounds, {}, "v", ExecutionPolicy(threads=threads))
         assert all(u.policy.threads == threads for u in units)
-        rows[threads] = [{k: v for k, v in r.items() if k != "seconds"} for u in units for r in compute_unit(u)]
-    assert rows[1] == rows[2]
+        rows[threads] = [{k: v for k, v in r.to_dict().items() if k not in ("seconds", "gap_upper")}
+                         for u in units for r in compute_unit(u)]
+    assert rows[1] == rows[2]  # the certified value's last bits may move with the thread count (see above)
     before = torch.get_num_threads()
     res = run_verify(CFG, tmp_path, policy=ExecutionPolicy(threads=1))
     assert torch.get_num_threads() == before

@@ -13,9 +13,8 @@ from typing import Any
 import pytest
 import torch
 
-from probprune.config import GapSpec, MCSpec, NetSpec, ProbPruneError, PruneSpec, RunConfig, config_hash
+from probprune.config import GapSpec, MCSpec, NetSpec, ProbPruneError, PruneSpec, RunConfig, config_hash, default_config
 from probprune.runner.verify import (
-    DEFAULT_CONFIG,
     LocalExecutor,
     ProgressEvent,
     Unit,
@@ -136,11 +135,11 @@ def test_compute_unit_checks_its_config_hash() -> None:
 
 
 def test_default_config_grid() -> None:
-    widths = sorted({p for p in DEFAULT_CONFIG.mc.hidden_widths})
+    widths = sorted({p for p in default_config().mc.hidden_widths})
     assert widths == [128, 256, 512, 1024, 2048]
-    assert DEFAULT_CONFIG.net.widths[0] == 16 and DEFAULT_CONFIG.net.widths[-1] == 4
-    assert {r.method for r in DEFAULT_CONFIG.prunes} == {"magnitude", "random"}
-    assert all(r.schedule_c is not None for r in DEFAULT_CONFIG.prunes)
+    assert default_config().net.widths[0] == 16 and default_config().net.widths[-1] == 4
+    assert {r.method for r in default_config().prunes} == {"magnitude", "random"}
+    assert all(r.schedule_c is not None for r in default_config().prunes)
 
 
 def _count(db: Path) -> int:

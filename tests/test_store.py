@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from probprune.config import MCSpec, ProbPruneError, PruneSpec, RunConfig, canonical_json, config_hash
+from probprune.records import GridRow, PointSummary, SlopeRow, TrialRow
 from probprune.store.runs import (
     CONFIG_FILE,
     DB_FILE,
@@ -28,14 +29,22 @@ GRID = [{"grid_index": g, "width": w, "prune_index": 0, "arch": f"fcn:16,{w},{w}
          "theory_exponent": None} for g, w in enumerate((8, 16))]
 
 
-def _row(g: int, t: int, gap: float = 0.5) -> dict:
+def _row(g: int, t: int, gap: float = 0.5) -> TrialRow:
+    return TrialRow(**_row_dict(g, t, gap))
+
+
+def _row_dict(g: int, t: int, gap: float = 0.5) -> dict:
     return {"grid_index": g, "trial": t, "seed": 1000 * g + t, "width": GRID[g]["width"], "method": "magnitude",
             "level_name": "relative_threshold", "level": 0.1, "gap_lower": gap, "rel_gap_lower": gap / 2,
             "out_sup": 2.0, "gap_upper": 2 * gap, "eps": 1.5, "sparsity": 0.1, "n_evals": 10, "seconds": 0.01,
             "device": "cpu", "dtype": "float32", "version": "0.1.0"}
 
 
-def _point(g: int, n: int) -> dict:
+def _point(g: int, n: int) -> PointSummary:
+    return PointSummary(**{k: v for k, v in _point_dict(g, n).items() if k != "grid_index"})
+
+
+def _point_dict(g: int, n: int) -> dict:
     return {"grid_index": g, "n_trials": n, "gap_lower_median": 0.5, "gap_lower_quantile": 0.5,
             "rel_gap_lower_median": 0.25, "gap_upper_median": 1.0, "eps": 1.5, "n_covered": n, "coverage": 1.0,
             "coverage_low": 0.3, "coverage_high": 1.0, "coverage_certified": 1.0, "passed": True,
@@ -45,7 +54,7 @@ def _point(g: int, n: int) -> dict:
 def _writer(tmp_path: Path) -> RunWriter:
     run_dir, exists = prepare_run(tmp_path, CFG)
     assert not exists and not run_dir.exists()  # prepare writes nothing
-    return RunWriter(run_dir, CFG, GRID, CFG.mc.n_trials, meta={"version": "0.1.0"})
+    return RunWriter(run_dir, CFG, [GridRow(**g) for g in GRID], CFG.mc.n_trials, meta={"version": "0.1.0"})
 
 
 def test_run_folder_layout_and_read_api(tmp_path: Path) -> None:
@@ -56,8 +65,8 @@ def test_run_folder_layout_and_read_api(tmp_path: Path) -> None:
     with sqlite3.connect(run_dir / DB_FILE) as con:
         assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     w.write_chunk([_row(0, 0), _row(0, 1)], _point(0, 2),
-                  [{"prune_index": 0, "method": "magnitude", "n_widths": 2, "slope": -1.0, "intercept": 0.0,
-                    "exponent": 1.0, "rel_slope": -0.5, "theory_exponent": 1.25}])
+                  [SlopeRow(prune_index=0, method="magnitude", n_widths=2, slope=-1.0, intercept=0.0,
+                            exponent=1.0, rel_slope=-0.5, theory_exponent=1.25)])
     w.close()
     info = open_run(run_dir)
     assert info.config == CFG and info.hash == config_hash(CFG)
@@ -65,7 +74,7 @@ def test_run_folder_layout_and_read_api(tmp_path: Path) -> None:
     assert info.meta["version"] == "0.1.0" and "created" in info.meta
     trials = read_trials(run_dir)
     assert [(r["grid_index"], r["trial"]) for r in trials] == [(0, 0), (0, 1)]
-    assert trials[0] == _row(0, 0)
+    assert trials[0] == _row_dict(0, 0)
     assert read_trials(run_dir, grid_index=1) == []
     pts = read_points(run_dir)
     assert [p["width"] for p in pts] == [8, 16]
@@ -95,7 +104,7 @@ def test_complete_status_reopen_and_resume_state(tmp_path: Path) -> None:
     assert open_run(w.path).status == "complete"
     run_dir, exists = prepare_run(tmp_path, CFG)
     assert exists and run_dir == w.path
-    w2 = RunWriter(run_dir, CFG, GRID, 3)
+    w2 = RunWriter(run_dir, CFG, [GridRow(**g) for g in GRID], 3)
     done = w2.done()
     w2.close()
     assert {g: sorted(v) for g, v in done.items()} == {0: [0, 1, 2], 1: [0, 1, 2]}

@@ -5,15 +5,16 @@ from pathlib import Path
 import pytest
 
 from probprune.config import ProbPruneError
+from probprune.records import ExperimentRow
 from probprune.store.experiments import ExperimentStore, is_experiment_dir, read_experiment, read_experiment_config
 
 
-def _row(**kw: object) -> dict[str, object]:
+def _row(**kw: object) -> ExperimentRow:
     base: dict[str, object] = {"dataset": "mnist", "model": "lenet-5", "method": "magnitude", "scope": "global",
                                "prune_fraction": 0.9, "finetuned": True, "seed": 0, "test_accuracy": 0.98,
                                "gap_upper": 3.0, "gap_lower": 1.0, "mean_test_gap": 0.2, "radius": 9.5}
     base.update(kw)
-    return base
+    return ExperimentRow(**base)  # type: ignore[arg-type]
 
 
 def test_write_read_and_resume(tmp_path: Path) -> None:
@@ -40,12 +41,39 @@ def test_refusals(tmp_path: Path) -> None:
     with pytest.raises(ProbPruneError, match="different experiment config"):
         ExperimentStore(run, {"dataset": "fashion-mnist"})
     with ExperimentStore(run, {"dataset": "mnist"}) as st, pytest.raises(ProbPruneError, match="seed"):
-        st.add({k: v for k, v in _row().items() if k != "seed"})
+        st.add(_row(seed=None))
     with pytest.raises(ProbPruneError, match="no results.sqlite"):
         read_experiment(tmp_path / "empty")
     assert not is_experiment_dir(tmp_path / "empty")
     with pytest.raises(ProbPruneError, match="not an experiment run"):
         read_experiment_config(tmp_path / "empty")
+
+
+def test_a_folder_of_an_older_hash_rule_is_refused_on_open_and_resume(tmp_path: Path) -> None:
+    import json
+
+    run = tmp_path / "old"
+    with ExperimentStore(run, {"dataset": "mnist"}) as st:
+        st.add(_row())
+    cfg_file = run / "config.json"
+    doc = json.loads(cfg_file.read_text())
+    assert doc["hash_rule"] == 2
+    del doc["hash_rule"]  # as written before issue 14 (hash rule 1: every field hashed)
+    cfg_file.write_text(json.dumps(doc))
+    msg = rf"run folder '{run}' was made by an older probprune \(hash rule 1; this one uses 2\); re-run it"
+    for call in (lambda: read_experiment(run), lambda: read_experiment_config(run),
+                 lambda: ExperimentStore(run, {"dataset": "mnist"})):
+        with pytest.raises(ProbPruneError, match=msg):
+            call()
+
+
+def test_with_a_hash_the_stored_hash_decides_sameness(tmp_path: Path) -> None:
+    run = tmp_path / "h"
+    ExperimentStore(run, {"dataset": "mnist"}, hash="abc").close()
+    # the same hash with a config that gained a field (at its default, so outside the hash): reopens
+    ExperimentStore(run, {"dataset": "mnist", "new_knob": 1.0}, hash="abc").close()
+    with pytest.raises(ProbPruneError, match="different experiment config"):
+        ExperimentStore(run, {"dataset": "mnist"}, hash="abd")
 
 
 def test_markdown_tables_one_per_model_with_mean_and_std() -> None:

@@ -5,14 +5,14 @@ from __future__ import annotations
 import sqlite3
 from contextlib import closing
 from pathlib import Path
-from typing import Any
 
+from probprune.records import ExperimentRow
 from probprune.store.experiments import ExperimentStore, read_experiment
 
 
-def _row(seed: int) -> dict[str, Any]:
-    return {"dataset": "mnist", "model": "lenet-300-100", "method": "random", "scope": "layerwise",
-            "prune_fraction": 0.5, "finetuned": False, "seed": seed, "test_accuracy": 0.9 - 0.01 * seed}
+def _row(seed: int) -> ExperimentRow:
+    return ExperimentRow(dataset="mnist", model="lenet-300-100", method="random", scope="layerwise",
+                         prune_fraction=0.5, finetuned=False, seed=seed, test_accuracy=0.9 - 0.01 * seed)
 
 
 def _files(d: Path) -> list[str]:

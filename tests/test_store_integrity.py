@@ -26,9 +26,11 @@ from probprune.config import (
     RunConfig,
     canonical_json,
     config_hash,
+    default_config,
     from_dict,
 )
-from probprune.runner.verify import DEFAULT_CONFIG, run_verify
+from probprune.records import GridRow, PointSummary, TrialRow
+from probprune.runner.verify import run_verify
 from probprune.store.runs import (
     CONFIG_FILE,
     DB_FILE,
@@ -103,7 +105,8 @@ TAMPER: list[tuple[str, Callable[[Path], None], str]] = [
     ("duplicate", lambda d: _sql(d, *_no_pk("INSERT INTO trials SELECT * FROM trials WHERE grid_index = 0 "
                                             "AND trial = 1")),
      "trial 1 at grid point 0 is stored 2 times"),
-    ("NULL gap", lambda d: _sql(d, "UPDATE trials SET gap_lower = NULL WHERE grid_index = 0 AND trial = 2"),
+    # gap_lower is NOT NULL in the table (TrialRow.gap_lower is a float): a forger must rebuild the table first
+    ("NULL gap", lambda d: _sql(d, *_no_pk("UPDATE trials SET gap_lower = NULL WHERE grid_index = 0 AND trial = 2")),
      "required column gap_lower is NULL"),
     ("NULL key", lambda d: _sql(d, *_no_pk("UPDATE trials SET seed = NULL WHERE trial = 0")),
      "required column seed is NULL"),
@@ -181,12 +184,14 @@ def test_a_tampered_store_is_refused_on_every_open(fresh: Path, capsys: pytest.C
     assert _files(fresh) == before
 
 
-def read_grid_unchecked(run_dir: Path) -> list[dict]:
+def read_grid_unchecked(run_dir: Path) -> list[GridRow]:
     """The grid rows as the driver would give them to the writer (read past any validation)."""
     con = sqlite3.connect(f"file:{run_dir / DB_FILE}?mode=ro&immutable=1", uri=True)
     con.row_factory = sqlite3.Row
+    fields = [f.name for f in dataclasses.fields(GridRow)]
     try:
-        return [dict(r) for r in con.execute("SELECT * FROM grid ORDER BY grid_index")]
+        return [GridRow(**{f: dict(r).get(f) for f in fields})
+                for r in con.execute("SELECT * FROM grid ORDER BY grid_index")]
     except sqlite3.Error:
         return []
     finally:
@@ -228,6 +233,25 @@ def test_a_run_of_the_earlier_hash_definition_is_refused_with_the_reason(tmp_pat
             call()
 
 
+def test_a_run_of_hash_rule_1_is_refused_with_the_reason(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # a folder made before issue 14: its meta hash (and folder name) is the rule-1 hash of the same config.json
+    res = run_verify(CFG, tmp_path / "new")
+    data = json.loads(canonical_json(CFG))
+    data["mc"].pop("chunk_size", None)
+    rule1 = hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
+    assert rule1 != config_hash(CFG)
+    old = tmp_path / "old" / rule1
+    shutil.copytree(res.run_dir, old)
+    _sql(old, f"UPDATE meta SET value = '{rule1}' WHERE key = 'hash'")
+    msg = (rf"run folder '{old}' was made by an older probprune \(hash rule 1, hash {rule1}\); this probprune "
+           rf"\(hash rule 2\) names its config {config_hash(CFG)} .*: re-run it")
+    for call in (lambda: open_run(old), lambda: run_verify(CFG, tmp_path / "old", resume=old)):
+        with pytest.raises(ProbPruneError, match=msg):
+            call()
+    code, _, err = run(["verify", "--resume", str(old), "--json"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "hash rule 1" in err
+
+
 # --------------------------------------------------------------------------- chunk size is execution only
 
 
@@ -256,11 +280,11 @@ def test_chunk_size_changes_neither_the_hash_nor_any_trial(tmp_path: Path, one_t
 
 
 def test_execution_settings_leave_the_pinned_default_hashes_alone() -> None:
-    assert config_hash(RunConfig(mc=MCSpec(chunk_size=3))) == config_hash(RunConfig()) == "44136fa355b3678a"
-    assert config_hash(RunConfig(mc=MCSpec(n_trials=5, chunk_size=1))) == "1bd80baf2f28380a"
+    assert config_hash(RunConfig(mc=MCSpec(chunk_size=3))) == config_hash(RunConfig()) == "3b76612531ce75aa"
+    assert config_hash(RunConfig(mc=MCSpec(n_trials=5, chunk_size=1))) == "ed0102ab72ceae70"
     # the shipped default sets chunk_size = 10, which no longer enters its hash
-    assert config_hash(DEFAULT_CONFIG) == config_hash(dataclasses.replace(
-        DEFAULT_CONFIG, mc=dataclasses.replace(DEFAULT_CONFIG.mc, chunk_size=16))) == "0428b3f2f155e282"
+    assert config_hash(default_config()) == config_hash(dataclasses.replace(
+        default_config(), mc=dataclasses.replace(default_config().mc, chunk_size=16))) == "d532fd7e38716ac9"
 
 
 # --------------------------------------------------------------------------- one writer per run folder
@@ -270,7 +294,7 @@ def test_a_second_writer_is_refused_naming_the_holder(tmp_path: Path, capsys: py
     res = run_verify(CFG, tmp_path)
     before = _files(res.run_dir)
     grid = read_grid(res.run_dir)
-    held = RunWriter(res.run_dir, CFG, [{**g, "rescale": int(g["rescale"])} for g in grid], N_TRIALS)
+    held = RunWriter(res.run_dir, CFG, [GridRow(**g) for g in grid], N_TRIALS)
     try:
         assert (res.run_dir / LOCK_FILE).read_text().strip() == str(os.getpid())
         msg = f"is in use by another probprune process (pid {os.getpid()})"
@@ -381,12 +405,12 @@ def test_a_live_writers_committed_chunks_are_read(tmp_path: Path) -> None:
     part = RunConfig(net=CFG.net, prunes=CFG.prunes, gap=CFG.gap, mc=dataclasses.replace(CFG.mc, n_trials=2))
     src = run_verify(part, tmp_path / "src")
     rows = read_trials(src.run_dir)
-    grid = [{**g, "rescale": int(g["rescale"])} for g in read_grid(src.run_dir)]
-    points = {p["grid_index"]: {k: p[k] for k in ("grid_index", "n_trials", "eps")} for p in read_points(src.run_dir)}
+    grid = [GridRow(**g) for g in read_grid(src.run_dir)]
+    points = {p["grid_index"]: PointSummary(n_trials=p["n_trials"], eps=p["eps"]) for p in read_points(src.run_dir)}
     w = RunWriter(tmp_path / "live" / src.run_dir.name, part, grid, 2)
     try:
         (w.path / CONFIG_FILE).write_text(canonical_json(part) + "\n")
-        w.write_chunk([r for r in rows if r["grid_index"] == 0], points[0])
+        w.write_chunk([TrialRow(**r) for r in rows if r["grid_index"] == 0], points[0])
         assert DB_FILE + "-wal" in _db_files(w.path)
         info = open_run(w.path)
         assert (info.status, info.n_done) == ("partial", 2)

@@ -12,7 +12,7 @@ import torch
 
 from probprune.report import write_report
 from probprune.store import atomic_write_bytes, atomic_write_text, save_tensors
-from probprune.store.reports import ReportData
+from reportrows import experiment, report
 
 UMASKS = ((0o022, 0o644), (0o077, 0o600), (0o002, 0o664))
 
@@ -56,10 +56,10 @@ def test_checkpoints_follow_the_umask(tmp_path: Path, umask: int) -> None:
 
 
 def test_reports_and_figures_follow_the_umask(tmp_path: Path, umask: int) -> None:
-    rows = [{"dataset": "mnist", "model": "lenet300", "method": "magnitude", "scope": "layerwise",
-             "prune_fraction": pf, "finetuned": False, "seed": 0, "test_accuracy": 0.9 - 0.1 * pf}
+    rows = [experiment(dataset="mnist", model="lenet300", method="magnitude", scope="layerwise",
+                       prune_fraction=pf, finetuned=False, seed=0, test_accuracy=0.9 - 0.1 * pf)
             for pf in (0.0, 0.5)]
-    path = write_report(ReportData.from_rows(tmp_path, experiment=rows, config={"kind": "experiment"}))
+    path = write_report(report(tmp_path, experiment=rows, config={"kind": "experiment"}))
     written = [p for p in tmp_path.rglob("*") if p.is_file()]
     assert path in written and (tmp_path / "summary.md") in written
     assert any(p.suffix == ".png" for p in written) and any(p.suffix == ".svg" for p in written)

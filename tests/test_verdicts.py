@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from probprune.config import GapSpec, MCSpec, NetSpec, ProbPruneError, PruneSpec, RunConfig
 from probprune.montecarlo import clopper_pearson, min_trials_to_confirm, summarize_point, verdict
+from probprune.records import GridRow, TrialRow
 from probprune.runner.verify import run_verify
 from probprune.store.runs import DB_FILE, RunWriter, open_run, prepare_run, read_points
 
@@ -28,13 +29,14 @@ def test_verdict_of_an_interval() -> None:
 
 
 def test_the_store_names_the_verdicts_montecarlo_returns() -> None:
-    # store may not import montecarlo (layering), so its tuple is a copy: pin the two, and the reader's to the store's
+    # the verdicts are defined once (probprune.records): montecarlo, the store and the report name that one tuple
     from probprune.montecarlo import VERDICTS as MC_VERDICTS
-    from probprune.store.reports import VERDICTS as REPORT_VERDICTS
+    from probprune.records import VERDICTS
+    from probprune.report.html import VERDICTS as REPORT_VERDICTS
     from probprune.store.runs import VERDICT_VALUES
 
     assert VERDICT_VALUES == MC_VERDICTS
-    assert REPORT_VERDICTS is VERDICT_VALUES
+    assert REPORT_VERDICTS is VERDICT_VALUES is MC_VERDICTS is VERDICTS
 
 
 def test_min_trials_to_confirm_at_the_default_delta() -> None:
@@ -101,8 +103,8 @@ def _stored_run(tmp_path: Path) -> Path:
              "device": "cpu", "dtype": "float32", "version": "0"} for t in range(3)]
     s = summarize_point([0.5] * 3, [1.0] * 3, eps=1.5, delta=0.05)
     run_dir, _ = prepare_run(tmp_path, CFG)
-    with RunWriter(run_dir, CFG, GRID, 3, meta={"version": "0"}) as w:
-        w.write_chunk(rows, {**s.to_dict(), "grid_index": 0})
+    with RunWriter(run_dir, CFG, [GridRow(**g) for g in GRID], 3, meta={"version": "0"}) as w:
+        w.write_chunk([TrialRow(**r) for r in rows], s)
     return run_dir
 
 

@@ -19,38 +19,56 @@ import os
 import re
 import stat
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any, Literal, get_args
+from importlib.resources import files
+from pathlib import Path
+from typing import Any, ClassVar, Literal, get_args, get_origin, get_type_hints
 
 __all__ = [
     "ACTIVATIONS",
+    "DATASETS",
     "EXECUTION_FIELDS",
     "EXPERIMENT_EPOCHS",
     "EXPERIMENT_PRUNE_FRACTIONS",
     "FORWARDS",
+    "HASH_RULE",
     "MAX_SEED",
     "MIN_DELTA",
+    "MODELS",
+    "SECTIONS",
     "BallSpec",
+    "BoundJob",
     "BoundSpec",
+    "CertifyJob",
     "ConvSpec",
     "ExecutionPolicy",
+    "ExperimentSpec",
+    "GapJob",
     "GapSpec",
     "LawSpec",
     "MCSpec",
     "NetSpec",
     "ProbPruneError",
+    "PruneJob",
     "PruneSpec",
     "RunConfig",
+    "TrainSpec",
     "canonical_json",
     "check_seed",
+    "config_file",
     "config_hash",
+    "default_config",
     "from_dict",
+    "hash_kind",
     "layer_scale",
     "load_toml",
     "package_version",
     "parse_arch",
     "parse_law",
+    "presets",
+    "read_toml",
+    "resolve",
     "to_dict",
     "with_overrides",
 ]
@@ -704,6 +722,7 @@ class RunConfig:
     ``prunes`` lists the pruning rules compared at each width (grid = widths × prunes).
     """
 
+    KIND: ClassVar[str] = "verify"
     net: NetSpec = field(default_factory=NetSpec)
     law: LawSpec = field(default_factory=LawSpec)
     prunes: tuple[PruneSpec, ...] = (PruneSpec(),)
@@ -717,12 +736,371 @@ class RunConfig:
             raise _fail("prunes", self.prunes, "the grid needs at least one pruning rule")
 
 
+# --------------------------------------------------------------------------- command jobs
+
+#: The offline data sets and the LeNets of the real-data experiment (``probprune.data`` loads and builds them).
+DATASETS: tuple[str, ...] = ("mnist", "fashion-mnist")
+MODELS: tuple[str, ...] = ("lenet-300-100", "lenet-5")
+
+NormMethod = Literal["auto", "svd", "gram-cholesky", "frobenius-holder"]
+Solve = Literal["none", "max-prune", "min-width"]
+Theorem = Literal["auto", "operator", "net"]
+CertifyNorm = Literal["linf", "l2"]
+
+
+def _check_device_name(name: str, value: Any) -> None:
+    # the spelling only; whether this machine has the device is the runner's check (it needs torch)
+    if not isinstance(value, str) or not re.fullmatch(r"cpu|cuda(:\d+)?|mps", value):
+        raise _fail(name, value, "must be cpu, cuda, cuda:N or mps")
+
+
+def _check_opt_str(name: str, value: Any) -> None:
+    if value is not None and not isinstance(value, str):
+        raise _fail(name, value, "must be a file name (text)")
+
+
+@dataclass(frozen=True)
+class PruneJob:
+    """What ``probprune prune`` does (section kind ``prune``): target from ``weights`` or sampled from ``law``.
+
+    Args:
+        net: the architecture; prune: the rule (exactly one fixed level).
+        weights: target model file (``.safetensors``/``.onnx``), or ``None`` to sample from ``law`` with ``seed``.
+        law: weight law of a sampled target (needed by ``relative_threshold``: τ_i = ρ·a_i).
+        seed: sampling and random masks.
+        out, save_target: where to write the pruned model / the sampled target (or ``None``).
+        device: ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
+        extras: free-form notes carried along (not validated).
+    """
+
+    KIND: ClassVar[str] = "prune"
+
+    net: NetSpec
+    prune: PruneSpec
+    weights: str | None = None
+    law: LawSpec | None = None
+    seed: int = 0
+    out: str | None = None
+    save_target: str | None = None
+    device: str = "cpu"
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_seed("seed", self.seed)
+        _check_device_name("device", self.device)
+        for name in ("weights", "out", "save_target"):
+            _check_opt_str(name, getattr(self, name))
+        if self.weights is None and self.law is None:
+            raise ProbPruneError("weights: give --weights FILE or --law to sample a target")
+        if self.law is None and self.save_target is not None:
+            raise ProbPruneError("save_target: only a sampled target (--law) can be saved")
+        if self.prune.level_name is None:
+            raise ProbPruneError("prune: give one level: --prune-fraction, --threshold, --relative-threshold or --p")
+        if self.prune.relative_threshold is not None and self.law is None:
+            raise ProbPruneError(
+                f"relative_threshold={self.prune.relative_threshold!r}: needs --law (τ_i = ρ·a_i)")
+
+
+@dataclass(frozen=True)
+class GapJob:
+    """What ``probprune gap`` does (kind ``gap``): load ``weights`` (target F) and ``pruned`` (f), pin their gap.
+
+    Args:
+        net: the architecture of both files; weights, pruned: model files.
+        gap: the estimator's budget and the radius; seed: the estimator's sampling.
+        device: ``cpu``, ``cuda``, ``cuda:N`` or ``mps``; norm_method: operator-norm bound method.
+    """
+
+    KIND: ClassVar[str] = "gap"
+
+    net: NetSpec
+    weights: str
+    pruned: str
+    gap: GapSpec = field(default_factory=GapSpec)
+    seed: int = 0
+    device: str = "cpu"
+    norm_method: NormMethod = "auto"
+
+    def __post_init__(self) -> None:
+        check_seed("seed", self.seed)
+        _check_device_name("device", self.device)
+        _check_choice("norm_method", self.norm_method, get_args(NormMethod))
+
+
+@dataclass(frozen=True)
+class BoundJob:
+    """What ``probprune bound`` computes (kind ``bound``).
+
+    Args:
+        net, law, prune: the setting (``prune`` carries the level, or a schedule c·h^{−α}).
+        delta: δ ∈ (0, 1); eps: ε* > 0 (needed by the solvers) — validated as a :class:`BoundSpec`.
+        solve: ``none`` (print ε(δ)), ``max-prune`` or ``min-width``.
+        radius: input ball radius r.
+        theorem: ``auto``, ``operator`` or ``net``.
+    """
+
+    KIND: ClassVar[str] = "bound"
+
+    net: NetSpec
+    law: LawSpec
+    prune: PruneSpec
+    delta: float = 0.05
+    eps: float | None = None
+    solve: Solve = "none"
+    radius: float = 1.0
+    theorem: Theorem = "auto"
+
+    def __post_init__(self) -> None:
+        _check_choice("solve", self.solve, get_args(Solve))
+        BoundSpec(delta=self.delta, eps=self.eps)
+        _check_real("radius", self.radius, 0.0, lo_open=True)
+        _check_choice("theorem", self.theorem, get_args(Theorem))
+        if self.solve != "none" and self.eps is None:
+            raise ProbPruneError(f"eps=None: --solve {self.solve} needs --eps")
+        fixed = self.prune.level_name is not None or self.prune.schedule_c is not None
+        if self.solve == "none" and not fixed:
+            raise ProbPruneError("prune: give one level: --relative-threshold, --threshold, --p or --prune-fraction")
+        if self.solve == "min-width" and not fixed:
+            raise ProbPruneError("prune: --solve min-width needs a fixed level or a schedule (--schedule c,alpha)")
+        if self.solve == "max-prune" and self.prune.schedule_c is not None:
+            raise ProbPruneError("schedule: --solve max-prune finds a fixed level; drop --schedule")
+        if self.solve == "max-prune" and self.prune.level_name is not None:
+            raise ProbPruneError("--solve max-prune finds the level itself; give no level")
+
+
+def _suffix(name: str, path: Any, suffixes: tuple[str, ...], what: str) -> None:
+    if not isinstance(path, str) or not path.lower().endswith(suffixes):
+        raise _fail(name, path, f"must end in {what}")
+
+
+@dataclass(frozen=True)
+class CertifyJob:
+    """What ``probprune certify`` computes (kind ``certify``).
+
+    Args:
+        weights, pruned: model files of F and f (``.onnx`` or ``.safetensors``).
+        data: ``mnist``, ``fashion-mnist`` or an ``.npy`` file of inputs ``[N, d]``.
+        n_points: N, the number of inputs (the first N).
+        norm: ``linf`` or ``l2``.
+        radius: r > 0, finite.
+        arch: architecture for ``.safetensors`` models (an ONNX model carries its own; if given it must match).
+        activation, bias: of a ``.safetensors`` architecture (ignored for ONNX, whose own are used).
+        clip: ``(lo, hi)`` box the inputs live in, or ``None``.
+        labels: ``.npy`` of labels ``[N']`` (N' ≥ N) for an ``.npy`` data file, or ``None``.
+        seed: randomness of the searches.
+        n_restarts, n_steps: gap search budget; the agreement attack gets half of each (at least 1).
+        batch_size: inputs per chunk (one progress step each).
+        out: ``.csv`` or ``.json`` file for the rows, or ``None``.
+    """
+
+    KIND: ClassVar[str] = "certify"
+
+    weights: str
+    pruned: str
+    data: str
+    radius: float
+    n_points: int = 100
+    norm: CertifyNorm = "linf"
+    arch: str | None = None
+    activation: str = "relu"
+    bias: bool = False
+    clip: tuple[float, float] | None = None
+    labels: str | None = None
+    seed: int = 0
+    n_restarts: int = 8
+    n_steps: int = 100
+    batch_size: int = 25
+    out: str | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.radius, bool) or not isinstance(self.radius, (int, float)) \
+                or not math.isfinite(self.radius) or self.radius <= 0:
+            raise _fail("radius", self.radius, "must be a finite number > 0")
+        _check_choice("norm", self.norm, get_args(CertifyNorm))
+        if self.clip is not None:
+            clip = tuple(self.clip) if isinstance(self.clip, (list, tuple)) else self.clip
+            if not isinstance(clip, tuple) or len(clip) != 2 or any(
+                    isinstance(c, bool) or not isinstance(c, (int, float)) or not math.isfinite(c) for c in clip) \
+                    or not clip[0] < clip[1]:
+                raise _fail("clip", self.clip, "must be LO,HI with finite LO < HI")
+            object.__setattr__(self, "clip", (float(clip[0]), float(clip[1])))
+        for name, lo in (("n_points", 1), ("n_restarts", 0), ("n_steps", 0), ("batch_size", 1)):
+            _check_int(name, getattr(self, name), lo)
+        check_seed("seed", self.seed)
+        _check_choice("activation", self.activation, ACTIVATIONS)
+        if not isinstance(self.bias, bool):
+            raise _fail("bias", self.bias, "must be true or false")
+        for name in ("weights", "pruned"):
+            _suffix(name, getattr(self, name), (".onnx", ".safetensors"), ".onnx or .safetensors")
+        if not isinstance(self.data, str):
+            raise _fail("data", self.data, "must be mnist, fashion-mnist or an .npy file of inputs [N, d]")
+        if self.data not in DATASETS:
+            _suffix("data", self.data, (".npy",), "mnist, fashion-mnist or an .npy file of inputs [N, d]")
+        elif self.labels is not None:
+            raise _fail("labels", self.labels, "only for an .npy data file (a dataset has its own)")
+        if self.labels is not None:
+            _suffix("labels", self.labels, (".npy",), ".npy (a file of integer labels [N])")
+        if self.out is not None:
+            _suffix("out", self.out, (".csv", ".json"), ".csv or .json")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON form of every field (the resolved config)."""
+        return to_dict(self)
+
+
+# --------------------------------------------------------------------------- real-data experiment
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """Training (or fine-tuning) schedule: Adam, cosine learning-rate decay to 0, cross-entropy.
+
+    Args:
+        epochs: passes over the training set (fractions allowed: ``0.25`` = a quarter epoch).
+        batch_size: samples per step.
+        lr: peak learning rate.
+        weight_decay: Adam's L2 weight decay.
+    """
+
+    epochs: float = 1.0
+    batch_size: int = 100
+    lr: float = 2e-3
+    weight_decay: float = 0.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.epochs, bool) or not isinstance(self.epochs, (int, float)) \
+                or not math.isfinite(self.epochs) or self.epochs <= 0:
+            raise ProbPruneError(f"epochs={self.epochs!r}: must be a number > 0")
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ProbPruneError(f"batch_size={self.batch_size!r}: must be an integer >= 1")
+        for name, v in (("lr", self.lr), ("weight_decay", self.weight_decay)):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                raise ProbPruneError(f"{name}={v!r}: must be a finite number >= 0")
+
+
+def _tuple_of(name: str, values: Any, allowed: tuple[Any, ...] | None = None) -> tuple[Any, ...]:
+    if isinstance(values, (str, bytes)) or not isinstance(values, (tuple, list)):
+        raise _fail(name, values, "must be a list")
+    vals = tuple(values)
+    if not vals:
+        raise ProbPruneError(f"{name}: empty")
+    if len(set(vals)) != len(vals):
+        raise ProbPruneError(f"{name}={list(vals)!r}: contains duplicates")
+    if allowed is not None:
+        for v in vals:
+            if v not in allowed:
+                raise ProbPruneError(f"{name}: {v!r} is not one of {', '.join(map(str, allowed))}")
+    return vals
+
+
+def _check_experiment_lists(spec: ExperimentSpec) -> None:
+    object.__setattr__(spec, "models", _tuple_of("models", spec.models, MODELS))
+    object.__setattr__(spec, "methods", _tuple_of("methods", spec.methods, ("random", "magnitude")))
+    object.__setattr__(spec, "scopes", _tuple_of("scopes", spec.scopes, ("layerwise", "global")))
+    for f in _tuple_of("prune_fractions", spec.prune_fractions):
+        if isinstance(f, bool) or not isinstance(f, (int, float)) or not math.isfinite(f) or not 0.0 <= f < 1.0:
+            raise ProbPruneError(f"prune_fractions: {f!r} must be in [0, 1) (share of weights removed)")
+    fr = _tuple_of("prune_fractions", [float(f) for f in spec.prune_fractions])
+    object.__setattr__(spec, "prune_fractions", tuple(sorted(fr)))
+    seeds = _tuple_of("seeds", spec.seeds)
+    for s in seeds:
+        check_seed("seeds", s)
+    object.__setattr__(spec, "seeds", seeds)
+
+
+@dataclass(frozen=True)
+class ExperimentSpec:
+    """What ``probprune experiment`` runs (section kind ``experiment``; its non-default fields are hashed).
+
+    Args:
+        dataset: ``mnist`` or ``fashion-mnist``.
+        models: ``lenet-300-100``, ``lenet-5``.
+        prune_fractions: shares of weights removed, each in [0, 1).
+        methods, scopes: pruning rules (``random``/``magnitude``, ``layerwise``/``global``).
+        seeds: one dense target per model and seed.
+        epochs: dense training epochs per model (default :data:`EXPERIMENT_EPOCHS`).
+        finetune_epochs: fine-tuning length (fractions of an epoch allowed); 0 = no fine-tuned rows.
+        batch_size, lr, finetune_lr: Adam with cosine decay.
+        weight_decay: Adam's L2 weight decay of the dense training (small weights then matter
+            less, so magnitude pruning costs less accuracy); fine-tuning uses none.
+        gap_points, gap_restarts, gap_steps: budget of the empirical sup-gap estimator.
+        test_limit: evaluate on the first ``test_limit`` test images only (``None``: all 10 000).
+
+    >>> ExperimentSpec.quick().test_limit
+    2000
+    """
+
+    KIND: ClassVar[str] = "experiment"
+
+    dataset: str = "mnist"
+    models: tuple[str, ...] = MODELS
+    prune_fractions: tuple[float, ...] = EXPERIMENT_PRUNE_FRACTIONS
+    methods: tuple[str, ...] = ("random", "magnitude")
+    scopes: tuple[str, ...] = ("layerwise", "global")
+    seeds: tuple[int, ...] = (0, 1, 2)
+    epochs: dict[str, float] = field(default_factory=lambda: dict(EXPERIMENT_EPOCHS))
+    finetune_epochs: float = 1.0
+    batch_size: int = 100
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    finetune_lr: float = 2e-3
+    gap_points: int = 512
+    gap_restarts: int = 4
+    gap_steps: int = 20
+    test_limit: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.dataset not in DATASETS:
+            raise ProbPruneError(f"dataset={self.dataset!r}: must be one of {', '.join(DATASETS)}")
+        _check_experiment_lists(self)
+        if not isinstance(self.epochs, Mapping):
+            raise _fail("epochs", self.epochs, "must be a table of epochs per model")
+        eps = dict(EXPERIMENT_EPOCHS)
+        for k, v in dict(self.epochs).items():
+            if str(k) not in MODELS:
+                raise ProbPruneError(f"epochs: unknown model {k!r}")
+            TrainSpec(epochs=v)  # validates
+            eps[str(k)] = float(v)
+        object.__setattr__(self, "epochs", {m: eps[m] for m in MODELS})
+        if isinstance(self.finetune_epochs, bool) or not isinstance(self.finetune_epochs, (int, float)) \
+                or not math.isfinite(self.finetune_epochs) or self.finetune_epochs < 0:
+            raise ProbPruneError(f"finetune_epochs={self.finetune_epochs!r}: must be a number >= 0")
+        try:
+            TrainSpec(epochs=1.0, batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay)
+        except ProbPruneError as e:
+            raise ProbPruneError(f"dense training (lr={self.lr!r}, weight_decay={self.weight_decay!r}): {e}") from None
+        try:
+            TrainSpec(epochs=1.0, batch_size=self.batch_size, lr=self.finetune_lr)
+        except ProbPruneError as e:
+            raise ProbPruneError(f"finetune_lr={self.finetune_lr!r}: {e}") from None
+        GapSpec(radius=1.0, n_points=self.gap_points, n_restarts=self.gap_restarts, n_steps=self.gap_steps)
+        if self.test_limit is not None and (isinstance(self.test_limit, bool) or not isinstance(self.test_limit, int)
+                                            or self.test_limit < 1):
+            raise ProbPruneError(f"test_limit={self.test_limit!r}: must be an integer >= 1 or None")
+
+    @staticmethod
+    def quick(dataset: str = "mnist", seeds: tuple[int, ...] = (0,)) -> ExperimentSpec:
+        """A small preset (one epoch, three fractions, small gap budget) for smoke runs and CI."""
+        return ExperimentSpec(dataset=dataset, prune_fractions=(0.0, 0.5, 0.9), seeds=tuple(seeds),
+                              epochs={"lenet-300-100": 1.0, "lenet-5": 1.0}, finetune_epochs=0.1,
+                              gap_points=128, gap_restarts=2, gap_steps=10, test_limit=2000)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON form of every field (stored as the run's ``config.json``)."""
+        return to_dict(self)
+
+    @property
+    def hash(self) -> str:
+        """The run's folder name: :func:`config_hash` (a field added later at its default never renames it)."""
+        return config_hash(self)
+
+    def n_settings(self) -> int:
+        """Rows this spec produces."""
+        ft = 2 if self.finetune_epochs > 0 else 1
+        return (len(self.models) * len(self.seeds) * len(self.prune_fractions) * len(self.methods)
+                * len(self.scopes) * ft)
+
+
 # --------------------------------------------------------------------------- (de)serialisation
-
-_SPEC_TYPES: dict[str, type] = {
-    "net": NetSpec, "law": LawSpec, "gap": GapSpec, "bound": BoundSpec, "mc": MCSpec,
-}
-
 
 def _plain(value: Any) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
@@ -760,95 +1138,165 @@ def to_dict(spec: Any, *, non_default_only: bool = False) -> dict[str, Any]:
     return out
 
 
-#: Fields that only change how a run is executed, never a number it produces (trials are seeded from
-#: (hash, grid point, trial, stream), so chunks of any size draw the same trials): they stay out of the
-#: config hash, hence out of the run folder's name and every seed (``config.json`` still records them).
-EXECUTION_FIELDS: dict[str, tuple[str, ...]] = {"mc": ("chunk_size",)}
+#: The rule :func:`config_hash` follows. 1 (before issue 14): the SHA-256 of a run config's non-default JSON
+#: alone, so two commands' configs at their defaults shared a hash; 2: the hashed text also names the section
+#: kind and this rule. Folders made under an older rule are refused on open, never silently re-labelled.
+HASH_RULE = 2
+
+#: Fields that only change how a job is executed, never a number it produces (trials are seeded from
+#: (hash, grid point, trial, stream), so chunks of any size draw the same trials), by section kind as
+#: dotted paths inside that section: they stay out of the config hash, hence out of the run folder's
+#: name and every seed (``config.json`` still records them). A path may name a whole sub-section.
+EXECUTION_FIELDS: dict[str, tuple[str, ...]] = {
+    "verify": ("mc.chunk_size",),
+    # where a job writes its results is not a setting of the results
+    "prune": ("out", "save_target"),
+    "certify": ("out",),
+}
 
 
-def canonical_json(cfg: RunConfig) -> str:
-    """Canonical JSON of the non-default fields of a run (sorted keys, no spaces)."""
-    return json.dumps(to_dict(cfg, non_default_only=True), sort_keys=True, separators=(",", ":"))
+def hash_kind(spec: Any) -> str:
+    """The section kind a top-level spec hashes under (its class's ``KIND``: ``verify``, ``experiment`` …).
 
-
-def config_hash(cfg: RunConfig) -> str:
-    """First 16 hex digits of the SHA-256 of :func:`canonical_json` without :data:`EXECUTION_FIELDS`.
-
-    A run and its hash are the same whatever chunk size executes it; configs whose execution
-    settings are at their defaults hash exactly as before the settings were left out.
+    >>> hash_kind(RunConfig())
+    'verify'
     """
-    data = to_dict(cfg, non_default_only=True)
-    for section, names in EXECUTION_FIELDS.items():
-        sec = data.get(section)
-        if isinstance(sec, dict):
-            for name in names:
-                sec.pop(name, None)
-            if not sec:
-                del data[section]
-    text = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    kind = getattr(type(spec), "KIND", None)
+    if not isinstance(kind, str) or not dataclasses.is_dataclass(spec):
+        raise _fail("config", type(spec).__name__, "is not a config section (a spec with a KIND)")
+    return kind
+
+
+def canonical_json(spec: Any) -> str:
+    """Canonical JSON of the non-default fields of a spec (sorted keys, no spaces).
+
+    A field added later with a no-op default is left out while at its default, so the text (and the
+    hash) of every existing config stays the same.
+
+    >>> canonical_json(RunConfig())
+    '{}'
+    """
+    return json.dumps(to_dict(spec, non_default_only=True), sort_keys=True, separators=(",", ":"))
+
+
+def _drop_path(data: dict[str, Any], path: str) -> None:
+    head, dot, rest = path.partition(".")
+    if head not in data:
+        return
+    if not dot:
+        del data[head]
+        return
+    sub = data[head]
+    if isinstance(sub, dict):
+        _drop_path(sub, rest)
+        if not sub:
+            del data[head]
+
+
+def config_hash(spec: Any, kind: str | None = None) -> str:
+    """The one config hash: 16 hex digits of the SHA-256 of ``{"config", "kind", "rule"}`` as canonical JSON.
+
+    ``config`` is the spec's non-default form (:func:`canonical_json`) without the kind's
+    :data:`EXECUTION_FIELDS`; ``kind`` is :func:`hash_kind` (a plain mapping, hashed as it is, needs an
+    explicit ``kind``); ``rule`` is :data:`HASH_RULE`. A run and its hash are the same whatever chunk
+    size executes it, and configs of different commands never share a hash.
+
+    >>> config_hash(RunConfig()) == config_hash(RunConfig(mc=MCSpec(chunk_size=3)))
+    True
+    """
+    if isinstance(spec, Mapping):
+        if kind is None:
+            raise _fail("kind", kind, "a plain mapping is hashed under an explicit kind")
+        data: dict[str, Any] = json.loads(json.dumps(dict(spec)))
+    else:
+        kind = hash_kind(spec) if kind is None else kind
+        data = to_dict(spec, non_default_only=True)
+    for path in EXECUTION_FIELDS.get(kind, ()):
+        _drop_path(data, path)
+    text = json.dumps({"config": data, "kind": kind, "rule": HASH_RULE}, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def _nested(tp: Any) -> tuple[str, type] | None:
+    """``("one", C)`` for a field typed ``C`` or ``C | None`` (C a spec), ``("many", C)`` for ``tuple[C, ...]``."""
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        return "one", tp
+    args = [a for a in get_args(tp) if a is not type(None) and a is not Ellipsis]
+    if len(args) == 1 and dataclasses.is_dataclass(args[0]) and isinstance(args[0], type):
+        return ("many" if get_origin(tp) is tuple else "one"), args[0]
+    return None
+
+
 def _build(cls: type, data: Mapping[str, Any], where: str) -> Any:
+    """A spec of type ``cls`` from plain data: nested specs built by their field types, lists made tuples."""
     if not isinstance(data, Mapping):
         raise _fail(where, data, "must be a table")
+    if cls is NetSpec and "arch" in data:  # an --arch string, with the other net fields on top of it
+        sec = dict(data)
+        base = parse_arch(sec.pop("arch"))
+        data = {**to_dict(base), **sec}
     names = {f.name: f for f in fields(cls)}
     unknown = sorted(set(data) - set(names))
     if unknown:
         raise _fail(f"{where}.{unknown[0]}" if where else unknown[0], data[unknown[0]],
                     f"unknown key (known: {', '.join(names)})")
+    hints = get_type_hints(cls)
     kwargs: dict[str, Any] = {}
     for k, v in data.items():
-        if cls is NetSpec and k == "convs":
-            if not isinstance(v, (list, tuple)):
-                raise _fail(f"{where}.convs", v, "must be a list of conv tables")
-            v = tuple(_build(ConvSpec, c, f"{where}.convs") for c in v)
+        sub = f"{where}.{k}" if where else k
+        nested = _nested(hints.get(k))
+        if nested is not None and v is not None:
+            how, inner = nested
+            if how == "many":
+                if isinstance(v, Mapping):
+                    v = [v]
+                if not isinstance(v, (list, tuple)):
+                    raise _fail(sub, v, "must be a list of tables")
+                v = tuple(x if isinstance(x, inner) else _build(inner, x, f"{sub}[{i}]") for i, x in enumerate(v))
+            elif not isinstance(v, inner):
+                v = _build(inner, v, sub)
         elif isinstance(v, list):
             v = tuple(v)
         kwargs[k] = v
     try:
         return cls(**kwargs)
     except TypeError as e:
-        raise _fail(where, dict(data), str(e)) from None
+        raise _fail(where or cls.__name__, dict(data), str(e)) from None
 
 
-def from_dict(data: Mapping[str, Any]) -> RunConfig:
-    """Build a :class:`RunConfig` from plain data (e.g. TOML or stored ``config.json``).
+def from_dict(data: Mapping[str, Any], cls: type = RunConfig) -> Any:
+    """Build a config section (default :class:`RunConfig`) from plain data (TOML or a stored ``config.json``).
 
-    Unknown keys and wrong types raise :class:`ProbPruneError` naming the key.
+    Nested specs are built from their tables, lists become tuples, ``net.arch`` is parsed; unknown keys
+    and wrong types raise :class:`ProbPruneError` naming the key. The spec then validates itself once.
+
+    >>> from_dict({"mc": {"n_trials": 5}}).mc.n_trials
+    5
     """
     if not isinstance(data, Mapping):
         raise _fail("config", data, "must be a table")
-    unknown = sorted(set(data) - {f.name for f in fields(RunConfig)})
-    if unknown:
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown and cls is RunConfig:
         raise _fail(unknown[0], data[unknown[0]], "unknown config section")
-    kwargs: dict[str, Any] = {}
-    for name, cls in _SPEC_TYPES.items():
-        if name in data:
-            sec = dict(data[name]) if isinstance(data[name], Mapping) else data[name]
-            if name == "net" and isinstance(sec, dict) and "arch" in sec:
-                arch = sec.pop("arch")
-                base = parse_arch(arch)
-                merged = {**to_dict(base), **sec}
-                merged["convs"] = [c for c in merged["convs"]]
-                sec = merged
-            kwargs[name] = _build(cls, sec, name)
-    if "prunes" in data:
-        pr = data["prunes"]
-        if isinstance(pr, Mapping):
-            pr = [pr]
-        if not isinstance(pr, (list, tuple)):
-            raise _fail("prunes", pr, "must be a list of tables")
-        kwargs["prunes"] = tuple(_build(PruneSpec, p, f"prunes[{i}]") for i, p in enumerate(pr))
-    return RunConfig(**kwargs)
+    if cls is RunConfig and isinstance(data.get("prunes"), list):
+        data = {**data, "prunes": [p for p in data["prunes"]]}
+    if cls is RunConfig and "prunes" in data and not isinstance(data["prunes"], (list, tuple, Mapping)):
+        raise _fail("prunes", data["prunes"], "must be a list of tables")
+    return _build(cls, data, "")
+
+
+#: Every command's settings section by kind (the kind enters the hash: sections never share a folder).
+SECTIONS: dict[str, type] = {cls.KIND: cls for cls in (RunConfig, PruneJob, GapJob, BoundJob, CertifyJob,  # type: ignore[attr-defined]
+                                                        ExperimentSpec)}
 
 
 #: A config is a small text file; anything larger (or a device such as /dev/zero) is refused unread.
 _MAX_CONFIG_BYTES = 1 << 20
 
 
-def load_toml(path: str) -> RunConfig:
-    """Read a TOML config file (sections ``net``, ``law``, ``[[prunes]]``, ``gap``, ``bound``, ``mc``)."""
+def read_toml(path: str) -> dict[str, Any]:
+    """The tables of a TOML config file, unbuilt (a refusal names the file and what is wrong with it)."""
     if sys.version_info >= (3, 11):
         import tomllib
     else:  # pragma: no cover - exercised on 3.10 only
@@ -873,7 +1321,44 @@ def load_toml(path: str) -> RunConfig:
         raise _fail("config", path, f"not UTF-8 text ({e.reason} at byte {e.start})") from None
     except ValueError as e:  # TOMLDecodeError, or an integer with too many digits
         raise _fail("config", path, f"not valid TOML ({e})") from None
-    return from_dict(data)
+    return data
+
+
+def load_toml(path: str, cls: type = RunConfig) -> Any:
+    """Read a TOML config file into a section (default :class:`RunConfig`: tables ``net``, ``law``,
+    ``[[prunes]]``, ``gap``, ``bound``, ``mc``; another section's file holds that section's fields)."""
+    return from_dict(read_toml(path), cls)
+
+
+def presets() -> dict[str, Path]:
+    """The config presets shipped inside the package (``probprune/configs/*.toml``), by name."""
+    folder = Path(str(files("probprune") / "configs"))
+    return {p.stem: p for p in sorted(folder.glob("*.toml"))} if folder.is_dir() else {}
+
+
+def config_file(config: str) -> Path:
+    """The TOML file of ``--config``: an existing file as given, else a preset name (``quick`` or
+    ``quick.toml``) resolved to the packaged ``probprune/configs/quick.toml`` — so ``--config quick``
+    works from any folder.
+
+    Raises:
+        ProbPruneError: a bare name that is neither a file here nor a preset (the message lists the presets).
+    """
+    path = Path(config)
+    if path.exists() or path.parent != Path("."):
+        return path  # a path: load_toml reads it or says it is not found
+    name = path.name[:-len(".toml")] if path.name.endswith(".toml") else path.name
+    found = presets()
+    if name in found:
+        return found[name]
+    raise ProbPruneError(f"--config {config!r}: file not found, and not a preset name (presets: "
+                         f"{', '.join(found) or 'none installed'})")
+
+
+def default_config() -> RunConfig:
+    """The config of ``probprune verify`` with no options: the packaged preset ``default``
+    (``probprune/configs/default.toml``, the paper's FCN setting, about 3 minutes on 2 CPU cores)."""
+    return load_toml(str(presets()["default"]))
 
 
 def _coerce(text: str) -> Any:
@@ -886,24 +1371,36 @@ def _coerce(text: str) -> Any:
         raise _fail("--set", shown, "a number with too many digits") from None
 
 
-def with_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
-    """Apply ``section.field=value`` overrides (values parsed as JSON when they can be).
+def _put(data: dict[str, Any], path: str, value: Any) -> None:
+    """Set ``value`` at dotted ``path`` inside plain data, making the tables on the way."""
+    *heads, last = path.split(".")
+    node = data
+    for h in heads:
+        if not isinstance(node.get(h), dict):
+            node[h] = {}
+        node = node[h]
+    node[last] = value
 
-    ``prunes.N.field=value`` edits the N-th pruning rule.
+
+def with_overrides(spec: Any, overrides: Sequence[str]) -> Any:
+    """Apply ``section.field=value`` overrides to any config section (values parsed as JSON when they can be).
+
+    ``prunes.N.field=value`` edits the N-th pruning rule; ``net.arch=…`` replaces the architecture.
+    The result is rebuilt, so it validates itself once.
 
     >>> with_overrides(RunConfig(), ["mc.n_trials=5"]).mc.n_trials
     5
     """
-    data = to_dict(cfg)
+    data = to_dict(spec)
     for item in overrides:
         key, eq, val = item.partition("=")
         if not eq:
             raise _fail("--set", item, "expected section.field=value")
         parts = key.strip().split(".")
         value = _coerce(val.strip())
-        if parts[0] == "net" and parts[1:] == ["arch"]:
-            base = to_dict(parse_arch(str(value), data["net"]["activation"], data["net"]["bias"]))
-            data["net"] = base
+        net = data.get("net")
+        if parts[-1] == "arch" and isinstance(net, dict) and parts[:-1] == ["net"]:
+            data["net"] = to_dict(parse_arch(str(value), net["activation"], net["bias"]))
             continue
         node: Any = data
         for i, p in enumerate(parts[:-1]):
@@ -912,7 +1409,7 @@ def with_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
                     node = node[int(p)]
                 except (ValueError, IndexError):
                     raise _fail("--set", item, f"no entry {p!r}") from None
-            elif isinstance(node, dict) and p in node:
+            elif isinstance(node, dict) and p in node and isinstance(node[p], (dict, list)):
                 node = node[p]
             else:
                 raise _fail("--set", item, f"unknown section {'.'.join(parts[:i + 1])!r}")
@@ -920,4 +1417,47 @@ def with_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
         if not isinstance(node, dict) or last not in node:
             raise _fail("--set", item, f"unknown field {key!r}")
         node[last] = value
-    return from_dict(data)
+    return from_dict(data, type(spec))
+
+
+#: How one command-line flag enters a config section: a dotted field path (the value goes there as it is),
+#: or ``(path, parse)`` where ``parse`` turns the flag's text into the field's plain value.
+FlagRule = str | tuple[str, Callable[[Any], Any]]
+#: A rule that reads several flags at once (e.g. verify's pruning-rule flags) and edits the plain data.
+FlagGroup = Callable[[dict[str, Any], Mapping[str, Any]], None]
+
+
+def resolve(
+    cls: type,
+    *,
+    table: Mapping[str, FlagRule],
+    flags: Mapping[str, Any],
+    config: str | None = None,
+    base: Any = None,
+    sets: Sequence[str] = (),
+    groups: Sequence[FlagGroup] = (),
+) -> Any:
+    """The one resolver of every command: settings, then flags, then ``--set``, validated once.
+
+    Order: the dataclass defaults, or ``base`` (a resumed run, a preset), or the ``--config`` file or preset
+    (its tables are this section's fields); then every flag given (not ``None``), by ``table``; then the
+    ``groups``; then each ``--set key=value``. The section is built once from the result, so every value,
+    whichever way it came, passes the same ``__post_init__`` (an error names the field and the value).
+
+    >>> resolve(MCSpec, table={"trials": "n_trials"}, flags={"trials": 7}, sets=["seed=3"]).seed
+    3
+    """
+    if config is not None and base is not None:
+        raise _fail("--config", config, "give a config file or a run to resume, not both")
+    data: dict[str, Any] = read_toml(str(config_file(config))) if config is not None else \
+        ({} if base is None else to_dict(base))
+    for name, value in flags.items():
+        if value is None or name not in table:
+            continue
+        rule = table[name]
+        path, parse = (rule, None) if isinstance(rule, str) else rule
+        _put(data, path, value if parse is None else parse(value))
+    for group in groups:
+        group(data, flags)
+    spec = from_dict(data, cls)
+    return with_overrides(spec, list(sets)) if sets else spec

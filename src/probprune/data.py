@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from probprune.config import NetSpec, ProbPruneError, parse_arch
+from probprune.config import DATASETS, MODELS, NetSpec, ProbPruneError, TrainSpec, parse_arch
 from probprune.files import atomic_write_bytes
 from probprune.nets import Net, from_module, to_module
 
@@ -45,7 +45,6 @@ __all__ = [
     "MD5",
     "MODELS",
     "Dataset",
-    "TrainSpec",
     "accuracy",
     "as_net",
     "data_dir",
@@ -67,8 +66,6 @@ __all__ = [
 DatasetName = Literal["mnist", "fashion-mnist"]
 ModelName = Literal["lenet-300-100", "lenet-5"]
 
-DATASETS: tuple[str, ...] = ("mnist", "fashion-mnist")
-MODELS: tuple[str, ...] = ("lenet-300-100", "lenet-5")
 
 #: The four IDX files of a dataset, by role.
 IDX_FILES: dict[str, str] = {
@@ -317,33 +314,6 @@ def init_module(net_spec: NetSpec, generator: torch.Generator) -> nn.Sequential:
         weights.append((torch.rand(shape, generator=generator) * 2 - 1) * bound)
         biases.append((torch.rand(shape[0], generator=generator) * 2 - 1) * bound if net_spec.bias else None)
     return to_module(Net.from_weights(net_spec, weights, biases))
-
-
-@dataclass(frozen=True)
-class TrainSpec:
-    """Training (or fine-tuning) schedule: Adam, cosine learning-rate decay to 0, cross-entropy.
-
-    Args:
-        epochs: passes over the training set (fractions allowed: ``0.25`` = a quarter epoch).
-        batch_size: samples per step.
-        lr: peak learning rate.
-        weight_decay: Adam's L2 weight decay.
-    """
-
-    epochs: float = 1.0
-    batch_size: int = 100
-    lr: float = 2e-3
-    weight_decay: float = 0.0
-
-    def __post_init__(self) -> None:
-        if isinstance(self.epochs, bool) or not isinstance(self.epochs, (int, float)) \
-                or not math.isfinite(self.epochs) or self.epochs <= 0:
-            raise ProbPruneError(f"epochs={self.epochs!r}: must be a number > 0")
-        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise ProbPruneError(f"batch_size={self.batch_size!r}: must be an integer >= 1")
-        for field, v in (("lr", self.lr), ("weight_decay", self.weight_decay)):
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-                raise ProbPruneError(f"{field}={v!r}: must be a finite number >= 0")
 
 
 def train(

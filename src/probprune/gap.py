@@ -25,10 +25,9 @@ the explicit ``generator``.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from fractions import Fraction
 from typing import cast
 
 import torch
@@ -39,7 +38,6 @@ from probprune.nets import Net, check_finite, check_pair
 
 __all__ = [
     "GapEstimate",
-    "GapStats",
     "RelativeGap",
     "check_pair",
     "is_homogeneous",
@@ -356,79 +354,3 @@ def mean_gap(target: Net, pruned: Net, x: Tensor, *, policy: ExecutionPolicy | N
             total += fn(part).double().sum(dim=1)
     mean = (total / n).to(target.dtype)
     return mean[0] if single else mean
-
-
-# ---------------------------------------------------------------------------- statistics
-
-
-@dataclass(frozen=True)
-class GapStats:
-    """Summary of per-trial gaps with an exact, associative :meth:`merge`.
-
-    Sums are kept as exact rationals (every float is a dyadic rational), so merging in any
-    order or chunking gives bit-identical results.
-
-    >>> a = GapStats.from_values([0.5, 1.0]); b = GapStats.from_values([2.0])
-    >>> a.merge(b) == GapStats.from_values([0.5, 1.0, 2.0]), a.merge(b).mean
-    (True, 1.1666666666666667)
-    """
-
-    count: int = 0
-    max: float = -math.inf
-    min: float = math.inf
-    sum: Fraction = Fraction(0)
-    sumsq: Fraction = Fraction(0)
-
-    @staticmethod
-    def from_values(values: Tensor | Iterable[float]) -> GapStats:
-        """Stats of some gaps (a tensor of any shape, or floats); non-finite values are rejected."""
-        vals = values.detach().double().flatten().tolist() if isinstance(values, Tensor) else \
-            [float(v) for v in values]
-        for v in vals:
-            if not math.isfinite(v):
-                raise ProbPruneError(f"gap value {v}: must be finite")
-        if not vals:
-            return GapStats()
-        fr = [Fraction(v) for v in vals]
-        return GapStats(count=len(vals), max=max(vals), min=min(vals), sum=sum(fr, Fraction(0)),
-                        sumsq=sum((f * f for f in fr), Fraction(0)))
-
-    def merge(self, other: GapStats) -> GapStats:
-        """Combine two summaries (exact, associative, commutative; ``GapStats()`` is neutral)."""
-        return GapStats(count=self.count + other.count, max=max(self.max, other.max),
-                        min=min(self.min, other.min), sum=self.sum + other.sum,
-                        sumsq=self.sumsq + other.sumsq)
-
-    @property
-    def mean(self) -> float:
-        """Mean gap (nan when empty)."""
-        return float(self.sum / self.count) if self.count else math.nan
-
-    @property
-    def var(self) -> float:
-        """Unbiased sample variance (nan with fewer than two values)."""
-        if self.count < 2:
-            return math.nan
-        return float((self.sumsq - self.sum * self.sum / self.count) / (self.count - 1))
-
-    @property
-    def std(self) -> float:
-        """Sample standard deviation."""
-        return math.sqrt(self.var) if self.count >= 2 else math.nan
-
-    def to_dict(self) -> dict[str, object]:
-        """Plain JSON: exact sums as ``"num/den"`` strings, plus the derived mean and std."""
-        return {"count": self.count, "max": self.max if self.count else None,
-                "min": self.min if self.count else None, "sum": str(self.sum), "sumsq": str(self.sumsq),
-                "mean": self.mean if self.count else None, "std": self.std if self.count >= 2 else None}
-
-    @staticmethod
-    def from_dict(data: dict[str, object]) -> GapStats:
-        """Inverse of :meth:`to_dict` (exact)."""
-        count = int(data["count"])  # type: ignore[call-overload]
-        if count == 0:
-            return GapStats()
-        return GapStats(count=count, max=float(data["max"]), min=float(data["min"]),  # type: ignore[arg-type]
-                        sum=Fraction(str(data["sum"])), sumsq=Fraction(str(data["sumsq"])))
-
-

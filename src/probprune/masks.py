@@ -2,49 +2,64 @@
 
 A mask is a ``bool`` tensor shaped like its weight, **True = kept**. ``prune_fraction``
 (and the measured ``sparsity``) is the share of weights **removed**; ``density`` is the
-share kept. One selection routine serves every rule: random pruning by fraction is
-magnitude pruning with random scores.
+share kept.
 
-Selection by fraction removes exactly ``round(prune_fraction · n)`` entries per scope,
-the smallest scores first, ties broken by flat index (lowest first). On tensors without
-ties this equals ``torch.nn.utils.prune.l1_unstructured`` (layerwise) and
-``global_unstructured(..., L1Unstructured)`` (global).
+One path serves every rule (:func:`prune`): a score per weight from :data:`SCORES`
+(``magnitude``: ``|w|``; ``random``: uniform draws, so random pruning is magnitude pruning
+with random scores) → a keep-mask, either by rank (:func:`mask_from_scores`, for
+``prune_fraction``) or at a fixed level (``threshold``, ``relative_threshold``, ``p``) →
+:func:`apply_mask`.
+
+Selection by ``prune_fraction`` removes exactly ``round(prune_fraction · n)`` entries per scope,
+the smallest scores first; **ties are broken by flat index: among entries tied with the last
+removed score, the lowest flat index is removed first** (global scope: the flat index in the
+layers' concatenation, in layer order; an ensemble: each member ranked alone). On tensors
+without ties this equals ``torch.nn.utils.prune.l1_unstructured`` (layerwise) and
+``global_unstructured(..., L1Unstructured)`` (global). With a prior mask, entries it removed
+stay removed and count towards the ``round(prune_fraction · n)`` of the full tensor.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils import prune as torch_prune
 
 from probprune.config import LawSpec, ProbPruneError, PruneSpec, layer_scale
 from probprune.nets import Net, check_finite
 
 __all__ = [
+    "SCORES",
     "LayerStats",
     "MaskStats",
     "PruneResult",
+    "ScoreRule",
     "apply_mask",
     "count_true",
     "magnitude_mask",
+    "magnitude_scores",
     "mask_from_scores",
     "n_to_prune",
     "prune",
     "random_mask",
+    "random_scores",
 ]
 
 Scope = Literal["layerwise", "global"]
 
 
-def _check_fraction(name: str, value: float) -> None:
+def _check_level(name: str, value: float) -> None:
+    """``prune_fraction`` (share removed) or ``p`` (probability of removal) must be in [0, 1]."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
             or not 0.0 <= value <= 1.0:
-        raise ProbPruneError(f"{name}={value!r}: must be a number in [0, 1] (share of weights removed)")
+        what = "share of weights removed" if name == "prune_fraction" else "probability of removal"
+        raise ProbPruneError(f"{name}={value!r}: must be a number in [0, 1] ({what})")
 
 
 def n_to_prune(prune_fraction: float, n: int) -> int:
@@ -53,7 +68,7 @@ def n_to_prune(prune_fraction: float, n: int) -> int:
     >>> n_to_prune(0.5, 5), n_to_prune(0.3, 10)
     (2, 3)
     """
-    _check_fraction("prune_fraction", prune_fraction)
+    _check_level("prune_fraction", prune_fraction)
     return int(round(prune_fraction * n))
 
 
@@ -86,29 +101,14 @@ def count_true(mask: Tensor) -> Tensor:
     return total.reshape(lead)
 
 
-def _select_smallest(scores: Tensor, k: Tensor | int) -> Tensor:
-    """Keep-mask over the last dim of ``scores`` ``[..., n]`` removing the ``k`` smallest.
+def _select_deferred(scores: Tensor, k: Tensor | int) -> tuple[Tensor, Tensor, Tensor]:
+    """Remove the ``k`` smallest of each row of ``scores`` ``[..., n]``, ties not yet resolved.
 
-    Ties at the k-th value are removed lowest flat index first. O(n) per row.
-    """
-    return _select_smallest_kth(scores, k)[0]
-
-
-def _select_smallest_kth(scores: Tensor, k: Tensor | int) -> tuple[Tensor, Tensor]:
-    """:func:`_select_smallest` and the k-th smallest value per row ``[..., 1]`` (k ≥ 1; undefined for k = 0)."""
-    keep, kth, surplus = _select_smallest_deferred(scores, k)
-    if bool((surplus > 0).any()):
-        keep = _fix_ties(scores, keep, kth, surplus)
-    return keep, kth
-
-
-def _select_smallest_deferred(scores: Tensor, k: Tensor | int) -> tuple[Tensor, Tensor, Tensor]:
-    """The first, synchronisation-free half of :func:`_select_smallest_kth`.
-
-    Returns ``(keep, kth, surplus)``: ``keep`` = scores above the k-th smallest value, and per
-    row (flattened) how many entries tied with that value are removed beyond the ``k`` asked
-    for. Where a surplus is positive the caller must pass all three to :func:`_fix_ties`; doing
-    that check later lets a caller read every layer's surplus back in one host synchronisation.
+    Returns ``(keep, kth, surplus)``: ``keep`` = scores above the k-th smallest value ``kth``
+    ``[..., 1]``, and per row (flattened) how many entries tied with that value ``keep`` removes
+    beyond the ``k`` asked for. Where a surplus is positive, :func:`_fix_ties` applies the tie
+    rule; checking that later lets :func:`_select` read every layer's surplus back in one host
+    synchronisation. ``k`` is an int (one for every row) or a tensor ``[...]``; O(n) per row.
     """
     n = scores.shape[-1]
     lead = scores.shape[:-1]
@@ -169,6 +169,65 @@ def _kth_value(scores: Tensor, kk: Tensor) -> Tensor:
     return out.reshape(*scores.shape[:-1], 1)
 
 
+
+# --------------------------------------------------------------------------- selection by rank
+
+
+@dataclass(frozen=True, eq=False)
+class _Selection:
+    """Keep-masks per layer, with the removed counts and thresholds when known without another pass."""
+
+    masks: list[Tensor]
+    n_removed: list[int] | None = None
+    thresholds: list[float | None] | None = None
+
+
+def _flat(scores: Tensor, prior: Tensor | None, lead: int) -> Tensor:
+    """``scores`` as ``[*trial, n]``, with ``-inf`` where ``prior`` already removed an entry."""
+    f = scores.reshape(*scores.shape[:lead], -1)
+    if prior is None:
+        return f
+    if prior.shape != scores.shape:
+        raise ProbPruneError(f"prior mask shape {tuple(prior.shape)} differs from scores {tuple(scores.shape)}")
+    return torch.where(prior.reshape(f.shape), f, torch.full_like(f, -math.inf))
+
+
+def _select(scores: Sequence[Tensor], prune_fraction: float, scope: Scope,
+            prior: Sequence[Tensor | None], trial_dim: bool) -> _Selection:
+    """:func:`mask_from_scores`, with one host synchronisation for every layer's tie check.
+
+    Layerwise without a prior (the common case) every row removes exactly ``k``, and the k-th
+    smallest score is the largest removed one: counts and thresholds come with that one read-back.
+    """
+    _check_level("prune_fraction", prune_fraction)
+    if scope not in ("layerwise", "global"):
+        raise ProbPruneError(f"scope={scope!r}: must be layerwise or global")
+    if not scores:
+        raise ProbPruneError("scores: no layers to prune")
+    has_prior = any(pm is not None for pm in prior)
+    flats = [_flat(s, pm, 1 if trial_dim else 0) for s, pm in zip(scores, prior)]
+    groups = flats if scope == "layerwise" else [torch.cat(flats, dim=-1)]
+    picks = []
+    for f in groups:
+        k: Tensor | int = n_to_prune(prune_fraction, f.shape[-1])
+        if has_prior:  # entries the prior removed count towards k
+            k = torch.maximum(count_true(f == -math.inf), torch.as_tensor(k, device=f.device))
+        picks.append((f, k, *_select_deferred(f, k)))
+    # per group: the largest tie surplus, and the largest removed score
+    # (k = 0 gives kth = −inf: nothing removed)
+    read = torch.stack([torch.stack([surplus.amax().to(torch.float64), kth.amax().to(torch.float64)])
+                        for *_, kth, surplus in picks]).tolist()
+    keeps = [keep if r[0] <= 0 else _fix_ties(f, keep, kth, surplus)  # ties: rare, resolved by flat index
+             for (f, _, keep, kth, surplus), r in zip(picks, read)]
+    if scope == "global":
+        keeps = list(torch.split(keeps[0], [f.shape[-1] for f in flats], dim=-1))
+    masks = [keep.reshape(s.shape) for keep, s in zip(keeps, scores)]
+    if scope == "global" or has_prior:
+        return _Selection(masks)
+    n_removed = [int(k) * (f.numel() // max(1, f.shape[-1])) for f, k, *_ in picks]  # k: an int here
+    return _Selection(masks, n_removed, [None if r[1] < 0 else r[1] for r in read])
+
+
 def mask_from_scores(
     scores: Sequence[Tensor],
     prune_fraction: float,
@@ -177,6 +236,9 @@ def mask_from_scores(
     trial_dim: bool = False,
 ) -> list[Tensor]:
     """Keep-masks removing the lowest-scoring ``prune_fraction`` of entries per scope.
+
+    The selection :func:`prune` runs for every ``prune_fraction`` rule; ties by the module's rule
+    (lowest flat index removed first).
 
     Args:
         scores: one score tensor per layer (e.g. ``|w|``); with ``trial_dim`` each has a
@@ -194,83 +256,118 @@ def mask_from_scores(
     >>> m.tolist()
     [True, False, False, True]
     """
-    _check_fraction("prune_fraction", prune_fraction)
-    if scope not in ("layerwise", "global"):
-        raise ProbPruneError(f"scope={scope!r}: must be layerwise or global")
-    if not scores:
-        raise ProbPruneError("scores: no layers to prune")
-    prior_l = list(prior) if prior is not None else [None] * len(scores)
-    lead = 1 if trial_dim else 0
-    flats: list[Tensor] = []
-    for s, pm in zip(scores, prior_l):
-        f = s.reshape(*s.shape[:lead], -1)
-        if pm is not None:
-            if pm.shape != s.shape:
-                raise ProbPruneError(f"prior mask shape {tuple(pm.shape)} differs from scores {tuple(s.shape)}")
-            f = torch.where(pm.reshape(f.shape), f, torch.full_like(f, -math.inf))
-        flats.append(f)
+    return _select(scores, prune_fraction, scope, [None] * len(scores) if prior is None else list(prior),
+                   trial_dim).masks
 
-    def one_scope(f: Tensor) -> Tensor:
-        n = f.shape[-1]
-        k = n_to_prune(prune_fraction, n)
-        if prior is None:
-            return _select_smallest(f, k)
-        n_prior = count_true(f == -math.inf)
-        return _select_smallest(f, torch.maximum(n_prior, torch.as_tensor(k, device=f.device)))
 
-    if scope == "layerwise":
-        keeps = [one_scope(f) for f in flats]
-    else:
-        cat = torch.cat(flats, dim=-1)
-        keep_all = one_scope(cat)
-        keeps = list(torch.split(keep_all, [f.shape[-1] for f in flats], dim=-1))
-    return [k.reshape(s.shape) for k, s in zip(keeps, scores)]
+# --------------------------------------------------------------------------- scores and fixed levels
+
+
+def magnitude_scores(weights: Sequence[Tensor], generators: Sequence[torch.Generator],
+                     trial_dim: bool) -> list[Tensor]:
+    """Score of the magnitude rule: ``|w|`` per entry (``generators`` unused)."""
+    return [w.abs() for w in weights]
+
+
+def random_scores(weights: Sequence[Tensor], generators: Sequence[torch.Generator],
+                  trial_dim: bool) -> list[Tensor]:
+    """Score of the random rule: i.i.d. ``U[0, 1)`` float32 draws shaped like each weight.
+
+    One generator per member (one in all without ``trial_dim``); per member, layers in order —
+    so member k of an ensemble draws what the single network k would draw.
+    """
+    def draws(g: torch.Generator, ws: Sequence[Tensor]) -> list[Tensor]:
+        return [torch.rand(w.shape, generator=g, device=w.device, dtype=torch.float32) for w in ws]
+
+    if not trial_dim:
+        return draws(generators[0], weights)
+    per = [draws(g, [w[j] for w in weights]) for j, g in enumerate(generators)]
+    return [torch.stack([member[i] for member in per]) for i in range(len(weights))]
+
+
+@dataclass(frozen=True)
+class ScoreRule:
+    """One pruning method: its scores, and how a fixed level reads them.
+
+    Attributes:
+        scores: ``(weights, generators, trial_dim) -> scores`` shaped like the weights.
+        removes_level: whether a score equal to a fixed level is removed (magnitude: ``|w| <= τ``)
+            or kept (random: removed when ``u < p``, so with probability exactly p).
+        needs_generator: whether ``scores`` draws random numbers.
+        reports_threshold: whether :class:`LayerStats` reports a threshold (the level, or the
+            largest removed score) — a random score has none worth reporting.
+    """
+
+    scores: Callable[[Sequence[Tensor], Sequence[torch.Generator], bool], list[Tensor]]
+    removes_level: bool
+    needs_generator: bool
+    reports_threshold: bool
+
+
+SCORES: Mapping[str, ScoreRule] = {
+    "magnitude": ScoreRule(magnitude_scores, removes_level=True, needs_generator=False, reports_threshold=True),
+    "random": ScoreRule(random_scores, removes_level=False, needs_generator=True, reports_threshold=False),
+}
+
+
+def _at_level(scores: Sequence[Tensor], levels: Sequence[float], rule: ScoreRule,
+              prior: Sequence[Tensor | None]) -> _Selection:
+    """Keep-masks of a fixed level per layer (``threshold``, ``ρ·a_i`` or ``p``)."""
+    keeps = [s > t if rule.removes_level else s >= t for s, t in zip(scores, levels)]
+    masks = [keep if pm is None else keep & pm for keep, pm in zip(keeps, prior)]
+    return _Selection(masks, None, [float(t) for t in levels] if rule.reports_threshold else None)
 
 
 def magnitude_mask(
     w: Tensor,
+    *,
     threshold: float | None = None,
-    fraction: float | None = None,
+    prune_fraction: float | None = None,
     prior: Tensor | None = None,
 ) -> Tensor:
-    """Keep-mask of the magnitude rule on one tensor.
+    """Keep-mask of the magnitude rule on one tensor (the path :func:`prune` runs).
 
-    Exactly one of ``threshold`` (remove ``|w| <= threshold``) and ``fraction`` (remove exactly
-    ``round(fraction·n)`` smallest ``|w|``) is given.
+    Exactly one of ``threshold`` (remove ``|w| <= threshold``) and ``prune_fraction`` (remove
+    exactly ``round(prune_fraction·n)`` smallest ``|w|``) is given.
 
     >>> magnitude_mask(torch.tensor([0.1, -0.5, 0.3]), threshold=0.3).tolist()
     [False, True, False]
     """
-    if (threshold is None) == (fraction is None):
-        raise ProbPruneError(f"threshold={threshold!r}, fraction={fraction!r}: give exactly one")
-    if threshold is not None:
-        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) \
-                or not math.isfinite(threshold) or threshold < 0:
-            raise ProbPruneError(f"threshold={threshold!r}: must be a finite number >= 0")
-        keep = w.abs() > threshold
-        return keep if prior is None else keep & prior
-    return mask_from_scores([w.abs()], fraction, "layerwise", [prior])[0]  # type: ignore[arg-type]
+    if (threshold is None) == (prune_fraction is None):
+        raise ProbPruneError(f"threshold={threshold!r}, prune_fraction={prune_fraction!r}: give exactly one")
+    scores = magnitude_scores([w], [], False)
+    if prune_fraction is not None:
+        return _select(scores, prune_fraction, "layerwise", [prior], False).masks[0]
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) \
+            or not math.isfinite(threshold) or threshold < 0:
+        raise ProbPruneError(f"threshold={threshold!r}: must be a finite number >= 0")
+    return _at_level(scores, [threshold], SCORES["magnitude"], [prior]).masks[0]
 
 
 def random_mask(
     w: Tensor,
-    p: float,
     generator: torch.Generator,
-    exact: bool = False,
+    *,
+    p: float | None = None,
+    prune_fraction: float | None = None,
     prior: Tensor | None = None,
 ) -> Tensor:
-    """Keep-mask of the random rule: each entry removed independently with probability ``p``.
+    """Keep-mask of the random rule on one tensor (the path :func:`prune` runs).
 
-    With ``exact=True`` exactly ``round(p·n)`` entries are removed, uniformly at random
-    (random scores ranked like magnitudes).
+    Exactly one of ``p`` (each entry removed independently with probability p) and
+    ``prune_fraction`` (exactly ``round(prune_fraction·n)`` entries removed, uniformly at random:
+    random scores ranked like magnitudes) is given. Scores are float32 draws, as in :func:`prune`.
+
+    >>> int((~random_mask(torch.ones(10), torch.Generator().manual_seed(0), prune_fraction=0.3)).sum())
+    3
     """
-    _check_fraction("p", p)
-    u = torch.rand(w.shape, generator=generator, device=w.device, dtype=torch.float32 if
-                   w.dtype not in (torch.float64,) else torch.float64)
-    if exact:
-        return mask_from_scores([u], p, "layerwise", [prior])[0]
-    keep = u >= p
-    return keep if prior is None else keep & prior
+    if (p is None) == (prune_fraction is None):
+        raise ProbPruneError(f"p={p!r}, prune_fraction={prune_fraction!r}: give exactly one")
+    scores = random_scores([w], [generator], False)
+    if prune_fraction is not None:
+        return _select(scores, prune_fraction, "layerwise", [prior], False).masks[0]
+    _check_level("p", p)  # type: ignore[arg-type]
+    return _at_level(scores, [p], SCORES["random"], [prior]).masks[0]  # type: ignore[list-item]
 
 
 def apply_mask(w: Tensor, mask: Tensor, scale: float = 1.0) -> Tensor:
@@ -355,179 +452,201 @@ class PruneResult:
 # --------------------------------------------------------------------------- network level
 
 
-def _weights_of(model: Net | nn.Module) -> dict[str, Tensor]:
+def _as_spec(spec: PruneSpec | str, fields: Mapping[str, Any]) -> PruneSpec:
+    """``spec`` itself, or ``PruneSpec(method=spec, **fields)`` (validated there) for a method name."""
+    if isinstance(spec, PruneSpec):
+        if fields:
+            raise ProbPruneError(f"prune: {', '.join(fields)} given beside a PruneSpec; set them in the spec")
+        return spec
+    known = {f.name for f in PruneSpec.__dataclass_fields__.values()} - {"method"}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise ProbPruneError(f"prune: unknown field {unknown[0]!r} (PruneSpec fields: {', '.join(sorted(known))})")
+    return PruneSpec(method=spec, **fields)  # type: ignore[arg-type]
+
+
+def _torch_pruned(mod: nn.Module) -> list[str]:
+    """Tensor names of ``mod`` re-parametrised by ``torch.nn.utils.prune`` (``<name>_orig`` × ``<name>_mask``)."""
+    return [h._tensor_name for h in mod._forward_pre_hooks.values()
+            if isinstance(h, torch_prune.BasePruningMethod)]
+
+
+def _weights_of(model: Net | nn.Module) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """Prunable weights by parameter name, and the keep-masks of ``torch.nn.utils.prune`` found on them.
+
+    A weight pruned with ``torch.nn.utils.prune`` is read as the network computes it,
+    ``weight_orig · weight_mask``; its mask is a prior.
+    """
     if isinstance(model, Net):
-        return dict(zip(model.names, model.weights))
-    if isinstance(model, nn.Module):
-        out: dict[str, Tensor] = {}
-        for mname, mod in model.named_modules():
-            if isinstance(mod, (nn.Linear, nn.Conv2d)):
-                out[f"{mname}.weight" if mname else "weight"] = mod.weight.detach()
-        if not out:
-            raise ProbPruneError(f"model {type(model).__name__}: has no prunable layer (nn.Linear or nn.Conv2d)")
-        return out
-    raise ProbPruneError(f"model: expected a probprune Net or an nn.Module, got {type(model).__name__}")
+        return dict(zip(model.names, model.weights)), {}
+    if not isinstance(model, nn.Module):
+        raise ProbPruneError(f"model: expected a probprune Net or an nn.Module, got {type(model).__name__}")
+    out: dict[str, Tensor] = {}
+    torch_masks: dict[str, Tensor] = {}
+    for mname, mod in model.named_modules():
+        if isinstance(mod, (nn.Linear, nn.Conv2d)):
+            name = f"{mname}.weight" if mname else "weight"
+            if "weight" in _torch_pruned(mod):
+                mask = mod.get_buffer("weight_mask").detach()
+                out[name] = mod.get_parameter("weight_orig").detach() * mask
+                torch_masks[name] = mask != 0
+            else:
+                out[name] = mod.weight.detach()
+    if not out:
+        raise ProbPruneError(f"model {type(model).__name__}: has no prunable layer (nn.Linear or nn.Conv2d)")
+    for name, w in out.items():
+        if not torch.isfinite(w).all():
+            raise ProbPruneError(f"weights {name}: contains non-finite values")
+    return out, torch_masks
 
 
-def _law_scale_of(name: str, w: Tensor, law: LawSpec, trial: bool) -> float:
-    return layer_scale(w.shape[1:] if trial else w.shape, law.scale)
+def _chosen(weights: Mapping[str, Tensor], layers: Sequence[str] | None) -> list[str]:
+    """The names to prune: ``layers``, checked against the prunable weights (default: all of them)."""
+    names = list(weights) if layers is None else list(layers)
+    for n in names:
+        if n not in weights:
+            raise ProbPruneError(f"layers: {n!r} is not a prunable weight (known: {', '.join(weights)})")
+    if not names:
+        raise ProbPruneError("layers: empty, nothing to prune")
+    return names
+
+
+def _both(a: Tensor | None, b: Tensor | None) -> Tensor | None:
+    """The keep-mask of two priors (either may be absent)."""
+    return b if a is None else a if b is None else a & b
+
+
+def _generators(spec: PruneSpec, generator: torch.Generator | Sequence[torch.Generator] | None,
+                n_trials: int | None) -> list[torch.Generator]:
+    """The generators the method's scores draw from: one, or one per ensemble member."""
+    if not SCORES[spec.method].needs_generator:
+        return []
+    if generator is None:
+        raise ProbPruneError(f"generator: {spec.method} pruning needs a torch.Generator")
+    gens = [generator] if isinstance(generator, torch.Generator) else list(generator)
+    if len(gens) != (n_trials or 1):
+        raise ProbPruneError(f"generator: {len(gens)} given, need {n_trials or 1} (one per member)")
+    return gens
+
+
+def _levels(spec: PruneSpec, weights: Sequence[Tensor], law: LawSpec | None, trial: bool) -> list[float]:
+    """The fixed level per layer: ``threshold``, ``ρ·a_i`` (a_i from the law) or ``p``."""
+    if spec.relative_threshold is not None:
+        if law is None:
+            raise ProbPruneError(f"relative_threshold={spec.relative_threshold!r}: needs the law "
+                                 "(a_i = K/sqrt(max fan))")
+        return [spec.relative_threshold * layer_scale(w.shape[1:] if trial else w.shape, law.scale)
+                for w in weights]
+    return [spec.threshold if spec.threshold is not None else spec.p] * len(weights)  # type: ignore[list-item]
+
+
+def _stats(names: Sequence[str], scores: Sequence[Tensor], sel: _Selection, rule: ScoreRule) -> MaskStats:
+    """Counts per layer, and thresholds for a rule that reports them, in one host synchronisation.
+
+    A threshold not known from the selection is the largest removed score (``None``: none removed).
+    """
+    n_removed, thresholds = sel.n_removed, sel.thresholds
+    largest = rule.reports_threshold and thresholds is None
+    if n_removed is None:
+        rows = [torch.stack([(m.numel() - count_true(m.reshape(-1))).to(torch.float64)]
+                            + ([s.masked_fill(m, -1.0).amax().to(torch.float64)] if largest else []))
+                for s, m in zip(scores, sel.masks)]
+        read = torch.stack(rows).tolist()
+        n_removed = [int(r[0]) for r in read]
+        thresholds = [None if r[1] < 0 else r[1] for r in read] if largest else thresholds
+    if not rule.reports_threshold or thresholds is None:
+        thresholds = [None] * len(names)
+    return MaskStats(tuple(LayerStats(n, int(m.numel()), c, t)
+                           for n, m, c, t in zip(names, sel.masks, n_removed, thresholds)))
+
+
+def _plain_copy(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model`` with every ``torch.nn.utils.prune`` re-parametrisation made permanent.
+
+    ``weight = weight_orig · weight_mask`` becomes an ordinary parameter and the forward pre-hook
+    is removed (``torch.nn.utils.prune.remove``), so the copy computes what the model computes.
+    """
+    pruned = [(mod, name) for mod in model.modules() for name in _torch_pruned(mod)]
+    # the re-parametrised tensor is a non-leaf (orig × mask), which deepcopy refuses; remove()
+    # recomputes it in the copy from the copy's own orig and mask
+    memo: dict[int, Any] = {id(getattr(mod, name)): None for mod, name in pruned}
+    out = copy.deepcopy(model, memo)
+    for mod in out.modules():
+        for name in _torch_pruned(mod):
+            torch_prune.remove(mod, name)
+    return out
+
+
+def _apply(model: Net | nn.Module, masks: Mapping[str, Tensor], scale: float) -> Net | nn.Module:
+    """A copy of ``model`` with ``masks`` applied (survivors × ``scale``)."""
+    if isinstance(model, Net):
+        return model.with_weights([apply_mask(w, masks[n], scale) if n in masks else w
+                                   for n, w in zip(model.names, model.weights)])
+    pruned = _plain_copy(model)
+    params = dict(pruned.named_parameters())
+    with torch.no_grad():
+        for n, keep in masks.items():
+            params[n].copy_(apply_mask(params[n], keep, scale))
+    return pruned
 
 
 def prune(
     model: Net | nn.Module,
-    method: Literal["magnitude", "random"] = "magnitude",
+    spec: PruneSpec | Literal["magnitude", "random"],
     *,
-    prune_fraction: float | None = None,
-    threshold: float | None = None,
-    relative_threshold: float | None = None,
-    p: float | None = None,
-    scope: Scope = "layerwise",
-    rescale: bool = False,
-    layers: Sequence[str] | None = None,
     generator: torch.Generator | Sequence[torch.Generator] | None = None,
     law: LawSpec | None = None,
     prior: Mapping[str, Tensor] | None = None,
+    layers: Sequence[str] | None = None,
+    **fields: Any,
 ) -> PruneResult:
-    """Prune a ``Net`` (single or ensemble) or any ``nn.Module``; the input is never modified.
+    """Prune a ``Net`` (single or ensemble) or any ``nn.Module`` by ``spec``; the input is never modified.
 
-    Every ``nn.Linear``/``nn.Conv2d`` weight (or every layer of a ``Net``) is prunable; biases
-    are never pruned. Give exactly one level:
-
-    * ``prune_fraction`` — share **removed** (density = 1 − prune_fraction), exact count per
-      scope; magnitude ranks ``|w|``, random ranks uniform random scores.
-    * ``threshold`` — magnitude: remove ``|w| <= threshold``.
-    * ``relative_threshold`` ρ — magnitude: remove ``|w| <= ρ·a_i`` with a_i from ``law``.
-    * ``p`` — random: remove each weight independently with probability p.
+    Scores (:data:`SCORES`: ``|w|`` or random draws) → keep-masks (by rank with
+    :func:`mask_from_scores` for ``prune_fraction``, else at the fixed level) → :func:`apply_mask`.
+    Every ``nn.Linear``/``nn.Conv2d`` weight (or every layer of a ``Net``) is prunable; biases are
+    never pruned. A module already pruned with ``torch.nn.utils.prune`` is accepted: its
+    ``weight_mask`` is a prior, and the result is a plain module (``weight_orig``, the masks and
+    the hooks gone, as after ``torch.nn.utils.prune.remove``).
 
     Args:
         model: a :class:`~probprune.nets.Net` (optionally with a trial dim: every member is
             pruned separately) or an ``nn.Module``.
-        method: ``magnitude`` or ``random``.
-        scope: ``layerwise`` or ``global`` (one ranking over all pruned layers, per member).
-        rescale: random only — survivors × 1/(1 − level).
-        layers: parameter names to prune (default: all prunable weights).
+        spec: the rule (:class:`~probprune.config.PruneSpec`: method, scope, one level of
+            ``prune_fraction`` / ``threshold`` / ``relative_threshold`` / ``p``, ``rescale``), or a
+            method name with the other PruneSpec fields as keywords (``fields``).
         generator: required for random pruning; one per member for an ensemble.
-        law: required for ``relative_threshold``.
-        prior: earlier keep-masks by name; removed entries stay removed.
+        law: required for ``relative_threshold`` (``a_i = K/sqrt(max fan)``).
+        prior: earlier keep-masks by name; removed entries stay removed and count towards
+            ``prune_fraction`` of the full tensor.
+        layers: parameter names to prune (default: all prunable weights).
+        **fields: PruneSpec fields, only with a method name for ``spec``.
 
     Returns:
         :class:`PruneResult` (pruned copy, keep-masks by parameter name, :class:`MaskStats`).
 
     >>> from probprune.config import NetSpec
     >>> net = Net.from_weights(NetSpec(widths=(2, 2)), [torch.tensor([[1., -3.], [0.5, 2.]])])
-    >>> res = prune(net, "magnitude", prune_fraction=0.5)
+    >>> res = prune(net, PruneSpec(prune_fraction=0.5))
     >>> res.model.weights[0].tolist(), res.stats.sparsity
     ([[0.0, -3.0], [0.0, 2.0]], 0.5)
     """
-    spec = PruneSpec(method=method, scope=scope, prune_fraction=prune_fraction, threshold=threshold,
-                     relative_threshold=relative_threshold, p=p, rescale=rescale)
+    spec = _as_spec(spec, fields)
     if spec.level_name is None:
         raise ProbPruneError("prune: give one level: prune_fraction, threshold, relative_threshold or p")
-    if relative_threshold is not None and law is None:
-        raise ProbPruneError(f"relative_threshold={relative_threshold!r}: needs the law (a_i = K/sqrt(max fan))")
-    all_w = _weights_of(model)
-    trial = isinstance(model, Net) and model.n_trials is not None
     if isinstance(model, Net):
         check_finite(model)
-    else:
-        for name, w in all_w.items():
-            if not torch.isfinite(w).all():
-                raise ProbPruneError(f"weights {name}: contains non-finite values")
-    names = list(all_w) if layers is None else list(layers)
-    for n in names:
-        if n not in all_w:
-            raise ProbPruneError(f"layers: {n!r} is not a prunable weight (known: {', '.join(all_w)})")
-    if not names:
-        raise ProbPruneError("layers: empty, nothing to prune")
+    all_w, torch_masks = _weights_of(model)
+    names = _chosen(all_w, layers)
+    n_trials = model.n_trials if isinstance(model, Net) else None
+    trial = n_trials is not None
     ws = [all_w[n] for n in names]
-    pri = [None if prior is None else prior.get(n) for n in names]
-
-    gens: list[torch.Generator] = []
-    if method == "random":
-        if generator is None:
-            raise ProbPruneError("generator: random pruning needs a torch.Generator")
-        gens = [generator] if isinstance(generator, torch.Generator) else list(generator)
-        k = model.n_trials if trial else None  # type: ignore[union-attr]
-        if (k is None and len(gens) != 1) or (k is not None and len(gens) != k):
-            raise ProbPruneError(f"generator: {len(gens)} given, need {1 if k is None else k} (one per member)")
-
-    thresholds: list[float | None] = [None] * len(ws)
-    largest_removed: list[Tensor] | None = None
-    deferred: list[tuple[Tensor, Tensor, Tensor, Tensor, int]] = []  # (scores, keep, kth, surplus, k) per layer
-    if method == "magnitude" and spec.level_name in ("threshold", "relative_threshold"):
-        keeps = []
-        for i, (n, w) in enumerate(zip(names, ws)):
-            tau = threshold if threshold is not None else \
-                relative_threshold * _law_scale_of(n, w, law, trial)  # type: ignore[operator, arg-type]
-            thresholds[i] = float(tau)  # type: ignore[arg-type]
-            keep = w.abs() > tau
-            pm = pri[i]
-            keeps.append(keep if pm is None else keep & pm)
-    elif method == "magnitude":
-        mags = [w.abs() for w in ws]
-        # largest removed |w| per layer (max over members of an ensemble; −1 when nothing was
-        # removed → None), kept on the device and read back once with the counts below
-        if scope == "layerwise" and all(pm is None for pm in pri):
-            # the k-th smallest |w| is the largest removed one: no extra pass over the weights
-            # ties at the k-th value are checked in the one read-back below (they almost never occur)
-            keeps, largest_removed = [], []
-            for mag in mags:
-                f = mag.reshape(*mag.shape[:1 if trial else 0], -1)
-                k = n_to_prune(prune_fraction, f.shape[-1])  # type: ignore[arg-type]
-                keep, kth, surplus = _select_smallest_deferred(f, k)
-                keeps.append(keep.reshape(mag.shape))
-                deferred.append((f, keep, kth, surplus, k))
-                largest_removed.append(kth.amax() if k > 0 else torch.full((), -1.0, device=mag.device))
-        else:
-            keeps = mask_from_scores(mags, prune_fraction, scope, pri, trial_dim=trial)  # type: ignore[arg-type]
-            largest_removed = [mag.masked_fill(keep, -1.0).amax() for mag, keep in zip(mags, keeps)]
-    else:
-        # one generator per member; per member, layers in order
-        def scores_for(g: torch.Generator, shapes_ws: list[Tensor]) -> list[Tensor]:
-            return [torch.rand(w.shape, generator=g, device=w.device, dtype=torch.float32) for w in shapes_ws]
-
-        if trial:
-            per = [scores_for(g, [w[j] for w in ws]) for j, g in enumerate(gens)]
-            scores = [torch.stack([per[j][i] for j in range(len(gens))]) for i in range(len(ws))]
-        else:
-            scores = scores_for(gens[0], ws)
-        if p is not None:
-            keeps = [s >= p if pm is None else (s >= p) & pm for s, pm in zip(scores, pri)]
-        else:
-            keeps = mask_from_scores(scores, prune_fraction, scope, pri, trial_dim=trial)  # type: ignore[arg-type]
-    level = p if p is not None else prune_fraction
-    scale = 1.0 / (1.0 - level) if (rescale and level is not None and level < 1.0) else 1.0
-
-    # one host synchronisation for every count (and the magnitude thresholds)
-    if deferred:
-        # exact-count layerwise ranking: each row removed k, plus its tie surplus
-        read = torch.stack([torch.stack([d[3].amax().to(torch.float64), t.to(torch.float64)])
-                            for d, t in zip(deferred, largest_removed or [])]).tolist()
-        for i, (f, keep, kth, surplus, _) in enumerate(deferred):
-            if read[i][0] > 0:  # rare: resolve the ties (lowest flat index removed first)
-                keeps[i] = _fix_ties(f, keep, kth, surplus).reshape(keeps[i].shape)
-        n_removed = [k * (int(f.numel()) // max(1, int(f.shape[-1]))) for f, _, _, _, k in deferred]
-        thresholds = [None if r[1] < 0 else float(r[1]) for r in read]
-    elif largest_removed is not None:
-        counts = [k.numel() - count_true(k.reshape(-1)) for k in keeps]
-        read = torch.stack([torch.stack([c.to(torch.float64), t.to(torch.float64)])
-                            for c, t in zip(counts, largest_removed)]).tolist()
-        n_removed = [int(r[0]) for r in read]
-        thresholds = [None if r[1] < 0 else float(r[1]) for r in read]
-    else:
-        counts = [k.numel() - count_true(k.reshape(-1)) for k in keeps]
-        n_removed = [int(v) for v in torch.stack(counts).tolist()]
-    masks = dict(zip(names, keeps))
-    stats = MaskStats(tuple(
-        LayerStats(n, int(k.numel()), n_removed[i], thresholds[i])
-        for i, (n, k) in enumerate(zip(names, keeps))
-    ))
-    if isinstance(model, Net):
-        new_w = [apply_mask(w, masks[n], scale) if n in masks else w for n, w in zip(model.names, model.weights)]
-        return PruneResult(model.with_weights(new_w), masks, stats)
-    pruned = copy.deepcopy(model)
-    params = dict(pruned.named_parameters())
-    with torch.no_grad():
-        for n, keep in masks.items():
-            params[n].copy_(apply_mask(params[n], keep, scale))
-    return PruneResult(pruned, masks, stats)
+    pri = [_both(None if prior is None else prior.get(n), torch_masks.get(n)) for n in names]
+    rule = SCORES[spec.method]
+    scores = rule.scores(ws, _generators(spec, generator, n_trials), trial)
+    sel = _select(scores, spec.prune_fraction, spec.scope, pri, trial) if spec.prune_fraction is not None \
+        else _at_level(scores, _levels(spec, ws, law, trial), rule, pri)
+    level = spec.p if spec.p is not None else spec.prune_fraction
+    scale = 1.0 / (1.0 - level) if (spec.rescale and level is not None and level < 1.0) else 1.0
+    masks = dict(zip(names, sel.masks))
+    return PruneResult(_apply(model, masks, scale), masks, _stats(names, scores, sel, rule))

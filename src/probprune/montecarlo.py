@@ -21,13 +21,11 @@ pure: no files, no printing, no global RNG.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Any, Literal
 
 import torch
 from scipy.stats import beta as _beta
@@ -40,6 +38,7 @@ from probprune.config import ExecutionPolicy, NetSpec, ProbPruneError, PruneSpec
 from probprune.gap import sup_gap, sup_output
 from probprune.masks import count_true, prune
 from probprune.nets import Net
+from probprune.records import VERDICTS, GridRow, PointSummary, SlopeRow, TrialRow, Verdict
 from probprune.rng import derive_seed, make_generator
 from probprune.sampling import sample_net
 
@@ -118,13 +117,6 @@ class GridPoint:
     def level_value(self) -> float:
         """The level ρ, τ, p or prune_fraction at this point."""
         return float(getattr(self.prune, self.level_name))
-
-    def describe(self) -> dict[str, Any]:
-        """Plain dict for the store (no tensors)."""
-        return {"grid_index": self.index, "width": self.width, "prune_index": self.prune_index,
-                "arch": self.net.to_arch(), "method": self.prune.method, "scope": self.prune.scope,
-                "level_name": self.level_name, "level_value": self.level_value, "rescale": self.prune.rescale,
-                "schedule_c": self.rule.schedule_c, "schedule_alpha": self.rule.schedule_alpha}
 
 
 def expand_grid(cfg: RunConfig) -> list[GridPoint]:
@@ -231,52 +223,16 @@ def prune_ensemble(cfg: RunConfig, point: GridPoint, config_hash: str, trials: S
     pr = point.prune
     gens = trial_generators(config_hash, point.index, trials, "mask", cfg.mc.device) \
         if pr.method == "random" else None
-    res = prune(target, pr.method, prune_fraction=pr.prune_fraction, threshold=pr.threshold,
-                relative_threshold=pr.relative_threshold, p=pr.p, scope=pr.scope, rescale=pr.rescale,
-                generator=gens, law=cfg.law)
+    res = prune(target, pr, generator=gens, law=cfg.law)
     size = sum(keep[0].numel() for keep in res.masks.values())
     kept = sum(count_true(keep.reshape(len(trials), -1)) for keep in res.masks.values())
     removed = (size - torch.as_tensor(kept)).to(torch.float64).cpu()  # one transfer for all layers
     return res.model, removed / max(size, 1)
 
 
-@dataclass(frozen=True)
-class TrialRow:
-    """Result of one trial (one row of the ``trials`` table).
-
-    Attributes:
-        grid_index, trial: the key (g, t).
-        seed: ``derive_seed(config_hash, g, t, "weights")`` (the mask seed derives the same way).
-        gap_lower: empirical sup-gap (a lower bound on the gap).
-        rel_gap_lower: gap_lower / out_sup.
-        out_sup: empirical sup ‖F(x)‖₂ over the ball.
-        gap_upper: certified upper bound on the gap.
-        eps: ε checked at this point (or ``None``).
-        sparsity: measured share of weights removed.
-        n_evals: network evaluations spent by the sup-gap estimator.
-        seconds: wall time of the trial (its share of the ensemble's time).
-    """
-
-    grid_index: int
-    trial: int
-    seed: int
-    gap_lower: float
-    rel_gap_lower: float
-    out_sup: float
-    gap_upper: float
-    eps: float | None
-    sparsity: float
-    n_evals: int
-    seconds: float
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain dict."""
-        return dataclasses.asdict(self)
-
-
 def run_trials(cfg: RunConfig, point: GridPoint, config_hash: str, trials: Sequence[int],
-               eps: float | None = None, *, certify: bool = True, policy: ExecutionPolicy | None = None,
-               workers: Executor | None = None) -> list[TrialRow]:
+               eps: float | None = None, *, certify: bool = True, version: str | None = None,
+               policy: ExecutionPolicy | None = None, workers: Executor | None = None) -> list[TrialRow]:
     """Run ``trials`` of ``point`` as one ensemble: sample → prune → sup-gap → certified bound.
 
     Every value is a function of (config, grid index, trial index) alone: chunks of any
@@ -293,6 +249,7 @@ def run_trials(cfg: RunConfig, point: GridPoint, config_hash: str, trials: Seque
             global is read or set here — the runner applies ``mc.matmul`` (TF32 flags) and the
             thread count around the call (:func:`probprune.runner.execution.execution`). The
             certified bound covers a TF32 forward whenever ``mc.matmul = tf32``.
+        version: the probprune version to record in the rows.
 
     Returns:
         One :class:`TrialRow` per trial, in the order of ``trials``.
@@ -327,8 +284,10 @@ def run_trials(cfg: RunConfig, point: GridPoint, config_hash: str, trials: Seque
         lo, osup = float(gap_lower[k]), float(out_sup[k])
         rows.append(TrialRow(
             grid_index=point.index, trial=t, seed=derive_seed(config_hash, point.index, t, "weights"),
+            width=point.width, method=point.prune.method, level_name=point.level_name, level=point.level_value,
             gap_lower=lo, rel_gap_lower=lo / osup if osup > 0 else math.nan, out_sup=osup,
-            gap_upper=float(upper[k]), eps=eps, sparsity=float(sparsity[k]), n_evals=n_evals, seconds=per))
+            gap_upper=float(upper[k]), eps=eps, sparsity=float(sparsity[k]), n_evals=n_evals, seconds=per,
+            device=cfg.mc.device, dtype=cfg.mc.dtype, version=version))
     return rows
 
 
@@ -356,11 +315,6 @@ def clopper_pearson(k: int, n: int, confidence: float = 0.95) -> tuple[float, fl
     lo = 0.0 if k == 0 else float(_beta.ppf(a / 2.0, k, n - k + 1))
     hi = 1.0 if k == n else float(_beta.ppf(1.0 - a / 2.0, k + 1, n - k))
     return lo, hi
-
-
-#: What one grid point's trials say about the bound's claim P(gap ≤ ε) ≥ 1 − δ.
-Verdict = Literal["confirmed", "consistent", "refuted"]
-VERDICTS: tuple[Verdict, ...] = ("confirmed", "consistent", "refuted")
 
 
 def verdict(coverage_low: float, coverage_high: float, delta: float) -> Verdict:
@@ -414,54 +368,6 @@ def _quantile(values: Sequence[float], q: float) -> float:
     i = math.floor(pos)
     j = min(i + 1, len(xs) - 1)
     return xs[i] + (xs[j] - xs[i]) * (pos - i)
-
-
-@dataclass(frozen=True)
-class PointSummary:
-    """Statistics of one grid point over its trials.
-
-    Attributes:
-        n_trials: trials summarised.
-        gap_lower_median, gap_lower_quantile: median and (1−δ)-quantile of the empirical sup-gap.
-        rel_gap_lower_median: median relative gap.
-        gap_upper_median: median certified upper bound.
-        eps: ε checked (or ``None``).
-        n_covered: trials with gap_lower ≤ ε.
-        coverage: n_covered / n_trials — the empirical P(gap ≤ ε).
-        coverage_low, coverage_high: Clopper–Pearson interval of the coverage at ``confidence``.
-        coverage_certified: share of trials whose certified upper bound is ≤ ε (proof the bound held).
-        passed: ``True`` unless the point is *refuted* (``verdict != "refuted"``; ``None`` without ε) —
-            "not refuted", which is weaker than *confirmed*; kept for scripts that read it.
-        tightness: ε / gap_lower_quantile (how loose the bound is; ≥ 1 when it holds).
-        delta, confidence: δ and the interval's confidence.
-        verdict: ``confirmed`` (interval above 1 − δ), ``consistent`` (it contains 1 − δ) or ``refuted``
-            (below), see :func:`verdict`; ``None`` without ε.
-        n_trials_to_confirm: the fewest trials that can confirm at this δ and confidence
-            (:func:`min_trials_to_confirm`, e.g. 72 at δ = 0.05, 95 %); a point with fewer trials can
-            only be refuted or consistent.
-    """
-
-    n_trials: int
-    gap_lower_median: float
-    gap_lower_quantile: float
-    rel_gap_lower_median: float
-    gap_upper_median: float
-    eps: float | None
-    n_covered: int | None
-    coverage: float | None
-    coverage_low: float | None
-    coverage_high: float | None
-    coverage_certified: float | None
-    passed: bool | None
-    tightness: float | None
-    delta: float
-    confidence: float
-    verdict: Verdict | None = None
-    n_trials_to_confirm: int | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain dict."""
-        return dataclasses.asdict(self)
 
 
 def summarize_point(gap_lower: Sequence[float], gap_upper: Sequence[float], eps: float | None, delta: float,
@@ -530,28 +436,28 @@ def fit_slope(widths: Sequence[float], values: Sequence[float]) -> tuple[float, 
     return slope, intercept
 
 
-def slopes_by_rule(points: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+def slopes_by_rule(points: Sequence[tuple[GridRow, PointSummary]]) -> list[SlopeRow]:
     """Fitted log-log slope of the median gap vs width, per pruning rule, beside the theory exponent.
 
     Args:
-        points: per-point dicts with ``prune_index``, ``method``, ``width``, ``gap_lower_median``,
-            ``rel_gap_lower_median`` and ``theory_exponent``.
+        points: grid points with their summaries (``prune_index``, ``method``, ``width`` and ``theory_exponent``
+            of the grid row; ``gap_lower_median`` and ``rel_gap_lower_median`` of the summary).
 
     Returns:
-        One dict per rule with ≥ 2 widths: ``slope`` (d log gap / d log h), ``exponent`` (−slope, to
+        One record per rule with ≥ 2 widths: ``slope`` (d log gap / d log h), ``exponent`` (−slope, to
         compare with the theory's λ in gap ∝ h^{−λ}), the same for the relative gap, and ``theory_exponent``.
     """
-    by: dict[int, list[Mapping[str, Any]]] = {}
-    for p in points:
-        by.setdefault(int(p["prune_index"]), []).append(p)
-    out: list[dict[str, Any]] = []
+    by: dict[int, list[tuple[GridRow, PointSummary]]] = {}
+    for g, summary in points:
+        by.setdefault(g.prune_index, []).append((g, summary))
+    out: list[SlopeRow] = []
     for j, pts in sorted(by.items()):
-        ws = [float(p["width"]) for p in pts]
+        ws = [float(g.width) for g, _ in pts]
         if len(set(ws)) < 2:
             continue
-        s, b = fit_slope(ws, [float(p["gap_lower_median"]) for p in pts])
-        sr, _ = fit_slope(ws, [float(p["rel_gap_lower_median"]) for p in pts])
-        out.append({"prune_index": j, "method": pts[0]["method"], "n_widths": len(set(ws)),
-                    "slope": s, "intercept": b, "exponent": -s, "rel_slope": sr,
-                    "theory_exponent": pts[0].get("theory_exponent")})
+        s, b = fit_slope(ws, [math.nan if p.gap_lower_median is None else p.gap_lower_median for _, p in pts])
+        sr, _ = fit_slope(ws, [math.nan if p.rel_gap_lower_median is None else p.rel_gap_lower_median
+                               for _, p in pts])
+        out.append(SlopeRow(prune_index=j, method=pts[0][0].method, n_widths=len(set(ws)), slope=s, intercept=b,
+                            exponent=-s, rel_slope=sr, theory_exponent=pts[0][0].theory_exponent))
     return out

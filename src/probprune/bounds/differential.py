@@ -94,10 +94,11 @@ Not supported (refused): conv nets, ensembles, tanh/sigmoid, leaky slopes outsid
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal, cast
+from typing import Any, Literal, cast
 
 import torch
 from torch import Tensor
@@ -180,6 +181,7 @@ class AgreementResult:
         margin_target: ``[B]`` certified lower bound on ``min_{x, j≠c} F_c(x) − F_j(x)`` (rounding included).
         margin_pruned: ``[B]`` the same for f.
         witnesses: per ball, a ``[d]`` float64 input for a refuted verdict, else ``None``.
+        bound: the certified gap of the same balls, from the same propagation (as :func:`differential_bound`).
     """
 
     verdicts: tuple[Verdict, ...]
@@ -187,6 +189,7 @@ class AgreementResult:
     margin_target: Tensor
     margin_pruned: Tensor
     witnesses: tuple[Tensor | None, ...]
+    bound: DifferentialBound | None = None
 
     @property
     def certified_rate(self) -> float:
@@ -312,18 +315,26 @@ def _down(v: Tensor, err: Tensor | float) -> Tensor:
     return out - (out.abs() * (2.0 * _U) + _TINY)
 
 
+def _rowdot(mat: Tensor, v: Tensor) -> Tensor:
+    """``Σ_i mat[..., r, i] · v[b, i]`` → ``[B, R]``: ``mat`` ``[R, n]`` (shared by every ball) or ``[B, R, n]``."""
+    if mat.dim() == 2:
+        return v @ mat.T
+    return (mat @ v.unsqueeze(-1)).squeeze(-1)
+
+
 def _min_linear(lam: Tensor, const: Tensor, reg: _Region) -> Tensor:
-    """Lower value of ``min_{x ∈ ball} λ x + const`` (``λ`` ``[B, m, d]``, ``const`` ``[B, m]``)."""
+    """Lower value of ``min_{x ∈ ball} λ x + const`` (``λ`` ``[B, m, d]`` or shared ``[m, d]``; ``const`` ``[B, m]``).
+    """
     d = lam.shape[-1]
     g = _g2(d + 1)
-    box_min = (lam.clamp_min(0) @ reg.lo.unsqueeze(-1) + lam.clamp_max(0) @ reg.hi.unsqueeze(-1)).squeeze(-1)
+    box_min = _rowdot(lam.clamp_min(0), reg.lo) + _rowdot(lam.clamp_max(0), reg.hi)
     xmax = torch.maximum(reg.lo.abs(), reg.hi.abs())
-    box_err = g * (lam.abs() @ xmax.unsqueeze(-1)).squeeze(-1)
+    box_err = g * _rowdot(lam.abs(), xmax)
     box_val = _down(box_min + const, box_err + g * const.abs())
     if reg.norm == "linf":
         return box_val  # the linf ball ∩ box is exactly a (outward-rounded) box
-    lc = (lam @ reg.centres.unsqueeze(-1)).squeeze(-1)
-    lc_err = g * (lam.abs() @ reg.centres.abs().unsqueeze(-1)).squeeze(-1)
+    lc = _rowdot(lam, reg.centres)
+    lc_err = g * _rowdot(lam.abs(), reg.centres.abs())
     nrm = lam.norm(dim=-1) * (1.0 + _g2(d + 3)) + _TINY
     ball_val = _down(lc + const - reg.radius * nrm * (1.0 + 4.0 * _U), lc_err + g * const.abs())
     return ball_val if reg.box is None else torch.maximum(ball_val, box_val)
@@ -351,6 +362,7 @@ class _Relax:
     hmax_c: Tensor                     # bounds on |fl(h)|, |fl(h̃)|, |fl(h̃) − fl(h)| of the computed nets
     hpmax_c: Tensor
     dhmax_c: Tensor
+    box_c: tuple[Tensor, ...]          # intervals of fl(h), fl(h̃), fl(h̃) − fl(h): (lo, hi) × 3
 
 
 def _nudge(p: Tensor, q: Tensor, r: Tensor, zmax: Tensor, dmax: Tensor, up: bool) -> Tensor:
@@ -359,13 +371,14 @@ def _nudge(p: Tensor, q: Tensor, r: Tensor, zmax: Tensor, dmax: Tensor, up: bool
     return r + m if up else r - m
 
 
-def _act_lines(lo: Tensor, hi: Tensor, alpha: float) -> tuple[Tensor, Tensor, Tensor]:
+def _act_lines(lo: Tensor, hi: Tensor, alpha: float, lam_opt: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """Relaxation of σ(z) = max(z, αz) (0 ≤ α ≤ 1; relu: α = 0) on ``[lo, hi]``.
 
     Returns the lower slope λ (``λz ≤ σ(z)`` for λ ∈ [α, 1]: 1 if ``hi > −lo`` else α) and the upper
     line ``s z + t``: the chord ``s (z − lo) + α lo``, s rounded up (a steeper line through
     ``(lo, σ(lo))`` stays above σ on ``[lo, hi]`` since σ is convex), ``t = (s − α)(−lo)`` rounded up.
-    Stable neurons are exact: ``z`` (``lo ≥ 0``) or ``αz`` (``hi ≤ 0``).
+    Stable neurons are exact: ``z`` (``lo ≥ 0``) or ``αz`` (``hi ≤ 0``). ``lam_opt``: optimised lower
+    slopes of the unstable neurons, projected into their valid range ``[α, 1]`` here, before any use.
     """
     act = lo >= 0
     dead = hi <= 0
@@ -375,7 +388,8 @@ def _act_lines(lo: Tensor, hi: Tensor, alpha: float) -> tuple[Tensor, Tensor, Te
     stable = torch.where(act, one, one * alpha)
     s = torch.where(unst, (hi - alpha * lo) / width * (1.0 + 8.0 * _U), stable)
     t = torch.where(unst, ((s - alpha) * -lo) * (1.0 + 4.0 * _U) + _TINY, torch.zeros_like(lo))
-    lam = torch.where(unst, torch.where(hi > -lo, one, one * alpha), stable)
+    free = torch.where(hi > -lo, one, one * alpha) if lam_opt is None else lam_opt.clamp(alpha, 1.0)
+    lam = torch.where(unst, free, stable)
     return lam, s, t
 
 
@@ -403,16 +417,19 @@ def _chords(dl: Tensor, du: Tensor, alpha: float) -> tuple[tuple[Tensor, Tensor,
 
 
 def _relax(l: Tensor, u: Tensor, dl: Tensor, du: Tensor, tl: Tensor, tu: Tensor, alpha: float | None,
-           dt_t: torch.dtype, dt_p: torch.dtype) -> _Relax:
+           dt_t: torch.dtype, dt_p: torch.dtype, lams: tuple[Tensor, Tensor] | None = None) -> _Relax:
+    """Relaxations of one hidden layer from its intervals (module docstring); ``lams``: optimised lower slopes
+    of ``h`` and ``h̃`` (projected into ``[α, 1]`` by :func:`_act_lines`)."""
     zmax = torch.maximum(l.abs(), u.abs())
     dmax = torch.maximum(dl.abs(), du.abs())
     zero, one = torch.zeros_like(l), torch.ones_like(l)
     if alpha is None:
         tmax = torch.maximum(tl.abs(), tu.abs())
         return _Relax((one, zero), (one, zero), (zero, one, zero), (zero, one, zero), zmax, dmax, zmax, dmax,
-                      (one, zero), (one, zero), zero, zero, zero, None, None, zmax, tmax, dmax)
-    lam, s, t = _act_lines(l, u, alpha)
-    lam_t, s_t, t_t = _act_lines(tl, tu, alpha)
+                      (one, zero), (one, zero), zero, zero, zero, None, None, zmax, tmax, dmax,
+                      (l, u, tl, tu, dl, du))
+    lam, s, t = _act_lines(l, u, alpha, None if lams is None else lams[0])
+    lam_t, s_t, t_t = _act_lines(tl, tu, alpha, None if lams is None else lams[1])
     ninf = torch.tensor(-math.inf, dtype=torch.float64, device=l.device)
     pinf = torch.tensor(math.inf, dtype=torch.float64, device=l.device)
     # candidates: independent (A), δ-chords (B), interval (C)
@@ -459,99 +476,152 @@ def _relax(l: Tensor, u: Tensor, dl: Tensor, du: Tensor, tl: Tensor, tu: Tensor,
         hmax_c = (hmax + tau_t) * (1.0 + 2.0 * _U)
         hpmax_c = (hpmax + tau_p) * (1.0 + 2.0 * _U)
         dhmax_c = (dhmax + tau_t + tau_p) * (1.0 + 4.0 * _U)
+    box_c = _act_boxes(l, u, tl, tu, dh_lo, dh_hi, alpha, tau_t, tau_p)
     return _Relax((lam, zero), (s, t), (pl, ql, rl), (pu, qu, ru), zmax, dmax, hmax, dhmax,
-                  (lam_t, zero), (s_t, t_t), wh, wg, wt, tau_t, tau_p, hmax_c, hpmax_c, dhmax_c)
+                  (lam_t, zero), (s_t, t_t), wh, wg, wt, tau_t, tau_p, hmax_c, hpmax_c, dhmax_c, box_c)
+
+
+def _act_boxes(l: Tensor, u: Tensor, tl: Tensor, tu: Tensor, dh_lo: Tensor, dh_hi: Tensor, alpha: float,
+               tau_t: Tensor | None, tau_p: Tensor | None) -> tuple[Tensor, ...]:
+    """Intervals of ``fl(h) = σ(z) + τ``, ``fl(h̃)`` and ``fl(h̃) − fl(h)`` (σ monotone; τ: the leaky product's
+    rounding)."""
+    ninf = torch.tensor(-math.inf, dtype=torch.float64, device=l.device)
+    pinf = torch.tensor(math.inf, dtype=torch.float64, device=l.device)
+    h_lo, h_hi = _sigma_out(l, alpha, False), _sigma_out(u, alpha, True)
+    ht_lo, ht_hi = _sigma_out(tl, alpha, False), _sigma_out(tu, alpha, True)
+    if tau_t is not None and tau_p is not None:
+        # each sum is rounded once (nextafter covers it); the taus are ≥ 0
+        h_lo, h_hi = torch.nextafter(h_lo - tau_t, ninf), torch.nextafter(h_hi + tau_t, pinf)
+        ht_lo, ht_hi = torch.nextafter(ht_lo - tau_p, ninf), torch.nextafter(ht_hi + tau_p, pinf)
+        tau = torch.nextafter(tau_t + tau_p, pinf)
+        dh_lo, dh_hi = torch.nextafter(dh_lo - tau, ninf), torch.nextafter(dh_hi + tau, pinf)
+    return h_lo, h_hi, ht_lo, ht_hi, dh_lo, dh_hi
+
+
+_OneHot = tuple[Tensor, Tensor, Tensor]
+
+
+def _affine_step(lz: Tensor, ld: Tensor, j: int, pair: _Pair, relax: list[_Relax], reg: _Region,
+                 rho: list[tuple[Tensor, Tensor]], onehot: _OneHot | None = None
+                 ) -> tuple[Tensor, Tensor | None, Tensor, Tensor]:
+    """Objective ``lzᵀ z_j + ldᵀ δ_j`` through layer j's affine map: ``A h + G Δh + cc`` and the step's slack.
+
+    Returns ``(A, G, cc, slack)``; ``G`` is ``None`` at the input (``Δh_0 = 0``). The slack (≥ 0, ``[B, m]``)
+    covers the forward passes' rounding ρ, the rounding of the computed ``A``, ``G``, ``cc`` and the exact
+    remainders of ``D`` and ``b̃ − b`` (TwoSum). With ``onehot`` (rows ``±e_i`` in z and δ) the products are
+    row gathers: the same floats as the matrix products (products by ±1 or 0 are exact; one rounded
+    subtraction), so the same slack covers them.
+    """
+    w, wt, dd, de = pair.w[j], pair.wt[j], pair.d[j], pair.d_err[j]
+    g = _g2(2 * w.shape[0] + 2)
+    # the forward passes' rounding: lzᵀρ + ldᵀ(ρ̃ − ρ) = (lz − ld)ᵀρ + ldᵀρ̃, at most in absolute value
+    rt, rp = rho[j]
+    alz, ald = lz.abs(), ld.abs()
+    s_rho = (_rowdot((lz - ld).abs(), rt) * (1.0 + 2.0 * _U) + _rowdot(ald, rp)) * (1.0 + _g2(w.shape[0] + 2))
+    if onehot is None:
+        a = lz @ w - ld @ dd
+        gg = None if j == 0 else ld @ wt
+    else:
+        cz, cd, idx = onehot
+        a = cz.unsqueeze(-1) * w[idx] - cd.unsqueeze(-1) * dd[idx]
+        gg = None if j == 0 else cd.unsqueeze(-1) * wt[idx]
+    cc = lz @ pair.b[j] + ld @ pair.db[j]
+    # the bias difference's exact remainder enters in full, the products' rounding by g
+    c_err = g * (alz @ pair.b[j].abs() + ald @ pair.db[j].abs()) + (1.0 + g) * (ald @ pair.db_err[j])
+    if j == 0:
+        hmax_in = torch.maximum(reg.lo.abs(), reg.hi.abs())  # [B, d]
+    else:
+        hmax_in = relax[j - 1].hmax_c
+    # |exact(A) − A| · |h| and |exact(G) − G| · |Δh|, by associativity of non-negative products
+    # (D's exact remainder de enters in full, the products' rounding by g)
+    s_aff = g * (_rowdot(alz, hmax_in @ w.abs().T) + _rowdot(ald, hmax_in @ dd.abs().T)) \
+        + (1.0 + g) * _rowdot(ald, hmax_in @ de.T)
+    if j > 0:
+        s_aff = s_aff + g * _rowdot(ald, relax[j - 1].dhmax_c @ wt.abs().T)
+    return a, gg, cc, (s_rho + s_aff + c_err) * (1.0 + 4.0 * _U)
+
+
+def _decompose(a: Tensor, gg: Tensor, rx: _Relax) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Per entry the least loose of three exact rewritings of ``A h + G Δh`` on ``(h, Δh, h̃)`` (h̃ = h + Δh).
+
+    ``(A, G, 0)``, ``(A − G, 0, G)`` or ``(0, G − A, A)``, by ``Σ |coefficient| · width`` at the box centre.
+    Returns the coefficients of h, Δh, h̃ and the slack of the rounding of ``fl(A − G)``.
+    """
+    e = lambda t: t.unsqueeze(1)  # noqa: E731 — broadcast a [B, n] relaxation over the objectives
+    amg = a - gg
+    l1 = a.abs() * e(rx.width_h) + gg.abs() * e(rx.width_g)
+    l2 = amg.abs() * e(rx.width_h) + gg.abs() * e(rx.width_t)
+    l3 = amg.abs() * e(rx.width_g) + a.abs() * e(rx.width_t)
+    o2 = (l2 < l1) & (l2 <= l3)
+    o3 = (l3 < l1) & ~o2
+    zero_ = torch.zeros_like(l1)
+    ch = torch.where(o2, amg, torch.where(o3, zero_, a))
+    cd = torch.where(o2, zero_, torch.where(o3, -amg, gg))
+    ct = torch.where(o2, gg, torch.where(o3, a, zero_))
+    # fl(A − G) differs from A − G by ≤ u|fl(A − G)|, multiplying h (≤ hmax) or Δh (≤ dhmax)
+    s_dec = 2.0 * _U * _rowdot(amg.abs(), rx.hmax + rx.dhmax) * (1.0 + _g2(a.shape[-1]))
+    return ch, cd, ct, s_dec
+
+
+def _relax_step(a: Tensor, gg: Tensor, rx: _Relax) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``A fl(h) + G (fl(h̃) − fl(h))`` bounded below by linear functions of ``(z, δ)`` of the layer beneath.
+
+    Returns the new objective ``(lz, ld)``, its constant ``[B, m]`` and the slack (the activation's own
+    forward rounding τ, the decomposition's and the relaxation products' rounding). Each coefficient
+    picks its lower or upper line by its sign (``c·line`` with ``line = lower if c > 0 else upper``); the
+    constants ``Σ c·β`` are summed as ``Σ c (β_l + β_u)/2 + |c| (β_l − β_u)/2`` (row-vector products; the
+    halves' rounding, ≤ u(|β_l| + |β_u|) each, is inside the constants' slack ``γ·Σ|c|(|β_l| + |β_u|)``).
+    """
+    n_in = a.shape[-1]
+    e = lambda t: t.unsqueeze(1)  # noqa: E731 — broadcast a [B, n] relaxation over the objectives
+    s = torch.zeros(1, dtype=torch.float64, device=a.device)
+    if rx.tau_t is not None and rx.tau_p is not None:
+        # fl(h) = σ(z) + τ, fl(h̃) = σ(z̃) + τ̃: A fl(h) + G (fl(h̃) − fl(h)) = … + (A − G)ᵀτ + Gᵀτ̃
+        s = (_rowdot((a - gg).abs(), rx.tau_t) * (1.0 + 2.0 * _U) + _rowdot(gg.abs(), rx.tau_p)) \
+            * (1.0 + _g2(n_in + 2))
+    ch, cd, ct, s_dec = _decompose(a, gg, rx)
+    (al, bl), (au, bu) = rx.hl, rx.hu
+    (pl, ql, rl), (pu, qu, ru) = rx.gl, rx.gu
+    (tal, tbl), (tau, tbu) = rx.tl, rx.tu
+    ph, pg, pt = ch > 0, cd > 0, ct > 0
+    tz = ct * torch.where(pt, e(tal), e(tau))
+    lz = ch * torch.where(ph, e(al), e(au)) + cd * torch.where(pg, e(pl), e(pu)) + tz
+    ld = cd * torch.where(pg, e(ql), e(qu)) + tz
+    ah, ag, at = ch.abs(), cd.abs(), ct.abs()
+    cons = (_rowdot(ch, (bl + bu) * 0.5) + _rowdot(ah, (bl - bu) * 0.5) + _rowdot(cd, (rl + ru) * 0.5)
+            + _rowdot(ag, (rl - ru) * 0.5) + _rowdot(ct, (tbl + tbu) * 0.5) + _rowdot(at, (tbl - tbu) * 0.5))
+    # rounding of the relaxation products (≤ 8 roundings of terms ≤ |c|·|line|·max) and of the constants
+    g_rel, g_c = _g2(12), _g2(n_in + 12)
+    v_h = g_rel * (al.abs() + au.abs()) * rx.zmax + g_c * (bl.abs() + bu.abs())
+    v_g = g_rel * ((pl.abs() + pu.abs()) * rx.zmax + (ql.abs() + qu.abs()) * rx.dmax) + g_c * (rl.abs() + ru.abs())
+    v_t = g_rel * (tal.abs() + tau.abs()) * (rx.zmax + rx.dmax) + g_c * (tbl.abs() + tbu.abs())
+    s_rel = (_rowdot(ah, v_h) + _rowdot(ag, v_g) + _rowdot(at, v_t)) * (1.0 + _g2(n_in + 8)) + s_dec
+    return lz, ld, cons, (s + s_rel) * (1.0 + 4.0 * _U)
 
 
 def _backsub(lz: Tensor, ld: Tensor, k: int, pair: _Pair, relax: list[_Relax], reg: _Region,
-             rho: list[tuple[Tensor, Tensor]]) -> Tensor:
+             rho: list[tuple[Tensor, Tensor]], onehot: _OneHot | None = None) -> Tensor:
     """Certified lower value over the ball of ``lzᵀ z_k + ldᵀ δ_k`` (``[B, m, n_k]`` each) → ``[B, m]``.
 
     ``lz``, ``ld`` may also be ``[m, n_k]``, shared by every ball (the first products are then done once).
+    ``onehot``: ``(coefficient of z, of δ, neuron)`` ``[B, m]`` each when every row is ``±e_i`` (gathers).
 
     ``z``, ``z̃`` are the pre-activations *as computed* in the forward dtype: ``z_j = W_j h_{j−1} + b_j + ρ_j``
     with ``|ρ_j| ≤ rho[j][0]`` (target) and ``|ρ̃_j| ≤ rho[j][1]`` (pruned); ρ = 0 is exact arithmetic.
+    In exact arithmetic the objective is ≥ ``lzᵀ z + ldᵀ δ + c − s`` for the computed coefficients at
+    every step; ``c`` is the constant collected, ``s`` ≥ 0 the slack (every rounding so far, rounded up).
     """
     bsz, m = reg.centres.shape[0], lz.shape[-2]
     c = torch.zeros(bsz, m, dtype=torch.float64, device=lz.device)
     s = torch.zeros_like(c)
     for j in range(k, -1, -1):
-        w, wt, dd, de = pair.w[j], pair.wt[j], pair.d[j], pair.d_err[j]
-        n_in = w.shape[1]
-        g = _g2(2 * w.shape[0] + 2)
-        # the forward passes' rounding: lzᵀρ + ldᵀ(ρ̃ − ρ) = (lz − ld)ᵀρ + ldᵀρ̃, at most in absolute value
-        rt, rp = rho[j]
-        s_rho = (((lz - ld).abs() * rt.unsqueeze(1)).sum(-1) * (1.0 + 2.0 * _U)
-                 + (ld.abs() * rp.unsqueeze(1)).sum(-1)) * (1.0 + _g2(w.shape[0] + 2))
-        s = s + s_rho
-        a = lz @ w - ld @ dd
-        gg = ld @ wt
-        cc = (lz @ pair.b[j].unsqueeze(-1) + ld @ pair.db[j].unsqueeze(-1)).squeeze(-1)
-        alz, ald = lz.abs(), ld.abs()
-        # the bias difference's exact remainder enters in full, the products' rounding by g
-        c_err = (g * (alz @ pair.b[j].abs().unsqueeze(-1) + ald @ pair.db[j].abs().unsqueeze(-1))
-                 + (1.0 + g) * (ald @ pair.db_err[j].unsqueeze(-1))).squeeze(-1)
-        if j == 0:
-            xmax = torch.maximum(reg.lo.abs(), reg.hi.abs())  # [B, d]
-            hmax_in = xmax
-            dhmax_in = None
-        else:
-            hmax_in = relax[j - 1].hmax_c
-            dhmax_in = relax[j - 1].dhmax_c
-        # |exact(A) − A| · |h| and |exact(G) − G| · |Δh|, by associativity of non-negative products
-        # (D's exact remainder de enters in full, the products' rounding by g)
-        wh = hmax_in @ w.abs().T
-        dh = hmax_in @ dd.abs().T
-        dre = hmax_in @ de.T
-        s_aff = g * ((alz * wh.unsqueeze(1)).sum(-1) + (ald * dh.unsqueeze(1)).sum(-1)) \
-            + (1.0 + g) * (ald * dre.unsqueeze(1)).sum(-1)
-        if dhmax_in is not None:
-            wth = dhmax_in @ wt.abs().T
-            s_aff = s_aff + g * (ald * wth.unsqueeze(1)).sum(-1)
-        s = (s + s_aff + c_err) * (1.0 + 4.0 * _U) + _TINY
+        a, gg, cc, s_aff = _affine_step(lz, ld, j, pair, relax, reg, rho, onehot if j == k else None)
+        s = (s + s_aff) * (1.0 + 4.0 * _U) + _TINY
         c = c + cc
         s = s + 2.0 * _U * c.abs()
-        if j == 0:
+        if gg is None:
             return _down(_min_linear(a, c, reg), s)
-        rx = relax[j - 1]
-        e = lambda t: t.unsqueeze(1)  # noqa: E731 — broadcast a [B, n] relaxation over the objectives
-        if rx.tau_t is not None and rx.tau_p is not None:
-            # fl(h) = σ(z) + τ, fl(h̃) = σ(z̃) + τ̃: A fl(h) + G (fl(h̃) − fl(h)) = … + (A − G)ᵀτ + Gᵀτ̃
-            s_tau = (((a - gg).abs() * e(rx.tau_t)).sum(-1) * (1.0 + 2.0 * _U)
-                     + (gg.abs() * e(rx.tau_p)).sum(-1)) * (1.0 + _g2(n_in + 2))
-            s = s + s_tau
-        # three exact decompositions of A h + G Δh (h̃ = h + Δh): (A, G, 0), (A − G, 0, G), (0, G − A, A)
-        # on (h, Δh, h̃); per entry the one with the least looseness at the box centre
-        amg = a - gg
-        l1 = a.abs() * e(rx.width_h) + gg.abs() * e(rx.width_g)
-        l2 = amg.abs() * e(rx.width_h) + gg.abs() * e(rx.width_t)
-        l3 = amg.abs() * e(rx.width_g) + a.abs() * e(rx.width_t)
-        o2 = (l2 < l1) & (l2 <= l3)
-        o3 = (l3 < l1) & ~o2
-        zero_ = torch.zeros_like(a)
-        ch = torch.where(o2, amg, torch.where(o3, zero_, a))
-        cd = torch.where(o2, zero_, torch.where(o3, -amg, gg))
-        ct = torch.where(o2, gg, torch.where(o3, a, zero_))
-        # fl(A − G) differs from A − G by ≤ u|fl(A − G)|, multiplying h (≤ hmax) or Δh (≤ dhmax)
-        s_dec = 2.0 * _U * ((amg.abs() * e(rx.hmax + rx.dhmax)).sum(-1)) * (1.0 + _g2(n_in))
-        hp, hn = ch.clamp_min(0), ch.clamp_max(0)
-        gp, gn = cd.clamp_min(0), cd.clamp_max(0)
-        tp, tn = ct.clamp_min(0), ct.clamp_max(0)
-        (al, bl), (au, bu) = rx.hl, rx.hu
-        (pl, ql, rl), (pu, qu, ru) = rx.gl, rx.gu
-        (tal, tbl), (tau, tbu) = rx.tl, rx.tu
-        tz = tp * e(tal) + tn * e(tau)
-        lz = hp * e(al) + hn * e(au) + gp * e(pl) + gn * e(pu) + tz
-        ld = gp * e(ql) + gn * e(qu) + tz
-        cons = hp * e(bl) + hn * e(bu) + gp * e(rl) + gn * e(ru) + tp * e(tbl) + tn * e(tbu)
-        tmag = ct.abs() * e(tal.abs() + tau.abs())
-        mag = ch.abs() * e(al.abs() + au.abs()) + cd.abs() * e(pl.abs() + pu.abs()) + tmag
-        magd = cd.abs() * e(ql.abs() + qu.abs()) + tmag
-        s_rel = _g2(12) * ((mag * e(rx.zmax)).sum(-1) + (magd * e(rx.dmax)).sum(-1)) + s_dec
-        csum = cons.sum(-1)
-        cabs = ch.abs() * e(bl.abs() + bu.abs()) + cd.abs() * e(rl.abs() + ru.abs()) \
-            + ct.abs() * e(tbl.abs() + tbu.abs())
-        s_rel = s_rel + _g2(n_in + 12) * cabs.sum(-1)
+        lz, ld, csum, s_rel = _relax_step(a, gg, relax[j - 1])
         c = c + csum
         s = (s + s_rel + 2.0 * _U * c.abs()) * (1.0 + 4.0 * _U) + _TINY
     raise AssertionError("unreachable")  # pragma: no cover
@@ -564,6 +634,149 @@ def _rho(w: Tensor, b: Tensor, hmax: Tensor, dtype: torch.dtype) -> Tensor:
     return (_gamma(n + 1, u) * (hmax @ w.abs().T + b.abs()) + (n + 1) * eta) * (1.0 + _g2(n + 3))
 
 
+def _affine_interval(w: Tensor, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
+    """``(c, e)``, ``[B, n_out]``: ``|W h − c| ≤ e`` in exact arithmetic for every ``h ∈ [lo, hi]`` (``[B, n_in]``).
+
+    ``c = fl(W mid)``; ``e`` covers ``|W| rad`` (``rad ≥ |h − mid|``, rounded up) and the rounding of ``c``
+    (``≤ γ_n |W||mid|``), every product and sum rounded up by the factor ``1 + 2g``.
+    """
+    n = w.shape[1]
+    g = _g2(n + 2)
+    mid = (lo + hi) * 0.5
+    rad = torch.maximum(hi - mid, mid - lo) * (1.0 + 4.0 * _U) + _TINY
+    c = mid @ w.T
+    e = ((rad + g * mid.abs()) @ w.abs().T) * (1.0 + 2.0 * g) + _TINY
+    return c, e
+
+
+def _interval_step(pair: _Pair, k: int, rx: _Relax, rho: tuple[Tensor, Tensor]) -> tuple[Tensor, ...]:
+    """Cheap sound intervals ``(l, u, δ_l, δ_u, l̃, ũ)`` of layer k's computed pre-activations.
+
+    One affine step from the intervals of the layer beneath (``rx.box_c``) — looser than back-substitution
+    and used where it already proves a neuron stable:
+    ``z = W fl(h) + b + ρ``, ``z̃ = W̃ fl(h̃) + b̃ + ρ̃`` and ``δ = W̃ (fl(h̃) − fl(h)) − D fl(h) + (b̃ − b) + ρ̃ − ρ``
+    with ``D = d + d_err`` and ``b̃ − b = db + db_err`` exactly.
+    """
+    h_lo, h_hi, ht_lo, ht_hi, dh_lo, dh_hi = rx.box_c
+    rt, rp = rho
+    cz, ez = _affine_interval(pair.w[k], h_lo, h_hi)
+    ct, et = _affine_interval(pair.wt[k], ht_lo, ht_hi)
+    c1, e1 = _affine_interval(pair.wt[k], dh_lo, dh_hi)
+    c2, e2 = _affine_interval(pair.d[k], h_lo, h_hi)
+    hmax = torch.maximum(h_lo.abs(), h_hi.abs())
+    e3 = (hmax @ pair.d_err[k].T) * (1.0 + 2.0 * _g2(hmax.shape[-1] + 2)) + _TINY
+    out = []
+    for v, err, parts in ((cz + pair.b[k], ez + rt, (cz, pair.b[k])),
+                          (c1 - c2 + pair.db[k], e1 + e2 + e3 + pair.db_err[k] + rt + rp, (c1, c2, pair.db[k])),
+                          (ct + pair.bt[k], et + rp, (ct, pair.bt[k]))):
+        # the sums' rounding (≤ 3u of the parts' magnitudes) goes into the error, itself rounded up
+        err = (err + 4.0 * _U * sum(p.abs() for p in parts)) * (1.0 + 8.0 * _U) + _TINY
+        out += [_down(v, err), -_down(-v, err)]
+    return tuple(out)
+
+
+# per row type: (coefficient of z, coefficient of δ) — lower/upper bounds of z, δ and z̃ = z + δ
+_ROWS = ((1.0, 0.0), (-1.0, 0.0), (0.0, 1.0), (0.0, -1.0), (1.0, 1.0), (-1.0, -1.0))
+
+
+def _take(relax: list[_Relax], reg: _Region, rho: list[tuple[Tensor, Tensor]], idx: Tensor
+          ) -> tuple[list[_Relax], _Region, list[tuple[Tensor, Tensor]]]:
+    """The relaxations, region and rounding bounds of the balls ``idx`` only (every ``[B, …]`` field indexed)."""
+    def sel(v: Any) -> Any:
+        if isinstance(v, Tensor):
+            return v[idx]
+        if isinstance(v, tuple):
+            return tuple(sel(t) for t in v)
+        return v
+
+    rx = [_Relax(**{f.name: sel(getattr(r, f.name)) for f in dataclasses.fields(r)}) for r in relax]
+    rg = _Region(reg.centres[idx], reg.radius, reg.norm, reg.box, reg.lo[idx], reg.hi[idx])
+    return rx, rg, [(a[idx], b[idx]) for a, b in rho]
+
+
+def _refine(need: Tensor, k: int, pair: _Pair, relax: list[_Relax], reg: _Region,
+            rho: list[tuple[Tensor, Tensor]], group: int = 4) -> Tensor:
+    """Back-substituted lower values of the rows ``need`` (``[B, 6, n]`` bool, types ``_ROWS``) → ``[B, 6, n]``.
+
+    Rows not needed come back as ``−inf``. Each ball gets its own rows, gathered into ``[B, R, n]``
+    (R: the most any ball of the group needs; the padding rows are discarded), so a ball's values do not
+    depend on the other balls of its chunk. Balls are grouped by how many rows they need (groups of
+    ``group`` after sorting), so that little is padded.
+    """
+    bsz, _, n = need.shape
+    if bsz > group:
+        order = torch.sort(need.reshape(bsz, -1).sum(1), stable=True).indices
+        out = torch.empty(bsz, 6, n, dtype=torch.float64, device=need.device)
+        for start in range(0, bsz, group):
+            idx = order[start:start + group]
+            out[idx] = _refine(need[idx], k, pair, *_take(relax, reg, rho, idx), group=group)
+        return out
+    flat = need.reshape(bsz, 6 * n)
+    r = int(flat.sum(1).max()) if bsz else 0
+    out = torch.full((bsz, 6 * n + 1), -math.inf, dtype=torch.float64, device=need.device)
+    if r == 0:
+        return out[:, :-1].reshape(bsz, 6, n)
+    order = torch.sort((~flat).to(torch.int8), dim=1, stable=True).indices[:, :r]  # needed rows first
+    valid = flat.gather(1, order)
+    kind, neuron = order // n, order % n
+    coef = torch.tensor(_ROWS, dtype=torch.float64, device=need.device)[kind]  # [B, R, 2]
+    coef = coef * valid.unsqueeze(-1)
+    lz = torch.zeros(bsz, r, n, dtype=torch.float64, device=need.device)
+    ld = torch.zeros_like(lz)
+    lz.scatter_(2, neuron.unsqueeze(-1), coef[..., :1])
+    ld.scatter_(2, neuron.unsqueeze(-1), coef[..., 1:])
+    low = _backsub(lz, ld, k, pair, relax, reg, rho, (coef[..., 0], coef[..., 1], neuron))
+    out.scatter_(1, torch.where(valid, order, torch.full_like(order, 6 * n)), low)
+    return out[:, :-1].reshape(bsz, 6, n)
+
+
+def _needed_rows(cheap: tuple[Tensor, ...], last: bool, alpha: float | None) -> Tensor:
+    """Which bounds to back-substitute, ``[B, 6, n]``: where the cheap intervals leave the relaxation inexact.
+
+    Output layer: its δ (the gap), both sides. Hidden ReLU/LeakyReLU: z where z is unstable, z̃ where z̃ is,
+    δ where either is (the δ-chords and the interval candidate use δ's bounds). Identity layers: none (their
+    relaxation is exact whatever the bounds).
+    """
+    l, u, dl, du, tl, tu = cheap
+    no = torch.zeros_like(l, dtype=torch.bool)
+    if last:
+        return torch.stack([no, no, dl < du, dl < du, no, no], 1)
+    if alpha is None:
+        return torch.stack([no] * 6, 1)
+    uz, ut = (l < 0) & (u > 0), (tl < 0) & (tu > 0)
+    ud = (uz | ut) & (dl < du)
+    return torch.stack([uz, uz, ud, ud, ut, ut], 1)
+
+
+def _layer_bounds(pair: _Pair, k: int, relax: list[_Relax], reg: _Region,
+                  rho: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, ...]:
+    """``(l, u, δ_l, δ_u, l̃, ũ)`` of layer k: back-substituted (the input layer: every row, shared by all balls;
+    deeper layers: the cheap intervals, refined where :func:`_needed_rows` says), then cross-tightened."""
+    n = pair.w[k].shape[0]
+    if k == 0:
+        eye = torch.eye(n, dtype=torch.float64, device=reg.centres.device)
+        coef = torch.tensor(_ROWS, dtype=torch.float64, device=eye.device)
+        lz = (coef[:, 0, None, None] * eye).reshape(6 * n, n)  # shared by every ball
+        ld = (coef[:, 1, None, None] * eye).reshape(6 * n, n)
+        low = _backsub(lz, ld, k, pair, relax, reg, rho)
+        l, dl, tl = low[:, :n], low[:, 2 * n:3 * n], low[:, 4 * n:5 * n]
+        u, du, tu = -low[:, n:2 * n], -low[:, 3 * n:4 * n], -low[:, 5 * n:]
+    else:
+        l, u, dl, du, tl, tu = _interval_step(pair, k, relax[k - 1], rho[k])
+        need = _needed_rows((l, u, dl, du, tl, tu), k == len(pair.w) - 1, pair.alpha[k] if k < len(pair.alpha)
+                            else None)
+        low = _refine(need, k, pair, relax, reg, rho)
+        l, dl, tl = torch.maximum(l, low[:, 0]), torch.maximum(dl, low[:, 2]), torch.maximum(tl, low[:, 4])
+        u, du, tu = torch.minimum(u, -low[:, 1]), torch.minimum(du, -low[:, 3]), torch.minimum(tu, -low[:, 5])
+    ninf = torch.tensor(-math.inf, dtype=torch.float64, device=reg.centres.device)
+    pinf = torch.tensor(math.inf, dtype=torch.float64, device=reg.centres.device)
+    tl = torch.maximum(tl, torch.nextafter(l + dl, ninf))
+    tu = torch.minimum(tu, torch.nextafter(u + du, pinf))
+    dl = torch.maximum(dl, torch.nextafter(tl - u, ninf))
+    du = torch.minimum(du, torch.nextafter(tu - l, pinf))
+    return l, u, dl, du, tl, tu
+
+
 def _propagate(pair: _Pair, reg: _Region, dt_t: torch.dtype, dt_p: torch.dtype
                ) -> tuple[list[_Relax], list[tuple[Tensor, ...]], list[tuple[Tensor, Tensor]]]:
     """Intervals ``(l, u, δ_l, δ_u, l̃, ũ)`` of every layer (``[B, n_k]`` each), hidden relaxations, rounding."""
@@ -571,29 +784,15 @@ def _propagate(pair: _Pair, reg: _Region, dt_t: torch.dtype, dt_p: torch.dtype
     bounds: list[tuple[Tensor, ...]] = []
     rho: list[tuple[Tensor, Tensor]] = []
     xmax = torch.maximum(reg.lo.abs(), reg.hi.abs())
-    ninf = torch.tensor(-math.inf, dtype=torch.float64, device=reg.centres.device)
-    pinf = torch.tensor(math.inf, dtype=torch.float64, device=reg.centres.device)
     for k in range(len(pair.w)):
-        n = pair.w[k].shape[0]
-        eye = torch.eye(n, dtype=torch.float64, device=reg.centres.device)
-        zero = torch.zeros_like(eye)
-        lz = torch.cat([eye, -eye, zero, zero, eye, -eye])  # shared by every ball
-        ld = torch.cat([zero, zero, eye, -eye, eye, -eye])
         if k == 0:
             h_t = h_p = xmax  # the input is taken as given in the dtype
         else:
             h_t, h_p = relax[k - 1].hmax_c, relax[k - 1].hpmax_c
         rho.append((_rho(pair.w[k], pair.b[k], h_t, dt_t), _rho(pair.wt[k], pair.bt[k], h_p, dt_p)))
-        low = _backsub(lz, ld, k, pair, relax, reg, rho)
-        l, u = low[:, :n], -low[:, n:2 * n]
-        dl, du = low[:, 2 * n:3 * n], -low[:, 3 * n:4 * n]
-        tl, tu = low[:, 4 * n:5 * n], -low[:, 5 * n:]
-        tl = torch.maximum(tl, torch.nextafter(l + dl, ninf))
-        tu = torch.minimum(tu, torch.nextafter(u + du, pinf))
-        dl = torch.maximum(dl, torch.nextafter(tl - u, ninf))
-        du = torch.minimum(du, torch.nextafter(tu - l, pinf))
-        bounds.append((l, u, dl, du, tl, tu))
+        bounds.append(_layer_bounds(pair, k, relax, reg, rho))
         if k < len(pair.w) - 1:
+            l, u, dl, du, tl, tu = bounds[-1]
             relax.append(_relax(l, u, dl, du, tl, tu, pair.alpha[k], dt_t, dt_p))
     return relax, bounds, rho
 
@@ -641,8 +840,90 @@ def _assumptions(ball: BallSpec, dt: str) -> tuple[str, ...]:
             "any summation order, no TF32); bound computed in float64 with every rounding covered")
 
 
+def _optimise_slopes(an: _Analysis, dt_t: torch.dtype, dt_p: torch.dtype, steps: int, lr: float = 0.1
+                     ) -> tuple[Tensor, Tensor]:
+    """Output-difference intervals tightened by optimising the unstable neurons' lower slopes (α-CROWN style).
+
+    Per ball and hidden neuron, the lower slopes λ of ``h`` and ``h̃`` are free parameters in ``[α, 1]``
+    (every such line is valid: ``λz ≤ σ(z)``), projected before every evaluation; ``steps`` Adam steps on
+    the gap value ``sqrt(Σ max(lo², hi²))`` (hidden intervals fixed from the propagation). Every iterate's
+    intervals are valid bounds, so their intersection over all iterates (and the propagation's) is returned.
+    """
+    m, k_out = an.pair.w[-1].shape[0], len(an.pair.w) - 1
+    _, _, lo, hi, _, _ = an.bounds[-1]
+    eye = torch.eye(m, dtype=torch.float64, device=lo.device)
+    lz, ld = torch.zeros(2 * m, m, dtype=torch.float64, device=lo.device), torch.cat([eye, -eye])
+    params = {k: (an.relax[k].hl[0].detach().clone().requires_grad_(True),
+                  an.relax[k].tl[0].detach().clone().requires_grad_(True))
+              for k in range(len(an.relax)) if an.pair.alpha[k] is not None}
+    opt = torch.optim.Adam([p for pp in params.values() for p in pp], lr=lr)
+    for it in range(steps + 1):
+        relax = [_relax(*cast("tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]", an.bounds[k]),
+                        an.pair.alpha[k], dt_t, dt_p, lams=params[k]) if k in params
+                 else an.relax[k] for k in range(len(an.relax))]
+        low = _backsub(lz, ld, k_out, an.pair, relax, an.reg, an.rho)
+        lo_i, hi_i = torch.maximum(low[:, :m], lo), torch.minimum(-low[:, m:], hi)
+        with torch.no_grad():
+            lo, hi = lo_i.detach(), hi_i.detach()
+        if it == steps or not params:
+            break
+        opt.zero_grad()
+        torch.maximum(lo_i * lo_i, hi_i * hi_i).sum(-1).clamp_min(1e-300).sqrt().sum().backward()
+        opt.step()
+    return lo, hi
+
+
+def _chunks(pair: _Pair, ball: BallSpec, centres: Tensor, dt_t: torch.dtype, dt_p: torch.dtype, batch_size: int,
+            cls: Tensor | None = None, optimise: int = 0) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+    """One propagation per chunk of balls: the output differences' intervals ``[B, m]`` (and, given F's
+    classes ``cls``, the certified margins ``[B]`` of both nets, from the same relaxations); ``optimise``
+    steps of slope optimisation for the intervals (:func:`_optimise_slopes`)."""
+    los, his, mts, mps = [], [], [], []
+    for start in range(0, centres.shape[0], batch_size):
+        an = _analyse(pair, ball, centres[start:start + batch_size], dt_t, dt_p)
+        _, _, dl, du, _, _ = an.bounds[-1]  # of the computed outputs' difference (rounding inside)
+        if optimise:
+            dl, du = _optimise_slopes(an, dt_t, dt_p, optimise)
+        los.append(dl)
+        his.append(du)
+        if cls is not None:
+            mt, mp = _margins(an, cls[start:start + batch_size])
+            mts.append(mt)
+            mps.append(mp)
+    if cls is None:
+        return torch.cat(los), torch.cat(his), None, None
+    return torch.cat(los), torch.cat(his), torch.cat(mts), torch.cat(mps)
+
+
+def _gap_bound(lo: Tensor, hi: Tensor, ball: BallSpec, centres: Tensor, dt_t: torch.dtype,
+               dt_p: torch.dtype) -> DifferentialBound:
+    """``‖f(x) − F(x)‖₂ ≤ sqrt(Σ_j max(lo_j², hi_j²))``, scaled for the forward passes' and our own rounding."""
+    dt_name = "float32" if torch.float32 in (dt_t, dt_p) else "float64"
+    m = lo.shape[-1]
+    sq = torch.maximum(lo * lo, hi * hi).sum(-1)
+    u_d = max(_UNIT[dt_t], _UNIT[dt_p])
+    value = sq.sqrt() * ((1.0 + _gamma(m + 3, u_d)) * (1.0 + _g2(m + 3))) + _TINY
+    if not bool(torch.isfinite(value).all()):
+        raise ProbPruneError("differential bound: overflows float64; refused")
+    return DifferentialBound(value, lo, hi, ball, centres, dt_name, _assumptions(ball, dt_name))
+
+
+def _zero_bound(ball: BallSpec, centres: Tensor, m: int, dt_t: torch.dtype, dt_p: torch.dtype) -> DifferentialBound:
+    """Bitwise identical networks: the gap is 0."""
+    dt_name = "float32" if torch.float32 in (dt_t, dt_p) else "float64"
+    z = torch.zeros(centres.shape[0], m, dtype=torch.float64, device=centres.device)
+    return DifferentialBound(z[:, 0], z, z.clone(), ball, centres, dt_name,
+                             (*_assumptions(ball, dt_name), "the networks are bitwise identical: gap 0"))
+
+
+def _check_batch_size(batch_size: object) -> None:
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ProbPruneError(f"batch_size={batch_size!r}: must be an integer >= 1")
+
+
 def differential_bound(target: Net, pruned: Net, ball: BallSpec, *, centres: Tensor | None = None,
-                       forward_dtype: torch.dtype | None = None, batch_size: int = 32) -> DifferentialBound:
+                       forward_dtype: torch.dtype | None = None, batch_size: int = 32,
+                       optimise: int = 0) -> DifferentialBound:
     """Certified upper bound on ``sup_{x ∈ ball} ‖f(x) − F(x)‖₂`` by differential back-substitution.
 
     Args:
@@ -653,6 +934,8 @@ def differential_bound(target: Net, pruned: Net, ball: BallSpec, *, centres: Ten
         centres: ``[B, d]`` centres, one ball each (vectorised), overriding ``ball.centre``.
         forward_dtype: the dtype the user's forward passes run in (default: each net's weight dtype).
         batch_size: balls per vectorised chunk (memory ~ 6·n²·batch_size doubles per layer).
+        optimise: gradient steps on the unstable neurons' lower slopes (0: none; each costs about one
+            back-substitution of the output rows).
 
     Returns:
         :class:`DifferentialBound` with ``value`` ``[B]`` (``B = 1`` without ``centres``).
@@ -665,32 +948,16 @@ def differential_bound(target: Net, pruned: Net, ball: BallSpec, *, centres: Ten
     >>> abs(float(b.value[0]) - 3.0) < 1e-5   # f − F = (0, −x₂), x₂ ∈ [1, 3]
     True
     """
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise ProbPruneError(f"batch_size={batch_size!r}: must be an integer >= 1")
+    _check_batch_size(batch_size)
+    if isinstance(optimise, bool) or not isinstance(optimise, int) or optimise < 0:
+        raise ProbPruneError(f"optimise={optimise!r}: must be an integer >= 0")
     pair0 = _prepare(target, pruned)
     reg0 = _region(ball, centres, pair0.w[0].shape[1], pair0.w[0].device)
-    dt = _dtype(target, forward_dtype)
-    dt_p = _dtype(pruned, forward_dtype)
-    dt_name = "float32" if torch.float32 in (dt, dt_p) else "float64"
-    m = pair0.w[-1].shape[0]
-    bsz = reg0.centres.shape[0]
+    dt, dt_p = _dtype(target, forward_dtype), _dtype(pruned, forward_dtype)
     if _identical(target, pruned):
-        z = torch.zeros(bsz, m, dtype=torch.float64, device=reg0.centres.device)
-        return DifferentialBound(z[:, 0], z, z.clone(), ball, reg0.centres, dt_name,
-                                 (*_assumptions(ball, dt_name), "the networks are bitwise identical: gap 0"))
-    los, his = [], []
-    for start in range(0, bsz, batch_size):
-        an = _analyse(pair0, ball, reg0.centres[start:start + batch_size], dt, dt_p)
-        _, _, dl, du, _, _ = an.bounds[-1]  # of the computed outputs' difference (rounding inside)
-        los.append(dl)
-        his.append(du)
-    lo, hi = torch.cat(los), torch.cat(his)
-    sq = torch.maximum(lo * lo, hi * hi).sum(-1)
-    u_d = max(_UNIT[dt], _UNIT[dt_p])
-    value = sq.sqrt() * ((1.0 + _gamma(m + 3, u_d)) * (1.0 + _g2(m + 3))) + _TINY
-    if not bool(torch.isfinite(value).all()):
-        raise ProbPruneError("differential bound: overflows float64; refused")
-    return DifferentialBound(value, lo, hi, ball, reg0.centres, dt_name, _assumptions(ball, dt_name))
+        return _zero_bound(ball, reg0.centres, pair0.w[-1].shape[0], dt, dt_p)
+    lo, hi, _, _ = _chunks(pair0, ball, reg0.centres, dt, dt_p, batch_size, optimise=optimise)
+    return _gap_bound(lo, hi, ball, reg0.centres, dt, dt_p)
 
 
 # ---------------------------------------------------------------------------------------- lower side
@@ -830,6 +1097,60 @@ def _disagree(t64: Net, p64: Net, x: Tensor) -> Tensor:
     return clear & (ft.argmax(-1) != fp.argmax(-1))
 
 
+def _margins(an: _Analysis, c: Tensor) -> tuple[Tensor, Tensor]:
+    """Certified lower bounds ``[b]`` of ``min_{x, j≠c} F_c − F_j`` and of the same for f (rounding inside).
+
+    Rows ``e_c − e_j`` on F's logits ``z`` and on f's ``z + δ``, back-substituted through the chunk's
+    relaxations (no second propagation).
+    """
+    m = an.pair.w[-1].shape[0]
+    eye = torch.eye(m, dtype=torch.float64, device=c.device)
+    rows = eye[c].unsqueeze(1) - eye.unsqueeze(0)  # [b, m, m]: e_c − e_j (row j = c is zero)
+    k = len(an.pair.w) - 1
+    both = torch.cat([rows, rows], 1)
+    ld = torch.cat([torch.zeros_like(rows), rows], 1)
+    low = _backsub(both, ld, k, an.pair, an.relax, an.reg, an.rho)  # computed logits: rounding inside
+    lt, lp = low[:, :m], low[:, m:]
+    not_c = eye[c] == 0
+    inf = torch.full_like(lt, math.inf)
+    return torch.where(not_c, lt, inf).amin(-1), torch.where(not_c, lp, inf).amin(-1)
+
+
+def _attack(t64: Net, p64: Net, ball: BallSpec, sub: Tensor, csub: Tensor, generator: torch.Generator,
+            n_restarts: int, n_steps: int) -> list[Tensor | None]:
+    """Per ball of ``sub`` (centres ``[b, d]``, F's classes ``csub``): a float64 input of the ball ∩ box where
+    the top-1 classes of F and f differ with clear margins, or ``None`` (projected ascent on
+    ``max_j (f_j − f_c) − max_j (F_j − F_c)``; the centres themselves are candidates too)."""
+    m = cast(Tensor, t64(sub[:1])).shape[-1]
+    reg = _region(ball, sub, sub.shape[1], sub.device)
+    mask = torch.eye(m, dtype=torch.float64, device=sub.device)[csub].bool()
+
+    def obj(x: Tensor) -> Tensor:
+        flat = x.reshape(-1, x.shape[-1])
+        ft = cast(Tensor, t64(flat)).reshape(*x.shape[:-1], m)
+        fp = cast(Tensor, p64(flat)).reshape(*x.shape[:-1], m)
+        oc = ft.gather(-1, csub.expand(x.shape[0], -1).unsqueeze(-1))
+        pc = fp.gather(-1, csub.expand(x.shape[0], -1).unsqueeze(-1))
+        neg = torch.full_like(ft, -math.inf)
+        up = torch.where(mask, neg, fp - pc).amax(-1)
+        ut = torch.where(mask, neg, ft - oc).amax(-1)
+        return up - ut
+
+    _, xb = _ascend(obj, reg, n_restarts, n_steps, 0.25, generator)
+    with torch.no_grad():
+        cand = torch.cat([xb, sub])
+        dis = _disagree(t64, p64, cand)
+        ins = _inside(cand, _Region(torch.cat([sub, sub]), reg.radius, reg.norm, reg.box, reg.lo, reg.hi))
+    nsub = sub.shape[0]
+    out: list[Tensor | None] = [None] * nsub
+    for j in range(nsub):
+        for cand_j in (j, j + nsub):
+            if bool(dis[cand_j]) and bool(ins[cand_j]):
+                out[j] = cand[cand_j].detach().clone()
+                break
+    return out
+
+
 def certified_agreement(target: Net, pruned: Net, ball: BallSpec, *, centres: Tensor | None = None,
                         forward_dtype: torch.dtype | None = None, attack: bool = True,
                         generator: torch.Generator | None = None, n_restarts: int = 4, n_steps: int = 50,
@@ -842,6 +1163,8 @@ def certified_agreement(target: Net, pruned: Net, ball: BallSpec, *, centres: Te
     top-1 class of both nets at every input of the ball, exactly and as computed. Otherwise an
     attack (projected ascent on ``max_j (f_j − f_c) − max_j (F_j − F_c)``) looks for a witness where
     the top-1 classes differ in float64 with clear margins: ``"refuted"``; else ``"not certified"``.
+    The same propagation also gives the certified gap (``AgreementResult.bound``, as
+    :func:`differential_bound`).
 
     Args:
         target, pruned: F and f (single FCN classifiers, ≥ 2 outputs).
@@ -850,6 +1173,7 @@ def certified_agreement(target: Net, pruned: Net, ball: BallSpec, *, centres: Te
         attack: search for a witness where not certified. generator: its randomness (default seed 0).
         n_restarts, n_steps: attack budget. batch_size: balls per vectorised chunk.
     """
+    _check_batch_size(batch_size)
     pair0 = _prepare(target, pruned)
     m = pair0.w[-1].shape[0]
     if m < 2:
@@ -859,56 +1183,19 @@ def certified_agreement(target: Net, pruned: Net, ball: BallSpec, *, centres: Te
     t64, p64 = target.to(dtype=torch.float64), pruned.to(dtype=torch.float64)
     with torch.no_grad():
         cls = cast(Tensor, t64(reg0.centres)).argmax(-1)
-    eye = torch.eye(m, dtype=torch.float64, device=cls.device)
-    mt_all, mp_all = [], []
-    for start in range(0, reg0.centres.shape[0], batch_size):
-        cs = reg0.centres[start:start + batch_size]
-        an = _analyse(pair0, ball, cs, dt_t, dt_p)
-        c = cls[start:start + batch_size]
-        rows = eye[c].unsqueeze(1) - eye.unsqueeze(0)  # [b, m, m]: e_c − e_j (row j = c is zero)
-        k = len(an.pair.w) - 1
-        both = torch.cat([rows, rows], 1)
-        lz = both
-        ld = torch.cat([torch.zeros_like(rows), rows], 1)
-        low = _backsub(lz, ld, k, an.pair, an.relax, an.reg, an.rho)  # computed logits: rounding inside
-        lt, lp = low[:, :m], low[:, m:]
-        not_c = eye[c] == 0
-        inf = torch.full_like(lt, math.inf)
-        mt_all.append(torch.where(not_c, lt, inf).amin(-1))
-        mp_all.append(torch.where(not_c, lp, inf).amin(-1))
-    mt, mp = torch.cat(mt_all), torch.cat(mp_all)
+    lo, hi, mt_, mp_ = _chunks(pair0, ball, reg0.centres, dt_t, dt_p, batch_size, cls)
+    mt, mp = cast(Tensor, mt_), cast(Tensor, mp_)  # given classes, _chunks returns the margins
+    bound = _zero_bound(ball, reg0.centres, m, dt_t, dt_p) if _identical(target, pruned) else \
+        _gap_bound(lo, hi, ball, reg0.centres, dt_t, dt_p)
     verdicts: list[Verdict] = ["certified" if bool(a > 0) and bool(b > 0) else "not certified"
                                for a, b in zip(mt, mp)]
     witnesses: list[Tensor | None] = [None] * len(verdicts)
     open_idx = [i for i, v in enumerate(verdicts) if v != "certified"]
     if attack and open_idx:
         gen = generator if generator is not None else torch.Generator(device=cls.device).manual_seed(0)
-        sub = reg0.centres[open_idx]
-        reg = _region(ball, sub, sub.shape[1], sub.device)
-        csub = cls[open_idx]
-        mask = eye[csub].bool()
-
-        def obj(x: Tensor) -> Tensor:
-            flat = x.reshape(-1, x.shape[-1])
-            ft = cast(Tensor, t64(flat)).reshape(*x.shape[:-1], m)
-            fp = cast(Tensor, p64(flat)).reshape(*x.shape[:-1], m)
-            oc = ft.gather(-1, csub.expand(x.shape[0], -1).unsqueeze(-1))
-            pc = fp.gather(-1, csub.expand(x.shape[0], -1).unsqueeze(-1))
-            neg = torch.full_like(ft, -math.inf)
-            up = torch.where(mask, neg, fp - pc).amax(-1)
-            ut = torch.where(mask, neg, ft - oc).amax(-1)
-            return up - ut
-
-        _, xb = _ascend(obj, reg, n_restarts, n_steps, 0.25, gen)
-        with torch.no_grad():
-            cand = torch.cat([xb, sub])
-            dis = _disagree(t64, p64, cand)
-            ins = _inside(cand, _Region(torch.cat([sub, sub]), reg.radius, reg.norm, reg.box, reg.lo, reg.hi))
-        nsub = len(open_idx)
-        for j, i in enumerate(open_idx):
-            for cand_j in (j, j + nsub):
-                if bool(dis[cand_j]) and bool(ins[cand_j]):
-                    verdicts[i] = "refuted"
-                    witnesses[i] = cand[cand_j].detach().clone()
-                    break
-    return AgreementResult(tuple(verdicts), cls, mt, mp, tuple(witnesses))
+        found = _attack(t64, p64, ball, reg0.centres[open_idx], cls[open_idx], gen, n_restarts, n_steps)
+        for i, w in zip(open_idx, found):
+            if w is not None:
+                verdicts[i] = "refuted"
+                witnesses[i] = w
+    return AgreementResult(tuple(verdicts), cls, mt, mp, tuple(witnesses), bound)

@@ -5,7 +5,6 @@ No maths here: commands resolve a config, call ``runner``/``report``, print resu
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import io
 import json
@@ -21,7 +20,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from probprune.config import ProbPruneError, package_version
+from probprune.config import ProbPruneError, config_hash, package_version
 
 __all__ = [
     "TERMS",
@@ -190,20 +189,20 @@ def _command_path() -> str:
     return "probprune" if ctx is None else str(ctx.command_path)
 
 
-def header_line(config: dict[str, Any], out: str | None) -> str:
+def header_line(config: dict[str, Any], out: str | None, spec: Any = None) -> str:
     """The one line every command prints first: command, config hash, output.
 
-    The hash is the run's config hash when ``config`` carries one (``verify``), else the first 16 hex
-    digits of the SHA-256 of the resolved input as canonical JSON (equal inputs, equal hash).
+    The hash is :func:`probprune.config.config_hash` — of ``spec`` (the command's resolved section) when
+    given, else of ``config`` itself under the command's name; a ``hash`` entry (``verify``) is used as it is.
     """
     h = config.get("hash")
     if not isinstance(h, str):
-        canon = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
-        h = hashlib.sha256(canon.encode()).hexdigest()[:16]
+        h = config_hash(spec) if spec is not None else config_hash(config, kind=_command_path())
     return f"{_command_path()} | config {h} | output: {out if out else '(none)'}"
 
 
-def print_header(config: dict[str, Any], out: str | None, as_json: bool, verbose: bool = False) -> None:
+def print_header(config: dict[str, Any], out: str | None, as_json: bool, verbose: bool = False,
+                 spec: Any = None) -> None:
     """Print one line (command, config hash, output) and, with ``--verbose``, the resolved config.
 
     Nothing under ``--json``: stdout then holds only the JSON document and stderr stays empty on
@@ -211,7 +210,7 @@ def print_header(config: dict[str, Any], out: str | None, as_json: bool, verbose
     """
     if as_json:
         return
-    console.print(header_line(config, out), markup=False, soft_wrap=True)
+    console.print(header_line(config, out, spec), markup=False, soft_wrap=True)
     if verbose:
         console.print("[bold]resolved config[/bold]")
         console.print(json.dumps(config, indent=2, sort_keys=True, default=str), markup=False)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Annotated, Any, Optional
 
 import typer
 from rich.table import Table
 
 from probprune.cli.app import TERMS, VerboseOpt, app, console, emit_json, print_header, print_table
-from probprune.config import ProbPruneError, PruneSpec, parse_arch, parse_law
+from probprune.cli.flags import BOUND_FLAGS, SCHEDULE_HELP, ConfigOpt, SetOpt, refuse_c_alpha, schedule_group
+from probprune.config import BoundJob, ProbPruneError, parse_arch, parse_law, resolve, to_dict
 
 
 def _bound_table(b: dict[str, Any]) -> Table:
@@ -25,66 +27,82 @@ def _bound_table(b: dict[str, Any]) -> Table:
     return t
 
 
+def _net_group(data: dict[str, Any], flags: Mapping[str, Any]) -> None:
+    """``--arch`` with ``--activation`` (or the config file's ``net``) → ``net``; no level given: the job names one."""
+    net = data.get("net") if isinstance(data.get("net"), dict) else {}
+    arch = flags.get("arch") if flags.get("arch") is not None else net.get("arch")  # type: ignore[union-attr]
+    if arch is None:
+        raise ProbPruneError("arch: give --arch (e.g. fcn:16,2048,2048,4)")
+    act = flags.get("activation") or net.get("activation", "relu")  # type: ignore[union-attr]
+    data["net"] = parse_arch(arch, activation=act)
+    data.setdefault("prune", {})
+    data.setdefault("law", to_dict(parse_law("uniform:K=sqrt6")))
+
+
 @app.command("bound", help="Probabilistic bound ε(δ) on the gap sup_{‖x‖≤r} ‖f(x) − F(x)‖ of a pruned sampled "
              "network (docs/theory.md), or its inverses: --solve max-prune (largest level with ε ≤ --eps) and "
-             "--solve min-width (smallest hidden width; --c/--alpha give a schedule c·h^-α). " + TERMS)
+             "--solve min-width (smallest hidden width; --schedule c,alpha gives a schedule c·h^-α). " + TERMS)
 def bound_cmd(
-    arch: Annotated[str, typer.Option("--arch", help="Architecture, e.g. fcn:16,2048,2048,4.")],
-    law: Annotated[str, typer.Option(help="Weight law of the target, e.g. uniform:K=2.449 or gaussian:K=2.449.")]
-    = "uniform:K=sqrt6",
-    activation: Annotated[str, typer.Option(help="Hidden activation (σ(0) = 0 needed).")] = "relu",
-    method: Annotated[str, typer.Option(help="magnitude or random.")] = "magnitude",
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+    arch: Annotated[Optional[str], typer.Option("--arch", help="Architecture, e.g. fcn:16,2048,2048,4.")] = None,
+    law: Annotated[Optional[str], typer.Option(
+        help="Weight law of the target, e.g. uniform:K=2.449 or gaussian:K=2.449 (default uniform:K=sqrt6).")]
+    = None,
+    activation: Annotated[Optional[str], typer.Option(help="Hidden activation (σ(0) = 0 needed; default relu).")]
+    = None,
+    method: Annotated[Optional[str], typer.Option(help="magnitude (default) or random.")] = None,
     relative_threshold: Annotated[Optional[float], typer.Option(help="Magnitude: remove |w| <= rho * a_i.")] = None,
     threshold: Annotated[Optional[float], typer.Option(help="Magnitude: remove |w| <= threshold.")] = None,
     p: Annotated[Optional[float], typer.Option("--p", help="Random: remove each weight with probability p.")] = None,
     prune_fraction: Annotated[Optional[float], typer.Option(
         help="Share REMOVED; magnitude only (mapped to the threshold rule, see docs/theory.md §2.4).")] = None,
-    rescale: Annotated[bool, typer.Option(help="Random: survivors × 1/(1-p).")] = False,
-    delta: Annotated[float, typer.Option(help="Failure probability δ in (0, 1).")] = 0.05,
+    rescale: Annotated[Optional[bool], typer.Option("--rescale/--no-rescale", help="Random: survivors × 1/(1-p).")]
+    = None,
+    delta: Annotated[Optional[float], typer.Option(help="Failure probability δ in (0, 1) (default 0.05).")] = None,
     eps: Annotated[Optional[float], typer.Option(help="Target ε* > 0 for --solve.")] = None,
-    solve: Annotated[str, typer.Option(help="none, max-prune or min-width.")] = "none",
-    alpha: Annotated[Optional[float], typer.Option(help="Schedule exponent α in (0, 1): level = c·h^-α.")] = None,
-    c: Annotated[Optional[float], typer.Option("--c", help="Schedule constant c > 0: level = c·h^-α.")] = None,
-    radius: Annotated[float, typer.Option(help="Input ball radius r > 0.")] = 1.0,
-    theorem: Annotated[str, typer.Option(help="auto, operator (§4) or net (§5).")] = "auto",
+    solve: Annotated[Optional[str], typer.Option(help="none (default), max-prune or min-width.")] = None,
+    schedule: Annotated[Optional[str], typer.Option(help=SCHEDULE_HELP)] = None,
+    alpha: Annotated[Optional[float], typer.Option(hidden=True, help="Refused: use --schedule c,alpha.")] = None,
+    c: Annotated[Optional[float], typer.Option("--c", hidden=True, help="Refused: use --schedule c,alpha.")] = None,
+    radius: Annotated[Optional[float], typer.Option(help="Input ball radius r > 0 (default 1).")] = None,
+    theorem: Annotated[Optional[str], typer.Option(help="auto (default), operator (§4) or net (§5).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document instead of tables.")] = False,
     dry_run: Annotated[bool, typer.Option(help="Print the resolved config and stop.")] = False,
     verbose: VerboseOpt = False,
 ) -> None:
-    from probprune.runner.bound import BoundJob, check_job, run_bound  # here: scipy/torch only when it runs
+    from probprune.runner.bound import check_job, run_bound  # here: scipy/torch only when it runs
 
-    net = parse_arch(arch, activation=activation)
-    lw = parse_law(law)
-    if (alpha is None) != (c is None):
-        raise ProbPruneError(f"alpha={alpha!r}, c={c!r}: a schedule needs both --alpha and --c")
-    if alpha is not None and not 0.0 < alpha < 1.0:
-        raise ProbPruneError(f"alpha={alpha!r}: must be in (0, 1)")
-    if solve == "max-prune" and alpha is not None:
-        raise ProbPruneError("alpha: --solve max-prune finds a fixed level; drop --alpha/--c")
-    if solve == "max-prune" and any(v is not None for v in (relative_threshold, threshold, p, prune_fraction)):
-        raise ProbPruneError("--solve max-prune finds the level itself; give no level")
-    spec = PruneSpec(method=method, prune_fraction=prune_fraction, threshold=threshold,  # type: ignore[arg-type]
-                     relative_threshold=relative_threshold, p=p, rescale=rescale, schedule_c=c, schedule_alpha=alpha)
-    job = BoundJob(net=net, law=lw, prune=spec, delta=delta, eps=eps, solve=solve, radius=radius,  # type: ignore[arg-type]
-                   theorem=theorem)  # type: ignore[arg-type]
-    resolved = {"arch": net.to_arch(), "activation": activation, "law": lw.to_text(), "delta": delta, "eps": eps,
-                "solve": solve, "radius": radius, "theorem": theorem,
-                "prune": {k: v for k, v in vars(spec).items() if v is not None}}
+    refuse_c_alpha(c, alpha)
+    job: BoundJob = resolve(BoundJob, table=BOUND_FLAGS, config=config, sets=list(sets or []),
+                            groups=(_net_group, schedule_group()),
+                            flags=dict(arch=arch, law=law, activation=activation, method=method,
+                                       relative_threshold=relative_threshold, threshold=threshold, p=p,
+                                       prune_fraction=prune_fraction, rescale=rescale, delta=delta, eps=eps,
+                                       solve=solve, schedule=schedule, radius=radius, theorem=theorem))
+    resolved = {"arch": job.net.to_arch(), "activation": job.net.activation, "law": job.law.to_text(),
+                "delta": job.delta, "eps": job.eps, "solve": job.solve, "radius": job.radius, "theorem": job.theorem,
+                "prune": {k: v for k, v in vars(job.prune).items() if v is not None}}
     check_job(job)
-    print_header(resolved, None, as_json, verbose)
+    print_header(resolved, None, as_json, verbose, spec=job)
     if dry_run:
         return
     doc = run_bound(job)
     if as_json:
         emit_json({"config": resolved, **doc})
         return
+    _print_bound(job, doc)
+
+
+def _print_bound(job: BoundJob, doc: dict[str, Any]) -> None:
     b = doc["bound"]
     if "answer" in doc:
-        if solve == "max-prune":
+        if job.solve == "max-prune":
             a = doc["answer"]
-            console.print(f"[bold]largest {a['level_name']}[/bold] with ε(δ={delta:g}) ≤ {eps:g}: {a['level']:.6g}")
+            console.print(f"[bold]largest {a['level_name']}[/bold] with ε(δ={job.delta:g}) ≤ {job.eps:g}: "
+                          f"{a['level']:.6g}")
         else:
-            console.print(f"[bold]smallest hidden width[/bold] with ε(δ={delta:g}) ≤ {eps:g}: "
+            console.print(f"[bold]smallest hidden width[/bold] with ε(δ={job.delta:g}) ≤ {job.eps:g}: "
                           f"{doc['answer']['hidden_width']}")
     print_table(_bound_table(b))
     console.print(f"probability budget: {len(b['budget'])} events, δ split equally "

@@ -10,27 +10,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from probprune.cli.app import ProgressLog, VerboseOpt, app, console, emit_json, err_console, print_header
-from probprune.config import ProbPruneError
+from probprune.cli.flags import CERTIFY_FLAGS, ConfigOpt, SetOpt
+from probprune.config import CertifyJob, ProbPruneError, resolve
 
-__all__ = ["certify_cmd", "parse_clip", "summary_table"]
-
-
-def parse_clip(text: str | None) -> tuple[float, float] | None:
-    """``"LO,HI"`` → ``(LO, HI)`` (finite, LO < HI), or ``None``.
-
-    >>> parse_clip("0,1")
-    (0.0, 1.0)
-    """
-    if text is None:
-        return None
-    parts = text.split(",")
-    try:
-        lo, hi = (float(p) for p in parts) if len(parts) == 2 else (math.nan, math.nan)
-    except ValueError:
-        lo = hi = math.nan
-    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
-        raise ProbPruneError(f"clip={text!r}: must be LO,HI with finite numbers LO < HI (e.g. 0,1)")
-    return lo, hi
+__all__ = ["certify_cmd", "curve_table", "summary_table"]
 
 
 def _f(v: Any) -> str:
@@ -70,44 +53,65 @@ def summary_table(summary: dict[str, Any], norm: str, radius: float) -> Table:
              "smaller of the differential and the layerwise bound), a found gap (gradient search), and whether "
              "f and F provably give the same top-1 class everywhere in the ball (docs/certified.md).")
 def certify_cmd(
-    weights: Annotated[str, typer.Option(help="Target model F (.onnx, or .safetensors with --arch).")],
-    pruned: Annotated[str, typer.Option(help="Pruned model f (.onnx or .safetensors, same architecture).")],
-    data: Annotated[str, typer.Option(help="mnist, fashion-mnist (the first N test images, pixels / 255 in "
-                                           "[0, 1]) or an .npy file of inputs [N, d].")],
-    radius: Annotated[float, typer.Option(help="Ball radius r > 0 around each input.")],
-    n_points: Annotated[int, typer.Option(help="N: how many inputs (the first N).")] = 100,
-    norm: Annotated[str, typer.Option(help="Ball norm: linf or l2.")] = "linf",
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+    weights: Annotated[Optional[str], typer.Option(help="Target model F (.onnx, or .safetensors with --arch).")]
+    = None,
+    pruned: Annotated[Optional[str], typer.Option(help="Pruned model f (.onnx or .safetensors, same architecture).")]
+    = None,
+    data: Annotated[Optional[str], typer.Option(help="mnist, fashion-mnist (the first N test images, pixels / 255 in "
+                                                     "[0, 1]) or an .npy file of inputs [N, d].")] = None,
+    radius: Annotated[Optional[float], typer.Option(help="Ball radius r > 0 around each input.")] = None,
+    n_points: Annotated[Optional[int], typer.Option(help="N: how many inputs (the first N; default 100).")] = None,
+    norm: Annotated[Optional[str], typer.Option(help="Ball norm: linf (default) or l2.")] = None,
     clip: Annotated[Optional[str], typer.Option(help="LO,HI: the box the inputs live in (e.g. 0,1 for pixels), "
                                                      "intersected with each ball.")] = None,
     arch: Annotated[Optional[str], typer.Option(
         "--arch", help="Architecture of .safetensors models, e.g. fcn:784,300,100,10 (an .onnx model carries "
                        "its own; if given, it must match).")] = None,
-    activation: Annotated[str, typer.Option(help="Hidden activation of a .safetensors architecture.")] = "relu",
-    bias: Annotated[bool, typer.Option("--bias/--no-bias", help="A .safetensors architecture has biases.")] = False,
+    activation: Annotated[Optional[str], typer.Option(
+        help="Hidden activation of a .safetensors architecture (default relu).")] = None,
+    bias: Annotated[Optional[bool], typer.Option("--bias/--no-bias", help="A .safetensors architecture has biases.")]
+    = None,
     labels: Annotated[Optional[str], typer.Option(help="Labels [N] (.npy of integers) for an .npy data file.")]
     = None,
-    n_restarts: Annotated[int, typer.Option(help="Gap search: random restarts per input.")] = 8,
-    n_steps: Annotated[int, typer.Option(help="Gap search: ascent steps per restart.")] = 100,
-    seed: Annotated[int, typer.Option(help="Seed of the searches.")] = 0,
+    n_restarts: Annotated[Optional[int], typer.Option(help="Gap search: random restarts per input (default 8).")]
+    = None,
+    n_steps: Annotated[Optional[int], typer.Option(help="Gap search: ascent steps per restart (default 100).")]
+    = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed of the searches (default 0).")] = None,
     out: Annotated[Optional[str], typer.Option(help="Write the per-input rows to this .csv or .json file.")]
     = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document (rows and summary).")] = False,
+    solve: Annotated[Optional[str], typer.Option(
+        help="max-prune: prune --weights at increasing levels and report the largest prune fraction whose "
+             "certified agreement rate is >= --agreement (and the measured curve).")] = None,
+    method: Annotated[str, typer.Option(help="--solve max-prune: magnitude or random.")] = "magnitude",
+    scope: Annotated[str, typer.Option(help="--solve max-prune: global or layerwise.")] = "global",
+    agreement: Annotated[float, typer.Option(help="--solve max-prune: target certified agreement rate in (0, 1].")]
+    = 0.95,
+    tol: Annotated[float, typer.Option(help="--solve max-prune: width of the final bisection bracket.")] = 0.01,
     verbose: VerboseOpt = False,
 ) -> None:
-    from probprune.runner.certify import CertifyJob, check_job, run_certify  # torch: when the command runs
+    from probprune.runner.certify import check_job, run_certify  # torch: when the command runs
 
-    job = CertifyJob(weights=weights, pruned=pruned, data=data, n_points=n_points, norm=norm, radius=radius,
-                     arch=arch, activation=activation, bias=bias, clip=parse_clip(clip), labels=labels, seed=seed,
-                     n_restarts=n_restarts, n_steps=n_steps, out=out)
+    _check_required(weights, pruned, data, radius, config, solve)
+    job: CertifyJob = resolve(CertifyJob, table=CERTIFY_FLAGS, config=config, sets=list(sets or []), flags=dict(
+        weights=weights, pruned=weights if solve is not None else pruned, data=data, radius=radius,
+        n_points=n_points, norm=norm, clip=clip, arch=arch, activation=activation, bias=bias, labels=labels,
+        n_restarts=n_restarts, n_steps=n_steps, seed=seed, out=out))
+    if solve is not None:
+        _max_prune(job, solve, method, scope, agreement, tol, as_json, verbose)
+        return
     check_job(job)
     resolved = job.to_dict()
-    print_header(resolved, out, as_json, verbose)
+    print_header(resolved, job.out, as_json, verbose, spec=job)
     live = not as_json and err_console.is_terminal
     # as verify: a live bar on a terminal, plain lines every few seconds otherwise, nothing under --json
     log = None if as_json or live else ProgressLog(err_console)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err_console, transient=True, disable=not live) as bar:
-        task = bar.add_task("certifying", total=n_points)
+        task = bar.add_task("certifying", total=job.n_points)
 
         def progress(done: int, total: int) -> None:
             bar.update(task, completed=done, total=total)
@@ -120,7 +124,60 @@ def certify_cmd(
                    "summary": res.summary})
         return
     console.print(f"inputs: {res.inputs}", markup=False)
-    console.print(summary_table(res.summary, norm, radius))
+    console.print(summary_table(res.summary, job.norm, job.radius))
     console.print("upper = min(differential bound, layerwise bound over the l2 ball around 0 containing the local "
                   "ball); certified agreement: F and f have the same unique top-1 class everywhere in the ball",
                   markup=False)
+
+
+def _check_required(weights: str | None, pruned: str | None, data: str | None, radius: float | None,
+                    config: str | None, solve: str | None) -> None:
+    """The flags without a default are given (or left to ``--config``); ``--pruned`` only without ``--solve``."""
+    if solve is not None and pruned is not None:
+        raise ProbPruneError(f"pruned={pruned!r}: --solve max-prune prunes --weights itself; give no --pruned")
+    required: list[tuple[str, object]] = [("weights", weights), ("data", data), ("radius", radius)]
+    if solve is None:
+        required.append(("pruned", pruned))
+    for name, v in required:
+        if v is None and config is None:
+            raise ProbPruneError(f"{name}: missing; give --{name} (or set it in --config)"
+                                 + (", or --solve max-prune" if name == "pruned" else ""))
+
+
+def curve_table(outcome: Any) -> Table:
+    """The max-prune curve (prune fraction → certified / empirical agreement, accuracy) as a table."""
+    s = outcome.summary
+    t = Table(title=f"certify --solve max-prune: {s['method']} {s['scope']}, {s['n']} inputs, target certified "
+                    f"agreement {100 * s['agreement_target']:.1f} %")
+    for name in ("prune fraction", "certified agreement", "empirical agreement", "accuracy pruned", "refuted",
+                 "meets target", "seconds"):
+        t.add_column(name, justify="right")
+    for r in outcome.curve:
+        t.add_row(f"{r['prune_fraction']:.4g}", _pct(r["certified_agreement"]), _pct(r["empirical_agreement"]),
+                  _pct(r["accuracy_pruned"]), str(r["refuted"]), "yes" if r["meets_target"] else "no",
+                  f"{r['seconds']:.1f}")
+    return t
+
+
+def _max_prune(job: Any, solve: str, method: str, scope: str, agreement: float, tol: float, as_json: bool,
+               verbose: bool) -> None:
+    from probprune.runner.certify import SOLVES, MaxPruneSolve, check_solve, run_max_prune
+
+    if solve not in SOLVES:
+        raise ProbPruneError(f"solve={solve!r}: must be one of {', '.join(SOLVES)}")
+    spec = MaxPruneSolve(method=method, scope=scope, agreement=agreement, tol=tol)
+    check_solve(job, spec)
+    resolved = {**job.to_dict(), **spec.to_dict()}
+    print_header(resolved, job.out, as_json, verbose)
+    log = None if as_json else ProgressLog(err_console)
+    res = run_max_prune(job, spec, progress=None if log is None else lambda d, t: log.update(d, t, "levels"))
+    if as_json:
+        emit_json({"config": resolved, "inputs": res.inputs, "arch": res.spec.to_arch(), "curve": res.curve,
+                   "summary": res.summary})
+        return
+    console.print(f"inputs: {res.inputs}", markup=False)
+    console.print(curve_table(res))
+    best = res.summary["max_prune_fraction"]
+    console.print("largest prune fraction with certified agreement >= "
+                  f"{100 * agreement:.1f} %: {'none (not even 0)' if best is None else f'{best:.4g}'} "
+                  "(every answered level was measured; the rate need not be monotone in the level)", markup=False)

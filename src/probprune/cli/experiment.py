@@ -10,28 +10,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from probprune.cli.app import TERMS, ProgressLog, VerboseOpt, app, console, emit_json, err_console, print_header
-from probprune.config import EXPERIMENT_EPOCHS, EXPERIMENT_PRUNE_FRACTIONS, ProbPruneError
+from probprune.cli.flags import EXPERIMENT_FLAGS, ConfigOpt, SetOpt
+from probprune.config import EXPERIMENT_EPOCHS, EXPERIMENT_PRUNE_FRACTIONS, ExperimentSpec, ProbPruneError, resolve
 
 #: More torch threads than this is a typo, not a setting.
 _MAX_THREADS = 1024
-
-
-def _shown(text: str) -> str:
-    return repr(text) if len(text) <= 60 else repr(text[:40]) + f"…({len(text)} characters)"
-
-
-def _ints(name: str, text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(t) for t in text.split(",") if t.strip())
-    except ValueError:  # not an integer, or more digits than int() converts
-        raise ProbPruneError(f"{name}={_shown(text)}: expected comma-separated integers") from None
-
-
-def _floats(name: str, text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(t) for t in text.split(",") if t.strip())
-    except ValueError:
-        raise ProbPruneError(f"{name}={_shown(text)}: expected comma-separated numbers") from None
 
 
 def _write_report(run_dir: Path) -> Path:
@@ -42,10 +25,6 @@ def _write_report(run_dir: Path) -> Path:
     from probprune.report import build_report
 
     return Path(build_report(run_dir))
-
-
-def _names(text: str) -> tuple[str, ...]:
-    return tuple(t.strip() for t in text.split(",") if t.strip())
 
 
 def markdown_tables(summary: list[dict[str, Any]]) -> str:
@@ -91,6 +70,8 @@ def markdown_tables(summary: list[dict[str, Any]]) -> str:
     "the ball of radius max ||x|| of the test set, and the mean gap on the test set. " + TERMS))
 def experiment_cmd(
     dataset: Annotated[str, typer.Argument(help="mnist or fashion-mnist.")],
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
     seeds: Annotated[Optional[str], typer.Option(help="Comma-separated seeds (default 0,1,2; --quick: 0).")] = None,
     epochs: Annotated[Optional[float], typer.Option(
         help=f"Dense training epochs for every model (default {EXPERIMENT_EPOCHS}).")] = None,
@@ -124,50 +105,43 @@ def experiment_cmd(
 ) -> None:
     # the workflow (torch, the data sets) is imported when the command runs, not for --help
     from probprune.runner.dataprep import require_dataset
-    from probprune.runner.experiment import ExperimentSpec, run_experiment, summarize
+    from probprune.runner.experiment import check_budget, summarize
     from probprune.runner.prune import check_output_dir
     from probprune.runner.ray_executor import make_executor
 
     if dataset not in ("mnist", "fashion-mnist"):
         raise ProbPruneError(f"dataset={dataset!r}: must be mnist or fashion-mnist")
-    base = ExperimentSpec.quick(dataset) if quick else ExperimentSpec(dataset=dataset)
-    kw: dict[str, Any] = base.to_dict()
-    if seeds is not None:
-        kw["seeds"] = _ints("seeds", seeds)
-    if epochs is not None:
-        kw["epochs"] = {m: epochs for m in kw["epochs"]}
-    if finetune_epochs is not None:
-        kw["finetune_epochs"] = finetune_epochs
-    if finetune_lr is not None:
-        kw["finetune_lr"] = finetune_lr
-    if weight_decay is not None:
-        kw["weight_decay"] = weight_decay
-    if models is not None:
-        kw["models"] = _names(models)
-    if prune_fractions is not None:
-        kw["prune_fractions"] = _floats("prune_fractions", prune_fractions)
-    if methods is not None:
-        kw["methods"] = _names(methods)
-    if scopes is not None:
-        kw["scopes"] = _names(scopes)
-    for k in ("models", "prune_fractions", "methods", "scopes", "seeds"):
-        kw[k] = tuple(kw[k])
-    spec = ExperimentSpec(**kw)
-    spec.check_budget()
+    if quick and config is not None:
+        raise ProbPruneError(f"--quick: a preset of its own; give either --quick or --config {config!r}, not both")
+    spec: ExperimentSpec = resolve(
+        ExperimentSpec, table=EXPERIMENT_FLAGS, config=config, sets=list(sets or []),
+        base=ExperimentSpec.quick(dataset) if quick and config is None else None,
+        flags=dict(dataset=dataset, seeds=seeds, epochs=epochs, finetune_epochs=finetune_epochs,
+                   finetune_lr=finetune_lr, weight_decay=weight_decay, models=models,
+                   prune_fractions=prune_fractions, methods=methods, scopes=scopes))
+    check_budget(spec)
     if threads is not None and not 1 <= threads <= _MAX_THREADS:
         raise ProbPruneError(f"threads={threads!r}: must be in [1, {_MAX_THREADS}]")
     check_output_dir("runs_dir", runs_dir)
     ex = None if executor == "local" and address is None else make_executor(executor, address)
     run_dir = f"{runs_dir.rstrip('/')}/{spec.hash}"
     if not dry_run:
-        require_dataset(dataset)  # before any output: a missing dataset is one error line
+        require_dataset(spec.dataset)  # before any output: a missing dataset is one error line
     # stdout stays pure JSON / Markdown
     print_header({"hash": spec.hash, **spec.to_dict()}, run_dir, as_json or markdown, verbose)
     if dry_run:
         return
+    out = _run_with_progress(spec, runs_dir, ex, threads, as_json)
+    _print_summary(spec, out, summarize(out.rows), _write_report(out.run_dir), as_json, markdown)
+
+
+def _run_with_progress(spec: ExperimentSpec, runs_dir: str, ex: Any, threads: int | None, as_json: bool) -> Any:
+    """Run the experiment with a live bar on a terminal, plain progress lines (every few seconds, with an
+    ETA) when stderr is a log, nothing under ``--json``."""
+    from probprune.runner.experiment import run_experiment
+
     # start / join Ray before anything is written: an unreachable cluster leaves no run folder
     getattr(ex, "start", lambda: None)()
-    # a live bar on a terminal; plain progress lines (every few seconds, with an ETA) when stderr is a log
     live = not as_json and err_console.is_terminal
     logs: dict[str, ProgressLog] = {}
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -184,11 +158,14 @@ def experiment_cmd(
             bar.update(tasks[desc], completed=done, total=total)
 
         try:
-            out = run_experiment(spec, runs_dir, progress=progress, executor=ex, threads=threads)
+            return run_experiment(spec, runs_dir, progress=progress, executor=ex, threads=threads)
         finally:
             getattr(ex, "shutdown", lambda: None)()
-    summary = summarize(out.rows)
-    report = _write_report(out.run_dir)
+
+
+def _print_summary(spec: ExperimentSpec, out: Any, summary: list[dict[str, Any]], report: Path, as_json: bool,
+                   markdown: bool) -> None:
+    """The run's summary: Markdown tables, one JSON document, or the terminal table."""
     if markdown and not as_json:
         print(markdown_tables(summary))
         err_console.print(f"run folder: {out.run_dir}  ({out.computed} settings computed in {out.seconds:.1f} s)")
@@ -198,7 +175,7 @@ def experiment_cmd(
         emit_json({"run_dir": str(out.run_dir), "config": spec.to_dict(), "seconds": out.seconds,
                    "computed": out.computed, "rows": out.rows, "summary": summary, "report": str(report)})
         return
-    t = Table(title=f"{dataset}: test accuracy and gap (mean over {len(spec.seeds)} seed(s)); "
+    t = Table(title=f"{spec.dataset}: test accuracy and gap (mean over {len(spec.seeds)} seed(s)); "
                     "prune_fraction = share removed; gap over the ball of radius max ||x|| of the test set")
     for col in ("model", "method", "scope", "prune_fraction", "fine-tuned", "accuracy %", "kept weights",
                 "gap lower", "gap upper", "mean test gap"):

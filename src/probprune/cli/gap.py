@@ -9,7 +9,8 @@ import typer
 from rich.table import Table
 
 from probprune.cli.app import VerboseOpt, app, console, emit_json, err_console, print_header
-from probprune.config import GapSpec, ProbPruneError
+from probprune.cli.flags import GAP_FLAGS, ConfigOpt, SetOpt, model_net
+from probprune.config import GapJob, ProbPruneError, resolve
 
 __all__ = ["gap_cmd", "sandwich_doc", "sandwich_tables"]
 
@@ -52,42 +53,56 @@ def sandwich_tables(sw: Any, radius: float) -> list[Table]:
              "network f (--pruned): an empirical lower bound (sampling + projected gradient ascent) and a "
              "certified upper bound (layerwise operator norms, docs/certified.md).")
 def gap_cmd(
-    weights: Annotated[str, typer.Option(help="Target model F (.safetensors or .onnx).")],
-    pruned: Annotated[str, typer.Option(help="Pruned model f (.safetensors or .onnx, same architecture).")],
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+    weights: Annotated[Optional[str], typer.Option(help="Target model F (.safetensors or .onnx).")] = None,
+    pruned: Annotated[Optional[str], typer.Option(
+        help="Pruned model f (.safetensors or .onnx, same architecture).")] = None,
     arch: Annotated[Optional[str], typer.Option(
         "--arch", help="Architecture, e.g. fcn:784,300,100,10 (not needed when either model is .onnx; if given, "
                        "it must match).")] = None,
-    radius: Annotated[float, typer.Option(help="Input ball radius r > 0 (1 in the paper).")] = 1.0,
+    radius: Annotated[Optional[float], typer.Option(help="Input ball radius r > 0 (default 1, as in the paper).")]
+    = None,
     activation: Annotated[Optional[str], typer.Option(
         help="Hidden activation: relu (default), leaky_relu, tanh, sigmoid, identity; an .onnx model's own.")]
     = None,
     bias: Annotated[Optional[bool], typer.Option(
         "--bias/--no-bias", help="Layers carry biases; default no, an .onnx model's own.")] = None,
-    n_points: Annotated[int, typer.Option(help="Estimator: random starting points.")] = 2048,
-    n_restarts: Annotated[int, typer.Option(help="Estimator: best points refined by gradient ascent.")] = 8,
-    n_steps: Annotated[int, typer.Option(help="Estimator: ascent steps per restart.")] = 50,
-    step_size: Annotated[float, typer.Option(help="Estimator: initial step as a fraction of r.")] = 0.1,
-    norm_method: Annotated[str, typer.Option(help="auto, svd, gram-cholesky or frobenius-holder.")] = "auto",
-    seed: Annotated[int, typer.Option(help="Seed of the estimator's sampling.")] = 0,
-    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    n_points: Annotated[Optional[int], typer.Option(help="Estimator: random starting points (default 2048).")]
+    = None,
+    n_restarts: Annotated[Optional[int], typer.Option(
+        help="Estimator: best points refined by gradient ascent (default 8).")] = None,
+    n_steps: Annotated[Optional[int], typer.Option(help="Estimator: ascent steps per restart (default 50).")] = None,
+    step_size: Annotated[Optional[float], typer.Option(
+        help="Estimator: initial step as a fraction of r (default 0.1).")] = None,
+    norm_method: Annotated[Optional[str], typer.Option(
+        help="auto (default), svd, gram-cholesky or frobenius-holder.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed of the estimator's sampling (default 0).")] = None,
+    device: Annotated[Optional[str], typer.Option(help="cpu (default) or cuda.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document instead of tables.")] = False,
     dry_run: Annotated[bool, typer.Option(help="Print the resolved config and stop.")] = False,
     verbose: VerboseOpt = False,
 ) -> None:
-    from probprune.runner.gap import GapJob, run_gap  # when the command runs, not at start-up (torch)
-    from probprune.runner.prune import model_spec
+    from probprune.runner.gap import check_gap_job, run_gap  # when the command runs, not at start-up (torch)
 
     if isinstance(radius, float) and not math.isfinite(radius):
         raise ProbPruneError(f"radius={radius!r}: must be finite")
-    net, loaded = model_spec(arch, activation, bias, ("weights", weights), ("pruned", pruned))
-    spec = GapSpec(radius=radius, n_points=n_points, n_restarts=n_restarts, n_steps=n_steps, step_size=step_size)
-    job = GapJob(net=net, weights=weights, pruned=pruned, gap=spec, seed=seed, device=device,
-                 norm_method=norm_method)  # type: ignore[arg-type]
-    resolved = {"arch": net.to_arch(), "activation": net.activation, "bias": net.bias, "weights": weights,
-                "pruned": pruned, "seed": seed, "norm_method": norm_method,
-                "gap": {"radius": radius, "n_points": n_points, "n_restarts": n_restarts, "n_steps": n_steps,
-                        "step_size": step_size}}
-    print_header(resolved, None, as_json, verbose)
+    for name, path in (("weights", weights), ("pruned", pruned)):
+        if path is None and config is None:
+            raise ProbPruneError(f"{name}: missing; give --{name} FILE (or set it in --config)")
+    loaded: dict[str, Any] = {}
+    job: GapJob = resolve(GapJob, table=GAP_FLAGS, config=config, sets=list(sets or []),
+                          groups=(model_net(("weights", "pruned"), loaded),),
+                          flags=dict(weights=weights, pruned=pruned, arch=arch, radius=radius, activation=activation,
+                                     bias=bias, n_points=n_points, n_restarts=n_restarts, n_steps=n_steps,
+                                     step_size=step_size, norm_method=norm_method, seed=seed, device=device))
+    check_gap_job(job)
+    g = job.gap
+    resolved = {"arch": job.net.to_arch(), "activation": job.net.activation, "bias": job.net.bias,
+                "weights": job.weights, "pruned": job.pruned, "seed": job.seed, "norm_method": job.norm_method,
+                "gap": {"radius": g.radius, "n_points": g.n_points, "n_restarts": g.n_restarts, "n_steps": g.n_steps,
+                        "step_size": g.step_size}}
+    print_header(resolved, None, as_json, verbose, spec=job)
     if dry_run:
         return
     if as_json:  # stderr stays empty under --json
@@ -99,7 +114,7 @@ def gap_cmd(
     if as_json:
         emit_json({"config": resolved, "sandwich": sandwich_doc(sw)})
         return
-    for table in sandwich_tables(sw, radius):
+    for table in sandwich_tables(sw, g.radius):
         console.print(table)
     console.print("* certified upper value, not the exact norm; assumptions: "
                   + "; ".join(sw.bound.assumptions), markup=False)

@@ -3,45 +3,86 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
 from probprune.cli.app import TERMS, VerboseOpt, app, console, emit_json, print_header, stats_table
+from probprune.cli.flags import PRUNE_FLAGS, ConfigOpt, SetOpt, model_net
 from probprune.cli.gap import sandwich_doc, sandwich_tables
-from probprune.config import MIN_DELTA, GapSpec, ProbPruneError, PruneSpec, parse_law
+from probprune.config import MIN_DELTA, GapSpec, ProbPruneError, PruneJob, resolve
 
 ArchOpt = Annotated[Optional[str], typer.Option("--arch", help="Architecture, e.g. fcn:784,300,100,10 or "
                                                 "cnn:1x28x28,c6k5m2,c16k5p0m2,120,84,10 (not needed for an "
                                                 ".onnx model; if given, it must match).")]
 
 
+def _prune_job(config: str | None, sets: list[str] | None, flags: dict[str, Any]) -> tuple[PruneJob, dict[str, Any]]:
+    """The job from the one resolver (``--config``, the flags of :data:`PRUNE_FLAGS`, ``--set``) and the models
+    read on the way (``weights`` → ONNX model)."""
+    loaded: dict[str, Any] = {}
+
+    def rule(data: dict[str, Any], _: Any) -> None:
+        data.setdefault("prune", {})  # no level given: the job's own refusal names the flags to use
+
+    job: PruneJob = resolve(PruneJob, table=PRUNE_FLAGS, flags=flags, config=config, sets=list(sets or []),
+                            groups=(rule, model_net(("weights",), loaded)))
+    return job, loaded
+
+
+def _check_certificate(certificate: str | None, delta: float | None, job: PruneJob) -> None:
+    if certificate is None:
+        if delta is not None:
+            raise ProbPruneError(f"delta={delta!r}: needs --certificate and --law, and must be in [{MIN_DELTA:g}, 1)")
+        return
+    from probprune.runner.prune import model_format
+
+    if delta is not None and (job.law is None or not MIN_DELTA <= delta < 1.0):
+        raise ProbPruneError(f"delta={delta!r}: needs --certificate and --law, and must be in [{MIN_DELTA:g}, 1)")
+    for name, path in (("weights", job.weights), ("out", job.out), ("save_target", job.save_target)):
+        if path is not None and model_format(name, path) == "onnx":
+            raise ProbPruneError(f"certificate={certificate!r}: certificates are not supported for ONNX models "
+                                 f"yet ({name}={path!r}); use .safetensors files, or leave --certificate out")
+
+
+def _resolved(job: PruneJob, gap: GapSpec | None) -> dict[str, Any]:
+    doc: dict[str, Any] = {"arch": job.net.to_arch(), "activation": job.net.activation, "bias": job.net.bias,
+                           "weights": job.weights, "law": None if job.law is None else job.law.to_text(),
+                           "seed": job.seed, "prune": {k: v for k, v in vars(job.prune).items() if v is not None}}
+    if gap is not None:
+        doc["gap"] = {"radius": gap.radius}
+    return doc
+
+
 @app.command("prune", help="Prune a network (loaded with --weights or sampled with --law) and print the "
              "per-layer report. " + TERMS)
 def prune_cmd(
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
     arch: ArchOpt = None,
     weights: Annotated[Optional[str], typer.Option(
         help="Target model: .safetensors (names as to_module; needs --arch) or .onnx.")] = None,
     law: Annotated[Optional[str], typer.Option(help="Sample the target from a law, e.g. uniform:K=2.449.")] = None,
-    seed: Annotated[int, typer.Option(help="Seed for sampling and random masks.")] = 0,
+    seed: Annotated[Optional[int], typer.Option(help="Seed for sampling and random masks (default 0).")] = None,
     activation: Annotated[Optional[str], typer.Option(
         help="Hidden activation: relu (default), leaky_relu, tanh, sigmoid, identity; an .onnx model's own.")]
     = None,
     bias: Annotated[Optional[bool], typer.Option(
         "--bias/--no-bias", help="Layers carry biases (never pruned); default no, an .onnx model's own.")] = None,
-    method: Annotated[str, typer.Option(help="magnitude or random.")] = "magnitude",
-    scope: Annotated[str, typer.Option(help="layerwise or global.")] = "layerwise",
+    method: Annotated[Optional[str], typer.Option(help="magnitude (default) or random.")] = None,
+    scope: Annotated[Optional[str], typer.Option(help="layerwise (default) or global.")] = None,
     prune_fraction: Annotated[Optional[float], typer.Option(
         help="Share of weights REMOVED in [0, 1] (density = 1 - prune_fraction).")] = None,
     threshold: Annotated[Optional[float], typer.Option(help="Magnitude: remove |w| <= threshold.")] = None,
     relative_threshold: Annotated[Optional[float], typer.Option(
         help="Magnitude: remove |w| <= rho * a_i (needs --law).")] = None,
     p: Annotated[Optional[float], typer.Option("--p", help="Random: remove each weight with probability p.")] = None,
-    rescale: Annotated[bool, typer.Option(help="Random: multiply survivors by 1/(1-p).")] = False,
+    rescale: Annotated[Optional[bool], typer.Option("--rescale/--no-rescale",
+                                                    help="Random: multiply survivors by 1/(1-p).")] = None,
     out: Annotated[Optional[str], typer.Option(help="Write the pruned model here (.safetensors or .onnx).")] = None,
     save_target: Annotated[Optional[str], typer.Option(
         help="Also save the sampled target (.safetensors or .onnx).")] = None,
-    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    device: Annotated[Optional[str], typer.Option(help="cpu (default) or cuda.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document instead of tables.")] = False,
     dry_run: Annotated[bool, typer.Option(help="Print the resolved config and stop.")] = False,
     verbose: VerboseOpt = False,
@@ -57,41 +98,30 @@ def prune_cmd(
 ) -> None:
     # the workflow (torch, matplotlib) is imported when the command runs, not for --help
     from probprune.report.certificate import write_certificate
-    from probprune.runner import PruneJob, gap_sandwich, run_prune
+    from probprune.runner import gap_sandwich, run_prune
     from probprune.runner.certificate import make_certificate
-    from probprune.runner.prune import check_gap_budget, model_format, model_spec, write_outputs
+    from probprune.runner.prune import check_gap_budget, check_job_outputs, check_prune_job, write_outputs
 
     if certificate is not None and not certificate.endswith(".json"):
         raise ProbPruneError(f"certificate={certificate!r}: must end in .json")
-    if delta is not None and (certificate is None or law is None or not MIN_DELTA <= delta < 1.0):
-        raise ProbPruneError(f"delta={delta!r}: needs --certificate and --law, and must be in [{MIN_DELTA:g}, 1)")
+    job, loaded = _prune_job(config, sets, dict(
+        arch=arch, weights=weights, law=law, seed=seed, activation=activation, bias=bias, method=method, scope=scope,
+        prune_fraction=prune_fraction, threshold=threshold, relative_threshold=relative_threshold, p=p,
+        rescale=rescale, out=out, save_target=save_target, device=device))
+    _check_certificate(certificate, delta, job)
+    check_prune_job(job)
     gap_spec = GapSpec(radius=radius) if gap else None
-    if certificate is not None:
-        for name, path in (("weights", weights), ("out", out), ("save_target", save_target)):
-            if path is not None and model_format(name, path) == "onnx":
-                raise ProbPruneError(f"certificate={certificate!r}: certificates are not supported for ONNX models "
-                                     f"yet ({name}={path!r}); use .safetensors files, or leave --certificate out")
-    net, loaded = model_spec(arch, activation, bias, ("weights", weights))  # no --weights: --arch, sampled
-    spec = PruneSpec(method=method, scope=scope, prune_fraction=prune_fraction, threshold=threshold,  # type: ignore[arg-type]
-                     relative_threshold=relative_threshold, p=p, rescale=rescale)
-    job = PruneJob(net=net, prune=spec, weights=weights, law=None if law is None else parse_law(law), seed=seed,
-                   out=out, save_target=save_target, device=device)
     if gap_spec is not None or certificate is not None:
-        check_gap_budget(net, gap_spec or GapSpec(radius=radius))
-    job.check_outputs(("certificate", certificate))  # every output path, before any work
-    resolved = {"arch": net.to_arch(), "activation": net.activation, "bias": net.bias, "weights": weights,
-                "law": None if job.law is None else job.law.to_text(), "seed": seed,
-                "prune": {k: v for k, v in vars(spec).items() if v is not None}}
-    if gap_spec is not None:
-        resolved["gap"] = {"radius": radius}
-    print_header(resolved, out, as_json, verbose)
+        check_gap_budget(job.net, gap_spec or GapSpec(radius=radius))
+    check_job_outputs(job, ("certificate", certificate))  # every output path, before any work
+    resolved = _resolved(job, gap_spec)
+    print_header(resolved, job.out, as_json, verbose, spec=job)
     if dry_run:
         return
     res = run_prune(job, write=False, loaded=loaded.get("weights"))
-    stats = res.stats.to_dict()
-    sw = None if gap_spec is None else gap_sandwich(res.target, res.pruned, gap_spec, seed)
+    sw = None if gap_spec is None else gap_sandwich(res.target, res.pruned, gap_spec, job.seed)
     cert_doc = None
-    new_files = [Path(f) for f in (out, save_target, certificate) if f is not None and not Path(f).exists()]
+    new_files = [Path(f) for f in (job.out, job.save_target, certificate) if f is not None and not Path(f).exists()]
     try:
         write_outputs(job, res)  # after the sandwich; the certificate records the written files' digests
         if certificate is not None:
@@ -101,8 +131,15 @@ def prune_cmd(
         for f in new_files:  # a failed command leaves no new file behind
             f.unlink(missing_ok=True)
         raise
+    _print_outcome(job, res.stats.to_dict(), sw, cert_doc, certificate, resolved, radius, as_json)
+
+
+def _print_outcome(job: PruneJob, stats: dict[str, Any], sw: Any, cert_doc: dict[str, Any] | None,
+                   certificate: str | None, resolved: dict[str, Any], radius: float, as_json: bool) -> None:
+    from probprune.runner.prune import model_format
+
     if as_json:
-        doc = {"config": resolved, "stats": stats, "out": out, "save_target": save_target}
+        doc = {"config": resolved, "stats": stats, "out": job.out, "save_target": job.save_target}
         if cert_doc is not None:
             doc["certificate"] = {"path": certificate, "gap": cert_doc["gap"]["upper"],
                                   "lower": cert_doc["gap"]["lower"], "probabilistic": cert_doc["probabilistic"]}
@@ -114,8 +151,8 @@ def prune_cmd(
     if sw is not None:
         for table in sandwich_tables(sw, radius):
             console.print(table)
-    if out:
-        console.print(f"pruned {'model' if model_format('out', out) == 'onnx' else 'weights'} written to {out}",
-                      markup=False, soft_wrap=True)
+    if job.out:
+        console.print(f"pruned {'model' if model_format('out', job.out) == 'onnx' else 'weights'} written to "
+                      f"{job.out}", markup=False, soft_wrap=True)
     if cert_doc is not None:
         console.print(f"certificate written to {certificate}", markup=False, soft_wrap=True)

@@ -25,17 +25,17 @@ def report_cmd(
     print_header({"run_dir": run_dir}, str(out), as_json, verbose)
     if dry_run:
         return
-    from probprune.report import write_report
+    from probprune.report import load_report_data, write_report
     from probprune.runner.prune import check_output_paths
-    from probprune.store.reports import load_report_data
 
     data = load_report_data(run_dir)
     check_output_paths({"report": out, "summary": Path(run_dir) / "summary.md"})  # before anything is written
     path = write_report(data)
+    points = [p.to_dict() for p in data.points]
     doc = {"report": str(path), "summary": str(path.parent / "summary.md"), "status": data.status,
            "n_done": data.n_done, "n_expected": data.n_expected,
-           "n_pass": sum(1 for p in data.points if p.get("passed") is True),
-           "n_fail": sum(1 for p in data.points if p.get("passed") is False), **verdict_counts(data.points)}
+           "n_pass": sum(1 for p in points if p.get("passed") is True),
+           "n_fail": sum(1 for p in points if p.get("passed") is False), **verdict_counts(points)}
     if as_json:
         emit_json(doc)
         return

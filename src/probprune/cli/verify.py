@@ -7,7 +7,6 @@ print what the store returns.
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import math
 from collections.abc import Mapping
@@ -28,27 +27,22 @@ from probprune.cli.app import (
     print_header,
     print_table,
 )
+from probprune.cli.flags import SCHEDULE_HELP, VERIFY_FLAGS, ConfigOpt, SetOpt, verify_net, verify_prunes
 from probprune.config import (
-    BoundSpec,
     ProbPruneError,
-    PruneSpec,
     RunConfig,
     canonical_json,
     config_hash,
-    load_toml,
-    parse_arch,
-    parse_law,
+    default_config,
+    resolve,
     to_dict,
-    with_overrides,
 )
 
 __all__ = [
     "VERDICT_STYLE",
     "config_app",
-    "config_file",
     "confirm_sentence",
     "points_table",
-    "presets",
     "ray_line",
     "report_after_verify",
     "resolve_config",
@@ -61,137 +55,28 @@ __all__ = [
 config_app = typer.Typer(name="config", help="Show resolved configs and their hashes.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 
-_DEFAULT_SCHEDULE = (1.0, 0.5)
-_CONFIG_HELP = ("TOML config file, or the name of a packaged preset (default, fixed-level, quick: "
-                "probprune/configs/NAME.toml), usable from any folder.")
-
-
-def _parse_widths(text: str) -> tuple[int, ...]:
-    toks = [t.strip() for t in text.split(",") if t.strip()]
-    if not toks:
-        raise ProbPruneError(f"--widths {text!r}: empty grid, give hidden widths like 128,256,512")
-    try:
-        ws = tuple(int(t) for t in toks)
-    except ValueError:
-        raise ProbPruneError(f"--widths {text!r}: widths must be integers") from None
-    if any(w < 1 for w in ws):
-        raise ProbPruneError(f"--widths {text!r}: widths must be >= 1")
-    return ws
-
-
-def _parse_schedule(text: str) -> tuple[float, float]:
-    parts = [t.strip() for t in text.split(",")]
-    try:
-        c, alpha = (float(parts[0]), float(parts[1])) if len(parts) == 2 else (math.nan, math.nan)
-    except ValueError:
-        c = alpha = math.nan
-    if math.isnan(c) or math.isnan(alpha):
-        raise ProbPruneError(f"--schedule {text!r}: expected 'c,alpha' (level = c·h^-alpha)")
-    return c, alpha
-
-
-def presets() -> dict[str, Path]:
-    """The config presets shipped inside the package (``probprune/configs/*.toml``), by name."""
-    from importlib.resources import files
-
-    folder = Path(str(files("probprune") / "configs"))
-    return {p.stem: p for p in sorted(folder.glob("*.toml"))} if folder.is_dir() else {}
-
-
-def config_file(config: str) -> Path:
-    """The TOML file of ``--config``: an existing file as given, else a preset name (``quick`` or
-    ``quick.toml``) resolved to the packaged ``probprune/configs/quick.toml`` — so ``--config quick``
-    works from any folder.
-
-    Raises:
-        ProbPruneError: a bare name that is neither a file here nor a preset (the message lists the presets).
-    """
-    path = Path(config)
-    if path.exists() or path.parent != Path("."):
-        return path  # a path: load_toml reads it or says it is not found
-    name = path.name[:-len(".toml")] if path.name.endswith(".toml") else path.name
-    found = presets()
-    if name in found:
-        return found[name]
-    raise ProbPruneError(f"--config {config!r}: file not found, and not a preset name (presets: "
-                         f"{', '.join(found) or 'none installed'})")
-
-
 def resolve_config(
     config: str | None = None,
     sets: list[str] | None = None,
     *,
     resume: str | None = None,
-    arch: str | None = None,
-    widths: str | None = None,
-    law: str | None = None,
-    method: str | None = None,
-    scope: str | None = None,
-    prune_fraction: float | None = None,
-    threshold: float | None = None,
-    relative_threshold: float | None = None,
-    p: float | None = None,
-    rescale: bool | None = None,
-    schedule: str | None = None,
-    delta: float | None = None,
-    eps: float | None = None,
-    trials: int | None = None,
-    chunk_size: int | None = None,
-    seed: int | None = None,
-    device: str | None = None,
-    dtype: str | None = None,
-    matmul: str | None = None,
+    **flags: Any,
 ) -> RunConfig:
-    """The run config from (resume folder | TOML file | embedded default), then short flags, then ``--set``."""
+    """The run config: (resume folder | ``--config`` TOML or preset | the ``default`` preset), then the short
+    flags (:data:`~probprune.cli.flags.VERIFY_FLAGS` and the architecture and pruning-rule groups), then
+    ``--set`` — through the one resolver, :func:`probprune.config.resolve`."""
     if resume is not None and config is not None:
         raise ProbPruneError(f"--config {config!r}: give either --config or --resume, not both")
+    base: RunConfig | None = None
     if resume is not None:
         from probprune.store.runs import open_run
 
-        cfg = open_run(resume).config
-    elif config is not None:
-        cfg = load_toml(str(config_file(config)))
-    else:
-        from probprune.runner.verify import default_config
-
-        cfg = default_config()
-    net, mc, bound = cfg.net, cfg.mc, cfg.bound
-    if arch is not None:
-        net = parse_arch(arch, activation=net.activation, bias=net.bias)
-        mc = dataclasses.replace(mc, hidden_widths=())
-    if widths is not None:
-        mc = dataclasses.replace(mc, hidden_widths=_parse_widths(widths))
-    lawspec = cfg.law if law is None else parse_law(law)
-    prunes = cfg.prunes
-    levels = {"prune_fraction": prune_fraction, "threshold": threshold,
-              "relative_threshold": relative_threshold, "p": p}
-    given = {k: v for k, v in levels.items() if v is not None}
-    if given or schedule is not None or method is not None or rescale is not None or scope is not None:
-        m = method if method is not None else ("random" if p is not None else "magnitude")
-        sc = scope if scope is not None else "layerwise"
-        if given or schedule is not None:
-            c, a = _parse_schedule(schedule) if schedule is not None else (None, None)
-            prunes = (PruneSpec(method=m, scope=sc, rescale=bool(rescale), schedule_c=c,  # type: ignore[arg-type]
-                                schedule_alpha=a, **given),)
-        else:
-            same = tuple(r for r in cfg.prunes if method is None or r.method == method)
-            if same:
-                prunes = tuple(dataclasses.replace(r, scope=sc if scope is not None else r.scope,  # type: ignore[arg-type]
-                                                   rescale=r.rescale if rescale is None else bool(rescale))
-                               for r in same)
-            else:
-                c, a = _DEFAULT_SCHEDULE
-                prunes = (PruneSpec(method=m, scope=sc, rescale=bool(rescale), schedule_c=c,  # type: ignore[arg-type]
-                                    schedule_alpha=a),)
-    if delta is not None or eps is not None:
-        bound = BoundSpec(delta=bound.delta if delta is None else delta, eps=bound.eps if eps is None else eps)
-    mc_kw: dict[str, Any] = {k: v for k, v in {"n_trials": trials, "chunk_size": chunk_size, "seed": seed,
-                                                 "device": device, "dtype": dtype, "matmul": matmul}.items()
-                               if v is not None}
-    if mc_kw:
-        mc = dataclasses.replace(mc, **mc_kw)
-    cfg = RunConfig(net=net, law=lawspec, prunes=prunes, gap=cfg.gap, bound=bound, mc=mc)
-    return with_overrides(cfg, list(sets or [])) if sets else cfg
+        base = open_run(resume).config
+    elif config is None:
+        base = default_config()
+    cfg: RunConfig = resolve(RunConfig, table=VERIFY_FLAGS, flags=flags, config=config, base=base,
+                             sets=list(sets or []), groups=(verify_net, verify_prunes))
+    return cfg
 
 
 def report_after_verify(run_dir: Path) -> Path | None:
@@ -298,9 +183,8 @@ def slopes_table(slopes: list[dict[str, Any]]) -> Table:
              "FCN setting (about 3 minutes on 2 CPU cores). Runs are stored in RUNS_DIR/<config-hash>/ and resume "
              "where they stopped. " + TERMS)
 def verify_cmd(
-    config: Annotated[Optional[str], typer.Option("--config", help=_CONFIG_HELP)] = None,
-    sets: Annotated[Optional[list[str]], typer.Option("--set", help="Override section.field=value (repeatable).")]
-    = None,
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
     arch: Annotated[Optional[str], typer.Option(help="Architecture, e.g. fcn:16,64,64,4 (clears the width grid).")]
     = None,
     widths: Annotated[Optional[str], typer.Option(help="Grid of hidden widths, e.g. 128,256,512.")] = None,
@@ -315,7 +199,7 @@ def verify_cmd(
     = None,
     rescale: Annotated[Optional[bool], typer.Option("--rescale/--no-rescale", help="Random: survivors x 1/(1-p).")]
     = None,
-    schedule: Annotated[Optional[str], typer.Option(help="Vanishing level c·h^-alpha, given as 'c,alpha'.")] = None,
+    schedule: Annotated[Optional[str], typer.Option(help=SCHEDULE_HELP)] = None,
     delta: Annotated[Optional[float], typer.Option(help="Failure probability delta of the bound.")] = None,
     eps: Annotated[Optional[float], typer.Option(help="Check this eps instead of the theory's eps(delta).")] = None,
     trials: Annotated[Optional[int], typer.Option(help="Trials R per grid point (>= 1).")] = None,
@@ -375,6 +259,11 @@ def verify_cmd(
                    # one form in every command's --json: the config as an object (canonical text beside it)
                    "config": to_dict(cfg), "canonical": canonical_json(cfg)})
         return
+    _print_results(res, report)
+
+
+def _print_results(res: Any, report: Path | None) -> None:
+    """The tables, the verdict line and the run folder of a finished ``verify``."""
     print_table(points_table(res.points))
     if res.slopes:
         print_table(slopes_table(res.slopes))
@@ -445,9 +334,8 @@ def _run_with_progress(cfg: RunConfig, runs_dir: str, ex: Any, resume: str | Non
 
 @config_app.command("show", help="Print the resolved config (default: the verify default), its hash and run folder.")
 def config_show(
-    config: Annotated[Optional[str], typer.Option("--config", help=_CONFIG_HELP)] = None,
-    sets: Annotated[Optional[list[str]], typer.Option("--set", help="Override section.field=value (repeatable).")]
-    = None,
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
     runs_dir: Annotated[str, typer.Option(help="Parent folder of run folders.")] = "runs",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
 ) -> None:

@@ -15,12 +15,12 @@ from pathlib import Path
 
 from probprune.config import ProbPruneError
 from probprune.report import figures
+from probprune.report.data import ReportData, load_report_data
 from probprune.report.figures import FigureResult
 from probprune.report.html import environment, generated_time, render_html, render_summary
 from probprune.store import atomic_write_text
-from probprune.store.reports import ReportData, load_report_data
 
-__all__ = ["FigureResult", "ReportData", "build_report", "make_figures", "write_report"]
+__all__ = ["FigureResult", "ReportData", "build_report", "load_report_data", "make_figures", "write_report"]
 
 FIGURES_DIR = "figures"
 
@@ -29,10 +29,10 @@ def make_figures(data: ReportData, out_dir: str | Path) -> tuple[list[FigureResu
     """Every figure the results allow; returns (figures, notes on figures left out and why)."""
     out = Path(out_dir)
     todo: list[tuple[str, Callable[[], FigureResult]]] = []
-    points = [p for p in data.points if p.get("n_trials") != 0]
+    points = [p for p in data.points if p.n_trials != 0]
     if points:
         todo.append(("gap vs width", lambda: figures.gap_vs_width(points, data.slopes, data.delta, out)))
-        if any(p.get("rel_gap_lower_median") is not None for p in points):
+        if any(p.summary is not None and p.summary.rel_gap_lower_median is not None for p in points):
             todo.append(("relative gap vs width", lambda: figures.relative_gap_vs_width(points, data.slopes, out)))
         todo.append(("coverage", lambda: figures.coverage(points, data.delta, out)))
     if data.trials:

@@ -1,7 +1,7 @@
 """The report's figures: one function per figure, PNG + SVG, matplotlib's Agg renderer.
 
-Each function takes results as the store returns them (normalised rows of
-:mod:`probprune.store.reports`), never recomputes them, writes ``<out_dir>/<name>.png``
+Each function takes results as the store returns them (the records of :mod:`probprune.records`, as
+:mod:`probprune.report.data` pairs them), never recomputes them, writes ``<out_dir>/<name>.png``
 and ``.svg``, and returns a :class:`FigureResult` whose ``data`` is read back from the
 drawn artists (lines, error bars), so a test can compare what was plotted with the input.
 
@@ -15,10 +15,10 @@ from __future__ import annotations
 import io
 import math
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import matplotlib
 import matplotlib.ticker
@@ -28,6 +28,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from probprune.config import ProbPruneError
+from probprune.records import ExperimentRow
+from probprune.report.data import ReportPoint, ReportSlope, ReportTrial
 from probprune.store import atomic_write_bytes
 
 __all__ = [
@@ -44,7 +46,7 @@ __all__ = [
 _COLORS = {"magnitude": "#1f77b4", "random": "#d62728", "random (rescaled)": "#2ca02c"}
 _FALLBACK = ("#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
 _GAP_UNIT = "gap sup‖f(x)−F(x)‖₂ over ‖x‖₂≤r (output units)"
-#: coverage markers by verdict (``store.reports.VERDICTS``)
+#: coverage markers by verdict (``records.VERDICTS``)
 _VERDICT_COLORS = {"confirmed": "#2ca02c", "consistent": "#b8860b", "refuted": "#d62728"}
 
 
@@ -102,11 +104,20 @@ def _xy(line: Any) -> tuple[list[float], list[float]]:
     return ([float(v) for v in line.get_xdata()], [float(v) for v in line.get_ydata()])
 
 
-def _group(rows: Iterable[Mapping[str, Any]], key: str = "label") -> dict[str, list[Mapping[str, Any]]]:
-    out: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
+P = TypeVar("P", ReportPoint, ReportTrial)
+
+
+def _group(rows: Iterable[P]) -> dict[str, list[P]]:
+    """Rows by their rule's legend label."""
+    out: dict[str, list[P]] = defaultdict(list)
     for r in rows:
-        out[str(r[key])].append(r)
+        out[r.label].append(r)
     return dict(out)
+
+
+def _stat(p: ReportPoint, key: str) -> Any:
+    """A field of the point's summary (``None`` before its first trial)."""
+    return None if p.summary is None else getattr(p.summary, key)
 
 
 def _fmt_delta(delta: float | None) -> str:
@@ -170,7 +181,7 @@ def _need(rows: Sequence[Any], what: str) -> None:
 # --------------------------------------------------------------------------- gap vs width
 
 
-def gap_vs_width(points: Sequence[Mapping[str, Any]], slopes: Sequence[Mapping[str, Any]], delta: float | None,
+def gap_vs_width(points: Sequence[ReportPoint], slopes: Sequence[ReportSlope], delta: float | None,
                  out_dir: str | Path, *, name: str = "gap_vs_width") -> FigureResult:
     """Gap vs hidden width h, log-log, one panel per pruning rule.
 
@@ -190,23 +201,24 @@ def gap_vs_width(points: Sequence[Mapping[str, Any]], slopes: Sequence[Mapping[s
         ``data["series"]``: per rule, ``width`` and each plotted quantity, plus ``slope`` and
         ``theory_exponent`` as annotated.
     """
-    rows = [p for p in points if p.get("width") is not None]
+    rows = [p for p in points if p.summary is not None]
     _need(rows, "gap_vs_width")
     groups = _group(rows)
-    slope_by = {str(s["label"]): s for s in slopes if s.get("quantity", "gap_lower") == "gap_lower"}
+    slope_by = {s.label: s.slope for s in slopes}
     fig, axes = _new_figure(len(groups), ncols=3, sharey=True)
     q = "(1−δ)" if delta is None else f"{1 - delta:g}"
     series = []
     for i, (ax, (label, grp)) in enumerate(zip(axes, sorted(groups.items()))):
-        grp = sorted(grp, key=lambda r: int(r["width"]))
-        w = np.array([float(r["width"]) for r in grp])
+        grp = sorted(grp, key=lambda r: r.grid.width)
+        w = np.array([float(r.grid.width) for r in grp])
         color = _color(label, i)
         rec: dict[str, Any] = {"label": label}
 
-        def col(key: str, g: list[Mapping[str, Any]] = grp) -> np.ndarray:
-            return np.array([np.nan if r.get(key) is None else float(r[key]) for r in g])
+        def col(key: str, g: list[ReportPoint] = grp) -> np.ndarray:
+            return np.array([np.nan if _stat(r, key) is None else float(_stat(r, key)) for r in g])
 
-        med, qu, up, eps = col("gap_lower_median"), col("gap_lower_quantile"), col("gap_upper_median"), col("eps")
+        med, qu, up = col("gap_lower_median"), col("gap_lower_quantile"), col("gap_upper_median")
+        eps = np.array([np.nan if r.grid.eps is None else r.grid.eps for r in grp])
         (lm,) = ax.plot(w, med, "o-", color=color, label="empirical sup-gap (lower bound), median")
         rec["width"], rec["gap_lower_median"] = _xy(lm)
         if np.isfinite(qu).any():
@@ -221,8 +233,8 @@ def gap_vs_width(points: Sequence[Mapping[str, Any]], slopes: Sequence[Mapping[s
             (le,) = ax.plot(w, eps, "^:", color="#ff7f0e", ms=5, label=f"probabilistic bound ε(δ), {_fmt_delta(delta)}")
             rec["eps"] = _xy(le)[1]
         s = slope_by.get(label)
-        rec["slope"] = None if s is None else s.get("slope")
-        rec["theory_exponent"] = None if s is None else s.get("theory_exponent")
+        rec["slope"] = None if s is None else s.slope
+        rec["theory_exponent"] = None if s is None else s.theory_exponent
         # annotated under the panel title (never over the data): fitted slope beside the theory's −λ
         text = "fitted slope " + ("n/a" if rec["slope"] is None else f"{rec['slope']:.3f}")
         text += " · theory slope −λ = " + (
@@ -247,7 +259,7 @@ def gap_vs_width(points: Sequence[Mapping[str, Any]], slopes: Sequence[Mapping[s
                         {"series": series, "delta": delta})
 
 
-def relative_gap_vs_width(points: Sequence[Mapping[str, Any]], slopes: Sequence[Mapping[str, Any]],
+def relative_gap_vs_width(points: Sequence[ReportPoint], slopes: Sequence[ReportSlope],
                           out_dir: str | Path, *, name: str = "relative_gap_vs_width") -> FigureResult:
     """Relative gap (gap / sup‖F(x)‖, dimensionless) vs hidden width h, log-log, one line per rule.
 
@@ -261,19 +273,20 @@ def relative_gap_vs_width(points: Sequence[Mapping[str, Any]], slopes: Sequence[
     Returns:
         ``data["series"]``: per rule, ``width``, ``rel_gap_lower_median`` as plotted and ``rel_slope``.
     """
-    rows = [p for p in points if p.get("width") is not None and p.get("rel_gap_lower_median") is not None]
+    rows = [p for p in points if _stat(p, "rel_gap_lower_median") is not None]
     _need(rows, "relative_gap_vs_width")
-    rel_by = {str(s["label"]): s.get("rel_slope") for s in slopes}
+    rel_by = {s.label: s.slope.rel_slope for s in slopes}
     fig, (ax,) = _new_figure(1, panel=(6.4, 4.4))
     series = []
     widths: set[float] = set()
     for i, (label, grp) in enumerate(sorted(_group(rows).items())):
-        grp = sorted(grp, key=lambda r: int(r["width"]))
-        w = [float(r["width"]) for r in grp]
+        grp = sorted(grp, key=lambda r: r.grid.width)
+        w = [float(r.grid.width) for r in grp]
         widths.update(w)
         rs = rel_by.get(label)
         tag = f"{label} (fitted slope {rs:.3f})" if rs is not None else label
-        (line,) = ax.plot(w, [float(r["rel_gap_lower_median"]) for r in grp], "o-", color=_color(label, i), label=tag)
+        (line,) = ax.plot(w, [float(_stat(r, "rel_gap_lower_median")) for r in grp], "o-", color=_color(label, i),
+                          label=tag)
         xs, ys = _xy(line)
         series.append({"label": label, "width": xs, "rel_gap_lower_median": ys, "rel_slope": rs})
     ax.set_xscale("log")
@@ -294,27 +307,27 @@ def relative_gap_vs_width(points: Sequence[Mapping[str, Any]], slopes: Sequence[
 # --------------------------------------------------------------------------- coverage
 
 
-def coverage(points: Sequence[Mapping[str, Any]], delta: float | None, out_dir: str | Path, *,
+def coverage(points: Sequence[ReportPoint], delta: float | None, out_dir: str | Path, *,
              name: str = "coverage") -> FigureResult:
     """Empirical coverage P(gap ≤ ε(δ)) per grid point with Clopper–Pearson bars vs the 1−δ line.
 
     Args:
-        points: grid-point summaries with ``coverage``, ``cp_low``, ``cp_high``, ``passed`` (points
-            without ε(δ) are skipped).
+        points: grid points whose summaries give ``coverage``, ``coverage_low``, ``coverage_high``, ``passed``,
+            ``verdict`` (points without ε(δ) are skipped).
         delta: failure probability δ (the line is drawn at 1 − δ).
 
     Returns:
         ``data``: ``labels`` (x tick labels), ``coverage``, ``cp_low``, ``cp_high`` as plotted, ``level``.
     """
-    rows = [p for p in points if p.get("coverage") is not None]
+    rows = [p for p in points if _stat(p, "coverage") is not None]
     _need(rows, "coverage")
-    rows = sorted(rows, key=lambda r: (str(r["label"]), int(r["width"] or 0)))
+    rows = sorted(rows, key=lambda r: (r.label, r.grid.width))
     fig, (ax,) = _new_figure(1, panel=(max(6.0, 0.55 * len(rows) + 2.5), 4.2))
     x = np.arange(len(rows), dtype=float)
-    cov = np.array([float(r["coverage"]) for r in rows])
-    lo = np.array([float(r["cp_low"]) if r.get("cp_low") is not None else np.nan for r in rows])
-    hi = np.array([float(r["cp_high"]) if r.get("cp_high") is not None else np.nan for r in rows])
-    colors = [_VERDICT_COLORS.get(str(r.get("verdict")), "0.4") for r in rows]
+    cov = np.array([float(_stat(r, "coverage")) for r in rows])
+    lo = np.array([np.nan if _stat(r, "coverage_low") is None else float(_stat(r, "coverage_low")) for r in rows])
+    hi = np.array([np.nan if _stat(r, "coverage_high") is None else float(_stat(r, "coverage_high")) for r in rows])
+    colors = [_VERDICT_COLORS.get(str(_stat(r, "verdict")), "0.4") for r in rows]
     data: dict[str, Any] = {"labels": [], "coverage": [], "cp_low": [], "cp_high": [], "passed": [],
                             "verdict": [], "colors": colors, "level": None if delta is None else 1 - delta}
     for xi, c, l, h, colr in zip(x, cov, lo, hi, colors):
@@ -328,15 +341,15 @@ def coverage(points: Sequence[Mapping[str, Any]], delta: float | None, out_dir: 
         else:
             data["cp_low"].append(None)
             data["cp_high"].append(None)
-    data["passed"] = [r.get("passed") for r in rows]
-    data["verdict"] = [r.get("verdict") for r in rows]
+    data["passed"] = [_stat(r, "passed") for r in rows]
+    data["verdict"] = [_stat(r, "verdict") for r in rows]
     if delta is not None:
         ax.axhline(1 - delta, color="black", ls="--", lw=1, label=f"1 − δ = {1 - delta:g}")
     for v, colr in _VERDICT_COLORS.items():  # a legend entry per verdict shown
         n = data["verdict"].count(v)
         if n:
             ax.errorbar([], [], yerr=[], fmt="o", color=colr, capsize=4, ms=6, label=f"{v} ({n})")
-    labels = [f"{r['label']}, h={r['width']}" for r in rows]
+    labels = [f"{r.label}, h={r.grid.width}" for r in rows]
     data["labels"] = labels
     ax.set_xticks(x, labels, rotation=45, ha="right", fontsize=8)
     ax.set_ylim(max(0.0, min(np.nanmin(lo) if np.isfinite(lo).any() else 1.0, float(cov.min())) - 0.05), 1.01)
@@ -354,7 +367,7 @@ def coverage(points: Sequence[Mapping[str, Any]], delta: float | None, out_dir: 
 # --------------------------------------------------------------------------- distribution
 
 
-def gap_distribution(trials: Sequence[Mapping[str, Any]], points: Sequence[Mapping[str, Any]],
+def gap_distribution(trials: Sequence[ReportTrial], points: Sequence[ReportPoint],
                      delta: float | None, out_dir: str | Path, *, name: str = "gap_distribution",
                      max_panels: int = 24) -> FigureResult:
     """ECDF of the empirical sup-gap over the trials of each grid point, with ε(δ) marked.
@@ -369,19 +382,18 @@ def gap_distribution(trials: Sequence[Mapping[str, Any]], points: Sequence[Mappi
         ``data["panels"]``: per grid point, ``label``, ``width``, ``gaps`` (sorted, as plotted), ``ecdf``
         and ``eps``.
     """
-    rows = [t for t in trials if t.get("gap_lower") is not None and t.get("width") is not None]
-    _need(rows, "gap_distribution")
+    _need(trials, "gap_distribution")
     by_point: dict[tuple[str, int], list[float]] = defaultdict(list)
     eps_by: dict[tuple[str, int], float | None] = {}
-    for t in rows:
-        k = (str(t["label"]), int(t["width"]))
-        by_point[k].append(float(t["gap_lower"]))
-        if t.get("eps") is not None:
-            eps_by[k] = float(t["eps"])
+    for t in trials:
+        k = (t.label, t.row.width)
+        by_point[k].append(float(t.row.gap_lower))
+        if t.row.eps is not None:
+            eps_by[k] = float(t.row.eps)
     for p in points:
-        k = (str(p["label"]), int(p["width"] or 0))
-        if k not in eps_by and p.get("eps") is not None:
-            eps_by[k] = float(p["eps"])
+        k = (p.label, p.grid.width)
+        if k not in eps_by and p.grid.eps is not None:
+            eps_by[k] = float(p.grid.eps)
     keys = sorted(by_point, key=lambda k: (k[0], k[1]))
     if len(keys) > max_panels:
         keys = keys[-max_panels:]
@@ -423,26 +435,53 @@ def gap_distribution(trials: Sequence[Mapping[str, Any]], points: Sequence[Mappi
 # --------------------------------------------------------------------------- gap vs prune_fraction
 
 
-def _point_sparsity(p: Mapping[str, Any], trials: Sequence[Mapping[str, Any]]) -> float | None:
-    if p.get("sparsity") is not None:
-        return float(p["sparsity"])
-    if p.get("level_name") == "prune_fraction" and p.get("level_value") is not None:
-        return float(p["level_value"])
-    vals = [float(t["sparsity"]) for t in trials
-            if t.get("sparsity") is not None and t.get("label") == p.get("label") and t.get("width") == p.get("width")
-            and t.get("level_value") == p.get("level_value")]
+def _point_sparsity(p: ReportPoint, trials: Sequence[ReportTrial]) -> float | None:
+    """The measured share removed at a grid point: its level when that is a prune_fraction, else the trials' median."""
+    if p.grid.level_name == "prune_fraction":
+        return float(p.grid.level_value)
+    vals = [float(t.row.sparsity) for t in trials
+            if t.row.sparsity is not None and t.label == p.label and t.row.width == p.grid.width
+            and t.row.level == p.grid.level_value]
     return float(np.median(vals)) if vals else None
 
 
-def gap_vs_prune_fraction(points: Sequence[Mapping[str, Any]], trials: Sequence[Mapping[str, Any]],
+def _fraction_width(points: Sequence[ReportPoint], trials: Sequence[ReportTrial], width: int | None
+                    ) -> tuple[int, list[ReportPoint]]:
+    """The width of the gap-vs-prune_fraction figure and its grid points; refused when no rule has two levels."""
+    rows = [p for p in points if _stat(p, "gap_lower_median") is not None]
+    _need(rows, "gap_vs_prune_fraction")
+    levels: dict[int, dict[str, set[float]]] = defaultdict(lambda: defaultdict(set))
+    for p in rows:
+        sp = _point_sparsity(p, trials)
+        if sp is not None:
+            levels[p.grid.width][p.label].add(round(sp, 12))
+    distinct = {w: max((len(v) for v in by.values()), default=0) for w, by in levels.items()}
+    if width is None:
+        width = max(distinct, key=lambda w: (distinct[w], w)) if distinct else rows[0].grid.width
+    rows = [p for p in rows if p.grid.width == width]
+    if not rows:
+        raise ProbPruneError(f"width={width!r}: no grid point at this width")
+    if distinct.get(width, 0) < 2:
+        by_rule = levels.get(width, {})
+        at = "; ".join(f"{lab}: {min(v):.6g}" for lab, v in sorted(by_rule.items()) if v)
+        scheduled = any(len({round(_point_sparsity(p, trials) or -1.0, 12) for p in grp}) > 1
+                        for grp in _group(points).values())
+        why = ("the levels follow a schedule (one level per width, falling as h grows)" if scheduled else
+               "each rule has a single level")
+        raise ProbPruneError(f"no pruning rule has two prune_fractions at one width: {why}, so at h = {width} each "
+                             f"rule is one point ({at or 'no sparsity known'}) and a curve against prune_fraction "
+                             "would say nothing; the gap vs width figure shows these points")
+    return width, rows
+
+
+def gap_vs_prune_fraction(points: Sequence[ReportPoint], trials: Sequence[ReportTrial],
                           out_dir: str | Path, *, width: int | None = None, delta: float | None = None,
                           name: str = "gap_vs_prune_fraction") -> FigureResult:
     """Gap vs prune_fraction (share of weights removed, measured) at one hidden width, one line per rule.
 
-    Magnitude vs random (and rescaled random): the x value of a grid point is its stored
-    sparsity (median over trials; read from the trial rows when the summary lacks it, or the
-    configured prune_fraction), the y value its median empirical gap with a bar up to the
-    (1−δ)-quantile.
+    Magnitude vs random (and rescaled random): the x value of a grid point is its sparsity (the
+    configured prune_fraction when that is the rule's level, else the median over its trial rows),
+    the y value its median empirical gap with a bar up to the (1−δ)-quantile.
 
     The figure needs a rule with at least two prune_fractions at one width. When every rule has a
     single level per width — the default job, whose levels follow a schedule c·h^−α, so at a fixed
@@ -462,29 +501,7 @@ def gap_vs_prune_fraction(points: Sequence[Mapping[str, Any]], trials: Sequence[
         ProbPruneError: no grid point with a gap, no sparsity known, or no rule with two prune_fractions
             at the width.
     """
-    rows = [p for p in points if p.get("width") is not None and p.get("gap_lower_median") is not None]
-    _need(rows, "gap_vs_prune_fraction")
-    levels: dict[int, dict[str, set[float]]] = defaultdict(lambda: defaultdict(set))
-    for p in rows:
-        sp = _point_sparsity(p, trials)
-        if sp is not None:
-            levels[int(p["width"])][str(p["label"])].add(round(sp, 12))
-    distinct = {w: max((len(v) for v in by.values()), default=0) for w, by in levels.items()}
-    if width is None:
-        width = max(distinct, key=lambda w: (distinct[w], w)) if distinct else int(rows[0]["width"])
-    rows = [p for p in rows if int(p["width"]) == width]
-    if not rows:
-        raise ProbPruneError(f"width={width!r}: no grid point at this width")
-    if distinct.get(width, 0) < 2:
-        by_rule = levels.get(width, {})
-        at = "; ".join(f"{lab}: {min(v):.6g}" for lab, v in sorted(by_rule.items()) if v)
-        scheduled = any(len({round(_point_sparsity(p, trials) or -1.0, 12) for p in grp}) > 1
-                        for grp in _group([p for p in points if p.get("width") is not None]).values())
-        why = ("the levels follow a schedule (one level per width, falling as h grows)" if scheduled else
-               "each rule has a single level")
-        raise ProbPruneError(f"no pruning rule has two prune_fractions at one width: {why}, so at h = {width} each "
-                             f"rule is one point ({at or 'no sparsity known'}) and a curve against prune_fraction "
-                             "would say nothing; the gap vs width figure shows these points")
+    width, rows = _fraction_width(points, trials, width)
     fig, (ax,) = _new_figure(1, panel=(6.4, 4.4))
     series = []
     for i, (label, grp) in enumerate(sorted(_group(rows).items())):
@@ -493,8 +510,8 @@ def gap_vs_prune_fraction(points: Sequence[Mapping[str, Any]], trials: Sequence[
             continue
         pts.sort(key=lambda sp: sp[0])
         x = np.array([s for s, _ in pts])
-        med = np.array([float(p["gap_lower_median"]) for _, p in pts])
-        qu = np.array([np.nan if p.get("gap_lower_quantile") is None else float(p["gap_lower_quantile"])
+        med = np.array([float(_stat(p, "gap_lower_median")) for _, p in pts])
+        qu = np.array([np.nan if _stat(p, "gap_lower_quantile") is None else float(_stat(p, "gap_lower_quantile"))
                        for _, p in pts])
         color = _color(label, i)
         if np.isfinite(qu).all():
@@ -524,7 +541,7 @@ def gap_vs_prune_fraction(points: Sequence[Mapping[str, Any]], trials: Sequence[
 # --------------------------------------------------------------------------- accuracy vs sparsity
 
 
-def accuracy_vs_sparsity(rows: Sequence[Mapping[str, Any]], out_dir: str | Path, *,
+def accuracy_vs_sparsity(rows: Sequence[ExperimentRow], out_dir: str | Path, *,
                          name: str = "accuracy_vs_sparsity") -> FigureResult:
     """Test accuracy vs prune_fraction on real data, one panel per (dataset, model).
 
@@ -539,12 +556,12 @@ def accuracy_vs_sparsity(rows: Sequence[Mapping[str, Any]], out_dir: str | Path,
         ``data["panels"]``: per (dataset, model), per line: ``prune_fraction``, ``mean``, ``std``,
         ``n_seeds`` (accuracy in percent, as plotted).
     """
-    ok = [r for r in rows if r.get("test_accuracy") is not None and r.get("prune_fraction") is not None]
+    ok = list(rows)
     _need(ok, "accuracy_vs_sparsity")
-    percent = max(float(r["test_accuracy"]) for r in ok) > 1.0
-    panels_in: dict[tuple[str, str], list[Mapping[str, Any]]] = defaultdict(list)
+    percent = max(float(r.test_accuracy) for r in ok) > 1.0
+    panels_in: dict[tuple[str, str], list[ExperimentRow]] = defaultdict(list)
     for r in ok:
-        panels_in[(str(r["dataset"]), str(r["model"]))].append(r)
+        panels_in[(r.dataset, r.model)].append(r)
     keys = sorted(panels_in)
     fig, axes = _new_figure(len(keys), ncols=2, panel=(6.0, 4.4))
     styles = {("layerwise", False): "-", ("layerwise", True): "--", ("global", False): "-.", ("global", True): ":"}
@@ -552,8 +569,8 @@ def accuracy_vs_sparsity(rows: Sequence[Mapping[str, Any]], out_dir: str | Path,
     for ax, key in zip(axes, keys):
         lines_in: dict[tuple[str, str, bool], dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
         for r in panels_in[key]:
-            acc = float(r["test_accuracy"]) * (1.0 if percent else 100.0)
-            lines_in[(str(r["method"]), str(r["scope"]), bool(r["finetuned"]))][float(r["prune_fraction"])].append(acc)
+            acc = float(r.test_accuracy) * (1.0 if percent else 100.0)
+            lines_in[(r.method, r.scope, bool(r.finetuned))][float(r.prune_fraction)].append(acc)
         lines = []
         for (method, scope, ft), by_pf in sorted(lines_in.items()):
             pf = sorted(by_pf)
@@ -585,7 +602,7 @@ _QUANTITIES = (("gap_upper", "certified upper", "--", "s"), ("gap_lower", "gap l
                ("mean_test_gap", "mean test gap", ":", "^"))
 
 
-def experiment_gaps(rows: Sequence[Mapping[str, Any]], out_dir: str | Path, *,
+def experiment_gaps(rows: Sequence[ExperimentRow], out_dir: str | Path, *,
                     name: str = "experiment_gaps") -> FigureResult:
     """The gap sandwich on real data vs prune_fraction, one panel per (dataset, model, scope), log y.
 
@@ -602,25 +619,25 @@ def experiment_gaps(rows: Sequence[Mapping[str, Any]], out_dir: str | Path, *,
         ``data["panels"]``: per (dataset, model, scope), per line: ``method``, ``finetuned``, ``quantity``,
         ``prune_fraction`` and ``value`` as plotted.
     """
-    ok = [r for r in rows if r.get("prune_fraction") is not None]
-    _need([r for r in ok if any((r.get(q) or 0.0) > 0 for q, *_ in _QUANTITIES)], "experiment_gaps")
-    by_panel: dict[tuple[str, str, str], list[Mapping[str, Any]]] = defaultdict(list)
+    ok = list(rows)
+    _need([r for r in ok if any((getattr(r, q) or 0.0) > 0 for q, *_ in _QUANTITIES)], "experiment_gaps")
+    by_panel: dict[tuple[str, str, str], list[ExperimentRow]] = defaultdict(list)
     for r in ok:
-        by_panel[(str(r["dataset"]), str(r["model"]), str(r["scope"]))].append(r)
+        by_panel[(r.dataset, r.model, r.scope)].append(r)
     keys = sorted(by_panel)
     fig, axes = _new_figure(len(keys), ncols=2, panel=(6.0, 4.4))
     panels = []
     for ax, key in zip(axes, keys):
         lines = []
-        groups: dict[tuple[str, bool], list[Mapping[str, Any]]] = defaultdict(list)
+        groups: dict[tuple[str, bool], list[ExperimentRow]] = defaultdict(list)
         for r in by_panel[key]:
-            groups[(str(r["method"]), bool(r["finetuned"]))].append(r)
+            groups[(r.method, bool(r.finetuned))].append(r)
         for (method, ft), grp in sorted(groups.items()):
             for q, qlabel, ls, marker in _QUANTITIES:
                 by_pf: dict[float, list[float]] = defaultdict(list)
                 for r in grp:
-                    if r.get(q) is not None:
-                        by_pf[float(r["prune_fraction"])].append(float(r[q]))
+                    if getattr(r, q) is not None:
+                        by_pf[float(r.prune_fraction)].append(float(getattr(r, q)))
                 # the mean over every seed; a mean of 0 (f = F) has no place on a log axis
                 pf = [x for x in sorted(by_pf) if float(np.mean(by_pf[x])) > 0]
                 if not pf:
@@ -641,7 +658,7 @@ def experiment_gaps(rows: Sequence[Mapping[str, Any]], out_dir: str | Path, *,
     # lines per panel would cover the data
     from matplotlib.lines import Line2D
 
-    methods = sorted({str(r["method"]) for r in ok})
+    methods = sorted({r.method for r in ok})
     handles = [Line2D([], [], color=_COLORS.get(m, _FALLBACK[0]), lw=2, label=m) for m in methods]
     handles += [Line2D([], [], color="0.3", ls=ls, marker=mk, label=ql) for _, ql, ls, mk in _QUANTITIES]
     handles += [Line2D([], [], color="0.3", ls="none", marker="o", label="not fine-tuned"),

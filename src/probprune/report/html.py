@@ -15,7 +15,7 @@ written as the line ``<p class="muted" id="generated">generated: YYYY-MM-DDTHH:M
 (:data:`GENERATED_LINE` matches it). With ``SOURCE_DATE_EPOCH`` set (the reproducible-builds
 convention, seconds since 1970 UTC) that field is that time, and the page is byte-identical. The
 page names no absolute path (the run folder by its name, figures by ``figures/<file>``) and shows
-none of the store's wall-clock fields (:data:`probprune.store.reports.TIMING_FIELDS`).
+none of the store's wall-clock fields (:data:`probprune.store.runs.TIMING_FIELDS`).
 """
 
 from __future__ import annotations
@@ -32,8 +32,10 @@ from datetime import datetime, timezone
 from typing import Any
 
 from probprune.config import ProbPruneError, package_version
+from probprune.records import VERDICTS, ExperimentRow
+from probprune.report.data import ReportData, ReportPoint
 from probprune.report.figures import FigureResult
-from probprune.store.reports import TIMING_FIELDS, VERDICTS, ReportData
+from probprune.store.runs import TIMING_FIELDS
 
 __all__ = ["GENERATED_LINE", "environment", "generated_time", "render_html", "render_summary"]
 
@@ -111,18 +113,21 @@ def _f(v: Any, digits: int = 4) -> str:
     return str(v)
 
 
-def _level(p: Mapping[str, Any]) -> str:
-    if p.get("level_name") is None:
-        return "–"
-    return f"{p['level_name']}={_f(p.get('level_value'))}"
+def _level(p: ReportPoint) -> str:
+    return f"{p.grid.level_name}={_f(p.grid.level_value)}"
 
 
 _VERDICT_CLASS = {"confirmed": "ok", "consistent": "mid", "refuted": "bad"}
 
 
-def _verdict(p: Mapping[str, Any]) -> tuple[str, str]:
+def _stat(p: ReportPoint, key: str) -> Any:
+    """A field of the point's summary (``None`` before its first trial)."""
+    return None if p.summary is None else getattr(p.summary, key)
+
+
+def _verdict(p: ReportPoint) -> tuple[str, str]:
     """(verdict word, CSS class) of a grid point: confirmed / consistent / refuted, or – without one."""
-    v = p.get("verdict")
+    v = _stat(p, "verdict")
     if v in _VERDICT_CLASS:
         return str(v), _VERDICT_CLASS[str(v)]
     return "–", "muted"
@@ -135,29 +140,30 @@ _POINT_HEAD = ("#", "width h", "rule", "level", "trials", "verdict", "trials to 
 _VERDICT_COL = _POINT_HEAD.index("verdict")
 
 
-def _point_cells(i: int, p: Mapping[str, Any]) -> list[str]:
-    cp = "–" if p.get("cp_low") is None else f"[{_f(p['cp_low'])}, {_f(p['cp_high'])}]"
-    return [str(i), _f(p.get("width")), str(p.get("label")), _level(p), _f(p.get("n_trials")), _verdict(p)[0],
-            _f(p.get("n_trials_to_confirm")), _f(p.get("gap_lower_median")), _f(p.get("gap_lower_quantile")),
-            _f(p.get("rel_gap_lower_median")), _f(p.get("gap_upper_median")), _f(p.get("eps")),
-            _f(p.get("coverage")), cp, _f(p.get("tightness"))]
+def _point_cells(i: int, p: ReportPoint) -> list[str]:
+    lo, hi = _stat(p, "coverage_low"), _stat(p, "coverage_high")
+    cp = "–" if lo is None else f"[{_f(lo)}, {_f(hi)}]"
+    return [str(i), _f(p.grid.width), p.label, _level(p), _f(p.n_trials), _verdict(p)[0],
+            _f(_stat(p, "n_trials_to_confirm")), _f(_stat(p, "gap_lower_median")), _f(_stat(p, "gap_lower_quantile")),
+            _f(_stat(p, "rel_gap_lower_median")), _f(_stat(p, "gap_upper_median")), _f(p.grid.eps),
+            _f(_stat(p, "coverage")), cp, _f(_stat(p, "tightness"))]
 
 
-def _counts(points: Sequence[Mapping[str, Any]]) -> dict[str, int]:
+def _counts(points: Sequence[ReportPoint]) -> dict[str, int]:
     """Points per verdict (``none``: no ε to check, or no trial yet)."""
-    out = {v: sum(1 for p in points if p.get("verdict") == v) for v in VERDICTS}
+    out: dict[str, int] = {v: sum(1 for p in points if _stat(p, "verdict") == v) for v in VERDICTS}
     out["none"] = len(points) - sum(out.values())
     return out
 
 
-def _counts_text(points: Sequence[Mapping[str, Any]]) -> str:
+def _counts_text(points: Sequence[ReportPoint]) -> str:
     c = _counts(points)
     return (f"{c['confirmed']} confirmed, {c['consistent']} consistent, {c['refuted']} refuted, "
             f"{c['none']} without a verdict")
 
 
 def _confidence(data: ReportData) -> float | None:
-    vals = {p.get("confidence") for p in data.points if p.get("confidence") is not None}
+    vals = {c for p in data.points if (c := _stat(p, "confidence")) is not None}
     return vals.pop() if len(vals) == 1 else None
 
 
@@ -167,14 +173,14 @@ def _pct(x: float) -> str:
 
 def _can_only_refute(data: ReportData) -> str | None:
     """A plain sentence when some grid points ran too few trials to ever be confirmed (else ``None``)."""
-    short = [p for p in data.points if p.get("n_trials") and p.get("n_trials_to_confirm") is not None
-             and p.get("eps") is not None and p["n_trials"] < p["n_trials_to_confirm"]]
+    short = [p for p in data.points if p.n_trials and _stat(p, "n_trials_to_confirm") is not None
+             and p.grid.eps is not None and p.n_trials < _stat(p, "n_trials_to_confirm")]
     if not short:
         return None
-    need = max(int(p["n_trials_to_confirm"]) for p in short)
-    ran = sorted({int(p["n_trials"]) for p in short})
+    need = max(int(_stat(p, "n_trials_to_confirm")) for p in short)
+    ran = sorted({p.n_trials for p in short})
     ran_text = " or ".join(str(n) for n in ran)
-    delta = data.delta if data.delta is not None else short[0].get("delta")
+    delta = data.delta if data.delta is not None else _stat(short[0], "delta")
     conf = _confidence(data)
     target = "1 − δ" if delta is None else f"1 − δ = {1 - delta:g}"
     at = "" if conf is None else f" at {_pct(conf)} confidence"
@@ -249,22 +255,50 @@ def _mean(vals: Sequence[float | None]) -> float | None:
 
 def _experiment_rows(data: ReportData) -> list[list[str]]:
     """One row per setting (means over seeds), in the store's key order."""
-    groups: dict[tuple[Any, ...], list[Mapping[str, Any]]] = {}
+    groups: dict[tuple[Any, ...], list[ExperimentRow]] = {}
     for r in data.experiment:
-        k = (r["dataset"], r["model"], r["method"], r["scope"], r["finetuned"], r["prune_fraction"])
+        k = (r.dataset, r.model, r.method, r.scope, r.finetuned, r.prune_fraction)
         groups.setdefault(k, []).append(r)
     rows = []
     for k in sorted(groups, key=lambda k: (k[0], k[1], k[2], k[3], k[4], -1.0 if k[5] is None else k[5])):
         rs = groups[k]
-        accs = [100.0 * r["test_accuracy"] for r in rs if r.get("test_accuracy") is not None]
+        accs = [100.0 * r.test_accuracy for r in rs]
         m = _mean(accs)
         sd = (sum((a - m) ** 2 for a in accs) / (len(accs) - 1)) ** 0.5 if m is not None and len(accs) > 1 else None
         rows.append([str(k[0]), str(k[1]), str(k[2]), str(k[3]), "yes" if k[4] else "no", _f(k[5]),
-                     _f(_mean([r.get("sparsity") for r in rs])), str(len(rs)),
+                     _f(_mean([r.sparsity for r in rs])), str(len(rs)),
                      "–" if m is None else f"{m:.2f}", "–" if sd is None else f"{sd:.2f}",
-                     _f(_mean([r.get("gap_lower") for r in rs])), _f(_mean([r.get("gap_upper") for r in rs])),
-                     _f(_mean([r.get("mean_test_gap") for r in rs])), _f(_mean([r.get("radius") for r in rs]))])
+                     _f(_mean([r.gap_lower for r in rs])), _f(_mean([r.gap_upper for r in rs])),
+                     _f(_mean([r.mean_test_gap for r in rs])), _f(_mean([r.radius for r in rs]))])
     return rows
+
+
+def _points_html(data: ReportData) -> list[str]:
+    """The verdict counts, the can-only-refute warning and the table of grid points."""
+    e = html.escape
+    out: list[str] = []
+    c = _counts(data.points)
+    out.append("<h2>Verdict per grid point</h2>")
+    delta = "–" if data.delta is None else f"{data.delta:g}"
+    conf = _confidence(data)
+    at = "" if conf is None else f", {_pct(conf)} confidence"
+    out.append(f'<p id="verdicts">δ = {e(delta)}{e(at)}: <span class="ok">{c["confirmed"]} confirmed</span>, '
+               f'<span class="mid">{c["consistent"]} consistent</span>, <span class="bad">{c["refuted"]} '
+               f"refuted</span>, {c['none']} without a verdict.</p>")
+    only = _can_only_refute(data)
+    if only is not None:
+        out.append(f'<p class="warn" id="can-only-refute">{e(only)}</p>')
+    out.append('<div class="wide"><table id="points"><thead><tr>' + "".join(
+        f'<th class="{"l" if h in ("rule", "level") else ""}">{e(h)}</th>' for h in _POINT_HEAD)
+        + "</tr></thead><tbody>")
+    for i, p in enumerate(data.points):
+        cells = _point_cells(i, p)
+        cls = _verdict(p)[1]
+        out.append("<tr>" + "".join(
+            f'<td class="{"l" if j in (2, 3) else ""}{" " + cls if j == _VERDICT_COL else ""}">{e(c)}</td>'
+            for j, c in enumerate(cells)) + "</tr>")
+    out.append("</tbody></table></div>")
+    return out
 
 
 def render_html(data: ReportData, figs: Sequence[FigureResult], env: Mapping[str, str],
@@ -293,34 +327,14 @@ def render_html(data: ReportData, figs: Sequence[FigureResult], env: Mapping[str
         out.append(f'<p class="warn" id="partial-warning">⚠ {e(_partial_text(data))}</p>')
     out.append(f'<p class="muted" id="terms">{e(_terms(data))}</p>')
     if data.points:
-        c = _counts(data.points)
-        out.append("<h2>Verdict per grid point</h2>")
-        delta = "–" if data.delta is None else f"{data.delta:g}"
-        conf = _confidence(data)
-        at = "" if conf is None else f", {_pct(conf)} confidence"
-        out.append(f'<p id="verdicts">δ = {e(delta)}{e(at)}: <span class="ok">{c["confirmed"]} confirmed</span>, '
-                   f'<span class="mid">{c["consistent"]} consistent</span>, <span class="bad">{c["refuted"]} '
-                   f"refuted</span>, {c['none']} without a verdict.</p>")
-        only = _can_only_refute(data)
-        if only is not None:
-            out.append(f'<p class="warn" id="can-only-refute">{e(only)}</p>')
-        out.append('<div class="wide"><table id="points"><thead><tr>' + "".join(
-            f'<th class="{"l" if h in ("rule", "level") else ""}">{e(h)}</th>' for h in _POINT_HEAD)
-            + "</tr></thead><tbody>")
-        for i, p in enumerate(data.points):
-            cells = _point_cells(i, p)
-            cls = _verdict(p)[1]
-            out.append("<tr>" + "".join(
-                f'<td class="{"l" if j in (2, 3) else ""}{" " + cls if j == _VERDICT_COL else ""}">{e(c)}</td>'
-                for j, c in enumerate(cells)) + "</tr>")
-        out.append("</tbody></table></div>")
+        out += _points_html(data)
     if data.slopes:
         out.append("<h2>Fitted slopes of the median gap vs width (log-log)</h2>")
         out.append('<table id="slopes"><thead><tr><th class="l">rule</th><th>fitted slope d log gap / d log h</th>'
                    "<th>theory slope −λ</th></tr></thead><tbody>")
         for s in data.slopes:
-            th = s.get("theory_exponent")
-            out.append(f'<tr><td class="l">{e(str(s["label"]))}</td><td>{e(_f(s.get("slope")))}</td>'
+            th = s.slope.theory_exponent
+            out.append(f'<tr><td class="l">{e(s.label)}</td><td>{e(_f(s.slope.slope))}</td>'
                        f"<td>{e('–' if th is None else _f(-th))}</td></tr>")
         out.append("</tbody></table>")
     exp_rows = _experiment_rows(data)
@@ -378,8 +392,8 @@ def render_summary(data: ReportData, figs: Sequence[FigureResult], env: Mapping[
         lines += ["", "## Fitted slopes (median gap vs width, log-log)", "",
                   "| rule | fitted slope | theory slope −λ |", "|---|---|---|"]
         for s in data.slopes:
-            th = s.get("theory_exponent")
-            lines.append(f"| {s['label']} | {_f(s.get('slope'))} | {'–' if th is None else _f(-th)} |")
+            th = s.slope.theory_exponent
+            lines.append(f"| {s.label} | {_f(s.slope.slope)} | {'–' if th is None else _f(-th)} |")
     exp_rows = _experiment_rows(data)
     if exp_rows:
         lines += ["", "## Real data: accuracy and gap per setting (means over seeds)", "",

@@ -10,18 +10,16 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from probprune.runner.gap import GapJob, GapOutcome, gap_sandwich, run_gap
-    from probprune.runner.prune import PruneJob, PruneOutcome, load_net, run_prune, save_net
+    from probprune.runner.gap import GapOutcome, gap_sandwich, run_gap
+    from probprune.runner.prune import PruneOutcome, load_net, run_prune, save_net
 
 _LAZY = {
-    **dict.fromkeys(("GapJob", "GapOutcome", "gap_sandwich", "run_gap"), "probprune.runner.gap"),
-    **dict.fromkeys(("PruneJob", "PruneOutcome", "load_net", "run_prune", "save_net"), "probprune.runner.prune"),
+    **dict.fromkeys(("GapOutcome", "gap_sandwich", "run_gap"), "probprune.runner.gap"),
+    **dict.fromkeys(("PruneOutcome", "load_net", "run_prune", "save_net"), "probprune.runner.prune"),
 }
 
 __all__ = [
-    "GapJob",
     "GapOutcome",
-    "PruneJob",
     "PruneOutcome",
     "gap_sandwich",
     "load_net",

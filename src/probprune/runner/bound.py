@@ -5,8 +5,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 from probprune.bounds.paper import implied_constants, paper_min_width
 from probprune.bounds.probabilistic import (
@@ -16,54 +15,11 @@ from probprune.bounds.probabilistic import (
     solve_min_width,
     theory_exponent,
 )
-from probprune.config import MIN_DELTA, LawSpec, NetSpec, ProbPruneError, PruneSpec
+from probprune.config import BoundJob, LawSpec, NetSpec, ProbPruneError, PruneSpec
 
 T = TypeVar("T")
 
-__all__ = ["BoundJob", "check_job", "run_bound"]
-
-Solve = Literal["none", "max-prune", "min-width"]
-
-
-@dataclass(frozen=True)
-class BoundJob:
-    """What ``probprune bound`` computes.
-
-    Args:
-        net, law, prune: the setting (``prune`` carries the level, or a schedule c·h^{−α}).
-        delta: δ ∈ (0, 1).
-        eps: ε* > 0 (needed by the solvers).
-        solve: ``none`` (print ε(δ)), ``max-prune`` or ``min-width``.
-        radius: input ball radius r.
-        theorem: ``auto``, ``operator`` or ``net``.
-    """
-
-    net: NetSpec
-    law: LawSpec
-    prune: PruneSpec
-    delta: float = 0.05
-    eps: float | None = None
-    solve: Solve = "none"
-    radius: float = 1.0
-    theorem: Literal["auto", "operator", "net"] = "auto"
-
-    def __post_init__(self) -> None:
-        if self.solve not in ("none", "max-prune", "min-width"):
-            raise ProbPruneError(f"solve={self.solve!r}: must be none, max-prune or min-width")
-        if isinstance(self.delta, bool) or not isinstance(self.delta, (int, float)) or not 0.0 < self.delta < 1.0:
-            raise ProbPruneError(f"delta={self.delta!r}: must be in (0, 1)")
-        if self.delta < MIN_DELTA:
-            raise ProbPruneError(f"delta={self.delta!r}: must be >= {MIN_DELTA:g} (smaller values underflow)")
-        if self.eps is not None and (isinstance(self.eps, bool) or not isinstance(self.eps, (int, float))
-                                     or not self.eps > 0.0 or self.eps == float("inf")):
-            raise ProbPruneError(f"eps={self.eps!r}: must be a finite number > 0")
-        if self.solve != "none" and self.eps is None:
-            raise ProbPruneError(f"eps=None: --solve {self.solve} needs --eps")
-        if self.solve == "none" and self.prune.level_name is None and self.prune.schedule_c is None:
-            raise ProbPruneError("prune: give one level: --relative-threshold, --threshold, --p or --prune-fraction")
-        if self.solve == "min-width" and self.prune.level_name is None and self.prune.schedule_c is None:
-            raise ProbPruneError("prune: --solve min-width needs a fixed level or a schedule (--c and --alpha)")
-
+__all__ = ["check_job", "run_bound"]
 
 @contextmanager
 def _in_range(job: BoundJob) -> Iterator[None]:

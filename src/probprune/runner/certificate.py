@@ -41,7 +41,9 @@ from probprune.config import (
     LawSpec,
     NetSpec,
     ProbPruneError,
+    PruneJob,
     PruneSpec,
+    config_hash,
     package_version,
     parse_arch,
     parse_law,
@@ -49,7 +51,7 @@ from probprune.config import (
 from probprune.masks import MaskStats
 from probprune.nets import Net
 from probprune.runner.gap import gap_sandwich
-from probprune.runner.prune import PruneJob, PruneOutcome, load_net, run_prune, save_net
+from probprune.runner.prune import PruneOutcome, load_net, run_prune, save_net
 from probprune.store import file_sha256
 
 __all__ = ["FORMAT", "CertificateRejected", "CheckOutcome", "check_certificate", "file_sha256", "make_certificate"]
@@ -95,10 +97,6 @@ def _plain(v: Any) -> Any:
 
 def _versions() -> dict[str, str]:
     return {"probprune": package_version("probprune"), "torch": torch.__version__, "python": sys.version.split()[0]}
-
-
-def _job_hash(resolved: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(resolved, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
 
 
 def _resolved(arch: str, activation: str, bias: bool, law: str | None, weights: str | None, seed: int,
@@ -265,7 +263,7 @@ def make_certificate(outcome: PruneOutcome, job: PruneJob, *, gap: GapSpec | Non
                               "step_size": g.step_size, "n_evals": int(sw.n_evals)}},
         "probabilistic": prob,
         "seeds": {"seed": int(job.seed)},
-        "config_hash": _job_hash(resolved),
+        "config_hash": config_hash(resolved, kind="certificate"),
         "versions": _versions(),
         "device": str(job.device),
     }
@@ -559,7 +557,10 @@ def _check_config_hash(doc: Mapping[str, Any], pr: PruneSpec, c: _Checker) -> No
     resolved = _resolved(doc["arch"], doc["activation"], doc["bias"], doc["law"],
                          doc["target"]["path"] if doc["target"]["source"] == "file" else None,
                          int(doc["seeds"]["seed"]), pr, gs, None if prob is None else prob["delta"], g["norm_method"])
-    c.same("config_hash", doc["config_hash"], _job_hash(resolved))
+    rule1 = hashlib.sha256(json.dumps(resolved, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
+    c.same("config_hash", doc["config_hash"], config_hash(resolved, kind="certificate"),
+           " (made by an older probprune, hash rule 1: make the certificate again)" if doc["config_hash"] == rule1
+           else "")
 
 
 def _check_files(doc: Mapping[str, Any], weights: str | Path, target: str | Path | None, res: PruneOutcome,

@@ -18,6 +18,11 @@ For each input ``c`` (a test image, or a row of an ``.npy`` file) and the ball `
   and the agreement attack found no input of the ball where they differ;
 * the label (when known), for the accuracy of both nets at the centres (float64 forward passes).
 
+``--solve max-prune`` (:func:`run_max_prune`): prunes ``--weights`` itself (``--method``, ``--scope``) at the
+levels ``GRID`` and then by bisection, measures the certified agreement rate (and empirical agreement, accuracy)
+at each, and answers the largest *measured* level whose rate is ≥ ``--agreement``; see :func:`_search_levels`
+for what monotonicity holds (nested masks) and what does not (the rate).
+
 Inputs: ``mnist`` / ``fashion-mnist`` — the first N test images, pixels / 255 in [0, 1] (as
 :func:`probprune.data.inputs_for`, no further normalisation), flattened to the net's input; or an ``.npy`` file
 ``[N, d]`` (read with ``allow_pickle=False``), optionally with labels ``[N]`` from another ``.npy``.
@@ -25,6 +30,7 @@ Inputs: ``mnist`` / ``fashion-mnist`` — the first N test images, pixels / 255 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -37,65 +43,23 @@ import torch
 from torch import Tensor
 
 from probprune.bounds.certified import certified_gap_bound
-from probprune.bounds.differential import certified_agreement, differential_bound, gap_search
-from probprune.config import BallSpec, NetSpec, ProbPruneError, parse_arch
+from probprune.bounds.differential import (
+    DifferentialBound,
+    certified_agreement,
+    differential_bound,
+    gap_search,
+)
+from probprune.config import DATASETS, BallSpec, CertifyJob, NetSpec, ProbPruneError, parse_arch
 from probprune.data import dataset_status, inputs_for, load_dataset
 from probprune.nets import Net, check_pair
 from probprune.nets.onnx import load_onnx
 from probprune.runner.prune import check_output_paths, load_net
 from probprune.store import atomic_write_text
 
-__all__ = ["CertifyJob", "CertifyOutcome", "check_job", "layerwise_radius", "load_inputs", "load_pair",
-           "run_certify", "summarize_rows"]
+__all__ = ["CertifyOutcome", "MaxPruneOutcome", "MaxPruneSolve", "check_job", "check_solve", "layerwise_radius",
+           "load_inputs", "load_pair", "run_certify", "run_max_prune", "summarize_rows"]
 
-DATASETS = ("mnist", "fashion-mnist")
 Progress = Callable[[int, int], None]
-
-
-@dataclass(frozen=True)
-class CertifyJob:
-    """What ``probprune certify`` computes.
-
-    Args:
-        weights, pruned: model files of F and f (``.onnx`` or ``.safetensors``).
-        data: ``mnist``, ``fashion-mnist`` or an ``.npy`` file of inputs ``[N, d]``.
-        n_points: N, the number of inputs (the first N).
-        norm: ``linf`` or ``l2``.
-        radius: r > 0, finite.
-        arch: architecture for ``.safetensors`` models (an ONNX model carries its own; if given it must match).
-        activation, bias: of a ``.safetensors`` architecture (ignored for ONNX, whose own are used).
-        clip: ``(lo, hi)`` box the inputs live in, or ``None``.
-        labels: ``.npy`` of labels ``[N']`` (N' ≥ N) for an ``.npy`` data file, or ``None``.
-        seed: randomness of the searches.
-        n_restarts, n_steps: gap search budget; the agreement attack gets half of each (at least 1).
-        batch_size: inputs per chunk (one progress step each).
-        out: ``.csv`` or ``.json`` file for the rows, or ``None``.
-    """
-
-    weights: str
-    pruned: str
-    data: str
-    n_points: int
-    norm: str
-    radius: float
-    arch: str | None = None
-    activation: str = "relu"
-    bias: bool = False
-    clip: tuple[float, float] | None = None
-    labels: str | None = None
-    seed: int = 0
-    n_restarts: int = 8
-    n_steps: int = 100
-    batch_size: int = 25
-    out: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain-JSON form (the resolved config)."""
-        return {"weights": self.weights, "pruned": self.pruned, "data": self.data, "n_points": self.n_points,
-                "norm": self.norm, "radius": self.radius, "arch": self.arch, "activation": self.activation,
-                "bias": self.bias, "clip": None if self.clip is None else list(self.clip), "labels": self.labels,
-                "seed": self.seed, "n_restarts": self.n_restarts, "n_steps": self.n_steps,
-                "batch_size": self.batch_size, "out": self.out}
 
 
 @dataclass(frozen=True, eq=False)
@@ -108,11 +72,6 @@ class CertifyOutcome:
     spec: NetSpec
 
 
-def _int(name: str, v: object, lo: int) -> None:
-    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-        raise ProbPruneError(f"{name}={v!r}: must be an integer >= {lo}")
-
-
 def _model_kind(name: str, path: str) -> str:
     suffix = Path(path).suffix.lower()
     if suffix not in (".onnx", ".safetensors"):
@@ -123,42 +82,19 @@ def _model_kind(name: str, path: str) -> str:
 
 
 def check_job(job: CertifyJob) -> None:
-    """Every check that needs no model or data: radius, norm, clip, counts, suffixes, output path.
+    """The files a :class:`~probprune.config.CertifyJob` names exist (the spec checked everything else), and
+    the output path can be written.
 
     Raises:
         ProbPruneError: naming the field and the bad value.
     """
-    if isinstance(job.radius, bool) or not isinstance(job.radius, (int, float)) or not math.isfinite(job.radius) \
-            or job.radius <= 0:
-        raise ProbPruneError(f"radius={job.radius!r}: must be a finite number > 0")
-    if job.norm not in ("linf", "l2"):
-        raise ProbPruneError(f"norm={job.norm!r}: must be one of linf, l2")
-    if job.clip is not None:
-        lo, hi = job.clip
-        if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
-            raise ProbPruneError(f"clip={job.clip!r}: must be LO,HI with finite LO < HI")
-    _int("n_points", job.n_points, 1)
-    _int("n_restarts", job.n_restarts, 0)
-    _int("n_steps", job.n_steps, 0)
-    _int("batch_size", job.batch_size, 1)
-    _int("seed", job.seed, 0)
     _model_kind("weights", job.weights)
     _model_kind("pruned", job.pruned)
-    if job.data not in DATASETS:
-        if Path(job.data).suffix.lower() != ".npy":
-            raise ProbPruneError(f"data={job.data!r}: must be mnist, fashion-mnist or an .npy file of inputs [N, d]")
-        if not Path(job.data).is_file():
-            raise ProbPruneError(f"data={job.data!r}: no such file")
-    elif job.labels is not None:
-        raise ProbPruneError(f"labels={job.labels!r}: only for an .npy data file (a dataset has its own)")
-    if job.labels is not None:
-        if Path(job.labels).suffix.lower() != ".npy":
-            raise ProbPruneError(f"labels={job.labels!r}: must be an .npy file of integer labels [N]")
-        if not Path(job.labels).is_file():
-            raise ProbPruneError(f"labels={job.labels!r}: no such file")
+    for name in ("data", "labels"):
+        path = getattr(job, name)
+        if path is not None and path not in DATASETS and not Path(path).is_file():
+            raise ProbPruneError(f"{name}={path!r}: no such file")
     if job.out is not None:
-        if Path(job.out).suffix.lower() not in (".csv", ".json"):
-            raise ProbPruneError(f"out={job.out!r}: must end in .csv or .json")
         check_output_paths({"out": job.out})
 
 
@@ -306,12 +242,13 @@ def summarize_rows(rows: list[dict[str, Any]]) -> dict[str, Any]:
 def _chunk_rows(target: Net, pruned: Net, x: Tensor, y: Tensor | None, start: int, job: CertifyJob,
                 gen: torch.Generator) -> list[dict[str, Any]]:
     ball = BallSpec(radius=float(job.radius), norm=job.norm, box=job.clip)  # type: ignore[arg-type]
-    diff = differential_bound(target, pruned, ball, centres=x)
     radii = layerwise_radius(x, float(job.radius), job.norm, job.clip)
     lay = [float(certified_gap_bound(target, pruned, float(r)).value) for r in radii.tolist()]
     low = gap_search(target, pruned, ball, gen, centres=x, n_restarts=job.n_restarts, n_steps=job.n_steps)
+    # one propagation gives both the agreement margins and the differential gap bound
     agr = certified_agreement(target, pruned, ball, centres=x, generator=gen,
                               n_restarts=max(1, job.n_restarts // 2), n_steps=max(1, job.n_steps // 2))
+    diff = cast(DifferentialBound, agr.bound)
     t64, p64 = target.to(dtype=torch.float64), pruned.to(dtype=torch.float64)
     with torch.no_grad():
         ct, cp = cast(Tensor, t64(x)).argmax(-1), cast(Tensor, p64(x)).argmax(-1)
@@ -396,3 +333,153 @@ def run_certify(job: CertifyJob, progress: Progress | None = None, write: bool =
     if write and job.out is not None:
         write_rows(job.out, rows, summary)
     return CertifyOutcome(rows, summary, note, target.spec)
+
+
+# ---------------------------------------------------------------------------------------- max-prune
+
+SOLVES = ("max-prune",)
+GRID = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
+
+
+@dataclass(frozen=True)
+class MaxPruneSolve:
+    """``--solve max-prune``: the largest prune fraction whose certified agreement rate is ≥ ``agreement``.
+
+    Args:
+        method: ``magnitude`` or ``random`` (random: uniform scores from ``seed``, the same at every level).
+        scope: ``global`` or ``layerwise``.
+        agreement: the target certified agreement rate, in (0, 1].
+        tol: the bisection stops when the bracket is at most this wide (0 < tol < 0.5).
+    """
+
+    method: str = "magnitude"
+    scope: str = "global"
+    agreement: float = 0.95
+    tol: float = 0.01
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON form."""
+        return {"solve": "max-prune", "method": self.method, "scope": self.scope, "agreement": self.agreement,
+                "tol": self.tol}
+
+
+def check_solve(job: CertifyJob, solve: MaxPruneSolve) -> None:
+    """The checks of a max-prune job that need no model: the solve's fields and the job's files
+    (``job.pruned`` is not used: the pruned models are made from ``job.weights``).
+
+    Raises:
+        ProbPruneError: naming the field and the bad value.
+    """
+    a = solve.agreement
+    if isinstance(a, bool) or not isinstance(a, (int, float)) or not math.isfinite(a) or not 0.0 < a <= 1.0:
+        raise ProbPruneError(f"agreement={a!r}: must be a number in (0, 1]")
+    if solve.method not in ("magnitude", "random"):
+        raise ProbPruneError(f"method={solve.method!r}: must be one of magnitude, random")
+    if solve.scope not in ("global", "layerwise"):
+        raise ProbPruneError(f"scope={solve.scope!r}: must be one of global, layerwise")
+    t = solve.tol
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or not 0.0 < t < 0.5:
+        raise ProbPruneError(f"tol={t!r}: must be a number in (0, 0.5)")
+    check_job(dataclasses.replace(job, pruned=job.weights))
+
+
+def _level_row(target: Net, x: Tensor, y: Tensor | None, frac: float, job: CertifyJob, solve: MaxPruneSolve
+               ) -> dict[str, Any]:
+    """Prune ``target`` at ``frac`` and measure certified/empirical agreement and the pruned net's accuracy."""
+    from probprune.masks import prune
+
+    t0 = time.perf_counter()
+    gen = torch.Generator().manual_seed(job.seed)
+    pruned = cast(Net, prune(target, cast(Any, solve.method), prune_fraction=frac, scope=cast(Any, solve.scope),
+                             generator=gen if solve.method == "random" else None).model)
+    ball = BallSpec(radius=float(job.radius), norm=job.norm, box=job.clip)  # type: ignore[arg-type]
+    agr = certified_agreement(target, pruned, ball, centres=x, generator=torch.Generator().manual_seed(job.seed),
+                              n_restarts=max(1, job.n_restarts // 2), n_steps=max(1, job.n_steps // 2),
+                              batch_size=job.batch_size)
+    with torch.no_grad():
+        cp = cast(Tensor, pruned.to(dtype=torch.float64)(x)).argmax(-1)
+    same = cp == agr.target_class
+    n = x.shape[0]
+    emp = sum(bool(same[i]) and agr.verdicts[i] != "refuted" for i in range(n)) / n
+    return {"prune_fraction": frac, "certified_agreement": agr.certified_rate, "empirical_agreement": emp,
+            "refuted": sum(v == "refuted" for v in agr.verdicts),
+            "accuracy_pruned": None if y is None else float((cp == y).double().mean()),
+            "meets_target": agr.certified_rate >= solve.agreement, "seconds": time.perf_counter() - t0}
+
+
+def _search_levels(evaluate: Callable[[float], dict[str, Any]], solve: MaxPruneSolve) -> float | None:
+    """The grid ``GRID``, then bisection above its largest passing level; the largest passing level seen.
+
+    Magnitude (and fixed-seed random) masks are nested — every weight removed at level p is removed at
+    every level above — but the certified agreement rate need not fall monotonically with p (the gap of
+    nested masks can shrink, and the relaxation's looseness varies). So the search takes the largest
+    *measured* passing grid level (not the first failure), bisects between it and the next grid level,
+    and answers a level only where its own rate was measured ≥ the target: every answer is certified,
+    but a larger passing level between other grid points may exist.
+    """
+    rows = {f: evaluate(f) for f in GRID}
+    passing = [f for f in GRID if rows[f]["meets_target"]]
+    if not passing:
+        return None
+    lo = max(passing)
+    above = [f for f in GRID if f > lo]
+    if not above:
+        return lo
+    hi = above[0]
+    while hi - lo > solve.tol:
+        mid = round((lo + hi) / 2, 6)
+        if evaluate(mid)["meets_target"]:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+@dataclass(frozen=True, eq=False)
+class MaxPruneOutcome:
+    """The measured curve (one row per level, by prune fraction), the answer and the summary."""
+
+    curve: list[dict[str, Any]]
+    summary: dict[str, Any]
+    inputs: str
+    spec: NetSpec
+
+
+def run_max_prune(job: CertifyJob, solve: MaxPruneSolve, progress: Progress | None = None,
+                  write: bool = True) -> MaxPruneOutcome:
+    """``--solve max-prune``: the largest prune fraction of ``job.weights`` with certified agreement ≥ target.
+
+    Args:
+        job: inputs, ball, budgets (``job.pruned`` is not used: the models are made here).
+        solve: method, scope, target rate, bisection tolerance.
+        progress: called with (levels done, levels planned) after each level.
+        write: write ``job.out`` (the curve and the summary) when set.
+    """
+    check_solve(job, solve)
+    target, _ = load_pair(dataclasses.replace(job, pruned=job.weights))
+    x, y, note = load_inputs(job, target.spec)
+    if job.clip is not None and not bool(((x >= job.clip[0]) & (x <= job.clip[1])).all()):
+        bad = int(((x < job.clip[0]) | (x > job.clip[1])).any(1).nonzero()[0, 0])
+        raise ProbPruneError(f"clip={job.clip!r}: input {bad} lies outside the box")
+    t0 = time.perf_counter()
+    seen: dict[float, dict[str, Any]] = {}
+    planned = len(GRID) + math.ceil(math.log2(max(2.0, 0.1 / solve.tol)))
+
+    def evaluate(frac: float) -> dict[str, Any]:
+        if frac not in seen:
+            seen[frac] = _level_row(target, x, y, frac, job, solve)
+            if progress is not None:
+                progress(len(seen), max(planned, len(seen)))
+        return seen[frac]
+
+    best = _search_levels(evaluate, solve)
+    with torch.no_grad():
+        ct = cast(Tensor, target.to(dtype=torch.float64)(x)).argmax(-1)
+    summary = {"max_prune_fraction": best, "agreement_target": solve.agreement, "method": solve.method,
+               "scope": solve.scope, "n": int(x.shape[0]), "levels": len(seen),
+               "accuracy_target": None if y is None else float((ct == y).double().mean()),
+               "seconds": time.perf_counter() - t0}
+    curve = [seen[f] for f in sorted(seen)]
+    if write and job.out is not None:
+        write_rows(job.out, curve, summary)
+    return MaxPruneOutcome(curve, summary, note, target.spec)

@@ -23,7 +23,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,18 +31,8 @@ import torch
 from torch import Tensor
 
 from probprune.bounds import certified_gap_bound
-from probprune.config import (
-    EXPERIMENT_EPOCHS,
-    EXPERIMENT_PRUNE_FRACTIONS,
-    ExecutionPolicy,
-    GapSpec,
-    ProbPruneError,
-    check_seed,
-)
+from probprune.config import ExecutionPolicy, ExperimentSpec, GapSpec, ProbPruneError, TrainSpec
 from probprune.data import (
-    DATASETS,
-    MODELS,
-    TrainSpec,
     as_net,
     init_module,
     inputs_for,
@@ -54,158 +44,40 @@ from probprune.data import (
 from probprune.gap import sup_gap
 from probprune.masks import prune
 from probprune.nets import Net, from_state_dict, to_module
+from probprune.records import ExperimentRow
 from probprune.rng import derive_seed, make_generator
 from probprune.runner.execution import execution
 from probprune.runner.prune import check_time, n_weights
 from probprune.store import atomic_write_text, load_tensors, save_tensors
-from probprune.store.experiments import ExperimentStore, experiment_hash, read_experiment
+from probprune.store.experiments import ExperimentStore, read_experiment
 
 __all__ = [
-    "DEFAULT_EPOCHS",
-    "PRUNE_FRACTIONS",
     "DatasetCache",
     "ExperimentOutcome",
-    "ExperimentSpec",
     "SettingUnit",
+    "check_budget",
     "compute_setting",
     "evaluate_pruned",
     "run_experiment",
     "summarize",
 ]
 
-#: The grid of prune fractions (share of weights removed); defined in config (the CLI's help reads it there).
-PRUNE_FRACTIONS: tuple[float, ...] = EXPERIMENT_PRUNE_FRACTIONS
-#: Dense training epochs per model (Adam, cosine decay).
-DEFAULT_EPOCHS: dict[str, float] = EXPERIMENT_EPOCHS
-
 Progress = Callable[[str, int, int], None]
 
 
-def _tuple_of(name: str, values: Sequence[Any], allowed: Sequence[Any] | None = None) -> tuple[Any, ...]:
-    vals = tuple(values)
-    if not vals:
-        raise ProbPruneError(f"{name}: empty")
-    if len(set(vals)) != len(vals):
-        raise ProbPruneError(f"{name}={list(vals)!r}: contains duplicates")
-    if allowed is not None:
-        for v in vals:
-            if v not in allowed:
-                raise ProbPruneError(f"{name}: {v!r} is not one of {', '.join(map(str, allowed))}")
-    return vals
+def check_budget(spec: ExperimentSpec) -> None:
+    """Refuse a run whose training alone clearly takes too long (see ``runner.prune.check_time``).
 
-
-@dataclass(frozen=True)
-class ExperimentSpec:
-    """What ``probprune experiment`` runs (every field enters the run's hash).
-
-    Args:
-        dataset: ``mnist`` or ``fashion-mnist``.
-        models: ``lenet-300-100``, ``lenet-5``.
-        prune_fractions: shares of weights removed, each in [0, 1).
-        methods, scopes: pruning rules (``random``/``magnitude``, ``layerwise``/``global``).
-        seeds: one dense target per model and seed.
-        epochs: dense training epochs per model (default :data:`DEFAULT_EPOCHS`).
-        finetune_epochs: fine-tuning length (fractions of an epoch allowed); 0 = no fine-tuned rows.
-        batch_size, lr, finetune_lr: Adam with cosine decay.
-        weight_decay: Adam's L2 weight decay of the dense training (small weights then matter
-            less, so magnitude pruning costs less accuracy); fine-tuning uses none.
-        gap_points, gap_restarts, gap_steps: budget of the empirical sup-gap estimator.
-        test_limit: evaluate on the first ``test_limit`` test images only (``None``: all 10 000).
+    Estimate: 6 flop per weight per training image (forward + backward), dense and fine-tuning
+    epochs over the 60 000 training images, for every model and seed — a lower bound of the work.
     """
-
-    dataset: str = "mnist"
-    models: tuple[str, ...] = MODELS
-    prune_fractions: tuple[float, ...] = PRUNE_FRACTIONS
-    methods: tuple[str, ...] = ("random", "magnitude")
-    scopes: tuple[str, ...] = ("layerwise", "global")
-    seeds: tuple[int, ...] = (0, 1, 2)
-    epochs: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_EPOCHS))
-    finetune_epochs: float = 1.0
-    batch_size: int = 100
-    lr: float = 2e-3
-    weight_decay: float = 1e-4
-    finetune_lr: float = 2e-3
-    gap_points: int = 512
-    gap_restarts: int = 4
-    gap_steps: int = 20
-    test_limit: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.dataset not in DATASETS:
-            raise ProbPruneError(f"dataset={self.dataset!r}: must be one of {', '.join(DATASETS)}")
-        object.__setattr__(self, "models", _tuple_of("models", self.models, MODELS))
-        object.__setattr__(self, "methods", _tuple_of("methods", self.methods, ("random", "magnitude")))
-        object.__setattr__(self, "scopes", _tuple_of("scopes", self.scopes, ("layerwise", "global")))
-        fr = _tuple_of("prune_fractions", [float(f) for f in self.prune_fractions])
-        for f in fr:
-            if not math.isfinite(f) or not 0.0 <= f < 1.0:
-                raise ProbPruneError(f"prune_fractions: {f!r} must be in [0, 1) (share of weights removed)")
-        object.__setattr__(self, "prune_fractions", tuple(sorted(fr)))
-        seeds = _tuple_of("seeds", self.seeds)
-        for s in seeds:
-            check_seed("seeds", s)
-        object.__setattr__(self, "seeds", seeds)
-        eps = dict(DEFAULT_EPOCHS)
-        eps.update({str(k): float(v) for k, v in dict(self.epochs).items()})
-        for m, e in eps.items():
-            if m not in MODELS:
-                raise ProbPruneError(f"epochs: unknown model {m!r}")
-            TrainSpec(epochs=e)  # validates
-        object.__setattr__(self, "epochs", {m: eps[m] for m in MODELS})
-        if not math.isfinite(self.finetune_epochs) or self.finetune_epochs < 0:
-            raise ProbPruneError(f"finetune_epochs={self.finetune_epochs!r}: must be a number >= 0")
-        try:
-            TrainSpec(epochs=1.0, batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay)
-        except ProbPruneError as e:
-            raise ProbPruneError(f"dense training (lr={self.lr!r}, weight_decay={self.weight_decay!r}): {e}") from None
-        try:
-            TrainSpec(epochs=1.0, batch_size=self.batch_size, lr=self.finetune_lr)
-        except ProbPruneError as e:
-            raise ProbPruneError(f"finetune_lr={self.finetune_lr!r}: {e}") from None
-        GapSpec(radius=1.0, n_points=self.gap_points, n_restarts=self.gap_restarts, n_steps=self.gap_steps)
-        if self.test_limit is not None and (isinstance(self.test_limit, bool) or not isinstance(self.test_limit, int)
-                                            or self.test_limit < 1):
-            raise ProbPruneError(f"test_limit={self.test_limit!r}: must be an integer >= 1 or None")
-
-    @staticmethod
-    def quick(dataset: str = "mnist", seeds: Sequence[int] = (0,)) -> ExperimentSpec:
-        """A small preset (one epoch, three fractions, small gap budget) for smoke runs and CI."""
-        return ExperimentSpec(dataset=dataset, prune_fractions=(0.0, 0.5, 0.9), seeds=tuple(seeds),
-                              epochs={"lenet-300-100": 1.0, "lenet-5": 1.0}, finetune_epochs=0.1,
-                              gap_points=128, gap_restarts=2, gap_steps=10, test_limit=2000)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON form (stored as the run's ``config.json``)."""
-        d = asdict(self)
-        for k, v in d.items():
-            if isinstance(v, tuple):
-                d[k] = list(v)
-        return d
-
-    @property
-    def hash(self) -> str:
-        """The run's folder name."""
-        return experiment_hash(self.to_dict())
-
-    def check_budget(self) -> None:
-        """Refuse a run whose training alone clearly takes too long (see ``runner.prune.check_time``).
-
-        Estimate: 6 flop per weight per training image (forward + backward), dense and fine-tuning
-        epochs over the 60 000 training images, for every model and seed — a lower bound of the work.
-        """
-        seconds = 0.0
-        ft_runs = len(self.prune_fractions) * len(self.methods) * len(self.scopes)
-        for m in self.models:
-            per_epoch = 6.0 * 60_000 * n_weights(lenet_spec(m)) / 1e11
-            seconds += len(self.seeds) * per_epoch * (self.epochs[m] + ft_runs * self.finetune_epochs)
-        check_time(f"experiment (epochs={self.epochs}, finetune_epochs={self.finetune_epochs!r}, "
-                   f"{len(self.seeds)} seed(s))", seconds)
-
-    def n_settings(self) -> int:
-        """Rows this spec produces."""
-        ft = 2 if self.finetune_epochs > 0 else 1
-        return (len(self.models) * len(self.seeds) * len(self.prune_fractions) * len(self.methods)
-                * len(self.scopes) * ft)
+    seconds = 0.0
+    ft_runs = len(spec.prune_fractions) * len(spec.methods) * len(spec.scopes)
+    for m in spec.models:
+        per_epoch = 6.0 * 60_000 * n_weights(lenet_spec(m)) / 1e11
+        seconds += len(spec.seeds) * per_epoch * (spec.epochs[m] + ft_runs * spec.finetune_epochs)
+    check_time(f"experiment (epochs={spec.epochs}, finetune_epochs={spec.finetune_epochs!r}, "
+               f"{len(spec.seeds)} seed(s))", seconds)
 
 
 @dataclass(frozen=True)
@@ -326,7 +198,7 @@ def _run(spec: ExperimentSpec, runs_dir: str | Path, data_root: str | Path | Non
     total = spec.n_settings()
     computed = 0
     gap_budget = GapSpec(radius=1.0, n_points=spec.gap_points, n_restarts=spec.gap_restarts, n_steps=spec.gap_steps)
-    with ExperimentStore(run_dir, spec.to_dict()) as store:
+    with ExperimentStore(run_dir, spec.to_dict(), hash=spec.hash) as store:
         done = store.done()
         n_done = len(done)
         if progress is not None:
@@ -373,10 +245,10 @@ def _run(spec: ExperimentSpec, runs_dir: str | Path, data_root: str | Path | Non
                                     cache[ckey] = _one_setting(spec, model, seed, target, method, scope, f, ft,
                                                                x_train, data.train_labels, x_test, y_test,
                                                                target_logits, radius, gap_budget, workers)
-                                row = {"dataset": spec.dataset, "model": model, "method": method, "scope": scope,
-                                       "prune_fraction": f, "finetuned": ft, "seed": seed,
-                                       "dense_accuracy": dense_acc, "radius": radius, **cache[ckey],
-                                       "seconds": time.perf_counter() - ts}
+                                row = ExperimentRow(dataset=spec.dataset, model=model, method=method, scope=scope,
+                                                    prune_fraction=f, finetuned=ft, seed=seed,
+                                                    dense_accuracy=dense_acc, radius=radius, **cache[ckey],
+                                                    seconds=time.perf_counter() - ts)
                                 store.add(row)
                                 done.add(key)
                                 computed += 1
@@ -542,5 +414,5 @@ def _settings_via(executor: Any, spec: ExperimentSpec, data_root: str | Path | N
         f0 = unit.prune_fraction
         ckey = ("dense", unit.finetuned) if f0 == 0.0 else (unit.method, unit.scope, f0, unit.finetuned)
         for method, scope, f, ft in groups[ckey]:
-            yield {"dataset": spec.dataset, "model": model, "method": method, "scope": scope, "prune_fraction": f,
-                   "finetuned": ft, "seed": seed, "dense_accuracy": dense_acc, "radius": radius, **rows[0]}
+            yield ExperimentRow(dataset=spec.dataset, model=model, method=method, scope=scope, prune_fraction=f,
+                                finetuned=ft, seed=seed, dense_accuracy=dense_acc, radius=radius, **rows[0])

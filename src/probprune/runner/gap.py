@@ -7,44 +7,29 @@ pair works when both have the same architecture.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from probprune.bounds.certified import CertifiedBound, certified_gap_bound, lower_at
 from probprune.bounds.norms import NormMethod
-from probprune.config import GapSpec, NetSpec, ProbPruneError, check_seed
+from probprune.config import GapJob, GapSpec, ProbPruneError
 from probprune.gap import sup_gap
 from probprune.nets import Net, check_pair
 from probprune.rng import derive_seed, make_generator
 from probprune.runner.execution import execution
 from probprune.runner.prune import LoadedModel, check_device, check_gap_budget, load_model, model_format
 
-__all__ = ["GapJob", "GapOutcome", "Sandwich", "gap_sandwich", "run_gap"]
+__all__ = ["GapOutcome", "Sandwich", "check_gap_job", "gap_sandwich", "run_gap"]
 
 
-@dataclass(frozen=True)
-class GapJob:
-    """What ``probprune gap`` does: load ``weights`` (target F) and ``pruned`` (f), estimate and bound the gap."""
-
-    net: NetSpec
-    weights: str
-    pruned: str
-    gap: GapSpec = field(default_factory=GapSpec)
-    seed: int = 0
-    device: str = "cpu"
-    norm_method: NormMethod = "auto"
-
-    def __post_init__(self) -> None:
-        check_seed("seed", self.seed)
-        check_device(self.device)
-        for name in ("weights", "pruned"):
-            model_format(name, getattr(self, name))
-        if self.norm_method not in ("auto", "svd", "gram-cholesky", "frobenius-holder"):
-            raise ProbPruneError(f"norm_method={self.norm_method!r}: must be auto, svd, gram-cholesky or "
-                                 "frobenius-holder")
-        check_gap_budget(self.net, self.gap)
+def check_gap_job(job: GapJob) -> None:
+    """What a :class:`~probprune.config.GapJob` needs of this machine: model suffixes, the device, the budget."""
+    for name in ("weights", "pruned"):
+        model_format(name, getattr(job, name))
+    check_device(job.device)
+    check_gap_budget(job.net, job.gap)
 
 
 @dataclass(frozen=True, eq=False)
@@ -143,6 +128,7 @@ def run_gap(job: GapJob, loaded: Mapping[str, LoadedModel] | None = None) -> Gap
         loaded: models already read (option name ``weights``/``pruned`` → model, from
             :func:`~probprune.runner.prune.model_spec`), so that no file is read twice.
     """
+    check_gap_job(job)
     have = dict(loaded or {})
     target = (have.get("weights") or load_model(job.weights, job.net, "weights")).net.to(device=job.device)
     try:

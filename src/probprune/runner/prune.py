@@ -28,7 +28,7 @@ import os
 import re
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -39,9 +39,8 @@ from probprune.config import (
     LawSpec,
     NetSpec,
     ProbPruneError,
-    PruneSpec,
+    PruneJob,
     RunConfig,
-    check_seed,
     layer_scale,
     parse_arch,
 )
@@ -58,14 +57,15 @@ __all__ = [
     "MODEL_SUFFIXES",
     "TIME_ENV",
     "LoadedModel",
-    "PruneJob",
     "PruneOutcome",
     "check_device",
     "check_gap_budget",
+    "check_job_outputs",
     "check_law_range",
     "check_memory",
     "check_output_dir",
     "check_output_paths",
+    "check_prune_job",
     "check_time",
     "check_verify_budget",
     "gap_memory",
@@ -308,46 +308,27 @@ def check_gap_budget(net: NetSpec, gap: GapSpec, n_members: int = 1) -> None:
     check_time(what, gap_seconds(net, gap, n_members))
 
 
-@dataclass(frozen=True)
-class PruneJob:
-    """What ``probprune prune`` does: target from ``weights`` or sampled from ``law`` with ``seed``."""
+def check_prune_job(job: PruneJob) -> None:
+    """What a :class:`~probprune.config.PruneJob` needs of this machine and its files (the spec validated itself).
 
-    net: NetSpec
-    prune: PruneSpec
-    weights: str | None = None
-    law: LawSpec | None = None
-    seed: int = 0
-    out: str | None = None
-    save_target: str | None = None
-    device: str = "cpu"
-    extras: dict[str, Any] = field(default_factory=dict)
+    Model suffixes, the device being present, the law's range in float32 and the memory of about four
+    float32 copies of the weights (the target, the pruned copy, scores and masks).
+    """
+    if job.weights is not None:
+        model_format("weights", job.weights)
+    for name in ("out", "save_target"):
+        v = getattr(job, name)
+        if v is not None:
+            model_format(name, str(v))
+    check_device(job.device)
+    if job.law is not None:
+        check_law_range(job.net, job.law)
+    check_memory(f"arch={job.net.to_arch()!r} ({n_weights(job.net)} weights)", 16.0 * n_weights(job.net))
 
-    def __post_init__(self) -> None:
-        check_seed("seed", self.seed)
-        check_device(self.device)
-        if self.weights is not None:
-            model_format("weights", self.weights)
-        if self.weights is None and self.law is None:
-            raise ProbPruneError("weights: give --weights FILE or --law to sample a target")
-        if self.law is None and self.save_target is not None:
-            raise ProbPruneError("save_target: only a sampled target (--law) can be saved")
-        if self.prune.level_name is None:
-            raise ProbPruneError("prune: give one level: --prune-fraction, --threshold, --relative-threshold or --p")
-        if self.prune.relative_threshold is not None and self.law is None:
-            raise ProbPruneError(
-                f"relative_threshold={self.prune.relative_threshold!r}: needs --law (τ_i = ρ·a_i)")
-        for name in ("out", "save_target"):
-            v = getattr(self, name)
-            if v is not None:
-                model_format(name, str(v))
-        if self.law is not None:
-            check_law_range(self.net, self.law)
-        # the target, the pruned copy, scores and masks: about four float32 copies of the weights
-        check_memory(f"arch={self.net.to_arch()!r} ({n_weights(self.net)} weights)", 16.0 * n_weights(self.net))
 
-    def check_outputs(self, *more: tuple[str, str | None]) -> None:
-        """Pre-flight: every output path of the job (and ``more``) can be written; checks, writes nothing."""
-        check_output_paths({"out": self.out, "save_target": self.save_target, **dict(more)})
+def check_job_outputs(job: PruneJob, *more: tuple[str, str | None]) -> None:
+    """Pre-flight: every output path of the job (and ``more``) can be written; checks, writes nothing."""
+    check_output_paths({"out": job.out, "save_target": job.save_target, **dict(more)})
 
 
 @dataclass(frozen=True, eq=False)
@@ -524,7 +505,8 @@ def run_prune(job: PruneJob, write: bool = True, loaded: LoadedModel | None = No
             more work that can fail (a gap sandwich, a certificate) writes nothing until all of it is done.
         loaded: ``job.weights`` already read (by :func:`model_spec`), so that it is not read twice.
     """
-    job.check_outputs()
+    check_prune_job(job)
+    check_job_outputs(job)
     info = None
     if job.weights is not None:
         if loaded is None:
@@ -537,9 +519,7 @@ def run_prune(job: PruneJob, write: bool = True, loaded: LoadedModel | None = No
         target = sample_net(job.net, job.law, g, device=job.device)  # type: ignore[arg-type]
     pr = job.prune
     gen = make_generator(derive_seed("prune", job.seed, "mask"), job.device) if pr.method == "random" else None
-    res = prune(target, pr.method, prune_fraction=pr.prune_fraction, threshold=pr.threshold,
-                relative_threshold=pr.relative_threshold, p=pr.p, scope=pr.scope, rescale=pr.rescale,
-                generator=gen, law=job.law)
+    res = prune(target, pr, generator=gen, law=job.law)
     outcome = PruneOutcome(target, res.model, res.masks, res.stats, job.seed, info)
     if write:
         write_outputs(job, outcome)

@@ -52,7 +52,7 @@ RAY_INSTALL_HINT = "pip install 'probprune[ray]'"
 MIN_OBJECT_STORE = 75 * 1024 * 1024
 
 U = TypeVar("U")
-Rows = list[dict[str, Any]]
+Rows = list[Any]  # what a unit gives: trial records (verify) or setting rows (experiment)
 
 
 def import_ray() -> Any:

@@ -32,15 +32,8 @@ from typing import Any, Protocol
 import torch
 
 from probprune.config import (
-    SQRT6,
-    BoundSpec,
     ExecutionPolicy,
-    GapSpec,
-    LawSpec,
-    MCSpec,
-    NetSpec,
     ProbPruneError,
-    PruneSpec,
     RunConfig,
     canonical_json,
     config_hash,
@@ -56,12 +49,12 @@ from probprune.montecarlo import (
     slopes_by_rule,
     summarize_point,
 )
+from probprune.records import GridRow, PointSummary, TrialRow
 from probprune.runner.execution import execution, policy_from_env
 from probprune.runner.prune import check_device as prune_check_device
 from probprune.store.runs import RunInfo, RunWriter, open_run, prepare_run, read_points, read_slopes
 
 __all__ = [
-    "DEFAULT_CONFIG",
     "Executor",
     "LocalExecutor",
     "ProgressEvent",
@@ -70,31 +63,11 @@ __all__ = [
     "check_device",
     "check_run",
     "compute_unit",
-    "default_config",
     "from_canonical",
     "library_version",
     "plan_units",
     "run_verify",
 ]
-
-# The paper's FCN setting: uniform law with K = √6, input 16, two hidden layers of width h, output 4,
-# magnitude (ρ) and random (p) pruning on the vanishing schedule c·h^{-α}. Sized to run in about
-# three minutes on 2 CPU cores (benchmarks/RESULTS.md, "verify engine (issue 5)").
-DEFAULT_CONFIG = RunConfig(
-    net=NetSpec(widths=(16, 128, 128, 4)),
-    law=LawSpec(kind="uniform", scale=SQRT6),
-    prunes=(PruneSpec(method="magnitude", schedule_c=1.0, schedule_alpha=0.5),
-            PruneSpec(method="random", schedule_c=1.0, schedule_alpha=0.5)),
-    gap=GapSpec(n_points=512, n_restarts=4, n_steps=10),
-    bound=BoundSpec(delta=0.05),
-    mc=MCSpec(n_trials=20, hidden_widths=(128, 256, 512, 1024, 2048), chunk_size=10),
-)
-
-
-def default_config() -> RunConfig:
-    """The embedded default of ``probprune verify`` (mirrored by ``configs/default.toml``)."""
-    return DEFAULT_CONFIG
-
 
 def library_version() -> str:
     """The installed probprune version (stored with every trial)."""
@@ -126,7 +99,7 @@ class Unit:
     policy: ExecutionPolicy = field(default_factory=ExecutionPolicy)
 
 
-def compute_unit(unit: Unit) -> list[dict[str, Any]]:
+def compute_unit(unit: Unit) -> list[TrialRow]:
     """Rows of one unit (pure in its inputs: the same unit gives the same rows, up to ``seconds``)."""
     cfg = from_dict(unit.config)
     if config_hash(cfg) != unit.config_hash:
@@ -134,22 +107,15 @@ def compute_unit(unit: Unit) -> list[dict[str, Any]]:
     point = expand_grid(cfg)[unit.grid_index]
     # the run's TF32 setting is mc.matmul (hashed: TF32 changes the numbers)
     with execution(replace(unit.policy, matmul=cfg.mc.matmul)) as ex:
-        rows = run_trials(cfg, point, unit.config_hash, unit.trials, unit.eps, policy=ex.policy,
-                          workers=ex.workers)
-    out = []
-    for r in rows:
-        d = r.to_dict()
-        d.update(width=point.width, method=point.prune.method, level_name=point.level_name,
-                 level=point.level_value, device=cfg.mc.device, dtype=cfg.mc.dtype, version=unit.version)
-        out.append(d)
-    return out
+        return run_trials(cfg, point, unit.config_hash, unit.trials, unit.eps, version=unit.version,
+                          policy=ex.policy, workers=ex.workers)
 
 
 class Executor(Protocol):
     """Runs units, yielding each with its rows as it finishes (any order)."""
 
-    def map(self, fn: Callable[[Unit], list[dict[str, Any]]], units: Sequence[Unit]
-            ) -> Iterator[tuple[Unit, list[dict[str, Any]]]]:
+    def map(self, fn: Callable[[Unit], list[TrialRow]], units: Sequence[Unit]
+            ) -> Iterator[tuple[Unit, list[TrialRow]]]:
         """Apply ``fn`` to every unit; yield ``(unit, rows)`` pairs."""
         ...
 
@@ -157,8 +123,8 @@ class Executor(Protocol):
 class LocalExecutor:
     """Runs units one after another in this process (the default executor)."""
 
-    def map(self, fn: Callable[[Unit], list[dict[str, Any]]], units: Sequence[Unit]
-            ) -> Iterator[tuple[Unit, list[dict[str, Any]]]]:
+    def map(self, fn: Callable[[Unit], list[TrialRow]], units: Sequence[Unit]
+            ) -> Iterator[tuple[Unit, list[TrialRow]]]:
         """Apply ``fn`` to each unit in order."""
         for u in units:
             yield u, fn(u)
@@ -215,23 +181,21 @@ class VerifyResult:
     bounds: list[PointBound] = field(default_factory=list)
 
 
-def _point_row(cfg: RunConfig, point: GridPoint, bound: PointBound, rows: Iterable[dict[str, Any]]
-               ) -> dict[str, Any]:
+def _point_row(cfg: RunConfig, bound: PointBound, rows: Iterable[TrialRow]) -> PointSummary:
     rs = list(rows)
-    lower = [float(r["gap_lower"]) for r in rs]
-    upper = [math.nan if r["gap_upper"] is None else float(r["gap_upper"]) for r in rs]
-    rel = [math.nan if r["rel_gap_lower"] is None else float(r["rel_gap_lower"]) for r in rs]
-    s = summarize_point(lower, upper, bound.eps, cfg.bound.delta, cfg.mc.confidence, rel)
-    d = s.to_dict()
-    d["grid_index"] = point.index
-    return d
+    lower = [r.gap_lower for r in rs]
+    upper = [math.nan if r.gap_upper is None else r.gap_upper for r in rs]
+    rel = [math.nan if r.rel_gap_lower is None else r.rel_gap_lower for r in rs]
+    return summarize_point(lower, upper, bound.eps, cfg.bound.delta, cfg.mc.confidence, rel)
 
 
-def _grid_row(point: GridPoint, bound: PointBound) -> dict[str, Any]:
-    d = point.describe()
-    d.update(eps=bound.eps, eps_theory=bound.eps_theory, theorem=bound.theorem,
-             theory_exponent=bound.theory_exponent)
-    return d
+def _grid_row(point: GridPoint, bound: PointBound) -> GridRow:
+    pr = point.prune
+    return GridRow(grid_index=point.index, width=point.width, prune_index=point.prune_index,
+                   arch=point.net.to_arch(), method=pr.method, scope=pr.scope, level_name=point.level_name,
+                   level_value=point.level_value, rescale=pr.rescale, schedule_c=point.rule.schedule_c,
+                   schedule_alpha=point.rule.schedule_alpha, eps=bound.eps, eps_theory=bound.eps_theory,
+                   theorem=bound.theorem, theory_exponent=bound.theory_exponent)
 
 
 def check_run(cfg: RunConfig, runs_dir: str | Path = "runs", resume: str | Path | None = None) -> tuple[Path, bool]:
@@ -287,7 +251,8 @@ def run_verify(
     run_dir, exists = prepare_run(runs_dir, cfg, resume=resume)
     bounds = [point_bound(cfg, p) for p in points]
     ver = library_version()
-    writer = RunWriter(run_dir, cfg, [_grid_row(p, b) for p, b in zip(points, bounds)], cfg.mc.n_trials,
+    grid = [_grid_row(p, b) for p, b in zip(points, bounds)]
+    writer = RunWriter(run_dir, cfg, grid, cfg.mc.n_trials,
                        meta={"version": ver, "device": cfg.mc.device, "dtype": cfg.mc.dtype,
                              "torch": torch.__version__, "chunk_size": str(cfg.mc.chunk_size)})
     n_new = 0
@@ -298,20 +263,16 @@ def run_verify(
         n_done = sum(len(v) for v in state.values())
         if progress is not None:
             progress(ProgressEvent(n_done, total, 0))
-        summaries: dict[int, dict[str, Any]] = {
-            g: {**_point_row(cfg, points[g], bounds[g], rows.values()), **_slope_keys(points[g], bounds[g])}
-            for g, rows in state.items() if rows
-        }
+        summaries = {g: _point_row(cfg, bounds[g], rows.values()) for g, rows in state.items() if rows}
         ex = executor if executor is not None else LocalExecutor()
         for unit, rows in ex.map(compute_unit, units):
             g = unit.grid_index
             cur = state.setdefault(g, {})
             for r in rows:
-                cur[int(r["trial"])] = r
-            row = _point_row(cfg, points[g], bounds[g], cur.values())
-            summaries[g] = {**row, **_slope_keys(points[g], bounds[g])}
-            slopes = slopes_by_rule(list(summaries.values()))
-            writer.write_chunk(rows, row, slopes)
+                cur[r.trial] = r
+            summaries[g] = _point_row(cfg, bounds[g], cur.values())
+            slopes = slopes_by_rule([(grid[i], s) for i, s in summaries.items()])
+            writer.write_chunk(rows, summaries[g], slopes)
             n_done += len(rows)
             n_new += len(rows)
             if progress is not None:
@@ -324,7 +285,3 @@ def run_verify(
     return VerifyResult(run_dir, info, read_points(run_dir), read_slopes(run_dir), n_new,
                         time.perf_counter() - start, exists, bounds)
 
-
-def _slope_keys(point: GridPoint, bound: PointBound) -> dict[str, Any]:
-    return {"prune_index": point.prune_index, "method": point.prune.method, "width": point.width,
-            "theory_exponent": bound.theory_exponent}

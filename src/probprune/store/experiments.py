@@ -8,7 +8,6 @@ ones. Every row is committed on its own (a small transaction). The report reads 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sqlite3
 from collections.abc import Mapping
@@ -16,15 +15,17 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
-from probprune.config import ProbPruneError
+from probprune.config import HASH_RULE, ProbPruneError
+from probprune.records import KEYS, ExperimentRow
 from probprune.store.checkpoint import atomic_write_text
+from probprune.store.tables import columns, create_table, from_sql, names, values
 
 __all__ = [
     "EXPERIMENT_COLUMNS",
     "EXPERIMENT_DB",
     "EXPERIMENT_KEY",
     "ExperimentStore",
-    "experiment_hash",
+    "experiment_records",
     "is_experiment_dir",
     "read_experiment",
     "read_experiment_config",
@@ -34,28 +35,18 @@ EXPERIMENT_DB = "results.sqlite"
 CONFIG_FILE = "config.json"
 _TABLE = "experiment"
 
-#: The columns of one setting (name, SQLite type); the first seven are the key.
-EXPERIMENT_COLUMNS: tuple[tuple[str, str], ...] = (
-    ("dataset", "TEXT NOT NULL"), ("model", "TEXT NOT NULL"), ("method", "TEXT NOT NULL"),
-    ("scope", "TEXT NOT NULL"), ("prune_fraction", "REAL NOT NULL"), ("finetuned", "INTEGER NOT NULL"),
-    ("seed", "INTEGER NOT NULL"),
-    ("test_accuracy", "REAL NOT NULL"), ("dense_accuracy", "REAL"), ("gap_upper", "REAL"), ("gap_lower", "REAL"),
-    ("mean_test_gap", "REAL"), ("max_test_gap", "REAL"), ("radius", "REAL"), ("sparsity", "REAL"),
-    ("n_weights", "INTEGER"), ("n_kept", "INTEGER"), ("gap_n_evals", "INTEGER"), ("bound_exact", "INTEGER"),
-    ("seconds", "REAL"),
-)
-EXPERIMENT_KEY: tuple[str, ...] = ("dataset", "model", "method", "scope", "prune_fraction", "finetuned", "seed")
-_BOOL = ("finetuned", "bound_exact")
+#: The columns of one setting (name, SQLite type), derived from :class:`~probprune.records.ExperimentRow`;
+#: the first seven are the key.
+EXPERIMENT_COLUMNS: tuple[tuple[str, str], ...] = columns(ExperimentRow)
+EXPERIMENT_KEY: tuple[str, ...] = KEYS[ExperimentRow]
 
 
-def experiment_hash(config: Mapping[str, Any]) -> str:
-    """First 16 hex digits of the SHA-256 of the canonical JSON of an experiment config.
-
-    >>> experiment_hash({"b": 1, "a": [1, 2]}) == experiment_hash({"a": [1, 2], "b": 1})
-    True
-    """
-    text = json.dumps(dict(config), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+def _check_rule(cfg_file: Path, stored: Mapping[str, Any]) -> None:
+    """Refuse an experiment folder made under an older hash rule (its name is not this config's hash)."""
+    rule = stored.get("hash_rule", 1)
+    if rule != HASH_RULE:
+        raise ProbPruneError(f"run folder {str(cfg_file.parent)!r} was made by an older probprune (hash rule "
+                             f"{rule!r}; this one uses {HASH_RULE}); re-run it")
 
 
 def is_experiment_dir(path: str | Path) -> bool:
@@ -75,36 +66,33 @@ def read_experiment_config(run_dir: str | Path) -> dict[str, Any]:
     if not is_experiment_dir(run_dir):
         raise ProbPruneError(f"run_dir={str(run_dir)!r}: not an experiment run (no {CONFIG_FILE} of kind experiment)")
     doc: dict[str, Any] = json.loads(p.read_text())
+    _check_rule(p, doc)
     return doc
 
 
-def _row_dict(cols: list[str], row: tuple[Any, ...]) -> dict[str, Any]:
-    d = dict(zip(cols, row))
-    for b in _BOOL:
-        if d.get(b) is not None:
-            d[b] = bool(d[b])
-    return d
+def experiment_records(run_dir: str | Path) -> list[ExperimentRow]:
+    """All stored settings of an experiment run as :class:`~probprune.records.ExperimentRow` records, in key order.
 
-
-def read_experiment(run_dir: str | Path) -> list[dict[str, Any]]:
-    """All stored settings of an experiment run, one dict per setting, in key order.
-
-    Keys: ``dataset, model, method, scope, prune_fraction, finetuned`` (bool)``, seed,
-    test_accuracy, dense_accuracy, gap_upper`` (certified), ``gap_lower`` (empirical sup over the
-    ball of radius ``radius`` = max ‖x‖ of the test set), ``mean_test_gap, max_test_gap, radius,
-    sparsity, n_weights, n_kept, gap_n_evals, bound_exact, seconds``.
+    ``gap_upper`` is certified, ``gap_lower`` the empirical sup over the ball of radius ``radius`` = max ‖x‖
+    of the test set.
     """
     db = Path(run_dir) / EXPERIMENT_DB
     if not db.is_file():
         raise ProbPruneError(f"run_dir={str(run_dir)!r}: no {EXPERIMENT_DB} (not an experiment run, or not started)")
+    read_experiment_config(run_dir)  # refuses a folder of an older hash rule
     try:
         with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as con:
-            cols = [c for c, _ in EXPERIMENT_COLUMNS]
-            rows = con.execute(f"SELECT {', '.join(cols)} FROM {_TABLE} ORDER BY "
+            rows = con.execute(f"SELECT {', '.join(names(ExperimentRow))} FROM {_TABLE} ORDER BY "
                                f"{', '.join(EXPERIMENT_KEY)}").fetchall()
     except sqlite3.Error as e:
         raise ProbPruneError(f"{db}: cannot read experiment results ({e})") from None
-    return [_row_dict(cols, r) for r in rows]
+    return [from_sql(ExperimentRow, r) for r in rows]
+
+
+def read_experiment(run_dir: str | Path) -> list[dict[str, Any]]:
+    """All stored settings of an experiment run, one plain dict per setting (the fields of
+    :class:`~probprune.records.ExperimentRow`), in key order, for JSON output."""
+    return [r.to_dict() for r in experiment_records(run_dir)]
 
 
 class ExperimentStore:
@@ -112,20 +100,30 @@ class ExperimentStore:
 
     Args:
         run_dir: the folder (created if missing).
-        config: the experiment config; stored as ``config.json``. A folder holding a different
-            config is refused.
+        config: the experiment config; stored as ``config.json`` (with ``kind``, ``hash_rule`` and
+            ``hash``). A folder holding a different config is refused, and so is one made under an
+            older hash rule.
+        hash: the config's :func:`~probprune.config.config_hash`: when given, a stored config with the
+            same hash is the same config (a field added later at its default changes nothing); without
+            it the stored config must equal ``config``.
     """
 
-    def __init__(self, run_dir: str | Path, config: Mapping[str, Any]) -> None:
+    def __init__(self, run_dir: str | Path, config: Mapping[str, Any], hash: str | None = None) -> None:
         self.path = Path(run_dir)
-        cfg = {"kind": "experiment", **dict(config)}
+        cfg = {"kind": "experiment", **dict(config), "hash_rule": HASH_RULE}
+        if hash is not None:
+            cfg["hash"] = hash
         cfg_file = self.path / CONFIG_FILE
         if cfg_file.exists():
             try:
                 stored = json.loads(cfg_file.read_text())
             except (OSError, ValueError) as e:
                 raise ProbPruneError(f"{cfg_file}: unreadable ({e})") from None
-            if stored != json.loads(json.dumps(cfg)):
+            if not isinstance(stored, dict):
+                raise ProbPruneError(f"{cfg_file}: not a JSON object")
+            _check_rule(cfg_file, stored)
+            same = stored.get("hash") == hash if hash is not None else stored == json.loads(json.dumps(cfg))
+            if not same:
                 raise ProbPruneError(f"{cfg_file}: holds a different experiment config; use another --runs-dir")
         else:
             try:
@@ -135,8 +133,7 @@ class ExperimentStore:
                 raise ProbPruneError(f"{cfg_file}: cannot write ({e.strerror or e})") from None
         self._con = sqlite3.connect(str(self.path / EXPERIMENT_DB))
         self._con.execute("PRAGMA journal_mode=WAL")
-        cols = ", ".join(f"{c} {t}" for c, t in EXPERIMENT_COLUMNS)
-        self._con.execute(f"CREATE TABLE IF NOT EXISTS {_TABLE} ({cols}, PRIMARY KEY ({', '.join(EXPERIMENT_KEY)}))")
+        self._con.execute(create_table(_TABLE, EXPERIMENT_COLUMNS, EXPERIMENT_KEY))
         self._con.commit()
 
     def done(self) -> set[tuple[Any, ...]]:
@@ -145,21 +142,24 @@ class ExperimentStore:
         return {(d, m, me, s, round(float(f), 6), bool(ft), int(sd)) for d, m, me, s, f, ft, sd in rows}
 
     @staticmethod
-    def key(row: Mapping[str, Any]) -> tuple[Any, ...]:
-        """The key tuple of a row (fraction rounded to 6 digits, finetuned as bool)."""
-        return (row["dataset"], row["model"], row["method"], row["scope"], round(float(row["prune_fraction"]), 6),
-                bool(row["finetuned"]), int(row["seed"]))
+    def key(row: ExperimentRow) -> tuple[Any, ...]:
+        """The key tuple of a row (fraction rounded to 6 digits)."""
+        return (row.dataset, row.model, row.method, row.scope, round(float(row.prune_fraction), 6),
+                bool(row.finetuned), int(row.seed))
 
-    def add(self, row: Mapping[str, Any]) -> None:
-        """Store one setting (one transaction); a setting already stored is left as it is."""
-        names = [c for c, _ in EXPERIMENT_COLUMNS]
-        missing = [c for c in (*EXPERIMENT_KEY, "test_accuracy") if c not in row]
+    def add(self, row: ExperimentRow) -> None:
+        """Store one setting (one transaction); a setting already stored is left as it is.
+
+        Raises:
+            ProbPruneError: a key field or ``test_accuracy`` is ``None``.
+        """
+        cols = names(ExperimentRow)
+        missing = [c for c, decl in EXPERIMENT_COLUMNS if "NOT NULL" in decl and getattr(row, c) is None]
         if missing:
             raise ProbPruneError(f"row: missing column {missing[0]!r}")
-        values = [int(row[c]) if c in _BOOL and row.get(c) is not None else row.get(c) for c in names]
         with self._con:
-            self._con.execute(f"INSERT OR IGNORE INTO {_TABLE} ({', '.join(names)}) VALUES "
-                              f"({', '.join('?' for _ in names)})", values)
+            self._con.execute(f"INSERT OR IGNORE INTO {_TABLE} ({', '.join(cols)}) VALUES "
+                              f"({', '.join('?' for _ in cols)})", values(row))
 
     def close(self) -> None:
         """Close the database, leaving it in rollback-journal mode: no ``-wal``/``-shm`` files behind.

@@ -41,8 +41,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from probprune.config import ProbPruneError, RunConfig, canonical_json, config_hash, from_dict
+from probprune.config import HASH_RULE, ProbPruneError, RunConfig, canonical_json, config_hash, from_dict, to_dict
+from probprune.records import KEYS, VERDICTS, GridRow, PointSummary, SlopeRow, TrialRow
 from probprune.store.checkpoint import atomic_write_text
+from probprune.store.tables import columns, create_table, from_sql, names, values
 
 __all__ = [
     "CONFIG_FILE",
@@ -51,18 +53,23 @@ __all__ = [
     "LOCK_FILE",
     "POINT_COLUMNS",
     "SLOPE_COLUMNS",
+    "TIMING_FIELDS",
     "TRIAL_COLUMNS",
     "VERDICT_VALUES",
     "RunInfo",
     "RunWriter",
+    "grid_records",
     "is_run_dir",
     "open_run",
+    "point_records",
     "prepare_run",
     "read_grid",
     "read_points",
     "read_slopes",
     "read_trials",
     "run_dir_for",
+    "slope_records",
+    "trial_records",
 ]
 
 CONFIG_FILE = "config.json"
@@ -70,47 +77,31 @@ DB_FILE = "results.sqlite"
 LOCK_FILE = "lock"
 SCHEMA_VERSION = 2  # 2: points.verdict, points.n_trials_to_confirm
 
-TRIAL_COLUMNS: tuple[tuple[str, str], ...] = (
-    ("grid_index", "INTEGER NOT NULL"), ("trial", "INTEGER NOT NULL"), ("seed", "INTEGER NOT NULL"),
-    ("width", "INTEGER NOT NULL"), ("method", "TEXT NOT NULL"), ("level_name", "TEXT NOT NULL"),
-    ("level", "REAL NOT NULL"), ("gap_lower", "REAL"), ("rel_gap_lower", "REAL"), ("out_sup", "REAL"),
-    ("gap_upper", "REAL"), ("eps", "REAL"), ("sparsity", "REAL"), ("n_evals", "INTEGER"),
-    ("seconds", "REAL"), ("device", "TEXT"), ("dtype", "TEXT"), ("version", "TEXT"),
-)
-GRID_COLUMNS: tuple[tuple[str, str], ...] = (
-    ("grid_index", "INTEGER PRIMARY KEY"), ("width", "INTEGER NOT NULL"), ("prune_index", "INTEGER NOT NULL"),
-    ("arch", "TEXT NOT NULL"), ("method", "TEXT NOT NULL"), ("scope", "TEXT NOT NULL"),
-    ("level_name", "TEXT NOT NULL"), ("level_value", "REAL NOT NULL"), ("rescale", "INTEGER NOT NULL"),
-    ("schedule_c", "REAL"), ("schedule_alpha", "REAL"), ("eps", "REAL"), ("eps_theory", "REAL"),
-    ("theorem", "TEXT"), ("theory_exponent", "REAL"),
-)
-POINT_COLUMNS: tuple[tuple[str, str], ...] = (
-    ("grid_index", "INTEGER PRIMARY KEY"), ("n_trials", "INTEGER NOT NULL"), ("gap_lower_median", "REAL"),
-    ("gap_lower_quantile", "REAL"), ("rel_gap_lower_median", "REAL"), ("gap_upper_median", "REAL"),
-    ("eps", "REAL"), ("n_covered", "INTEGER"), ("coverage", "REAL"), ("coverage_low", "REAL"),
-    ("coverage_high", "REAL"), ("coverage_certified", "REAL"), ("passed", "INTEGER"), ("tightness", "REAL"),
-    ("delta", "REAL"), ("confidence", "REAL"), ("verdict", "TEXT"), ("n_trials_to_confirm", "INTEGER"),
-)
-#: The values of ``points.verdict`` (``montecarlo.Verdict``): the Clopper–Pearson interval of the coverage lies
-#: above 1 − δ / contains it / lies below it.
-VERDICT_VALUES: tuple[str, ...] = ("confirmed", "consistent", "refuted")
-SLOPE_COLUMNS: tuple[tuple[str, str], ...] = (
-    ("prune_index", "INTEGER PRIMARY KEY"), ("method", "TEXT"), ("n_widths", "INTEGER"), ("slope", "REAL"),
-    ("intercept", "REAL"), ("exponent", "REAL"), ("rel_slope", "REAL"), ("theory_exponent", "REAL"),
-)
+#: The tables' columns ``(name, SQL declaration)``, derived from the records' fields (:mod:`probprune.store.tables`).
+TRIAL_COLUMNS: tuple[tuple[str, str], ...] = columns(TrialRow)
+GRID_COLUMNS: tuple[tuple[str, str], ...] = columns(GridRow)
+POINT_COLUMNS: tuple[tuple[str, str], ...] = (("grid_index", "INTEGER PRIMARY KEY"), *columns(PointSummary, ()))
+SLOPE_COLUMNS: tuple[tuple[str, str], ...] = columns(SlopeRow)
+#: The values of ``points.verdict`` (:data:`probprune.records.VERDICTS`): the Clopper–Pearson interval of the
+#: coverage lies above 1 − δ / contains it / lies below it.
+VERDICT_VALUES: tuple[str, ...] = VERDICTS
 
-
-def _ddl(name: str, cols: Sequence[tuple[str, str]], extra: str = "") -> str:
-    body = ", ".join(f"{c} {t}" for c, t in cols)
-    return f"CREATE TABLE IF NOT EXISTS {name} ({body}{extra})"
-
+#: The store's wall-clock fields, by table: ``meta`` keys (``created``, ``finished``: UTC times) and
+#: columns (``seconds``: time spent on a trial / chunk / setting). They are the only stored values that
+#: differ between two runs of the same config and seed — every other row and column is a function of
+#: the config — so a comparison of two runs leaves exactly these out, and the report does not show them.
+TIMING_FIELDS: Mapping[str, tuple[str, ...]] = {
+    "meta": ("created", "finished"),
+    "trials": ("seconds",),
+    "experiment": ("seconds",),
+}
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
-    _ddl("grid", GRID_COLUMNS),
-    _ddl("trials", TRIAL_COLUMNS, ", PRIMARY KEY (grid_index, trial)"),
-    _ddl("points", POINT_COLUMNS),
-    _ddl("slopes", SLOPE_COLUMNS),
+    create_table("grid", GRID_COLUMNS),
+    create_table("trials", TRIAL_COLUMNS, KEYS[TrialRow]),
+    create_table("points", POINT_COLUMNS),
+    create_table("slopes", SLOPE_COLUMNS),
 )
 
 
@@ -134,6 +125,20 @@ def _load_stored_config(path: Path) -> tuple[RunConfig, str, str]:
         raise ProbPruneError(f"run {str(path)!r}: {CONFIG_FILE} is unreadable ({e})") from None
     cfg = from_dict(data)
     return cfg, config_hash(cfg), text
+
+
+def _rule1_hash(cfg: RunConfig) -> str:
+    """The hash a run folder got under hash rule 1 (before issue 14): the non-default JSON without mc.chunk_size.
+
+    Only to recognise such a folder and refuse it with the reason (its trials are seeded from that hash).
+    """
+    data = to_dict(cfg, non_default_only=True)
+    mc = data.get("mc")
+    if isinstance(mc, dict):
+        mc.pop("chunk_size", None)
+        if not mc:
+            del data["mc"]
+    return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
 
 
 def _wal_header(db: Path) -> bool:
@@ -176,8 +181,6 @@ _TABLES: dict[str, tuple[tuple[str, str], ...]] = {
     "points": POINT_COLUMNS,
     "slopes": SLOPE_COLUMNS,
 }
-# trial columns the statistics need besides the NOT NULL key and setting columns
-_TRIAL_REQUIRED = ("gap_lower",)
 _META_INTS = ("schema_version", "n_grid", "n_trials", "n_expected")
 
 
@@ -185,8 +188,8 @@ def _kind(decl: str) -> str:
     return decl.split()[0]
 
 
-def _required(cols: Sequence[tuple[str, str]], extra: Sequence[str] = ()) -> list[str]:
-    return [c for c, t in cols if "NOT NULL" in t or "PRIMARY KEY" in t or c in extra]
+def _required(cols: Sequence[tuple[str, str]]) -> list[str]:
+    return [c for c, t in cols if "NOT NULL" in t or "PRIMARY KEY" in t]
 
 
 def _bad_value_sql(table: str, cols: Sequence[tuple[str, str]], required: Sequence[str]) -> str:
@@ -234,6 +237,25 @@ def _check_grid_rows(con: sqlite3.Connection, db: str, cfg: RunConfig, n_grid: i
                 raise ProbPruneError(f"{db}: grid point {g} has {c} = {r[c]!r}, but {CONFIG_FILE} gives {v!r}")
 
 
+def _check_hash(stored: str | None, db: str, where: str, cfg: RunConfig, h: str, config_text: str | None) -> None:
+    """The meta row ``hash`` is the config's hash; a folder of an older hash rule is refused with the reason."""
+    if stored is None:
+        raise ProbPruneError(f"{db}: the meta row 'hash' is missing, so nothing ties its rows to "
+                             f"{CONFIG_FILE} (hash {h}); refusing to read or resume it")
+    if stored == h:
+        return
+    if stored == _rule1_hash(cfg):
+        raise ProbPruneError(f"run folder {where[4:]} was made by an older probprune (hash rule 1, hash {stored}); "
+                             f"this probprune (hash rule {HASH_RULE}) names its config {h} and seeds its trials "
+                             "from that hash: re-run it")
+    if config_text is not None and hashlib.sha256(config_text.strip().encode()).hexdigest()[:16] == stored:
+        raise ProbPruneError(f"{where}: made by an earlier probprune whose config hash ({stored}) included "
+                             f"execution settings (mc.chunk_size); this config now hashes to {h} and its trials "
+                             "are seeded from that hash, so the stored rows cannot be read or resumed as this "
+                             "config's: run the config again")
+    raise ProbPruneError(f"{where}: {CONFIG_FILE} (hash {h}) disagrees with its database (hash {stored})")
+
+
 def _validate(con: sqlite3.Connection, where: str, cfg: RunConfig, h: str, config_text: str | None
               ) -> tuple[dict[str, str], int, int, int]:
     """Check the whole store against ``cfg``; return ``(meta, n_done, n_grid, n_trials)``.
@@ -248,7 +270,30 @@ def _validate(con: sqlite3.Connection, where: str, cfg: RunConfig, h: str, confi
         ProbPruneError: the first problem found, named.
     """
     db = f"{where}: {DB_FILE}"
-    # schema: every table with exactly the columns this version writes
+    _check_schema(con, db)
+    meta = _check_meta(con, db, where, cfg, h, config_text)
+    n_grid, n_trials = int(meta["n_grid"]), int(meta["n_trials"])
+    _check_values(con, db)
+    # grid: exactly the points 0 … n_grid−1
+    idx = [int(r[0]) for r in con.execute("SELECT grid_index FROM grid ORDER BY grid_index")]
+    if idx != list(range(n_grid)):
+        odd = next((i for i in idx if not 0 <= i < n_grid), None)
+        if odd is not None:
+            raise ProbPruneError(f"{db}: grid point {odd} is out of range [0, {n_grid})")
+        raise ProbPruneError(f"{db}: {len(idx)} grid point(s) stored, meta n_grid = {n_grid}")
+    _check_grid_rows(con, db, cfg, n_grid)
+    _check_trials(con, db, n_grid, n_trials)
+    n_done = _check_points(con, db, n_grid)
+    _check_verdicts(con, db)
+    prunes = {int(r[0]) for r in con.execute("SELECT DISTINCT prune_index FROM grid")}
+    for (pi,) in con.execute("SELECT prune_index FROM slopes ORDER BY prune_index"):
+        if int(pi) not in prunes:
+            raise ProbPruneError(f"{db}: a slopes row names pruning rule {pi}, which no grid point has")
+    return meta, n_done, n_grid, n_trials
+
+
+def _check_schema(con: sqlite3.Connection, db: str) -> None:
+    """Every table with exactly the columns this version writes (the records' fields)."""
     for table, cols in _TABLES.items():
         have = [r[1] for r in con.execute(f"PRAGMA table_info({table})")]
         if not have:
@@ -259,22 +304,16 @@ def _validate(con: sqlite3.Connection, where: str, cfg: RunConfig, h: str, confi
         if missing or extra:
             what = f"lacks column(s) {', '.join(missing)}" if missing else f"has unknown column(s) {', '.join(extra)}"
             raise ProbPruneError(f"{db}: table {table!r} {what}")
-    # meta: the hash row is what ties the rows to config.json; without it nothing says whose rows these are
+
+
+def _check_meta(con: sqlite3.Connection, db: str, where: str, cfg: RunConfig, h: str, config_text: str | None
+                ) -> dict[str, str]:
+    """The ``meta`` table: text values, the hash that ties the rows to ``config.json``, counts that agree."""
     meta = {str(k): v for k, v in con.execute("SELECT key, value FROM meta")}
     for k, v in meta.items():
         if not isinstance(v, str):
             raise ProbPruneError(f"{db}: meta row {k!r} holds {v!r}, not text")
-    stored = meta.get("hash")
-    if stored is None:
-        raise ProbPruneError(f"{db}: the meta row 'hash' is missing, so nothing ties its rows to "
-                             f"{CONFIG_FILE} (hash {h}); refusing to read or resume it")
-    if stored != h:
-        if config_text is not None and hashlib.sha256(config_text.strip().encode()).hexdigest()[:16] == stored:
-            raise ProbPruneError(f"{where}: made by an earlier probprune whose config hash ({stored}) included "
-                                 f"execution settings (mc.chunk_size); this config now hashes to {h} and its trials "
-                                 "are seeded from that hash, so the stored rows cannot be read or resumed as this "
-                                 "config's: run the config again")
-        raise ProbPruneError(f"{where}: {CONFIG_FILE} (hash {h}) disagrees with its database (hash {stored})")
+    _check_hash(meta.get("hash"), db, where, cfg, h, config_text)
     ints: dict[str, int] = {}
     for k in _META_INTS:
         v = meta.get(k)
@@ -291,26 +330,23 @@ def _validate(con: sqlite3.Connection, where: str, cfg: RunConfig, h: str, confi
     if ints["n_expected"] != n_grid * n_trials:
         raise ProbPruneError(f"{db}: meta n_expected = {ints['n_expected']}, not n_grid × n_trials = "
                              f"{n_grid} × {n_trials}")
-    # storage classes, then NULLs where a value is required
-    checks: tuple[tuple[str, tuple[tuple[str, str], ...], tuple[str, ...]], ...] = (
-        ("grid", GRID_COLUMNS, ()), ("trials", TRIAL_COLUMNS, _TRIAL_REQUIRED), ("points", POINT_COLUMNS, ()),
-        ("slopes", SLOPE_COLUMNS, ()))
-    for table, cols, needed in checks:
-        bad = con.execute(_bad_value_sql(table, cols, _required(cols, needed))).fetchone()
+    return meta
+
+
+def _check_values(con: sqlite3.Connection, db: str) -> None:
+    """Storage classes, then NULLs where the record's field admits no ``None``."""
+    for table in ("grid", "trials", "points", "slopes"):
+        cols = _TABLES[table]
+        bad = con.execute(_bad_value_sql(table, cols, _required(cols))).fetchone()
         if bad is not None:
             col, problem = str(bad[1]).split("\x1f")
             what = f"required column {col} is NULL" if problem == "NULL" else \
                 f"column {col} has a value of the wrong type"
             raise ProbPruneError(f"{db}: table {table!r}, row {bad[0]}: {what}")
-    # grid: exactly the points 0 … n_grid−1
-    idx = [int(r[0]) for r in con.execute("SELECT grid_index FROM grid ORDER BY grid_index")]
-    if idx != list(range(n_grid)):
-        odd = next((i for i in idx if not 0 <= i < n_grid), None)
-        if odd is not None:
-            raise ProbPruneError(f"{db}: grid point {odd} is out of range [0, {n_grid})")
-        raise ProbPruneError(f"{db}: {len(idx)} grid point(s) stored, meta n_grid = {n_grid}")
-    _check_grid_rows(con, db, cfg, n_grid)
-    # trials: indices in range, no duplicates, each agreeing with its grid point
+
+
+def _check_trials(con: sqlite3.Connection, db: str, n_grid: int, n_trials: int) -> None:
+    """Trial indices in range, no duplicates, each trial agreeing with its grid point."""
     row = con.execute("SELECT grid_index, trial FROM trials WHERE grid_index < 0 OR grid_index >= ? "
                       "ORDER BY grid_index, trial LIMIT 1", (n_grid,)).fetchone()
     if row is not None:
@@ -329,7 +365,10 @@ def _validate(con: sqlite3.Connection, where: str, cfg: RunConfig, h: str, confi
     if row is not None:
         raise ProbPruneError(f"{db}: trial {row[1]} at grid point {row[0]} says width {row[2]}, method "
                              f"{row[4]!r}; the grid point is width {row[3]}, method {row[5]!r}")
-    # points: one per grid point with trials, counting exactly its trials
+
+
+def _check_points(con: sqlite3.Connection, db: str, n_grid: int) -> int:
+    """One ``points`` row per grid point with trials, counting exactly its trials; returns the trials stored."""
     counts = {int(g): int(n) for g, n in con.execute("SELECT grid_index, COUNT(*) FROM trials GROUP BY grid_index")}
     points = {int(g): int(n) for g, n in con.execute("SELECT grid_index, n_trials FROM points")}
     for gi in sorted(set(counts) | set(points)):
@@ -341,12 +380,7 @@ def _validate(con: sqlite3.Connection, where: str, cfg: RunConfig, h: str, confi
         if n != n_rows:
             raise ProbPruneError(f"{db}: the points row of grid point {gi} counts {n} trial(s), the trials "
                                  f"table holds {n_rows}")
-    _check_verdicts(con, db)
-    prunes = {int(r[0]) for r in con.execute("SELECT DISTINCT prune_index FROM grid")}
-    for (pi,) in con.execute("SELECT prune_index FROM slopes ORDER BY prune_index"):
-        if int(pi) not in prunes:
-            raise ProbPruneError(f"{db}: a slopes row names pruning rule {pi}, which no grid point has")
-    return meta, sum(counts.values()), n_grid, n_trials
+    return sum(counts.values())
 
 
 def _check_verdicts(con: sqlite3.Connection, db: str) -> None:
@@ -431,68 +465,85 @@ def open_run(path: str | Path) -> RunInfo:
     return RunInfo(p, cfg, h, status, n_done, n_expected, n_grid, meta)
 
 
-def _rows(con: sqlite3.Connection, sql: str, args: Sequence[Any] = ()) -> list[dict[str, Any]]:
-    return [dict(r) for r in con.execute(sql, tuple(args))]
+def trial_records(path: str | Path, grid_index: int | None = None) -> list[TrialRow]:
+    """The stored trials as :class:`~probprune.records.TrialRow` records, ordered by (grid_index, trial)."""
+    p = Path(path)
+    open_run(p)
+    with closing(_connect_ro(p)) as con:
+        sql = f"SELECT {', '.join(names(TrialRow))} FROM trials"
+        if grid_index is None:
+            cur = con.execute(sql + " ORDER BY grid_index, trial")
+        else:
+            cur = con.execute(sql + " WHERE grid_index = ? ORDER BY trial", (int(grid_index),))
+        return [from_sql(TrialRow, tuple(r)) for r in cur]
+
+
+def grid_records(path: str | Path) -> list[GridRow]:
+    """The grid points as :class:`~probprune.records.GridRow` records (setting and bound), by grid index."""
+    p = Path(path)
+    open_run(p)
+    with closing(_connect_ro(p)) as con:
+        cur = con.execute(f"SELECT {', '.join(names(GridRow))} FROM grid ORDER BY grid_index")
+        return [from_sql(GridRow, tuple(r)) for r in cur]
+
+
+def point_records(path: str | Path) -> list[tuple[GridRow, PointSummary | None]]:
+    """Every grid point with its statistics as last written by the driver (``None``: no trial yet)."""
+    p = Path(path)
+    grid = grid_records(p)
+    cols = names(PointSummary)
+    with closing(_connect_ro(p)) as con:
+        stats = {int(r[0]): from_sql(PointSummary, tuple(r)[1:])
+                 for r in con.execute(f"SELECT grid_index, {', '.join(cols)} FROM points")}
+    return [(g, stats.get(g.grid_index)) for g in grid]
+
+
+def slope_records(path: str | Path) -> list[SlopeRow]:
+    """The fitted slopes as :class:`~probprune.records.SlopeRow` records, by pruning rule."""
+    p = Path(path)
+    open_run(p)
+    with closing(_connect_ro(p)) as con:
+        cur = con.execute(f"SELECT {', '.join(names(SlopeRow))} FROM slopes ORDER BY prune_index")
+        return [from_sql(SlopeRow, tuple(r)) for r in cur]
 
 
 def read_trials(path: str | Path, grid_index: int | None = None) -> list[dict[str, Any]]:
-    """One dict per stored trial (columns of :data:`TRIAL_COLUMNS`), ordered by (grid_index, trial)."""
-    p = Path(path)
-    open_run(p)
-    with closing(_connect_ro(p)) as con:
-        if grid_index is None:
-            return _rows(con, "SELECT * FROM trials ORDER BY grid_index, trial")
-        return _rows(con, "SELECT * FROM trials WHERE grid_index = ? ORDER BY trial", (int(grid_index),))
+    """One plain dict per stored trial (the fields of :class:`~probprune.records.TrialRow`), for JSON output."""
+    return [r.to_dict() for r in trial_records(path, grid_index)]
 
 
 def read_grid(path: str | Path) -> list[dict[str, Any]]:
-    """One dict per grid point: its setting and bound (:data:`GRID_COLUMNS`)."""
-    p = Path(path)
-    open_run(p)
-    with closing(_connect_ro(p)) as con:
-        out = _rows(con, "SELECT * FROM grid ORDER BY grid_index")
-    for r in out:
-        r["rescale"] = bool(r["rescale"])
-    return out
+    """One plain dict per grid point: its setting and bound (the fields of :class:`~probprune.records.GridRow`)."""
+    return [g.to_dict() for g in grid_records(path)]
 
 
 def read_points(path: str | Path) -> list[dict[str, Any]]:
-    """One dict per grid point: setting, bound and statistics (as last written by the driver).
+    """One plain dict per grid point: setting, bound and statistics (as last written by the driver), for JSON.
 
-    Keys: the grid columns (``width``, ``method``, ``scope``, ``level_name``, ``level_value``,
-    ``rescale``, ``eps``, ``eps_theory``, ``theorem``, ``theory_exponent`` …) and the statistics
-    (``n_trials``, ``gap_lower_median``, ``gap_lower_quantile`` (the (1−δ)-quantile),
-    ``rel_gap_lower_median``, ``gap_upper_median``, ``n_covered``, ``coverage``, ``coverage_low``,
-    ``coverage_high``, ``coverage_certified``, ``passed`` (bool or None: not refuted), ``tightness``, ``delta``,
-    ``confidence``, ``verdict`` (``confirmed`` / ``consistent`` / ``refuted`` or None),
-    ``n_trials_to_confirm`` (the fewest trials that can confirm at this δ and confidence)). A point with no
+    Keys: the fields of :class:`~probprune.records.GridRow` (``width``, ``method``, ``scope``, ``level_name``,
+    ``level_value``, ``rescale``, ``eps``, ``eps_theory``, ``theorem``, ``theory_exponent`` …) and then those of
+    :class:`~probprune.records.PointSummary` but ``eps`` (``n_trials``, ``gap_lower_median``,
+    ``gap_lower_quantile`` (the (1−δ)-quantile), …, ``verdict``, ``n_trials_to_confirm``). A point with no
     trial yet has ``n_trials = 0`` and ``None`` statistics.
     """
-    p = Path(path)
-    open_run(p)
-    stat_cols = [c for c, _ in POINT_COLUMNS if c not in ("grid_index", "eps")]
-    sel = ", ".join(f"p.{c} AS {c}" for c in stat_cols)
-    with closing(_connect_ro(p)) as con:
-        out = _rows(con, f"SELECT g.*, {sel} FROM grid g LEFT JOIN points p USING (grid_index) "
-                         "ORDER BY g.grid_index")
-    for r in out:
-        r["rescale"] = bool(r["rescale"])
-        r["passed"] = None if r["passed"] is None else bool(r["passed"])
-        if r["n_trials"] is None:
-            r["n_trials"] = 0
+    out = []
+    for g, s in point_records(path):
+        stats = {k: v for k, v in (s.to_dict() if s is not None else dict.fromkeys(names(PointSummary))).items()
+                 if k != "eps"}
+        out.append({**g.to_dict(), **stats})
+        if s is None:
+            out[-1]["n_trials"] = 0
     return out
 
 
 def read_slopes(path: str | Path) -> list[dict[str, Any]]:
     """Fitted log-log slope of the median gap vs width per pruning rule, beside the theory exponent.
 
-    Keys: ``prune_index``, ``method``, ``n_widths``, ``slope`` (d log gap / d log h), ``intercept``,
-    ``exponent`` (−slope, compare with ``theory_exponent`` λ of gap ∝ h^{−λ}), ``rel_slope``.
+    Keys: the fields of :class:`~probprune.records.SlopeRow`: ``prune_index``, ``method``, ``n_widths``, ``slope``
+    (d log gap / d log h), ``intercept``, ``exponent`` (−slope, compare with ``theory_exponent`` λ of
+    gap ∝ h^{−λ}), ``rel_slope``.
     """
-    p = Path(path)
-    open_run(p)
-    with closing(_connect_ro(p)) as con:
-        return _rows(con, "SELECT * FROM slopes ORDER BY prune_index")
+    return [s.to_dict() for s in slope_records(path)]
 
 
 # --------------------------------------------------------------------------- writing (driver only)
@@ -548,14 +599,14 @@ class RunWriter:
     validated (and its grid compared with ``grid``) before anything is written to it.
     """
 
-    def __init__(self, run_dir: str | Path, cfg: RunConfig, grid: Sequence[Mapping[str, Any]], n_trials: int,
+    def __init__(self, run_dir: str | Path, cfg: RunConfig, grid: Sequence[GridRow], n_trials: int,
                  meta: Mapping[str, str] | None = None) -> None:
         """Open (creating if needed) the run folder of ``cfg`` at ``run_dir``.
 
         Args:
             run_dir: the folder (``runs/<config-hash>``).
             cfg: the run's config; ``config.json`` gets its canonical JSON.
-            grid: one dict per grid point (:data:`GRID_COLUMNS`).
+            grid: one record per grid point.
             n_trials: trials per grid point (n_expected = len(grid)·n_trials).
             meta: extra key/values for the ``meta`` table (version, device …).
 
@@ -585,7 +636,7 @@ class RunWriter:
             _unlock_folder(self.path, self._lock)
             raise
 
-    def _open(self, con: sqlite3.Connection, cfg: RunConfig, grid: Sequence[Mapping[str, Any]], n_trials: int,
+    def _open(self, con: sqlite3.Connection, cfg: RunConfig, grid: Sequence[GridRow], n_trials: int,
               meta: Mapping[str, str] | None) -> None:
         where = f"run {str(self.path)!r}"
         if con.execute("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table'").fetchone()[0]:
@@ -610,10 +661,7 @@ class RunWriter:
                 base["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
             for k, v in {**base, **(meta or {})}.items():
                 tx.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (k, str(v)))
-            names = [c for c, _ in GRID_COLUMNS]
-            for g in grid:
-                tx.execute(f"INSERT OR REPLACE INTO grid ({', '.join(names)}) VALUES "
-                           f"({', '.join('?' * len(names))})", [_sql(g.get(c)) for c in names])
+            tx.executemany(_insert("grid", names(GridRow), "INSERT OR REPLACE"), [values(g) for g in grid])
         if not (self.path / CONFIG_FILE).is_file():
             # written last: a folder with config.json always has a complete schema and grid
             atomic_write_text(self.path / CONFIG_FILE, canonical_json(cfg) + "\n")
@@ -634,37 +682,36 @@ class RunWriter:
             raise
         con.execute("COMMIT")
 
-    def done(self) -> dict[int, dict[int, dict[str, Any]]]:
+    def done(self) -> dict[int, dict[int, TrialRow]]:
         """Stored trials by grid index then trial index (the driver's resume state)."""
-        con = self._live()
-        con.row_factory = sqlite3.Row
-        out: dict[int, dict[int, dict[str, Any]]] = {}
-        for r in con.execute("SELECT * FROM trials"):
-            d = dict(r)
-            out.setdefault(int(d["grid_index"]), {})[int(d["trial"])] = d
-        con.row_factory = None
+        out: dict[int, dict[int, TrialRow]] = {}
+        for r in self._live().execute(f"SELECT {', '.join(names(TrialRow))} FROM trials"):
+            row = from_sql(TrialRow, r)
+            out.setdefault(row.grid_index, {})[row.trial] = row
         return out
 
-    def write_chunk(self, rows: Sequence[Mapping[str, Any]], point: Mapping[str, Any] | None,
-                    slopes: Sequence[Mapping[str, Any]] = ()) -> None:
+    def write_chunk(self, rows: Sequence[TrialRow], point: PointSummary | None,
+                    slopes: Sequence[SlopeRow] = ()) -> None:
         """Store one chunk of trial rows with the updated point summary and slopes (one transaction).
 
-        A trial already stored makes the whole transaction fail (primary key): nothing is duplicated.
+        The summary belongs to the chunk's grid point (every row of a chunk has the same ``grid_index``). A
+        trial already stored makes the whole transaction fail (primary key): nothing is duplicated.
+
+        Raises:
+            ProbPruneError: a summary with no rows, or rows of several grid points with one summary.
         """
-        t_names = [c for c, _ in TRIAL_COLUMNS]
-        p_names = [c for c, _ in POINT_COLUMNS]
-        s_names = [c for c, _ in SLOPE_COLUMNS]
+        gis = {r.grid_index for r in rows}
+        if point is not None and len(gis) != 1:
+            raise ProbPruneError(f"write_chunk: a point summary needs the rows of one grid point, got grid "
+                                 f"indices {sorted(gis)}")
         with self._tx() as con:
-            con.executemany(f"INSERT INTO trials ({', '.join(t_names)}) VALUES ({', '.join('?' * len(t_names))})",
-                            [[_sql(r.get(c)) for c in t_names] for r in rows])
+            con.executemany(_insert("trials", names(TrialRow)), [values(r) for r in rows])
             if point is not None:
-                con.execute(f"INSERT OR REPLACE INTO points ({', '.join(p_names)}) VALUES "
-                            f"({', '.join('?' * len(p_names))})", [_sql(point.get(c)) for c in p_names])
+                con.execute(_insert("points", ["grid_index", *names(PointSummary)], "INSERT OR REPLACE"),
+                            [gis.pop(), *values(point)])
             if slopes:
                 con.execute("DELETE FROM slopes")
-                con.executemany(f"INSERT INTO slopes ({', '.join(s_names)}) VALUES "
-                                f"({', '.join('?' * len(s_names))})",
-                                [[_sql(s.get(c)) for c in s_names] for s in slopes])
+                con.executemany(_insert("slopes", names(SlopeRow)), [values(s) for s in slopes])
 
     def set_meta(self, key: str, value: str) -> None:
         """Set one ``meta`` entry (e.g. ``finished``)."""
@@ -769,22 +816,18 @@ def _same(a: Any, b: Any) -> bool:
     return bool(a == b)
 
 
-def _check_grid(con: sqlite3.Connection, where: str, grid: Sequence[Mapping[str, Any]]) -> None:
+def _check_grid(con: sqlite3.Connection, where: str, grid: Sequence[GridRow]) -> None:
     """Refuse to resume a store whose grid is not the grid this config expands to."""
-    rows = con.execute(f"SELECT {', '.join(c for c, _ in GRID_COLUMNS)} FROM grid ORDER BY grid_index").fetchall()
+    cols = names(GridRow)
+    rows = con.execute(f"SELECT {', '.join(cols)} FROM grid ORDER BY grid_index").fetchall()
     if len(rows) != len(grid):
         raise ProbPruneError(f"{where}: {DB_FILE} holds {len(rows)} grid point(s), this config has {len(grid)}")
     for stored, g in zip(rows, grid):
-        for (c, _), v in zip(GRID_COLUMNS, stored):
-            want = _sql(g.get(c))
+        for c, v, want in zip(cols, stored, values(g)):
             if not _same(v, want):
-                raise ProbPruneError(f"{where}: {DB_FILE}: grid point {g.get('grid_index')} has {c} = {v!r}, "
+                raise ProbPruneError(f"{where}: {DB_FILE}: grid point {g.grid_index} has {c} = {v!r}, "
                                      f"this config gives {want!r}")
 
 
-def _sql(v: Any) -> Any:
-    if isinstance(v, bool):
-        return int(v)
-    if isinstance(v, float) and v != v:  # NaN is stored as NULL
-        return None
-    return v
+def _insert(table: str, cols: Sequence[str], verb: str = "INSERT") -> str:
+    return f"{verb} INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"

@@ -1,0 +1,394 @@
+"""A certified upper bound on the gap of two graphs, node by node, and a gap search (lower bound) on graphs.
+
+``docs/certified.md`` ("Graphs") derives every rule. For target F and pruned f (two
+:class:`~probprune.nets.graph.Graph`\\ s of one structure, different parameters) and inputs ``‖x‖₂ ≤ r``, each
+node v gets upper values of the reaches ``B_v ≥ sup ‖F_v(x)‖``, ``B̃_v ≥ sup ‖f_v(x)‖`` and of the error
+``e_v ≥ sup ‖f_v(x) − F_v(x)‖`` (flattened ℓ2 norms; ``B = B̃ = r``, ``e = 0`` at the input):
+
+* affine maps ``z = W h + b`` (linear, conv, ``affine``), ``D = W − W̃``:
+  ``e' = min(‖W̃‖e + ‖D‖B, ‖W‖e + ‖D‖B̃) + ‖b̃ − b‖``, ``B' = ‖W‖B + ‖b‖``;
+* activations, L-Lipschitz: ``e' = L e``, ``B' = L B + |σ(0)|√n`` (both capped by the range when σ is bounded);
+* ``add``: sums; ``cat``: root-sum-squares; reshape, zero pad, identity: unchanged;
+* max-pool whose windows cover an entry at most m times: ``√m`` times both (m counted exactly per axis);
+* average pools (linear, non-negative): ``‖A‖ ≤ √(‖A‖₁‖A‖_∞)`` from its row and column sums.
+
+Every operator norm is an upper value: linear layers via :func:`~probprune.bounds.norms.operator_norm`
+(SVD / Gram–Cholesky / Hölder); convolutions of any stride, zero padding (asymmetric ``same`` too), dilation and
+groups via the FFT of the circular convolution on the zero-padded grid (the dilated, group-expanded kernel; no tap
+wraps around, and the stride only selects rows); differences ``W − W̃`` formed in float64.
+
+Floating point: the bound covers the graphs **evaluated in float64** (``graph.to(torch.float64)``; parameters of
+float32 graphs are cast exactly) and their exact-arithmetic gap. A float64 forward-rounding margin ``E_v`` per
+network (dot products ``γ_{n+1}(‖|W|‖(B + E) + ‖b‖)``, one rounding per sum, the activations' assumed accuracy
+of 16 u relative to ``|σ(z)| + |z|`` plus their absolute deviation, underflow) is added, and the result is
+rounded up for the norm of the gap and the float64 arithmetic of the recursion. A float32 forward pass is **not**
+covered (its margin would be ~1e8 times larger; run the graph in float64 for a certified statement).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import cast
+
+import torch
+from torch import Tensor
+
+from probprune.bounds.norms import _circular_norm, _gamma, abs_operator_norm_bound, operator_norm, vector_norm_bound
+from probprune.config import ProbPruneError
+from probprune.nets.graph import Activation, Graph, Node, apply_node
+
+__all__ = ["GraphBound", "NodeTerm", "certified_graph_gap", "conv_operator_norm", "search_graph_gap"]
+
+_U = 2.0 ** -53
+_ETA = 2.0 ** -1074
+_MARGIN = 1e-9  # relative round-up of float64 sums of positive terms computed by torch (order n·u ≪ 1e-9)
+
+
+@dataclass(frozen=True)
+class NodeTerm:
+    """One node's upper values (floats): reaches of F and f, error, and float64 forward errors of F and f."""
+
+    name: str
+    op: str
+    reach_target: float
+    reach_pruned: float
+    error: float
+    fwd_target: float
+    fwd_pruned: float
+
+
+@dataclass(frozen=True)
+class GraphBound:
+    """A certified upper value of ``sup_{‖x‖ ≤ r} ‖f(x) − F(x)‖₂`` for two graphs (module docstring).
+
+    Attributes:
+        value: the certified bound (covers the exact gap and the float64 forward passes).
+        rounding_margin: the part of ``value`` due to float64 forward rounding and final round-ups.
+        radius: r.
+        terms: per-node values, in node order.
+        assumptions: what the statement assumes, in words.
+    """
+
+    value: float
+    rounding_margin: float
+    radius: float
+    terms: tuple[NodeTerm, ...]
+    assumptions: tuple[str, ...]
+
+
+def _dilated_full_kernel(w: Tensor, node: Node) -> Tensor:
+    """``[c_out, c_in, kh', kw']`` float64: 1-D as 2-D, dilation as zero taps, groups as a block-diagonal kernel."""
+    a = node.attrs
+    w = w.double()
+    if w.dim() == 3:
+        w = w.unsqueeze(2)
+    dil = tuple(a["dilation"]) if len(a["dilation"]) == 2 else (1, a["dilation"][0])
+    co, cig, kh, kw = w.shape
+    dk = torch.zeros(co, cig, dil[0] * (kh - 1) + 1, dil[1] * (kw - 1) + 1, dtype=torch.float64)
+    dk[:, :, :: dil[0], :: dil[1]] = w
+    g = int(a["groups"])
+    if g == 1:
+        return dk
+    full = torch.zeros(co, cig * g, *dk.shape[2:], dtype=torch.float64)
+    per = co // g
+    for j in range(g):
+        full[j * per:(j + 1) * per, j * cig:(j + 1) * cig] = dk[j * per:(j + 1) * per]
+    return full
+
+
+def _padded_grid(node: Node, in_shape: tuple[int, ...]) -> tuple[int, int]:
+    pads = node.attrs["padding"]
+    spatial = in_shape[1:]
+    if len(spatial) == 1:
+        return 1, spatial[0] + pads[0][0] + pads[0][1]
+    return spatial[0] + pads[0][0] + pads[0][1], spatial[1] + pads[1][0] + pads[1][1]
+
+
+def conv_operator_norm(weight: Tensor, node: Node, in_shape: tuple[int, ...], minus: Tensor | None = None) -> float:
+    """An upper value of the ℓ2 operator norm of a ``conv`` node's linear part on ``in_shape`` ``(C, *spatial)``.
+
+    The zero-padded input is an isometric embedding in the padded grid; on it, the output is a row selection
+    (stride) of the circular convolution with the dilated, group-expanded kernel (no tap wraps around: every
+    tap of a kept output lies inside the padded grid), whose norm is the largest singular value over the DFT
+    frequencies (exact, computed by :mod:`probprune.bounds.norms`). ``minus``: the norm of ``weight − minus``.
+    """
+    w = weight.double() if minus is None else weight.double() - minus.double()
+    k = _dilated_full_kernel(w, node)
+    return float(_circular_norm(k.unsqueeze(0), _padded_grid(node, in_shape), 0)[0])
+
+
+def _conv_abs_norm(weight: Tensor) -> float:
+    """Upper value of ‖|C|‖₂ by Hölder: rows read each tap once; per tap an input pixel feeds each output
+    channel at most once, so a column sums |w[:, c]| over channels and taps at most once."""
+    a = weight.double().abs()
+    rows = float(a.flatten(1).sum(dim=1).max())
+    cols = float(a.sum(dim=0).flatten(1).sum(dim=1).max()) if a.dim() > 1 else rows
+    return math.sqrt(rows * cols) * (1.0 + _MARGIN)
+
+
+def _multiplicity(n: int, k: int, s: int, p: int) -> int:
+    """How many windows (start o·s − p, length k, n_out of them) cover one entry of an axis of n, at most."""
+    n_out = (n + 2 * p - k) // s + 1
+    counts = [0] * n
+    for o in range(n_out):
+        for j in range(max(0, o * s - p), min(n, o * s - p + k)):
+            counts[j] += 1
+    return max(counts) if counts else 0
+
+
+def _pool_norm(node: Node, in_shape: tuple[int, ...]) -> tuple[float, int]:
+    """Hölder bound √(max row sum · max column sum) of an average pool (sums in float64, rounded up)."""
+    x = torch.ones(1, *in_shape, dtype=torch.float64, requires_grad=True)
+    y = apply_node(node, [x])
+    (cols,) = torch.autograd.grad(y.sum(), x)
+    if node.op == "avgpool":
+        window = math.prod(node.attrs["kernel"])
+    else:
+        window = math.prod(-(-i // o) + 1 for i, o in zip(in_shape[1:], node.attrs["output_size"]))
+    up = (1.0 + _gamma(2 * window + 4, _U)) ** 2 * (1.0 + _MARGIN)
+    return math.sqrt(float(y.detach().max()) * float(cols.max())) * up, window
+
+
+@dataclass
+class _State:
+    b_t: float
+    b_p: float
+    e: float
+    f_t: float
+    f_p: float
+
+
+def _dot_rounding(norm: float, abs_norm: float, reach: float, fwd: float, bias: float, fan: int, outs: int) -> float:
+    """Forward error after ``fl(W ĥ + b)``: ‖W‖E + γ_{fan+1}(‖|W|‖(B + E) + ‖b‖) + (fan+1)·η·√outs."""
+    return norm * fwd + _gamma(fan + 1, _U) * (abs_norm * (reach + fwd) + bias) + (fan + 1) * _ETA * math.sqrt(outs)
+
+
+def _bias_norm(b: Tensor | None, shape: tuple[int, ...]) -> float:
+    if b is None:
+        return 0.0
+    full = b.double().reshape(b.shape[0], *([1] * (len(shape) - 1))) if len(shape) > 1 else b.double()
+    return float(vector_norm_bound(full.expand(shape).reshape(-1)))
+
+
+def _affine_rule(nt: Node, np_: Node, s: _State, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> _State:
+    """linear / conv / affine: the min of the two rewritings of the difference, plus the bias difference."""
+    wt, wp = nt.params.get("weight", nt.params.get("scale")), np_.params.get("weight", np_.params.get("scale"))
+    outs = math.prod(out_shape)
+    if nt.op == "linear":
+        wt, wp = cast(Tensor, wt), cast(Tensor, wp)
+        n_t, n_p = float(operator_norm(wt).value), float(operator_norm(wp).value)
+        n_d = float(operator_norm(wt, minus=wp).value)
+        a_t, a_p = float(abs_operator_norm_bound(wt.double())), float(abs_operator_norm_bound(wp.double()))
+        fan = int(wt.shape[-1])
+        bt, bp = nt.params.get("bias"), np_.params.get("bias")
+        bn = (_bias_norm(bt, out_shape), _bias_norm(bp, out_shape))
+        zero = torch.zeros(out_shape[0], dtype=torch.float64)
+    elif nt.op == "conv":
+        wt, wp = cast(Tensor, wt), cast(Tensor, wp)
+        n_t, n_p = conv_operator_norm(wt, nt, in_shape), conv_operator_norm(wp, nt, in_shape)
+        n_d = conv_operator_norm(wt, nt, in_shape, minus=wp)
+        a_t, a_p = _conv_abs_norm(wt), _conv_abs_norm(wp)
+        fan = int(wt[0].numel())
+        bt, bp = nt.params.get("bias"), np_.params.get("bias")
+        bn = (_bias_norm(bt, out_shape), _bias_norm(bp, out_shape))
+        zero = torch.zeros(out_shape[0], dtype=torch.float64)
+    else:  # affine: diag(scale) (1 when absent) and a broadcast shift
+        one = torch.ones((), dtype=torch.float64)
+        st = one if wt is None else wt.double()
+        sp = one if wp is None else wp.double()
+        n_t, n_p = float(st.abs().max()), float(sp.abs().max())
+        n_d = float((st - sp).abs().max())
+        a_t, a_p, fan = n_t, n_p, 1
+        bt, bp = nt.params.get("shift"), np_.params.get("shift")
+        zero = torch.zeros((), dtype=torch.float64)
+        bn = (0.0 if bt is None else float(vector_norm_bound(bt.double().expand(out_shape).reshape(-1))),
+              0.0 if bp is None else float(vector_norm_bound(bp.double().expand(out_shape).reshape(-1))))
+    bt0 = zero if bt is None else bt.double()
+    bp0 = zero if bp is None else bp.double()
+    diff = bp0 - bt0
+    if nt.op == "affine":
+        bdiff = float(vector_norm_bound(diff.expand(out_shape).reshape(-1)))
+    else:
+        bdiff = _bias_norm(diff, out_shape)
+    # float64 parameters: W − W̃ and b̃ − b were rounded once per entry (|fl(d) − d| ≤ u|d|): the error matrix has
+    # ‖E‖₂ ≤ ‖E‖_F ≤ u‖D‖_F ≤ u(1 + u)‖fl(D)‖_F, and ‖d‖ ≤ ‖fl(d)‖/(1 − u)
+    n_d += 2.0 * _U * _frobenius(wt, wp)
+    bdiff *= 1.0 + 2.0 * _U
+    e = min(n_p * s.e + n_d * s.b_t, n_t * s.e + n_d * s.b_p) + bdiff
+    return _State(n_t * s.b_t + bn[0], n_p * s.b_p + bn[1], e,
+                  _dot_rounding(n_t, a_t, s.b_t, s.f_t, bn[0], fan, outs),
+                  _dot_rounding(n_p, a_p, s.b_p, s.f_p, bn[1], fan, outs))
+
+
+def _frobenius(wt: Tensor | None, wp: Tensor | None) -> float:
+    """An upper value of ‖fl(W − W̃)‖_F (missing scales are 1)."""
+    one = torch.ones((), dtype=torch.float64)
+    d = (one if wt is None else wt.double()) - (one if wp is None else wp.double())
+    return float(vector_norm_bound(d.reshape(1, -1))[0]) if d.dim() else abs(float(d))
+
+
+def _act_rule(act: Activation, s: _State, n: int) -> _State:
+    root = math.sqrt(n)
+    lip, s0 = act.lipschitz, abs(act.sigma0)
+    b_t, b_p, e = lip * s.b_t + s0 * root, lip * s.b_p + s0 * root, lip * s.e
+    if act.bounded:
+        cap = max(abs(act.lo), abs(act.hi)) * root
+        b_t, b_p, e = min(b_t, cap), min(b_p, cap), min(e, (act.hi - act.lo) * root)
+
+    def fwd(reach: float, f: float) -> float:
+        tiny = _ETA if act.ulps > 0 else 0.0
+        return lip * f + act.ulps * _U * ((lip + 1.0) * (reach + f) + s0 * root) + (act.abs_error + tiny) * root
+
+    return _State(b_t, b_p, e, fwd(s.b_t, s.f_t), fwd(s.b_p, s.f_p))
+
+
+def _node_rule(nt: Node, np_: Node, ins: list[_State], shapes: dict[str, tuple[int, ...]]) -> _State:
+    in_shape = shapes[nt.inputs[0]]
+    out_shape = shapes[nt.name]
+    s = ins[0]
+    if nt.op in ("linear", "conv", "affine"):
+        return _affine_rule(nt, np_, s, in_shape, out_shape)
+    if nt.op == "act":
+        return _act_rule(nt.attrs["act"], s, math.prod(out_shape))
+    if nt.op == "add":
+        a, b = ins
+        rnd = _U * (a.b_t + a.f_t + b.b_t + b.f_t), _U * (a.b_p + a.f_p + b.b_p + b.f_p)
+        return _State(a.b_t + b.b_t, a.b_p + b.b_p, a.e + b.e, a.f_t + b.f_t + rnd[0], a.f_p + b.f_p + rnd[1])
+    if nt.op == "cat":
+        def rss(vals: list[float]) -> float:
+            return math.sqrt(sum(v * v for v in vals))
+        return _State(rss([i.b_t for i in ins]), rss([i.b_p for i in ins]), rss([i.e for i in ins]),
+                      rss([i.f_t for i in ins]), rss([i.f_p for i in ins]))
+    if nt.op in ("reshape", "pad", "identity"):
+        return s
+    if nt.op == "maxpool":
+        at = nt.attrs
+        m = math.prod(_multiplicity(int(n), int(k), int(st), int(p))
+                      for n, k, st, p in zip(in_shape[1:], at["kernel"], at["stride"], at["padding"]))
+        f = math.sqrt(m)
+        return _State(f * s.b_t, f * s.b_p, f * s.e, f * s.f_t, f * s.f_p)
+    if nt.op in ("avgpool", "adaptive_avgpool"):
+        norm, window = _pool_norm(nt, in_shape)
+        outs = math.prod(out_shape)
+        return _State(norm * s.b_t, norm * s.b_p, norm * s.e,
+                      _dot_rounding(norm, norm, s.b_t, s.f_t, 0.0, window, outs),
+                      _dot_rounding(norm, norm, s.b_p, s.f_p, 0.0, window, outs))
+    raise ProbPruneError(f"certified_graph_gap: node {nt.name!r}: op {nt.op} has no rule")
+
+
+def _check_pair(target: Graph, pruned: Graph) -> None:
+    if not isinstance(target, Graph) or not isinstance(pruned, Graph):
+        raise ProbPruneError("certified_graph_gap: target and pruned must be Graphs")
+    if target.n_trials is not None or pruned.n_trials is not None:
+        raise ProbPruneError("certified_graph_gap: graphs with a trial dim are not supported yet; bound each "
+                             "member separately")
+    if target.input_shape != pruned.input_shape or len(target.nodes) != len(pruned.nodes):
+        raise ProbPruneError("certified_graph_gap: the pruned graph's structure differs from the target's "
+                             f"(input {pruned.input_shape} vs {target.input_shape}, {len(pruned.nodes)} vs "
+                             f"{len(target.nodes)} nodes)")
+    for a, b in zip(target.nodes, pruned.nodes):
+        if (a.name, a.op, a.inputs) != (b.name, b.op, b.inputs) or dict(a.attrs) != dict(b.attrs):
+            raise ProbPruneError(f"certified_graph_gap: node {b.name!r} ({b.op}) of the pruned graph differs from "
+                                 f"the target's node {a.name!r} ({a.op}) in op, inputs or attributes")
+        if {k: tuple(v.shape) for k, v in a.params.items()} != {k: tuple(v.shape) for k, v in b.params.items()}:
+            raise ProbPruneError(f"certified_graph_gap: node {a.name!r}: parameter names or shapes differ")
+
+
+def certified_graph_gap(target: Graph, pruned: Graph, radius: float) -> GraphBound:
+    """Certified upper bound on ``sup_{‖x‖₂ ≤ r} ‖f(x) − F(x)‖₂`` for two graphs of one structure.
+
+    Args:
+        target: F.
+        pruned: f: the same nodes, ops, inputs and attributes; any parameter values.
+        radius: r > 0, finite.
+
+    Returns:
+        :class:`GraphBound`; ``value`` covers the exact gap and the gap of the float64 forward passes.
+
+    Raises:
+        ProbPruneError: graphs of different structure, a trial dim, a bad radius, or a bound that overflows.
+
+    >>> import torch
+    >>> from probprune.nets.graph import Graph, Node
+    >>> F = Graph([Node("fc", "linear", ("input",), params={"weight": torch.eye(2)})], (2,))
+    >>> f = F.with_parameters({"fc.weight": torch.diag(torch.tensor([1.0, 0.0]))})
+    >>> round(certified_graph_gap(F, f, 3.0).value, 6)   # ‖D‖·r
+    3.0
+    """
+    _check_pair(target, pruned)
+    target, pruned = target.to(torch.float64, "cpu"), pruned.to(torch.float64, "cpu")  # the bound's arithmetic
+    if not isinstance(radius, (int, float)) or not math.isfinite(radius) or radius <= 0:
+        raise ProbPruneError(f"radius={radius!r}: must be a finite number > 0")
+    r = float(radius)
+    states: dict[str, _State] = {"input": _State(r, r, 0.0, 0.0, 0.0)}
+    terms = []
+    for nt, np_ in zip(target.nodes, pruned.nodes):
+        st = _node_rule(nt, np_, [states[i] for i in nt.inputs], target.shapes)
+        states[nt.name] = st
+        terms.append(NodeTerm(nt.name, nt.op, st.b_t, st.b_p, st.e, st.f_t, st.f_p))
+    out = states[target.output]
+    m = math.prod(target.output_shape)
+    exact = out.e
+    value = (out.e + out.f_t + out.f_p) * (1.0 + _gamma(m + 3, _U)) * (1.0 + _gamma(16 * (len(terms) + 1), _U))
+    if not math.isfinite(value):
+        raise ProbPruneError("certified_graph_gap: the bound overflows float64 (weights or radius too large); refused")
+    ops = sorted({n.op for n in target.nodes})
+    used = [cast(Activation, n.attrs["act"]) for n in target.nodes if n.op == "act"]
+    acts = sorted({f"{a.kind} (L = {a.lipschitz:.10g}, sigma(0) = {a.sigma0:.6g})" for a in used})
+    assumptions = (f"input ball of radius r = {r!r} (l2, inputs and outputs flattened)",
+                   f"ops: {', '.join(ops)}" + (f"; activations {', '.join(acts)}" if acts else ""),
+                   "floating point: covers the exact gap and both graphs evaluated in float64 (IEEE, any summation "
+                   "order, no TF32/Winograd/FFT convolution; transcendental activations within 8 ulps); a float32 "
+                   "forward pass is not covered",
+                   "BatchNorm read by graph_from_module is folded in float64: the bound is about the folded graph")
+    return GraphBound(value=value, rounding_margin=value - exact, radius=r, terms=tuple(terms),
+                      assumptions=assumptions)
+
+
+def search_graph_gap(target: Graph, pruned: Graph, radius: float, *, n_restarts: int = 8, n_steps: int = 200,
+                     seed: int = 0) -> tuple[float, Tensor]:
+    """A lower bound on the gap: projected gradient ascent on ``‖f(x) − F(x)‖²`` over the ball, in float64.
+
+    Starts from random points on the sphere (local generator ``seed``), takes normalised gradient steps with a
+    cosine-decayed step size and projects onto the ball; the value returned is ``‖f(x) − F(x)‖`` re-evaluated in
+    float64 at the best point, which lies inside the ball (scaled by ``1 − 4u`` after projection).
+
+    Returns:
+        ``(value, x)`` with ``x`` ``[*input_shape]``.
+    """
+    _check_pair(target, pruned)
+    gen = torch.Generator().manual_seed(seed)
+    t64, p64 = target.to(torch.float64), pruned.to(torch.float64)
+    d = math.prod(target.input_shape)
+    x = torch.randn(n_restarts, d, generator=gen, dtype=torch.float64)
+    x = x / x.norm(dim=1, keepdim=True) * radius
+
+    def gaps(z: Tensor) -> Tensor:
+        zz = z.reshape(-1, *target.input_shape)
+        return (p64(zz) - t64(zz)).flatten(1).norm(dim=1)
+
+    def project(z: Tensor) -> Tensor:
+        nrm = z.norm(dim=1, keepdim=True)
+        return torch.where(nrm > radius, z * (radius / nrm.clamp_min(1e-300)), z) * (1.0 - 4 * _U)
+
+    best_v, best_x = torch.full((n_restarts,), -1.0, dtype=torch.float64), x.clone()
+    for step in range(n_steps):
+        z = x.clone().requires_grad_(True)
+        g = gaps(z)
+        (grad,) = torch.autograd.grad((g * g).sum(), z)
+        with torch.no_grad():
+            better = g.detach() > best_v
+            best_v = torch.where(better, g.detach(), best_v)
+            best_x[better] = x[better]
+            eta = 0.5 * radius * (1 + math.cos(math.pi * step / n_steps)) / 2 + 1e-3 * radius
+            unit = grad / grad.norm(dim=1, keepdim=True).clamp_min(1e-300)
+            cands = [project(x + eta * unit), project(radius * unit), project(x + 0.1 * eta * unit)]
+            vals = torch.stack([gaps(c) for c in cands])
+            pick = vals.argmax(dim=0)
+            x = torch.stack(cands)[pick, torch.arange(n_restarts)]
+    with torch.no_grad():
+        final = project(best_x)
+        v = gaps(final)
+        i = int(v.argmax())
+    return float(v[i]), final[i].reshape(target.input_shape)
