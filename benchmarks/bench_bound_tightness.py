@@ -43,10 +43,10 @@ def measure(h: int, method: str, level: float, n_trials: int, chunk: int, spec_g
         gens = [make_generator(derive_seed("bench-tight", h, method, k, "w"), device) for k in ids]
         target = sample_net(spec, law, gens, device)
         if method == "magnitude":
-            pruned = prune(target, "magnitude", relative_threshold=level, law=law).model
+            pruned = prune(target, PruneSpec(relative_threshold=level), law=law).model
         else:
             mg = [make_generator(derive_seed("bench-tight", h, method, k, "mask"), device) for k in ids]
-            pruned = prune(target, "random", p=level, generator=mg).model
+            pruned = prune(target, PruneSpec(method="random", p=level), generator=mg).model
         g = make_generator(derive_seed("bench-tight", h, method, start, "x"), device)
         gaps += sup_gap(target, pruned, spec_gap, g).value.flatten().tolist()
         outs += sup_output(target, spec_gap, g).value.flatten().tolist()

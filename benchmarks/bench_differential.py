@@ -29,8 +29,9 @@ from typing import cast
 import torch
 from torch import Tensor
 
-from probprune.bounds import certified_agreement, certified_gap_bound, differential_bound, gap_search
-from probprune.config import BallSpec, NetSpec
+from probprune.bounds.certified import certified_gap_bound
+from probprune.bounds.differential import certified_agreement, differential_bound, gap_search
+from probprune.config import BallSpec, NetSpec, PruneSpec
 from probprune.data import load_dataset
 from probprune.masks import prune
 from probprune.nets import Net
@@ -134,7 +135,7 @@ def _med_max(v: Tensor) -> str:
 
 def _time_bound(target: Net, x: Tensor, batch_size: int) -> None:
     """Wall and CPU seconds of the batched differential bound (and certified agreement) at linf 0.03 ∩ [0, 1]."""
-    pruned = cast(Net, prune(target, "magnitude", prune_fraction=0.5, scope="global").model)
+    pruned = cast(Net, prune(target, PruneSpec(prune_fraction=0.5, scope="global")).model)
     ball = BallSpec(radius=0.03, norm="linf", box=(0.0, 1.0))
     for name, fn in (("differential_bound", lambda: differential_bound(target, pruned, ball, centres=x,
                                                                        batch_size=batch_size)),
@@ -177,7 +178,7 @@ def main() -> None:
                   "refuted | time (s) |", "|---|---|---|---|---|---|---|---|"]
     acc_t = float((cast(Tensor, target(x.float())).argmax(-1) == labels).double().mean())
     for frac in (float(f) for f in args.fractions.split(",")):
-        pruned = cast(Net, prune(target, "magnitude", prune_fraction=frac, scope="global").model)
+        pruned = cast(Net, prune(target, PruneSpec(prune_fraction=frac, scope="global")).model)
         acc_p = float((cast(Tensor, pruned(x.float())).argmax(-1) == labels).double().mean())
         # global ball
         ball = BallSpec(radius=1.0)
@@ -189,7 +190,7 @@ def main() -> None:
         found = gap_search(target, pruned, ball, torch.Generator().manual_seed(0), n_restarts=32,
                            n_steps=300, starts=x / x.norm(dim=-1, keepdim=True)).value
         t2 = time.perf_counter()
-        lw = float(certified_gap_bound(target, pruned, 1.0).value)
+        lw = float(certified_gap_bound(target, pruned, radius=1.0).value)
         cr = float(crown_merged(target, pruned, torch.zeros(1, 784, dtype=torch.float64), 1.0, "l2", None)[0])
         rows.append(f"| {frac:.0%} | l2 1 around 0 | {lw:.4g} | {cr:.4g} | {float(ours[0]):.4g} | "
                     f"{float(found[0]):.4g} | {float(ours[0] / found[0]):.4g} | {float(opt[0] / found[0]):.4g} | "
@@ -208,7 +209,7 @@ def main() -> None:
                                n_restarts=4, n_steps=80).value
             t2 = time.perf_counter()
             big = float(x.norm(dim=-1).max()) + r * math.sqrt(784)
-            lw = float(certified_gap_bound(target, pruned, big).value)
+            lw = float(certified_gap_bound(target, pruned, radius=big).value)
             cr = crown_merged(target, pruned, x, r, "linf", (0.0, 1.0))
             ratio = ours / found
             rows.append(f"| {frac:.0%} | linf {r} ∩ [0,1] | {lw:.4g} (l2 {big:.3g} around 0) | {_med_max(cr)} | "

@@ -22,8 +22,9 @@ import time
 
 import torch
 
-from probprune.bounds import certified_gap_bound, matrix_norm_bound
-from probprune.config import GapSpec, LawSpec, NetSpec
+from probprune.bounds.certified import certified_gap_bound
+from probprune.bounds.norms import matrix_norm_bound
+from probprune.config import GapSpec, LawSpec, NetSpec, PruneSpec
 from probprune.gap import sup_gap
 from probprune.masks import prune
 from probprune.nets import Net
@@ -50,7 +51,7 @@ def pruned_pair(widths: tuple[int, ...], k: int | None, seed: int = 0) -> tuple[
     g = [torch.Generator().manual_seed(seed + j) for j in range(k)] if k else torch.Generator().manual_seed(seed)
     t = sample_net(spec, LawSpec(), g)
     mg = [torch.Generator().manual_seed(99 + j) for j in range(k)] if k else torch.Generator().manual_seed(99)
-    return t, prune(t, "random", p=0.1, generator=mg).model
+    return t, prune(t, PruneSpec(method="random", p=0.1), generator=mg).model
 
 
 def bench_estimator(quick: bool) -> None:
@@ -82,7 +83,7 @@ def bench_certified(quick: bool) -> None:
     widths = (784, h, h, h, 10)
     t, p = pruned_pair(widths, None)
     t0 = time.perf_counter()
-    b = certified_gap_bound(t, p, 1.0)
+    b = certified_gap_bound(t, p, radius=1.0)
     dt = time.perf_counter() - t0
     methods = [f"{x.name}:{x.norm_target.method}" for x in b.terms]
     print(f"certified bound  fcn:{','.join(map(str, widths))} (random pruning p=0.1): {dt:.2f} s  "

@@ -63,10 +63,10 @@ def main() -> None:
                                      - f(x).numpy().reshape(100, -1)).max())
             for r in radii:
                 t1 = time.perf_counter()
-                bound = certified_graph_gap(g, f, r)
+                bound = certified_graph_gap(g, f, radius=r)
                 t_bound = time.perf_counter() - t1
                 t2 = time.perf_counter()
-                found, _ = search_graph_gap(g, f, r, n_restarts=args.restarts, n_steps=args.steps)
+                found, _ = search_graph_gap(g, f, radius=r, n_restarts=args.restarts, n_steps=args.steps)
                 t_search = time.perf_counter() - t2
                 rows.append((path.stem, str(len(g.nodes)), f"{t_load:.1f}", f"{diff:.1e}", label, f"{pdiff:.1e}",
                              f"{r:.4g}", f"{found:.4g}", f"{bound.value:.4g}", f"{bound.value / found:.3g}",

@@ -137,12 +137,11 @@ def one_trial(cfg: RunConfig, point: GridPoint, config_hash: str, trial: int,
                      dtype=dtype)
     pr = point.prune
     gen = make_generator(derive_seed(config_hash, point.index, trial, "mask")) if pr.method == "random" else None
-    res = prune(one, pr.method, prune_fraction=pr.prune_fraction, relative_threshold=pr.relative_threshold,
-                p=pr.p, scope=pr.scope, rescale=pr.rescale, generator=gen, law=cfg.law)
+    res = prune(one, pr, generator=gen, law=cfg.law)
     return one, res
 
 
 def certified_bound_one(target: Net, pruned: Net, radius: float) -> CertifiedBound:
     """The certified gap bound of one pair (no trial dim): per-layer terms of one network."""
     assert target.n_trials is None and pruned.n_trials is None, "certified_bound_one: one pair, not an ensemble"
-    return certified_gap_bound(target, pruned, radius)
+    return certified_gap_bound(target, pruned, radius=radius)

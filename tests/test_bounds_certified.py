@@ -7,8 +7,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from probprune.bounds import certified_gap_bound, lower_at
-from probprune.config import GapSpec, LawSpec, NetSpec, ProbPruneError, parse_arch
+from probprune.bounds.certified import certified_gap_bound, lower_at
+from probprune.config import GapSpec, LawSpec, NetSpec, ProbPruneError, PruneSpec, parse_arch
 from probprune.masks import prune
 from probprune.nets import Net
 from probprune.runner.gap import gap_sandwich
@@ -34,7 +34,7 @@ def build(arch: str, act: str, bias: bool, method: str, frac: float, seed: int, 
         t = t.with_weights(t.weights, [bias_scale * torch.randn(b.shape, generator=bg)  # type: ignore[union-attr]
                                        for b in t.biases])
     mg = [torch.Generator().manual_seed(seed * 17 + j) for j in range(K)] if method == "random" else None
-    return t, prune(t, method, prune_fraction=frac, generator=mg).model  # type: ignore[arg-type]
+    return t, prune(t, PruneSpec(method=method, prune_fraction=frac), generator=mg).model  # type: ignore[arg-type]
 
 
 def check_sandwich(t: Net, p: Net, radius: float, seed: int) -> None:
@@ -90,7 +90,7 @@ def test_changed_biases_and_unrelated_weights_stay_covered(seed: int, act: str, 
 def test_linear_layer_sandwich_closes() -> None:
     spec = NetSpec(widths=(12, 20))
     t = sample_net(spec, LawSpec(), torch.Generator().manual_seed(0))
-    p = prune(t, "magnitude", prune_fraction=0.7).model
+    p = prune(t, PruneSpec(prune_fraction=0.7)).model
     sw = gap_sandwich(t, p, GapSpec(radius=2.0), 1)
     d = float(torch.linalg.svdvals((t.weights[0] - p.weights[0]).double())[0])
     # the exact-arithmetic part is ‖D‖·r; the float32 forward-rounding margin comes on top (and is small)
@@ -105,9 +105,9 @@ def test_matches_hand_formula_bias_free() -> None:
     """No biases, σ(0) = 0: e_i = L_i(‖W̃_i‖ e_{i−1} + ‖D_i‖ ∏_{j<i} L_j‖W_j‖ r) (or the other, smaller form)."""
     spec = NetSpec(widths=(4, 7, 6, 3), activation="leaky_relu")
     t = sample_net(spec, LawSpec(), torch.Generator().manual_seed(3))
-    p = prune(t, "magnitude", prune_fraction=0.4).model
+    p = prune(t, PruneSpec(prune_fraction=0.4)).model
     r = 1.7
-    b = certified_gap_bound(t, p, r)
+    b = certified_gap_bound(t, p, radius=r)
 
     def nrm(w: torch.Tensor) -> float:
         return float(torch.linalg.svdvals(w.double())[0])
@@ -130,7 +130,7 @@ def test_sigmoid_reach_includes_sigma0() -> None:
     t = Net.from_weights(spec, [w1, torch.ones(1, 5)])
     p = Net.from_weights(spec, [w1, torch.zeros(1, 5)])
     # h_1 = σ(0)·1 = 0.5·1 (norm 0.5·√5), so the gap is exactly ‖D_2 h_1‖ = 2.5 everywhere
-    b = certified_gap_bound(t, p, 1.0)
+    b = certified_gap_bound(t, p, radius=1.0)
     assert float(b.terms[0].reach_target) >= 0.5 * math.sqrt(5)
     assert float(b.value) >= 2.5 - 1e-9
     # the cap √n = √5 makes the exact-arithmetic part tight here; the float32 rounding margin comes on top
@@ -143,8 +143,8 @@ def test_sigmoid_reach_includes_sigma0() -> None:
 def test_maxpool_cnn_term_and_assumption() -> None:
     spec = parse_arch("cnn:1x6x6,c2k3m2,3", activation="relu", bias=True)
     t = sample_net(spec, LawSpec(), torch.Generator().manual_seed(0))
-    p = prune(t, "magnitude", prune_fraction=0.5).model
-    b = certified_gap_bound(t, p, 1.0)
+    p = prune(t, PruneSpec(prune_fraction=0.5)).model
+    b = certified_gap_bound(t, p, radius=1.0)
     assert any("max-pool" in a for a in b.assumptions)
     assert b.terms[0].norm_target.method == "fft" and not b.terms[0].norm_target.exact  # zero padding
     assert float(b.terms[0].bias_diff) == 0.0 and float(b.terms[0].bias_norm) > 0
@@ -159,7 +159,7 @@ def test_identical_nets_bound_zero_ratio_one() -> None:
 def test_ensemble_bound_equals_members() -> None:
     t, p = build("cnn:2x6x6,c3k3m2,c2k2s2p0,2", "tanh", True, "random", 0.5, 4, 1.0)
     # members 0 and 5 of the batched bound vs the bound of that pair alone (old tolerance: rel 1e-9)
-    check_batched_equals_reference(lambda r: [float(v) for v in certified_gap_bound(t, p, r).value],
+    check_batched_equals_reference(lambda r: [float(v) for v in certified_gap_bound(t, p, radius=r).value],
                                    lambda r, k: float(certified_bound_one(t.member(k), p.member(k), r).value),
                                    [1.3], rtol=1e-9, members=(0, 5))
 
@@ -168,34 +168,34 @@ def test_bad_input() -> None:
     t, p = build("fcn:3,5,2", "relu", False, "magnitude", 0.5, 1, 1.0)
     for r in (0.0, -2.0, math.nan, math.inf):
         with pytest.raises(ProbPruneError, match="radius"):
-            certified_gap_bound(t, p, r)
+            certified_gap_bound(t, p, radius=r)
     other, _ = build("fcn:3,6,2", "relu", False, "magnitude", 0.5, 1, 1.0)
     with pytest.raises(ProbPruneError, match="architecture"):
-        certified_gap_bound(t, other, 1.0)
+        certified_gap_bound(t, other, radius=1.0)
     nan = p.with_weights([p.weights[0] * math.nan, p.weights[1]])
     with pytest.raises(ProbPruneError, match="non-finite"):
-        certified_gap_bound(t, nan, 1.0)
+        certified_gap_bound(t, nan, radius=1.0)
     with pytest.raises(ProbPruneError, match="n_trials"):
-        certified_gap_bound(t, p.member(0), 1.0)
+        certified_gap_bound(t, p.member(0), radius=1.0)
     for bad in (math.nan, math.inf, -math.inf):  # one bad entry among finite ones
         w = p.weights[1].clone()
         w[0, 0, 1] = bad
         with pytest.raises(ProbPruneError, match="pruned 2.weight: contains non-finite"):
-            certified_gap_bound(t, p.with_weights([p.weights[0], w]), 1.0)
+            certified_gap_bound(t, p.with_weights([p.weights[0], w]), radius=1.0)
 
 
 def test_gap_sandwich_uses_a_given_bound_and_refuses_another_ball() -> None:
     t, p = build("fcn:3,5,2", "relu", False, "magnitude", 0.5, 2, 1.0)
     own = gap_sandwich(t, p, TINY, 0)
-    b = certified_gap_bound(t.to(dtype=torch.float64), p.to(dtype=torch.float64), TINY.radius,
+    b = certified_gap_bound(t.to(dtype=torch.float64), p.to(dtype=torch.float64), radius=TINY.radius,
                             forward_dtype=torch.float32)
     given_sw = gap_sandwich(t, p, TINY, 0, bound=b)
     assert given_sw.bound is b and torch.equal(given_sw.upper, b.value)
     assert torch.equal(given_sw.lower, own.lower) and torch.equal(given_sw.x, own.x)  # same estimator, same seed
     assert bool((given_sw.lower <= given_sw.upper).all())
-    other = certified_gap_bound(t, p, 2.0 * TINY.radius)
+    other = certified_gap_bound(t, p, radius=2.0 * TINY.radius)
     with pytest.raises(ProbPruneError, match="bound: computed for radius"):
         gap_sandwich(t, p, TINY, 0, bound=other)
-    single = certified_gap_bound(t.member(0), p.member(0), TINY.radius)
+    single = certified_gap_bound(t.member(0), p.member(0), radius=TINY.radius)
     with pytest.raises(ProbPruneError, match="shape"):
         gap_sandwich(t, p, TINY, 0, bound=single)

@@ -238,7 +238,7 @@ def test_compared_with_the_layerwise_bound_around_zero() -> None:
     target, pruned = _net_pair(5, (8, 32, 32, 4), False, "relu", 0.9)
     ball = BallSpec(radius=1.0)
     ours = float(differential_bound(target, pruned, ball).value[0])
-    layerwise = float(certified_gap_bound(target, pruned, 1.0).value)
+    layerwise = float(certified_gap_bound(target, pruned, radius=1.0).value)
     found = float(gap_search(target, pruned, ball, torch.Generator().manual_seed(0)).value[0])
     assert 0 < found <= ours
     assert found <= layerwise

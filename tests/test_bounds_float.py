@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cliharness import run
-from probprune.bounds import certified_gap_bound, lower_at
+from probprune.bounds.certified import certified_gap_bound, lower_at
 from probprune.bounds.norms import (
     abs_operator_norm_bound,
     conv_norm,
@@ -24,7 +24,7 @@ from probprune.bounds.norms import (
     power_lower,
     vector_norm_bound,
 )
-from probprune.config import ConvSpec, GapSpec, LawSpec, NetSpec, ProbPruneError, parse_arch
+from probprune.config import ConvSpec, GapSpec, LawSpec, NetSpec, ProbPruneError, PruneSpec, parse_arch
 from probprune.masks import prune
 from probprune.nets import Net
 from probprune.runner.gap import gap_sandwich
@@ -60,7 +60,7 @@ def test_removed_part_is_formed_in_float64() -> None:
     kw, kp = w.reshape(1, 1, 1, 1), wp.reshape(1, 1, 1, 1)
     assert float(operator_norm(kw, conv, (1, 3, 3), minus=kp).value) >= truth
     spec = NetSpec(widths=(1, 1))
-    b = certified_gap_bound(Net.from_weights(spec, [w]), Net.from_weights(spec, [wp]), 1.0)
+    b = certified_gap_bound(Net.from_weights(spec, [w]), Net.from_weights(spec, [wp]), radius=1.0)
     assert float(b.terms[0].norm_diff.value) >= truth
     assert float(b.value) >= truth
 
@@ -72,7 +72,7 @@ def test_bias_difference_is_formed_in_float64() -> None:
     t = Net.from_weights(spec, [w], [torch.tensor([-2.0 ** -25])])
     p = Net.from_weights(spec, [w], [torch.tensor([1.0])])
     truth = 1.0 + 2.0 ** -25
-    b = certified_gap_bound(t, p, 1.0)
+    b = certified_gap_bound(t, p, radius=1.0)
     assert float(b.terms[0].bias_diff) >= truth
     assert float(b.value) >= truth
     lo = lower_at(t, p, torch.tensor([0.3, 0.1]), 1.0)
@@ -85,7 +85,7 @@ def test_bias_norm_rounded_up_and_without_underflow() -> None:
     w = torch.eye(2, dtype=torch.float64)
     bias = torch.tensor([3e-160, 4e-160], dtype=torch.float64)
     t = Net.from_weights(spec, [w], [bias])
-    b = certified_gap_bound(t, t, 1.0)
+    b = certified_gap_bound(t, t, radius=1.0)
     assert float(b.terms[0].bias_norm) >= 5e-160
     assert float(b.terms[0].bias_norm) <= 5e-160 * (1 + 1e-8)
 
@@ -96,7 +96,7 @@ def test_identical_members_get_no_margin_others_do() -> None:
     w0 = t.weights[0].clone()
     w0[1, 0, 0] += 0.5  # member 1 differs from the target, members 0 and 2 do not
     p = t.with_weights([w0, t.weights[1]])
-    b = certified_gap_bound(t, p, 1.0)
+    b = certified_gap_bound(t, p, radius=1.0)
     margin = b.rounding_margin
     assert margin is not None and margin.shape == (3,)
     assert float(margin[0]) == 0.0 and float(margin[2]) == 0.0 and float(b.value[0]) == 0.0
@@ -108,23 +108,23 @@ def test_forward_dtype_option() -> None:
     """float32 weights cast to float64 for the computation still get the float32 margin when asked."""
     spec = parse_arch("fcn:4,6,3", activation="relu", bias=True)
     t = sample_net(spec, LawSpec(), torch.Generator().manual_seed(2))
-    p = prune(t, "magnitude", prune_fraction=0.5).model
-    b32 = certified_gap_bound(t, p, 1.0)
+    p = prune(t, PruneSpec(prune_fraction=0.5)).model
+    b32 = certified_gap_bound(t, p, radius=1.0)
     t64, p64 = t.to(dtype=torch.float64), p.to(dtype=torch.float64)
-    b64 = certified_gap_bound(t64, p64, 1.0)
-    b_as32 = certified_gap_bound(t64, p64, 1.0, forward_dtype=torch.float32)
+    b64 = certified_gap_bound(t64, p64, radius=1.0)
+    b_as32 = certified_gap_bound(t64, p64, radius=1.0, forward_dtype=torch.float32)
     assert float(b_as32.value) == pytest.approx(float(b32.value), rel=1e-9)
     assert float(b64.value) < float(b32.value)  # a float64 forward pass rounds less
     # float32 weights evaluated in float64 (cast up exactly): the float64 margin, the same value as for t64, p64
-    b_as64 = certified_gap_bound(t, p, 1.0, forward_dtype=torch.float64)
+    b_as64 = certified_gap_bound(t, p, radius=1.0, forward_dtype=torch.float64)
     assert float(b_as64.value) == pytest.approx(float(b64.value), rel=1e-12) and b_as64.forward_dtype == "float64"
     assert float(b_as64.rounding_margin) < 1e-12 * float(b_as64.value)  # type: ignore[arg-type]
     assert b64.forward_dtype == "float64" and b_as32.forward_dtype == "float32"
     odd = p64.with_weights([p64.weights[0] + 1e-12, p64.weights[1]])
     with pytest.raises(ProbPruneError, match="forward_dtype=float32: .*0.weight is not exactly representable"):
-        certified_gap_bound(t64, odd, 1.0, forward_dtype=torch.float32)
+        certified_gap_bound(t64, odd, radius=1.0, forward_dtype=torch.float32)
     with pytest.raises(ProbPruneError, match="forward_dtype"):
-        certified_gap_bound(t, p, 1.0, forward_dtype=torch.float16)
+        certified_gap_bound(t, p, radius=1.0, forward_dtype=torch.float16)
 
 
 def test_lower_at_points_are_inside_the_ball() -> None:
@@ -157,7 +157,7 @@ def test_overflowing_bound_is_refused() -> None:
     t = Net.from_weights(spec, big)
     p = Net.from_weights(spec, [big[0], big[1] * 0.5])
     with pytest.raises(ProbPruneError, match="overflows float64"):
-        certified_gap_bound(t, p, 1.0)
+        certified_gap_bound(t, p, radius=1.0)
 
 
 # ----------------------------------------------------------------------------- no slack in floating point
@@ -170,9 +170,9 @@ K = 4
 def _pruned(t: Net, mode: str, frac: float, rescale: bool, seed: int) -> Net:
     gens = [torch.Generator().manual_seed(seed * 7 + j) for j in range(K)]
     if mode == "random":
-        return prune(t, "random", p=frac, rescale=rescale, generator=gens).model
+        return prune(t, PruneSpec(method="random", p=frac, rescale=rescale), generator=gens).model
     if mode == "magnitude":
-        return prune(t, "magnitude", prune_fraction=frac).model
+        return prune(t, PruneSpec(prune_fraction=frac)).model
     # "nudge": half the weights moved by one unit in the last place: the exact gap is of the size of the
     # forward passes' own rounding, the hardest case for the margin
     ws = []
@@ -339,9 +339,9 @@ def test_certified_bound_with_tiny_float32_weights() -> None:
     spec = parse_arch("fcn:6,9,3", activation="relu", bias=False)
     t = sample_net(spec, LawSpec(), torch.Generator().manual_seed(0))
     t = t.with_weights([(w.double() * 1e-23).float() for w in t.weights])
-    p = prune(t, "magnitude", prune_fraction=0.5).model
+    p = prune(t, PruneSpec(prune_fraction=0.5)).model
     for method in METHODS:
-        b = certified_gap_bound(t, p, 1.0, method)  # type: ignore[arg-type]
+        b = certified_gap_bound(t, p, radius=1.0, norm_method=method)  # type: ignore[arg-type]
         lo = lower_at(t, p, torch.randn(6, generator=torch.Generator().manual_seed(1)), 1.0)
         assert 0.0 < float(lo) <= float(b.value), method
 
@@ -353,12 +353,13 @@ def test_the_margin_is_needed_and_enough_at_the_exact_maximiser() -> None:
     n = 256
     spec = NetSpec(widths=(6, 4))
     t = sample_net(spec, LawSpec(), [torch.Generator().manual_seed(1000 + j) for j in range(n)])
-    p = prune(t, "random", p=0.5, rescale=True, generator=[torch.Generator().manual_seed(j) for j in range(n)]).model
+    p = prune(t, PruneSpec(method="random", p=0.5, rescale=True),
+              generator=[torch.Generator().manual_seed(j) for j in range(n)]).model
     d = t.weights[0].double() - p.weights[0].double()  # [K, 4, 6]
     v = torch.linalg.svd(d).Vh[:, 0, :]  # top right singular vectors [K, 6]
     x = v.float()  # the maximiser, as the user would feed it (float32)
     radius = x.double().norm(dim=1).max().item() * (1 + 1e-12)  # every x lies in this ball
-    b = certified_gap_bound(t, p, radius)
+    b = certified_gap_bound(t, p, radius=radius)
     with torch.no_grad():
         gap = (p.forward(x.unsqueeze(1)).double() - t.forward(x.unsqueeze(1)).double()).norm(dim=-1).squeeze(-1)
     exact_part = b.value - b.rounding_margin  # type: ignore[operator]
@@ -377,7 +378,8 @@ def test_tf32_option_covers_tensor_core_products() -> None:
     n = 128
     spec = NetSpec(widths=(6, 4))
     t = sample_net(spec, LawSpec(), [torch.Generator().manual_seed(50 + j) for j in range(n)])
-    p = prune(t, "random", p=0.5, rescale=True, generator=[torch.Generator().manual_seed(j) for j in range(n)]).model
+    p = prune(t, PruneSpec(method="random", p=0.5, rescale=True),
+              generator=[torch.Generator().manual_seed(j) for j in range(n)]).model
     d = t.weights[0].double() - p.weights[0].double()
     x = torch.linalg.svd(d).Vh[:, 0, :].float()  # [K, 6] maximisers
     radius = x.double().norm(dim=1).max().item() * (1 + 1e-12)
@@ -385,11 +387,11 @@ def test_tf32_option_covers_tensor_core_products() -> None:
     out_t = (_tf32(t.weights[0]).double() @ xt).float().double()
     out_p = (_tf32(p.weights[0]).double() @ xt).float().double()
     gap = (out_p - out_t).norm(dim=(1, 2))
-    ieee = certified_gap_bound(t, p, radius)
-    tf = certified_gap_bound(t, p, radius, tf32=True)
+    ieee = certified_gap_bound(t, p, radius=radius)
+    tf = certified_gap_bound(t, p, radius=radius, tf32=True)
     assert bool((gap <= tf.value).all())
     assert int((gap > ieee.value).sum()) > 0
     assert any("TF32 products and convolutions included" in a for a in tf.assumptions)
     t64, p64 = t.to(dtype=torch.float64), p.to(dtype=torch.float64)
-    assert torch.equal(certified_gap_bound(t64, p64, radius, tf32=True).value,
-                       certified_gap_bound(t64, p64, radius).value)  # no effect in float64
+    assert torch.equal(certified_gap_bound(t64, p64, radius=radius, tf32=True).value,
+                       certified_gap_bound(t64, p64, radius=radius).value)  # no effect in float64

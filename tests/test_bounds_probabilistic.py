@@ -40,10 +40,10 @@ def _sample_pair(spec: NetSpec, law: LawSpec, pr: PruneSpec, n: int, seed: int) 
     gens = [make_generator(seed * 10_000 + k) for k in range(n)]
     target = sample_net(spec, law, gens)
     if pr.method == "magnitude":
-        pruned = prune(target, "magnitude", relative_threshold=pr.relative_threshold, law=law).model
+        pruned = prune(target, PruneSpec(relative_threshold=pr.relative_threshold), law=law).model
     else:
         mg = [make_generator(seed * 10_000 + 5_000 + k) for k in range(n)]
-        pruned = prune(target, "random", p=pr.p, rescale=pr.rescale, generator=mg).model
+        pruned = prune(target, PruneSpec(method="random", p=pr.p, rescale=pr.rescale), generator=mg).model
     return target, pruned
 
 

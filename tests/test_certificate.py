@@ -282,9 +282,9 @@ def test_certified_upper_covers_the_float32_forward_pass(tmp_path: Path) -> None
     outcome = run_prune(job)
     assert outcome.target.dtype == torch.float32
     doc = make_certificate(outcome, job, gap=GapSpec(n_points=64))
-    own = certified_gap_bound(outcome.target, outcome.pruned, doc["gap"]["radius"])
+    own = certified_gap_bound(outcome.target, outcome.pruned, radius=doc["gap"]["radius"])
     as64 = certified_gap_bound(outcome.target.to(dtype=torch.float64), outcome.pruned.to(dtype=torch.float64),
-                               doc["gap"]["radius"])
+                               radius=doc["gap"]["radius"])
     assert float(own.value) > float(as64.value) * (1 + 1e-6)  # the float32 margin is visible at this width
     # the same float32 margin (the norms themselves may differ in the last digits: float64 copies vs float32 inputs)
     assert doc["gap"]["upper"] > float(as64.value) * (1 + 1e-6)
@@ -300,7 +300,7 @@ def test_make_certificate_computes_the_certified_bound_once(tmp_path: Path, monk
     real = rc.certified_gap_bound
 
     def counted(*args: Any, **kw: Any) -> Any:
-        calls.append(args[2])
+        calls.append(kw["radius"])
         return real(*args, **kw)
 
     monkeypatch.setattr(rc, "certified_gap_bound", counted)

@@ -13,7 +13,7 @@ import torch
 from cliharness import run
 from probprune.bounds.certified import certified_gap_bound
 from probprune.bounds.differential import certified_agreement, differential_bound
-from probprune.config import BallSpec, parse_arch
+from probprune.config import BallSpec, PruneSpec, parse_arch
 from probprune.data import as_net, dataset_status, init_module
 from probprune.masks import prune
 from probprune.nets import Net
@@ -30,7 +30,7 @@ FAST = ["--n-restarts", "2", "--n-steps", "20"]
 def _pair(arch: str, seed: int = 0) -> tuple[Net, Net]:
     spec = parse_arch(arch, bias=True)
     target = as_net(init_module(spec, torch.Generator().manual_seed(seed)), spec)
-    return target, prune(target, "magnitude", prune_fraction=0.5, scope="global").model
+    return target, prune(target, PruneSpec(prune_fraction=0.5, scope="global")).model
 
 
 @pytest.fixture()
@@ -81,7 +81,7 @@ def test_rows_are_sound_and_match_the_api(files: dict[str, Path], capsys: pytest
         assert 0 <= r["lower"] <= r["upper"]
         assert r["upper"] == min(r["upper_differential"], r["upper_layerwise"])
         assert r["upper_differential"] == pytest.approx(float(diff.value[i]), rel=1e-12)
-        lay = float(certified_gap_bound(target, pruned, float(radii[i])).value)
+        lay = float(certified_gap_bound(target, pruned, radius=float(radii[i])).value)
         assert r["upper_layerwise"] == pytest.approx(lay, rel=1e-12)
         assert r["upper_from"] == ("differential" if r["upper_differential"] <= r["upper_layerwise"]
                                    else "layerwise")
@@ -310,7 +310,7 @@ def test_max_prune_answers_a_measured_passing_level(files: dict[str, Path], tmp_
     ball = BallSpec(radius=0.02, norm="linf", box=(0.0, 1.0))
     prev = None
     for r in curve[:: max(1, len(curve) // 4)]:
-        res = prune(target, "magnitude", prune_fraction=r["prune_fraction"], scope="global")
+        res = prune(target, PruneSpec(prune_fraction=r["prune_fraction"], scope="global"))
         agr = certified_agreement(target, res.model, ball, centres=x, attack=False)  # type: ignore[arg-type]
         assert r["certified_agreement"] == pytest.approx(agr.certified_rate)
         keep = torch.cat([m.flatten() for m in res.masks.values()])

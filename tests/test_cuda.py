@@ -73,8 +73,8 @@ def test_magnitude_masks_on_cuda_equal_masks_on_cpu() -> None:
     ens = sample_ensemble(CFG, point, h, list(range(4)))
     for scope in ("layerwise", "global"):
         for frac in (0.1, 0.5, 0.93):
-            on_gpu = prune(ens, "magnitude", prune_fraction=frac, scope=scope)
-            on_cpu = prune(ens.to("cpu"), "magnitude", prune_fraction=frac, scope=scope)
+            on_gpu = prune(ens, PruneSpec(prune_fraction=frac, scope=scope))
+            on_cpu = prune(ens.to("cpu"), PruneSpec(prune_fraction=frac, scope=scope))
             for name, m in on_gpu.masks.items():
                 assert torch.equal(m.cpu(), on_cpu.masks[name]), (scope, frac, name)
 
@@ -87,7 +87,7 @@ def test_gap_on_cuda_matches_cpu_and_stays_under_the_certified_bound() -> None:
     g_cpu = mean_gap(ens.to("cpu"), pruned.to("cpu"), x)
     torch.testing.assert_close(g_gpu, g_cpu, rtol=1e-4, atol=1e-7)
     est = sup_gap(ens, pruned, CFG.gap, probe_generator(h, index, "gap", "cuda"))
-    cb = certified_gap_bound(ens, pruned, 1.0)
+    cb = certified_gap_bound(ens, pruned, radius=1.0)
     assert est.value.device.type == "cuda"
     # the certified bound covers the float32 forward pass (its rounding margin): no slack
     assert bool((est.value.double().cpu() <= torch.as_tensor(cb.value).double().cpu()).all())
@@ -143,7 +143,9 @@ def test_tf32_verify_runs(tmp_path: Path) -> None:
 def test_member_loop_forward_on_cuda_equals_batched_and_cpu(bias: bool) -> None:
     # at 4096 points × 2048 wide layers Net.forward runs member by member with the ReLU in the
     # cuBLASLt epilogue; it must agree with the batched products and with float64 on the CPU
-    from probprune import LawSpec, make_generator, parse_arch, sample_net
+    from probprune import LawSpec, sample_net
+    from probprune.config import parse_arch
+    from probprune.rng import make_generator
 
     spec = parse_arch("fcn:32,2048,2048,8", bias=bias)
     ens = sample_net(spec, LawSpec(), [make_generator(s, "cuda") for s in range(3)], "cuda")

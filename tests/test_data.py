@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from probprune.bounds import certified_gap_bound
-from probprune.config import ProbPruneError, TrainSpec, parse_arch
+from probprune.config import ProbPruneError, PruneSpec, TrainSpec, parse_arch
 from probprune.data import (
     IDX_FILES,
     MD5,
@@ -233,10 +233,10 @@ def test_lenet5_is_a_net_and_certified_bound_applies() -> None:
     assert net.spec == spec
     x = torch.rand(16, 1, 28, 28)
     torch.testing.assert_close(net(x), module(x))
-    pruned = prune(net, "magnitude", prune_fraction=0.7, scope="global").model
+    pruned = prune(net, PruneSpec(prune_fraction=0.7, scope="global")).model
     r = float(x.flatten(1).norm(dim=-1).max())
     gaps = (pruned(x) - net(x)).norm(dim=-1)
-    assert float(certified_gap_bound(net, pruned, r).value) >= float(gaps.max())
+    assert float(certified_gap_bound(net, pruned, radius=r).value) >= float(gaps.max())
 
 
 def test_init_is_seeded_and_in_torch_default_range() -> None:
@@ -275,7 +275,7 @@ def test_finetune_keeps_removed_weights_zero() -> None:
     x, y = _toy()
     spec = parse_arch("fcn:8,32,3", bias=True)
     net = as_net(init_module(spec, torch.Generator().manual_seed(1)), spec)
-    res = prune(net, "magnitude", prune_fraction=0.6, scope="layerwise")
+    res = prune(net, PruneSpec(prune_fraction=0.6, scope="layerwise"))
     tuned = train(to_module(res.model), x, y, TrainSpec(epochs=5, batch_size=40, lr=1e-2),
                   torch.Generator().manual_seed(0), masks=res.masks)
     tuned_net = as_net(tuned, spec)

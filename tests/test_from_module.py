@@ -23,7 +23,7 @@ from torch import Tensor, nn
 import probprune.nets as nets
 from probprune import ProbPruneError
 from probprune.bounds.certified import certified_gap_bound
-from probprune.config import GapSpec, NetSpec
+from probprune.config import GapSpec, NetSpec, PruneSpec
 from probprune.gap import sup_gap
 from probprune.masks import prune
 from probprune.nets import Net, from_module, from_state_dict
@@ -136,10 +136,10 @@ def test_two_linear_layers_in_a_row_refused_and_misread_would_be_false() -> None
     ws = [cast(nn.Linear, seq[i]) for i in (0, 2, 3)]
     misread = Net.from_weights(NetSpec(widths=(4, 16, 16, 2), activation="tanh", bias=True),
                                [m.weight.detach() for m in ws], [m.bias.detach() for m in ws])
-    pruned_mod = prune(seq, "magnitude", prune_fraction=0.9).model
+    pruned_mod = prune(seq, PruneSpec(prune_fraction=0.9)).model
     pws = [cast(nn.Linear, pruned_mod[i]) for i in (0, 2, 3)]
     pruned_misread = misread.with_weights([m.weight.detach() for m in pws])
-    wrong = float(certified_gap_bound(misread, pruned_misread, 1.0).value)
+    wrong = float(certified_gap_bound(misread, pruned_misread, radius=1.0).value)
     real = module_gap_search(seq, pruned_mod, (4,), 1.0, None, 0)
     assert real > 2.0 * wrong  # the old "certificate" (≈ 65.6) was false for the user's model (gap ≥ 158)
 
@@ -582,13 +582,14 @@ def check_refused_or_exact(kind: str, in_shape: tuple[int, ...], seq: nn.Sequent
     assert torch.allclose(ours, ref, rtol=1e-10, atol=1e-10 * (1 + float(ref.abs().max())))
     # prune the user's module, convert the pruned copy, certify, and search the gap on the modules
     if seed % 3 == 0:
-        pruned_mod = prune(seq, "random", p=q, rescale=bool(seed % 2), generator=torch.Generator().manual_seed(seed))
+        pruned_mod = prune(seq, PruneSpec(method="random", p=q, rescale=bool(seed % 2)),
+                           generator=torch.Generator().manual_seed(seed))
     else:
-        pruned_mod = prune(seq, "magnitude", prune_fraction=q)
+        pruned_mod = prune(seq, PruneSpec(prune_fraction=q))
     pm = cast(nn.Sequential, pruned_mod.model)
     pruned = from_module(pm, input_shape=shape)
     radius = 1.0
-    bound = float(certified_gap_bound(net, pruned, radius).value)
+    bound = float(certified_gap_bound(net, pruned, radius=radius).value)
     est = sup_gap(net, pruned, GapSpec(radius=radius, n_points=64, n_restarts=2, n_steps=10),
                   torch.Generator().manual_seed(seed))
     found = module_gap_search(seq, pm, in_shape, radius, est.x.reshape(1, -1), seed, n_points=32, n_steps=10)

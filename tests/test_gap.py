@@ -27,7 +27,7 @@ def pair(arch: str, k: int | None = None, act: str = "relu", bias: bool = False,
     if bias:
         bg = gen(seed + 999)
         t = t.with_weights(t.weights, [torch.randn(b.shape, generator=bg) for b in t.biases])  # type: ignore[union-attr]
-    return t, prune(t, "magnitude", prune_fraction=frac).model
+    return t, prune(t, PruneSpec(prune_fraction=frac)).model
 
 
 @pytest.mark.parametrize("shape", [(16, 32), (40, 12), (8, 8)])

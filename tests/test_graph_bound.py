@@ -39,8 +39,8 @@ def prune_graph(g: Graph, frac: float, gen: torch.Generator, bias_noise: float =
 
 
 def check(target: Graph, pruned: Graph, radius: float, restarts: int = 6, steps: int = 120) -> tuple[float, float]:
-    bound = certified_graph_gap(target, pruned, radius)
-    found, x = search_graph_gap(target, pruned, radius, n_restarts=restarts, n_steps=steps)
+    bound = certified_graph_gap(target, pruned, radius=radius)
+    found, x = search_graph_gap(target, pruned, radius=radius, n_restarts=restarts, n_steps=steps)
     assert float(x.norm()) <= radius
     assert found <= bound.value, (found, bound.value)
     return bound.value, found
@@ -158,9 +158,9 @@ def test_identical_graphs_only_rounding() -> None:
     gen = torch.Generator().manual_seed(4)
     nodes, shape = SINGLE["act-gelu"]
     g = Graph(nodes, shape)
-    b = certified_graph_gap(g, g, 1.0)
+    b = certified_graph_gap(g, g, radius=1.0)
     assert 0 < b.value == b.rounding_margin < 1e-12
-    assert search_graph_gap(g, g, 1.0, n_restarts=2, n_steps=5)[0] == 0.0
+    assert search_graph_gap(g, g, radius=1.0, n_restarts=2, n_steps=5)[0] == 0.0
     _ = gen
 
 
@@ -169,15 +169,15 @@ def test_refusals() -> None:
     g = Graph([lin("fc", "input", 3, 4, gen)], (4,))
     h = Graph([lin("fc", "input", 3, 4, gen), Node("a", "act", ("fc",), {"act": activation("relu")})], (4,))
     with pytest.raises(ProbPruneError, match="structure differs"):
-        certified_graph_gap(g, h, 1.0)
+        certified_graph_gap(g, h, radius=1.0)
     other = Graph([Node("fc", "linear", ("input",), {}, {"weight": torch.ones(3, 4, dtype=torch.float64)})], (4,))
     with pytest.raises(ProbPruneError, match="parameter names or shapes"):
-        certified_graph_gap(g, other, 1.0)
+        certified_graph_gap(g, other, radius=1.0)
     with pytest.raises(ProbPruneError, match="radius"):
-        certified_graph_gap(g, g, -1.0)
+        certified_graph_gap(g, g, radius=-1.0)
     k = Graph([Node("fc", "linear", ("input",), {}, {"weight": torch.ones(2, 3, 4)})], (4,))
     with pytest.raises(ProbPruneError, match="trial dim"):
-        certified_graph_gap(k, k, 1.0)
+        certified_graph_gap(k, k, radius=1.0)
 
 
 @st.composite

@@ -108,8 +108,8 @@ def test_activations_equal_onnxruntime(tmp_path: Path, op: str, attrs: dict[str,
 def test_pruned_onnx_graph_certified_at_least_found(tmp_path: Path) -> None:
     g, _ = load_onnx_graph(resnet_onnx(tmp_path))
     f, _ = prune_graph(g, 0.5, "magnitude", "global")
-    bound = certified_graph_gap(g, f, 1.0)
-    found, _ = search_graph_gap(g, f, 1.0, n_restarts=4, n_steps=60)
+    bound = certified_graph_gap(g, f, radius=1.0)
+    found, _ = search_graph_gap(g, f, radius=1.0, n_restarts=4, n_steps=60)
     assert 0 < found <= bound.value
 
 

@@ -11,10 +11,11 @@ from scipy.stats import binom
 from torch import nn
 from torch.nn.utils import prune as tprune
 
-from probprune import LawSpec, NetSpec, ProbPruneError, make_generator, prune, sample_net, to_module
+from probprune import LawSpec, NetSpec, ProbPruneError, prune, sample_net, to_module
 from probprune.config import PruneSpec, layer_scale
 from probprune.masks import apply_mask, magnitude_mask, mask_from_scores, n_to_prune, random_mask
 from probprune.nets import Net
+from probprune.rng import make_generator
 
 FRACTIONS = [0.0, 0.01, 0.1, 0.25, 0.333, 0.5, 0.7, 0.9, 0.99, 1.0]
 
@@ -38,7 +39,7 @@ def test_global_equals_torch_global_unstructured(fraction: float) -> None:
     ref = copy.deepcopy(model)
     params = [(m, "weight") for m in ref if isinstance(m, nn.Linear)]
     tprune.global_unstructured(params, pruning_method=tprune.L1Unstructured, amount=fraction)
-    res = prune(model, "magnitude", prune_fraction=fraction, scope="global")
+    res = prune(model, PruneSpec(prune_fraction=fraction, scope="global"))
     for name, (mod, _) in zip(["0.weight", "2.weight", "4.weight"], params):
         assert torch.equal(res.masks[name], mod.weight_mask.bool()), name
     assert res.stats.pruned == round(fraction * res.stats.size)
@@ -46,7 +47,7 @@ def test_global_equals_torch_global_unstructured(fraction: float) -> None:
 
 def test_masks_work_with_custom_from_mask() -> None:
     net = sample_net(NetSpec(widths=(6, 12, 3)), LawSpec(), make_generator(0))
-    res = prune(net, "magnitude", prune_fraction=0.4, scope="global")
+    res = prune(net, PruneSpec(prune_fraction=0.4, scope="global"))
     mod = to_module(net)
     for name, keep in res.masks.items():
         idx = name.split(".")[0]
@@ -82,17 +83,17 @@ def test_same_seed_same_masks_and_weights() -> None:
     b = sample_net(spec, LawSpec(), make_generator(9))
     for wa, wb in zip(a.weights, b.weights):
         assert torch.equal(wa, wb)
-    ra = prune(a, "random", p=0.4, generator=make_generator(1))
-    rb = prune(b, "random", p=0.4, generator=make_generator(1))
+    ra = prune(a, PruneSpec(method="random", p=0.4), generator=make_generator(1))
+    rb = prune(b, PruneSpec(method="random", p=0.4), generator=make_generator(1))
     for n in ra.masks:
         assert torch.equal(ra.masks[n], rb.masks[n])
-    rc = prune(a, "random", p=0.4, generator=make_generator(2))
+    rc = prune(a, PruneSpec(method="random", p=0.4), generator=make_generator(2))
     assert not all(torch.equal(ra.masks[n], rc.masks[n]) for n in ra.masks)
 
 
 def test_layers_of_equal_shape_get_different_random_masks() -> None:
     net = sample_net(NetSpec(widths=(30, 30, 30, 30)), LawSpec(), make_generator(0))
-    res = prune(net, "random", p=0.5, generator=make_generator(3))
+    res = prune(net, PruneSpec(method="random", p=0.5), generator=make_generator(3))
     masks = list(res.masks.values())
     assert not torch.equal(masks[1], masks[2])
 
@@ -100,12 +101,12 @@ def test_layers_of_equal_shape_get_different_random_masks() -> None:
 def test_prune_never_modifies_input_net_or_module() -> None:
     net = sample_net(NetSpec(widths=(5, 20, 3), bias=True), LawSpec(), make_generator(0))
     before = {k: v.clone() for k, v in net.state_dict().items()}
-    prune(net, "magnitude", prune_fraction=0.8)
+    prune(net, PruneSpec(prune_fraction=0.8))
     for k, v in net.state_dict().items():
         assert torch.equal(v, before[k])
     mod = to_module(net)
     sd = {k: v.clone() for k, v in mod.state_dict().items()}
-    res = prune(mod, "random", p=0.5, generator=make_generator(0), rescale=True)
+    res = prune(mod, PruneSpec(method="random", p=0.5, rescale=True), generator=make_generator(0))
     for k, v in mod.state_dict().items():
         assert torch.equal(v, sd[k])
     assert res.model is not mod
@@ -116,7 +117,7 @@ def test_prune_never_modifies_input_net_or_module() -> None:
 def test_rescale_multiplies_survivors() -> None:
     w = torch.randn(50, 40)
     net = Net.from_weights(NetSpec(widths=(40, 50)), [w])
-    res = prune(net, "random", p=0.25, rescale=True, generator=make_generator(0))
+    res = prune(net, PruneSpec(method="random", p=0.25, rescale=True), generator=make_generator(0))
     keep = res.masks["0.weight"]
     assert torch.allclose(res.model.weights[0][keep], w[keep] / 0.75)
     assert torch.all(res.model.weights[0][~keep] == 0)
@@ -126,7 +127,7 @@ def test_relative_threshold_uses_paper_scale() -> None:
     spec = NetSpec(widths=(16, 64, 4))
     law = LawSpec(scale=2.0)
     net = sample_net(spec, law, make_generator(0))
-    res = prune(net, "magnitude", relative_threshold=0.1, law=law)
+    res = prune(net, PruneSpec(relative_threshold=0.1), law=law)
     for name, w, shape in zip(net.names, net.weights, spec.weight_shapes()):
         tau = 0.1 * layer_scale(shape, 2.0)
         assert torch.equal(res.masks[name], w.abs() > tau)
@@ -138,14 +139,16 @@ def test_ensemble_masks_equal_member_masks() -> None:
     gens = [make_generator(s) for s in range(4)]
     ens = sample_net(spec, LawSpec(), gens)
     for scope in ("layerwise", "global"):
-        res = prune(ens, "magnitude", prune_fraction=0.35, scope=scope)
+        res = prune(ens, PruneSpec(prune_fraction=0.35, scope=scope))
         for k in range(4):
-            one = prune(ens.member(k), "magnitude", prune_fraction=0.35, scope=scope)
+            one = prune(ens.member(k), PruneSpec(prune_fraction=0.35, scope=scope))
             for n in one.masks:
                 assert torch.equal(res.masks[n][k], one.masks[n])
-    res = prune(ens, "random", prune_fraction=0.5, scope="global", generator=[make_generator(s) for s in range(4)])
+    res = prune(ens, PruneSpec(method="random", prune_fraction=0.5, scope="global"),
+                generator=[make_generator(s) for s in range(4)])
     for k in range(4):
-        one = prune(ens.member(k), "random", prune_fraction=0.5, scope="global", generator=make_generator(k))
+        one = prune(ens.member(k), PruneSpec(method="random", prune_fraction=0.5, scope="global"),
+                    generator=make_generator(k))
         for n in one.masks:
             assert torch.equal(res.masks[n][k], one.masks[n])
 
@@ -217,22 +220,22 @@ def test_apply_mask_shape_mismatch() -> None:
 def test_bad_levels(kwargs: dict[str, float], match: str) -> None:
     net = sample_net(NetSpec(widths=(3, 4, 2)), LawSpec(), make_generator(0))
     with pytest.raises(ProbPruneError, match=match):
-        prune(net, "magnitude", **kwargs)
+        prune(net, PruneSpec(method="magnitude", **kwargs))
 
 
 def test_bad_random_levels_and_inputs() -> None:
     net = sample_net(NetSpec(widths=(3, 4, 2)), LawSpec(), make_generator(0))
     with pytest.raises(ProbPruneError, match="p=2"):
-        prune(net, "random", p=2, generator=make_generator(0))
+        prune(net, PruneSpec(method="random", p=2), generator=make_generator(0))
     with pytest.raises(ProbPruneError, match="generator"):
-        prune(net, "random", p=0.5)
+        prune(net, PruneSpec(method="random", p=0.5))
     bad = net.with_weights([net.weights[0] * math.nan, net.weights[1]])
     with pytest.raises(ProbPruneError, match="non-finite"):
-        prune(bad, "magnitude", prune_fraction=0.5)
+        prune(bad, PruneSpec(prune_fraction=0.5))
     with pytest.raises(ProbPruneError, match="no prunable layer"):
-        prune(nn.Sequential(nn.ReLU()), "magnitude", prune_fraction=0.5)
+        prune(nn.Sequential(nn.ReLU()), PruneSpec(prune_fraction=0.5))
     with pytest.raises(ProbPruneError, match="not a prunable weight"):
-        prune(net, "magnitude", prune_fraction=0.5, layers=["9.weight"])
+        prune(net, PruneSpec(prune_fraction=0.5), layers=["9.weight"])
 
 
 @pytest.mark.parametrize("shape", [(8, 8 * 2048), (3, 8 * 255 * 2 + 8), (5, 7), (2, 3, 8 * 300), (8 * 255,),
@@ -257,7 +260,7 @@ def test_count_true_on_views_that_start_mid_word() -> None:
 def test_global_magnitude_prune_counts_layers_at_unaligned_offsets() -> None:
     spec = NetSpec(widths=(15, 13, 2048, 10))  # 195 weights, then 26 624 starting at byte 195 of the global mask
     for gens in (make_generator(0), [make_generator(i) for i in range(3)]):
-        res = prune(sample_net(spec, LawSpec(), gens), "magnitude", prune_fraction=0.37, scope="global")
+        res = prune(sample_net(spec, LawSpec(), gens), PruneSpec(prune_fraction=0.37, scope="global"))
         assert [s.pruned for s in res.stats.layers] == [int((~m).sum()) for m in res.masks.values()]
 
 
@@ -269,7 +272,7 @@ def test_layerwise_magnitude_ties_resolved_after_one_readback(n_in: int) -> None
     g = torch.Generator().manual_seed(5)
     ws = [torch.randint(-3, 4, (4, *s), generator=g).float() for s in spec.weight_shapes()]
     ens = Net.from_weights(spec, ws)
-    res = prune(ens, "magnitude", prune_fraction=0.3)
+    res = prune(ens, PruneSpec(prune_fraction=0.3))
     ref = mask_from_scores([w.abs() for w in ws], 0.3, trial_dim=True)
     for (name, keep), want, w in zip(res.masks.items(), ref, ws):
         assert torch.equal(keep, want), name
@@ -279,7 +282,7 @@ def test_layerwise_magnitude_ties_resolved_after_one_readback(n_in: int) -> None
         assert st_.pruned == int((~keep).sum())
         assert st_.threshold == float(w.abs()[~keep].max())
     for k in range(4):
-        one = prune(ens.member(k), "magnitude", prune_fraction=0.3)
+        one = prune(ens.member(k), PruneSpec(prune_fraction=0.3))
         for name in one.masks:
             assert torch.equal(res.masks[name][k], one.masks[name])
 
@@ -391,18 +394,16 @@ def test_prune_equals_slow_reference(spec: PruneSpec, widths: tuple[int, ...], n
     assert [s.size for s in res.stats.layers] == [m.numel() for m in masks]
 
 
-def test_spec_form_equals_keyword_form_and_unknown_fields_are_refused() -> None:
+def test_a_prune_spec_is_the_one_way_to_say_the_rule() -> None:
     net = sample_net(NetSpec(widths=(5, 30, 3)), LawSpec(), [make_generator(s) for s in range(2)])
-    spec = PruneSpec(method="random", scope="global", prune_fraction=0.4)
-    a = prune(net, spec, generator=[make_generator(1), make_generator(2)])
-    b = prune(net, "random", scope="global", prune_fraction=0.4, generator=[make_generator(1), make_generator(2)])
-    assert all(torch.equal(a.masks[n], b.masks[n]) for n in a.masks) and a.stats == b.stats
-    with pytest.raises(ProbPruneError, match="unknown field 'fraction'"):
-        prune(net, "magnitude", fraction=0.5)
-    with pytest.raises(ProbPruneError, match="beside a PruneSpec"):
-        prune(net, spec, prune_fraction=0.5)
+    with pytest.raises(ProbPruneError, match=r"spec must be a PruneSpec, got str \(write PruneSpec\(method='random'"):
+        prune(net, "random", generator=[make_generator(1), make_generator(2)])  # type: ignore[arg-type]
+    with pytest.raises(ProbPruneError, match="spec must be a PruneSpec, got dict"):
+        prune(net, {"prune_fraction": 0.5})  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="fraction"):
+        prune(net, PruneSpec(prune_fraction=0.5), fraction=0.5)  # type: ignore[call-arg]
     with pytest.raises(ProbPruneError, match="prune.method"):
-        prune(net, "largest", prune_fraction=0.5)
+        prune(net, PruneSpec(method="largest", prune_fraction=0.5))  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("fraction", FRACTIONS)
@@ -427,7 +428,7 @@ def test_random_prune_fraction_removes_torch_random_unstructured_count(fraction:
     for mod in ref:
         if isinstance(mod, nn.Linear):
             tprune.random_unstructured(mod, "weight", amount=fraction)
-    res = prune(model, "random", prune_fraction=fraction, generator=make_generator(0))
+    res = prune(model, PruneSpec(method="random", prune_fraction=fraction), generator=make_generator(0))
     for name, mod in zip(["0.weight", "2.weight"], [ref[0], ref[2]]):
         assert int((~res.masks[name]).sum()) == int((mod.weight_mask == 0).sum()), name
 
@@ -437,7 +438,7 @@ def test_random_mask_equals_prune_for_float64_weights() -> None:
     w = torch.randn(40, 30, dtype=torch.float64)
     net = Net.from_weights(NetSpec(widths=(30, 40)), [w])
     for kw in ({"prune_fraction": 0.3}, {"p": 0.3}):
-        want = prune(net, "random", generator=make_generator(6), **kw).masks["0.weight"]  # type: ignore[arg-type]
+        want = prune(net, PruneSpec(method="random", **kw), generator=make_generator(6)).masks["0.weight"]
         assert torch.equal(random_mask(w, make_generator(6), **kw), want)
     with pytest.raises(ProbPruneError, match="give exactly one"):
         random_mask(w, make_generator(6))
@@ -466,7 +467,7 @@ def test_torch_pruned_module_layerwise_equals_torch_repruning(fraction: float) -
     """Re-pruning a torch-pruned module equals torch's own re-pruning (amount = the extra count)."""
     model = _torch_pruned_mlp(int(fraction * 10))
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    res = prune(model, "magnitude", prune_fraction=fraction)
+    res = prune(model, PruneSpec(prune_fraction=fraction))
     ref = _torch_pruned_mlp(int(fraction * 10))
     for i in (0, 2, 4):
         mod = ref[i]
@@ -486,7 +487,7 @@ def test_torch_pruned_module_layerwise_equals_torch_repruning(fraction: float) -
 
 def test_torch_pruned_module_global_equals_torch_global_repruning() -> None:
     model = _torch_pruned_mlp(3)
-    res = prune(model, "magnitude", prune_fraction=0.7, scope="global")
+    res = prune(model, PruneSpec(prune_fraction=0.7, scope="global"))
     ref = _torch_pruned_mlp(3)
     params = [(ref[i], "weight") for i in (0, 2, 4)]
     n = sum(m.weight.numel() for m, _ in params)
@@ -501,14 +502,14 @@ def test_torch_pruned_entries_stay_pruned() -> None:
     """The torch mask is a prior: a smaller prune_fraction keeps it; every rule keeps its removals."""
     model = _torch_pruned_mlp(5)
     torch_keep = {i: model[i].weight_mask.bool() for i in (0, 2)}
-    res = prune(model, "magnitude", prune_fraction=0.1)
+    res = prune(model, PruneSpec(prune_fraction=0.1))
     for i, keep in torch_keep.items():
         assert torch.equal(res.masks[f"{i}.weight"], keep)  # 0.1 < the prior's share: nothing more removed
     assert res.stats.layers[0].pruned == round(0.3 * 240)
     for kw in ({"threshold": 0.05}, {"p": 0.4}):
         method = "magnitude" if "threshold" in kw else "random"
-        r = prune(model, method, generator=make_generator(1), prior={"2.weight": torch.rand(16, 24) > 0.5},
-                  **kw)  # type: ignore[arg-type]
+        r = prune(model, PruneSpec(method=method, **kw), generator=make_generator(1),  # type: ignore[arg-type]
+                  prior={"2.weight": torch.rand(16, 24) > 0.5})
         for i, keep in torch_keep.items():
             assert not (r.masks[f"{i}.weight"] & ~keep).any()
         assert _is_plain(r.model)
@@ -520,7 +521,7 @@ def test_torch_pruned_conv_and_bias_become_plain_parameters() -> None:
     tprune.l1_unstructured(model[0], "weight", amount=0.25)
     tprune.l1_unstructured(model[3], "bias", amount=1)  # biases are never ours to prune, but torch's stay
     x = torch.randn(2, 2, 6, 6)
-    res = prune(model, "magnitude", prune_fraction=0.0)
+    res = prune(model, PruneSpec(prune_fraction=0.0))
     assert _is_plain(res.model)
     assert torch.equal(res.model(x), model(x))
     assert torch.equal(res.masks["0.weight"], model[0].weight_mask.bool())

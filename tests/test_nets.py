@@ -4,9 +4,10 @@ import pytest
 import torch
 from torch import nn
 
-from probprune import LawSpec, NetSpec, ProbPruneError, make_generator, parse_arch, sample_net
-from probprune.config import ExecutionPolicy
+from probprune import LawSpec, NetSpec, ProbPruneError, sample_net
+from probprune.config import ExecutionPolicy, parse_arch
 from probprune.nets import Activation, from_module, from_state_dict, stack, to_module
+from probprune.rng import make_generator
 from probprune.runner.execution import execution, policy_from_env
 from reference import check_batched_equals_reference, forward_one
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from probprune.bounds import certified_gap_bound
-from probprune.config import ExperimentSpec, GapSpec, ProbPruneError, TrainSpec
+from probprune.config import ExperimentSpec, GapSpec, ProbPruneError, PruneSpec, TrainSpec
 from probprune.data import (
     accuracy,
     as_net,
@@ -63,7 +63,7 @@ def test_magnitude_half_keeps_accuracy_and_bound_covers_test_gap(mnist_fc: dict[
     ds, target, x = mnist_fc["ds"], mnist_fc["net"], mnist_fc["x"]
     y = ds.test_labels  # type: ignore[attr-defined]
     dense = accuracy(target, x, y)  # type: ignore[arg-type]
-    pruned = prune(target, "magnitude", prune_fraction=0.5).model  # type: ignore[arg-type]
+    pruned = prune(target, PruneSpec(prune_fraction=0.5)).model  # type: ignore[arg-type]
     assert pruned.n_params() == target.n_params()  # type: ignore[attr-defined]
     acc = accuracy(pruned, x, y)  # type: ignore[arg-type]
     assert abs(acc - dense) <= 0.02, (dense, acc)
@@ -72,7 +72,7 @@ def test_magnitude_half_keeps_accuracy_and_bound_covers_test_gap(mnist_fc: dict[
     radius = float(xx.flatten(1).norm(dim=-1).max())
     t64, p64 = target.to(dtype=torch.float64), pruned.to(dtype=torch.float64)  # type: ignore[attr-defined]
     gaps = (predict(p64, xx) - predict(t64, xx)).norm(dim=-1)
-    upper = float(certified_gap_bound(t64, p64, radius).value)
+    upper = float(certified_gap_bound(t64, p64, radius=radius).value)
     assert upper >= float(gaps.max()) > 0
     # the library's mean test gap agrees with this one, and the empirical sup stays below the bound
     torch.testing.assert_close(float(mean_gap(t64, p64, xx)), float(gaps.mean()), rtol=1e-9, atol=0)

@@ -5,8 +5,9 @@ import math
 import pytest
 import torch
 
-from probprune import LawSpec, NetSpec, ProbPruneError, make_generator, parse_arch, sample_net
-from probprune.config import layer_scale, parse_law
+from probprune import LawSpec, NetSpec, ProbPruneError, sample_net
+from probprune.config import layer_scale, parse_arch, parse_law
+from probprune.rng import make_generator
 from probprune.sampling import layer_scales
 from reference import check_batched_equals_reference
 

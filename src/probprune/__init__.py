@@ -4,15 +4,24 @@ Random and magnitude pruning of fully-connected and convolutional networks, with
 ``sup_{‖x‖≤r} ‖f(x) − F(x)‖`` between pruned network f and target F pinned from both
 sides (empirical lower bound, certified upper bound) and the probabilistic bounds of
 Qian & Klabjan (ICML 2021) with explicit constants (``docs/theory.md``).
+
+The top level is small on purpose: the specs (settings), the network type and its readers/writers, and one
+function per job. Everything else is importable from its own module (``docs/architecture.md`` says where each
+concept lives).
+
+>>> import probprune as pp
+>>> sorted(set(pp.__all__) - {"__version__"})[:3]
+['BallSpec', 'BoundSpec', 'ConvSpec']
 """
 
 import importlib
-from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
 from probprune.config import (
+    BallSpec,
     BoundSpec,
     ConvSpec,
+    ExperimentSpec,
     GapSpec,
     LawSpec,
     MCSpec,
@@ -20,68 +29,77 @@ from probprune.config import (
     ProbPruneError,
     PruneSpec,
     RunConfig,
-    parse_arch,
-    parse_law,
+    TrainSpec,
+    package_version,
 )
 
 if TYPE_CHECKING:
-    from probprune.masks import MaskStats, PruneResult, magnitude_mask, mask_from_scores, prune, random_mask
-    from probprune.nets import Activation, Net, from_module, to_module
+    from probprune.bounds.certified import certified_gap_bound
+    from probprune.bounds.probabilistic import probabilistic_bound
+    from probprune.gap import sup_gap
+    from probprune.masks import prune
+    from probprune.nets import Net, from_module, to_module
     from probprune.nets.onnx import load_onnx, save_onnx
-    from probprune.rng import derive_seed, make_generator
+    from probprune.runner.certify import certify
+    from probprune.runner.verify import run_verify as verify
     from probprune.sampling import sample_net
 
-#: names served lazily (PEP 562): ``import probprune`` (and so the CLI's --help) does not import torch until one
-#: of them is used; the config names above are stdlib-only and eager
-_LAZY = {
-    **dict.fromkeys(("MaskStats", "PruneResult", "magnitude_mask", "mask_from_scores", "prune", "random_mask"),
-                    "probprune.masks"),
-    **dict.fromkeys(("Activation", "Net", "from_module", "to_module"), "probprune.nets"),
-    **dict.fromkeys(("load_onnx", "save_onnx"), "probprune.nets.onnx"),
-    **dict.fromkeys(("derive_seed", "make_generator"), "probprune.rng"),
-    "sample_net": "probprune.sampling",
+#: names served lazily (PEP 562), as (module, attribute): ``import probprune`` (and so the CLI's --help) does not
+#: import torch until one of them is used; the config names above are stdlib-only and eager
+_LAZY: dict[str, tuple[str, str]] = {
+    "Net": ("probprune.nets", "Net"),
+    "from_module": ("probprune.nets", "from_module"),
+    "to_module": ("probprune.nets", "to_module"),
+    "load_onnx": ("probprune.nets.onnx", "load_onnx"),
+    "save_onnx": ("probprune.nets.onnx", "save_onnx"),
+    "sample_net": ("probprune.sampling", "sample_net"),
+    "prune": ("probprune.masks", "prune"),
+    "sup_gap": ("probprune.gap", "sup_gap"),
+    "certified_gap_bound": ("probprune.bounds.certified", "certified_gap_bound"),
+    "probabilistic_bound": ("probprune.bounds.probabilistic", "probabilistic_bound"),
+    "verify": ("probprune.runner.verify", "run_verify"),
+    "certify": ("probprune.runner.certify", "certify"),
 }
 
-try:
-    __version__ = version("probprune")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
-    __version__ = "0+unknown"
+__version__ = package_version("probprune")
 
 __all__ = [
-    "Activation",
+    "BallSpec",
     "BoundSpec",
     "ConvSpec",
+    "ExperimentSpec",
     "GapSpec",
     "LawSpec",
     "MCSpec",
-    "MaskStats",
     "Net",
     "NetSpec",
     "ProbPruneError",
-    "PruneResult",
     "PruneSpec",
     "RunConfig",
+    "TrainSpec",
     "__version__",
-    "derive_seed",
+    "certified_gap_bound",
+    "certify",
     "from_module",
     "load_onnx",
-    "magnitude_mask",
-    "make_generator",
-    "mask_from_scores",
-    "parse_arch",
-    "parse_law",
+    "probabilistic_bound",
     "prune",
-    "random_mask",
     "sample_net",
     "save_onnx",
+    "sup_gap",
     "to_module",
+    "verify",
 ]
 
 
 def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
+    where = _LAZY.get(name)
+    if where is None:
         raise AttributeError(f"module 'probprune' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
+    value = getattr(importlib.import_module(where[0]), where[1])
     globals()[name] = value
     return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

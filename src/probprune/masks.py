@@ -452,17 +452,12 @@ class PruneResult:
 # --------------------------------------------------------------------------- network level
 
 
-def _as_spec(spec: PruneSpec | str, fields: Mapping[str, Any]) -> PruneSpec:
-    """``spec`` itself, or ``PruneSpec(method=spec, **fields)`` (validated there) for a method name."""
-    if isinstance(spec, PruneSpec):
-        if fields:
-            raise ProbPruneError(f"prune: {', '.join(fields)} given beside a PruneSpec; set them in the spec")
-        return spec
-    known = {f.name for f in PruneSpec.__dataclass_fields__.values()} - {"method"}
-    unknown = sorted(set(fields) - known)
-    if unknown:
-        raise ProbPruneError(f"prune: unknown field {unknown[0]!r} (PruneSpec fields: {', '.join(sorted(known))})")
-    return PruneSpec(method=spec, **fields)  # type: ignore[arg-type]
+def _as_spec(spec: PruneSpec) -> PruneSpec:
+    """``spec`` itself, checked to be a :class:`PruneSpec` (the one way to say a pruning rule)."""
+    if not isinstance(spec, PruneSpec):
+        hint = f' (write PruneSpec(method={spec!r}, …))' if isinstance(spec, str) else ""
+        raise ProbPruneError(f"prune: spec must be a PruneSpec, got {type(spec).__name__}{hint}")
+    return spec
 
 
 def _torch_pruned(mod: nn.Module) -> list[str]:
@@ -592,13 +587,12 @@ def _apply(model: Net | nn.Module, masks: Mapping[str, Tensor], scale: float) ->
 
 def prune(
     model: Net | nn.Module,
-    spec: PruneSpec | Literal["magnitude", "random"],
+    spec: PruneSpec,
     *,
     generator: torch.Generator | Sequence[torch.Generator] | None = None,
     law: LawSpec | None = None,
     prior: Mapping[str, Tensor] | None = None,
     layers: Sequence[str] | None = None,
-    **fields: Any,
 ) -> PruneResult:
     """Prune a ``Net`` (single or ensemble) or any ``nn.Module`` by ``spec``; the input is never modified.
 
@@ -613,14 +607,12 @@ def prune(
         model: a :class:`~probprune.nets.Net` (optionally with a trial dim: every member is
             pruned separately) or an ``nn.Module``.
         spec: the rule (:class:`~probprune.config.PruneSpec`: method, scope, one level of
-            ``prune_fraction`` / ``threshold`` / ``relative_threshold`` / ``p``, ``rescale``), or a
-            method name with the other PruneSpec fields as keywords (``fields``).
+            ``prune_fraction`` / ``threshold`` / ``relative_threshold`` / ``p``, ``rescale``).
         generator: required for random pruning; one per member for an ensemble.
         law: required for ``relative_threshold`` (``a_i = K/sqrt(max fan)``).
         prior: earlier keep-masks by name; removed entries stay removed and count towards
             ``prune_fraction`` of the full tensor.
         layers: parameter names to prune (default: all prunable weights).
-        **fields: PruneSpec fields, only with a method name for ``spec``.
 
     Returns:
         :class:`PruneResult` (pruned copy, keep-masks by parameter name, :class:`MaskStats`).
@@ -631,7 +623,7 @@ def prune(
     >>> res.model.weights[0].tolist(), res.stats.sparsity
     ([[0.0, -3.0], [0.0, 2.0]], 0.5)
     """
-    spec = _as_spec(spec, fields)
+    spec = _as_spec(spec)
     if spec.level_name is None:
         raise ProbPruneError("prune: give one level: prune_fraction, threshold, relative_threshold or p")
     if isinstance(model, Net):

@@ -273,7 +273,7 @@ def run_trials(cfg: RunConfig, point: GridPoint, config_hash: str, trials: Seque
     if certify:
         with torch.no_grad():
             # TF32 products (mc.matmul = tf32) round their operands: the bound then covers that forward pass too
-            cb = certified_gap_bound(target, pruned, cfg.gap.radius, tf32=cfg.mc.matmul == "tf32")
+            cb = certified_gap_bound(target, pruned, radius=cfg.gap.radius, tf32=cfg.mc.matmul == "tf32")
         upper = torch.as_tensor(cb.value).detach().to(torch.float64).cpu().reshape(-1)
     else:
         upper = torch.full((len(ts),), math.nan, dtype=torch.float64)

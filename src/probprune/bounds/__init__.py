@@ -1,82 +1,31 @@
-"""Bounds on the gap: operator norms, the certified layerwise bound, probabilistic bounds.
+"""Bounds on the gap, one module per job (``docs/architecture.md``).
 
-Issue 3 (certified side): :mod:`probprune.bounds.norms`, :mod:`probprune.bounds.certified`.
-Issue 4 (probabilistic side) adds its re-exports in the marked block below.
+- :mod:`~probprune.bounds.norms` — operator norms: exact, certified upper values, FFT for convolutions;
+- :mod:`~probprune.bounds.certified` — the layerwise certified bound over ``‖x‖₂ ≤ r`` with its float margin;
+- :mod:`~probprune.bounds.differential` — joint bounds on the difference of the two networks over any ball,
+  certified agreement, the witness search;
+- :mod:`~probprune.bounds.entries`, :mod:`~probprune.bounds.concentration`, :mod:`~probprune.bounds.theorems` —
+  entry statistics, concentration lemmas, the paper's theorems;
+- :mod:`~probprune.bounds.probabilistic` — the public ε(δ) bound and its inverse solvers;
+  :mod:`~probprune.bounds.paper` — the paper's form and the fitted gap exponent;
+- :mod:`~probprune.bounds.graph` — the certified bound on graphs (issue 15).
+
+Re-exported here: the bound of each kind and its result type. Everything else is imported from its module.
 """
 
-from probprune.bounds.certified import (
-    CertifiedBound,
-    LayerTerm,
-    certified_gap_bound,
-    lower_at,
-)
-from probprune.bounds.differential import (
-    AgreementResult,
-    DifferentialBound,
-    GapWitness,
-    certified_agreement,
-    differential_bound,
-    gap_search,
-)
-from probprune.bounds.norms import (
-    NormMethod,
-    NormValue,
-    abs_operator_norm_bound,
-    conv_norm,
-    matrix_norm_bound,
-    operator_norm,
-    power_lower,
-    vector_norm_bound,
-)
+from probprune.bounds.certified import CertifiedBound, certified_gap_bound
+from probprune.bounds.differential import AgreementResult, DifferentialBound, certified_agreement, differential_bound
+from probprune.bounds.probabilistic import Bound, probabilistic_bound, solve_max_prune, solve_min_width
 
 __all__ = [
     "AgreementResult",
+    "Bound",
     "CertifiedBound",
     "DifferentialBound",
-    "GapWitness",
-    "LayerTerm",
-    "NormMethod",
-    "NormValue",
-    "abs_operator_norm_bound",
     "certified_agreement",
     "certified_gap_bound",
-    "conv_norm",
     "differential_bound",
-    "gap_search",
-    "lower_at",
-    "matrix_norm_bound",
-    "operator_norm",
-    "power_lower",
-    "vector_norm_bound",
-]
-
-# ---- probabilistic bounds (issue 4): add imports and extend __all__ below this line ----
-from probprune.bounds.paper import (
-    GapFit,
-    PaperConstants,
-    fit_gap_exponent,
-    implied_constants,
-    paper_min_width,
-)
-from probprune.bounds.probabilistic import (
-    Bound,
-    BoundTerm,
-    probabilistic_bound,
-    solve_max_prune,
-    solve_min_width,
-    theory_exponent,
-)
-
-__all__ += [
-    "Bound",
-    "BoundTerm",
-    "GapFit",
-    "PaperConstants",
-    "fit_gap_exponent",
-    "implied_constants",
-    "paper_min_width",
     "probabilistic_bound",
     "solve_max_prune",
     "solve_min_width",
-    "theory_exponent",
 ]

@@ -347,7 +347,7 @@ def _assumptions(target: Net, radius: float, terms: list[LayerTerm], all_exact: 
     return tuple(out)
 
 
-def certified_gap_bound(target: Net, pruned: Net, radius: float, norm_method: NormMethod = "auto", *,
+def certified_gap_bound(target: Net, pruned: Net, *, radius: float, norm_method: NormMethod = "auto",
                         forward_dtype: torch.dtype | None = None, tf32: bool = False) -> CertifiedBound:
     """Certified upper bound on the gap ``sup_{‖x‖ ≤ r} ‖f(x) − F(x)‖₂`` (module docstring).
 
@@ -377,7 +377,7 @@ def certified_gap_bound(target: Net, pruned: Net, radius: float, norm_method: No
     >>> from probprune.config import NetSpec
     >>> F = Net.from_weights(NetSpec(widths=(2, 2)), [torch.eye(2)])
     >>> f = Net.from_weights(NetSpec(widths=(2, 2)), [torch.diag(torch.tensor([1.0, 0.0]))])
-    >>> b = certified_gap_bound(F, f, 3.0)
+    >>> b = certified_gap_bound(F, f, radius=3.0)
     >>> round(float(b.value - b.rounding_margin), 6)   # ‖D‖·r in exact arithmetic (+ 1e-9 norm margin)
     3.0
     >>> 0 < float(b.rounding_margin) < 1e-5   # + the float32 forward passes' rounding

@@ -295,7 +295,7 @@ def _check_pair(target: Graph, pruned: Graph) -> None:
             raise ProbPruneError(f"certified_graph_gap: node {a.name!r}: parameter names or shapes differ")
 
 
-def certified_graph_gap(target: Graph, pruned: Graph, radius: float) -> GraphBound:
+def certified_graph_gap(target: Graph, pruned: Graph, *, radius: float) -> GraphBound:
     """Certified upper bound on ``sup_{‖x‖₂ ≤ r} ‖f(x) − F(x)‖₂`` for two graphs of one structure.
 
     Args:
@@ -313,7 +313,7 @@ def certified_graph_gap(target: Graph, pruned: Graph, radius: float) -> GraphBou
     >>> from probprune.nets.graph import Graph, Node
     >>> F = Graph([Node("fc", "linear", ("input",), params={"weight": torch.eye(2)})], (2,))
     >>> f = F.with_parameters({"fc.weight": torch.diag(torch.tensor([1.0, 0.0]))})
-    >>> round(certified_graph_gap(F, f, 3.0).value, 6)   # ‖D‖·r
+    >>> round(certified_graph_gap(F, f, radius=3.0).value, 6)   # ‖D‖·r
     3.0
     """
     _check_pair(target, pruned)
@@ -346,7 +346,7 @@ def certified_graph_gap(target: Graph, pruned: Graph, radius: float) -> GraphBou
                       assumptions=assumptions)
 
 
-def search_graph_gap(target: Graph, pruned: Graph, radius: float, *, n_restarts: int = 8, n_steps: int = 200,
+def search_graph_gap(target: Graph, pruned: Graph, *, radius: float, n_restarts: int = 8, n_steps: int = 200,
                      seed: int = 0) -> tuple[float, Tensor]:
     """A lower bound on the gap: projected gradient ascent on ``‖f(x) − F(x)‖²`` over the ball, in float64.
 

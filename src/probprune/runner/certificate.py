@@ -34,7 +34,8 @@ from typing import Any, NoReturn, cast
 
 import torch
 
-from probprune.bounds import CertifiedBound, NormMethod, certified_gap_bound
+from probprune.bounds.certified import CertifiedBound, certified_gap_bound
+from probprune.bounds.norms import NormMethod
 from probprune.bounds.probabilistic import probabilistic_bound
 from probprune.config import (
     GapSpec,
@@ -146,7 +147,7 @@ def _bound64(t64: Net, p64: Net, radius: float, norm_method: NormMethod, forward
     (float32 usually), so the bound's rounding margin is the one of that dtype.
     """
     with torch.no_grad():
-        return certified_gap_bound(t64, p64, radius, norm_method, forward_dtype=forward_dtype)
+        return certified_gap_bound(t64, p64, radius=radius, norm_method=norm_method, forward_dtype=forward_dtype)
 
 
 def _witness(x: torch.Tensor, radius: float) -> torch.Tensor:

@@ -49,15 +49,15 @@ from probprune.bounds.differential import (
     differential_bound,
     gap_search,
 )
-from probprune.config import DATASETS, BallSpec, CertifyJob, NetSpec, ProbPruneError, parse_arch
+from probprune.config import DATASETS, BallSpec, CertifyJob, CertifyNorm, NetSpec, ProbPruneError, PruneSpec, parse_arch
 from probprune.data import dataset_status, inputs_for, load_dataset
 from probprune.nets import Net, check_pair
 from probprune.nets.onnx import load_onnx
 from probprune.runner.prune import check_output_paths, load_net
 from probprune.store import atomic_write_text
 
-__all__ = ["CertifyOutcome", "MaxPruneOutcome", "MaxPruneSolve", "check_job", "check_solve", "layerwise_radius",
-           "load_inputs", "load_pair", "run_certify", "run_max_prune", "summarize_rows"]
+__all__ = ["CertifyOutcome", "MaxPruneOutcome", "MaxPruneSolve", "certify", "check_job", "check_solve",
+           "layerwise_radius", "load_inputs", "load_pair", "run_certify", "run_max_prune", "summarize_rows"]
 
 Progress = Callable[[int, int], None]
 
@@ -239,15 +239,15 @@ def summarize_rows(rows: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def _chunk_rows(target: Net, pruned: Net, x: Tensor, y: Tensor | None, start: int, job: CertifyJob,
-                gen: torch.Generator) -> list[dict[str, Any]]:
-    ball = BallSpec(radius=float(job.radius), norm=job.norm, box=job.clip)  # type: ignore[arg-type]
-    radii = layerwise_radius(x, float(job.radius), job.norm, job.clip)
-    lay = [float(certified_gap_bound(target, pruned, float(r)).value) for r in radii.tolist()]
-    low = gap_search(target, pruned, ball, gen, centres=x, n_restarts=job.n_restarts, n_steps=job.n_steps)
+def _chunk_rows(target: Net, pruned: Net, x: Tensor, y: Tensor | None, start: int, ball: BallSpec,
+                budget: tuple[int, int], gen: torch.Generator) -> list[dict[str, Any]]:
+    n_restarts, n_steps = budget
+    radii = layerwise_radius(x, ball.radius, ball.norm, ball.box)
+    lay = [float(certified_gap_bound(target, pruned, radius=float(r)).value) for r in radii.tolist()]
+    low = gap_search(target, pruned, ball, gen, centres=x, n_restarts=n_restarts, n_steps=n_steps)
     # one propagation gives both the agreement margins and the differential gap bound
     agr = certified_agreement(target, pruned, ball, centres=x, generator=gen,
-                              n_restarts=max(1, job.n_restarts // 2), n_steps=max(1, job.n_steps // 2))
+                              n_restarts=max(1, n_restarts // 2), n_steps=max(1, n_steps // 2))
     diff = cast(DifferentialBound, agr.bound)
     t64, p64 = target.to(dtype=torch.float64), pruned.to(dtype=torch.float64)
     with torch.no_grad():
@@ -313,26 +313,92 @@ def run_certify(job: CertifyJob, progress: Progress | None = None, write: bool =
     if target.spec.kind != "fcn":  # the differential bound's own refusal, passed on
         differential_bound(target, pruned, BallSpec(radius=float(job.radius)))
     x, y, note = load_inputs(job, target.spec)
-    if job.clip is not None and not bool(((x >= job.clip[0]) & (x <= job.clip[1])).all()):
-        bad = int(((x < job.clip[0]) | (x > job.clip[1])).any(1).nonzero()[0, 0])
-        raise ProbPruneError(f"clip={job.clip!r}: input {bad} lies outside the box")
+    out = certify(target, pruned, x, radius=float(job.radius), norm=job.norm, clip=job.clip, labels=y,
+                  seed=job.seed, n_restarts=job.n_restarts, n_steps=job.n_steps, batch_size=job.batch_size,
+                  progress=progress, inputs=note)
+    if write and job.out is not None:
+        write_rows(job.out, out.rows, out.summary)
+    return out
+
+
+def certify(target: Net, pruned: Net, centres: Tensor, *, radius: float, norm: CertifyNorm = "l2",
+            clip: tuple[float, float] | None = None, labels: Tensor | None = None, seed: int = 0,
+            n_restarts: int = 8, n_steps: int = 100, batch_size: int = 25, progress: Progress | None = None,
+            inputs: str = "centres as given") -> CertifyOutcome:
+    """The local sandwich and certified agreement of ``pruned`` (f) against ``target`` (F) around each centre.
+
+    The Python form of ``probprune certify`` (the module docstring says what each row holds): for every row
+    ``c`` of ``centres`` and the ball ``{x : ‖x − c‖ ≤ radius} ∩ box`` (``norm`` ``"l2"`` or ``"linf"``, the box
+    ``clip``), a certified upper bound on ``sup ‖f(x) − F(x)‖₂`` (the minimum of the differential and the
+    layerwise bound, both valid), a witnessed lower bound, and the agreement verdict. A centre of 0 is the
+    paper's ball around the origin.
+
+    Args:
+        target: F, one network (no trial dim), fully connected.
+        pruned: f, the same architecture.
+        centres: ``[N, d]`` inputs (any float dtype; used in float64), inside ``clip`` when given.
+        radius: the ball's radius r > 0.
+        norm: ``"l2"`` or ``"linf"``.
+        clip: ``(lo, hi)``: the box the inputs live in, intersected with every ball; or ``None``.
+        labels: ``[N]`` integer labels (for the two nets' accuracies), or ``None``.
+        seed: randomness of the gap search and the agreement attack.
+        n_restarts, n_steps: gap search budget; the agreement attack gets half of each (at least 1).
+        batch_size: centres per chunk (one progress step each).
+        progress: called with (centres done, total) after each chunk.
+        inputs: a note on what the centres are (kept in the outcome).
+
+    Returns:
+        :class:`CertifyOutcome`: rows (one per centre, keys as ``--json`` writes them) and their summary.
+
+    >>> from probprune.config import NetSpec, LawSpec
+    >>> from probprune.sampling import sample_net
+    >>> from probprune.rng import make_generator
+    >>> F = sample_net(NetSpec(widths=(4, 8, 3), bias=True), LawSpec(), make_generator(0))
+    >>> out = certify(F, F, torch.zeros(2, 4), radius=0.1, n_steps=5, n_restarts=1)
+    >>> out.summary["certified_agreement"], out.summary["max_upper"]
+    (1.0, 0.0)
+    """
+    BallSpec(radius=radius, norm=norm)  # validates radius and norm
+    check_pair(target, pruned)
+    if target.n_trials is not None:
+        raise ProbPruneError(f"target: one network expected, got an ensemble of {target.n_trials}")
+    for name, v in (("n_restarts", n_restarts), ("n_steps", n_steps), ("batch_size", batch_size)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ProbPruneError(f"{name}={v!r}: must be an integer >= 1")
+    d = target.spec.widths[0]
+    if not isinstance(centres, Tensor) or centres.dim() != 2 or centres.shape[1] != d:
+        shape = tuple(centres.shape) if isinstance(centres, Tensor) else type(centres).__name__
+        raise ProbPruneError(f"centres: expected a tensor [N, {d}], got {shape}")
+    x = centres.detach().to(device="cpu", dtype=torch.float64)
+    if x.shape[0] == 0:
+        raise ProbPruneError("centres: no rows (give at least one centre)")
+    if not bool(torch.isfinite(x).all()):
+        raise ProbPruneError("centres: contain NaN or inf")
+    if labels is not None and (not isinstance(labels, Tensor) or labels.shape != (x.shape[0],)):
+        raise ProbPruneError(f"labels: expected a tensor [{x.shape[0]}], got "
+                             f"{tuple(labels.shape) if isinstance(labels, Tensor) else type(labels).__name__}")
+    if clip is not None and not bool(((x >= clip[0]) & (x <= clip[1])).all()):
+        bad = int(((x < clip[0]) | (x > clip[1])).any(1).nonzero()[0, 0])
+        raise ProbPruneError(f"clip={clip!r}: input {bad} lies outside the box")
+    # the centres are passed per chunk (they override the spec's centre); the spec's own centre is the first one,
+    # so that a box that holds every centre but not 0 is accepted
+    ball = BallSpec(radius=radius, norm=norm, box=clip,
+                    centre=None if clip is None else tuple(float(v) for v in x[0].tolist()))
     t0 = time.perf_counter()
-    gen = torch.Generator().manual_seed(job.seed)
+    gen = torch.Generator().manual_seed(seed)
     rows: list[dict[str, Any]] = []
     n = x.shape[0]
     if progress is not None:
         progress(0, n)
-    for start in range(0, n, job.batch_size):
-        rows += _chunk_rows(target, pruned, x[start:start + job.batch_size],
-                            None if y is None else y[start:start + job.batch_size], start, job, gen)
+    for start in range(0, n, batch_size):
+        rows += _chunk_rows(target, pruned, x[start:start + batch_size],
+                            None if labels is None else labels[start:start + batch_size], start, ball,
+                            (n_restarts, n_steps), gen)
         if progress is not None:
             progress(len(rows), n)
-    seconds = time.perf_counter() - t0
     summary = summarize_rows(rows)
-    summary["seconds"] = seconds
-    if write and job.out is not None:
-        write_rows(job.out, rows, summary)
-    return CertifyOutcome(rows, summary, note, target.spec)
+    summary["seconds"] = time.perf_counter() - t0
+    return CertifyOutcome(rows, summary, inputs, target.spec)
 
 
 # ---------------------------------------------------------------------------------------- max-prune
@@ -390,8 +456,8 @@ def _level_row(target: Net, x: Tensor, y: Tensor | None, frac: float, job: Certi
 
     t0 = time.perf_counter()
     gen = torch.Generator().manual_seed(job.seed)
-    pruned = cast(Net, prune(target, cast(Any, solve.method), prune_fraction=frac, scope=cast(Any, solve.scope),
-                             generator=gen if solve.method == "random" else None).model)
+    rule = PruneSpec(method=cast(Any, solve.method), prune_fraction=frac, scope=cast(Any, solve.scope))
+    pruned = cast(Net, prune(target, rule, generator=gen if solve.method == "random" else None).model)
     ball = BallSpec(radius=float(job.radius), norm=job.norm, box=job.clip)  # type: ignore[arg-type]
     agr = certified_agreement(target, pruned, ball, centres=x, generator=torch.Generator().manual_seed(job.seed),
                               n_restarts=max(1, job.n_restarts // 2), n_steps=max(1, job.n_steps // 2),

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from probprune.bounds import certified_gap_bound
-from probprune.config import ExecutionPolicy, ExperimentSpec, GapSpec, ProbPruneError, TrainSpec
+from probprune.config import ExecutionPolicy, ExperimentSpec, GapSpec, ProbPruneError, PruneSpec, TrainSpec
 from probprune.data import (
     as_net,
     init_module,
@@ -123,7 +123,7 @@ def evaluate_pruned(target: Net, pruned: Net, x_test: Tensor, y_test: Tensor, ta
     logits = predict(pruned, x_test)
     acc = float((logits.argmax(dim=-1) == y_test).double().mean())
     diff = (logits.double() - target_logits.double()).norm(dim=-1)
-    upper = certified_gap_bound(target, pruned, radius)
+    upper = certified_gap_bound(target, pruned, radius=radius)
     est = sup_gap(target, pruned, GapSpec(radius=radius, n_points=gap.n_points, n_restarts=gap.n_restarts,
                                           n_steps=gap.n_steps, step_size=gap.step_size), generator,
                   workers=workers)
@@ -264,8 +264,8 @@ def _one_setting(spec: ExperimentSpec, model: str, seed: int, target: Net, metho
                  radius: float, gap_budget: GapSpec, workers: Executor | None = None) -> dict[str, Any]:
     stream = ("dense",) if f == 0.0 else (method, scope, round(f, 6))
     mask_gen = make_generator(derive_seed(f"experiment:{spec.dataset}", model, seed, *stream, "mask"))
-    res = prune(target, method, prune_fraction=f, scope=scope,  # type: ignore[arg-type]
-                generator=mask_gen if method == "random" else None)
+    rule = PruneSpec(method=method, prune_fraction=f, scope=scope)  # type: ignore[arg-type]
+    res = prune(target, rule, generator=mask_gen if method == "random" else None)
     pruned: Net = res.model
     if ft:
         g = make_generator(derive_seed(f"experiment:{spec.dataset}", model, seed, *stream, "finetune"))

@@ -103,7 +103,7 @@ def gap_sandwich(target: Net, pruned: Net, gap: GapSpec, seed: int = 0, norm_met
     g = make_generator(derive_seed("gap", seed, "estimator"), target.device)
     with torch.no_grad(), execution() as ex:  # the search's forward passes on single-threaded workers
         if bound is None:
-            bound = certified_gap_bound(target, pruned, gap.radius, norm_method)
+            bound = certified_gap_bound(target, pruned, radius=gap.radius, norm_method=norm_method)
         elif bound.radius != gap.radius or tuple(bound.value.shape) != \
                 (() if target.n_trials is None else (target.n_trials,)):
             raise ProbPruneError(f"bound: computed for radius {bound.radius!r} and shape {tuple(bound.value.shape)}, "
