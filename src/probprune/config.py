@@ -61,6 +61,7 @@ __all__ = [
     "default_config",
     "from_dict",
     "hash_kind",
+    "json_safe",
     "layer_scale",
     "load_toml",
     "package_version",
@@ -87,6 +88,24 @@ MIN_DELTA = 1e-300
 
 class ProbPruneError(ValueError):
     """The one error type of probprune: its message names the field and the bad value."""
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with every non-finite float replaced by a string: ``"inf"``, ``"-inf"`` or ``"nan"``.
+
+    Strict JSON has no Infinity or NaN; a bound that is infinite (no finite certificate) is
+    reported as the string ``"inf"`` so that every ``--json`` document parses everywhere.
+
+    >>> json_safe({"upper": float("inf"), "xs": [1.0, float("nan")]})
+    {'upper': 'inf', 'xs': [1.0, 'nan']}
+    """
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
 
 
 def package_version(name: str, missing: str = "0+unknown") -> str:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import inspect
 import io
 import json
-import math
 import sys
 import time
 from collections.abc import Callable
@@ -20,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from probprune.config import ProbPruneError, config_hash, package_version
+from probprune.config import ProbPruneError, config_hash, json_safe, package_version
 
 __all__ = [
     "TERMS",
@@ -154,24 +153,6 @@ err_console: Console = _TableConsole(stderr=True, highlight=False)
 def fail(message: str) -> None:
     """Raise the project's error (the entry point prints one line and exits 2)."""
     raise ProbPruneError(message)
-
-
-def json_safe(value: Any) -> Any:
-    """``value`` with every non-finite float replaced by a string: ``"inf"``, ``"-inf"`` or ``"nan"``.
-
-    Strict JSON has no Infinity or NaN; a bound that is infinite (no finite certificate) is
-    reported as the string ``"inf"`` so that every ``--json`` document parses everywhere.
-
-    >>> json_safe({"upper": float("inf"), "xs": [1.0, float("nan")]})
-    {'upper': 'inf', 'xs': [1.0, 'nan']}
-    """
-    if isinstance(value, float) and not math.isfinite(value):
-        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    return value
 
 
 def emit_json(doc: Any) -> None:

@@ -49,7 +49,17 @@ from probprune.bounds.differential import (
     differential_bound,
     gap_search,
 )
-from probprune.config import DATASETS, BallSpec, CertifyJob, CertifyNorm, NetSpec, ProbPruneError, PruneSpec, parse_arch
+from probprune.config import (
+    DATASETS,
+    BallSpec,
+    CertifyJob,
+    CertifyNorm,
+    NetSpec,
+    ProbPruneError,
+    PruneSpec,
+    json_safe,
+    parse_arch,
+)
 from probprune.data import dataset_status, inputs_for, load_dataset
 from probprune.nets import Net, check_pair
 from probprune.nets.onnx import load_onnx
@@ -281,15 +291,7 @@ def write_rows(path: str, rows: list[dict[str, Any]], summary: dict[str, Any]) -
     import json
 
     if Path(path).suffix.lower() == ".json":
-        def safe(v: Any) -> Any:
-            if isinstance(v, float) and not math.isfinite(v):
-                return "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")
-            if isinstance(v, dict):
-                return {k: safe(w) for k, w in v.items()}
-            if isinstance(v, list):
-                return [safe(w) for w in v]
-            return v
-        text = json.dumps(safe({"rows": rows, "summary": summary}), indent=2, sort_keys=True, allow_nan=False)
+        text = json.dumps(json_safe({"rows": rows, "summary": summary}), indent=2, sort_keys=True, allow_nan=False)
     else:
         buf = io.StringIO()
         w = csv.DictWriter(buf, fieldnames=list(rows[0].keys()) if rows else ["index"], lineterminator="\n")
