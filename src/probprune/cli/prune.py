@@ -17,16 +17,26 @@ ArchOpt = Annotated[Optional[str], typer.Option("--arch", help="Architecture, e.
                                                 ".onnx model; if given, it must match).")]
 
 
-def _prune_job(config: str | None, sets: list[str] | None, flags: dict[str, Any]) -> tuple[PruneJob, dict[str, Any]]:
+def _prune_job(config: str | None, sets: list[str] | None,
+               flags: dict[str, Any]) -> tuple[PruneJob | None, dict[str, Any]]:
     """The job from the one resolver (``--config``, the flags of :data:`PRUNE_FLAGS`, ``--set``) and the models
-    read on the way (``weights`` → ONNX model)."""
+    read on the way (``weights`` → ONNX model); no job and ``{"graph": GraphModelFound}`` for an ONNX graph
+    the chain reader refuses (:mod:`probprune.runner.graph`)."""
+    from probprune.runner.graph import GraphModelFound
+
     loaded: dict[str, Any] = {}
 
     def rule(data: dict[str, Any], _: Any) -> None:
         data.setdefault("prune", {})  # no level given: the job's own refusal names the flags to use
 
-    job: PruneJob = resolve(PruneJob, table=PRUNE_FLAGS, flags=flags, config=config, sets=list(sets or []),
-                            groups=(rule, model_net(("weights",), loaded)))
+    try:
+        job: PruneJob = resolve(PruneJob, table=PRUNE_FLAGS, flags=flags, config=config, sets=list(sets or []),
+                                groups=(rule, model_net(("weights",), loaded)))
+    except GraphModelFound as found:
+        if config is not None or sets:
+            raise ProbPruneError("config: --config/--set are not supported for ONNX graph models yet "
+                                 f"({found.name}={found.model.path!r}); give the options as flags") from None
+        return None, {"graph": found}
     return job, loaded
 
 
@@ -104,20 +114,14 @@ def prune_cmd(
 
     if certificate is not None and not certificate.endswith(".json"):
         raise ProbPruneError(f"certificate={certificate!r}: must end in .json")
-    from probprune.runner.graph import GraphModelFound
-
     flags = dict(arch=arch, weights=weights, law=law, seed=seed, activation=activation, bias=bias, method=method,
                  scope=scope, prune_fraction=prune_fraction, threshold=threshold,
                  relative_threshold=relative_threshold, p=p, rescale=rescale, out=out, save_target=save_target,
                  device=device)
-    try:
-        job, loaded = _prune_job(config, sets, flags)
-    except GraphModelFound as found:  # an ONNX graph the chain reader refuses: the graph path
-        if config is not None or sets:
-            raise ProbPruneError("config: --config/--set are not supported for ONNX graph models yet "
-                                 f"({found.name}={found.model.path!r}); give the options as flags") from None
-        _graph_prune(found, flags, as_json, dry_run, verbose, radius if gap else None, certificate, delta)
-        return
+    job, loaded = _prune_job(config, sets, flags)
+    if job is None:  # an ONNX graph the chain reader refuses: the graph path
+        return _graph_prune(loaded["graph"], flags, as_json, dry_run, verbose, radius if gap else None, certificate,
+                            delta)
     _check_certificate(certificate, delta, job)
     check_prune_job(job)
     gap_spec = GapSpec(radius=radius) if gap else None
@@ -189,7 +193,7 @@ def _graph_prune(found: Any, flags: dict[str, Any], as_json: bool, dry_run: bool
                  radius: float | None, certificate: str | None, delta: float | None) -> None:
     """``prune`` on an ONNX graph (:mod:`probprune.runner.graph`): prune, optionally the sandwich, write ``--out``."""
     from probprune.config import PruneSpec
-    from probprune.runner.graph import check_graph_prune, graph_sandwich, run_graph_prune, write_graph
+    from probprune.runner.graph import GRAPH_NOTE, check_graph_prune, graph_sandwich, run_graph_prune, write_graph
     from probprune.runner.prune import check_output_paths
 
     model = found.model
@@ -224,5 +228,7 @@ def _graph_prune(found: Any, flags: dict[str, Any], as_json: bool, dry_run: bool
 
         for table in graph_sandwich_tables(sw):
             console.print(table)
+        console.print("* certified upper value; assumptions: " + "; ".join(sw.bound.assumptions) + "; "
+                      + GRAPH_NOTE, markup=False)
     if flags.get("out"):
         console.print(f"pruned model written to {flags['out']}", markup=False, soft_wrap=True)
