@@ -49,7 +49,7 @@ def _naive(widths: list[int], n_points: int, n_trials: int, frac: float, threads
     from torch import nn
     from torch.nn.utils import prune as tprune
 
-    from probprune.montecarlo import matmul_precision
+    from probprune.runner.execution import matmul_precision
 
     torch.set_num_threads(threads)
     k_scale = math.sqrt(6.0)
@@ -86,13 +86,12 @@ def _naive(widths: list[int], n_points: int, n_trials: int, frac: float, threads
 
 def _ours(widths: list[int], n_points: int, n_trials: int, frac: float, threads: int, chunk: int,
           device: str = "cpu", matmul: str = "fp32", profile: bool = False, forward: str = "auto") -> dict[str, Any]:
-    import os
-
     import torch
 
-    from probprune.config import GapSpec, MCSpec, NetSpec, PruneSpec, RunConfig, config_hash
+    from probprune.config import ExecutionPolicy, GapSpec, MCSpec, NetSpec, PruneSpec, RunConfig, config_hash
     from probprune.gap import sup_gap
-    from probprune.montecarlo import expand_grid, matmul_precision, probe_generator, prune_ensemble, sample_ensemble
+    from probprune.montecarlo import expand_grid, probe_generator, prune_ensemble, sample_ensemble
+    from probprune.runner.execution import execution
 
     torch.set_num_threads(threads)
     cfg = RunConfig(net=NetSpec(widths=tuple(widths)), prunes=(PruneSpec(method="magnitude", prune_fraction=frac),),
@@ -101,8 +100,8 @@ def _ours(widths: list[int], n_points: int, n_trials: int, frac: float, threads:
     h = config_hash(cfg)
     point = expand_grid(cfg)[0]
     phases = {"sample": 0.0, "prune": 0.0, "gap": 0.0}
-    old_forward = os.environ.get("PROBPRUNE_FORWARD")
-    os.environ["PROBPRUNE_FORWARD"] = forward  # nets.Net.forward: batched products or member by member
+    # nets.Net.forward: batched products or member by member (what run_verify hands the engine)
+    policy = ExecutionPolicy(forward=forward, threads=threads, matmul=matmul)  # type: ignore[arg-type]
 
     def mark(name: str, since: float) -> float:
         if profile:  # synchronising costs overlap, so only when asked
@@ -118,20 +117,17 @@ def _ours(widths: list[int], n_points: int, n_trials: int, frac: float, threads:
     for s in range(0, n_trials, chunk):
         trials = list(range(s, min(n_trials, s + chunk)))
         t = t0 if s == 0 else time.perf_counter()
-        with torch.no_grad(), matmul_precision(matmul):
-            target = sample_ensemble(cfg, point, h, trials)
+        with torch.no_grad(), execution(policy) as ex:
+            target = sample_ensemble(cfg, point, h, trials, workers=ex.workers)
             t = mark("sample", t)
             pruned, _ = prune_ensemble(cfg, point, h, trials, target)
             t = mark("prune", t)
-            est = sup_gap(target, pruned, cfg.gap, probe_generator(h, point.index, "gap", device))
+            est = sup_gap(target, pruned, cfg.gap, probe_generator(h, point.index, "gap", device),
+                          policy=ex.policy, workers=ex.workers)
             gaps.extend(est.value.tolist())
             mark("gap", t)
         del target, pruned, est
     dt = time.perf_counter() - t0
-    if old_forward is None:
-        del os.environ["PROBPRUNE_FORWARD"]
-    else:
-        os.environ["PROBPRUNE_FORWARD"] = old_forward
     out: dict[str, Any] = {"seconds": dt, "gap_mean": sum(gaps) / len(gaps)}
     if profile:
         out["phases"] = phases
@@ -142,7 +138,7 @@ def _gemm(n: int, threads: int, reps: int = 5, device: str = "cpu", kind: str = 
     """Best of ``reps`` n×n @ n×n products: ``fp32`` (TF32 off), ``tf32`` or ``bf16``."""
     import torch
 
-    from probprune.montecarlo import matmul_precision
+    from probprune.runner.execution import matmul_precision
 
     torch.set_num_threads(threads)
     dtype = torch.bfloat16 if kind == "bf16" else torch.float32

@@ -13,18 +13,18 @@ import pytest
 import torch
 
 from probprune.bounds import certified_gap_bound
-from probprune.config import GapSpec, MCSpec, NetSpec, PruneSpec, RunConfig, config_hash
+from probprune.config import ExecutionPolicy, GapSpec, MCSpec, NetSpec, PruneSpec, RunConfig, config_hash
 from probprune.gap import mean_gap, sup_gap
 from probprune.masks import prune
 from probprune.montecarlo import (
     expand_grid,
-    matmul_precision,
     probe_generator,
     prune_ensemble,
     run_trials,
     sample_ensemble,
 )
 from probprune.nets import Net
+from probprune.runner.execution import matmul_precision
 from probprune.runner.verify import run_verify
 from probprune.store.runs import read_points, read_trials
 
@@ -140,7 +140,7 @@ def test_tf32_verify_runs(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("bias", [False, True])
-def test_member_loop_forward_on_cuda_equals_batched_and_cpu(bias: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_member_loop_forward_on_cuda_equals_batched_and_cpu(bias: bool) -> None:
     # at 4096 points × 2048 wide layers Net.forward runs member by member with the ReLU in the
     # cuBLASLt epilogue; it must agree with the batched products and with float64 on the CPU
     from probprune import LawSpec, sample_net
@@ -153,10 +153,8 @@ def test_member_loop_forward_on_cuda_equals_batched_and_cpu(bias: bool, monkeypa
     x = x / x.norm(dim=1, keepdim=True)
     ref = ens.to("cpu", torch.float64)(x.cpu().double())
     with torch.no_grad(), matmul_precision("fp32"):
-        monkeypatch.setenv("PROBPRUNE_FORWARD", "auto")
-        auto = ens(x)
-        monkeypatch.setenv("PROBPRUNE_FORWARD", "batched")
-        batched = ens(x)
+        auto = ens(x, policy=ExecutionPolicy(forward="auto"))
+        batched = ens(x, policy=ExecutionPolicy(forward="batched"))
     scale = ref.abs().max()
     assert float((auto.cpu().double() - ref).abs().max() / scale) < 1e-4
     assert float((batched.cpu().double() - ref).abs().max() / scale) < 1e-4

@@ -237,20 +237,6 @@ def test_law_and_prune_specs_are_honoured() -> None:
     assert abs(sum(r.sparsity for r in rows) / 8 - 0.5) < 0.1  # 8·96 Bernoulli(0.5) draws: sd ≈ 0.018
 
 
-def test_matmul_precision_sets_and_restores_the_tf32_flags() -> None:
-    from probprune.montecarlo import matmul_precision
-    before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    with matmul_precision("tf32"):
-        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
-        with matmul_precision("fp32"):
-            assert not torch.backends.cuda.matmul.allow_tf32
-        assert torch.backends.cuda.matmul.allow_tf32
-    assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == before
-    with pytest.raises(ProbPruneError, match="matmul"):
-        with matmul_precision("bf16"):
-            pass
-
-
 def test_tf32_trials_get_a_bound_that_covers_tf32_products() -> None:
     # under mc.matmul = tf32 the gap search may run on TF32 tensor cores: the certified value must cover that
     # forward pass (a wider rounding margin), or a TF32 lower value could exceed it

@@ -5,9 +5,10 @@ import torch
 from torch import nn
 
 from probprune import LawSpec, NetSpec, ProbPruneError, sample_net
-from probprune.config import parse_arch
+from probprune.config import ExecutionPolicy, parse_arch
 from probprune.nets import Activation, from_module, from_state_dict, stack, to_module
 from probprune.rng import make_generator
+from probprune.runner.execution import execution, policy_from_env
 from reference import check_batched_equals_reference, forward_one
 
 ARCHS = [
@@ -63,40 +64,40 @@ def test_member_loop_forward_equals_batched(act: str, bias: bool, monkeypatch: p
     ens = sample_net(spec, LawSpec(), [make_generator(s) for s in range(3)], dtype=torch.float64)
     shared = torch.randn(1300, 6, dtype=torch.float64)
     per = torch.randn(3, 1300, 6, dtype=torch.float64)
-    with torch.no_grad():
+    members, batched = ExecutionPolicy(forward="members"), ExecutionPolicy(forward="batched")
+    with torch.no_grad(), execution(ExecutionPolicy(threads=1)) as ex1:
         outs = {}
-        for mode in ("members", "batched"):
-            monkeypatch.setenv("PROBPRUNE_FORWARD", mode)
-            outs[mode] = (ens(shared), ens(per))
+        for mode, pol in (("members", members), ("batched", batched)):
+            outs[mode] = (ens(shared, policy=pol, workers=ex1.workers), ens(per, policy=pol, workers=ex1.workers))
     for a, b in zip(outs["members"], outs["batched"]):
         assert a.shape == b.shape == (3, 1300, 3)
         assert torch.allclose(a, b, atol=1e-10, rtol=1e-10)
-    # each row block is computed by one thread: a member's outputs do not depend on the ensemble
-    # size (how trials are chunked) or on the thread count
-    monkeypatch.setenv("PROBPRUNE_FORWARD", "members")
+    # each row block is computed by one single-threaded worker: a member's outputs do not depend
+    # on the ensemble size (how trials are chunked) or on the thread count
     sub = stack([ens.member(2), ens.member(0)])
     threads = torch.get_num_threads()
-    try:
-        with torch.no_grad():
-            torch.set_num_threads(2)
-            two = sub(shared)
-            torch.set_num_threads(1)
-            one = sub(shared)
-    finally:
-        torch.set_num_threads(threads)
+    with torch.no_grad():
+        with execution(ExecutionPolicy(forward="members", threads=2)) as ex:
+            two = sub(shared, policy=ex.policy, workers=ex.workers)
+        with execution(ExecutionPolicy(forward="members", threads=1)) as ex:
+            one = sub(shared, policy=ex.policy, workers=ex.workers)
     assert torch.get_num_threads() == threads
     assert torch.equal(two[0], outs["members"][0][2]) and torch.equal(two[1], outs["members"][0][0])
     assert torch.equal(one, two)
     # with autograd the batched form runs (and gradients flow)
     x = shared[:7].clone().requires_grad_(True)
-    ens(x).sum().backward()
+    ens(x, policy=members).sum().backward()
     assert x.grad is not None and x.grad.shape == (7, 6)
+    # the knob is read by the runner, once, into the policy; the core never reads the environment
     monkeypatch.setenv("PROBPRUNE_FORWARD", "fast")
     with pytest.raises(ProbPruneError, match="PROBPRUNE_FORWARD='fast'"):
-        ens(shared)
-    monkeypatch.setenv("PROBPRUNE_FORWARD", "members")
+        policy_from_env()
+    with torch.no_grad():
+        assert torch.equal(ens(shared, policy=members), ens(shared, policy=members, workers=None))
+    with pytest.raises(ProbPruneError, match="execution.forward='fast'"):
+        ExecutionPolicy(forward="fast")  # type: ignore[arg-type]
     with pytest.raises(ProbPruneError, match="trial dim 2"):
-        ens(per[:2])
+        ens(per[:2], policy=members)
 
 
 def test_activation_constants() -> None:

@@ -31,6 +31,7 @@ __all__ = [
     "EXECUTION_FIELDS",
     "EXPERIMENT_EPOCHS",
     "EXPERIMENT_PRUNE_FRACTIONS",
+    "FORWARDS",
     "HASH_RULE",
     "MAX_SEED",
     "MIN_DELTA",
@@ -41,6 +42,7 @@ __all__ = [
     "BoundSpec",
     "CertifyJob",
     "ConvSpec",
+    "ExecutionPolicy",
     "ExperimentSpec",
     "GapJob",
     "GapSpec",
@@ -110,6 +112,9 @@ Scope = Literal["layerwise", "global"]
 PaddingMode = Literal["zeros", "circular"]
 Dtype = Literal["float32", "float64"]
 Matmul = Literal["fp32", "tf32"]
+Forward = Literal["auto", "batched", "members"]
+#: The forms of an ensemble forward (:class:`ExecutionPolicy`).
+FORWARDS: tuple[str, ...] = get_args(Forward)
 
 
 def _fail(name: str, value: Any, why: str) -> ProbPruneError:
@@ -674,6 +679,40 @@ class MCSpec:
             raise _fail("mc.matmul", self.matmul, f"TF32 products need mc.dtype = float32 (got {self.dtype})")
         _check_real("mc.confidence", self.confidence, 0.0, 1.0, lo_open=True, hi_open=True)
         _check_real("mc.eps_scale", self.eps_scale, 0.0, lo_open=True)
+
+
+@dataclass(frozen=True)
+class ExecutionPolicy:
+    """How the core executes (never what it computes): handed down by the runner, explicitly.
+
+    The core (``nets``, ``sampling``, ``gap``, ``montecarlo``) reads these values from its
+    arguments only — never from the environment or from global torch state — and never changes
+    global torch state; the runner (:mod:`probprune.runner.execution`) applies ``threads`` and
+    ``matmul`` for the duration of a run and restores the previous settings.
+
+    Args:
+        forward: how :meth:`probprune.nets.Net.forward` runs an FCN ensemble outside autograd:
+            ``auto`` (member by member in row blocks where that is faster, else one batched product
+            per layer), ``batched`` or ``members`` (forced; the two agree to rounding).
+        threads: torch threads of the run (``None``: the process's current setting): intra-op
+            threads of batched products, and the number of single-threaded workers that run an
+            ensemble's members (or row blocks) in parallel on a CPU — each block is computed by one
+            thread, so results do not depend on this value.
+        matmul: CUDA float32 products of the run: ``fp32`` (TF32 off), ``tf32`` or ``None`` (leave
+            the process's flags). A verify run's policy carries :class:`MCSpec`'s hashed ``matmul``
+            (TF32 changes the numbers, so there it is not an execution-only setting).
+    """
+
+    forward: Forward = "auto"
+    threads: int | None = None
+    matmul: Matmul | None = None
+
+    def __post_init__(self) -> None:
+        _check_choice("execution.forward", self.forward, FORWARDS)
+        if self.threads is not None:
+            _check_int("execution.threads", self.threads, 1)
+        if self.matmul is not None:
+            _check_choice("execution.matmul", self.matmul, get_args(Matmul))
 
 
 @dataclass(frozen=True)

@@ -26,13 +26,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import cast
 
 import torch
 from torch import Tensor
 
-from probprune.config import GapSpec, ProbPruneError
+from probprune.config import ExecutionPolicy, GapSpec, ProbPruneError
 from probprune.nets import Net, check_finite, check_pair
 
 __all__ = [
@@ -129,7 +130,8 @@ Objective = Callable[[Tensor], Tensor]
 """Maps flat inputs ``[K, M, D]`` (or shared ``[M, D]``) to norms ``[K, M]``."""
 
 
-def _diff_objective(target: Net, pruned: Net) -> tuple[Objective, int]:
+def _diff_objective(target: Net, pruned: Net, policy: ExecutionPolicy | None = None,
+                    workers: Executor | None = None) -> tuple[Objective, int]:
     # f and F run as two ensemble passes over the same points: no stacked copy of their weights,
     # so memory stays at the weights, the masks and one chunk of activations
     t, p = _as_ensemble(target), _as_ensemble(pruned)
@@ -141,21 +143,22 @@ def _diff_objective(target: Net, pruned: Net) -> tuple[Objective, int]:
             xin = x.reshape(x.shape[0], *shape)
         else:
             xin = x.reshape(k, x.shape[1], *shape)
-        out = cast(Tensor, p.forward(xin))
-        out = out - cast(Tensor, t.forward(xin))
+        out = cast(Tensor, p.forward(xin, policy=policy, workers=workers))
+        out = out - cast(Tensor, t.forward(xin, policy=policy, workers=workers))
         return out.norm(dim=-1)
 
     return fn, k
 
 
-def _output_objective(net: Net) -> tuple[Objective, int]:
+def _output_objective(net: Net, policy: ExecutionPolicy | None = None,
+                      workers: Executor | None = None) -> tuple[Objective, int]:
     ens = _as_ensemble(net)
     k = ens.n_trials or 1
     shape = _input_shape(net)
 
     def fn(x: Tensor) -> Tensor:
         xin = x.reshape(x.shape[0], *shape) if x.dim() == 2 else x.reshape(k, x.shape[1], *shape)
-        out = cast(Tensor, ens.forward(xin))
+        out = cast(Tensor, ens.forward(xin, policy=policy, workers=workers))
         return out.norm(dim=-1)
 
     return fn, k
@@ -252,7 +255,8 @@ def _estimate(fn: Objective, k: int, net: Net, gap_spec: GapSpec, homogeneous: b
 # ---------------------------------------------------------------------------- public API
 
 
-def sup_gap(target: Net, pruned: Net, gap_spec: GapSpec, generator: torch.Generator) -> GapEstimate:
+def sup_gap(target: Net, pruned: Net, gap_spec: GapSpec, generator: torch.Generator, *,
+            policy: ExecutionPolicy | None = None, workers: Executor | None = None) -> GapEstimate:
     """Estimate the gap ``sup_{‖x‖ ≤ r} ‖f(x) − F(x)‖₂`` from below (sampling + projected ascent).
 
     Args:
@@ -260,6 +264,8 @@ def sup_gap(target: Net, pruned: Net, gap_spec: GapSpec, generator: torch.Genera
         pruned: f, same architecture and trial dim as ``target``.
         gap_spec: budget: radius r, ``n_points``, ``n_restarts``, ``n_steps``, ``step_size``.
         generator: the only randomness (input sampling); same generator state → same result.
+        policy, workers: how the forward passes run (:meth:`probprune.nets.Net.forward`; the
+            values agree to rounding whatever the policy).
 
     Returns:
         :class:`GapEstimate`: ``value`` ``[K]`` (or 0-d), maximiser ``x`` ``[K, *input]``,
@@ -278,43 +284,48 @@ def sup_gap(target: Net, pruned: Net, gap_spec: GapSpec, generator: torch.Genera
     2.0
     """
     check_pair(target, pruned)
-    fn, k = _diff_objective(target, pruned)
+    fn, k = _diff_objective(target, pruned, policy, workers)
     homog = is_homogeneous(target) and is_homogeneous(pruned)
     return _estimate(fn, k, target, gap_spec, homog, generator, target.n_trials is None)
 
 
-def sup_output(net: Net, gap_spec: GapSpec, generator: torch.Generator) -> GapEstimate:
+def sup_output(net: Net, gap_spec: GapSpec, generator: torch.Generator, *,
+               policy: ExecutionPolicy | None = None, workers: Executor | None = None) -> GapEstimate:
     """Estimate ``sup_{‖x‖ ≤ r} ‖F(x)‖₂`` from below with the estimator of :func:`sup_gap`.
 
     Args:
         net: F, one network or an ensemble ``[K]``.
         gap_spec: the estimator budget (radius r …).
         generator: the only randomness.
+        policy, workers: how the forward passes run (as in :func:`sup_gap`).
     """
     if not isinstance(net, Net):
         raise ProbPruneError(f"net: expected a Net, got {type(net).__name__}")
     check_finite(net, "weights")
-    fn, k = _output_objective(net)
+    fn, k = _output_objective(net, policy, workers)
     return _estimate(fn, k, net, gap_spec, is_homogeneous(net), generator, net.n_trials is None)
 
 
-def relative_gap(target: Net, pruned: Net, gap_spec: GapSpec, generator: torch.Generator) -> RelativeGap:
+def relative_gap(target: Net, pruned: Net, gap_spec: GapSpec, generator: torch.Generator, *,
+                 policy: ExecutionPolicy | None = None, workers: Executor | None = None) -> RelativeGap:
     """Relative gap ``sup‖f − F‖ / sup‖F‖`` over the ball, both sups estimated the same way.
 
     The numerator is a lower bound on the gap and the denominator a lower bound on
     ``sup‖F‖``, so the ratio is an estimate (neither bound). A zero denominator gives inf/nan.
     """
-    gap = sup_gap(target, pruned, gap_spec, generator)
-    out = sup_output(target, gap_spec, generator)
+    gap = sup_gap(target, pruned, gap_spec, generator, policy=policy, workers=workers)
+    out = sup_output(target, gap_spec, generator, policy=policy, workers=workers)
     return RelativeGap(value=gap.value / out.value, gap=gap, output=out)
 
 
-def mean_gap(target: Net, pruned: Net, x: Tensor) -> Tensor:
+def mean_gap(target: Net, pruned: Net, x: Tensor, *, policy: ExecutionPolicy | None = None,
+             workers: Executor | None = None) -> Tensor:
     """Average ``‖f(x) − F(x)‖₂`` over the given inputs (e.g. a test set).
 
     Args:
         target, pruned: F and f (single or ensembles ``[K]``).
         x: ``[N, *input]`` shared by all members, or ``[K, N, *input]``.
+        policy, workers: how the forward passes run (as in :func:`sup_gap`).
 
     Returns:
         ``[K]`` or 0-d: the mean over the N inputs.
@@ -332,7 +343,7 @@ def mean_gap(target: Net, pruned: Net, x: Tensor) -> Tensor:
     n = x.shape[0] if shared else x.shape[1]
     if n == 0:
         raise ProbPruneError("x: no inputs given")
-    fn, _ = _diff_objective(target, pruned)
+    fn, _ = _diff_objective(target, pruned, policy, workers)
     flat = x.reshape(n, -1) if shared else x.reshape(k, n, -1)
     flat = flat.to(device=target.device, dtype=target.dtype)
     chunk = _chunk_points(target.device, k, _max_width(target))

@@ -21,10 +21,10 @@ pure: no files, no printing, no global RNG.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass
 
 import torch
@@ -34,7 +34,7 @@ from torch import Tensor
 from probprune.bounds.certified import certified_gap_bound
 from probprune.bounds.paper import log_log_fit
 from probprune.bounds.probabilistic import hidden_width, probabilistic_bound, theory_exponent, with_hidden_width
-from probprune.config import NetSpec, ProbPruneError, PruneSpec, RunConfig
+from probprune.config import ExecutionPolicy, NetSpec, ProbPruneError, PruneSpec, RunConfig
 from probprune.gap import sup_gap, sup_output
 from probprune.masks import count_true, prune
 from probprune.nets import Net
@@ -55,7 +55,6 @@ __all__ = [
     "expand_grid",
     "fit_slope",
     "hidden_width",
-    "matmul_precision",
     "min_trials_to_confirm",
     "point_bound",
     "probe_generator",
@@ -204,29 +203,14 @@ def probe_generator(config_hash: str, grid_index: int, stream: str, device: str 
     return make_generator(derive_seed(config_hash, grid_index, stream), device)
 
 
-@contextlib.contextmanager
-def matmul_precision(mode: str) -> Iterator[None]:
-    """Within the block, CUDA float32 matrix products and convolutions use ``mode``.
+def sample_ensemble(cfg: RunConfig, point: GridPoint, config_hash: str, trials: Sequence[int], *,
+                    workers: Executor | None = None) -> Net:
+    """Targets F of ``trials`` at ``point`` as one ensemble ``[K, …]`` (member k = trial ``trials[k]``).
 
-    ``fp32``: full float32 (TF32 off); ``tf32``: TF32 tensor cores. The previous global
-    settings are restored on exit. CPU products are unaffected either way.
+    ``workers``: CPU workers on which the members draw in parallel (same values either way).
     """
-    if mode not in ("fp32", "tf32"):
-        raise ProbPruneError(f"matmul={mode!r}: must be fp32 or tf32")
-    old = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    on = mode == "tf32"
-    torch.backends.cuda.matmul.allow_tf32 = on
-    torch.backends.cudnn.allow_tf32 = on
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
-
-
-def sample_ensemble(cfg: RunConfig, point: GridPoint, config_hash: str, trials: Sequence[int]) -> Net:
-    """Targets F of ``trials`` at ``point`` as one ensemble ``[K, …]`` (member k = trial ``trials[k]``)."""
     gens = trial_generators(config_hash, point.index, trials, "weights", cfg.mc.device)
-    return sample_net(point.net, cfg.law, gens, cfg.mc.device, torch_dtype(cfg.mc.dtype))
+    return sample_net(point.net, cfg.law, gens, cfg.mc.device, torch_dtype(cfg.mc.dtype), workers=workers)
 
 
 def prune_ensemble(cfg: RunConfig, point: GridPoint, config_hash: str, trials: Sequence[int],
@@ -247,7 +231,8 @@ def prune_ensemble(cfg: RunConfig, point: GridPoint, config_hash: str, trials: S
 
 
 def run_trials(cfg: RunConfig, point: GridPoint, config_hash: str, trials: Sequence[int],
-               eps: float | None = None, *, certify: bool = True, version: str | None = None) -> list[TrialRow]:
+               eps: float | None = None, *, certify: bool = True, version: str | None = None,
+               policy: ExecutionPolicy | None = None, workers: Executor | None = None) -> list[TrialRow]:
     """Run ``trials`` of ``point`` as one ensemble: sample → prune → sup-gap → certified bound.
 
     Every value is a function of (config, grid index, trial index) alone: chunks of any
@@ -260,6 +245,10 @@ def run_trials(cfg: RunConfig, point: GridPoint, config_hash: str, trials: Seque
         trials: trial indices t (distinct, >= 0); the ensemble size K is ``len(trials)``.
         eps: ε to record in the rows (see :func:`point_bound`).
         certify: compute the certified upper bound (``False`` records NaN; for benchmarks).
+        policy, workers: how the forward passes run (:meth:`probprune.nets.Net.forward`); nothing
+            global is read or set here — the runner applies ``mc.matmul`` (TF32 flags) and the
+            thread count around the call (:func:`probprune.runner.execution.execution`). The
+            certified bound covers a TF32 forward whenever ``mc.matmul = tf32``.
         version: the probprune version to record in the rows.
 
     Returns:
@@ -272,12 +261,13 @@ def run_trials(cfg: RunConfig, point: GridPoint, config_hash: str, trials: Seque
         raise ProbPruneError(f"trials={ts!r}: must be distinct indices >= 0")
     start = time.perf_counter()
     with torch.no_grad():
-        target = sample_ensemble(cfg, point, config_hash, ts)
+        target = sample_ensemble(cfg, point, config_hash, ts, workers=workers)
         pruned, sparsity = prune_ensemble(cfg, point, config_hash, ts, target)
     dev = cfg.mc.device
-    with matmul_precision(cfg.mc.matmul):
-        est = sup_gap(target, pruned, cfg.gap, probe_generator(config_hash, point.index, "gap", dev))
-        out = sup_output(target, cfg.gap, probe_generator(config_hash, point.index, "output", dev))
+    est = sup_gap(target, pruned, cfg.gap, probe_generator(config_hash, point.index, "gap", dev),
+                  policy=policy, workers=workers)
+    out = sup_output(target, cfg.gap, probe_generator(config_hash, point.index, "output", dev),
+                     policy=policy, workers=workers)
     gap_lower = est.value.detach().to(torch.float64).cpu().reshape(-1)
     out_sup = out.value.detach().to(torch.float64).cpu().reshape(-1)
     if certify:

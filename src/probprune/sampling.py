@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Sequence
+from concurrent.futures import Executor
 from typing import Protocol
 
 import torch
@@ -68,6 +69,8 @@ def sample_net(
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
     scale: float | None = None,
+    *,
+    workers: Executor | None = None,
 ) -> Net:
     """Sample a target network, or an ensemble with one generator per member.
 
@@ -83,6 +86,8 @@ def sample_net(
         device, dtype: where and how to allocate.
         scale: the paper's scale K in ``a_i = K/√max(h_i, h_{i−1})`` for a user law (default √6;
             a ``LawSpec`` carries its own).
+        workers: CPU workers (the runner's pool) on which the members of an ensemble draw in
+            parallel, each from its own generator; ``None`` draws them one after another.
 
     >>> from probprune.rng import make_generator
     >>> net = sample_net(NetSpec(widths=(4, 8, 2)), LawSpec(scale=2.0), make_generator(0))
@@ -129,9 +134,9 @@ def sample_net(
                     t.copy_(sample_tensor(law, tuple(t.shape), a, g, dev, dtype))
 
     if dev.type == "cpu" and isinstance(law, LawSpec):
-        # members draw from their own generators: on a CPU they run on separate cores (a user
+        # members draw from their own generators: on a CPU they may run on separate cores (a user
         # law may not be thread-safe, so it keeps the loop)
-        cpu_parallel([functools.partial(member, j) for j in range(k)])
+        cpu_parallel([functools.partial(member, j) for j in range(k)], workers)
     else:
         for j in range(k):
             member(j)

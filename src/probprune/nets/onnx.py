@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -323,18 +323,28 @@ def _channel_vector(node: NodeProto, c: np.ndarray, shape: tuple[int, ...]) -> n
     return np.broadcast_to(full.reshape(-1), (ch,)).astype(np.float64).copy()
 
 
+@dataclass(frozen=True)
+class _Node:
+    """One node of the chain as a reader sees it: attributes, constants and the shape it reads."""
+
+    node: NodeProto
+    attrs: dict[str, Any]
+    consts: Mapping[str, np.ndarray]
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    opset: int
+    batch_fixed: bool
+    after: str | None  # the kind of the last non-noop item before this node (None: the input)
+
+
+_Reader = Callable[[_Node], tuple[_Item, tuple[int, ...]]]
+
+
 def _convert(chain: Sequence[NodeProto], consts: Mapping[str, np.ndarray], in_shape: tuple[int, ...],
              batch_fixed: bool, opset: int, dtype: np.dtype) -> tuple[list[_Item], tuple[int, ...]]:
     """Read every node of the chain into an item, tracking the tensor shape (batch first)."""
     items: list[_Item] = []
     shape = in_shape
-
-    def last_kind() -> str | None:
-        for it in reversed(items):
-            if it.kind != "noop":
-                return it.kind
-        return None
-
     for pos, node in enumerate(chain):
         op = node.op_type
         a = _attrs(node)
@@ -345,175 +355,226 @@ def _convert(chain: Sequence[NodeProto], consts: Mapping[str, np.ndarray], in_sh
                         f"supported ({hint}); supported: {names}")
         if op != "Add" and node.input[0] in consts:
             raise _fail(f"{_label(node)}: its first input must be the network's tensor, the others constants")
-        if op in ("Gemm", "MatMul"):
-            if len(shape) != 2:
-                raise _fail(f"{_label(node)}: reads a tensor of shape {list(shape)}; a fully-connected layer needs "
-                            "[N, features] (insert a Flatten before it)")
-            b_mat = _param(node, consts, 1, "weight", dtype)
-            if b_mat is None or b_mat.ndim != 2:
-                raise _fail(f"{_label(node)}: weight must be a constant matrix")
-            alpha, beta, bias, folded = 1.0, 1.0, None, False
-            if op == "Gemm":
-                if int(a.get("transA", 0)) != 0:
-                    raise _fail(f"{_label(node)}: transA=1 is not supported (the network's tensor is [N, features])")
-                alpha, beta = float(a.get("alpha", 1.0)), float(a.get("beta", 1.0))
-                bmat = b_mat.T if int(a.get("transB", 0)) else b_mat
-                c = _param(node, consts, 2, "bias", dtype)
-            else:
-                bmat, c = b_mat, None
-            if bmat.shape[0] != shape[1]:
-                raise _fail(f"{_label(node)}: weight of shape {list(b_mat.shape)} does not fit the input "
-                            f"[N, {shape[1]}]")
-            weight = bmat.T * alpha
-            folded = alpha != 1.0
-            out = int(bmat.shape[1])
-            if c is not None:
-                if c.ndim > 2 or (c.ndim == 2 and c.shape[0] != 1) or (c.ndim >= 1 and c.shape[-1] not in (1, out)):
-                    raise _fail(f"{_label(node)}: bias of shape {list(c.shape)} is not one value per output (needs "
-                                f"[{out}] or [1, {out}])")
-                bias = np.broadcast_to(c.reshape(-1), (out,)) * beta
-                folded = folded or beta != 1.0
-            items.append(_Item("weight", node, weight=weight, bias=bias, folded=folded))
-            shape = (shape[0], out)
-        elif op == "Conv":
-            if len(shape) != 4:
-                raise _fail(f"{_label(node)}: reads a tensor of shape {list(shape)}; only 2-d convolutions on "
-                            "[N, C, H, W] are supported")
-            w = _param(node, consts, 1, "weight", dtype)
-            if w is None or w.ndim != 4:
-                raise _fail(f"{_label(node)}: weight must be a constant [C_out, C_in, k, k] tensor")
-            k = int(w.shape[2])
-            auto_pad = a.get("auto_pad", "NOTSET")
-            pads = _int_list(a.get("pads", [0, 0, 0, 0]), "pads", node)
-            strides = _int_list(a.get("strides", [1, 1]), "strides", node)
-            dil = _int_list(a.get("dilations", [1, 1]), "dilations", node)
-            ks = _int_list(a.get("kernel_shape", list(w.shape[2:])), "kernel_shape", node)
-            if auto_pad == "VALID":
-                pads = [0, 0, 0, 0]
-            if (auto_pad not in ("NOTSET", "VALID") or int(a.get("group", 1)) != 1 or w.shape[2] != w.shape[3]
-                    or ks != [k, k] or len(pads) != 4 or len(set(pads)) != 1 or len(strides) != 2
-                    or strides[0] != strides[1] or dil != [1, 1]):
-                raise _fail(f"{_label(node)}: kernel {list(w.shape[2:])}, kernel_shape={ks}, pads={pads}, "
-                            f"strides={strides}, dilations={dil}, group={a.get('group', 1)}, auto_pad={auto_pad}: "
-                            "only a square kernel with equal pads and strides on every side, no dilation, group 1 "
-                            "and no auto_pad is supported")
-            if int(w.shape[1]) != shape[1]:
-                raise _fail(f"{_label(node)}: weight has {w.shape[1]} input channels, the tensor {shape[1]}")
-            b = _param(node, consts, 2, "bias", dtype)
-            if b is not None and b.shape != (w.shape[0],):
-                raise _fail(f"{_label(node)}: bias of shape {list(b.shape)}, expected [{w.shape[0]}]")
-            p, s = pads[0], strides[0]
-            h, wd = (shape[2] + 2 * p - k) // s + 1, (shape[3] + 2 * p - k) // s + 1
-            if h < 1 or wd < 1:
-                raise _fail(f"{_label(node)}: the feature map becomes empty")
-            items.append(_Item("weight", node, weight=w, bias=b, conv=(k, s, p)))
-            shape = (shape[0], int(w.shape[0]), h, wd)
-        elif op in ("Add", "BatchNormalization"):
-            if last_kind() not in ("weight", "affine"):
-                raise _fail(f"{_label(node)}: a constant {'shift' if op == 'Add' else 'normalisation'} is "
-                            "supported only right after a Gemm/MatMul/Conv (folded into it); here it follows "
-                            f"{'the input' if last_kind() is None else 'a ' + str(last_kind())}")
-            if op == "Add":
-                other = next(i for i in node.input if i in consts)
-                c = consts[other]
-                if c.dtype != dtype or not np.isfinite(c).all():
-                    raise _fail(f"{_label(node)}: constant {other!r} must be finite and of dtype {dtype}")
-                items.append(_Item("affine", node, bias=_channel_vector(node, c, shape)))
-            else:
-                if opset < 9 or int(a.get("spatial", 1)) != 1 or int(a.get("training_mode", 0)) != 0:
-                    raise _fail(f"{_label(node)}: only inference-mode BatchNormalization (spatial=1, "
-                                "training_mode=0) is supported")
-                vals = [_param(node, consts, i, nm, dtype) for i, nm in
-                        ((1, "scale"), (2, "bias"), (3, "mean"), (4, "var"))]
-                ch = shape[1]
-                if any(v is None or v.shape != (ch,) for v in vals):
-                    raise _fail(f"{_label(node)}: scale, bias, mean and var must be constants of shape [{ch}]")
-                gamma, beta_, mean, var = (cast(np.ndarray, v) for v in vals)
-                eps = float(a.get("epsilon", 1e-5))
-                if not (var + eps > 0).all():
-                    raise _fail(f"{_label(node)}: var + epsilon must be positive")
-                sc = gamma / np.sqrt(var + eps)
-                items.append(_Item("affine", node, scale=sc, bias=beta_ - mean * sc))
-        elif op in _ACT_OPS:
-            slope = float(a.get("alpha", np.float32(0.01)))  # an ONNX float attribute: a float32, kept exactly
-            if op == "LeakyRelu" and not 0.0 <= slope <= 1.0:
-                raise _fail(f"{_label(node)}: alpha={slope}: only slopes in [0, 1] are supported (the bounds use "
-                            "Lipschitz constant 1)")
-            items.append(_Item("act", node, act=Activation(_ACT_OPS[op], slope if op == "LeakyRelu" else 0.01)))
-        elif op == "MaxPool":
-            if len(shape) != 4:
-                raise _fail(f"{_label(node)}: reads a tensor of shape {list(shape)}; only 2-d max-pools are supported")
-            ks = _int_list(a.get("kernel_shape"), "kernel_shape", node)
-            st = _int_list(a.get("strides", [1] * len(ks)), "strides", node)
-            pads = _int_list(a.get("pads", [0] * 2 * len(ks)), "pads", node)
-            dil = _int_list(a.get("dilations", [1] * len(ks)), "dilations", node)
-            if (len(ks) != 2 or ks[0] != ks[1] or st != ks or any(pads) or any(d != 1 for d in dil)
-                    or int(a.get("ceil_mode", 0)) != 0 or a.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID")):
-                raise _fail(f"{_label(node)}: kernel_shape={ks}, strides={st}, pads={pads}, dilations={dil}, "
-                            f"ceil_mode={a.get('ceil_mode', 0)}: only a square non-overlapping max-pool (strides = "
-                            "kernel, no padding, no dilation, floor mode) is supported")
-            k = ks[0]
-            if shape[2] // k < 1 or shape[3] // k < 1:
-                raise _fail(f"{_label(node)}: the feature map becomes empty")
-            items.append(_Item("pool", node, pool=k))
-            shape = (shape[0], shape[1], shape[2] // k, shape[3] // k)
-        elif op in ("Flatten", "Reshape"):
-            flat = (shape[0], math.prod(shape[1:]))
-            if op == "Flatten":
-                axis = int(a.get("axis", 1))
-                if axis < 0:
-                    axis += len(shape)
-                if axis != 1:
-                    raise _fail(f"{_label(node)}: axis={a.get('axis', 1)} on a tensor of shape {list(shape)}; only "
-                                "Flatten(axis=1) (keep the batch dim, flatten the rest) is supported")
-            else:
-                target = _const(node, consts, 1, "shape")
-                if target is None or target.ndim != 1 or target.dtype.kind not in "iu":
-                    raise _fail(f"{_label(node)}: the target shape must be a constant 1-d integer tensor")
-                t = [int(v) for v in target]
-                allowzero = int(a.get("allowzero", 0))
-                res = [shape[i] if v == 0 and not allowzero and i < len(shape) else v for i, v in enumerate(t)]
-                keeps_batch = t[0] in (0, -1) if not batch_fixed else res[0] in (shape[0], -1)
-                ok = len(res) == 2 and keeps_batch and (
-                    res[1] == flat[1] or (res[1] == -1 and res[0] != -1)) and not (res[0] == -1 and res[1] == -1)
-                if t[0] == 0 and allowzero:
-                    ok = False
-                if not ok:
-                    raise _fail(f"{_label(node)}: shape {t} on a tensor of shape {list(shape)}; only a Reshape to "
-                                "[N, features] that keeps the batch dim is supported (e.g. shape [-1, "
-                                f"{flat[1]}] or [0, -1])")
-            items.append(_Item("noop" if len(shape) == 2 else "flatten", node))
-            shape = flat
-        elif op == "Dropout":
-            if len(node.input) >= 3 and node.input[2]:
-                tm = _const(node, consts, 2, "training_mode")
-                if tm is None or bool(np.asarray(tm).reshape(-1)[0]):
-                    raise _fail(f"{_label(node)}: training_mode must be a constant false (inference)")
-            items.append(_Item("noop", node))
-        elif op == "Pad":
-            pads_v = a.get("pads") if opset < 11 else _const(node, consts, 1, "pads")
-            mode = a.get("mode", "constant")
-            if pads_v is None or any(int(v) != 0 for v in np.asarray(pads_v).reshape(-1)) or mode != "constant":
-                raise _fail(f"{_label(node)}: pads={None if pads_v is None else np.asarray(pads_v).tolist()}, "
-                            f"mode={mode!r}: only a Pad that pads nothing (the identity) is supported today; padding "
-                            "is not representable yet (graph IR, issue 15) except as a Conv's own pads attribute")
-            items.append(_Item("noop", node))
-        else:  # Identity
-            items.append(_Item("noop", node))
+        after = next((it.kind for it in reversed(items) if it.kind != "noop"), None)
+        item, shape = _READERS.get(op, _read_identity)(
+            _Node(node, a, consts, shape, dtype, opset, batch_fixed, after))
+        items.append(item)
     return items, shape
+
+
+def _read_dense(n: _Node) -> tuple[_Item, tuple[int, ...]]:
+    """Gemm / MatMul: a fully-connected layer (alpha, beta and transB folded into the weight)."""
+    node, a, consts, shape, dtype = n.node, n.attrs, n.consts, n.shape, n.dtype
+    op = node.op_type
+    if len(shape) != 2:
+        raise _fail(f"{_label(node)}: reads a tensor of shape {list(shape)}; a fully-connected layer needs "
+                    "[N, features] (insert a Flatten before it)")
+    b_mat = _param(node, consts, 1, "weight", dtype)
+    if b_mat is None or b_mat.ndim != 2:
+        raise _fail(f"{_label(node)}: weight must be a constant matrix")
+    alpha, beta, bias, folded = 1.0, 1.0, None, False
+    if op == "Gemm":
+        if int(a.get("transA", 0)) != 0:
+            raise _fail(f"{_label(node)}: transA=1 is not supported (the network's tensor is [N, features])")
+        alpha, beta = float(a.get("alpha", 1.0)), float(a.get("beta", 1.0))
+        bmat = b_mat.T if int(a.get("transB", 0)) else b_mat
+        c = _param(node, consts, 2, "bias", dtype)
+    else:
+        bmat, c = b_mat, None
+    if bmat.shape[0] != shape[1]:
+        raise _fail(f"{_label(node)}: weight of shape {list(b_mat.shape)} does not fit the input "
+                    f"[N, {shape[1]}]")
+    weight = bmat.T * alpha
+    folded = alpha != 1.0
+    out = int(bmat.shape[1])
+    if c is not None:
+        if c.ndim > 2 or (c.ndim == 2 and c.shape[0] != 1) or (c.ndim >= 1 and c.shape[-1] not in (1, out)):
+            raise _fail(f"{_label(node)}: bias of shape {list(c.shape)} is not one value per output (needs "
+                        f"[{out}] or [1, {out}])")
+        bias = np.broadcast_to(c.reshape(-1), (out,)) * beta
+        folded = folded or beta != 1.0
+    item = _Item("weight", node, weight=weight, bias=bias, folded=folded)
+    shape = (shape[0], out)
+    return item, shape
+
+
+def _read_conv(n: _Node) -> tuple[_Item, tuple[int, ...]]:
+    """Conv: a square 2-d convolution with equal pads and strides."""
+    node, a, consts, shape, dtype = n.node, n.attrs, n.consts, n.shape, n.dtype
+    if len(shape) != 4:
+        raise _fail(f"{_label(node)}: reads a tensor of shape {list(shape)}; only 2-d convolutions on "
+                    "[N, C, H, W] are supported")
+    w = _param(node, consts, 1, "weight", dtype)
+    if w is None or w.ndim != 4:
+        raise _fail(f"{_label(node)}: weight must be a constant [C_out, C_in, k, k] tensor")
+    k = int(w.shape[2])
+    auto_pad = a.get("auto_pad", "NOTSET")
+    pads = _int_list(a.get("pads", [0, 0, 0, 0]), "pads", node)
+    strides = _int_list(a.get("strides", [1, 1]), "strides", node)
+    dil = _int_list(a.get("dilations", [1, 1]), "dilations", node)
+    ks = _int_list(a.get("kernel_shape", list(w.shape[2:])), "kernel_shape", node)
+    if auto_pad == "VALID":
+        pads = [0, 0, 0, 0]
+    if (auto_pad not in ("NOTSET", "VALID") or int(a.get("group", 1)) != 1 or w.shape[2] != w.shape[3]
+            or ks != [k, k] or len(pads) != 4 or len(set(pads)) != 1 or len(strides) != 2
+            or strides[0] != strides[1] or dil != [1, 1]):
+        raise _fail(f"{_label(node)}: kernel {list(w.shape[2:])}, kernel_shape={ks}, pads={pads}, "
+                    f"strides={strides}, dilations={dil}, group={a.get('group', 1)}, auto_pad={auto_pad}: "
+                    "only a square kernel with equal pads and strides on every side, no dilation, group 1 "
+                    "and no auto_pad is supported")
+    if int(w.shape[1]) != shape[1]:
+        raise _fail(f"{_label(node)}: weight has {w.shape[1]} input channels, the tensor {shape[1]}")
+    b = _param(node, consts, 2, "bias", dtype)
+    if b is not None and b.shape != (w.shape[0],):
+        raise _fail(f"{_label(node)}: bias of shape {list(b.shape)}, expected [{w.shape[0]}]")
+    p, s = pads[0], strides[0]
+    h, wd = (shape[2] + 2 * p - k) // s + 1, (shape[3] + 2 * p - k) // s + 1
+    if h < 1 or wd < 1:
+        raise _fail(f"{_label(node)}: the feature map becomes empty")
+    item = _Item("weight", node, weight=w, bias=b, conv=(k, s, p))
+    shape = (shape[0], int(w.shape[0]), h, wd)
+    return item, shape
+
+
+def _read_affine(n: _Node) -> tuple[_Item, tuple[int, ...]]:
+    """Add of a constant / inference BatchNormalization: folded into the layer before it."""
+    node, a, consts, shape, dtype = n.node, n.attrs, n.consts, n.shape, n.dtype
+    op = node.op_type
+    if n.after not in ("weight", "affine"):
+        raise _fail(f"{_label(node)}: a constant {'shift' if op == 'Add' else 'normalisation'} is "
+                    "supported only right after a Gemm/MatMul/Conv (folded into it); here it follows "
+                    f"{'the input' if n.after is None else 'a ' + str(n.after)}")
+    if op == "Add":
+        other = next(i for i in node.input if i in consts)
+        c = consts[other]
+        if c.dtype != dtype or not np.isfinite(c).all():
+            raise _fail(f"{_label(node)}: constant {other!r} must be finite and of dtype {dtype}")
+        item = _Item("affine", node, bias=_channel_vector(node, c, shape))
+    else:
+        if n.opset < 9 or int(a.get("spatial", 1)) != 1 or int(a.get("training_mode", 0)) != 0:
+            raise _fail(f"{_label(node)}: only inference-mode BatchNormalization (spatial=1, "
+                        "training_mode=0) is supported")
+        vals = [_param(node, consts, i, nm, dtype) for i, nm in
+                ((1, "scale"), (2, "bias"), (3, "mean"), (4, "var"))]
+        ch = shape[1]
+        if any(v is None or v.shape != (ch,) for v in vals):
+            raise _fail(f"{_label(node)}: scale, bias, mean and var must be constants of shape [{ch}]")
+        gamma, beta_, mean, var = (cast(np.ndarray, v) for v in vals)
+        eps = float(a.get("epsilon", 1e-5))
+        if not (var + eps > 0).all():
+            raise _fail(f"{_label(node)}: var + epsilon must be positive")
+        sc = gamma / np.sqrt(var + eps)
+        item = _Item("affine", node, scale=sc, bias=beta_ - mean * sc)
+    return item, shape
+
+
+def _read_activation(n: _Node) -> tuple[_Item, tuple[int, ...]]:
+    """Relu / LeakyRelu / Tanh / Sigmoid."""
+    node, a, shape = n.node, n.attrs, n.shape
+    op = node.op_type
+    slope = float(a.get("alpha", np.float32(0.01)))  # an ONNX float attribute: a float32, kept exactly
+    if op == "LeakyRelu" and not 0.0 <= slope <= 1.0:
+        raise _fail(f"{_label(node)}: alpha={slope}: only slopes in [0, 1] are supported (the bounds use "
+                    "Lipschitz constant 1)")
+    item = _Item("act", node, act=Activation(_ACT_OPS[op], slope if op == "LeakyRelu" else 0.01))
+    return item, shape
+
+
+def _read_maxpool(n: _Node) -> tuple[_Item, tuple[int, ...]]:
+    """MaxPool: square and non-overlapping."""
+    node, a, shape = n.node, n.attrs, n.shape
+    if len(shape) != 4:
+        raise _fail(f"{_label(node)}: reads a tensor of shape {list(shape)}; only 2-d max-pools are supported")
+    ks = _int_list(a.get("kernel_shape"), "kernel_shape", node)
+    st = _int_list(a.get("strides", [1] * len(ks)), "strides", node)
+    pads = _int_list(a.get("pads", [0] * 2 * len(ks)), "pads", node)
+    dil = _int_list(a.get("dilations", [1] * len(ks)), "dilations", node)
+    if (len(ks) != 2 or ks[0] != ks[1] or st != ks or any(pads) or any(d != 1 for d in dil)
+            or int(a.get("ceil_mode", 0)) != 0 or a.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID")):
+        raise _fail(f"{_label(node)}: kernel_shape={ks}, strides={st}, pads={pads}, dilations={dil}, "
+                    f"ceil_mode={a.get('ceil_mode', 0)}: only a square non-overlapping max-pool (strides = "
+                    "kernel, no padding, no dilation, floor mode) is supported")
+    k = ks[0]
+    if shape[2] // k < 1 or shape[3] // k < 1:
+        raise _fail(f"{_label(node)}: the feature map becomes empty")
+    item = _Item("pool", node, pool=k)
+    shape = (shape[0], shape[1], shape[2] // k, shape[3] // k)
+    return item, shape
+
+
+def _read_flatten(n: _Node) -> tuple[_Item, tuple[int, ...]]:
+    """Flatten(axis=1) / a Reshape to [N, features]."""
+    node, a, consts, shape = n.node, n.attrs, n.consts, n.shape
+    op = node.op_type
+    flat = (shape[0], math.prod(shape[1:]))
+    if op == "Flatten":
+        axis = int(a.get("axis", 1))
+        if axis < 0:
+            axis += len(shape)
+        if axis != 1:
+            raise _fail(f"{_label(node)}: axis={a.get('axis', 1)} on a tensor of shape {list(shape)}; only "
+                        "Flatten(axis=1) (keep the batch dim, flatten the rest) is supported")
+    else:
+        target = _const(node, consts, 1, "shape")
+        if target is None or target.ndim != 1 or target.dtype.kind not in "iu":
+            raise _fail(f"{_label(node)}: the target shape must be a constant 1-d integer tensor")
+        t = [int(v) for v in target]
+        allowzero = int(a.get("allowzero", 0))
+        res = [shape[i] if v == 0 and not allowzero and i < len(shape) else v for i, v in enumerate(t)]
+        keeps_batch = t[0] in (0, -1) if not n.batch_fixed else res[0] in (shape[0], -1)
+        ok = len(res) == 2 and keeps_batch and (
+            res[1] == flat[1] or (res[1] == -1 and res[0] != -1)) and not (res[0] == -1 and res[1] == -1)
+        if t[0] == 0 and allowzero:
+            ok = False
+        if not ok:
+            raise _fail(f"{_label(node)}: shape {t} on a tensor of shape {list(shape)}; only a Reshape to "
+                        "[N, features] that keeps the batch dim is supported (e.g. shape [-1, "
+                        f"{flat[1]}] or [0, -1])")
+    item = _Item("noop" if len(shape) == 2 else "flatten", node)
+    shape = flat
+    return item, shape
+
+
+def _read_dropout(n: _Node) -> tuple[_Item, tuple[int, ...]]:
+    """Dropout in inference mode: the identity."""
+    node, consts, shape = n.node, n.consts, n.shape
+    if len(node.input) >= 3 and node.input[2]:
+        tm = _const(node, consts, 2, "training_mode")
+        if tm is None or bool(np.asarray(tm).reshape(-1)[0]):
+            raise _fail(f"{_label(node)}: training_mode must be a constant false (inference)")
+    item = _Item("noop", node)
+    return item, shape
+
+
+def _read_pad(n: _Node) -> tuple[_Item, tuple[int, ...]]:
+    """A Pad that pads nothing: the identity."""
+    node, a, consts, shape = n.node, n.attrs, n.consts, n.shape
+    pads_v = a.get("pads") if n.opset < 11 else _const(node, consts, 1, "pads")
+    mode = a.get("mode", "constant")
+    if pads_v is None or any(int(v) != 0 for v in np.asarray(pads_v).reshape(-1)) or mode != "constant":
+        raise _fail(f"{_label(node)}: pads={None if pads_v is None else np.asarray(pads_v).tolist()}, "
+                    f"mode={mode!r}: only a Pad that pads nothing (the identity) is supported today; padding "
+                    "is not representable yet (graph IR, issue 15) except as a Conv's own pads attribute")
+    item = _Item("noop", node)
+    return item, shape
+
+
+def _read_identity(n: _Node) -> tuple[_Item, tuple[int, ...]]:
+    """Identity."""
+    return _Item("noop", n.node), n.shape
+
+
+_READERS: dict[str, _Reader] = {
+    "Gemm": _read_dense, "MatMul": _read_dense, "Conv": _read_conv, "Add": _read_affine,
+    "BatchNormalization": _read_affine, "MaxPool": _read_maxpool, "Flatten": _read_flatten,
+    "Reshape": _read_flatten, "Dropout": _read_dropout, "Pad": _read_pad,
+    **dict.fromkeys(_ACT_OPS, _read_activation),
+}
 
 
 def _build(items: Sequence[_Item], in_shape: tuple[int, ...], dtype: torch.dtype) -> tuple[Net, list[bool]]:
     """Check the order of the items against ``Net.forward`` and fold them into a ``Net``."""
-    wpos = [i for i, it in enumerate(items) if it.kind == "weight"]
-    if not wpos:
-        raise _fail("the model has no Gemm, MatMul or Conv layer")
-    first_conv = items[wpos[0]].conv is not None
-    for it in items[:wpos[0]]:
-        if it.kind == "noop" or (it.kind == "flatten" and not first_conv):
-            continue
-        raise _fail(f"{_label(it.node)} comes before the first weight layer; the network must start with Gemm, "
-                    "MatMul or Conv")
+    wpos = _weight_items(items)
     hidden_acts: list[_Item | None] = []
     weights: list[np.ndarray] = []
     biases: list[np.ndarray | None] = []
@@ -521,46 +582,9 @@ def _build(items: Sequence[_Item], in_shape: tuple[int, ...], dtype: torch.dtype
     convs: list[ConvSpec] = []
     widths: list[int] = []
     for j, start in enumerate(wpos):
-        end = wpos[j + 1] if j + 1 < len(wpos) else len(items)
         wl = items[start]
         last = j == len(wpos) - 1
-        w = cast(np.ndarray, wl.weight).copy()
-        b = None if wl.bias is None else wl.bias.copy()
-        was_folded = wl.folded
-        act: _Item | None = None
-        pool: _Item | None = None
-        flat: _Item | None = None
-        for it in items[start + 1:end]:
-            if it.kind == "affine":  # _convert placed it right after the weight or another affine item
-                if it.scale is not None:
-                    w = w * it.scale.reshape((-1,) + (1,) * (w.ndim - 1))
-                    b = None if b is None else b * it.scale
-                    was_folded = True
-                if b is not None:
-                    was_folded = True
-                b = cast(np.ndarray, it.bias) if b is None else b + cast(np.ndarray, it.bias)
-            elif it.kind == "act":
-                if last:
-                    raise _fail(f"{_label(it.node)} is an activation after the output layer {_label(wl.node)}; the "
-                                "Net's last layer has no activation (remove it, or certify the network without it)")
-                if act is not None:
-                    raise _fail(f"{_label(act.node)} and {_label(it.node)} are two activations in a row; the Net "
-                                "applies exactly one activation after each hidden layer")
-                if pool is not None or flat is not None:
-                    raise _fail(f"{_label(it.node)} comes after {_label(cast(_Item, pool or flat).node)}; the Net "
-                                "applies conv → activation → max-pool → flatten, in that order")
-                act = it
-            elif it.kind == "pool":
-                if pool is not None or flat is not None:
-                    raise _fail(f"{_label(it.node)} follows {_label(cast(_Item, pool or flat).node)}; the Net has "
-                                "at most one max-pool per conv layer, before the flatten")
-                pool = it
-            elif it.kind == "flatten":
-                nxt_conv = not last and items[wpos[j + 1]].conv is not None
-                if wl.conv is None or last or nxt_conv or flat is not None:
-                    raise _fail(f"{_label(it.node)}: a flatten is supported only at the input of an FCN or once "
-                                "between the last Conv and the first Gemm/MatMul")
-                flat = it
+        w, b, was_folded, act, pool = _fold_layer(items, wpos, j)
         if wl.conv is not None:
             if last:
                 raise _fail(f"{_label(wl.node)} is the last weight layer; a CNN must end with a fully-connected "
@@ -574,17 +598,7 @@ def _build(items: Sequence[_Item], in_shape: tuple[int, ...], dtype: torch.dtype
         weights.append(w)
         biases.append(b)
         folded.append(was_folded)
-    present = [a for a in hidden_acts if a is not None]
-    kinds = sorted({(cast(Activation, a.act).name, cast(Activation, a.act).negative_slope) for a in present})
-    if len(kinds) > 1:
-        raise _fail(f"mixed activations {kinds} are not supported; the Net applies one activation type (and slope) "
-                    "after every hidden layer")
-    if present and len(present) < len(hidden_acts):
-        j = hidden_acts.index(None)
-        raise _fail(f"{_label(items[wpos[j]].node)} and {_label(items[wpos[j + 1]].node)} follow each other with no "
-                    f"activation between them, while {_label(present[0].node)} applies one; the Net applies the same "
-                    "activation after every hidden layer")
-    act_name, slope = kinds[0] if kinds else ("identity", 0.01)
+    act_name, slope = _net_activation(hidden_acts, items, wpos)
     has_bias = any(b is not None for b in biases)
     if has_bias:  # a zero bias on a bias-free layer is exact: x + 0 = x
         biases = [np.zeros(int(w.shape[0])) if b is None else b for w, b in zip(weights, biases)]
@@ -604,6 +618,87 @@ def _build(items: Sequence[_Item], in_shape: tuple[int, ...], dtype: torch.dtype
         raise _fail(f"the layers do not fit one architecture: {exc}") from exc
     check_finite(net, "load_onnx: folded parameters")
     return net, folded
+
+
+def _weight_items(items: Sequence[_Item]) -> list[int]:
+    """Indices of the weight items; only no-ops (and an FCN's input flatten) may come before the first."""
+    wpos = [i for i, it in enumerate(items) if it.kind == "weight"]
+    if not wpos:
+        raise _fail("the model has no Gemm, MatMul or Conv layer")
+    first_conv = items[wpos[0]].conv is not None
+    for it in items[:wpos[0]]:
+        if it.kind == "noop" or (it.kind == "flatten" and not first_conv):
+            continue
+        raise _fail(f"{_label(it.node)} comes before the first weight layer; the network must start with Gemm, "
+                    "MatMul or Conv")
+    return wpos
+
+
+def _fold_layer(items: Sequence[_Item], wpos: Sequence[int], j: int
+                ) -> tuple[np.ndarray, np.ndarray | None, bool, _Item | None, _Item | None]:
+    """Weight layer ``j`` with the affine items after it folded in (float64), its activation and max-pool.
+
+    Returns:
+        ``(weight, bias, folded, activation, pool)``; ``folded``: the parameters were changed by arithmetic.
+    """
+    start = wpos[j]
+    end = wpos[j + 1] if j + 1 < len(wpos) else len(items)
+    wl = items[start]
+    last = j == len(wpos) - 1
+    w = cast(np.ndarray, wl.weight).copy()
+    b = None if wl.bias is None else wl.bias.copy()
+    was_folded = wl.folded
+    act: _Item | None = None
+    pool: _Item | None = None
+    flat: _Item | None = None
+    for it in items[start + 1:end]:
+        if it.kind == "affine":  # _convert placed it right after the weight or another affine item
+            if it.scale is not None:
+                w = w * it.scale.reshape((-1,) + (1,) * (w.ndim - 1))
+                b = None if b is None else b * it.scale
+                was_folded = True
+            if b is not None:
+                was_folded = True
+            b = cast(np.ndarray, it.bias) if b is None else b + cast(np.ndarray, it.bias)
+        elif it.kind == "act":
+            if last:
+                raise _fail(f"{_label(it.node)} is an activation after the output layer {_label(wl.node)}; the "
+                            "Net's last layer has no activation (remove it, or certify the network without it)")
+            if act is not None:
+                raise _fail(f"{_label(act.node)} and {_label(it.node)} are two activations in a row; the Net "
+                            "applies exactly one activation after each hidden layer")
+            if pool is not None or flat is not None:
+                raise _fail(f"{_label(it.node)} comes after {_label(cast(_Item, pool or flat).node)}; the Net "
+                            "applies conv → activation → max-pool → flatten, in that order")
+            act = it
+        elif it.kind == "pool":
+            if pool is not None or flat is not None:
+                raise _fail(f"{_label(it.node)} follows {_label(cast(_Item, pool or flat).node)}; the Net has "
+                            "at most one max-pool per conv layer, before the flatten")
+            pool = it
+        elif it.kind == "flatten":
+            nxt_conv = not last and items[wpos[j + 1]].conv is not None
+            if wl.conv is None or last or nxt_conv or flat is not None:
+                raise _fail(f"{_label(it.node)}: a flatten is supported only at the input of an FCN or once "
+                            "between the last Conv and the first Gemm/MatMul")
+            flat = it
+    return w, b, was_folded, act, pool
+
+
+def _net_activation(hidden_acts: Sequence[_Item | None], items: Sequence[_Item], wpos: Sequence[int]
+                    ) -> tuple[str, float]:
+    """The network-wide activation (name, slope): one type after every hidden layer, or none anywhere."""
+    present = [a for a in hidden_acts if a is not None]
+    kinds = sorted({(cast(Activation, a.act).name, cast(Activation, a.act).negative_slope) for a in present})
+    if len(kinds) > 1:
+        raise _fail(f"mixed activations {kinds} are not supported; the Net applies one activation type (and slope) "
+                    "after every hidden layer")
+    if present and len(present) < len(hidden_acts):
+        j = list(hidden_acts).index(None)
+        raise _fail(f"{_label(items[wpos[j]].node)} and {_label(items[wpos[j + 1]].node)} follow each other with no "
+                    f"activation between them, while {_label(present[0].node)} applies one; the Net applies the same "
+                    "activation after every hidden layer")
+    return kinds[0] if kinds else ("identity", 0.01)
 
 
 # ---------------------------------------------------------------------- float64 reference evaluation
@@ -861,7 +956,27 @@ def save_onnx(net: Net, path: str | os.PathLike[str], input_name: str = "input",
     True
     """
     import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import TensorProto, helper
+
+    _check_save_args(net, input_name, output_name, opset)
+    spec = net.spec
+    shape = _declared_shape(spec, input_shape)
+    elem = TensorProto.FLOAT if net.dtype == torch.float32 else TensorProto.DOUBLE
+    nodes, inits = _graph_nodes(net, input_name, len(shape) > 2 and spec.kind == "fcn")
+    nodes[-1].output[0] = output_name
+    graph = helper.make_graph(nodes, "probprune", [helper.make_tensor_value_info(input_name, elem, list(shape))],
+                              [helper.make_tensor_value_info(output_name, elem, [shape[0], spec.output_dim])], inits)
+    opsets = [helper.make_opsetid("", opset)]
+    model = helper.make_model(graph, opset_imports=opsets, producer_name="probprune",
+                              ir_version=helper.find_min_ir_version_for(opsets))
+    onnx.checker.check_model(model)
+    data = model.SerializeToString(deterministic=True)
+    return _atomic_write(Path(path), data)
+
+
+def _check_save_args(net: Net, input_name: str, output_name: str, opset: int) -> None:
+    """A single finite Net, an opset onnx knows, two distinct names that are not parameter names."""
+    import onnx
 
     if not isinstance(net, Net):
         raise ProbPruneError(f"save_onnx: net must be a Net, got {type(net).__name__}")
@@ -877,7 +992,10 @@ def save_onnx(net: Net, path: str | os.PathLike[str], input_name: str = "input",
     if input_name == output_name or input_name in net.state_dict() or output_name in net.state_dict():
         raise ProbPruneError(f"save_onnx: input_name={input_name!r}, output_name={output_name!r}: must differ from "
                              f"each other and from the parameter names {net.names}")
-    spec = net.spec
+
+
+def _declared_shape(spec: NetSpec, input_shape: Sequence[int | str | None] | None) -> tuple[int | str | None, ...]:
+    """The graph input's declared shape, batch first (default ``["N", *features]``); it must fit the net."""
     feat = spec.feature_shapes()[0]  # the input shape per sample
     shape: tuple[int | str | None, ...] = ("N", *feat) if input_shape is None else tuple(input_shape)
     if len(shape) < 2 or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in shape[1:]) \
@@ -887,7 +1005,13 @@ def save_onnx(net: Net, path: str | os.PathLike[str], input_name: str = "input",
     if (spec.kind == "cnn" and rest != feat) or math.prod(rest) != spec.input_dim:
         raise ProbPruneError(f"save_onnx: input_shape={list(shape)} does not fit the network's input "
                              f"{list(feat)} (batch first)")
-    elem = TensorProto.FLOAT if net.dtype == torch.float32 else TensorProto.DOUBLE
+    return shape
+
+
+def _graph_nodes(net: Net, input_name: str, flatten_input: bool) -> tuple[list[Any], list[Any]]:
+    """The nodes (in order, the last one's output still unnamed) and the initializers of ``net``'s graph."""
+    from onnx import helper, numpy_helper
+
     nodes: list[Any] = []
     inits: list[Any] = []
     cur = input_name
@@ -904,7 +1028,7 @@ def save_onnx(net: Net, path: str | os.PathLike[str], input_name: str = "input",
         nodes.append(helper.make_node(op, inputs, [out], name=name, **attrs))
         cur = out
 
-    if len(shape) > 2 and spec.kind == "fcn":
+    if flatten_input:
         add("Flatten", [cur], axis=1)
     last = len(net.layers) - 1
     for i, (wname, layer) in enumerate(zip(net.names, net.layers)):
@@ -934,15 +1058,7 @@ def save_onnx(net: Net, path: str | os.PathLike[str], input_name: str = "input",
             add("MaxPool", [cur], kernel_shape=[layer.conv.pool] * 2, strides=[layer.conv.pool] * 2)
         if layer.flatten:
             add("Flatten", [cur], axis=1)
-    nodes[-1].output[0] = output_name
-    graph = helper.make_graph(nodes, "probprune", [helper.make_tensor_value_info(input_name, elem, list(shape))],
-                              [helper.make_tensor_value_info(output_name, elem, [shape[0], spec.output_dim])], inits)
-    opsets = [helper.make_opsetid("", opset)]
-    model = helper.make_model(graph, opset_imports=opsets, producer_name="probprune",
-                              ir_version=helper.find_min_ir_version_for(opsets))
-    onnx.checker.check_model(model)
-    data = model.SerializeToString(deterministic=True)
-    return _atomic_write(Path(path), data)
+    return nodes, inits
 
 
 def _atomic_write(path: Path, data: bytes) -> Path:

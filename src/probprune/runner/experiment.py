@@ -17,10 +17,12 @@ target whatever grid it belongs to, and a resumed run computes exactly the missi
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +31,7 @@ import torch
 from torch import Tensor
 
 from probprune.bounds import certified_gap_bound
-from probprune.config import ExperimentSpec, GapSpec, ProbPruneError, PruneSpec, TrainSpec
+from probprune.config import ExecutionPolicy, ExperimentSpec, GapSpec, ProbPruneError, PruneSpec, TrainSpec
 from probprune.data import (
     as_net,
     init_module,
@@ -44,11 +46,13 @@ from probprune.masks import prune
 from probprune.nets import Net, from_state_dict, to_module
 from probprune.records import ExperimentRow
 from probprune.rng import derive_seed, make_generator
+from probprune.runner.execution import execution
 from probprune.runner.prune import check_time, n_weights
 from probprune.store import atomic_write_text, load_tensors, save_tensors
 from probprune.store.experiments import ExperimentStore, read_experiment
 
 __all__ = [
+    "DatasetCache",
     "ExperimentOutcome",
     "SettingUnit",
     "check_budget",
@@ -98,7 +102,8 @@ class _Eval:
 
 
 def evaluate_pruned(target: Net, pruned: Net, x_test: Tensor, y_test: Tensor, target_logits: Tensor,
-                    radius: float, gap: GapSpec, generator: torch.Generator) -> dict[str, Any]:
+                    radius: float, gap: GapSpec, generator: torch.Generator, *,
+                    workers: Executor | None = None) -> dict[str, Any]:
     """Accuracy, test-set gap and the gap sandwich of ``pruned`` against ``target``.
 
     Args:
@@ -107,6 +112,7 @@ def evaluate_pruned(target: Net, pruned: Net, x_test: Tensor, y_test: Tensor, ta
         radius: r of the ball (e.g. max ‖x‖ of the test set).
         gap: sup-gap estimator budget (its radius is replaced by ``radius``).
         generator: randomness of the sup-gap estimator.
+        workers: CPU workers of the estimator's forward passes (the runner's; same values either way).
 
     Returns:
         ``test_accuracy``, ``mean_test_gap`` / ``max_test_gap`` (‖f(x) − F(x)‖₂ over the test set),
@@ -119,7 +125,8 @@ def evaluate_pruned(target: Net, pruned: Net, x_test: Tensor, y_test: Tensor, ta
     diff = (logits.double() - target_logits.double()).norm(dim=-1)
     upper = certified_gap_bound(target, pruned, radius=radius)
     est = sup_gap(target, pruned, GapSpec(radius=radius, n_points=gap.n_points, n_restarts=gap.n_restarts,
-                                          n_steps=gap.n_steps, step_size=gap.step_size), generator)
+                                          n_steps=gap.n_steps, step_size=gap.step_size), generator,
+                  workers=workers)
     # test inputs inside the ball (all of them when r = max ‖x‖) give a lower bound on the gap too
     inside = x_test.reshape(x_test.shape[0], -1).double().norm(dim=-1) <= radius
     lower = max(float(est.value), float(diff[inside].max()) if bool(inside.any()) else 0.0)
@@ -178,18 +185,15 @@ def run_experiment(spec: ExperimentSpec, runs_dir: str | Path = "runs", data_roo
     t0 = time.perf_counter()
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise ProbPruneError(f"threads={threads!r}: must be an integer >= 1")
-    data = load_dataset(spec.dataset, data_root)
-    old_threads = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
-        return _run(spec, runs_dir, data_root, data, progress, executor, t0)
-    finally:
-        torch.set_num_threads(old_threads)
+    datasets = DatasetCache()  # the run's data: loaded (and checked) once, shared with in-process settings
+    data = datasets.get(spec.dataset, data_root)
+    with execution(ExecutionPolicy(threads=threads)) as ex:  # restores the thread count afterwards
+        return _run(spec, runs_dir, data_root, data, progress, executor, t0, datasets, ex.workers)
 
 
 def _run(spec: ExperimentSpec, runs_dir: str | Path, data_root: str | Path | None, data: Any,
-         progress: Progress | None, executor: Any, t0: float) -> ExperimentOutcome:
+         progress: Progress | None, executor: Any, t0: float, datasets: DatasetCache,
+         workers: Executor) -> ExperimentOutcome:
     run_dir = Path(runs_dir) / spec.hash
     total = spec.n_settings()
     computed = 0
@@ -218,7 +222,7 @@ def _run(spec: ExperimentSpec, runs_dir: str | Path, data_root: str | Path | Non
                 dense_acc = float((target_logits.argmax(dim=-1) == y_test).double().mean())
                 if executor is not None:
                     for row in _settings_via(executor, spec, data_root, model, seed, target, target_logits,
-                                             radius, dense_acc, done):
+                                             radius, dense_acc, done, datasets):
                         store.add(row)
                         done.add(ExperimentStore.key(row))
                         computed += 1
@@ -240,7 +244,7 @@ def _run(spec: ExperimentSpec, runs_dir: str | Path, data_root: str | Path | Non
                                 if ckey not in cache:
                                     cache[ckey] = _one_setting(spec, model, seed, target, method, scope, f, ft,
                                                                x_train, data.train_labels, x_test, y_test,
-                                                               target_logits, radius, gap_budget)
+                                                               target_logits, radius, gap_budget, workers)
                                 row = ExperimentRow(dataset=spec.dataset, model=model, method=method, scope=scope,
                                                     prune_fraction=f, finetuned=ft, seed=seed,
                                                     dense_accuracy=dense_acc, radius=radius, **cache[ckey],
@@ -257,7 +261,7 @@ def _run(spec: ExperimentSpec, runs_dir: str | Path, data_root: str | Path | Non
 
 def _one_setting(spec: ExperimentSpec, model: str, seed: int, target: Net, method: str, scope: str, f: float,
                  ft: bool, x_train: Tensor, y_train: Tensor, x_test: Tensor, y_test: Tensor, target_logits: Tensor,
-                 radius: float, gap_budget: GapSpec) -> dict[str, Any]:
+                 radius: float, gap_budget: GapSpec, workers: Executor | None = None) -> dict[str, Any]:
     stream = ("dense",) if f == 0.0 else (method, scope, round(f, 6))
     mask_gen = make_generator(derive_seed(f"experiment:{spec.dataset}", model, seed, *stream, "mask"))
     rule = PruneSpec(method=method, prune_fraction=f, scope=scope)  # type: ignore[arg-type]
@@ -270,7 +274,8 @@ def _one_setting(spec: ExperimentSpec, model: str, seed: int, target: Net, metho
                        g, masks=res.masks)
         pruned = as_net(module, target.spec)
     gap_gen = make_generator(derive_seed(f"experiment:{spec.dataset}", model, seed, *stream, ft, "gap"))
-    out = evaluate_pruned(target, pruned, x_test, y_test, target_logits, radius, gap_budget, gap_gen)
+    out = evaluate_pruned(target, pruned, x_test, y_test, target_logits, radius, gap_budget, gap_gen,
+                          workers=workers)
     n_weights = res.stats.size
     n_kept = sum(int((w != 0).sum()) for w in pruned.weights)
     out.update({"sparsity": res.stats.sparsity, "n_weights": n_weights, "n_kept": n_kept})
@@ -336,18 +341,41 @@ class SettingUnit:
                 f"prune_fraction={self.prune_fraction:g} {ft}")
 
 
-_DATASETS: dict[tuple[str, str | None], Any] = {}
+class DatasetCache:
+    """The data sets a run has loaded, by (dataset, data root): an explicit object owned by the run.
+
+    :func:`run_experiment` makes one per call and hands it to :func:`compute_setting` (through the
+    executor), so settings computed in the driver's process reuse the driver's data set. Pickling it
+    (to ship the work to another process, e.g. a Ray task) carries no data: the receiving copy
+    loads, and checks, its own. One data set is held at a time.
+    """
+
+    def __init__(self) -> None:
+        self._data: dict[tuple[str, str | None], Any] = {}
+
+    def get(self, dataset: str, data_root: str | Path | None) -> Any:
+        """The loaded data set (:func:`probprune.data.load_dataset`), loaded on first use."""
+        key = (dataset, None if data_root is None else str(data_root))
+        if key not in self._data:
+            self._data.clear()
+            self._data[key] = load_dataset(dataset, data_root)
+        return self._data[key]
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {}  # never ship a data set: the receiving process loads its own
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self._data = {}
 
 
-def compute_setting(unit: SettingUnit) -> list[dict[str, Any]]:
-    """The measured values of one setting (one dict: accuracy, gap sandwich, test-set gap, ``seconds``)."""
+def compute_setting(unit: SettingUnit, datasets: DatasetCache | None = None) -> list[dict[str, Any]]:
+    """The measured values of one setting (one dict: accuracy, gap sandwich, test-set gap, ``seconds``).
+
+    ``datasets``: where the data set comes from (the run's :class:`DatasetCache`); ``None`` loads it.
+    """
     ts = time.perf_counter()
     spec = unit.spec
-    key = (spec.dataset, unit.data_root)
-    if key not in _DATASETS:  # a worker loads (and checks) the dataset once per process
-        _DATASETS.clear()
-        _DATASETS[key] = load_dataset(spec.dataset, unit.data_root)
-    data = _DATASETS[key]
+    data = (DatasetCache() if datasets is None else datasets).get(spec.dataset, unit.data_root)
     net_spec = lenet_spec(unit.model)
     x_train = inputs_for(data.train_images, net_spec)
     x_test = inputs_for(data.test_images, net_spec)
@@ -356,15 +384,16 @@ def compute_setting(unit: SettingUnit) -> list[dict[str, Any]]:
         x_test, y_test = x_test[:spec.test_limit], y_test[:spec.test_limit]
     target = from_state_dict(net_spec, unit.target)
     gap_budget = GapSpec(radius=1.0, n_points=spec.gap_points, n_restarts=spec.gap_restarts, n_steps=spec.gap_steps)
-    out = _one_setting(spec, unit.model, unit.seed, target, unit.method, unit.scope, unit.prune_fraction,
-                       unit.finetuned, x_train, data.train_labels, x_test, y_test, unit.target_logits, unit.radius,
-                       gap_budget)
+    with execution() as ex:  # this process's thread count; the workers are this call's own
+        out = _one_setting(spec, unit.model, unit.seed, target, unit.method, unit.scope, unit.prune_fraction,
+                           unit.finetuned, x_train, data.train_labels, x_test, y_test, unit.target_logits,
+                           unit.radius, gap_budget, ex.workers)
     return [{**out, "seconds": time.perf_counter() - ts}]
 
 
 def _settings_via(executor: Any, spec: ExperimentSpec, data_root: str | Path | None, model: str, seed: int,
                   target: Net, target_logits: Tensor, radius: float, dense_acc: float,
-                  done: set[tuple[Any, ...]]) -> Any:
+                  done: set[tuple[Any, ...]], datasets: DatasetCache) -> Any:
     """Rows of the missing settings of one dense target, computed by ``executor`` (yielded as they finish)."""
     fts = (False, True) if spec.finetune_epochs > 0 else (False,)
     groups: dict[tuple[Any, ...], list[tuple[str, str, float, bool]]] = {}
@@ -381,7 +410,7 @@ def _settings_via(executor: Any, spec: ExperimentSpec, data_root: str | Path | N
     units = {ckey: SettingUnit(spec, None if data_root is None else str(data_root), model, seed, ms[0][0], ms[0][1],
                                ms[0][2], ms[0][3], state, target_logits.detach().cpu(), radius)
              for ckey, ms in groups.items()}
-    for unit, rows in executor.map(compute_setting, list(units.values())):
+    for unit, rows in executor.map(functools.partial(compute_setting, datasets=datasets), list(units.values())):
         f0 = unit.prune_fraction
         ckey = ("dense", unit.finetuned) if f0 == 0.0 else (unit.method, unit.scope, f0, unit.finetuned)
         for method, scope, f, ft in groups[ckey]:

@@ -18,6 +18,7 @@ from probprune.config import GapJob, GapSpec, ProbPruneError
 from probprune.gap import sup_gap
 from probprune.nets import Net, check_pair
 from probprune.rng import derive_seed, make_generator
+from probprune.runner.execution import execution
 from probprune.runner.prune import LoadedModel, check_device, check_gap_budget, load_model, model_format
 
 __all__ = ["GapOutcome", "Sandwich", "check_gap_job", "gap_sandwich", "run_gap"]
@@ -100,14 +101,14 @@ def gap_sandwich(target: Net, pruned: Net, gap: GapSpec, seed: int = 0, norm_met
     if not isinstance(gap, GapSpec):
         raise ProbPruneError(f"gap_spec: expected a GapSpec, got {type(gap).__name__}")
     g = make_generator(derive_seed("gap", seed, "estimator"), target.device)
-    with torch.no_grad():
+    with torch.no_grad(), execution() as ex:  # the search's forward passes on single-threaded workers
         if bound is None:
             bound = certified_gap_bound(target, pruned, radius=gap.radius, norm_method=norm_method)
         elif bound.radius != gap.radius or tuple(bound.value.shape) != \
                 (() if target.n_trials is None else (target.n_trials,)):
             raise ProbPruneError(f"bound: computed for radius {bound.radius!r} and shape {tuple(bound.value.shape)}, "
                                  f"not for this pair over gap.radius={gap.radius!r}")
-        est = sup_gap(target, pruned, gap, g)
+        est = sup_gap(target, pruned, gap, g, workers=ex.workers)
         lower = lower_at(target, pruned, est.x, gap.radius)
     if not bool(torch.isfinite(lower).all()):
         dtype = str(target.dtype).replace("torch.", "")

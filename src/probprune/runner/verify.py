@@ -12,8 +12,11 @@ Resume: trials already in ``results.sqlite`` are skipped; re-running a finished 
 ``mc.chunk_size`` only decides how the missing trials are grouped into units: it is not part of
 the config hash (:data:`probprune.config.EXECUTION_FIELDS`), so a run may be resumed with another
 chunk size, and chunk sizes 1, 7 and R give the same rows. The chunk size of the last writer is
-recorded in the ``meta`` table. One driver at a time: a second ``verify`` on a folder that is
-being written is refused (:class:`probprune.store.runs.RunWriter` holds the folder's lock).
+recorded in the ``meta`` table. How a unit executes (forward form, threads; ``PROBPRUNE_FORWARD`` is
+read once, into the run's :class:`~probprune.config.ExecutionPolicy`) travels with the unit and is
+applied — then restored — by :func:`probprune.runner.execution.execution` around it. One driver at
+a time: a second ``verify`` on a folder that is being written is refused
+(:class:`probprune.store.runs.RunWriter` holds the folder's lock).
 """
 
 from __future__ import annotations
@@ -22,13 +25,14 @@ import json
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 
 from probprune.config import (
+    ExecutionPolicy,
     ProbPruneError,
     RunConfig,
     canonical_json,
@@ -46,6 +50,7 @@ from probprune.montecarlo import (
     summarize_point,
 )
 from probprune.records import GridRow, PointSummary, TrialRow
+from probprune.runner.execution import execution, policy_from_env
 from probprune.runner.prune import check_device as prune_check_device
 from probprune.store.runs import RunInfo, RunWriter, open_run, prepare_run, read_points, read_slopes
 
@@ -82,7 +87,7 @@ class Unit:
     """One unit of work: trials ``trials`` of grid point ``grid_index`` of the run ``config``.
 
     Plain data (picklable): ``config`` is the canonical dict of the run, so a remote worker
-    rebuilds everything from it.
+    rebuilds everything from it; ``policy`` says how to execute it (never what it computes).
     """
 
     config: dict[str, Any]
@@ -91,6 +96,7 @@ class Unit:
     trials: tuple[int, ...]
     eps: float | None
     version: str
+    policy: ExecutionPolicy = field(default_factory=ExecutionPolicy)
 
 
 def compute_unit(unit: Unit) -> list[TrialRow]:
@@ -99,7 +105,10 @@ def compute_unit(unit: Unit) -> list[TrialRow]:
     if config_hash(cfg) != unit.config_hash:
         raise ProbPruneError(f"unit: config hash {config_hash(cfg)} differs from {unit.config_hash}")
     point = expand_grid(cfg)[unit.grid_index]
-    return run_trials(cfg, point, unit.config_hash, unit.trials, unit.eps, version=unit.version)
+    # the run's TF32 setting is mc.matmul (hashed: TF32 changes the numbers)
+    with execution(replace(unit.policy, matmul=cfg.mc.matmul)) as ex:
+        return run_trials(cfg, point, unit.config_hash, unit.trials, unit.eps, version=unit.version,
+                          policy=ex.policy, workers=ex.workers)
 
 
 class Executor(Protocol):
@@ -122,7 +131,8 @@ class LocalExecutor:
 
 
 def plan_units(cfg: RunConfig, points: Sequence[GridPoint], bounds: Sequence[PointBound],
-               done: dict[int, Iterable[int]], version: str = "") -> list[Unit]:
+               done: dict[int, Iterable[int]], version: str = "", policy: ExecutionPolicy | None = None
+               ) -> list[Unit]:
     """Units for the missing trials: per grid point, missing indices in order, ``mc.chunk_size`` at a time."""
     data = from_canonical(cfg)
     h = config_hash(cfg)
@@ -132,7 +142,8 @@ def plan_units(cfg: RunConfig, points: Sequence[GridPoint], bounds: Sequence[Poi
         missing = [t for t in range(cfg.mc.n_trials) if t not in have]
         cs = cfg.mc.chunk_size
         for i in range(0, len(missing), cs):
-            units.append(Unit(data, h, p.index, tuple(missing[i:i + cs]), b.eps, version))
+            units.append(Unit(data, h, p.index, tuple(missing[i:i + cs]), b.eps, version,
+                              ExecutionPolicy() if policy is None else policy))
     return units
 
 
@@ -211,6 +222,7 @@ def run_verify(
     executor: Executor | None = None,
     progress: Callable[[ProgressEvent], None] | None = None,
     resume: str | Path | None = None,
+    policy: ExecutionPolicy | None = None,
 ) -> VerifyResult:
     """Run (or resume) the verification of ``cfg`` into ``runs_dir/<config-hash>/``.
 
@@ -223,11 +235,14 @@ def run_verify(
         executor: where units run (default :class:`LocalExecutor`).
         progress: called with a :class:`ProgressEvent` after planning and after each unit.
         resume: an explicit run folder to continue (must hold exactly ``cfg``).
+        policy: how units execute (default: ``forward`` from ``$PROBPRUNE_FORWARD``, read once
+            here; the process's thread count); results are the same either way.
 
     Returns:
         :class:`VerifyResult` with the run folder, its info, the points and the slopes as stored.
     """
     start = time.perf_counter()
+    pol = policy_from_env() if policy is None else policy
     points = expand_grid(cfg)
     if not points:
         raise ProbPruneError("grid: no grid points (empty widths or pruning rules)")
@@ -243,7 +258,7 @@ def run_verify(
     n_new = 0
     try:
         state = writer.done()
-        units = plan_units(cfg, points, bounds, {g: rows.keys() for g, rows in state.items()}, ver)
+        units = plan_units(cfg, points, bounds, {g: rows.keys() for g, rows in state.items()}, ver, pol)
         total = len(points) * cfg.mc.n_trials
         n_done = sum(len(v) for v in state.values())
         if progress is not None:
