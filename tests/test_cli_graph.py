@@ -168,6 +168,8 @@ def test_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
              capsys)
     _refused(["prune", "--weights", str(model), "--prune-fraction", "0.5", "--out", str(tmp_path / "q.safetensors")],
              "out=", tmp_path, capsys)
+    _refused(["gap", "--weights", str(_chain(tmp_path / "chain.onnx")), "--pruned", str(model), *FAST],
+             "is a graph", tmp_path, capsys)  # a graph is no pruned twin of a chain
     bad = _residual(tmp_path / "softmax.onnx", extra="Softmax")
     _refused(["prune", "--weights", str(bad), "--prune-fraction", "0.5", "--out", out], "node 'head' (Softmax)",
              tmp_path, capsys)
