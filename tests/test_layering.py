@@ -21,8 +21,8 @@ ALLOWED = {
     "montecarlo": {"config", "records", "rng", "nets", "sampling", "masks", "gap", "bounds"},
     "data": {"config", "files", "nets", "masks", "gap"},
     "store": {"config", "files", "records"},
-    "runner": {"config", "files", "records", "rng", "nets", "sampling", "masks", "gap", "bounds", "montecarlo",
-               "data", "store"},
+    "runner": {"config", "files", "records", "rng", "nets", "sampling", "masks", "graphmasks", "gap", "bounds",
+               "montecarlo", "data", "store"},
     "report": {"config", "records", "store"},
     "cli": {"config", "records", "store", "runner", "report"},
 }
@@ -64,6 +64,8 @@ MODULE_ALLOWED = {
     "nets/fx.py": {"probprune.config", "probprune.nets.graph"},
     "nets/onnx_graph.py": {"probprune.config", "probprune.nets.graph", "probprune.nets.fx", "probprune.nets.onnx"},
     "bounds/graph.py": {"probprune.config", "probprune.nets.graph", "probprune.bounds.norms"},
+    "runner/graph.py": {"probprune.config", "probprune.rng", "probprune.graphmasks", "probprune.nets.graph",
+                        "probprune.nets.onnx_graph", "probprune.bounds.graph"},
 }
 
 

@@ -12,7 +12,7 @@ from probprune.cli.app import VerboseOpt, app, console, emit_json, err_console, 
 from probprune.cli.flags import GAP_FLAGS, ConfigOpt, SetOpt, model_net
 from probprune.config import GapJob, ProbPruneError, resolve
 
-__all__ = ["gap_cmd", "sandwich_doc", "sandwich_tables"]
+__all__ = ["gap_cmd", "graph_sandwich_tables", "sandwich_doc", "sandwich_tables"]
 
 
 def _f(v: float) -> str:
@@ -90,12 +90,24 @@ def gap_cmd(
     for name, path in (("weights", weights), ("pruned", pruned)):
         if path is None and config is None:
             raise ProbPruneError(f"{name}: missing; give --{name} FILE (or set it in --config)")
+    from probprune.runner.graph import GraphModelFound
+
     loaded: dict[str, Any] = {}
-    job: GapJob = resolve(GapJob, table=GAP_FLAGS, config=config, sets=list(sets or []),
-                          groups=(model_net(("weights", "pruned"), loaded),),
-                          flags=dict(weights=weights, pruned=pruned, arch=arch, radius=radius, activation=activation,
-                                     bias=bias, n_points=n_points, n_restarts=n_restarts, n_steps=n_steps,
-                                     step_size=step_size, norm_method=norm_method, seed=seed, device=device))
+    flags = dict(weights=weights, pruned=pruned, arch=arch, radius=radius, activation=activation, bias=bias,
+                 n_points=n_points, n_restarts=n_restarts, n_steps=n_steps, step_size=step_size,
+                 norm_method=norm_method, seed=seed, device=device)
+    try:
+        job: GapJob = resolve(GapJob, table=GAP_FLAGS, config=config, sets=list(sets or []),
+                              groups=(model_net(("weights", "pruned"), loaded),), flags=flags)
+    except GraphModelFound as found:  # an ONNX graph the chain reader refuses: the graph path
+        if found.name != "weights":
+            raise ProbPruneError(f"{found.name}={found.model.path!r}: is an ONNX graph model; give as --weights "
+                                 "the ONNX graph it was pruned from") from None
+        if config is not None or sets:
+            raise ProbPruneError("config: --config/--set are not supported for ONNX graph models yet "
+                                 f"(weights={found.model.path!r}); give the options as flags") from None
+        _graph_gap(found, flags, as_json, dry_run, verbose)
+        return
     check_gap_job(job)
     g = job.gap
     resolved = {"arch": job.net.to_arch(), "activation": job.net.activation, "bias": job.net.bias,
@@ -118,3 +130,53 @@ def gap_cmd(
         console.print(table)
     console.print("* certified upper value, not the exact norm; assumptions: "
                   + "; ".join(sw.bound.assumptions), markup=False)
+
+
+def graph_sandwich_tables(sw: Any) -> list[Table]:
+    """Rich tables of a ``GraphSandwich``: the sandwich and the per-node values of the certified bound."""
+    doc = sw.to_dict()
+    radius = doc["bound"]["radius"]
+    t = Table(title=f"gap sandwich: lower <= sup_(||x|| <= {radius:g}) ||f(x) - F(x)|| <= upper")
+    for col in ("lower (empirical)", "upper (certified)", "upper / lower"):
+        t.add_column(col, justify="right")
+    t.add_row(_f(doc["lower"]), _f(doc["upper"]), "inf" if math.isinf(doc["ratio"]) else _f(doc["ratio"]))
+    terms = Table(title="certified bound per node (upper values)")
+    for col in ("node", "op", "reach F <=", "reach f <=", "error <="):
+        terms.add_column(col, justify="left" if col in ("node", "op") else "right")
+    for term in doc["bound"]["terms"]:
+        terms.add_row(term["name"], term["op"], _f(term["reach_target"]), _f(term["reach_pruned"]),
+                      _f(term["error"]))
+    return [t, terms]
+
+
+def _graph_gap(found: Any, flags: dict[str, Any], as_json: bool, dry_run: bool, verbose: bool) -> None:
+    """``gap`` on an ONNX graph target (:mod:`probprune.runner.graph`): the pruned model must be its twin."""
+    from probprune.config import GapSpec
+    from probprune.runner.graph import GRAPH_NOTE, run_graph_gap
+
+    model = found.model
+    for name, flag in (("arch", "--arch"), ("activation", "--activation"), ("bias", "--bias/--no-bias"),
+                       ("norm_method", "--norm-method")):
+        if flags.get(name) is not None:
+            raise ProbPruneError(f"{name}={flags[name]!r}: {flag} is not taken for an ONNX graph model "
+                                 f"(weights={model.path!r})")
+    if flags.get("device") not in (None, "cpu"):
+        raise ProbPruneError(f"device={flags['device']!r}: ONNX graph models are bounded on the cpu")
+    g = GapSpec(**{k: flags[k] for k in ("radius", "n_points", "n_restarts", "n_steps", "step_size")
+                   if flags.get(k) is not None})
+    seed = 0 if flags.get("seed") is None else int(flags["seed"])
+    resolved = {"model": "onnx graph", "weights": model.path, "pruned": flags["pruned"], "seed": seed,
+                "gap": {"radius": g.radius, "n_restarts": g.n_restarts, "n_steps": g.n_steps}}
+    print_header(resolved, None, as_json, verbose)
+    if dry_run:
+        return
+    if as_json:
+        sw = run_graph_gap(model, flags["pruned"], g, seed)
+        emit_json({"config": resolved, "sandwich": sw.to_dict()})
+        return
+    with err_console.status("searching and bounding the gap", spinner="dots"):
+        sw = run_graph_gap(model, flags["pruned"], g, seed)
+    for table in graph_sandwich_tables(sw):
+        console.print(table)
+    console.print("* certified upper value; assumptions: " + "; ".join(sw.bound.assumptions) + "; " + GRAPH_NOTE,
+                  markup=False)

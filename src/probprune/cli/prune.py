@@ -17,16 +17,26 @@ ArchOpt = Annotated[Optional[str], typer.Option("--arch", help="Architecture, e.
                                                 ".onnx model; if given, it must match).")]
 
 
-def _prune_job(config: str | None, sets: list[str] | None, flags: dict[str, Any]) -> tuple[PruneJob, dict[str, Any]]:
+def _prune_job(config: str | None, sets: list[str] | None,
+               flags: dict[str, Any]) -> tuple[PruneJob | None, dict[str, Any]]:
     """The job from the one resolver (``--config``, the flags of :data:`PRUNE_FLAGS`, ``--set``) and the models
-    read on the way (``weights`` → ONNX model)."""
+    read on the way (``weights`` → ONNX model); no job and ``{"graph": GraphModelFound}`` for an ONNX graph
+    the chain reader refuses (:mod:`probprune.runner.graph`)."""
+    from probprune.runner.graph import GraphModelFound
+
     loaded: dict[str, Any] = {}
 
     def rule(data: dict[str, Any], _: Any) -> None:
         data.setdefault("prune", {})  # no level given: the job's own refusal names the flags to use
 
-    job: PruneJob = resolve(PruneJob, table=PRUNE_FLAGS, flags=flags, config=config, sets=list(sets or []),
-                            groups=(rule, model_net(("weights",), loaded)))
+    try:
+        job: PruneJob = resolve(PruneJob, table=PRUNE_FLAGS, flags=flags, config=config, sets=list(sets or []),
+                                groups=(rule, model_net(("weights",), loaded)))
+    except GraphModelFound as found:
+        if config is not None or sets:
+            raise ProbPruneError("config: --config/--set are not supported for ONNX graph models yet "
+                                 f"({found.name}={found.model.path!r}); give the options as flags") from None
+        return None, {"graph": found}
     return job, loaded
 
 
@@ -104,10 +114,14 @@ def prune_cmd(
 
     if certificate is not None and not certificate.endswith(".json"):
         raise ProbPruneError(f"certificate={certificate!r}: must end in .json")
-    job, loaded = _prune_job(config, sets, dict(
-        arch=arch, weights=weights, law=law, seed=seed, activation=activation, bias=bias, method=method, scope=scope,
-        prune_fraction=prune_fraction, threshold=threshold, relative_threshold=relative_threshold, p=p,
-        rescale=rescale, out=out, save_target=save_target, device=device))
+    flags = dict(arch=arch, weights=weights, law=law, seed=seed, activation=activation, bias=bias, method=method,
+                 scope=scope, prune_fraction=prune_fraction, threshold=threshold,
+                 relative_threshold=relative_threshold, p=p, rescale=rescale, out=out, save_target=save_target,
+                 device=device)
+    job, loaded = _prune_job(config, sets, flags)
+    if job is None:  # an ONNX graph the chain reader refuses: the graph path
+        return _graph_prune(loaded["graph"], flags, as_json, dry_run, verbose, radius if gap else None, certificate,
+                            delta)
     _check_certificate(certificate, delta, job)
     check_prune_job(job)
     gap_spec = GapSpec(radius=radius) if gap else None
@@ -156,3 +170,65 @@ def _print_outcome(job: PruneJob, stats: dict[str, Any], sw: Any, cert_doc: dict
                       f"{job.out}", markup=False, soft_wrap=True)
     if cert_doc is not None:
         console.print(f"certificate written to {certificate}", markup=False, soft_wrap=True)
+
+
+def _graph_refusals(flags: dict[str, Any], certificate: str | None, delta: float | None, path: str) -> None:
+    """What the graph path of ``prune`` does not take: one line naming the flag."""
+    if certificate is not None or delta is not None:
+        raise ProbPruneError(f"certificate={certificate!r}: certificates are for chain models for now "
+                             f"(weights={path!r} is an ONNX graph)")
+    for name, flag in (("arch", "--arch"), ("activation", "--activation"), ("bias", "--bias/--no-bias"),
+                       ("law", "--law"), ("save_target", "--save-target")):
+        if flags.get(name) is not None:
+            raise ProbPruneError(f"{name}={flags[name]!r}: {flag} is not taken for an ONNX graph model "
+                                 f"(weights={path!r} carries its architecture and weights)")
+    if flags.get("device") not in (None, "cpu"):
+        raise ProbPruneError(f"device={flags['device']!r}: ONNX graph models are pruned and bounded on the cpu")
+    out = flags.get("out")
+    if out is not None and not str(out).lower().endswith(".onnx"):
+        raise ProbPruneError(f"out={out!r}: the pruned ONNX graph model is written as .onnx")
+
+
+def _graph_prune(found: Any, flags: dict[str, Any], as_json: bool, dry_run: bool, verbose: bool,
+                 radius: float | None, certificate: str | None, delta: float | None) -> None:
+    """``prune`` on an ONNX graph (:mod:`probprune.runner.graph`): prune, optionally the sandwich, write ``--out``."""
+    from probprune.config import PruneSpec
+    from probprune.runner.graph import GRAPH_NOTE, check_graph_prune, graph_sandwich, run_graph_prune, write_graph
+    from probprune.runner.prune import check_output_paths
+
+    model = found.model
+    _graph_refusals(flags, certificate, delta, model.path)
+    given = {k: flags[k] for k in ("method", "scope", "prune_fraction", "threshold", "relative_threshold", "p")
+             if flags.get(k) is not None}
+    spec = PruneSpec(**given, rescale=bool(flags.get("rescale")))
+    check_graph_prune(spec)
+    seed = 0 if flags.get("seed") is None else int(flags["seed"])
+    gap_spec = None if radius is None else GapSpec(radius=radius)
+    check_output_paths({"out": flags.get("out")})
+    resolved: dict[str, Any] = {"model": "onnx graph", "weights": model.path, "seed": seed,
+                                "prune": {k: v for k, v in vars(spec).items() if v is not None}}
+    if gap_spec is not None:
+        resolved["gap"] = {"radius": gap_spec.radius}
+    print_header(resolved, flags.get("out"), as_json, verbose)
+    if dry_run:
+        return
+    res = run_graph_prune(model, spec, seed)
+    sw = None if gap_spec is None else graph_sandwich(res.target, res.pruned, gap_spec, seed)
+    if flags.get("out") is not None:
+        write_graph(res, flags["out"])
+    if as_json:
+        doc: dict[str, Any] = {"config": resolved, "stats": res.stats, "out": flags.get("out"), "save_target": None}
+        if sw is not None:
+            doc["sandwich"] = sw.to_dict()
+        emit_json(doc)
+        return
+    console.print(stats_table(res.stats))
+    if sw is not None:
+        from probprune.cli.gap import graph_sandwich_tables
+
+        for table in graph_sandwich_tables(sw):
+            console.print(table)
+        console.print("* certified upper value; assumptions: " + "; ".join(sw.bound.assumptions) + "; "
+                      + GRAPH_NOTE, markup=False)
+    if flags.get("out"):
+        console.print(f"pruned model written to {flags['out']}", markup=False, soft_wrap=True)

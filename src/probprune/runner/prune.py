@@ -400,12 +400,16 @@ def load_model(path: str, spec: NetSpec | None = None, name: str = "weights") ->
     Raises:
         ProbPruneError: naming ``name`` and the file: unknown suffix, unreadable or unsupported model,
             no ``spec`` for safetensors, or an architecture other than ``spec``.
+        GraphModelFound: an ONNX model the chain reader refuses and the graph reader reads
+            (:mod:`probprune.runner.graph`); it carries the graph.
     """
     if model_format(name, path) == "onnx":
         try:
             net, info = read_onnx(path)
         except ProbPruneError as e:
-            raise ProbPruneError(f"{name}={path!r}: {e}") from None
+            from probprune.runner.graph import graph_fallback  # a graph the chain reader refuses
+
+            raise graph_fallback(name, path, e) from None
         if spec is not None:
             _same_spec(name, path, net.spec, spec)
         return LoadedModel(net, info)
