@@ -35,12 +35,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from torch import Tensor
 
-from probprune.config import ConvSpec, ProbPruneError
+from probprune.config import ConvSpec, NormMethod, ProbPruneError
 
 __all__ = [
     "NormMethod",
@@ -53,7 +52,6 @@ __all__ = [
     "vector_norm_bound",
 ]
 
-NormMethod = Literal["auto", "svd", "gram-cholesky", "frobenius-holder"]
 
 # Relative margin applied to values computed in float64 (backward-stable SVD / sums have
 # relative errors of order n·u ≈ 1e-12 for n ≤ 1e4; 1e-9 covers that with room).
