@@ -960,13 +960,13 @@ def _abs_scale(layer: Layer, x: Tensor) -> Tensor:
     return _apply_layer(absl, x.abs(), None).abs().max()
 
 
-def _check_points(shape: tuple[int, ...]) -> Tensor:
+def _check_points(shape: tuple[int, ...], seed: int = _CHECK_SEED) -> Tensor:
     """The conversion checks' float64 inputs ``[n, *shape]``: norms uniform in [0, 1] (half) and [0, 10] (half), and 0.
 
-    Drawn from a local generator seeded with ``_CHECK_SEED`` (never the global RNG); shared by
-    :func:`from_module` and :mod:`probprune.nets.onnx`.
+    Drawn from a local generator seeded with ``seed`` (never the global RNG); shared by
+    :func:`from_module`, :mod:`probprune.nets.onnx` and the graph readers (their own seed).
     """
-    gen = torch.Generator().manual_seed(_CHECK_SEED)
+    gen = torch.Generator().manual_seed(seed)
     n, d = _CHECK_POINTS, math.prod(shape)
     z = torch.randn(n, d, generator=gen, dtype=torch.float64)
     z = z / z.norm(dim=1, keepdim=True).clamp_min(1e-300)

@@ -43,11 +43,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from probprune.config import ProbPruneError
+from probprune.nets import _check_points
 from probprune.nets.graph import Activation, Graph, Node, activation, apply_node
 
 __all__ = ["check_against", "check_points", "graph_from_module"]
 
-_CHECK_POINTS = 256
 _CHECK_SEED = 20_260_515
 _SLACK = 64.0
 _U = 2.0 ** -53
@@ -528,16 +528,9 @@ def graph_from_module(module: nn.Module, example_input: Tensor) -> Graph:
 
 
 def check_points(shape: tuple[int, ...]) -> Tensor:
-    """256 float64 inputs ``[256, *shape]``: norms uniform in [0, 1] (half) and [0, 10] (half), and 0."""
-    gen = torch.Generator().manual_seed(_CHECK_SEED)
-    n, d = _CHECK_POINTS, math.prod(shape)
-    z = torch.randn(n, d, generator=gen, dtype=torch.float64)
-    z = z / z.norm(dim=1, keepdim=True).clamp_min(1e-300)
-    half = n // 2
-    norms = torch.cat([torch.rand(half, generator=gen, dtype=torch.float64),
-                       10.0 * torch.rand(n - half, generator=gen, dtype=torch.float64)])
-    norms[0] = 0.0
-    return (z * norms[:, None]).reshape(n, *shape)
+    """256 float64 inputs ``[256, *shape]`` of the stack converters' check (:func:`probprune.nets._check_points`),
+    drawn with the graph readers' own seed."""
+    return _check_points(shape, seed=_CHECK_SEED)
 
 
 def _fan(node: Node, xs: list[Tensor], shape: tuple[int, ...]) -> int:
