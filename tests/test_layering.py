@@ -65,7 +65,7 @@ MODULE_ALLOWED = {
     "nets/onnx_graph.py": {"probprune.config", "probprune.nets.graph", "probprune.nets.fx", "probprune.nets.onnx"},
     "bounds/graph.py": {"probprune.config", "probprune.nets.graph", "probprune.bounds.norms"},
     "runner/graph.py": {"probprune.config", "probprune.rng", "probprune.graphmasks", "probprune.nets.graph",
-                        "probprune.nets.onnx_graph", "probprune.bounds.graph"},
+                        "probprune.nets.onnx_graph", "probprune.bounds.graph", "probprune.masks"},
 }
 
 

@@ -38,7 +38,8 @@ from probprune.bounds.norms import _circular_norm, _gamma, abs_operator_norm_bou
 from probprune.config import ProbPruneError
 from probprune.nets.graph import Activation, Graph, Node, apply_node
 
-__all__ = ["GraphBound", "NodeTerm", "certified_graph_gap", "conv_operator_norm", "search_graph_gap"]
+__all__ = ["GraphBound", "NodeTerm", "certified_graph_gap", "check_graph_pair", "conv_operator_norm",
+           "search_graph_gap"]
 
 _U = 2.0 ** -53
 _ETA = 2.0 ** -1074
@@ -277,7 +278,8 @@ def _node_rule(nt: Node, np_: Node, ins: list[_State], shapes: dict[str, tuple[i
     raise ProbPruneError(f"certified_graph_gap: node {nt.name!r}: op {nt.op} has no rule")
 
 
-def _check_pair(target: Graph, pruned: Graph) -> None:
+def check_graph_pair(target: Graph, pruned: Graph) -> None:
+    """Refuse a pair that is not two single graphs of one structure (names the mismatch)."""
     if not isinstance(target, Graph) or not isinstance(pruned, Graph):
         raise ProbPruneError("certified_graph_gap: target and pruned must be Graphs")
     if target.n_trials is not None or pruned.n_trials is not None:
@@ -316,7 +318,7 @@ def certified_graph_gap(target: Graph, pruned: Graph, *, radius: float) -> Graph
     >>> round(certified_graph_gap(F, f, radius=3.0).value, 6)   # ‖D‖·r
     3.0
     """
-    _check_pair(target, pruned)
+    check_graph_pair(target, pruned)
     target, pruned = target.to(torch.float64, "cpu"), pruned.to(torch.float64, "cpu")  # the bound's arithmetic
     if not isinstance(radius, (int, float)) or not math.isfinite(radius) or radius <= 0:
         raise ProbPruneError(f"radius={radius!r}: must be a finite number > 0")
@@ -357,7 +359,7 @@ def search_graph_gap(target: Graph, pruned: Graph, *, radius: float, n_restarts:
     Returns:
         ``(value, x)`` with ``x`` ``[*input_shape]``.
     """
-    _check_pair(target, pruned)
+    check_graph_pair(target, pruned)
     gen = torch.Generator().manual_seed(seed)
     t64, p64 = target.to(torch.float64), pruned.to(torch.float64)
     d = math.prod(target.input_shape)

@@ -26,10 +26,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from probprune.bounds.graph import GraphBound, certified_graph_gap, search_graph_gap
-from probprune.bounds.graph import _check_pair as check_graph_pair
+from probprune.bounds.graph import GraphBound, certified_graph_gap, check_graph_pair, search_graph_gap
 from probprune.config import GapSpec, ProbPruneError, PruneSpec
 from probprune.graphmasks import prune_graph
+from probprune.masks import LayerStats, MaskStats
 from probprune.nets.graph import Graph
 from probprune.nets.onnx_graph import OnnxGraphInfo, load_onnx_graph, save_onnx_graph
 from probprune.rng import derive_seed, make_generator
@@ -109,17 +109,9 @@ class GraphPruneOutcome:
 
 
 def _stats(masks: dict[str, Tensor]) -> dict[str, Any]:
-    """The ``MaskStats.to_dict`` form of graph masks (share removed per tensor and in total)."""
-    layers: list[dict[str, Any]] = []
-    size = pruned = 0
-    for name, m in masks.items():
-        n, kept = m.numel(), int(m.sum())
-        layers.append({"name": name, "size": n, "pruned": n - kept, "sparsity": (n - kept) / n if n else 0.0,
-                       "density": kept / n if n else 1.0, "threshold": None})
-        size, pruned = size + n, pruned + n - kept
-    sparsity = pruned / size if size else 0.0
-    return {"layers": layers, "total": {"size": size, "pruned": pruned, "sparsity": sparsity,
-                                        "density": 1.0 - sparsity}}
+    """The :class:`~probprune.masks.MaskStats` form of graph masks (share removed per tensor and in total)."""
+    return MaskStats(tuple(LayerStats(name, m.numel(), m.numel() - int(m.sum()), None)
+                           for name, m in masks.items())).to_dict()
 
 
 def run_graph_prune(model: GraphModel, spec: PruneSpec, seed: int = 0) -> GraphPruneOutcome:
