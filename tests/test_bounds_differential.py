@@ -536,3 +536,22 @@ def test_optimised_margins_certify_a_ball_the_plain_relaxation_does_not() -> Non
             assert all(opt.verdicts[i] == "certified" for i in gained)
             return
     pytest.fail("no ball certified only with optimised slopes in 200 seeds")
+
+
+def test_boundary_witness_is_found_between_two_close_decision_boundaries() -> None:
+    """F leaves class 0 at x = 0, f at x = 0.01: a witness in (0, 0.01) disagrees; it is found and in the ball."""
+    from probprune.bounds.differential import _boundary_witness
+
+    spec = NetSpec(widths=(1, 2), bias=True)
+    w = torch.tensor([[1.0], [0.0]], dtype=torch.float64)
+    target = Net.from_weights(spec, [w], [torch.zeros(2, dtype=torch.float64)])
+    pruned = Net.from_weights(spec, [w], [torch.tensor([-0.01, 0.0], dtype=torch.float64)])
+    ball = BallSpec(radius=0.6, norm="linf")
+    centre = torch.tensor([[0.5]], dtype=torch.float64)
+    (wit,) = _boundary_witness(target, pruned, ball, centre, torch.tensor([0]), torch.Generator().manual_seed(0),
+                               2, 30)
+    assert wit is not None
+    assert 0.0 < float(wit[0]) < 0.01
+    assert int(cast(Tensor, target(wit[None])).argmax()) == 0 and int(cast(Tensor, pruned(wit[None])).argmax()) == 1
+    res = certified_agreement(target, pruned, ball, centres=centre)
+    assert res.verdicts == ("refuted",)

@@ -1300,6 +1300,51 @@ def _attack(t64: Net, p64: Net, ball: BallSpec, sub: Tensor, csub: Tensor, gener
     return out
 
 
+def _flip_point(net: Net, c0: Tensor, x1: Tensor, cls: Tensor, steps: int = 48) -> Tensor:
+    """Per ball, ``t ∈ [0, 1]`` where ``net``'s top-1 class first leaves ``cls`` along ``c0 + t (x1 − c0)``
+    (bisection; ``t = 1`` where it keeps ``cls`` at ``x1``). ``c0``, ``x1`` ``[b, d]``."""
+    lo = torch.zeros(c0.shape[0], dtype=torch.float64, device=c0.device)
+    hi = torch.ones_like(lo)
+    flips = cast(Tensor, net(x1)).argmax(-1) != cls
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        moved = cast(Tensor, net(c0 + mid.unsqueeze(-1) * (x1 - c0))).argmax(-1) != cls
+        hi = torch.where(moved, mid, hi)
+        lo = torch.where(moved, lo, mid)
+    return torch.where(flips, hi, torch.ones_like(hi))
+
+
+def _boundary_witness(t64: Net, p64: Net, ball: BallSpec, sub: Tensor, csub: Tensor, generator: torch.Generator,
+                      n_restarts: int, n_steps: int) -> list[Tensor | None]:
+    """Witnesses between two decision boundaries: where one net leaves class c inside the ball, the two nets'
+    boundaries along a segment from the centre almost never coincide, and a point between them disagrees.
+
+    Per net, projected ascent lowers its own margin ``g_c − max_{j≠c} g_j``; from the centre to the lowest
+    point found, bisection finds where each net first leaves c; the point halfway between the two (and the
+    end point) is checked for a clear disagreement (:func:`_disagree`) and for lying in the ball ∩ box.
+    """
+    m = cast(Tensor, t64(sub[:1])).shape[-1]
+    reg = _region(ball, sub, sub.shape[1], sub.device)
+    mask = torch.eye(m, dtype=torch.float64, device=sub.device)[csub].bool()
+    out: list[Tensor | None] = [None] * sub.shape[0]
+    for net in (t64, p64):
+        def obj(x: Tensor, net: Net = net) -> Tensor:
+            y = cast(Tensor, net(x.reshape(-1, x.shape[-1]))).reshape(*x.shape[:-1], m)
+            yc = y.gather(-1, csub.expand(x.shape[0], -1).unsqueeze(-1)).squeeze(-1)
+            return torch.where(mask, torch.full_like(y, -math.inf), y).amax(-1) - yc
+
+        _, x1 = _ascend(obj, reg, n_restarts, n_steps, 0.25, generator)
+        with torch.no_grad():
+            tt, tp = _flip_point(t64, sub, x1, csub), _flip_point(p64, sub, x1, csub)
+            for t in ((tt + tp) / 2, torch.ones_like(tt)):
+                cand = sub + t.unsqueeze(-1) * (x1 - sub)
+                ok = _disagree(t64, p64, cand) & _inside(cand, reg)
+                for j in range(sub.shape[0]):
+                    if out[j] is None and bool(ok[j]):
+                        out[j] = cand[j].detach().clone()
+    return out
+
+
 def certified_agreement(target: Net, pruned: Net, ball: BallSpec, *, centres: Tensor | None = None,
                         forward_dtype: torch.dtype | None = None, attack: bool = True,
                         generator: torch.Generator | None = None, n_restarts: int = 4, n_steps: int = 50,
@@ -1311,7 +1356,9 @@ def certified_agreement(target: Net, pruned: Net, ball: BallSpec, *, centres: Te
     less both forward passes' rounding bounds, are > 0 for every ``j ≠ c`` — so ``c`` is the unique
     top-1 class of both nets at every input of the ball, exactly and as computed. Otherwise an
     attack (projected ascent on ``max_j (f_j − f_c) − max_j (F_j − F_c)``) looks for a witness where
-    the top-1 classes differ in float64 with clear margins: ``"refuted"``; else ``"not certified"``.
+    the top-1 classes differ in float64 with clear margins: ``"refuted"`` — where it finds none, each net's own
+    margin is attacked and a point between the two decision boundaries along a segment from the centre is tried
+    (:func:`_boundary_witness`); else ``"not certified"``.
     The same propagation also gives the certified gap (``AgreementResult.bound``, as
     :func:`differential_bound`).
 
@@ -1349,6 +1396,12 @@ def certified_agreement(target: Net, pruned: Net, ball: BallSpec, *, centres: Te
     if attack and open_idx:
         gen = generator if generator is not None else torch.Generator(device=cls.device).manual_seed(0)
         found = _attack(t64, p64, ball, reg0.centres[open_idx], cls[open_idx], gen, n_restarts, n_steps)
+        rest = [k for k, w in enumerate(found) if w is None]
+        if rest:  # no witness yet: look between the two decision boundaries
+            more = _boundary_witness(t64, p64, ball, reg0.centres[open_idx][rest], cls[open_idx][rest], gen,
+                                     n_restarts, n_steps)
+            for k, w in zip(rest, more):
+                found[k] = w
         for i, w in zip(open_idx, found):
             if w is not None:
                 verdicts[i] = "refuted"
