@@ -66,6 +66,9 @@ MODULE_ALLOWED = {
     "bounds/graph.py": {"probprune.config", "probprune.nets.graph", "probprune.bounds.norms"},
     "runner/graph.py": {"probprune.config", "probprune.rng", "probprune.graphmasks", "probprune.nets.graph",
                         "probprune.nets.onnx_graph", "probprune.bounds.graph", "probprune.masks"},
+    "runner/certificate_graph.py": {"probprune.config", "probprune.rng", "probprune.nets.graph",
+                                    "probprune.nets.onnx_graph", "probprune.bounds.graph", "probprune.store",
+                                    "probprune.runner.certificate", "probprune.runner.graph"},
 }
 
 

@@ -12,6 +12,7 @@ the document's form); the schema ships as ``probprune/certificate.schema.json``.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from importlib.resources import files
 from pathlib import Path
@@ -20,18 +21,26 @@ from typing import Any
 from probprune.config import ProbPruneError
 from probprune.store import atomic_write_text, file_sha256
 
-__all__ = ["FORMAT", "file_sha256", "load_schema", "read_certificate", "validate_certificate", "write_certificate"]
+__all__ = ["FORMAT", "FORMAT_GRAPH", "file_sha256", "load_schema", "read_certificate", "validate_certificate",
+           "write_certificate"]
 
 
-def load_schema() -> dict[str, Any]:
-    """The certificate's JSON Schema (package data ``probprune/certificate.schema.json``)."""
-    text = files("probprune").joinpath("certificate.schema.json").read_text(encoding="utf-8")
+_SCHEMA_FILES: dict[str, str] = {"probprune-certificate/3": "certificate.schema.json",
+                                  "probprune-certificate/4": "certificate4.schema.json"}
+
+
+def load_schema(fmt: str = "probprune-certificate/3") -> dict[str, Any]:
+    """The JSON Schema of one certificate format (package data ``probprune/certificate.schema.json`` for format
+    3, chain models; ``probprune/certificate4.schema.json`` for format 4, graph models and local balls)."""
+    text = files("probprune").joinpath(_SCHEMA_FILES[fmt]).read_text(encoding="utf-8")
     schema: dict[str, Any] = json.loads(text)
     return schema
 
 
 FORMAT: str = load_schema()["properties"]["format"]["const"]
-"""The certificate format this version writes and checks (the schema's ``format`` constant)."""
+"""The format of chain-model certificates (the format-3 schema's ``format`` constant)."""
+FORMAT_GRAPH: str = load_schema("probprune-certificate/4")["properties"]["format"]["const"]
+"""The format of graph-model certificates (``probprune-certificate/4``); a format-3 checker refuses it."""
 
 _OLD_FORMATS: dict[str, str] = {
     # format -> why its numbers cannot be checked as they stand
@@ -57,12 +66,15 @@ def validate_certificate(doc: Any, where: str = "certificate") -> None:
     if isinstance(old, str) and old in _OLD_FORMATS:
         raise ProbPruneError(f"{where}: field format: {old!r} {_OLD_FORMATS[old]}; remake it with "
                              f"`probprune prune … --certificate FILE` (format {FORMAT})")
-    validator = jsonschema.Draft202012Validator(load_schema())
+    fmt = doc.get("format") if isinstance(doc, Mapping) else None
+    fmt = fmt if isinstance(fmt, str) and fmt in _SCHEMA_FILES else FORMAT
+    validator = jsonschema.Draft202012Validator(load_schema(fmt))
     errors = sorted(validator.iter_errors(doc), key=lambda e: list(e.absolute_path))
     if errors:
         e = errors[0]
         field = ".".join(str(p) for p in e.absolute_path) or "(document)"
-        raise ProbPruneError(f"{where}: field {field}: {e.message} (schema {FORMAT})")
+        raise ProbPruneError(f"{where}: field {field}: {e.message} (schema {fmt})")
+    _finite(doc, "", where)
     gap = doc["gap"]
     if gap["lower"] > gap["upper"] * (1 + 1e-9) + 1e-12:
         raise ProbPruneError(f"{where}: field gap.lower={gap['lower']!r} exceeds gap.upper={gap['upper']!r}")
@@ -70,6 +82,18 @@ def validate_certificate(doc: Any, where: str = "certificate") -> None:
         if layer["pruned"] > layer["size"] or layer["zeros"] > layer["size"]:
             raise ProbPruneError(f"{where}: field layers.{i}: pruned={layer['pruned']!r} / zeros={layer['zeros']!r} "
                                  f"exceed size={layer['size']!r}")
+
+
+def _finite(node: Any, path: str, where: str) -> None:
+    """Refuse a number that is not finite (``1e999`` parses as inf): no certified number is one."""
+    if isinstance(node, float) and not math.isfinite(node):
+        raise ProbPruneError(f"{where}: field {path or '(document)'}: {node!r} is not a finite number")
+    if isinstance(node, Mapping):
+        for k, v in node.items():
+            _finite(v, f"{path}.{k}" if path else str(k), where)
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            _finite(v, f"{path}.{i}" if path else str(i), where)
 
 
 def write_certificate(path: str | Path, doc: Mapping[str, Any]) -> None:
