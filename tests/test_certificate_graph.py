@@ -317,3 +317,24 @@ def test_the_python_maker_matches_the_cli(made: dict[str, Path], tmp_path: Path)
     assert check_graph_certificate(doc, made["model"], out).upper == doc["gap"]["upper"]
     # the CLI's pruned file is the same model: the same parameter digest
     assert doc["graph"]["params_sha256"] == read_certificate(made["cert"])["graph"]["params_sha256"]
+
+
+def test_an_onnx_chain_gets_a_graph_certificate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    gen = np.random.default_rng(2)
+    inits = [numpy_helper.from_array(gen.standard_normal(s).astype(np.float32), nm)
+             for nm, s in (("l1.weight", (5, 4)), ("l2.weight", (3, 5)))]
+    n = helper.make_node
+    nodes = [n("Gemm", ["x", "l1.weight"], ["h"], transB=1, name="l1"), n("Relu", ["h"], ["r"], name="r"),
+             n("Gemm", ["r", "l2.weight"], ["y"], transB=1, name="l2")]
+    graph = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])], inits)
+    model = tmp_path / "mlp.onnx"
+    onnx.save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(model))
+    files = {"model": model, "pruned": tmp_path / "p.onnx", "cert": tmp_path / "c.json"}
+    code, _, err = run(["prune", "--weights", str(model), "--prune-fraction", "0.5", "--out", str(files["pruned"]),
+                        "--certificate", str(files["cert"])], capsys)
+    assert code == 0, err
+    doc = read_certificate(files["cert"])
+    assert doc["model"] == "graph" and doc["graph"]["batchnorm"]["nodes"] == 0
+    code, out, err = _check(files, capsys)
+    assert code == 0 and "certificate confirmed" in out, err

@@ -119,6 +119,12 @@ def prune_cmd(
                  relative_threshold=relative_threshold, p=p, rescale=rescale, out=out, save_target=save_target,
                  device=device)
     job, loaded = _prune_job(config, sets, flags)
+    if job is not None and certificate is not None and job.weights is not None \
+            and str(job.weights).lower().endswith(".onnx"):  # an ONNX chain's certificate is a graph certificate
+        from probprune.runner.certificate_graph import read_graph_model
+        from probprune.runner.graph import GraphModelFound
+
+        job, loaded = None, {"graph": GraphModelFound("weights", read_graph_model("weights", job.weights))}
     if job is None:  # an ONNX graph the chain reader refuses: the graph path
         return _graph_prune(loaded["graph"], flags, as_json, dry_run, verbose, radius if gap else None, certificate,
                             delta, cert_radius=radius)
