@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
@@ -61,6 +62,13 @@ def check_cmd(
 def _check(doc: dict[str, Any], cert: str, weights: str, target: str | None, pruned: str | None) -> CheckOutcome:
     """The checker of the certificate's model kind: a chain (format 3) or a graph (format 4, ``model: graph``)."""
     where = f"certificate={cert!r}"
+    if doc.get("model") == "chain":  # format 4: a local certificate (balls around inputs)
+        from probprune.runner.certificate_local import check_local_certificate
+
+        if pruned is None or target is not None:
+            raise ProbPruneError(f"{where}: a local certificate is checked with --weights TARGET --pruned PRUNED "
+                                 "(as `probprune certify` takes them), not --target")
+        return check_local_certificate(doc, weights, pruned, where=where, cert_dir=Path(cert).parent)
     if doc.get("model") == "graph":
         from probprune.runner.certificate_graph import check_graph_certificate
 

@@ -40,6 +40,21 @@ def _prune_job(config: str | None, sets: list[str] | None,
     return job, loaded
 
 
+def _graph_for_certificate(job: PruneJob | None, loaded: dict[str, Any], certificate: str | None,
+                           configured: bool) -> tuple[PruneJob | None, dict[str, Any]]:
+    """An ONNX chain model with ``--certificate`` takes the graph path: its certificate is a graph certificate
+    (:mod:`probprune.runner.certificate_graph`); ``(None, {"graph": GraphModelFound})`` then, else unchanged."""
+    if job is None or certificate is None or job.weights is None or not str(job.weights).lower().endswith(".onnx"):
+        return job, loaded
+    from probprune.runner.certificate_graph import read_graph_model
+    from probprune.runner.graph import GraphModelFound
+
+    if configured:
+        raise ProbPruneError(f"config: --config/--set are not supported with --certificate for ONNX models yet "
+                             f"(weights={job.weights!r}); give the options as flags")
+    return None, {"graph": GraphModelFound("weights", read_graph_model("weights", job.weights))}
+
+
 def _check_certificate(certificate: str | None, delta: float | None, job: PruneJob) -> None:
     if certificate is None:
         if delta is not None:
@@ -118,13 +133,7 @@ def prune_cmd(
                  scope=scope, prune_fraction=prune_fraction, threshold=threshold,
                  relative_threshold=relative_threshold, p=p, rescale=rescale, out=out, save_target=save_target,
                  device=device)
-    job, loaded = _prune_job(config, sets, flags)
-    if job is not None and certificate is not None and job.weights is not None \
-            and str(job.weights).lower().endswith(".onnx"):  # an ONNX chain's certificate is a graph certificate
-        from probprune.runner.certificate_graph import read_graph_model
-        from probprune.runner.graph import GraphModelFound
-
-        job, loaded = None, {"graph": GraphModelFound("weights", read_graph_model("weights", job.weights))}
+    job, loaded = _graph_for_certificate(*_prune_job(config, sets, flags), certificate, bool(config or sets))
     if job is None:  # an ONNX graph the chain reader refuses: the graph path
         return _graph_prune(loaded["graph"], flags, as_json, dry_run, verbose, radius if gap else None, certificate,
                             delta, cert_radius=radius)

@@ -26,12 +26,15 @@ __all__ = ["FORMAT", "FORMAT_GRAPH", "file_sha256", "load_schema", "read_certifi
 
 
 _SCHEMA_FILES: dict[str, str] = {"probprune-certificate/3": "certificate.schema.json",
-                                  "probprune-certificate/4": "certificate4.schema.json"}
+                                  "probprune-certificate/4": "certificate4.schema.json",
+                                  "probprune-certificate/4-local": "certificate4-local.schema.json"}
 
 
 def load_schema(fmt: str = "probprune-certificate/3") -> dict[str, Any]:
-    """The JSON Schema of one certificate format (package data ``probprune/certificate.schema.json`` for format
-    3, chain models; ``probprune/certificate4.schema.json`` for format 4, graph models and local balls)."""
+    """The JSON Schema of one certificate kind (package data): ``probprune-certificate/3`` chain prune
+    certificates (``certificate.schema.json``), ``probprune-certificate/4`` graph certificates
+    (``certificate4.schema.json``), ``probprune-certificate/4-local`` local certificates of chain models
+    (``certificate4-local.schema.json``; its documents say format 4, ``model: chain``)."""
     text = files("probprune").joinpath(_SCHEMA_FILES[fmt]).read_text(encoding="utf-8")
     schema: dict[str, Any] = json.loads(text)
     return schema
@@ -68,6 +71,8 @@ def validate_certificate(doc: Any, where: str = "certificate") -> None:
                              f"`probprune prune … --certificate FILE` (format {FORMAT})")
     fmt = doc.get("format") if isinstance(doc, Mapping) else None
     fmt = fmt if isinstance(fmt, str) and fmt in _SCHEMA_FILES else FORMAT
+    if fmt == FORMAT_GRAPH and doc.get("model") == "chain":
+        fmt = f"{FORMAT_GRAPH}-local"
     validator = jsonschema.Draft202012Validator(load_schema(fmt))
     errors = sorted(validator.iter_errors(doc), key=lambda e: list(e.absolute_path))
     if errors:
@@ -75,10 +80,11 @@ def validate_certificate(doc: Any, where: str = "certificate") -> None:
         field = ".".join(str(p) for p in e.absolute_path) or "(document)"
         raise ProbPruneError(f"{where}: field {field}: {e.message} (schema {fmt})")
     _finite(doc, "", where)
-    gap = doc["gap"]
-    if gap["lower"] > gap["upper"] * (1 + 1e-9) + 1e-12:
-        raise ProbPruneError(f"{where}: field gap.lower={gap['lower']!r} exceeds gap.upper={gap['upper']!r}")
-    for i, layer in enumerate(doc["layers"]):
+    for name, gap in [("gap", doc.get("gap"))] + [(f"local.{i}", b) for i, b in enumerate(doc.get("local", []))]:
+        if gap is not None and gap["lower"] > gap["upper"] * (1 + 1e-9) + 1e-12:
+            raise ProbPruneError(f"{where}: field {name}.lower={gap['lower']!r} exceeds {name}.upper="
+                                 f"{gap['upper']!r}")
+    for i, layer in enumerate(doc.get("layers", [])):
         if layer["pruned"] > layer["size"] or layer["zeros"] > layer["size"]:
             raise ProbPruneError(f"{where}: field layers.{i}: pruned={layer['pruned']!r} / zeros={layer['zeros']!r} "
                                  f"exceed size={layer['size']!r}")
