@@ -338,3 +338,12 @@ def test_an_onnx_chain_gets_a_graph_certificate(tmp_path: Path, capsys: pytest.C
     assert doc["model"] == "graph" and doc["graph"]["batchnorm"]["nodes"] == 0
     code, out, err = _check(files, capsys)
     assert code == 0 and "certificate confirmed" in out, err
+
+
+def test_the_human_report_names_the_graph_kind(made: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(["certificate", "show", str(made["cert"])], capsys)
+    assert code == 0, err
+    doc = read_certificate(made["cert"])
+    assert "model: graph" in out and "BatchNormalization" in out and "after folding" in out
+    assert f"{doc['gap']['upper']:.6g}" in out and "float64" in out
+    assert "--pruned" in out

@@ -255,3 +255,18 @@ def test_every_field_is_rederived_or_listed(made: dict[str, Path]) -> None:
     uncovered = [p for p, listed in accepted.items() if not any(p == f or p.startswith(f + ".") for f in listed)]
     assert not uncovered, accepted
     assert {"seeds.seed", "estimator.n_steps", "pruned.path"} <= set(accepted)
+
+
+def test_the_human_report_has_a_table_of_the_balls(made: dict[str, Path],
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(["certificate", "show", str(made["cert"])], capsys)
+    assert code == 0, err
+    doc = read_certificate(made["cert"])
+    rows = [line for line in out.splitlines() if line.startswith("| ") and "row " in line]
+    assert len(rows) == len(doc["local"]) == 4
+    for line, ball in zip(rows, doc["local"]):
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert cells[2:5] == ["linf", "0.05", "[0, 1]"]
+        assert cells[5] == f"{ball['lower']:.6g}" and cells[6] == f"{ball['upper']:.6g}"
+        assert cells[8] == ("yes" if ball["certified_agree"] else "no")
+    assert "local certificate" in out

@@ -59,6 +59,15 @@ def check_cmd(
         console.print(f"note: {note}", markup=False, soft_wrap=True)
 
 
+@certificate_app.command("show", help="Print a certificate as a short Markdown report: the model kind (chain or "
+                         "graph), files and digests, the pruning, the gap sandwich and its assumptions, and a table "
+                         "of its local balls. It shows what the certificate states; `certificate check` confirms it.")
+def show_cmd(cert: Annotated[str, typer.Argument(help="The certificate (.json).")]) -> None:
+    from probprune.report.certificate import read_certificate, render_certificate
+
+    console.print(render_certificate(read_certificate(cert)), markup=False, soft_wrap=True, highlight=False)
+
+
 def _check(doc: dict[str, Any], cert: str, weights: str, target: str | None, pruned: str | None) -> CheckOutcome:
     """The checker of the certificate's model kind: a chain (format 3) or a graph (format 4, ``model: graph``)."""
     where = f"certificate={cert!r}"

@@ -21,8 +21,8 @@ from typing import Any
 from probprune.config import ProbPruneError
 from probprune.store import atomic_write_text, file_sha256
 
-__all__ = ["FORMAT", "FORMAT_GRAPH", "file_sha256", "load_schema", "read_certificate", "validate_certificate",
-           "write_certificate"]
+__all__ = ["FORMAT", "FORMAT_GRAPH", "file_sha256", "load_schema", "read_certificate", "render_certificate",
+           "validate_certificate", "write_certificate"]
 
 
 _SCHEMA_FILES: dict[str, str] = {"probprune-certificate/3": "certificate.schema.json",
@@ -140,3 +140,84 @@ def read_certificate(path: str | Path) -> dict[str, Any]:
         raise ProbPruneError(f"certificate={str(path)!r}: not readable JSON (nested too deeply)") from None
     validate_certificate(doc, where=f"certificate={str(path)!r}")
     return dict(doc)
+
+
+def _g(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    return f"{v:.6g}" if isinstance(v, float) else str(v)
+
+
+def _kind(doc: Mapping[str, Any]) -> str:
+    if doc.get("model") == "graph":
+        return "graph (an ONNX model read as a graph)"
+    if doc.get("model") == "chain":
+        return f"chain {doc['arch']} ({doc['activation']}), local certificate"
+    return f"chain {doc['arch']} ({doc['activation']})"
+
+
+def _files_lines(doc: Mapping[str, Any]) -> list[str]:
+    lines = [f"- {key}: `{doc[key]['path']}` sha256 {doc[key]['sha256'] or '(none recorded)'}"
+             for key in ("target", "pruned")]
+    params = doc.get("params_sha256") or (doc.get("graph") or {}).get("params_sha256")
+    if params:
+        lines.append(f"- parameter digests: target {params['target']}, pruned {params['pruned']}")
+    return lines
+
+
+def _prune_lines(doc: Mapping[str, Any]) -> list[str]:
+    if "prune" not in doc:
+        return []
+    p, t = doc["prune"], doc["total"]
+    lines = [f"- pruning: {p['method']}, {p['scope']}, {p['level_name']} = {_g(p['level_value'])}; "
+             f"{t['pruned']} of {t['size']} weights removed (sparsity {t['sparsity']:.4f})"]
+    if doc.get("model") == "graph":
+        bn = doc["graph"]["batchnorm"]
+        lines.append(f"- BatchNorm: {bn['nodes']} BatchNormalization node(s); weights pruned {bn['pruned']} "
+                     f"({bn['statement']})")
+    return lines
+
+
+def _gap_lines(doc: Mapping[str, Any]) -> list[str]:
+    if "gap" not in doc:
+        return []
+    g = doc["gap"]
+    lines = ["", f"Gap sup ‖f(x) − F(x)‖₂ over the ℓ2 ball of radius {_g(g['radius'])} around 0:", "",
+             "| lower (witness) | certified upper | ratio |", "|---:|---:|---:|",
+             f"| {_g(g['lower'])} | {_g(g['upper'])} | {_g(g['ratio'])} |"]
+    for a in g.get("assumptions", []):
+        lines.append(f"- assumes: {a}")
+    return lines
+
+
+def _local_lines(doc: Mapping[str, Any]) -> list[str]:
+    balls = doc.get("local") or []
+    if not balls:
+        return []
+    lines = ["", f"Local balls ({len(balls)}): sup ‖f(x) − F(x)‖₂ over {{x : ‖x − centre‖ ≤ radius}} ∩ box", "",
+             "| # | centre | norm | radius | box | lower | certified upper | method | certified agreement |",
+             "|---:|---|---|---:|---|---:|---:|---|---|"]
+    for i, b in enumerate(balls):
+        c = b["centre"]
+        centre = f"row {c['index']} of `{c['path']}`" if isinstance(c, Mapping) else f"inline ({len(c)} numbers)"
+        box = "-" if b["box"] is None else f"[{_g(b['box'][0])}, {_g(b['box'][1])}]"
+        lines.append(f"| {i} | {centre} | {b['norm']} | {_g(b['radius'])} | {box} | {_g(b['lower'])} | "
+                     f"{_g(b['upper'])} | {b['method']} | {_g(b['certified_agree'])} |")
+    return lines
+
+
+def render_certificate(doc: Mapping[str, Any]) -> str:
+    """A certificate as a short Markdown report: the model kind, files and digests, the pruning, the gap sandwich
+    (with its assumptions), and a table of the local balls. It states; ``probprune certificate check`` confirms.
+
+    Raises:
+        ProbPruneError: ``doc`` is not a valid certificate.
+    """
+    validate_certificate(doc)
+    lines = [f"# probprune certificate ({doc['format']})", "", f"- model: {_kind(doc)}", *_files_lines(doc),
+             *_prune_lines(doc), *_gap_lines(doc), *_local_lines(doc), "",
+             "Check it (every number re-derived from the files): `probprune certificate check CERT --weights … "
+             + ("--pruned …`" if "model" in doc else "[--target …]`")]
+    return "\n".join(lines) + "\n"
