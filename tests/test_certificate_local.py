@@ -270,3 +270,31 @@ def test_the_human_report_has_a_table_of_the_balls(made: dict[str, Path],
         assert cells[5] == f"{ball['lower']:.6g}" and cells[6] == f"{ball['upper']:.6g}"
         assert cells[8] == ("yes" if ball["certified_agree"] else "no")
     assert "local certificate" in out
+
+
+def test_certify_refuses_a_bad_certificate_path(made: dict[str, Path], tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    common = ["--weights", str(made["model"]), "--arch", ARCH, "--bias", "--data", str(made["data"]), "--n-points",
+              "1", "--radius", "0.05"]
+    base = ["certify", "--pruned", str(made["pruned"]), *common]
+    folder = tmp_path / "folder.json"
+    folder.mkdir()
+    for args, words in (([*base, "--certificate", str(tmp_path / "c.txt")], "must end in .json"),
+                        (["certify", *common, "--certificate", str(tmp_path / "c.json"), "--solve", "max-prune"],
+                         "not taken with --solve"),
+                        ([*base, "--certificate", str(folder)], f"certificate={str(folder)!r}")):
+        code, _, err = run(args, capsys)
+        assert words in _error_line(code, err)
+    assert list(tmp_path.iterdir()) == [folder]  # nothing written
+
+
+def test_the_human_report_of_a_chain_certificate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cert = tmp_path / "c.json"
+    code, _, err = run(["prune", "--arch", "fcn:4,8,3", "--law", "uniform", "--prune-fraction", "0.5", "--out",
+                        str(tmp_path / "p.safetensors"), "--certificate", str(cert)], capsys)
+    assert code == 0, err
+    code, out, err = run(["certificate", "show", str(cert)], capsys)
+    assert code == 0, err
+    doc = read_certificate(cert)
+    assert "probprune-certificate/3" in out and "model: chain fcn:4,8,3 (relu)" in out
+    assert f"{doc['gap']['upper']:.6g}" in out and "Local balls" not in out and "[--target" in out

@@ -14,7 +14,9 @@ if TYPE_CHECKING:
     from probprune.runner.certificate import CheckOutcome
 
 certificate_app = typer.Typer(help="Pruning certificates: JSON documents with the gap sandwich of a pruned "
-                              "network (schema: probprune/certificate.schema.json).", no_args_is_help=True)
+                              "network — chain (schema probprune/certificate.schema.json), ONNX graph "
+                              "(certificate4.schema.json) or local balls (certificate4-local.schema.json).",
+                              no_args_is_help=True)
 app.add_typer(certificate_app, name="certificate")
 
 
