@@ -347,3 +347,10 @@ def test_the_human_report_names_the_graph_kind(made: dict[str, Path], capsys: py
     assert "model: graph" in out and "BatchNormalization" in out and "after folding" in out
     assert f"{doc['gap']['upper']:.6g}" in out and "float64" in out
     assert "--pruned" in out
+
+
+def test_the_chain_checker_points_to_the_graph_checker(made: dict[str, Path]) -> None:
+    from probprune.runner.certificate import check_certificate
+
+    with pytest.raises(ProbPruneError, match="field model: 'graph'.*check_graph_certificate"):
+        check_certificate(read_certificate(made["cert"]), made["pruned"])
