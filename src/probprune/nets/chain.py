@@ -25,7 +25,9 @@ graph compute the same function in the same dtype.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 from torch import Tensor
@@ -108,9 +110,16 @@ def graph_of(net: Net) -> Graph:
 # ---------------------------------------------------------------------- Graph → Net
 
 
-def _fail(node: Node, what: str, hint: str = "use the graph form (nets.graph.Graph) for this network"
-          ) -> ProbPruneError:
-    return ProbPruneError(f"compile_chain: node {node.name!r} ({node.op}): {what}; {hint}")
+class _Refusal(ProbPruneError):
+    """A node the chain cannot express: the node, what is wrong, what to do."""
+
+    def __init__(self, node: Node, what: str, hint: str) -> None:
+        super().__init__(f"compile_chain: node {node.name!r} ({node.op}): {what}; {hint}")
+        self.node, self.what, self.hint = node, what, hint
+
+
+def _fail(node: Node, what: str, hint: str = "use the graph form (nets.graph.Graph) for this network") -> _Refusal:
+    return _Refusal(node, what, hint)
 
 
 @dataclass
@@ -201,6 +210,9 @@ def _read_tail(layer: _Layer, node: Node, trials: bool) -> None:
             raise _fail(node, f"kernel={a['kernel']}, stride={a['stride']}, padding={a['padding']}",
                         "the chain Net max-pools with stride = kernel and no padding")
         layer.pool = node
+    elif node.op == "pad":
+        raise _fail(node, f"pads={list(node.attrs['pads'])} (per axis, last first): a pad outside a conv",
+                    "the chain Net reads only a Pad that pads nothing (as the identity); use the graph form")
     else:
         raise _fail(node, f"op {node.op} is not part of a chain Net")
 
@@ -212,12 +224,13 @@ def _layers(graph: Graph) -> tuple[list[_Layer], bool]:
     prev = "input"
     for node in graph.nodes:
         if node.inputs != (prev,):
-            what = (f"reads {', '.join(map(repr, node.inputs))}" if len(node.inputs) != 1
-                    else f"reads {node.inputs[0]!r}, not the node before it ({prev!r}): the graph branches")
-            raise _fail(node, what, "the chain Net is a chain; use the graph form for residual or branching networks")
+            what = (f"reads {len(node.inputs)} tensors ({', '.join(map(repr, node.inputs))})" if len(node.inputs) != 1
+                    else f"reads {node.inputs[0]!r}, not the node before it ({prev!r})")
+            raise _fail(node, f"{what}: the graph branches (a residual connection or several heads)",
+                        "the chain Net is a chain of layers; use the graph form for residual or branching networks")
         prev = node.name
-        if node.op == "identity":
-            continue
+        if node.op == "identity" or (node.op == "pad" and not any(node.attrs["pads"])):
+            continue  # a pad of nothing is the identity
         if node.op == "reshape":
             lead_flat = _read_reshape(graph, node, layers) or lead_flat
             continue
@@ -274,12 +287,13 @@ def _start_layer(graph: Graph, node: Node, layers: list[_Layer], lead_flat: bool
 def _activation_of(layers: list[_Layer]) -> tuple[str, float]:
     """The one hidden activation (name, slope), or identity when no hidden layer has one."""
     last = layers[-1]
-    if last.act is not None or last.pool is not None or last.flat is not None:
-        extra = last.act or last.pool or last.flat
-        raise _fail(extra, f"follows the output layer {last.node.name!r}",  # type: ignore[arg-type]
-                    "the chain Net's last layer is a linear map with nothing after it")
     if last.conv is not None:
         raise _fail(last.node, "the last weight layer is a conv", "the chain Net ends with a linear head")
+    if last.act is not None or last.pool is not None or last.flat is not None:
+        extra = cast(Node, last.act or last.pool or last.flat)
+        what = "an activation" if extra is last.act else f"a {extra.op}"
+        raise _fail(extra, f"is {what} after the output layer {last.node.name!r}",
+                    "the chain Net's last layer is a linear map with nothing after it")
     hidden = layers[:-1]
     acts = [layer.act for layer in hidden if layer.act is not None]
     if acts and len(acts) < len(hidden):
@@ -299,11 +313,14 @@ def _trial_tensor(t: Tensor, base: int, k: int | None) -> Tensor:
     return t if k is None or t.dim() == base + 1 else t.unsqueeze(0).expand(k, *t.shape).clone()
 
 
-def compile_chain(graph: Graph) -> Net:
+def compile_chain(graph: Graph, *, who: str = "compile_chain", label: Callable[[Node], str] | None = None) -> Net:
     """The chain :class:`Net` that computes exactly what ``graph`` computes, or refuse naming the node.
 
     Args:
         graph: a chain graph (module docstring): any reader's output, or :func:`graph_of`'s.
+        who: the prefix of refusals (a reader names itself: ``load_onnx``).
+        label: how refusals name a node (default ``node 'name' (op)``; the ONNX reader names the ONNX node and
+            its op type).
 
     Returns:
         A ``Net`` in the graph's parameter dtype (float64 when an affine node was folded), with the graph's trial
@@ -313,6 +330,20 @@ def compile_chain(graph: Graph) -> Net:
         ProbPruneError: ``compile_chain: node 'name' (op): what; what to do`` for the first node that a ``Net``
             cannot express (branches, pads, average pools, other activations, mixed activations, …).
     """
+    try:
+        return _compile(graph)
+    except _Refusal as exc:
+        if who == "compile_chain" and label is None:
+            raise
+        name = f"node {exc.node.name!r} ({exc.node.op})" if label is None else label(exc.node)
+        raise ProbPruneError(f"{who}: {name}: {exc.what}; {exc.hint}") from None
+    except ProbPruneError as exc:
+        if who == "compile_chain":
+            raise
+        raise ProbPruneError(f"{who}: {str(exc).removeprefix('compile_chain: ')}") from None
+
+
+def _compile(graph: Graph) -> Net:
     layers, _ = _layers(graph)
     act_name, slope = _activation_of(layers)
     k = graph.n_trials
