@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 import torch
@@ -216,3 +217,26 @@ def test_to_module_graph_names_match_the_chain_graph() -> None:
     net = _rand_net(NetSpec(kind="cnn", input_shape=(1, 8, 8), convs=(ConvSpec(2, 3, pool=2),), widths=(3,)))
     via_fx = graph_from_module(to_module(net).eval(), torch.zeros(1, 1, 8, 8))
     assert [(n.name, n.op) for n in via_fx.nodes] == [(n.name, n.op) for n in net.to_graph().nodes]
+
+
+@pytest.mark.parametrize("spec", [
+    NetSpec(widths=(6, 8, 3), activation="leaky_relu", negative_slope=0.25, bias=True),
+    NetSpec(kind="cnn", input_shape=(2, 8, 8), convs=(ConvSpec(3, 3, 2, 1, pool=2),), widths=(4,), activation="tanh"),
+])
+def test_the_graph_writer_writes_chains_too(tmp_path: Path, spec: NetSpec) -> None:
+    ort = pytest.importorskip("onnxruntime")
+    from probprune.nets.onnx import load_onnx, save_onnx
+    from probprune.nets.onnx_graph import save_onnx_graph
+
+    net = _rand_net(spec, 5, dtype=torch.float32)
+    via_graph = save_onnx_graph(net.to_graph(), tmp_path / "g.onnx")
+    via_chain = save_onnx(net, tmp_path / "c.onnx")
+    x = torch.randn(32, *net.spec.feature_shapes()[0], generator=torch.Generator().manual_seed(1))
+    outs = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})[0]
+            for p in (via_graph, via_chain)]
+    want = net(x).detach().numpy()
+    for got in outs:
+        assert float(abs(got - want).max()) <= 1e-5 * max(1.0, float(abs(want).max()))
+    back = load_onnx(via_graph)  # the one reader reads what the graph writer wrote back to the same chain
+    assert back.spec == net.spec
+    assert all(torch.equal(a, b) for a, b in zip(back.state_dict().values(), net.state_dict().values()))
