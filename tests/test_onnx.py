@@ -675,3 +675,22 @@ def test_an_unused_dropout_mask_is_read(tmp_path: Path) -> None:
     net = load_onnx(p)
     assert net.spec.to_arch() == "fcn:4,4,4"
     _agree(p, net, _inputs((4,)))
+
+
+def test_the_cli_graph_fallback_takes_the_graph_already_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import probprune.runner.graph as rgraph
+
+    nodes, inits = _fcn_nodes([helper.make_node("Gemm", ["a", "w1", "b1"], ["g"], transB=1, name="fc1"),
+                               helper.make_node("Add", ["g", "a"], ["s"], name="residual"),
+                               helper.make_node("Gemm", ["s", "w1"], ["y"], transB=1, name="fc2")])
+    p = _write(tmp_path, nodes, inits, ["N", 4])
+    with pytest.raises(ProbPruneError) as exc:
+        read_onnx(p)
+
+    def no_second_read(path: Any) -> Any:
+        raise AssertionError("the model was read twice")
+
+    monkeypatch.setattr(rgraph, "load_onnx_graph", no_second_read)
+    found = rgraph.graph_fallback("weights", str(p), exc.value)
+    assert isinstance(found, rgraph.GraphModelFound)
+    assert found.model.graph is exc.value.graph_read[0]  # type: ignore[attr-defined]
