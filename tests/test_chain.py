@@ -42,7 +42,7 @@ def net_specs(draw: st.DrawFn) -> NetSpec | None:
     for _ in range(draw(st.integers(1, 2))):
         k = draw(st.sampled_from([1, 2, 3]))
         convs.append(ConvSpec(draw(st.integers(1, 4)), k, draw(st.integers(1, 2)), draw(st.integers(0, 1)),
-                              pool=draw(st.sampled_from([1, 2]))))
+                              draw(st.sampled_from(["zeros", "circular"])), pool=draw(st.sampled_from([1, 2]))))
     widths = tuple(draw(st.lists(st.integers(1, 6), min_size=1, max_size=3)))
     try:
         return NetSpec(kind="cnn", input_shape=(draw(st.integers(1, 3)), 12, 12), convs=tuple(convs),
@@ -113,10 +113,31 @@ def test_float32_nets_stay_float32() -> None:
     _same(back, net)
 
 
-def test_circular_padding_is_refused_by_the_graph() -> None:
-    spec = NetSpec(kind="cnn", input_shape=(1, 6, 6), convs=(ConvSpec(2, 3, padding_mode="circular"),), widths=(2,))
-    with pytest.raises(ProbPruneError, match=r"graph_of: layer 0.weight has padding_mode='circular'"):
-        _rand_net(spec).to_graph()
+def test_circular_padding_is_a_circular_pad_node_and_the_graph_bound_refuses_it(tmp_path: Path) -> None:
+    spec = NetSpec(kind="cnn", input_shape=(1, 6, 6), convs=(ConvSpec(2, 3, padding_mode="circular"),), widths=(2,),
+                   bias=True)
+    net = _rand_net(spec)
+    g = net.to_graph()
+    assert [(n.name, n.op) for n in g.nodes][:2] == [("0.pad", "circular_pad"), ("0", "conv")]
+    assert g.node("0").attrs["padding"] == ((0, 0), (0, 0)) and g.node("0.pad").attrs["pads"] == (1, 1, 1, 1)
+    x = torch.randn(8, 1, 6, 6, dtype=torch.float64)
+    assert float((g(x) - net(x)).abs().max()) <= 1e-12
+    _same(compile_chain(g), net)
+    with pytest.raises(ProbPruneError, match=r"node '0.pad': op circular_pad has no rule"):
+        certified_graph_gap(g, g, radius=1.0)
+    from probprune.nets.onnx_graph import save_onnx_graph
+
+    with pytest.raises(ProbPruneError, match=r"save_onnx_graph: node '0.pad': op circular_pad cannot be written"):
+        save_onnx_graph(g, tmp_path / "never.onnx")
+    assert not list(tmp_path.iterdir())
+    # a circular pad that is not the padding of the conv right after it is refused
+    nodes = list(g.nodes)
+    nodes[1] = Node("0", "conv", ("0.pad",), {**nodes[1].attrs, "padding": ((1, 1), (1, 1))}, nodes[1].params)
+    wide = Graph([*nodes[:2], Node("f", "reshape", ("0",), {"shape": (2 * 8 * 8,)}),
+                  Node("o", "linear", ("f",), params={"weight": torch.randn(2, 128)})], (1, 6, 6))
+    with pytest.raises(ProbPruneError, match=r"node '0.pad' \(circular_pad\): pads=\(1, 1, 1, 1\) before a conv "
+                                             r"with padding"):
+        compile_chain(wide)
 
 
 def test_module_graphs_compile_to_the_modules_function() -> None:

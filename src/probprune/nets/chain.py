@@ -6,15 +6,17 @@ linear/conv layers with one hidden activation type. Two maps connect them:
 * :func:`graph_of` (also :meth:`Net.to_graph`): ``Net → Graph``, exact. Node names are the indices of
   :func:`~probprune.nets.to_module` (``0``, ``1`` …), so the graph's parameters are named like the Net's
   (``0.weight``). A trial dim is kept (an ensemble becomes a graph with a trial dim). A conv layer with circular
-  padding is refused: the graph IR has zero padding only.
+  padding becomes a ``circular_pad`` node (``0.pad``) and the conv without padding (the graph bound has no rule
+  for ``circular_pad`` and refuses such graphs; the chain bound covers them).
 * :func:`compile_chain`: ``Graph → Net``, exact, or refused naming the node when the graph is not a chain a
-  ``Net`` expresses. Accepted, in this order: ``identity`` nodes anywhere; a leading ``reshape`` to the flattened
-  input (an FCN then reads the flattened input, as :func:`~probprune.nets.from_module` does behind ``nn.Flatten``);
-  per layer ``linear | conv`` (2-D, square kernel and stride, equal zero padding on every side, no dilation,
-  groups 1) → per-output-channel ``affine`` nodes folded into it → one activation (``relu``, ``leaky_relu`` with a
-  slope in [0, 1], ``tanh``, ``sigmoid``; the same after every hidden layer, or none anywhere) → ``maxpool``
-  (conv only: square, stride = kernel, no padding) → ``reshape`` to a vector (after the last conv only); the
-  output ``linear`` with nothing after it.
+  ``Net`` expresses. Accepted, in this order: ``identity`` nodes (and pads of nothing) anywhere; a leading
+  ``reshape`` to the flattened input (an FCN then reads the flattened input, as
+  :func:`~probprune.nets.from_module` does behind ``nn.Flatten``); per layer ``[circular_pad →] linear | conv``
+  (2-D, square kernel and stride, equal zero padding on every side — or none after a ``circular_pad`` equal on
+  every side —, no dilation, groups 1) → per-output-channel ``affine`` nodes folded into it → one activation
+  (``relu``, ``leaky_relu`` with a slope in [0, 1], ``tanh``, ``sigmoid``; the same after every hidden layer, or
+  none anywhere) → ``maxpool`` (conv only: square, stride = kernel, no padding) → ``reshape`` to a vector (after
+  the last conv only); the output ``linear`` with nothing after it.
 
 Folding an ``affine`` node (``z·s + t``, e.g. a BatchNorm no reader could fold) changes parameters by
 arithmetic: it is done in float64 and the Net is then float64 (``W·s``, ``b·s + t`` each rounded once in float64,
@@ -59,10 +61,8 @@ def graph_of(net: Net) -> Graph:
     Returns:
         Nodes named by :func:`~probprune.nets.to_module`'s indices: the weight layer, its activation (``act``, or
         ``identity`` for an identity-activation Net: indices stay stable), its ``maxpool``, the ``reshape`` after
-        the last conv layer. The parameters are the Net's tensors (no copy, no cast).
-
-    Raises:
-        ProbPruneError: a conv layer with circular padding (the graph has zero padding only).
+        the last conv layer; a circular conv is a ``circular_pad`` node (``0.pad``) and the conv without padding.
+        The parameters are the Net's tensors (no copy, no cast).
 
     >>> from probprune.config import NetSpec
     >>> net = Net.from_weights(NetSpec(widths=(3, 4, 2)), [torch.ones(4, 3), torch.ones(2, 4)])
@@ -86,10 +86,10 @@ def graph_of(net: Net) -> Graph:
         if conv is None:
             add("linear", params=params)
         else:
-            if conv.padding_mode != "zeros":
-                raise ProbPruneError(f"graph_of: layer {net.names[i]} has padding_mode={conv.padding_mode!r}; the "
-                                     "graph IR has zero padding only (keep this network as a Net)")
             p = conv.pad
+            if conv.padding_mode == "circular":  # the wrap-around pad (also of nothing: the spec round-trips)
+                nodes.append(Node(f"{idx}.pad", "circular_pad", (prev,), {"pads": (p, p, p, p)}))
+                prev, p = f"{idx}.pad", 0
             add("conv", {"stride": (conv.stride, conv.stride), "padding": ((p, p), (p, p)), "dilation": (1, 1),
                          "groups": 1}, params)
         if i < last:
@@ -130,6 +130,7 @@ class _Layer:
     weight: Tensor
     bias: Tensor | None
     conv: tuple[int, int, int] | None  # (kernel, stride, padding)
+    circular: bool = False  # the padding wraps around (a circular_pad node before the conv)
     folded: bool = False
     act: Node | None = None
     pool: Node | None = None
@@ -222,6 +223,7 @@ def _layers(graph: Graph) -> tuple[list[_Layer], bool]:
     layers: list[_Layer] = []
     lead_flat = False
     prev = "input"
+    wrap: Node | None = None  # a circular_pad waiting for its conv
     for node in graph.nodes:
         if node.inputs != (prev,):
             what = (f"reads {len(node.inputs)} tensors ({', '.join(map(repr, node.inputs))})" if len(node.inputs) != 1
@@ -229,17 +231,26 @@ def _layers(graph: Graph) -> tuple[list[_Layer], bool]:
             raise _fail(node, f"{what}: the graph branches (a residual connection or several heads)",
                         "the chain Net is a chain of layers; use the graph form for residual or branching networks")
         prev = node.name
+        if wrap is not None and node.op != "conv":
+            raise _fail(wrap, f"is followed by {node.name!r} ({node.op}), not a conv",
+                        "the chain Net pads circularly only inside its convs")
+        if node.op == "circular_pad":
+            wrap = node
+            continue
         if node.op == "identity" or (node.op == "pad" and not any(node.attrs["pads"])):
             continue  # a pad of nothing is the identity
         if node.op == "reshape":
             lead_flat = _read_reshape(graph, node, layers) or lead_flat
             continue
         if node.op in ("linear", "conv"):
-            _start_layer(graph, node, layers, lead_flat)
+            _start_layer(graph, node, layers, lead_flat, wrap)
+            wrap = None
             continue
         if not layers:
             raise _fail(node, "comes before the first linear/conv node", "the chain Net starts with a weight layer")
         _read_tail(layers[-1], node, graph.n_trials is not None)
+    if wrap is not None:
+        raise _fail(wrap, "is the last node", "the chain Net pads circularly only inside its convs")
     if not layers:
         raise ProbPruneError("compile_chain: the graph has no linear or conv node")
     return layers, lead_flat
@@ -262,7 +273,7 @@ def _read_reshape(graph: Graph, node: Node, layers: list[_Layer]) -> bool:
                 "the chain Net flattens only its input or once between the last conv and the first linear node")
 
 
-def _start_layer(graph: Graph, node: Node, layers: list[_Layer], lead_flat: bool) -> None:
+def _start_layer(graph: Graph, node: Node, layers: list[_Layer], lead_flat: bool, wrap: Node | None) -> None:
     w = node.params["weight"]
     if node.op == "conv":
         if layers and layers[-1].conv is None:
@@ -273,6 +284,12 @@ def _start_layer(graph: Graph, node: Node, layers: list[_Layer], lead_flat: bool
         if not layers and (len(graph.input_shape) != 3 or lead_flat):
             raise _fail(node, f"a conv on input shape {graph.input_shape}", "the chain Net's convs read (C, H, W)")
         geom: tuple[int, int, int] | None = _conv_geometry(node, w)
+        if wrap is not None:
+            pads = tuple(int(v) for v in wrap.attrs["pads"])
+            if len(pads) != 4 or len(set(pads)) != 1 or geom[2] != 0:  # type: ignore[index]
+                raise _fail(wrap, f"pads={pads} before a conv with padding {node.attrs['padding']}",
+                            "the chain Net's circular convs pad every side equally and nothing more")
+            geom = (geom[0], geom[1], pads[0])  # type: ignore[index]
     else:
         if not layers and len(graph.input_shape) != 1 and not lead_flat:
             raise _fail(node, f"a linear node on input shape {graph.input_shape}",
@@ -281,7 +298,7 @@ def _start_layer(graph: Graph, node: Node, layers: list[_Layer], lead_flat: bool
             raise _fail(node, f"a linear node after the conv {layers[-1].node.name!r} without a flatten",
                         "flatten the feature map first")
         geom = None
-    layers.append(_Layer(node, w, node.params.get("bias"), geom))
+    layers.append(_Layer(node, w, node.params.get("bias"), geom, circular=wrap is not None))
 
 
 def _activation_of(layers: list[_Layer]) -> tuple[str, float]:
@@ -365,7 +382,7 @@ def _compile(graph: Graph) -> Net:
         if layer.conv is not None:
             kern, s, p = layer.conv
             pool = 1 if layer.pool is None else int(layer.pool.attrs["kernel"][0])
-            convs.append(ConvSpec(out, kern, s, p, "zeros", pool))
+            convs.append(ConvSpec(out, kern, s, p, "circular" if layer.circular else "zeros", pool))
     widths = tuple(int(w.shape[-2]) for w, layer in zip(weights, layers) if layer.conv is None)
     try:
         if convs:

@@ -589,8 +589,11 @@ def _write_node(w: _Writer, g: Graph, node: Node, ins: list[str], out: str) -> N
                                  "has uneven windows; ONNX has no such op")
     elif node.op == "act":
         _write_act(w, node, ins[0], out)
-    else:
+    elif node.op == "identity":
         w.node("Identity", ins, out, nm)
+    else:  # circular_pad (ONNX Pad mode "wrap" needs opset 19), and any op added later: never written as another
+        raise ProbPruneError(f"save_onnx_graph: node {nm!r}: op {node.op} cannot be written to ONNX here; keep the "
+                             "network as a Net (probprune.nets.onnx.save_onnx refuses circular padding too)")
 
 
 def save_onnx_graph(graph: Graph, path: str | os.PathLike[str], input_name: str = "input",
