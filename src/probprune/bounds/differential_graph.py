@@ -747,7 +747,12 @@ def graph_certified_agreement(target: Graph, pruned: Graph, ball: BallSpec, *, c
         cls = t64(reg0.centres).argmax(-1)
     reg, lo, hi, mt_, mp_ = _analyse(prep, ball, reg0.centres, batch_size, cls)
     mt, mp = cast(Tensor, mt_), cast(Tensor, mp_)
-    bound = DifferentialBound(_value(lo, hi), lo, hi, ball, reg.centres, "float64", _assumptions(prep, ball))
+    if _identical(target, pruned):
+        z = torch.zeros_like(lo)
+        bound = DifferentialBound(z[:, 0], z, z.clone(), ball, reg.centres, "float64",
+                                  (*_assumptions(prep, ball), "the graphs are bitwise identical: gap 0"))
+    else:
+        bound = DifferentialBound(_value(lo, hi), lo, hi, ball, reg.centres, "float64", _assumptions(prep, ball))
     verdicts: list[Verdict] = ["certified" if bool(a > 0) and bool(b > 0) else "not certified"
                                for a, b in zip(mt, mp)]
     witnesses: list[Tensor | None] = [None] * len(verdicts)

@@ -120,8 +120,8 @@ def certify_cmd(
 
         res = run_certify(job, progress=progress)
     if as_json:
-        emit_json({"config": resolved, "inputs": res.inputs, "arch": res.spec.to_arch(), "rows": res.rows,
-                   "summary": res.summary})
+        emit_json({"config": resolved, "inputs": res.inputs, "arch": "onnx graph" if res.spec is None
+                   else res.spec.to_arch(), "rows": res.rows, "summary": res.summary})
         return
     console.print(f"inputs: {res.inputs}", markup=False)
     console.print(summary_table(res.summary, job.norm, job.radius))
