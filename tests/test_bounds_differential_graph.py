@@ -199,6 +199,41 @@ def test_every_activation_between_two_linear_nodes(kind: str, norm: str, both: b
         assert bool((diff >= bound.lower[b]).all()) and bool((diff <= bound.upper[b]).all())
 
 
+@pytest.mark.parametrize("norm", ["l2", "linf"])
+def test_conv1d_strides_groups_dilation_asymmetric_padding_and_pad_nodes(norm: str) -> None:
+    """The ops the random DAGs do not draw: pad nodes, 1-D convs with stride, groups and dilation, a conv with
+    asymmetric ("same") padding (adjoint by autograd), identity, a pruned affine map."""
+    g = torch.Generator().manual_seed(8)
+
+    def t(*shape: int, s: float = 0.5) -> Tensor:
+        return torch.randn(*shape, generator=g, dtype=torch.float64) * s
+
+    nodes = [Node("pad", "pad", ("input",), {"pads": (1, 2)}),
+             Node("c1", "conv", ("pad",), {"stride": (2,), "padding": ((0, 0),), "dilation": (2,), "groups": 2},
+                  {"weight": t(4, 1, 3), "bias": t(4, s=0.1)}),
+             Node("r1", "act", ("c1",), {"act": activation("relu")}),
+             Node("c2", "conv", ("r1",), {"stride": (1,), "padding": ((0, 1),), "dilation": (1,), "groups": 1},
+                  {"weight": t(3, 4, 2)}),
+             Node("id", "identity", ("c2",)),
+             Node("bn", "affine", ("id",), {"param_dims": {"scale": 2}}, {"scale": 1.0 + t(3, 1, s=0.2)}),
+             Node("r2", "act", ("bn",), {"act": activation("leaky_relu", 0.2)}),
+             Node("flat", "reshape", ("r2",), {"shape": (3 * 3,)}),
+             Node("out", "linear", ("flat",), params={"weight": t(2, 9)})]
+    target = Graph(nodes, (2, 6))
+    params = target.parameters()
+    pruned = target.with_parameters({k: v * (v.abs() > 0.3) for k, v in params.items() if not k.endswith("bias")})
+    centres = torch.randn(3, 12, generator=g, dtype=torch.float64)
+    ball = BallSpec(radius=0.4, norm=norm)  # type: ignore[arg-type]
+    bound = graph_differential_bound(target, pruned, ball, centres=centres)
+    found = graph_gap_search(target, pruned, ball, g, centres=centres, n_restarts=8, n_steps=60).value
+    assert bool((bound.value >= found).all()), (bound.value, found)
+    assert float((bound.value / found).max()) < 3.0  # the joint relaxation, not a product of norms
+    for b in range(3):
+        pts = _points(ball, centres[b], 500, g)
+        diff = pruned(pts.reshape(-1, 2, 6)) - target(pts.reshape(-1, 2, 6))
+        assert bool((diff >= bound.lower[b]).all()) and bool((diff <= bound.upper[b]).all())
+
+
 def test_the_bound_is_tight_on_a_small_conv_dag_at_a_small_radius() -> None:
     target, pruned = _dag(5, ("relu", "relu"), True, True, "avg")
     centres = torch.rand(2, 32, generator=torch.Generator().manual_seed(2), dtype=torch.float64) - 0.5
