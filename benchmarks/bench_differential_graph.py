@@ -111,7 +111,8 @@ def main() -> None:
                "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
                           f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), load "
                           f"{os.getloadavg()[0]:.1f}"}
-    print(f"| {args.model} | ℓ∞ {args.radius:g} | {args.n} | {summary['median_ratio']:.3g} / {summary['max_ratio']:.3g} "
+    print(f"| {args.model} | ℓ∞ {args.radius:g} | {args.n} "
+          f"| {summary['median_ratio']:.3g} / {summary['max_ratio']:.3g} "
           f"| {summary['median_layerwise_ratio']:.3g} / {summary['max_layerwise_ratio']:.3g} | {100 * cert:.0f} % "
           f"| {100 * emp:.0f} % | {summary['s_per_image_certified']:.2f} | {summary['s_per_image_found']:.2f} |")
     if args.out:
