@@ -234,6 +234,19 @@ def test_conv1d_strides_groups_dilation_asymmetric_padding_and_pad_nodes(norm: s
         assert bool((diff >= bound.lower[b]).all()) and bool((diff <= bound.upper[b]).all())
 
 
+@pytest.mark.parametrize("kind", ["relu6", "hardtanh"])
+def test_relu6_and_hardtanh_take_the_joint_relaxation_of_two_relus(kind: str) -> None:
+    """``clamp(z, a, b) = a + relu(z − a) − relu(z − b)``: the joint relaxation (not intervals) — within 2.5× of the
+    found gap where intervals alone gave 3–7×."""
+    target, pruned = _dag(0, (kind, kind), True, True, "avg")
+    centres = (torch.rand(3, 32, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 2 - 1) * 0.9
+    ball = BallSpec(radius=0.1, norm="linf")
+    bound = graph_differential_bound(target, pruned, ball, centres=centres).value
+    found = graph_gap_search(target, pruned, ball, torch.Generator().manual_seed(0), centres=centres).value
+    assert bool((bound >= found).all())
+    assert float((bound / found).max()) < 2.5, (bound, found)
+
+
 def test_the_bound_is_tight_on_a_small_conv_dag_at_a_small_radius() -> None:
     target, pruned = _dag(5, ("relu", "relu"), True, True, "avg")
     centres = torch.rand(2, 32, generator=torch.Generator().manual_seed(2), dtype=torch.float64) - 0.5

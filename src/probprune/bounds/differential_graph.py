@@ -17,7 +17,8 @@ input, where it is minimised exactly over the ball (:func:`probprune.bounds.diff
   are summed; ``cat``: the coefficients are split;
 * ReLU and LeakyReLU (slope in [0, 1]): the joint (z, δ) relaxations of :mod:`probprune.bounds.differential`
   (``_relax``/``_relax_step``: independent, δ-chord and interval candidates, three decompositions);
-* every other activation (ReLU6, Hardtanh, ELU, GELU, SiLU, tanh, sigmoid, softplus, LeakyReLU outside [0, 1])
+* ReLU6 and Hardtanh as ``a + relu(z − a) − relu(z − b)``: the same joint relaxation for each of the two pairs;
+* every other activation (ELU, GELU, SiLU, tanh, sigmoid, softplus, LeakyReLU outside [0, 1])
   and max pools: intervals — the objective's part at the node is minimised over its box and back-substitution
   stops there. Activations: ``σ(z) ∈ σ(mid) ± L·rad`` (L the Lipschitz constant; monotone kinds: ``[σ(l), σ(u)]``),
   ``|σ(z̃) − σ(z)| ≤ L|δ|``; max pool: ``max(z + δ) − max(z) ∈ [min δ, max δ]`` over each window.
@@ -208,6 +209,7 @@ class _State:
     b: Bounds
     rho: tuple[Tensor, Tensor] | None = None
     relax: _Relax | None = None
+    clamp: tuple[_Relax, _Relax, float, float] | None = None  # ReLU6/Hardtanh: relaxations of relu(z − a), relu(z − b)
 
     def mags(self) -> tuple[Tensor, Tensor, Tensor]:
         """Upper values of ``|v|``, ``|ṽ|``, ``|Δv|``."""
@@ -347,6 +349,7 @@ def _act_state(act: Activation, s: _State) -> _State:
         rx = _relax(*s.b, alpha, _F64, _F64)
         h_lo, h_hi, ht_lo, ht_hi, dh_lo, dh_hi = rx.box_c
         return _State(_tighten((h_lo, h_hi, dh_lo, dh_hi, ht_lo, ht_hi)), None, rx)
+    clamp = _clamp_relax(act, s) if act.kind in ("relu6", "hardtanh") else None
     l, u, dl, du, tl, tu = s.b
     hl, hu = _sigma_box(act, l, u)
     htl, htu = _sigma_box(act, tl, tu)
@@ -360,7 +363,43 @@ def _act_state(act: Activation, s: _State) -> _State:
         lo_d, hi_d = -(lip * dmax) - taus, lip * dmax + taus
     scale = lip * dmax + taus
     lo_d, hi_d = _down(lo_d, 4.0 * _U * scale), -_down(-hi_d, 4.0 * _U * scale)
-    return _State(_tighten((hl, hu, lo_d, hi_d, htl, htu)))
+    if clamp is not None:  # Δh = Δr₁ − Δr₂: the two ReLU pairs' difference intervals
+        b1, b2 = clamp[0].box_c, clamp[1].box_c
+        lo_d = torch.maximum(lo_d, torch.nextafter(b1[4] - b2[5], torch.tensor(-math.inf, dtype=_F64)))
+        hi_d = torch.minimum(hi_d, torch.nextafter(b1[5] - b2[4], torch.tensor(math.inf, dtype=_F64)))
+    return _State(_tighten((hl, hu, lo_d, hi_d, htl, htu)), clamp=clamp)
+
+
+def _clamp_relax(act: Activation, s: _State) -> tuple[_Relax, _Relax, float, float]:
+    """``clamp(z, a, b) = a + relu(z − a) − relu(z − b)`` (a < b; exact in the reals): the joint relaxations of
+    the two ReLU pairs in ``y = z − a`` and ``y = z − b`` (same δ), on outward-rounded shifted intervals."""
+    a, b = (0.0, 6.0) if act.kind == "relu6" else (float(act.params[0]), float(act.params[1]))
+    l, u, dl, du, tl, tu = s.b
+    ninf, pinf = torch.tensor(-math.inf, dtype=_F64), torch.tensor(math.inf, dtype=_F64)
+
+    def shift(c: float) -> _Relax:
+        return _relax(torch.nextafter(l - c, ninf), torch.nextafter(u - c, pinf), dl, du,
+                      torch.nextafter(tl - c, ninf), torch.nextafter(tu - c, pinf), 0.0, _F64, _F64)
+
+    return shift(a), shift(b), a, b
+
+
+def _clamp_step(cz: Tensor, cd: Tensor, st: _State, s_in: _State) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``czᵀh + cdᵀΔh`` with ``h = a + r₁ − r₂``, ``Δh = Δr₁ − Δr₂`` (r₁ = relu(z − a), r₂ = relu(z − b)): each pair by
+    ``_relax_step`` (the second with negated coefficients), in ``(z − a, δ)`` and ``(z − b, δ)``; then the shifts
+    move into the constant: ``lz₁(z − a) + lz₂(z − b) = (lz₁ + lz₂) z − a Σlz₁ − b Σlz₂``."""
+    rx1, rx2, a, b = cast("tuple[_Relax, _Relax, float, float]", st.clamp)
+    z1, d1, c1, s1 = _relax_step(cz, cd, rx1)
+    z2, d2, c2, s2 = _relax_step(-cz, -cd, rx2)
+    lz, ld = z1 + z2, d1 + d2
+    n = cz.shape[-1]
+    g = _g2(n + 4)
+    cc = c1 + c2 + a * cz.sum(-1) - a * z1.sum(-1) - b * z2.sum(-1)
+    zmax, _, dmax = s_in.mags()
+    c_err = g * (abs(a) * (cz.abs().sum(-1) + z1.abs().sum(-1)) + abs(b) * z2.abs().sum(-1)
+                 + c1.abs() + c2.abs() + cc.abs())
+    s_sum = _U * (1.0 + g) * (_rowdot(lz.abs(), zmax) + _rowdot(ld.abs(), dmax))
+    return lz, ld, cc, (s1 + s2 + c_err + s_sum) * (1.0 + 4.0 * _U) + _TINY
 
 
 def _maxpool_state(node: Node, s: _State, in_shape: tuple[int, ...]) -> _State:
@@ -481,6 +520,9 @@ def _backsub(prep: _Prep, states: dict[str, _State], name: str, lz: Tensor, ld: 
         elif node.op == "act" and st.relax is not None:
             a, gg, cc, s2 = _relax_step(cz, cd, st.relax)
             sl, pushes = sl + s2, [(node.inputs[0], a, gg)]
+        elif node.op == "act" and st.clamp is not None:
+            a, gg, cc, s2 = _clamp_step(cz, cd, st, states[node.inputs[0]])
+            sl, pushes = sl + s2, [(node.inputs[0], a, gg)]
         elif node.op in ("act", "maxpool"):
             cc, s2 = _concretize(cz, cd, st.b)
             sl = sl + s2
@@ -550,6 +592,11 @@ def _needed(prep: _Prep, node: Node, st: _State) -> Tensor | None:
     for c in prep.consumers[node.name]:
         if c.op == "act" and _alpha(c.attrs["act"]) is not None:
             uz, ut = (l < 0) & (u > 0), (tl < 0) & (tu > 0)
+            ud = (uz | ut) & (dl < du)
+        elif c.op == "act" and c.attrs["act"].kind in ("relu6", "hardtanh"):
+            lo_, hi_ = (0.0, 6.0) if c.attrs["act"].kind == "relu6" else c.attrs["act"].params
+            uz = ((l < lo_) & (u > lo_)) | ((l < hi_) & (u > hi_))
+            ut = ((tl < lo_) & (tu > lo_)) | ((tl < hi_) & (tu > hi_))
             ud = (uz | ut) & (dl < du)
         elif c.op in ("act", "maxpool"):
             uz, ut, ud = l < u, tl < tu, dl < du
