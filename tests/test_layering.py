@@ -64,9 +64,10 @@ MODULE_ALLOWED = {
     "nets/graph.py": {"probprune.config"},
     "nets/fx.py": {"probprune.config", "probprune.nets", "probprune.nets.graph"},
     "nets/onnx_graph.py": {"probprune.config", "probprune.nets.graph", "probprune.nets.fx", "probprune.nets.onnx"},
-    "bounds/graph.py": {"probprune.config", "probprune.nets.graph", "probprune.bounds.norms"},
+    "bounds/graph.py": {"probprune.config", "probprune.nets.graph", "probprune.bounds.norms", "probprune.search"},
     "runner/graph.py": {"probprune.config", "probprune.rng", "probprune.graphmasks", "probprune.nets.graph",
-                        "probprune.nets.onnx_graph", "probprune.bounds.graph", "probprune.masks"},
+                        "probprune.nets.onnx_graph", "probprune.bounds.graph", "probprune.masks",
+                        "probprune.runner.execution"},
 }
 
 

@@ -189,7 +189,8 @@ def _maximise(fn: Objective, k: int, d: int, width: int, gap_spec: GapSpec, homo
     if r == 0 or gap_spec.n_steps == 0:
         return best_val, best_x, n_evals, sampled
     idx = vals.topk(r, dim=1).indices  # [K, R]: the sampling phase's best points start the ascent
-    region = Region(torch.zeros(k, d, dtype=torch.float64, device=device), rad, sphere=homogeneous)
+    # not strict: points on the sphere up to one rounding, as before; lower_at re-projects the witness in float64
+    region = Region(torch.zeros(k, d, dtype=torch.float64, device=device), rad, sphere=homogeneous, strict=False)
     found = maximise(lambda x: fn(x.transpose(0, 1)).transpose(0, 1), region, _budget(gap_spec, r), generator,
                      starts=pts[idx].transpose(0, 1), dtype=dtype)
     n_evals += found.n_evals

@@ -59,6 +59,11 @@ class Region:
         box: ``(lo, hi)`` every coordinate lies in, or ``None``; each centre must lie in it.
         sphere: search the ℓ2 sphere of radius r (points on it up to a rounding margin inside) instead of the
             ball; only with ``norm="l2"`` and no box.
+        strict: points are provably inside (a rounding margin in :meth:`project`, a float64 check in
+            :meth:`inside`). ``False`` (for callers that re-project the witness in float64 themselves, as
+            :func:`probprune.bounds.certified.lower_at` does for :func:`probprune.gap.sup_gap`): ℓ2 points are
+            scaled to r exactly in float64 and rounded to their dtype, so they may lie one rounding outside;
+            :meth:`inside` then allows that rounding.
     """
 
     centres: Tensor
@@ -66,6 +71,7 @@ class Region:
     norm: Literal["l2", "linf"] = "l2"
     box: tuple[float, float] | None = None
     sphere: bool = False
+    strict: bool = True
 
     def __post_init__(self) -> None:
         c = self.centres
@@ -92,13 +98,17 @@ class Region:
         count as inside when they are in the closed ball (the sphere is searched only where the sup over the ball
         is attained on it).
         """
+        dtype = x.dtype
         x = x.double()
         v = x - self.centres
         d = x.shape[-1]
         if self.norm == "linf":
             ok = v.abs().amax(-1) * (1.0 + 4.0 * _U64) <= self.radius
-        else:
+        elif self.strict:
             ok = v.norm(dim=-1) * (1.0 + 2.0 * (d + 4) * _U64) <= self.radius
+        else:  # the projection's float64 rounding and one rounding of every coordinate to the points' dtype
+            slack = 2.0 * _unit(dtype) * (self.centres.norm(dim=-1) + self.radius)
+            ok = v.norm(dim=-1) <= self.radius * (1.0 + 4.0 * (d + 6) * _U64) + slack
         if self.box is not None:
             ok = ok & ((x >= self.box[0]) & (x <= self.box[1])).all(-1)
         return ok & torch.isfinite(x).all(-1)
@@ -106,7 +116,8 @@ class Region:
     def project(self, x: Tensor) -> Tensor:
         """Map points ``[R, B, d]`` (any float dtype) into the region, kept in that dtype.
 
-        ℓ∞: clamp to ``[c − r', c + r'] ∩ box`` with bounds rounded inward in x's dtype; ℓ2: clamp to the box, then
+        ℓ∞: clamp to ``[c − r', c + r'] ∩ box`` (``r' = r − 8u(|c| + r)`` per coordinate) with bounds rounded
+        inward in x's dtype; ℓ2: clamp to the box, then
         scale towards the centre to radius ``r'`` (a convex combination of a box point and the centre stays in the
         box); the sphere: scale to ``r'``. ``r' < r`` by a margin that covers the rounding of x to its dtype and of
         the float64 check, so projected points pass :meth:`inside`.
@@ -117,7 +128,8 @@ class Region:
         d = c.shape[1]
         r = self.radius
         if self.norm == "linf":
-            rr = r * (1.0 - 8.0 * _U64)
+            # fl(c ± rr) is off by ≤ u(|c| + r): the margin is relative to the coordinates, not to r alone
+            rr = (r - 8.0 * _U64 * (c.abs() + r)).clamp_min(0.0)
             lo, hi = c - rr, c + rr
             if self.box is not None:
                 lo, hi = lo.clamp_min(self.box[0]), hi.clamp_max(self.box[1])
@@ -130,7 +142,7 @@ class Region:
         nrm = v.norm(dim=-1, keepdim=True)
         # ‖cast error‖ ≤ u‖x‖ ≤ u(‖c‖ + r); the float64 check's factor 1 + 2(d+4)u64 plus this projection's rounding
         margin = 4.0 * u * (c.norm(dim=-1, keepdim=True) + r) + r * 4.0 * (d + 6) * _U64
-        rr = (r - margin).clamp_min(0.0)
+        rr = (r - margin).clamp_min(0.0) if self.strict else torch.full_like(margin, r)
         scale = rr / nrm.clamp_min(1e-300)
         if not self.sphere:
             scale = torch.where(nrm > rr, scale, torch.ones_like(scale))
@@ -198,7 +210,7 @@ class Budget:
     screen_steps: int = 25
     momentum: float = 0.8
     screen_step_size: float | None = None
-    power: bool = False
+    power: bool = True
 
     def __post_init__(self) -> None:
         for name, lo in (("n_restarts", 0), ("n_steps", 0), ("n_screen", 1), ("screen_steps", 0)):
@@ -217,9 +229,9 @@ class Budget:
 
     @property
     def n_evals(self) -> int:
-        """Objective evaluations (each with its gradient) per ball when the search runs both phases."""
-        if self.n_restarts == 0 or self.n_steps == 0:
-            return 0
+        """Objective evaluations per ball of :func:`maximise` without given starts (with them: ``SearchResult``)."""
+        if self.n_restarts == 0 or self.n_steps == 0:  # the starts are only evaluated
+            return max(self.n_screen * self.n_restarts, self.n_restarts, 1)
         screen = self.n_screen * self.n_restarts * self.screen_steps if self.n_screen > 1 else 0
         return screen + self.n_restarts * self.n_steps * (2 if self.power else 1)
 
@@ -276,10 +288,23 @@ def _direction(grad: Tensor, mom: Tensor, beta: float, norm: str) -> tuple[Tenso
 
 def _climb(objective: Objective, region: Region, x: Tensor, n_steps: int, step_size: float, budget: Budget,
            best: _Best, power: bool = False) -> tuple[Tensor, Tensor]:
-    """``n_steps`` projected momentum steps from ``x`` ``[P, B, d]``; returns each trajectory's best (value, x)."""
+    """``n_steps`` gradient evaluations from ``x`` ``[P, B, d]``, a projected momentum step after each but the last.
+
+    With ``power``, every step also tries the Frank–Wolfe point, and the point after the last step is evaluated
+    too (``2·n_steps`` evaluations per trajectory in all; ``n_steps`` without). Returns each trajectory's best
+    (value, x).
+    """
     traj_v = torch.full(x.shape[:2], -math.inf, dtype=x.dtype, device=x.device)
     traj_x = x.clone()
     mom = torch.zeros_like(x)
+
+    def record(pt: Tensor, val: Tensor) -> None:
+        nonlocal traj_v, traj_x
+        best.offer(pt, val)
+        better = val > traj_v  # NaN never better
+        traj_v = torch.where(better, val, traj_v)
+        traj_x = torch.where(better.unsqueeze(-1), pt, traj_x)
+
     for t in range(n_steps):
         xr = x.detach().requires_grad_(True)
         with torch.enable_grad():
@@ -287,20 +312,16 @@ def _climb(objective: Objective, region: Region, x: Tensor, n_steps: int, step_s
             (grad,) = torch.autograd.grad(val.sum(), xr)
         with torch.no_grad():
             val = val.detach()
-            best.offer(xr.detach(), val)
-            better = val > traj_v  # NaN never better
-            traj_v = torch.where(better, val, traj_v)
-            traj_x = torch.where(better.unsqueeze(-1), xr.detach(), traj_x)
+            record(xr.detach(), val)
+            if t == n_steps - 1 and not power:
+                break
             mom, dirn = _direction(grad, mom, budget.momentum, region.norm)
             x = region.project(x + _cosine(step_size, region.radius, t, n_steps) * dirn)
-            if power:
+            if power and t < n_steps - 1:
                 x = _power_step(objective, region, xr.detach(), val, grad, x, best)
-    with torch.no_grad():  # the last step's point
-        val = objective(x)
-        best.offer(x, val)
-        better = val > traj_v
-        traj_v = torch.where(better, val, traj_v)
-        traj_x = torch.where(better.unsqueeze(-1), x, traj_x)
+    if power and n_steps:
+        with torch.no_grad():  # the last step's point
+            record(x, objective(x))
     return traj_v, traj_x
 
 
