@@ -71,7 +71,8 @@ MODULE_ALLOWED = {
                         "probprune.runner.execution"},
     "runner/certificate_graph.py": {"probprune.config", "probprune.rng", "probprune.nets.graph",
                                     "probprune.nets.onnx_graph", "probprune.bounds.graph", "probprune.store",
-                                    "probprune.runner.certificate", "probprune.runner.graph"},
+                                    "probprune.runner.certificate", "probprune.runner.graph",
+                                    "probprune.runner.execution"},
 }
 
 
