@@ -99,6 +99,7 @@ BOUNDS = {
     "probabilistic": {"entries", "concentration", "theorems"},
     "paper": {"entries", "concentration", "theorems", "probabilistic"},
     "graph": {"norms"},  # issue 15's graph bound (branch h-graph)
+    "differential_graph": {"norms", "differential", "graph"},  # issue 16: the differential bound on graphs
 }
 BOUNDS_FILES = sorted(p for p in (SRC / "bounds").glob("*.py") if p.name != "__init__.py")
 

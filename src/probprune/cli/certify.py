@@ -124,8 +124,8 @@ def certify_cmd(
         res = run_certify(job, progress=progress)
     _write_local_certificate(certificate, job, res)
     if as_json:
-        emit_json({"config": resolved, "inputs": res.inputs, "arch": res.spec.to_arch(), "rows": res.rows,
-                   "summary": res.summary})
+        emit_json({"config": resolved, "inputs": res.inputs, "arch": "onnx graph" if res.spec is None
+                   else res.spec.to_arch(), "rows": res.rows, "summary": res.summary})
         return
     console.print(f"inputs: {res.inputs}", markup=False)
     console.print(summary_table(res.summary, job.norm, job.radius))
