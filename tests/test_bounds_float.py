@@ -45,7 +45,9 @@ def test_cli_example_lower_never_above_upper(capsys: pytest.CaptureFixture[str])
     assert code == 0
     sw = json.loads(out)["sandwich"]
     assert sw["lower"] <= sw["upper"], (sw["lower"], sw["upper"])
-    assert sw["lower"] == pytest.approx(12.588975165, rel=1e-9)  # the same witness as in the report
+    # at least the witness of the report (12.588975165); the search of session 6 finds a better one (the sup is
+    # ‖D‖·r = 12.58897542 for this net; found 12.5889753159, limited by the float32 evaluations it ranks by)
+    assert sw["lower"] >= 12.588975165 * (1 - 1e-9)
     assert sw["upper"] <= sw["lower"] * (1 + 1e-5)  # still tight: the margin is small
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "probprune"
-CORE = {"config", "rng", "nets", "sampling", "masks", "gap", "bounds"}
+CORE = {"config", "rng", "nets", "search", "sampling", "masks", "gap", "bounds"}
 ALLOWED = {
     "config": set(),
     "files": set(),  # atomic file writes that follow the umask: stdlib only
@@ -14,10 +14,11 @@ ALLOWED = {
     "rng": {"config"},
     "nets": {"config", "files"},
     "sampling": {"config", "rng", "nets"},
+    "search": {"config"},
     "masks": {"config", "nets"},
     "graphmasks": {"config", "nets", "masks"},
-    "gap": {"config", "nets"},
-    "bounds": {"config", "nets"},
+    "gap": {"config", "nets", "search"},
+    "bounds": {"config", "nets", "search"},
     "montecarlo": {"config", "records", "rng", "nets", "sampling", "masks", "gap", "bounds"},
     "data": {"config", "files", "nets", "masks", "gap"},
     "store": {"config", "files", "records"},
@@ -64,12 +65,14 @@ MODULE_ALLOWED = {
     "nets/chain.py": {"probprune.config", "probprune.nets", "probprune.nets.graph"},
     "nets/fx.py": {"probprune.config", "probprune.nets", "probprune.nets.graph"},
     "nets/onnx_graph.py": {"probprune.config", "probprune.nets.graph", "probprune.nets.fx", "probprune.nets.onnx"},
-    "bounds/graph.py": {"probprune.config", "probprune.nets.graph", "probprune.bounds.norms"},
+    "bounds/graph.py": {"probprune.config", "probprune.nets.graph", "probprune.bounds.norms", "probprune.search"},
     "runner/graph.py": {"probprune.config", "probprune.rng", "probprune.graphmasks", "probprune.nets.graph",
-                        "probprune.nets.onnx_graph", "probprune.bounds.graph", "probprune.masks"},
+                        "probprune.nets.onnx_graph", "probprune.bounds.graph", "probprune.masks",
+                        "probprune.runner.execution"},
     "runner/certificate_graph.py": {"probprune.config", "probprune.rng", "probprune.nets.graph",
                                     "probprune.nets.onnx_graph", "probprune.bounds.graph", "probprune.store",
-                                    "probprune.runner.certificate", "probprune.runner.graph"},
+                                    "probprune.runner.certificate", "probprune.runner.graph",
+                                    "probprune.runner.execution"},
 }
 
 

@@ -7,11 +7,11 @@ of the ball, so it is a true lower bound on the gap:
 1. **sampling** (``torch.no_grad``): ``n_points`` inputs, half uniform on the sphere of
    radius r, half uniform in the ball (radius law ``r·U^{1/d}``), shared by all members;
    f and F are evaluated together as one batched ensemble of ``2K`` networks;
-2. **projected gradient ascent** on ``‖f(x) − F(x)‖²`` from each member's ``n_restarts``
-   best points: a normalised gradient step with a cosine-decaying step (``step_size·r``
-   at the start), a greedy choice between the steps ``η``, ``4η`` and the full step to
-   ``r·∇/‖∇‖`` (the power-method step, exact for a linear layer), then projection onto the
-   ball. The best point seen is kept.
+2. **projected ascent** (:func:`probprune.search.maximise`, the one search engine) on ``‖f(x) − F(x)‖``:
+   the sampling phase's ``n_restarts`` best points and random points on the sphere (12·``n_restarts`` starts)
+   take a few large normalised momentum steps; the ``n_restarts`` best trajectories then climb with a fresh
+   cosine schedule (``step_size·r`` at its start), each step also trying the power-method step to
+   ``r·∇/‖∇‖`` (exact for a linear layer), then projection onto the ball. The best point seen is kept.
 
 Bias-free networks with positively homogeneous activations (relu, leaky_relu, identity;
 max-pool keeps this) satisfy ``g(t·x) = t·g(x)`` for ``t ≥ 0``, so the sup over the ball
@@ -35,6 +35,7 @@ from torch import Tensor
 
 from probprune.config import ExecutionPolicy, GapSpec, ProbPruneError
 from probprune.nets import Net, check_finite, check_pair
+from probprune.search import Budget, Region, maximise
 
 __all__ = [
     "GapEstimate",
@@ -58,10 +59,6 @@ def _chunk_points(device: torch.device, members: int, width: int) -> int:
     """Points per evaluation chunk so that one activation block holds about ``_CHUNK_ELEMS`` elements."""
     budget = _CHUNK_ELEMS_CUDA if device.type == "cuda" else _CHUNK_ELEMS
     return max(1, budget // max(1, members * width))
-
-
-# step multipliers tried at every ascent step (∞ = the full step to r·∇/‖∇‖)
-_STEP_MULTS = (1.0, 4.0, math.inf)
 
 
 @dataclass(frozen=True, eq=False)
@@ -164,13 +161,6 @@ def _output_objective(net: Net, policy: ExecutionPolicy | None = None,
     return fn, k
 
 
-def _project(x: Tensor, radius: float, sphere: bool) -> Tensor:
-    n = x.norm(dim=-1, keepdim=True)
-    if sphere:
-        return x * (radius / n.clamp_min(torch.finfo(x.dtype).tiny))
-    return x * (radius / n.clamp_min(radius))
-
-
 def _sample_points(n: int, d: int, radius: float, sphere_only: bool, generator: torch.Generator,
                    device: torch.device, dtype: torch.dtype) -> Tensor:
     z = torch.randn(n, d, generator=generator, device=device, dtype=dtype)
@@ -198,39 +188,32 @@ def _maximise(fn: Objective, k: int, d: int, width: int, gap_spec: GapSpec, homo
     r = min(gap_spec.n_restarts, gap_spec.n_points)
     if r == 0 or gap_spec.n_steps == 0:
         return best_val, best_x, n_evals, sampled
-    idx = vals.topk(r, dim=1).indices  # [K, R]
-    x = pts[idx]  # [K, R, D]
-    n_mult = len(_STEP_MULTS)
-    for t in range(gap_spec.n_steps):
-        eta = gap_spec.step_size * rad * 0.5 * (1.0 + math.cos(math.pi * t / gap_spec.n_steps))
-        with torch.enable_grad():
-            xg = x.detach().requires_grad_(True)
-            cur = fn(xg)  # [K, R]
-            (grad,) = torch.autograd.grad(cur.square().sum(), xg)
-        cur = cur.detach()
-        n_evals += r
-        gnorm = grad.norm(dim=-1, keepdim=True)
-        unit = grad / gnorm.clamp_min(torch.finfo(dtype).tiny)
-        cands = []
-        for mult in _STEP_MULTS:
-            step = unit * rad if math.isinf(mult) else x + unit * (eta * mult)
-            cands.append(_project(step, rad, homogeneous))
-        cand = torch.stack(cands, dim=1)  # [K, M, R, D]
-        with torch.no_grad():
-            cval = fn(cand.reshape(k, n_mult * r, d)).reshape(k, n_mult, r)
-        n_evals += n_mult * r
-        allv = torch.cat([cur.unsqueeze(1), cval], dim=1)  # [K, 1+M, R]
-        allx = torch.cat([x.unsqueeze(1), cand], dim=1)
-        # a zero gradient (e.g. dead ReLUs) leaves the point where it is
-        allv[:, 1:] = torch.where(gnorm.squeeze(-1).unsqueeze(1) > 0, allv[:, 1:], -math.inf)
-        choice = allv.argmax(dim=1)  # [K, R]
-        new_v = allv.gather(1, choice.unsqueeze(1)).squeeze(1)
-        x = allx.gather(1, choice[:, None, :, None].expand(k, 1, r, d)).squeeze(1)
-        step_best, j = new_v.max(dim=1)
-        better = step_best > best_val
-        best_val = torch.where(better, step_best, best_val)
-        best_x = torch.where(better.unsqueeze(1), x[torch.arange(k, device=device), j], best_x)
+    idx = vals.topk(r, dim=1).indices  # [K, R]: the sampling phase's best points start the ascent
+    # not strict: points on the sphere up to one rounding, as before; lower_at re-projects the witness in float64
+    region = Region(torch.zeros(k, d, dtype=torch.float64, device=device), rad, sphere=homogeneous, strict=False)
+    found = maximise(lambda x: fn(x.transpose(0, 1)).transpose(0, 1), region, _budget(gap_spec, r), generator,
+                     starts=pts[idx].transpose(0, 1), dtype=dtype)
+    n_evals += found.n_evals
+    better = found.value > best_val
+    best_val = torch.where(better, found.value, best_val)
+    best_x = torch.where(better.unsqueeze(1), found.x, best_x)
     return best_val, best_x, n_evals, sampled
+
+
+def _budget(gap_spec: GapSpec, r: int) -> Budget:
+    """The engine's budget for ``n_restarts = r``, ``n_steps = T``: ``4·r·T`` evaluations per member.
+
+    ``16r`` starts (the sampling phase's r best points, the rest random) climb ``S = ⌊T/6⌋`` steps with steps
+    2.5 times larger (exploration: which basins are good shows after a few steps); the r best trajectories climb
+    ``2T − 8S`` more from their best points, each step a gradient and a power-method trial (exact for a linear
+    layer) — as many evaluations as the former one gradient and three trial steps per restart and step, spent
+    on many more starts.
+    """
+    t = gap_spec.n_steps
+    screen = t // 6
+    step = float(gap_spec.step_size)
+    return Budget(n_restarts=r, n_steps=2 * t - 6 * screen, step_size=step, n_screen=12, screen_steps=screen,
+                  screen_step_size=2.5 * step, power=True)
 
 
 def _estimate(fn: Objective, k: int, net: Net, gap_spec: GapSpec, homogeneous: bool,

@@ -108,6 +108,7 @@ from probprune.bounds.certified import _UNIT, _check_forward_dtype, _unit
 from probprune.bounds.norms import _gamma
 from probprune.config import BallSpec, ProbPruneError
 from probprune.nets import Net, check_pair
+from probprune.search import Budget, Region, maximise
 
 __all__ = [
     "AgreementResult",
@@ -1054,96 +1055,40 @@ def differential_bound(target: Net, pruned: Net, ball: BallSpec, *, centres: Ten
 # ---------------------------------------------------------------------------------------- lower side
 
 
-def _project(x: Tensor, reg: _Region, shrink: float) -> Tensor:
-    """Into the ball ∩ box (``x`` ``[R, B, d]``); ``shrink`` < 1 keeps it provably inside."""
-    c = reg.centres.unsqueeze(0)
-    if reg.norm == "linf":
-        rr = reg.radius * shrink
-        x = torch.minimum(torch.maximum(x, c - rr), c + rr)
-        if reg.box is not None:
-            x = x.clamp(reg.box[0], reg.box[1])
-        return x
-    if reg.box is not None:
-        x = x.clamp(reg.box[0], reg.box[1])
-    v = x - c
-    nrm = v.norm(dim=-1, keepdim=True)
-    rr = reg.radius * shrink
-    scale = torch.where(nrm > rr, rr / nrm.clamp_min(1e-300), torch.ones_like(nrm))
-    return c + v * scale  # convex combination of c and a box point: stays in the box
+def _search_region(reg: _Region) -> Region:
+    """The engine's region of the balls of ``reg``."""
+    return Region(reg.centres, reg.radius, cast(Literal["l2", "linf"], reg.norm), reg.box)
 
 
 def _inside(x: Tensor, reg: _Region) -> Tensor:
     """Whether each ``x`` ``[..., B, d]`` is provably in the closed ball ∩ box (float64 check with margin)."""
-    v = x - reg.centres
-    d = x.shape[-1]
-    if reg.norm == "linf":
-        ok = (v.abs().amax(-1) * (1.0 + 4.0 * _U)) <= reg.radius
-    else:
-        ok = v.norm(dim=-1) * (1.0 + _g2(d + 4)) <= reg.radius
-    if reg.box is not None:
-        ok = ok & ((x >= reg.box[0]) & (x <= reg.box[1])).all(-1)
-    return ok
-
-
-def _start_points(reg: _Region, n_restarts: int, generator: torch.Generator) -> Tensor:
-    bsz, d = reg.centres.shape
-    dev = reg.centres.device
-    if reg.norm == "linf":
-        noise = torch.rand(n_restarts, bsz, d, generator=generator, dtype=torch.float64, device=dev) * 2 - 1
-        pts = reg.centres + reg.radius * noise
-    else:
-        v = torch.randn(n_restarts, bsz, d, generator=generator, dtype=torch.float64, device=dev)
-        v = v / v.norm(dim=-1, keepdim=True).clamp_min(1e-300)
-        pts = reg.centres + reg.radius * v
-    return torch.cat([reg.centres.unsqueeze(0), pts])
+    return _search_region(reg).inside(x)
 
 
 def _ascend(objective: Callable[[Tensor], Tensor], reg: _Region, n_restarts: int, n_steps: int, step: float,
             generator: torch.Generator, starts: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """Projected Adam ascent on ``objective(x [R, B, d]) → [R, B]``; best feasible value and point per ball."""
-    fn = objective
-    shrink = 1.0 - 1e-12
-    x0 = _start_points(reg, n_restarts, generator)
-    if starts is not None:
-        x0 = torch.cat([x0, starts.to(x0).unsqueeze(1).expand(-1, x0.shape[1], -1)])
-    x = _project(x0, reg, shrink)
-    best_v = torch.full(reg.centres.shape[:1], -math.inf, dtype=torch.float64, device=x.device)
-    best_x = reg.centres.clone()
-    m1 = torch.zeros_like(x)
-    m2 = torch.zeros_like(x)
-    for t in range(n_steps + 1):
-        xr = x.detach().requires_grad_(True)
-        val = fn(xr)
-        with torch.no_grad():
-            feas = _inside(xr, reg)
-            vv = torch.where(feas, val, torch.full_like(val, -math.inf))
-            top, idx = vv.max(0)
-            better = top > best_v
-            pick = xr[idx, torch.arange(idx.shape[0], device=x.device)]
-            best_x = torch.where(better.unsqueeze(-1), pick, best_x)
-            best_v = torch.where(better, top, best_v)
-        if t == n_steps:
-            break
-        (grad,) = torch.autograd.grad(val.sum(), xr)
-        with torch.no_grad():
-            m1 = 0.9 * m1 + 0.1 * grad
-            m2 = 0.999 * m2 + 0.001 * grad * grad
-            dirn = (m1 / (1 - 0.9 ** (t + 1))) / ((m2 / (1 - 0.999 ** (t + 1))).sqrt() + 1e-30)
-            lr = step * reg.radius * 0.5 * (1 + math.cos(math.pi * t / n_steps)) + 1e-3 * reg.radius
-            if reg.norm == "l2":
-                dirn = dirn / dirn.norm(dim=-1, keepdim=True).clamp_min(1e-300)
-            x = _project(x + lr * dirn, reg, shrink)
-    return best_v, best_x
+    """Projected momentum ascent (:func:`probprune.search.maximise`) on ``objective(x [R, B, d]) → [R, B]``.
+
+    Budget: ``4·n_restarts`` starts (the given ones, the centre, random points) take ``⌊n_steps/4⌋`` steps; the
+    ``n_restarts`` best per ball take ``n_steps`` more with a fresh schedule and power-method (Frank–Wolfe) trials.
+    Returns the best feasible value and point per ball.
+    """
+    budget = Budget(n_restarts=max(n_restarts, 1) if n_steps else n_restarts, n_steps=n_steps, step_size=step,
+                    n_screen=4, screen_steps=n_steps // 4, screen_step_size=2.0 * step, power=True)
+    found = maximise(objective, _search_region(reg), budget, generator, starts=starts)
+    return found.value, found.x
 
 
 def gap_search(target: Net, pruned: Net, ball: BallSpec, generator: torch.Generator, *,
                centres: Tensor | None = None, n_restarts: int = 8, n_steps: int = 100,
                step: float = 0.25, starts: Tensor | None = None) -> GapWitness:
-    """Lower bound on the gap over the ball by projected Adam ascent (float64), with the witnesses.
+    """Lower bound on the gap over the ball by projected momentum ascent (float64), with the witnesses.
 
-    Starts: the centre and ``n_restarts`` random points (uniform in the ℓ∞ box, on the ℓ2 sphere),
-    all projected into the ball ∩ box; cosine step schedule. The returned value is the float64
-    ``‖f(x) − F(x)‖₂`` at a point checked to lie in the closed ball ∩ box.
+    The search engine :func:`probprune.search.maximise`: the given ``starts``, the centre and random points
+    (ℓ∞: vertices and uniform in the box; ℓ2: on the sphere; some near the centre), ``4·n_restarts`` in all,
+    projected into the ball ∩ box, screened by ``⌊n_steps/4⌋`` steps; the ``n_restarts`` best per ball climb
+    ``n_steps`` more (normalised heavy-ball steps, cosine schedule, power-method trials). The returned value is
+    the float64 ``‖f(x) − F(x)‖₂`` at a point checked to lie in the closed ball ∩ box.
 
     Args:
         target, pruned: F and f (single FCN nets).

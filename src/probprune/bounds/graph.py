@@ -37,9 +37,10 @@ from torch import Tensor
 from probprune.bounds.norms import _circular_norm, _gamma, abs_operator_norm_bound, operator_norm, vector_norm_bound
 from probprune.config import ProbPruneError
 from probprune.nets.graph import Activation, Graph, Node, apply_node
+from probprune.search import Budget, Region, maximise
 
 __all__ = ["GraphBound", "NodeTerm", "certified_graph_gap", "check_graph_pair", "conv_operator_norm",
-           "search_graph_gap"]
+           "graph_search_budget", "search_graph_gap"]
 
 _U = 2.0 ** -53
 _ETA = 2.0 ** -1074
@@ -348,49 +349,56 @@ def certified_graph_gap(target: Graph, pruned: Graph, *, radius: float) -> Graph
                       assumptions=assumptions)
 
 
+def graph_search_budget(n_restarts: int, n_steps: int) -> Budget:
+    """The search engine's budget of :func:`search_graph_gap`: ``4·n_restarts·n_steps`` evaluations in all.
+
+    ``n_restarts`` starts (0 and random points on the sphere) climb ``2·n_steps`` steps (first step ``r/2``,
+    cosine decay), each step a gradient and a power-method trial — as many evaluations as the former gradient and
+    three trial steps per restart and step. No screening phase: on the VNN-COMP conv nets long climbs from few
+    starts found more than many short ones (``benchmarks/RESULTS.md``, sixth session — search).
+
+    Raises:
+        ProbPruneError: a budget that is not an integer ≥ 1 (``n_restarts``) or ≥ 0 (``n_steps``).
+    """
+    for name, v, lo in (("n_restarts", n_restarts, 1), ("n_steps", n_steps, 0)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+            raise ProbPruneError(f"{name}={v!r}: must be an integer >= {lo}")
+    return Budget(n_restarts=n_restarts, n_steps=2 * n_steps, step_size=0.5, n_screen=1, screen_steps=0, power=True)
+
+
 def search_graph_gap(target: Graph, pruned: Graph, *, radius: float, n_restarts: int = 8, n_steps: int = 200,
                      seed: int = 0) -> tuple[float, Tensor]:
-    """A lower bound on the gap: projected gradient ascent on ``‖f(x) − F(x)‖²`` over the ball, in float64.
+    """A lower bound on the gap: projected ascent on ``‖f(x) − F(x)‖²`` over the ball (:mod:`probprune.search`).
 
-    Starts from random points on the sphere (local generator ``seed``), takes normalised gradient steps with a
-    cosine-decayed step size and projects onto the ball; the value returned is ``‖f(x) − F(x)‖`` re-evaluated in
-    float64 at the best point, which lies inside the ball (scaled by ``1 − 4u`` after projection).
+    The search runs in the graphs' own dtype (float32 for ONNX models: about twice as fast as float64 on a CPU,
+    and the search only has to find a good point; float64 graphs in float64). :func:`graph_search_budget` says
+    how the budget is spent (random starts from the local generator ``seed``, climbing with normalised momentum
+    steps and power-method trials).
+    The value returned is ``‖f(x) − F(x)‖`` evaluated **in float64** at the best point, which a float64 check has
+    placed inside the ball.
 
     Returns:
-        ``(value, x)`` with ``x`` ``[*input_shape]``.
+        ``(value, x)`` with ``x`` ``[*input_shape]`` float64.
     """
     check_graph_pair(target, pruned)
+    budget = graph_search_budget(n_restarts, n_steps)
+    if isinstance(radius, bool) or not isinstance(radius, (int, float)) or not math.isfinite(radius) or radius <= 0:
+        raise ProbPruneError(f"radius={radius!r}: must be a finite number > 0")
     gen = torch.Generator().manual_seed(seed)
-    t64, p64 = target.to(torch.float64), pruned.to(torch.float64)
-    d = math.prod(target.input_shape)
-    x = torch.randn(n_restarts, d, generator=gen, dtype=torch.float64)
-    x = x / x.norm(dim=1, keepdim=True) * radius
+    shape = target.input_shape
+    d = math.prod(shape)
+    # float32 graphs (every ONNX model) are searched in float32; float64 ones in float64
+    dt = torch.float64 if any(v.dtype == torch.float64 for g in (target, pruned) for n in g.nodes
+                              for v in n.params.values()) else torch.float32
+    t32, p32 = target.to(dt), pruned.to(dt)
 
-    def gaps(z: Tensor) -> Tensor:
-        zz = z.reshape(-1, *target.input_shape)
-        return (p64(zz) - t64(zz)).flatten(1).norm(dim=1)
+    def gaps2(z: Tensor) -> Tensor:
+        zz = z.reshape(-1, *shape)
+        return (p32(zz) - t32(zz)).flatten(1).square().sum(1).reshape(z.shape[:-1])
 
-    def project(z: Tensor) -> Tensor:
-        nrm = z.norm(dim=1, keepdim=True)
-        return torch.where(nrm > radius, z * (radius / nrm.clamp_min(1e-300)), z) * (1.0 - 4 * _U)
-
-    best_v, best_x = torch.full((n_restarts,), -1.0, dtype=torch.float64), x.clone()
-    for step in range(n_steps):
-        z = x.clone().requires_grad_(True)
-        g = gaps(z)
-        (grad,) = torch.autograd.grad((g * g).sum(), z)
-        with torch.no_grad():
-            better = g.detach() > best_v
-            best_v = torch.where(better, g.detach(), best_v)
-            best_x[better] = x[better]
-            eta = 0.5 * radius * (1 + math.cos(math.pi * step / n_steps)) / 2 + 1e-3 * radius
-            unit = grad / grad.norm(dim=1, keepdim=True).clamp_min(1e-300)
-            cands = [project(x + eta * unit), project(radius * unit), project(x + 0.1 * eta * unit)]
-            vals = torch.stack([gaps(c) for c in cands])
-            pick = vals.argmax(dim=0)
-            x = torch.stack(cands)[pick, torch.arange(n_restarts)]
+    region = Region(torch.zeros(1, d, dtype=torch.float64), float(radius))
+    found = maximise(gaps2, region, budget, gen, dtype=dt)
+    x = found.x[0].double().reshape(1, *shape)  # float32 → float64 is exact: still inside the ball
     with torch.no_grad():
-        final = project(best_x)
-        v = gaps(final)
-        i = int(v.argmax())
-    return float(v[i]), final[i].reshape(target.input_shape)
+        v = (pruned.to(torch.float64)(x) - target.to(torch.float64)(x)).flatten(1).norm(dim=1)
+    return float(v[0]), x[0]

@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from probprune.bounds.graph import GraphBound, certified_graph_gap
-from probprune.config import GapSpec, ProbPruneError, PruneSpec, config_hash
+from probprune.config import ExecutionPolicy, GapSpec, ProbPruneError, PruneSpec, config_hash
 from probprune.nets.graph import Graph
 from probprune.nets.onnx_graph import load_onnx_graph
 from probprune.rng import derive_seed
@@ -171,7 +171,8 @@ def make_graph_certificate(model: GraphModel, outcome: GraphPruneOutcome, spec: 
     Raises:
         ProbPruneError: the written file is not the pruned graph, or the bound/search refuse.
     """
-    from probprune.bounds.graph import search_graph_gap
+    from probprune.bounds.graph import graph_search_budget, search_graph_gap
+    from probprune.runner.execution import execution
 
     g = gap or GapSpec()
     if g.n_restarts < 1:
@@ -180,8 +181,9 @@ def make_graph_certificate(model: GraphModel, outcome: GraphPruneOutcome, spec: 
     if graph_params_sha256(pruned) != graph_params_sha256(outcome.pruned):
         raise ProbPruneError(f"out={out!r}: the written file does not hold the pruned graph")
     bound = certified_graph_gap(model.graph, pruned, radius=g.radius)
-    _, x = search_graph_gap(model.graph, pruned, radius=g.radius, n_restarts=g.n_restarts, n_steps=g.n_steps,
-                            seed=derive_seed("gap", outcome.seed, "estimator"))
+    with execution(ExecutionPolicy(threads=1)):  # as graph_sandwich: small convolutions, one thread
+        _, x = search_graph_gap(model.graph, pruned, radius=g.radius, n_restarts=g.n_restarts, n_steps=g.n_steps,
+                                seed=derive_seed("gap", outcome.seed, "estimator"))
     witness = _witness(x, g.radius)
     names = [r["name"] for r in outcome.stats["layers"]]
     layers, total = _stats_sections(outcome.stats, _zeros(pruned, names))
@@ -196,7 +198,7 @@ def make_graph_certificate(model: GraphModel, outcome: GraphPruneOutcome, spec: 
         "gap": {"radius": float(g.radius), **_gap_numbers(bound, _gap_at(model.graph, pruned, witness)),
                 "witness": [float(v) for v in witness.tolist()],
                 "estimator": {"n_restarts": g.n_restarts, "n_steps": g.n_steps,
-                              "n_evals": g.n_restarts * (4 * g.n_steps + 1)}},
+                              "n_evals": graph_search_budget(g.n_restarts, g.n_steps).n_evals + 1}},
         "seeds": {"seed": int(outcome.seed)},
         "config_hash": config_hash(_resolved(model.path, outcome.seed, prune, float(g.radius), g.n_restarts,
                                              g.n_steps), kind="certificate"),

@@ -26,13 +26,20 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from probprune.bounds.graph import GraphBound, certified_graph_gap, check_graph_pair, search_graph_gap
-from probprune.config import GapSpec, ProbPruneError, PruneSpec
+from probprune.bounds.graph import (
+    GraphBound,
+    certified_graph_gap,
+    check_graph_pair,
+    graph_search_budget,
+    search_graph_gap,
+)
+from probprune.config import ExecutionPolicy, GapSpec, ProbPruneError, PruneSpec
 from probprune.graphmasks import prune_graph
 from probprune.masks import LayerStats, MaskStats
 from probprune.nets.graph import Graph
 from probprune.nets.onnx_graph import OnnxGraphInfo, load_onnx_graph, save_onnx_graph
 from probprune.rng import derive_seed, make_generator
+from probprune.runner.execution import execution
 
 __all__ = ["GRAPH_NOTE", "GraphModel", "GraphModelFound", "GraphPruneOutcome", "GraphSandwich", "graph_fallback",
            "graph_sandwich", "load_pruned_graph", "run_graph_gap", "run_graph_prune", "write_graph"]
@@ -205,14 +212,17 @@ def graph_sandwich(target: Graph, pruned: Graph, gap: GapSpec, seed: int = 0) ->
     if gap.n_restarts < 1:
         raise ProbPruneError(f"gap.n_restarts={gap.n_restarts!r}: the graph search needs at least 1 restart")
     bound = certified_graph_gap(target, pruned, radius=gap.radius)
-    lower, x = search_graph_gap(target, pruned, radius=gap.radius, n_restarts=gap.n_restarts,
-                                n_steps=gap.n_steps, seed=derive_seed("gap", seed, "estimator"))
+    # one thread: the search is thousands of small convolutions, whose fork-join over threads costs ~20× on a
+    # loaded machine (resnet_2b: 2 s on one thread, ~50 s on two with 8 jobs on 2 cores; RESULTS.md, search)
+    with execution(ExecutionPolicy(threads=1)):
+        lower, x = search_graph_gap(target, pruned, radius=gap.radius, n_restarts=gap.n_restarts,
+                                    n_steps=gap.n_steps, seed=derive_seed("gap", seed, "estimator"))
     if not math.isfinite(lower):
         raise ProbPruneError(f"gap.radius={gap.radius!r}: the graphs' outputs overflow float64 in the ball; use a "
                              "smaller radius")
     upper = bound.value
     ratio = 1.0 if upper == 0 else (math.inf if lower == 0 else upper / lower)
-    return GraphSandwich(lower, upper, ratio, x, bound, gap.n_restarts * (4 * gap.n_steps + 1))
+    return GraphSandwich(lower, upper, ratio, x, bound, graph_search_budget(gap.n_restarts, gap.n_steps).n_evals + 1)
 
 
 def run_graph_gap(target: GraphModel, pruned_path: str, gap: GapSpec, seed: int = 0) -> GraphSandwich:
