@@ -67,6 +67,22 @@ def test_a_folder_of_an_older_hash_rule_is_refused_on_open_and_resume(tmp_path: 
             call()
 
 
+def test_a_folder_of_an_older_results_rule_is_read_but_not_resumed(tmp_path: Path) -> None:
+    import json
+
+    run = tmp_path / "old"
+    with ExperimentStore(run, {"dataset": "mnist"}) as st:
+        st.add(_row())
+    cfg_file = run / "config.json"
+    doc = json.loads(cfg_file.read_text())
+    assert doc["results_rule"] == 2
+    del doc["results_rule"]  # as written before session 6 (results rule 1: the earlier gap search)
+    cfg_file.write_text(json.dumps(doc))
+    assert len(read_experiment(run)) == 1  # its rows stay readable as what that version computed
+    with pytest.raises(ProbPruneError, match=r"results rule 1 .* will not append to it"):
+        ExperimentStore(run, {"dataset": "mnist"})
+
+
 def test_with_a_hash_the_stored_hash_decides_sameness(tmp_path: Path) -> None:
     run = tmp_path / "h"
     ExperimentStore(run, {"dataset": "mnist"}, hash="abc").close()

@@ -252,6 +252,22 @@ def test_a_run_of_hash_rule_1_is_refused_with_the_reason(tmp_path: Path, capsys:
     assert code == 2 and len(err.strip().splitlines()) == 1 and "hash rule 1" in err
 
 
+def test_a_run_of_an_older_results_rule_is_read_but_not_resumed(tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    # a run whose rows an earlier estimator computed (same config, same hash): never appended to
+    res = run_verify(CFG, tmp_path / "new")
+    assert open_run(res.run_dir).meta["results_rule"] == "2"
+    for how in ("UPDATE meta SET value = '1' WHERE key = 'results_rule'", "DELETE FROM meta WHERE key = 'results_rule'"):
+        old = tmp_path / f"old{len(how)}" / res.run_dir.name
+        shutil.copytree(res.run_dir, old)
+        _sql(old, how)
+        assert len(read_trials(old)) == len(read_trials(res.run_dir))  # still readable
+        with pytest.raises(ProbPruneError, match=r"results rule 1 .* will not append to it"):
+            run_verify(CFG, old.parent, resume=old)
+        code, _, err = run(["verify", "--resume", str(old), "--json"], capsys)
+        assert code == 2 and len(err.strip().splitlines()) == 1 and "results rule 1" in err
+
+
 # --------------------------------------------------------------------------- chunk size is execution only
 
 

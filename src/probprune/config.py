@@ -33,6 +33,7 @@ __all__ = [
     "EXPERIMENT_PRUNE_FRACTIONS",
     "FORWARDS",
     "HASH_RULE",
+    "RESULTS_RULE",
     "MAX_SEED",
     "MIN_DELTA",
     "MODELS",
@@ -1162,6 +1163,14 @@ def to_dict(spec: Any, *, non_default_only: bool = False) -> dict[str, Any]:
 #: alone, so two commands' configs at their defaults shared a hash; 2: the hashed text also names the section
 #: kind and this rule. Folders made under an older rule are refused on open, never silently re-labelled.
 HASH_RULE = 2
+
+#: The rule the estimators follow: bumped whenever the same config (same hash, same seeds) produces other
+#: numbers, so that a stored run is never resumed by code that computes its rows differently (a mixed table
+#: would pass for one run). 1: before session 6; 2: the gap search of :mod:`probprune.search` (screened starts,
+#: momentum, power-method trials; ``GapSpec.n_restarts`` default 16). Stored in a run's ``meta`` table and an
+#: experiment's ``config.json``; a folder of another rule can still be read (its rows are what that version
+#: computed), but resuming it is refused.
+RESULTS_RULE = 2
 
 #: Fields that only change how a job is executed, never a number it produces (trials are seeded from
 #: (hash, grid point, trial, stream), so chunks of any size draw the same trials), by section kind as

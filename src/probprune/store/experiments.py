@@ -15,7 +15,7 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
-from probprune.config import HASH_RULE, ProbPruneError
+from probprune.config import HASH_RULE, RESULTS_RULE, ProbPruneError
 from probprune.records import KEYS, ExperimentRow
 from probprune.store.checkpoint import atomic_write_text
 from probprune.store.tables import columns, create_table, from_sql, names, values
@@ -110,7 +110,7 @@ class ExperimentStore:
 
     def __init__(self, run_dir: str | Path, config: Mapping[str, Any], hash: str | None = None) -> None:
         self.path = Path(run_dir)
-        cfg = {"kind": "experiment", **dict(config), "hash_rule": HASH_RULE}
+        cfg = {"kind": "experiment", **dict(config), "hash_rule": HASH_RULE, "results_rule": RESULTS_RULE}
         if hash is not None:
             cfg["hash"] = hash
         cfg_file = self.path / CONFIG_FILE
@@ -122,6 +122,11 @@ class ExperimentStore:
             if not isinstance(stored, dict):
                 raise ProbPruneError(f"{cfg_file}: not a JSON object")
             _check_rule(cfg_file, stored)
+            rule = stored.get("results_rule", 1)
+            if rule != RESULTS_RULE:
+                raise ProbPruneError(f"{cfg_file}: its rows were computed under results rule {rule!r} (an earlier "
+                                     f"probprune's estimators); this probprune computes rule {RESULTS_RULE} and "
+                                     "will not append to it: read it as it is, or use another --runs-dir")
             same = stored.get("hash") == hash if hash is not None else stored == json.loads(json.dumps(cfg))
             if not same:
                 raise ProbPruneError(f"{cfg_file}: holds a different experiment config; use another --runs-dir")

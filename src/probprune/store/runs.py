@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from probprune.config import HASH_RULE, ProbPruneError, RunConfig, canonical_json, config_hash, from_dict, to_dict
+from probprune.config import HASH_RULE, RESULTS_RULE, ProbPruneError, RunConfig, canonical_json, config_hash, from_dict, to_dict
 from probprune.records import KEYS, VERDICTS, GridRow, PointSummary, SlopeRow, TrialRow
 from probprune.store.checkpoint import atomic_write_text
 from probprune.store.tables import columns, create_table, from_sql, names, values
@@ -304,6 +304,15 @@ def _check_schema(con: sqlite3.Connection, db: str) -> None:
         if missing or extra:
             what = f"lacks column(s) {', '.join(missing)}" if missing else f"has unknown column(s) {', '.join(extra)}"
             raise ProbPruneError(f"{db}: table {table!r} {what}")
+
+
+def _check_results_rule(meta: Mapping[str, str], where: str) -> None:
+    """Refuse to resume a run whose rows an earlier estimator rule computed (see :data:`RESULTS_RULE`)."""
+    rule = meta.get("results_rule", "1")
+    if rule != str(RESULTS_RULE):
+        raise ProbPruneError(f"{where}: its rows were computed under results rule {rule} (an earlier probprune's "
+                             f"estimators); this probprune computes rule {RESULTS_RULE} and will not append to "
+                             "it: read it as it is, or run the config again in another --runs-dir")
 
 
 def _check_meta(con: sqlite3.Connection, db: str, where: str, cfg: RunConfig, h: str, config_text: str | None
@@ -647,14 +656,16 @@ class RunWriter:
                 if stored_hash != self.hash:
                     raise ProbPruneError(f"{where}: its {CONFIG_FILE} (hash {stored_hash}) disagrees with this "
                                          f"config (hash {self.hash})")
-            _validate(con, where, cfg, self.hash, text)
+            meta_rows, *_ = _validate(con, where, cfg, self.hash, text)
             _check_grid(con, where, grid)
+            _check_results_rule(meta_rows, where)
         con.execute("PRAGMA journal_mode=WAL")
         con.execute("PRAGMA synchronous=NORMAL")
         with self._tx() as tx:
             for ddl in _SCHEMA:
                 tx.execute(ddl)
-            base = {"hash": self.hash, "schema_version": str(SCHEMA_VERSION), "n_grid": str(len(grid)),
+            base = {"hash": self.hash, "results_rule": str(RESULTS_RULE),
+                    "schema_version": str(SCHEMA_VERSION), "n_grid": str(len(grid)),
                     "n_trials": str(n_trials), "n_expected": str(len(grid) * n_trials)}
             stored = dict(tx.execute("SELECT key, value FROM meta").fetchall())
             if "created" not in stored:
