@@ -68,7 +68,8 @@ def prune_cmd(
     sets: SetOpt = None,
     arch: ArchOpt = None,
     weights: Annotated[Optional[str], typer.Option(
-        help="Target model: .safetensors (names as to_module; needs --arch) or .onnx.")] = None,
+        help="Target model: .safetensors (needs --arch; tensors named as to_module does, or as your own "
+             "nn.Module's state_dict, e.g. features.0.weight; --out keeps those names) or .onnx.")] = None,
     law: Annotated[Optional[str], typer.Option(help="Sample the target from a law, e.g. uniform:K=2.449.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed for sampling and random masks (default 0).")] = None,
     activation: Annotated[Optional[str], typer.Option(
