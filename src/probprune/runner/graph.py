@@ -72,6 +72,9 @@ def graph_fallback(name: str, path: str, chain_error: ProbPruneError) -> ProbPru
     refuses too, its message is used where it names a node (an unsupported op, named with its op type), else the
     chain reader's (a broken file, an old opset: the same check in both readers).
     """
+    read = getattr(chain_error, "graph_read", None)
+    if read is not None:  # one reader: the graph was read, only its lowering to a chain refused
+        return GraphModelFound(name, GraphModel(read[0], read[1], path))
     try:
         graph, info = load_onnx_graph(path)
     except ProbPruneError as e:
