@@ -162,8 +162,10 @@ def test_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "p.safetensors").write_bytes(b"")
     _refused(["gap", "--weights", str(model), "--pruned", str(tmp_path / "p.safetensors")],
              "give the pruned model as .onnx", tmp_path, capsys)
-    _refused(["prune", "--weights", str(model), "--prune-fraction", "0.5", "--out", out, "--certificate", cert],
-             "certificates are for chain models for now", tmp_path, capsys)
+    _refused(["prune", "--weights", str(model), "--prune-fraction", "0.5", "--certificate", cert],
+             "give --out pruned.onnx too", tmp_path, capsys)  # a graph certificate states the pruned file's digest
+    _refused(["prune", "--weights", str(model), "--prune-fraction", "0.5", "--out", out, "--certificate", cert,
+              "--delta", "0.1"], "delta=0.1", tmp_path, capsys)
     _refused(["prune", "--weights", str(model), "--threshold", "0.1", "--out", out], "--threshold", tmp_path,
              capsys)
     _refused(["prune", "--weights", str(model), "--prune-fraction", "0.5", "--out", str(tmp_path / "q.safetensors")],
@@ -254,3 +256,19 @@ def test_graph_path_refuses_settings_it_does_not_take(tmp_path: Path, capsys: py
     _refused([*gap, "--config", str(tmp_path / "norm.toml")], "norm_method=", tmp_path, capsys)
     _refused([*gap, "--set", "norm_method=svd"], "norm_method='svd' (--set)", tmp_path, capsys)
     _refused([*gap, "--set", "device=cuda"], "device=", tmp_path, capsys)
+
+
+def test_certificate_with_settings_from_a_config_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--certificate on the graph path takes --out (and the rest) from --config, as from flags."""
+    model = _residual(tmp_path / "model.onnx")
+    cfg = tmp_path / "prune.toml"
+    cfg.write_text(f'weights = "{model}"\nout = "{tmp_path / "p1.onnx"}"\n\n[prune]\nscope = "global"\n'
+                   'prune_fraction = 0.5\n')
+    by_file = _json(*run(["prune", "--config", str(cfg), "--certificate", str(tmp_path / "c1.json"), "--json"],
+                         capsys))
+    by_flags = _json(*run(["prune", "--weights", str(model), "--scope", "global", "--prune-fraction", "0.5",
+                           "--out", str(tmp_path / "p2.onnx"), "--certificate", str(tmp_path / "c2.json"), "--json"],
+                          capsys))
+    assert by_file["stats"] == by_flags["stats"] and by_file["out"] == str(tmp_path / "p1.onnx")
+    assert by_file["certificate"]["gap"] == by_flags["certificate"]["gap"] > 0
+    assert (tmp_path / "c1.json").is_file() and (tmp_path / "p1.onnx").is_file()

@@ -67,6 +67,9 @@ MODULE_ALLOWED = {
     "bounds/graph.py": {"probprune.config", "probprune.nets.graph", "probprune.bounds.norms"},
     "runner/graph.py": {"probprune.config", "probprune.rng", "probprune.graphmasks", "probprune.nets.graph",
                         "probprune.nets.onnx_graph", "probprune.bounds.graph", "probprune.masks"},
+    "runner/certificate_graph.py": {"probprune.config", "probprune.rng", "probprune.nets.graph",
+                                    "probprune.nets.onnx_graph", "probprune.bounds.graph", "probprune.store",
+                                    "probprune.runner.certificate", "probprune.runner.graph"},
 }
 
 
@@ -93,6 +96,7 @@ BOUNDS = {
     "probabilistic": {"entries", "concentration", "theorems"},
     "paper": {"entries", "concentration", "theorems", "probabilistic"},
     "graph": {"norms"},  # issue 15's graph bound (branch h-graph)
+    "differential_graph": {"norms", "differential", "graph"},  # issue 16: the differential bound on graphs
 }
 BOUNDS_FILES = sorted(p for p in (SRC / "bounds").glob("*.py") if p.name != "__init__.py")
 

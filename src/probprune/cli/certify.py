@@ -92,6 +92,8 @@ def certify_cmd(
     = 0.95,
     tol: Annotated[float, typer.Option(help="--solve max-prune: width of the final bisection bracket.")] = 0.01,
     verbose: VerboseOpt = False,
+    certificate: Annotated[Optional[str], typer.Option(help="Write a local certificate (.json), one ball per input; "
+                                                       "`probprune certificate check` re-derives it.")] = None,
 ) -> None:
     from probprune.runner.certify import check_job, run_certify  # torch: when the command runs
 
@@ -100,6 +102,7 @@ def certify_cmd(
         weights=weights, pruned=weights if solve is not None else pruned, data=data, radius=radius,
         n_points=n_points, norm=norm, clip=clip, arch=arch, activation=activation, bias=bias, labels=labels,
         n_restarts=n_restarts, n_steps=n_steps, seed=seed, out=out))
+    _check_certificate_path(certificate, solve, job.out)
     if solve is not None:
         _max_prune(job, solve, method, scope, agreement, tol, as_json, verbose)
         return
@@ -119,15 +122,39 @@ def certify_cmd(
                 log.update(done, total, "inputs")
 
         res = run_certify(job, progress=progress)
+    _write_local_certificate(certificate, job, res)
     if as_json:
-        emit_json({"config": resolved, "inputs": res.inputs, "arch": res.spec.to_arch(), "rows": res.rows,
-                   "summary": res.summary})
+        emit_json({"config": resolved, "inputs": res.inputs, "arch": "onnx graph" if res.spec is None
+                   else res.spec.to_arch(), "rows": res.rows, "summary": res.summary})
         return
     console.print(f"inputs: {res.inputs}", markup=False)
     console.print(summary_table(res.summary, job.norm, job.radius))
     console.print("upper = min(differential bound, layerwise bound over the l2 ball around 0 containing the local "
                   "ball); certified agreement: F and f have the same unique top-1 class everywhere in the ball",
                   markup=False)
+
+
+def _check_certificate_path(certificate: str | None, solve: str | None, out: str | None) -> None:
+    """``--certificate``: a ``.json`` path that can be written (not with ``--solve``)."""
+    if certificate is None:
+        return
+    if solve is not None:
+        raise ProbPruneError(f"certificate={certificate!r}: not taken with --solve (certify a chosen pruned model)")
+    if not certificate.endswith(".json"):
+        raise ProbPruneError(f"certificate={certificate!r}: must end in .json")
+    from probprune.runner.prune import check_output_paths
+
+    check_output_paths({"out": out, "certificate": certificate})
+
+
+def _write_local_certificate(certificate: str | None, job: CertifyJob, res: Any) -> None:
+    """``--certificate``: the run's balls as a local certificate (:mod:`probprune.runner.certificate_local`)."""
+    if certificate is None:
+        return
+    from probprune.report.certificate import write_certificate
+    from probprune.runner.certificate_local import certify_certificate
+
+    write_certificate(certificate, certify_certificate(job, res))
 
 
 def _check_required(weights: str | None, pruned: str | None, data: str | None, radius: float | None,

@@ -37,6 +37,19 @@ def _prune_job(config: str | None, sets: list[str] | None,
     return job, loaded
 
 
+def _graph_for_certificate(job: PruneJob | None, loaded: dict[str, Any],
+                           certificate: str | None) -> tuple[PruneJob | None, dict[str, Any]]:
+    """An ONNX chain model with ``--certificate`` takes the graph path: its certificate is a graph certificate
+    (:mod:`probprune.runner.certificate_graph`); ``(None, {"graph": GraphModelFound})`` then, else unchanged.
+    The graph path resolves ``--config``/``--set`` again as a graph job (:func:`_graph_prune`)."""
+    if job is None or certificate is None or job.weights is None or not str(job.weights).lower().endswith(".onnx"):
+        return job, loaded
+    from probprune.runner.certificate_graph import read_graph_model
+    from probprune.runner.graph import GraphModelFound
+
+    return None, {"graph": GraphModelFound("weights", read_graph_model("weights", job.weights))}
+
+
 def _check_certificate(certificate: str | None, delta: float | None, job: PruneJob) -> None:
     if certificate is None:
         if delta is not None:
@@ -116,10 +129,10 @@ def prune_cmd(
                  scope=scope, prune_fraction=prune_fraction, threshold=threshold,
                  relative_threshold=relative_threshold, p=p, rescale=rescale, out=out, save_target=save_target,
                  device=device)
-    job, loaded = _prune_job(config, sets, flags)
+    job, loaded = _graph_for_certificate(*_prune_job(config, sets, flags), certificate)
     if job is None:  # an ONNX graph the chain reader refuses: the graph path
         return _graph_prune(loaded["graph"], flags, (config, sets), as_json, dry_run, verbose,
-                            radius if gap else None, certificate, delta)
+                            radius if gap else None, certificate, delta, cert_radius=radius)
     _check_certificate(certificate, delta, job)
     check_prune_job(job)
     gap_spec = GapSpec(radius=radius) if gap else None
@@ -172,9 +185,11 @@ def _print_outcome(job: PruneJob, stats: dict[str, Any], sw: Any, cert_doc: dict
 
 def _graph_refusals(flags: dict[str, Any], certificate: str | None, delta: float | None, path: str) -> None:
     """What the graph path of ``prune`` does not take: one line naming the flag."""
-    if certificate is not None or delta is not None:
-        raise ProbPruneError(f"certificate={certificate!r}: certificates are for chain models for now "
-                             f"(weights={path!r} is an ONNX graph)")
+    if delta is not None:
+        raise ProbPruneError(f"delta={delta!r}: needs --law; an ONNX graph model has no probabilistic bound ε(δ)")
+    if certificate is not None and flags.get("out") is None:
+        raise ProbPruneError(f"certificate={certificate!r}: a graph certificate states the digest of the pruned "
+                             f"model: give --out pruned.onnx too (weights={path!r} is an ONNX graph)")
     for name, flag in (("arch", "--arch"), ("activation", "--activation"), ("bias", "--bias/--no-bias"),
                        ("law", "--law"), ("save_target", "--save-target")):
         if flags.get(name) is not None:
@@ -194,7 +209,7 @@ _GRAPH_REFUSED = {"net": "--arch/--activation/--bias (net)", "law": "--law (law)
 
 def _graph_prune(found: Any, flags: dict[str, Any], settings: tuple[str | None, list[str] | None], as_json: bool,
                  dry_run: bool, verbose: bool, radius: float | None, certificate: str | None,
-                 delta: float | None) -> None:
+                 delta: float | None, cert_radius: float = 1.0) -> None:
     """``prune`` on an ONNX graph (:mod:`probprune.runner.graph`): prune, optionally the sandwich, write ``--out``.
 
     The settings are the chain path's :class:`~probprune.config.PruneJob` from the same resolver
@@ -205,15 +220,15 @@ def _graph_prune(found: Any, flags: dict[str, Any], settings: tuple[str | None, 
     from probprune.runner.prune import check_output_paths
 
     model = found.model
-    _graph_refusals(flags, certificate, delta, model.path)
+    _graph_refusals({**flags, "out": None}, None, delta, model.path)  # the flags; --out may come from --config
     job: PruneJob = graph_job(PruneJob, model.path, table=PRUNE_FLAGS, flags=flags, config=settings[0],
                               sets=settings[1], refused=_GRAPH_REFUSED, groups=(_level_rule,))
-    _graph_refusals({"device": job.device, "out": job.out}, None, None, model.path)
+    _graph_refusals({"device": job.device, "out": job.out}, certificate, None, model.path)
     spec, seed = job.prune, job.seed
     check_graph_prune(spec)
     flags = {**flags, "out": job.out}
     gap_spec = None if radius is None else GapSpec(radius=radius)
-    check_output_paths({"out": flags.get("out")})
+    check_output_paths({"out": flags.get("out"), "certificate": certificate})
     resolved: dict[str, Any] = {"model": "onnx graph", "weights": model.path, "seed": seed,
                                 "prune": {k: v for k, v in vars(spec).items() if v is not None}}
     if gap_spec is not None:
@@ -223,12 +238,18 @@ def _graph_prune(found: Any, flags: dict[str, Any], settings: tuple[str | None, 
         return
     res = run_graph_prune(model, spec, seed)
     sw = None if gap_spec is None else graph_sandwich(res.target, res.pruned, gap_spec, seed)
-    if flags.get("out") is not None:
+    cert_doc = None
+    if certificate is not None:
+        cert_doc = _graph_certificate(model, res, spec, flags["out"], certificate, GapSpec(radius=cert_radius))
+    elif flags.get("out") is not None:
         write_graph(res, flags["out"])
     if as_json:
         doc: dict[str, Any] = {"config": resolved, "stats": res.stats, "out": flags.get("out"), "save_target": None}
         if sw is not None:
             doc["sandwich"] = sw.to_dict()
+        if cert_doc is not None:
+            doc["certificate"] = {"path": certificate, "gap": cert_doc["gap"]["upper"],
+                                  "lower": cert_doc["gap"]["lower"], "model": "graph"}
         emit_json(doc)
         return
     console.print(stats_table(res.stats))
@@ -241,3 +262,24 @@ def _graph_prune(found: Any, flags: dict[str, Any], settings: tuple[str | None, 
                       + GRAPH_NOTE, markup=False)
     if flags.get("out"):
         console.print(f"pruned model written to {flags['out']}", markup=False, soft_wrap=True)
+    if cert_doc is not None:
+        console.print(f"certificate written to {certificate}", markup=False, soft_wrap=True)
+
+
+def _graph_certificate(model: Any, res: Any, spec: Any, out: str, certificate: str, gap: Any) -> dict[str, Any]:
+    """Write the pruned graph and its certificate (:mod:`probprune.runner.certificate_graph`); on failure neither
+    new file is left behind."""
+    from probprune.report.certificate import write_certificate
+    from probprune.runner.certificate_graph import make_graph_certificate
+    from probprune.runner.graph import write_graph
+
+    new_files = [Path(f) for f in (out, certificate) if not Path(f).exists()]
+    try:
+        write_graph(res, out)
+        doc = make_graph_certificate(model, res, spec, out, gap)
+        write_certificate(certificate, doc)
+    except BaseException:
+        for f in new_files:
+            f.unlink(missing_ok=True)
+        raise
+    return doc

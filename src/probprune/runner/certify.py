@@ -74,12 +74,12 @@ Progress = Callable[[int, int], None]
 
 @dataclass(frozen=True, eq=False)
 class CertifyOutcome:
-    """Per-input rows, the summary, and the note on the inputs' scale."""
+    """Per-input rows, the summary, and the note on the inputs' scale (``spec``: None for a graph model)."""
 
     rows: list[dict[str, Any]]
     summary: dict[str, Any]
     inputs: str
-    spec: NetSpec
+    spec: NetSpec | None
 
 
 def _model_kind(name: str, path: str) -> str:
@@ -302,6 +302,23 @@ def write_rows(path: str, rows: list[dict[str, Any]], summary: dict[str, Any]) -
     atomic_write_text(Path(path).expanduser(), text)
 
 
+def _graph_target(job: CertifyJob) -> Any:
+    """The target as a :class:`~probprune.runner.graph.GraphModel` when it is an ONNX graph the chain reader
+    refuses and the graph reader reads exactly; ``None`` for a chain (or a .safetensors file)."""
+    if _model_kind("weights", job.weights) != "onnx":
+        return None
+    from probprune.runner.graph import GraphModelFound, graph_fallback
+
+    try:
+        load_onnx(job.weights)
+    except ProbPruneError as e:
+        err = graph_fallback("weights", job.weights, e)
+        if isinstance(err, GraphModelFound):
+            return err.model
+        raise err from None
+    return None
+
+
 def run_certify(job: CertifyJob, progress: Progress | None = None, write: bool = True) -> CertifyOutcome:
     """Load, certify every input, summarise, and (with ``job.out`` and ``write``) write the rows.
 
@@ -311,6 +328,11 @@ def run_certify(job: CertifyJob, progress: Progress | None = None, write: bool =
         write: write ``job.out`` when set.
     """
     check_job(job)
+    graph = _graph_target(job)
+    if graph is not None:  # an ONNX graph (conv, residual): the differential graph bound
+        from probprune.runner.certify_graph import run_graph_certify
+
+        return run_graph_certify(job, graph, progress=progress, write=write)
     target, pruned = load_pair(job)
     if target.spec.kind != "fcn":  # the differential bound's own refusal, passed on
         differential_bound(target, pruned, BallSpec(radius=float(job.radius)))

@@ -15,7 +15,7 @@ catch it and run :func:`run_graph_prune` / :func:`run_graph_gap` instead:
   not a float32 forward pass). The pruned graph of ``prune --gap`` is the one written (its parameters rounded to
   float32 as in the file), so the sandwich is about the file.
 
-Certificates are for chain models for now.
+Certificates of graph models: :mod:`probprune.runner.certificate_graph` (``prune --certificate`` with ``--out``).
 """
 
 from __future__ import annotations
