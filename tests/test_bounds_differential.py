@@ -482,3 +482,76 @@ def test_optimised_slopes_are_projected_into_their_valid_range() -> None:
     assert bool(torch.isfinite(big.value).all())
     with pytest.raises(ProbPruneError, match="optimise=-1"):
         differential_bound(*_net_pair(9, (4, 8, 3), True, "relu", 0.5), BallSpec(radius=0.5), optimise=-1)
+
+
+def test_chord_of_the_squares_is_exact_where_coordinates_trade_off() -> None:
+    """δ = (x, 1 − x) on x ∈ [0, 1]: each coordinate reaches 1, never both; the gap is exactly 1.
+
+    ``sqrt(Σ max(lo², hi²))`` gives √2; the chord ``v_j² ≤ (lo_j + hi_j) v_j − lo_j hi_j`` summed gives
+    ``x + (1 − x) = 1``.
+    """
+    spec = NetSpec(widths=(1, 2), bias=True)
+    target = Net.from_weights(spec, [torch.zeros(2, 1, dtype=torch.float64)], [torch.zeros(2, dtype=torch.float64)])
+    pruned = Net.from_weights(spec, [torch.tensor([[1.0], [-1.0]], dtype=torch.float64)],
+                              [torch.tensor([0.0, 1.0], dtype=torch.float64)])
+    b = differential_bound(target, pruned, BallSpec(radius=0.5, centre=(0.5,), norm="linf"))
+    per_coord = float(torch.maximum(b.lower ** 2, b.upper ** 2).sum(-1).sqrt()[0])
+    assert per_coord > 1.41
+    assert 1.0 <= float(b.value[0]) <= 1.0 + 1e-9
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 10**6), ballp=ball_strategy)
+def test_optimised_margins_are_sound_and_never_below_the_plain_ones(seed: int, ballp: dict[str, object]) -> None:
+    """optimise > 0: margins ≥ the plain ones, and certified only where every sampled point and the attack agree."""
+    target, pruned = _net_pair(seed, (4, 10, 10, 3), True, "relu", 0.7)
+    g = torch.Generator().manual_seed(seed)
+    lo, hi = cast("tuple[float, float]", ballp["box"] or (-1.0, 1.0))
+    cs = lo + (hi - lo) * torch.rand(3, 4, generator=g, dtype=torch.float64)
+    ball = BallSpec(radius=cast(float, ballp["radius"]), norm=ballp["norm"], box=ballp["box"])  # type: ignore[arg-type]
+    plain = certified_agreement(target, pruned, ball, centres=cs, attack=False)
+    opt = certified_agreement(target, pruned, ball, centres=cs, n_steps=20, optimise=15)
+    assert bool((opt.margin_target >= plain.margin_target).all())
+    assert bool((opt.margin_pruned >= plain.margin_pruned).all())
+    t64, p64 = target.to(dtype=torch.float64), pruned.to(dtype=torch.float64)
+    for i, v in enumerate(opt.verdicts):
+        if v == "certified":
+            pts = _points_in_ball(BallSpec(radius=ball.radius, norm=ball.norm, box=ball.box,
+                                           centre=tuple(cs[i].tolist())), cs[i], 100, g)
+            ct, cp = cast(Tensor, t64(pts)).argmax(-1), cast(Tensor, p64(pts)).argmax(-1)
+            assert bool((ct == opt.target_class[i]).all()) and bool((cp == ct).all())
+        assert not (v == "certified" and plain.verdicts[i] == "refuted")
+
+
+def test_optimised_margins_certify_a_ball_the_plain_relaxation_does_not() -> None:
+    """Per-row slopes (α-CROWN style) lift a margin across 0 that the fixed heuristic slopes leave below it."""
+    ball = BallSpec(radius=0.3, norm="linf")
+    for seed in range(200):
+        target, pruned = _net_pair(seed, (4, 10, 10, 3), True, "relu", 0.7, torch.float64)
+        cs = torch.rand(4, 4, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) * 2 - 1
+        plain = certified_agreement(target, pruned, ball, centres=cs, attack=False)
+        opt = certified_agreement(target, pruned, ball, centres=cs, attack=False, optimise=30)
+        gained = [i for i, (a, b) in enumerate(zip(plain.verdicts, opt.verdicts)) if a != b]
+        if gained:
+            assert all(opt.verdicts[i] == "certified" for i in gained)
+            return
+    pytest.fail("no ball certified only with optimised slopes in 200 seeds")
+
+
+def test_boundary_witness_is_found_between_two_close_decision_boundaries() -> None:
+    """F leaves class 0 at x = 0, f at x = 0.01: a witness in (0, 0.01) disagrees; it is found and in the ball."""
+    from probprune.bounds.differential import _boundary_witness
+
+    spec = NetSpec(widths=(1, 2), bias=True)
+    w = torch.tensor([[1.0], [0.0]], dtype=torch.float64)
+    target = Net.from_weights(spec, [w], [torch.zeros(2, dtype=torch.float64)])
+    pruned = Net.from_weights(spec, [w], [torch.tensor([-0.01, 0.0], dtype=torch.float64)])
+    ball = BallSpec(radius=0.6, norm="linf")
+    centre = torch.tensor([[0.5]], dtype=torch.float64)
+    (wit,) = _boundary_witness(target, pruned, ball, centre, torch.tensor([0]), torch.Generator().manual_seed(0),
+                               2, 30)
+    assert wit is not None
+    assert 0.0 < float(wit[0]) < 0.01
+    assert int(cast(Tensor, target(wit[None])).argmax()) == 0 and int(cast(Tensor, pruned(wit[None])).argmax()) == 1
+    res = certified_agreement(target, pruned, ball, centres=centre)
+    assert res.verdicts == ("refuted",)

@@ -316,7 +316,10 @@ def _down(v: Tensor, err: Tensor | float) -> Tensor:
 
 
 def _rowdot(mat: Tensor, v: Tensor) -> Tensor:
-    """``Σ_i mat[..., r, i] · v[b, i]`` → ``[B, R]``: ``mat`` ``[R, n]`` (shared by every ball) or ``[B, R, n]``."""
+    """``Σ_i mat[..., r, i] · v[b, (r,) i]`` → ``[B, R]``: ``mat`` ``[R, n]`` (shared by every ball) or ``[B, R, n]``;
+    ``v`` ``[B, n]`` or, per row, ``[B, R, n]`` / ``[B, 1, n]``."""
+    if v.dim() == 3:  # per-row relaxations ``[B, R or 1, n]`` (slopes optimised per objective row)
+        return (mat * v).sum(-1)
     if mat.dim() == 2:
         return v @ mat.T
     return (mat @ v.unsqueeze(-1)).squeeze(-1)
@@ -541,13 +544,19 @@ def _affine_step(lz: Tensor, ld: Tensor, j: int, pair: _Pair, relax: list[_Relax
     return a, gg, cc, (s_rho + s_aff + c_err) * (1.0 + 4.0 * _U)
 
 
+def _per_row(t: Tensor) -> Tensor:
+    """A ``[B, n]`` relaxation field broadcast over the objective rows (``[B, 1, n]``); per-row fields
+    (``[B, R, n]``, from slopes optimised per row) are returned as they are."""
+    return t if t.dim() == 3 else t.unsqueeze(1)
+
+
 def _decompose(a: Tensor, gg: Tensor, rx: _Relax) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Per entry the least loose of three exact rewritings of ``A h + G Δh`` on ``(h, Δh, h̃)`` (h̃ = h + Δh).
 
     ``(A, G, 0)``, ``(A − G, 0, G)`` or ``(0, G − A, A)``, by ``Σ |coefficient| · width`` at the box centre.
     Returns the coefficients of h, Δh, h̃ and the slack of the rounding of ``fl(A − G)``.
     """
-    e = lambda t: t.unsqueeze(1)  # noqa: E731 — broadcast a [B, n] relaxation over the objectives
+    e = _per_row
     amg = a - gg
     l1 = a.abs() * e(rx.width_h) + gg.abs() * e(rx.width_g)
     l2 = amg.abs() * e(rx.width_h) + gg.abs() * e(rx.width_t)
@@ -573,7 +582,7 @@ def _relax_step(a: Tensor, gg: Tensor, rx: _Relax) -> tuple[Tensor, Tensor, Tens
     halves' rounding, ≤ u(|β_l| + |β_u|) each, is inside the constants' slack ``γ·Σ|c|(|β_l| + |β_u|)``).
     """
     n_in = a.shape[-1]
-    e = lambda t: t.unsqueeze(1)  # noqa: E731 — broadcast a [B, n] relaxation over the objectives
+    e = _per_row
     s = torch.zeros(1, dtype=torch.float64, device=a.device)
     if rx.tau_t is not None and rx.tau_p is not None:
         # fl(h) = σ(z) + τ, fl(h̃) = σ(z̃) + τ̃: A fl(h) + G (fl(h̃) − fl(h)) = … + (A − G)ᵀτ + Gᵀτ̃
@@ -711,11 +720,22 @@ def _refine(need: Tensor, k: int, pair: _Pair, relax: list[_Relax], reg: _Region
             idx = order[start:start + group]
             out[idx] = _refine(need[idx], k, pair, *_take(relax, reg, rho, idx), group=group)
         return out
+    rows = _one_hot_rows(need)
+    if rows is None:
+        return torch.full((bsz, 6, n), -math.inf, dtype=torch.float64, device=need.device)
+    lz, ld, onehot, order, valid = rows
+    return _scatter_rows(_backsub(lz, ld, k, pair, relax, reg, rho, onehot), order, valid, n)
+
+
+def _one_hot_rows(need: Tensor) -> tuple[Tensor, Tensor, _OneHot, Tensor, Tensor] | None:
+    """The rows ``need`` (``[B, 6, n]``, types ``_ROWS``) as per-ball objectives ``(lz, ld)`` ``[B, R, n]``
+    (R: the most any ball needs; padding rows are zero and not ``valid``), their one-hot form, and the
+    ``order`` / ``valid`` ``[B, R]`` that :func:`_scatter_rows` uses; ``None`` if no row is needed."""
+    bsz, _, n = need.shape
     flat = need.reshape(bsz, 6 * n)
     r = int(flat.sum(1).max()) if bsz else 0
-    out = torch.full((bsz, 6 * n + 1), -math.inf, dtype=torch.float64, device=need.device)
     if r == 0:
-        return out[:, :-1].reshape(bsz, 6, n)
+        return None
     order = torch.sort((~flat).to(torch.int8), dim=1, stable=True).indices[:, :r]  # needed rows first
     valid = flat.gather(1, order)
     kind, neuron = order // n, order % n
@@ -725,7 +745,13 @@ def _refine(need: Tensor, k: int, pair: _Pair, relax: list[_Relax], reg: _Region
     ld = torch.zeros_like(lz)
     lz.scatter_(2, neuron.unsqueeze(-1), coef[..., :1])
     ld.scatter_(2, neuron.unsqueeze(-1), coef[..., 1:])
-    low = _backsub(lz, ld, k, pair, relax, reg, rho, (coef[..., 0], coef[..., 1], neuron))
+    return lz, ld, (coef[..., 0], coef[..., 1], neuron), order, valid
+
+
+def _scatter_rows(low: Tensor, order: Tensor, valid: Tensor, n: int) -> Tensor:
+    """Row values ``[B, R]`` back into ``[B, 6, n]`` (rows not computed: ``−inf``)."""
+    bsz = low.shape[0]
+    out = torch.full((bsz, 6 * n + 1), -math.inf, dtype=torch.float64, device=low.device)
     out.scatter_(1, torch.where(valid, order, torch.full_like(order, 6 * n)), low)
     return out[:, :-1].reshape(bsz, 6, n)
 
@@ -766,10 +792,22 @@ def _layer_bounds(pair: _Pair, k: int, relax: list[_Relax], reg: _Region,
         need = _needed_rows((l, u, dl, du, tl, tu), k == len(pair.w) - 1, pair.alpha[k] if k < len(pair.alpha)
                             else None)
         low = _refine(need, k, pair, relax, reg, rho)
-        l, dl, tl = torch.maximum(l, low[:, 0]), torch.maximum(dl, low[:, 2]), torch.maximum(tl, low[:, 4])
-        u, du, tu = torch.minimum(u, -low[:, 1]), torch.minimum(du, -low[:, 3]), torch.minimum(tu, -low[:, 5])
-    ninf = torch.tensor(-math.inf, dtype=torch.float64, device=reg.centres.device)
-    pinf = torch.tensor(math.inf, dtype=torch.float64, device=reg.centres.device)
+        return _intersect((l, u, dl, du, tl, tu), low)
+    return _cross(l, u, dl, du, tl, tu)
+
+
+def _intersect(bounds: tuple[Tensor, ...], low: Tensor) -> tuple[Tensor, ...]:
+    """Intervals ``bounds`` intersected with the back-substituted row values ``low`` ``[B, 6, n]``, cross-tightened."""
+    l, u, dl, du, tl, tu = bounds
+    l, dl, tl = torch.maximum(l, low[:, 0]), torch.maximum(dl, low[:, 2]), torch.maximum(tl, low[:, 4])
+    u, du, tu = torch.minimum(u, -low[:, 1]), torch.minimum(du, -low[:, 3]), torch.minimum(tu, -low[:, 5])
+    return _cross(l, u, dl, du, tl, tu)
+
+
+def _cross(l: Tensor, u: Tensor, dl: Tensor, du: Tensor, tl: Tensor, tu: Tensor) -> tuple[Tensor, ...]:
+    """Cross-tightening ``z̃ ∈ [l + δ_l, u + δ_u]``, ``δ ∈ [l̃ − u, ũ − l]`` (sums rounded outwards)."""
+    ninf = torch.tensor(-math.inf, dtype=torch.float64, device=l.device)
+    pinf = torch.tensor(math.inf, dtype=torch.float64, device=l.device)
     tl = torch.maximum(tl, torch.nextafter(l + dl, ninf))
     tu = torch.minimum(tu, torch.nextafter(u + du, pinf))
     dl = torch.maximum(dl, torch.nextafter(tl - u, ninf))
@@ -874,20 +912,27 @@ def _optimise_slopes(an: _Analysis, dt_t: torch.dtype, dt_p: torch.dtype, steps:
 
 
 def _chunks(pair: _Pair, ball: BallSpec, centres: Tensor, dt_t: torch.dtype, dt_p: torch.dtype, batch_size: int,
-            cls: Tensor | None = None, optimise: int = 0) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+            cls: Tensor | None = None, optimise: int = 0, optimise_margins: int = 0,
+            squares: list[Tensor] | None = None) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
     """One propagation per chunk of balls: the output differences' intervals ``[B, m]`` (and, given F's
     classes ``cls``, the certified margins ``[B]`` of both nets, from the same relaxations); ``optimise``
-    steps of slope optimisation for the intervals (:func:`_optimise_slopes`)."""
+    steps of slope optimisation for the intervals (:func:`_optimise_slopes`), ``optimise_margins`` steps for
+    the margins of the balls the plain relaxation leaves uncertified (:func:`_optimise_margins`). Given a list
+    ``squares``, each chunk appends its chord bounds on ``‖f − F‖₂²`` ``[b]`` (:func:`_chord_square`)."""
     los, his, mts, mps = [], [], [], []
     for start in range(0, centres.shape[0], batch_size):
         an = _analyse(pair, ball, centres[start:start + batch_size], dt_t, dt_p)
         _, _, dl, du, _, _ = an.bounds[-1]  # of the computed outputs' difference (rounding inside)
+        if squares is not None:  # the chord of the plain intervals: its optimised row is never looser
+            squares.append(_chord_square(an, dl, du, dt_t, dt_p, optimise))
         if optimise:
             dl, du = _optimise_slopes(an, dt_t, dt_p, optimise)
         los.append(dl)
         his.append(du)
         if cls is not None:
             mt, mp = _margins(an, cls[start:start + batch_size])
+            if optimise_margins:
+                mt, mp = _reoptimise_open(an, cls[start:start + batch_size], mt, mp, dt_t, dt_p, optimise_margins)
             mts.append(mt)
             mps.append(mp)
     if cls is None:
@@ -895,12 +940,57 @@ def _chunks(pair: _Pair, ball: BallSpec, centres: Tensor, dt_t: torch.dtype, dt_
     return torch.cat(los), torch.cat(his), torch.cat(mts), torch.cat(mps)
 
 
+def _chord_square(an: _Analysis, lo: Tensor, hi: Tensor, dt_t: torch.dtype, dt_p: torch.dtype,
+                  steps: int = 0) -> Tensor:
+    """Upper bound ``[b]`` on ``‖v‖₂² = Σ_j v_j²`` over the ball, ``v = f(x) − F(x)`` with ``v_j ∈ [lo_j, hi_j]``.
+
+    The convex ``v_j²`` lies below its chord on ``[lo_j, hi_j]``: ``v_j² ≤ (lo_j + hi_j) v_j − lo_j hi_j``, so
+    ``‖v‖₂² ≤ max_x wᵀv(x) − Σ_j lo_j hi_j`` with ``w = lo + hi``: one more back-substituted row (``−wᵀδ`` on the
+    output layer's δ) instead of the per-coordinate ``Σ_j max(lo_j², hi_j²)``, which assumes every coordinate at
+    its extreme at once; ``steps`` > 0: that row's lower slopes optimised (:func:`_optimised_rows`).
+    Rounding: ``fl(lo + hi)`` is off by ≤ ``u|w|`` per coordinate (times ``|v_j| ≤ M_j``),
+    ``Σ lo_j hi_j`` by ≤ ``γ_{m+1} Σ |lo_j hi_j|``, the final sum by ≤ ``2u`` of its parts; all added as error.
+    """
+    k = len(an.pair.w) - 1
+    w = lo + hi
+    ld = (-w).unsqueeze(1)
+    valid = torch.ones(ld.shape[:2], dtype=torch.bool, device=ld.device)
+    low = _optimised_rows(an, k, torch.zeros_like(ld), ld, valid, dt_t, dt_p, steps)[:, 0]  # ≤ min −wᵀv
+    prod = lo * hi
+    cs = (-prod).sum(-1)
+    mag = torch.maximum(lo.abs(), hi.abs())
+    m = lo.shape[-1]
+    err = _g2(m + 2) * prod.abs().sum(-1) + 2.0 * _U * (w.abs() * mag).sum(-1) * (1.0 + _g2(m + 2)) \
+        + 2.0 * _U * (low.abs() + cs.abs())
+    return (-_down(low - cs, err)).clamp_min(0.0)
+
+
+def _reoptimise_open(an: _Analysis, c: Tensor, mt: Tensor, mp: Tensor, dt_t: torch.dtype, dt_p: torch.dtype,
+                     steps: int) -> tuple[Tensor, Tensor]:
+    """The margins with the balls not certified by the plain relaxation (a margin ≤ 0) slope-optimised; each
+    ball keeps the larger of its two valid lower bounds."""
+    idx = (~((mt > 0) & (mp > 0))).nonzero().flatten()
+    if idx.numel() == 0:
+        return mt, mp
+    relax, reg, rho = _take(an.relax, an.reg, an.rho, idx)
+    sub = _Analysis(reg, an.pair, relax, [tuple(t[idx] for t in b) for b in an.bounds], rho)
+    ot, op = _optimise_margins(sub, c[idx], dt_t, dt_p, steps)
+    mt, mp = mt.clone(), mp.clone()
+    mt[idx] = torch.maximum(mt[idx], ot)
+    mp[idx] = torch.maximum(mp[idx], op)
+    return mt, mp
+
+
 def _gap_bound(lo: Tensor, hi: Tensor, ball: BallSpec, centres: Tensor, dt_t: torch.dtype,
-               dt_p: torch.dtype) -> DifferentialBound:
-    """``‖f(x) − F(x)‖₂ ≤ sqrt(Σ_j max(lo_j², hi_j²))``, scaled for the forward passes' and our own rounding."""
+               dt_p: torch.dtype, squares: Tensor | None = None) -> DifferentialBound:
+    """``‖f(x) − F(x)‖₂ ≤ sqrt(Σ_j max(lo_j², hi_j²))`` — or ``sqrt(squares)`` where that (another valid upper
+    bound on ``‖f − F‖₂²``, :func:`_chord_square`) is smaller — scaled for the forward passes' and our own
+    rounding (the sum of squares' own rounding: the factor ``1 + 2γ_{m+5}``)."""
     dt_name = "float32" if torch.float32 in (dt_t, dt_p) else "float64"
     m = lo.shape[-1]
     sq = torch.maximum(lo * lo, hi * hi).sum(-1)
+    if squares is not None:
+        sq = torch.minimum(sq, squares)
     u_d = max(_UNIT[dt_t], _UNIT[dt_p])
     value = sq.sqrt() * ((1.0 + _gamma(m + 3, u_d)) * (1.0 + _g2(m + 3))) + _TINY
     if not bool(torch.isfinite(value).all()):
@@ -956,8 +1046,9 @@ def differential_bound(target: Net, pruned: Net, ball: BallSpec, *, centres: Ten
     dt, dt_p = _dtype(target, forward_dtype), _dtype(pruned, forward_dtype)
     if _identical(target, pruned):
         return _zero_bound(ball, reg0.centres, pair0.w[-1].shape[0], dt, dt_p)
-    lo, hi, _, _ = _chunks(pair0, ball, reg0.centres, dt, dt_p, batch_size, optimise=optimise)
-    return _gap_bound(lo, hi, ball, reg0.centres, dt, dt_p)
+    squares: list[Tensor] = []
+    lo, hi, _, _ = _chunks(pair0, ball, reg0.centres, dt, dt_p, batch_size, optimise=optimise, squares=squares)
+    return _gap_bound(lo, hi, ball, reg0.centres, dt, dt_p, torch.cat(squares))
 
 
 # ---------------------------------------------------------------------------------------- lower side
@@ -1097,23 +1188,81 @@ def _disagree(t64: Net, p64: Net, x: Tensor) -> Tensor:
     return clear & (ft.argmax(-1) != fp.argmax(-1))
 
 
+def _margin_rows(an: _Analysis, c: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Rows ``e_c − e_j`` on F's logits ``z`` and on f's ``z + δ``: ``(lz, ld)`` ``[b, 2m, m]`` and which rows
+    are margins (``j ≠ c``) ``[b, 2m]``."""
+    m = an.pair.w[-1].shape[0]
+    eye = torch.eye(m, dtype=torch.float64, device=c.device)
+    rows = eye[c].unsqueeze(1) - eye.unsqueeze(0)  # [b, m, m]: e_c − e_j (row j = c is zero)
+    not_c = eye[c] == 0
+    return torch.cat([rows, rows], 1), torch.cat([torch.zeros_like(rows), rows], 1), torch.cat([not_c, not_c], 1)
+
+
+def _min_margins(low: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
+    """``[b]`` minima over the margin rows of F (first half of ``low``) and of f (second half)."""
+    m = low.shape[1] // 2
+    low = torch.where(valid, low, torch.full_like(low, math.inf))
+    return low[:, :m].amin(-1), low[:, m:].amin(-1)
+
+
 def _margins(an: _Analysis, c: Tensor) -> tuple[Tensor, Tensor]:
     """Certified lower bounds ``[b]`` of ``min_{x, j≠c} F_c − F_j`` and of the same for f (rounding inside).
 
     Rows ``e_c − e_j`` on F's logits ``z`` and on f's ``z + δ``, back-substituted through the chunk's
     relaxations (no second propagation).
     """
-    m = an.pair.w[-1].shape[0]
-    eye = torch.eye(m, dtype=torch.float64, device=c.device)
-    rows = eye[c].unsqueeze(1) - eye.unsqueeze(0)  # [b, m, m]: e_c − e_j (row j = c is zero)
-    k = len(an.pair.w) - 1
-    both = torch.cat([rows, rows], 1)
-    ld = torch.cat([torch.zeros_like(rows), rows], 1)
-    low = _backsub(both, ld, k, an.pair, an.relax, an.reg, an.rho)  # computed logits: rounding inside
-    lt, lp = low[:, :m], low[:, m:]
-    not_c = eye[c] == 0
-    inf = torch.full_like(lt, math.inf)
-    return torch.where(not_c, lt, inf).amin(-1), torch.where(not_c, lp, inf).amin(-1)
+    both, ld, valid = _margin_rows(an, c)
+    low = _backsub(both, ld, len(an.pair.w) - 1, an.pair, an.relax, an.reg, an.rho)  # rounding inside
+    return _min_margins(low, valid)
+
+
+def _optimised_rows(an: _Analysis, k: int, lz: Tensor, ld: Tensor, valid: Tensor, dt_t: torch.dtype,
+                    dt_p: torch.dtype, steps: int, lr: float = 0.25, onehot: _OneHot | None = None,
+                    target: float = math.inf) -> Tensor:
+    """Lower values ``[b, R]`` of the rows ``lzᵀ z_k + ldᵀ δ_k`` with the lower slopes optimised per row.
+
+    α-CROWN style: per ball, row and hidden neuron beneath layer k, the lower slopes λ of ``h`` and ``h̃``
+    are free in ``[α, 1]`` (every such line is valid), projected into that range after every Adam step and
+    again by :func:`_act_lines` before every evaluation; the intervals are those of ``an``. Each iterate's
+    back-substituted value is a valid lower bound of its row (the first iterate is the plain relaxation), so
+    the row's maximum over the iterates is one. A row stops pulling once that maximum is > ``target``; the
+    loop ends early once every ``valid`` row is.
+    """
+    r = lz.shape[1]
+    params = {j: tuple(t.detach().unsqueeze(1).expand(-1, r, -1).clone().requires_grad_(True)
+                       for t in (an.relax[j].hl[0], an.relax[j].tl[0]))
+              for j in range(k) if an.pair.alpha[j] is not None}
+    opt = torch.optim.Adam([p for pp in params.values() for p in pp], lr=lr) if params and steps else None
+    best = torch.full(lz.shape[:2], -math.inf, dtype=torch.float64, device=lz.device)
+    for it in range(steps + 1):
+        relax = an.relax if opt is None else [
+            _relax(*cast("tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]",
+                         tuple(t.unsqueeze(1) for t in an.bounds[j])), an.pair.alpha[j], dt_t, dt_p,
+                   lams=cast("tuple[Tensor, Tensor]", params[j])) if j in params else an.relax[j]
+            for j in range(len(an.relax))]
+        low = _backsub(lz, ld, k, an.pair, relax, an.reg, an.rho, onehot)
+        with torch.no_grad():
+            best = torch.maximum(best, low.detach())
+            open_ = valid & ~(best > target)
+        if opt is None or it == steps or not bool(open_.any()):
+            break
+        opt.zero_grad()
+        (-(low * open_).sum()).backward()
+        opt.step()
+        with torch.no_grad():
+            for j, pp in params.items():
+                for p in pp:
+                    p.clamp_(cast(float, an.pair.alpha[j]), 1.0)
+    return best
+
+
+def _optimise_margins(an: _Analysis, c: Tensor, dt_t: torch.dtype, dt_p: torch.dtype, steps: int,
+                      lr: float = 0.25) -> tuple[Tensor, Tensor]:
+    """Certified margins ``[b]`` of F and f: the margin rows ``e_c − e_j`` back-substituted with per-row
+    optimised lower slopes until > 0 (:func:`_optimised_rows`; the hidden intervals stay the propagation's)."""
+    both, ld, valid = _margin_rows(an, c)
+    best = _optimised_rows(an, len(an.pair.w) - 1, both, ld, valid, dt_t, dt_p, steps, lr, target=0.0)
+    return _min_margins(best, valid)
 
 
 def _attack(t64: Net, p64: Net, ball: BallSpec, sub: Tensor, csub: Tensor, generator: torch.Generator,
@@ -1151,10 +1300,55 @@ def _attack(t64: Net, p64: Net, ball: BallSpec, sub: Tensor, csub: Tensor, gener
     return out
 
 
+def _flip_point(net: Net, c0: Tensor, x1: Tensor, cls: Tensor, steps: int = 48) -> Tensor:
+    """Per ball, ``t ∈ [0, 1]`` where ``net``'s top-1 class first leaves ``cls`` along ``c0 + t (x1 − c0)``
+    (bisection; ``t = 1`` where it keeps ``cls`` at ``x1``). ``c0``, ``x1`` ``[b, d]``."""
+    lo = torch.zeros(c0.shape[0], dtype=torch.float64, device=c0.device)
+    hi = torch.ones_like(lo)
+    flips = cast(Tensor, net(x1)).argmax(-1) != cls
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        moved = cast(Tensor, net(c0 + mid.unsqueeze(-1) * (x1 - c0))).argmax(-1) != cls
+        hi = torch.where(moved, mid, hi)
+        lo = torch.where(moved, lo, mid)
+    return torch.where(flips, hi, torch.ones_like(hi))
+
+
+def _boundary_witness(t64: Net, p64: Net, ball: BallSpec, sub: Tensor, csub: Tensor, generator: torch.Generator,
+                      n_restarts: int, n_steps: int) -> list[Tensor | None]:
+    """Witnesses between two decision boundaries: where one net leaves class c inside the ball, the two nets'
+    boundaries along a segment from the centre almost never coincide, and a point between them disagrees.
+
+    Per net, projected ascent lowers its own margin ``g_c − max_{j≠c} g_j``; from the centre to the lowest
+    point found, bisection finds where each net first leaves c; the point halfway between the two (and the
+    end point) is checked for a clear disagreement (:func:`_disagree`) and for lying in the ball ∩ box.
+    """
+    m = cast(Tensor, t64(sub[:1])).shape[-1]
+    reg = _region(ball, sub, sub.shape[1], sub.device)
+    mask = torch.eye(m, dtype=torch.float64, device=sub.device)[csub].bool()
+    out: list[Tensor | None] = [None] * sub.shape[0]
+    for net in (t64, p64):
+        def obj(x: Tensor, net: Net = net) -> Tensor:
+            y = cast(Tensor, net(x.reshape(-1, x.shape[-1]))).reshape(*x.shape[:-1], m)
+            yc = y.gather(-1, csub.expand(x.shape[0], -1).unsqueeze(-1)).squeeze(-1)
+            return torch.where(mask, torch.full_like(y, -math.inf), y).amax(-1) - yc
+
+        _, x1 = _ascend(obj, reg, n_restarts, n_steps, 0.25, generator)
+        with torch.no_grad():
+            tt, tp = _flip_point(t64, sub, x1, csub), _flip_point(p64, sub, x1, csub)
+            for t in ((tt + tp) / 2, torch.ones_like(tt)):
+                cand = sub + t.unsqueeze(-1) * (x1 - sub)
+                ok = _disagree(t64, p64, cand) & _inside(cand, reg)
+                for j in range(sub.shape[0]):
+                    if out[j] is None and bool(ok[j]):
+                        out[j] = cand[j].detach().clone()
+    return out
+
+
 def certified_agreement(target: Net, pruned: Net, ball: BallSpec, *, centres: Tensor | None = None,
                         forward_dtype: torch.dtype | None = None, attack: bool = True,
                         generator: torch.Generator | None = None, n_restarts: int = 4, n_steps: int = 50,
-                        batch_size: int = 32) -> AgreementResult:
+                        batch_size: int = 32, optimise: int = 0) -> AgreementResult:
     """Certify (or refute, with a witness) that f and F have the same top-1 class everywhere in the ball.
 
     ``c`` is F's top-1 class at the centre (float64). Certified means: the back-substituted lower
@@ -1162,7 +1356,9 @@ def certified_agreement(target: Net, pruned: Net, ball: BallSpec, *, centres: Te
     less both forward passes' rounding bounds, are > 0 for every ``j ≠ c`` — so ``c`` is the unique
     top-1 class of both nets at every input of the ball, exactly and as computed. Otherwise an
     attack (projected ascent on ``max_j (f_j − f_c) − max_j (F_j − F_c)``) looks for a witness where
-    the top-1 classes differ in float64 with clear margins: ``"refuted"``; else ``"not certified"``.
+    the top-1 classes differ in float64 with clear margins: ``"refuted"`` — where it finds none, each net's own
+    margin is attacked and a point between the two decision boundaries along a segment from the centre is tried
+    (:func:`_boundary_witness`); else ``"not certified"``.
     The same propagation also gives the certified gap (``AgreementResult.bound``, as
     :func:`differential_bound`).
 
@@ -1172,8 +1368,12 @@ def certified_agreement(target: Net, pruned: Net, ball: BallSpec, *, centres: Te
         forward_dtype: dtype of the user's forward passes (default: the weights').
         attack: search for a witness where not certified. generator: its randomness (default seed 0).
         n_restarts, n_steps: attack budget. batch_size: balls per vectorised chunk.
+        optimise: Adam steps of per-row slope optimisation of the margins of the balls the plain relaxation
+            leaves uncertified (0: none; stops early once every margin of the chunk is certified).
     """
     _check_batch_size(batch_size)
+    if isinstance(optimise, bool) or not isinstance(optimise, int) or optimise < 0:
+        raise ProbPruneError(f"optimise={optimise!r}: must be an integer >= 0")
     pair0 = _prepare(target, pruned)
     m = pair0.w[-1].shape[0]
     if m < 2:
@@ -1183,10 +1383,12 @@ def certified_agreement(target: Net, pruned: Net, ball: BallSpec, *, centres: Te
     t64, p64 = target.to(dtype=torch.float64), pruned.to(dtype=torch.float64)
     with torch.no_grad():
         cls = cast(Tensor, t64(reg0.centres)).argmax(-1)
-    lo, hi, mt_, mp_ = _chunks(pair0, ball, reg0.centres, dt_t, dt_p, batch_size, cls)
+    squares: list[Tensor] = []
+    lo, hi, mt_, mp_ = _chunks(pair0, ball, reg0.centres, dt_t, dt_p, batch_size, cls, optimise_margins=optimise,
+                               squares=squares)
     mt, mp = cast(Tensor, mt_), cast(Tensor, mp_)  # given classes, _chunks returns the margins
     bound = _zero_bound(ball, reg0.centres, m, dt_t, dt_p) if _identical(target, pruned) else \
-        _gap_bound(lo, hi, ball, reg0.centres, dt_t, dt_p)
+        _gap_bound(lo, hi, ball, reg0.centres, dt_t, dt_p, torch.cat(squares))
     verdicts: list[Verdict] = ["certified" if bool(a > 0) and bool(b > 0) else "not certified"
                                for a, b in zip(mt, mp)]
     witnesses: list[Tensor | None] = [None] * len(verdicts)
@@ -1194,6 +1396,12 @@ def certified_agreement(target: Net, pruned: Net, ball: BallSpec, *, centres: Te
     if attack and open_idx:
         gen = generator if generator is not None else torch.Generator(device=cls.device).manual_seed(0)
         found = _attack(t64, p64, ball, reg0.centres[open_idx], cls[open_idx], gen, n_restarts, n_steps)
+        rest = [k for k, w in enumerate(found) if w is None]
+        if rest:  # no witness yet: look between the two decision boundaries
+            more = _boundary_witness(t64, p64, ball, reg0.centres[open_idx][rest], cls[open_idx][rest], gen,
+                                     n_restarts, n_steps)
+            for k, w in zip(rest, more):
+                found[k] = w
         for i, w in zip(open_idx, found):
             if w is not None:
                 verdicts[i] = "refuted"
