@@ -175,3 +175,100 @@ def test_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bad = _residual(tmp_path / "softmax.onnx", extra="Softmax")
     _refused(["prune", "--weights", str(bad), "--prune-fraction", "0.5", "--out", out], "node 'head' (Softmax)",
              tmp_path, capsys)
+
+
+# ---------------------------------------------------------------- --config / --set on the graph path
+
+def _initializers(path: Path) -> dict[str, np.ndarray]:
+    return {t.name: numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer}
+
+
+def test_prune_settings_from_flags_file_and_set_agree(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The graph path resolves the same PruneJob as the chain path: flags = --config file = --set."""
+    model = _residual(tmp_path / "model.onnx")
+    outs = [tmp_path / f"p{i}.onnx" for i in range(3)]
+    by_flags = _json(*run(["prune", "--weights", str(model), "--method", "random", "--scope", "global",
+                           "--prune-fraction", "0.4", "--seed", "7", "--out", str(outs[0]), "--json"], capsys))
+    cfg = tmp_path / "prune.toml"
+    cfg.write_text(f'weights = "{model}"\nseed = 7\nout = "{outs[1]}"\n\n'
+                   '[prune]\nmethod = "random"\nscope = "global"\nprune_fraction = 0.4\n')
+    by_file = _json(*run(["prune", "--config", str(cfg), "--json"], capsys))
+    by_set = _json(*run(["prune", "--weights", str(model), "--prune-fraction", "0.9",
+                         "--set", "prune.prune_fraction=0.4", "--set", "prune.method=random",
+                         "--set", "prune.scope=global", "--set", "seed=7",
+                         "--set", f"out={outs[2]}", "--json"], capsys))
+    for doc, out in zip((by_flags, by_file, by_set), outs):
+        assert doc["config"] == by_flags["config"] and doc["stats"] == by_flags["stats"]
+        assert doc["out"] == str(out) and out.is_file()
+    assert by_flags["config"]["seed"] == 7 and by_flags["config"]["prune"]["method"] == "random"
+    assert by_flags["stats"]["total"]["pruned"] > 0
+    w = [_initializers(out) for out in outs]
+    assert all(w[0].keys() == x.keys() and all(np.array_equal(w[0][k], x[k]) for k in w[0]) for x in w[1:])
+    other = _json(*run(["prune", "--config", str(cfg), "--set", "seed=8", "--set", f"out={tmp_path / 'q.onnx'}",
+                        "--json"], capsys))  # --set wins over the file: another seed, other random masks
+    assert other["config"]["seed"] == 8
+    assert not all(np.array_equal(w[0][k], v) for k, v in _initializers(tmp_path / "q.onnx").items())
+
+
+def test_gap_settings_from_flags_file_and_set_agree(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model, pruned = _residual(tmp_path / "model.onnx"), tmp_path / "pruned.onnx"
+    _json(*run(["prune", "--weights", str(model), "--prune-fraction", "0.5", "--out", str(pruned), "--json"],
+               capsys))
+    by_flags = _json(*run(["gap", "--weights", str(model), "--pruned", str(pruned), "--radius", "0.5",
+                           "--n-restarts", "2", "--n-steps", "15", "--seed", "3", "--json"], capsys))
+    cfg = tmp_path / "gap.toml"
+    cfg.write_text(f'weights = "{model}"\npruned = "{pruned}"\nseed = 3\n\n'
+                   '[gap]\nradius = 0.5\nn_restarts = 2\nn_steps = 15\n')
+    by_file = _json(*run(["gap", "--config", str(cfg), "--json"], capsys))
+    by_set = _json(*run(["gap", "--weights", str(model), "--pruned", str(pruned), "--set", "gap.radius=0.5",
+                         "--set", "gap.n_restarts=2", "--set", "gap.n_steps=15", "--set", "seed=3", "--json"],
+                        capsys))
+    assert by_flags["config"]["gap"] == {"radius": 0.5, "n_restarts": 2, "n_steps": 15}
+    assert by_flags["sandwich"]["bound"]["radius"] == 0.5 and by_flags["sandwich"]["n_evals"] == 2 * (4 * 15 + 1)
+    assert by_file == by_flags and by_set == by_flags
+    wider = _json(*run(["gap", "--config", str(cfg), "--set", "gap.radius=2", "--json"], capsys))
+    assert wider["sandwich"]["bound"]["radius"] == 2.0 and wider["sandwich"]["upper"] > by_flags["sandwich"]["upper"]
+
+
+def test_graph_path_refuses_settings_it_does_not_take(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Settings that do not apply to a graph are refused in one line whether given as flags, in the file or by
+    --set; nothing is written."""
+    model = _residual(tmp_path / "model.onnx")
+    out = str(tmp_path / "p.onnx")
+    base = ["prune", "--weights", str(model), "--prune-fraction", "0.5", "--out", out]
+    for name, text, fragment in (
+            ("arch.toml", '[net]\narch = "fcn:72,4"\n', "net="),
+            ("law.toml", '[law]\nscale = 2.0\n', "law="),
+            ("dev.toml", 'device = "cuda"\n', "device="),
+            ("out.toml", f'out = "{tmp_path / "p.safetensors"}"\n', "out=")):
+        (tmp_path / name).write_text(text)
+        _refused([*base[:-2], "--config", str(tmp_path / name)], fragment, tmp_path, capsys)
+    _refused([*base, "--set", "net.arch=fcn:72,4"], "net.arch='fcn:72,4' (--set)", tmp_path, capsys)
+    _refused([*base, "--set", "law.scale=2"], "law.scale='2' (--set)", tmp_path, capsys)
+    _refused([*base, "--set", f"weights={tmp_path / 'other.onnx'}"], "the ONNX graph model read is", tmp_path,
+             capsys)
+    _refused([*base, "--set", "prune.threshold=0.1", "--set", "prune.prune_fraction=null"], "--threshold", tmp_path,
+             capsys)
+    pruned = tmp_path / "pruned.onnx"
+    _json(*run([*base[:-1], str(pruned), "--json"], capsys))
+    gap = ["gap", "--weights", str(model), "--pruned", str(pruned), *FAST]
+    (tmp_path / "norm.toml").write_text('norm_method = "svd"\n')
+    _refused([*gap, "--config", str(tmp_path / "norm.toml")], "norm_method=", tmp_path, capsys)
+    _refused([*gap, "--set", "norm_method=svd"], "norm_method='svd' (--set)", tmp_path, capsys)
+    _refused([*gap, "--set", "device=cuda"], "device=", tmp_path, capsys)
+
+
+def test_certificate_with_settings_from_a_config_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--certificate on the graph path takes --out (and the rest) from --config, as from flags."""
+    model = _residual(tmp_path / "model.onnx")
+    cfg = tmp_path / "prune.toml"
+    cfg.write_text(f'weights = "{model}"\nout = "{tmp_path / "p1.onnx"}"\n\n[prune]\nscope = "global"\n'
+                   'prune_fraction = 0.5\n')
+    by_file = _json(*run(["prune", "--config", str(cfg), "--certificate", str(tmp_path / "c1.json"), "--json"],
+                         capsys))
+    by_flags = _json(*run(["prune", "--weights", str(model), "--scope", "global", "--prune-fraction", "0.5",
+                           "--out", str(tmp_path / "p2.onnx"), "--certificate", str(tmp_path / "c2.json"), "--json"],
+                          capsys))
+    assert by_file["stats"] == by_flags["stats"] and by_file["out"] == str(tmp_path / "p1.onnx")
+    assert by_file["certificate"]["gap"] == by_flags["certificate"]["gap"] > 0
+    assert (tmp_path / "c1.json").is_file() and (tmp_path / "p1.onnx").is_file()

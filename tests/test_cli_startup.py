@@ -66,3 +66,23 @@ def test_light_cli_modules_import_no_heavy_package() -> None:
 
 def test_import_cli_loads_no_heavy_package() -> None:
     assert culprits("import probprune.cli") == {}
+
+
+def _help_imports(*argv: str) -> set[str]:
+    """Every module ``python -m probprune ARGV`` imports (the command must exit 0)."""
+    res = subprocess.run([sys.executable, "-X", "importtime", "-m", "probprune", *argv], capture_output=True,
+                         text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    return {m.group(2) for m in map(_LINE.match, res.stderr.splitlines()) if m}
+
+
+def test_sub_command_help_builds_no_pydantic_adapter() -> None:
+    """``probprune <cmd> --help`` imports no more than ``probprune --help`` does of pydantic (issue 17: the
+    groups' ``--help``/``--version`` flags used to build a pydantic TypeAdapter before the help was printed),
+    nor any heavy package."""
+    top = _help_imports("--help")
+    for argv in (("bound", "--help"), ("certificate", "--help"), ("certificate", "check", "--help"),
+                 ("data", "info", "--help")):
+        mods = _help_imports(*argv)
+        assert not {m for m in mods if m.split(".")[0] == "pydantic"} - top, argv
+        assert not {m.split(".")[0] for m in mods} & set(HEAVY), argv

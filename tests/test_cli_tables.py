@@ -114,6 +114,72 @@ def test_prune_table_shows_every_number(capsys: pytest.CaptureFixture[str], scre
     assert_whole(out, want)
 
 
+#: A tiny real experiment (seconds): both LeNets, so that a cut model name could not be told apart.
+TINY_EXPERIMENT = ["experiment", "mnist", "--models", "lenet-300-100,lenet-5", "--seeds", "0", "--epochs", "0.02",
+                   "--finetune-epochs", "0", "--prune-fractions", "0,0.5", "--methods", "magnitude", "--scopes",
+                   "global", "--set", "test_limit=200", "--set", "gap_points=16", "--set", "gap_restarts=1",
+                   "--set", "gap_steps=2"]
+
+
+@pytest.fixture(scope="module")
+def experiment_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """The tiny experiment run once (``--json``); later runs of the same command resume it (nothing computed)."""
+    from probprune.data import dataset_status
+
+    if not dataset_status("mnist")["ready"]:
+        if os.environ.get("CI") == "true":
+            pytest.fail("mnist is not prepared — CI must prepare it (make data)")
+        pytest.skip("mnist is not prepared (probprune data prepare mnist)")
+    import probprune.cli.experiment as cli_experiment
+
+    runs = tmp_path_factory.mktemp("experiment-runs")
+    capture = io.StringIO()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(cli_experiment, "_write_report", lambda run_dir: Path(run_dir) / "report.html")
+        mp.setattr(sys, "stdout", capture)
+        try:
+            from probprune.cli import main
+
+            main([*TINY_EXPERIMENT, "--runs-dir", str(runs), "--json"])
+        except SystemExit as e:
+            assert not e.code, capture.getvalue()
+    doc: dict = json.loads(capture.getvalue())
+    assert doc["computed"] == len(doc["rows"]) == 4
+    return runs, doc
+
+
+@pytest.mark.data
+def test_experiment_table_shows_every_number(experiment_run: tuple[Path, dict], capsys: pytest.CaptureFixture[str],
+                                             monkeypatch: pytest.MonkeyPatch, screen: tuple[int, bool]) -> None:
+    """The real ``experiment`` command's summary table, parsed back and compared with its ``--json``."""
+    import probprune.cli.experiment as cli_experiment
+
+    runs, doc = experiment_run
+    monkeypatch.setattr(cli_experiment, "_write_report", lambda run_dir: Path(run_dir) / "report.html")
+    code, out, err = run([*TINY_EXPERIMENT, "--runs-dir", str(runs)], capsys)
+    assert code == 0, err
+    summary = doc["summary"]
+    assert len(summary) == 4 and {s["model"] for s in summary} == {"lenet-300-100", "lenet-5"}
+    want: list[str] = []
+    for s in summary:
+        want += [format(s["prune_fraction"], "g"), f"{100 * s['test_accuracy']:.2f}",
+                 f"{100 * s['test_accuracy_std']:.2f}", f"{s['n_kept']:.0f}", format(s["gap_lower"], ".3g"),
+                 format(s["gap_upper"], ".3g"), format(s["mean_test_gap"], ".3g")]
+    assert any(float(v) > 0 for v in want[4::7] + want[5::7])  # the pruned rows carry real gap numbers
+    assert_whole(out, want)
+    plain = _ANSI.sub("", out)
+    w, tty = screen
+    rows = [ln for ln in plain.splitlines() if "│" in ln and "lenet" in ln]
+    if tty and rows:  # a table drawn on a terminal fits it
+        assert all(len(ln) <= w for ln in plain.splitlines() if "│" in ln)
+    if tty and not rows:  # stacked records: every model name whole on its own line
+        names = [ln.split(":", 1)[1].strip() for ln in plain.splitlines() if ln.strip().startswith("model:")]
+        assert sorted(names) == sorted(s["model"] for s in summary)
+    if not tty:  # redirected: the whole table, one line per setting, whatever COLUMNS says
+        assert sorted(ln.split("│")[1].strip() for ln in rows) == sorted(s["model"] for s in summary)
+    assert w == 200 or not tty or not rows  # 60 and 80 columns cannot hold the ten columns: stacked there
+
+
 def test_data_info_table_keeps_paths_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                            capsys: pytest.CaptureFixture[str], screen: tuple[int, bool]) -> None:
     root = tmp_path / ("a-rather-long-folder-name-" * 3) / "data"

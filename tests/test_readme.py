@@ -1,7 +1,9 @@
 """Every code block of the README runs, so that it cannot go stale.
 
 Python blocks run as they are (in a fresh temporary folder). Bash blocks: every ``probprune …`` line runs through
-the entry point in the same folder, in order, so that later lines see the files earlier ones wrote. The long jobs
+the entry point in the same folder, in order, so that later lines see the files earlier ones wrote; a Python block
+whose first line is :data:`FEEDS_COMMANDS` (it writes a model file the commands after it read) runs there, in its
+place in that order, instead of in a folder of its own. The long jobs
 (``verify``, ``experiment``, ``data prepare``) run with ``--dry-run`` — that resolves their whole config and output
 folder, which is what can go stale — and lines that name a placeholder (``<hash>``) or hardware this machine lacks
 (``--device cuda`` without CUDA) are listed as skipped with the reason. ``make`` lines are the CI's own commands.
@@ -22,16 +24,27 @@ from cliharness import run
 README = Path(__file__).resolve().parents[1] / "README.md"
 REPO = README.parent
 LONG = ("verify", "experiment", "data prepare")
+#: The first line of a Python block that writes files the bash commands after it use.
+FEEDS_COMMANDS = "# the commands below use the files this block writes"
+
+
+def _sequence() -> list[tuple[str, str]]:
+    """Every ``python`` and ``bash`` block, (language, text), in the README's order."""
+    return re.findall(r"```(python|bash)\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.S)
 
 
 def _blocks(lang: str) -> list[str]:
-    return re.findall(rf"```{lang}\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.S)
+    return [text for kind, text in _sequence() if kind == lang]
 
 
-def _commands() -> list[str]:
+def _feeds(block: str) -> bool:
+    return block.startswith(FEEDS_COMMANDS + "\n")
+
+
+def _commands(blocks: list[str] | None = None) -> list[str]:
     """``probprune`` command lines of the bash blocks (continuations joined, comments and ``&&`` split off)."""
     lines: list[str] = []
-    for block in _blocks("bash"):
+    for block in _blocks("bash") if blocks is None else blocks:
         joined = re.sub(r"\\\n\s*", " ", block)
         for line in joined.splitlines():
             line = re.sub(r"\s+#.*$", "", line).strip()
@@ -65,11 +78,41 @@ def test_the_readme_has_code_to_run() -> None:
     assert len(_commands()) >= 10
 
 
-@pytest.mark.parametrize("index", range(len(_blocks("python"))))
-def test_python_block_runs(index: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(tmp_path)
+def _run_python(index: int) -> None:
     code = _blocks("python")[index]
     exec(compile(code, f"README.md python block {index}", "exec"), {"__name__": "__readme__"})
+
+
+@pytest.mark.parametrize("index", [i for i, b in enumerate(_blocks("python")) if not _feeds(b)])
+def test_python_block_runs(index: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    _run_python(index)
+
+
+def _in_order() -> list[tuple[str, str | int]]:
+    """What the bash test runs, in order: ("python", block index) for a block that feeds commands, ("cmd", line)."""
+    out: list[tuple[str, str | int]] = []
+    n_python = 0
+    for kind, text in _sequence():
+        if kind == "python":
+            if _feeds(text):
+                out.append(("python", n_python))
+            n_python += 1
+        else:
+            out += [("cmd", c) for c in _commands([text])]
+    return out
+
+
+def test_blocks_that_feed_commands_run_before_them() -> None:
+    """A feeding block is run by the bash test, before a command that reads what it writes (the README's residual
+    CNN: ``resnet.onnx``)."""
+    steps = _in_order()
+    feeding = [i for i, (kind, _) in enumerate(steps) if kind == "python"]
+    assert feeding, "the README's residual CNN block writes resnet.onnx for the commands after it"
+    for i in feeding:
+        code = _blocks("python")[int(steps[i][1])]
+        written = re.findall(r'"([\w.-]+\.onnx)"\)\s*$', code, flags=re.M)
+        assert written and any(w in str(c) for kind, c in steps[i + 1:] if kind == "cmd" for w in written)
 
 
 def test_bash_commands_run_in_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -77,7 +120,12 @@ def test_bash_commands_run_in_order(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     monkeypatch.chdir(tmp_path)
     (tmp_path / "configs").symlink_to(REPO / "configs")  # the README's commands run from the repository root
     ran = 0
-    for cmd in _commands():
+    for kind, step in _in_order():
+        if kind == "python":
+            _run_python(int(step))
+            capsys.readouterr()
+            continue
+        cmd = str(step)
         if _skip_reason(cmd) is not None:
             continue
         args = shlex.split(cmd)[1:]

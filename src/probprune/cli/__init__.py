@@ -86,6 +86,39 @@ def _fail_line(message: str, code: int = 2) -> None:
     sys.exit(code)
 
 
+def _light_group_flags(command: Any) -> None:
+    """Give the on/off flags of every command *group* (``--help``, ``--version``) a plain bool check.
+
+    typer (>= 0.2x, on its vendored click) builds a pydantic ``TypeAdapter`` the first time a parameter's
+    value is processed, even a flag left out (value ``None``); for ``probprune <cmd> --help`` the groups'
+    flags are processed before the sub-command prints its help, so the import of pydantic alone (about
+    0.1 s) was a fifth of that command's start-up time. A click flag's value is a bool or ``None``, which
+    typer's pass-through coercion returns as it is, so nothing a user can type is checked differently.
+    Typer versions without these internals are left as they are (this is start-up time only).
+    """
+    try:
+        from typer._coercion import PassThroughRuntimeParam
+    except ImportError:  # pragma: no cover - another typer layout: nothing to speed up
+        return
+
+    def plain(param: Any) -> Any:
+        desc = getattr(param, "type_descriptor", None)
+        if getattr(param, "_runtime_param", False) is None and getattr(param, "is_flag", False) \
+                and getattr(desc, "annotation", None) is bool:
+            param._runtime_param = PassThroughRuntimeParam(parameter_info=desc.parameter_info,  # type: ignore[union-attr]
+                                                           annotation=bool)
+        return param
+
+    for param in getattr(command, "params", ()):
+        plain(param)
+    made = getattr(command, "get_help_option", None)
+    if made is not None:  # the help option is made on first use, with the context: check it then
+        command.get_help_option = lambda ctx: plain(made(ctx))
+    for sub in (getattr(command, "commands", None) or {}).values():
+        if getattr(sub, "commands", None) is not None:
+            _light_group_flags(sub)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of ``probprune`` and ``python -m probprune``.
 
@@ -99,6 +132,7 @@ def main(argv: list[str] | None = None) -> None:
     """
     args = list(sys.argv[1:] if argv is None else argv)
     command = typer.main.get_command(app)
+    _light_group_flags(command)
     try:
         rc = command.main(args=args, prog_name="probprune", standalone_mode=False)
     except _NO_ARGS as e:

@@ -19,10 +19,12 @@ from probprune.config import (
     MODELS,
     FlagGroup,
     FlagRule,
+    NetSpec,
     ProbPruneError,
     PruneSpec,
     parse_arch,
     parse_law,
+    resolve,
     to_dict,
 )
 
@@ -38,6 +40,7 @@ __all__ = [
     "VERIFY_FLAGS",
     "ConfigOpt",
     "SetOpt",
+    "graph_job",
     "model_net",
     "parse_clip",
     "parse_schedule",
@@ -172,6 +175,48 @@ def model_net(names: tuple[str, ...], loaded: dict[str, Any]) -> FlagGroup:
         data["net"] = spec
         loaded.update(models)
     return group
+
+
+def graph_job(cls: type, path: str, *, table: Mapping[str, FlagRule], flags: Mapping[str, Any],
+              config: str | None, sets: list[str] | None, refused: Mapping[str, str],
+              groups: tuple[FlagGroup, ...] = ()) -> Any:
+    """A command's job section for an ONNX *graph* model, by the one resolver, as for a chain model.
+
+    The same section (``PruneJob``, ``GapJob``), from the same ``--config FILE|preset``, flags (``table``) and
+    ``--set``; only the architecture is not resolved: the graph model at ``path`` carries its own, so the
+    section's ``net`` is a stand-in (:class:`~probprune.config.NetSpec` defaults) that the graph path never
+    reads. A setting the graph path does not take (a key of ``refused``: ``net``, ``law`` …), given in the
+    config file or by ``--set``, is refused in one line naming it; so is a ``weights`` other than ``path``.
+
+    Args:
+        cls: the section's dataclass.
+        path: the graph model's file (the ``weights`` the chain reader refused).
+        table, flags, config, sets, groups: as for :func:`probprune.config.resolve` (``groups`` run first).
+        refused: section field → the words naming how it is given (for the message), e.g.
+            ``{"law": "--law / law"}``.
+
+    Raises:
+        ProbPruneError: a refused setting, another ``weights``, or anything the section's own checks refuse.
+    """
+    where = f"not taken for an ONNX graph model (weights={path!r} carries its architecture and weights)"
+    for item in sets or ():
+        key, _, value = item.partition("=")
+        head = key.strip().split(".")[0]
+        if head in refused:
+            raise ProbPruneError(f"{key.strip()}={value.strip()!r} (--set): {refused[head]} is {where}")
+
+    def stand_in(data: dict[str, Any], _: Mapping[str, Any]) -> None:
+        for name, how in refused.items():
+            if data.get(name) is not None:
+                raise ProbPruneError(f"{name}={data[name]!r}: {how} is {where}; leave it out of --config {config!r}"
+                                     if config is not None else f"{name}={data[name]!r}: {how} is {where}")
+        data["net"] = to_dict(NetSpec())
+
+    job = resolve(cls, table=table, flags=flags, config=config, sets=list(sets or []), groups=(*groups, stand_in))
+    if job.weights != path:  # type: ignore[attr-defined]
+        raise ProbPruneError(f"weights={job.weights!r}: the ONNX graph model read is {path!r}; give the target "  # type: ignore[attr-defined]
+                             "once, with --weights or weights in --config")
+    return job
 
 
 def verify_net(data: dict[str, Any], flags: Mapping[str, Any]) -> None:

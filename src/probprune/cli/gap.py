@@ -103,10 +103,7 @@ def gap_cmd(
         if found.name != "weights":
             raise ProbPruneError(f"{found.name}={found.model.path!r}: is an ONNX graph model; give as --weights "
                                  "the ONNX graph it was pruned from") from None
-        if config is not None or sets:
-            raise ProbPruneError("config: --config/--set are not supported for ONNX graph models yet "
-                                 f"(weights={found.model.path!r}); give the options as flags") from None
-        _graph_gap(found, flags, as_json, dry_run, verbose)
+        _graph_gap(found, flags, (config, sets), as_json, dry_run, verbose)
         return
     check_gap_job(job)
     g = job.gap
@@ -149,9 +146,18 @@ def graph_sandwich_tables(sw: Any) -> list[Table]:
     return [t, terms]
 
 
-def _graph_gap(found: Any, flags: dict[str, Any], as_json: bool, dry_run: bool, verbose: bool) -> None:
-    """``gap`` on an ONNX graph target (:mod:`probprune.runner.graph`): the pruned model must be its twin."""
-    from probprune.config import GapSpec
+#: The GapJob settings the graph path does not take, as the user gives them.
+_GRAPH_REFUSED = {"net": "--arch/--activation/--bias (net)", "norm_method": "--norm-method (norm_method)"}
+
+
+def _graph_gap(found: Any, flags: dict[str, Any], settings: tuple[str | None, list[str] | None], as_json: bool,
+               dry_run: bool, verbose: bool) -> None:
+    """``gap`` on an ONNX graph target (:mod:`probprune.runner.graph`): the pruned model must be its twin.
+
+    The settings are the chain path's :class:`~probprune.config.GapJob` from the same resolver
+    (``settings`` = ``--config``, ``--set``; :func:`~probprune.cli.flags.graph_job`).
+    """
+    from probprune.cli.flags import graph_job
     from probprune.runner.graph import GRAPH_NOTE, run_graph_gap
 
     model = found.model
@@ -160,22 +166,22 @@ def _graph_gap(found: Any, flags: dict[str, Any], as_json: bool, dry_run: bool, 
         if flags.get(name) is not None:
             raise ProbPruneError(f"{name}={flags[name]!r}: {flag} is not taken for an ONNX graph model "
                                  f"(weights={model.path!r})")
-    if flags.get("device") not in (None, "cpu"):
-        raise ProbPruneError(f"device={flags['device']!r}: ONNX graph models are bounded on the cpu")
-    g = GapSpec(**{k: flags[k] for k in ("radius", "n_points", "n_restarts", "n_steps", "step_size")
-                   if flags.get(k) is not None})
-    seed = 0 if flags.get("seed") is None else int(flags["seed"])
-    resolved = {"model": "onnx graph", "weights": model.path, "pruned": flags["pruned"], "seed": seed,
+    job: GapJob = graph_job(GapJob, model.path, table=GAP_FLAGS, flags=flags, config=settings[0], sets=settings[1],
+                            refused=_GRAPH_REFUSED)
+    if job.device != "cpu":
+        raise ProbPruneError(f"device={job.device!r}: ONNX graph models are bounded on the cpu")
+    g, seed, pruned = job.gap, job.seed, job.pruned
+    resolved = {"model": "onnx graph", "weights": model.path, "pruned": pruned, "seed": seed,
                 "gap": {"radius": g.radius, "n_restarts": g.n_restarts, "n_steps": g.n_steps}}
     print_header(resolved, None, as_json, verbose)
     if dry_run:
         return
     if as_json:
-        sw = run_graph_gap(model, flags["pruned"], g, seed)
+        sw = run_graph_gap(model, pruned, g, seed)
         emit_json({"config": resolved, "sandwich": sw.to_dict()})
         return
     with err_console.status("searching and bounding the gap", spinner="dots"):
-        sw = run_graph_gap(model, flags["pruned"], g, seed)
+        sw = run_graph_gap(model, pruned, g, seed)
     for table in graph_sandwich_tables(sw):
         console.print(table)
     console.print("* certified upper value; assumptions: " + "; ".join(sw.bound.assumptions) + "; " + GRAPH_NOTE,

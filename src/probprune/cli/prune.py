@@ -17,41 +17,36 @@ ArchOpt = Annotated[Optional[str], typer.Option("--arch", help="Architecture, e.
                                                 ".onnx model; if given, it must match).")]
 
 
+def _level_rule(data: dict[str, Any], _: Any) -> None:
+    data.setdefault("prune", {})  # no level given: the job's own refusal names the flags to use
+
+
 def _prune_job(config: str | None, sets: list[str] | None,
                flags: dict[str, Any]) -> tuple[PruneJob | None, dict[str, Any]]:
     """The job from the one resolver (``--config``, the flags of :data:`PRUNE_FLAGS`, ``--set``) and the models
     read on the way (``weights`` → ONNX model); no job and ``{"graph": GraphModelFound}`` for an ONNX graph
-    the chain reader refuses (:mod:`probprune.runner.graph`)."""
+    the chain reader refuses (:mod:`probprune.runner.graph`; :func:`_graph_prune` resolves its job)."""
     from probprune.runner.graph import GraphModelFound
 
     loaded: dict[str, Any] = {}
-
-    def rule(data: dict[str, Any], _: Any) -> None:
-        data.setdefault("prune", {})  # no level given: the job's own refusal names the flags to use
-
     try:
         job: PruneJob = resolve(PruneJob, table=PRUNE_FLAGS, flags=flags, config=config, sets=list(sets or []),
-                                groups=(rule, model_net(("weights",), loaded)))
-    except GraphModelFound as found:
-        if config is not None or sets:
-            raise ProbPruneError("config: --config/--set are not supported for ONNX graph models yet "
-                                 f"({found.name}={found.model.path!r}); give the options as flags") from None
+                                groups=(_level_rule, model_net(("weights",), loaded)))
+    except GraphModelFound as found:  # resolved again by the graph path (graph_job), the file not read again
         return None, {"graph": found}
     return job, loaded
 
 
-def _graph_for_certificate(job: PruneJob | None, loaded: dict[str, Any], certificate: str | None,
-                           configured: bool) -> tuple[PruneJob | None, dict[str, Any]]:
+def _graph_for_certificate(job: PruneJob | None, loaded: dict[str, Any],
+                           certificate: str | None) -> tuple[PruneJob | None, dict[str, Any]]:
     """An ONNX chain model with ``--certificate`` takes the graph path: its certificate is a graph certificate
-    (:mod:`probprune.runner.certificate_graph`); ``(None, {"graph": GraphModelFound})`` then, else unchanged."""
+    (:mod:`probprune.runner.certificate_graph`); ``(None, {"graph": GraphModelFound})`` then, else unchanged.
+    The graph path resolves ``--config``/``--set`` again as a graph job (:func:`_graph_prune`)."""
     if job is None or certificate is None or job.weights is None or not str(job.weights).lower().endswith(".onnx"):
         return job, loaded
     from probprune.runner.certificate_graph import read_graph_model
     from probprune.runner.graph import GraphModelFound
 
-    if configured:
-        raise ProbPruneError(f"config: --config/--set are not supported with --certificate for ONNX models yet "
-                             f"(weights={job.weights!r}); give the options as flags")
     return None, {"graph": GraphModelFound("weights", read_graph_model("weights", job.weights))}
 
 
@@ -86,7 +81,8 @@ def prune_cmd(
     sets: SetOpt = None,
     arch: ArchOpt = None,
     weights: Annotated[Optional[str], typer.Option(
-        help="Target model: .safetensors (names as to_module; needs --arch) or .onnx.")] = None,
+        help="Target model: .safetensors (needs --arch; tensors named as to_module does, or as your own "
+             "nn.Module's state_dict, e.g. features.0.weight; --out keeps those names) or .onnx.")] = None,
     law: Annotated[Optional[str], typer.Option(help="Sample the target from a law, e.g. uniform:K=2.449.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed for sampling and random masks (default 0).")] = None,
     activation: Annotated[Optional[str], typer.Option(
@@ -133,10 +129,10 @@ def prune_cmd(
                  scope=scope, prune_fraction=prune_fraction, threshold=threshold,
                  relative_threshold=relative_threshold, p=p, rescale=rescale, out=out, save_target=save_target,
                  device=device)
-    job, loaded = _graph_for_certificate(*_prune_job(config, sets, flags), certificate, bool(config or sets))
+    job, loaded = _graph_for_certificate(*_prune_job(config, sets, flags), certificate)
     if job is None:  # an ONNX graph the chain reader refuses: the graph path
-        return _graph_prune(loaded["graph"], flags, as_json, dry_run, verbose, radius if gap else None, certificate,
-                            delta, cert_radius=radius)
+        return _graph_prune(loaded["graph"], flags, (config, sets), as_json, dry_run, verbose,
+                            radius if gap else None, certificate, delta, cert_radius=radius)
     _check_certificate(certificate, delta, job)
     check_prune_job(job)
     gap_spec = GapSpec(radius=radius) if gap else None
@@ -206,20 +202,31 @@ def _graph_refusals(flags: dict[str, Any], certificate: str | None, delta: float
         raise ProbPruneError(f"out={out!r}: the pruned ONNX graph model is written as .onnx")
 
 
-def _graph_prune(found: Any, flags: dict[str, Any], as_json: bool, dry_run: bool, verbose: bool,
-                 radius: float | None, certificate: str | None, delta: float | None, cert_radius: float = 1.0) -> None:
-    """``prune`` on an ONNX graph (:mod:`probprune.runner.graph`): prune, optionally the sandwich, write ``--out``."""
-    from probprune.config import PruneSpec
+#: The PruneJob settings the graph path does not take (the graph carries them), as the user gives them.
+_GRAPH_REFUSED = {"net": "--arch/--activation/--bias (net)", "law": "--law (law)",
+                  "save_target": "--save-target (save_target)"}
+
+
+def _graph_prune(found: Any, flags: dict[str, Any], settings: tuple[str | None, list[str] | None], as_json: bool,
+                 dry_run: bool, verbose: bool, radius: float | None, certificate: str | None,
+                 delta: float | None, cert_radius: float = 1.0) -> None:
+    """``prune`` on an ONNX graph (:mod:`probprune.runner.graph`): prune, optionally the sandwich, write ``--out``.
+
+    The settings are the chain path's :class:`~probprune.config.PruneJob` from the same resolver
+    (``settings`` = ``--config``, ``--set``; :func:`~probprune.cli.flags.graph_job`).
+    """
+    from probprune.cli.flags import graph_job
     from probprune.runner.graph import GRAPH_NOTE, check_graph_prune, graph_sandwich, run_graph_prune, write_graph
     from probprune.runner.prune import check_output_paths
 
     model = found.model
-    _graph_refusals(flags, certificate, delta, model.path)
-    given = {k: flags[k] for k in ("method", "scope", "prune_fraction", "threshold", "relative_threshold", "p")
-             if flags.get(k) is not None}
-    spec = PruneSpec(**given, rescale=bool(flags.get("rescale")))
+    _graph_refusals({**flags, "out": None}, None, delta, model.path)  # the flags; --out may come from --config
+    job: PruneJob = graph_job(PruneJob, model.path, table=PRUNE_FLAGS, flags=flags, config=settings[0],
+                              sets=settings[1], refused=_GRAPH_REFUSED, groups=(_level_rule,))
+    _graph_refusals({"device": job.device, "out": job.out}, certificate, None, model.path)
+    spec, seed = job.prune, job.seed
     check_graph_prune(spec)
-    seed = 0 if flags.get("seed") is None else int(flags["seed"])
+    flags = {**flags, "out": job.out}
     gap_spec = None if radius is None else GapSpec(radius=radius)
     check_output_paths({"out": flags.get("out"), "certificate": certificate})
     resolved: dict[str, Any] = {"model": "onnx graph", "weights": model.path, "seed": seed,

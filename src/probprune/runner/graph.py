@@ -7,7 +7,8 @@ carrying the :class:`GraphModel`. Commands without a graph path report that as o
 catch it and run :func:`run_graph_prune` / :func:`run_graph_gap` instead:
 
 * pruning: :func:`~probprune.graphmasks.prune_graph` on every Linear/Conv weight (``--method``, ``--scope``,
-  ``--prune-fraction``, ``--seed`` as for chains; other levels are refused), written with
+  ``--prune-fraction``, ``--seed`` as for chains, as flags, in ``--config`` or by ``--set``: the same job
+  sections; other levels are refused), written with
   :func:`~probprune.nets.onnx_graph.save_onnx_graph` under the model's own input/output names, float32;
 * the sandwich: :func:`~probprune.bounds.graph.search_graph_gap` (lower) and
   :func:`~probprune.bounds.graph.certified_graph_gap` (upper: covers both graphs evaluated in **float64**,

@@ -49,6 +49,7 @@ from probprune.montecarlo import expand_grid
 from probprune.nets import Net, from_state_dict
 from probprune.nets.onnx import OnnxInfo, read_onnx, save_onnx
 from probprune.rng import derive_seed, make_generator
+from probprune.runner.statedict import own_names, renamed
 from probprune.sampling import sample_net
 from probprune.store import load_tensors, save_tensors
 
@@ -341,6 +342,7 @@ class PruneOutcome:
     stats: MaskStats
     seed: int
     onnx_info: OnnxInfo | None = None
+    names: Mapping[str, str] | None = None  # the target file's own tensor names (runner.statedict.own_names)
 
 
 #: Model file suffix → format (lower-case suffix; see :func:`model_format`).
@@ -370,10 +372,12 @@ def model_format(name: str, path: str | os.PathLike[str]) -> Literal["safetensor
 
 @dataclass(frozen=True, eq=False)
 class LoadedModel:
-    """A network read from a model file, with the ONNX graph's names and shapes when it was ONNX."""
+    """A network read from a model file, with the ONNX graph's names and shapes when it was ONNX, and the
+    safetensors file's own tensor names (probprune name → file name) when it used a model's own."""
 
     net: Net
     onnx_info: OnnxInfo | None = None
+    names: Mapping[str, str] | None = None
 
 
 def _same_spec(name: str, path: str, found: NetSpec, wanted: NetSpec) -> None:
@@ -416,7 +420,8 @@ def load_model(path: str, spec: NetSpec | None = None, name: str = "weights") ->
     if spec is None:
         raise ProbPruneError(f"arch: --arch is needed for {name}={path!r} (a .safetensors file holds weights "
                              "only; an .onnx model carries its architecture)")
-    return LoadedModel(load_net(spec, path))
+    net, names = _read_checkpoint(spec, path, name)
+    return LoadedModel(net, None, names)
 
 
 def model_spec(arch: str | None, activation: str | None, bias: bool | None,
@@ -462,26 +467,38 @@ def model_spec(arch: str | None, activation: str | None, bias: bool | None,
     return found, {name: model}
 
 
-def load_net(spec: NetSpec | str, path: str) -> Net:
-    """Load a ``Net`` of architecture ``spec`` from a safetensors file (names as ``to_module``)."""
-    s = parse_arch(spec) if isinstance(spec, str) else spec
+def _read_checkpoint(spec: NetSpec, path: str, name: str = "weights") -> tuple[Net, Mapping[str, str] | None]:
+    """A safetensors file as a ``Net`` of ``spec``: probprune's tensor names, or the model's own
+    (:func:`~probprune.runner.statedict.own_names`: mapped exactly onto the layers, or refused); and that map."""
     tensors, meta = load_tensors(path)
     stored = meta.get("arch")
-    if stored is not None and stored != s.to_arch():
-        raise ProbPruneError(f"weights={path!r}: file holds architecture {stored}, not {s.to_arch()}")
+    if stored is not None and stored != spec.to_arch():
+        raise ProbPruneError(f"{name}={path!r}: file holds architecture {stored}, not {spec.to_arch()}")
     try:
-        return from_state_dict(s, tensors)
+        names = own_names(spec, tensors)
+        ours = tensors if names is None else renamed(tensors, {v: k for k, v in names.items()})
+        return from_state_dict(spec, ours), names
     except ProbPruneError as e:
-        raise ProbPruneError(f"weights={path!r}: {e}") from None
+        raise ProbPruneError(f"{name}={path!r}: {e}") from None
 
 
-def save_net(net: Net, path: str) -> None:
-    """Save a single ``Net`` as safetensors with its architecture in the metadata."""
-    save_tensors(path, net.state_dict(), {"arch": net.spec.to_arch(), "format": "probprune"})
+def load_net(spec: NetSpec | str, path: str) -> Net:
+    """Load a ``Net`` of architecture ``spec`` from a safetensors file: tensors named as ``to_module`` does, or
+    as the user's own ``nn.Module`` did (``features.0.weight`` …; :mod:`probprune.runner.statedict`)."""
+    return _read_checkpoint(parse_arch(spec) if isinstance(spec, str) else spec, path)[0]
 
 
-def save_model(net: Net, path: str, onnx_info: OnnxInfo | None = None) -> None:
-    """Save a single ``Net`` by the file's suffix: safetensors (:func:`save_net`) or ONNX.
+def save_net(net: Net, path: str, names: Mapping[str, str] | None = None) -> None:
+    """Save a single ``Net`` as safetensors with its architecture in the metadata, under probprune's tensor
+    names or, given ``names`` (probprune name → the model's own, from the file it was read from), those."""
+    tensors = net.state_dict() if names is None else renamed(net.state_dict(), names)
+    save_tensors(path, tensors, {"arch": net.spec.to_arch(), "format": "probprune"})
+
+
+def save_model(net: Net, path: str, onnx_info: OnnxInfo | None = None,
+               names: Mapping[str, str] | None = None) -> None:
+    """Save a single ``Net`` by the file's suffix: safetensors (:func:`save_net`, under ``names`` when given)
+    or ONNX.
 
     An ONNX file gets the input/output names and input shape of ``onnx_info`` (the model the net
     was read from) when given, else ``input``/``output`` with a symbolic batch dim.
@@ -489,13 +506,14 @@ def save_model(net: Net, path: str, onnx_info: OnnxInfo | None = None) -> None:
     if model_format("path", path) == "onnx":
         save_onnx(net.to(device="cpu"), path, **({} if onnx_info is None else onnx_info.save_kwargs()))
     else:
-        save_net(net, path)
+        save_net(net, path, names)
 
 
 def write_outputs(job: PruneJob, res: PruneOutcome) -> None:
-    """Write ``out`` (the pruned net) and ``save_target`` (the sampled target) of a finished job, by suffix."""
+    """Write ``out`` (the pruned net; a safetensors target's own tensor names kept) and ``save_target`` (the
+    sampled target) of a finished job, by suffix."""
     if job.out is not None:
-        save_model(res.pruned, job.out, res.onnx_info)
+        save_model(res.pruned, job.out, res.onnx_info, res.names)
     if job.save_target is not None:
         save_model(res.target, job.save_target, res.onnx_info)
 
@@ -511,20 +529,20 @@ def run_prune(job: PruneJob, write: bool = True, loaded: LoadedModel | None = No
     """
     check_prune_job(job)
     check_job_outputs(job)
-    info = None
+    info, names = None, None
     if job.weights is not None:
         if loaded is None:
             loaded = load_model(job.weights, job.net)
         elif loaded.onnx_info is not None:
             _same_spec("weights", job.weights, loaded.net.spec, job.net)
-        target, info = loaded.net.to(device=job.device), loaded.onnx_info
+        target, info, names = loaded.net.to(device=job.device), loaded.onnx_info, loaded.names
     else:
         g = make_generator(derive_seed("prune", job.seed, "weights"), job.device)
         target = sample_net(job.net, job.law, g, device=job.device)  # type: ignore[arg-type]
     pr = job.prune
     gen = make_generator(derive_seed("prune", job.seed, "mask"), job.device) if pr.method == "random" else None
     res = prune(target, pr, generator=gen, law=job.law)
-    outcome = PruneOutcome(target, res.model, res.masks, res.stats, job.seed, info)
+    outcome = PruneOutcome(target, res.model, res.masks, res.stats, job.seed, info, names)
     if write:
         write_outputs(job, outcome)
     return outcome
