@@ -272,14 +272,15 @@ class _Region:
     """The ball, per centre: ``[B, d]`` centres and the per-coordinate box it lies in (outward)."""
 
     centres: Tensor
-    radius: float
+    radius: float | Tensor  # a Tensor [B, d]: per-ball, per-coordinate ℓ∞ half-widths (a box centre ± h)
     norm: str
     box: tuple[float, float] | None
     lo: Tensor  # [B, d] a box containing the ball ∩ box (exact for linf, coordinate bounds for l2)
     hi: Tensor
 
 
-def _region(ball: BallSpec, centres: Tensor | None, dim: int, device: torch.device) -> _Region:
+def _region(ball: BallSpec, centres: Tensor | None, dim: int, device: torch.device,
+            halfwidth: Tensor | None = None) -> _Region:
     if not isinstance(ball, BallSpec):
         raise ProbPruneError(f"ball: expected a BallSpec, got {type(ball).__name__}")
     if centres is None:
@@ -299,7 +300,7 @@ def _region(ball: BallSpec, centres: Tensor | None, dim: int, device: torch.devi
             raise ProbPruneError("centres: must be finite")
         if ball.box is not None and not bool(((c >= ball.box[0]) & (c <= ball.box[1])).all()):
             raise ProbPruneError(f"centres: some centre lies outside the box {ball.box}")
-    r = float(ball.radius)
+    r: float | Tensor = float(ball.radius) if halfwidth is None else _halfwidths(ball, halfwidth, c)
     ninf, pinf = torch.tensor(-math.inf, dtype=torch.float64), torch.tensor(math.inf, dtype=torch.float64)
     lo = torch.nextafter(c - r, ninf.to(device))  # outward: the box [lo, hi] ⊇ {|x_i − c_i| ≤ r}
     hi = torch.nextafter(c + r, pinf.to(device))
@@ -307,6 +308,19 @@ def _region(ball: BallSpec, centres: Tensor | None, dim: int, device: torch.devi
         lo = lo.clamp_min(ball.box[0])
         hi = hi.clamp_max(ball.box[1])
     return _Region(c, r, ball.norm, ball.box, lo, hi)
+
+
+def _halfwidths(ball: BallSpec, halfwidth: Tensor, c: Tensor) -> Tensor:
+    """Checked float64 ``[B, d]`` half-widths of the boxes ``c ± h`` (ℓ∞ only; they replace the radius)."""
+    if ball.norm != "linf":
+        raise ProbPruneError(f"halfwidth: per-input boxes are l-infinity balls; ball.norm={ball.norm!r}")
+    if not isinstance(halfwidth, Tensor) or halfwidth.shape != c.shape:
+        shape = tuple(halfwidth.shape) if isinstance(halfwidth, Tensor) else type(halfwidth).__name__
+        raise ProbPruneError(f"halfwidth: shape {shape}, expected {tuple(c.shape)} (one per centre coordinate)")
+    h = halfwidth.detach().to(device=c.device, dtype=torch.float64)
+    if not bool((torch.isfinite(h) & (h >= 0)).all()):
+        raise ProbPruneError("halfwidth: must be finite and >= 0")
+    return h
 
 
 def _down(v: Tensor, err: Tensor | float) -> Tensor:
@@ -690,7 +704,8 @@ def _take(relax: list[_Relax], reg: _Region, rho: list[tuple[Tensor, Tensor]], i
         return v
 
     rx = [_Relax(**{f.name: sel(getattr(r, f.name)) for f in dataclasses.fields(r)}) for r in relax]
-    rg = _Region(reg.centres[idx], reg.radius, reg.norm, reg.box, reg.lo[idx], reg.hi[idx])
+    rad = reg.radius[idx] if isinstance(reg.radius, Tensor) else reg.radius
+    rg = _Region(reg.centres[idx], rad, reg.norm, reg.box, reg.lo[idx], reg.hi[idx])
     return rx, rg, [(a[idx], b[idx]) for a, b in rho]
 
 
@@ -825,9 +840,9 @@ class _Analysis:
 
 
 def _analyse(pair: _Pair, ball: BallSpec, centres: Tensor | None, dt_t: torch.dtype,
-             dt_p: torch.dtype) -> _Analysis:
+             dt_p: torch.dtype, halfwidth: Tensor | None = None) -> _Analysis:
     """The relaxations and bounds of one chunk of balls (``pair`` and the dtypes prepared once per call)."""
-    reg = _region(ball, centres, pair.w[0].shape[1], pair.w[0].device)
+    reg = _region(ball, centres, pair.w[0].shape[1], pair.w[0].device, halfwidth)
     relax, bounds, rho = _propagate(pair, reg, dt_t, dt_p)
     return _Analysis(reg, pair, relax, bounds, rho)
 
@@ -874,13 +889,15 @@ def _optimise_slopes(an: _Analysis, dt_t: torch.dtype, dt_p: torch.dtype, steps:
 
 
 def _chunks(pair: _Pair, ball: BallSpec, centres: Tensor, dt_t: torch.dtype, dt_p: torch.dtype, batch_size: int,
-            cls: Tensor | None = None, optimise: int = 0) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+            cls: Tensor | None = None, optimise: int = 0, halfwidth: Tensor | None = None
+            ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
     """One propagation per chunk of balls: the output differences' intervals ``[B, m]`` (and, given F's
     classes ``cls``, the certified margins ``[B]`` of both nets, from the same relaxations); ``optimise``
     steps of slope optimisation for the intervals (:func:`_optimise_slopes`)."""
     los, his, mts, mps = [], [], [], []
     for start in range(0, centres.shape[0], batch_size):
-        an = _analyse(pair, ball, centres[start:start + batch_size], dt_t, dt_p)
+        an = _analyse(pair, ball, centres[start:start + batch_size], dt_t, dt_p,
+                      None if halfwidth is None else halfwidth[start:start + batch_size])
         _, _, dl, du, _, _ = an.bounds[-1]  # of the computed outputs' difference (rounding inside)
         if optimise:
             dl, du = _optimise_slopes(an, dt_t, dt_p, optimise)
@@ -921,9 +938,14 @@ def _check_batch_size(batch_size: object) -> None:
         raise ProbPruneError(f"batch_size={batch_size!r}: must be an integer >= 1")
 
 
+def _hw(reg: _Region) -> Tensor | None:
+    """The checked per-ball half-widths of a region, or ``None`` (a scalar radius)."""
+    return reg.radius if isinstance(reg.radius, Tensor) else None
+
+
 def differential_bound(target: Net, pruned: Net, ball: BallSpec, *, centres: Tensor | None = None,
                        forward_dtype: torch.dtype | None = None, batch_size: int = 32,
-                       optimise: int = 0) -> DifferentialBound:
+                       optimise: int = 0, halfwidth: Tensor | None = None) -> DifferentialBound:
     """Certified upper bound on ``sup_{x ∈ ball} ‖f(x) − F(x)‖₂`` by differential back-substitution.
 
     Args:
@@ -936,6 +958,8 @@ def differential_bound(target: Net, pruned: Net, ball: BallSpec, *, centres: Ten
         batch_size: balls per vectorised chunk (memory ~ 6·n²·batch_size doubles per layer).
         optimise: gradient steps on the unstable neurons' lower slopes (0: none; each costs about one
             back-substitution of the output rows).
+        halfwidth: ``[B, d]`` per-ball ℓ∞ half-widths (``linf`` only): ball b is the box ``c_b ± h_b`` (∩ box),
+            replacing the radius.
 
     Returns:
         :class:`DifferentialBound` with ``value`` ``[B]`` (``B = 1`` without ``centres``).
@@ -952,11 +976,12 @@ def differential_bound(target: Net, pruned: Net, ball: BallSpec, *, centres: Ten
     if isinstance(optimise, bool) or not isinstance(optimise, int) or optimise < 0:
         raise ProbPruneError(f"optimise={optimise!r}: must be an integer >= 0")
     pair0 = _prepare(target, pruned)
-    reg0 = _region(ball, centres, pair0.w[0].shape[1], pair0.w[0].device)
+    reg0 = _region(ball, centres, pair0.w[0].shape[1], pair0.w[0].device, halfwidth)
     dt, dt_p = _dtype(target, forward_dtype), _dtype(pruned, forward_dtype)
     if _identical(target, pruned):
         return _zero_bound(ball, reg0.centres, pair0.w[-1].shape[0], dt, dt_p)
-    lo, hi, _, _ = _chunks(pair0, ball, reg0.centres, dt, dt_p, batch_size, optimise=optimise)
+    lo, hi, _, _ = _chunks(pair0, ball, reg0.centres, dt, dt_p, batch_size, optimise=optimise,
+                           halfwidth=_hw(reg0))
     return _gap_bound(lo, hi, ball, reg0.centres, dt, dt_p)
 
 
@@ -986,7 +1011,7 @@ def _inside(x: Tensor, reg: _Region) -> Tensor:
     v = x - reg.centres
     d = x.shape[-1]
     if reg.norm == "linf":
-        ok = (v.abs().amax(-1) * (1.0 + 4.0 * _U)) <= reg.radius
+        ok = ((v.abs() * (1.0 + 4.0 * _U)) <= reg.radius).all(-1)
     else:
         ok = v.norm(dim=-1) * (1.0 + _g2(d + 4)) <= reg.radius
     if reg.box is not None:
@@ -1047,7 +1072,7 @@ def _ascend(objective: Callable[[Tensor], Tensor], reg: _Region, n_restarts: int
 
 def gap_search(target: Net, pruned: Net, ball: BallSpec, generator: torch.Generator, *,
                centres: Tensor | None = None, n_restarts: int = 8, n_steps: int = 100,
-               step: float = 0.25, starts: Tensor | None = None) -> GapWitness:
+               step: float = 0.25, starts: Tensor | None = None, halfwidth: Tensor | None = None) -> GapWitness:
     """Lower bound on the gap over the ball by projected Adam ascent (float64), with the witnesses.
 
     Starts: the centre and ``n_restarts`` random points (uniform in the ℓ∞ box, on the ℓ2 sphere),
@@ -1061,12 +1086,13 @@ def gap_search(target: Net, pruned: Net, ball: BallSpec, generator: torch.Genera
         n_restarts, n_steps: budget. step: initial step as a fraction of the radius.
         starts: ``[S, d]`` extra starting points (e.g. data points, or a previous best), projected
             into each ball first.
+        halfwidth: ``[B, d]`` per-ball ℓ∞ half-widths (as :func:`differential_bound`).
     """
     pair = _prepare(target, pruned)
     for name, v in (("n_restarts", n_restarts), ("n_steps", n_steps)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 0:
             raise ProbPruneError(f"{name}={v!r}: must be an integer >= 0")
-    reg = _region(ball, centres, pair.w[0].shape[1], pair.w[0].device)
+    reg = _region(ball, centres, pair.w[0].shape[1], pair.w[0].device, halfwidth)
     if starts is not None and (not isinstance(starts, Tensor) or starts.dim() != 2
                                or starts.shape[1] != reg.centres.shape[1]):
         shape = tuple(starts.shape) if isinstance(starts, Tensor) else type(starts).__name__
@@ -1117,12 +1143,12 @@ def _margins(an: _Analysis, c: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def _attack(t64: Net, p64: Net, ball: BallSpec, sub: Tensor, csub: Tensor, generator: torch.Generator,
-            n_restarts: int, n_steps: int) -> list[Tensor | None]:
+            n_restarts: int, n_steps: int, halfwidth: Tensor | None = None) -> list[Tensor | None]:
     """Per ball of ``sub`` (centres ``[b, d]``, F's classes ``csub``): a float64 input of the ball ∩ box where
     the top-1 classes of F and f differ with clear margins, or ``None`` (projected ascent on
     ``max_j (f_j − f_c) − max_j (F_j − F_c)``; the centres themselves are candidates too)."""
     m = cast(Tensor, t64(sub[:1])).shape[-1]
-    reg = _region(ball, sub, sub.shape[1], sub.device)
+    reg = _region(ball, sub, sub.shape[1], sub.device, halfwidth)
     mask = torch.eye(m, dtype=torch.float64, device=sub.device)[csub].bool()
 
     def obj(x: Tensor) -> Tensor:
@@ -1140,7 +1166,8 @@ def _attack(t64: Net, p64: Net, ball: BallSpec, sub: Tensor, csub: Tensor, gener
     with torch.no_grad():
         cand = torch.cat([xb, sub])
         dis = _disagree(t64, p64, cand)
-        ins = _inside(cand, _Region(torch.cat([sub, sub]), reg.radius, reg.norm, reg.box, reg.lo, reg.hi))
+        rad = torch.cat([reg.radius, reg.radius]) if isinstance(reg.radius, Tensor) else reg.radius
+        ins = _inside(cand, _Region(torch.cat([sub, sub]), rad, reg.norm, reg.box, reg.lo, reg.hi))
     nsub = sub.shape[0]
     out: list[Tensor | None] = [None] * nsub
     for j in range(nsub):
@@ -1154,7 +1181,7 @@ def _attack(t64: Net, p64: Net, ball: BallSpec, sub: Tensor, csub: Tensor, gener
 def certified_agreement(target: Net, pruned: Net, ball: BallSpec, *, centres: Tensor | None = None,
                         forward_dtype: torch.dtype | None = None, attack: bool = True,
                         generator: torch.Generator | None = None, n_restarts: int = 4, n_steps: int = 50,
-                        batch_size: int = 32) -> AgreementResult:
+                        batch_size: int = 32, halfwidth: Tensor | None = None) -> AgreementResult:
     """Certify (or refute, with a witness) that f and F have the same top-1 class everywhere in the ball.
 
     ``c`` is F's top-1 class at the centre (float64). Certified means: the back-substituted lower
@@ -1172,18 +1199,20 @@ def certified_agreement(target: Net, pruned: Net, ball: BallSpec, *, centres: Te
         forward_dtype: dtype of the user's forward passes (default: the weights').
         attack: search for a witness where not certified. generator: its randomness (default seed 0).
         n_restarts, n_steps: attack budget. batch_size: balls per vectorised chunk.
+        halfwidth: ``[B, d]`` per-ball ℓ∞ half-widths (as :func:`differential_bound`).
     """
     _check_batch_size(batch_size)
     pair0 = _prepare(target, pruned)
     m = pair0.w[-1].shape[0]
     if m < 2:
         raise ProbPruneError(f"certified agreement: the network has {m} output; a classifier needs >= 2")
-    reg0 = _region(ball, centres, pair0.w[0].shape[1], pair0.w[0].device)
+    reg0 = _region(ball, centres, pair0.w[0].shape[1], pair0.w[0].device, halfwidth)
+    hw = _hw(reg0)
     dt_t, dt_p = _dtype(target, forward_dtype), _dtype(pruned, forward_dtype)
     t64, p64 = target.to(dtype=torch.float64), pruned.to(dtype=torch.float64)
     with torch.no_grad():
         cls = cast(Tensor, t64(reg0.centres)).argmax(-1)
-    lo, hi, mt_, mp_ = _chunks(pair0, ball, reg0.centres, dt_t, dt_p, batch_size, cls)
+    lo, hi, mt_, mp_ = _chunks(pair0, ball, reg0.centres, dt_t, dt_p, batch_size, cls, halfwidth=hw)
     mt, mp = cast(Tensor, mt_), cast(Tensor, mp_)  # given classes, _chunks returns the margins
     bound = _zero_bound(ball, reg0.centres, m, dt_t, dt_p) if _identical(target, pruned) else \
         _gap_bound(lo, hi, ball, reg0.centres, dt_t, dt_p)
@@ -1193,7 +1222,8 @@ def certified_agreement(target: Net, pruned: Net, ball: BallSpec, *, centres: Te
     open_idx = [i for i, v in enumerate(verdicts) if v != "certified"]
     if attack and open_idx:
         gen = generator if generator is not None else torch.Generator(device=cls.device).manual_seed(0)
-        found = _attack(t64, p64, ball, reg0.centres[open_idx], cls[open_idx], gen, n_restarts, n_steps)
+        found = _attack(t64, p64, ball, reg0.centres[open_idx], cls[open_idx], gen, n_restarts, n_steps,
+                        None if hw is None else hw[open_idx])
         for i, w in zip(open_idx, found):
             if w is not None:
                 verdicts[i] = "refuted"
