@@ -79,6 +79,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--n-restarts", type=int, default=4)
     ap.add_argument("--n-steps", type=int, default=50)
+    ap.add_argument("--finetune", choices=("both", "no", "yes"), default="both")
     a = ap.parse_args()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -90,7 +91,7 @@ def main() -> None:
         target = from_state_dict(spec, load_tensors(str(ckpt))[0])
         for method in a.methods.split(","):
             for frac in (float(f) for f in a.fractions.split(",")):
-                for ft in (False, True):
+                for ft in {"both": (False, True), "no": (False,), "yes": (True,)}[a.finetune]:
                     t0 = time.perf_counter()
                     pruned = _pruned(target, model, a.seed, method, frac, ft, ds)
                     t_train = time.perf_counter() - t0

@@ -110,7 +110,7 @@ def certify_cmd(
     tol: Annotated[float, typer.Option(help="--solve max-prune: width of the final bisection bracket.")] = 0.01,
     verbose: VerboseOpt = False,
 ) -> None:
-    from probprune.runner.certify import check_job, run_certify  # torch: when the command runs
+    from probprune.runner.certify import check_job  # torch: when the command runs
 
     _check_required(weights, pruned, data, radius if halfwidth is None else halfwidth, config, solve)
     job: CertifyJob = resolve(CertifyJob, table=CERTIFY_FLAGS, config=config, sets=list(sets or []), flags=dict(
@@ -125,8 +125,16 @@ def certify_cmd(
     ex = _executor(executor, address)
     resolved = job.to_dict()
     print_header(resolved, job.out if folder is None else folder, as_json, verbose, spec=job)
+    res = _run_with_progress(job, folder, ex, as_json)
+    _print_outcome(job, res, resolved, None if res.run_dir is None else _write_report(res.run_dir), as_json)
+
+
+def _run_with_progress(job: CertifyJob, folder: str | None, ex: Any, as_json: bool) -> Any:
+    """``run_certify`` under a progress display (as verify: a live bar on a terminal, plain lines every few
+    seconds otherwise, nothing under ``--json``); a Ray executor is shut down afterwards."""
+    from probprune.runner.certify import run_certify
+
     live = not as_json and err_console.is_terminal
-    # as verify: a live bar on a terminal, plain lines every few seconds otherwise, nothing under --json
     log = None if as_json or live else ProgressLog(err_console)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err_console, transient=True, disable=not live) as bar:
@@ -138,11 +146,14 @@ def certify_cmd(
                 log.update(done, total, "inputs")
 
         try:
-            res = run_certify(job, progress=progress, run_dir=folder, executor=ex)
+            return run_certify(job, progress=progress, run_dir=folder, executor=ex)
         finally:
             if ex is not None:
                 ex.shutdown()
-    report = None if res.run_dir is None else _write_report(res.run_dir)
+
+
+def _print_outcome(job: CertifyJob, res: Any, resolved: dict[str, Any], report: Any, as_json: bool) -> None:
+    """The JSON document, or the table and the run folder's report."""
     if as_json:
         emit_json({"config": resolved, "inputs": res.inputs, "arch": res.spec.to_arch(), "rows": res.rows,
                    "summary": res.summary, "run_dir": None if res.run_dir is None else str(res.run_dir),
