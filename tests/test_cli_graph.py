@@ -162,8 +162,10 @@ def test_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "p.safetensors").write_bytes(b"")
     _refused(["gap", "--weights", str(model), "--pruned", str(tmp_path / "p.safetensors")],
              "give the pruned model as .onnx", tmp_path, capsys)
-    _refused(["prune", "--weights", str(model), "--prune-fraction", "0.5", "--out", out, "--certificate", cert],
-             "certificates are for chain models for now", tmp_path, capsys)
+    _refused(["prune", "--weights", str(model), "--prune-fraction", "0.5", "--certificate", cert],
+             "give --out pruned.onnx too", tmp_path, capsys)  # a graph certificate states the pruned file's digest
+    _refused(["prune", "--weights", str(model), "--prune-fraction", "0.5", "--out", out, "--certificate", cert,
+              "--delta", "0.1"], "delta=0.1", tmp_path, capsys)
     _refused(["prune", "--weights", str(model), "--threshold", "0.1", "--out", out], "--threshold", tmp_path,
              capsys)
     _refused(["prune", "--weights", str(model), "--prune-fraction", "0.5", "--out", str(tmp_path / "q.safetensors")],

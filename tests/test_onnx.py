@@ -258,7 +258,7 @@ def test_reshape_that_fixes_a_dynamic_batch_is_refused(tmp_path: Path) -> None:
              helper.make_node("Gemm", ["f", "w"], ["y"], transB=1, name="fc0")]
     p = _write(tmp_path, nodes, [_t("s", np.array([1, 12], dtype=np.int64)), _t("w", _mat(0, 5, 12))],
                ["N", 3, 4])
-    with pytest.raises(ProbPruneError, match=r"node 'reshape' \(Reshape\).*keeps the batch dim"):
+    with pytest.raises(ProbPruneError, match=r"node 'reshape' \(Reshape\).*does not keep the batch dim first"):
         load_onnx(p)
 
 
@@ -288,8 +288,8 @@ def test_residual_add_of_two_activations_is_refused(tmp_path: Path) -> None:
                                helper.make_node("Add", ["r", "a"], ["s"], name="residual"),
                                helper.make_node("Gemm", ["s", "w1"], ["y"], transB=1, name="fc2")])
     p = _write(tmp_path, nodes, inits, ["N", 4])
-    with pytest.raises(ProbPruneError, match=r"tensor 'a' is read by 2 nodes .*node 'fc1' \(Gemm\).*"
-                                             r"node 'residual' \(Add\)"):
+    with pytest.raises(ProbPruneError, match=r"node 'residual' \(Add\): reads 2 tensors .*the graph branches "
+                                             r"\(a residual connection"):
         load_onnx(p)
 
 
@@ -297,7 +297,7 @@ def test_add_of_two_computed_tensors_without_fork_is_refused(tmp_path: Path) -> 
     nodes, inits = _fcn_nodes([helper.make_node("Add", ["a", "a"], ["s"], name="double"),
                                helper.make_node("Gemm", ["s", "w1"], ["y"], transB=1, name="fc1")])
     p = _write(tmp_path, nodes, inits, ["N", 4])
-    with pytest.raises(ProbPruneError, match=r"node 'double' \(Add\) reads 2 computed tensors"):
+    with pytest.raises(ProbPruneError, match=r"node 'double' \(Add\): reads 2 tensors"):
         load_onnx(p)
 
 
@@ -305,8 +305,8 @@ def test_two_gemms_in_a_row_with_an_activation_elsewhere_is_refused(tmp_path: Pa
     nodes, inits = _fcn_nodes([helper.make_node("Gemm", ["a", "w1", "b1"], ["g"], transB=1, name="fc1"),
                                helper.make_node("Gemm", ["g", "w1", "b1"], ["y"], transB=1, name="fc2")])
     p = _write(tmp_path, nodes, inits, ["N", 4])
-    with pytest.raises(ProbPruneError, match=r"'fc1' \(Gemm\) and node 'fc2' \(Gemm\) follow each other with no "
-                                             r"activation"):
+    with pytest.raises(ProbPruneError, match=r"node 'fc1' \(Gemm\): has no activation after it while 'relu0' "
+                                             r"applies one"):
         load_onnx(p)
 
 
@@ -321,13 +321,15 @@ def test_non_chain_graphs_are_refused(tmp_path: Path) -> None:
     nodes, inits = _fcn_nodes([helper.make_node("Gemm", ["a", "w1", "b1"], ["g"], transB=1, name="fc1"),
                                helper.make_node("Relu", ["b1"], ["y"], name="offchain")])
     p = _write(tmp_path, nodes, inits, ["N", 4], name="b.onnx")
-    with pytest.raises(ProbPruneError, match=r"tensor 'g' \(the output of node 'fc1' \(Gemm\)\) is read by no node"):
+    with pytest.raises(ProbPruneError, match=r"node 'offchain' \(Relu\): input 0 \('b1'\) is not a tensor computed "
+                                             r"from the model input"):
         load_onnx(p)
     # the output read again by a later node
     nodes, inits = _fcn_nodes([helper.make_node("Gemm", ["a", "w1", "b1"], ["y"], transB=1, name="fc1"),
                                helper.make_node("Relu", ["y"], ["z"], name="after")])
     p = _write(tmp_path, nodes, inits, ["N", 4], name="c.onnx")
-    with pytest.raises(ProbPruneError, match=r"graph output 'y' is also read by node 'after' \(Relu\)"):
+    with pytest.raises(ProbPruneError, match=r"output 'y': is not the last tensor computed from the input "
+                                             r"\(node 'after' \(Relu\) comes after it\)"):
         load_onnx(p)
 
 
@@ -335,20 +337,20 @@ def test_activation_after_the_output_is_refused(tmp_path: Path) -> None:
     nodes, inits = _fcn_nodes([helper.make_node("Gemm", ["a", "w1", "b1"], ["g"], transB=1, name="fc1"),
                                helper.make_node("Relu", ["g"], ["y"], name="relu_out")])
     p = _write(tmp_path, nodes, inits, ["N", 4])
-    with pytest.raises(ProbPruneError, match=r"node 'relu_out' \(Relu\) is an activation after the output layer"):
+    with pytest.raises(ProbPruneError, match=r"node 'relu_out' \(Relu\): is an activation after the output layer"):
         load_onnx(p)
 
 
 @pytest.mark.parametrize("case,pattern", [
-    ("conv_group", r"node 'conv' \(Conv\).*group=2"),
-    ("conv_dilation", r"node 'conv' \(Conv\).*dilations=\[2, 2\]"),
-    ("overlapping_pool", r"node 'pool' \(MaxPool\).*non-overlapping"),
-    ("bn_after_relu", r"node 'bn' \(BatchNormalization\).*only right after a Gemm/MatMul/Conv"),
+    ("conv_group", r"node 'conv' \(Conv\).*groups=2"),
+    ("conv_dilation", r"node 'conv' \(Conv\).*dilation=\(2, 2\)"),
+    ("overlapping_pool", r"node 'pool' \(MaxPool\).*stride = kernel"),
+    ("bn_after_relu", r"node 'bn' \(BatchNormalization\).*only right after a linear/conv node"),
     ("mixed_acts", r"mixed activations"),
     ("flatten_axis", r"node 'flat' \(Flatten\): axis=2"),
-    ("leaky_slope", r"node 'act' \(LeakyRelu\): alpha=2.0"),
-    ("nan_weight", r"node 'fc0' \(Gemm\): weight 'w0' contains non-finite"),
-    ("matmul_const_first", r"node 'fc0' \(MatMul\): its first input must be the network's tensor"),
+    ("leaky_slope", r"node 'act' \(LeakyRelu\): leaky_relu slope 2.0 is outside \[0, 1\]"),
+    ("nan_weight", r"node 'fc0' \(Gemm\): its weight contains non-finite"),
+    ("matmul_const_first", r"node 'fc0' \(MatMul\): B \('x'\) must be a constant"),
 ])
 def test_structural_refusals(tmp_path: Path, case: str, pattern: str) -> None:
     mk = helper.make_node
@@ -361,7 +363,8 @@ def test_structural_refusals(tmp_path: Path, case: str, pattern: str) -> None:
         nodes = [mk("Conv", ["x", "cw"], ["c"], name="conv", **conv_attrs), mk("Relu", ["c"], ["r"], name="relu"),
                  mk("MaxPool", ["r"], ["p"], name="pool", **pool_attrs), mk("Flatten", ["p"], ["f"], name="flat"),
                  mk("Gemm", ["f", "gw"], ["y"], transB=1, name="fc")]
-        p = _write(tmp_path, nodes, [_t("cw", conv_w), _t("gw", _mat(1, 3, 2))], ["N", 2, 8, 8])
+        flat = {"conv_group": 2 * 3 * 3, "conv_dilation": 2 * 2 * 2, "overlapping_pool": 2 * 2 * 2}[case]
+        p = _write(tmp_path, nodes, [_t("cw", conv_w), _t("gw", _mat(1, 3, flat))], ["N", 2, 8, 8])
     elif case == "bn_after_relu":
         nodes, inits = _fcn_nodes([mk("BatchNormalization", ["a", "s", "b", "m", "v"], ["n"], name="bn"),
                                    mk("Gemm", ["n", "w1"], ["y"], transB=1, name="fc1")])
@@ -438,13 +441,13 @@ def test_numerical_check_refuses_a_wrong_conversion(tmp_path: Path, monkeypatch:
     nodes, inits = _fcn_nodes([helper.make_node("Gemm", ["a", "w1", "b1"], ["y"], transB=1, name="fc1")])
     p = _write(tmp_path, nodes, inits, ["N", 4])
     load_onnx(p)  # the honest conversion passes
-    real = ponnx._build
+    real = ponnx._in_dtype
 
     def transposed(*args: Any, **kw: Any) -> Any:  # a converter bug: the first weight transposed
-        net, folded = real(*args, **kw)
-        return net.with_weights([net.weights[0].T.contiguous(), *net.weights[1:]]), folded
+        net = real(*args, **kw)
+        return net.with_weights([net.weights[0].T.contiguous(), *net.weights[1:]])
 
-    monkeypatch.setattr(ponnx, "_build", transposed)
+    monkeypatch.setattr(ponnx, "_in_dtype", transposed)
     with pytest.raises(ProbPruneError, match="output 'y': the converted network differs from a float64 evaluation"):
         load_onnx(p)
 
@@ -468,13 +471,13 @@ def test_folding_rounding_is_allowed_but_not_more(tmp_path: Path, monkeypatch: p
     p = _write(tmp_path, nodes, inits, ["N", 4])
     net = load_onnx(p)
     _agree(p, net, _inputs((4,)))
-    real = ponnx._build
+    real = ponnx._in_dtype
 
     def off_by_more(*args: Any, **kw: Any) -> Any:  # a folded weight off by 1e-4 relative: beyond one rounding
-        net, folded = real(*args, **kw)
-        return net.with_weights([net.weights[0], net.weights[1] * (1 + 1e-4)]), folded
+        net = real(*args, **kw)
+        return net.with_weights([net.weights[0], net.weights[1] * (1 + 1e-4)])
 
-    monkeypatch.setattr(ponnx, "_build", off_by_more)
+    monkeypatch.setattr(ponnx, "_in_dtype", off_by_more)
     with pytest.raises(ProbPruneError, match="differs from a float64 evaluation"):
         load_onnx(p)
 
@@ -502,9 +505,10 @@ def test_vnncomp_mnist_mlp_loads_and_equals_onnxruntime(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(not (SHARED / "Convnet_avgpool.onnx").exists(), reason="../shared models absent")
 def test_vnncomp_avgpool_cnn_is_refused_clearly() -> None:
-    # its Pad pads nothing (read as the identity); the AveragePool after it is what is refused
-    with pytest.raises(ProbPruneError, match=r"node 'AveragePool_3' \(AveragePool\), node 4 of 6.*op AveragePool is "
-                                             r"not supported \(average pooling is not representable yet"):
+    # its Pad pads nothing (read as the identity); the AveragePool after it is what the chain refuses (the graph
+    # reads it: tests/test_cli_graph.py)
+    with pytest.raises(ProbPruneError, match=r"node 'AveragePool_3' \(AveragePool\): op avgpool is not part of a "
+                                             r"chain Net; use the graph form"):
         load_onnx(SHARED / "Convnet_avgpool.onnx")
 
 
@@ -583,7 +587,7 @@ def test_pad_of_zeros_is_the_identity_and_padding_is_refused(tmp_path: Path, ops
     net = load_onnx(p)
     assert net.spec.kind == "cnn"
     _agree(p, net, _inputs((1, 6, 6)))
-    with pytest.raises(ProbPruneError, match=r"node 'pad' \(Pad\): pads=\[0, 0, 1, 1, 0, 0, 1, 1\].*only a Pad that "
+    with pytest.raises(ProbPruneError, match=r"node 'pad' \(Pad\): pads=\[1, 1, 1, 1, 0, 0\].*only a Pad that "
                                              r"pads nothing"):
         load_onnx(model([0, 0, 1, 1, 0, 0, 1, 1], "pad.onnx"))
 
@@ -615,3 +619,78 @@ def test_random_nets_round_trip_exactly(tmp_path: Path, data: st.DataObject) -> 
         spec = dataclasses.replace(spec, negative_slope=0.01)  # the slope only means something for leaky_relu
     assert back.spec == spec  # slope 0.25 is a float32 exactly
     assert all(torch.equal(a, b) for a, b in zip(back.state_dict().values(), net.state_dict().values()))
+
+
+# ---------------------------------------------------------------------- one reader: the graph, compiled to a chain
+
+
+def test_load_onnx_is_the_compiled_graph(tmp_path: Path) -> None:
+    from probprune.nets import compile_chain
+    from probprune.nets.onnx_graph import load_onnx_graph
+
+    spec = NetSpec(kind="cnn", input_shape=(2, 8, 8), convs=(ConvSpec(3, 3, pool=2),), widths=(5, 2), bias=True)
+    net = _rand_net(spec, seed=4)
+    p = save_onnx(net, tmp_path / "c.onnx")
+    graph, _ = load_onnx_graph(p)
+    via_graph = compile_chain(graph).to(dtype=torch.float32)
+    back = load_onnx(p)
+    assert back.spec == via_graph.spec == spec
+    assert all(torch.equal(a, b) and torch.equal(a, c) for a, b, c in
+               zip(back.state_dict().values(), via_graph.state_dict().values(), net.state_dict().values()))
+
+
+def test_a_graph_the_chain_refuses_is_handed_on(tmp_path: Path) -> None:
+    nodes, inits = _fcn_nodes([helper.make_node("Gemm", ["a", "w1", "b1"], ["g"], transB=1, name="fc1"),
+                               helper.make_node("Add", ["g", "a"], ["s"], name="residual"),
+                               helper.make_node("Gemm", ["s", "w1"], ["y"], transB=1, name="fc2")])
+    p = _write(tmp_path, nodes, inits, ["N", 4])
+    with pytest.raises(ProbPruneError, match=r"node 'residual' \(Add\): reads 2 tensors") as exc:
+        read_onnx(p)
+    graph, info = exc.value.graph_read  # type: ignore[attr-defined]
+    assert [n.op for n in graph.nodes] == ["linear", "act", "linear", "add", "linear"] and info.input_name == "x"
+    x = torch.from_numpy(_inputs((4,)).astype(np.float64))
+    np.testing.assert_allclose(graph(x).numpy(), _ort(p, x.numpy().astype(np.float32)), rtol=1e-5, atol=1e-5)
+
+
+def test_batchnorm_default_epsilon_is_the_float32_attribute(tmp_path: Path) -> None:
+    # ONNX's default epsilon is the float32 1e-5; reading it as the float64 1e-5 made the graph reader's check refuse
+    # a BatchNormalization with unit statistics (its shift cancels to ~5e-6)
+    nodes, inits = _fcn_nodes([helper.make_node("BatchNormalization", ["a", "s", "b", "m", "v"], ["n"], name="bn"),
+                               helper.make_node("Gemm", ["n", "w1"], ["y"], transB=1, name="fc1")])
+    inits += [_t(k, np.ones(4, np.float32)) for k in ("s", "b", "m", "v")]
+    p = _write(tmp_path, nodes, inits, ["N", 4])
+    from probprune.nets.onnx_graph import load_onnx_graph
+
+    graph, _ = load_onnx_graph(p)
+    bn = graph.node("bn")
+    assert bn.op == "affine" and float(bn.params["scale"][0]) == 1.0 / np.sqrt(1.0 + float(np.float32(1e-5)))
+    with pytest.raises(ProbPruneError, match=r"node 'bn' \(BatchNormalization\)"):  # not a chain: after the ReLU
+        load_onnx(p)
+
+
+def test_an_unused_dropout_mask_is_read(tmp_path: Path) -> None:
+    nodes, inits = _fcn_nodes([helper.make_node("Dropout", ["a"], ["d", "mask"], name="drop"),
+                               helper.make_node("Gemm", ["d", "w1"], ["y"], transB=1, name="fc1")])
+    p = _write(tmp_path, nodes, inits, ["N", 4])
+    net = load_onnx(p)
+    assert net.spec.to_arch() == "fcn:4,4,4"
+    _agree(p, net, _inputs((4,)))
+
+
+def test_the_cli_graph_fallback_takes_the_graph_already_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import probprune.runner.graph as rgraph
+
+    nodes, inits = _fcn_nodes([helper.make_node("Gemm", ["a", "w1", "b1"], ["g"], transB=1, name="fc1"),
+                               helper.make_node("Add", ["g", "a"], ["s"], name="residual"),
+                               helper.make_node("Gemm", ["s", "w1"], ["y"], transB=1, name="fc2")])
+    p = _write(tmp_path, nodes, inits, ["N", 4])
+    with pytest.raises(ProbPruneError) as exc:
+        read_onnx(p)
+
+    def no_second_read(path: Any) -> Any:
+        raise AssertionError("the model was read twice")
+
+    monkeypatch.setattr(rgraph, "load_onnx_graph", no_second_read)
+    found = rgraph.graph_fallback("weights", str(p), exc.value)
+    assert isinstance(found, rgraph.GraphModelFound)
+    assert found.model.graph is exc.value.graph_read[0]  # type: ignore[attr-defined]

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
 from probprune.cli.app import app, console, emit_json, print_header
+from probprune.config import ProbPruneError
+
+if TYPE_CHECKING:
+    from probprune.runner.certificate import CheckOutcome
 
 certificate_app = typer.Typer(help="Pruning certificates: JSON documents with the gap sandwich of a pruned "
-                              "network (schema: probprune/certificate.schema.json).", no_args_is_help=True)
+                              "network — chain (schema probprune/certificate.schema.json), ONNX graph "
+                              "(certificate4.schema.json) or local balls (certificate4-local.schema.json).",
+                              no_args_is_help=True)
 app.add_typer(certificate_app, name="certificate")
 
 
@@ -19,21 +26,25 @@ app.add_typer(certificate_app, name="certificate")
                          "reject it (exit 2, naming the field, the stated and the recomputed value).")
 def check_cmd(
     cert: Annotated[str, typer.Argument(help="The certificate (.json).")],
-    weights: Annotated[str, typer.Option(help="The pruned network f (.safetensors).")],
+    weights: Annotated[str, typer.Option(help="Chain certificate: the pruned network f (.safetensors). Graph "
+                                          "certificate (an ONNX model): the target F (.onnx), with --pruned.")],
     target: Annotated[Optional[str], typer.Option(
         help="The target F (.safetensors); not needed when the certified target was sampled from a law.")] = None,
+    pruned: Annotated[Optional[str], typer.Option(
+        help="Graph certificate: the pruned model f (.onnx); --weights is then the target, as `gap` takes them.")]
+    = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document instead of text.")] = False,
     dry_run: Annotated[bool, typer.Option(help="Print the resolved input and stop.")] = False,
 ) -> None:
     from probprune.report.certificate import read_certificate  # here: torch/matplotlib only when it runs
-    from probprune.runner.certificate import CertificateRejected, check_certificate
+    from probprune.runner.certificate import CertificateRejected
 
-    print_header({"certificate": cert, "weights": weights, "target": target}, None, as_json)
+    print_header({"certificate": cert, "weights": weights, "target": target, "pruned": pruned}, None, as_json)
     if dry_run:
         return
     doc = read_certificate(cert)
     try:
-        res = check_certificate(doc, weights, target, where=f"certificate={cert!r}")
+        res = _check(doc, cert, weights, target, pruned)
     except CertificateRejected as e:
         if as_json:  # the machine-readable verdict on stdout, then the one error line and exit 2
             emit_json({**e.to_dict(), "certificate": cert, "weights": weights})
@@ -48,3 +59,37 @@ def check_cmd(
                   + "; ".join(f"{f} ({r})" for f, r in res.not_verified), markup=False, soft_wrap=True)
     for note in res.notes:
         console.print(f"note: {note}", markup=False, soft_wrap=True)
+
+
+@certificate_app.command("show", help="Print a certificate as a short Markdown report: the model kind (chain or "
+                         "graph), files and digests, the pruning, the gap sandwich and its assumptions, and a table "
+                         "of its local balls. It shows what the certificate states; `certificate check` confirms it.")
+def show_cmd(cert: Annotated[str, typer.Argument(help="The certificate (.json).")]) -> None:
+    from probprune.report.certificate import read_certificate, render_certificate
+
+    console.print(render_certificate(read_certificate(cert)), markup=False, soft_wrap=True, highlight=False)
+
+
+def _check(doc: dict[str, Any], cert: str, weights: str, target: str | None, pruned: str | None) -> CheckOutcome:
+    """The checker of the certificate's model kind: a chain (format 3) or a graph (format 4, ``model: graph``)."""
+    where = f"certificate={cert!r}"
+    if doc.get("model") == "chain":  # format 4: a local certificate (balls around inputs)
+        from probprune.runner.certificate_local import check_local_certificate
+
+        if pruned is None or target is not None:
+            raise ProbPruneError(f"{where}: a local certificate is checked with --weights TARGET --pruned PRUNED "
+                                 "(as `probprune certify` takes them), not --target")
+        return check_local_certificate(doc, weights, pruned, where=where, cert_dir=Path(cert).parent)
+    if doc.get("model") == "graph":
+        from probprune.runner.certificate_graph import check_graph_certificate
+
+        if pruned is None or target is not None:
+            raise ProbPruneError(f"{where}: a graph certificate is checked with --weights TARGET.onnx --pruned "
+                                 "PRUNED.onnx (as `probprune gap` takes them), not --target")
+        return check_graph_certificate(doc, weights, pruned, where=where)
+    from probprune.runner.certificate import check_certificate
+
+    if pruned is not None:
+        raise ProbPruneError(f"pruned={pruned!r}: a chain certificate is checked with --weights PRUNED "
+                             "[--target TARGET]; --pruned is for graph certificates")
+    return check_certificate(doc, weights, target, where=where)

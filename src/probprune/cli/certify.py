@@ -109,6 +109,8 @@ def certify_cmd(
     = 0.95,
     tol: Annotated[float, typer.Option(help="--solve max-prune: width of the final bisection bracket.")] = 0.01,
     verbose: VerboseOpt = False,
+    certificate: Annotated[Optional[str], typer.Option(help="Write a local certificate (.json), one ball per input; "
+                                                       "`probprune certificate check` re-derives it.")] = None,
 ) -> None:
     from probprune.runner.certify import check_job  # torch: when the command runs
 
@@ -117,6 +119,10 @@ def certify_cmd(
         weights=weights, pruned=weights if solve is not None else pruned, data=data, radius=radius,
         n_points=n_points, norm=norm, clip=clip, arch=arch, activation=activation, bias=bias, labels=labels,
         n_restarts=n_restarts, n_steps=n_steps, seed=seed, out=out, halfwidth=halfwidth, radii=radii))
+    if certificate is not None and job.halfwidth is not None:
+        raise ProbPruneError(f"certificate={certificate!r}: not taken with --halfwidth yet (the local certificate "
+                             "states one radius per ball)")
+    _check_certificate_path(certificate, solve, job.out)
     folder = _run_folder(run_dir, runs_dir, job, solve, method, scope, agreement, tol)
     if solve is not None:
         _max_prune(job, solve, method, scope, agreement, tol, as_json, verbose, folder)
@@ -126,6 +132,7 @@ def certify_cmd(
     resolved = job.to_dict()
     print_header(resolved, job.out if folder is None else folder, as_json, verbose, spec=job)
     res = _run_with_progress(job, folder, ex, as_json)
+    _write_local_certificate(certificate, job, res)
     _print_outcome(job, res, resolved, None if res.run_dir is None else _write_report(res.run_dir), as_json)
 
 
@@ -155,8 +162,9 @@ def _run_with_progress(job: CertifyJob, folder: str | None, ex: Any, as_json: bo
 def _print_outcome(job: CertifyJob, res: Any, resolved: dict[str, Any], report: Any, as_json: bool) -> None:
     """The JSON document, or the table and the run folder's report."""
     if as_json:
-        emit_json({"config": resolved, "inputs": res.inputs, "arch": res.spec.to_arch(), "rows": res.rows,
-                   "summary": res.summary, "run_dir": None if res.run_dir is None else str(res.run_dir),
+        emit_json({"config": resolved, "inputs": res.inputs, "arch": "onnx graph" if res.spec is None
+                   else res.spec.to_arch(), "rows": res.rows, "summary": res.summary,
+                   "run_dir": None if res.run_dir is None else str(res.run_dir),
                    "report": None if report is None else str(report)})
         return
     console.print(f"inputs: {res.inputs}", markup=False)
@@ -202,6 +210,29 @@ def _write_report(run_dir: Any) -> Any:
     from probprune.report.certify import build_certify_report
 
     return build_certify_report(run_dir)
+
+
+def _check_certificate_path(certificate: str | None, solve: str | None, out: str | None) -> None:
+    """``--certificate``: a ``.json`` path that can be written (not with ``--solve``)."""
+    if certificate is None:
+        return
+    if solve is not None:
+        raise ProbPruneError(f"certificate={certificate!r}: not taken with --solve (certify a chosen pruned model)")
+    if not certificate.endswith(".json"):
+        raise ProbPruneError(f"certificate={certificate!r}: must end in .json")
+    from probprune.runner.prune import check_output_paths
+
+    check_output_paths({"out": out, "certificate": certificate})
+
+
+def _write_local_certificate(certificate: str | None, job: CertifyJob, res: Any) -> None:
+    """``--certificate``: the run's balls as a local certificate (:mod:`probprune.runner.certificate_local`)."""
+    if certificate is None:
+        return
+    from probprune.report.certificate import write_certificate
+    from probprune.runner.certificate_local import certify_certificate
+
+    write_certificate(certificate, certify_certificate(job, res))
 
 
 def _check_required(weights: str | None, pruned: str | None, data: str | None, radius: object,

@@ -40,6 +40,21 @@ def _prune_job(config: str | None, sets: list[str] | None,
     return job, loaded
 
 
+def _graph_for_certificate(job: PruneJob | None, loaded: dict[str, Any], certificate: str | None,
+                           configured: bool) -> tuple[PruneJob | None, dict[str, Any]]:
+    """An ONNX chain model with ``--certificate`` takes the graph path: its certificate is a graph certificate
+    (:mod:`probprune.runner.certificate_graph`); ``(None, {"graph": GraphModelFound})`` then, else unchanged."""
+    if job is None or certificate is None or job.weights is None or not str(job.weights).lower().endswith(".onnx"):
+        return job, loaded
+    from probprune.runner.certificate_graph import read_graph_model
+    from probprune.runner.graph import GraphModelFound
+
+    if configured:
+        raise ProbPruneError(f"config: --config/--set are not supported with --certificate for ONNX models yet "
+                             f"(weights={job.weights!r}); give the options as flags")
+    return None, {"graph": GraphModelFound("weights", read_graph_model("weights", job.weights))}
+
+
 def _check_certificate(certificate: str | None, delta: float | None, job: PruneJob) -> None:
     if certificate is None:
         if delta is not None:
@@ -118,10 +133,10 @@ def prune_cmd(
                  scope=scope, prune_fraction=prune_fraction, threshold=threshold,
                  relative_threshold=relative_threshold, p=p, rescale=rescale, out=out, save_target=save_target,
                  device=device)
-    job, loaded = _prune_job(config, sets, flags)
+    job, loaded = _graph_for_certificate(*_prune_job(config, sets, flags), certificate, bool(config or sets))
     if job is None:  # an ONNX graph the chain reader refuses: the graph path
         return _graph_prune(loaded["graph"], flags, as_json, dry_run, verbose, radius if gap else None, certificate,
-                            delta)
+                            delta, cert_radius=radius)
     _check_certificate(certificate, delta, job)
     check_prune_job(job)
     gap_spec = GapSpec(radius=radius) if gap else None
@@ -174,9 +189,11 @@ def _print_outcome(job: PruneJob, stats: dict[str, Any], sw: Any, cert_doc: dict
 
 def _graph_refusals(flags: dict[str, Any], certificate: str | None, delta: float | None, path: str) -> None:
     """What the graph path of ``prune`` does not take: one line naming the flag."""
-    if certificate is not None or delta is not None:
-        raise ProbPruneError(f"certificate={certificate!r}: certificates are for chain models for now "
-                             f"(weights={path!r} is an ONNX graph)")
+    if delta is not None:
+        raise ProbPruneError(f"delta={delta!r}: needs --law; an ONNX graph model has no probabilistic bound ε(δ)")
+    if certificate is not None and flags.get("out") is None:
+        raise ProbPruneError(f"certificate={certificate!r}: a graph certificate states the digest of the pruned "
+                             f"model: give --out pruned.onnx too (weights={path!r} is an ONNX graph)")
     for name, flag in (("arch", "--arch"), ("activation", "--activation"), ("bias", "--bias/--no-bias"),
                        ("law", "--law"), ("save_target", "--save-target")):
         if flags.get(name) is not None:
@@ -190,7 +207,7 @@ def _graph_refusals(flags: dict[str, Any], certificate: str | None, delta: float
 
 
 def _graph_prune(found: Any, flags: dict[str, Any], as_json: bool, dry_run: bool, verbose: bool,
-                 radius: float | None, certificate: str | None, delta: float | None) -> None:
+                 radius: float | None, certificate: str | None, delta: float | None, cert_radius: float = 1.0) -> None:
     """``prune`` on an ONNX graph (:mod:`probprune.runner.graph`): prune, optionally the sandwich, write ``--out``."""
     from probprune.config import PruneSpec
     from probprune.runner.graph import GRAPH_NOTE, check_graph_prune, graph_sandwich, run_graph_prune, write_graph
@@ -204,7 +221,7 @@ def _graph_prune(found: Any, flags: dict[str, Any], as_json: bool, dry_run: bool
     check_graph_prune(spec)
     seed = 0 if flags.get("seed") is None else int(flags["seed"])
     gap_spec = None if radius is None else GapSpec(radius=radius)
-    check_output_paths({"out": flags.get("out")})
+    check_output_paths({"out": flags.get("out"), "certificate": certificate})
     resolved: dict[str, Any] = {"model": "onnx graph", "weights": model.path, "seed": seed,
                                 "prune": {k: v for k, v in vars(spec).items() if v is not None}}
     if gap_spec is not None:
@@ -214,12 +231,18 @@ def _graph_prune(found: Any, flags: dict[str, Any], as_json: bool, dry_run: bool
         return
     res = run_graph_prune(model, spec, seed)
     sw = None if gap_spec is None else graph_sandwich(res.target, res.pruned, gap_spec, seed)
-    if flags.get("out") is not None:
+    cert_doc = None
+    if certificate is not None:
+        cert_doc = _graph_certificate(model, res, spec, flags["out"], certificate, GapSpec(radius=cert_radius))
+    elif flags.get("out") is not None:
         write_graph(res, flags["out"])
     if as_json:
         doc: dict[str, Any] = {"config": resolved, "stats": res.stats, "out": flags.get("out"), "save_target": None}
         if sw is not None:
             doc["sandwich"] = sw.to_dict()
+        if cert_doc is not None:
+            doc["certificate"] = {"path": certificate, "gap": cert_doc["gap"]["upper"],
+                                  "lower": cert_doc["gap"]["lower"], "model": "graph"}
         emit_json(doc)
         return
     console.print(stats_table(res.stats))
@@ -232,3 +255,24 @@ def _graph_prune(found: Any, flags: dict[str, Any], as_json: bool, dry_run: bool
                       + GRAPH_NOTE, markup=False)
     if flags.get("out"):
         console.print(f"pruned model written to {flags['out']}", markup=False, soft_wrap=True)
+    if cert_doc is not None:
+        console.print(f"certificate written to {certificate}", markup=False, soft_wrap=True)
+
+
+def _graph_certificate(model: Any, res: Any, spec: Any, out: str, certificate: str, gap: Any) -> dict[str, Any]:
+    """Write the pruned graph and its certificate (:mod:`probprune.runner.certificate_graph`); on failure neither
+    new file is left behind."""
+    from probprune.report.certificate import write_certificate
+    from probprune.runner.certificate_graph import make_graph_certificate
+    from probprune.runner.graph import write_graph
+
+    new_files = [Path(f) for f in (out, certificate) if not Path(f).exists()]
+    try:
+        write_graph(res, out)
+        doc = make_graph_certificate(model, res, spec, out, gap)
+        write_certificate(certificate, doc)
+    except BaseException:
+        for f in new_files:
+            f.unlink(missing_ok=True)
+        raise
+    return doc

@@ -19,13 +19,16 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Literal, cast
+from typing import TYPE_CHECKING, Literal, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from probprune.config import ConvSpec, ExecutionPolicy, NetSpec, ProbPruneError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from probprune.nets.graph import Graph
 
 __all__ = [
     "Activation",
@@ -34,6 +37,7 @@ __all__ = [
     "check_dtype",
     "check_finite",
     "check_pair",
+    "compile_chain",
     "from_module",
     "from_state_dict",
     "stack",
@@ -285,6 +289,12 @@ class Net:
         """Number of weights per member (biases excluded)."""
         return sum(math.prod(s) for s in self.spec.weight_shapes())
 
+    def to_graph(self) -> Graph:
+        """This chain as a :class:`~probprune.nets.graph.Graph` (exact; :func:`probprune.nets.chain.graph_of`)."""
+        from probprune.nets.chain import graph_of
+
+        return graph_of(self)
+
     # ------------------------------------------------------------------ forward
     def forward(self, x: Tensor, return_hidden: bool = False, *, policy: ExecutionPolicy | None = None,
                 workers: Executor | None = None) -> Tensor | tuple[Tensor, list[Tensor]]:
@@ -480,6 +490,16 @@ def stack(nets: Sequence[Net]) -> Net:
 
 SUPPORTED_DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.float64)
 """Weight/bias dtypes a ``Net`` accepts: the certified bounds assume float32 or float64 arithmetic."""
+
+
+def compile_chain(graph: Graph) -> Net:
+    """The chain :class:`Net` a chain graph compiles to, exactly, or refused naming the node.
+
+    See :func:`probprune.nets.chain.compile_chain`; :meth:`Net.to_graph` is the inverse.
+    """
+    from probprune.nets.chain import compile_chain as _compile
+
+    return _compile(graph)
 
 
 def check_dtype(name: str, t: Tensor) -> None:

@@ -15,6 +15,8 @@ Ops (per-sample shapes; the batch dim ``N`` is never touched):
   where nothing precedes it to fold into, input normalisation, multiplication or division by constants);
 * ``add`` (two inputs: residual sums), ``cat`` (attr ``dim``, per-sample), ``reshape`` (attr ``shape``),
   ``pad`` (attr ``pads`` in :func:`torch.nn.functional.pad` order, zeros), ``identity``;
+* ``circular_pad`` (attr ``pads`` as for ``pad``; wraps around: what ``nn.Conv2d(padding_mode="circular")`` applies
+  before its convolution — the chain ``Net``'s circular convs are ``circular_pad`` then ``conv`` with no padding);
 * ``maxpool``, ``avgpool`` (attrs ``kernel``, ``stride``, ``padding``; avg: ``count_include_pad``),
   ``adaptive_avgpool`` (attr ``output_size``), 1-D or 2-D (attr ``dims``);
 * ``act`` — an elementwise :class:`Activation` (attr ``act``) with its exact Lipschitz constant and σ(0).
@@ -41,7 +43,7 @@ from probprune.config import ProbPruneError
 __all__ = ["ACTIVATIONS", "OPS", "Activation", "Graph", "Node", "activation"]
 
 OPS = ("linear", "conv", "affine", "add", "cat", "reshape", "pad", "identity", "maxpool", "avgpool",
-       "adaptive_avgpool", "act")
+       "adaptive_avgpool", "act", "circular_pad")
 """Every op a :class:`Node` may have."""
 
 ACTIVATIONS = ("relu", "leaky_relu", "relu6", "hardtanh", "elu", "gelu", "silu", "tanh", "sigmoid", "softplus")
@@ -245,6 +247,7 @@ _UNARY: dict[str, Callable[[Node, Tensor, Mapping[str, Tensor]], Tensor]] = {
     "affine": _affine,
     "reshape": lambda n, x, p: x.reshape(x.shape[0], *n.attrs["shape"]),
     "pad": lambda n, x, p: F.pad(x, n.attrs["pads"]),
+    "circular_pad": lambda n, x, p: F.pad(x, n.attrs["pads"], mode="circular"),
     "identity": lambda n, x, p: x,
     "maxpool": _maxpool,
     "avgpool": _avgpool,

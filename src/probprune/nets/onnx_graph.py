@@ -83,18 +83,24 @@ class _Reader:
     vals: dict[str, Tensor] = field(default_factory=dict)  # graph node → value on one zero sample
     folded: set[str] = field(default_factory=set)  # ONNX tensors whose graph node absorbed a BatchNormalization
     taken: set[str] = field(default_factory=lambda: {"input"})
+    origin: dict[str, NodeProto] = field(default_factory=dict)  # graph node → the ONNX node it was read from
+    position: str = ""  # where the node being read is: "node 4 of 6"
 
     def emit(self, onnx_node: NodeProto, base: str, op: str, inputs: tuple[str, ...],
              attrs: dict[str, Any] | None = None, params: dict[str, Tensor] | None = None) -> None:
         name = base or onnx_node.name or f"{onnx_node.op_type.lower()}_{len(self.nodes)}"
         while name in self.taken:
             name += "_"
+        for pname, t in (params or {}).items():
+            if not bool(torch.isfinite(t).all()):
+                raise _fail(f"{_label(onnx_node)}: its {pname} contains non-finite values (NaN or inf)")
         node = Node(name, op, inputs, attrs or {}, params or {})
         try:
             self.vals[name] = apply_node(node, [self.vals[i] for i in inputs])
         except (RuntimeError, ValueError, IndexError, TypeError) as exc:
             raise _fail(f"{_label(onnx_node)}: cannot run on its input shapes: {str(exc).splitlines()[0]}") from exc
         self.taken.add(name)
+        self.origin[name] = onnx_node
         self.nodes.append(node)
         self.names[onnx_node.output[0]] = name
 
@@ -166,7 +172,7 @@ def _batchnorm(r: _Reader, node: NodeProto, a: dict[str, Any]) -> None:
     if any(p is None for p in parts):
         raise _fail(f"{_label(node)}: scale, B, mean and var must all be given")
     gamma, beta, mean, var = (_f64(cast(np.ndarray, p)) for p in parts)
-    scale = gamma / torch.sqrt(var + float(a.get("epsilon", 1e-5)))
+    scale = gamma / torch.sqrt(var + float(a.get("epsilon", np.float32(1e-5))))  # the default is a float32 attribute
     shift = beta - mean * scale
     src = r.src(node)
     prev = r.nodes[-1] if r.nodes else None
@@ -352,12 +358,15 @@ def _convert(r: _Reader, node: NodeProto) -> None:
             raise _fail(f"{_label(node)}: concatenation along the batch dim is not supported")
         r.emit(node, "", "cat", tuple(r.src(node, i) for i in range(len(node.input))), {"dim": axis - 1})
     elif op in _ALIASES:
-        if len([o for o in node.output if o]) != 1:
-            raise _fail(f"{_label(node)}: a Dropout mask output is not supported")
+        used = [o for o in node.output[1:] if o and r.consumers.get(o, 0)]
+        if used:
+            raise _fail(f"{_label(node)}: its second output {used[0]!r} is used; only its first output can be part "
+                        "of a network")
         r.names[node.output[0]] = r.src(node)
     else:
-        raise _fail(f"{_label(node)}: op {op} is not supported; LayerNormalization, attention, Softmax and other "
-                    "ops have no rule here — remove them from the certified part or replace them with supported ops")
+        raise _fail(f"{_label(node)}, {r.position}: op {op} is not supported; LayerNormalization, attention, "
+                    "Softmax and other ops have no rule here — remove them from the certified part or replace them "
+                    "with supported ops")
 
 
 def _double_model(model: ModelProto, names: list[str]) -> ModelProto:
@@ -439,7 +448,12 @@ def load_onnx_graph(path: str | os.PathLike[str]) -> tuple[Graph, OnnxGraphInfo]
     Raises:
         ProbPruneError: naming the file, node (name and op type) or tensor, and the reason.
     """
-    model = _read_model(path)
+    graph, info, _ = read_model_graph(_read_model(path))
+    return graph, info
+
+
+def read_model_graph(model: ModelProto) -> tuple[Graph, OnnxGraphInfo, dict[str, NodeProto]]:
+    """:func:`load_onnx_graph` on a parsed and checked model; also the ONNX node each graph node was read from."""
     opset = _opset(model)
     consts = _constants(model)
     g = model.graph
@@ -462,16 +476,23 @@ def load_onnx_graph(path: str | os.PathLike[str]) -> tuple[Graph, OnnxGraphInfo]
     sample = cast(tuple[int, ...], dims[1:])
     r = _Reader(consts, batch, opset, consumers, names={inp.name: "input"},
                 vals={"input": torch.zeros(1, *sample, dtype=torch.float64)})
+    total = sum(node.op_type != "Constant" for node in g.node)
+    pos = 0
     for node in g.node:
         if node.op_type != "Constant":
+            pos += 1
+            r.position = f"node {pos} of {total}"
             _convert(r, node)
         for o in node.output:
             r.producer[o] = node
     if outp.name not in r.names or r.names[outp.name] != (r.nodes[-1].name if r.nodes else None):
-        raise _fail(f"output {outp.name!r}: is not the last tensor computed from the input")
+        after = f" ({_label(r.origin[r.nodes[-1].name])} comes after it)" if r.nodes and r.nodes[-1].name in r.origin \
+            else ""
+        raise _fail(f"output {outp.name!r}: is not the last tensor computed from the input{after}: the graph branches "
+                    "or has unused nodes; remove them (or extra outputs)")
     graph = Graph(r.nodes, sample)
     _check(model, graph, r, inp.name, outp.name)
-    return graph, OnnxGraphInfo(inp.name, outp.name, dims, opset)
+    return graph, OnnxGraphInfo(inp.name, outp.name, dims, opset), r.origin
 
 
 @dataclass
@@ -568,8 +589,11 @@ def _write_node(w: _Writer, g: Graph, node: Node, ins: list[str], out: str) -> N
                                  "has uneven windows; ONNX has no such op")
     elif node.op == "act":
         _write_act(w, node, ins[0], out)
-    else:
+    elif node.op == "identity":
         w.node("Identity", ins, out, nm)
+    else:  # circular_pad (ONNX Pad mode "wrap" needs opset 19), and any op added later: never written as another
+        raise ProbPruneError(f"save_onnx_graph: node {nm!r}: op {node.op} cannot be written to ONNX here; keep the "
+                             "network as a Net (probprune.nets.onnx.save_onnx refuses circular padding too)")
 
 
 def save_onnx_graph(graph: Graph, path: str | os.PathLike[str], input_name: str = "input",

@@ -616,6 +616,11 @@ def check_certificate(doc: Mapping[str, Any], weights: str | Path, target: str |
             both values).
         ProbPruneError: unreadable weights, a missing ``--target``, a device not available here.
     """
+    if doc.get("model") is not None:  # format 4: checked from the target and the pruned file
+        name = "certificate_graph.check_graph_certificate" if doc["model"] == "graph" else \
+            "certificate_local.check_local_certificate"
+        raise ProbPruneError(f"{where}: field model: {doc['model']!r}: check it with probprune.runner.{name} "
+                             "(`certificate check CERT --weights TARGET --pruned PRUNED`)")
     c = _Checker(where, rtol)
     spec = parse_arch(doc["arch"], activation=doc["activation"], bias=doc["bias"])
     pruned = load_net(spec, str(weights))

@@ -89,12 +89,12 @@ RADIUS_FRACTIONS = (0.25, 0.5, 2.0)
 
 @dataclass(frozen=True, eq=False)
 class CertifyOutcome:
-    """Per-input rows, the summary, and the note on the inputs' scale."""
+    """Per-input rows, the summary, and the note on the inputs' scale (``spec``: None for a graph model)."""
 
     rows: list[dict[str, Any]]
     summary: dict[str, Any]
     inputs: str
-    spec: NetSpec
+    spec: NetSpec | None
     run_dir: Path | None = None
 
 
@@ -494,6 +494,23 @@ def _stored_doc(job: CertifyJob, h: str, files: dict[str, str], solve: dict[str,
             "version": package_version("probprune")}
 
 
+def _graph_target(job: CertifyJob) -> Any:
+    """The target as a :class:`~probprune.runner.graph.GraphModel` when it is an ONNX graph the chain reader
+    refuses and the graph reader reads exactly; ``None`` for a chain (or a .safetensors file)."""
+    if _model_kind("weights", job.weights) != "onnx":
+        return None
+    from probprune.runner.graph import GraphModelFound, graph_fallback
+
+    try:
+        load_onnx(job.weights)
+    except ProbPruneError as e:
+        err = graph_fallback("weights", job.weights, e)
+        if isinstance(err, GraphModelFound):
+            return err.model
+        raise err from None
+    return None
+
+
 def run_certify(job: CertifyJob, progress: Progress | None = None, write: bool = True, *,
                 run_dir: str | Path | None = None, executor: Any = None) -> CertifyOutcome:
     """Load, certify every input (as units, on ``executor``), summarise; store and resume in ``run_dir``.
@@ -507,6 +524,15 @@ def run_certify(job: CertifyJob, progress: Progress | None = None, write: bool =
         executor: ``map(fn, units)`` yielding ``(unit, records)`` (e.g. a
             :class:`~probprune.runner.ray_executor.RayExecutor`); ``None`` runs the units here.
     """
+    check_job(job)
+    graph = _graph_target(job)
+    if graph is not None:  # an ONNX graph (conv, residual): the differential graph bound
+        from probprune.runner.certify_graph import run_graph_certify
+
+        for name, v in (("run_dir", run_dir), ("executor", executor), ("halfwidth", job.halfwidth)):
+            if v is not None:
+                raise ProbPruneError(f"{name}={v!r}: not supported for graph models yet (a chain FCN only)")
+        return run_graph_certify(job, graph, progress=progress, write=write)
     loaded = load_job(job)
     h, files = config_hash(job), job_files(job)
     n = int(loaded.x.shape[0])

@@ -14,7 +14,7 @@ catch it and run :func:`run_graph_prune` / :func:`run_graph_gap` instead:
   not a float32 forward pass). The pruned graph of ``prune --gap`` is the one written (its parameters rounded to
   float32 as in the file), so the sandwich is about the file.
 
-Certificates are for chain models for now.
+Certificates of graph models: :mod:`probprune.runner.certificate_graph` (``prune --certificate`` with ``--out``).
 """
 
 from __future__ import annotations
@@ -71,6 +71,9 @@ def graph_fallback(name: str, path: str, chain_error: ProbPruneError) -> ProbPru
     refuses too, its message is used where it names a node (an unsupported op, named with its op type), else the
     chain reader's (a broken file, an old opset: the same check in both readers).
     """
+    read = getattr(chain_error, "graph_read", None)
+    if read is not None:  # one reader: the graph was read, only its lowering to a chain refused
+        return GraphModelFound(name, GraphModel(read[0], read[1], path))
     try:
         graph, info = load_onnx_graph(path)
     except ProbPruneError as e:

@@ -1,0 +1,126 @@
+"""`probprune certify` on ONNX graph models: the same rows and summary as chains, both bounds valid, one-line errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cliharness import run
+from probprune.bounds.differential_graph import graph_differential_bound, graph_gap_search
+from probprune.bounds.graph import certified_graph_gap
+from probprune.config import BallSpec
+from probprune.nets.graph import Graph, Node, activation
+from probprune.nets.onnx_graph import load_onnx_graph, save_onnx_graph
+from probprune.runner.certify_graph import certify_graphs
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+FAST = ["--n-restarts", "2", "--n-steps", "15"]
+
+
+def _residual(seed: int) -> Graph:
+    """conv → relu → conv (+ skip) → relu → avgpool → flatten → linear: a residual graph (no chain form)."""
+    g = torch.Generator().manual_seed(seed)
+    pad = {"stride": (1, 1), "padding": ((1, 1), (1, 1)), "dilation": (1, 1), "groups": 1}
+
+    def t(*shape: int, s: float) -> torch.Tensor:
+        return torch.randn(*shape, generator=g, dtype=torch.float64) * s
+
+    nodes = [Node("c1", "conv", ("input",), pad, {"weight": t(3, 1, 3, 3, s=0.5), "bias": t(3, s=0.1)}),
+             Node("r1", "act", ("c1",), {"act": activation("relu")}),
+             Node("c2", "conv", ("r1",), pad, {"weight": t(3, 3, 3, 3, s=0.3), "bias": t(3, s=0.1)}),
+             Node("sum", "add", ("c2", "r1")),
+             Node("r2", "act", ("sum",), {"act": activation("relu")}),
+             Node("pool", "avgpool", ("r2",), {"dims": 2, "kernel": (2, 2), "stride": (2, 2), "padding": (0, 0),
+                                              "count_include_pad": True}),
+             Node("flat", "reshape", ("pool",), {"shape": (12,)}),
+             Node("fc", "linear", ("flat",), params={"weight": t(4, 12, s=0.5), "bias": t(4, s=0.1)})]
+    return Graph(nodes, (1, 4, 4))
+
+
+@pytest.fixture()
+def files(tmp_path: Path) -> dict[str, Path]:
+    target = _residual(0)
+    params = target.parameters()
+    pruned = target.with_parameters({k: params[k] * (params[k].abs() > 0.15) for k in target.prunable()})
+    paths = {"t": tmp_path / "t.onnx", "p": tmp_path / "p.onnx", "x": tmp_path / "x.npy", "y": tmp_path / "y.npy"}
+    save_onnx_graph(target, paths["t"], dtype=torch.float64)
+    save_onnx_graph(pruned, paths["p"], dtype=torch.float64)
+    x = np.random.default_rng(0).uniform(0.0, 1.0, size=(6, 1, 4, 4))
+    np.save(paths["x"], x)
+    with torch.no_grad():
+        np.save(paths["y"], target(torch.from_numpy(x)).argmax(-1).numpy().astype(np.int64))
+    return paths
+
+
+def test_certify_takes_an_onnx_graph_and_writes_the_chain_rows(files: dict[str, Path],
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(["certify", "--weights", str(files["t"]), "--pruned", str(files["p"]), "--data",
+                          str(files["x"]), "--labels", str(files["y"]), "--n-points", "6", "--norm", "linf",
+                          "--radius", "0.02", "--clip", "0,1", "--json", *FAST], capsys)
+    assert code == 0, err
+    doc = json.loads(out)
+    rows, summary = doc["rows"], doc["summary"]
+    assert doc["arch"] == "onnx graph" and summary["model"] == "graph" and len(rows) == 6
+    assert summary["accuracy_target"] == 1.0
+    target, _ = load_onnx_graph(files["t"])
+    pruned, _ = load_onnx_graph(files["p"])
+    x = torch.from_numpy(np.load(files["x"]))
+    ball = BallSpec(radius=0.02, norm="linf", box=(0.0, 1.0))
+    diff = graph_differential_bound(target, pruned, ball, centres=x).value
+    layer = certified_graph_gap(target, pruned, radius=rows[0]["layerwise_radius"]).value
+    for i, r in enumerate(rows):
+        assert r["index"] == i and r["lower"] <= r["upper"]
+        assert r["upper"] == min(r["upper_differential"], r["upper_layerwise"])
+        assert r["upper_differential"] == pytest.approx(float(diff[i]), rel=1e-12)
+        assert r["upper_layerwise"] == pytest.approx(layer, rel=1e-12)
+        assert r["layerwise_radius"] >= float(x[i].reshape(-1).clamp(0.0, 1.0).norm()) and r["upper_from"] == \
+            "differential"
+        if r["certified_agree"]:
+            assert r["empirical_agree"] and r["class_target"] == r["class_pruned"]
+    assert {"certified_agreement", "empirical_agreement", "median_ratio", "max_upper"} <= set(summary)
+
+
+def test_the_graph_rows_cover_a_stronger_search(files: dict[str, Path]) -> None:
+    target, _ = load_onnx_graph(files["t"])
+    pruned, _ = load_onnx_graph(files["p"])
+    x = torch.from_numpy(np.load(files["x"]))
+    out = certify_graphs(target, pruned, x, radius=0.3, norm="l2", n_restarts=2, n_steps=10)
+    strong = graph_gap_search(target, pruned, BallSpec(radius=0.3), torch.Generator().manual_seed(5), centres=x,
+                              n_restarts=10, n_steps=80).value
+    for r, s in zip(out.rows, strong.tolist()):
+        assert r["upper"] >= s and r["upper"] >= r["lower"]
+    same = certify_graphs(target, target, x[:2], radius=0.3, norm="l2", n_restarts=1, n_steps=2)
+    assert same.summary["max_upper"] == 0.0
+
+
+@pytest.mark.parametrize("case,match", [
+    ("npy", "expected numbers"), ("labels", "labels="), ("points", "n_points=7"), ("pruned", "pruned="),
+    ("clip", "clip="),
+])
+def test_bad_graph_input_is_one_line(files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                     case: str, match: str) -> None:
+    args = ["certify", "--weights", str(files["t"]), "--pruned", str(files["p"]), "--data", str(files["x"]),
+            "--n-points", "6", "--norm", "linf", "--radius", "0.02", *FAST]
+    if case == "npy":
+        np.save(tmp_path / "bad.npy", np.zeros((6, 15)))
+        args[args.index("--data") + 1] = str(tmp_path / "bad.npy")
+    elif case == "labels":
+        np.save(tmp_path / "lab.npy", np.zeros(3, dtype=np.int64))
+        args += ["--labels", str(tmp_path / "lab.npy")]
+    elif case == "points":
+        args[args.index("--n-points") + 1] = "7"
+    elif case == "pruned":
+        other = _residual(1)
+        head = Node("fc", "linear", ("flat",), params={"weight": torch.ones(3, 12, dtype=torch.float64)})
+        save_onnx_graph(Graph([*other.nodes[:-1], head], other.input_shape), tmp_path / "o.onnx")
+        args[args.index("--pruned") + 1] = str(tmp_path / "o.onnx")
+    else:
+        args += ["--clip", "0.5,1"]
+    code, out, err = run(args, capsys)
+    assert code == 2 and err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
+    assert match in err, err
