@@ -267,3 +267,40 @@ def test_experiment_report_in_the_browser(chromium: str, tmp_path: Path) -> None
     assert shown["status"] == f"complete: {len(read_experiment(run_dir))} of 32 settings stored"
     assert shown["verdicts"] is None and shown["can-only-refute"] is None  # no Monte Carlo verdicts here
     assert shown["terms"] is not None and "certified upper" in shown["terms"] and "coverage here" in shown["terms"]
+
+
+def _certify_runs(runs: Path) -> tuple[Path, Path]:
+    """A certify run folder (8 inputs, ℓ∞ 0.05 ∩ [0, 1]) and a max-prune run folder on a small trained-free pair."""
+    import numpy as np
+    import torch
+
+    from probprune.config import CertifyJob, parse_arch
+    from probprune.data import as_net, init_module
+    from probprune.masks import prune
+    from probprune.nets.onnx import save_onnx
+    from probprune.runner.certify import MaxPruneSolve, run_certify, run_max_prune
+
+    spec = parse_arch("fcn:6,24,24,4", bias=True)
+    target = as_net(init_module(spec, torch.Generator().manual_seed(0)), spec)
+    runs.mkdir(parents=True, exist_ok=True)
+    save_onnx(target, runs / "t.onnx")
+    save_onnx(prune(target, PruneSpec(prune_fraction=0.5, scope="global")).model, runs / "p.onnx")
+    np.save(runs / "x.npy", np.random.default_rng(0).uniform(0, 1, size=(8, 6)).astype(np.float32))
+    job = CertifyJob(weights=str(runs / "t.onnx"), pruned=str(runs / "p.onnx"), data=str(runs / "x.npy"),
+                     radius=0.05, n_points=8, clip=(0.0, 1.0), n_restarts=2, n_steps=10, batch_size=4)
+    one = run_certify(job, run_dir=runs / "certify").run_dir
+    mp = run_max_prune(CertifyJob(**{**job.to_dict(), "pruned": str(runs / "t.onnx"), "radius": 0.01}),
+                       MaxPruneSolve(agreement=0.5, tol=0.05), run_dir=runs / "max-prune").run_dir
+    assert one is not None and mp is not None
+    return one, mp
+
+
+def test_certify_reports_in_the_browser(chromium: str, tmp_path: Path) -> None:
+    from probprune.store.certify import read_certify
+
+    one, mp = _certify_runs(_runs_dir(tmp_path) / "certify-runs")
+    shown = _render_and_check(chromium, one, tmp_path / "profile", min_figures=2)
+    assert shown["status"] == f"complete: {len(read_certify(one).rows)} of 8 inputs stored"
+    assert shown["terms"] is not None and "certified agreement" in shown["terms"]
+    shown = _render_and_check(chromium, mp, tmp_path / "profile2", min_figures=1)
+    assert shown["status"] == f"complete: {len(read_certify(mp).levels)} prune levels measured"

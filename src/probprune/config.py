@@ -903,7 +903,7 @@ class CertifyJob:
         data: ``mnist``, ``fashion-mnist`` or an ``.npy`` file of inputs ``[N, d]``.
         n_points: N, the number of inputs (the first N).
         norm: ``linf`` or ``l2``.
-        radius: r > 0, finite.
+        radius: r > 0, finite; or ``None`` with ``halfwidth`` (exactly one of the two).
         arch: architecture for ``.safetensors`` models (an ONNX model carries its own; if given it must match).
         activation, bias: of a ``.safetensors`` architecture (ignored for ONNX, whose own are used).
         clip: ``(lo, hi)`` box the inputs live in, or ``None``.
@@ -912,6 +912,10 @@ class CertifyJob:
         n_restarts, n_steps: gap search budget; the agreement attack gets half of each (at least 1).
         batch_size: inputs per chunk (one progress step each).
         out: ``.csv`` or ``.json`` file for the rows, or ``None``.
+        halfwidth: ``.npy`` of ℓ∞ half-widths ``[N', d]`` (N' ≥ N) or ``[d]``: input i's ball is the box
+            ``x_i ± h_i`` (∩ ``clip``), as VNN-COMP states its properties; ``linf`` only, instead of ``radius``.
+        radii: extra radii for the report's "certified agreement vs radius" curve (empty: the fractions
+            :data:`probprune.runner.certify.RADIUS_FRACTIONS` of ``radius``).
     """
 
     KIND: ClassVar[str] = "certify"
@@ -919,7 +923,7 @@ class CertifyJob:
     weights: str
     pruned: str
     data: str
-    radius: float
+    radius: float | None = None
     n_points: int = 100
     norm: CertifyNorm = "linf"
     arch: str | None = None
@@ -932,12 +936,25 @@ class CertifyJob:
     n_steps: int = 100
     batch_size: int = 25
     out: str | None = None
+    halfwidth: str | None = None
+    radii: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
-        if isinstance(self.radius, bool) or not isinstance(self.radius, (int, float)) \
-                or not math.isfinite(self.radius) or self.radius <= 0:
-            raise _fail("radius", self.radius, "must be a finite number > 0")
+        if self.halfwidth is None and (isinstance(self.radius, bool) or not isinstance(self.radius, (int, float))
+                                       or not math.isfinite(self.radius) or self.radius <= 0):
+            raise _fail("radius", self.radius, "must be a finite number > 0 (or give halfwidth)")
         _check_choice("norm", self.norm, get_args(CertifyNorm))
+        if self.halfwidth is not None:
+            if self.radius is not None:
+                raise _fail("radius", self.radius, "give either radius or halfwidth (per-input boxes), not both")
+            _suffix("halfwidth", self.halfwidth, (".npy",), ".npy (an array of half-widths [N, d] or [d])")
+            if self.norm != "linf":
+                raise _fail("norm", self.norm, "halfwidth boxes are l-infinity balls; use norm linf")
+        radii = tuple(self.radii) if isinstance(self.radii, (list, tuple)) else self.radii
+        if not isinstance(radii, tuple) or any(isinstance(r, bool) or not isinstance(r, (int, float))
+                                                or not math.isfinite(r) or r <= 0 for r in radii):
+            raise _fail("radii", self.radii, "must be finite numbers > 0")
+        object.__setattr__(self, "radii", tuple(sorted({float(r) for r in radii})))
         if self.clip is not None:
             clip = tuple(self.clip) if isinstance(self.clip, (list, tuple)) else self.clip
             if not isinstance(clip, tuple) or len(clip) != 2 or any(

@@ -27,6 +27,9 @@ from typing import Any, Literal
 __all__ = [
     "KEYS",
     "VERDICTS",
+    "CertifyLevelRow",
+    "CertifyRadiusRow",
+    "CertifyRow",
     "ExperimentRow",
     "GridRow",
     "PointSummary",
@@ -239,10 +242,91 @@ class ExperimentRow(_Record):
     seconds: float | None = None
 
 
+@dataclass(frozen=True, kw_only=True)
+class CertifyRow(_Record):
+    """One input of a ``probprune certify`` run (one row of the ``inputs`` table; key ``index``).
+
+    Attributes:
+        index: the input's row in the data (0-based).
+        label: its label, when known.
+        class_target, class_pruned: top-1 classes of F and f at the input (float64).
+        lower: found gap ``‖f(x) − F(x)‖₂`` at a witness inside the ball (empirical lower bound).
+        upper: certified gap: ``min(upper_differential, upper_layerwise)``.
+        upper_differential, upper_layerwise: the two certified upper bounds.
+        layerwise_radius: R of the ℓ2 ball around 0 the layerwise bound used.
+        upper_from: ``differential`` or ``layerwise`` (the smaller one).
+        ratio: ``upper / lower`` (``inf`` when lower = 0 < upper).
+        verdict: ``certified`` / ``not certified`` / ``refuted`` (certified agreement).
+        certified_agree, empirical_agree: the agreement verdicts.
+        margin_target, margin_pruned: certified lower bounds of both nets' top-1 margins over the ball.
+    """
+
+    index: int
+    label: int | None
+    class_target: int
+    class_pruned: int
+    lower: float
+    upper: float
+    upper_differential: float
+    upper_layerwise: float
+    layerwise_radius: float
+    upper_from: str
+    ratio: float
+    verdict: str
+    certified_agree: bool
+    empirical_agree: bool
+    margin_target: float
+    margin_pruned: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class CertifyRadiusRow(_Record):
+    """Certified agreement of one input at one scale of its ball (the "certified agreement vs radius" curve).
+
+    Attributes:
+        scale: the ball's size as a multiple of the run's (radius·scale, or half-widths·scale).
+        index: the input.
+        radius: the ball's radius (``None`` for per-input boxes).
+        certified_agree: F and f provably have the same unique top-1 class in the scaled ball.
+        upper: the differential certified gap over the scaled ball.
+    """
+
+    scale: float
+    index: int
+    radius: float | None
+    certified_agree: bool
+    upper: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class CertifyLevelRow(_Record):
+    """One measured prune fraction of ``certify --solve max-prune`` (one row of the ``levels`` table).
+
+    Attributes:
+        prune_fraction: the level (share of weights removed).
+        certified_agreement, empirical_agreement: shares of inputs over the data.
+        refuted: inputs where a disagreement was found.
+        accuracy_pruned: top-1 accuracy of f at the inputs (``None`` without labels).
+        meets_target: ``certified_agreement ≥`` the target.
+        seconds: wall time of the level.
+    """
+
+    prune_fraction: float
+    certified_agreement: float
+    empirical_agreement: float
+    refuted: int
+    accuracy_pruned: float | None
+    meets_target: bool
+    seconds: float | None = None
+
+
 #: The primary key of each record's table (the ``points`` table adds ``grid_index`` to :class:`PointSummary`).
 KEYS: dict[type, tuple[str, ...]] = {
     TrialRow: ("grid_index", "trial"),
     GridRow: ("grid_index",),
     SlopeRow: ("prune_index",),
     ExperimentRow: ("dataset", "model", "method", "scope", "prune_fraction", "finetuned", "seed"),
+    CertifyRow: ("index",),
+    CertifyRadiusRow: ("scale", "index"),
+    CertifyLevelRow: ("prune_fraction",),
 }

@@ -54,7 +54,8 @@ class Region:
 
     Attributes:
         centres: ``[B, d]`` float64 centres c_b.
-        radius: r > 0.
+        radius: r > 0; for ``norm="linf"`` also a ``[B, d]`` float64 tensor of per-coordinate half-widths ≥ 0
+            (ball b is the box ``c_b ± h_b``, how VNN-COMP states its properties).
         norm: ``"l2"`` or ``"linf"``.
         box: ``(lo, hi)`` every coordinate lies in, or ``None``; each centre must lie in it.
         sphere: search the ℓ2 sphere of radius r (points on it up to a rounding margin inside) instead of the
@@ -67,7 +68,7 @@ class Region:
     """
 
     centres: Tensor
-    radius: float
+    radius: float | Tensor
     norm: Literal["l2", "linf"] = "l2"
     box: tuple[float, float] | None = None
     sphere: bool = False
@@ -81,7 +82,12 @@ class Region:
         if c.dtype != torch.float64 or not bool(torch.isfinite(c).all()):
             raise ProbPruneError("centres: must be finite float64")
         r = self.radius
-        if isinstance(r, bool) or not isinstance(r, (int, float)) or not math.isfinite(r) or r <= 0:
+        if isinstance(r, Tensor):
+            if self.norm != "linf" or r.shape != c.shape or r.dtype != torch.float64 \
+                    or not bool((torch.isfinite(r) & (r >= 0)).all()):
+                raise ProbPruneError(f"radius: a tensor of half-widths must be finite float64 >= 0 of the centres' "
+                                     f"shape {tuple(c.shape)}, for norm='linf' (got {tuple(r.shape)}, {self.norm})")
+        elif isinstance(r, bool) or not isinstance(r, (int, float)) or not math.isfinite(r) or r <= 0:
             raise ProbPruneError(f"radius={r!r}: must be a finite number > 0")
         if self.norm not in ("l2", "linf"):
             raise ProbPruneError(f"norm={self.norm!r}: must be one of l2, linf")
@@ -103,7 +109,7 @@ class Region:
         v = x - self.centres
         d = x.shape[-1]
         if self.norm == "linf":
-            ok = v.abs().amax(-1) * (1.0 + 4.0 * _U64) <= self.radius
+            ok = (v.abs() * (1.0 + 4.0 * _U64) <= self.radius).all(-1)
         elif self.strict:
             ok = v.norm(dim=-1) * (1.0 + 2.0 * (d + 4) * _U64) <= self.radius
         else:  # the projection's float64 rounding and one rounding of every coordinate to the points' dtype
@@ -173,6 +179,10 @@ class Region:
             off[n - n_near:] = off[n - n_near:] * _NEAR
         pts = self.centres.unsqueeze(0) + self.radius * off.unsqueeze(1)
         return self.project(pts.to(dtype))
+
+    def scaled(self, factor: float, dtype: torch.dtype) -> float | Tensor:
+        """``factor · r`` (a scalar, or the half-widths ``[B, d]`` in ``dtype``): a step length per coordinate."""
+        return factor * self.radius if not isinstance(self.radius, Tensor) else (factor * self.radius).to(dtype)
 
 
 def _inward(lo: Tensor, hi: Tensor, dt: torch.dtype) -> tuple[Tensor, Tensor]:
@@ -271,8 +281,8 @@ class _Best:
         self.value = torch.where(better, top, self.value)
 
 
-def _cosine(step_size: float, radius: float, t: int, n: int) -> float:
-    return step_size * radius * 0.5 * (1.0 + math.cos(math.pi * t / n))
+def _cosine(step_size: float, t: int, n: int) -> float:
+    return step_size * 0.5 * (1.0 + math.cos(math.pi * t / n))
 
 
 def _direction(grad: Tensor, mom: Tensor, beta: float, norm: str) -> tuple[Tensor, Tensor]:
@@ -316,7 +326,7 @@ def _climb(objective: Objective, region: Region, x: Tensor, n_steps: int, step_s
             if t == n_steps - 1 and not power:
                 break
             mom, dirn = _direction(grad, mom, budget.momentum, region.norm)
-            x = region.project(x + _cosine(step_size, region.radius, t, n_steps) * dirn)
+            x = region.project(x + region.scaled(_cosine(step_size, t, n_steps), x.dtype) * dirn)
             if power and t < n_steps - 1:
                 x = _power_step(objective, region, xr.detach(), val, grad, x, best)
     if power and n_steps:
@@ -331,9 +341,9 @@ def _power_step(objective: Objective, region: Region, x0: Tensor, v0: Tensor, gr
     g = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
     c = region.centres.to(g.dtype)
     if region.norm == "linf":
-        y = c + region.radius * g.sign()
+        y = c + region.scaled(1.0, g.dtype) * g.sign()
     else:
-        y = c + region.radius * g / g.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(g.dtype).tiny)
+        y = c + region.scaled(1.0, g.dtype) * g / g.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(g.dtype).tiny)
     y = region.project(y)
     vy = objective(y)
     best.offer(y, vy)

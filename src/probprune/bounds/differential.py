@@ -273,14 +273,15 @@ class _Region:
     """The ball, per centre: ``[B, d]`` centres and the per-coordinate box it lies in (outward)."""
 
     centres: Tensor
-    radius: float
+    radius: float | Tensor  # a Tensor [B, d]: per-ball, per-coordinate ℓ∞ half-widths (a box centre ± h)
     norm: str
     box: tuple[float, float] | None
     lo: Tensor  # [B, d] a box containing the ball ∩ box (exact for linf, coordinate bounds for l2)
     hi: Tensor
 
 
-def _region(ball: BallSpec, centres: Tensor | None, dim: int, device: torch.device) -> _Region:
+def _region(ball: BallSpec, centres: Tensor | None, dim: int, device: torch.device,
+            halfwidth: Tensor | None = None) -> _Region:
     if not isinstance(ball, BallSpec):
         raise ProbPruneError(f"ball: expected a BallSpec, got {type(ball).__name__}")
     if centres is None:
@@ -300,7 +301,7 @@ def _region(ball: BallSpec, centres: Tensor | None, dim: int, device: torch.devi
             raise ProbPruneError("centres: must be finite")
         if ball.box is not None and not bool(((c >= ball.box[0]) & (c <= ball.box[1])).all()):
             raise ProbPruneError(f"centres: some centre lies outside the box {ball.box}")
-    r = float(ball.radius)
+    r: float | Tensor = float(ball.radius) if halfwidth is None else _halfwidths(ball, halfwidth, c)
     ninf, pinf = torch.tensor(-math.inf, dtype=torch.float64), torch.tensor(math.inf, dtype=torch.float64)
     lo = torch.nextafter(c - r, ninf.to(device))  # outward: the box [lo, hi] ⊇ {|x_i − c_i| ≤ r}
     hi = torch.nextafter(c + r, pinf.to(device))
@@ -308,6 +309,19 @@ def _region(ball: BallSpec, centres: Tensor | None, dim: int, device: torch.devi
         lo = lo.clamp_min(ball.box[0])
         hi = hi.clamp_max(ball.box[1])
     return _Region(c, r, ball.norm, ball.box, lo, hi)
+
+
+def _halfwidths(ball: BallSpec, halfwidth: Tensor, c: Tensor) -> Tensor:
+    """Checked float64 ``[B, d]`` half-widths of the boxes ``c ± h`` (ℓ∞ only; they replace the radius)."""
+    if ball.norm != "linf":
+        raise ProbPruneError(f"halfwidth: per-input boxes are l-infinity balls; ball.norm={ball.norm!r}")
+    if not isinstance(halfwidth, Tensor) or halfwidth.shape != c.shape:
+        shape = tuple(halfwidth.shape) if isinstance(halfwidth, Tensor) else type(halfwidth).__name__
+        raise ProbPruneError(f"halfwidth: shape {shape}, expected {tuple(c.shape)} (one per centre coordinate)")
+    h = halfwidth.detach().to(device=c.device, dtype=torch.float64)
+    if not bool((torch.isfinite(h) & (h >= 0)).all()):
+        raise ProbPruneError("halfwidth: must be finite and >= 0")
+    return h
 
 
 def _down(v: Tensor, err: Tensor | float) -> Tensor:
@@ -700,7 +714,8 @@ def _take(relax: list[_Relax], reg: _Region, rho: list[tuple[Tensor, Tensor]], i
         return v
 
     rx = [_Relax(**{f.name: sel(getattr(r, f.name)) for f in dataclasses.fields(r)}) for r in relax]
-    rg = _Region(reg.centres[idx], reg.radius, reg.norm, reg.box, reg.lo[idx], reg.hi[idx])
+    rad = reg.radius[idx] if isinstance(reg.radius, Tensor) else reg.radius
+    rg = _Region(reg.centres[idx], rad, reg.norm, reg.box, reg.lo[idx], reg.hi[idx])
     return rx, rg, [(a[idx], b[idx]) for a, b in rho]
 
 
@@ -864,9 +879,9 @@ class _Analysis:
 
 
 def _analyse(pair: _Pair, ball: BallSpec, centres: Tensor | None, dt_t: torch.dtype,
-             dt_p: torch.dtype) -> _Analysis:
+             dt_p: torch.dtype, halfwidth: Tensor | None = None) -> _Analysis:
     """The relaxations and bounds of one chunk of balls (``pair`` and the dtypes prepared once per call)."""
-    reg = _region(ball, centres, pair.w[0].shape[1], pair.w[0].device)
+    reg = _region(ball, centres, pair.w[0].shape[1], pair.w[0].device, halfwidth)
     relax, bounds, rho = _propagate(pair, reg, dt_t, dt_p)
     return _Analysis(reg, pair, relax, bounds, rho)
 
@@ -914,7 +929,8 @@ def _optimise_slopes(an: _Analysis, dt_t: torch.dtype, dt_p: torch.dtype, steps:
 
 def _chunks(pair: _Pair, ball: BallSpec, centres: Tensor, dt_t: torch.dtype, dt_p: torch.dtype, batch_size: int,
             cls: Tensor | None = None, optimise: int = 0, optimise_margins: int = 0,
-            squares: list[Tensor] | None = None) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+            squares: list[Tensor] | None = None, halfwidth: Tensor | None = None
+            ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
     """One propagation per chunk of balls: the output differences' intervals ``[B, m]`` (and, given F's
     classes ``cls``, the certified margins ``[B]`` of both nets, from the same relaxations); ``optimise``
     steps of slope optimisation for the intervals (:func:`_optimise_slopes`), ``optimise_margins`` steps for
@@ -922,7 +938,8 @@ def _chunks(pair: _Pair, ball: BallSpec, centres: Tensor, dt_t: torch.dtype, dt_
     ``squares``, each chunk appends its chord bounds on ``‖f − F‖₂²`` ``[b]`` (:func:`_chord_square`)."""
     los, his, mts, mps = [], [], [], []
     for start in range(0, centres.shape[0], batch_size):
-        an = _analyse(pair, ball, centres[start:start + batch_size], dt_t, dt_p)
+        an = _analyse(pair, ball, centres[start:start + batch_size], dt_t, dt_p,
+                      None if halfwidth is None else halfwidth[start:start + batch_size])
         _, _, dl, du, _, _ = an.bounds[-1]  # of the computed outputs' difference (rounding inside)
         if squares is not None:  # the chord of the plain intervals: its optimised row is never looser
             squares.append(_chord_square(an, dl, du, dt_t, dt_p, optimise))
@@ -1012,9 +1029,14 @@ def _check_batch_size(batch_size: object) -> None:
         raise ProbPruneError(f"batch_size={batch_size!r}: must be an integer >= 1")
 
 
+def _hw(reg: _Region) -> Tensor | None:
+    """The checked per-ball half-widths of a region, or ``None`` (a scalar radius)."""
+    return reg.radius if isinstance(reg.radius, Tensor) else None
+
+
 def differential_bound(target: Net, pruned: Net, ball: BallSpec, *, centres: Tensor | None = None,
                        forward_dtype: torch.dtype | None = None, batch_size: int = 32,
-                       optimise: int = 0) -> DifferentialBound:
+                       optimise: int = 0, halfwidth: Tensor | None = None) -> DifferentialBound:
     """Certified upper bound on ``sup_{x ∈ ball} ‖f(x) − F(x)‖₂`` by differential back-substitution.
 
     Args:
@@ -1027,6 +1049,8 @@ def differential_bound(target: Net, pruned: Net, ball: BallSpec, *, centres: Ten
         batch_size: balls per vectorised chunk (memory ~ 6·n²·batch_size doubles per layer).
         optimise: gradient steps on the unstable neurons' lower slopes (0: none; each costs about one
             back-substitution of the output rows).
+        halfwidth: ``[B, d]`` per-ball ℓ∞ half-widths (``linf`` only): ball b is the box ``c_b ± h_b`` (∩ box),
+            replacing the radius.
 
     Returns:
         :class:`DifferentialBound` with ``value`` ``[B]`` (``B = 1`` without ``centres``).
@@ -1043,12 +1067,13 @@ def differential_bound(target: Net, pruned: Net, ball: BallSpec, *, centres: Ten
     if isinstance(optimise, bool) or not isinstance(optimise, int) or optimise < 0:
         raise ProbPruneError(f"optimise={optimise!r}: must be an integer >= 0")
     pair0 = _prepare(target, pruned)
-    reg0 = _region(ball, centres, pair0.w[0].shape[1], pair0.w[0].device)
+    reg0 = _region(ball, centres, pair0.w[0].shape[1], pair0.w[0].device, halfwidth)
     dt, dt_p = _dtype(target, forward_dtype), _dtype(pruned, forward_dtype)
     if _identical(target, pruned):
         return _zero_bound(ball, reg0.centres, pair0.w[-1].shape[0], dt, dt_p)
     squares: list[Tensor] = []
-    lo, hi, _, _ = _chunks(pair0, ball, reg0.centres, dt, dt_p, batch_size, optimise=optimise, squares=squares)
+    lo, hi, _, _ = _chunks(pair0, ball, reg0.centres, dt, dt_p, batch_size, optimise=optimise, squares=squares,
+                           halfwidth=_hw(reg0))
     return _gap_bound(lo, hi, ball, reg0.centres, dt, dt_p, torch.cat(squares))
 
 
@@ -1081,7 +1106,7 @@ def _ascend(objective: Callable[[Tensor], Tensor], reg: _Region, n_restarts: int
 
 def gap_search(target: Net, pruned: Net, ball: BallSpec, generator: torch.Generator, *,
                centres: Tensor | None = None, n_restarts: int = 8, n_steps: int = 100,
-               step: float = 0.25, starts: Tensor | None = None) -> GapWitness:
+               step: float = 0.25, starts: Tensor | None = None, halfwidth: Tensor | None = None) -> GapWitness:
     """Lower bound on the gap over the ball by projected momentum ascent (float64), with the witnesses.
 
     The search engine :func:`probprune.search.maximise`: the given ``starts``, the centre and random points
@@ -1097,12 +1122,13 @@ def gap_search(target: Net, pruned: Net, ball: BallSpec, generator: torch.Genera
         n_restarts, n_steps: budget. step: initial step as a fraction of the radius.
         starts: ``[S, d]`` extra starting points (e.g. data points, or a previous best), projected
             into each ball first.
+        halfwidth: ``[B, d]`` per-ball ℓ∞ half-widths (as :func:`differential_bound`).
     """
     pair = _prepare(target, pruned)
     for name, v in (("n_restarts", n_restarts), ("n_steps", n_steps)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 0:
             raise ProbPruneError(f"{name}={v!r}: must be an integer >= 0")
-    reg = _region(ball, centres, pair.w[0].shape[1], pair.w[0].device)
+    reg = _region(ball, centres, pair.w[0].shape[1], pair.w[0].device, halfwidth)
     if starts is not None and (not isinstance(starts, Tensor) or starts.dim() != 2
                                or starts.shape[1] != reg.centres.shape[1]):
         shape = tuple(starts.shape) if isinstance(starts, Tensor) else type(starts).__name__
@@ -1211,12 +1237,12 @@ def _optimise_margins(an: _Analysis, c: Tensor, dt_t: torch.dtype, dt_p: torch.d
 
 
 def _attack(t64: Net, p64: Net, ball: BallSpec, sub: Tensor, csub: Tensor, generator: torch.Generator,
-            n_restarts: int, n_steps: int) -> list[Tensor | None]:
+            n_restarts: int, n_steps: int, halfwidth: Tensor | None = None) -> list[Tensor | None]:
     """Per ball of ``sub`` (centres ``[b, d]``, F's classes ``csub``): a float64 input of the ball ∩ box where
     the top-1 classes of F and f differ with clear margins, or ``None`` (projected ascent on
     ``max_j (f_j − f_c) − max_j (F_j − F_c)``; the centres themselves are candidates too)."""
     m = cast(Tensor, t64(sub[:1])).shape[-1]
-    reg = _region(ball, sub, sub.shape[1], sub.device)
+    reg = _region(ball, sub, sub.shape[1], sub.device, halfwidth)
     mask = torch.eye(m, dtype=torch.float64, device=sub.device)[csub].bool()
 
     def obj(x: Tensor) -> Tensor:
@@ -1234,7 +1260,8 @@ def _attack(t64: Net, p64: Net, ball: BallSpec, sub: Tensor, csub: Tensor, gener
     with torch.no_grad():
         cand = torch.cat([xb, sub])
         dis = _disagree(t64, p64, cand)
-        ins = _inside(cand, _Region(torch.cat([sub, sub]), reg.radius, reg.norm, reg.box, reg.lo, reg.hi))
+        rad = torch.cat([reg.radius, reg.radius]) if isinstance(reg.radius, Tensor) else reg.radius
+        ins = _inside(cand, _Region(torch.cat([sub, sub]), rad, reg.norm, reg.box, reg.lo, reg.hi))
     nsub = sub.shape[0]
     out: list[Tensor | None] = [None] * nsub
     for j in range(nsub):
@@ -1260,7 +1287,7 @@ def _flip_point(net: Net, c0: Tensor, x1: Tensor, cls: Tensor, steps: int = 48) 
 
 
 def _boundary_witness(t64: Net, p64: Net, ball: BallSpec, sub: Tensor, csub: Tensor, generator: torch.Generator,
-                      n_restarts: int, n_steps: int) -> list[Tensor | None]:
+                      n_restarts: int, n_steps: int, halfwidth: Tensor | None = None) -> list[Tensor | None]:
     """Witnesses between two decision boundaries: where one net leaves class c inside the ball, the two nets'
     boundaries along a segment from the centre almost never coincide, and a point between them disagrees.
 
@@ -1269,7 +1296,7 @@ def _boundary_witness(t64: Net, p64: Net, ball: BallSpec, sub: Tensor, csub: Ten
     end point) is checked for a clear disagreement (:func:`_disagree`) and for lying in the ball ∩ box.
     """
     m = cast(Tensor, t64(sub[:1])).shape[-1]
-    reg = _region(ball, sub, sub.shape[1], sub.device)
+    reg = _region(ball, sub, sub.shape[1], sub.device, halfwidth)
     mask = torch.eye(m, dtype=torch.float64, device=sub.device)[csub].bool()
     out: list[Tensor | None] = [None] * sub.shape[0]
     for net in (t64, p64):
@@ -1293,7 +1320,8 @@ def _boundary_witness(t64: Net, p64: Net, ball: BallSpec, sub: Tensor, csub: Ten
 def certified_agreement(target: Net, pruned: Net, ball: BallSpec, *, centres: Tensor | None = None,
                         forward_dtype: torch.dtype | None = None, attack: bool = True,
                         generator: torch.Generator | None = None, n_restarts: int = 4, n_steps: int = 50,
-                        batch_size: int = 32, optimise: int = 0) -> AgreementResult:
+                        batch_size: int = 32, optimise: int = 0, halfwidth: Tensor | None = None
+                        ) -> AgreementResult:
     """Certify (or refute, with a witness) that f and F have the same top-1 class everywhere in the ball.
 
     ``c`` is F's top-1 class at the centre (float64). Certified means: the back-substituted lower
@@ -1315,6 +1343,7 @@ def certified_agreement(target: Net, pruned: Net, ball: BallSpec, *, centres: Te
         n_restarts, n_steps: attack budget. batch_size: balls per vectorised chunk.
         optimise: Adam steps of per-row slope optimisation of the margins of the balls the plain relaxation
             leaves uncertified (0: none; stops early once every margin of the chunk is certified).
+        halfwidth: ``[B, d]`` per-ball ℓ∞ half-widths (as :func:`differential_bound`).
     """
     _check_batch_size(batch_size)
     if isinstance(optimise, bool) or not isinstance(optimise, int) or optimise < 0:
@@ -1323,14 +1352,15 @@ def certified_agreement(target: Net, pruned: Net, ball: BallSpec, *, centres: Te
     m = pair0.w[-1].shape[0]
     if m < 2:
         raise ProbPruneError(f"certified agreement: the network has {m} output; a classifier needs >= 2")
-    reg0 = _region(ball, centres, pair0.w[0].shape[1], pair0.w[0].device)
+    reg0 = _region(ball, centres, pair0.w[0].shape[1], pair0.w[0].device, halfwidth)
+    hw = _hw(reg0)
     dt_t, dt_p = _dtype(target, forward_dtype), _dtype(pruned, forward_dtype)
     t64, p64 = target.to(dtype=torch.float64), pruned.to(dtype=torch.float64)
     with torch.no_grad():
         cls = cast(Tensor, t64(reg0.centres)).argmax(-1)
     squares: list[Tensor] = []
     lo, hi, mt_, mp_ = _chunks(pair0, ball, reg0.centres, dt_t, dt_p, batch_size, cls, optimise_margins=optimise,
-                               squares=squares)
+                               squares=squares, halfwidth=hw)
     mt, mp = cast(Tensor, mt_), cast(Tensor, mp_)  # given classes, _chunks returns the margins
     bound = _zero_bound(ball, reg0.centres, m, dt_t, dt_p) if _identical(target, pruned) else \
         _gap_bound(lo, hi, ball, reg0.centres, dt_t, dt_p, torch.cat(squares))
@@ -1340,11 +1370,12 @@ def certified_agreement(target: Net, pruned: Net, ball: BallSpec, *, centres: Te
     open_idx = [i for i, v in enumerate(verdicts) if v != "certified"]
     if attack and open_idx:
         gen = generator if generator is not None else torch.Generator(device=cls.device).manual_seed(0)
-        found = _attack(t64, p64, ball, reg0.centres[open_idx], cls[open_idx], gen, n_restarts, n_steps)
+        sub_hw = None if hw is None else hw[open_idx]
+        found = _attack(t64, p64, ball, reg0.centres[open_idx], cls[open_idx], gen, n_restarts, n_steps, sub_hw)
         rest = [k for k, w in enumerate(found) if w is None]
         if rest:  # no witness yet: look between the two decision boundaries
             more = _boundary_witness(t64, p64, ball, reg0.centres[open_idx][rest], cls[open_idx][rest], gen,
-                                     n_restarts, n_steps)
+                                     n_restarts, n_steps, None if sub_hw is None else sub_hw[rest])
             for k, w in zip(rest, more):
                 found[k] = w
         for i, w in zip(open_idx, found):

@@ -27,9 +27,10 @@ def _pct(v: Any) -> str:
     return "-" if v is None else f"{100 * float(v):.1f} %"
 
 
-def summary_table(summary: dict[str, Any], norm: str, radius: float) -> Table:
-    """The summary as a two-column table."""
-    t = Table(title=f"certify: {summary['n']} inputs, {norm} ball of radius {radius:g}")
+def summary_table(summary: dict[str, Any], norm: str, radius: float | None) -> Table:
+    """The summary as a two-column table (``radius`` ``None``: per-input boxes)."""
+    ball = "per-input l-infinity boxes" if radius is None else f"{norm} ball of radius {radius:g}"
+    t = Table(title=f"certify: {summary['n']} inputs, {ball}")
     t.add_column("quantity")
     t.add_column("value", justify="right")
     for name, val in (
@@ -62,6 +63,12 @@ def certify_cmd(
     data: Annotated[Optional[str], typer.Option(help="mnist, fashion-mnist (the first N test images, pixels / 255 in "
                                                      "[0, 1]) or an .npy file of inputs [N, d].")] = None,
     radius: Annotated[Optional[float], typer.Option(help="Ball radius r > 0 around each input.")] = None,
+    halfwidth: Annotated[Optional[str], typer.Option(
+        help="Instead of --radius: an .npy of l-infinity half-widths [N, d] (or [d] for every input): input i's "
+             "ball is the box x_i +- h_i (intersected with --clip), as VNN-COMP states its properties.")] = None,
+    radii: Annotated[Optional[str], typer.Option(
+        help="R1,R2,...: radii of the report's 'certified agreement vs radius' curve (default: 0.25, 0.5 and 2 "
+             "times --radius, or of the half-widths).")] = None,
     n_points: Annotated[Optional[int], typer.Option(help="N: how many inputs (the first N; default 100).")] = None,
     norm: Annotated[Optional[str], typer.Option(help="Ball norm: linf (default) or l2.")] = None,
     clip: Annotated[Optional[str], typer.Option(help="LO,HI: the box the inputs live in (e.g. 0,1 for pixels), "
@@ -83,6 +90,16 @@ def certify_cmd(
     out: Annotated[Optional[str], typer.Option(help="Write the per-input rows to this .csv or .json file.")]
     = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document (rows and summary).")] = False,
+    run_dir: Annotated[Optional[str], typer.Option(
+        help="Store the run in this folder (config.json, results.sqlite, report.html): the same command on the "
+             "same folder resumes without redoing stored inputs; a folder of another config is refused.")] = None,
+    runs_dir: Annotated[Optional[str], typer.Option(
+        help="Store the run in RUNS_DIR/<config-hash>/ (as verify does); see --run-dir.")] = None,
+    executor: Annotated[str, typer.Option(help="Where the chunks of inputs run: local (this process) or ray (a Ray "
+                                                "cluster, as verify).")] = "local",
+    address: Annotated[Optional[str], typer.Option(help="With --executor ray: default starts a local Ray instance; "
+                                                         "'auto', 'ray://HOST:PORT' or 'HOST:PORT' joins one.")]
+    = None,
     solve: Annotated[Optional[str], typer.Option(
         help="max-prune: prune --weights at increasing levels and report the largest prune fraction whose "
              "certified agreement rate is >= --agreement (and the measured curve).")] = None,
@@ -95,22 +112,36 @@ def certify_cmd(
     certificate: Annotated[Optional[str], typer.Option(help="Write a local certificate (.json), one ball per input; "
                                                        "`probprune certificate check` re-derives it.")] = None,
 ) -> None:
-    from probprune.runner.certify import check_job, run_certify  # torch: when the command runs
+    from probprune.runner.certify import check_job  # torch: when the command runs
 
-    _check_required(weights, pruned, data, radius, config, solve)
+    _check_required(weights, pruned, data, radius if halfwidth is None else halfwidth, config, solve)
     job: CertifyJob = resolve(CertifyJob, table=CERTIFY_FLAGS, config=config, sets=list(sets or []), flags=dict(
         weights=weights, pruned=weights if solve is not None else pruned, data=data, radius=radius,
         n_points=n_points, norm=norm, clip=clip, arch=arch, activation=activation, bias=bias, labels=labels,
-        n_restarts=n_restarts, n_steps=n_steps, seed=seed, out=out))
+        n_restarts=n_restarts, n_steps=n_steps, seed=seed, out=out, halfwidth=halfwidth, radii=radii))
+    if certificate is not None and job.halfwidth is not None:
+        raise ProbPruneError(f"certificate={certificate!r}: not taken with --halfwidth yet (the local certificate "
+                             "states one radius per ball)")
     _check_certificate_path(certificate, solve, job.out)
+    folder = _run_folder(run_dir, runs_dir, job, solve, method, scope, agreement, tol)
     if solve is not None:
-        _max_prune(job, solve, method, scope, agreement, tol, as_json, verbose)
+        _max_prune(job, solve, method, scope, agreement, tol, as_json, verbose, folder)
         return
     check_job(job)
+    ex = _executor(executor, address)
     resolved = job.to_dict()
-    print_header(resolved, job.out, as_json, verbose, spec=job)
+    print_header(resolved, job.out if folder is None else folder, as_json, verbose, spec=job)
+    res = _run_with_progress(job, folder, ex, as_json)
+    _write_local_certificate(certificate, job, res)
+    _print_outcome(job, res, resolved, None if res.run_dir is None else _write_report(res.run_dir), as_json)
+
+
+def _run_with_progress(job: CertifyJob, folder: str | None, ex: Any, as_json: bool) -> Any:
+    """``run_certify`` under a progress display (as verify: a live bar on a terminal, plain lines every few
+    seconds otherwise, nothing under ``--json``); a Ray executor is shut down afterwards."""
+    from probprune.runner.certify import run_certify
+
     live = not as_json and err_console.is_terminal
-    # as verify: a live bar on a terminal, plain lines every few seconds otherwise, nothing under --json
     log = None if as_json or live else ProgressLog(err_console)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err_console, transient=True, disable=not live) as bar:
@@ -121,17 +152,64 @@ def certify_cmd(
             if log is not None:
                 log.update(done, total, "inputs")
 
-        res = run_certify(job, progress=progress)
-    _write_local_certificate(certificate, job, res)
+        try:
+            return run_certify(job, progress=progress, run_dir=folder, executor=ex)
+        finally:
+            if ex is not None:
+                ex.shutdown()
+
+
+def _print_outcome(job: CertifyJob, res: Any, resolved: dict[str, Any], report: Any, as_json: bool) -> None:
+    """The JSON document, or the table and the run folder's report."""
     if as_json:
         emit_json({"config": resolved, "inputs": res.inputs, "arch": "onnx graph" if res.spec is None
-                   else res.spec.to_arch(), "rows": res.rows, "summary": res.summary})
+                   else res.spec.to_arch(), "rows": res.rows, "summary": res.summary,
+                   "run_dir": None if res.run_dir is None else str(res.run_dir),
+                   "report": None if report is None else str(report)})
         return
     console.print(f"inputs: {res.inputs}", markup=False)
     console.print(summary_table(res.summary, job.norm, job.radius))
     console.print("upper = min(differential bound, layerwise bound over the l2 ball around 0 containing the local "
                   "ball); certified agreement: F and f have the same unique top-1 class everywhere in the ball",
                   markup=False)
+    if report is not None:
+        console.print(f"run: {res.run_dir} ({res.summary['n_new']} inputs computed now, the others were stored)",
+                      markup=False, soft_wrap=True)
+        console.print(f"report: {report}", markup=False, soft_wrap=True)
+
+
+def _run_folder(run_dir: str | None, runs_dir: str | None, job: CertifyJob, solve: str | None, method: str,
+                scope: str, agreement: float, tol: float) -> str | None:
+    """The run folder: ``--run-dir``, or ``--runs-dir``/<config-hash>, or ``None`` (nothing stored)."""
+    if run_dir is not None and runs_dir is not None:
+        raise ProbPruneError(f"run_dir={run_dir!r}: give --run-dir or --runs-dir, not both")
+    if runs_dir is None:
+        return run_dir
+    from probprune.config import config_hash
+    from probprune.runner.certify import MaxPruneSolve, max_prune_hash
+    from probprune.runner.prune import check_output_dir
+
+    check_output_dir("runs_dir", runs_dir)
+    h = config_hash(job) if solve is None else \
+        max_prune_hash(job, MaxPruneSolve(method=method, scope=scope, agreement=agreement, tol=tol))
+    return f"{runs_dir.rstrip('/')}/{h}"
+
+
+def _executor(name: str, address: str | None) -> Any:
+    """``None`` (run here) or the Ray executor (started; the caller shuts it down)."""
+    from probprune.runner.ray_executor import make_executor
+
+    if name == "local" and address is None:
+        return None
+    ex = make_executor(name, address)
+    return None if name == "local" else ex
+
+
+def _write_report(run_dir: Any) -> Any:
+    """The run's report (``report.html`` in the folder), written at the end of the run."""
+    from probprune.report.certify import build_certify_report
+
+    return build_certify_report(run_dir)
 
 
 def _check_certificate_path(certificate: str | None, solve: str | None, out: str | None) -> None:
@@ -157,7 +235,7 @@ def _write_local_certificate(certificate: str | None, job: CertifyJob, res: Any)
     write_certificate(certificate, certify_certificate(job, res))
 
 
-def _check_required(weights: str | None, pruned: str | None, data: str | None, radius: float | None,
+def _check_required(weights: str | None, pruned: str | None, data: str | None, radius: object,
                     config: str | None, solve: str | None) -> None:
     """The flags without a default are given (or left to ``--config``); ``--pruned`` only without ``--solve``."""
     if solve is not None and pruned is not None:
@@ -168,7 +246,8 @@ def _check_required(weights: str | None, pruned: str | None, data: str | None, r
     for name, v in required:
         if v is None and config is None:
             raise ProbPruneError(f"{name}: missing; give --{name} (or set it in --config)"
-                                 + (", or --solve max-prune" if name == "pruned" else ""))
+                                 + (", or --solve max-prune" if name == "pruned" else "")
+                                 + (", or --halfwidth" if name == "radius" else ""))
 
 
 def curve_table(outcome: Any) -> Table:
@@ -187,7 +266,7 @@ def curve_table(outcome: Any) -> Table:
 
 
 def _max_prune(job: Any, solve: str, method: str, scope: str, agreement: float, tol: float, as_json: bool,
-               verbose: bool) -> None:
+               verbose: bool, folder: str | None = None) -> None:
     from probprune.runner.certify import SOLVES, MaxPruneSolve, check_solve, run_max_prune
 
     if solve not in SOLVES:
@@ -197,11 +276,16 @@ def _max_prune(job: Any, solve: str, method: str, scope: str, agreement: float, 
     resolved = {**job.to_dict(), **spec.to_dict()}
     print_header(resolved, job.out, as_json, verbose)
     log = None if as_json else ProgressLog(err_console)
-    res = run_max_prune(job, spec, progress=None if log is None else lambda d, t: log.update(d, t, "levels"))
+    res = run_max_prune(job, spec, progress=None if log is None else lambda d, t: log.update(d, t, "levels"),
+                        run_dir=folder)
+    report = None if res.run_dir is None else _write_report(res.run_dir)
     if as_json:
         emit_json({"config": resolved, "inputs": res.inputs, "arch": res.spec.to_arch(), "curve": res.curve,
-                   "summary": res.summary})
+                   "summary": res.summary, "run_dir": None if res.run_dir is None else str(res.run_dir),
+                   "report": None if report is None else str(report)})
         return
+    if report is not None:
+        console.print(f"report: {report}", markup=False, soft_wrap=True)
     console.print(f"inputs: {res.inputs}", markup=False)
     console.print(curve_table(res))
     best = res.summary["max_prune_fraction"]

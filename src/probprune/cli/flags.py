@@ -280,8 +280,8 @@ BOUND_FLAGS: dict[str, FlagRule] = {
 }
 CERTIFY_FLAGS: dict[str, FlagRule] = {
     **{k: k for k in ("weights", "pruned", "data", "radius", "n_points", "norm", "arch", "activation", "bias",
-                      "labels", "seed", "n_restarts", "n_steps", "out")},
-    "clip": ("clip", parse_clip),
+                      "labels", "seed", "n_restarts", "n_steps", "out", "halfwidth")},
+    "clip": ("clip", parse_clip), "radii": ("radii", _floats("radii")),
 }
 EXPERIMENT_FLAGS: dict[str, FlagRule] = {
     "dataset": "dataset", "seeds": ("seeds", _ints("seeds")), "epochs": ("epochs", lambda e: dict.fromkeys(MODELS, e)),

@@ -27,7 +27,11 @@ def report_cmd(
         return
     from probprune.report import load_report_data, write_report
     from probprune.runner.prune import check_output_paths
+    from probprune.store.certify import is_certify_dir
 
+    if is_certify_dir(run_dir):
+        _certify_report(run_dir, as_json)
+        return
     data = load_report_data(run_dir)
     check_output_paths({"report": out, "summary": Path(run_dir) / "summary.md"})  # before anything is written
     path = write_report(data)
@@ -45,4 +49,26 @@ def report_cmd(
     if data.points:
         console.print(verdict_line(doc), markup=False, soft_wrap=True)
     console.print(f"summary: {path.parent / 'summary.md'}", markup=False, soft_wrap=True)
+    console.print(f"report: {path}", markup=False, soft_wrap=True)
+
+
+def _certify_report(run_dir: str, as_json: bool) -> None:
+    """The report of a ``probprune certify`` run folder."""
+    from probprune.report.certify import build_certify_report
+    from probprune.runner.prune import check_output_paths
+    from probprune.store.certify import read_certify
+
+    run = read_certify(run_dir)
+    check_output_paths({"report": Path(run_dir) / "report.html", "summary": Path(run_dir) / "summary.md"})
+    path = build_certify_report(run_dir)
+    doc = {"report": str(path), "summary": str(path.parent / "summary.md"), "kind": "certify",
+           "n_done": len(run.rows), "n_expected": run.n_expected, "n_levels": len(run.levels),
+           "status": "complete" if run.finished else "partial"}
+    if as_json:
+        emit_json(doc)
+        return
+    if not run.finished:
+        err_console.print(f"warning: partial run ({len(run.rows)} of {run.n_expected} inputs); the report says so",
+                          markup=False, soft_wrap=True)
+    console.print(f"summary: {doc['summary']}", markup=False, soft_wrap=True)
     console.print(f"report: {path}", markup=False, soft_wrap=True)

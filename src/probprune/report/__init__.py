@@ -76,7 +76,15 @@ def build_report(run_dir: str | Path) -> Path:
 
     A partial run is reported with a visible warning; a folder with no results raises.
 
+    A ``probprune certify`` run folder gets its own page (:func:`probprune.report.certify.build_certify_report`).
+
     Raises:
         ProbPruneError: ``run_dir`` is not a folder, or holds no results.
     """
+    from probprune.store.certify import is_certify_dir
+
+    if is_certify_dir(run_dir):
+        from probprune.report.certify import build_certify_report
+
+        return build_certify_report(run_dir)
     return write_report(load_report_data(run_dir))

@@ -31,9 +31,11 @@ Inputs: ``mnist`` / ``fashion-mnist`` — the first N test images, pixels / 255 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -57,19 +59,32 @@ from probprune.config import (
     NetSpec,
     ProbPruneError,
     PruneSpec,
+    canonical_json,
+    config_hash,
+    from_dict,
     json_safe,
+    package_version,
     parse_arch,
 )
 from probprune.data import dataset_status, inputs_for, load_dataset
 from probprune.nets import Net, check_pair
 from probprune.nets.onnx import load_onnx
+from probprune.records import CertifyLevelRow, CertifyRadiusRow, CertifyRow
+from probprune.rng import derive_seed
 from probprune.runner.prune import check_output_paths, load_net
-from probprune.store import atomic_write_text
+from probprune.store import atomic_write_text, file_sha256
+from probprune.store.certify import CertifyStore, read_certify
 
-__all__ = ["CertifyOutcome", "MaxPruneOutcome", "MaxPruneSolve", "certify", "check_job", "check_solve",
-           "layerwise_radius", "load_inputs", "load_pair", "run_certify", "run_max_prune", "summarize_rows"]
+__all__ = ["RADIUS_FRACTIONS", "CertifyOutcome", "CertifyUnit", "LoadedJob", "MaxPruneOutcome", "MaxPruneSolve",
+           "certify", "check_job", "check_solve", "compute_unit", "curve_points", "curve_summary", "job_files",
+           "layerwise_radius", "load_halfwidth", "load_inputs", "load_job", "load_pair", "run_certify",
+           "run_max_prune", "summarize_rows"]
 
 Progress = Callable[[int, int], None]
+
+#: Scales of the job's ball (radius, or half-widths) at which the report's "certified agreement vs radius"
+#: curve is measured when ``--radii`` is not given (scale 1 is the job's own ball).
+RADIUS_FRACTIONS = (0.25, 0.5, 2.0)
 
 
 @dataclass(frozen=True, eq=False)
@@ -80,6 +95,7 @@ class CertifyOutcome:
     summary: dict[str, Any]
     inputs: str
     spec: NetSpec | None
+    run_dir: Path | None = None
 
 
 def _model_kind(name: str, path: str) -> str:
@@ -203,8 +219,12 @@ def load_inputs(job: CertifyJob, spec: NetSpec) -> tuple[Tensor, Tensor | None, 
     return x, y, f"rows 0..{n - 1} of {job.data} as given"
 
 
-def layerwise_radius(centres: Tensor, radius: float, norm: str, clip: tuple[float, float] | None) -> Tensor:
+def layerwise_radius(centres: Tensor, radius: float, norm: str, clip: tuple[float, float] | None,
+                     halfwidth: Tensor | None = None) -> Tensor:
     """``[B]`` radii R (rounded up) of ℓ2 balls around 0 that contain each ball ∩ box (module docstring).
+
+    With ``halfwidth`` ``[B, d]`` (ℓ∞ boxes ``c ± h``; ``radius`` is then ignored) the ball's growth is
+    ``‖h‖₂`` instead of ``r·√d`` and the per-coordinate range is ``[c − h, c + h]`` ∩ box.
 
     >>> float(layerwise_radius(torch.tensor([[3.0, 4.0]], dtype=torch.float64), 1.0, "l2", None)[0]) >= 6.0
     True
@@ -213,9 +233,14 @@ def layerwise_radius(centres: Tensor, radius: float, norm: str, clip: tuple[floa
     d = c.shape[1]
     # covers the float64 rounding of the norms and sums for any d (relative ≤ 2(d + 4)·2⁻⁵³), with room to spare
     up = (1.0 + 1e-12) * (1.0 + 2.0 * (d + 4) * 2.0 ** -53)
-    grow = radius if norm == "l2" else radius * math.sqrt(d)
+    half: float | Tensor = radius
+    if halfwidth is not None:
+        half = halfwidth.double()
+        grow: float | Tensor = half.norm(dim=1)
+    else:
+        grow = radius if norm == "l2" else radius * math.sqrt(d)
     r1 = (c.norm(dim=1) + grow) * up
-    lo, hi = c - radius, c + radius
+    lo, hi = c - half, c + half
     if clip is not None:
         lo, hi = lo.clamp_min(clip[0]), hi.clamp_max(clip[1])
     r2 = torch.maximum(lo.abs(), hi.abs()).norm(dim=1) * up
@@ -250,13 +275,13 @@ def summarize_rows(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _chunk_rows(target: Net, pruned: Net, x: Tensor, y: Tensor | None, start: int, ball: BallSpec,
-                budget: tuple[int, int], gen: torch.Generator) -> list[dict[str, Any]]:
+                budget: tuple[int, int], gen: torch.Generator, hw: Tensor | None = None) -> list[CertifyRow]:
     n_restarts, n_steps = budget
-    radii = layerwise_radius(x, ball.radius, ball.norm, ball.box)
+    radii = layerwise_radius(x, ball.radius, ball.norm, ball.box, hw)
     lay = [float(certified_gap_bound(target, pruned, radius=float(r)).value) for r in radii.tolist()]
-    low = gap_search(target, pruned, ball, gen, centres=x, n_restarts=n_restarts, n_steps=n_steps)
+    low = gap_search(target, pruned, ball, gen, centres=x, n_restarts=n_restarts, n_steps=n_steps, halfwidth=hw)
     # one propagation gives both the agreement margins and the differential gap bound
-    agr = certified_agreement(target, pruned, ball, centres=x, generator=gen,
+    agr = certified_agreement(target, pruned, ball, centres=x, generator=gen, halfwidth=hw,
                               n_restarts=max(1, n_restarts // 2), n_steps=max(1, n_steps // 2))
     diff = cast(DifferentialBound, agr.bound)
     t64, p64 = target.to(dtype=torch.float64), pruned.to(dtype=torch.float64)
@@ -270,18 +295,29 @@ def _chunk_rows(target: Net, pruned: Net, x: Tensor, y: Tensor | None, start: in
         lower = float(low.value[i])
         verdict = agr.verdicts[i]
         emp = bool(ct[i] == cp[i]) and bool(wt[i] == wp[i]) and verdict != "refuted"
-        rows.append({
-            "index": start + i,
-            "label": None if y is None else int(y[i]),
-            "class_target": int(ct[i]), "class_pruned": int(cp[i]),
-            "lower": lower, "upper": upper, "upper_differential": ud, "upper_layerwise": ul,
-            "layerwise_radius": float(radii[i]),
-            "upper_from": "differential" if ud <= ul else "layerwise",
-            "ratio": upper / lower if lower > 0 else (1.0 if upper == 0 else math.inf),
-            "verdict": verdict, "certified_agree": verdict == "certified", "empirical_agree": emp,
-            "margin_target": float(agr.margin_target[i]), "margin_pruned": float(agr.margin_pruned[i]),
-        })
+        rows.append(CertifyRow(
+            index=start + i, label=None if y is None else int(y[i]),
+            class_target=int(ct[i]), class_pruned=int(cp[i]),
+            lower=lower, upper=upper, upper_differential=ud, upper_layerwise=ul,
+            layerwise_radius=float(radii[i]), upper_from="differential" if ud <= ul else "layerwise",
+            ratio=upper / lower if lower > 0 else (1.0 if upper == 0 else math.inf),
+            verdict=verdict, certified_agree=verdict == "certified", empirical_agree=emp,
+            margin_target=float(agr.margin_target[i]), margin_pruned=float(agr.margin_pruned[i])))
     return rows
+
+
+def _curve_rows(target: Net, pruned: Net, x: Tensor, start: int, ball: BallSpec, hw: Tensor | None,
+                curve: Sequence[tuple[float, float | None]]) -> list[CertifyRadiusRow]:
+    """Certified agreement (no attack) of each input at each (scale, radius) of the curve."""
+    out = []
+    for scale, r in curve:
+        b = dataclasses.replace(ball, radius=float(r) if r is not None else ball.radius * scale)
+        agr = certified_agreement(target, pruned, b, centres=x, attack=False,
+                                  halfwidth=None if hw is None else hw * scale)
+        up = cast(DifferentialBound, agr.bound).value
+        out += [CertifyRadiusRow(scale=scale, index=start + i, radius=r, certified_agree=v == "certified",
+                                 upper=float(up[i])) for i, v in enumerate(agr.verdicts)]
+    return out
 
 
 def write_rows(path: str, rows: list[dict[str, Any]], summary: dict[str, Any]) -> None:
@@ -302,6 +338,162 @@ def write_rows(path: str, rows: list[dict[str, Any]], summary: dict[str, Any]) -
     atomic_write_text(Path(path).expanduser(), text)
 
 
+# ---------------------------------------------------------------------------------------- a job as units
+
+
+@dataclass(frozen=True, eq=False)
+class LoadedJob:
+    """Everything a certify job reads, loaded and checked: both nets, the inputs, labels, half-widths."""
+
+    job: CertifyJob
+    target: Net
+    pruned: Net
+    x: Tensor
+    y: Tensor | None
+    halfwidth: Tensor | None
+    inputs: str
+
+    @property
+    def ball(self) -> BallSpec:
+        """The job's ball (radius: the job's, or the largest half-width; centres are passed per chunk)."""
+        r = float(cast(float, self.job.radius)) if self.halfwidth is None else float(self.halfwidth.max())
+        return BallSpec(radius=r, norm=self.job.norm, box=self.job.clip,
+                        centre=None if self.job.clip is None else tuple(float(v) for v in self.x[0].tolist()))
+
+
+def load_halfwidth(job: CertifyJob, n: int, d: int) -> Tensor | None:
+    """The ``[n, d]`` float64 half-widths of ``job.halfwidth`` (rows 0..n−1 of ``[N', d]``, or ``[d]`` for all).
+
+    Raises:
+        ProbPruneError: not a plain ``.npy``, wrong shape, non-numeric, non-finite, negative, or 0 everywhere.
+    """
+    if job.halfwidth is None:
+        return None
+    arr = _load_npy("halfwidth", job.halfwidth)
+    name = f"halfwidth={job.halfwidth!r}"
+    if arr.dtype.kind not in "fiu" or not (arr.shape == (d,) or (arr.ndim == 2 and arr.shape[1] == d)):
+        raise ProbPruneError(f"{name}: shape {arr.shape} dtype {arr.dtype}, expected numbers [N, {d}] or [{d}]")
+    if arr.ndim == 2 and arr.shape[0] < n:
+        raise ProbPruneError(f"{name}: {arr.shape[0]} rows, n_points={n} inputs need {n}")
+    h = np.broadcast_to(arr, (n, d)) if arr.ndim == 1 else arr[:n]
+    h = np.ascontiguousarray(h, dtype=np.float64)
+    if not np.isfinite(h).all() or (h < 0).any():
+        raise ProbPruneError(f"{name}: half-widths must be finite and >= 0")
+    if not (h > 0).any():
+        raise ProbPruneError(f"{name}: every half-width is 0 (a box of single points); give some > 0")
+    return torch.from_numpy(h)
+
+
+def load_job(job: CertifyJob, pruned_from_target: bool = False) -> LoadedJob:
+    """Check and load a job (``pruned_from_target``: ``--solve max-prune``, f is made from F later).
+
+    Raises:
+        ProbPruneError: any bad file, shape or value (nothing is written).
+    """
+    job2 = dataclasses.replace(job, pruned=job.weights) if pruned_from_target else job
+    check_job(job2)
+    target, pruned = load_pair(job2)
+    if target.spec.kind != "fcn":  # the differential bound's own refusal, passed on
+        differential_bound(target, pruned, BallSpec(radius=1.0))
+    x, y, note = load_inputs(job2, target.spec)
+    hw = load_halfwidth(job2, x.shape[0], x.shape[1])
+    if job.clip is not None and not bool(((x >= job.clip[0]) & (x <= job.clip[1])).all()):
+        bad = int(((x < job.clip[0]) | (x > job.clip[1])).any(1).nonzero()[0, 0])
+        raise ProbPruneError(f"clip={job.clip!r}: input {bad} lies outside the box")
+    return LoadedJob(job, target, pruned, x, y, hw, note)
+
+
+def job_files(job: CertifyJob, pruned_from_target: bool = False) -> dict[str, str]:
+    """SHA-256 of every file the job reads, by field (stored in the run folder, checked on resume)."""
+    names = ["weights", "data", "labels", "halfwidth"] + ([] if pruned_from_target else ["pruned"])
+    out = {}
+    for name in sorted(names):
+        path = getattr(job, name)
+        if path is not None and path not in DATASETS:
+            out[name] = file_sha256(path)
+    return out
+
+
+def curve_points(job: CertifyJob) -> tuple[tuple[float, float | None], ...]:
+    """The (scale, radius) points of the "certified agreement vs radius" curve besides the job's own ball.
+
+    ``job.radii`` when given (scale = r / radius), else :data:`RADIUS_FRACTIONS` of the radius (or of the
+    half-widths: radius ``None``).
+    """
+    if job.halfwidth is not None:
+        return tuple((s, None) for s in RADIUS_FRACTIONS)
+    r0 = float(cast(float, job.radius))
+    if job.radii:
+        return tuple((r / r0, r) for r in job.radii if r != r0)
+    return tuple((s, s * r0) for s in RADIUS_FRACTIONS)
+
+
+@dataclass(frozen=True)
+class CertifyUnit:
+    """Inputs ``start .. stop − 1`` of a certify job: plain data (a Ray worker rebuilds everything from it).
+
+    The chunk's randomness is ``derive_seed(config_hash, start, "certify")``, so a unit gives the same rows
+    in any process, in any order, resumed or not.
+    """
+
+    config: dict[str, Any]
+    config_hash: str
+    files: tuple[tuple[str, str], ...]
+    start: int
+    stop: int
+
+    def describe(self) -> str:
+        """For error messages."""
+        return f"inputs {self.start}..{self.stop - 1} (seed {derive_seed(self.config_hash, self.start, 'certify')})"
+
+
+@functools.lru_cache(maxsize=1)
+def _load_cached(config_json: str, files: tuple[tuple[str, str], ...]) -> LoadedJob:
+    job = cast(CertifyJob, from_dict(json.loads(config_json), CertifyJob))
+    if tuple(sorted(job_files(job).items())) != files:
+        raise ProbPruneError("certify unit: the files on this machine differ from the driver's (sha256)")
+    return load_job(job)
+
+
+def compute_unit(unit: CertifyUnit, loaded: LoadedJob | None = None) -> list[CertifyRow | CertifyRadiusRow]:
+    """The records of one unit: its inputs' rows and their curve rows (pure in the unit and the files).
+
+    Args:
+        unit: the unit.
+        loaded: the driver's loaded job (local executor); ``None`` loads it from the unit's config (a worker).
+    """
+    if loaded is None:
+        loaded = _load_cached(json.dumps(unit.config, sort_keys=True), unit.files)
+    job = loaded.job
+    if config_hash(job) != unit.config_hash:
+        raise ProbPruneError(f"unit: config hash {config_hash(job)} differs from {unit.config_hash}")
+    sl = slice(unit.start, unit.stop)
+    x, hw = loaded.x[sl], None if loaded.halfwidth is None else loaded.halfwidth[sl]
+    gen = torch.Generator().manual_seed(derive_seed(unit.config_hash, unit.start, "certify"))
+    rows: list[CertifyRow | CertifyRadiusRow] = []
+    rows += _chunk_rows(loaded.target, loaded.pruned, x, None if loaded.y is None else loaded.y[sl], unit.start,
+                        loaded.ball, (job.n_restarts, job.n_steps), gen, hw)
+    rows += _curve_rows(loaded.target, loaded.pruned, x, unit.start, loaded.ball, hw, curve_points(job))
+    return rows
+
+
+def curve_summary(rows: Sequence[CertifyRow], curve: Sequence[CertifyRadiusRow], job: CertifyJob
+                  ) -> list[dict[str, Any]]:
+    """Certified agreement rate per scale of the ball (the job's own scale 1 from the rows), by scale."""
+    by: dict[float, list[bool]] = {1.0: [r.certified_agree for r in rows]}
+    radius: dict[float, float | None] = {1.0: job.radius}
+    for q in curve:
+        by.setdefault(q.scale, []).append(q.certified_agree)
+        radius[q.scale] = q.radius
+    return [{"scale": s, "radius": radius[s], "n": len(v), "certified_agreement": sum(v) / max(1, len(v))}
+            for s, v in sorted(by.items())]
+
+
+def _stored_doc(job: CertifyJob, h: str, files: dict[str, str], solve: dict[str, Any] | None) -> dict[str, Any]:
+    return {"config": json.loads(canonical_json(job)), "hash": h, "files": files, "solve": solve,
+            "version": package_version("probprune")}
+
+
 def _graph_target(job: CertifyJob) -> Any:
     """The target as a :class:`~probprune.runner.graph.GraphModel` when it is an ONNX graph the chain reader
     refuses and the graph reader reads exactly; ``None`` for a chain (or a .safetensors file)."""
@@ -319,57 +511,102 @@ def _graph_target(job: CertifyJob) -> Any:
     return None
 
 
-def run_certify(job: CertifyJob, progress: Progress | None = None, write: bool = True) -> CertifyOutcome:
-    """Load, certify every input, summarise, and (with ``job.out`` and ``write``) write the rows.
+def run_certify(job: CertifyJob, progress: Progress | None = None, write: bool = True, *,
+                run_dir: str | Path | None = None, executor: Any = None) -> CertifyOutcome:
+    """Load, certify every input (as units, on ``executor``), summarise; store and resume in ``run_dir``.
 
     Args:
         job: the settings (checked first: nothing is computed or written for bad input).
-        progress: called with (inputs done, total) after each chunk.
+        progress: called with (inputs done, total) after planning and after each unit.
         write: write ``job.out`` when set.
+        run_dir: the run folder (created; a folder of this config resumes: stored inputs are not recomputed;
+            one of another config, or made from other files, is refused); ``None``: nothing is stored.
+        executor: ``map(fn, units)`` yielding ``(unit, records)`` (e.g. a
+            :class:`~probprune.runner.ray_executor.RayExecutor`); ``None`` runs the units here.
     """
     check_job(job)
     graph = _graph_target(job)
     if graph is not None:  # an ONNX graph (conv, residual): the differential graph bound
         from probprune.runner.certify_graph import run_graph_certify
 
+        for name, v in (("run_dir", run_dir), ("executor", executor), ("halfwidth", job.halfwidth)):
+            if v is not None:
+                raise ProbPruneError(f"{name}={v!r}: not supported for graph models yet (a chain FCN only)")
         return run_graph_certify(job, graph, progress=progress, write=write)
-    target, pruned = load_pair(job)
-    if target.spec.kind != "fcn":  # the differential bound's own refusal, passed on
-        differential_bound(target, pruned, BallSpec(radius=float(job.radius)))
-    x, y, note = load_inputs(job, target.spec)
-    out = certify(target, pruned, x, radius=float(job.radius), norm=job.norm, clip=job.clip, labels=y,
-                  seed=job.seed, n_restarts=job.n_restarts, n_steps=job.n_steps, batch_size=job.batch_size,
-                  progress=progress, inputs=note)
+    loaded = load_job(job)
+    h, files = config_hash(job), job_files(job)
+    n = int(loaded.x.shape[0])
+    store = None if run_dir is None else CertifyStore(run_dir, _stored_doc(job, h, files, None), n)
+    t0 = time.perf_counter()
+    try:
+        done = store.done() if store is not None else set()
+        data = json.loads(canonical_json(job))
+        units = [CertifyUnit(data, h, tuple(sorted(files.items())), s, min(n, s + job.batch_size))
+                 for s in range(0, n, job.batch_size) if not set(range(s, min(n, s + job.batch_size))) <= done]
+        records: list[Any] = []
+        n_done = len(done)
+        if progress is not None:
+            progress(n_done, n)
+        if executor is None:
+            pairs: Iterable[tuple[CertifyUnit, list[Any]]] = ((u, compute_unit(u, loaded)) for u in units)
+        else:
+            pairs = executor.map(compute_unit, units)
+        for unit, recs in pairs:
+            if store is not None:
+                store.add(recs)
+            records += recs
+            n_done += unit.stop - unit.start
+            if progress is not None:
+                progress(n_done, n)
+        if store is not None:
+            stored = read_certify(store.path)
+            rows, curve = stored.rows, stored.radii
+        else:
+            rows = sorted((r for r in records if isinstance(r, CertifyRow)), key=lambda r: r.index)
+            curve = [r for r in records if isinstance(r, CertifyRadiusRow)]
+        summary = summarize_rows([r.to_dict() for r in rows])
+        summary["curve"] = curve_summary(rows, curve, job)
+        summary["seconds"] = time.perf_counter() - t0
+        summary["n_new"] = sum(isinstance(r, CertifyRow) for r in records)
+        if store is not None:
+            store.set_meta("summary", json.dumps(json_safe(summary), sort_keys=True, allow_nan=False))
+            store.set_meta("finished", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    finally:
+        if store is not None:
+            store.close()
+    out = CertifyOutcome([r.to_dict() for r in rows], summary, loaded.inputs, loaded.target.spec,
+                         None if store is None else store.path)
     if write and job.out is not None:
         write_rows(job.out, out.rows, out.summary)
     return out
 
 
-def certify(target: Net, pruned: Net, centres: Tensor, *, radius: float, norm: CertifyNorm = "l2",
+def certify(target: Net, pruned: Net, centres: Tensor, *, radius: float | None = None, norm: CertifyNorm = "l2",
             clip: tuple[float, float] | None = None, labels: Tensor | None = None, seed: int = 0,
             n_restarts: int = 8, n_steps: int = 100, batch_size: int = 25, progress: Progress | None = None,
-            inputs: str = "centres as given") -> CertifyOutcome:
+            inputs: str = "centres as given", halfwidth: Tensor | None = None) -> CertifyOutcome:
     """The local sandwich and certified agreement of ``pruned`` (f) against ``target`` (F) around each centre.
 
     The Python form of ``probprune certify`` (the module docstring says what each row holds): for every row
     ``c`` of ``centres`` and the ball ``{x : ‖x − c‖ ≤ radius} ∩ box`` (``norm`` ``"l2"`` or ``"linf"``, the box
-    ``clip``), a certified upper bound on ``sup ‖f(x) − F(x)‖₂`` (the minimum of the differential and the
-    layerwise bound, both valid), a witnessed lower bound, and the agreement verdict. A centre of 0 is the
-    paper's ball around the origin.
+    ``clip``) — or, with ``halfwidth``, the box ``c ± h`` ∩ box — a certified upper bound on
+    ``sup ‖f(x) − F(x)‖₂`` (the minimum of the differential and the layerwise bound, both valid), a witnessed
+    lower bound, and the agreement verdict. A centre of 0 is the paper's ball around the origin.
 
     Args:
         target: F, one network (no trial dim), fully connected.
         pruned: f, the same architecture.
         centres: ``[N, d]`` inputs (any float dtype; used in float64), inside ``clip`` when given.
-        radius: the ball's radius r > 0.
-        norm: ``"l2"`` or ``"linf"``.
+        radius: the ball's radius r > 0 (exactly one of ``radius`` and ``halfwidth``).
+        norm: ``"l2"`` or ``"linf"`` (``"linf"`` with ``halfwidth``).
         clip: ``(lo, hi)``: the box the inputs live in, intersected with every ball; or ``None``.
         labels: ``[N]`` integer labels (for the two nets' accuracies), or ``None``.
-        seed: randomness of the gap search and the agreement attack.
+        seed: randomness of the gap search and the agreement attack (chunk k: its own seed from ``seed``).
         n_restarts, n_steps: gap search budget; the agreement attack gets half of each (at least 1).
         batch_size: centres per chunk (one progress step each).
         progress: called with (centres done, total) after each chunk.
         inputs: a note on what the centres are (kept in the outcome).
+        halfwidth: ``[N, d]`` or ``[d]`` ℓ∞ half-widths: ball i is the box ``c_i ± h_i`` (∩ ``clip``).
 
     Returns:
         :class:`CertifyOutcome`: rows (one per centre, keys as ``--json`` writes them) and their summary.
@@ -382,11 +619,37 @@ def certify(target: Net, pruned: Net, centres: Tensor, *, radius: float, norm: C
     >>> out.summary["certified_agreement"], out.summary["max_upper"]
     (1.0, 0.0)
     """
-    BallSpec(radius=radius, norm=norm)  # validates radius and norm
+    x, hw, ball = _check_api(target, pruned, centres, radius, norm, clip, labels, halfwidth,
+                             (("n_restarts", n_restarts), ("n_steps", n_steps), ("batch_size", batch_size)))
+    t0 = time.perf_counter()
+    rows: list[CertifyRow] = []
+    n = x.shape[0]
+    if progress is not None:
+        progress(0, n)
+    for start in range(0, n, batch_size):
+        sl = slice(start, start + batch_size)
+        gen = torch.Generator().manual_seed(derive_seed(f"seed {seed}", start, "certify"))
+        rows += _chunk_rows(target, pruned, x[sl], None if labels is None else labels[sl], start, ball,
+                            (n_restarts, n_steps), gen, None if hw is None else hw[sl])
+        if progress is not None:
+            progress(len(rows), n)
+    summary = summarize_rows([r.to_dict() for r in rows])
+    summary["seconds"] = time.perf_counter() - t0
+    return CertifyOutcome([r.to_dict() for r in rows], summary, inputs, target.spec)
+
+
+def _check_api(target: Net, pruned: Net, centres: Tensor, radius: float | None, norm: str,
+               clip: tuple[float, float] | None, labels: Tensor | None, halfwidth: Tensor | None,
+               ints: Sequence[tuple[str, object]]) -> tuple[Tensor, Tensor | None, BallSpec]:
+    """The checks of :func:`certify`; the float64 centres, half-widths ``[N, d]`` and the ball."""
+    if (radius is None) == (halfwidth is None):
+        raise ProbPruneError(f"radius={radius!r}: give exactly one of radius and halfwidth")
+    if radius is not None:
+        BallSpec(radius=radius, norm=norm)  # type: ignore[arg-type]  # validates radius and norm
     check_pair(target, pruned)
     if target.n_trials is not None:
         raise ProbPruneError(f"target: one network expected, got an ensemble of {target.n_trials}")
-    for name, v in (("n_restarts", n_restarts), ("n_steps", n_steps), ("batch_size", batch_size)):
+    for name, v in ints:
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ProbPruneError(f"{name}={v!r}: must be an integer >= 1")
     d = target.spec.widths[0]
@@ -404,25 +667,28 @@ def certify(target: Net, pruned: Net, centres: Tensor, *, radius: float, norm: C
     if clip is not None and not bool(((x >= clip[0]) & (x <= clip[1])).all()):
         bad = int(((x < clip[0]) | (x > clip[1])).any(1).nonzero()[0, 0])
         raise ProbPruneError(f"clip={clip!r}: input {bad} lies outside the box")
+    hw = None if halfwidth is None else _check_halfwidth(halfwidth, x, norm)
     # the centres are passed per chunk (they override the spec's centre); the spec's own centre is the first one,
     # so that a box that holds every centre but not 0 is accepted
-    ball = BallSpec(radius=radius, norm=norm, box=clip,
+    r = float(cast(float, radius)) if hw is None else float(hw.max())
+    ball = BallSpec(radius=r, norm=norm, box=clip,  # type: ignore[arg-type]
                     centre=None if clip is None else tuple(float(v) for v in x[0].tolist()))
-    t0 = time.perf_counter()
-    gen = torch.Generator().manual_seed(seed)
-    rows: list[dict[str, Any]] = []
-    n = x.shape[0]
-    if progress is not None:
-        progress(0, n)
-    for start in range(0, n, batch_size):
-        rows += _chunk_rows(target, pruned, x[start:start + batch_size],
-                            None if labels is None else labels[start:start + batch_size], start, ball,
-                            (n_restarts, n_steps), gen)
-        if progress is not None:
-            progress(len(rows), n)
-    summary = summarize_rows(rows)
-    summary["seconds"] = time.perf_counter() - t0
-    return CertifyOutcome(rows, summary, inputs, target.spec)
+    return x, hw, ball
+
+
+def _check_halfwidth(halfwidth: Tensor, x: Tensor, norm: str) -> Tensor:
+    if norm != "linf":
+        raise ProbPruneError(f"norm={norm!r}: halfwidth boxes are l-infinity balls; use norm linf")
+    n, d = x.shape
+    if not isinstance(halfwidth, Tensor) or tuple(halfwidth.shape) not in ((n, d), (d,)):
+        shape = tuple(halfwidth.shape) if isinstance(halfwidth, Tensor) else type(halfwidth).__name__
+        raise ProbPruneError(f"halfwidth: shape {shape}, expected [{n}, {d}] or [{d}]")
+    h = halfwidth.detach().to(device="cpu", dtype=torch.float64).expand(n, d).contiguous()
+    if not bool((torch.isfinite(h) & (h >= 0)).all()):
+        raise ProbPruneError("halfwidth: must be finite and >= 0")
+    if not bool((h > 0).any()):
+        raise ProbPruneError("halfwidth: every half-width is 0; give some > 0")
+    return h
 
 
 # ---------------------------------------------------------------------------------------- max-prune
@@ -473,28 +739,27 @@ def check_solve(job: CertifyJob, solve: MaxPruneSolve) -> None:
     check_job(dataclasses.replace(job, pruned=job.weights))
 
 
-def _level_row(target: Net, x: Tensor, y: Tensor | None, frac: float, job: CertifyJob, solve: MaxPruneSolve
-               ) -> dict[str, Any]:
-    """Prune ``target`` at ``frac`` and measure certified/empirical agreement and the pruned net's accuracy."""
+def _level_row(lj: LoadedJob, frac: float, solve: MaxPruneSolve) -> CertifyLevelRow:
+    """Prune F at ``frac`` and measure certified/empirical agreement and the pruned net's accuracy."""
     from probprune.masks import prune
 
     t0 = time.perf_counter()
+    job, target, x, y = lj.job, lj.target, lj.x, lj.y
     gen = torch.Generator().manual_seed(job.seed)
     rule = PruneSpec(method=cast(Any, solve.method), prune_fraction=frac, scope=cast(Any, solve.scope))
     pruned = cast(Net, prune(target, rule, generator=gen if solve.method == "random" else None).model)
-    ball = BallSpec(radius=float(job.radius), norm=job.norm, box=job.clip)  # type: ignore[arg-type]
-    agr = certified_agreement(target, pruned, ball, centres=x, generator=torch.Generator().manual_seed(job.seed),
+    agr = certified_agreement(target, pruned, lj.ball, centres=x, generator=torch.Generator().manual_seed(job.seed),
                               n_restarts=max(1, job.n_restarts // 2), n_steps=max(1, job.n_steps // 2),
-                              batch_size=job.batch_size)
+                              batch_size=job.batch_size, halfwidth=lj.halfwidth)
     with torch.no_grad():
         cp = cast(Tensor, pruned.to(dtype=torch.float64)(x)).argmax(-1)
     same = cp == agr.target_class
     n = x.shape[0]
     emp = sum(bool(same[i]) and agr.verdicts[i] != "refuted" for i in range(n)) / n
-    return {"prune_fraction": frac, "certified_agreement": agr.certified_rate, "empirical_agreement": emp,
-            "refuted": sum(v == "refuted" for v in agr.verdicts),
-            "accuracy_pruned": None if y is None else float((cp == y).double().mean()),
-            "meets_target": agr.certified_rate >= solve.agreement, "seconds": time.perf_counter() - t0}
+    return CertifyLevelRow(prune_fraction=frac, certified_agreement=agr.certified_rate, empirical_agreement=emp,
+                           refuted=sum(v == "refuted" for v in agr.verdicts),
+                           accuracy_pruned=None if y is None else float((cp == y).double().mean()),
+                           meets_target=agr.certified_rate >= solve.agreement, seconds=time.perf_counter() - t0)
 
 
 def _search_levels(evaluate: Callable[[float], dict[str, Any]], solve: MaxPruneSolve) -> float | None:
@@ -533,10 +798,19 @@ class MaxPruneOutcome:
     summary: dict[str, Any]
     inputs: str
     spec: NetSpec
+    run_dir: Path | None = None
+
+
+def max_prune_hash(job: CertifyJob, solve: MaxPruneSolve) -> str:
+    """The config hash of a max-prune run (the job without ``out`` and ``pruned``, and the solve)."""
+    cfg = json.loads(canonical_json(job))
+    for k in ("out", "pruned"):
+        cfg.pop(k, None)
+    return config_hash({"job": cfg, "solve": solve.to_dict()}, kind="certify-max-prune")
 
 
 def run_max_prune(job: CertifyJob, solve: MaxPruneSolve, progress: Progress | None = None,
-                  write: bool = True) -> MaxPruneOutcome:
+                  write: bool = True, *, run_dir: str | Path | None = None) -> MaxPruneOutcome:
     """``--solve max-prune``: the largest prune fraction of ``job.weights`` with certified agreement ≥ target.
 
     Args:
@@ -544,32 +818,42 @@ def run_max_prune(job: CertifyJob, solve: MaxPruneSolve, progress: Progress | No
         solve: method, scope, target rate, bisection tolerance.
         progress: called with (levels done, levels planned) after each level.
         write: write ``job.out`` (the curve and the summary) when set.
+        run_dir: the run folder (each measured level stored as it is measured; a resumed run re-measures
+            none of its stored levels); ``None``: nothing stored.
     """
     check_solve(job, solve)
-    target, _ = load_pair(dataclasses.replace(job, pruned=job.weights))
-    x, y, note = load_inputs(job, target.spec)
-    if job.clip is not None and not bool(((x >= job.clip[0]) & (x <= job.clip[1])).all()):
-        bad = int(((x < job.clip[0]) | (x > job.clip[1])).any(1).nonzero()[0, 0])
-        raise ProbPruneError(f"clip={job.clip!r}: input {bad} lies outside the box")
+    lj = load_job(job, pruned_from_target=True)
+    h, files = max_prune_hash(job, solve), job_files(job, pruned_from_target=True)
+    store = None if run_dir is None else CertifyStore(run_dir, _stored_doc(job, h, files, solve.to_dict()),
+                                                      int(lj.x.shape[0]))
     t0 = time.perf_counter()
-    seen: dict[float, dict[str, Any]] = {}
+    seen: dict[float, CertifyLevelRow] = {} if store is None else store.levels()
     planned = len(GRID) + math.ceil(math.log2(max(2.0, 0.1 / solve.tol)))
 
     def evaluate(frac: float) -> dict[str, Any]:
         if frac not in seen:
-            seen[frac] = _level_row(target, x, y, frac, job, solve)
+            seen[frac] = _level_row(lj, frac, solve)
+            if store is not None:
+                store.add([seen[frac]])
             if progress is not None:
                 progress(len(seen), max(planned, len(seen)))
-        return seen[frac]
+        return seen[frac].to_dict()
 
-    best = _search_levels(evaluate, solve)
-    with torch.no_grad():
-        ct = cast(Tensor, target.to(dtype=torch.float64)(x)).argmax(-1)
-    summary = {"max_prune_fraction": best, "agreement_target": solve.agreement, "method": solve.method,
-               "scope": solve.scope, "n": int(x.shape[0]), "levels": len(seen),
-               "accuracy_target": None if y is None else float((ct == y).double().mean()),
-               "seconds": time.perf_counter() - t0}
-    curve = [seen[f] for f in sorted(seen)]
+    try:
+        best = _search_levels(evaluate, solve)
+        with torch.no_grad():
+            ct = cast(Tensor, lj.target.to(dtype=torch.float64)(lj.x)).argmax(-1)
+        summary = {"max_prune_fraction": best, "agreement_target": solve.agreement, "method": solve.method,
+                   "scope": solve.scope, "n": int(lj.x.shape[0]), "levels": len(seen),
+                   "accuracy_target": None if lj.y is None else float((ct == lj.y).double().mean()),
+                   "seconds": time.perf_counter() - t0}
+        if store is not None:
+            store.set_meta("summary", json.dumps(json_safe(summary), sort_keys=True, allow_nan=False))
+            store.set_meta("finished", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    finally:
+        if store is not None:
+            store.close()
+    curve = [seen[f].to_dict() for f in sorted(seen)]
     if write and job.out is not None:
         write_rows(job.out, curve, summary)
-    return MaxPruneOutcome(curve, summary, note, target.spec)
+    return MaxPruneOutcome(curve, summary, lj.inputs, lj.target.spec, None if store is None else store.path)
