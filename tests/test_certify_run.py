@@ -229,6 +229,19 @@ def test_folder_of_another_config_or_changed_files_is_refused(files: dict[str, P
     assert code == 2 and "a folder with other files and no config.json" in err and err.count("\n") == 1
 
 
+def test_a_folder_of_an_older_results_rule_is_read_but_not_resumed(files: dict[str, Path], tmp_path: Path) -> None:
+    folder = tmp_path / "run"
+    rc.run_certify(_job(files, n_points=3), run_dir=folder)
+    cfg = folder / "config.json"
+    doc = json.loads(cfg.read_text())
+    assert doc["results_rule"] == 2
+    del doc["results_rule"]  # as an earlier estimator rule would have left it
+    cfg.write_text(json.dumps(doc))
+    assert len(read_certify(folder).rows) == 3  # still readable
+    with pytest.raises(ProbPruneError, match=r"results rule 1 .* will not append to it"):
+        rc.run_certify(_job(files, n_points=3), run_dir=folder)
+
+
 def test_a_locked_folder_is_refused(files: dict[str, Path], tmp_path: Path) -> None:
     job = _job(files, n_points=3)
     folder = tmp_path / "run"

@@ -224,7 +224,8 @@ def test_gap_settings_from_flags_file_and_set_agree(tmp_path: Path, capsys: pyte
                          "--set", "gap.n_restarts=2", "--set", "gap.n_steps=15", "--set", "seed=3", "--json"],
                         capsys))
     assert by_flags["config"]["gap"] == {"radius": 0.5, "n_restarts": 2, "n_steps": 15}
-    assert by_flags["sandwich"]["bound"]["radius"] == 0.5 and by_flags["sandwich"]["n_evals"] == 2 * (4 * 15 + 1)
+    # graph_search_budget's 4·R·T evaluations + the float64 value at the witness
+    assert by_flags["sandwich"]["bound"]["radius"] == 0.5 and by_flags["sandwich"]["n_evals"] == 4 * 2 * 15 + 1
     assert by_file == by_flags and by_set == by_flags
     wider = _json(*run(["gap", "--config", str(cfg), "--set", "gap.radius=2", "--json"], capsys))
     assert wider["sandwich"]["bound"]["radius"] == 2.0 and wider["sandwich"]["upper"] > by_flags["sandwich"]["upper"]

@@ -234,3 +234,17 @@ def test_experiment_data_cache_is_an_explicit_object(monkeypatch: pytest.MonkeyP
     assert shipped.get("mnist", "/nowhere") is not data and len(loads) == 4
     assert cache.get("fashion-mnist", None) is not data and len(loads) == 5  # one data set at a time
     assert cache.get("mnist", "/nowhere") is not data and len(loads) == 6
+
+
+def test_the_two_forward_forms_agree_bit_for_bit_on_one_or_two_points() -> None:
+    # a product of one or two rows takes a matrix-vector kernel in the member loop: such tiny batches run batched
+    # in every mode (the search engine evaluates them: the float64 witness, a last trajectory step)
+    from probprune.sampling import sample_net
+
+    net = sample_net(CFG.net, CFG.law, [torch.Generator().manual_seed(i) for i in range(4)])
+    with execution(ExecutionPolicy(threads=2)) as ex, torch.no_grad():
+        for n in (1, 2, 3, 8):
+            x = torch.randn(4, n, CFG.net.widths[0], generator=torch.Generator().manual_seed(n))
+            a = net(x, policy=ExecutionPolicy(forward="batched"), workers=ex.workers)
+            b = net(x, policy=ExecutionPolicy(forward="members"), workers=ex.workers)
+            assert torch.equal(a, b), n

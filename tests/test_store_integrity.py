@@ -257,7 +257,8 @@ def test_a_run_of_an_older_results_rule_is_read_but_not_resumed(tmp_path: Path,
     # a run whose rows an earlier estimator computed (same config, same hash): never appended to
     res = run_verify(CFG, tmp_path / "new")
     assert open_run(res.run_dir).meta["results_rule"] == "2"
-    for how in ("UPDATE meta SET value = '1' WHERE key = 'results_rule'", "DELETE FROM meta WHERE key = 'results_rule'"):
+    for how in ("UPDATE meta SET value = '1' WHERE key = 'results_rule'",
+                "DELETE FROM meta WHERE key = 'results_rule'"):
         old = tmp_path / f"old{len(how)}" / res.run_dir.name
         shutil.copytree(res.run_dir, old)
         _sql(old, how)

@@ -5,8 +5,9 @@ Random and magnitude pruning of fully-connected and convolutional networks, with
 sides (empirical lower bound, certified upper bound) and the probabilistic bounds of
 Qian & Klabjan (ICML 2021) with explicit constants (``docs/theory.md``).
 
-The top level is small on purpose: the specs (settings), the network type and its readers/writers, and one
-function per job. Everything else is importable from its own module (``docs/architecture.md`` says where each
+The top level is small on purpose: the specs (settings), the network types (``Net``, the chain the batched engine
+runs; ``Graph``, what any traced module or ONNX model is read into) and their readers/writers, and one function
+per job. Everything else is importable from its own module (``docs/architecture.md`` says where each
 concept lives).
 
 >>> import probprune as pp
@@ -38,9 +39,13 @@ if TYPE_CHECKING:
     from probprune.bounds.certified import certified_gap_bound
     from probprune.bounds.probabilistic import probabilistic_bound
     from probprune.gap import sup_gap
+    from probprune.graphmasks import prune_graph
     from probprune.masks import prune
     from probprune.nets import Net, from_module, to_module
+    from probprune.nets.fx import graph_from_module
+    from probprune.nets.graph import Graph
     from probprune.nets.onnx import load_onnx, save_onnx
+    from probprune.nets.onnx_graph import load_onnx_graph, save_onnx_graph
     from probprune.runner.certify import certify
     from probprune.runner.verify import run_verify as verify
     from probprune.sampling import sample_net
@@ -53,6 +58,11 @@ _LAZY: dict[str, tuple[str, str]] = {
     "to_module": ("probprune.nets", "to_module"),
     "load_onnx": ("probprune.nets.onnx", "load_onnx"),
     "save_onnx": ("probprune.nets.onnx", "save_onnx"),
+    "Graph": ("probprune.nets.graph", "Graph"),
+    "graph_from_module": ("probprune.nets.fx", "graph_from_module"),
+    "load_onnx_graph": ("probprune.nets.onnx_graph", "load_onnx_graph"),
+    "save_onnx_graph": ("probprune.nets.onnx_graph", "save_onnx_graph"),
+    "prune_graph": ("probprune.graphmasks", "prune_graph"),
     "sample_net": ("probprune.sampling", "sample_net"),
     "prune": ("probprune.masks", "prune"),
     "sup_gap": ("probprune.gap", "sup_gap"),
@@ -71,6 +81,7 @@ __all__ = [
     "ExecutionPolicy",
     "ExperimentSpec",
     "GapSpec",
+    "Graph",
     "LawSpec",
     "MCSpec",
     "Net",
@@ -83,11 +94,15 @@ __all__ = [
     "certified_gap_bound",
     "certify",
     "from_module",
+    "graph_from_module",
     "load_onnx",
+    "load_onnx_graph",
     "probabilistic_bound",
     "prune",
+    "prune_graph",
     "sample_net",
     "save_onnx",
+    "save_onnx_graph",
     "sup_gap",
     "to_module",
     "verify",

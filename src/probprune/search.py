@@ -148,7 +148,7 @@ class Region:
         nrm = v.norm(dim=-1, keepdim=True)
         # ‖cast error‖ ≤ u‖x‖ ≤ u(‖c‖ + r); the float64 check's factor 1 + 2(d+4)u64 plus this projection's rounding
         margin = 4.0 * u * (c.norm(dim=-1, keepdim=True) + r) + r * 4.0 * (d + 6) * _U64
-        rr = (r - margin).clamp_min(0.0) if self.strict else torch.full_like(margin, r)
+        rr = (r - margin).clamp_min(0.0) if self.strict else torch.full_like(margin, float(r))
         scale = rr / nrm.clamp_min(1e-300)
         if not self.sphere:
             scale = torch.where(nrm > rr, scale, torch.ones_like(scale))

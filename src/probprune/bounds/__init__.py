@@ -8,13 +8,16 @@
   entry statistics, concentration lemmas, the paper's theorems;
 - :mod:`~probprune.bounds.probabilistic` — the public ε(δ) bound and its inverse solvers;
   :mod:`~probprune.bounds.paper` — the paper's form and the fitted gap exponent;
-- :mod:`~probprune.bounds.graph` — the certified bound on graphs (issue 15).
+- :mod:`~probprune.bounds.graph` — the layerwise certified bound on graphs;
+  :mod:`~probprune.bounds.differential_graph` — the differential bound and certified agreement on graphs.
 
 Re-exported here: the bound of each kind and its result type. Everything else is imported from its module.
 """
 
 from probprune.bounds.certified import CertifiedBound, certified_gap_bound
 from probprune.bounds.differential import AgreementResult, DifferentialBound, certified_agreement, differential_bound
+from probprune.bounds.differential_graph import graph_certified_agreement, graph_differential_bound
+from probprune.bounds.graph import GraphBound, certified_graph_gap
 from probprune.bounds.probabilistic import Bound, probabilistic_bound, solve_max_prune, solve_min_width
 
 __all__ = [
@@ -22,9 +25,13 @@ __all__ = [
     "Bound",
     "CertifiedBound",
     "DifferentialBound",
+    "GraphBound",
     "certified_agreement",
     "certified_gap_bound",
+    "certified_graph_gap",
     "differential_bound",
+    "graph_certified_agreement",
+    "graph_differential_bound",
     "probabilistic_bound",
     "solve_max_prune",
     "solve_min_width",

@@ -358,6 +358,10 @@ _MEMBER_BLOCK_ELEMS = 1 << 19
 """CPU: rows per block so that one block's widest activation holds about this many elements."""
 _MEMBER_MIN_ELEMS_CPU = 1 << 15
 """CPU: the member loop is used when points × widest layer reaches this (tiny batches stay batched)."""
+_MEMBER_MIN_ROWS = 4
+"""Below this many points the ensemble runs batched in every mode: a product of one or two rows takes another
+kernel (a matrix-vector path) in the member loop than in the batched product, so the two forms would differ in
+the last bits there, while elsewhere they agree bit for bit (``tests/test_runner_execution.py``)."""
 _MEMBER_MIN_ELEMS_CUDA = 1 << 22
 """CUDA: the member loop is used when points × widest layer reaches this (each product is large)."""
 
@@ -385,6 +389,8 @@ def _member_loop(net: Net, x: Tensor, mode: str, pooled: bool) -> bool:
     if torch.is_grad_enabled() and (x.requires_grad or any(
             layer.weight.requires_grad or (layer.bias is not None and layer.bias.requires_grad)
             for layer in net.layers)):
+        return False
+    if int(x.shape[-2]) < _MEMBER_MIN_ROWS:
         return False
     if mode == "members":
         return True

@@ -186,6 +186,9 @@ def certify_certificate(job: CertifyJob, outcome: CertifyOutcome) -> dict[str, A
 
     The nets and inputs are read again from the job's files; an ``.npy`` data file is named by digest and row.
     """
+    if job.radius is None:
+        raise ProbPruneError("certificate: a local certificate states a radius; per-input --halfwidth boxes "
+                             "cannot be written into one yet")
     target, pruned = load_pair(job)
     x, _, _ = load_inputs(job, target.spec)
     indices = [int(r["index"]) for r in outcome.rows]

@@ -183,8 +183,9 @@ def load_inputs(job: CertifyJob, spec: NetSpec) -> tuple[Tensor, Tensor | None, 
             non-numeric or non-finite values, labels of the wrong shape.
     """
     if spec.kind != "fcn":
-        raise ProbPruneError("differential bound: conv nets are not supported yet (FCN only); use "
-                             "probprune gap for a layerwise bound")
+        raise ProbPruneError("differential bound: a conv net from .safetensors is certified through the graph "
+                             "bound, which reads ONNX: write both models as .onnx (probprune prune --out "
+                             "pruned.onnx, probprune prune --prune-fraction 0 --out target.onnx) and certify those")
     d = spec.widths[0]
     n = job.n_points
     if job.data in DATASETS:
@@ -496,19 +497,26 @@ def _stored_doc(job: CertifyJob, h: str, files: dict[str, str], solve: dict[str,
 
 def _graph_target(job: CertifyJob) -> Any:
     """The target as a :class:`~probprune.runner.graph.GraphModel` when it is an ONNX graph the chain reader
-    refuses and the graph reader reads exactly; ``None`` for a chain (or a .safetensors file)."""
+    refuses and the graph reader reads exactly, or an ONNX conv chain (the chain differential bound is FCN only;
+    the graph one covers convolutions, for forward passes in float64); ``None`` for an FCN chain or a
+    ``.safetensors`` file."""
     if _model_kind("weights", job.weights) != "onnx":
         return None
-    from probprune.runner.graph import GraphModelFound, graph_fallback
+    from probprune.runner.graph import GraphModel, GraphModelFound, graph_fallback
 
     try:
-        load_onnx(job.weights)
+        net = load_onnx(job.weights)
     except ProbPruneError as e:
         err = graph_fallback("weights", job.weights, e)
         if isinstance(err, GraphModelFound):
             return err.model
         raise err from None
-    return None
+    if net.spec.kind == "fcn":
+        return None
+    from probprune.nets.onnx_graph import load_onnx_graph
+
+    graph, info = load_onnx_graph(job.weights)
+    return GraphModel(graph, info, job.weights)
 
 
 def run_certify(job: CertifyJob, progress: Progress | None = None, write: bool = True, *,

@@ -176,6 +176,8 @@ def run_graph_certify(job: CertifyJob, model: GraphModel, progress: Progress | N
     if len(target.output_shape) != 1 or target.output_shape[0] < 2:
         raise ProbPruneError(f"weights={job.weights!r}: the graph's output shape is {target.output_shape}; "
                              "certified agreement needs a classifier ([m] logits, m >= 2)")
+    if job.radius is None:
+        raise ProbPruneError(f"halfwidth={job.halfwidth!r}: per-input boxes are not supported for graph models yet")
     x, y, note = graph_inputs(job, target)
     out = certify_graphs(target, pruned, x, radius=float(job.radius), norm=job.norm, clip=job.clip, labels=y,
                          seed=job.seed, n_restarts=job.n_restarts, n_steps=job.n_steps,

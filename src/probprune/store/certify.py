@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from probprune.config import HASH_RULE, ProbPruneError
+from probprune.config import HASH_RULE, RESULTS_RULE, ProbPruneError
 from probprune.records import KEYS, CertifyLevelRow, CertifyRadiusRow, CertifyRow
 from probprune.store.checkpoint import atomic_write_text
 from probprune.store.runs import _check_unlocked, _lock_folder, _unlock_folder
@@ -168,7 +168,7 @@ class CertifyStore:
 
     def __init__(self, run_dir: str | Path, doc: Mapping[str, Any], n_expected: int) -> None:
         self.path = Path(run_dir)
-        self.doc = {**dict(doc), "kind": "certify", "hash_rule": HASH_RULE}
+        self.doc = {**dict(doc), "kind": "certify", "hash_rule": HASH_RULE, "results_rule": RESULTS_RULE}
         check_folder(self.path, self.doc)
         self.path.mkdir(parents=True, exist_ok=True)
         self._lock = _lock_folder(self.path)
@@ -262,6 +262,11 @@ def check_folder(path: Path, doc: Mapping[str, Any]) -> None:
                                  "or new folder")
         return
     stored = read_certify_config(path)
+    rule = stored.get("results_rule", 1)
+    if rule != RESULTS_RULE:
+        raise ProbPruneError(f"run {str(path)!r}: its rows were computed under results rule {rule!r} (an earlier "
+                             f"probprune's estimators); this probprune computes rule {RESULTS_RULE} and will not "
+                             "append to it: read it as it is, or use another --run-dir")
     if stored["hash"] != doc["hash"]:
         raise ProbPruneError(f"run {str(path)!r}: holds another certify config (hash {stored['hash']}, this one "
                              f"{doc['hash']}); use another --run-dir")

@@ -41,7 +41,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from probprune.config import HASH_RULE, RESULTS_RULE, ProbPruneError, RunConfig, canonical_json, config_hash, from_dict, to_dict
+from probprune.config import (
+    HASH_RULE,
+    RESULTS_RULE,
+    ProbPruneError,
+    RunConfig,
+    canonical_json,
+    config_hash,
+    from_dict,
+    to_dict,
+)
 from probprune.records import KEYS, VERDICTS, GridRow, PointSummary, SlopeRow, TrialRow
 from probprune.store.checkpoint import atomic_write_text
 from probprune.store.tables import columns, create_table, from_sql, names, values
