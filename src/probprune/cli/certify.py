@@ -119,10 +119,7 @@ def certify_cmd(
         weights=weights, pruned=weights if solve is not None else pruned, data=data, radius=radius,
         n_points=n_points, norm=norm, clip=clip, arch=arch, activation=activation, bias=bias, labels=labels,
         n_restarts=n_restarts, n_steps=n_steps, seed=seed, out=out, halfwidth=halfwidth, radii=radii))
-    if certificate is not None and job.halfwidth is not None:
-        raise ProbPruneError(f"certificate={certificate!r}: not taken with --halfwidth yet (the local certificate "
-                             "states one radius per ball)")
-    _check_certificate_path(certificate, solve, job.out)
+    _check_certificate_path(certificate, solve, job)
     folder = _run_folder(run_dir, runs_dir, job, solve, method, scope, agreement, tol)
     if solve is not None:
         _max_prune(job, solve, method, scope, agreement, tol, as_json, verbose, folder)
@@ -212,10 +209,14 @@ def _write_report(run_dir: Any) -> Any:
     return build_certify_report(run_dir)
 
 
-def _check_certificate_path(certificate: str | None, solve: str | None, out: str | None) -> None:
-    """``--certificate``: a ``.json`` path that can be written (not with ``--solve``)."""
+def _check_certificate_path(certificate: str | None, solve: str | None, job: CertifyJob) -> None:
+    """``--certificate``: a ``.json`` path that can be written (not with ``--solve`` or ``--halfwidth``)."""
     if certificate is None:
         return
+    if job.halfwidth is not None:
+        raise ProbPruneError(f"certificate={certificate!r}: not taken with --halfwidth yet (the local certificate "
+                             "states one radius per ball)")
+    out = job.out
     if solve is not None:
         raise ProbPruneError(f"certificate={certificate!r}: not taken with --solve (certify a chosen pruned model)")
     if not certificate.endswith(".json"):

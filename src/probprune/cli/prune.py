@@ -126,9 +126,8 @@ def prune_cmd(
     if certificate is not None and not certificate.endswith(".json"):
         raise ProbPruneError(f"certificate={certificate!r}: must end in .json")
     flags = dict(arch=arch, weights=weights, law=law, seed=seed, activation=activation, bias=bias, method=method,
-                 scope=scope, prune_fraction=prune_fraction, threshold=threshold,
-                 relative_threshold=relative_threshold, p=p, rescale=rescale, out=out, save_target=save_target,
-                 device=device)
+                 scope=scope, prune_fraction=prune_fraction, threshold=threshold, relative_threshold=relative_threshold,
+                 p=p, rescale=rescale, out=out, save_target=save_target, device=device)
     job, loaded = _graph_for_certificate(*_prune_job(config, sets, flags), certificate)
     if job is None:  # an ONNX graph the chain reader refuses: the graph path
         return _graph_prune(loaded["graph"], flags, (config, sets), as_json, dry_run, verbose,
