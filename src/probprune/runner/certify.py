@@ -66,7 +66,7 @@ from probprune.config import (
     package_version,
     parse_arch,
 )
-from probprune.data import dataset_status, inputs_for, load_dataset
+from probprune.data import dataset_status, load_dataset
 from probprune.nets import Net, check_pair
 from probprune.nets.onnx import load_onnx
 from probprune.records import CertifyLevelRow, CertifyRadiusRow, CertifyRow
@@ -179,15 +179,25 @@ def load_inputs(job: CertifyJob, spec: NetSpec) -> tuple[Tensor, Tensor | None, 
     """The first N inputs ``[N, d]`` (float64 copies of the values the net sees), their labels, and a note.
 
     Raises:
-        ProbPruneError: a dataset that is not prepared, N beyond the data, an ``.npy`` of the wrong shape,
-            non-numeric or non-finite values, labels of the wrong shape.
+        ProbPruneError: a conv net (its certify path reads ONNX graphs), and as :func:`read_inputs`.
     """
     if spec.kind != "fcn":
         raise ProbPruneError("differential bound: a conv net from .safetensors is certified through the graph "
                              "bound, which reads ONNX: write both models as .onnx (probprune prune --out "
                              "pruned.onnx, probprune prune --prune-fraction 0 --out target.onnx) and certify those")
-    d = spec.widths[0]
-    n = job.n_points
+    return read_inputs(job, (spec.widths[0],))
+
+
+def read_inputs(job: CertifyJob, shape: tuple[int, ...]) -> tuple[Tensor, Tensor | None, str]:
+    """The first N inputs ``[N, *shape]`` (float64 copies of the float32 values the model sees), their labels,
+    and a note: test images of a data set (pixels / 255) or rows of an ``.npy`` (``[N, d]``, or for a
+    multi-dimensional ``shape`` also ``[N, *shape]``; ``allow_pickle=False``) with ``--labels``.
+
+    Raises:
+        ProbPruneError: a dataset that is not prepared, N beyond the data, inputs of the wrong size, non-numeric
+            or non-finite values, labels of the wrong shape.
+    """
+    d, n = math.prod(shape), job.n_points
     if job.data in DATASETS:
         if not dataset_status(job.data)["ready"]:
             raise ProbPruneError(f"data={job.data!r}: not prepared; run: probprune data prepare {job.data}")
@@ -197,19 +207,21 @@ def load_inputs(job: CertifyJob, spec: NetSpec) -> tuple[Tensor, Tensor | None, 
             raise ProbPruneError(f"n_points={n}: the {job.data} test set has {total} images")
         imgs = ds.test_images[:n]
         if imgs[0].numel() != d:
-            raise ProbPruneError(f"data={job.data!r}: images have {imgs[0].numel()} pixels, the network's input "
-                                 f"dim is {d}")
-        x = inputs_for(imgs, spec, torch.float32).double()
+            raise ProbPruneError(f"data={job.data!r}: images have {imgs[0].numel()} pixels, the model's input "
+                                 f"{shape} has {d}")
+        x = (imgs.to(torch.float32) / 255.0).double().reshape(n, *shape)
         return x, ds.test_labels[:n].clone(), f"{job.data} test images 0..{n - 1}, pixels / 255 in [0, 1]"
     arr = _load_npy("data", job.data)
-    if arr.dtype.kind not in "fiu" or arr.ndim != 2 or arr.shape[1] != d:
-        raise ProbPruneError(f"data={job.data!r}: shape {arr.shape} dtype {arr.dtype}, expected numbers [N, {d}]")
+    flat_only = len(shape) == 1
+    if arr.dtype.kind not in "fiu" or arr.ndim < 2 or math.prod(arr.shape[1:]) != d or (flat_only and arr.ndim != 2):
+        want = f"[N, {d}]" if flat_only else f"[N, {', '.join(map(str, shape))}] or [N, {d}]"
+        raise ProbPruneError(f"data={job.data!r}: shape {arr.shape} dtype {arr.dtype}, expected numbers {want}")
     if n > arr.shape[0]:
         raise ProbPruneError(f"n_points={n}: data={job.data!r} has {arr.shape[0]} rows")
     arr = arr[:n]
     if not np.isfinite(arr).all():
         raise ProbPruneError(f"data={job.data!r}: non-finite values")
-    x = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float64))
+    x = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float64)).reshape(n, *shape)
     y: Tensor | None = None
     if job.labels is not None:
         lab = _load_npy("labels", job.labels)

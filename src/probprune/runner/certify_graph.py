@@ -26,61 +26,24 @@ import math
 import time
 from typing import Any, cast
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from probprune.bounds.differential import DifferentialBound
 from probprune.bounds.differential_graph import graph_certified_agreement, graph_gap_search
 from probprune.bounds.graph import certified_graph_gap
-from probprune.config import DATASETS, BallSpec, CertifyJob, ProbPruneError
-from probprune.data import dataset_status, load_dataset
+from probprune.config import BallSpec, CertifyJob, ProbPruneError
 from probprune.nets.graph import Graph
-from probprune.runner.certify import CertifyOutcome, Progress, _load_npy, layerwise_radius, summarize_rows
+from probprune.runner.certify import CertifyOutcome, Progress, layerwise_radius, read_inputs, summarize_rows
 from probprune.runner.graph import GraphModel, load_pruned_graph
 
 __all__ = ["certify_graphs", "graph_inputs", "run_graph_certify"]
 
 
 def graph_inputs(job: CertifyJob, graph: Graph) -> tuple[Tensor, Tensor | None, str]:
-    """The first N inputs ``[N, *input_shape]`` (float64), their labels, and a note (as ``load_inputs``).
-
-    Raises:
-        ProbPruneError: a dataset that is not prepared, N beyond the data, inputs of the wrong size, non-numeric
-            or non-finite values, labels of the wrong shape.
-    """
-    shape, d, n = graph.input_shape, math.prod(graph.input_shape), job.n_points
-    if job.data in DATASETS:
-        if not dataset_status(job.data)["ready"]:
-            raise ProbPruneError(f"data={job.data!r}: not prepared; run: probprune data prepare {job.data}")
-        ds = load_dataset(job.data)
-        total = int(ds.test_images.shape[0])
-        if n > total:
-            raise ProbPruneError(f"n_points={n}: the {job.data} test set has {total} images")
-        imgs = ds.test_images[:n]
-        if imgs[0].numel() != d:
-            raise ProbPruneError(f"data={job.data!r}: images have {imgs[0].numel()} pixels, the graph's input "
-                                 f"{shape} has {d}")
-        x = (imgs.to(torch.float32) / 255.0).double().reshape(n, *shape)
-        return x, ds.test_labels[:n].clone(), f"{job.data} test images 0..{n - 1}, pixels / 255 in [0, 1]"
-    arr = _load_npy("data", job.data)
-    if arr.dtype.kind not in "fiu" or arr.ndim < 2 or math.prod(arr.shape[1:]) != d:
-        raise ProbPruneError(f"data={job.data!r}: shape {arr.shape} dtype {arr.dtype}, expected numbers "
-                             f"[N, {', '.join(map(str, shape))}] or [N, {d}]")
-    if n > arr.shape[0]:
-        raise ProbPruneError(f"n_points={n}: data={job.data!r} has {arr.shape[0]} rows")
-    arr = arr[:n]
-    if not np.isfinite(arr).all():
-        raise ProbPruneError(f"data={job.data!r}: non-finite values")
-    x = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float64)).reshape(n, *shape)
-    y: Tensor | None = None
-    if job.labels is not None:
-        lab = _load_npy("labels", job.labels)
-        if lab.dtype.kind not in "iu" or lab.ndim != 1 or lab.shape[0] < n:
-            raise ProbPruneError(f"labels={job.labels!r}: shape {lab.shape} dtype {lab.dtype}, expected integers "
-                                 f"[>= {n}]")
-        y = torch.from_numpy(lab[:n].astype(np.int64))
-    return x, y, f"rows 0..{n - 1} of {job.data} as given"
+    """The first N inputs ``[N, *input_shape]`` (float64), their labels, and a note
+    (:func:`probprune.runner.certify.read_inputs` with the graph's input shape)."""
+    return read_inputs(job, graph.input_shape)
 
 
 def _rows(target: Graph, pruned: Graph, x: Tensor, y: Tensor | None, start: int, ball: BallSpec,
