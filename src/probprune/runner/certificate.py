@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, NoReturn, cast
 
 import torch
+from torch import Tensor
 
 from probprune.bounds.certified import CertifiedBound, certified_gap_bound
 from probprune.bounds.norms import NormMethod
@@ -320,6 +321,19 @@ class _Checker:
         raise CertificateRejected(f"{self.where}: rejected: field {path}: stated {stated!r}, recomputed "
                                   f"{recomputed!r}{detail}", path, stated, recomputed)
 
+    def witness(self, g: Mapping[str, Any], d_in: int, radius: float) -> Tensor:
+        """The gap section's witness as float64 ``[d_in]``: finite, of the input's size and in the ℓ2 ball of
+        ``radius`` around 0 (else rejected); recorded as verified."""
+        x = torch.tensor(g["witness"], dtype=torch.float64)
+        if x.numel() != d_in or not bool(torch.isfinite(x).all()):
+            self.reject("gap.witness", f"{x.numel()} entries", f"{d_in} finite entries (the input size)")
+        xn = float(x.norm())
+        if not xn <= radius:
+            raise CertificateRejected(f"{self.where}: rejected: field gap.witness: the witness lies outside the "
+                                      f"ball: ‖x‖₂ = {xn!r} > gap.radius = {radius!r}", "gap.witness", xn, radius)
+        self.verified.append("gap.witness")
+        return x
+
     def same(self, path: str, stated: Any, expected: Any, detail: str = "") -> None:
         """Require ``stated == expected`` (floats to ``rtol``, recursively); record ``path`` as verified."""
         self._walk(path, stated, expected, detail)
@@ -518,15 +532,7 @@ def _check_gap(doc: Mapping[str, Any], spec: NetSpec, target: Net, pruned: Net, 
     upper = float(bound.value)
     if not math.isclose(float(g["upper"]), upper, rel_tol=c.rtol, abs_tol=0.0):
         c.reject("gap.upper", g["upper"], upper, " (the certified upper bound recomputed from the weights)")
-    x = torch.tensor(g["witness"], dtype=torch.float64)
-    d_in = math.prod(_input_shape(spec))
-    if x.numel() != d_in or not bool(torch.isfinite(x).all()):
-        c.reject("gap.witness", f"{x.numel()} entries", f"{d_in} finite entries (the input size)")
-    xn = float(x.norm())
-    if not xn <= radius:
-        raise CertificateRejected(f"{c.where}: rejected: field gap.witness: the witness lies outside the ball: "
-                                  f"‖x‖₂ = {xn!r} > gap.radius = {radius!r}", "gap.witness", xn, radius)
-    c.verified.append("gap.witness")
+    x = c.witness(g, math.prod(_input_shape(spec)), radius)
     lower = _gap_at(t64, p64, x)
     c.same("gap", {k: g[k] for k in ("lower", "upper", "ratio", "exact_norms", "n_exact", "n_norms", "layers")},
            _gap_numbers(bound, lower), " (re-derived from the weights and the witness)")

@@ -254,15 +254,7 @@ def _check_gap(doc: Mapping[str, Any], target: Graph, pruned: Graph, c: Checker)
     upper = float(bound.value)
     if not math.isclose(float(g["upper"]), upper, rel_tol=c.rtol, abs_tol=0.0):
         c.reject("gap.upper", g["upper"], upper, " (certified_graph_gap recomputed from the two files)")
-    x = torch.tensor(g["witness"], dtype=torch.float64)
-    d_in = math.prod(target.input_shape)
-    if x.numel() != d_in or not bool(torch.isfinite(x).all()):
-        c.reject("gap.witness", f"{x.numel()} entries", f"{d_in} finite entries (the input size)")
-    xn = float(x.norm())
-    if not xn <= radius:
-        raise CertificateRejected(f"{c.where}: rejected: field gap.witness: the witness lies outside the ball: "
-                                  f"‖x‖₂ = {xn!r} > gap.radius = {radius!r}", "gap.witness", xn, radius)
-    c.verified.append("gap.witness")
+    x = c.witness(g, math.prod(target.input_shape), radius)
     lower = _gap_at(target, pruned, x)
     c.same("gap", {k: g[k] for k in ("lower", "upper", "ratio", "rounding_margin", "assumptions", "terms")},
            _gap_numbers(bound, lower), " (re-derived from the two files and the witness)")
