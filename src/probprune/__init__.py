@@ -72,8 +72,6 @@ _LAZY: dict[str, tuple[str, str]] = {
     "certify": ("probprune.runner.certify", "certify"),
 }
 
-__version__ = package_version("probprune")
-
 __all__ = [
     "BallSpec",
     "BoundSpec",
@@ -110,6 +108,9 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
+    if name == "__version__":  # looked up on first use: importlib.metadata costs ~50 ms of every `--help`
+        globals()[name] = version = package_version("probprune")
+        return version
     where = _LAZY.get(name)
     if where is None:
         raise AttributeError(f"module 'probprune' has no attribute {name!r}")

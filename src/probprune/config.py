@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib.metadata
 import json
 import math
 import os
@@ -21,7 +20,6 @@ import stat
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
-from importlib.resources import files
 from pathlib import Path
 from typing import Any, ClassVar, Literal, get_args, get_origin, get_type_hints
 
@@ -118,6 +116,8 @@ def package_version(name: str, missing: str = "0+unknown") -> str:
     >>> package_version("no-such-distribution-probprune-test")
     '0+unknown'
     """
+    import importlib.metadata  # here, not at the top: it costs ~50 ms of every `--help` (issue 17)
+
     try:
         return importlib.metadata.version(name)
     except importlib.metadata.PackageNotFoundError:
@@ -1378,6 +1378,8 @@ def load_toml(path: str, cls: type = RunConfig) -> Any:
 
 def presets() -> dict[str, Path]:
     """The config presets shipped inside the package (``probprune/configs/*.toml``), by name."""
+    from importlib.resources import files  # lazily, like importlib.metadata above
+
     folder = Path(str(files("probprune") / "configs"))
     return {p.stem: p for p in sorted(folder.glob("*.toml"))} if folder.is_dir() else {}
 

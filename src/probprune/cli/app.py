@@ -197,6 +197,16 @@ def print_header(config: dict[str, Any], out: str | None, as_json: bool, verbose
         console.print(json.dumps(config, indent=2, sort_keys=True, default=str), markup=False)
 
 
+def progress_bar(*, transient: bool, disable: bool) -> Any:
+    """The live progress bar of long commands on stderr (description, bar, done/total, elapsed).
+
+    ``rich.progress`` is imported here, not at the top: every ``--help`` would pay for it (issue 17)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=err_console, transient=transient, disable=disable)
+
+
 class ProgressLog:
     """Progress as plain lines for a log (stdout/stderr not a terminal, where a live bar shows nothing).
 

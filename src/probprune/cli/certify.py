@@ -6,10 +6,9 @@ import math
 from typing import Annotated, Any, Optional
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from probprune.cli.app import ProgressLog, VerboseOpt, app, console, emit_json, err_console, print_header
+from probprune.cli.app import ProgressLog, VerboseOpt, app, console, emit_json, err_console, print_header, progress_bar
 from probprune.cli.flags import CERTIFY_FLAGS, ConfigOpt, SetOpt
 from probprune.config import CertifyJob, ProbPruneError, resolve
 
@@ -140,8 +139,7 @@ def _run_with_progress(job: CertifyJob, folder: str | None, ex: Any, as_json: bo
 
     live = not as_json and err_console.is_terminal
     log = None if as_json or live else ProgressLog(err_console)
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=err_console, transient=True, disable=not live) as bar:
+    with progress_bar(transient=True, disable=not live) as bar:
         task = bar.add_task("certifying", total=job.n_points)
 
         def progress(done: int, total: int) -> None:

@@ -6,10 +6,19 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from probprune.cli.app import TERMS, ProgressLog, VerboseOpt, app, console, emit_json, err_console, print_header
+from probprune.cli.app import (
+    TERMS,
+    ProgressLog,
+    VerboseOpt,
+    app,
+    console,
+    emit_json,
+    err_console,
+    print_header,
+    progress_bar,
+)
 from probprune.cli.flags import EXPERIMENT_FLAGS, ConfigOpt, SetOpt
 from probprune.config import EXPERIMENT_EPOCHS, EXPERIMENT_PRUNE_FRACTIONS, ExperimentSpec, ProbPruneError, resolve
 
@@ -144,8 +153,7 @@ def _run_with_progress(spec: ExperimentSpec, runs_dir: str, ex: Any, threads: in
     getattr(ex, "start", lambda: None)()
     live = not as_json and err_console.is_terminal
     logs: dict[str, ProgressLog] = {}
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=err_console, transient=as_json, disable=not live) as bar:
+    with progress_bar(transient=as_json, disable=not live) as bar:
         tasks: dict[str, Any] = {}
 
         def progress(desc: str, done: int, total: int) -> None:
