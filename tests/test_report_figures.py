@@ -317,6 +317,20 @@ def test_experiment_gaps_plot_the_seed_means_of_the_sandwich(tmp_path: Path) -> 
                                 tmp_path / "none")
 
 
+def test_experiment_gaps_axis_spans_every_level_and_names_the_ones_off_the_log_axis(tmp_path: Path) -> None:
+    # two levels, 0 (f = F: every gap 0) and 0.8: the axis must not shrink to 0.76..0.84 around the one point
+    rows = [dataclasses.replace(r, gap_upper=(240.0 if r.prune_fraction else 0.0),
+                                gap_lower=(1.6 if r.prune_fraction else 0.0),
+                                mean_test_gap=(0.4 if r.prune_fraction else 0.0))
+            for r in experiment_rows() if r.prune_fraction in (0.0, 0.9)]
+    res = figures.experiment_gaps(rows, tmp_path)
+    for panel in res.data["panels"]:
+        lo, hi = panel["xlim"]
+        assert lo < 0.0 and hi > 0.9 and hi - lo < 1.2
+        assert panel["off_axis"] == [0.0]
+        assert {x for ln in panel["lines"] for x in ln["prune_fraction"]} == {0.9}
+
+
 def test_empty_inputs_raise(tmp_path: Path) -> None:
     for call in (lambda: figures.gap_vs_width([], [], 0.1, tmp_path),
                  lambda: figures.coverage([], 0.1, tmp_path),

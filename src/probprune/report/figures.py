@@ -602,6 +602,21 @@ _QUANTITIES = (("gap_upper", "certified upper", "--", "s"), ("gap_lower", "gap l
                ("mean_test_gap", "mean test gap", ":", "^"))
 
 
+def _span_every_level(ax: Any, levels: Sequence[float], lines: Sequence[dict[str, Any]]
+                      ) -> tuple[tuple[float, float], list[float]]:
+    """The x axis of a gap panel spans every measured prune fraction, not only those with a point on the
+    log axis (one level 0.8 beside 0 showed as an axis from 0.76 to 0.84), and says which levels have none."""
+    lo, hi = min(levels), max(levels)
+    pad = 0.05 * (hi - lo) if hi > lo else 0.05
+    ax.set_xlim(lo - pad, hi + pad)
+    shown = {x for line in lines for x in line["prune_fraction"]}
+    off = sorted({x for x in levels if x not in shown})
+    if off:
+        ax.text(0.02, 0.02, "gap 0 (f = F), off the log axis at prune_fraction " + ", ".join(f"{x:g}" for x in off),
+                transform=ax.transAxes, fontsize=7, color="0.35")
+    return (lo - pad, hi + pad), off
+
+
 def experiment_gaps(rows: Sequence[ExperimentRow], out_dir: str | Path, *,
                     name: str = "experiment_gaps") -> FigureResult:
     """The gap sandwich on real data vs prune_fraction, one panel per (dataset, model, scope), log y.
@@ -617,7 +632,8 @@ def experiment_gaps(rows: Sequence[ExperimentRow], out_dir: str | Path, *,
 
     Returns:
         ``data["panels"]``: per (dataset, model, scope), per line: ``method``, ``finetuned``, ``quantity``,
-        ``prune_fraction`` and ``value`` as plotted.
+        ``prune_fraction`` and ``value`` as plotted; ``xlim`` (spans every measured prune fraction) and
+        ``off_axis`` (the prune fractions with no point: every gap 0).
     """
     ok = list(rows)
     _need([r for r in ok if any((getattr(r, q) or 0.0) > 0 for q, *_ in _QUANTITIES)], "experiment_gaps")
@@ -649,11 +665,13 @@ def experiment_gaps(rows: Sequence[ExperimentRow], out_dir: str | Path, *,
                 xs, ys = _xy(line)
                 lines.append({"method": method, "finetuned": ft, "quantity": q, "prune_fraction": xs, "value": ys})
         ax.set_yscale("log")
+        xlim, off = _span_every_level(ax, [float(r.prune_fraction) for r in by_panel[key]], lines)
         ax.set_title(f"{key[0]} / {key[1]} / {key[2]}")
         ax.set_xlabel("prune_fraction (share of weights removed)")
         ax.set_ylabel("‖f(x) − F(x)‖₂ (logits), mean over seeds", fontsize=8)
         ax.grid(True, which="both", alpha=0.3)
-        panels.append({"dataset": key[0], "model": key[1], "scope": key[2], "lines": lines})
+        panels.append({"dataset": key[0], "model": key[1], "scope": key[2], "lines": lines, "xlim": xlim,
+                       "off_axis": off})
     # one legend for the encoding (colour = method, style = quantity, open marker = fine-tuned): 12 labelled
     # lines per panel would cover the data
     from matplotlib.lines import Line2D
