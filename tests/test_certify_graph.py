@@ -195,25 +195,28 @@ def test_graph_halfwidth_boxes_are_sound_and_equal_widths_are_the_radius(files: 
 
 def test_cli_halfwidth_on_a_graph_model(files: dict[str, Path], tmp_path: Path,
                                         capsys: pytest.CaptureFixture[str]) -> None:
-    hw = np.random.default_rng(1).uniform(0.0, 0.05, size=(6, 1, 4, 4))
+    hw = np.random.default_rng(1).uniform(0.0, 0.05, size=(3, 1, 4, 4))
     np.save(tmp_path / "h.npy", hw)
     code, out, err = run(["certify", "--weights", str(files["t"]), "--pruned", str(files["p"]), "--data",
-                          str(files["x"]), "--n-points", "6", "--norm", "linf", "--halfwidth", str(tmp_path / "h.npy"),
-                          "--clip", "0,1", "--json", *FAST], capsys)
+                          str(files["x"]), "--n-points", "3", "--norm", "linf", "--halfwidth", str(tmp_path / "h.npy"),
+                          "--clip", "0,1", "--json", "--run-dir", str(tmp_path / "run"), "--radii", "0.1", *FAST],
+                         capsys)
     assert code == 0, err
     rows = json.loads(out)["rows"]
+    page = (tmp_path / "run" / "report.html").read_text()  # the run folder's report, as for chains
+    assert "<img " in page
     target, _ = load_onnx_graph(files["t"])
     pruned, _ = load_onnx_graph(files["p"])
-    x = torch.from_numpy(np.load(files["x"]))
+    x = torch.from_numpy(np.load(files["x"]))[:3]
     api = certify_graphs(target, pruned, x, norm="linf", clip=(0.0, 1.0), halfwidth=torch.from_numpy(hw),
                          n_restarts=2, n_steps=15)
     for r, a in zip(rows, api.rows):  # the certified side is deterministic: CLI and API agree exactly
         assert (r["upper"], r["upper_differential"], r["upper_layerwise"], r["verdict"] == "certified") == \
             (a["upper"], a["upper_differential"], a["upper_layerwise"], a["verdict"] == "certified")
     bad = tmp_path / "bad.npy"
-    np.save(bad, np.zeros((6, 4, 4)))
+    np.save(bad, np.zeros((3, 4, 4)))
     code, out, err = run(["certify", "--weights", str(files["t"]), "--pruned", str(files["p"]), "--data",
-                          str(files["x"]), "--n-points", "6", "--norm", "linf", "--halfwidth", str(bad),
+                          str(files["x"]), "--n-points", "3", "--norm", "linf", "--halfwidth", str(bad),
                           "--out", str(tmp_path / "o.json"), *FAST], capsys)
     assert code == 2 and err.startswith("error: halfwidth=") and len(err.strip().splitlines()) == 1, err
     assert "[N, 1, 4, 4]" in err and not (tmp_path / "o.json").exists()
