@@ -10,6 +10,7 @@ from probprune.bounds.certified import certified_gap_bound, pair_norms
 from probprune.bounds.graph import certified_graph_gap, graph_pair_norms
 from probprune.config import ConvSpec, LawSpec, NetSpec, ProbPruneError, PruneSpec
 from probprune.masks import prune
+from probprune.nets import Net
 from probprune.nets.graph import Graph, Node, activation
 from probprune.sampling import sample_net
 
@@ -58,6 +59,17 @@ def test_chain_norms_of_another_pair_are_refused() -> None:
     twin = prune(target, PruneSpec(prune_fraction=0.5, scope="global")).model
     assert torch.equal(certified_gap_bound(target, twin, radius=1.0, norms=norms).value,
                        certified_gap_bound(target, pruned, radius=1.0).value)
+
+
+def test_conv_norms_of_another_padding_are_refused() -> None:
+    # the same weight shapes, another padding: other operator norms, so the cached ones must not be used
+    def net(pad: int) -> Net:
+        spec = NetSpec(kind="cnn", input_shape=(1, 6, 6), convs=(ConvSpec(2, 3, padding=pad),), widths=(3,))
+        return sample_net(spec, LawSpec(), torch.Generator().manual_seed(0))
+
+    a, b = net(1), net(0)
+    with pytest.raises(ProbPruneError, match="architecture"):
+        certified_gap_bound(b, b, radius=1.0, norms=pair_norms(a, a))
 
 
 def _graph(seed: int) -> Graph:

@@ -76,7 +76,7 @@ from probprune.bounds.norms import (
     operator_norm,
     vector_norm_bound,
 )
-from probprune.config import ProbPruneError
+from probprune.config import NetSpec, ProbPruneError
 from probprune.nets import Layer, Net, check_pair
 
 __all__ = [
@@ -290,6 +290,7 @@ class PairNorms:
 
     Attributes:
         norm_method: the method they were computed with.
+        spec: the target's architecture (the conv layers' strides and paddings enter the norms).
         weights: per layer the target's and the pruned net's weight tensors they were computed from (a bound
             given these norms checks, bit for bit, that its networks have exactly these weights).
         layers: per layer ``(‖W‖, ‖W̃‖, ‖W − W̃‖, ‖|W|‖, ‖|W̃|‖)`` — the same values, computed by the same calls,
@@ -297,14 +298,15 @@ class PairNorms:
     """
 
     norm_method: str
+    spec: NetSpec
     weights: tuple[tuple[Tensor, Tensor], ...]
     layers: tuple[tuple[NormValue, NormValue, NormValue, Tensor, Tensor], ...]
 
     def check(self, target: Net, pruned: Net, norm_method: str) -> None:
         """Refuse networks (or a norm method) other than those the norms were computed for."""
-        if norm_method != self.norm_method or len(self.weights) != len(target.layers):
-            raise ProbPruneError(f"norms: computed for norm_method={self.norm_method!r} and {len(self.weights)} "
-                                 f"layers, not {norm_method!r} and {len(target.layers)}")
+        if norm_method != self.norm_method or target.spec != self.spec:
+            raise ProbPruneError(f"norms: computed for norm_method={self.norm_method!r} and the architecture "
+                                 f"{self.spec.to_arch()}, not {norm_method!r} and {target.spec.to_arch()}")
         for i, ((wt, wp), lt, lp) in enumerate(zip(self.weights, target.layers, pruned.layers)):
             for w, layer in ((wt, lt), (wp, lp)):
                 v = layer.weight
@@ -340,8 +342,8 @@ def pair_norms(target: Net, pruned: Net, norm_method: NormMethod = "auto") -> Pa
     for i, (lt, lp) in enumerate(zip(target.layers, pruned.layers)):
         ishape = None if lt.conv is None else feats[i]
         layers.append(_layer_norms(lt, lp, ishape, norm_method))
-    return PairNorms(str(norm_method), tuple((lt.weight, lp.weight) for lt, lp in zip(target.layers, pruned.layers)),
-                     tuple(layers))
+    weights = tuple((lt.weight, lp.weight) for lt, lp in zip(target.layers, pruned.layers))
+    return PairNorms(str(norm_method), target.spec, weights, tuple(layers))
 
 
 def _propagate(target: Net, pruned: Net, radius: float, norm_method: NormMethod,
