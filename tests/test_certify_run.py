@@ -325,6 +325,29 @@ def test_max_prune_run_folder_resumes_and_reports(files: dict[str, Path], tmp_pa
     assert page.count("<img ") == 1 and f"{len(first.curve)} prune levels measured" in page
 
 
+def _graph_job(tmp_path: Path, files: dict[str, Path]) -> CertifyJob:
+    """A residual graph (linear → relu → linear, + skip → relu → linear) on the inputs of ``files``, as ONNX."""
+    from probprune.nets.graph import Graph, Node, activation
+    from probprune.nets.onnx_graph import save_onnx_graph
+
+    g = torch.Generator().manual_seed(4)
+
+    def t(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=g, dtype=torch.float64) * 0.5
+
+    relu = {"act": activation("relu")}
+    target = Graph([Node("a", "linear", ("input",), params={"weight": t(8, 6), "bias": t(8)}),
+                    Node("ra", "act", ("a",), relu),
+                    Node("b", "linear", ("ra",), params={"weight": t(8, 8), "bias": t(8)}),
+                    Node("s", "add", ("b", "ra")), Node("rs", "act", ("s",), relu),
+                    Node("out", "linear", ("rs",), params={"weight": t(4, 8)})], (6,))
+    params = target.parameters()
+    pruned = target.with_parameters({k: params[k] * (params[k].abs() > 0.3) for k in target.prunable()})
+    save_onnx_graph(target, tmp_path / "gt.onnx", dtype=torch.float64)
+    save_onnx_graph(pruned, tmp_path / "gp.onnx", dtype=torch.float64)
+    return _job(files, weights=str(tmp_path / "gt.onnx"), pruned=str(tmp_path / "gp.onnx"), n_points=6, radii=(0.1,))
+
+
 def test_ray_gives_the_local_rows(files: dict[str, Path], tmp_path: Path) -> None:
     ray = pytest.importorskip("ray")
     import os
@@ -334,11 +357,17 @@ def test_ray_gives_the_local_rows(files: dict[str, Path], tmp_path: Path) -> Non
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     job = _job(files)
     local = rc.run_certify(job, run_dir=tmp_path / "local")
+    gjob = _graph_job(tmp_path, files)  # a residual graph model: the same units, one Ray start for both
+    glocal = rc.run_certify(gjob, run_dir=tmp_path / "glocal")
     ex = RayExecutor(num_cpus=2)
     try:
         remote = rc.run_certify(job, run_dir=tmp_path / "ray", executor=ex)
+        gremote = rc.run_certify(gjob, run_dir=tmp_path / "gray", executor=ex)
     finally:
         ex.shutdown()
+    assert gremote.rows == glocal.rows and gremote.summary["model"] == "graph"
+    assert [q.to_dict() for q in read_certify(tmp_path / "gray").radii] == \
+        [q.to_dict() for q in read_certify(tmp_path / "glocal").radii]
     assert not ray.is_initialized()
     assert remote.rows == local.rows
     assert [q.to_dict() for q in read_certify(tmp_path / "ray").radii] == \

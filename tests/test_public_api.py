@@ -16,6 +16,8 @@ HOMES = {
     "sample_net": "probprune.sampling", "prune": "probprune.masks", "sup_gap": "probprune.gap",
     "certified_gap_bound": "probprune.bounds.certified", "probabilistic_bound": "probprune.bounds.probabilistic",
     "certify": "probprune.runner.certify",
+    "make_local_certificate": "probprune.runner.certificate_local",
+    "check_local_certificate": "probprune.runner.certificate_local",
 }
 
 

@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from probprune.nets.graph import Graph
     from probprune.nets.onnx import load_onnx, save_onnx
     from probprune.nets.onnx_graph import load_onnx_graph, save_onnx_graph
+    from probprune.runner.certificate_local import check_local_certificate, make_local_certificate
     from probprune.runner.certify import certify
     from probprune.runner.verify import run_verify as verify
     from probprune.sampling import sample_net
@@ -70,6 +71,8 @@ _LAZY: dict[str, tuple[str, str]] = {
     "probabilistic_bound": ("probprune.bounds.probabilistic", "probabilistic_bound"),
     "verify": ("probprune.runner.verify", "run_verify"),
     "certify": ("probprune.runner.certify", "certify"),
+    "make_local_certificate": ("probprune.runner.certificate_local", "make_local_certificate"),
+    "check_local_certificate": ("probprune.runner.certificate_local", "check_local_certificate"),
 }
 
 __all__ = [
@@ -91,10 +94,12 @@ __all__ = [
     "__version__",
     "certified_gap_bound",
     "certify",
+    "check_local_certificate",
     "from_module",
     "graph_from_module",
     "load_onnx",
     "load_onnx_graph",
+    "make_local_certificate",
     "probabilistic_bound",
     "prune",
     "prune_graph",

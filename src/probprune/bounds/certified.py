@@ -76,14 +76,16 @@ from probprune.bounds.norms import (
     operator_norm,
     vector_norm_bound,
 )
-from probprune.config import ProbPruneError
+from probprune.config import NetSpec, ProbPruneError
 from probprune.nets import Layer, Net, check_pair
 
 __all__ = [
     "CertifiedBound",
     "LayerTerm",
+    "PairNorms",
     "certified_gap_bound",
     "lower_at",
+    "pair_norms",
 ]
 
 _BOUNDED = ("tanh", "sigmoid")  # |σ| ≤ 1
@@ -260,15 +262,14 @@ def _bias_norms(lt: Layer, lp: Layer, positions: int, like: Tensor) -> tuple[Ten
     return bn_t, bn_p, _bias_norm(bp.double() - bt.double(), positions, like)
 
 
-def _forward_error(sh: _LayerShape, layer: Layer, fe: Tensor, norm: Tensor, bnorm: Tensor, reach: Tensor,
+def _forward_error(sh: _LayerShape, a_abs: Tensor, fe: Tensor, norm: Tensor, bnorm: Tensor, reach: Tensor,
                    rounding: tuple[float, float], tf32: bool) -> Tensor:
     """E_i of one network from E_{i−1} (module docstring): dot products of length fan_in (+ the bias), then σ.
 
-    ``layer`` is that network's layer (its weight), ``norm``/``bnorm``/``reach`` its ‖W_i‖, ‖b_i‖, B_{i−1};
+    ``a_abs`` is that network's ‖|W_i|‖ (upper value), ``norm``/``bnorm``/``reach`` its ‖W_i‖, ‖b_i‖, B_{i−1};
     ``rounding`` = (u, η) of its forward dtype.
     """
     u, eta = rounding
-    a_abs = abs_operator_norm_bound(layer.weight, layer.conv, sh.ishape)
     gam = _gamma(sh.fan_in + 1, u)
     if tf32 and u > _U64:
         gam = (1.0 + _TF32) ** 2 * (1.0 + gam) - 1.0
@@ -282,9 +283,72 @@ def _forward_error(sh: _LayerShape, layer: Layer, fe: Tensor, norm: Tensor, bnor
     return e
 
 
+@dataclass(frozen=True, eq=False)
+class PairNorms:
+    """The operator norms of one (target, pruned) pair, computed once (:func:`pair_norms`) and reused by every
+    :func:`certified_gap_bound` of that pair at any radius: the recursion then only rescales.
+
+    Attributes:
+        norm_method: the method they were computed with.
+        spec: the target's architecture (the conv layers' strides and paddings enter the norms).
+        weights: per layer the target's and the pruned net's weight tensors they were computed from (a bound
+            given these norms checks, bit for bit, that its networks have exactly these weights).
+        layers: per layer ``(‖W‖, ‖W̃‖, ‖W − W̃‖, ‖|W|‖, ‖|W̃|‖)`` — the same values, computed by the same calls,
+            as the bound computes without a cache (so a cached bound equals the uncached one bit for bit).
+    """
+
+    norm_method: str
+    spec: NetSpec
+    weights: tuple[tuple[Tensor, Tensor], ...]
+    layers: tuple[tuple[NormValue, NormValue, NormValue, Tensor, Tensor], ...]
+
+    def check(self, target: Net, pruned: Net, norm_method: str) -> None:
+        """Refuse networks (or a norm method) other than those the norms were computed for."""
+        if norm_method != self.norm_method or target.spec != self.spec:
+            raise ProbPruneError(f"norms: computed for norm_method={self.norm_method!r} and the architecture "
+                                 f"{self.spec.to_arch()}, not {norm_method!r} and {target.spec.to_arch()}")
+        for i, ((wt, wp), lt, lp) in enumerate(zip(self.weights, target.layers, pruned.layers)):
+            for w, layer in ((wt, lt), (wp, lp)):
+                v = layer.weight
+                if v is not w and (v.dtype != w.dtype or v.shape != w.shape or v.device != w.device
+                                   or not torch.equal(v, w)):
+                    raise ProbPruneError(f"norms: layer {i} of these networks differs from the pair the norms "
+                                         "were computed for (pair_norms(target, pruned) of this pair)")
+
+
+def _layer_norms(lt: Layer, lp: Layer, ishape: tuple[int, ...] | None, norm_method: NormMethod
+                 ) -> tuple[NormValue, NormValue, NormValue, Tensor, Tensor]:
+    n_t = operator_norm(lt.weight, lt.conv, ishape, norm_method)
+    n_p = operator_norm(lp.weight, lt.conv, ishape, norm_method)
+    n_d = operator_norm(lt.weight, lt.conv, ishape, norm_method, minus=lp.weight)  # D = W − W̃ in float64
+    return (n_t, n_p, n_d, abs_operator_norm_bound(lt.weight, lt.conv, ishape),
+            abs_operator_norm_bound(lp.weight, lp.conv, ishape))
+
+
+def pair_norms(target: Net, pruned: Net, norm_method: NormMethod = "auto") -> PairNorms:
+    """The operator norms :func:`certified_gap_bound` needs for this pair, once (pass them as ``norms=``).
+
+    >>> import torch
+    >>> from probprune.config import NetSpec
+    >>> F = Net.from_weights(NetSpec(widths=(2, 2)), [torch.eye(2)])
+    >>> f = Net.from_weights(NetSpec(widths=(2, 2)), [torch.diag(torch.tensor([1.0, 0.0]))])
+    >>> norms = pair_norms(F, f)
+    >>> bool(certified_gap_bound(F, f, radius=3.0, norms=norms).value == certified_gap_bound(F, f, radius=3.0).value)
+    True
+    """
+    check_pair(target, pruned)
+    feats = target.spec.feature_shapes()
+    layers = []
+    for i, (lt, lp) in enumerate(zip(target.layers, pruned.layers)):
+        ishape = None if lt.conv is None else feats[i]
+        layers.append(_layer_norms(lt, lp, ishape, norm_method))
+    weights = tuple((lt.weight, lp.weight) for lt, lp in zip(target.layers, pruned.layers))
+    return PairNorms(str(norm_method), target.spec, weights, tuple(layers))
+
+
 def _propagate(target: Net, pruned: Net, radius: float, norm_method: NormMethod,
-               rounding: tuple[tuple[float, float], tuple[float, float]], tf32: bool
-               ) -> tuple[Tensor, Tensor, list[LayerTerm]]:
+               rounding: tuple[tuple[float, float], tuple[float, float]], tf32: bool,
+               norms: PairNorms | None = None) -> tuple[Tensor, Tensor, list[LayerTerm]]:
     """The recursion over the layers: (e_l, M_f + M_F — 0 where f and F are bitwise identical —, terms)."""
     spec = target.spec
     feats = spec.feature_shapes()
@@ -299,15 +363,13 @@ def _propagate(target: Net, pruned: Net, radius: float, norm_method: NormMethod,
     for i, (lt, lp, name) in enumerate(zip(target.layers, pruned.layers, spec.layer_names())):
         units = math.prod(feats[i + 1]) if i + 1 < n_layers else spec.output_dim
         sh = _layer_shape(lt, feats[i], units, i == n_layers - 1)
-        n_t = operator_norm(lt.weight, lt.conv, sh.ishape, norm_method)
-        n_p = operator_norm(lp.weight, lt.conv, sh.ishape, norm_method)
-        n_d = operator_norm(lt.weight, lt.conv, sh.ishape, norm_method, minus=lp.weight)  # D = W − W̃ in float64
+        n_t, n_p, n_d, a_t, a_p = _layer_norms(lt, lp, sh.ishape, norm_method) if norms is None else norms.layers[i]
         bn_t, bn_p, bdiff = _bias_norms(lt, lp, sh.pos, like)
         same = same & _same(lt.weight, lp.weight, lead) & _same(lt.bias, lp.bias, lead)
         pre = torch.minimum(n_p.value * err + n_d.value * reach_t, n_t.value * err + n_d.value * reach_p)
         err = sh.lip * (pre + bdiff)
-        fe_t = _forward_error(sh, lt, fe_t, n_t.value, bn_t, reach_t, rounding[0], tf32)
-        fe_p = _forward_error(sh, lp, fe_p, n_p.value, bn_p, reach_p, rounding[1], tf32)
+        fe_t = _forward_error(sh, a_t, fe_t, n_t.value, bn_t, reach_t, rounding[0], tf32)
+        fe_p = _forward_error(sh, a_p, fe_p, n_p.value, bn_p, reach_p, rounding[1], tf32)
         cap = math.sqrt(sh.units)
         reach_t = sh.lip * (n_t.value * reach_t + bn_t) + abs(sh.s0) * cap
         reach_p = sh.lip * (n_p.value * reach_p + bn_p) + abs(sh.s0) * cap
@@ -348,7 +410,8 @@ def _assumptions(target: Net, radius: float, terms: list[LayerTerm], all_exact: 
 
 
 def certified_gap_bound(target: Net, pruned: Net, *, radius: float, norm_method: NormMethod = "auto",
-                        forward_dtype: torch.dtype | None = None, tf32: bool = False) -> CertifiedBound:
+                        forward_dtype: torch.dtype | None = None, tf32: bool = False,
+                        norms: PairNorms | None = None) -> CertifiedBound:
     """Certified upper bound on the gap ``sup_{‖x‖ ≤ r} ‖f(x) − F(x)‖₂`` (module docstring).
 
     Args:
@@ -365,6 +428,8 @@ def certified_gap_bound(target: Net, pruned: Net, *, radius: float, norm_method:
             ``allow_tf32``): each operand is rounded to 10 mantissa bits (relative error ≤ 2^−10,
             truncation included), the products are exact in float32 and the sums float32, so a
             dot product errs by ≤ ((1 + 2^−10)²(1 + γ_{n+1}) − 1)·(|w|ᵀ|x| + |b|). No effect on float64.
+        norms: the pair's operator norms from :func:`pair_norms` (computed once, reused at every radius; the
+            result is bit for bit the one without them). Refused if they were computed for other weights.
 
     Returns:
         :class:`CertifiedBound` with ``value`` ``[K]`` (or 0-d) and per-layer terms.
@@ -385,13 +450,16 @@ def certified_gap_bound(target: Net, pruned: Net, *, radius: float, norm_method:
     """
     check_pair(target, pruned)
     _check_radius(radius)
+    if norms is not None:
+        norms.check(target, pruned, str(norm_method))
     if forward_dtype is not None:
         _unit(forward_dtype, "forward_dtype")
         _check_forward_dtype((target, pruned), forward_dtype)
     dt_t = forward_dtype or target.layers[0].weight.dtype
     dt_p = forward_dtype or pruned.layers[0].weight.dtype
     u_t, u_p = _unit(dt_t, "target weights"), _unit(dt_p, "pruned weights")
-    err, fwd, terms = _propagate(target, pruned, radius, norm_method, ((u_t, _TINY[dt_t]), (u_p, _TINY[dt_p])), tf32)
+    err, fwd, terms = _propagate(target, pruned, radius, norm_method, ((u_t, _TINY[dt_t]), (u_p, _TINY[dt_p])), tf32,
+                                 norms)
     u_max = max(u_t, u_p)
     n_layers = len(terms)
     value = (err + fwd) * ((1.0 + _gamma(target.spec.output_dim + 3, u_max)) * (1.0 + 16.0 * (n_layers + 1) * _U64))

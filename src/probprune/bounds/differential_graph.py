@@ -640,6 +640,13 @@ def _flat_centres(g: Graph, ball: BallSpec, centres: Tensor | None) -> Tensor | 
     return centres.detach().reshape(centres.shape[0], d).to("cpu", _F64)
 
 
+def _flat_hw(halfwidth: Tensor | None) -> Tensor | None:
+    """Per-ball ℓ∞ half-widths ``[B, *input_shape]`` or ``[B, d]`` as ``[B, d]`` (checked by ``_region``)."""
+    if isinstance(halfwidth, Tensor) and halfwidth.dim() >= 2:
+        return halfwidth.reshape(halfwidth.shape[0], -1)
+    return halfwidth
+
+
 def _identical(target: Graph, pruned: Graph) -> bool:
     return all(torch.equal(a.params[k], b.params[k]) and a.params[k].dtype == b.params[k].dtype
                for a, b in zip(target.nodes, pruned.nodes) for k in a.params)
@@ -657,17 +664,19 @@ def _assumptions(prep: _Prep, ball: BallSpec) -> tuple[str, ...]:
             "with every rounding covered")
 
 
-def _analyse(prep: _Prep, ball: BallSpec, centres: Tensor | None, batch_size: int, cls: Tensor | None = None
-             ) -> tuple[_Region, Tensor, Tensor, Tensor | None, Tensor | None]:
+def _analyse(prep: _Prep, ball: BallSpec, centres: Tensor | None, batch_size: int, cls: Tensor | None = None,
+             halfwidth: Tensor | None = None) -> tuple[_Region, Tensor, Tensor, Tensor | None, Tensor | None]:
     """Per chunk of balls: the states; the output differences' intervals ``[B, m]`` and (classes given) the
     certified margins ``[B]`` of both graphs."""
     d = math.prod(prep.target.input_shape)
-    reg0 = _region(ball, centres, d, torch.device("cpu"))
+    reg0 = _region(ball, centres, d, torch.device("cpu"), _flat_hw(halfwidth))
+    hw = reg0.radius if isinstance(reg0.radius, Tensor) else None
     los, his, mts, mps = [], [], [], []
     m = math.prod(prep.target.output_shape)
     out = prep.target.output
     for start in range(0, reg0.centres.shape[0], batch_size):
-        reg = _region(ball, reg0.centres[start:start + batch_size], d, torch.device("cpu"))
+        reg = _region(ball, reg0.centres[start:start + batch_size], d, torch.device("cpu"),
+                      None if hw is None else hw[start:start + batch_size])
         states = _states(prep, reg)
         _, _, dl, du, _, _ = states[out].b
         los.append(dl)
@@ -698,7 +707,7 @@ def _value(lo: Tensor, hi: Tensor) -> Tensor:
 
 
 def graph_differential_bound(target: Graph, pruned: Graph, ball: BallSpec, *, centres: Tensor | None = None,
-                             batch_size: int = 8) -> DifferentialBound:
+                             batch_size: int = 8, halfwidth: Tensor | None = None) -> DifferentialBound:
     """Certified upper bound on ``sup_{x ∈ ball} ‖f(x) − F(x)‖₂`` for two graphs, by differential back-substitution.
 
     Args:
@@ -707,6 +716,8 @@ def graph_differential_bound(target: Graph, pruned: Graph, ball: BallSpec, *, ce
         ball: radius, norm (``l2``/``linf``), optional box; its centre (flat) unless ``centres`` is given.
         centres: ``[B, *input_shape]`` or ``[B, d]`` centres, one ball each (vectorised).
         batch_size: balls per vectorised chunk.
+        halfwidth: ``[B, d]`` (or ``[B, *input_shape]``) per-ball ℓ∞ half-widths (``linf`` only): ball b is the
+            box ``c_b ± h_b`` (∩ box), replacing the radius.
 
     Returns:
         :class:`~probprune.bounds.differential.DifferentialBound` (``centres`` flat ``[B, d]``;
@@ -724,11 +735,11 @@ def graph_differential_bound(target: Graph, pruned: Graph, ball: BallSpec, *, ce
     prep = _prepare(target, pruned)
     flat = _flat_centres(prep.target, ball, centres)
     if _identical(target, pruned):
-        reg = _region(ball, flat, math.prod(prep.target.input_shape), torch.device("cpu"))
+        reg = _region(ball, flat, math.prod(prep.target.input_shape), torch.device("cpu"), _flat_hw(halfwidth))
         z = torch.zeros(reg.centres.shape[0], math.prod(prep.target.output_shape), dtype=_F64)
         return DifferentialBound(z[:, 0], z, z.clone(), ball, reg.centres, "float64",
                                  (*_assumptions(prep, ball), "the graphs are bitwise identical: gap 0"))
-    reg, lo, hi, _, _ = _analyse(prep, ball, flat, batch_size)
+    reg, lo, hi, _, _ = _analyse(prep, ball, flat, batch_size, halfwidth=halfwidth)
     return DifferentialBound(_value(lo, hi), lo, hi, ball, reg.centres, "float64", _assumptions(prep, ball))
 
 
@@ -744,19 +755,20 @@ class _Flat:
 
 def graph_gap_search(target: Graph, pruned: Graph, ball: BallSpec, generator: torch.Generator, *,
                      centres: Tensor | None = None, n_restarts: int = 8, n_steps: int = 100,
-                     step: float = 0.25) -> GapWitness:
+                     step: float = 0.25, halfwidth: Tensor | None = None) -> GapWitness:
     """Lower bound on the gap over each ball by projected Adam ascent (float64), with witnesses inside the ball.
 
     The search of :func:`probprune.bounds.differential.gap_search` on graphs: centre plus ``n_restarts`` random
     starts, projected into the ball ∩ box; the value is ``‖f(x) − F(x)‖₂`` evaluated in float64 at a point
-    checked to lie in the closed ball ∩ box. Witnesses ``x`` are flat ``[B, d]``.
+    checked to lie in the closed ball ∩ box. Witnesses ``x`` are flat ``[B, d]``. ``halfwidth``: per-ball ℓ∞
+    boxes, as :func:`graph_differential_bound`.
     """
     check_graph_pair(target, pruned)
     for name, v in (("n_restarts", n_restarts), ("n_steps", n_steps)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 0:
             raise ProbPruneError(f"{name}={v!r}: must be an integer >= 0")
     flat = _flat_centres(target, ball, centres)
-    reg = _region(ball, flat, math.prod(target.input_shape), torch.device("cpu"))
+    reg = _region(ball, flat, math.prod(target.input_shape), torch.device("cpu"), _flat_hw(halfwidth))
     t64, p64 = _Flat(target), _Flat(pruned)
 
     def obj(x: Tensor) -> Tensor:
@@ -772,14 +784,15 @@ def graph_gap_search(target: Graph, pruned: Graph, ball: BallSpec, generator: to
 
 def graph_certified_agreement(target: Graph, pruned: Graph, ball: BallSpec, *, centres: Tensor | None = None,
                               attack: bool = True, generator: torch.Generator | None = None, n_restarts: int = 4,
-                              n_steps: int = 50, batch_size: int = 8) -> AgreementResult:
+                              n_steps: int = 50, batch_size: int = 8, halfwidth: Tensor | None = None
+                              ) -> AgreementResult:
     """Certify (or refute, with a witness) that the graphs f and F have the same top-1 class everywhere in the ball.
 
     As :func:`probprune.bounds.differential.certified_agreement`: ``c`` is F's top-1 class at the centre
     (float64); certified means the back-substituted lower bounds of ``F_c − F_j`` and ``f_c − f_j`` (f's logits
     are ``v + Δv``) are > 0 for every ``j ≠ c`` — exactly and for both graphs evaluated in float64. Otherwise the
     attack looks for an input of the ball where the top-1 classes differ (``"refuted"``). The bound of the same
-    propagation is ``AgreementResult.bound``.
+    propagation is ``AgreementResult.bound``. ``halfwidth``: per-ball ℓ∞ boxes, as :func:`graph_differential_bound`.
     """
     _check_batch_size(batch_size)
     prep = _prepare(target, pruned)
@@ -788,11 +801,12 @@ def graph_certified_agreement(target: Graph, pruned: Graph, ball: BallSpec, *, c
         raise ProbPruneError(f"certified agreement: the graph's output shape is {prep.target.output_shape}; a "
                              "classifier needs [m] logits, m >= 2")
     flat = _flat_centres(prep.target, ball, centres)
-    reg0 = _region(ball, flat, math.prod(prep.target.input_shape), torch.device("cpu"))
+    reg0 = _region(ball, flat, math.prod(prep.target.input_shape), torch.device("cpu"), _flat_hw(halfwidth))
+    hw = reg0.radius if isinstance(reg0.radius, Tensor) else None
     t64, p64 = _Flat(prep.target), _Flat(prep.pruned)
     with torch.no_grad():
         cls = t64(reg0.centres).argmax(-1)
-    reg, lo, hi, mt_, mp_ = _analyse(prep, ball, reg0.centres, batch_size, cls)
+    reg, lo, hi, mt_, mp_ = _analyse(prep, ball, reg0.centres, batch_size, cls, hw)
     mt, mp = cast(Tensor, mt_), cast(Tensor, mp_)
     if _identical(target, pruned):
         z = torch.zeros_like(lo)
@@ -807,7 +821,7 @@ def graph_certified_agreement(target: Graph, pruned: Graph, ball: BallSpec, *, c
     if attack and open_idx:
         gen = generator if generator is not None else torch.Generator().manual_seed(0)
         found = _attack(cast(Any, t64), cast(Any, p64), ball, reg0.centres[open_idx], cls[open_idx], gen,
-                        n_restarts, n_steps)
+                        n_restarts, n_steps, None if hw is None else hw[open_idx])
         for i, w in zip(open_idx, found):
             if w is not None:
                 verdicts[i] = "refuted"

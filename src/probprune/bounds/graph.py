@@ -39,8 +39,8 @@ from probprune.config import ProbPruneError
 from probprune.nets.graph import Activation, Graph, Node, apply_node
 from probprune.search import Budget, Region, maximise
 
-__all__ = ["GraphBound", "NodeTerm", "certified_graph_gap", "check_graph_pair", "conv_operator_norm",
-           "graph_search_budget", "search_graph_gap"]
+__all__ = ["GraphBound", "GraphPairNorms", "NodeTerm", "certified_graph_gap", "check_graph_pair",
+           "conv_operator_norm", "graph_pair_norms", "graph_search_budget", "search_graph_gap"]
 
 _U = 2.0 ** -53
 _ETA = 2.0 ** -1074
@@ -173,10 +173,23 @@ def _bias_norm(b: Tensor | None, shape: tuple[int, ...]) -> float:
     return float(vector_norm_bound(full.expand(shape).reshape(-1)))
 
 
-def _affine_rule(nt: Node, np_: Node, s: _State, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> _State:
-    """linear / conv / affine: the min of the two rewritings of the difference, plus the bias difference."""
+@dataclass(frozen=True)
+class _AffineNorms:
+    """What the affine rule reads off a node's parameters (radius-free): norms, fan-in, bias norms."""
+
+    n_t: float
+    n_p: float
+    n_d: float
+    a_t: float
+    a_p: float
+    fan: int
+    bn: tuple[float, float]
+    bdiff: float
+
+
+def _affine_norms(nt: Node, np_: Node, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> _AffineNorms:
+    """linear / conv / affine: ‖W‖, ‖W̃‖, ‖W − W̃‖ (rounded up for the float64 difference), ‖|W|‖, ‖|W̃|‖, biases."""
     wt, wp = nt.params.get("weight", nt.params.get("scale")), np_.params.get("weight", np_.params.get("scale"))
-    outs = math.prod(out_shape)
     if nt.op == "linear":
         wt, wp = cast(Tensor, wt), cast(Tensor, wp)
         n_t, n_p = float(operator_norm(wt).value), float(operator_norm(wp).value)
@@ -217,10 +230,16 @@ def _affine_rule(nt: Node, np_: Node, s: _State, in_shape: tuple[int, ...], out_
     # ‖E‖₂ ≤ ‖E‖_F ≤ u‖D‖_F ≤ u(1 + u)‖fl(D)‖_F, and ‖d‖ ≤ ‖fl(d)‖/(1 − u)
     n_d += 2.0 * _U * _frobenius(wt, wp)
     bdiff *= 1.0 + 2.0 * _U
-    e = min(n_p * s.e + n_d * s.b_t, n_t * s.e + n_d * s.b_p) + bdiff
-    return _State(n_t * s.b_t + bn[0], n_p * s.b_p + bn[1], e,
-                  _dot_rounding(n_t, a_t, s.b_t, s.f_t, bn[0], fan, outs),
-                  _dot_rounding(n_p, a_p, s.b_p, s.f_p, bn[1], fan, outs))
+    return _AffineNorms(n_t, n_p, n_d, a_t, a_p, fan, bn, bdiff)
+
+
+def _affine_rule(a: _AffineNorms, s: _State, out_shape: tuple[int, ...]) -> _State:
+    """linear / conv / affine: the min of the two rewritings of the difference, plus the bias difference."""
+    outs = math.prod(out_shape)
+    e = min(a.n_p * s.e + a.n_d * s.b_t, a.n_t * s.e + a.n_d * s.b_p) + a.bdiff
+    return _State(a.n_t * s.b_t + a.bn[0], a.n_p * s.b_p + a.bn[1], e,
+                  _dot_rounding(a.n_t, a.a_t, s.b_t, s.f_t, a.bn[0], a.fan, outs),
+                  _dot_rounding(a.n_p, a.a_p, s.b_p, s.f_p, a.bn[1], a.fan, outs))
 
 
 def _frobenius(wt: Tensor | None, wp: Tensor | None) -> float:
@@ -245,12 +264,22 @@ def _act_rule(act: Activation, s: _State, n: int) -> _State:
     return _State(b_t, b_p, e, fwd(s.b_t, s.f_t), fwd(s.b_p, s.f_p))
 
 
-def _node_rule(nt: Node, np_: Node, ins: list[_State], shapes: dict[str, tuple[int, ...]]) -> _State:
+def _node_norms(nt: Node, np_: Node, shapes: dict[str, tuple[int, ...]]) -> _AffineNorms | tuple[float, int] | None:
+    """The radius-free part of a node's rule (its norms), or ``None`` for a node without one."""
+    if nt.op in ("linear", "conv", "affine"):
+        return _affine_norms(nt, np_, shapes[nt.inputs[0]], shapes[nt.name])
+    if nt.op in ("avgpool", "adaptive_avgpool"):
+        return _pool_norm(nt, shapes[nt.inputs[0]])
+    return None
+
+
+def _node_rule(nt: Node, np_: Node, ins: list[_State], shapes: dict[str, tuple[int, ...]],
+               norms: _AffineNorms | tuple[float, int] | None) -> _State:
     in_shape = shapes[nt.inputs[0]]
     out_shape = shapes[nt.name]
     s = ins[0]
     if nt.op in ("linear", "conv", "affine"):
-        return _affine_rule(nt, np_, s, in_shape, out_shape)
+        return _affine_rule(cast(_AffineNorms, norms), s, out_shape)
     if nt.op == "act":
         return _act_rule(nt.attrs["act"], s, math.prod(out_shape))
     if nt.op == "add":
@@ -271,7 +300,7 @@ def _node_rule(nt: Node, np_: Node, ins: list[_State], shapes: dict[str, tuple[i
         f = math.sqrt(m)
         return _State(f * s.b_t, f * s.b_p, f * s.e, f * s.f_t, f * s.f_p)
     if nt.op in ("avgpool", "adaptive_avgpool"):
-        norm, window = _pool_norm(nt, in_shape)
+        norm, window = cast(tuple[float, int], norms)
         outs = math.prod(out_shape)
         return _State(norm * s.b_t, norm * s.b_p, norm * s.e,
                       _dot_rounding(norm, norm, s.b_t, s.f_t, 0.0, window, outs),
@@ -298,13 +327,66 @@ def check_graph_pair(target: Graph, pruned: Graph) -> None:
             raise ProbPruneError(f"certified_graph_gap: node {a.name!r}: parameter names or shapes differ")
 
 
-def certified_graph_gap(target: Graph, pruned: Graph, *, radius: float) -> GraphBound:
+@dataclass(frozen=True, eq=False)
+class GraphPairNorms:
+    """The radius-free part of :func:`certified_graph_gap` for one pair of graphs — every node's operator norms,
+    bias norms and pool norms — computed once by :func:`graph_pair_norms` and reused at every radius (the bound
+    with them is bit for bit the bound without them).
+
+    Attributes:
+        target, pruned: the two graphs (float64, CPU) they were computed from; a bound given these norms checks
+            that its graphs have this structure and exactly these parameters.
+        nodes: per node name, its norms (absent for nodes without any).
+    """
+
+    target: Graph
+    pruned: Graph
+    nodes: dict[str, _AffineNorms | tuple[float, int]]
+
+    def check(self, target: Graph, pruned: Graph) -> None:
+        """Refuse graphs other than those the norms were computed for (structure or any parameter bit)."""
+        for mine, other, what in ((self.target, target, "target"), (self.pruned, pruned, "pruned")):
+            try:
+                check_graph_pair(mine, other)
+            except ProbPruneError:
+                raise ProbPruneError(f"norms: the {what} graph is not the one the norms were computed for") from None
+            a, b = mine.parameters(), other.parameters()
+            if a.keys() != b.keys() or not all(torch.equal(a[k], b[k]) for k in a):
+                raise ProbPruneError(f"norms: the {what} graph's parameters differ from those the norms were "
+                                     "computed for (graph_pair_norms(target, pruned) of this pair)")
+
+
+def graph_pair_norms(target: Graph, pruned: Graph) -> GraphPairNorms:
+    """The norms :func:`certified_graph_gap` needs for this pair, once (pass them as ``norms=``).
+
+    >>> import torch
+    >>> from probprune.nets.graph import Graph, Node
+    >>> F = Graph([Node("fc", "linear", ("input",), params={"weight": torch.eye(2)})], (2,))
+    >>> f = F.with_parameters({"fc.weight": torch.diag(torch.tensor([1.0, 0.0]))})
+    >>> norms = graph_pair_norms(F, f)
+    >>> certified_graph_gap(F, f, radius=3.0, norms=norms).value == certified_graph_gap(F, f, radius=3.0).value
+    True
+    """
+    check_graph_pair(target, pruned)
+    target, pruned = target.to(torch.float64, "cpu"), pruned.to(torch.float64, "cpu")
+    nodes = {}
+    for nt, np_ in zip(target.nodes, pruned.nodes):
+        v = _node_norms(nt, np_, target.shapes)
+        if v is not None:
+            nodes[nt.name] = v
+    return GraphPairNorms(target, pruned, nodes)
+
+
+def certified_graph_gap(target: Graph, pruned: Graph, *, radius: float,
+                        norms: GraphPairNorms | None = None) -> GraphBound:
     """Certified upper bound on ``sup_{‖x‖₂ ≤ r} ‖f(x) − F(x)‖₂`` for two graphs of one structure.
 
     Args:
         target: F.
         pruned: f: the same nodes, ops, inputs and attributes; any parameter values.
         radius: r > 0, finite.
+        norms: this pair's :func:`graph_pair_norms` (computed once, reused at every radius); refused if they
+            were computed for other graphs.
 
     Returns:
         :class:`GraphBound`; ``value`` covers the exact gap and the gap of the float64 forward passes.
@@ -324,10 +406,13 @@ def certified_graph_gap(target: Graph, pruned: Graph, *, radius: float) -> Graph
     if not isinstance(radius, (int, float)) or not math.isfinite(radius) or radius <= 0:
         raise ProbPruneError(f"radius={radius!r}: must be a finite number > 0")
     r = float(radius)
+    if norms is not None:
+        norms.check(target, pruned)
     states: dict[str, _State] = {"input": _State(r, r, 0.0, 0.0, 0.0)}
     terms = []
     for nt, np_ in zip(target.nodes, pruned.nodes):
-        st = _node_rule(nt, np_, [states[i] for i in nt.inputs], target.shapes)
+        nn = _node_norms(nt, np_, target.shapes) if norms is None else norms.nodes.get(nt.name)
+        st = _node_rule(nt, np_, [states[i] for i in nt.inputs], target.shapes, nn)
         states[nt.name] = st
         terms.append(NodeTerm(nt.name, nt.op, st.b_t, st.b_p, st.e, st.f_t, st.f_p))
     out = states[target.output]

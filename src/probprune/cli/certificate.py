@@ -73,7 +73,7 @@ def show_cmd(cert: Annotated[str, typer.Argument(help="The certificate (.json)."
 def _check(doc: dict[str, Any], cert: str, weights: str, target: str | None, pruned: str | None) -> CheckOutcome:
     """The checker of the certificate's model kind: a chain (format 3) or a graph (format 4, ``model: graph``)."""
     where = f"certificate={cert!r}"
-    if doc.get("model") == "chain":  # format 4: a local certificate (balls around inputs)
+    if doc.get("model") == "chain" or "local" in doc:  # format 4: a local certificate (balls around inputs)
         from probprune.runner.certificate_local import check_local_certificate
 
         if pruned is None or target is not None:

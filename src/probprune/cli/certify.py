@@ -63,7 +63,8 @@ def certify_cmd(
                                                      "[0, 1]) or an .npy file of inputs [N, d].")] = None,
     radius: Annotated[Optional[float], typer.Option(help="Ball radius r > 0 around each input.")] = None,
     halfwidth: Annotated[Optional[str], typer.Option(
-        help="Instead of --radius: an .npy of l-infinity half-widths [N, d] (or [d] for every input): input i's "
+        help="Instead of --radius: an .npy of l-infinity half-widths [N, d] (or [d] for every input; an ONNX graph "
+             "model also takes [N, *input shape]): input i's "
              "ball is the box x_i +- h_i (intersected with --clip), as VNN-COMP states its properties.")] = None,
     radii: Annotated[Optional[str], typer.Option(
         help="R1,R2,...: radii of the report's 'certified agreement vs radius' curve (default: 0.25, 0.5 and 2 "

@@ -71,7 +71,7 @@ def validate_certificate(doc: Any, where: str = "certificate") -> None:
                              f"`probprune prune … --certificate FILE` (format {FORMAT})")
     fmt = doc.get("format") if isinstance(doc, Mapping) else None
     fmt = fmt if isinstance(fmt, str) and fmt in _SCHEMA_FILES else FORMAT
-    if fmt == FORMAT_GRAPH and doc.get("model") == "chain":
+    if fmt == FORMAT_GRAPH and (doc.get("model") == "chain" or "local" in doc):  # local balls, chain or graph
         fmt = f"{FORMAT_GRAPH}-local"
     validator = jsonschema.Draft202012Validator(load_schema(fmt))
     errors = sorted(validator.iter_errors(doc), key=lambda e: list(e.absolute_path))
@@ -152,7 +152,7 @@ def _g(v: Any) -> str:
 
 def _kind(doc: Mapping[str, Any]) -> str:
     if doc.get("model") == "graph":
-        return "graph (an ONNX model read as a graph)"
+        return "graph (an ONNX model read as a graph)" + (", local certificate" if "local" in doc else "")
     if doc.get("model") == "chain":
         return f"chain {doc['arch']} ({doc['activation']}), local certificate"
     return f"chain {doc['arch']} ({doc['activation']})"

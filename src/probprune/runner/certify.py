@@ -44,13 +44,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from probprune.bounds.certified import certified_gap_bound
+from probprune.bounds.certified import PairNorms, certified_gap_bound, pair_norms
 from probprune.bounds.differential import (
     DifferentialBound,
     certified_agreement,
     differential_bound,
     gap_search,
 )
+from probprune.bounds.graph import GraphPairNorms, graph_pair_norms
 from probprune.config import (
     DATASETS,
     BallSpec,
@@ -68,6 +69,7 @@ from probprune.config import (
 )
 from probprune.data import dataset_status, load_dataset
 from probprune.nets import Net, check_pair
+from probprune.nets.graph import Graph
 from probprune.nets.onnx import load_onnx
 from probprune.records import CertifyLevelRow, CertifyRadiusRow, CertifyRow
 from probprune.rng import derive_seed
@@ -288,10 +290,13 @@ def summarize_rows(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _chunk_rows(target: Net, pruned: Net, x: Tensor, y: Tensor | None, start: int, ball: BallSpec,
-                budget: tuple[int, int], gen: torch.Generator, hw: Tensor | None = None) -> list[CertifyRow]:
+                budget: tuple[int, int], gen: torch.Generator, hw: Tensor | None = None,
+                norms: PairNorms | None = None) -> list[CertifyRow]:
     n_restarts, n_steps = budget
     radii = layerwise_radius(x, ball.radius, ball.norm, ball.box, hw)
-    lay = [float(certified_gap_bound(target, pruned, radius=float(r)).value) for r in radii.tolist()]
+    # the pair's norms once (given, or here for the chunk): each input's layerwise bound only rescales
+    pn = pair_norms(target, pruned) if norms is None else norms
+    lay = [float(certified_gap_bound(target, pruned, radius=float(r), norms=pn).value) for r in radii.tolist()]
     low = gap_search(target, pruned, ball, gen, centres=x, n_restarts=n_restarts, n_steps=n_steps, halfwidth=hw)
     # one propagation gives both the agreement margins and the differential gap bound
     agr = certified_agreement(target, pruned, ball, centres=x, generator=gen, halfwidth=hw,
@@ -356,26 +361,41 @@ def write_rows(path: str, rows: list[dict[str, Any]], summary: dict[str, Any]) -
 
 @dataclass(frozen=True, eq=False)
 class LoadedJob:
-    """Everything a certify job reads, loaded and checked: both nets, the inputs, labels, half-widths."""
+    """Everything a certify job reads, loaded and checked: both models (chain nets or ONNX graphs), the inputs
+    (``[N, d]`` for a chain, ``[N, *input_shape]`` for a graph), labels, half-widths ``[N, d]``."""
 
     job: CertifyJob
-    target: Net
-    pruned: Net
+    target: Net | Graph
+    pruned: Net | Graph
     x: Tensor
     y: Tensor | None
     halfwidth: Tensor | None
     inputs: str
 
     @property
+    def is_graph(self) -> bool:
+        """Whether the models are graphs (the graph bounds certify them)."""
+        return isinstance(self.target, Graph)
+
+    @property
     def ball(self) -> BallSpec:
         """The job's ball (radius: the job's, or the largest half-width; centres are passed per chunk)."""
         r = float(cast(float, self.job.radius)) if self.halfwidth is None else float(self.halfwidth.max())
+        c0 = self.x[0].reshape(-1)
         return BallSpec(radius=r, norm=self.job.norm, box=self.job.clip,
-                        centre=None if self.job.clip is None else tuple(float(v) for v in self.x[0].tolist()))
+                        centre=None if self.job.clip is None else tuple(float(v) for v in c0.tolist()))
+
+    @functools.cached_property
+    def norms(self) -> PairNorms | GraphPairNorms:
+        """The pair's operator norms for the layerwise bound, computed once (on first use) for every unit."""
+        if isinstance(self.target, Graph):
+            return graph_pair_norms(self.target, cast(Graph, self.pruned))
+        return pair_norms(self.target, cast(Net, self.pruned))
 
 
-def load_halfwidth(job: CertifyJob, n: int, d: int) -> Tensor | None:
-    """The ``[n, d]`` float64 half-widths of ``job.halfwidth`` (rows 0..n−1 of ``[N', d]``, or ``[d]`` for all).
+def load_halfwidth(job: CertifyJob, n: int, d: int, shape: tuple[int, ...] | None = None) -> Tensor | None:
+    """The ``[n, d]`` float64 half-widths of ``job.halfwidth`` (rows 0..n−1 of ``[N', d]``, or ``[d]`` for all;
+    for a graph model's input ``shape`` also ``[N', *shape]`` or ``shape``).
 
     Raises:
         ProbPruneError: not a plain ``.npy``, wrong shape, non-numeric, non-finite, negative, or 0 everywhere.
@@ -384,8 +404,14 @@ def load_halfwidth(job: CertifyJob, n: int, d: int) -> Tensor | None:
         return None
     arr = _load_npy("halfwidth", job.halfwidth)
     name = f"halfwidth={job.halfwidth!r}"
+    if shape is not None and len(shape) > 1 and arr.dtype.kind in "fiu":
+        if arr.shape == shape:
+            arr = arr.reshape(d)
+        elif arr.ndim == len(shape) + 1 and arr.shape[1:] == shape:
+            arr = arr.reshape(arr.shape[0], d)
     if arr.dtype.kind not in "fiu" or not (arr.shape == (d,) or (arr.ndim == 2 and arr.shape[1] == d)):
-        raise ProbPruneError(f"{name}: shape {arr.shape} dtype {arr.dtype}, expected numbers [N, {d}] or [{d}]")
+        extra = "" if shape is None or len(shape) < 2 else f", [N, {', '.join(map(str, shape))}] or {list(shape)}"
+        raise ProbPruneError(f"{name}: shape {arr.shape} dtype {arr.dtype}, expected numbers [N, {d}] or [{d}]{extra}")
     if arr.ndim == 2 and arr.shape[0] < n:
         raise ProbPruneError(f"{name}: {arr.shape[0]} rows, n_points={n} inputs need {n}")
     h = np.broadcast_to(arr, (n, d)) if arr.ndim == 1 else arr[:n]
@@ -405,13 +431,29 @@ def load_job(job: CertifyJob, pruned_from_target: bool = False) -> LoadedJob:
     """
     job2 = dataclasses.replace(job, pruned=job.weights) if pruned_from_target else job
     check_job(job2)
-    target, pruned = load_pair(job2)
-    if target.spec.kind != "fcn":  # the differential bound's own refusal, passed on
-        differential_bound(target, pruned, BallSpec(radius=1.0))
-    x, y, note = load_inputs(job2, target.spec)
-    hw = load_halfwidth(job2, x.shape[0], x.shape[1])
-    if job.clip is not None and not bool(((x >= job.clip[0]) & (x <= job.clip[1])).all()):
-        bad = int(((x < job.clip[0]) | (x > job.clip[1])).any(1).nonzero()[0, 0])
+    model = _graph_target(job2)
+    target: Net | Graph
+    pruned: Net | Graph
+    if model is not None:  # an ONNX graph (conv, residual): the graph bounds
+        if pruned_from_target:
+            raise ProbPruneError(f"weights={job.weights!r}: --solve max-prune prunes chain models only, and this "
+                                 "ONNX model is certified as a graph; prune it at each level with probprune prune "
+                                 "--out pruned.onnx and certify each")
+        from probprune.runner.certify_graph import load_graph_pair
+
+        target, pruned = load_graph_pair(job2, model)
+        x, y, note = read_inputs(job2, target.input_shape)
+        shape: tuple[int, ...] | None = target.input_shape
+    else:
+        target, pruned = load_pair(job2)
+        if target.spec.kind != "fcn":  # the differential bound's own refusal, passed on
+            differential_bound(target, pruned, BallSpec(radius=1.0))
+        x, y, note = load_inputs(job2, target.spec)
+        shape = None
+    flat = x.reshape(x.shape[0], -1)
+    hw = load_halfwidth(job2, flat.shape[0], flat.shape[1], shape)
+    if job.clip is not None and not bool(((flat >= job.clip[0]) & (flat <= job.clip[1])).all()):
+        bad = int(((flat < job.clip[0]) | (flat > job.clip[1])).any(1).nonzero()[0, 0])
         raise ProbPruneError(f"clip={job.clip!r}: input {bad} lies outside the box")
     return LoadedJob(job, target, pruned, x, y, hw, note)
 
@@ -482,11 +524,21 @@ def compute_unit(unit: CertifyUnit, loaded: LoadedJob | None = None) -> list[Cer
         raise ProbPruneError(f"unit: config hash {config_hash(job)} differs from {unit.config_hash}")
     sl = slice(unit.start, unit.stop)
     x, hw = loaded.x[sl], None if loaded.halfwidth is None else loaded.halfwidth[sl]
+    y = None if loaded.y is None else loaded.y[sl]
     gen = torch.Generator().manual_seed(derive_seed(unit.config_hash, unit.start, "certify"))
     rows: list[CertifyRow | CertifyRadiusRow] = []
-    rows += _chunk_rows(loaded.target, loaded.pruned, x, None if loaded.y is None else loaded.y[sl], unit.start,
-                        loaded.ball, (job.n_restarts, job.n_steps), gen, hw)
-    rows += _curve_rows(loaded.target, loaded.pruned, x, unit.start, loaded.ball, hw, curve_points(job))
+    budget = (job.n_restarts, job.n_steps)
+    if isinstance(loaded.target, Graph):
+        from probprune.runner import certify_graph as cg
+
+        t, p = loaded.target, cast(Graph, loaded.pruned)
+        gn = cast(GraphPairNorms, loaded.norms)
+        rows += cg.graph_chunk_rows(t, p, x, y, unit.start, loaded.ball, budget, gen, hw, norms=gn)
+        rows += cg.graph_curve_rows(t, p, x, unit.start, loaded.ball, hw, curve_points(job))
+        return rows
+    tn, pn = loaded.target, cast(Net, loaded.pruned)
+    rows += _chunk_rows(tn, pn, x, y, unit.start, loaded.ball, budget, gen, hw, norms=cast(PairNorms, loaded.norms))
+    rows += _curve_rows(tn, pn, x, unit.start, loaded.ball, hw, curve_points(job))
     return rows
 
 
@@ -545,14 +597,6 @@ def run_certify(job: CertifyJob, progress: Progress | None = None, write: bool =
             :class:`~probprune.runner.ray_executor.RayExecutor`); ``None`` runs the units here.
     """
     check_job(job)
-    graph = _graph_target(job)
-    if graph is not None:  # an ONNX graph (conv, residual): the differential graph bound
-        from probprune.runner.certify_graph import run_graph_certify
-
-        for name, v in (("run_dir", run_dir), ("executor", executor), ("halfwidth", job.halfwidth)):
-            if v is not None:
-                raise ProbPruneError(f"{name}={v!r}: not supported for graph models yet (a chain FCN only)")
-        return run_graph_certify(job, graph, progress=progress, write=write)
     loaded = load_job(job)
     h, files = config_hash(job), job_files(job)
     n = int(loaded.x.shape[0])
@@ -588,23 +632,27 @@ def run_certify(job: CertifyJob, progress: Progress | None = None, write: bool =
         summary["curve"] = curve_summary(rows, curve, job)
         summary["seconds"] = time.perf_counter() - t0
         summary["n_new"] = sum(isinstance(r, CertifyRow) for r in records)
+        if loaded.is_graph:
+            summary["model"] = "graph"
         if store is not None:
             store.set_meta("summary", json.dumps(json_safe(summary), sort_keys=True, allow_nan=False))
             store.set_meta("finished", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     finally:
         if store is not None:
             store.close()
-    out = CertifyOutcome([r.to_dict() for r in rows], summary, loaded.inputs, loaded.target.spec,
+    out = CertifyOutcome([r.to_dict() for r in rows], summary, loaded.inputs,
+                         None if isinstance(loaded.target, Graph) else loaded.target.spec,
                          None if store is None else store.path)
     if write and job.out is not None:
         write_rows(job.out, out.rows, out.summary)
     return out
 
 
-def certify(target: Net, pruned: Net, centres: Tensor, *, radius: float | None = None, norm: CertifyNorm = "l2",
-            clip: tuple[float, float] | None = None, labels: Tensor | None = None, seed: int = 0,
-            n_restarts: int = 8, n_steps: int = 100, batch_size: int = 25, progress: Progress | None = None,
-            inputs: str = "centres as given", halfwidth: Tensor | None = None) -> CertifyOutcome:
+def certify(target: Net | Graph, pruned: Net | Graph, centres: Tensor, *, radius: float | None = None,
+            norm: CertifyNorm = "l2", clip: tuple[float, float] | None = None, labels: Tensor | None = None,
+            seed: int = 0, n_restarts: int = 8, n_steps: int = 100, batch_size: int = 25,
+            progress: Progress | None = None, inputs: str = "centres as given", halfwidth: Tensor | None = None
+            ) -> CertifyOutcome:
     """The local sandwich and certified agreement of ``pruned`` (f) against ``target`` (F) around each centre.
 
     The Python form of ``probprune certify`` (the module docstring says what each row holds): for every row
@@ -614,9 +662,11 @@ def certify(target: Net, pruned: Net, centres: Tensor, *, radius: float | None =
     lower bound, and the agreement verdict. A centre of 0 is the paper's ball around the origin.
 
     Args:
-        target: F, one network (no trial dim), fully connected.
-        pruned: f, the same architecture.
-        centres: ``[N, d]`` inputs (any float dtype; used in float64), inside ``clip`` when given.
+        target: F, one network (no trial dim), fully connected; or a :class:`~probprune.nets.graph.Graph` (any
+            graph the graph bounds take: :func:`probprune.runner.certify_graph.certify_graphs`).
+        pruned: f, the same architecture (a graph of the same structure for a graph F).
+        centres: ``[N, d]`` inputs (any float dtype; used in float64), inside ``clip`` when given (a graph also
+            takes ``[N, *input_shape]``).
         radius: the ball's radius r > 0 (exactly one of ``radius`` and ``halfwidth``).
         norm: ``"l2"`` or ``"linf"`` (``"linf"`` with ``halfwidth``).
         clip: ``(lo, hi)``: the box the inputs live in, intersected with every ball; or ``None``.
@@ -639,9 +689,16 @@ def certify(target: Net, pruned: Net, centres: Tensor, *, radius: float | None =
     >>> out.summary["certified_agreement"], out.summary["max_upper"]
     (1.0, 0.0)
     """
+    if isinstance(target, Graph) or isinstance(pruned, Graph):
+        from probprune.runner.certify_graph import certify_graphs
+
+        return certify_graphs(cast(Graph, target), cast(Graph, pruned), centres, radius=radius, norm=norm, clip=clip,
+                              labels=labels, seed=seed, n_restarts=n_restarts, n_steps=n_steps,
+                              batch_size=batch_size, progress=progress, inputs=inputs, halfwidth=halfwidth)
     x, hw, ball = _check_api(target, pruned, centres, radius, norm, clip, labels, halfwidth,
                              (("n_restarts", n_restarts), ("n_steps", n_steps), ("batch_size", batch_size)))
     t0 = time.perf_counter()
+    norms = pair_norms(target, pruned)  # once: every input's layerwise bound reuses them
     rows: list[CertifyRow] = []
     n = x.shape[0]
     if progress is not None:
@@ -650,7 +707,7 @@ def certify(target: Net, pruned: Net, centres: Tensor, *, radius: float | None =
         sl = slice(start, start + batch_size)
         gen = torch.Generator().manual_seed(derive_seed(f"seed {seed}", start, "certify"))
         rows += _chunk_rows(target, pruned, x[sl], None if labels is None else labels[sl], start, ball,
-                            (n_restarts, n_steps), gen, None if hw is None else hw[sl])
+                            (n_restarts, n_steps), gen, None if hw is None else hw[sl], norms=norms)
         if progress is not None:
             progress(len(rows), n)
     summary = summarize_rows([r.to_dict() for r in rows])
@@ -764,7 +821,7 @@ def _level_row(lj: LoadedJob, frac: float, solve: MaxPruneSolve) -> CertifyLevel
     from probprune.masks import prune
 
     t0 = time.perf_counter()
-    job, target, x, y = lj.job, lj.target, lj.x, lj.y
+    job, target, x, y = lj.job, cast(Net, lj.target), lj.x, lj.y  # a chain: load_job refuses graphs here
     gen = torch.Generator().manual_seed(job.seed)
     rule = PruneSpec(method=cast(Any, solve.method), prune_fraction=frac, scope=cast(Any, solve.scope))
     pruned = cast(Net, prune(target, rule, generator=gen if solve.method == "random" else None).model)
@@ -876,4 +933,4 @@ def run_max_prune(job: CertifyJob, solve: MaxPruneSolve, progress: Progress | No
     curve = [seen[f].to_dict() for f in sorted(seen)]
     if write and job.out is not None:
         write_rows(job.out, curve, summary)
-    return MaxPruneOutcome(curve, summary, lj.inputs, lj.target.spec, None if store is None else store.path)
+    return MaxPruneOutcome(curve, summary, lj.inputs, cast(Net, lj.target).spec, None if store is None else store.path)

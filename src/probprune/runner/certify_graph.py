@@ -1,17 +1,23 @@
 """``probprune certify`` on ONNX graph models (conv nets, residual nets): the same rows and summary as for chains.
 
 For a target that the chain reader refuses and the graph reader reads exactly
-(:class:`~probprune.runner.graph.GraphModelFound`), each input ``c`` and ball ``{x : ‖x − c‖ ≤ r} ∩ box`` gets:
+(:class:`~probprune.runner.graph.GraphModelFound`), or an ONNX conv chain, each input ``c`` and ball
+``{x : ‖x − c‖ ≤ r} ∩ box`` — or, with ``--halfwidth``, the box ``c ± h`` ∩ box — gets:
 
 * ``lower``: :func:`~probprune.bounds.differential_graph.graph_gap_search` — ``‖f(x) − F(x)‖₂`` (float64) at a
   witness checked to lie in the ball ∩ box;
 * ``upper``: the **minimum** of two certified upper bounds, both valid: the differential graph bound
   (:func:`~probprune.bounds.differential_graph.graph_certified_agreement`'s ``bound``, one propagation with the
   margins) and the layerwise graph bound (:func:`~probprune.bounds.graph.certified_graph_gap`) over the ℓ2 ball
-  around 0 of radius ``R`` = the largest :func:`~probprune.runner.certify.layerwise_radius` of the run (that
-  ball holds every local ball ∩ box of the run; the layerwise bound is computed once, its operator norms cost
-  seconds to minutes on a conv net);
+  around 0 of radius ``R`` = :func:`~probprune.runner.certify.layerwise_radius` of that input (that ball holds the
+  input's ball ∩ box). The layerwise bound's operator norms are computed once per (target, pruned) pair
+  (:func:`~probprune.bounds.graph.graph_pair_norms`; seconds to minutes on a conv net) and every input's bound
+  reuses them;
 * the certified agreement verdict and the empirical agreement, as for chains.
+
+The rows are :class:`~probprune.records.CertifyRow`\\ s, computed per unit of inputs by
+:func:`probprune.runner.certify.compute_unit` exactly as for chains, so run folders (resume), ``--executor ray``
+and the "certified agreement vs radius" curve work the same way for graphs.
 
 Both bounds cover the graphs **evaluated in float64** (ONNX parameters are read as float64) and their
 exact-arithmetic gap; a float32 forward pass (e.g. onnxruntime's) is not covered.
@@ -22,8 +28,10 @@ input; or an ``.npy`` file ``[N, *input_shape]`` or ``[N, d]`` (``allow_pickle=F
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
+from collections.abc import Sequence
 from typing import Any, cast
 
 import torch
@@ -31,69 +39,86 @@ from torch import Tensor
 
 from probprune.bounds.differential import DifferentialBound
 from probprune.bounds.differential_graph import graph_certified_agreement, graph_gap_search
-from probprune.bounds.graph import certified_graph_gap
+from probprune.bounds.graph import GraphPairNorms, certified_graph_gap, check_graph_pair, graph_pair_norms
 from probprune.config import BallSpec, CertifyJob, ProbPruneError
 from probprune.nets.graph import Graph
-from probprune.runner.certify import CertifyOutcome, Progress, layerwise_radius, read_inputs, summarize_rows
+from probprune.records import CertifyRadiusRow, CertifyRow
+from probprune.rng import derive_seed
+from probprune.runner.certify import CertifyOutcome, Progress, _check_halfwidth, layerwise_radius, summarize_rows
 from probprune.runner.graph import GraphModel, load_pruned_graph
 
-__all__ = ["certify_graphs", "graph_inputs", "run_graph_certify"]
+__all__ = ["certify_graphs", "graph_chunk_rows", "graph_curve_rows", "load_graph_pair"]
 
 
-def graph_inputs(job: CertifyJob, graph: Graph) -> tuple[Tensor, Tensor | None, str]:
-    """The first N inputs ``[N, *input_shape]`` (float64), their labels, and a note
-    (:func:`probprune.runner.certify.read_inputs` with the graph's input shape)."""
-    return read_inputs(job, graph.input_shape)
+def load_graph_pair(job: CertifyJob, model: GraphModel) -> tuple[Graph, Graph]:
+    """F (the target graph) and f (``job.pruned`` read as a graph of F's structure), F a classifier.
+
+    Raises:
+        ProbPruneError: naming ``pruned`` (not an ONNX graph of F's structure) or ``weights`` (not [m] logits).
+    """
+    pruned = load_pruned_graph(model, job.pruned)
+    target = model.graph
+    if len(target.output_shape) != 1 or target.output_shape[0] < 2:
+        raise ProbPruneError(f"weights={job.weights!r}: the graph's output shape is {target.output_shape}; "
+                             "certified agreement needs a classifier ([m] logits, m >= 2)")
+    return target, pruned
 
 
-def _rows(target: Graph, pruned: Graph, x: Tensor, y: Tensor | None, start: int, ball: BallSpec,
-          budget: tuple[int, int], gen: torch.Generator, layerwise: tuple[float, float]) -> list[dict[str, Any]]:
+def graph_chunk_rows(target: Graph, pruned: Graph, x: Tensor, y: Tensor | None, start: int, ball: BallSpec,
+                     budget: tuple[int, int], gen: torch.Generator, hw: Tensor | None = None,
+                     norms: GraphPairNorms | None = None) -> list[CertifyRow]:
+    """The rows of inputs ``start ..`` (``x`` ``[b, *input_shape]`` or ``[b, d]``; ``hw`` ``[b, d]`` boxes)."""
     n_restarts, n_steps = budget
-    low = graph_gap_search(target, pruned, ball, gen, centres=x, n_restarts=n_restarts, n_steps=n_steps)
-    agr = graph_certified_agreement(target, pruned, ball, centres=x, generator=gen,
+    flat = x.reshape(x.shape[0], -1)
+    radii = layerwise_radius(flat, ball.radius, ball.norm, ball.box, hw)
+    gn = graph_pair_norms(target, pruned) if norms is None else norms
+    lay = [float(certified_graph_gap(target, pruned, radius=float(r), norms=gn).value) for r in radii.tolist()]
+    low = graph_gap_search(target, pruned, ball, gen, centres=flat, n_restarts=n_restarts, n_steps=n_steps,
+                           halfwidth=hw)
+    agr = graph_certified_agreement(target, pruned, ball, centres=flat, generator=gen, halfwidth=hw,
                                     n_restarts=max(1, n_restarts // 2), n_steps=max(1, n_steps // 2))
     diff = cast(DifferentialBound, agr.bound)  # graph_certified_agreement always returns its bound
     t64, p64 = target.to(torch.float64), pruned.to(torch.float64)
+    shaped = flat.reshape(flat.shape[0], *target.input_shape)
     with torch.no_grad():
-        ct, cp = cast(Tensor, t64(x)).argmax(-1), cast(Tensor, p64(x)).argmax(-1)
-        xw = low.x.reshape(x.shape)
+        ct, cp = cast(Tensor, t64(shaped)).argmax(-1), cast(Tensor, p64(shaped)).argmax(-1)
+        xw = low.x.reshape(shaped.shape)
         wt, wp = cast(Tensor, t64(xw)).argmax(-1), cast(Tensor, p64(xw)).argmax(-1)
     rows = []
-    ul, big_r = layerwise
-    for i in range(x.shape[0]):
-        ud = float(diff.value[i])
+    for i in range(flat.shape[0]):
+        ud, ul = float(diff.value[i]), lay[i]
         upper, lower = min(ud, ul), float(low.value[i])
         verdict = agr.verdicts[i]
-        rows.append({
-            "index": start + i,
-            "label": None if y is None else int(y[i]),
-            "class_target": int(ct[i]), "class_pruned": int(cp[i]),
-            "lower": lower, "upper": upper, "upper_differential": ud, "upper_layerwise": ul,
-            "layerwise_radius": big_r,
-            "upper_from": "differential" if ud <= ul else "layerwise",
-            "ratio": upper / lower if lower > 0 else (1.0 if upper == 0 else math.inf),
-            "verdict": verdict, "certified_agree": verdict == "certified",
-            "empirical_agree": bool(ct[i] == cp[i]) and bool(wt[i] == wp[i]) and verdict != "refuted",
-            "margin_target": float(agr.margin_target[i]), "margin_pruned": float(agr.margin_pruned[i]),
-        })
+        emp = bool(ct[i] == cp[i]) and bool(wt[i] == wp[i]) and verdict != "refuted"
+        rows.append(CertifyRow(
+            index=start + i, label=None if y is None else int(y[i]),
+            class_target=int(ct[i]), class_pruned=int(cp[i]),
+            lower=lower, upper=upper, upper_differential=ud, upper_layerwise=ul,
+            layerwise_radius=float(radii[i]), upper_from="differential" if ud <= ul else "layerwise",
+            ratio=upper / lower if lower > 0 else (1.0 if upper == 0 else math.inf),
+            verdict=verdict, certified_agree=verdict == "certified", empirical_agree=emp,
+            margin_target=float(agr.margin_target[i]), margin_pruned=float(agr.margin_pruned[i])))
     return rows
 
 
-def certify_graphs(target: Graph, pruned: Graph, centres: Tensor, *, radius: float, norm: str = "l2",
-                   clip: tuple[float, float] | None = None, labels: Tensor | None = None, seed: int = 0,
-                   n_restarts: int = 8, n_steps: int = 100, batch_size: int = 25, progress: Progress | None = None,
-                   inputs: str = "centres as given") -> CertifyOutcome:
-    """:func:`probprune.runner.certify.certify` for two graphs of one structure (module docstring).
+def graph_curve_rows(target: Graph, pruned: Graph, x: Tensor, start: int, ball: BallSpec, hw: Tensor | None,
+                     curve: Sequence[tuple[float, float | None]]) -> list[CertifyRadiusRow]:
+    """Certified agreement (no attack) of each input at each (scale, radius) of the curve."""
+    flat = x.reshape(x.shape[0], -1)
+    out = []
+    for scale, r in curve:
+        b = dataclasses.replace(ball, radius=float(r) if r is not None else ball.radius * scale)
+        agr = graph_certified_agreement(target, pruned, b, centres=flat, attack=False,
+                                        halfwidth=None if hw is None else hw * scale)
+        up = cast(DifferentialBound, agr.bound).value
+        out += [CertifyRadiusRow(scale=scale, index=start + i, radius=r, certified_agree=v == "certified",
+                                 upper=float(up[i])) for i, v in enumerate(agr.verdicts)]
+    return out
 
-    Args:
-        target, pruned: F and f (:class:`~probprune.nets.graph.Graph`, one structure, classifiers with [m] logits).
-        centres: ``[N, *input_shape]`` or ``[N, d]`` inputs (used in float64), inside ``clip`` when given.
-        radius, norm, clip, labels, seed, n_restarts, n_steps, batch_size, progress, inputs: as for chains.
-    """
-    BallSpec(radius=radius, norm=norm)  # type: ignore[arg-type]  # validates radius and norm
-    for name, v in (("n_restarts", n_restarts), ("n_steps", n_steps), ("batch_size", batch_size)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ProbPruneError(f"{name}={v!r}: must be an integer >= 1")
+
+def _check_centres(target: Graph, centres: Tensor, labels: Tensor | None, clip: tuple[float, float] | None
+                   ) -> Tensor:
+    """The float64 centres ``[N, *input_shape]`` (checked: shape, finite, labels, inside the clip box)."""
     d = math.prod(target.input_shape)
     if not isinstance(centres, Tensor) or centres.dim() < 2 or centres[0].numel() != d or centres.shape[0] == 0:
         shape = tuple(centres.shape) if isinstance(centres, Tensor) else type(centres).__name__
@@ -107,44 +132,69 @@ def certify_graphs(target: Graph, pruned: Graph, centres: Tensor, *, radius: flo
     if clip is not None and not bool(((flat >= clip[0]) & (flat <= clip[1])).all()):
         bad = int(((flat < clip[0]) | (flat > clip[1])).any(1).nonzero()[0, 0])
         raise ProbPruneError(f"clip={clip!r}: input {bad} lies outside the box")
-    ball = BallSpec(radius=radius, norm=norm, box=clip,  # type: ignore[arg-type]
+    return x
+
+
+def certify_graphs(target: Graph, pruned: Graph, centres: Tensor, *, radius: float | None = None,
+                   norm: str = "l2", clip: tuple[float, float] | None = None, labels: Tensor | None = None,
+                   seed: int = 0, n_restarts: int = 8, n_steps: int = 100, batch_size: int = 25,
+                   progress: Progress | None = None, inputs: str = "centres as given",
+                   halfwidth: Tensor | None = None) -> CertifyOutcome:
+    """:func:`probprune.runner.certify.certify` for two graphs of one structure (module docstring).
+
+    Args:
+        target, pruned: F and f (:class:`~probprune.nets.graph.Graph`, one structure, classifiers with [m] logits).
+        centres: ``[N, *input_shape]`` or ``[N, d]`` inputs (used in float64), inside ``clip`` when given.
+        radius: the ball's radius (exactly one of ``radius`` and ``halfwidth``).
+        halfwidth: ``[N, d]``, ``[N, *input_shape]``, ``[d]`` or ``input_shape`` ℓ∞ half-widths (``norm="linf"``):
+            ball i is the box ``c_i ± h_i`` (∩ ``clip``).
+        norm, clip, labels, seed, n_restarts, n_steps, batch_size, progress, inputs: as for chains.
+
+    >>> from probprune.nets.graph import Graph, Node, activation
+    >>> w = torch.tensor([[1.0, -1.0], [0.5, 2.0]], dtype=torch.float64)
+    >>> F = Graph([Node("fc", "linear", ("input",), params={"weight": w}),
+    ...            Node("r", "act", ("fc",), {"act": activation("relu")}),
+    ...            Node("out", "linear", ("r",), params={"weight": w})], (2,))
+    >>> out = certify_graphs(F, F, torch.tensor([[1.0, 0.0]]), radius=0.1, n_restarts=1, n_steps=5)
+    >>> out.summary["model"], out.summary["certified_agreement"], out.summary["max_upper"]
+    ('graph', 1.0, 0.0)
+    """
+    if (radius is None) == (halfwidth is None):
+        raise ProbPruneError(f"radius={radius!r}: give exactly one of radius and halfwidth")
+    if radius is not None:
+        BallSpec(radius=radius, norm=norm)  # type: ignore[arg-type]  # validates radius and norm
+    check_graph_pair(target, pruned)
+    for name, v in (("n_restarts", n_restarts), ("n_steps", n_steps), ("batch_size", batch_size)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ProbPruneError(f"{name}={v!r}: must be an integer >= 1")
+    x = _check_centres(target, centres, labels, clip)
+    flat = x.reshape(x.shape[0], -1)
+    hw = None
+    if halfwidth is not None:
+        h = halfwidth
+        if isinstance(h, Tensor) and tuple(h.shape) == target.input_shape:
+            h = h.reshape(-1)
+        elif isinstance(h, Tensor) and h.dim() == len(target.input_shape) + 1 and h.shape[0] == x.shape[0]:
+            h = h.reshape(h.shape[0], -1)
+        hw = _check_halfwidth(h, flat, norm)
+    r = float(cast(float, radius)) if hw is None else float(hw.max())
+    ball = BallSpec(radius=r, norm=norm, box=clip,  # type: ignore[arg-type]
                     centre=None if clip is None else tuple(float(v) for v in flat[0].tolist()))
     t0 = time.perf_counter()
-    big_r = float(layerwise_radius(flat, radius, norm, clip).max())
-    layer = float(certified_graph_gap(target, pruned, radius=big_r).value)
-    gen = torch.Generator().manual_seed(seed)
-    rows: list[dict[str, Any]] = []
+    norms = graph_pair_norms(target, pruned)  # once: every input's layerwise bound reuses them
+    rows: list[CertifyRow] = []
     n = x.shape[0]
     if progress is not None:
         progress(0, n)
     for start in range(0, n, batch_size):
-        rows += _rows(target, pruned, x[start:start + batch_size],
-                      None if labels is None else labels[start:start + batch_size], start, ball,
-                      (n_restarts, n_steps), gen, (layer, big_r))
+        sl = slice(start, start + batch_size)
+        gen = torch.Generator().manual_seed(derive_seed(f"seed {seed}", start, "certify"))
+        rows += graph_chunk_rows(target, pruned, x[sl], None if labels is None else labels[sl], start, ball,
+                                 (n_restarts, n_steps), gen, None if hw is None else hw[sl], norms=norms)
         if progress is not None:
             progress(len(rows), n)
-    summary = summarize_rows(rows)
+    dicts: list[dict[str, Any]] = [row.to_dict() for row in rows]
+    summary = summarize_rows(dicts)
     summary["seconds"] = time.perf_counter() - t0
     summary["model"] = "graph"
-    return CertifyOutcome(rows, summary, inputs, None)
-
-
-def run_graph_certify(job: CertifyJob, model: GraphModel, progress: Progress | None = None,
-                      write: bool = True) -> CertifyOutcome:
-    """``probprune certify`` for a graph target: read the pruned graph, the inputs, certify, write the rows."""
-    from probprune.runner.certify import write_rows
-
-    pruned = load_pruned_graph(model, job.pruned)
-    target = model.graph
-    if len(target.output_shape) != 1 or target.output_shape[0] < 2:
-        raise ProbPruneError(f"weights={job.weights!r}: the graph's output shape is {target.output_shape}; "
-                             "certified agreement needs a classifier ([m] logits, m >= 2)")
-    if job.radius is None:
-        raise ProbPruneError(f"halfwidth={job.halfwidth!r}: per-input boxes are not supported for graph models yet")
-    x, y, note = graph_inputs(job, target)
-    out = certify_graphs(target, pruned, x, radius=float(job.radius), norm=job.norm, clip=job.clip, labels=y,
-                         seed=job.seed, n_restarts=job.n_restarts, n_steps=job.n_steps,
-                         batch_size=job.batch_size, progress=progress, inputs=note)
-    if write and job.out is not None:
-        write_rows(job.out, out.rows, out.summary)
-    return out
+    return CertifyOutcome(dicts, summary, inputs, None)
