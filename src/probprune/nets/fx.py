@@ -119,13 +119,14 @@ def _supported_base(t: type) -> type | None:
     return next((b for b in _LEAVES if issubclass(t, b) and t is not b), None)
 
 
-def _subclass_note(t: type) -> str:
+def _subclass_note(t: type, traced: bool = True) -> str:
     base = _supported_base(t)
     if base is None:
         return ""
+    how = ", so it is traced through its own forward" if traced else ""
     return (f"{t.__name__} is a subclass of nn.{base.__name__}; layers are read by exact type (a subclass may "
-            f"compute anything else), so it is traced through its own forward — if it computes the same function, "
-            f"copy its parameters into a plain nn.{base.__name__}")
+            f"compute anything else){how} — if it computes the same function, copy its parameters into a plain "
+            f"nn.{base.__name__}")
 
 
 def _refuse(node: torch.fx.Node, what: str, hint: str = _HINT) -> ProbPruneError:
@@ -370,7 +371,7 @@ def _call_module(b: _Builder, n: torch.fx.Node) -> None:
     elif t in _ALIASES:
         b.names[n.name] = src
     else:
-        note = _subclass_note(t)
+        note = _subclass_note(t, traced=False)
         raise _refuse(n, f"module type {t.__name__} is not supported", note or _HINT)
 
 
