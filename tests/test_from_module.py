@@ -129,7 +129,8 @@ def test_two_linear_layers_in_a_row_refused_and_misread_would_be_false() -> None
     # issue 13: Linear, Tanh, Linear, Linear with weights scaled up was certified as Tanh after
     # every hidden layer (bound 2.2 while the module's real gap is >= 10.8)
     seq = fill(nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 16), nn.Linear(16, 2)), 0, 8.0)
-    with pytest.raises(ProbPruneError, match=r"layer 2 \(Linear\): has no activation after it while layer 1 \(Tanh\) applies one"):
+    with pytest.raises(ProbPruneError, match=r"layer 2 \(Linear\): has no activation after it while layer 1 "
+                                             r"\(Tanh\) applies one"):
         from_module(seq)
     # why it must be refused: the old reading (tanh after both hidden layers) is a different
     # network, and its certified bound is below the gap of the user's own pruned module
@@ -146,32 +147,39 @@ def test_two_linear_layers_in_a_row_refused_and_misread_would_be_false() -> None
 
 def test_linear_linear_sigmoid_refused() -> None:
     seq = nn.Sequential(nn.Linear(4, 16), nn.Linear(16, 16), nn.Sigmoid(), nn.Linear(16, 2))
-    with pytest.raises(ProbPruneError, match=r"layer 0 \(Linear\): has no activation after it while layer 2 \(Sigmoid\) applies one"):
+    with pytest.raises(ProbPruneError, match=r"layer 0 \(Linear\): has no activation after it while layer 2 "
+                                             r"\(Sigmoid\) applies one"):
         from_module(seq)
 
 
 def test_activation_after_output_refused() -> None:
     seq = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 2), nn.ReLU())
-    with pytest.raises(ProbPruneError, match=r"layer 3 \(ReLU\): is an activation after the output layer layer 2 \(Linear\)"):
+    with pytest.raises(ProbPruneError, match=r"layer 3 \(ReLU\): is an activation after the output layer "
+                                             r"layer 2 \(Linear\)"):
         from_module(seq)
 
 
 @pytest.mark.parametrize("cls", [ScaledLinear, SameLinear])
 def test_linear_subclass_refused(cls: type[nn.Linear]) -> None:
     seq = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), cls(8, 2))
-    with pytest.raises(ProbPruneError, match=rf"inside layer 2 \({cls.__name__}\)\): function not supported.*{cls.__name__} is a subclass of "
-                       r"nn.Linear; layers are read by exact type"):
+    with pytest.raises(ProbPruneError, match=rf"inside layer 2 \({cls.__name__}\)\): function not supported.*"
+                                             rf"{cls.__name__} is a subclass of nn.Linear; layers are read by exact "
+                                             "type"):
         from_module(seq)
 
 
 @pytest.mark.parametrize(("seq", "shape", "fragment"), [
-    (nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.ReLU(), nn.Linear(8, 2)), None, r"layer 2 \(ReLU\): an activation after layer 1 \(ReLU\)"),
+    (nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.ReLU(), nn.Linear(8, 2)), None,
+     r"layer 2 \(ReLU\): an activation after layer 1 \(ReLU\)"),
     (nn.Sequential(nn.ReLU(), nn.Linear(4, 2)), None, r"layer 0 \(ReLU\): comes before the first linear/conv node"),
     (nn.Sequential(nn.Linear(4, 8), MyReLU(), nn.Linear(8, 2)), None,
      r"inside layer 1 \(MyReLU, a subclass of nn.ReLU read through its own forward\)\): an affine map after"),
-    (nn.Sequential(nn.Linear(4, 8), nn.GELU(), nn.Linear(8, 2)), None, r"layer 1 \(GELU\): activation gelu is not one the chain Net applies.*graph_from_module"),
-    (nn.Sequential(nn.Linear(4, 8), nn.LeakyReLU(2.0), nn.Linear(8, 2)), None, r"layer 1 \(LeakyReLU\): leaky_relu slope 2.0 is outside \[0, 1\]"),
-    (nn.Sequential(nn.Linear(4, 8), nn.LeakyReLU(-0.1), nn.Linear(8, 2)), None, r"leaky_relu slope -0.1 is outside \[0, 1\]"),
+    (nn.Sequential(nn.Linear(4, 8), nn.GELU(), nn.Linear(8, 2)), None,
+     r"layer 1 \(GELU\): activation gelu is not one the chain Net applies.*graph_from_module"),
+    (nn.Sequential(nn.Linear(4, 8), nn.LeakyReLU(2.0), nn.Linear(8, 2)), None,
+     r"layer 1 \(LeakyReLU\): leaky_relu slope 2.0 is outside \[0, 1\]"),
+    (nn.Sequential(nn.Linear(4, 8), nn.LeakyReLU(-0.1), nn.Linear(8, 2)), None,
+     r"leaky_relu slope -0.1 is outside \[0, 1\]"),
     (nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.LeakyReLU(0.2), nn.Linear(8, 2)), None,
      "mixed activations"),
     (nn.Sequential(nn.Linear(4, 8), nn.LeakyReLU(0.1), nn.Linear(8, 8), nn.LeakyReLU(0.2), nn.Linear(8, 2)),

@@ -301,3 +301,26 @@ def test_functional_pools_lenet_style() -> None:
 
     with pytest.raises(ProbPruneError, match=r"node 'getitem'.*function not supported"):
         graph_from_module(fill(Sliced(), 9), torch.randn(2, 1, 9, 9))
+
+
+@pytest.mark.parametrize("magnitude", [1.0, 1e-42, 1e40])
+def test_rounding_scale_is_an_upper_bound(magnitude: float) -> None:
+    """The check's rounding scale max |node|(|x|), evaluated in float32 for speed, is never below the float64
+    value (tiny entries below float32's normal range, huge ones evaluated in float64) and at most slightly above."""
+    from probprune.nets import fx
+    from probprune.nets.graph import Node
+
+    gen = torch.Generator().manual_seed(11)
+    x = torch.randn(16, 3, 9, 9, generator=gen, dtype=torch.float64) * magnitude
+    nodes = [
+        (Node("c", "conv", ("input",), {"stride": (1, 1), "padding": ((1, 1), (1, 1)), "dilation": (1, 1),
+                                          "groups": 1},
+              {"weight": torch.randn(4, 3, 3, 3, generator=gen, dtype=torch.float64),
+               "bias": torch.randn(4, generator=gen, dtype=torch.float64)}), x, 27),
+        (Node("l", "linear", ("input",), {}, {"weight": torch.randn(5, 243, generator=gen, dtype=torch.float64)}),
+         x.flatten(1), 243),
+    ]
+    for node, xin, fan in nodes:
+        exact = float(fx.apply_node(node, [xin.abs()], {k: v.abs() for k, v in node.params.items()}).max())
+        got = fx._abs_scale(node, [xin], fan)
+        assert exact <= got <= exact * (1 + 1e-2) + 1e-30, (node.op, exact, got)

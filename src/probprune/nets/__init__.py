@@ -729,7 +729,7 @@ def from_module(module: nn.Module, input_shape: Sequence[int] | None = None) -> 
     dtype = _check_tensors(module)
     x = _example_input(module, input_shape)
     try:
-        graph, labels, check = read_module(module, x, eval_mode=True)
+        graph, labels, check = read_module(module, x, eval_mode=True, end_to_end=False)
     except ProbPruneError as exc:
         msg = str(exc).removeprefix("graph_from_module: ")
         if "cannot run on example_input" in msg:

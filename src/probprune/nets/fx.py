@@ -578,13 +578,15 @@ class ModuleRead(NamedTuple):
     check: Check
 
 
-def read_module(module: nn.Module, example_input: Tensor, *, eval_mode: bool = False) -> ModuleRead:
+def read_module(module: nn.Module, example_input: Tensor, *, eval_mode: bool = False,
+                end_to_end: bool = True) -> ModuleRead:
     """:func:`graph_from_module`, with per graph node how to name it to the user (``layer 2 (Linear)``) and the
     numerical check the graph passed.
 
     With ``eval_mode`` the module's eval-mode function is read whatever its modes (Dropout is the identity),
     except that a BatchNorm in train mode is refused (:func:`probprune.nets.from_module`'s rule); without it every
-    submodule must be in eval mode.
+    submodule must be in eval mode. Without ``end_to_end`` the graph's own end-to-end forward is not run (the
+    caller checks what it builds against the module within the returned bound: :func:`check_against`).
     """
     gm, x = _prepare(module, example_input, eval_mode)
     rec = _Recorder(gm)
@@ -611,7 +613,7 @@ def read_module(module: nn.Module, example_input: Tensor, *, eval_mode: bool = F
         raise ProbPruneError("graph_from_module: the output is not the last node computed (or is the input "
                              "itself); nothing to certify")
     graph = Graph(b.nodes, tuple(x.shape[1:]))
-    check = _check_numerics(graph, gm, b)
+    check = _check_numerics(graph, gm, b, end_to_end)
     fx_nodes = {n.name: n for n in gm.graph.nodes}
     return ModuleRead(graph, {g: _label(fx_nodes[f], gm) for g, f in b.origin.items()}, check)
 
@@ -654,6 +656,32 @@ def _fan(node: Node, xs: list[Tensor], shape: tuple[int, ...]) -> int:
     return 2
 
 
+_SUMS = ("linear", "conv", "affine", "avgpool", "adaptive_avgpool")
+"""Ops whose output entries are sums of products of inputs and parameters."""
+
+
+def _abs_scale(node: Node, xs: list[Tensor], fan: int) -> float:
+    """An upper bound on ``max |node|(|inputs|)`` (the node with its parameters' absolute values): the size its
+    float64 rounding is relative to; for other ops the largest input entry.
+
+    The sums are evaluated in float32 (an order of magnitude faster than float64 convolutions on a CPU): a sum of
+    ``fan`` non-negative products, each input rounded once to float32, is within a relative ``(fan + 3)·2⁻²⁴``
+    of the exact value for any summation order; the result is raised by ``(fan + 3)·2⁻¹⁶`` (256 times that, room
+    for any float32 algorithm, Winograd transforms included) plus an absolute term for entries below float32's
+    normal range. Values near float32's overflow are evaluated in float64 instead.
+    """
+    if node.op not in _SUMS:
+        return max(float(v.abs().max()) for v in xs)
+    tops = [float(v.abs().max()) for v in xs] + [float(t.abs().max()) for t in node.params.values()]
+    big = max(tops) if tops else 0.0
+    if not big * big * (fan + 1) < 2.0 ** 100:
+        absp = {k: v.abs() for k, v in node.params.items()}
+        return float(apply_node(node, [v.abs() for v in xs], absp).max())
+    absp32 = {k: v.abs().float() for k, v in node.params.items()}
+    s32 = float(apply_node(node, [v.abs().float() for v in xs], absp32).max())
+    return s32 * (1.0 + (fan + 3) * 2.0 ** -16) + (fan + 3) * 2.0 ** -120 * (1.0 + big) ** 2
+
+
 def _inf_lipschitz(node: Node) -> float:
     """A Lipschitz constant of the node in the ∞-norm (per input; for ``add`` each input's)."""
     if node.op == "linear":
@@ -667,7 +695,7 @@ def _inf_lipschitz(node: Node) -> float:
     return 1.0  # pools (max and means are 1-Lipschitz in ∞-norm), add, cat, reshape, pad, identity
 
 
-def _check_numerics(graph: Graph, gm: torch.fx.GraphModule, b: _Builder) -> Check:
+def _check_numerics(graph: Graph, gm: torch.fx.GraphModule, b: _Builder, end_to_end: bool = True) -> Check:
     """Second defence: run the float64 module on the check inputs and compare node by node (:func:`check_against`)."""
     x = check_points(graph.input_shape)
     rec = _Recorder(gm)
@@ -682,12 +710,12 @@ def _check_numerics(graph: Graph, gm: torch.fx.GraphModule, b: _Builder) -> Chec
     for fx_name, g in b.names.items():
         if fx_name not in b.folded:
             ref[g] = (f"fx node {fx_name}", rec.values[fx_name])  # the last fx node equal to g (a folded BatchNorm)
-    tol = check_against(graph, x, ref, whole, "graph_from_module", "the module")
+    tol = check_against(graph, x, ref, whole, "graph_from_module", "the module", end_to_end=end_to_end)
     return Check(x, torch.as_tensor(whole, dtype=torch.float64), tol)
 
 
 def check_against(graph: Graph, x: Tensor, ref: Mapping[str, tuple[str, Any]], whole: Any, who: str,
-                  what: str) -> float:
+                  what: str, *, end_to_end: bool = True) -> float:
     """Each node, fed the reference's values of its inputs, agrees with the reference to float64 rounding of the
     node; the whole output within the rounding propagated through the graph (∞-norm Lipschitz constants).
 
@@ -698,6 +726,9 @@ def check_against(graph: Graph, x: Tensor, ref: Mapping[str, tuple[str, Any]], w
             reference (helper nodes of the conversion) are fed their own outputs.
         whole: the reference's output on ``x``.
         who, what: the caller (for messages) and what the reference is (``the module``, ``the ONNX model``).
+        end_to_end: also run the graph's own forward and hold its output to the propagated bound (a caller that
+            runs its own end-to-end check of what it returns — :func:`probprune.nets.from_module`, whose ``Net``
+            is compared with the module — skips it).
 
     Returns:
         The ∞-norm bound on the output difference that float64 rounding can build up through the graph's nodes
@@ -717,15 +748,14 @@ def check_against(graph: Graph, x: Tensor, ref: Mapping[str, tuple[str, Any]], w
             if not isinstance(want, Tensor) or want.shape != got.shape:
                 raise ProbPruneError(f"{who}: {where} has output shape {tuple(got.shape)}, {what}'s "
                                      f"{tuple(getattr(want, 'shape', ()))}; refusing the conversion")
-            if not bool(torch.isfinite(want).all()):
+            top = float(want.abs().max())  # NaN or inf when any entry is
+            if not math.isfinite(top):
                 raise ProbPruneError(f"{who}: cannot check {where}: {what}'s output is not finite in float64 for "
                                      "inputs of norm ≤ 10")
-            absp = {k: v.abs() for k, v in node.params.items()}
-            scale = float(apply_node(node, [v.abs() for v in xs], absp).abs().max()) if node.op in (
-                "linear", "conv", "affine", "avgpool", "adaptive_avgpool") else max(float(v.abs().max()) for v in xs)
             fan = _fan(node, xs, graph.shapes[node.name])
+            scale = _abs_scale(node, xs, fan)
             extra = cast(Activation, node.attrs["act"]).abs_error if node.op == "act" else 0.0
-            tol = _SLACK * (fan + 1) * (_U * (scale + float(want.abs().max())) + _TINY) + extra
+            tol = _SLACK * (fan + 1) * (_U * (scale + top) + _TINY) + extra
             diff = float((got - want).abs().max())
             if not diff <= tol:
                 raise ProbPruneError(f"{who}: the graph differs from {what} at {where}: max |difference| {diff:.3g} "
@@ -734,6 +764,8 @@ def check_against(graph: Graph, x: Tensor, ref: Mapping[str, tuple[str, Any]], w
             ins = [err[i] for i in node.inputs]
             err[node.name] = _inf_lipschitz(node) * (sum(ins) if node.op == "add" else max(ins)) + tol
             vals[node.name] = want
+        if not end_to_end:
+            return err[graph.output]
         out = graph.forward(x)
     whole_t = torch.as_tensor(whole, dtype=torch.float64)
     diff = float((out - whole_t).abs().max()) if out.shape == whole_t.shape else math.inf
