@@ -10,11 +10,16 @@ control flow cannot be traced — is a refusal here, with the tracer's message.
 
 Rules (every refusal names the fx node, its op and what to do):
 
-* every submodule must be in eval mode (BatchNorm and Dropout must be ``eval()``), and no module may carry
-  forward hooks (a model pruned with ``torch.nn.utils.prune`` does: call ``prune.remove`` first), nor may any
-  global module hook be registered;
-* a module's layer is read by its **exact type** (a subclass may compute anything else); modules torch.fx
-  traces through (``nn.Sequential``, your own blocks) contribute the functions they call;
+* every submodule must be in eval mode (BatchNorm and Dropout must be ``eval()``; :func:`read_module` with
+  ``eval_mode`` reads the eval-mode function instead and refuses only a BatchNorm in train mode), and no module
+  may carry forward hooks or pre-hooks (a model pruned with ``torch.nn.utils.prune`` does: call ``prune.remove``
+  first) or an instance-level ``forward``, nor may any global module hook be registered;
+* a module's layer is read by its **exact type** (a subclass may compute anything else): a subclass defined
+  outside ``torch.nn`` is traced through its own forward like any module of yours (``nn.Sequential``, your own
+  blocks contribute the functions they call), and one torch.fx keeps as a leaf (a parametrised ``Linear``) is
+  refused; refusals say which layer a node is inside of, and that it is a subclass;
+* a circular conv is a ``circular_pad`` node (the pads its forward applies) and the conv without padding; the
+  kernel is the weight's;
 * parameters are copied in float64 (exact for float32 and float64 weights); BatchNorm (eval) is folded, in
   float64, into the linear/conv node before it when that node feeds nothing else, and kept as a per-channel
   ``affine`` node otherwise. The graph computes the folded network: its float64 weights are the rounded
@@ -195,6 +200,9 @@ class _Recorder(torch.fx.Interpreter):
     def __init__(self, gm: torch.fx.GraphModule) -> None:
         super().__init__(gm)
         self.values: dict[str, Any] = {}
+        # run_node names the failing node itself; torch's extra traceback would log it through torch._logging,
+        # importing torch._dynamo and torch._inductor on the first failure (seconds)
+        self.extra_traceback = False
 
     def run_node(self, n: torch.fx.Node) -> Any:
         try:
@@ -382,12 +390,24 @@ def _const_operand(b: _Builder, n: torch.fx.Node, c: Any, sample: tuple[int, ...
         if t.shape[0] != 1:
             raise _refuse(n, f"a constant of shape {tuple(t.shape)} varies over the batch dim")
         t = t[0]
-    try:
-        if torch.broadcast_shapes(t.shape, sample) != sample:
-            raise _refuse(n, f"a constant of shape {tuple(t.shape)} enlarges the sample shape {sample}")
-    except RuntimeError as exc:
-        raise _refuse(n, f"a constant of shape {tuple(t.shape)} does not broadcast to {sample}") from exc
+    shape = _broadcast(tuple(t.shape), sample)
+    if shape is None:
+        raise _refuse(n, f"a constant of shape {tuple(t.shape)} does not broadcast to {sample}")
+    if shape != sample:
+        raise _refuse(n, f"a constant of shape {tuple(t.shape)} enlarges the sample shape {sample}")
     return t.clone()
+
+
+def _broadcast(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...] | None:
+    """The broadcast shape of ``a`` and ``b`` (None if they do not broadcast). Plain Python: the first call of
+    ``torch.broadcast_shapes`` imports torch's symbolic-shape machinery (seconds)."""
+    n = max(len(a), len(b))
+    out = []
+    for x, y in zip((1,) * (n - len(a)) + a, (1,) * (n - len(b)) + b):
+        if x != y and 1 not in (x, y):
+            return None
+        out.append(y if x == 1 else x)
+    return tuple(out)
 
 
 def _arith(b: _Builder, n: torch.fx.Node, kind: str) -> None:
