@@ -1,5 +1,9 @@
 """from_module: a conversion is exact or refused (issue 13, item 1), and weight dtypes.
 
+``from_module`` is the fx reader (``nets.fx.read_module``) then ``compile_chain`` (issue 15: one code path for
+reading a module): refusals name the layer as the user wrote it (``layer 2 (Linear)``) or the fx node and the layer
+it is inside of; forms the old walker refused and the reader reads exactly are tested equal to the module.
+
 Explicit regressions for the issue's examples, then Hypothesis properties over random layer lists:
 either ``from_module`` refuses, or the Net computes the module's function and the certified
 bound for a pruned copy is at least the largest gap found on the *modules* (the user's function).
@@ -496,6 +500,8 @@ def test_meta_sparse_and_non_finite_weights_refused() -> None:
     seq[0].weight = nn.Parameter(seq[0].weight.detach().to_sparse())
     with pytest.raises(ProbPruneError, match=r"layer 0 \(Linear\) weight has layout torch.sparse_coo"):
         from_module(seq)
+    with pytest.raises(ProbPruneError, match=r"layer 0 \(LazyLinear\) weight is uninitialised"):
+        from_module(nn.Sequential(nn.LazyLinear(4), nn.ReLU(), nn.Linear(4, 2)))
 
 
 # --------------------------------------------------------------------------- properties
