@@ -1,5 +1,9 @@
 """from_module: a conversion is exact or refused (issue 13, item 1), and weight dtypes.
 
+``from_module`` is the fx reader (``nets.fx.read_module``) then ``compile_chain`` (issue 15: one code path for
+reading a module): refusals name the layer as the user wrote it (``layer 2 (Linear)``) or the fx node and the layer
+it is inside of; forms the old walker refused and the reader reads exactly are tested equal to the module.
+
 Explicit regressions for the issue's examples, then Hypothesis properties over random layer lists:
 either ``from_module`` refuses, or the Net computes the module's function and the certified
 bound for a pruned copy is at least the largest gap found on the *modules* (the user's function).
@@ -129,7 +133,8 @@ def test_two_linear_layers_in_a_row_refused_and_misread_would_be_false() -> None
     # issue 13: Linear, Tanh, Linear, Linear with weights scaled up was certified as Tanh after
     # every hidden layer (bound 2.2 while the module's real gap is >= 10.8)
     seq = fill(nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 16), nn.Linear(16, 2)), 0, 8.0)
-    with pytest.raises(ProbPruneError, match=r"layer 2 \(Linear\) and layer 3 \(Linear\) follow each other"):
+    with pytest.raises(ProbPruneError, match=r"layer 2 \(Linear\): has no activation after it while layer 1 "
+                                             r"\(Tanh\) applies one"):
         from_module(seq)
     # why it must be refused: the old reading (tanh after both hidden layers) is a different
     # network, and its certified bound is below the gap of the user's own pruned module
@@ -146,61 +151,87 @@ def test_two_linear_layers_in_a_row_refused_and_misread_would_be_false() -> None
 
 def test_linear_linear_sigmoid_refused() -> None:
     seq = nn.Sequential(nn.Linear(4, 16), nn.Linear(16, 16), nn.Sigmoid(), nn.Linear(16, 2))
-    with pytest.raises(ProbPruneError, match=r"layer 0 \(Linear\) and layer 1 \(Linear\) follow each other"):
+    with pytest.raises(ProbPruneError, match=r"layer 0 \(Linear\): has no activation after it while layer 2 "
+                                             r"\(Sigmoid\) applies one"):
         from_module(seq)
 
 
 def test_activation_after_output_refused() -> None:
     seq = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 2), nn.ReLU())
-    with pytest.raises(ProbPruneError, match=r"layer 3 \(ReLU\) is an activation after the output layer"):
+    with pytest.raises(ProbPruneError, match=r"layer 3 \(ReLU\): is an activation after the output layer "
+                                             r"layer 2 \(Linear\)"):
         from_module(seq)
 
 
 @pytest.mark.parametrize("cls", [ScaledLinear, SameLinear])
 def test_linear_subclass_refused(cls: type[nn.Linear]) -> None:
     seq = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), cls(8, 2))
-    with pytest.raises(ProbPruneError, match=rf"layer 2 is {cls.__name__}, a subclass of nn.Linear"):
+    with pytest.raises(ProbPruneError, match=rf"inside layer 2 \({cls.__name__}\)\): function not supported.*"
+                                             rf"{cls.__name__} is a subclass of nn.Linear; layers are read by exact "
+                                             "type"):
         from_module(seq)
 
 
 @pytest.mark.parametrize(("seq", "shape", "fragment"), [
-    (nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.ReLU(), nn.Linear(8, 2)), None, "two activations in a row"),
-    (nn.Sequential(nn.ReLU(), nn.Linear(4, 2)), None, r"layer 0 \(ReLU\) comes before the first weight layer"),
-    (nn.Sequential(nn.Linear(4, 8), MyReLU(), nn.Linear(8, 2)), None, "MyReLU, a subclass of nn.ReLU"),
-    (nn.Sequential(nn.Linear(4, 8), nn.GELU(), nn.Linear(8, 2)), None, "GELU is not supported"),
-    (nn.Sequential(nn.Linear(4, 8), nn.LeakyReLU(2.0), nn.Linear(8, 2)), None, "negative_slope=2.0"),
-    (nn.Sequential(nn.Linear(4, 8), nn.LeakyReLU(-0.1), nn.Linear(8, 2)), None, "negative_slope=-0.1"),
+    (nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.ReLU(), nn.Linear(8, 2)), None,
+     r"layer 2 \(ReLU\): an activation after layer 1 \(ReLU\)"),
+    (nn.Sequential(nn.ReLU(), nn.Linear(4, 2)), None, r"layer 0 \(ReLU\): comes before the first linear/conv node"),
+    (nn.Sequential(nn.Linear(4, 8), MyReLU(), nn.Linear(8, 2)), None,
+     r"inside layer 1 \(MyReLU, a subclass of nn.ReLU read through its own forward\)\): an affine map after"),
+    (nn.Sequential(nn.Linear(4, 8), nn.GELU(), nn.Linear(8, 2)), None,
+     r"layer 1 \(GELU\): activation gelu is not one the chain Net applies.*graph_from_module"),
+    (nn.Sequential(nn.Linear(4, 8), nn.LeakyReLU(2.0), nn.Linear(8, 2)), None,
+     r"layer 1 \(LeakyReLU\): leaky_relu slope 2.0 is outside \[0, 1\]"),
+    (nn.Sequential(nn.Linear(4, 8), nn.LeakyReLU(-0.1), nn.Linear(8, 2)), None,
+     r"leaky_relu slope -0.1 is outside \[0, 1\]"),
     (nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.LeakyReLU(0.2), nn.Linear(8, 2)), None,
      "mixed activations"),
     (nn.Sequential(nn.Linear(4, 8), nn.LeakyReLU(0.1), nn.Linear(8, 8), nn.LeakyReLU(0.2), nn.Linear(8, 2)),
      None, "mixed activations"),
     (nn.Sequential(nn.Linear(4, 8), nn.Identity(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2)), None,
-     "no activation between them"),
-    (nn.Sequential(nn.Linear(4, 8), nn.Flatten(), nn.Linear(8, 2)), None, r"layer 1 \(Flatten\) is supported only"),
-    (nn.Sequential(nn.Linear(4, 8), nn.MaxPool2d(2), nn.Linear(8, 2)), None, "max-pools are supported only"),
+     r"layer 0 \(Linear\): has no activation after it while layer 3 \(ReLU\) applies one"),
+    (nn.Sequential(nn.Linear(4, 8), nn.MaxPool2d(2), nn.Linear(8, 2)), None,
+     r"inputs of shape \(1, 4\): layer 1 \(MaxPool2d\) cannot run"),
     (nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2), nn.Dropout(0.1), nn.Sigmoid()), None,
      "after the output layer"),
     (nn.Sequential(nn.Flatten(start_dim=0), nn.Linear(4, 2)), None, "start_dim=0"),
-    (nn.Sequential(nn.Linear(4, 2)), (1, 2, 2), "start the model with nn.Flatten"),
-    (nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Linear(6, 2)), (1, 8, 8), "without nn.Flatten"),
+    (nn.Sequential(nn.Linear(4, 2)), (1, 2, 2), r"inputs of shape \(1, 1, 2, 2\): layer 0 \(Linear\) cannot run"),
+    # a Linear on the last dim of a (C, H, W) input is not an FCN on the flattened input
+    (nn.Sequential(nn.Linear(2, 2)), (1, 2, 2), r"layer 0 \(Linear\): a linear node on input shape \(1, 2, 2\); "
+     "flatten the input first"),
+    (nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Linear(6, 2)), (1, 8, 8),
+     r"layer 2 \(Linear\): a linear node after the conv layer 0 \(Conv2d\) without a flatten"),
     (nn.Sequential(nn.Conv2d(1, 2, 3), nn.MaxPool2d(2), nn.ReLU(), nn.Flatten(), nn.Linear(18, 2)), (1, 8, 8),
-     r"layer 2 \(ReLU\) comes after layer 1 \(MaxPool2d\)"),
+     r"layer 2 \(ReLU\): an activation after layer 1 \(MaxPool2d\)"),
     (nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.MaxPool2d(2), nn.MaxPool2d(1), nn.Flatten(),
-                   nn.Linear(18, 2)), (1, 8, 8), "at most one max-pool"),
+                   nn.Linear(18, 2)), (1, 8, 8), r"layer 3 \(MaxPool2d\): a second max-pool"),
     # old code read kernel_size[0] only: a (2, 3) pool was certified as a 2x2 one
-    (nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.MaxPool2d((2, 3)), nn.Flatten(), nn.Linear(6, 2)),
-     (1, 8, 8), "square non-overlapping max-pool"),
+    (nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.MaxPool2d((2, 3)), nn.Flatten(), nn.Linear(12, 2)),
+     (1, 8, 8), r"layer 2 \(MaxPool2d\): kernel=\(2, 3\) differs between the axes"),
     (nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.MaxPool2d(2, stride=1), nn.Flatten(), nn.Linear(50, 2)),
-     (1, 8, 8), "square non-overlapping max-pool"),
+     (1, 8, 8), r"layer 2 \(MaxPool2d\): kernel=\(2, 2\), stride=\(1, 1\).*stride = kernel"),
+    # a conv after a linear layer: the feature vector unflattened into a map
+    (nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(72, 64), nn.ReLU(),
+                   nn.Unflatten(1, (1, 8, 8)), nn.Conv2d(1, 1, 1), nn.Flatten(), nn.Linear(64, 2)), (1, 8, 8),
+     r"layer 5 \(Unflatten\): reshape \(64,\) → \(1, 8, 8\)"),
     (nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(72, 2), nn.ReLU(),
-                   nn.Conv2d(1, 1, 1), nn.Linear(2, 2)), (1, 8, 8), "comes after a linear layer"),
+                   nn.Conv2d(1, 1, 1), nn.Linear(2, 2)), (1, 8, 8), r"layer 5 \(Conv2d\) cannot run"),
     (nn.Sequential(nn.Conv2d(1, 2, 3, padding_mode="reflect", padding=1), nn.ReLU(), nn.Flatten(),
                    nn.Linear(128, 2)), (1, 8, 8), "padding_mode='reflect'"),
-    (nn.Sequential(nn.Conv2d(1, 2, 3)), (1, 8, 8), "must end with a linear head"),
-    (nn.Sequential(nn.Linear(4, 8, bias=False), nn.ReLU(), nn.Linear(8, 2)), None, "some layers have biases"),
-    (nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(7, 2)), None, r"layer 2 \(Linear\) weight shape"),
+    (nn.Sequential(nn.Conv2d(1, 2, 3)), (1, 8, 8), r"layer 0 \(Conv2d\): the last weight layer is a conv"),
+    (nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(7, 2)), None,
+     r"inputs of shape \(1, 4\): layer 2 \(Linear\) cannot run: mat1 and mat2.*in_features"),
     (nn.Sequential(nn.Sequential(nn.Linear(4, 8), nn.ReLU()), nn.Sequential(nn.ReLU(), nn.Linear(8, 2))), None,
-     r"layer 0.1 \(ReLU\) and layer 1.0 \(ReLU\) are two activations in a row"),
+     r"layer 1.0 \(ReLU\): an activation after layer 0.1 \(ReLU\)"),
+    # what the fx reader reads and a chain cannot express: refused naming the layer, pointing to the graph path
+    (nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8), nn.Linear(8, 2)), None,
+     r"call_module 1: LayerNorm\): LayerNorm is not supported"),
+    (nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.AvgPool1d(2), nn.Linear(4, 2)), None,
+     r"layer 2 \(AvgPool1d\): op avgpool is not part of a chain Net.*graph_from_module\(module, example_input\)"),
+    (nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.BatchNorm1d(8), nn.Linear(8, 2)), None,
+     r"layer 2 \(BatchNorm1d\) is in train mode; BatchNorm in train mode normalises by the batch's own statistics"),
+    (nn.Sequential(nn.Conv2d(1, 2, 3, dilation=2), nn.ReLU(), nn.Flatten(), nn.Linear(32, 2)), (1, 8, 8),
+     r"layer 0 \(Conv2d\): dilation=\(2, 2\)"),
 ])
 def test_refused_structures(seq: nn.Sequential, shape: tuple[int, int, int] | None, fragment: str) -> None:
     before = snapshot(seq)
@@ -216,35 +247,48 @@ def test_hooks_overrides_and_wrappers_refused() -> None:
         from_module(seq)
     handle.remove()
     handle = seq.register_forward_pre_hook(lambda m, i: (i[0] * 2,))
-    with pytest.raises(ProbPruneError, match="nn.Sequential has forward hooks"):
+    with pytest.raises(ProbPruneError, match=r"the module \(Sequential\) has forward hooks"):
         from_module(seq)
     handle.remove()
     seq[0].forward = lambda x: torch.zeros(x.shape[0], 8)  # type: ignore[method-assign]
-    with pytest.raises(ProbPruneError, match=r"layer 0 \(Linear\) has forward hooks or an overridden forward"):
+    with pytest.raises(ProbPruneError, match=r"layer 0 \(Linear\) has an overridden forward"):
         from_module(seq)
     del seq[0].forward
     assert from_module(seq).spec == NetSpec(widths=(4, 8, 2), bias=True)
     # torch.nn.utils.prune re-parametrises through a forward pre-hook
     pr = copy.deepcopy(seq)
     torch_prune.l1_unstructured(pr[0], "weight", amount=0.5)
-    with pytest.raises(ProbPruneError, match="torch.nn.utils.prune.remove"):
+    with pytest.raises(ProbPruneError, match=r"layer 0 \(Linear\) has forward hooks.*torch.nn.utils.prune.remove"):
         from_module(pr)
     torch_prune.remove(pr[0], "weight")
     assert from_module(pr).spec == NetSpec(widths=(4, 8, 2), bias=True)
-    # parametrisations swap in a generated subclass
+    # parametrisations swap in a generated subclass (a leaf for torch.fx): refused by exact type
     par = copy.deepcopy(seq)
     parametrize.register_parametrization(par[2], "weight", _Double())
-    with pytest.raises(ProbPruneError, match=r"layer 2 is ParametrizedLinear, a subclass of nn.Linear"):
+    with pytest.raises(ProbPruneError, match=r"call_module 2: ParametrizedLinear\): module type ParametrizedLinear "
+                                             r"is not supported; ParametrizedLinear is a subclass of nn.Linear"):
         from_module(par)
+
+
+def test_wrappers_are_traced_through_exactly() -> None:
+    """What the walker refused and the fx reader reads exactly: a Sequential subclass with its own forward (traced
+    through: the doubling is a scale folded into the layer), a bare layer (a one-layer stack)."""
 
     class MySeq(nn.Sequential):
         def forward(self, x: Tensor) -> Tensor:  # type: ignore[override]
             return cast(Tensor, super().forward(x)) * 2
 
-    with pytest.raises(ProbPruneError, match="MySeq a subclass of nn.Sequential"):
-        from_module(MySeq(nn.Linear(4, 2)))
-    with pytest.raises(ProbPruneError, match="expected a plain nn.Sequential, got Linear"):
-        from_module(nn.Linear(4, 2))
+    seq = fill(MySeq(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 2)), 5)
+    x = torch.randn(30, 4, generator=torch.Generator().manual_seed(5), dtype=torch.float64) * 3
+    net = from_module(seq)
+    assert net.spec == NetSpec(widths=(4, 6, 2), activation="tanh", bias=True)
+    assert net.dtype == torch.float32  # 2·W and 2·b are float32 numbers: the Net keeps the module's dtype
+    assert torch.equal(net.weights[1], 2 * seq[2].weight.detach())
+    assert torch.allclose(cast(Tensor, net.to(dtype=torch.float64)(x)), module_out(seq, x), rtol=1e-12, atol=1e-12)
+    bare = fill(nn.Linear(4, 2), 6)
+    one = from_module(bare)
+    assert one.spec.widths == (4, 2) and one.spec.bias and torch.equal(one.weights[0], bare.weight.detach())
+    assert torch.allclose(cast(Tensor, one.to(dtype=torch.float64)(x)), module_out(bare, x), rtol=1e-12, atol=1e-12)
 
 
 class _Double(nn.Module):
@@ -252,29 +296,35 @@ class _Double(nn.Module):
         return 2 * w
 
 
-def test_edited_conv_attributes_refused() -> None:
+def test_edited_conv_attributes_are_read_as_the_forward_applies_them() -> None:
+    """The walker refused conv attributes edited after construction; the fx reader reads what the forward applies
+    (the kernel from the weight, the circular pad from the list fixed at construction): exact."""
     def cnn() -> nn.Sequential:
-        return nn.Sequential(nn.Conv2d(1, 2, 3, padding=1, padding_mode="circular"), nn.ReLU(), nn.Flatten(),
-                             nn.Linear(128, 2))
+        return fill(nn.Sequential(nn.Conv2d(1, 2, 3, padding=1, padding_mode="circular"), nn.ReLU(), nn.Flatten(),
+                                  nn.Linear(128, 2)), 3)
 
-    seq = cnn()
-    seq[0].padding = (0, 0)  # forward still pads by 1 (the list fixed at construction)
-    with pytest.raises(ProbPruneError, match=r"layer 0 \(Conv2d\) padding=\(0, 0\) differs from the padding"):
-        from_module(seq, input_shape=(1, 8, 8))
-    seq = cnn()
-    seq[0].kernel_size = (1, 1)
-    with pytest.raises(ProbPruneError, match=r"does not match kernel_size=\(1, 1\)"):
-        from_module(seq, input_shape=(1, 8, 8))
-    assert from_module(cnn(), input_shape=(1, 8, 8)).spec.to_arch() == "cnn:1x8x8,c2k3r,2"
+    x = torch.randn(20, 1, 8, 8, generator=torch.Generator().manual_seed(4), dtype=torch.float64) * 3
+    plain = from_module(cnn(), input_shape=(1, 8, 8))
+    assert plain.spec.to_arch() == "cnn:1x8x8,c2k3r,2"
+    for attr, value in (("padding", (0, 0)), ("kernel_size", (1, 1))):
+        seq = cnn()
+        setattr(seq[0], attr, value)
+        net = from_module(seq, input_shape=(1, 8, 8))
+        assert net.spec == plain.spec, attr
+        assert torch.allclose(cast(Tensor, net.to(dtype=torch.float64)(x)), module_out(seq, x), rtol=1e-12,
+                              atol=1e-12)
 
 
 def test_numerical_check_names_the_first_disagreeing_layer(monkeypatch: pytest.MonkeyPatch) -> None:
     # the second defence, on its own: make the structural reader misread Tanh as Sigmoid
+    from probprune.nets import fx
+    from probprune.nets.graph import activation
+
     seq = fill(nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 2)), 1)
     assert from_module(seq).spec.activation == "tanh"
-    monkeypatch.setitem(nets._ACT_TYPES, nn.Tanh, "sigmoid")
-    with pytest.raises(ProbPruneError, match=r"differs from the module at layer 0 \(layer 0 \(Linear\), "
-                                             r"layer 1 \(Tanh\)\)"):
+    monkeypatch.setitem(fx._MODULE_ACTS, nn.Tanh, lambda m: activation("sigmoid"))
+    with pytest.raises(ProbPruneError, match=r"from_module: the graph differs from the module at node '1' \(act, "
+                                             r"fx node _1\)"):
         from_module(seq)
     monkeypatch.undo()
     # a global forward hook changes every module's output: refused by structure, and (with that
@@ -282,15 +332,28 @@ def test_numerical_check_names_the_first_disagreeing_layer(monkeypatch: pytest.M
     handle = torch.nn.modules.module.register_module_forward_hook(
         lambda m, i, o: o + 1e-3 if isinstance(m, nn.Linear) and m.out_features == 4 else o)
     try:
-        with pytest.raises(ProbPruneError, match="global module forward hooks"):
+        with pytest.raises(ProbPruneError, match="global forward hook"):
             from_module(seq)
-        monkeypatch.setattr(nets, "_global_hooks_present", lambda: False)
-        with pytest.raises(ProbPruneError, match=r"differs from the module at layer 1 \(layer 2 \(Linear\)"):
+        monkeypatch.setattr(fx, "_global_hooks_present", lambda: False)
+        with pytest.raises(ProbPruneError, match=r"differs from the module at node '2' \(linear, fx node _2\)"):
             from_module(seq)
     finally:
         handle.remove()
         monkeypatch.undo()
     assert from_module(seq).spec.activation == "tanh"
+
+
+def test_compiled_net_is_checked_against_the_module(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The last defence: a compiler that misreads the chain (here: ReLU compiled as Tanh) is caught by the float64
+    check of the compiled Net against the module."""
+    from probprune.nets import chain
+
+    seq = fill(nn.Sequential(nn.Linear(3, 5), nn.ReLU(), nn.Linear(5, 2)), 2)
+    real = chain._activation_of
+    monkeypatch.setattr(chain, "_activation_of", lambda layers: ("tanh", 0.01) if real(layers)[0] == "relu"
+                        else real(layers))
+    with pytest.raises(ProbPruneError, match="from_module: the compiled network's output differs from the module's"):
+        from_module(seq)
 
 
 def test_check_is_deterministic_and_uses_no_global_rng() -> None:
@@ -334,6 +397,48 @@ def test_accepted_forms_are_exact_and_module_untouched() -> None:
         ours = cast(Tensor, net.to(dtype=torch.float64)(x if net.spec.kind == "cnn" else x.reshape(20, -1)))
         assert torch.allclose(ours, module_out(seq, x), rtol=1e-12, atol=1e-12)
     assert from_module(cases[3][0], (3, 2, 2)).spec.negative_slope == 0.3
+
+
+def test_forms_the_walker_refused_are_now_read_exactly() -> None:
+    """Exact forms the walker refused and the one reader accepts: each Net equals the module (float64)."""
+    cases: list[tuple[nn.Module, tuple[int, ...] | None, str, torch.dtype]] = [
+        # a Flatten on a vector is the identity
+        (nn.Sequential(nn.Linear(4, 8), nn.Flatten(), nn.ReLU(), nn.Linear(8, 2)), None, "fcn:4,8,2", torch.float32),
+        # mixed biases: a zero bias is exact (z + 0 = z)
+        (nn.Sequential(nn.Linear(4, 8, bias=False), nn.ReLU(), nn.Linear(8, 2)), None, "fcn:4,8,2", torch.float32),
+        # BatchNorm (eval) folded into the layer before it, in float64: the Net is float64
+        (nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 2)).eval(), None, "fcn:4,8,2",
+         torch.float64),
+        (nn.Sequential(nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                       nn.Linear(27, 2)).eval(), (1, 8, 8), "cnn:1x8x8,c3k3p0m2,2", torch.float64),
+    ]
+    for i, (mod, shape, arch, dtype) in enumerate(cases):
+        fill(mod, 20 + i)
+        for m in mod.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                with torch.no_grad():
+                    m.running_var.uniform_(0.5, 2.0)  # type: ignore[union-attr]
+                    m.running_mean.uniform_(-1.0, 1.0)  # type: ignore[union-attr]
+        before = snapshot(mod)
+        net = from_module(mod, input_shape=shape)
+        assert_unchanged(mod, before)
+        assert net.spec.to_arch() == arch and net.dtype == dtype, (i, net.spec.to_arch(), net.dtype)
+        in_shape = shape if shape is not None else (4,)
+        x = torch.randn(30, *in_shape, generator=torch.Generator().manual_seed(i), dtype=torch.float64) * 3
+        ours = cast(Tensor, net.to(dtype=torch.float64)(x))
+        assert torch.allclose(ours, module_out(mod, x), rtol=1e-12, atol=1e-12), i
+
+
+def test_input_shape_inferred_or_refused() -> None:
+    assert from_module(nn.Sequential(nn.Flatten(), nn.Linear(12, 2))).spec.widths == (12, 2)
+    with pytest.raises(ProbPruneError, match=r"layer 0 \(Conv2d\), is a convolution: a CNN needs input_shape"):
+        from_module(nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(8, 2)))
+    with pytest.raises(ProbPruneError, match=r"input_shape=\(1, 0, 3\): expected positive integers"):
+        from_module(nn.Sequential(nn.Linear(3, 2)), input_shape=(1, 0, 3))
+    with pytest.raises(ProbPruneError, match="no prunable layer"):
+        from_module(nn.Sequential(nn.ReLU(), nn.Tanh()))
+    with pytest.raises(ProbPruneError, match="expected an nn.Module, got dict"):
+        from_module({"0.weight": torch.ones(2, 2)})  # type: ignore[arg-type]
 
 
 # --------------------------------------------------------------------------- weight dtypes
@@ -395,6 +500,8 @@ def test_meta_sparse_and_non_finite_weights_refused() -> None:
     seq[0].weight = nn.Parameter(seq[0].weight.detach().to_sparse())
     with pytest.raises(ProbPruneError, match=r"layer 0 \(Linear\) weight has layout torch.sparse_coo"):
         from_module(seq)
+    with pytest.raises(ProbPruneError, match=r"layer 0 \(LazyLinear\) weight is uninitialised"):
+        from_module(nn.Sequential(nn.LazyLinear(4), nn.ReLU(), nn.Linear(4, 2)))
 
 
 # --------------------------------------------------------------------------- properties

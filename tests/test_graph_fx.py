@@ -44,6 +44,9 @@ LAYERS = {
     "conv2d": (lambda: nn.Conv2d(4, 6, (3, 2), stride=(2, 1), padding=(1, 0), dilation=(1, 2), groups=2), (4, 9, 8)),
     "conv2d-same-even": (lambda: nn.Conv2d(2, 3, 4, padding="same", bias=False), (2, 7, 6)),
     "conv2d-valid": (lambda: nn.Conv2d(2, 3, 3, padding="valid"), (2, 7, 6)),
+    # circular padding: a circular_pad node (the pads the forward applies) and the conv without padding
+    "conv2d-circular": (lambda: nn.Conv2d(2, 3, 3, stride=2, padding=(1, 2), padding_mode="circular"), (2, 7, 6)),
+    "conv1d-circular": (lambda: nn.Conv1d(2, 3, 3, padding=1, padding_mode="circular"), (2, 7)),
     "batchnorm1d": (lambda: nn.BatchNorm1d(5), (5,)),
     "batchnorm2d": (lambda: nn.BatchNorm2d(3), (3, 4, 4)),
     "maxpool1d": (lambda: nn.MaxPool1d(3, 2, 1), (2, 9)),
@@ -203,15 +206,19 @@ class Twice(nn.Module):
 
 REFUSALS = {
     "layernorm": (lambda: nn.Sequential(nn.Linear(3, 3), nn.LayerNorm(3)), (3,),
-                  r"call_module 1\).*LayerNorm.*BatchNorm"),
+                  r"call_module 1: LayerNorm\).*LayerNorm.*BatchNorm"),
     "attention": (Attn, (2, 4), r"att.*MultiheadAttention.*attention"),
     "sin": (lambda: nn.Sequential(nn.Linear(3, 3), _Sin()), (3,), r"node 'sin'.*function not supported"),
     "product": (Product, (3,), r"node 'mul'.*two input-dependent"),
     "subclass": (lambda: MyLinear(3, 3), (3,), r"node 'linear'.*function not supported"),
+    "subclass-inside": (lambda: nn.Sequential(nn.ReLU(), MyLinear(3, 3)), (3,),
+                        r"node 'linear' \(call_function linear, inside layer 1 \(MyLinear\)\): function not "
+                        r"supported.*MyLinear is a subclass of nn.Linear.*read by exact type"),
     "gelu-tanh": (lambda: nn.GELU("tanh"), (3,), r"approximate='none'"),
     "shared": (Twice, (3,), r"called twice"),
     "control-flow": (Branchy, (3,), r"cannot trace"),
-    "circular": (lambda: nn.Conv2d(1, 1, 3, padding=1, padding_mode="circular"), (1, 5, 5), r"padding_mode"),
+    "reflect": (lambda: nn.Conv2d(1, 1, 3, padding=1, padding_mode="reflect"), (1, 5, 5),
+                r"padding_mode='reflect'"),
     "ceil": (lambda: nn.MaxPool2d(2, ceil_mode=True), (1, 5, 5), r"ceil_mode"),
     "flatten0": (lambda: nn.Flatten(0), (3,), r"start_dim=1"),
 }
@@ -294,3 +301,26 @@ def test_functional_pools_lenet_style() -> None:
 
     with pytest.raises(ProbPruneError, match=r"node 'getitem'.*function not supported"):
         graph_from_module(fill(Sliced(), 9), torch.randn(2, 1, 9, 9))
+
+
+@pytest.mark.parametrize("magnitude", [1.0, 1e-42, 1e40])
+def test_rounding_scale_is_an_upper_bound(magnitude: float) -> None:
+    """The check's rounding scale max |node|(|x|), evaluated in float32 for speed, is never below the float64
+    value (tiny entries below float32's normal range, huge ones evaluated in float64) and at most slightly above."""
+    from probprune.nets import fx
+    from probprune.nets.graph import Node
+
+    gen = torch.Generator().manual_seed(11)
+    x = torch.randn(16, 3, 9, 9, generator=gen, dtype=torch.float64) * magnitude
+    nodes = [
+        (Node("c", "conv", ("input",), {"stride": (1, 1), "padding": ((1, 1), (1, 1)), "dilation": (1, 1),
+                                          "groups": 1},
+              {"weight": torch.randn(4, 3, 3, 3, generator=gen, dtype=torch.float64),
+               "bias": torch.randn(4, generator=gen, dtype=torch.float64)}), x, 27),
+        (Node("l", "linear", ("input",), {}, {"weight": torch.randn(5, 243, generator=gen, dtype=torch.float64)}),
+         x.flatten(1), 243),
+    ]
+    for node, xin, fan in nodes:
+        exact = float(fx.apply_node(node, [xin.abs()], {k: v.abs() for k, v in node.params.items()}).max())
+        got = fx._abs_scale(node, [xin], fan)
+        assert exact <= got <= exact * (1 + 1e-2) + 1e-30, (node.op, exact, got)

@@ -12,14 +12,14 @@ so masks, checkpoints and user modules share one naming.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import functools
 import math
+import re
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, cast
+from typing import TYPE_CHECKING, cast
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from probprune.config import ConvSpec, ExecutionPolicy, NetSpec, ProbPruneError
 
 if TYPE_CHECKING:  # pragma: no cover
+    from probprune.nets.fx import Check
     from probprune.nets.graph import Graph
 
 __all__ = [
@@ -597,385 +598,185 @@ def to_module(net: Net) -> nn.Sequential:
 
 # ---------------------------------------------------------------------- from_module: exact or refused
 #
-# A conversion is exact or refused. Two independent defences:
-# 1. structure: every module is matched by exact type (a subclass may override ``forward``), with
-#    no hooks and no instance-level ``forward``; the order of the modules must be the order in
-#    which :meth:`Net.forward` applies them (weight layer, its activation, its max-pool, the
-#    flatten after the last conv layer …, the output layer with nothing after it);
-# 2. numbers: the converted Net and a float64 copy of the module are run side by side, layer by
-#    layer, on fixed random inputs, and must agree to float64 rounding.
-
-_ACT_TYPES: dict[type, str] = {
-    nn.ReLU: "relu", nn.LeakyReLU: "leaky_relu", nn.Tanh: "tanh", nn.Sigmoid: "sigmoid",
-}
-_NOOP_TYPES: tuple[type, ...] = (nn.Identity, nn.Dropout)
-"""Identity maps of the eval-mode function (``nn.Dropout`` is the identity in eval mode)."""
-_ACCEPTED_TYPES: tuple[type, ...] = (
-    nn.Sequential, nn.Linear, nn.Conv2d, nn.MaxPool2d, nn.Flatten, *_ACT_TYPES, *_NOOP_TYPES)
+# One code path reads a module: the fx reader (``nets/fx.py``: a ``torch.fx`` trace, every layer matched by exact
+# type, no hooks, BatchNorm folded in float64, a float64 check of every node against the module) makes the graph,
+# and :func:`probprune.nets.chain.compile_chain` lowers it to the chain ``Net`` or refuses naming the node. Here:
+# the parameters' dtypes and values, the example input's shape, the ``Net``'s dtype and device, and a last float64
+# check of the compiled ``Net`` against the module.
 
 _CHECK_SEED = 13
-"""Seed of the local generator that draws the inputs of the numerical conversion check."""
+"""Seed of the local generator that draws the inputs of the stack converters' numerical checks."""
 _CHECK_POINTS = 256
-"""Inputs of the numerical conversion check: norms uniform in [0, 1] (half) and [0, 10] (half), and 0."""
+"""Inputs of the numerical conversion checks: norms uniform in [0, 1] (half) and [0, 10] (half), and 0."""
 _CHECK_SLACK = 64.0
 """Factor on the float64 rounding estimate ``(fan_in + 1)·u·scale`` allowed between the two sides."""
-
-_ModuleKind = Literal["weight", "act", "pool", "flatten", "noop"]
-
-
-@dataclass(frozen=True, eq=False)
-class _Leaf:
-    """One module of the user's model in forward order, with its index path (``"3"``, ``"1.0"``)."""
-
-    path: str
-    module: nn.Module
-    kind: _ModuleKind
-
-    @property
-    def label(self) -> str:
-        return f"layer {self.path} ({type(self.module).__name__})"
+_WEIGHT_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d)
+_GRAPH_HINT = ("the graph path reads networks a chain Net cannot express: probprune.graph_from_module(module, "
+               "example_input)")
 
 
-def _walk(seq: nn.Module, prefix: str = "") -> list[tuple[str, nn.Module | None]]:
-    """The modules a ``nn.Sequential`` applies, in order, nested ``nn.Sequential`` flattened.
-
-    ``_modules`` (not ``named_children``, which drops repeats) is what ``Sequential.forward`` runs.
-    """
-    out: list[tuple[str, nn.Module | None]] = []
-    for name, m in seq._modules.items():
-        path = f"{prefix}{name}"
-        if type(m) is nn.Sequential and not _has_hooks(m):
-            out.extend(_walk(m, path + "."))
-        else:
-            out.append((path, m))
-    return out
+def _tensor_label(module: nn.Module, name: str) -> str:
+    path, _, attr = name.rpartition(".")
+    if not path:
+        return f"the module ({type(module).__name__}) {attr}"
+    return f"layer {path} ({type(module.get_submodule(path)).__name__}) {attr}"
 
 
-def _global_hooks_present() -> bool:
-    """Whether hooks registered for every module (``register_module_forward_hook`` …) exist."""
-    glob = torch.nn.modules.module
-    return bool(getattr(glob, "_global_forward_hooks", None) or getattr(glob, "_global_forward_pre_hooks", None))
+def _check_tensors(module: nn.Module) -> torch.dtype | None:
+    """Every parameter (and floating buffer) dense, on a real device, finite, float32/float64; the parameters
+    share one dtype, which is returned (``None`` without parameters)."""
+    dtype: torch.dtype | None = None
+    first = ""
+    params = [(n, t, True) for n, t in module.named_parameters()]
+    buffers = [(n, t, False) for n, t in module.named_buffers() if t.is_floating_point()]
+    for name, t, is_param in params + buffers:
+        label = f"from_module: {_tensor_label(module, name)}"
+        if isinstance(t, (nn.parameter.UninitializedParameter, nn.parameter.UninitializedBuffer)):
+            raise ProbPruneError(f"{label} is uninitialised (a lazy module); run the model once on an input first")
+        check_dtype(label, t)
+        if t.is_meta:
+            raise ProbPruneError(f"{label} is on the meta device (no values); load the weights first")
+        if t.layout is not torch.strided:
+            raise ProbPruneError(f"{label} has layout {t.layout}; only dense (strided) tensors are supported "
+                                 "(call .to_dense() first)")
+        if is_param and dtype is None:
+            dtype, first = t.dtype, label.removeprefix("from_module: ")
+        elif is_param and t.dtype != dtype:
+            raise ProbPruneError(f"{label}: dtype {t.dtype} differs from {first}'s {dtype}; all parameters must "
+                                 "share one dtype (call model.float() or model.double())")
+        if not bool(torch.isfinite(t).all()):
+            raise ProbPruneError(f"{label} contains non-finite values (NaN or inf)")
+    return dtype
 
 
-def _has_hooks(m: nn.Module) -> bool:
-    return bool(m._forward_hooks or m._forward_pre_hooks) or "forward" in vars(m)
+def _example_input(module: nn.Module, input_shape: Sequence[int] | None) -> Tensor:
+    """``[1, *shape]`` zeros: ``input_shape`` if given, else the first ``nn.Linear``'s ``in_features``."""
+    if input_shape is not None:
+        shape = tuple(input_shape)
+        if not shape or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in shape):
+            raise ProbPruneError(f"from_module: input_shape={input_shape!r}: expected positive integers, e.g. "
+                                 "(C, H, W)")
+        return torch.zeros(1, *shape, dtype=torch.float64)
+    found = next(((n, m) for n, m in module.named_modules() if isinstance(m, _WEIGHT_TYPES)), None)
+    if found is None:
+        raise ProbPruneError("from_module: the model has no prunable layer (nn.Linear or nn.Conv2d); nothing to "
+                             "prune or certify")
+    name, m = found
+    if not isinstance(m, nn.Linear):
+        raise ProbPruneError(f"from_module: the first weight layer, layer {name or '(the module)'} "
+                             f"({type(m).__name__}), is a convolution: a CNN needs input_shape=(C, H, W) (the "
+                             "spatial size is not stored in the module)")
+    return torch.zeros(1, int(m.in_features), dtype=torch.float64)
 
 
-def _classify(path: str, m: nn.Module | None) -> _Leaf:
-    """Refuse any module whose ``forward`` is not exactly the one the Net applies."""
-    if m is None:
-        raise ProbPruneError(f"from_module: layer {path} is None; nn.Sequential cannot run it")
-    name = type(m).__name__
-    if _has_hooks(m):
-        raise ProbPruneError(
-            f"from_module: layer {path} ({name}) has forward hooks or an overridden forward (e.g. from "
-            "torch.nn.utils.prune or weight_norm), which change its function; remove them first "
-            "(e.g. torch.nn.utils.prune.remove(module, 'weight'))")
-    t = type(m)
-    if t not in _ACCEPTED_TYPES:
-        base = next((b for b in _ACCEPTED_TYPES if isinstance(m, b)), None)
-        if base is not None:
-            raise ProbPruneError(
-                f"from_module: layer {path} is {name}, a subclass of nn.{base.__name__}: its forward may differ "
-                f"from nn.{base.__name__}'s, so it is refused (types are matched exactly); if it computes the "
-                f"same function, copy its parameters into a plain nn.{base.__name__}")
-        raise ProbPruneError(
-            f"from_module: layer {path} of type {name} is not supported (supported: nn.Linear, nn.Conv2d, "
-            "nn.ReLU, nn.LeakyReLU, nn.Tanh, nn.Sigmoid, nn.MaxPool2d, nn.Flatten, nn.Identity, nn.Dropout, "
-            "nested nn.Sequential)")
-    if t in (nn.Linear, nn.Conv2d):
-        return _Leaf(path, m, "weight")
-    if t in _ACT_TYPES:
-        return _Leaf(path, m, "act")
-    if t is nn.MaxPool2d:
-        return _Leaf(path, m, "pool")
-    if t is nn.Flatten:
-        if (m.start_dim, m.end_dim) != (1, -1):  # type: ignore[union-attr]
-            raise ProbPruneError(f"from_module: layer {path} Flatten(start_dim={m.start_dim}, "
-                                 f"end_dim={m.end_dim}): only Flatten(start_dim=1, end_dim=-1) is supported")
-        return _Leaf(path, m, "flatten")
-    if t is nn.Sequential:  # a nested Sequential with hooks
-        raise ProbPruneError(f"from_module: layer {path} (Sequential) has forward hooks; remove them first")
-    return _Leaf(path, m, "noop")
+def _in_dtype(net64: Net, dtype: torch.dtype | None) -> Net:
+    """The compiled float64 Net in the module's dtype where that is exact (every parameter is a number of that
+    dtype: the module's own tensors are); folded parameters (BatchNorm, a scale after a layer) are float64
+    products, and the Net then stays float64."""
+    if dtype is None or dtype == net64.dtype:
+        return net64
+    tensors = net64.state_dict().values()
+    if all(torch.equal(t.to(dtype).to(t.dtype), t) for t in tensors):
+        return net64.to(dtype=dtype)
+    return net64
 
 
-def _pool_size(leaf: _Leaf) -> int:
-    m = cast(nn.MaxPool2d, leaf.module)  # _classify matched the exact type
+def from_module(module: nn.Module, input_shape: Sequence[int] | None = None) -> Net:
+    """Read a module into a chain ``Net`` that computes exactly the module's function, or refuse.
 
-    def pair(v: object) -> tuple[object, object]:
-        return (v[0], v[1]) if isinstance(v, (tuple, list)) and len(v) == 2 else (v, v)
+    One code path: :func:`probprune.nets.fx.read_module` (the reader of :func:`probprune.graph_from_module`)
+    traces the module with ``torch.fx`` into a :class:`~probprune.nets.graph.Graph` — layers read by **exact
+    type** (a subclass is traced through its own forward, never read as its parent), forward hooks, pre-hooks,
+    global hooks and instance-level ``forward`` refused (a ``torch.nn.utils.prune`` mask is a hook: call
+    ``prune.remove`` first), BatchNorm folded in float64, every node checked in float64 against the module on 256
+    fixed inputs — and :func:`probprune.nets.chain.compile_chain` lowers the graph to a ``Net`` or refuses naming
+    the first node a chain cannot express (a residual add, GELU, mixed activations, …: read those with
+    ``graph_from_module``, the graph path). A chain is: ``[Flatten]`` (FCN input), per hidden layer
+    ``Linear | Conv2d`` (square kernel and stride, equal zero or circular padding, no dilation, groups 1) → one
+    activation (ReLU, LeakyReLU with slope in [0, 1], Tanh, Sigmoid; the same after every hidden layer, or none
+    anywhere) → ``MaxPool2d`` (square, stride = kernel) → ``Flatten`` after the last conv, then the output
+    ``Linear``; ``Identity``, ``Dropout`` and per-channel affine maps right after a layer (BatchNorm, constant
+    scale/shift) are absorbed. A last float64 check runs the compiled ``Net`` against the module.
 
-    k, s, p, d = pair(m.kernel_size), pair(m.stride), pair(m.padding), pair(m.dilation)
-    if not (isinstance(k[0], int) and k[0] == k[1] and s == k and p == (0, 0) and d == (1, 1)
-            and not m.ceil_mode and not m.return_indices):
-        raise ProbPruneError(
-            f"from_module: {leaf.label} kernel_size={m.kernel_size}, stride={m.stride}, padding={m.padding}, "
-            f"dilation={m.dilation}, ceil_mode={m.ceil_mode}: only a square non-overlapping max-pool "
-            "(stride == kernel_size, no padding, no dilation, floor mode, no indices) is supported")
-    return int(k[0])
-
-
-def _conv_spec(leaf: _Leaf) -> ConvSpec:
-    m = cast(nn.Conv2d, leaf.module)  # _classify matched the exact type
-    ks, st, pd, dl = m.kernel_size, m.stride, m.padding, m.dilation
-    if isinstance(pd, str) or ks[0] != ks[1] or st[0] != st[1] or pd[0] != pd[1] or dl != (1, 1) or m.groups != 1:
-        raise ProbPruneError(
-            f"from_module: {leaf.label} kernel_size={ks}, stride={st}, padding={pd}, dilation={dl}, "
-            f"groups={m.groups}: needs a square kernel/stride/padding (integers), no dilation, groups=1")
-    if m.padding_mode not in ("zeros", "circular"):
-        raise ProbPruneError(f"from_module: {leaf.label} padding_mode={m.padding_mode!r}: only 'zeros' and "
-                             "'circular' are supported")
-    # forward reads the kernel from the weight and a circular pad from a list fixed at construction:
-    # attributes edited afterwards would describe another function
-    w = m.weight
-    if isinstance(w, Tensor) and w.dim() == 4 and tuple(w.shape[-2:]) != tuple(ks):
-        raise ProbPruneError(f"from_module: {leaf.label} weight shape {tuple(w.shape)} does not match "
-                             f"kernel_size={ks}")
-    if m.padding_mode != "zeros" and list(m._reversed_padding_repeated_twice) != [pd[0]] * 4:
-        raise ProbPruneError(f"from_module: {leaf.label} padding={pd} differs from the padding its forward applies "
-                             f"({list(m._reversed_padding_repeated_twice)}); rebuild the layer instead of editing it")
-    pad = None if pd[0] == ks[0] // 2 else pd[0]
-    return ConvSpec(m.out_channels, ks[0], st[0], pad, m.padding_mode)  # type: ignore[arg-type]
-
-
-def _param(leaf: _Leaf, attr: str) -> Tensor | None:
-    t = getattr(leaf.module, attr)
-    if t is None:
-        return None
-    if not isinstance(t, Tensor):
-        raise ProbPruneError(f"from_module: {leaf.label} {attr} is a {type(t).__name__}, not a tensor")
-    check_dtype(f"from_module: {leaf.label} {attr}", t)
-    if t.is_meta:
-        raise ProbPruneError(f"from_module: {leaf.label} {attr} is on the meta device (no values); "
-                             "load the weights first")
-    if t.layout is not torch.strided:
-        raise ProbPruneError(f"from_module: {leaf.label} {attr} has layout {t.layout}; only dense (strided) "
-                             "tensors are supported (call .to_dense() first)")
-    if not bool(torch.isfinite(t).all()):
-        raise ProbPruneError(f"from_module: {leaf.label} {attr} contains non-finite values (NaN or inf)")
-    return t.detach().clone()
-
-
-def from_module(seq: nn.Module, input_shape: tuple[int, int, int] | None = None) -> Net:
-    """Read a plain ``nn.Sequential`` into a ``Net`` that computes exactly the same function, or refuse.
-
-    Accepted, by **exact type** (subclasses, modules with forward hooks or an instance-level
-    ``forward`` are refused): ``nn.Linear``, ``nn.Conv2d`` (square kernel/stride/padding, zeros or
-    circular padding, no dilation, groups 1), ``nn.ReLU``, ``nn.LeakyReLU`` (slope in [0, 1]),
-    ``nn.Tanh``, ``nn.Sigmoid``, ``nn.MaxPool2d`` (square, stride = kernel, no padding),
-    ``nn.Flatten`` (default dims), ``nn.Identity``, ``nn.Dropout`` and nested ``nn.Sequential``
-    (flattened: a Sequential is the composition of its children; index paths like ``1.0`` name
-    nested layers in messages).
-
-    The order must be the one :meth:`Net.forward` applies: ``[Flatten]`` (FCN input only), then
-    per hidden layer ``weight → activation [→ MaxPool2d] [→ Flatten after the last conv]``, then
-    the output ``nn.Linear`` with no activation after it. Every hidden layer carries exactly one
-    activation of one network-wide type, or none has one (an identity-activation net: consecutive
-    linear maps are then kept as separate layers, which is exact). Refused: an activation after
-    the output layer, two activations in a row, an activation missing after one hidden layer while
-    others have one, a pool or flatten elsewhere, a conv after a linear layer, mixed biases.
-
-    ``nn.Dropout`` is read as the identity: the Net is the module's **eval-mode** (inference)
-    function, whatever ``seq.training`` is; in training mode with ``p > 0`` the module's output is
-    random and no deterministic network equals it. ``nn.Identity`` and ``nn.Dropout`` may sit
-    anywhere.
-
-    After the structural check, the conversion is checked numerically: a float64 eval-mode copy of
-    the module and the Net (widened to float64, so only the conversion and not float rounding is
-    compared) run layer by layer on 256 inputs from a fixed local generator (input norms spread
-    over [0, 10], and 0); each layer must agree to float64 rounding (``64·(fan_in+1)·2⁻⁵³`` times
-    the layer's ``|W|·|x| + |b|``, whatever the weights' own dtype) or the conversion is refused,
-    naming the first disagreeing layer. The user's module is never modified (not its dtype, its
-    device or its train/eval mode).
+    The ``Net`` is the module's **eval-mode** (inference) function whatever its mode: ``Dropout`` is the identity
+    (in training mode with ``p > 0`` the output is random and no deterministic network equals it); a BatchNorm in
+    training mode is refused (it normalises by the batch's statistics: call ``model.eval()``). The user's module
+    is never modified (not its dtype, its device or its train/eval mode).
 
     Args:
-        seq: the model, an ``nn.Sequential``; weights float32 or float64 (see :func:`check_dtype`).
-        input_shape: ``(C, H, W)`` for a CNN (the spatial size is not stored in the module).
+        module: any ``nn.Module`` ``torch.fx`` can trace; parameters float32 or float64 (:func:`check_dtype`),
+            all one dtype, dense, finite.
+        input_shape: the per-sample input shape, ``(C, H, W)`` for a CNN (the spatial size is not stored in the
+            module); ``None`` for an FCN, whose input width is the first ``nn.Linear``'s ``in_features``.
 
     Returns:
-        A single :class:`Net` (no trial dim) on the module's device, in the weights' dtype.
+        A single :class:`Net` (no trial dim) on the module's device, in the parameters' dtype — float64 where a
+        folded parameter is not a number of that dtype (the fold is exact only in float64). Its parameter names
+        are :func:`to_module`'s (``0.weight``, ``2.weight`` …), not the module's.
 
     Raises:
-        ProbPruneError: naming the layer (index path and type) and the reason.
+        ProbPruneError: ``from_module: layer 2 (Linear): …`` naming the layer (path and type) or fx node, and the
+            reason.
 
     >>> from torch import nn
     >>> from_module(nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))).spec.to_arch()
     'fcn:3,4,2'
     """
-    _check_plain(seq)
-    leaves = [_classify(path, m) for path, m in _walk(seq)]
-    wpos = _weight_positions(leaves)
-    hidden, convs, segments = _read_layers(leaves, wpos)
-    act_name, slope = _one_activation(hidden, leaves, wpos)
-    weights, biases = _weights_and_biases(leaves, wpos)
-    spec = _spec_of(leaves, wpos, weights, convs, input_shape, act_name, slope, all(b is not None for b in biases))
-    net = Net.from_weights(spec, weights, biases)
-    _check_conversion(seq, net, leaves, segments, wpos[0])
+    from probprune.nets.fx import read_module
+
+    if not isinstance(module, nn.Module):
+        raise ProbPruneError(f"from_module: expected an nn.Module, got {type(module).__name__}")
+    dtype = _check_tensors(module)
+    x = _example_input(module, input_shape)
+    try:
+        graph, labels, check = read_module(module, x, eval_mode=True, end_to_end=False)
+    except ProbPruneError as exc:
+        msg = str(exc).removeprefix("graph_from_module: ")
+        if "cannot run on example_input" in msg:
+            given = "given as input_shape" if input_shape is not None else "the first nn.Linear's in_features"
+            msg = msg.replace("on example_input of shape", "on inputs of shape") + f" (per-sample shape: {given})"
+        raise ProbPruneError(f"from_module: {msg}") from None
+    net64 = _compile_labelled(graph, labels)
+    _check_compiled(net64, check)
+    device = next((p.device for p in module.parameters()), torch.device("cpu"))
+    net = _in_dtype(net64, dtype).to(device=device)
+    check_finite(net, "from_module: converted parameters")
     return net
 
 
-def _check_plain(seq: nn.Module) -> None:
-    """``seq`` is a plain ``nn.Sequential`` whose forward nothing changes (no hooks, no overridden forward)."""
-    if type(seq) is not nn.Sequential:
-        base = "a subclass of nn.Sequential (its forward may differ)" if isinstance(seq, nn.Sequential) else ""
-        raise ProbPruneError(f"from_module: expected a plain nn.Sequential, got {type(seq).__name__} {base}".strip())
-    if _has_hooks(seq):
-        raise ProbPruneError("from_module: the nn.Sequential has forward hooks or an overridden forward; "
-                             "remove them first")
-    if _global_hooks_present():
-        raise ProbPruneError("from_module: global module forward hooks are registered "
-                             "(torch.nn.modules.module.register_module_forward_hook / _pre_hook); they change every "
-                             "module's forward: remove them first")
+def _compile_labelled(graph: Graph, labels: Mapping[str, str]) -> Net:
+    """:func:`~probprune.nets.chain.compile_chain`, its refusals naming layers as the user wrote them (the node
+    and every node it mentions: ``layer 1 (Tanh)``) and pointing to the graph path."""
+    from probprune.nets.chain import GRAPH_HINT, _Refusal
+    from probprune.nets.chain import compile_chain as _compile
+
+    def label(name: str) -> str:
+        return labels.get(name, f"node {name!r}")
+
+    known = {node.name for node in graph.nodes}
+    try:
+        return _compile(graph)
+    except _Refusal as exc:
+        what = re.sub(r"'([^']*)'(?: \([a-z_]+\))?",
+                      lambda m: label(m.group(1)) if m.group(1) in known else m.group(0), exc.what)
+        hint = _GRAPH_HINT if exc.hint == GRAPH_HINT else f"{exc.hint}; {_GRAPH_HINT}"
+        raise ProbPruneError(f"from_module: {label(exc.node.name)}: {what}; {hint}") from None
+    except ProbPruneError as exc:
+        raise ProbPruneError(f"from_module: {str(exc).removeprefix('compile_chain: ')}") from None
 
 
-def _weight_positions(leaves: list[_Leaf]) -> list[int]:
-    """Indices of the weight layers; only no-ops (and an FCN's input flatten) may come before the first."""
-    wpos = [i for i, leaf in enumerate(leaves) if leaf.kind == "weight"]
-    if not wpos:
-        raise ProbPruneError("from_module: the model has no prunable layer (nn.Linear or nn.Conv2d)")
-    first_is_linear = type(leaves[wpos[0]].module) is nn.Linear
-    for leaf in leaves[:wpos[0]]:
-        if leaf.kind == "noop" or (leaf.kind == "flatten" and first_is_linear):
-            continue  # an FCN's input is flattened: a leading Flatten is the identity on [N, d]
-        raise ProbPruneError(f"from_module: {leaf.label} comes before the first weight layer; the network "
-                             "must start with nn.Linear or nn.Conv2d")
-    return wpos
-
-
-def _read_layers(leaves: list[_Leaf], wpos: list[int]
-                 ) -> tuple[list[_Leaf | None], list[ConvSpec], list[list[int]]]:
-    """Per weight layer, in order: its activation (hidden layers), its conv spec, the leaves it covers."""
-    n_layers = len(wpos)
-    hidden: list[_Leaf | None] = []  # the activation after each hidden layer (None: no activation)
-    convs: list[ConvSpec] = []
-    segments: list[list[int]] = []  # leaf indices each Net layer covers (weight layer … before the next)
-    seen_linear = False
-    for j, start in enumerate(wpos):
-        end = wpos[j + 1] if j + 1 < n_layers else len(leaves)
-        segments.append(list(range(start, end)))
-        wl = leaves[start]
-        is_conv = type(wl.module) is nn.Conv2d
-        last = j == n_layers - 1
-        next_conv = not last and type(leaves[wpos[j + 1]].module) is nn.Conv2d
-        if is_conv and seen_linear:
-            raise ProbPruneError(f"from_module: {wl.label} comes after a linear layer; a CNN is conv layers, then "
-                                 "a linear head")
-        seen_linear = seen_linear or not is_conv
-        act, pool, flat = _layer_tail(leaves[start + 1:end], wl, is_conv, last, next_conv)
-        if last and is_conv:
-            raise ProbPruneError(f"from_module: {wl.label} is the last weight layer; a CNN must end with a linear "
-                                 "head (nn.Flatten, nn.Linear)")
-        if is_conv and not last and not next_conv and flat is None:
-            raise ProbPruneError(f"from_module: the linear {leaves[wpos[j + 1]].label} follows the conv "
-                                 f"{wl.label} without nn.Flatten between them")
-        if is_conv:
-            convs.append(dataclasses.replace(_conv_spec(wl), pool=1 if pool is None else _pool_size(pool)))
-        if not last:
-            hidden.append(act)
-    return hidden, convs, segments
-
-
-def _layer_tail(tail: list[_Leaf], wl: _Leaf, is_conv: bool, last: bool, next_conv: bool
-                ) -> tuple[_Leaf | None, _Leaf | None, _Leaf | None]:
-    """The activation, max-pool and flatten between weight layer ``wl`` and the next (each optional, in order)."""
-    act: _Leaf | None = None
-    pool: _Leaf | None = None
-    flat: _Leaf | None = None
-    for leaf in tail:
-        if leaf.kind == "act":
-            if last:
-                raise ProbPruneError(
-                    f"from_module: {leaf.label} is an activation after the output layer, {wl.label}; the Net's "
-                    "last layer has no activation (remove it, or certify the network without it)")
-            if act is not None:
-                raise ProbPruneError(f"from_module: {act.label} and {leaf.label} are two activations in a row; "
-                                     "the Net applies exactly one activation after each hidden layer")
-            if pool is not None or flat is not None:
-                after = pool if pool is not None else flat
-                raise ProbPruneError(f"from_module: {leaf.label} comes after {after.label}; the Net applies "  # type: ignore[union-attr]
-                                     "conv → activation → max-pool → flatten, in that order")
-            act = leaf
-        elif leaf.kind == "pool":
-            if not is_conv:
-                raise ProbPruneError(f"from_module: {leaf.label} follows the linear {wl.label}; max-pools "
-                                     "are supported only after conv layers")
-            if pool is not None or flat is not None:
-                raise ProbPruneError(f"from_module: {leaf.label} follows {(pool or flat).label}; the Net has at "  # type: ignore[union-attr]
-                                     "most one max-pool per conv layer, before the flatten")
-            pool = leaf
-        elif leaf.kind == "flatten":
-            if not is_conv or last or next_conv or flat is not None:
-                raise ProbPruneError(f"from_module: {leaf.label} is supported only at the input of an FCN or "
-                                     "once between the last conv layer and the first linear layer")
-            flat = leaf
-    return act, pool, flat
-
-
-def _one_activation(hidden: list[_Leaf | None], leaves: list[_Leaf], wpos: list[int]) -> tuple[str, float]:
-    """The network-wide activation (name, slope): one type after every hidden layer, or none anywhere."""
-    present = [a for a in hidden if a is not None]
-    kinds = sorted({(_ACT_TYPES[type(a.module)], float(getattr(a.module, "negative_slope", 0.01))) for a in present})
-    if len(kinds) > 1:
-        raise ProbPruneError(f"from_module: mixed activations {kinds} are not supported; the Net applies one "
-                             "activation type (and slope) after every hidden layer")
-    if present and len(present) < len(hidden):
-        j = hidden.index(None)
-        raise ProbPruneError(
-            f"from_module: {leaves[wpos[j]].label} and {leaves[wpos[j + 1]].label} follow each other with no "
-            f"activation between them, while {present[0].label} applies one; the Net applies the same activation "
-            "after every hidden layer (insert it, or remove the activations everywhere)")
-    act_name, slope = kinds[0] if kinds else ("identity", 0.01)
-    if act_name == "leaky_relu" and not 0.0 <= slope <= 1.0:
-        raise ProbPruneError(f"from_module: {present[0].label} negative_slope={slope}: only slopes in [0, 1] are "
-                             "supported (the bounds use Lipschitz constant 1)")
-    if act_name != "leaky_relu":
-        slope = 0.01  # the NetSpec default: the slope is meaningless for other activations
-    return act_name, slope
-
-
-def _weights_and_biases(leaves: list[_Leaf], wpos: list[int]) -> tuple[list[Tensor], list[Tensor | None]]:
-    """The weight layers' parameters; biases everywhere or nowhere."""
-    weights: list[Tensor] = []
-    biases: list[Tensor | None] = []
-    for start in wpos:
-        w = _param(leaves[start], "weight")
-        if w is None:
-            raise ProbPruneError(f"from_module: {leaves[start].label} has no weight")
-        weights.append(w)
-        biases.append(_param(leaves[start], "bias"))
-    has_bias = [b is not None for b in biases]
-    if any(has_bias) and not all(has_bias):
-        raise ProbPruneError("from_module: some layers have biases and some not; use bias everywhere or nowhere")
-    return weights, biases
-
-
-def _spec_of(leaves: list[_Leaf], wpos: list[int], weights: list[Tensor], convs: list[ConvSpec],
-             input_shape: tuple[int, int, int] | None, act_name: str, slope: float, bias: bool) -> NetSpec:
-    """The :class:`NetSpec` the layers read describe; every weight shape must fit it."""
-    linears = [w for i, w in zip(wpos, weights) if type(leaves[i].module) is nn.Linear]
-    widths = [int(w.shape[0]) for w in linears]
-    if convs:
-        if input_shape is None:
-            raise ProbPruneError("from_module: a CNN needs input_shape=(C, H, W)")
-        spec = NetSpec(kind="cnn", input_shape=input_shape, convs=tuple(convs), widths=tuple(widths),
-                       activation=act_name, negative_slope=slope, bias=bias)  # type: ignore[arg-type]
-    else:
-        if input_shape is not None:
-            # a module whose first layer is nn.Linear acts on the last dim of a (C, H, W) input:
-            # it equals an FCN on the flattened input only behind a leading nn.Flatten
-            lead_flat = any(leaf.kind == "flatten" for leaf in leaves[:wpos[0]])
-            if not lead_flat or math.prod(input_shape) != int(linears[0].shape[1]):
-                raise ProbPruneError(
-                    f"from_module: input_shape={tuple(input_shape)} given, but the model is fully connected and "
-                    f"{leaves[wpos[0]].label} (in_features={int(linears[0].shape[1])}) does not read the flattened "
-                    "input; start the model with nn.Flatten() and matching in_features, or pass input_shape=None")
-        spec = NetSpec(kind="fcn", widths=(int(linears[0].shape[1]), *widths),
-                       activation=act_name, negative_slope=slope, bias=bias)  # type: ignore[arg-type]
-    for start, w, shape in zip(wpos, weights, spec.weight_shapes()):
-        if tuple(w.shape) != tuple(shape):
-            raise ProbPruneError(f"from_module: {leaves[start].label} weight shape {tuple(w.shape)} does not fit the "
-                                 f"layers before it (expected {tuple(shape)} for {spec.to_arch()})")
-    return spec
+def _check_compiled(net64: Net, check: Check) -> None:
+    """The compiled float64 Net against the float64 module on the reader's check inputs, within the rounding bound
+    the graph was held to (the Net computes the graph's nodes: the same bound covers it), else refuse."""
+    n = check.x.shape[0]
+    with torch.no_grad():
+        got = cast(Tensor, net64.forward(check.x.reshape(n, *net64.spec.feature_shapes()[0])))
+    want = check.out.reshape(n, -1)
+    diff = float((got - want).abs().max()) if got.shape == want.shape else math.inf
+    if not diff <= check.tol:
+        raise ProbPruneError(f"from_module: the compiled network's output differs from the module's: max |difference| "
+                             f"{diff:.3g} on {n} inputs of norm ≤ 10, tolerance {check.tol:.3g} (float64 rounding); "
+                             "refusing the conversion")
 
 
 def _abs_scale(layer: Layer, x: Tensor) -> Tensor:
@@ -1001,61 +802,6 @@ def _check_points(shape: tuple[int, ...], seed: int = _CHECK_SEED) -> Tensor:
                        10.0 * torch.rand(n - half, generator=gen, dtype=torch.float64)])
     norms[0] = 0.0
     return (z * norms[:, None]).reshape(n, *shape)
-
-
-def _check_conversion(seq: nn.Module, net: Net, leaves: Sequence[_Leaf], segments: Sequence[Sequence[int]],
-                      first: int) -> None:
-    """Second defence: the Net computes the module's function (float64, layer by layer), else refuse."""
-    mod = copy.deepcopy(seq)  # the user's module keeps its dtype, device and mode
-    mod.eval()
-    mod.to(device="cpu", dtype=torch.float64)
-    mods = [cast(nn.Module, m) for _, m in _walk(mod)]  # no None: _classify refused it
-    net64 = net.to(device="cpu", dtype=torch.float64)
-    spec = net64.spec
-    x = _check_points(spec.feature_shapes()[0])  # the input shape per sample
-    n = x.shape[0]
-    u = 2.0 ** -53
-    tiny = 2.0 ** -1074
-    with torch.no_grad():
-        try:
-            h = x
-            for i in range(first):
-                h = mods[i](h)
-            err = 0.0  # ∞-norm bound on the difference the layers' rounding can build up to the output
-            for j, layer in enumerate(net64.layers):
-                ref = h
-                for i in segments[j]:
-                    ref = mods[i](ref)
-                got = _apply_layer(layer, h, None)
-                where = ", ".join(leaves[i].label for i in segments[j])
-                if got.shape != ref.shape:
-                    raise ProbPruneError(f"from_module: the converted layer {j} ({where}) has output shape "
-                                         f"{tuple(got.shape)}, the module's {tuple(ref.shape)}; refusing the "
-                                         "conversion")
-                if not bool(torch.isfinite(ref).all()):
-                    raise ProbPruneError(f"from_module: cannot check the conversion: the module's output after "
-                                         f"{where} is not finite in float64 for inputs of norm ≤ 10")
-                fan_in = math.prod(layer.weight.shape[1:])
-                tol = _CHECK_SLACK * (fan_in + 1) * (u * float(_abs_scale(layer, h) + ref.abs().max()) + tiny)
-                diff = float((got - ref).abs().max())
-                if not diff <= tol:
-                    raise ProbPruneError(
-                        f"from_module: the converted network differs from the module at layer {j} ({where}): "
-                        f"max |difference| {diff:.3g} on {n} random inputs of norm ≤ 10, tolerance {tol:.3g} "
-                        "(float64 rounding); refusing the conversion")
-                w_inf = float(layer.weight.abs().flatten(1).sum(dim=1).max())
-                err = layer.activation.lipschitz * w_inf * err + tol
-                h = ref
-            whole = mod(x)
-        except RuntimeError as exc:  # a shape the module cannot run (guarded above; kept as a refusal)
-            raise ProbPruneError(f"from_module: cannot run the module on inputs of shape {tuple(x.shape)}: "
-                                 f"{str(exc).splitlines()[0]}") from exc
-        out = cast(Tensor, net64.forward(x))
-        diff = float((out - whole).abs().max()) if out.shape == whole.shape else math.inf
-        if not diff <= err:
-            raise ProbPruneError(f"from_module: the converted network's output differs from the module's: max "
-                                 f"|difference| {diff:.3g} on {n} random inputs, tolerance {err:.3g}; refusing "
-                                 "the conversion")
 
 
 def from_state_dict(spec: NetSpec, tensors: Mapping[str, Tensor]) -> Net:

@@ -118,7 +118,11 @@ class _Refusal(ProbPruneError):
         self.node, self.what, self.hint = node, what, hint
 
 
-def _fail(node: Node, what: str, hint: str = "use the graph form (nets.graph.Graph) for this network") -> _Refusal:
+GRAPH_HINT = "use the graph form (nets.graph.Graph) for this network"
+"""The hint of a refusal that has no more specific one."""
+
+
+def _fail(node: Node, what: str, hint: str = GRAPH_HINT) -> _Refusal:
     return _Refusal(node, what, hint)
 
 

@@ -10,11 +10,16 @@ control flow cannot be traced — is a refusal here, with the tracer's message.
 
 Rules (every refusal names the fx node, its op and what to do):
 
-* every submodule must be in eval mode (BatchNorm and Dropout must be ``eval()``), and no module may carry
-  forward hooks (a model pruned with ``torch.nn.utils.prune`` does: call ``prune.remove`` first), nor may any
-  global module hook be registered;
-* a module's layer is read by its **exact type** (a subclass may compute anything else); modules torch.fx
-  traces through (``nn.Sequential``, your own blocks) contribute the functions they call;
+* every submodule must be in eval mode (BatchNorm and Dropout must be ``eval()``; :func:`read_module` with
+  ``eval_mode`` reads the eval-mode function instead and refuses only a BatchNorm in train mode), and no module
+  may carry forward hooks or pre-hooks (a model pruned with ``torch.nn.utils.prune`` does: call ``prune.remove``
+  first) or an instance-level ``forward``, nor may any global module hook be registered;
+* a module's layer is read by its **exact type** (a subclass may compute anything else): a subclass defined
+  outside ``torch.nn`` is traced through its own forward like any module of yours (``nn.Sequential``, your own
+  blocks contribute the functions they call), and one torch.fx keeps as a leaf (a parametrised ``Linear``) is
+  refused; refusals say which layer a node is inside of, and that it is a subclass;
+* a circular conv is a ``circular_pad`` node (the pads its forward applies) and the conv without padding; the
+  kernel is the weight's;
 * parameters are copied in float64 (exact for float32 and float64 weights); BatchNorm (eval) is folded, in
   float64, into the linear/conv node before it when that node feeds nothing else, and kept as a per-channel
   ``affine`` node otherwise. The graph computes the folded network: its float64 weights are the rounded
@@ -35,7 +40,7 @@ import math
 import operator
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import torch
 import torch.fx
@@ -46,7 +51,7 @@ from probprune.config import ProbPruneError
 from probprune.nets import _check_points
 from probprune.nets.graph import Activation, Graph, Node, activation, apply_node
 
-__all__ = ["check_against", "check_points", "graph_from_module"]
+__all__ = ["Check", "ModuleRead", "check_against", "check_points", "graph_from_module", "read_module"]
 
 _CHECK_SEED = 20_260_515
 _SLACK = 64.0
@@ -105,30 +110,88 @@ def _gelu(approximate: str) -> Activation:
     return activation("gelu")
 
 
+def _module_of(node: torch.fx.Node) -> tuple[str, type] | None:
+    """The innermost module (path, type) whose forward created ``node`` (``None`` at the root)."""
+    stack = node.meta.get("nn_module_stack") or {}
+    if not stack:
+        return None
+    path, t = list(stack.values())[-1]
+    return str(path), t
+
+
+def _supported_base(t: type) -> type | None:
+    """The supported layer type ``t`` strictly derives from, if any (read by exact type: never as that base)."""
+    return next((b for b in _LEAVES if issubclass(t, b) and t is not b), None)
+
+
+def _subclass_note(t: type, traced: bool = True) -> str:
+    base = _supported_base(t)
+    if base is None:
+        return ""
+    how = ", so it is traced through its own forward" if traced else ""
+    return (f"{t.__name__} is a subclass of nn.{base.__name__}; layers are read by exact type (a subclass may "
+            f"compute anything else){how} — if it computes the same function, copy its parameters into a plain "
+            f"nn.{base.__name__}")
+
+
 def _refuse(node: torch.fx.Node, what: str, hint: str = _HINT) -> ProbPruneError:
     target = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", str(node.target))
-    return ProbPruneError(f"graph_from_module: node {node.name!r} ({node.op} {target}): {what}; {hint}")
+    where = f"{node.op} {target}"
+    if node.op == "call_module" and node.graph.owning_module is not None:
+        where += f": {type(node.graph.owning_module.get_submodule(str(node.target))).__name__}"
+    inside = _module_of(node)
+    if node.op != "call_module" and inside is not None:
+        where += f", inside layer {inside[0]} ({inside[1].__name__})"
+        note = _subclass_note(inside[1])
+        if note:
+            hint = f"{hint}; {note}"
+    return ProbPruneError(f"graph_from_module: node {node.name!r} ({where}): {what}; {hint}")
+
+
+def _label(node: torch.fx.Node, gm: torch.fx.GraphModule) -> str:
+    """How the readers name an fx node to a user: ``layer 2 (Linear)``, or the node and the layer it is in."""
+    if node.op == "call_module":
+        return f"layer {node.target} ({type(gm.get_submodule(str(node.target))).__name__})"
+    target = getattr(node.target, "__name__", str(node.target))
+    inside = _module_of(node)
+    if inside is None:
+        return f"node {node.name!r} ({node.op} {target})"
+    base = _supported_base(inside[1])
+    sub = "" if base is None else f", a subclass of nn.{base.__name__} read through its own forward"
+    return f"node {node.name!r} ({node.op} {target}, inside layer {inside[0]} ({inside[1].__name__}{sub}))"
 
 
 def _pair(v: Any, dims: int) -> tuple[int, ...]:
     return tuple(int(a) for a in v) if isinstance(v, (tuple, list)) else (int(v),) * dims
 
 
-def _check_module(module: nn.Module) -> None:
-    """Eval mode everywhere, no hooks (module's own or global)."""
+def _global_hooks_present() -> bool:
+    """Whether module hooks registered for every module (``register_module_forward_hook`` …) exist."""
     glob = nn.modules.module
-    if getattr(glob, "_global_forward_hooks", None) or getattr(glob, "_global_forward_pre_hooks", None):
-        raise ProbPruneError("graph_from_module: a global forward hook is registered (it may change any module's "
-                             "output); remove it first")
+    return bool(getattr(glob, "_global_forward_hooks", None) or getattr(glob, "_global_forward_pre_hooks", None))
+
+
+def _check_module(module: nn.Module, eval_mode: bool = False) -> None:
+    """Eval mode everywhere (or, with ``eval_mode``, read as eval: then no BatchNorm in train mode), no hooks
+    (module's own or global), no instance-level ``forward``."""
+    if _global_hooks_present():
+        raise ProbPruneError("graph_from_module: a global forward hook is registered "
+                             "(torch.nn.modules.module.register_module_forward_hook / _pre_hook: it may change any "
+                             "module's output); remove it first")
     mods = list(module.named_modules())
     for name, m in sorted(mods, key=lambda nm: any(True for _ in nm[1].children())):  # layers before containers
-        label = name or "the module"
-        if m.training:
-            raise ProbPruneError(f"graph_from_module: {label} ({type(m).__name__}) is in train mode; call "
+        label = f"layer {name}" if name else "the module"
+        if m.training and (not eval_mode or isinstance(m, nn.modules.batchnorm._BatchNorm)):
+            why = ("BatchNorm in train mode normalises by the batch's own statistics; " if eval_mode else "")
+            raise ProbPruneError(f"graph_from_module: {label} ({type(m).__name__}) is in train mode; {why}call "
                                  "model.eval() first (BatchNorm and Dropout are read in eval mode only)")
         if m._forward_hooks or m._forward_pre_hooks:
-            raise ProbPruneError(f"graph_from_module: {label} ({type(m).__name__}) has forward hooks (a "
-                                 "torch.nn.utils.prune mask is one: call prune.remove first); remove them")
+            raise ProbPruneError(f"graph_from_module: {label} ({type(m).__name__}) has forward hooks, which change "
+                                 "its function (a torch.nn.utils.prune mask is one: call "
+                                 "torch.nn.utils.prune.remove(module, 'weight') first); remove them")
+        if "forward" in vars(m):
+            raise ProbPruneError(f"graph_from_module: {label} ({type(m).__name__}) has an overridden forward (an "
+                                 "instance attribute), which changes its function; delete it first")
 
 
 class _Recorder(torch.fx.Interpreter):
@@ -137,9 +200,16 @@ class _Recorder(torch.fx.Interpreter):
     def __init__(self, gm: torch.fx.GraphModule) -> None:
         super().__init__(gm)
         self.values: dict[str, Any] = {}
+        # run_node names the failing node itself; torch's extra traceback would log it through torch._logging,
+        # importing torch._dynamo and torch._inductor on the first failure (seconds)
+        self.extra_traceback = False
 
     def run_node(self, n: torch.fx.Node) -> Any:
-        out = super().run_node(n)
+        try:
+            out = super().run_node(n)
+        except Exception as exc:  # a shape the layer cannot take: name the node
+            raise ProbPruneError(f"{_label(n, self.module)} cannot run: "  # type: ignore[arg-type]
+                                 f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
         # a copy: an in-place module later in the graph (ReLU(inplace=True)) would overwrite the value
         self.values[n.name] = out.clone() if isinstance(out, Tensor) else out
         return out
@@ -155,6 +225,7 @@ class _Builder:
     names: dict[str, str] = field(default_factory=dict)  # fx node → graph node it equals
     consts: dict[str, Any] = field(default_factory=dict)  # fx node → constant (tensor or number) or static value
     folded: set[str] = field(default_factory=set)  # fx nodes whose graph node absorbed a following BatchNorm
+    origin: dict[str, str] = field(default_factory=dict)  # graph node → the fx node it was emitted for
     used_modules: set[str] = field(default_factory=set)
     taken: set[str] = field(default_factory=lambda: {"input"})
 
@@ -168,6 +239,7 @@ class _Builder:
         own = {k: v.detach().clone() for k, v in (params or {}).items()}
         self.nodes.append(Node(name, op, inputs, attrs or {}, own))
         self.names[fx_node.name] = name
+        self.origin[name] = fx_node.name
 
     def tensor_input(self, fx_node: torch.fx.Node, arg: Any) -> str:
         """The graph name of an argument that must be an input-dependent tensor."""
@@ -194,11 +266,18 @@ def _arg(node: torch.fx.Node, i: int, name: str, default: Any) -> Any:
 
 
 def _conv_node(b: _Builder, n: torch.fx.Node, m: nn.Conv1d | nn.Conv2d, src: str) -> None:
+    """A conv node as its forward computes it: the kernel from the weight, a circular pad (the list the forward
+    applies, fixed at construction) as a ``circular_pad`` node before a conv without padding."""
     dims = 1 if isinstance(m, nn.Conv1d) else 2
-    if m.padding_mode != "zeros":
-        raise _refuse(n, f"padding_mode={m.padding_mode!r}", "only zero padding is supported")
-    k, d = _pair(m.kernel_size, dims), _pair(m.dilation, dims)
-    if m.padding == "same":
+    if m.padding_mode not in ("zeros", "circular"):
+        raise _refuse(n, f"padding_mode={m.padding_mode!r}", "only zero and circular padding are supported")
+    k, d = tuple(int(v) for v in m.weight.shape[2:]), _pair(m.dilation, dims)
+    if m.padding_mode == "circular":
+        pads = ((0, 0),) * dims
+        b.emit(n, f"{n.target}.pad", "circular_pad", (src,),
+               {"pads": tuple(int(v) for v in m._reversed_padding_repeated_twice)})
+        src = b.nodes[-1].name
+    elif m.padding == "same":
         pads = tuple((t // 2, t - t // 2) for t in (di * (ki - 1) for ki, di in zip(k, d)))
     elif m.padding == "valid":
         pads = ((0, 0),) * dims
@@ -300,7 +379,8 @@ def _call_module(b: _Builder, n: torch.fx.Node) -> None:
     elif t in _ALIASES:
         b.names[n.name] = src
     else:
-        raise _refuse(n, f"module type {t.__name__} is not supported")
+        note = _subclass_note(t, traced=False)
+        raise _refuse(n, f"module type {t.__name__} is not supported", note or _HINT)
 
 
 def _const_operand(b: _Builder, n: torch.fx.Node, c: Any, sample: tuple[int, ...]) -> Tensor:
@@ -310,12 +390,24 @@ def _const_operand(b: _Builder, n: torch.fx.Node, c: Any, sample: tuple[int, ...
         if t.shape[0] != 1:
             raise _refuse(n, f"a constant of shape {tuple(t.shape)} varies over the batch dim")
         t = t[0]
-    try:
-        if torch.broadcast_shapes(t.shape, sample) != sample:
-            raise _refuse(n, f"a constant of shape {tuple(t.shape)} enlarges the sample shape {sample}")
-    except RuntimeError as exc:
-        raise _refuse(n, f"a constant of shape {tuple(t.shape)} does not broadcast to {sample}") from exc
+    shape = _broadcast(tuple(t.shape), sample)
+    if shape is None:
+        raise _refuse(n, f"a constant of shape {tuple(t.shape)} does not broadcast to {sample}")
+    if shape != sample:
+        raise _refuse(n, f"a constant of shape {tuple(t.shape)} enlarges the sample shape {sample}")
     return t.clone()
+
+
+def _broadcast(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...] | None:
+    """The broadcast shape of ``a`` and ``b`` (None if they do not broadcast). Plain Python: the first call of
+    ``torch.broadcast_shapes`` imports torch's symbolic-shape machinery (seconds)."""
+    n = max(len(a), len(b))
+    out = []
+    for x, y in zip((1,) * (n - len(a)) + a, (1,) * (n - len(b)) + b):
+        if x != y and 1 not in (x, y):
+            return None
+        out.append(y if x == 1 else x)
+    return tuple(out)
 
 
 def _arith(b: _Builder, n: torch.fx.Node, kind: str) -> None:
@@ -332,6 +424,7 @@ def _arith(b: _Builder, n: torch.fx.Node, kind: str) -> None:
             neg = f"{n.name}_neg"
             src1 = b.names[cast(torch.fx.Node, a1).name]
             b.nodes.append(Node(neg, "affine", (src1,), {}, {"scale": torch.tensor(-1.0, dtype=torch.float64)}))
+            b.origin[neg] = n.name
             b.taken.add(neg)
             b.emit(n, n.name, "add", (b.names[cast(torch.fx.Node, a0).name], neg))
             return
@@ -485,20 +578,37 @@ def graph_from_module(module: nn.Module, example_input: Tensor) -> Graph:
     Raises:
         ProbPruneError: what is refused, naming the node (module docstring).
     """
-    if not isinstance(module, nn.Module):
-        raise ProbPruneError(f"graph_from_module: module must be an nn.Module, got {type(module).__name__}")
-    if not isinstance(example_input, Tensor) or example_input.dim() < 2 or not example_input.is_floating_point():
-        raise ProbPruneError("graph_from_module: example_input must be a float tensor [N, …] with a batch dim, got "
-                             f"{getattr(example_input, 'shape', type(example_input).__name__)}")
-    _check_module(module)
-    for name, p in list(module.named_parameters()) + list(module.named_buffers()):
-        if p.is_floating_point() and not bool(torch.isfinite(p).all()):
-            raise ProbPruneError(f"graph_from_module: {name} has NaN or inf entries")
-    mod = copy.deepcopy(module).to(device="cpu", dtype=torch.float64)
-    if type(mod) in _LEAVES:  # fx traces the root's own forward (F.linear …): read a bare layer as a 1-layer stack
-        mod = nn.Sequential(mod)
-    gm = _trace(mod)
-    x = example_input.detach().to(device="cpu", dtype=torch.float64)
+    return read_module(module, example_input)[0]
+
+
+class Check(NamedTuple):
+    """The numerical check a read passed: the float64 inputs, the float64 module's outputs on them, and the bound
+    on the output difference float64 rounding can build up (the graph's output was within it)."""
+
+    x: Tensor
+    out: Tensor
+    tol: float
+
+
+class ModuleRead(NamedTuple):
+    """What :func:`read_module` read: the graph, per graph node its name for the user, the check it passed."""
+
+    graph: Graph
+    labels: dict[str, str]
+    check: Check
+
+
+def read_module(module: nn.Module, example_input: Tensor, *, eval_mode: bool = False,
+                end_to_end: bool = True) -> ModuleRead:
+    """:func:`graph_from_module`, with per graph node how to name it to the user (``layer 2 (Linear)``) and the
+    numerical check the graph passed.
+
+    With ``eval_mode`` the module's eval-mode function is read whatever its modes (Dropout is the identity),
+    except that a BatchNorm in train mode is refused (:func:`probprune.nets.from_module`'s rule); without it every
+    submodule must be in eval mode. Without ``end_to_end`` the graph's own end-to-end forward is not run (the
+    caller checks what it builds against the module within the returned bound: :func:`check_against`).
+    """
+    gm, x = _prepare(module, example_input, eval_mode)
     rec = _Recorder(gm)
     with torch.no_grad():
         try:
@@ -523,8 +633,28 @@ def graph_from_module(module: nn.Module, example_input: Tensor) -> Graph:
         raise ProbPruneError("graph_from_module: the output is not the last node computed (or is the input "
                              "itself); nothing to certify")
     graph = Graph(b.nodes, tuple(x.shape[1:]))
-    _check_numerics(graph, gm, b)
-    return graph
+    check = _check_numerics(graph, gm, b, end_to_end)
+    fx_nodes = {n.name: n for n in gm.graph.nodes}
+    return ModuleRead(graph, {g: _label(fx_nodes[f], gm) for g, f in b.origin.items()}, check)
+
+
+def _prepare(module: nn.Module, example_input: Tensor, eval_mode: bool) -> tuple[torch.fx.GraphModule, Tensor]:
+    """Checks, then the traced float64 (eval-mode) copy of ``module`` and the float64 example input."""
+    if not isinstance(module, nn.Module):
+        raise ProbPruneError(f"graph_from_module: module must be an nn.Module, got {type(module).__name__}")
+    if not isinstance(example_input, Tensor) or example_input.dim() < 2 or not example_input.is_floating_point():
+        raise ProbPruneError("graph_from_module: example_input must be a float tensor [N, …] with a batch dim, got "
+                             f"{getattr(example_input, 'shape', type(example_input).__name__)}")
+    _check_module(module, eval_mode)
+    for name, p in list(module.named_parameters()) + list(module.named_buffers()):
+        if p.is_floating_point() and not bool(torch.isfinite(p).all()):
+            raise ProbPruneError(f"graph_from_module: {name} has NaN or inf entries")
+    mod = copy.deepcopy(module).to(device="cpu", dtype=torch.float64)
+    if eval_mode:
+        mod.eval()  # the eval-mode function: Python branches on self.training are traced as in eval
+    if type(mod) in _LEAVES:  # fx traces the root's own forward (F.linear …): read a bare layer as a 1-layer stack
+        mod = nn.Sequential(mod)
+    return _trace(mod), example_input.detach().to(device="cpu", dtype=torch.float64)
 
 
 def check_points(shape: tuple[int, ...]) -> Tensor:
@@ -546,6 +676,32 @@ def _fan(node: Node, xs: list[Tensor], shape: tuple[int, ...]) -> int:
     return 2
 
 
+_SUMS = ("linear", "conv", "affine", "avgpool", "adaptive_avgpool")
+"""Ops whose output entries are sums of products of inputs and parameters."""
+
+
+def _abs_scale(node: Node, xs: list[Tensor], fan: int) -> float:
+    """An upper bound on ``max |node|(|inputs|)`` (the node with its parameters' absolute values): the size its
+    float64 rounding is relative to; for other ops the largest input entry.
+
+    The sums are evaluated in float32 (an order of magnitude faster than float64 convolutions on a CPU): a sum of
+    ``fan`` non-negative products, each input rounded once to float32, is within a relative ``(fan + 3)·2⁻²⁴``
+    of the exact value for any summation order; the result is raised by ``(fan + 3)·2⁻¹⁶`` (256 times that, room
+    for any float32 algorithm, Winograd transforms included) plus an absolute term for entries below float32's
+    normal range. Values near float32's overflow are evaluated in float64 instead.
+    """
+    if node.op not in _SUMS:
+        return max(float(v.abs().max()) for v in xs)
+    tops = [float(v.abs().max()) for v in xs] + [float(t.abs().max()) for t in node.params.values()]
+    big = max(tops) if tops else 0.0
+    if not big * big * (fan + 1) < 2.0 ** 100:
+        absp = {k: v.abs() for k, v in node.params.items()}
+        return float(apply_node(node, [v.abs() for v in xs], absp).max())
+    absp32 = {k: v.abs().float() for k, v in node.params.items()}
+    s32 = float(apply_node(node, [v.abs().float() for v in xs], absp32).max())
+    return s32 * (1.0 + (fan + 3) * 2.0 ** -16) + (fan + 3) * 2.0 ** -120 * (1.0 + big) ** 2
+
+
 def _inf_lipschitz(node: Node) -> float:
     """A Lipschitz constant of the node in the ∞-norm (per input; for ``add`` each input's)."""
     if node.op == "linear":
@@ -559,7 +715,7 @@ def _inf_lipschitz(node: Node) -> float:
     return 1.0  # pools (max and means are 1-Lipschitz in ∞-norm), add, cat, reshape, pad, identity
 
 
-def _check_numerics(graph: Graph, gm: torch.fx.GraphModule, b: _Builder) -> None:
+def _check_numerics(graph: Graph, gm: torch.fx.GraphModule, b: _Builder, end_to_end: bool = True) -> Check:
     """Second defence: run the float64 module on the check inputs and compare node by node (:func:`check_against`)."""
     x = check_points(graph.input_shape)
     rec = _Recorder(gm)
@@ -574,11 +730,12 @@ def _check_numerics(graph: Graph, gm: torch.fx.GraphModule, b: _Builder) -> None
     for fx_name, g in b.names.items():
         if fx_name not in b.folded:
             ref[g] = (f"fx node {fx_name}", rec.values[fx_name])  # the last fx node equal to g (a folded BatchNorm)
-    check_against(graph, x, ref, whole, "graph_from_module", "the module")
+    tol = check_against(graph, x, ref, whole, "graph_from_module", "the module", end_to_end=end_to_end)
+    return Check(x, torch.as_tensor(whole, dtype=torch.float64), tol)
 
 
 def check_against(graph: Graph, x: Tensor, ref: Mapping[str, tuple[str, Any]], whole: Any, who: str,
-                  what: str) -> None:
+                  what: str, *, end_to_end: bool = True) -> float:
     """Each node, fed the reference's values of its inputs, agrees with the reference to float64 rounding of the
     node; the whole output within the rounding propagated through the graph (∞-norm Lipschitz constants).
 
@@ -589,6 +746,13 @@ def check_against(graph: Graph, x: Tensor, ref: Mapping[str, tuple[str, Any]], w
             reference (helper nodes of the conversion) are fed their own outputs.
         whole: the reference's output on ``x``.
         who, what: the caller (for messages) and what the reference is (``the module``, ``the ONNX model``).
+        end_to_end: also run the graph's own forward and hold its output to the propagated bound (a caller that
+            runs its own end-to-end check of what it returns — :func:`probprune.nets.from_module`, whose ``Net``
+            is compared with the module — skips it).
+
+    Returns:
+        The ∞-norm bound on the output difference that float64 rounding can build up through the graph's nodes
+        (what the whole output was held to).
 
     Raises:
         ProbPruneError: naming the first node (and its reference tensor) outside the tolerance.
@@ -604,15 +768,14 @@ def check_against(graph: Graph, x: Tensor, ref: Mapping[str, tuple[str, Any]], w
             if not isinstance(want, Tensor) or want.shape != got.shape:
                 raise ProbPruneError(f"{who}: {where} has output shape {tuple(got.shape)}, {what}'s "
                                      f"{tuple(getattr(want, 'shape', ()))}; refusing the conversion")
-            if not bool(torch.isfinite(want).all()):
+            top = float(want.abs().max())  # NaN or inf when any entry is
+            if not math.isfinite(top):
                 raise ProbPruneError(f"{who}: cannot check {where}: {what}'s output is not finite in float64 for "
                                      "inputs of norm ≤ 10")
-            absp = {k: v.abs() for k, v in node.params.items()}
-            scale = float(apply_node(node, [v.abs() for v in xs], absp).abs().max()) if node.op in (
-                "linear", "conv", "affine", "avgpool", "adaptive_avgpool") else max(float(v.abs().max()) for v in xs)
             fan = _fan(node, xs, graph.shapes[node.name])
+            scale = _abs_scale(node, xs, fan)
             extra = cast(Activation, node.attrs["act"]).abs_error if node.op == "act" else 0.0
-            tol = _SLACK * (fan + 1) * (_U * (scale + float(want.abs().max())) + _TINY) + extra
+            tol = _SLACK * (fan + 1) * (_U * (scale + top) + _TINY) + extra
             diff = float((got - want).abs().max())
             if not diff <= tol:
                 raise ProbPruneError(f"{who}: the graph differs from {what} at {where}: max |difference| {diff:.3g} "
@@ -621,9 +784,12 @@ def check_against(graph: Graph, x: Tensor, ref: Mapping[str, tuple[str, Any]], w
             ins = [err[i] for i in node.inputs]
             err[node.name] = _inf_lipschitz(node) * (sum(ins) if node.op == "add" else max(ins)) + tol
             vals[node.name] = want
+        if not end_to_end:
+            return err[graph.output]
         out = graph.forward(x)
     whole_t = torch.as_tensor(whole, dtype=torch.float64)
     diff = float((out - whole_t).abs().max()) if out.shape == whole_t.shape else math.inf
     if not diff <= err[graph.output]:
         raise ProbPruneError(f"{who}: the graph's output differs from {what}'s: max |difference| {diff:.3g} on "
                              f"{x.shape[0]} inputs, tolerance {err[graph.output]:.3g}; refusing the conversion")
+    return err[graph.output]
