@@ -831,9 +831,13 @@ def _cross(l: Tensor, u: Tensor, dl: Tensor, du: Tensor, tl: Tensor, tu: Tensor)
     return l, u, dl, du, tl, tu
 
 
-def _propagate(pair: _Pair, reg: _Region, dt_t: torch.dtype, dt_p: torch.dtype
+def _propagate(pair: _Pair, reg: _Region, dt_t: torch.dtype, dt_p: torch.dtype,
+               clip: Callable[[int, tuple[Tensor, ...]], tuple[Tensor, ...]] | None = None
                ) -> tuple[list[_Relax], list[tuple[Tensor, ...]], list[tuple[Tensor, Tensor]]]:
-    """Intervals ``(l, u, δ_l, δ_u, l̃, ũ)`` of every layer (``[B, n_k]`` each), hidden relaxations, rounding."""
+    """Intervals ``(l, u, δ_l, δ_u, l̃, ũ)`` of every layer (``[B, n_k]`` each), hidden relaxations, rounding.
+
+    ``clip(k, bounds)``: narrows hidden layer k's intervals before they are relaxed (branch and bound,
+    :mod:`probprune.bounds.differential_split`; valid on the sub-domain it describes)."""
     relax: list[_Relax] = []
     bounds: list[tuple[Tensor, ...]] = []
     rho: list[tuple[Tensor, Tensor]] = []
@@ -845,6 +849,8 @@ def _propagate(pair: _Pair, reg: _Region, dt_t: torch.dtype, dt_p: torch.dtype
             h_t, h_p = relax[k - 1].hmax_c, relax[k - 1].hpmax_c
         rho.append((_rho(pair.w[k], pair.b[k], h_t, dt_t), _rho(pair.wt[k], pair.bt[k], h_p, dt_p)))
         bounds.append(_layer_bounds(pair, k, relax, reg, rho))
+        if clip is not None and k < len(pair.w) - 1:
+            bounds[-1] = clip(k, bounds[-1])
         if k < len(pair.w) - 1:
             l, u, dl, du, tl, tu = bounds[-1]
             relax.append(_relax(l, u, dl, du, tl, tu, pair.alpha[k], dt_t, dt_p))
