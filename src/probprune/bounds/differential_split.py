@@ -41,7 +41,6 @@ import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import cast
 
 import torch
 from torch import Tensor
@@ -117,14 +116,20 @@ def _children(lv: _Leaves, parents: Tensor, layer: Tensor, kind: Tensor, neuron:
     return _Leaves(sub.ball, tuple(sz), tuple(st))
 
 
-def _clipper(lv: _Leaves) -> Callable[[int, tuple[Tensor, ...]], tuple[Tensor, ...]]:
-    """The hook of :func:`~probprune.bounds.differential._propagate`: layer k's intervals clipped by the leaf's
-    sign constraints (valid on the leaf), then cross-tightened."""
+def _clipper(lv: _Leaves, parent: tuple[tuple[Tensor, ...], ...] | None
+             ) -> Callable[[int, tuple[Tensor, ...]], tuple[Tensor, ...]]:
+    """The hook of :func:`~probprune.bounds.differential._propagate`: layer k's intervals intersected with the
+    parent leaf's (valid on the parent's set, which holds this leaf's), clipped by the leaf's sign constraints
+    (valid on the leaf), then cross-tightened."""
     def clip(k: int, b: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
         sz, st = lv.sz[k], lv.st[k]
-        if not bool((sz != 0).any() or (st != 0).any()):
+        if parent is None and not bool((sz != 0).any() or (st != 0).any()):
             return b
         l, u, dl, du, tl, tu = b
+        if parent is not None:
+            pl_, pu_, pdl, pdu, ptl, ptu = parent[k]
+            l, dl, tl = torch.maximum(l, pl_), torch.maximum(dl, pdl), torch.maximum(tl, ptl)
+            u, du, tu = torch.minimum(u, pu_), torch.minimum(du, pdu), torch.minimum(tu, ptu)
         l = torch.where(sz > 0, l.clamp_min(0.0), l)
         u = torch.where(sz < 0, u.clamp_max(0.0), u)
         tl = torch.where(st > 0, tl.clamp_min(0.0), tl)
@@ -206,22 +211,35 @@ class _Eval:
     mp: Tensor
     empty: Tensor
     choice: tuple[Tensor, Tensor, Tensor, Tensor]
+    hidden: tuple[tuple[Tensor, ...], ...]  # per hidden layer the leaf's six intervals (after clipping)
+
+    def take(self, idx: Tensor) -> _Eval:
+        c = self.choice
+        return _Eval(self.lo[idx], self.hi[idx], self.value[idx], self.mt[idx], self.mp[idx], self.empty[idx],
+                     (c[0][idx], c[1][idx], c[2][idx], c[3][idx]), tuple(tuple(t[idx] for t in b) for b in self.hidden))
+
+
+def _cat(parts: list[_Eval]) -> _Eval:
+    one = [torch.cat(t) for t in zip(*[(p.lo, p.hi, p.value, p.mt, p.mp, p.empty, *p.choice) for p in parts])]
+    hidden = tuple(tuple(torch.cat([p.hidden[k][j] for p in parts]) for j in range(6))
+                   for k in range(len(parts[0].hidden)))
+    return _Eval(one[0], one[1], one[2], one[3], one[4], one[5], (one[6], one[7], one[8], one[9]), hidden)
 
 
 def _evaluate(pair: _Pair, ball: BallSpec, centres: Tensor, hw: Tensor | None, lv: _Leaves, dt_t: torch.dtype,
-              dt_p: torch.dtype, parent: tuple[Tensor, Tensor] | None, cls: Tensor | None) -> _Eval:
+              dt_p: torch.dtype, parent: _Eval | None, cls: Tensor | None) -> _Eval:
     """One propagation of a batch of leaves (each a ball of the batch, with its clipping hook).
 
-    ``parent``: ``(lo, hi)`` ``[N, m]`` intervals of the parents (valid on the leaves), intersected in;
+    ``parent``: the parents' results, one per leaf (their intervals hold on the leaves: intersected in);
     ``cls``: F's class per leaf for the margins (else the margins are ``nan`` and the choice follows the gap).
     """
     reg = _region(ball, centres[lv.ball], pair.w[0].shape[1], pair.w[0].device, None if hw is None else hw[lv.ball])
-    relax, bounds, rho = _propagate(pair, reg, dt_t, dt_p, clip=_clipper(lv))
+    relax, bounds, rho = _propagate(pair, reg, dt_t, dt_p, clip=_clipper(lv, None if parent is None else parent.hidden))
     an = _Analysis(reg, pair, relax, bounds, rho)
     empty = _empty(bounds)
     _, _, lo, hi, _, _ = bounds[-1]
     if parent is not None:
-        lo, hi = torch.maximum(lo, parent[0]), torch.minimum(hi, parent[1])
+        lo, hi = torch.maximum(lo, parent.lo), torch.minimum(hi, parent.hi)
     empty = empty | (lo > hi).any(-1)
     nan = torch.full_like(lo[:, 0], math.nan)
     value = torch.full_like(nan, math.inf)
@@ -235,7 +253,7 @@ def _evaluate(pair: _Pair, ball: BallSpec, centres: Tensor, hw: Tensor | None, l
             value[fin] = _gap_bound(lo[fin], hi[fin], ball, reg.centres[fin], dt_t, dt_p, sq[fin]).value
         end = torch.where(hi * hi >= lo * lo, hi, lo)
         rows = (torch.zeros_like(lo), torch.nan_to_num(-end, nan=0.0, posinf=0.0, neginf=0.0))
-        return _Eval(lo, hi, value, nan, nan, empty, _split_choice(an, *rows))
+        return _Eval(lo, hi, value, nan, nan, empty, _split_choice(an, *rows), tuple(bounds[:-1]))
     lz, ld, valid = _margin_rows(an, cls)
     low = _backsub(lz, ld, k, pair, relax, reg, rho)
     low = torch.where(valid, torch.nan_to_num(low, nan=-math.inf), torch.full_like(low, math.inf))
@@ -244,20 +262,18 @@ def _evaluate(pair: _Pair, ball: BallSpec, centres: Tensor, hw: Tensor | None, l
     worst = low.argmin(-1)
     rows_z = lz[torch.arange(lz.shape[0]), worst]
     rows_d = ld[torch.arange(ld.shape[0]), worst]
-    return _Eval(lo, hi, value, mt, mp, empty, _split_choice(an, rows_z, rows_d))
+    return _Eval(lo, hi, value, mt, mp, empty, _split_choice(an, rows_z, rows_d), tuple(bounds[:-1]))
 
 
 def _evaluate_chunks(pair: _Pair, ball: BallSpec, centres: Tensor, hw: Tensor | None, lv: _Leaves,
-                     dt_t: torch.dtype, dt_p: torch.dtype, parent: tuple[Tensor, Tensor] | None,
-                     cls: Tensor | None, batch_size: int) -> _Eval:
+                     dt_t: torch.dtype, dt_p: torch.dtype, parent: _Eval | None, cls: Tensor | None,
+                     batch_size: int) -> _Eval:
     parts = []
     for s in range(0, lv.ball.shape[0], batch_size):
         idx = torch.arange(s, min(s + batch_size, lv.ball.shape[0]), device=lv.ball.device)
         parts.append(_evaluate(pair, ball, centres, hw, lv.take(idx), dt_t, dt_p,
-                               None if parent is None else (parent[0][idx], parent[1][idx]),
-                               None if cls is None else cls[idx], ))
-    cat = [torch.cat(t) for t in zip(*[(p.lo, p.hi, p.value, p.mt, p.mp, p.empty, *p.choice) for p in parts])]
-    return _Eval(cat[0], cat[1], cat[2], cat[3], cat[4], cat[5], (cat[6], cat[7], cat[8], cat[9]))
+                               None if parent is None else parent.take(idx), None if cls is None else cls[idx]))
+    return _cat(parts)
 
 
 # ------------------------------------------------------------------------------------------ the tree
@@ -318,7 +334,7 @@ def _grow(pair: _Pair, ball: BallSpec, centres: Tensor, hw: Tensor | None, dt_t:
         _, layer, kind, neuron = (t[par] for t in ev.choice)
         kids = _children(lv, par, layer, kind, neuron)
         p2 = torch.cat([par, par])
-        ek = _evaluate_chunks(pair, ball, centres, hw, kids, dt_t, dt_p, (ev.lo[p2], ev.hi[p2]),
+        ek = _evaluate_chunks(pair, ball, centres, hw, kids, dt_t, dt_p, ev.take(p2),
                               None if cls is None else cls[kids.ball], batch_size)
         # a child lies in its parent: the parent's bounds hold on it too
         ek = dataclasses.replace(ek, value=torch.minimum(ek.value, ev.value[p2]),
@@ -326,11 +342,10 @@ def _grow(pair: _Pair, ball: BallSpec, centres: Tensor, hw: Tensor | None, dt_t:
         keep = torch.ones(lv.ball.shape[0], dtype=torch.bool, device=dev)
         keep[par] = False
         kidx = keep.nonzero().flatten()
-        lv = _Leaves(torch.cat([lv.ball[kidx], kids.ball]), tuple(torch.cat([a[kidx], c]) for a, c in zip(lv.sz, kids.sz)),
+        lv = _Leaves(torch.cat([lv.ball[kidx], kids.ball]),
+                     tuple(torch.cat([a[kidx], c]) for a, c in zip(lv.sz, kids.sz)),
                      tuple(torch.cat([a[kidx], c]) for a, c in zip(lv.st, kids.st)))
-        ev = _Eval(*(torch.cat([a[kidx], c]) for a, c in zip(
-            (ev.lo, ev.hi, ev.value, ev.mt, ev.mp, ev.empty), (ek.lo, ek.hi, ek.value, ek.mt, ek.mp, ek.empty))),
-            choice=tuple(torch.cat([a[kidx], c]) for a, c in zip(ev.choice, ek.choice)))  # type: ignore[arg-type]
+        ev = _cat([ev.take(kidx), ek])
         count.index_add_(0, kids.ball[: par.numel()], torch.ones_like(par))
     return _summarise(ev, lv, nb, count)
 

@@ -51,6 +51,7 @@ from probprune.bounds.differential import (
     differential_bound,
     gap_search,
 )
+from probprune.bounds.differential_split import split_certified_agreement
 from probprune.config import (
     DATASETS,
     BallSpec,
@@ -288,14 +289,15 @@ def summarize_rows(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _chunk_rows(target: Net, pruned: Net, x: Tensor, y: Tensor | None, start: int, ball: BallSpec,
-                budget: tuple[int, int], gen: torch.Generator, hw: Tensor | None = None) -> list[CertifyRow]:
+                budget: tuple[int, int], gen: torch.Generator, hw: Tensor | None = None, split: int = 0
+                ) -> list[CertifyRow]:
     n_restarts, n_steps = budget
     radii = layerwise_radius(x, ball.radius, ball.norm, ball.box, hw)
     lay = [float(certified_gap_bound(target, pruned, radius=float(r)).value) for r in radii.tolist()]
     low = gap_search(target, pruned, ball, gen, centres=x, n_restarts=n_restarts, n_steps=n_steps, halfwidth=hw)
     # one propagation gives both the agreement margins and the differential gap bound
-    agr = certified_agreement(target, pruned, ball, centres=x, generator=gen, halfwidth=hw,
-                              n_restarts=max(1, n_restarts // 2), n_steps=max(1, n_steps // 2))
+    agr = split_certified_agreement(target, pruned, ball, centres=x, generator=gen, halfwidth=hw, leaves=split,
+                                    n_restarts=max(1, n_restarts // 2), n_steps=max(1, n_steps // 2))
     diff = cast(DifferentialBound, agr.bound)
     t64, p64 = target.to(dtype=torch.float64), pruned.to(dtype=torch.float64)
     with torch.no_grad():
@@ -485,7 +487,7 @@ def compute_unit(unit: CertifyUnit, loaded: LoadedJob | None = None) -> list[Cer
     gen = torch.Generator().manual_seed(derive_seed(unit.config_hash, unit.start, "certify"))
     rows: list[CertifyRow | CertifyRadiusRow] = []
     rows += _chunk_rows(loaded.target, loaded.pruned, x, None if loaded.y is None else loaded.y[sl], unit.start,
-                        loaded.ball, (job.n_restarts, job.n_steps), gen, hw)
+                        loaded.ball, (job.n_restarts, job.n_steps), gen, hw, job.split)
     rows += _curve_rows(loaded.target, loaded.pruned, x, unit.start, loaded.ball, hw, curve_points(job))
     return rows
 
@@ -549,7 +551,8 @@ def run_certify(job: CertifyJob, progress: Progress | None = None, write: bool =
     if graph is not None:  # an ONNX graph (conv, residual): the differential graph bound
         from probprune.runner.certify_graph import run_graph_certify
 
-        for name, v in (("run_dir", run_dir), ("executor", executor), ("halfwidth", job.halfwidth)):
+        for name, v in (("run_dir", run_dir), ("executor", executor), ("halfwidth", job.halfwidth),
+                        ("split", job.split or None)):
             if v is not None:
                 raise ProbPruneError(f"{name}={v!r}: not supported for graph models yet (a chain FCN only)")
         return run_graph_certify(job, graph, progress=progress, write=write)
