@@ -278,6 +278,7 @@ class _Region:
     box: tuple[float, float] | None
     lo: Tensor  # [B, d] a box containing the ball ∩ box (exact for linf, coordinate bounds for l2)
     hi: Tensor
+    cut: Any = None  # branch and bound: linear constraints of a sub-domain, used by _min_linear (differential_split)
 
 
 def _region(ball: BallSpec, centres: Tensor | None, dim: int, device: torch.device,
@@ -342,7 +343,11 @@ def _rowdot(mat: Tensor, v: Tensor) -> Tensor:
 
 def _min_linear(lam: Tensor, const: Tensor, reg: _Region) -> Tensor:
     """Lower value of ``min_{x ∈ ball} λ x + const`` (``λ`` ``[B, m, d]`` or shared ``[m, d]``; ``const`` ``[B, m]``).
+
+    With ``reg.cut`` (a sub-domain's linear constraints), ``reg.cut(lam, const, reg)`` bounds it instead.
     """
+    if reg.cut is not None:
+        return cast(Tensor, reg.cut(lam, const, dataclasses.replace(reg, cut=None)))
     d = lam.shape[-1]
     g = _g2(d + 1)
     box_min = _rowdot(lam.clamp_min(0), reg.lo) + _rowdot(lam.clamp_max(0), reg.hi)
@@ -715,7 +720,8 @@ def _take(relax: list[_Relax], reg: _Region, rho: list[tuple[Tensor, Tensor]], i
 
     rx = [_Relax(**{f.name: sel(getattr(r, f.name)) for f in dataclasses.fields(r)}) for r in relax]
     rad = reg.radius[idx] if isinstance(reg.radius, Tensor) else reg.radius
-    rg = _Region(reg.centres[idx], rad, reg.norm, reg.box, reg.lo[idx], reg.hi[idx])
+    rg = _Region(reg.centres[idx], rad, reg.norm, reg.box, reg.lo[idx], reg.hi[idx],
+                 None if reg.cut is None else reg.cut.take(idx))
     return rx, rg, [(a[idx], b[idx]) for a, b in rho]
 
 

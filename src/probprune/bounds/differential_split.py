@@ -53,15 +53,21 @@ from probprune.bounds.differential import (
     _backsub,
     _chord_square,
     _cross,
+    _down,
     _dtype,
+    _g2,
     _gap_bound,
     _hw,
     _identical,
     _margin_rows,
+    _min_linear,
     _Pair,
     _prepare,
     _propagate,
+    _Region,
     _region,
+    _rho,
+    _rowdot,
     certified_agreement,
     differential_bound,
 )
@@ -144,6 +150,96 @@ def _empty(bounds: list[tuple[Tensor, ...]]) -> Tensor:
     for l, u, dl, du, tl, tu in bounds:
         out |= ((l > u) | (dl > du) | (tl > tu)).any(-1)
     return out
+
+
+# ------------------------------------------------------------------------------------------ input cuts
+
+
+@dataclass(frozen=True, eq=False)
+class _Cut:
+    """Linear constraints ``G x + e ≥ 0`` that hold on each leaf: its sign constraints on the *first* layer's
+    pre-activations, which are affine in x. ``G`` ``[B, q, d]`` rows ``s_i W_i`` (``W̃_i`` for z̃; zero rows pad),
+    ``e`` ``[B, q]`` ``s_i b_i + ρ_i`` rounded up (ρ: the bound on the forward rounding of that pre-activation,
+    so the constraint holds for the computed value: ``s_i fl(z_i) ≥ 0`` ⇒ ``s_i (W_i x + b_i) + ρ_i ≥ 0``).
+
+    Used by ``_min_linear`` on ℓ∞ regions (boxes): for β ≥ 0, ``λᵀx + c ≥ (λ − Gᵀβ)ᵀx + c − βᵀe`` on the leaf, and
+    the right side is minimised over the whole box (docs/certified.md, "Branch and bound").
+    """
+
+    g: Tensor
+    e: Tensor
+
+    def take(self, idx: Tensor) -> _Cut:
+        return _Cut(self.g[idx], self.e[idx])
+
+    def __call__(self, lam: Tensor, const: Tensor, reg: _Region) -> Tensor:
+        if reg.norm != "linf" or lam.dim() != 3:
+            return _min_linear(lam, const, reg)  # β = 0 (shared rows, ℓ2 balls)
+        beta = _betas(lam, self.g, self.e, reg.lo, reg.hi)
+        lam2 = lam - torch.einsum("brq,bqd->brd", beta, self.g)
+        c2 = const - (beta * self.e.unsqueeze(1)).sum(-1)
+        q, d = self.g.shape[1], lam.shape[-1]
+        gq = _g2(q + 2)
+        # |fl(λ − Gᵀβ) − (λ − Gᵀβ)| ≤ γ (|λ| + |G|ᵀβ) per entry, times |x| ≤ xmax; the constant likewise
+        err = gq * (lam.abs() + torch.einsum("brq,bqd->brd", beta, self.g.abs()))
+        xmax = torch.maximum(reg.lo.abs(), reg.hi.abs())
+        slack = _rowdot(err, xmax) * (1.0 + _g2(d + 2)) \
+            + gq * (const.abs() + (beta * self.e.abs().unsqueeze(1)).sum(-1))
+        return _down(_min_linear(lam2, c2, reg), slack)
+
+
+def _betas(lam: Tensor, g: Tensor, e: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
+    """Multipliers ``β ≥ 0`` ``[B, R, q]``: one sweep of exact coordinate ascent on the concave, piecewise-linear
+    ``φ(β) = min_{x ∈ [lo, hi]} (λ − Gᵀβ)ᵀx − βᵀe`` (a heuristic: any β ≥ 0 gives a valid bound).
+
+    Along ``β_i`` the slope is ``−e_i − Σ_d g_d (lo_d if t_d > 0 else hi_d)`` with ``t = λ − β_i g``; it drops by
+    ``|g_d| (hi_d − lo_d)`` where ``t_d`` crosses 0 (at ``β = t_d / g_d``); the maximiser is the first breakpoint
+    where it turns ≤ 0 (a weighted median).
+    """
+    bsz, r, _ = lam.shape
+    q = g.shape[1]
+    beta = torch.zeros(bsz, r, q, dtype=lam.dtype, device=lam.device)
+    cur = lam
+    lo3, hi3, w = lo.unsqueeze(1), hi.unsqueeze(1), (hi - lo).clamp_min(0).unsqueeze(1)
+    inf = torch.tensor(math.inf, dtype=lam.dtype, device=lam.device)
+    for i in range(q):
+        gi, ei = g[:, i].unsqueeze(1), e[:, i].unsqueeze(1)
+        if not bool((gi != 0).any()):
+            continue
+        pos = (cur > 0) | ((cur == 0) & (gi < 0))
+        s0 = -ei - (gi * torch.where(pos, lo3, hi3)).sum(-1)
+        valid = (gi != 0) & (cur * gi > 0)
+        bp = torch.where(valid, cur / torch.where(gi != 0, gi, 1.0), inf)
+        order = bp.sort(-1)
+        cw = torch.where(valid, gi.abs() * w, 0.0).gather(-1, order.indices).cumsum(-1)
+        hit = (s0.unsqueeze(-1) - cw) <= 0
+        k = hit.to(torch.int8).argmax(-1, keepdim=True)
+        last = torch.where(torch.isfinite(order.values), order.values, 0.0).amax(-1)
+        pick = torch.where(hit.any(-1), order.values.gather(-1, k).squeeze(-1), last)
+        bi = torch.nan_to_num(torch.where(s0 <= 0, 0.0, pick), nan=0.0, posinf=0.0, neginf=0.0).clamp_min(0.0)
+        beta[..., i] = bi
+        cur = cur - bi.unsqueeze(-1) * gi
+    return beta
+
+
+def _cut(pair: _Pair, lv: _Leaves, reg: _Region, dt_t: torch.dtype, dt_p: torch.dtype) -> _Cut | None:
+    """The leaves' first-layer sign constraints as :class:`_Cut` (``None`` where no leaf of the batch has any)."""
+    sz, st = lv.sz[0], lv.st[0]
+    if reg.norm != "linf" or not bool((sz != 0).any() or (st != 0).any()):
+        return None
+    xmax = torch.maximum(reg.lo.abs(), reg.hi.abs())
+    pinf = torch.tensor(math.inf, dtype=torch.float64, device=xmax.device)
+    gs, es = [], []
+    for sign, w, b, dt in ((sz, pair.w[0], pair.b[0], dt_t), (st, pair.wt[0], pair.bt[0], dt_p)):
+        q = int((sign != 0).sum(1).max())
+        if q == 0:
+            continue
+        idx = torch.sort((sign == 0).to(torch.int8), dim=1, stable=True).indices[:, :q]  # constrained first
+        s = sign.gather(1, idx).double()
+        rho = _rho(w, b, xmax, dt).gather(1, idx)
+        gs.append(s.unsqueeze(-1) * w[idx])
+        es.append(torch.where(s != 0, torch.nextafter(s * b[idx] + rho, pinf), 0.0))
+    return _Cut(torch.cat(gs, 1), torch.cat(es, 1))
 
 
 # ------------------------------------------------------------------------------------------ choice
@@ -234,6 +330,7 @@ def _evaluate(pair: _Pair, ball: BallSpec, centres: Tensor, hw: Tensor | None, l
     ``cls``: F's class per leaf for the margins (else the margins are ``nan`` and the choice follows the gap).
     """
     reg = _region(ball, centres[lv.ball], pair.w[0].shape[1], pair.w[0].device, None if hw is None else hw[lv.ball])
+    reg = dataclasses.replace(reg, cut=_cut(pair, lv, reg, dt_t, dt_p))
     relax, bounds, rho = _propagate(pair, reg, dt_t, dt_p, clip=_clipper(lv, None if parent is None else parent.hidden))
     an = _Analysis(reg, pair, relax, bounds, rho)
     empty = _empty(bounds)
