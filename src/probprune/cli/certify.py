@@ -87,9 +87,8 @@ def certify_cmd(
     n_steps: Annotated[Optional[int], typer.Option(help="Gap search: ascent steps per restart (default 100).")]
     = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed of the searches (default 0).")] = None,
-    split: Annotated[Optional[int], typer.Option(
-        help="N: branch and bound with at most N leaves per ball (sign splits of unstable neurons) to tighten "
-             "the certified gap and agreement (default 0: none).")] = None,
+    split: Annotated[Optional[int], typer.Option(help="N: branch and bound, at most N leaves per ball (splits of "
+                                                      "unstable neurons; default 0: none).")] = None,
     out: Annotated[Optional[str], typer.Option(help="Write the per-input rows to this .csv or .json file.")]
     = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document (rows and summary).")] = False,
