@@ -11,9 +11,9 @@ images (pixels / 255). In ONE run, per part:
   bound and for ``split_differential_bound`` at each leaf budget; found = ``gap_search`` (4 × 80, as
   ``bench_differential.py``), the better of it and a stronger 16 × 200 search on the worst balls;
 * ``agree``: certified agreement count, plain vs ``split_certified_agreement`` per budget (same attack);
-* ``l2``: ℓ2 r = 1 around 0 — plain, split, and the output-norm concretisation of
-  :func:`probprune.bounds.differential_split.joint_norm_bound` (the new idea), ÷ found (32 × 300 search
-  started at the images).
+* ``l2``: ℓ2 r = 1 around 0 — plain and split ÷ found (32 × 300 search started at the images), and a
+  diagnostic of one more idea, the joint concretisation of the output norm (:func:`_joint_norm_estimate`: not a
+  certificate, float64 spectral norms): it shows where the bound's size comes from.
 
 Every row has seconds per image and the load average (``os.getloadavg``) at its end. ``OMP_NUM_THREADS=1``
 and one torch thread (the machine is shared).
@@ -119,6 +119,46 @@ def _agree(target: Net, pruned: Net, x: Tensor, budgets: list[int], bs: int) -> 
     return rows
 
 
+def _joint_norm_estimate(target: Net, pruned: Net, ball: BallSpec) -> tuple[float, float, float]:
+    """The output rows' linear bounds ``a_jᵀx + α_j ≤ v_j ≤ b_jᵀx + β_j`` (captured at the concretisation through
+    ``_Region.cut``; the slack of every rounding recovered from a zero concretisation), then
+    ``max over 2^m sign patterns of r‖M_P‖₂ + ‖M_P c + m_P‖`` (rows of M_P: a_j or b_j) — the sup of
+    ``sqrt(Σ max(L_j², U_j²))`` taken jointly instead of per coordinate. Float64, not a certificate: a diagnostic.
+    Returns (joint estimate, mean |constant| of the rows, mean ‖linear part‖ of the rows)."""
+    import dataclasses
+    import itertools
+
+    from probprune.bounds import differential as dm
+
+    pair = dm._prepare(target, pruned)
+    an = dm._analyse(pair, ball, None, torch.float32, torch.float32)
+    seen: dict[str, Tensor] = {}
+
+    class Rec:
+        def take(self, idx: Tensor) -> Rec:
+            return self
+
+        def __call__(self, lam: Tensor, const: Tensor, reg: object) -> Tensor:
+            seen["lam"], seen["const"] = lam, const
+            return torch.zeros_like(const)
+
+    m = pair.w[-1].shape[0]
+    eye = torch.eye(m, dtype=torch.float64)
+    low = dm._backsub(torch.zeros(2 * m, m, dtype=torch.float64), torch.cat([eye, -eye]), len(pair.w) - 1, pair,
+                      an.relax, dataclasses.replace(an.reg, cut=Rec()), an.rho)
+    slack = -low[0]
+    d = seen["lam"].shape[-1]
+    lam, const = seen["lam"].reshape(-1, 2 * m, d)[0], seen["const"].reshape(-1, 2 * m)[0]
+    c = an.reg.centres[0]
+    rows, offs = torch.cat([lam[:m], -lam[m:]]), torch.cat([const[:m] - slack[:m], -(const[m:] - slack[m:])])
+    best = 0.0
+    for pat in itertools.product([0, 1], repeat=m):
+        sel = torch.arange(m) + m * torch.tensor(pat)
+        mat, off = rows[sel], offs[sel]
+        best = max(best, float(ball.radius * torch.linalg.matrix_norm(mat, 2) + (mat @ c + off).norm()))
+    return best, float(const.abs().mean()), float(lam.norm(dim=-1).mean())
+
+
 def _l2(target: Net, pruned: Net, x: Tensor, budgets: list[int]) -> list[str]:
     ball = BallSpec(radius=1.0)
     t0 = time.perf_counter()
@@ -129,6 +169,12 @@ def _l2(target: Net, pruned: Net, x: Tensor, budgets: list[int]) -> list[str]:
     t2 = time.perf_counter()
     rows = [f"| plain | {plain:.4g} | {found:.4g} | {plain / found:.4g} | {t2 - t1:.2f} | {_load()} |"]
     print(f"l2 1 around 0: found {t1 - t0:.1f} s; {rows[-1]}", flush=True)
+    t0 = time.perf_counter()
+    jn, cmean, lmean = _joint_norm_estimate(target, pruned, ball)
+    t1 = time.perf_counter()
+    rows.append(f"| joint output norm (diagnostic, not certified; rows: mean |constant| {cmean:.3g}, mean "
+                f"‖linear part‖ {lmean:.3g}) | {jn:.4g} | {found:.4g} | {jn / found:.4g} | {t1 - t0:.2f} | {_load()} |")
+    print(rows[-1], flush=True)
     for b in budgets:
         t0 = time.perf_counter()
         s = float(split_differential_bound(target, pruned, ball, leaves=b).value[0])
