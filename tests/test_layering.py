@@ -102,6 +102,7 @@ BOUNDS = {
     "paper": {"entries", "concentration", "theorems", "probabilistic"},
     "graph": {"norms"},  # issue 15's graph bound (branch h-graph)
     "differential_graph": {"norms", "differential", "graph"},  # issue 16: the differential bound on graphs
+    "differential_split": {"differential"},  # issue 16: branch and bound on the differential bound
 }
 BOUNDS_FILES = sorted(p for p in (SRC / "bounds").glob("*.py") if p.name != "__init__.py")
 

@@ -33,11 +33,13 @@ def test_every_top_level_name_resolves_to_its_home() -> None:
 
 
 def test_the_bounds_package_exports_one_bound_of_each_kind_and_its_result() -> None:
-    from probprune.bounds import differential_graph, graph
+    from probprune.bounds import differential_graph, differential_split, graph
 
     assert ppb.graph_differential_bound is differential_graph.graph_differential_bound
     assert ppb.graph_certified_agreement is differential_graph.graph_certified_agreement
     assert ppb.certified_graph_gap is graph.certified_graph_gap and ppb.GraphBound is graph.GraphBound
+    assert ppb.split_differential_bound is differential_split.split_differential_bound
+    assert ppb.split_certified_agreement is differential_split.split_certified_agreement
     for name in ppb.__all__:
         assert getattr(ppb, name) is not None, name
 

@@ -278,6 +278,7 @@ class _Region:
     box: tuple[float, float] | None
     lo: Tensor  # [B, d] a box containing the ball ∩ box (exact for linf, coordinate bounds for l2)
     hi: Tensor
+    cut: Any = None  # branch and bound: linear constraints of a sub-domain, used by _min_linear (differential_split)
 
 
 def _region(ball: BallSpec, centres: Tensor | None, dim: int, device: torch.device,
@@ -342,7 +343,11 @@ def _rowdot(mat: Tensor, v: Tensor) -> Tensor:
 
 def _min_linear(lam: Tensor, const: Tensor, reg: _Region) -> Tensor:
     """Lower value of ``min_{x ∈ ball} λ x + const`` (``λ`` ``[B, m, d]`` or shared ``[m, d]``; ``const`` ``[B, m]``).
+
+    With ``reg.cut`` (a sub-domain's linear constraints), ``reg.cut(lam, const, reg)`` bounds it instead.
     """
+    if reg.cut is not None:
+        return cast(Tensor, reg.cut(lam, const, dataclasses.replace(reg, cut=None)))
     d = lam.shape[-1]
     g = _g2(d + 1)
     box_min = _rowdot(lam.clamp_min(0), reg.lo) + _rowdot(lam.clamp_max(0), reg.hi)
@@ -715,7 +720,8 @@ def _take(relax: list[_Relax], reg: _Region, rho: list[tuple[Tensor, Tensor]], i
 
     rx = [_Relax(**{f.name: sel(getattr(r, f.name)) for f in dataclasses.fields(r)}) for r in relax]
     rad = reg.radius[idx] if isinstance(reg.radius, Tensor) else reg.radius
-    rg = _Region(reg.centres[idx], rad, reg.norm, reg.box, reg.lo[idx], reg.hi[idx])
+    rg = _Region(reg.centres[idx], rad, reg.norm, reg.box, reg.lo[idx], reg.hi[idx],
+                 None if reg.cut is None else reg.cut.take(idx))
     return rx, rg, [(a[idx], b[idx]) for a, b in rho]
 
 
@@ -831,9 +837,13 @@ def _cross(l: Tensor, u: Tensor, dl: Tensor, du: Tensor, tl: Tensor, tu: Tensor)
     return l, u, dl, du, tl, tu
 
 
-def _propagate(pair: _Pair, reg: _Region, dt_t: torch.dtype, dt_p: torch.dtype
+def _propagate(pair: _Pair, reg: _Region, dt_t: torch.dtype, dt_p: torch.dtype,
+               clip: Callable[[int, tuple[Tensor, ...]], tuple[Tensor, ...]] | None = None
                ) -> tuple[list[_Relax], list[tuple[Tensor, ...]], list[tuple[Tensor, Tensor]]]:
-    """Intervals ``(l, u, δ_l, δ_u, l̃, ũ)`` of every layer (``[B, n_k]`` each), hidden relaxations, rounding."""
+    """Intervals ``(l, u, δ_l, δ_u, l̃, ũ)`` of every layer (``[B, n_k]`` each), hidden relaxations, rounding.
+
+    ``clip(k, bounds)``: narrows hidden layer k's intervals before they are relaxed (branch and bound,
+    :mod:`probprune.bounds.differential_split`; valid on the sub-domain it describes)."""
     relax: list[_Relax] = []
     bounds: list[tuple[Tensor, ...]] = []
     rho: list[tuple[Tensor, Tensor]] = []
@@ -845,6 +855,8 @@ def _propagate(pair: _Pair, reg: _Region, dt_t: torch.dtype, dt_p: torch.dtype
             h_t, h_p = relax[k - 1].hmax_c, relax[k - 1].hpmax_c
         rho.append((_rho(pair.w[k], pair.b[k], h_t, dt_t), _rho(pair.wt[k], pair.bt[k], h_p, dt_p)))
         bounds.append(_layer_bounds(pair, k, relax, reg, rho))
+        if clip is not None and k < len(pair.w) - 1:
+            bounds[-1] = clip(k, bounds[-1])
         if k < len(pair.w) - 1:
             l, u, dl, du, tl, tu = bounds[-1]
             relax.append(_relax(l, u, dl, du, tl, tu, pair.alpha[k], dt_t, dt_p))

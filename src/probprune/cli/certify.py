@@ -87,6 +87,8 @@ def certify_cmd(
     n_steps: Annotated[Optional[int], typer.Option(help="Gap search: ascent steps per restart (default 100).")]
     = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed of the searches (default 0).")] = None,
+    split: Annotated[Optional[int], typer.Option(help="N: branch and bound, at most N leaves per ball (splits of "
+                                                      "unstable neurons; default 0: none).")] = None,
     out: Annotated[Optional[str], typer.Option(help="Write the per-input rows to this .csv or .json file.")]
     = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document (rows and summary).")] = False,
@@ -118,7 +120,7 @@ def certify_cmd(
     job: CertifyJob = resolve(CertifyJob, table=CERTIFY_FLAGS, config=config, sets=list(sets or []), flags=dict(
         weights=weights, pruned=weights if solve is not None else pruned, data=data, radius=radius,
         n_points=n_points, norm=norm, clip=clip, arch=arch, activation=activation, bias=bias, labels=labels,
-        n_restarts=n_restarts, n_steps=n_steps, seed=seed, out=out, halfwidth=halfwidth, radii=radii))
+        n_restarts=n_restarts, n_steps=n_steps, seed=seed, out=out, halfwidth=halfwidth, radii=radii, split=split))
     _check_certificate_path(certificate, solve, job)
     folder = _run_folder(run_dir, runs_dir, job, solve, method, scope, agreement, tol)
     if solve is not None:

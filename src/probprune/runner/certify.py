@@ -51,6 +51,7 @@ from probprune.bounds.differential import (
     differential_bound,
     gap_search,
 )
+from probprune.bounds.differential_split import split_certified_agreement
 from probprune.bounds.graph import GraphPairNorms, graph_pair_norms
 from probprune.config import (
     DATASETS,
@@ -291,7 +292,7 @@ def summarize_rows(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _chunk_rows(target: Net, pruned: Net, x: Tensor, y: Tensor | None, start: int, ball: BallSpec,
                 budget: tuple[int, int], gen: torch.Generator, hw: Tensor | None = None,
-                norms: PairNorms | None = None) -> list[CertifyRow]:
+                norms: PairNorms | None = None, split: int = 0) -> list[CertifyRow]:
     n_restarts, n_steps = budget
     radii = layerwise_radius(x, ball.radius, ball.norm, ball.box, hw)
     # the pair's norms once (given, or here for the chunk): each input's layerwise bound only rescales
@@ -299,8 +300,8 @@ def _chunk_rows(target: Net, pruned: Net, x: Tensor, y: Tensor | None, start: in
     lay = [float(certified_gap_bound(target, pruned, radius=float(r), norms=pn).value) for r in radii.tolist()]
     low = gap_search(target, pruned, ball, gen, centres=x, n_restarts=n_restarts, n_steps=n_steps, halfwidth=hw)
     # one propagation gives both the agreement margins and the differential gap bound
-    agr = certified_agreement(target, pruned, ball, centres=x, generator=gen, halfwidth=hw,
-                              n_restarts=max(1, n_restarts // 2), n_steps=max(1, n_steps // 2))
+    agr = split_certified_agreement(target, pruned, ball, centres=x, generator=gen, halfwidth=hw, leaves=split,
+                                    n_restarts=max(1, n_restarts // 2), n_steps=max(1, n_steps // 2))
     diff = cast(DifferentialBound, agr.bound)
     t64, p64 = target.to(dtype=torch.float64), pruned.to(dtype=torch.float64)
     with torch.no_grad():
@@ -537,7 +538,8 @@ def compute_unit(unit: CertifyUnit, loaded: LoadedJob | None = None) -> list[Cer
         rows += cg.graph_curve_rows(t, p, x, unit.start, loaded.ball, hw, curve_points(job))
         return rows
     tn, pn = loaded.target, cast(Net, loaded.pruned)
-    rows += _chunk_rows(tn, pn, x, y, unit.start, loaded.ball, budget, gen, hw, norms=cast(PairNorms, loaded.norms))
+    rows += _chunk_rows(tn, pn, x, y, unit.start, loaded.ball, budget, gen, hw,
+                       norms=cast(PairNorms, loaded.norms), split=job.split)
     rows += _curve_rows(tn, pn, x, unit.start, loaded.ball, hw, curve_points(job))
     return rows
 
@@ -598,6 +600,8 @@ def run_certify(job: CertifyJob, progress: Progress | None = None, write: bool =
     """
     check_job(job)
     loaded = load_job(job)
+    if job.split and isinstance(loaded.target, Graph):
+        raise ProbPruneError(f"split={job.split!r}: not supported for graph models yet (the chain FCN bound only)")
     h, files = config_hash(job), job_files(job)
     n = int(loaded.x.shape[0])
     store = None if run_dir is None else CertifyStore(run_dir, _stored_doc(job, h, files, None), n)
