@@ -754,14 +754,14 @@ def _compact(k: int, pair: _Pair, relax: list[_Relax], rho: list[tuple[Tensor, T
         return torch.gather(w, 2, idx[j - 1].unsqueeze(1).expand(-1, w.shape[1], -1)) * keep[j - 1].unsqueeze(1)
 
     def rx_(r: _Relax, j: int) -> _Relax:
-        return _Relax(**{f.name: (None if v is None else tuple(vec(t, j) for t in v) if isinstance(v, tuple)
-                                  else vec(v, j))
-                         for f in dataclasses.fields(r) for v in (getattr(r, f.name),)})
+        return _Relax(**cast("dict[str, Any]", {
+            f.name: (None if v is None else tuple(vec(t, j) for t in v) if isinstance(v, tuple) else vec(v, j))
+            for f in dataclasses.fields(r) for v in (getattr(r, f.name),)}))
 
-    fields = [tuple(mat(w, j) for j, w in enumerate(ws[:k + 1])) for ws in (pair.w, pair.wt, pair.d, pair.d_err)]
-    vecs = [tuple(vec(b, j) if j < k else b for j, b in enumerate(bs[:k + 1]))
-            for bs in (pair.b, pair.bt, pair.db, pair.db_err)]
-    out = _Pair(*fields, *vecs, pair.alpha)
+    w, wt, d, de = (tuple(mat(m, j) for j, m in enumerate(ms[:k + 1])) for ms in (pair.w, pair.wt, pair.d, pair.d_err))
+    b, bt, db, dbe = (tuple(vec(v, j) if j < k else v for j, v in enumerate(vs[:k + 1]))
+                      for vs in (pair.b, pair.bt, pair.db, pair.db_err))
+    out = _Pair(w, wt, d, de, b, bt, db, dbe, pair.alpha)
     rho_c = [(vec(a, j), vec(b, j)) for j, (a, b) in enumerate(rho[:k])] + [rho[k]]
     return out, [rx_(relax[j], j) for j in range(k)], rho_c
 
