@@ -122,6 +122,7 @@ __all__ = [
 _U = 2.0 ** -53
 _TINY = 2.0 ** -960
 Verdict = Literal["certified", "not certified", "refuted"]
+Precision = Literal["float64", "float32"]
 
 
 def _g2(n: int) -> float:
@@ -214,6 +215,8 @@ class _Pair:
     db: tuple[Tensor, ...]
     db_err: tuple[Tensor, ...]
     alpha: tuple[float | None, ...]  # hidden activation after layer k: leaky slope α (relu: 0), None: identity
+    gemm: torch.dtype = torch.float64  # dtype of the ℓ∞ input step's large product (:func:`_input_linf`)
+    cache: dict[tuple[str, int], Tensor | bool] = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
 
 def _two_diff(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
@@ -337,7 +340,12 @@ def _rowdot(mat: Tensor, v: Tensor) -> Tensor:
         return (mat * v).sum(-1)
     if mat.dim() == 2:
         return v @ mat.T
+    if mat.numel() <= _SMALL:  # batched matrix-vector products of small size: faster elementwise
+        return (mat * v.unsqueeze(1)).sum(-1)
     return (mat @ v.unsqueeze(-1)).squeeze(-1)
+
+
+_SMALL = 1 << 18  # below this many entries, batched matrix-vector products are done as multiply-and-sum
 
 
 def _min_linear(lam: Tensor, const: Tensor, reg: _Region) -> Tensor:
@@ -595,9 +603,11 @@ def _vecdot(mat: Tensor, v: Tensor) -> Tensor:
 def _matvec(w: Tensor, v: Tensor) -> Tensor:
     """Per ball ``W v_b`` → ``[B, n_out]``: ``w`` ``[n_out, n_in]`` shared or ``[B, n_out, n_in]``, ``v`` ``[B, n_in]``
     (or ``[B, 1 or R, n_in]`` → ``[B, 1 or R, n_out]``)."""
+    if w.dim() == 3 and w.stride(-1) == 0 and w.stride(-2) == 0:  # the compaction's zero (:func:`_compact`)
+        return v.new_zeros(*v.shape[:-1], w.shape[-2])
     if w.dim() == 2 or v.dim() == 3:  # v [B, 1 or R, n_in]: per-row fields → [B, 1 or R, n_out]
         return v @ w.transpose(-1, -2)
-    return (w @ v.unsqueeze(-1)).squeeze(-1)
+    return _rowdot(w, v)
 
 
 def _per_row(t: Tensor) -> Tensor:
@@ -736,34 +746,71 @@ def _compact(k: int, pair: _Pair, relax: list[_Relax], rho: list[tuple[Tensor, T
         order = torch.sort((~live).to(torch.int8), dim=1, stable=True).indices
         width = max(1, int(live.sum(1).max()))
         order = order[:, :width]
-        idx.append(order)  # the phantom: any neuron, its entries multiplied by 0
-        keep.append(live.gather(1, order).to(torch.float64))
+        kept = live.gather(1, order)
+        idx.append(torch.where(kept, order, torch.full_like(order, live.shape[1])))  # the phantom: index n
+        keep.append(kept.to(torch.float64))
+
+    bsz = idx[0].shape[0]
 
     def vec(t: Tensor, j: int) -> Tensor:  # [n_j], [B, n_j] or per row [B, R, n_j] → [B, (R,) L_j] (phantom: 0)
+        ix = idx[j].clamp_max(t.shape[-1] - 1)
         if t.dim() == 3:
-            return t.gather(2, idx[j].unsqueeze(1).expand(-1, t.shape[1], -1)) * keep[j].unsqueeze(1)
-        return (t[idx[j]] if t.dim() == 1 else t.gather(1, idx[j])) * keep[j]
+            return t.gather(2, ix.unsqueeze(1).expand(-1, t.shape[1], -1)) * keep[j].unsqueeze(1)
+        return (t[ix] if t.dim() == 1 else t.gather(1, ix)) * keep[j]
 
-    def mat(w: Tensor, j: int) -> Tensor:  # [n_j, n_{j−1}] → per ball, rows (j < k) and columns (j > 0) kept
-        if j < k:
-            w = w[idx[j]] * keep[j].unsqueeze(-1)
-        else:
-            w = w.expand(idx[0].shape[0], -1, -1)
+    def mat(name: str, j: int) -> Tensor:  # [n_j, n_{j−1}] → per ball, rows (j < k) and columns (j > 0) kept
+        w = getattr(pair, name)[j]
+        if (name == "wt" and j == 0) or (name == "d_err" and _all_zero(pair, j)):  # unused / zero: no copy
+            rows = w.shape[0] if j == k else idx[j].shape[1]
+            return w.new_zeros(1, 1, 1).expand(bsz, rows, w.shape[1] if j == 0 else idx[j - 1].shape[1])
+        wp = _zero_padded(pair, name, j)  # the phantom's row and column (index n) are zero
         if j == 0:
-            return w
-        return torch.gather(w, 2, idx[j - 1].unsqueeze(1).expand(-1, w.shape[1], -1)) * keep[j - 1].unsqueeze(1)
+            return wp[idx[0]]
+        rows_ix = idx[j].unsqueeze(-1) if j < k else torch.arange(w.shape[0], device=w.device).view(1, -1, 1)
+        return wp[rows_ix, idx[j - 1].unsqueeze(1)]
 
     def rx_(r: _Relax, j: int) -> _Relax:
         return _Relax(**cast("dict[str, Any]", {
             f.name: (None if v is None else tuple(vec(t, j) for t in v) if isinstance(v, tuple) else vec(v, j))
             for f in dataclasses.fields(r) for v in (getattr(r, f.name),)}))
 
-    w, wt, d, de = (tuple(mat(m, j) for j, m in enumerate(ms[:k + 1])) for ms in (pair.w, pair.wt, pair.d, pair.d_err))
+    w, wt, d, de = (tuple(mat(name, j) for j in range(k + 1)) for name in ("w", "wt", "d", "d_err"))
     b, bt, db, dbe = (tuple(vec(v, j) if j < k else v for j, v in enumerate(vs[:k + 1]))
                       for vs in (pair.b, pair.bt, pair.db, pair.db_err))
-    out = _Pair(w, wt, d, de, b, bt, db, dbe, pair.alpha)
+    out = _Pair(w, wt, d, de, b, bt, db, dbe, pair.alpha, pair.gemm)
+    if pair.gemm == torch.float32:  # the input layer's [W; −D] rows in float32, gathered from a cached copy
+        out.cache[("m32", 0)] = _m32(pair)[torch.cat([idx[0], idx[0] + pair.w[0].shape[0] + 1], 1)]
     rho_c = [(vec(a, j), vec(b, j)) for j, (a, b) in enumerate(rho[:k])] + [rho[k]]
     return out, [rx_(relax[j], j) for j in range(k)], rho_c
+
+
+def _zero_padded(pair: _Pair, name: str, j: int) -> Tensor:
+    """Layer j's matrix ``name`` with a zero row appended (and a zero column, j > 0), cached on the pair."""
+    key = (name, j)
+    if key not in pair.cache:
+        w = getattr(pair, name)[j]
+        pair.cache[key] = torch.nn.functional.pad(w, (0, 1 if j > 0 else 0, 0, 1))
+    return cast(Tensor, pair.cache[key])
+
+
+def _m32(pair: _Pair) -> Tensor:
+    """``[W₀; −D₀]`` (each zero-padded by a row) in float32, entries below ``2⁻¹⁰⁰`` set to 0 — cached; the
+    flush leaves a remainder only where such entries exist (``pair.cache[("m_small", 0)]``)."""
+    key = ("m32", 0)
+    if key not in pair.cache:
+        m = torch.cat([_zero_padded(pair, "w", 0), -_zero_padded(pair, "d", 0)], 0)
+        small = m.abs() < _F32_FLUSH
+        pair.cache[("m_small", 0)] = bool((small & (m != 0)).any())
+        pair.cache[key] = m.masked_fill(small, 0.0).float()
+    return cast(Tensor, pair.cache[key])
+
+
+def _all_zero(pair: _Pair, j: int) -> bool:
+    """Whether layer j's exact remainder of ``D = W − W̃`` vanishes (pruning by masks: always), cached."""
+    key = ("d_err_zero", j)
+    if key not in pair.cache:
+        pair.cache[key] = not bool(pair.d_err[j].any())
+    return bool(pair.cache[key])
 
 
 def _input_linf(lz: Tensor, ld: Tensor, pair: _Pair, reg: _Region, rho: tuple[Tensor, Tensor], c: Tensor,
@@ -778,6 +825,7 @@ def _input_linf(lz: Tensor, ld: Tensor, pair: _Pair, reg: _Region, rho: tuple[Te
     ``lzᵀ(W mid)`` are off by ``≤ γ_{n+d}|lz|(|W||mid|)`` (and likewise for D), so both are covered by
     ``g·(|lz|(|W| hm) + |ld|(|D| hm)) + (1 + g)|ld|(|D_err| hm)`` with ``hm = |mid| + rad`` and
     ``g = 2γ_{2n+d+2}``; ``|â|ᵀrad`` is rounded up by ``1 + 2γ_{d+2}``; the final sums by ``4u`` of their parts.
+    With ``pair.gemm`` float32, ``|a|ᵀrad`` is bounded by :func:`_abs_rad_f32` instead (its own slack).
     The forward passes' rounding ρ and the biases enter as in :func:`_affine_step`.
     """
     w, dd, de = pair.w[0], pair.d[0], pair.d_err[0]
@@ -786,22 +834,89 @@ def _input_linf(lz: Tensor, ld: Tensor, pair: _Pair, reg: _Region, rho: tuple[Te
     mid = (reg.lo + reg.hi) * 0.5
     rad = torch.maximum(reg.hi - mid, mid - reg.lo) * (1.0 + 4.0 * _U) + _TINY
     hm = (mid.abs() + rad) * (1.0 + 2.0 * _U)
-    alz, ald = lz.abs(), ld.abs()
     rt, rp = rho
-    s_rho = (_rowdot((lz - ld).abs(), rt) * (1.0 + 2.0 * _U) + _rowdot(ald, rp)) * (1.0 + _g2(n + 2))
-    cc = _vecdot(lz, pair.b[0]) + _vecdot(ld, pair.db[0])
-    c_err = g * (_vecdot(alz, pair.b[0].abs()) + _vecdot(ald, pair.db[0].abs())) \
-        + (1.0 + g) * _vecdot(ald, pair.db_err[0])
-    s_aff = g * (_rowdot(alz, _matvec(w.abs(), hm)) + _rowdot(ald, _matvec(dd.abs(), hm))) \
-        + (1.0 + g) * _rowdot(ald, _matvec(de, hm))
-    am = _rowdot(lz, _matvec(w, mid)) - _rowdot(ld, _matvec(dd, mid))
-    a = torch.cat([lz, ld], -1) @ torch.cat([w, -dd], -2)  # â, [B, R, d]
-    ar = _rowdot(a.abs_(), rad) * (1.0 + _g2(d + 2))
+    bsz = lz.shape[0]
+
+    def full(v: Tensor) -> Tensor:
+        return v.expand(bsz, -1) if v.dim() == 1 else v
+
+    # one batched product per coefficient matrix: [B, R, n] @ [B, n, k]
+    am_w, cb = _rowdots(lz, _matvec(w, mid), full(pair.b[0]))
+    aw, ab = _rowdots(lz.abs(), _matvec(w.abs(), hm), full(pair.b[0].abs()))
+    am_d, cdb = _rowdots(ld, _matvec(dd, mid), full(pair.db[0]))
+    ad, ae, adb, adbe, arp = _rowdots(ld.abs(), _matvec(dd.abs(), hm), _matvec(de, hm), full(pair.db[0].abs()),
+                                      full(pair.db_err[0]), rp)
+    (art,) = _rowdots((lz - ld).abs(), rt)
+    s_rho = (art * (1.0 + 2.0 * _U) + arp) * (1.0 + _g2(n + 2))
+    cc = cb + cdb
+    c_err = g * (ab + adb) + (1.0 + g) * adbe
+    s_aff = g * (aw + ad) + (1.0 + g) * ae
+    am = am_w - am_d
+    ar = None
+    if pair.gemm == torch.float32 and ("m32", 0) in pair.cache:
+        ar = _abs_rad_f32(lz, ld, cast(Tensor, pair.cache[("m32", 0)]), _matvec(w.abs(), rad),
+                          _matvec(dd.abs(), rad), rad, w if bool(pair.cache.get(("m_small", 0), True)) else None, dd)
+    if ar is None:  # float64 (or the float32 product overflowed)
+        a = torch.cat([lz, ld], -1) @ torch.cat([w, -dd], -2)  # â, [B, R, d]
+        ar = _rowdot(a.abs_(), rad) * (1.0 + _g2(d + 2))
     s = (s + (s_rho + s_aff + c_err) * (1.0 + 4.0 * _U)) * (1.0 + 4.0 * _U) + _TINY
     c = c + cc
     v = am + c - ar
     err = s + 4.0 * _U * (am.abs() + c.abs() + ar) * (1.0 + 4.0 * _U) + _TINY
     return _down(v, err)
+
+
+def _rowdots(mat: Tensor, *vs: Tensor | None) -> list[Tensor]:
+    """``[_rowdot(mat, v) for v in vs]`` (``mat`` ``[B, R, n]``, each ``v`` ``[B, n]``) as one batched product
+    (any summation order: the callers' rounding bounds hold for it); ``None`` entries give ``None``."""
+    got = [v for v in vs if v is not None]
+    if mat.numel() * len(got) <= _SMALL:
+        out = iter((mat.unsqueeze(-1) * torch.stack(got, -1).unsqueeze(1)).sum(-2).unbind(-1))
+    else:
+        out = iter((mat @ torch.stack(got, -1)).unbind(-1))
+    return [next(out) if v is not None else cast(Tensor, None) for v in vs]
+
+
+_F32_MIN = 2.0 ** -126  # smallest normal float32: bounds every underflow (flush-to-zero included) per operation
+_F32_FLUSH = 2.0 ** -100  # coefficients below this are taken out of the float32 product (their part exactly)
+
+
+def _abs_rad_f32(lz: Tensor, ld: Tensor, m32: Tensor, w_rad: Tensor, d_rad: Tensor, rad: Tensor,
+                 w: Tensor | None, dd: Tensor) -> Tensor | None:
+    """Certified upper bound ``[B, R]`` of ``Σ_j |a_j| rad_j`` for the exact ``a = [lz, ld]·[W; −D]`` with the
+    ``[B, R, d]`` product done in float32 (``None`` if it overflows: the caller then uses float64).
+
+    With ``A = [lz, ld]``, ``M = [W; −D]`` (float64), ``A_f``/``M_f`` with the entries below ``2⁻¹⁰⁰`` set to 0
+    (the remainders ``A_r = A − A_f``, ``M_r`` exact), their float32 roundings ``A₃₂ = A_f(1 + ε)``,
+    ``|ε| ≤ u = 2⁻²⁴`` (normal range) and the computed ``â = fl₃₂(A₃₂ M₃₂)`` (``2n`` terms, any order):
+
+        |a − â| ≤ |A_r||M| + |A||M_r| + γ_{2n+2}(u)·|A||M| + 4n·2⁻¹²⁶   (elementwise),
+
+    the last term covering underflow (gradual or flushed to zero) of every product and sum. So
+    ``Σ|a|rad ≤ Σ|â|rad₃₂ + (that)ᵀrad``, ``rad₃₂ ≥ rad`` (rounded up); ``Σ|â|rad₃₂`` is computed in float32
+    and rounded up by ``(· + d·2⁻¹²⁶)(1 + 2γ_d(u))``; the rest is in float64 on ``[B, R, n]`` products with
+    ``|M| rad = [|W| rad; |D| rad]`` (``w_rad``, ``d_rad``), rounded up by ``1 + 2γ_{2n+d+4}``.
+    ``m32``: ``M₃₂`` ``[B, 2n, d]``; ``w`` (with ``dd``): given only where ``M`` has entries below ``2⁻¹⁰⁰``.
+    """
+    n, d = lz.shape[-1], rad.shape[-1]
+    u32 = _UNIT[torch.float32]
+    a_in = torch.cat([lz, ld], -1)
+    a_abs = a_in.abs()
+    small_a = a_abs < _F32_FLUSH
+    rad32 = torch.nextafter(rad.float(), torch.tensor(math.inf, device=rad.device))
+    ahat = (a_in.masked_fill(small_a, 0.0).float() @ m32).abs_()
+    ar32 = (ahat @ rad32.unsqueeze(-1)).squeeze(-1).double()
+    if not bool(torch.isfinite(ar32).all()):
+        return None
+    m_rad = torch.cat([w_rad, d_rad], -1)  # [B, 2n]
+    extra = _F32_MIN * 4 * n * rad.sum(-1, keepdim=True) + _gamma(2 * n + 2, u32) * _rowdot(a_abs, m_rad)
+    if bool(small_a.any()):
+        extra = extra + _rowdot(a_abs * small_a, m_rad)
+    if w is not None:
+        m_in = torch.cat([w, -dd], -2).abs()
+        extra = extra + _rowdot(a_abs, _matvec(m_in * (m_in < _F32_FLUSH), rad))
+    return (ar32 + d * _F32_MIN) * (1.0 + 2.0 * _gamma(d, u32)) * (1.0 + 4.0 * _U) \
+        + extra * (1.0 + _g2(2 * n + d + 4))
 
 
 def _rho(w: Tensor, b: Tensor, hmax: Tensor, dtype: torch.dtype) -> Tensor:
@@ -1200,6 +1315,13 @@ def _zero_bound(ball: BallSpec, centres: Tensor, m: int, dt_t: torch.dtype, dt_p
                              (*_assumptions(ball, dt_name), "the networks are bitwise identical: gap 0"))
 
 
+def _with_precision(pair: _Pair, precision: object) -> _Pair:
+    """The pair with the working dtype of its largest product (``precision``: ``"float64"`` or ``"float32"``)."""
+    if precision not in ("float64", "float32"):
+        raise ProbPruneError(f"precision={precision!r}: must be 'float64' or 'float32'")
+    return dataclasses.replace(pair, gemm=torch.float32 if precision == "float32" else torch.float64)
+
+
 def _check_batch_size(batch_size: object) -> None:
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise ProbPruneError(f"batch_size={batch_size!r}: must be an integer >= 1")
@@ -1212,7 +1334,8 @@ def _hw(reg: _Region) -> Tensor | None:
 
 def differential_bound(target: Net, pruned: Net, ball: BallSpec, *, centres: Tensor | None = None,
                        forward_dtype: torch.dtype | None = None, batch_size: int = 32,
-                       optimise: int = 0, halfwidth: Tensor | None = None) -> DifferentialBound:
+                       optimise: int = 0, halfwidth: Tensor | None = None,
+                       precision: Precision = "float64") -> DifferentialBound:
     """Certified upper bound on ``sup_{x ∈ ball} ‖f(x) − F(x)‖₂`` by differential back-substitution.
 
     Args:
@@ -1227,6 +1350,9 @@ def differential_bound(target: Net, pruned: Net, ball: BallSpec, *, centres: Ten
             back-substitution of the output rows).
         halfwidth: ``[B, d]`` per-ball ℓ∞ half-widths (``linf`` only): ball b is the box ``c_b ± h_b`` (∩ box),
             replacing the radius.
+        precision: ``"float32"``: on ℓ∞ balls the largest product (the input layer's coefficients, ``[B, R, d]``)
+            is done in float32 with its rounding covered by an explicit slack (:func:`_abs_rad_f32`; about
+            twice as fast there, the value looser by float32 rounding only); everything else stays float64.
 
     Returns:
         :class:`DifferentialBound` with ``value`` ``[B]`` (``B = 1`` without ``centres``).
@@ -1242,7 +1368,7 @@ def differential_bound(target: Net, pruned: Net, ball: BallSpec, *, centres: Ten
     _check_batch_size(batch_size)
     if isinstance(optimise, bool) or not isinstance(optimise, int) or optimise < 0:
         raise ProbPruneError(f"optimise={optimise!r}: must be an integer >= 0")
-    pair0 = _prepare(target, pruned)
+    pair0 = _with_precision(_prepare(target, pruned), precision)
     reg0 = _region(ball, centres, pair0.w[0].shape[1], pair0.w[0].device, halfwidth)
     dt, dt_p = _dtype(target, forward_dtype), _dtype(pruned, forward_dtype)
     if _identical(target, pruned):
@@ -1499,8 +1625,8 @@ def _boundary_witness(t64: Net, p64: Net, ball: BallSpec, sub: Tensor, csub: Ten
 def certified_agreement(target: Net, pruned: Net, ball: BallSpec, *, centres: Tensor | None = None,
                         forward_dtype: torch.dtype | None = None, attack: bool = True,
                         generator: torch.Generator | None = None, n_restarts: int = 4, n_steps: int = 50,
-                        batch_size: int = 32, optimise: int = 0, halfwidth: Tensor | None = None
-                        ) -> AgreementResult:
+                        batch_size: int = 32, optimise: int = 0, halfwidth: Tensor | None = None,
+                        precision: Precision = "float64") -> AgreementResult:
     """Certify (or refute, with a witness) that f and F have the same top-1 class everywhere in the ball.
 
     ``c`` is F's top-1 class at the centre (float64). Certified means: the back-substituted lower
@@ -1523,11 +1649,12 @@ def certified_agreement(target: Net, pruned: Net, ball: BallSpec, *, centres: Te
         optimise: Adam steps of per-row slope optimisation of the margins of the balls the plain relaxation
             leaves uncertified (0: none; stops early once every margin of the chunk is certified).
         halfwidth: ``[B, d]`` per-ball ℓ∞ half-widths (as :func:`differential_bound`).
+        precision: as :func:`differential_bound`.
     """
     _check_batch_size(batch_size)
     if isinstance(optimise, bool) or not isinstance(optimise, int) or optimise < 0:
         raise ProbPruneError(f"optimise={optimise!r}: must be an integer >= 0")
-    pair0 = _prepare(target, pruned)
+    pair0 = _with_precision(_prepare(target, pruned), precision)
     m = pair0.w[-1].shape[0]
     if m < 2:
         raise ProbPruneError(f"certified agreement: the network has {m} output; a classifier needs >= 2")
