@@ -122,7 +122,6 @@ __all__ = [
 _U = 2.0 ** -53
 _TINY = 2.0 ** -960
 Verdict = Literal["certified", "not certified", "refuted"]
-Precision = Literal["float64", "float32"]
 
 
 def _g2(n: int) -> float:
@@ -215,7 +214,6 @@ class _Pair:
     db: tuple[Tensor, ...]
     db_err: tuple[Tensor, ...]
     alpha: tuple[float | None, ...]  # hidden activation after layer k: leaky slope α (relu: 0), None: identity
-    gemm: torch.dtype = torch.float64  # dtype of the ℓ∞ input step's large product (:func:`_input_linf`)
     cache: dict[tuple[str, int], Tensor | bool] = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
 
@@ -777,9 +775,7 @@ def _compact(k: int, pair: _Pair, relax: list[_Relax], rho: list[tuple[Tensor, T
     w, wt, d, de = (tuple(mat(name, j) for j in range(k + 1)) for name in ("w", "wt", "d", "d_err"))
     b, bt, db, dbe = (tuple(vec(v, j) if j < k else v for j, v in enumerate(vs[:k + 1]))
                       for vs in (pair.b, pair.bt, pair.db, pair.db_err))
-    out = _Pair(w, wt, d, de, b, bt, db, dbe, pair.alpha, pair.gemm)
-    if pair.gemm == torch.float32:  # the input layer's [W; −D] rows in float32, gathered from a cached copy
-        out.cache[("m32", 0)] = _m32(pair)[torch.cat([idx[0], idx[0] + pair.w[0].shape[0] + 1], 1)]
+    out = _Pair(w, wt, d, de, b, bt, db, dbe, pair.alpha)
     rho_c = [(vec(a, j), vec(b, j)) for j, (a, b) in enumerate(rho[:k])] + [rho[k]]
     return out, [rx_(relax[j], j) for j in range(k)], rho_c
 
@@ -790,18 +786,6 @@ def _zero_padded(pair: _Pair, name: str, j: int) -> Tensor:
     if key not in pair.cache:
         w = getattr(pair, name)[j]
         pair.cache[key] = torch.nn.functional.pad(w, (0, 1 if j > 0 else 0, 0, 1))
-    return cast(Tensor, pair.cache[key])
-
-
-def _m32(pair: _Pair) -> Tensor:
-    """``[W₀; −D₀]`` (each zero-padded by a row) in float32, entries below ``2⁻¹⁰⁰`` set to 0 — cached; the
-    flush leaves a remainder only where such entries exist (``pair.cache[("m_small", 0)]``)."""
-    key = ("m32", 0)
-    if key not in pair.cache:
-        m = torch.cat([_zero_padded(pair, "w", 0), -_zero_padded(pair, "d", 0)], 0)
-        small = m.abs() < _F32_FLUSH
-        pair.cache[("m_small", 0)] = bool((small & (m != 0)).any())
-        pair.cache[key] = m.masked_fill(small, 0.0).float()
     return cast(Tensor, pair.cache[key])
 
 
@@ -825,7 +809,6 @@ def _input_linf(lz: Tensor, ld: Tensor, pair: _Pair, reg: _Region, rho: tuple[Te
     ``lzᵀ(W mid)`` are off by ``≤ γ_{n+d}|lz|(|W||mid|)`` (and likewise for D), so both are covered by
     ``g·(|lz|(|W| hm) + |ld|(|D| hm)) + (1 + g)|ld|(|D_err| hm)`` with ``hm = |mid| + rad`` and
     ``g = 2γ_{2n+d+2}``; ``|â|ᵀrad`` is rounded up by ``1 + 2γ_{d+2}``; the final sums by ``4u`` of their parts.
-    With ``pair.gemm`` float32, ``|a|ᵀrad`` is bounded by :func:`_abs_rad_f32` instead (its own slack).
     The forward passes' rounding ρ and the biases enter as in :func:`_affine_step`.
     """
     w, dd, de = pair.w[0], pair.d[0], pair.d_err[0]
@@ -852,13 +835,8 @@ def _input_linf(lz: Tensor, ld: Tensor, pair: _Pair, reg: _Region, rho: tuple[Te
     c_err = g * (ab + adb) + (1.0 + g) * adbe
     s_aff = g * (aw + ad) + (1.0 + g) * ae
     am = am_w - am_d
-    ar = None
-    if pair.gemm == torch.float32 and ("m32", 0) in pair.cache:
-        ar = _abs_rad_f32(lz, ld, cast(Tensor, pair.cache[("m32", 0)]), _matvec(w.abs(), rad),
-                          _matvec(dd.abs(), rad), rad, w if bool(pair.cache.get(("m_small", 0), True)) else None, dd)
-    if ar is None:  # float64 (or the float32 product overflowed)
-        a = torch.cat([lz, ld], -1) @ torch.cat([w, -dd], -2)  # â, [B, R, d]
-        ar = _rowdot(a.abs_(), rad) * (1.0 + _g2(d + 2))
+    a = torch.cat([lz, ld], -1) @ torch.cat([w, -dd], -2)  # â, [B, R, d]
+    ar = _rowdot(a.abs_(), rad) * (1.0 + _g2(d + 2))
     s = (s + (s_rho + s_aff + c_err) * (1.0 + 4.0 * _U)) * (1.0 + 4.0 * _U) + _TINY
     c = c + cc
     v = am + c - ar
@@ -875,48 +853,6 @@ def _rowdots(mat: Tensor, *vs: Tensor | None) -> list[Tensor]:
     else:
         out = iter((mat @ torch.stack(got, -1)).unbind(-1))
     return [next(out) if v is not None else cast(Tensor, None) for v in vs]
-
-
-_F32_MIN = 2.0 ** -126  # smallest normal float32: bounds every underflow (flush-to-zero included) per operation
-_F32_FLUSH = 2.0 ** -100  # coefficients below this are taken out of the float32 product (their part exactly)
-
-
-def _abs_rad_f32(lz: Tensor, ld: Tensor, m32: Tensor, w_rad: Tensor, d_rad: Tensor, rad: Tensor,
-                 w: Tensor | None, dd: Tensor) -> Tensor | None:
-    """Certified upper bound ``[B, R]`` of ``Σ_j |a_j| rad_j`` for the exact ``a = [lz, ld]·[W; −D]`` with the
-    ``[B, R, d]`` product done in float32 (``None`` if it overflows: the caller then uses float64).
-
-    With ``A = [lz, ld]``, ``M = [W; −D]`` (float64), ``A_f``/``M_f`` with the entries below ``2⁻¹⁰⁰`` set to 0
-    (the remainders ``A_r = A − A_f``, ``M_r`` exact), their float32 roundings ``A₃₂ = A_f(1 + ε)``,
-    ``|ε| ≤ u = 2⁻²⁴`` (normal range) and the computed ``â = fl₃₂(A₃₂ M₃₂)`` (``2n`` terms, any order):
-
-        |a − â| ≤ |A_r||M| + |A||M_r| + γ_{2n+2}(u)·|A||M| + 4n·2⁻¹²⁶   (elementwise),
-
-    the last term covering underflow (gradual or flushed to zero) of every product and sum. So
-    ``Σ|a|rad ≤ Σ|â|rad₃₂ + (that)ᵀrad``, ``rad₃₂ ≥ rad`` (rounded up); ``Σ|â|rad₃₂`` is computed in float32
-    and rounded up by ``(· + d·2⁻¹²⁶)(1 + 2γ_d(u))``; the rest is in float64 on ``[B, R, n]`` products with
-    ``|M| rad = [|W| rad; |D| rad]`` (``w_rad``, ``d_rad``), rounded up by ``1 + 2γ_{2n+d+4}``.
-    ``m32``: ``M₃₂`` ``[B, 2n, d]``; ``w`` (with ``dd``): given only where ``M`` has entries below ``2⁻¹⁰⁰``.
-    """
-    n, d = lz.shape[-1], rad.shape[-1]
-    u32 = _UNIT[torch.float32]
-    a_in = torch.cat([lz, ld], -1)
-    a_abs = a_in.abs()
-    small_a = a_abs < _F32_FLUSH
-    rad32 = torch.nextafter(rad.float(), torch.tensor(math.inf, device=rad.device))
-    ahat = (a_in.masked_fill(small_a, 0.0).float() @ m32).abs_()
-    ar32 = (ahat @ rad32.unsqueeze(-1)).squeeze(-1).double()
-    if not bool(torch.isfinite(ar32).all()):
-        return None
-    m_rad = torch.cat([w_rad, d_rad], -1)  # [B, 2n]
-    extra = _F32_MIN * 4 * n * rad.sum(-1, keepdim=True) + _gamma(2 * n + 2, u32) * _rowdot(a_abs, m_rad)
-    if bool(small_a.any()):
-        extra = extra + _rowdot(a_abs * small_a, m_rad)
-    if w is not None:
-        m_in = torch.cat([w, -dd], -2).abs()
-        extra = extra + _rowdot(a_abs, _matvec(m_in * (m_in < _F32_FLUSH), rad))
-    return (ar32 + d * _F32_MIN) * (1.0 + 2.0 * _gamma(d, u32)) * (1.0 + 4.0 * _U) \
-        + extra * (1.0 + _g2(2 * n + d + 4))
 
 
 def _rho(w: Tensor, b: Tensor, hmax: Tensor, dtype: torch.dtype) -> Tensor:
@@ -1315,13 +1251,6 @@ def _zero_bound(ball: BallSpec, centres: Tensor, m: int, dt_t: torch.dtype, dt_p
                              (*_assumptions(ball, dt_name), "the networks are bitwise identical: gap 0"))
 
 
-def _with_precision(pair: _Pair, precision: object) -> _Pair:
-    """The pair with the working dtype of its largest product (``precision``: ``"float64"`` or ``"float32"``)."""
-    if precision not in ("float64", "float32"):
-        raise ProbPruneError(f"precision={precision!r}: must be 'float64' or 'float32'")
-    return dataclasses.replace(pair, gemm=torch.float32 if precision == "float32" else torch.float64)
-
-
 def _check_batch_size(batch_size: object) -> None:
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise ProbPruneError(f"batch_size={batch_size!r}: must be an integer >= 1")
@@ -1334,8 +1263,7 @@ def _hw(reg: _Region) -> Tensor | None:
 
 def differential_bound(target: Net, pruned: Net, ball: BallSpec, *, centres: Tensor | None = None,
                        forward_dtype: torch.dtype | None = None, batch_size: int = 32,
-                       optimise: int = 0, halfwidth: Tensor | None = None,
-                       precision: Precision = "float64") -> DifferentialBound:
+                       optimise: int = 0, halfwidth: Tensor | None = None) -> DifferentialBound:
     """Certified upper bound on ``sup_{x ∈ ball} ‖f(x) − F(x)‖₂`` by differential back-substitution.
 
     Args:
@@ -1350,9 +1278,6 @@ def differential_bound(target: Net, pruned: Net, ball: BallSpec, *, centres: Ten
             back-substitution of the output rows).
         halfwidth: ``[B, d]`` per-ball ℓ∞ half-widths (``linf`` only): ball b is the box ``c_b ± h_b`` (∩ box),
             replacing the radius.
-        precision: ``"float32"``: on ℓ∞ balls the largest product (the input layer's coefficients, ``[B, R, d]``)
-            is done in float32 with its rounding covered by an explicit slack (:func:`_abs_rad_f32`; about
-            twice as fast there, the value looser by float32 rounding only); everything else stays float64.
 
     Returns:
         :class:`DifferentialBound` with ``value`` ``[B]`` (``B = 1`` without ``centres``).
@@ -1368,7 +1293,7 @@ def differential_bound(target: Net, pruned: Net, ball: BallSpec, *, centres: Ten
     _check_batch_size(batch_size)
     if isinstance(optimise, bool) or not isinstance(optimise, int) or optimise < 0:
         raise ProbPruneError(f"optimise={optimise!r}: must be an integer >= 0")
-    pair0 = _with_precision(_prepare(target, pruned), precision)
+    pair0 = _prepare(target, pruned)
     reg0 = _region(ball, centres, pair0.w[0].shape[1], pair0.w[0].device, halfwidth)
     dt, dt_p = _dtype(target, forward_dtype), _dtype(pruned, forward_dtype)
     if _identical(target, pruned):
@@ -1625,8 +1550,8 @@ def _boundary_witness(t64: Net, p64: Net, ball: BallSpec, sub: Tensor, csub: Ten
 def certified_agreement(target: Net, pruned: Net, ball: BallSpec, *, centres: Tensor | None = None,
                         forward_dtype: torch.dtype | None = None, attack: bool = True,
                         generator: torch.Generator | None = None, n_restarts: int = 4, n_steps: int = 50,
-                        batch_size: int = 32, optimise: int = 0, halfwidth: Tensor | None = None,
-                        precision: Precision = "float64") -> AgreementResult:
+                        batch_size: int = 32, optimise: int = 0, halfwidth: Tensor | None = None
+                        ) -> AgreementResult:
     """Certify (or refute, with a witness) that f and F have the same top-1 class everywhere in the ball.
 
     ``c`` is F's top-1 class at the centre (float64). Certified means: the back-substituted lower
@@ -1649,12 +1574,11 @@ def certified_agreement(target: Net, pruned: Net, ball: BallSpec, *, centres: Te
         optimise: Adam steps of per-row slope optimisation of the margins of the balls the plain relaxation
             leaves uncertified (0: none; stops early once every margin of the chunk is certified).
         halfwidth: ``[B, d]`` per-ball ℓ∞ half-widths (as :func:`differential_bound`).
-        precision: as :func:`differential_bound`.
     """
     _check_batch_size(batch_size)
     if isinstance(optimise, bool) or not isinstance(optimise, int) or optimise < 0:
         raise ProbPruneError(f"optimise={optimise!r}: must be an integer >= 0")
-    pair0 = _with_precision(_prepare(target, pruned), precision)
+    pair0 = _prepare(target, pruned)
     m = pair0.w[-1].shape[0]
     if m < 2:
         raise ProbPruneError(f"certified agreement: the network has {m} output; a classifier needs >= 2")
