@@ -214,7 +214,7 @@ class _Pair:
     db: tuple[Tensor, ...]
     db_err: tuple[Tensor, ...]
     alpha: tuple[float | None, ...]  # hidden activation after layer k: leaky slope α (relu: 0), None: identity
-    cache: dict[tuple[str, int], Tensor | bool] = dataclasses.field(default_factory=dict, compare=False, repr=False)
+    cache: dict[tuple[str, int], Any] = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
 
 def _two_diff(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
@@ -685,7 +685,7 @@ def _backsub(lz: Tensor, ld: Tensor, k: int, pair: _Pair, relax: list[_Relax], r
     every step; ``c`` is the constant collected, ``s`` ≥ 0 the slack (every rounding so far, rounded up).
     """
     bsz, m = reg.centres.shape[0], lz.shape[-2]
-    compacted = _compact(k, pair, relax, rho) if k > 0 else None
+    compacted = _compact_cached(k, pair, relax, rho) if k > 0 else None
     if compacted is not None:  # only the neurons not dead in both nets (exact: theirs contribute 0)
         pair, relax, rho = compacted
     c = torch.zeros(bsz, m, dtype=torch.float64, device=lz.device)
@@ -758,7 +758,8 @@ def _compact(k: int, pair: _Pair, relax: list[_Relax], rho: list[tuple[Tensor, T
 
     def mat(name: str, j: int) -> Tensor:  # [n_j, n_{j−1}] → per ball, rows (j < k) and columns (j > 0) kept
         w = getattr(pair, name)[j]
-        if (name == "wt" and j == 0) or (name == "d_err" and _all_zero(pair, j)):  # unused / zero: no copy
+        if (name == "wt" and j == 0) or (name == "d_err" and _all_zero(pair, j)) \
+                or (j == 0 and name in ("w", "d")):  # unused / zero / gathered stacked below: no copy
             rows = w.shape[0] if j == k else idx[j].shape[1]
             return w.new_zeros(1, 1, 1).expand(bsz, rows, w.shape[1] if j == 0 else idx[j - 1].shape[1])
         wp = _zero_padded(pair, name, j)  # the phantom's row and column (index n) are zero
@@ -775,9 +776,31 @@ def _compact(k: int, pair: _Pair, relax: list[_Relax], rho: list[tuple[Tensor, T
     w, wt, d, de = (tuple(mat(name, j) for j in range(k + 1)) for name in ("w", "wt", "d", "d_err"))
     b, bt, db, dbe = (tuple(vec(v, j) if j < k else v for j, v in enumerate(vs[:k + 1]))
                       for vs in (pair.b, pair.bt, pair.db, pair.db_err))
+    if k > 0:  # the input layer's W and D rows in one gather ([W; D] stacked), with their absolute values
+        wd, wd_abs = _stacked_padded(pair)
+        rows = torch.cat([idx[0], idx[0] + pair.w[0].shape[0] + 1], 1)
+        m, m_abs = wd[rows], wd_abs[rows]
+        w = (m[:, :idx[0].shape[1]], *w[1:])
+        d = (m[:, idx[0].shape[1]:], *d[1:])
     out = _Pair(w, wt, d, de, b, bt, db, dbe, pair.alpha)
+    if k > 0:
+        out.cache[("stacked", 0)] = (m, m_abs)
     rho_c = [(vec(a, j), vec(b, j)) for j, (a, b) in enumerate(rho[:k])] + [rho[k]]
     return out, [rx_(relax[j], j) for j in range(k)], rho_c
+
+
+def _compact_cached(k: int, pair: _Pair, relax: list[_Relax], rho: list[tuple[Tensor, Tensor]]
+                    ) -> tuple[_Pair, list[_Relax], list[tuple[Tensor, Tensor]]] | None:
+    """:func:`_compact`, remembered for the last (relaxations, rounding bounds) seen at layer k — the same
+    objects (identity, not equality) — so the output rows, the chord row and the margins of one chunk share it."""
+    key = ("compact", k)
+    tag = (*relax[:k], *(t for r in rho[:k + 1] for t in r))
+    hit = pair.cache.get(key)
+    if hit is not None and len(hit[0]) == len(tag) and all(a is b for a, b in zip(hit[0], tag)):
+        return cast("tuple[_Pair, list[_Relax], list[tuple[Tensor, Tensor]]] | None", hit[1])
+    out = _compact(k, pair, relax, rho)
+    pair.cache[key] = (tag, out)
+    return out
 
 
 def _zero_padded(pair: _Pair, name: str, j: int) -> Tensor:
@@ -811,7 +834,7 @@ def _input_linf(lz: Tensor, ld: Tensor, pair: _Pair, reg: _Region, rho: tuple[Te
     ``g = 2γ_{2n+d+2}``; ``|â|ᵀrad`` is rounded up by ``1 + 2γ_{d+2}``; the final sums by ``4u`` of their parts.
     The forward passes' rounding ρ and the biases enter as in :func:`_affine_step`.
     """
-    w, dd, de = pair.w[0], pair.d[0], pair.d_err[0]
+    w, de = pair.w[0], pair.d_err[0]
     n, d = w.shape[-2], w.shape[-1]
     g = _g2(2 * n + d + 2)
     mid = (reg.lo + reg.hi) * 0.5
@@ -823,25 +846,45 @@ def _input_linf(lz: Tensor, ld: Tensor, pair: _Pair, reg: _Region, rho: tuple[Te
     def full(v: Tensor) -> Tensor:
         return v.expand(bsz, -1) if v.dim() == 1 else v
 
+    m, m_abs = _stacked(pair)  # [W; D] and its absolute values, [(B,) 2n, d]
+    m_mid, m_hm = _matvec(m, mid), _matvec(m_abs, hm)  # [B, 2n]: (W mid; D mid), (|W| hm; |D| hm)
     # one batched product per coefficient matrix: [B, R, n] @ [B, n, k]
-    am_w, cb = _rowdots(lz, _matvec(w, mid), full(pair.b[0]))
-    aw, ab = _rowdots(lz.abs(), _matvec(w.abs(), hm), full(pair.b[0].abs()))
-    am_d, cdb = _rowdots(ld, _matvec(dd, mid), full(pair.db[0]))
-    ad, ae, adb, adbe, arp = _rowdots(ld.abs(), _matvec(dd.abs(), hm), _matvec(de, hm), full(pair.db[0].abs()),
+    am_w, cb = _rowdots(lz, m_mid[:, :n], full(pair.b[0]))
+    aw, ab = _rowdots(lz.abs(), m_hm[:, :n], full(pair.b[0].abs()))
+    am_d, cdb = _rowdots(ld, m_mid[:, n:], full(pair.db[0]))
+    ad, ae, adb, adbe, arp = _rowdots(ld.abs(), m_hm[:, n:], _matvec(de, hm), full(pair.db[0].abs()),
                                       full(pair.db_err[0]), rp)
     (art,) = _rowdots((lz - ld).abs(), rt)
     s_rho = (art * (1.0 + 2.0 * _U) + arp) * (1.0 + _g2(n + 2))
     cc = cb + cdb
     c_err = g * (ab + adb) + (1.0 + g) * adbe
     s_aff = g * (aw + ad) + (1.0 + g) * ae
-    am = am_w - am_d
-    a = torch.cat([lz, ld], -1) @ torch.cat([w, -dd], -2)  # â, [B, R, d]
+    am = am_w - am_d  # lzᵀ(W mid) − ldᵀ(D mid)
+    a = torch.cat([lz, -ld], -1) @ m  # â = [lz, −ld]·[W; D], [B, R, d] (the negation is exact)
     ar = _rowdot(a.abs_(), rad) * (1.0 + _g2(d + 2))
     s = (s + (s_rho + s_aff + c_err) * (1.0 + 4.0 * _U)) * (1.0 + 4.0 * _U) + _TINY
     c = c + cc
     v = am + c - ar
     err = s + 4.0 * _U * (am.abs() + c.abs() + ar) * (1.0 + 4.0 * _U) + _TINY
     return _down(v, err)
+
+
+def _stacked(pair: _Pair) -> tuple[Tensor, Tensor]:
+    """``[W₀; D₀]`` and its absolute values, ``[(B,) 2n, d]``, cached on the (compacted) pair."""
+    key = ("stacked", 0)
+    if key not in pair.cache:
+        m = torch.cat([pair.w[0], pair.d[0]], -2)
+        pair.cache[key] = (m, m.abs())
+    return cast("tuple[Tensor, Tensor]", pair.cache[key])
+
+
+def _stacked_padded(pair: _Pair) -> tuple[Tensor, Tensor]:
+    """``[W₀; 0; D₀; 0]`` (each with the phantom's zero row) and its absolute values, cached on the pair."""
+    key = ("stacked_padded", 0)
+    if key not in pair.cache:
+        m = torch.cat([_zero_padded(pair, "w", 0), _zero_padded(pair, "d", 0)], 0)
+        pair.cache[key] = (m, m.abs())
+    return cast("tuple[Tensor, Tensor]", pair.cache[key])
 
 
 def _rowdots(mat: Tensor, *vs: Tensor | None) -> list[Tensor]:
