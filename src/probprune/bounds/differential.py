@@ -88,6 +88,11 @@ passes in the user's dtype:
   ours) as in :mod:`probprune.bounds.certified`.
 * An absolute ``2⁻⁹⁶⁰`` per rounded step covers underflow. Bitwise identical networks give 0.
 
+**Speed (exact rewritings, docs/certified.md §6).** Neurons dead in both nets (``|fl(h)| ≤ 0`` and
+``|fl(h̃)| ≤ 0`` by the intervals: ``h = h̃ = Δh = 0`` exactly) are dropped from the back-substitution per ball
+(:func:`_compact`); rows ``±e_i`` are gathers; on ℓ∞ balls the input step is ``aᵀmid − |a|ᵀrad`` with one pass
+over the input coefficients (:func:`_input_linf`).
+
 Assumed as in :mod:`~probprune.bounds.certified`: IEEE round-to-nearest products (no TF32).
 Not supported (refused): conv nets, ensembles, tanh/sigmoid, leaky slopes outside [0, 1].
 """
@@ -1316,7 +1321,8 @@ def differential_bound(target: Net, pruned: Net, ball: BallSpec, *, centres: Ten
         ball: radius, norm (``l2``/``linf``), optional box; its centre unless ``centres`` is given.
         centres: ``[B, d]`` centres, one ball each (vectorised), overriding ``ball.centre``.
         forward_dtype: the dtype the user's forward passes run in (default: each net's weight dtype).
-        batch_size: balls per vectorised chunk (memory ~ 6·n²·batch_size doubles per layer).
+        batch_size: balls per vectorised chunk (within a chunk, balls are grouped by how many rows they need,
+            so larger chunks pad less; memory ~ rows × neurons alive in either net, per ball).
         optimise: gradient steps on the unstable neurons' lower slopes (0: none; each costs about one
             back-substitution of the output rows).
         halfwidth: ``[B, d]`` per-ball ℓ∞ half-widths (``linf`` only): ball b is the box ``c_b ± h_b`` (∩ box),
