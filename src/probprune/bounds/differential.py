@@ -1009,17 +1009,19 @@ def _refine(need: Tensor, k: int, pair: _Pair, relax: list[_Relax], reg: _Region
         for idx in groups:
             out[idx] = _refine(need[idx], k, pair, *_take(relax, reg, rho, idx), group=len(idx))
         return out
-    rows = _one_hot_rows(need)
+    rows = _one_hot_rows(need, dense=False)
     if rows is None:
         return torch.full((bsz, 6, n), -math.inf, dtype=torch.float64, device=need.device)
     lz, ld, onehot, order, valid = rows
     return _scatter_rows(_backsub(lz, ld, k, pair, relax, reg, rho, onehot), order, valid, n)
 
 
-def _one_hot_rows(need: Tensor) -> tuple[Tensor, Tensor, _OneHot, Tensor, Tensor] | None:
+def _one_hot_rows(need: Tensor, dense: bool = True) -> tuple[Tensor, Tensor, _OneHot, Tensor, Tensor] | None:
     """The rows ``need`` (``[B, 6, n]``, types ``_ROWS``) as per-ball objectives ``(lz, ld)`` ``[B, R, n]``
     (R: the most any ball needs; padding rows are zero and not ``valid``), their one-hot form, and the
-    ``order`` / ``valid`` ``[B, R]`` that :func:`_scatter_rows` uses; ``None`` if no row is needed."""
+    ``order`` / ``valid`` ``[B, R]`` that :func:`_scatter_rows` uses; ``None`` if no row is needed.
+    ``dense=False``: ``lz``, ``ld`` are zero views of that shape only (:func:`_backsub` given the one-hot form
+    reads nothing else of them)."""
     bsz, _, n = need.shape
     flat = need.reshape(bsz, 6 * n)
     r = int(flat.sum(1).max()) if bsz else 0
@@ -1030,11 +1032,15 @@ def _one_hot_rows(need: Tensor) -> tuple[Tensor, Tensor, _OneHot, Tensor, Tensor
     kind, neuron = order // n, order % n
     coef = torch.tensor(_ROWS, dtype=torch.float64, device=need.device)[kind]  # [B, R, 2]
     coef = coef * valid.unsqueeze(-1)
+    onehot = (coef[..., 0], coef[..., 1], neuron)
+    if not dense:
+        shape_only = coef.new_zeros(1, 1, 1).expand(bsz, r, n)
+        return shape_only, shape_only, onehot, order, valid
     lz = torch.zeros(bsz, r, n, dtype=torch.float64, device=need.device)
     ld = torch.zeros_like(lz)
     lz.scatter_(2, neuron.unsqueeze(-1), coef[..., :1])
     ld.scatter_(2, neuron.unsqueeze(-1), coef[..., 1:])
-    return lz, ld, (coef[..., 0], coef[..., 1], neuron), order, valid
+    return lz, ld, onehot, order, valid
 
 
 def _scatter_rows(low: Tensor, order: Tensor, valid: Tensor, n: int) -> Tensor:
