@@ -972,7 +972,7 @@ def _take(relax: list[_Relax], reg: _Region, rho: list[tuple[Tensor, Tensor]], i
 
 
 # per group of balls in :func:`_refine`: at most this many (padded) rows in all, and this many balls
-_GROUP_ROWS = 4096
+_GROUP_ROWS = 2048
 _GROUP_BALLS = 64
 
 
