@@ -1,6 +1,8 @@
 """Differential bound vs the layerwise bound vs projected-gradient lower bound on mnist-net_256x2.
 
-Usage: ``.venv/bin/python benchmarks/bench_differential.py [--n-images 100] [--radii 0.01,0.03]``
+Usage: ``.venv/bin/python benchmarks/bench_differential.py [--n-images 100] [--radii 0.01,0.03]``;
+speed (issue 16): ``… bench_differential.py --speed 1000 [--batch-size 64] [--threads 2] [--old-n 1000]``
+(its last line: ``1000 images linf 0.03: X s wall, Y s CPU, float64 path Z s``).
 
 Network: ``../shared/models/vnncomp2021/mnist-net_256x2.onnx`` (784-256-256-10, ReLU, biases; Gemm weights
 read with the ``onnx`` package), pruned 50 % and 90 % by global magnitude. Balls:
@@ -24,12 +26,17 @@ import math
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 from typing import cast
 
 import torch
 from torch import Tensor
+from torch.utils.flop_counter import FlopCounterMode
 
 from probprune.bounds.certified import certified_gap_bound
 from probprune.bounds.differential import certified_agreement, differential_bound, gap_search
@@ -40,6 +47,7 @@ from probprune.nets import Net
 
 _REL = Path("shared") / "models" / "vnncomp2021" / "mnist-net_256x2.onnx"
 # ../shared beside the checkout (main), else beside the worktrees' parent (/work/wt/<name>)
+OLD_COMMIT = "abbe30d"  # the last commit before the seventh session's speed work on bounds/differential.py
 MODEL = next((p / _REL for p in Path(__file__).resolve().parents[1:4] if (p / _REL).is_file()),
              Path(__file__).resolve().parents[2] / _REL)
 
@@ -150,6 +158,98 @@ def _time_bound(target: Net, x: Tensor, batch_size: int) -> None:
               f"{1000 * wall / x.shape[0]:.1f} ms per image), load average {os.getloadavg()[0]:.1f}", flush=True)
 
 
+def _old_differential(commit: str = OLD_COMMIT) -> ModuleType | None:
+    """The previous session's ``bounds/differential.py`` (float64, no compaction), loaded from git as a module."""
+    repo = Path(__file__).resolve().parents[1]
+    try:
+        src = subprocess.run(["git", "-C", str(repo), "show", f"{commit}:src/probprune/bounds/differential.py"],
+                             capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    name = "probprune_bench_differential_old"
+    mod = ModuleType(name)
+    sys.modules[name] = mod  # dataclasses look their module up
+    exec(compile(src, f"differential.py@{commit}", "exec"), mod.__dict__)
+    return mod
+
+
+def _timed(fn: Callable[[], Tensor]) -> tuple[Tensor, float, float]:
+    t0, c0 = time.perf_counter(), time.process_time()
+    out = fn()
+    return out, time.perf_counter() - t0, time.process_time() - c0
+
+
+def _gemm_rate(dtype: torch.dtype, seconds: float = 1.0) -> float:
+    """FLOP/s of a plain 1024² matrix product in ``dtype`` at the current thread count (best of repeats)."""
+    a = torch.randn(1024, 1024, dtype=dtype)
+    b = torch.randn(1024, 1024, dtype=dtype)
+    a @ b
+    best, t_end = math.inf, time.perf_counter() + seconds
+    while time.perf_counter() < t_end:
+        t0 = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+    return 2.0 * 1024 ** 3 / best
+
+
+def speed(target: Net, x: Tensor, n_found: int, n_old: int, n_opt: int, optimise: int, batch_size: int) -> None:
+    """Issue 16's speed target: the symbolic differential bound on the first N images (ℓ∞ 0.03 ∩ [0, 1], 50 %
+    global magnitude), in one run: (a) the previous session's float64 module (git ``OLD_COMMIT``), (b) this one,
+    (c) the machine's limit — a plain float32 matrix product of the FLOPs (b) does (counted by
+    ``torch.utils.flop_counter`` on the first 200 images, scaled) — plus certified ÷ found on the first
+    ``n_found`` images for both paths, and the optimised variant (``optimise`` steps) on ``n_opt`` images."""
+    n = x.shape[0]
+    pruned = cast(Net, prune(target, PruneSpec(prune_fraction=0.5, scope="global")).model)
+    ball = BallSpec(radius=0.03, norm="linf", box=(0.0, 1.0))
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+          f"{torch.get_num_threads()} threads, torch {torch.__version__}; load average {os.getloadavg()[0]:.1f}")
+    new, wall, cpu = _timed(lambda: differential_bound(target, pruned, ball, centres=x, batch_size=batch_size).value)
+    print(f"new path: {n} images in {wall:.2f} s wall, {cpu:.2f} s CPU ({1e3 * wall / n:.2f} ms per image); "
+          f"load {os.getloadavg()[0]:.1f}", flush=True)
+    old_mod = _old_differential()
+    n_old = min(n_old, n)
+    old_wall = old_cpu = math.nan
+    old: Tensor | None = None
+    if old_mod is None:
+        print(f"old path: git show {OLD_COMMIT} failed; not timed")
+    else:
+        old, old_wall, old_cpu = _timed(lambda: old_mod.differential_bound(target, pruned, ball, centres=x[:n_old],
+                                                                           batch_size=32).value)
+        scale = n / n_old
+        old_wall, old_cpu = old_wall * scale, old_cpu * scale
+        note = "" if n_old == n else f" (timed on {n_old} images, scaled ×{scale:.3g})"
+        print(f"old path: {n} images in {old_wall:.2f} s wall, {old_cpu:.2f} s CPU{note}; "
+              f"load {os.getloadavg()[0]:.1f}", flush=True)
+        rel = new[:n_old] / old - 1.0
+        print(f"new vs old certified values: new/old − 1 in [{float(rel.min()):.2e}, {float(rel.max()):.2e}] "
+              f"over {n_old} images")
+    k = min(200, n)
+    with FlopCounterMode(display=False) as fc:
+        differential_bound(target, pruned, ball, centres=x[:k], batch_size=batch_size)
+    flops = fc.get_total_flops() * n / k
+    r32, r64 = _gemm_rate(torch.float32), _gemm_rate(torch.float64)
+    print(f"FLOPs of the new path's products: {flops / n / 1e6:.1f} MFLOP per image, {flops / 1e9:.1f} GFLOP in all; "
+          f"machine: float32 GEMM {r32 / 1e9:.1f} GFLOP/s, float64 {r64 / 1e9:.1f} GFLOP/s → limit "
+          f"{flops / r32:.2f} s (float32), {flops / r64:.2f} s (float64)")
+    print(f"ratios: old / new = {old_wall / wall:.1f}×, new / float32 limit = {wall / (flops / r32):.1f}×, "
+          f"new / float64 limit = {wall / (flops / r64):.1f}×")
+    m = min(n_found, n)
+    found = gap_search(target, pruned, ball, torch.Generator().manual_seed(0), centres=x[:m], n_restarts=4,
+                       n_steps=80).value
+    print(f"certified ÷ found (first {m} images, gap_search 4 restarts × 80 steps): new {_med_max(new[:m] / found)}"
+          + ("" if old is None else f", old {_med_max(old[:min(m, n_old)] / found[:n_old])}"))
+    j = min(n_opt, n)
+    plain, pw, _ = _timed(lambda: differential_bound(target, pruned, ball, centres=x[:j], batch_size=batch_size).value)
+    opt, ow, _ = _timed(lambda: differential_bound(target, pruned, ball, centres=x[:j], batch_size=batch_size,
+                                                   optimise=optimise).value)
+    f_j = found[:min(j, m)]
+    print(f"optimised (optimise={optimise}) on {j} images: {1e3 * ow / j:.1f} ms per image vs plain "
+          f"{1e3 * pw / j:.1f} ms ({ow / pw:.1f}×); certified ÷ found optimised {_med_max(opt[:len(f_j)] / f_j)}, "
+          f"plain {_med_max(plain[:len(f_j)] / f_j)}; value optimised ÷ plain {_med_max(opt / plain)}")
+    print(f"{n} images linf 0.03: {wall:.2f} s wall, {cpu:.2f} s CPU, float64 path {old_wall:.2f} s "
+          f"(load average {os.getloadavg()[0]:.1f}, {torch.get_num_threads()} threads)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n-images", type=int, default=100)
@@ -159,12 +259,23 @@ def main() -> None:
     ap.add_argument("--optimise", type=int, default=30, help="slope-optimisation steps of the 'optimised' column")
     ap.add_argument("--optimise-margins", type=int, default=20,
                     help="per-row slope-optimisation steps of the margins in the 'optimised margins' column")
+    ap.add_argument("--speed", type=int, default=0, metavar="N",
+                    help="the speed benchmark on the first N images (issue 16: N = 1000) and exit")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (the target is stated for 2 cores)")
+    ap.add_argument("--old-n", type=int, default=1000, help="--speed: time the old path on this many images only "
+                                                            "(scaled to N; for loaded machines)")
+    ap.add_argument("--found-n", type=int, default=200, help="--speed: images for certified ÷ found")
+    ap.add_argument("--opt-n", type=int, default=50, help="--speed: images for the optimised variant")
     ap.add_argument("--time-n", type=int, default=0, help="only time differential_bound on the first N images "
                                                           "(linf 0.03, 50 %% global magnitude) and exit")
     args = ap.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     target = load_mnist_256x2()
     ds = load_dataset("mnist")
+    if args.speed:
+        x = ds.test_images[:args.speed].reshape(args.speed, -1).double() / 255.0
+        speed(target, x, args.found_n, args.old_n, args.opt_n, args.optimise, args.batch_size)
+        return
     if args.time_n:
         _time_bound(target, ds.test_images[:args.time_n].reshape(args.time_n, -1).double() / 255.0, args.batch_size)
         return

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import cast
+from typing import Any, cast
 
 import pytest
 import torch
@@ -555,3 +555,114 @@ def test_boundary_witness_is_found_between_two_close_decision_boundaries() -> No
     assert int(cast(Tensor, target(wit[None])).argmax()) == 0 and int(cast(Tensor, pruned(wit[None])).argmax()) == 1
     res = certified_agreement(target, pruned, ball, centres=centre)
     assert res.verdicts == ("refuted",)
+
+
+# ---------------------------------------------------------------------------------------- speed paths (exact)
+
+
+def _with_dead(seed: int, dead: int) -> tuple[Net, Net, Net, Net]:
+    """A pair (6, 10, 10, 3) whose first ``dead`` neurons of both hidden layers are dead in both nets for every
+    input in [−1, 2]⁶ (bias −100), and the same pair with those neurons removed (the same functions). Float64
+    weights, so that the forward passes' rounding (whose bound grows with the layer width) is negligible."""
+    target, pruned = _net_pair(seed, (6, 10, 10, 3), True, "relu", 0.6, torch.float64)
+    full, small = [], []
+    for net in (target, pruned):
+        ws = [layer.weight.clone() for layer in net.layers]
+        bs = [cast(Tensor, layer.bias).clone() for layer in net.layers]
+        for k in (0, 1):
+            bs[k][:dead] = -100.0
+        full.append(Net.from_weights(net.spec, ws, bs))
+        ws_s = [ws[0][dead:], ws[1][dead:, dead:], ws[2][:, dead:]]
+        bs_s = [bs[0][dead:], bs[1][dead:], bs[2]]
+        small.append(Net.from_weights(NetSpec(widths=(6, 10 - dead, 10 - dead, 3), bias=True), ws_s, bs_s))
+    return full[0], full[1], small[0], small[1]
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 10**6), dead=st.integers(1, 6), ballp=ball_strategy)
+def test_neurons_dead_in_both_nets_contribute_nothing(seed: int, dead: int, ballp: dict[str, object]) -> None:
+    """Dropping the neurons dead in both nets (the compaction) is exact: the bound and margins equal those of the
+    nets with those neurons removed, and both still hold at sampled points."""
+    ft, fp, st_, sp = _with_dead(seed, dead)
+    g = torch.Generator().manual_seed(seed)
+    lo, hi = cast("tuple[float, float]", ballp["box"] or (-1.0, 1.0))
+    cs = lo + (hi - lo) * torch.rand(3, 6, generator=g, dtype=torch.float64)
+    ball = BallSpec(radius=min(cast(float, ballp["radius"]), 0.5), norm=ballp["norm"],  # type: ignore[arg-type]
+                    box=ballp["box"])  # type: ignore[arg-type]
+    full = differential_bound(ft, fp, ball, centres=cs)
+    small = differential_bound(st_, sp, ball, centres=cs)
+    # equal up to the forward passes' rounding bounds, which grow with the layer width (γ_{n+1})
+    assert torch.allclose(full.value, small.value, rtol=1e-9, atol=1e-12)
+    assert torch.allclose(full.upper, small.upper, rtol=1e-9, atol=1e-12)
+    agr_f = certified_agreement(ft, fp, ball, centres=cs, attack=False)
+    agr_s = certified_agreement(st_, sp, ball, centres=cs, attack=False)
+    assert torch.allclose(agr_f.margin_pruned, agr_s.margin_pruned, rtol=1e-9, atol=1e-12)
+    for i in range(3):
+        pts = _points_in_ball(dataclasses.replace(ball, centre=tuple(cs[i].tolist())), cs[i], 100, g)
+        g64, gd, _ = _gaps(ft, fp, pts)
+        assert float(g64.max()) <= float(full.value[i]) and float(gd.max()) <= float(full.value[i])
+
+
+def test_compaction_and_input_step_agree_with_the_dense_back_substitution(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the compaction and the one-pass ℓ∞ input step switched off (the dense back-substitution of every
+    neuron, as before the speed work), the values agree to rounding: the fast paths are the same bound."""
+    import probprune.bounds.differential as dmod
+
+    target, pruned = _net_pair(3, (8, 24, 24, 4), True, "relu", 0.5)
+    g = torch.Generator().manual_seed(3)
+    cs = torch.rand(7, 8, generator=g, dtype=torch.float64)
+    balls = [BallSpec(radius=0.2, norm="linf", box=(0.0, 1.0)), BallSpec(radius=0.4, norm="l2", box=(0.0, 1.0))]
+    dropped = []
+    orig = dmod._compact
+
+    def spy(k: int, pair: Any, relax: Any, rho: Any) -> Any:
+        out = orig(k, pair, relax, rho)
+        if out is not None:
+            dropped.append(sum(r.hmax_c.shape[-1] for r in relax[:k]) - sum(r.hmax_c.shape[-1] for r in out[1]))
+        return out
+
+    monkeypatch.setattr(dmod, "_compact", spy)
+    fast = [differential_bound(target, pruned, b, centres=cs).value for b in balls]
+    assert max(dropped) > 0  # the case exercises the compaction
+    monkeypatch.setattr(dmod, "_backsub", _dense_backsub(dmod))
+    dense = [differential_bound(target, pruned, b, centres=cs).value for b in balls]
+    for a, b in zip(fast, dense):
+        assert torch.allclose(a, b, rtol=1e-10, atol=0)
+
+
+def _dense_backsub(m: Any) -> Any:
+    """``_backsub`` as before the speed work: every neuron, the generic input step (``_affine_step`` then
+    ``_min_linear``)."""
+    def backsub(lz: Tensor, ld: Tensor, k: int, pair: Any, relax: Any, reg: Any, rho: Any,
+                onehot: Any = None) -> Tensor:
+        c = torch.zeros(reg.centres.shape[0], lz.shape[-2], dtype=torch.float64)
+        s = torch.zeros_like(c)
+        u, tiny = m._U, m._TINY
+        for j in range(k, -1, -1):
+            a, gg, cc, s_aff = m._affine_step(lz, ld, j, pair, relax, reg, rho, onehot if j == k else None)
+            s = (s + s_aff) * (1.0 + 4.0 * u) + tiny
+            c = c + cc
+            s = s + 2.0 * u * c.abs()
+            if gg is None:
+                return cast(Tensor, m._down(m._min_linear(a, c, reg), s))
+            lz, ld, csum, s_rel = m._relax_step(a, gg, relax[j - 1])
+            c = c + csum
+            s = (s + s_rel + 2.0 * u * c.abs()) * (1.0 + 4.0 * u) + tiny
+        raise AssertionError("unreachable")
+
+    return backsub
+
+
+def test_row_groups_cover_every_ball_within_the_budget() -> None:
+    from probprune.bounds.differential import _row_groups
+
+    counts = torch.tensor([5, 300, 0, 7, 7, 2000, 40, 40, 41, 1])
+    groups = _row_groups(counts, rows=100, balls=3)
+    flat = torch.cat(groups)
+    assert sorted(flat.tolist()) == list(range(10))
+    for gr in groups:
+        c = counts[gr]
+        assert len(gr) <= 3
+        assert len(gr) == 1 or len(gr) * int(c.max()) <= 100
+    sizes = [int(counts[gr].max()) for gr in groups]
+    assert sizes == sorted(sizes)  # consecutive in row count: little padding

@@ -88,6 +88,11 @@ passes in the user's dtype:
   ours) as in :mod:`probprune.bounds.certified`.
 * An absolute ``2⁻⁹⁶⁰`` per rounded step covers underflow. Bitwise identical networks give 0.
 
+**Speed (exact rewritings, docs/certified.md §6).** Neurons dead in both nets (``|fl(h)| ≤ 0`` and
+``|fl(h̃)| ≤ 0`` by the intervals: ``h = h̃ = Δh = 0`` exactly) are dropped from the back-substitution per ball
+(:func:`_compact`); rows ``±e_i`` are gathers; on ℓ∞ balls the input step is ``aᵀmid − |a|ᵀrad`` with one pass
+over the input coefficients (:func:`_input_linf`).
+
 Assumed as in :mod:`~probprune.bounds.certified`: IEEE round-to-nearest products (no TF32).
 Not supported (refused): conv nets, ensembles, tanh/sigmoid, leaky slopes outside [0, 1].
 """
@@ -214,6 +219,7 @@ class _Pair:
     db: tuple[Tensor, ...]
     db_err: tuple[Tensor, ...]
     alpha: tuple[float | None, ...]  # hidden activation after layer k: leaky slope α (relu: 0), None: identity
+    cache: dict[tuple[str, int], Any] = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
 
 def _two_diff(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
@@ -338,7 +344,12 @@ def _rowdot(mat: Tensor, v: Tensor) -> Tensor:
         return (mat * v).sum(-1)
     if mat.dim() == 2:
         return v @ mat.T
+    if mat.numel() <= _SMALL:  # batched matrix-vector products of small size: faster elementwise
+        return (mat * v.unsqueeze(1)).sum(-1)
     return (mat @ v.unsqueeze(-1)).squeeze(-1)
+
+
+_SMALL = 1 << 18  # below this many entries, batched matrix-vector products are done as multiply-and-sum
 
 
 def _min_linear(lam: Tensor, const: Tensor, reg: _Region) -> Tensor:
@@ -536,32 +547,75 @@ def _affine_step(lz: Tensor, ld: Tensor, j: int, pair: _Pair, relax: list[_Relax
     subtraction), so the same slack covers them.
     """
     w, wt, dd, de = pair.w[j], pair.wt[j], pair.d[j], pair.d_err[j]
-    g = _g2(2 * w.shape[0] + 2)
+    n_out = w.shape[-2]  # weights may be per ball, [B, n_out, n_in] (compacted: :func:`_compact`)
+    g = _g2(2 * n_out + 2)
+    hmax_in = torch.maximum(reg.lo.abs(), reg.hi.abs()) if j == 0 else relax[j - 1].hmax_c  # [B, n_in]
+    if onehot is not None:
+        return _affine_onehot(onehot, j, pair, relax, rho[j], hmax_in, g)
     # the forward passes' rounding: lzᵀρ + ldᵀ(ρ̃ − ρ) = (lz − ld)ᵀρ + ldᵀρ̃, at most in absolute value
     rt, rp = rho[j]
     alz, ald = lz.abs(), ld.abs()
-    s_rho = (_rowdot((lz - ld).abs(), rt) * (1.0 + 2.0 * _U) + _rowdot(ald, rp)) * (1.0 + _g2(w.shape[0] + 2))
-    if onehot is None:
-        a = lz @ w - ld @ dd
-        gg = None if j == 0 else ld @ wt
-    else:
-        cz, cd, idx = onehot
-        a = cz.unsqueeze(-1) * w[idx] - cd.unsqueeze(-1) * dd[idx]
-        gg = None if j == 0 else cd.unsqueeze(-1) * wt[idx]
-    cc = lz @ pair.b[j] + ld @ pair.db[j]
+    s_rho = (_rowdot((lz - ld).abs(), rt) * (1.0 + 2.0 * _U) + _rowdot(ald, rp)) * (1.0 + _g2(n_out + 2))
+    a = lz @ w - ld @ dd
+    gg = None if j == 0 else ld @ wt
+    cc = _vecdot(lz, pair.b[j]) + _vecdot(ld, pair.db[j])
     # the bias difference's exact remainder enters in full, the products' rounding by g
-    c_err = g * (alz @ pair.b[j].abs() + ald @ pair.db[j].abs()) + (1.0 + g) * (ald @ pair.db_err[j])
-    if j == 0:
-        hmax_in = torch.maximum(reg.lo.abs(), reg.hi.abs())  # [B, d]
-    else:
-        hmax_in = relax[j - 1].hmax_c
+    c_err = g * (_vecdot(alz, pair.b[j].abs()) + _vecdot(ald, pair.db[j].abs())) \
+        + (1.0 + g) * _vecdot(ald, pair.db_err[j])
     # |exact(A) − A| · |h| and |exact(G) − G| · |Δh|, by associativity of non-negative products
     # (D's exact remainder de enters in full, the products' rounding by g)
-    s_aff = g * (_rowdot(alz, hmax_in @ w.abs().T) + _rowdot(ald, hmax_in @ dd.abs().T)) \
-        + (1.0 + g) * _rowdot(ald, hmax_in @ de.T)
+    s_aff = g * (_rowdot(alz, _matvec(w.abs(), hmax_in)) + _rowdot(ald, _matvec(dd.abs(), hmax_in))) \
+        + (1.0 + g) * _rowdot(ald, _matvec(de, hmax_in))
     if j > 0:
-        s_aff = s_aff + g * _rowdot(ald, relax[j - 1].dhmax_c @ wt.abs().T)
+        s_aff = s_aff + g * _rowdot(ald, _matvec(wt.abs(), relax[j - 1].dhmax_c))
     return a, gg, cc, (s_rho + s_aff + c_err) * (1.0 + 4.0 * _U)
+
+
+def _affine_onehot(onehot: _OneHot, j: int, pair: _Pair, relax: list[_Relax], rho: tuple[Tensor, Tensor],
+                   hmax_in: Tensor, g: float) -> tuple[Tensor, Tensor | None, Tensor, Tensor]:
+    """:func:`_affine_step` for rows ``cz·e_i`` on z and ``cd·e_i`` on δ (``cz, cd ∈ {0, ±1}``): every row product
+    is a gather (one non-zero term, times ±1: exact), so the values equal the dense products' bit for bit and
+    the same slack covers them — without forming the one-hot matrices."""
+    cz, cd, idx = onehot
+    w, wt, dd, de = pair.w[j], pair.wt[j], pair.d[j], pair.d_err[j]
+    acz, acd = cz.abs(), cd.abs()
+
+    def at(v: Tensor) -> Tensor:  # [n] or [B, n] per neuron → [B, R] at the rows' neurons (idx [R]: shared rows)
+        return v[idx] if v.dim() == 1 else v[:, idx] if idx.dim() == 1 else v.gather(1, idx)
+
+    rt, rp = rho
+    s_rho = ((cz - cd).abs() * at(rt) * (1.0 + 2.0 * _U) + acd * at(rp)) * (1.0 + _g2(w.shape[-2] + 2))
+    a = cz.unsqueeze(-1) * _gather_rows(w, idx) - cd.unsqueeze(-1) * _gather_rows(dd, idx)
+    gg = None if j == 0 else cd.unsqueeze(-1) * _gather_rows(wt, idx)
+    cc = cz * at(pair.b[j]) + cd * at(pair.db[j])
+    c_err = g * (acz * at(pair.b[j].abs()) + acd * at(pair.db[j].abs())) + (1.0 + g) * (acd * at(pair.db_err[j]))
+    s_aff = g * (acz * at(_matvec(w.abs(), hmax_in)) + acd * at(_matvec(dd.abs(), hmax_in))) \
+        + (1.0 + g) * (acd * at(_matvec(de, hmax_in)))
+    if j > 0:
+        s_aff = s_aff + g * (acd * at(_matvec(wt.abs(), relax[j - 1].dhmax_c)))
+    return a, gg, cc, (s_rho + s_aff + c_err) * (1.0 + 4.0 * _U)
+
+
+def _gather_rows(w: Tensor, idx: Tensor) -> Tensor:
+    """Rows ``idx`` ``[B, R]`` of ``w`` (``[n, m]`` shared, or ``[B, n, m]`` per ball) → ``[B, R, m]``."""
+    if w.dim() == 2:
+        return w[idx]
+    return torch.gather(w, 1, idx.unsqueeze(-1).expand(-1, -1, w.shape[-1]))
+
+
+def _vecdot(mat: Tensor, v: Tensor) -> Tensor:
+    """``mat · v`` over the last dim: ``v`` ``[n]`` shared or ``[B, n]`` per ball (then as :func:`_rowdot`)."""
+    return mat @ v if v.dim() == 1 else _rowdot(mat, v)
+
+
+def _matvec(w: Tensor, v: Tensor) -> Tensor:
+    """Per ball ``W v_b`` → ``[B, n_out]``: ``w`` ``[n_out, n_in]`` shared or ``[B, n_out, n_in]``, ``v`` ``[B, n_in]``
+    (or ``[B, 1 or R, n_in]`` → ``[B, 1 or R, n_out]``)."""
+    if w.dim() == 3 and w.stride(-1) == 0 and w.stride(-2) == 0:  # the compaction's zero (:func:`_compact`)
+        return v.new_zeros(*v.shape[:-1], w.shape[-2])
+    if w.dim() == 2 or v.dim() == 3:  # v [B, 1 or R, n_in]: per-row fields → [B, 1 or R, n_out]
+        return v @ w.transpose(-1, -2)
+    return _rowdot(w, v)
 
 
 def _per_row(t: Tensor) -> Tensor:
@@ -641,9 +695,14 @@ def _backsub(lz: Tensor, ld: Tensor, k: int, pair: _Pair, relax: list[_Relax], r
     every step; ``c`` is the constant collected, ``s`` ≥ 0 the slack (every rounding so far, rounded up).
     """
     bsz, m = reg.centres.shape[0], lz.shape[-2]
+    compacted = _compact_cached(k, pair, relax, rho) if k > 0 else None
+    if compacted is not None:  # only the neurons not dead in both nets (exact: theirs contribute 0)
+        pair, relax, rho = compacted
     c = torch.zeros(bsz, m, dtype=torch.float64, device=lz.device)
     s = torch.zeros_like(c)
     for j in range(k, -1, -1):
+        if j == 0 and j < k and reg.norm == "linf" and lz.dim() == 3 and not lz.requires_grad:
+            return _input_linf(lz, ld, pair, reg, rho[0], c, s)
         a, gg, cc, s_aff = _affine_step(lz, ld, j, pair, relax, reg, rho, onehot if j == k else None)
         s = (s + s_aff) * (1.0 + 4.0 * _U) + _TINY
         c = c + cc
@@ -654,6 +713,199 @@ def _backsub(lz: Tensor, ld: Tensor, k: int, pair: _Pair, relax: list[_Relax], r
         c = c + csum
         s = (s + s_rel + 2.0 * _U * c.abs()) * (1.0 + 4.0 * _U) + _TINY
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _live(rx: _Relax) -> Tensor | None:
+    """``[B, n]``: the neurons of a hidden layer whose ``h`` or ``h̃`` may be non-zero (as computed or exact);
+    ``None`` where the relaxation's fields are not all ``[B, n]`` (per-row slopes: no compaction)."""
+    hm, hp = rx.hmax_c, rx.hpmax_c
+    if hm.dim() == 3 and hm.shape[1] == 1 and hp.shape == hm.shape:  # per-row fields: [B, 1 or R, n]
+        hm, hp = hm[:, 0], hp[:, 0]
+    if hm.dim() != 2 or hp.shape != hm.shape or any(
+            isinstance(v, Tensor) and (v.dim() not in (2, 3) or v.shape[0] != hm.shape[0] or v.shape[-1] != hm.shape[1])
+            for f in dataclasses.fields(rx) for v in _flat(getattr(rx, f.name))):
+        return None
+    # NaN (an overflow upstream) counts as live, so that it reaches the final check
+    return ~((hm == 0) & (hp == 0))
+
+
+def _flat(v: Any) -> tuple[Any, ...]:
+    return v if isinstance(v, tuple) else (v,)
+
+
+def _compact(k: int, pair: _Pair, relax: list[_Relax], rho: list[tuple[Tensor, Tensor]]
+             ) -> tuple[_Pair, list[_Relax], list[tuple[Tensor, Tensor]]] | None:
+    """Per-ball weights, relaxations and rounding bounds of layers ``0 … k`` restricted to the hidden neurons
+    that are not dead in both nets (``|fl(h)| ≤ 0`` and ``|fl(h̃)| ≤ 0`` by the intervals).
+
+    Such a neuron has ``h = h̃ = Δh = 0`` exactly (computed and exact), so it contributes exactly nothing
+    to ``A h + G Δh`` and dropping it is an exact identity (its relaxation, looser by at least the
+    rounding nudge, is not used: never looser than the full back-substitution). Per ball the kept neurons
+    come first, padded to the most any ball keeps by a phantom neuron whose weights, relaxation and
+    rounding bounds are all zero. Weights become ``[B, n_out, n_in]`` (rows and columns gathered; layer k keeps
+    its rows, the input layer its columns). ``None`` where :func:`_live` declines.
+    """
+    idx: list[Tensor] = []
+    keep: list[Tensor] = []
+    for j in range(k):
+        live = _live(relax[j])
+        if live is None:
+            return None
+        order = torch.sort((~live).to(torch.int8), dim=1, stable=True).indices
+        width = max(1, int(live.sum(1).max()))
+        order = order[:, :width]
+        kept = live.gather(1, order)
+        idx.append(torch.where(kept, order, torch.full_like(order, live.shape[1])))  # the phantom: index n
+        keep.append(kept.to(torch.float64))
+
+    bsz = idx[0].shape[0]
+
+    def vec(t: Tensor, j: int) -> Tensor:  # [n_j], [B, n_j] or per row [B, R, n_j] → [B, (R,) L_j] (phantom: 0)
+        ix = idx[j].clamp_max(t.shape[-1] - 1)
+        if t.dim() == 3:
+            return t.gather(2, ix.unsqueeze(1).expand(-1, t.shape[1], -1)) * keep[j].unsqueeze(1)
+        return (t[ix] if t.dim() == 1 else t.gather(1, ix)) * keep[j]
+
+    def mat(name: str, j: int) -> Tensor:  # [n_j, n_{j−1}] → per ball, rows (j < k) and columns (j > 0) kept
+        w = getattr(pair, name)[j]
+        if (name == "wt" and j == 0) or (name == "d_err" and _all_zero(pair, j)) \
+                or (j == 0 and name in ("w", "d")):  # unused / zero / gathered stacked below: no copy
+            rows = w.shape[0] if j == k else idx[j].shape[1]
+            return w.new_zeros(1, 1, 1).expand(bsz, rows, w.shape[1] if j == 0 else idx[j - 1].shape[1])
+        wp = _zero_padded(pair, name, j)  # the phantom's row and column (index n) are zero
+        if j == 0:
+            return wp[idx[0]]
+        rows_ix = idx[j].unsqueeze(-1) if j < k else torch.arange(w.shape[0], device=w.device).view(1, -1, 1)
+        return wp[rows_ix, idx[j - 1].unsqueeze(1)]
+
+    def rx_(r: _Relax, j: int) -> _Relax:
+        return _Relax(**cast("dict[str, Any]", {
+            f.name: (None if v is None else tuple(vec(t, j) for t in v) if isinstance(v, tuple) else vec(v, j))
+            for f in dataclasses.fields(r) for v in (getattr(r, f.name),)}))
+
+    w, wt, d, de = (tuple(mat(name, j) for j in range(k + 1)) for name in ("w", "wt", "d", "d_err"))
+    b, bt, db, dbe = (tuple(vec(v, j) if j < k else v for j, v in enumerate(vs[:k + 1]))
+                      for vs in (pair.b, pair.bt, pair.db, pair.db_err))
+    if k > 0:  # the input layer's W and D rows in one gather ([W; D] stacked), with their absolute values
+        wd, wd_abs = _stacked_padded(pair)
+        rows = torch.cat([idx[0], idx[0] + pair.w[0].shape[0] + 1], 1)
+        m, m_abs = wd[rows], wd_abs[rows]
+        w = (m[:, :idx[0].shape[1]], *w[1:])
+        d = (m[:, idx[0].shape[1]:], *d[1:])
+    out = _Pair(w, wt, d, de, b, bt, db, dbe, pair.alpha)
+    if k > 0:
+        out.cache[("stacked", 0)] = (m, m_abs)
+    rho_c = [(vec(a, j), vec(b, j)) for j, (a, b) in enumerate(rho[:k])] + [rho[k]]
+    return out, [rx_(relax[j], j) for j in range(k)], rho_c
+
+
+def _compact_cached(k: int, pair: _Pair, relax: list[_Relax], rho: list[tuple[Tensor, Tensor]]
+                    ) -> tuple[_Pair, list[_Relax], list[tuple[Tensor, Tensor]]] | None:
+    """:func:`_compact`, remembered for the last (relaxations, rounding bounds) seen at layer k — the same
+    objects (identity, not equality) — so the output rows, the chord row and the margins of one chunk share it."""
+    key = ("compact", k)
+    tag = (*relax[:k], *(t for r in rho[:k + 1] for t in r))
+    hit = pair.cache.get(key)
+    if hit is not None and len(hit[0]) == len(tag) and all(a is b for a, b in zip(hit[0], tag)):
+        return cast("tuple[_Pair, list[_Relax], list[tuple[Tensor, Tensor]]] | None", hit[1])
+    out = _compact(k, pair, relax, rho)
+    pair.cache[key] = (tag, out)
+    return out
+
+
+def _zero_padded(pair: _Pair, name: str, j: int) -> Tensor:
+    """Layer j's matrix ``name`` with a zero row appended (and a zero column, j > 0), cached on the pair."""
+    key = (name, j)
+    if key not in pair.cache:
+        w = getattr(pair, name)[j]
+        pair.cache[key] = torch.nn.functional.pad(w, (0, 1 if j > 0 else 0, 0, 1))
+    return cast(Tensor, pair.cache[key])
+
+
+def _all_zero(pair: _Pair, j: int) -> bool:
+    """Whether layer j's exact remainder of ``D = W − W̃`` vanishes (pruning by masks: always), cached."""
+    key = ("d_err_zero", j)
+    if key not in pair.cache:
+        pair.cache[key] = not bool(pair.d_err[j].any())
+    return bool(pair.cache[key])
+
+
+def _input_linf(lz: Tensor, ld: Tensor, pair: _Pair, reg: _Region, rho: tuple[Tensor, Tensor], c: Tensor,
+                s: Tensor) -> Tensor:
+    """The last step of :func:`_backsub` on an ℓ∞ ball (∩ box, i.e. the box ``[lo, hi]``): certified lower value of
+    ``min_x lzᵀ z_0 + ldᵀ δ_0 + c − s`` over the box, with one pass over the ``[B, R, d]`` input coefficients.
+
+    With ``mid = fl((lo + hi)/2)`` and ``rad ≥ max(hi − mid, mid − lo)`` (rounded up), every x of the box has
+    ``aᵀx ≥ aᵀmid − |a|ᵀrad`` for the exact ``a = lzᵀW − ldᵀ(D + D_err)``. ``aᵀmid`` is taken by associativity
+    (``lzᵀ(W mid) − ldᵀ(D mid)``), ``|a|`` from the computed ``â`` (one product of ``[lz, ld]`` by ``[W; −D]``).
+    Rounding: ``|a − â| ≤ γ_{2n}(|lz||W| + |ld||D|) + |ld||D_err|`` elementwise, the nested products
+    ``lzᵀ(W mid)`` are off by ``≤ γ_{n+d}|lz|(|W||mid|)`` (and likewise for D), so both are covered by
+    ``g·(|lz|(|W| hm) + |ld|(|D| hm)) + (1 + g)|ld|(|D_err| hm)`` with ``hm = |mid| + rad`` and
+    ``g = 2γ_{2n+d+2}``; ``|â|ᵀrad`` is rounded up by ``1 + 2γ_{d+2}``; the final sums by ``4u`` of their parts.
+    The forward passes' rounding ρ and the biases enter as in :func:`_affine_step`.
+    """
+    w, de = pair.w[0], pair.d_err[0]
+    n, d = w.shape[-2], w.shape[-1]
+    g = _g2(2 * n + d + 2)
+    mid = (reg.lo + reg.hi) * 0.5
+    rad = torch.maximum(reg.hi - mid, mid - reg.lo) * (1.0 + 4.0 * _U) + _TINY
+    hm = (mid.abs() + rad) * (1.0 + 2.0 * _U)
+    rt, rp = rho
+    bsz = lz.shape[0]
+
+    def full(v: Tensor) -> Tensor:
+        return v.expand(bsz, -1) if v.dim() == 1 else v
+
+    m, m_abs = _stacked(pair)  # [W; D] and its absolute values, [(B,) 2n, d]
+    m_mid, m_hm = _matvec(m, mid), _matvec(m_abs, hm)  # [B, 2n]: (W mid; D mid), (|W| hm; |D| hm)
+    # one batched product per coefficient matrix: [B, R, n] @ [B, n, k]
+    am_w, cb = _rowdots(lz, m_mid[:, :n], full(pair.b[0]))
+    aw, ab = _rowdots(lz.abs(), m_hm[:, :n], full(pair.b[0].abs()))
+    am_d, cdb = _rowdots(ld, m_mid[:, n:], full(pair.db[0]))
+    ad, ae, adb, adbe, arp = _rowdots(ld.abs(), m_hm[:, n:], _matvec(de, hm), full(pair.db[0].abs()),
+                                      full(pair.db_err[0]), rp)
+    (art,) = _rowdots((lz - ld).abs(), rt)
+    s_rho = (art * (1.0 + 2.0 * _U) + arp) * (1.0 + _g2(n + 2))
+    cc = cb + cdb
+    c_err = g * (ab + adb) + (1.0 + g) * adbe
+    s_aff = g * (aw + ad) + (1.0 + g) * ae
+    am = am_w - am_d  # lzᵀ(W mid) − ldᵀ(D mid)
+    a = torch.cat([lz, -ld], -1) @ m  # â = [lz, −ld]·[W; D], [B, R, d] (the negation is exact)
+    ar = _rowdot(a.abs_(), rad) * (1.0 + _g2(d + 2))
+    s = (s + (s_rho + s_aff + c_err) * (1.0 + 4.0 * _U)) * (1.0 + 4.0 * _U) + _TINY
+    c = c + cc
+    v = am + c - ar
+    err = s + 4.0 * _U * (am.abs() + c.abs() + ar) * (1.0 + 4.0 * _U) + _TINY
+    return _down(v, err)
+
+
+def _stacked(pair: _Pair) -> tuple[Tensor, Tensor]:
+    """``[W₀; D₀]`` and its absolute values, ``[(B,) 2n, d]``, cached on the (compacted) pair."""
+    key = ("stacked", 0)
+    if key not in pair.cache:
+        m = torch.cat([pair.w[0], pair.d[0]], -2)
+        pair.cache[key] = (m, m.abs())
+    return cast("tuple[Tensor, Tensor]", pair.cache[key])
+
+
+def _stacked_padded(pair: _Pair) -> tuple[Tensor, Tensor]:
+    """``[W₀; 0; D₀; 0]`` (each with the phantom's zero row) and its absolute values, cached on the pair."""
+    key = ("stacked_padded", 0)
+    if key not in pair.cache:
+        m = torch.cat([_zero_padded(pair, "w", 0), _zero_padded(pair, "d", 0)], 0)
+        pair.cache[key] = (m, m.abs())
+    return cast("tuple[Tensor, Tensor]", pair.cache[key])
+
+
+def _rowdots(mat: Tensor, *vs: Tensor | None) -> list[Tensor]:
+    """``[_rowdot(mat, v) for v in vs]`` (``mat`` ``[B, R, n]``, each ``v`` ``[B, n]``) as one batched product
+    (any summation order: the callers' rounding bounds hold for it); ``None`` entries give ``None``."""
+    got = [v for v in vs if v is not None]
+    if mat.numel() * len(got) <= _SMALL:
+        out = iter((mat.unsqueeze(-1) * torch.stack(got, -1).unsqueeze(1)).sum(-2).unbind(-1))
+    else:
+        out = iter((mat @ torch.stack(got, -1)).unbind(-1))
+    return [next(out) if v is not None else cast(Tensor, None) for v in vs]
 
 
 def _rho(w: Tensor, b: Tensor, hmax: Tensor, dtype: torch.dtype) -> Tensor:
@@ -725,34 +977,57 @@ def _take(relax: list[_Relax], reg: _Region, rho: list[tuple[Tensor, Tensor]], i
     return rx, rg, [(a[idx], b[idx]) for a, b in rho]
 
 
+# per group of balls in :func:`_refine`: at most this many (padded) rows in all, and this many balls
+_GROUP_ROWS = 2048
+_GROUP_BALLS = 64
+
+
+def _row_groups(counts: Tensor, rows: int = _GROUP_ROWS, balls: int = _GROUP_BALLS) -> list[Tensor]:
+    """Balls sorted by how many rows they need (``counts`` ``[B]``), cut into consecutive groups of at most
+    ``balls`` balls whose padded size (balls × the group's most rows) stays within ``rows`` (a ball that alone
+    exceeds it forms its own group)."""
+    order = torch.sort(counts, stable=True).indices
+    cnt = counts[order].tolist()
+    groups, start = [], 0
+    while start < len(cnt):
+        end = start + 1
+        while end < len(cnt) and end - start < balls and (end - start + 1) * max(cnt[end], 1) <= rows:
+            end += 1
+        groups.append(order[start:end])
+        start = end
+    return groups
+
+
 def _refine(need: Tensor, k: int, pair: _Pair, relax: list[_Relax], reg: _Region,
-            rho: list[tuple[Tensor, Tensor]], group: int = 4) -> Tensor:
+            rho: list[tuple[Tensor, Tensor]], group: int | None = None) -> Tensor:
     """Back-substituted lower values of the rows ``need`` (``[B, 6, n]`` bool, types ``_ROWS``) → ``[B, 6, n]``.
 
     Rows not needed come back as ``−inf``. Each ball gets its own rows, gathered into ``[B, R, n]``
     (R: the most any ball of the group needs; the padding rows are discarded), so a ball's values do not
-    depend on the other balls of its chunk. Balls are grouped by how many rows they need (groups of
-    ``group`` after sorting), so that little is padded.
+    depend on the other balls of its chunk. Balls are grouped by how many rows they need
+    (:func:`_row_groups`, or groups of ``group`` after sorting), so that little is padded.
     """
     bsz, _, n = need.shape
-    if bsz > group:
-        order = torch.sort(need.reshape(bsz, -1).sum(1), stable=True).indices
+    counts = need.reshape(bsz, -1).sum(1)
+    groups = _row_groups(counts) if group is None else _row_groups(counts, 1 << 62, group)
+    if len(groups) > 1:
         out = torch.empty(bsz, 6, n, dtype=torch.float64, device=need.device)
-        for start in range(0, bsz, group):
-            idx = order[start:start + group]
-            out[idx] = _refine(need[idx], k, pair, *_take(relax, reg, rho, idx), group=group)
+        for idx in groups:
+            out[idx] = _refine(need[idx], k, pair, *_take(relax, reg, rho, idx), group=len(idx))
         return out
-    rows = _one_hot_rows(need)
+    rows = _one_hot_rows(need, dense=False)
     if rows is None:
         return torch.full((bsz, 6, n), -math.inf, dtype=torch.float64, device=need.device)
     lz, ld, onehot, order, valid = rows
     return _scatter_rows(_backsub(lz, ld, k, pair, relax, reg, rho, onehot), order, valid, n)
 
 
-def _one_hot_rows(need: Tensor) -> tuple[Tensor, Tensor, _OneHot, Tensor, Tensor] | None:
+def _one_hot_rows(need: Tensor, dense: bool = True) -> tuple[Tensor, Tensor, _OneHot, Tensor, Tensor] | None:
     """The rows ``need`` (``[B, 6, n]``, types ``_ROWS``) as per-ball objectives ``(lz, ld)`` ``[B, R, n]``
     (R: the most any ball needs; padding rows are zero and not ``valid``), their one-hot form, and the
-    ``order`` / ``valid`` ``[B, R]`` that :func:`_scatter_rows` uses; ``None`` if no row is needed."""
+    ``order`` / ``valid`` ``[B, R]`` that :func:`_scatter_rows` uses; ``None`` if no row is needed.
+    ``dense=False``: ``lz``, ``ld`` are zero views of that shape only (:func:`_backsub` given the one-hot form
+    reads nothing else of them)."""
     bsz, _, n = need.shape
     flat = need.reshape(bsz, 6 * n)
     r = int(flat.sum(1).max()) if bsz else 0
@@ -763,11 +1038,15 @@ def _one_hot_rows(need: Tensor) -> tuple[Tensor, Tensor, _OneHot, Tensor, Tensor
     kind, neuron = order // n, order % n
     coef = torch.tensor(_ROWS, dtype=torch.float64, device=need.device)[kind]  # [B, R, 2]
     coef = coef * valid.unsqueeze(-1)
+    onehot = (coef[..., 0], coef[..., 1], neuron)
+    if not dense:
+        shape_only = coef.new_zeros(1, 1, 1).expand(bsz, r, n)
+        return shape_only, shape_only, onehot, order, valid
     lz = torch.zeros(bsz, r, n, dtype=torch.float64, device=need.device)
     ld = torch.zeros_like(lz)
     lz.scatter_(2, neuron.unsqueeze(-1), coef[..., :1])
     ld.scatter_(2, neuron.unsqueeze(-1), coef[..., 1:])
-    return lz, ld, (coef[..., 0], coef[..., 1], neuron), order, valid
+    return lz, ld, onehot, order, valid
 
 
 def _scatter_rows(low: Tensor, order: Tensor, valid: Tensor, n: int) -> Tensor:
@@ -806,7 +1085,9 @@ def _layer_bounds(pair: _Pair, k: int, relax: list[_Relax], reg: _Region,
         coef = torch.tensor(_ROWS, dtype=torch.float64, device=eye.device)
         lz = (coef[:, 0, None, None] * eye).reshape(6 * n, n)  # shared by every ball
         ld = (coef[:, 1, None, None] * eye).reshape(6 * n, n)
-        low = _backsub(lz, ld, k, pair, relax, reg, rho)
+        neuron = torch.arange(n, device=eye.device).repeat(6)
+        onehot = (coef[:, 0].repeat_interleave(n), coef[:, 1].repeat_interleave(n), neuron)  # rows ±e_i: gathers
+        low = _backsub(lz, ld, k, pair, relax, reg, rho, onehot)
         l, dl, tl = low[:, :n], low[:, 2 * n:3 * n], low[:, 4 * n:5 * n]
         u, du, tu = -low[:, n:2 * n], -low[:, 3 * n:4 * n], -low[:, 5 * n:]
     else:
@@ -1058,7 +1339,8 @@ def differential_bound(target: Net, pruned: Net, ball: BallSpec, *, centres: Ten
         ball: radius, norm (``l2``/``linf``), optional box; its centre unless ``centres`` is given.
         centres: ``[B, d]`` centres, one ball each (vectorised), overriding ``ball.centre``.
         forward_dtype: the dtype the user's forward passes run in (default: each net's weight dtype).
-        batch_size: balls per vectorised chunk (memory ~ 6·n²·batch_size doubles per layer).
+        batch_size: balls per vectorised chunk (within a chunk, balls are grouped by how many rows they need,
+            so larger chunks pad less; memory ~ rows × neurons alive in either net, per ball).
         optimise: gradient steps on the unstable neurons' lower slopes (0: none; each costs about one
             back-substitution of the output rows).
         halfwidth: ``[B, d]`` per-ball ℓ∞ half-widths (``linf`` only): ball b is the box ``c_b ± h_b`` (∩ box),
@@ -1217,6 +1499,9 @@ def _optimised_rows(an: _Analysis, k: int, lz: Tensor, ld: Tensor, valid: Tensor
               for j in range(k) if an.pair.alpha[j] is not None}
     opt = torch.optim.Adam([p for pp in params.values() for p in pp], lr=lr) if params and steps else None
     best = torch.full(lz.shape[:2], -math.inf, dtype=torch.float64, device=lz.device)
+    if opt is not None:  # the plain relaxation's value itself (iterate 0 below may differ from it by rounding)
+        with torch.no_grad():
+            best = _backsub(lz, ld, k, an.pair, an.relax, an.reg, an.rho, onehot)
     for it in range(steps + 1):
         relax = an.relax if opt is None else [
             _relax(*cast("tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]",
