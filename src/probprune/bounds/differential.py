@@ -701,7 +701,8 @@ def _backsub(lz: Tensor, ld: Tensor, k: int, pair: _Pair, relax: list[_Relax], r
     c = torch.zeros(bsz, m, dtype=torch.float64, device=lz.device)
     s = torch.zeros_like(c)
     for j in range(k, -1, -1):
-        if j == 0 and j < k and reg.norm == "linf" and lz.dim() == 3 and not lz.requires_grad:
+        # (a sub-domain's cuts, ``reg.cut``, need the general input step: _min_linear hands them the rows)
+        if j == 0 and j < k and reg.norm == "linf" and lz.dim() == 3 and not lz.requires_grad and reg.cut is None:
             return _input_linf(lz, ld, pair, reg, rho[0], c, s)
         a, gg, cc, s_aff = _affine_step(lz, ld, j, pair, relax, reg, rho, onehot if j == k else None)
         s = (s + s_aff) * (1.0 + 4.0 * _U) + _TINY
