@@ -25,8 +25,10 @@ data: setup
 	-$(BIN)/probprune data prepare mnist
 	-$(BIN)/probprune data prepare fashion-mnist
 
+# one pytest worker per core (pytest-xdist), a test file per worker at a time: the suite's files share
+# module-level fixtures, and a file stays in one process as it does under plain `pytest`
 test: setup
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n auto --dist loadfile $(PYTEST_ARGS)
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks
