@@ -640,16 +640,29 @@ def _flat_centres(g: Graph, ball: BallSpec, centres: Tensor | None) -> Tensor | 
     return centres.detach().reshape(centres.shape[0], d).to("cpu", _F64)
 
 
+def _flat_halfwidths(g: Graph, halfwidth: Tensor | None, flat: Tensor | None) -> Tensor | None:
+    """``[B, d]`` float64 half-widths shaped as the centres (checked by ``_region``); None: the radius."""
+    if halfwidth is None:
+        return None
+    if flat is None or not isinstance(halfwidth, Tensor) or halfwidth.shape[0] != flat.shape[0] \
+            or halfwidth[0].numel() != flat.shape[1]:
+        shape = tuple(halfwidth.shape) if isinstance(halfwidth, Tensor) else type(halfwidth).__name__
+        raise ProbPruneError(f"halfwidth: shape {shape}, expected one half-width per centre coordinate (centres "
+                             f"given: {None if flat is None else tuple(flat.shape)})")
+    return halfwidth.detach().reshape(flat.shape).to("cpu", _F64)
+
+
 def _identical(target: Graph, pruned: Graph) -> bool:
     return all(torch.equal(a.params[k], b.params[k]) and a.params[k].dtype == b.params[k].dtype
                for a, b in zip(target.nodes, pruned.nodes) for k in a.params)
 
 
-def _assumptions(prep: _Prep, ball: BallSpec) -> tuple[str, ...]:
+def _assumptions(prep: _Prep, ball: BallSpec, boxes: bool = False) -> tuple[str, ...]:
     box = f" ∩ box {ball.box}" if ball.box is not None else ""
+    what = "per-input half-widths (l-infinity boxes)" if boxes else f"radius {ball.radius!r}"
     ops = sorted({n.op for n in prep.target.nodes})
     acts = sorted({cast(Activation, n.attrs["act"]).kind for n in prep.target.nodes if n.op == "act"})
-    return (f"ball: {ball.norm} radius {ball.radius!r}{box} (inputs flattened)",
+    return (f"ball: {ball.norm} {what}{box} (inputs flattened)",
             f"graph ops: {', '.join(ops)}" + (f"; activations {', '.join(acts)}" if acts else ""),
             "floating point: covers the exact gap and both graphs evaluated in float64 (float32 parameters cast "
             "exactly; IEEE round-to-nearest, any summation order, no TF32/FFT/Winograd convolution; transcendental "
@@ -657,48 +670,73 @@ def _assumptions(prep: _Prep, ball: BallSpec) -> tuple[str, ...]:
             "with every rounding covered")
 
 
-def _analyse(prep: _Prep, ball: BallSpec, centres: Tensor | None, batch_size: int, cls: Tensor | None = None
-             ) -> tuple[_Region, Tensor, Tensor, Tensor | None, Tensor | None]:
-    """Per chunk of balls: the states; the output differences' intervals ``[B, m]`` and (classes given) the
-    certified margins ``[B]`` of both graphs."""
+def _analyse(prep: _Prep, ball: BallSpec, centres: Tensor | None, batch_size: int, cls: Tensor | None = None,
+             halfwidth: Tensor | None = None) -> tuple[_Region, Tensor, Tensor, Tensor, Tensor | None, Tensor | None]:
+    """Per chunk of balls: the states; the output differences' intervals ``[B, m]``, the chord bounds on
+    ``‖f − F‖₂²`` ``[B]`` (:func:`_chord_square`) and (classes given) the certified margins ``[B]`` of both
+    graphs."""
     d = math.prod(prep.target.input_shape)
-    reg0 = _region(ball, centres, d, torch.device("cpu"))
-    los, his, mts, mps = [], [], [], []
+    reg0 = _region(ball, centres, d, torch.device("cpu"), halfwidth)
+    los, his, sqs, mts, mps = [], [], [], [], []
     m = math.prod(prep.target.output_shape)
     out = prep.target.output
     for start in range(0, reg0.centres.shape[0], batch_size):
-        reg = _region(ball, reg0.centres[start:start + batch_size], d, torch.device("cpu"))
+        hw = None if halfwidth is None else reg0.radius[start:start + batch_size]  # type: ignore[index]
+        reg = _region(ball, reg0.centres[start:start + batch_size], d, torch.device("cpu"), hw)
         states = _states(prep, reg)
         _, _, dl, du, _, _ = states[out].b
         los.append(dl)
         his.append(du)
+        rows_z = torch.zeros(dl.shape[0], 1, m, dtype=_F64)
+        rows_d = (-(dl + du)).unsqueeze(1)  # the chord row −wᵀΔv, w = lo + hi
         if cls is not None:
             c = cls[start:start + batch_size]
             eye = torch.eye(m, dtype=_F64)
             rows = eye[c].unsqueeze(1) - eye.unsqueeze(0)  # [b, m, m]: e_c − e_j
-            low = _backsub(prep, states, out, torch.cat([rows, rows], 1),
-                           torch.cat([torch.zeros_like(rows), rows], 1), reg)
+            rows_z = torch.cat([rows_z, rows, rows], 1)
+            rows_d = torch.cat([rows_d, torch.zeros_like(rows), rows], 1)
+        low = _backsub(prep, states, out, rows_z, rows_d, reg)
+        sqs.append(_chord_square(low[:, 0], dl, du))
+        if cls is not None:
             not_c = eye[c] == 0
-            inf = torch.full_like(low[:, :m], math.inf)
-            mts.append(torch.where(not_c, low[:, :m], inf).amin(-1))
-            mps.append(torch.where(not_c, low[:, m:], inf).amin(-1))
+            inf = torch.full_like(low[:, 1:m + 1], math.inf)
+            mts.append(torch.where(not_c, low[:, 1:m + 1], inf).amin(-1))
+            mps.append(torch.where(not_c, low[:, m + 1:], inf).amin(-1))
     mt = torch.cat(mts) if cls is not None else None
     mp = torch.cat(mps) if cls is not None else None
-    return reg0, torch.cat(los), torch.cat(his), mt, mp
+    return reg0, torch.cat(los), torch.cat(his), torch.cat(sqs), mt, mp
 
 
-def _value(lo: Tensor, hi: Tensor) -> Tensor:
-    """``‖f(x) − F(x)‖₂ ≤ sqrt(Σ_j max(lo_j², hi_j²))``, scaled for the float64 subtraction/norm and our rounding."""
+def _chord_square(low: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
+    """Upper bound ``[B]`` on ``‖Δv‖₂²`` over the ball from the chords of the convex ``Δv_j²`` on ``[lo_j, hi_j]``
+    (``docs/certified.md`` "The output norm"): ``‖Δv‖₂² ≤ max_x wᵀΔv − Σ_j lo_j hi_j``, ``w = fl(lo + hi)``, with
+    ``low`` a certified lower value of ``−wᵀΔv`` (one back-substituted row). Rounding: ``fl(lo + hi)`` is off by
+    ``≤ u|w_j|`` (times ``|Δv_j| ≤ max(|lo_j|, |hi_j|)``), ``Σ lo_j hi_j`` by ``≤ γ_{m+1} Σ|lo_j hi_j|``, the final
+    subtraction by ``2u`` of its parts; all added before the result is rounded up."""
+    prod = lo * hi
+    cs = (-prod).sum(-1)
     m = lo.shape[-1]
-    value = torch.maximum(lo * lo, hi * hi).sum(-1).sqrt() * ((1.0 + _gamma(m + 3, _U)) * (1.0 + _g2(m + 3))) \
-        + _TINY
+    mag = torch.maximum(lo.abs(), hi.abs())
+    err = _g2(m + 2) * prod.abs().sum(-1) + 2.0 * _U * ((lo + hi).abs() * mag).sum(-1) * (1.0 + _g2(m + 2)) \
+        + 2.0 * _U * (low.abs() + cs.abs())
+    return (-_down(low - cs, err)).clamp_min(0.0)
+
+
+def _value(lo: Tensor, hi: Tensor, squares: Tensor | None = None) -> Tensor:
+    """``‖f(x) − F(x)‖₂ ≤ sqrt(Σ_j max(lo_j², hi_j²))`` — or ``sqrt(squares)`` where that (the chord bound on the
+    squares, :func:`_chord_square`) is smaller — scaled for the float64 subtraction/norm and our rounding."""
+    m = lo.shape[-1]
+    sq = torch.maximum(lo * lo, hi * hi).sum(-1)
+    if squares is not None:
+        sq = torch.minimum(sq, squares)
+    value = sq.sqrt() * ((1.0 + _gamma(m + 3, _U)) * (1.0 + _g2(m + 3))) + _TINY
     if not bool(torch.isfinite(value).all()):
         raise ProbPruneError("differential graph bound: overflows float64; refused")
     return value
 
 
 def graph_differential_bound(target: Graph, pruned: Graph, ball: BallSpec, *, centres: Tensor | None = None,
-                             batch_size: int = 8) -> DifferentialBound:
+                             batch_size: int = 8, halfwidth: Tensor | None = None) -> DifferentialBound:
     """Certified upper bound on ``sup_{x ∈ ball} ‖f(x) − F(x)‖₂`` for two graphs, by differential back-substitution.
 
     Args:
@@ -707,6 +745,8 @@ def graph_differential_bound(target: Graph, pruned: Graph, ball: BallSpec, *, ce
         ball: radius, norm (``l2``/``linf``), optional box; its centre (flat) unless ``centres`` is given.
         centres: ``[B, *input_shape]`` or ``[B, d]`` centres, one ball each (vectorised).
         batch_size: balls per vectorised chunk.
+        halfwidth: per-ball ℓ∞ half-widths shaped as ``centres`` (``linf`` only): ball b is the box ``c_b ± h_b``
+            (∩ box), replacing the radius (how VNN-COMP states its properties).
 
     Returns:
         :class:`~probprune.bounds.differential.DifferentialBound` (``centres`` flat ``[B, d]``;
@@ -723,13 +763,15 @@ def graph_differential_bound(target: Graph, pruned: Graph, ball: BallSpec, *, ce
     _check_batch_size(batch_size)
     prep = _prepare(target, pruned)
     flat = _flat_centres(prep.target, ball, centres)
+    hw = _flat_halfwidths(prep.target, halfwidth, flat)
     if _identical(target, pruned):
-        reg = _region(ball, flat, math.prod(prep.target.input_shape), torch.device("cpu"))
+        reg = _region(ball, flat, math.prod(prep.target.input_shape), torch.device("cpu"), hw)
         z = torch.zeros(reg.centres.shape[0], math.prod(prep.target.output_shape), dtype=_F64)
         return DifferentialBound(z[:, 0], z, z.clone(), ball, reg.centres, "float64",
-                                 (*_assumptions(prep, ball), "the graphs are bitwise identical: gap 0"))
-    reg, lo, hi, _, _ = _analyse(prep, ball, flat, batch_size)
-    return DifferentialBound(_value(lo, hi), lo, hi, ball, reg.centres, "float64", _assumptions(prep, ball))
+                                 (*_assumptions(prep, ball, hw is not None), "the graphs are bitwise identical: gap 0"))
+    reg, lo, hi, sq, _, _ = _analyse(prep, ball, flat, batch_size, halfwidth=hw)
+    return DifferentialBound(_value(lo, hi, sq), lo, hi, ball, reg.centres, "float64",
+                             _assumptions(prep, ball, hw is not None))
 
 
 class _Flat:
@@ -744,19 +786,21 @@ class _Flat:
 
 def graph_gap_search(target: Graph, pruned: Graph, ball: BallSpec, generator: torch.Generator, *,
                      centres: Tensor | None = None, n_restarts: int = 8, n_steps: int = 100,
-                     step: float = 0.25) -> GapWitness:
+                     step: float = 0.25, halfwidth: Tensor | None = None) -> GapWitness:
     """Lower bound on the gap over each ball by projected Adam ascent (float64), with witnesses inside the ball.
 
     The search of :func:`probprune.bounds.differential.gap_search` on graphs: centre plus ``n_restarts`` random
     starts, projected into the ball ∩ box; the value is ``‖f(x) − F(x)‖₂`` evaluated in float64 at a point
-    checked to lie in the closed ball ∩ box. Witnesses ``x`` are flat ``[B, d]``.
+    checked to lie in the closed ball ∩ box. Witnesses ``x`` are flat ``[B, d]``. ``halfwidth``: per-ball ℓ∞
+    boxes, as for :func:`graph_differential_bound`.
     """
     check_graph_pair(target, pruned)
     for name, v in (("n_restarts", n_restarts), ("n_steps", n_steps)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 0:
             raise ProbPruneError(f"{name}={v!r}: must be an integer >= 0")
     flat = _flat_centres(target, ball, centres)
-    reg = _region(ball, flat, math.prod(target.input_shape), torch.device("cpu"))
+    reg = _region(ball, flat, math.prod(target.input_shape), torch.device("cpu"),
+                  _flat_halfwidths(target, halfwidth, flat))
     t64, p64 = _Flat(target), _Flat(pruned)
 
     def obj(x: Tensor) -> Tensor:
@@ -772,14 +816,16 @@ def graph_gap_search(target: Graph, pruned: Graph, ball: BallSpec, generator: to
 
 def graph_certified_agreement(target: Graph, pruned: Graph, ball: BallSpec, *, centres: Tensor | None = None,
                               attack: bool = True, generator: torch.Generator | None = None, n_restarts: int = 4,
-                              n_steps: int = 50, batch_size: int = 8) -> AgreementResult:
+                              n_steps: int = 50, batch_size: int = 8, halfwidth: Tensor | None = None
+                              ) -> AgreementResult:
     """Certify (or refute, with a witness) that the graphs f and F have the same top-1 class everywhere in the ball.
 
     As :func:`probprune.bounds.differential.certified_agreement`: ``c`` is F's top-1 class at the centre
     (float64); certified means the back-substituted lower bounds of ``F_c − F_j`` and ``f_c − f_j`` (f's logits
     are ``v + Δv``) are > 0 for every ``j ≠ c`` — exactly and for both graphs evaluated in float64. Otherwise the
     attack looks for an input of the ball where the top-1 classes differ (``"refuted"``). The bound of the same
-    propagation is ``AgreementResult.bound``.
+    propagation is ``AgreementResult.bound``. ``halfwidth``: per-ball ℓ∞ boxes, as for
+    :func:`graph_differential_bound`.
     """
     _check_batch_size(batch_size)
     prep = _prepare(target, pruned)
@@ -788,18 +834,20 @@ def graph_certified_agreement(target: Graph, pruned: Graph, ball: BallSpec, *, c
         raise ProbPruneError(f"certified agreement: the graph's output shape is {prep.target.output_shape}; a "
                              "classifier needs [m] logits, m >= 2")
     flat = _flat_centres(prep.target, ball, centres)
-    reg0 = _region(ball, flat, math.prod(prep.target.input_shape), torch.device("cpu"))
+    hw = _flat_halfwidths(prep.target, halfwidth, flat)
+    reg0 = _region(ball, flat, math.prod(prep.target.input_shape), torch.device("cpu"), hw)
     t64, p64 = _Flat(prep.target), _Flat(prep.pruned)
     with torch.no_grad():
         cls = t64(reg0.centres).argmax(-1)
-    reg, lo, hi, mt_, mp_ = _analyse(prep, ball, reg0.centres, batch_size, cls)
+    reg, lo, hi, sq, mt_, mp_ = _analyse(prep, ball, reg0.centres, batch_size, cls, hw)
     mt, mp = cast(Tensor, mt_), cast(Tensor, mp_)
     if _identical(target, pruned):
         z = torch.zeros_like(lo)
-        bound = DifferentialBound(z[:, 0], z, z.clone(), ball, reg.centres, "float64",
-                                  (*_assumptions(prep, ball), "the graphs are bitwise identical: gap 0"))
+        same = (*_assumptions(prep, ball, hw is not None), "the graphs are bitwise identical: gap 0")
+        bound = DifferentialBound(z[:, 0], z, z.clone(), ball, reg.centres, "float64", same)
     else:
-        bound = DifferentialBound(_value(lo, hi), lo, hi, ball, reg.centres, "float64", _assumptions(prep, ball))
+        bound = DifferentialBound(_value(lo, hi, sq), lo, hi, ball, reg.centres, "float64",
+                                  _assumptions(prep, ball, hw is not None))
     verdicts: list[Verdict] = ["certified" if bool(a > 0) and bool(b > 0) else "not certified"
                                for a, b in zip(mt, mp)]
     witnesses: list[Tensor | None] = [None] * len(verdicts)
@@ -807,7 +855,7 @@ def graph_certified_agreement(target: Graph, pruned: Graph, ball: BallSpec, *, c
     if attack and open_idx:
         gen = generator if generator is not None else torch.Generator().manual_seed(0)
         found = _attack(cast(Any, t64), cast(Any, p64), ball, reg0.centres[open_idx], cls[open_idx], gen,
-                        n_restarts, n_steps)
+                        n_restarts, n_steps, None if hw is None else hw[open_idx])
         for i, w in zip(open_idx, found):
             if w is not None:
                 verdicts[i] = "refuted"
