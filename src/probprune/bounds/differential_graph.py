@@ -113,6 +113,8 @@ class _Lin:
         """``coef L`` for coefficient rows ``[M, n_out]`` → ``[M, n_in]`` (the op's adjoint)."""
         if self.node.op == "linear":
             return coef @ params["weight"]
+        if self.node.op in ("reshape", "identity"):
+            return coef  # both keep the flat order: the adjoint is the identity on flat coefficients
         m = coef.shape[0]
         a = self.node.attrs
         if self.node.op == "conv" and all(lo == hi for lo, hi in a["padding"]):
@@ -609,15 +611,26 @@ def _needed(prep: _Prep, node: Node, st: _State) -> Tensor | None:
     return need if bool(need.any()) else None
 
 
+_PHASES = (torch.tensor([True, True, False, False, True, True]).view(1, 6, 1),
+           torch.tensor([False, False, True, True, False, False]).view(1, 6, 1))
+"""The two phases of a node's rows: first both sides of ``z`` and ``z̃``, then the differences ``δ`` still needed."""
+
+
 def _states(prep: _Prep, reg: _Region) -> dict[str, _State]:
+    """The intervals of every node, in topological order: the cheap interval step, then the rows ``_needed``
+    back-substituted in two phases (:data:`_PHASES`), the node's intervals tightened after each: a neuron the
+    first phase proves stable in both graphs needs no rows of its difference (its relaxation is exact; the
+    difference keeps the cross-tightened interval). Every row is sound on its own."""
     zero = torch.zeros_like(reg.lo)
     states = {"input": _State((reg.lo, reg.hi, zero, zero, reg.lo, reg.hi))}
     for node in prep.target.nodes:
         st = _node_state(prep, node, states, reg)
         states[node.name] = st
-        need = _needed(prep, node, st)
-        if need is not None:
-            low = _refine(prep, states, node.name, need, reg)
+        for phase in _PHASES:
+            need = _needed(prep, node, st)
+            if need is None or not bool((need & phase).any()):
+                continue
+            low = _refine(prep, states, node.name, need & phase, reg)
             l, u, dl, du, tl, tu = st.b
             st.b = _tighten((torch.maximum(l, low[:, 0]), torch.minimum(u, -low[:, 1]),
                              torch.maximum(dl, low[:, 2]), torch.minimum(du, -low[:, 3]),
