@@ -110,7 +110,7 @@ class _Crown:
     def _refine(self, name: str, l: Tensor, u: Tensor, unst: Tensor) -> tuple[Tensor, Tensor]:
         bsz, n = l.shape
         r = int(unst.sum(1).max())
-        idx = torch.sort((~unst).to(torch.int8), 1, stable=True).indices[:, :r]
+        idx = torch.sort((~unst).to(torch.int8), dim=1, stable=True).indices[:, :r]
         ok = unst.gather(1, idx)
         l, u = l.clone(), u.clone()
         for r0 in range(0, r, _ROWS // 2):
