@@ -242,6 +242,9 @@ def main() -> None:
                          "crown": crown[i], "verdict": agr.verdicts[i], "label": int(y[start + i]),
                          "empirical_agree": bool(same_w[i]) and bool(same_c[i]) and agr.verdicts[i] != "refuted"})
         print(f"{len(rows)}/{args.n} {time.perf_counter() - t0:.0f}s load {os.getloadavg()[0]:.1f}", flush=True)
+        if args.out:  # what is done so far, so that a run stopped early still leaves its rows
+            Path(args.out).with_suffix(".partial.json").write_text(json.dumps({"rows": rows, "layerwise": layer,
+                                                                               "layerwise_R": big_r}, indent=1))
     _report(args, rows, layer, big_r, n_crown, (t_cert, t_found, t_crown, t_layer))
 
 

@@ -584,10 +584,15 @@ def _refine(prep: _Prep, states: dict[str, _State], name: str, need: Tensor, reg
 
 def _needed(prep: _Prep, node: Node, st: _State) -> Tensor | None:
     """Rows to back-substitute: inputs of ReLU-family activations where unstable, of other activations and max
-    pools everywhere, the output's difference; none for a node reading the input (already tight)."""
+    pools everywhere, the output's difference; none for a node reading the input (already tight), and no value
+    rows for a monotone activation of such a node (σ of the exact range is the exact range of σ: no row is tighter;
+    its differences' rows stay, their joint relaxation in (z, δ) can be)."""
     is_out = node.name == prep.target.output
     if node.name in prep.adjacent:
         return None
+    exact = node.op == "act" and node.inputs[0] in prep.adjacent and (
+        _alpha(node.attrs["act"]) is not None or node.attrs["act"].kind in _MONOTONE
+        or (node.attrs["act"].kind == "elu" and node.attrs["act"].params[0] >= 0))
     l, u, dl, du, tl, tu = st.b
     no = torch.zeros_like(l, dtype=torch.bool)
     rows = [no] * 6
@@ -601,7 +606,7 @@ def _needed(prep: _Prep, node: Node, st: _State) -> Tensor | None:
             ut = ((tl < lo_) & (tu > lo_)) | ((tl < hi_) & (tu > hi_))
             ud = (uz | ut) & (dl < du)
         elif c.op in ("act", "maxpool"):
-            uz, ut, ud = l < u, tl < tu, dl < du
+            uz, ut, ud = (no, no, dl < du) if exact else (l < u, tl < tu, dl < du)
         else:
             continue
         rows = [rows[0] | uz, rows[1] | uz, rows[2] | ud, rows[3] | ud, rows[4] | ut, rows[5] | ut]
