@@ -189,6 +189,10 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--time-against", default=None, metavar="FILE.py",
+                    help="only time graph_differential_bound against another version of differential_graph.py "
+                         "(e.g. `git show main:src/probprune/bounds/differential_graph.py > old.py`), interleaved, "
+                         "one input at a time, same process and load; prints both values and the time ratio")
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "1")))
     path = MODELS / f"{args.model}.onnx"
@@ -204,6 +208,9 @@ def main() -> None:
     radius = float(hw_all.max()) if hw_all is not None else args.radius
     ball = BallSpec(radius=radius, norm="linf", box=box,
                     centre=None if box is None else tuple(x[0].reshape(-1).tolist()))
+    if args.time_against:
+        _time_against(args.time_against, graph, pruned, ball, x, hw_all)
+        return
     t0 = time.perf_counter()
     big_r = float(layerwise_radius(x.reshape(args.n, -1), radius, "linf", box,
                                    None if hw_all is None else hw_all.reshape(args.n, -1)).max())
@@ -246,6 +253,31 @@ def main() -> None:
             Path(args.out).with_suffix(".partial.json").write_text(json.dumps({"rows": rows, "layerwise": layer,
                                                                                "layerwise_R": big_r}, indent=1))
     _report(args, rows, layer, big_r, n_crown, (t_cert, t_found, t_crown, t_layer))
+
+
+def _time_against(old_path: str, graph: Graph, pruned: Graph, ball: BallSpec, x: Tensor, hw: Tensor | None) -> None:
+    """Seconds of ``graph_differential_bound`` (this tree) vs an older module, input by input, alternating."""
+    import importlib.util
+
+    from probprune.bounds.differential_graph import graph_differential_bound
+
+    spec = importlib.util.spec_from_file_location("old_differential_graph", old_path)
+    assert spec is not None and spec.loader is not None
+    old = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(old)
+    t_new = t_old = 0.0
+    for i in range(x.shape[0]):
+        kw = {} if hw is None else {"halfwidth": hw[i:i + 1]}
+        t1 = time.perf_counter()
+        v_old = float(old.graph_differential_bound(graph, pruned, ball, centres=x[i:i + 1], **kw).value[0]) \
+            if hw is None else math.nan  # the older module has no per-input boxes
+        t2 = time.perf_counter()
+        v_new = float(graph_differential_bound(graph, pruned, ball, centres=x[i:i + 1], **kw).value[0])
+        t3 = time.perf_counter()
+        t_old, t_new = t_old + t2 - t1, t_new + t3 - t2
+        print(f"input {i}: old {v_old:.6g} in {t2 - t1:.1f} s, new {v_new:.6g} in {t3 - t2:.1f} s, "
+              f"load {os.getloadavg()[0]:.1f}", flush=True)
+    print(f"total: old {t_old:.1f} s, new {t_new:.1f} s, old / new = {t_old / t_new:.2f}")
 
 
 def _report(args: argparse.Namespace, rows: list[dict], layer: float, big_r: float, n_crown: int,

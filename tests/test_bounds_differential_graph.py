@@ -428,3 +428,26 @@ def test_per_input_boxes_bound_every_sampled_gap_and_equal_the_radius_when_unifo
         graph_differential_bound(target, pruned, ball, centres=centres, halfwidth=hw[:2])
     with pytest.raises(ProbPruneError, match="halfwidth"):
         graph_differential_bound(target, pruned, BallSpec(radius=0.2), centres=centres, halfwidth=hw)
+
+
+def test_onehot_first_step_equals_the_dense_step() -> None:
+    """Rows ``±e_i`` at a ReLU node take their first step on the gathered neuron: the same lower values as the
+    dense step (up to the smaller rounding slack of one-term sums)."""
+    from probprune.bounds.differential import _region
+    from probprune.bounds.differential_graph import _backsub, _prepare, _states
+
+    target, pruned = _dag(4, ("relu", "relu"), True, False, "max")
+    prep = _prepare(target, pruned)
+    centres = torch.rand(2, 32, generator=torch.Generator().manual_seed(5), dtype=torch.float64) - 0.5
+    reg = _region(BallSpec(radius=0.2, norm="linf"), centres, 32, torch.device("cpu"))
+    states = _states(prep, reg)
+    n = math.prod(target.shapes["a1"])
+    idx = torch.arange(n).repeat(2, 2)  # [2, 2n]
+    cz = torch.cat([torch.ones(2, n), -torch.ones(2, n)], 1).double()
+    cd = torch.cat([torch.full((2, n), 0.5), -torch.ones(2, n)], 1).double()
+    lz = torch.zeros(2, 2 * n, n, dtype=torch.float64).scatter_(2, idx.unsqueeze(-1), cz.unsqueeze(-1))
+    ld = torch.zeros_like(lz).scatter_(2, idx.unsqueeze(-1), cd.unsqueeze(-1))
+    dense = _backsub(prep, states, "a1", lz, ld, reg)
+    gathered = _backsub(prep, states, "a1", lz, ld, reg, (cz, cd, idx))
+    assert torch.allclose(dense, gathered, rtol=1e-12, atol=1e-13)
+    assert bool((gathered >= dense).all())  # never a larger slack

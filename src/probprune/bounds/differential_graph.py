@@ -36,6 +36,7 @@ enters the slack through the signed coefficients, and every rounding of the boun
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any, cast
@@ -496,10 +497,34 @@ def _concretize(lz: Tensor, ld: Tensor, b: Bounds) -> tuple[Tensor, Tensor]:
     return out, s * (1.0 + 4.0 * _U) + _TINY
 
 
-def _backsub(prep: _Prep, states: dict[str, _State], name: str, lz: Tensor, ld: Tensor, reg: _Region) -> Tensor:
+def _gather_relax(rx: _Relax, idx: Tensor) -> _Relax:
+    """The relaxation of the neurons ``idx`` (``[B, R]``) only, as per-row fields ``[B, R, 1]``."""
+    def take(v: Any) -> Any:
+        if isinstance(v, Tensor):
+            return v.gather(1, idx).unsqueeze(-1)
+        return tuple(take(t) for t in v) if isinstance(v, tuple) else v
+
+    return _Relax(**{f.name: take(getattr(rx, f.name)) for f in dataclasses.fields(rx)})
+
+
+def _onehot_step(cz: Tensor, cd: Tensor, rx: _Relax, idx: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``_relax_step`` for rows that are ``cz e_i`` and ``cd e_i`` (``[B, R]`` values, neurons ``idx``): the step is
+    elementwise, so it runs on the gathered neuron of each row (sums of one term, rounded as such) and the new
+    coefficients are scattered back to ``[B, R, n]``."""
+    a, gg, cc, sl = _relax_step(cz.unsqueeze(-1), cd.unsqueeze(-1), _gather_relax(rx, idx))
+    n = rx.zmax.shape[-1]
+    shape = (*idx.shape, n)
+    dense = [torch.zeros(shape, dtype=_F64).scatter_(2, idx.unsqueeze(-1), v) for v in (a, gg)]
+    return dense[0], dense[1], cc, sl
+
+
+def _backsub(prep: _Prep, states: dict[str, _State], name: str, lz: Tensor, ld: Tensor, reg: _Region,
+             onehot: tuple[Tensor, Tensor, Tensor] | None = None) -> Tensor:
     """Certified lower value over the ball of ``lzᵀ v + ldᵀ Δv`` at node ``name`` (``[B, R, n]`` each) → ``[B, R]``.
 
     In exact arithmetic the objective is ≥ (current coefficients)·(current pairs) + ``c`` − ``s`` at every step.
+    ``onehot``: ``(coefficient of v, of Δv, neuron)`` ``[B, R]`` each when every row is ``(cz e_i, cd e_i)``
+    (ReLU-family nodes then take their step on the gathered neurons, :func:`_onehot_step`).
     """
     coefs: dict[str, tuple[Tensor, Tensor]] = {name: (lz, ld)}
     c = torch.zeros(lz.shape[:2], dtype=_F64)
@@ -518,6 +543,9 @@ def _backsub(prep: _Prep, states: dict[str, _State], name: str, lz: Tensor, ld: 
         pushes: list[tuple[str, Tensor, Tensor]] = []
         if node.name in prep.lins:
             a, gg, cc, s2 = _lin_back(prep.lins[node.name], cz, cd, states[node.inputs[0]])
+            sl, pushes = sl + s2, [(node.inputs[0], a, gg)]
+        elif node.op == "act" and st.relax is not None and onehot is not None and node.name == name:
+            a, gg, cc, s2 = _onehot_step(onehot[0], onehot[1], st.relax, onehot[2])
             sl, pushes = sl + s2, [(node.inputs[0], a, gg)]
         elif node.op == "act" and st.relax is not None:
             a, gg, cc, s2 = _relax_step(cz, cd, st.relax)
@@ -576,7 +604,7 @@ def _refine(prep: _Prep, states: dict[str, _State], name: str, need: Tensor, reg
         nb = neuron[:, sl].unsqueeze(-1)
         lz = torch.zeros(bsz, nb.shape[1], n, dtype=_F64).scatter_(2, nb, coef[:, sl, :1])
         ld = torch.zeros_like(lz).scatter_(2, nb, coef[:, sl, 1:])
-        low = _backsub(prep, states, name, lz, ld, reg)
+        low = _backsub(prep, states, name, lz, ld, reg, (coef[:, sl, 0], coef[:, sl, 1], nb[..., 0]))
         dst = torch.where(valid[:, sl], order[:, sl], torch.full_like(order[:, sl], 6 * n))
         out.scatter_(1, dst, low)
     return out[:, :-1].reshape(bsz, 6, n)
