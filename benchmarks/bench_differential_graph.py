@@ -31,6 +31,7 @@ import math
 import os
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -264,6 +265,7 @@ def _time_against(old_path: str, graph: Graph, pruned: Graph, ball: BallSpec, x:
     spec = importlib.util.spec_from_file_location("old_differential_graph", old_path)
     assert spec is not None and spec.loader is not None
     old = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = old  # its dataclasses look their module up
     spec.loader.exec_module(old)
     t_new = t_old = 0.0
     for i in range(x.shape[0]):
