@@ -7,9 +7,11 @@ fine-tuning seeds), with and without one epoch of masked fine-tuning, save f as 
 images at two ℓ∞ radii intersected with the pixel box [0, 1]. Prints one JSON line per setting and a markdown
 table at the end.
 
-LeNet-300-100 gets the full sandwich (differential + layerwise bound, gap search, certified agreement); LeNet-5
-is a conv net, for which this branch has only the layerwise bound over the ℓ2 ball around 0 that contains the
-local ball (no certified agreement: that needs the differential bound's margins): its median is reported.
+Both get the full sandwich (differential + layerwise bound, gap search, certified agreement, empirical agreement):
+LeNet-300-100 through the chain path (f saved as safetensors), LeNet-5 — a conv net — through the graph path (F and
+f exported to ONNX with :func:`probprune.nets.onnx.save_onnx`, float32 as trained, and certified by
+``run_certify``, which reads them with the graph reader and runs ``runner/certify_graph.py``: the differential
+graph bound, its agreement margins and the layerwise graph bound, no run folder).
 
 Usage::
 
@@ -26,13 +28,13 @@ from typing import Any
 
 import torch
 
-from probprune.bounds.certified import certified_gap_bound
 from probprune.config import CertifyJob, PruneSpec, TrainSpec
 from probprune.data import as_net, inputs_for, lenet_spec, load_dataset, train
 from probprune.masks import prune
 from probprune.nets import Net, from_state_dict, to_module
+from probprune.nets.onnx import save_onnx
 from probprune.rng import derive_seed, make_generator
-from probprune.runner.certify import layerwise_radius, run_certify
+from probprune.runner.certify import run_certify
 from probprune.runner.prune import save_net
 from probprune.store import load_tensors
 
@@ -56,15 +58,6 @@ def _accuracy(net: Net, ds: Any, n: int) -> float:
     with torch.no_grad():
         out = net(inputs_for(ds.test_images[:n], net.spec, torch.float32))
     return float((out.argmax(-1) == ds.test_labels[:n]).double().mean())  # type: ignore[union-attr]
-
-
-def _lenet5_row(target: Net, pruned: Net, ds: Any, n: int, radius: float) -> dict[str, Any]:
-    """The layerwise certified gap (the only bound this branch has for conv nets) over the ℓ2 ball around 0 of the
-    largest radius R that contains any of the N local balls ∩ [0, 1]: a certified gap for every one of them."""
-    x = inputs_for(ds.test_images[:n], target.spec, torch.float64).reshape(n, -1)
-    big = float(layerwise_radius(x, radius, "linf", (0.0, 1.0)).max())
-    up = float(certified_gap_bound(target, pruned, radius=big).value)
-    return {"median_upper": up, "certified_agreement": None, "empirical_agreement": None, "layerwise_radius": big}
 
 
 def main() -> None:
@@ -104,17 +97,24 @@ def main() -> None:
                                                "accuracy_target": _accuracy(target, ds, a.n_points),
                                                "accuracy_pruned": _accuracy(pruned, ds, a.n_points),
                                                "train_seconds": round(t_train, 1)}
+                        keys = ("certified_agreement", "empirical_agreement", "refuted", "median_upper",
+                                "median_lower", "median_ratio", "max_ratio", "differential_wins")
                         if spec.kind == "fcn":
                             job = CertifyJob(weights=str(ckpt), pruned=str(path), data="mnist", radius=r,
                                              n_points=a.n_points, norm="linf", clip=(0.0, 1.0), arch=spec.to_arch(),
                                              bias=True, n_restarts=a.n_restarts, n_steps=a.n_steps, seed=a.seed,
                                              radii=(r,))  # no radius curve: the table's two radii are its own
                             s = run_certify(job, run_dir=out / "runs" / f"{path.stem}-r{r:g}").summary
-                            row.update({k: s[k] for k in ("certified_agreement", "empirical_agreement", "refuted",
-                                                          "median_upper", "median_lower", "median_ratio",
-                                                          "max_ratio", "differential_wins")})
-                        else:
-                            row.update(_lenet5_row(target, pruned, ds, a.n_points, r))
+                            row.update({k: s[k] for k in keys})
+                        else:  # the graph path: both nets as ONNX
+                            t_onnx, p_onnx = out / f"{model}-target.onnx", path.with_suffix(".onnx")
+                            save_onnx(target, t_onnx)
+                            save_onnx(pruned, p_onnx)
+                            job = CertifyJob(weights=str(t_onnx), pruned=str(p_onnx), data="mnist", radius=r,
+                                             n_points=a.n_points, norm="linf", clip=(0.0, 1.0),
+                                             n_restarts=a.n_restarts, n_steps=a.n_steps, seed=a.seed, radii=(r,))
+                            s = run_certify(job).summary
+                            row.update({k: s[k] for k in keys})
                         row["seconds"] = round(time.perf_counter() - t1, 1)
                         print(json.dumps(row), flush=True)
                         table.append(row)

@@ -144,11 +144,14 @@ def test_chain_as_graph_equals_the_chain_bound_and_covers_the_found_gap(act: str
             gt.prunable(), [lay.weight for lay in pruned.layers])})
     centres = torch.randn(4, 6, generator=torch.Generator().manual_seed(1), dtype=torch.float64).clamp(-1.2, 1.2)
     chain_b = differential_bound(target, pruned, ball, centres=centres)
-    # the chain's per-coordinate norm combination (the graph path has no chord bound on the squares yet)
-    chain = _gap_bound(chain_b.lower, chain_b.upper, ball, chain_b.centres, target.dtype, pruned.dtype).value
-    assert bool((chain_b.value <= chain).all())
-    graph = graph_differential_bound(gt, gp, ball, centres=centres).value
-    assert torch.allclose(graph, chain, rtol=1e-9, atol=0.0), (graph, chain)
+    graph_b = graph_differential_bound(gt, gp, ball, centres=centres)
+    assert torch.allclose(graph_b.lower, chain_b.lower, rtol=1e-9, atol=1e-12)
+    assert torch.allclose(graph_b.upper, chain_b.upper, rtol=1e-9, atol=1e-12)
+    # both take the smaller of the per-coordinate norm combination and the chord bound on the squares
+    per_coord = _gap_bound(chain_b.lower, chain_b.upper, ball, chain_b.centres, target.dtype, pruned.dtype).value
+    graph = graph_b.value
+    assert bool((graph <= per_coord * (1 + 1e-9)).all())
+    assert torch.allclose(graph, chain_b.value, rtol=1e-9, atol=0.0), (graph, chain_b.value)
     found = graph_gap_search(gt, gp, ball, torch.Generator().manual_seed(0), centres=centres, n_restarts=6).value
     assert bool((graph >= found).all()), (graph, found)
 
@@ -369,3 +372,82 @@ def test_bad_input_is_refused_with_a_message() -> None:
     reg = Graph([Node("fc", "linear", ("input",), params={"weight": torch.ones(1, 3, dtype=torch.float64)})], (3,))
     with pytest.raises(ProbPruneError, match="classifier"):
         graph_certified_agreement(reg, reg, ball, centres=torch.zeros(1, 3, dtype=torch.float64))
+
+
+# ---------------------------------------------------------------------------------------- output norm, boxes
+
+
+def test_chord_of_the_squares_is_exact_where_coordinates_trade_off() -> None:
+    """Δv = (x, 1 − x) on x ∈ [0, 1]: each coordinate reaches 1, never both; the gap is exactly 1.
+
+    ``sqrt(Σ max(lo², hi²))`` gives √2; the chord ``v_j² ≤ (lo_j + hi_j) v_j − lo_j hi_j`` summed gives
+    ``x + (1 − x) = 1``.
+    """
+    zero = torch.zeros(2, 1, dtype=torch.float64)
+    bias = torch.zeros(2, dtype=torch.float64)
+    target = Graph([Node("fc", "linear", ("input",), params={"weight": zero, "bias": bias})], (1,))
+    pruned = target.with_parameters({"fc.weight": torch.tensor([[1.0], [-1.0]], dtype=torch.float64),
+                                     "fc.bias": torch.tensor([0.0, 1.0], dtype=torch.float64)})
+    b = graph_differential_bound(target, pruned, BallSpec(radius=0.5, norm="linf"),
+                                 centres=torch.tensor([[0.5]], dtype=torch.float64))
+    per_coord = float(torch.maximum(b.lower ** 2, b.upper ** 2).sum(-1).sqrt()[0])
+    assert per_coord > 1.41
+    assert 1.0 <= float(b.value[0]) <= 1.0 + 1e-9
+
+
+def test_chord_never_looser_than_the_per_coordinate_norm_on_a_dag() -> None:
+    target, pruned = _dag(5, ("relu", "relu"), True, True, "avg")
+    centres = torch.rand(3, 32, generator=torch.Generator().manual_seed(2), dtype=torch.float64) - 0.5
+    b = graph_differential_bound(target, pruned, BallSpec(radius=0.3, norm="linf"), centres=centres)
+    per_coord = _gap_bound(b.lower, b.upper, b.ball, b.centres, torch.float64, torch.float64).value
+    assert bool((b.value <= per_coord * (1 + 1e-12)).all())
+
+
+def test_per_input_boxes_bound_every_sampled_gap_and_equal_the_radius_when_uniform() -> None:
+    target, pruned = _dag(9, ("relu", "leaky_relu"), True, False, "max")
+    g = torch.Generator().manual_seed(4)
+    centres = torch.rand(3, 2, 4, 4, generator=g, dtype=torch.float64) - 0.5
+    ball = BallSpec(radius=0.2, norm="linf", box=(-1.0, 1.0))
+    uniform = graph_differential_bound(target, pruned, ball, centres=centres,
+                                       halfwidth=torch.full_like(centres, 0.2)).value
+    assert torch.equal(uniform, graph_differential_bound(target, pruned, ball, centres=centres).value)
+    hw = torch.rand(3, 2, 4, 4, generator=g, dtype=torch.float64) * 0.3
+    b = graph_differential_bound(target, pruned, ball, centres=centres, halfwidth=hw)
+    found = graph_gap_search(target, pruned, ball, g, centres=centres, halfwidth=hw, n_restarts=4, n_steps=40)
+    flat_c, flat_h = centres.reshape(3, -1), hw.reshape(3, -1)
+    assert bool(((found.x - flat_c).abs() <= flat_h * (1 + 1e-12)).all())
+    assert bool((b.value >= found.value).all())
+    for i in range(3):
+        u = torch.rand(300, 32, generator=g, dtype=torch.float64) * 2 - 1
+        u[:150] = u[:150].sign()
+        pts = (flat_c[i] + flat_h[i] * u).clamp(-1.0, 1.0)
+        assert float(_gap_at(target, pruned, pts).max()) <= float(b.value[i])
+    agr = graph_certified_agreement(target, pruned, ball, centres=centres, halfwidth=hw, generator=g)
+    assert torch.allclose(agr.bound.value, b.value, rtol=1e-12, atol=0.0)  # type: ignore[union-attr]
+    with pytest.raises(ProbPruneError, match="halfwidth"):
+        graph_differential_bound(target, pruned, ball, centres=centres, halfwidth=hw[:2])
+    with pytest.raises(ProbPruneError, match="halfwidth"):
+        graph_differential_bound(target, pruned, BallSpec(radius=0.2), centres=centres, halfwidth=hw)
+
+
+def test_onehot_first_step_equals_the_dense_step() -> None:
+    """Rows ``±e_i`` at a ReLU node take their first step on the gathered neuron: the same lower values as the
+    dense step (up to the smaller rounding slack of one-term sums)."""
+    from probprune.bounds.differential import _region
+    from probprune.bounds.differential_graph import _backsub, _prepare, _states
+
+    target, pruned = _dag(4, ("relu", "relu"), True, False, "max")
+    prep = _prepare(target, pruned)
+    centres = torch.rand(2, 32, generator=torch.Generator().manual_seed(5), dtype=torch.float64) - 0.5
+    reg = _region(BallSpec(radius=0.2, norm="linf"), centres, 32, torch.device("cpu"))
+    states = _states(prep, reg)
+    n = math.prod(target.shapes["a1"])
+    idx = torch.arange(n).repeat(2, 2)  # [2, 2n]
+    cz = torch.cat([torch.ones(2, n), -torch.ones(2, n)], 1).double()
+    cd = torch.cat([torch.full((2, n), 0.5), -torch.ones(2, n)], 1).double()
+    lz = torch.zeros(2, 2 * n, n, dtype=torch.float64).scatter_(2, idx.unsqueeze(-1), cz.unsqueeze(-1))
+    ld = torch.zeros_like(lz).scatter_(2, idx.unsqueeze(-1), cd.unsqueeze(-1))
+    dense = _backsub(prep, states, "a1", lz, ld, reg)
+    gathered = _backsub(prep, states, "a1", lz, ld, reg, (cz, cd, idx))
+    assert torch.allclose(dense, gathered, rtol=1e-12, atol=1e-13)
+    assert bool((gathered >= dense).all())  # never a larger slack

@@ -36,6 +36,7 @@ enters the slack through the signed coefficients, and every rounding of the boun
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any, cast
@@ -113,6 +114,8 @@ class _Lin:
         """``coef L`` for coefficient rows ``[M, n_out]`` → ``[M, n_in]`` (the op's adjoint)."""
         if self.node.op == "linear":
             return coef @ params["weight"]
+        if self.node.op in ("reshape", "identity"):
+            return coef  # both keep the flat order: the adjoint is the identity on flat coefficients
         m = coef.shape[0]
         a = self.node.attrs
         if self.node.op == "conv" and all(lo == hi for lo, hi in a["padding"]):
@@ -494,10 +497,34 @@ def _concretize(lz: Tensor, ld: Tensor, b: Bounds) -> tuple[Tensor, Tensor]:
     return out, s * (1.0 + 4.0 * _U) + _TINY
 
 
-def _backsub(prep: _Prep, states: dict[str, _State], name: str, lz: Tensor, ld: Tensor, reg: _Region) -> Tensor:
+def _gather_relax(rx: _Relax, idx: Tensor) -> _Relax:
+    """The relaxation of the neurons ``idx`` (``[B, R]``) only, as per-row fields ``[B, R, 1]``."""
+    def take(v: Any) -> Any:
+        if isinstance(v, Tensor):
+            return v.gather(1, idx).unsqueeze(-1)
+        return tuple(take(t) for t in v) if isinstance(v, tuple) else v
+
+    return _Relax(**{f.name: take(getattr(rx, f.name)) for f in dataclasses.fields(rx)})
+
+
+def _onehot_step(cz: Tensor, cd: Tensor, rx: _Relax, idx: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``_relax_step`` for rows that are ``cz e_i`` and ``cd e_i`` (``[B, R]`` values, neurons ``idx``): the step is
+    elementwise, so it runs on the gathered neuron of each row (sums of one term, rounded as such) and the new
+    coefficients are scattered back to ``[B, R, n]``."""
+    a, gg, cc, sl = _relax_step(cz.unsqueeze(-1), cd.unsqueeze(-1), _gather_relax(rx, idx))
+    n = rx.zmax.shape[-1]
+    shape = (*idx.shape, n)
+    dense = [torch.zeros(shape, dtype=_F64).scatter_(2, idx.unsqueeze(-1), v) for v in (a, gg)]
+    return dense[0], dense[1], cc, sl
+
+
+def _backsub(prep: _Prep, states: dict[str, _State], name: str, lz: Tensor, ld: Tensor, reg: _Region,
+             onehot: tuple[Tensor, Tensor, Tensor] | None = None) -> Tensor:
     """Certified lower value over the ball of ``lzᵀ v + ldᵀ Δv`` at node ``name`` (``[B, R, n]`` each) → ``[B, R]``.
 
     In exact arithmetic the objective is ≥ (current coefficients)·(current pairs) + ``c`` − ``s`` at every step.
+    ``onehot``: ``(coefficient of v, of Δv, neuron)`` ``[B, R]`` each when every row is ``(cz e_i, cd e_i)``
+    (ReLU-family nodes then take their step on the gathered neurons, :func:`_onehot_step`).
     """
     coefs: dict[str, tuple[Tensor, Tensor]] = {name: (lz, ld)}
     c = torch.zeros(lz.shape[:2], dtype=_F64)
@@ -516,6 +543,9 @@ def _backsub(prep: _Prep, states: dict[str, _State], name: str, lz: Tensor, ld: 
         pushes: list[tuple[str, Tensor, Tensor]] = []
         if node.name in prep.lins:
             a, gg, cc, s2 = _lin_back(prep.lins[node.name], cz, cd, states[node.inputs[0]])
+            sl, pushes = sl + s2, [(node.inputs[0], a, gg)]
+        elif node.op == "act" and st.relax is not None and onehot is not None and node.name == name:
+            a, gg, cc, s2 = _onehot_step(onehot[0], onehot[1], st.relax, onehot[2])
             sl, pushes = sl + s2, [(node.inputs[0], a, gg)]
         elif node.op == "act" and st.relax is not None:
             a, gg, cc, s2 = _relax_step(cz, cd, st.relax)
@@ -574,7 +604,7 @@ def _refine(prep: _Prep, states: dict[str, _State], name: str, need: Tensor, reg
         nb = neuron[:, sl].unsqueeze(-1)
         lz = torch.zeros(bsz, nb.shape[1], n, dtype=_F64).scatter_(2, nb, coef[:, sl, :1])
         ld = torch.zeros_like(lz).scatter_(2, nb, coef[:, sl, 1:])
-        low = _backsub(prep, states, name, lz, ld, reg)
+        low = _backsub(prep, states, name, lz, ld, reg, (coef[:, sl, 0], coef[:, sl, 1], nb[..., 0]))
         dst = torch.where(valid[:, sl], order[:, sl], torch.full_like(order[:, sl], 6 * n))
         out.scatter_(1, dst, low)
     return out[:, :-1].reshape(bsz, 6, n)
@@ -582,10 +612,15 @@ def _refine(prep: _Prep, states: dict[str, _State], name: str, need: Tensor, reg
 
 def _needed(prep: _Prep, node: Node, st: _State) -> Tensor | None:
     """Rows to back-substitute: inputs of ReLU-family activations where unstable, of other activations and max
-    pools everywhere, the output's difference; none for a node reading the input (already tight)."""
+    pools everywhere, the output's difference; none for a node reading the input (already tight), and no value
+    rows for a monotone activation of such a node (σ of the exact range is the exact range of σ: no row is tighter;
+    its differences' rows stay, their joint relaxation in (z, δ) can be)."""
     is_out = node.name == prep.target.output
     if node.name in prep.adjacent:
         return None
+    exact = node.op == "act" and node.inputs[0] in prep.adjacent and (
+        _alpha(node.attrs["act"]) is not None or node.attrs["act"].kind in _MONOTONE
+        or (node.attrs["act"].kind == "elu" and node.attrs["act"].params[0] >= 0))
     l, u, dl, du, tl, tu = st.b
     no = torch.zeros_like(l, dtype=torch.bool)
     rows = [no] * 6
@@ -599,7 +634,7 @@ def _needed(prep: _Prep, node: Node, st: _State) -> Tensor | None:
             ut = ((tl < lo_) & (tu > lo_)) | ((tl < hi_) & (tu > hi_))
             ud = (uz | ut) & (dl < du)
         elif c.op in ("act", "maxpool"):
-            uz, ut, ud = l < u, tl < tu, dl < du
+            uz, ut, ud = (no, no, dl < du) if exact else (l < u, tl < tu, dl < du)
         else:
             continue
         rows = [rows[0] | uz, rows[1] | uz, rows[2] | ud, rows[3] | ud, rows[4] | ut, rows[5] | ut]
@@ -609,15 +644,26 @@ def _needed(prep: _Prep, node: Node, st: _State) -> Tensor | None:
     return need if bool(need.any()) else None
 
 
+_PHASES = (torch.tensor([True, True, False, False, True, True]).view(1, 6, 1),
+           torch.tensor([False, False, True, True, False, False]).view(1, 6, 1))
+"""The two phases of a node's rows: first both sides of ``z`` and ``z̃``, then the differences ``δ`` still needed."""
+
+
 def _states(prep: _Prep, reg: _Region) -> dict[str, _State]:
+    """The intervals of every node, in topological order: the cheap interval step, then the rows ``_needed``
+    back-substituted in two phases (:data:`_PHASES`), the node's intervals tightened after each: a neuron the
+    first phase proves stable in both graphs needs no rows of its difference (its relaxation is exact; the
+    difference keeps the cross-tightened interval). Every row is sound on its own."""
     zero = torch.zeros_like(reg.lo)
     states = {"input": _State((reg.lo, reg.hi, zero, zero, reg.lo, reg.hi))}
     for node in prep.target.nodes:
         st = _node_state(prep, node, states, reg)
         states[node.name] = st
-        need = _needed(prep, node, st)
-        if need is not None:
-            low = _refine(prep, states, node.name, need, reg)
+        for phase in _PHASES:
+            need = _needed(prep, node, st)
+            if need is None or not bool((need & phase).any()):
+                continue
+            low = _refine(prep, states, node.name, need & phase, reg)
             l, u, dl, du, tl, tu = st.b
             st.b = _tighten((torch.maximum(l, low[:, 0]), torch.minimum(u, -low[:, 1]),
                              torch.maximum(dl, low[:, 2]), torch.minimum(du, -low[:, 3]),
@@ -640,11 +686,16 @@ def _flat_centres(g: Graph, ball: BallSpec, centres: Tensor | None) -> Tensor | 
     return centres.detach().reshape(centres.shape[0], d).to("cpu", _F64)
 
 
-def _flat_hw(halfwidth: Tensor | None) -> Tensor | None:
-    """Per-ball ℓ∞ half-widths ``[B, *input_shape]`` or ``[B, d]`` as ``[B, d]`` (checked by ``_region``)."""
-    if isinstance(halfwidth, Tensor) and halfwidth.dim() >= 2:
-        return halfwidth.reshape(halfwidth.shape[0], -1)
-    return halfwidth
+def _flat_halfwidths(g: Graph, halfwidth: Tensor | None, flat: Tensor | None) -> Tensor | None:
+    """``[B, d]`` float64 half-widths shaped as the centres (checked by ``_region``); None: the radius."""
+    if halfwidth is None:
+        return None
+    if flat is None or not isinstance(halfwidth, Tensor) or halfwidth.shape[0] != flat.shape[0] \
+            or halfwidth[0].numel() != flat.shape[1]:
+        shape = tuple(halfwidth.shape) if isinstance(halfwidth, Tensor) else type(halfwidth).__name__
+        raise ProbPruneError(f"halfwidth: shape {shape}, expected one half-width per centre coordinate (centres "
+                             f"given: {None if flat is None else tuple(flat.shape)})")
+    return halfwidth.detach().reshape(flat.shape).to("cpu", _F64)
 
 
 def _identical(target: Graph, pruned: Graph) -> bool:
@@ -652,11 +703,12 @@ def _identical(target: Graph, pruned: Graph) -> bool:
                for a, b in zip(target.nodes, pruned.nodes) for k in a.params)
 
 
-def _assumptions(prep: _Prep, ball: BallSpec) -> tuple[str, ...]:
+def _assumptions(prep: _Prep, ball: BallSpec, boxes: bool = False) -> tuple[str, ...]:
     box = f" ∩ box {ball.box}" if ball.box is not None else ""
+    what = "per-input half-widths (l-infinity boxes)" if boxes else f"radius {ball.radius!r}"
     ops = sorted({n.op for n in prep.target.nodes})
     acts = sorted({cast(Activation, n.attrs["act"]).kind for n in prep.target.nodes if n.op == "act"})
-    return (f"ball: {ball.norm} radius {ball.radius!r}{box} (inputs flattened)",
+    return (f"ball: {ball.norm} {what}{box} (inputs flattened)",
             f"graph ops: {', '.join(ops)}" + (f"; activations {', '.join(acts)}" if acts else ""),
             "floating point: covers the exact gap and both graphs evaluated in float64 (float32 parameters cast "
             "exactly; IEEE round-to-nearest, any summation order, no TF32/FFT/Winograd convolution; transcendental "
@@ -665,42 +717,65 @@ def _assumptions(prep: _Prep, ball: BallSpec) -> tuple[str, ...]:
 
 
 def _analyse(prep: _Prep, ball: BallSpec, centres: Tensor | None, batch_size: int, cls: Tensor | None = None,
-             halfwidth: Tensor | None = None) -> tuple[_Region, Tensor, Tensor, Tensor | None, Tensor | None]:
-    """Per chunk of balls: the states; the output differences' intervals ``[B, m]`` and (classes given) the
-    certified margins ``[B]`` of both graphs."""
+             halfwidth: Tensor | None = None) -> tuple[_Region, Tensor, Tensor, Tensor, Tensor | None, Tensor | None]:
+    """Per chunk of balls: the states; the output differences' intervals ``[B, m]``, the chord bounds on
+    ``‖f − F‖₂²`` ``[B]`` (:func:`_chord_square`) and (classes given) the certified margins ``[B]`` of both
+    graphs."""
     d = math.prod(prep.target.input_shape)
-    reg0 = _region(ball, centres, d, torch.device("cpu"), _flat_hw(halfwidth))
-    hw = reg0.radius if isinstance(reg0.radius, Tensor) else None
-    los, his, mts, mps = [], [], [], []
+    reg0 = _region(ball, centres, d, torch.device("cpu"), halfwidth)
+    los, his, sqs, mts, mps = [], [], [], [], []
     m = math.prod(prep.target.output_shape)
     out = prep.target.output
     for start in range(0, reg0.centres.shape[0], batch_size):
-        reg = _region(ball, reg0.centres[start:start + batch_size], d, torch.device("cpu"),
-                      None if hw is None else hw[start:start + batch_size])
+        hw = None if halfwidth is None else reg0.radius[start:start + batch_size]  # type: ignore[index]
+        reg = _region(ball, reg0.centres[start:start + batch_size], d, torch.device("cpu"), hw)
         states = _states(prep, reg)
         _, _, dl, du, _, _ = states[out].b
         los.append(dl)
         his.append(du)
+        rows_z = torch.zeros(dl.shape[0], 1, m, dtype=_F64)
+        rows_d = (-(dl + du)).unsqueeze(1)  # the chord row −wᵀΔv, w = lo + hi
         if cls is not None:
             c = cls[start:start + batch_size]
             eye = torch.eye(m, dtype=_F64)
             rows = eye[c].unsqueeze(1) - eye.unsqueeze(0)  # [b, m, m]: e_c − e_j
-            low = _backsub(prep, states, out, torch.cat([rows, rows], 1),
-                           torch.cat([torch.zeros_like(rows), rows], 1), reg)
+            rows_z = torch.cat([rows_z, rows, rows], 1)
+            rows_d = torch.cat([rows_d, torch.zeros_like(rows), rows], 1)
+        low = _backsub(prep, states, out, rows_z, rows_d, reg)
+        sqs.append(_chord_square(low[:, 0], dl, du))
+        if cls is not None:
             not_c = eye[c] == 0
-            inf = torch.full_like(low[:, :m], math.inf)
-            mts.append(torch.where(not_c, low[:, :m], inf).amin(-1))
-            mps.append(torch.where(not_c, low[:, m:], inf).amin(-1))
+            inf = torch.full_like(low[:, 1:m + 1], math.inf)
+            mts.append(torch.where(not_c, low[:, 1:m + 1], inf).amin(-1))
+            mps.append(torch.where(not_c, low[:, m + 1:], inf).amin(-1))
     mt = torch.cat(mts) if cls is not None else None
     mp = torch.cat(mps) if cls is not None else None
-    return reg0, torch.cat(los), torch.cat(his), mt, mp
+    return reg0, torch.cat(los), torch.cat(his), torch.cat(sqs), mt, mp
 
 
-def _value(lo: Tensor, hi: Tensor) -> Tensor:
-    """``‖f(x) − F(x)‖₂ ≤ sqrt(Σ_j max(lo_j², hi_j²))``, scaled for the float64 subtraction/norm and our rounding."""
+def _chord_square(low: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
+    """Upper bound ``[B]`` on ``‖Δv‖₂²`` over the ball from the chords of the convex ``Δv_j²`` on ``[lo_j, hi_j]``
+    (``docs/certified.md`` "The output norm"): ``‖Δv‖₂² ≤ max_x wᵀΔv − Σ_j lo_j hi_j``, ``w = fl(lo + hi)``, with
+    ``low`` a certified lower value of ``−wᵀΔv`` (one back-substituted row). Rounding: ``fl(lo + hi)`` is off by
+    ``≤ u|w_j|`` (times ``|Δv_j| ≤ max(|lo_j|, |hi_j|)``), ``Σ lo_j hi_j`` by ``≤ γ_{m+1} Σ|lo_j hi_j|``, the final
+    subtraction by ``2u`` of its parts; all added before the result is rounded up."""
+    prod = lo * hi
+    cs = (-prod).sum(-1)
     m = lo.shape[-1]
-    value = torch.maximum(lo * lo, hi * hi).sum(-1).sqrt() * ((1.0 + _gamma(m + 3, _U)) * (1.0 + _g2(m + 3))) \
-        + _TINY
+    mag = torch.maximum(lo.abs(), hi.abs())
+    err = _g2(m + 2) * prod.abs().sum(-1) + 2.0 * _U * ((lo + hi).abs() * mag).sum(-1) * (1.0 + _g2(m + 2)) \
+        + 2.0 * _U * (low.abs() + cs.abs())
+    return (-_down(low - cs, err)).clamp_min(0.0)
+
+
+def _value(lo: Tensor, hi: Tensor, squares: Tensor | None = None) -> Tensor:
+    """``‖f(x) − F(x)‖₂ ≤ sqrt(Σ_j max(lo_j², hi_j²))`` — or ``sqrt(squares)`` where that (the chord bound on the
+    squares, :func:`_chord_square`) is smaller — scaled for the float64 subtraction/norm and our rounding."""
+    m = lo.shape[-1]
+    sq = torch.maximum(lo * lo, hi * hi).sum(-1)
+    if squares is not None:
+        sq = torch.minimum(sq, squares)
+    value = sq.sqrt() * ((1.0 + _gamma(m + 3, _U)) * (1.0 + _g2(m + 3))) + _TINY
     if not bool(torch.isfinite(value).all()):
         raise ProbPruneError("differential graph bound: overflows float64; refused")
     return value
@@ -716,8 +791,8 @@ def graph_differential_bound(target: Graph, pruned: Graph, ball: BallSpec, *, ce
         ball: radius, norm (``l2``/``linf``), optional box; its centre (flat) unless ``centres`` is given.
         centres: ``[B, *input_shape]`` or ``[B, d]`` centres, one ball each (vectorised).
         batch_size: balls per vectorised chunk.
-        halfwidth: ``[B, d]`` (or ``[B, *input_shape]``) per-ball ℓ∞ half-widths (``linf`` only): ball b is the
-            box ``c_b ± h_b`` (∩ box), replacing the radius.
+        halfwidth: per-ball ℓ∞ half-widths shaped as ``centres`` (``linf`` only): ball b is the box ``c_b ± h_b``
+            (∩ box), replacing the radius (how VNN-COMP states its properties).
 
     Returns:
         :class:`~probprune.bounds.differential.DifferentialBound` (``centres`` flat ``[B, d]``;
@@ -734,13 +809,15 @@ def graph_differential_bound(target: Graph, pruned: Graph, ball: BallSpec, *, ce
     _check_batch_size(batch_size)
     prep = _prepare(target, pruned)
     flat = _flat_centres(prep.target, ball, centres)
+    hw = _flat_halfwidths(prep.target, halfwidth, flat)
     if _identical(target, pruned):
-        reg = _region(ball, flat, math.prod(prep.target.input_shape), torch.device("cpu"), _flat_hw(halfwidth))
+        reg = _region(ball, flat, math.prod(prep.target.input_shape), torch.device("cpu"), hw)
         z = torch.zeros(reg.centres.shape[0], math.prod(prep.target.output_shape), dtype=_F64)
         return DifferentialBound(z[:, 0], z, z.clone(), ball, reg.centres, "float64",
-                                 (*_assumptions(prep, ball), "the graphs are bitwise identical: gap 0"))
-    reg, lo, hi, _, _ = _analyse(prep, ball, flat, batch_size, halfwidth=halfwidth)
-    return DifferentialBound(_value(lo, hi), lo, hi, ball, reg.centres, "float64", _assumptions(prep, ball))
+                                 (*_assumptions(prep, ball, hw is not None), "the graphs are bitwise identical: gap 0"))
+    reg, lo, hi, sq, _, _ = _analyse(prep, ball, flat, batch_size, halfwidth=hw)
+    return DifferentialBound(_value(lo, hi, sq), lo, hi, ball, reg.centres, "float64",
+                             _assumptions(prep, ball, hw is not None))
 
 
 class _Flat:
@@ -761,14 +838,15 @@ def graph_gap_search(target: Graph, pruned: Graph, ball: BallSpec, generator: to
     The search of :func:`probprune.bounds.differential.gap_search` on graphs: centre plus ``n_restarts`` random
     starts, projected into the ball ∩ box; the value is ``‖f(x) − F(x)‖₂`` evaluated in float64 at a point
     checked to lie in the closed ball ∩ box. Witnesses ``x`` are flat ``[B, d]``. ``halfwidth``: per-ball ℓ∞
-    boxes, as :func:`graph_differential_bound`.
+    boxes, as for :func:`graph_differential_bound`.
     """
     check_graph_pair(target, pruned)
     for name, v in (("n_restarts", n_restarts), ("n_steps", n_steps)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 0:
             raise ProbPruneError(f"{name}={v!r}: must be an integer >= 0")
     flat = _flat_centres(target, ball, centres)
-    reg = _region(ball, flat, math.prod(target.input_shape), torch.device("cpu"), _flat_hw(halfwidth))
+    reg = _region(ball, flat, math.prod(target.input_shape), torch.device("cpu"),
+                  _flat_halfwidths(target, halfwidth, flat))
     t64, p64 = _Flat(target), _Flat(pruned)
 
     def obj(x: Tensor) -> Tensor:
@@ -792,7 +870,8 @@ def graph_certified_agreement(target: Graph, pruned: Graph, ball: BallSpec, *, c
     (float64); certified means the back-substituted lower bounds of ``F_c − F_j`` and ``f_c − f_j`` (f's logits
     are ``v + Δv``) are > 0 for every ``j ≠ c`` — exactly and for both graphs evaluated in float64. Otherwise the
     attack looks for an input of the ball where the top-1 classes differ (``"refuted"``). The bound of the same
-    propagation is ``AgreementResult.bound``. ``halfwidth``: per-ball ℓ∞ boxes, as :func:`graph_differential_bound`.
+    propagation is ``AgreementResult.bound``. ``halfwidth``: per-ball ℓ∞ boxes, as for
+    :func:`graph_differential_bound`.
     """
     _check_batch_size(batch_size)
     prep = _prepare(target, pruned)
@@ -801,19 +880,20 @@ def graph_certified_agreement(target: Graph, pruned: Graph, ball: BallSpec, *, c
         raise ProbPruneError(f"certified agreement: the graph's output shape is {prep.target.output_shape}; a "
                              "classifier needs [m] logits, m >= 2")
     flat = _flat_centres(prep.target, ball, centres)
-    reg0 = _region(ball, flat, math.prod(prep.target.input_shape), torch.device("cpu"), _flat_hw(halfwidth))
-    hw = reg0.radius if isinstance(reg0.radius, Tensor) else None
+    hw = _flat_halfwidths(prep.target, halfwidth, flat)
+    reg0 = _region(ball, flat, math.prod(prep.target.input_shape), torch.device("cpu"), hw)
     t64, p64 = _Flat(prep.target), _Flat(prep.pruned)
     with torch.no_grad():
         cls = t64(reg0.centres).argmax(-1)
-    reg, lo, hi, mt_, mp_ = _analyse(prep, ball, reg0.centres, batch_size, cls, hw)
+    reg, lo, hi, sq, mt_, mp_ = _analyse(prep, ball, reg0.centres, batch_size, cls, hw)
     mt, mp = cast(Tensor, mt_), cast(Tensor, mp_)
     if _identical(target, pruned):
         z = torch.zeros_like(lo)
-        bound = DifferentialBound(z[:, 0], z, z.clone(), ball, reg.centres, "float64",
-                                  (*_assumptions(prep, ball), "the graphs are bitwise identical: gap 0"))
+        same = (*_assumptions(prep, ball, hw is not None), "the graphs are bitwise identical: gap 0")
+        bound = DifferentialBound(z[:, 0], z, z.clone(), ball, reg.centres, "float64", same)
     else:
-        bound = DifferentialBound(_value(lo, hi), lo, hi, ball, reg.centres, "float64", _assumptions(prep, ball))
+        bound = DifferentialBound(_value(lo, hi, sq), lo, hi, ball, reg.centres, "float64",
+                                  _assumptions(prep, ball, hw is not None))
     verdicts: list[Verdict] = ["certified" if bool(a > 0) and bool(b > 0) else "not certified"
                                for a, b in zip(mt, mp)]
     witnesses: list[Tensor | None] = [None] * len(verdicts)
