@@ -79,8 +79,8 @@ from probprune.store import atomic_write_text, file_sha256
 from probprune.store.certify import CertifyStore, read_certify
 
 __all__ = ["RADIUS_FRACTIONS", "CertifyOutcome", "CertifyUnit", "LoadedJob", "MaxPruneOutcome", "MaxPruneSolve",
-           "certify", "check_job", "check_solve", "compute_unit", "curve_points", "curve_summary", "job_files",
-           "layerwise_radius", "load_halfwidth", "load_inputs", "load_job", "load_pair", "run_certify",
+           "certify", "certify_rows", "check_job", "check_solve", "compute_unit", "curve_points", "curve_summary",
+           "job_files", "layerwise_radius", "load_halfwidth", "load_inputs", "load_job", "load_pair", "run_certify",
            "run_max_prune", "summarize_rows"]
 
 Progress = Callable[[int, int], None]
@@ -307,11 +307,19 @@ def _chunk_rows(target: Net, pruned: Net, x: Tensor, y: Tensor | None, start: in
     with torch.no_grad():
         ct, cp = cast(Tensor, t64(x)).argmax(-1), cast(Tensor, p64(x)).argmax(-1)
         wt, wp = cast(Tensor, t64(low.x)).argmax(-1), cast(Tensor, p64(low.x)).argmax(-1)
+    return certify_rows(start, y, (ct, cp, wt, wp), lay, radii, diff, low, agr)
+
+
+def certify_rows(start: int, y: Tensor | None, classes: tuple[Tensor, Tensor, Tensor, Tensor], lay: Sequence[float],
+                 radii: Tensor, diff: DifferentialBound, low: Any, agr: Any) -> list[CertifyRow]:
+    """One row per input of a chunk (chains and graphs alike): ``classes`` = top-1 classes of F and f at the
+    inputs and at the found witnesses; upper = min(differential, layerwise); empirical agreement = same class at
+    the input and at the witness, and the attack found no disagreement."""
+    ct, cp, wt, wp = classes
     rows = []
-    for i in range(x.shape[0]):
+    for i in range(len(lay)):
         ud, ul = float(diff.value[i]), lay[i]
-        upper = min(ud, ul)
-        lower = float(low.value[i])
+        upper, lower = min(ud, ul), float(low.value[i])
         verdict = agr.verdicts[i]
         emp = bool(ct[i] == cp[i]) and bool(wt[i] == wp[i]) and verdict != "refuted"
         rows.append(CertifyRow(

@@ -44,7 +44,14 @@ from probprune.config import BallSpec, CertifyJob, ProbPruneError
 from probprune.nets.graph import Graph
 from probprune.records import CertifyRadiusRow, CertifyRow
 from probprune.rng import derive_seed
-from probprune.runner.certify import CertifyOutcome, Progress, _check_halfwidth, layerwise_radius, summarize_rows
+from probprune.runner.certify import (
+    CertifyOutcome,
+    Progress,
+    _check_halfwidth,
+    certify_rows,
+    layerwise_radius,
+    summarize_rows,
+)
 from probprune.runner.graph import GraphModel, load_pruned_graph
 
 __all__ = ["certify_graphs", "graph_chunk_rows", "graph_curve_rows", "load_graph_pair"]
@@ -84,21 +91,7 @@ def graph_chunk_rows(target: Graph, pruned: Graph, x: Tensor, y: Tensor | None, 
         ct, cp = cast(Tensor, t64(shaped)).argmax(-1), cast(Tensor, p64(shaped)).argmax(-1)
         xw = low.x.reshape(shaped.shape)
         wt, wp = cast(Tensor, t64(xw)).argmax(-1), cast(Tensor, p64(xw)).argmax(-1)
-    rows = []
-    for i in range(flat.shape[0]):
-        ud, ul = float(diff.value[i]), lay[i]
-        upper, lower = min(ud, ul), float(low.value[i])
-        verdict = agr.verdicts[i]
-        emp = bool(ct[i] == cp[i]) and bool(wt[i] == wp[i]) and verdict != "refuted"
-        rows.append(CertifyRow(
-            index=start + i, label=None if y is None else int(y[i]),
-            class_target=int(ct[i]), class_pruned=int(cp[i]),
-            lower=lower, upper=upper, upper_differential=ud, upper_layerwise=ul,
-            layerwise_radius=float(radii[i]), upper_from="differential" if ud <= ul else "layerwise",
-            ratio=upper / lower if lower > 0 else (1.0 if upper == 0 else math.inf),
-            verdict=verdict, certified_agree=verdict == "certified", empirical_agree=emp,
-            margin_target=float(agr.margin_target[i]), margin_pruned=float(agr.margin_pruned[i])))
-    return rows
+    return certify_rows(start, y, (ct, cp, wt, wp), lay, radii, diff, low, agr)
 
 
 def graph_curve_rows(target: Graph, pruned: Graph, x: Tensor, start: int, ball: BallSpec, hw: Tensor | None,
