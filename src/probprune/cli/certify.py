@@ -100,8 +100,7 @@ def certify_cmd(
     executor: Annotated[str, typer.Option(help="Where the chunks of inputs run: local (this process) or ray (a Ray "
                                                 "cluster, as verify).")] = "local",
     address: Annotated[Optional[str], typer.Option(help="With --executor ray: default starts a local Ray instance; "
-                                                         "'auto', 'ray://HOST:PORT' or 'HOST:PORT' joins one.")]
-    = None,
+                                                         "'auto', 'ray://HOST:PORT' or 'HOST:PORT' joins one.")] = None,
     solve: Annotated[Optional[str], typer.Option(
         help="max-prune: prune --weights at increasing levels and report the largest prune fraction whose "
              "certified agreement rate is >= --agreement (and the measured curve).")] = None,
