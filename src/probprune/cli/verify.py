@@ -52,7 +52,7 @@ __all__ = [
     "verify_cmd",
 ]
 
-config_app = typer.Typer(name="config", help="Show resolved configs and their hashes.", no_args_is_help=True)
+config_app = typer.Typer(rich_markup_mode=None, name="config", help="Show resolved configs and their hashes.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 
 def resolve_config(
@@ -213,7 +213,7 @@ def verify_cmd(
     runs_dir: Annotated[str, typer.Option(help="Parent folder of run folders.")] = "runs",
     resume: Annotated[Optional[str], typer.Option(help="Continue the run in this folder (runs/<hash>).")] = None,
     executor: Annotated[str, typer.Option(help="Where trials run: local (this process) or ray (a Ray cluster; "
-                                          "needs pip install 'probprune\\[ray]').")] = "local",
+                                          "needs pip install 'probprune[ray]').")] = "local",
     address: Annotated[Optional[str], typer.Option(help="With --executor ray: default starts a local Ray "
                                                    "instance; 'auto' or 'ray://host:port' joins a cluster.")]
     = None,
