@@ -13,7 +13,8 @@ from probprune.config import ProbPruneError
 if TYPE_CHECKING:
     from probprune.runner.certificate import CheckOutcome
 
-certificate_app = typer.Typer(rich_markup_mode=None, help="Pruning certificates: JSON documents with the gap sandwich of a pruned "
+certificate_app = typer.Typer(rich_markup_mode=None,
+                              help="Pruning certificates: JSON documents with the gap sandwich of a pruned "
                               "network — chain (schema probprune/certificate.schema.json), ONNX graph "
                               "(certificate4.schema.json) or local balls (certificate4-local.schema.json).",
                               no_args_is_help=True)

@@ -52,7 +52,8 @@ __all__ = [
     "verify_cmd",
 ]
 
-config_app = typer.Typer(rich_markup_mode=None, name="config", help="Show resolved configs and their hashes.", no_args_is_help=True)
+config_app = typer.Typer(rich_markup_mode=None, name="config", help="Show resolved configs and their hashes.",
+                         no_args_is_help=True)
 app.add_typer(config_app, name="config")
 
 def resolve_config(
