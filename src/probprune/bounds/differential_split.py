@@ -53,6 +53,7 @@ from probprune.bounds.differential import (
     _backsub,
     _chord_square,
     _cross,
+    _decompose,
     _down,
     _dtype,
     _g2,
@@ -261,16 +262,8 @@ def _split_choice(an: _Analysis, lz: Tensor, ld: Tensor) -> tuple[Tensor, Tensor
         a = lz @ pair.w[j] - ld @ pair.d[j]
         gg = ld @ pair.wt[j]
         rx = an.relax[j - 1]
-        amg = a - gg
-        l1 = a.abs() * rx.width_h + gg.abs() * rx.width_g
-        l2 = amg.abs() * rx.width_h + gg.abs() * rx.width_t
-        l3 = amg.abs() * rx.width_g + a.abs() * rx.width_t
-        o2 = (l2 < l1) & (l2 <= l3)
-        o3 = (l3 < l1) & ~o2
-        zero = torch.zeros_like(a)
-        ch = torch.where(o2, amg, torch.where(o3, zero, a))
-        cd = torch.where(o2, zero, torch.where(o3, -amg, gg))
-        ct = torch.where(o2, gg, torch.where(o3, a, zero))
+        # the decomposition the bound itself picks (one row per leaf; its rounding slack is not needed here)
+        ch, cd, ct = (t[:, 0] for t in _decompose(a.unsqueeze(1), gg.unsqueeze(1), rx)[:3])
         if pair.alpha[j - 1] is not None:
             l, u, _, _, tl, tu = an.bounds[j - 1]
             joint = 0.5 * cd.abs() * rx.width_g
