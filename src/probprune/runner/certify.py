@@ -79,9 +79,9 @@ from probprune.store import atomic_write_text, file_sha256
 from probprune.store.certify import CertifyStore, read_certify
 
 __all__ = ["RADIUS_FRACTIONS", "CertifyOutcome", "CertifyUnit", "LoadedJob", "MaxPruneOutcome", "MaxPruneSolve",
-           "certify", "certify_rows", "check_job", "check_solve", "compute_unit", "curve_points", "curve_summary",
-           "job_files", "layerwise_radius", "load_halfwidth", "load_inputs", "load_job", "load_pair", "run_certify",
-           "run_max_prune", "summarize_rows"]
+           "certify", "certify_rows", "check_job", "check_solve", "compute_unit", "curve_points", "curve_rows",
+           "curve_summary", "job_files", "layerwise_radius", "load_halfwidth", "load_inputs", "load_job", "load_pair",
+           "run_certify", "run_max_prune", "summarize_rows"]
 
 Progress = Callable[[int, int], None]
 
@@ -333,14 +333,15 @@ def certify_rows(start: int, y: Tensor | None, classes: tuple[Tensor, Tensor, Te
     return rows
 
 
-def _curve_rows(target: Net, pruned: Net, x: Tensor, start: int, ball: BallSpec, hw: Tensor | None,
-                curve: Sequence[tuple[float, float | None]]) -> list[CertifyRadiusRow]:
-    """Certified agreement (no attack) of each input at each (scale, radius) of the curve."""
+def curve_rows(target: Any, pruned: Any, x: Tensor, start: int, ball: BallSpec, hw: Tensor | None,
+               curve: Sequence[tuple[float, float | None]], agreement: Callable[..., Any] = certified_agreement
+               ) -> list[CertifyRadiusRow]:
+    """Certified agreement (no attack) of each input at each (scale, radius) of the curve; ``agreement`` is
+    :func:`~probprune.bounds.differential.certified_agreement` (chains) or its graph form (flat ``x``)."""
     out = []
     for scale, r in curve:
         b = dataclasses.replace(ball, radius=float(r) if r is not None else ball.radius * scale)
-        agr = certified_agreement(target, pruned, b, centres=x, attack=False,
-                                  halfwidth=None if hw is None else hw * scale)
+        agr = agreement(target, pruned, b, centres=x, attack=False, halfwidth=None if hw is None else hw * scale)
         up = cast(DifferentialBound, agr.bound).value
         out += [CertifyRadiusRow(scale=scale, index=start + i, radius=r, certified_agree=v == "certified",
                                  upper=float(up[i])) for i, v in enumerate(agr.verdicts)]
@@ -548,7 +549,7 @@ def compute_unit(unit: CertifyUnit, loaded: LoadedJob | None = None) -> list[Cer
     tn, pn = loaded.target, cast(Net, loaded.pruned)
     rows += _chunk_rows(tn, pn, x, y, unit.start, loaded.ball, budget, gen, hw,
                        norms=cast(PairNorms, loaded.norms), split=job.split)
-    rows += _curve_rows(tn, pn, x, unit.start, loaded.ball, hw, curve_points(job))
+    rows += curve_rows(tn, pn, x, unit.start, loaded.ball, hw, curve_points(job))
     return rows
 
 

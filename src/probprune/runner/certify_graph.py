@@ -28,7 +28,6 @@ input; or an ``.npy`` file ``[N, *input_shape]`` or ``[N, d]`` (``allow_pickle=F
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from collections.abc import Sequence
@@ -49,6 +48,7 @@ from probprune.runner.certify import (
     Progress,
     _check_halfwidth,
     certify_rows,
+    curve_rows,
     layerwise_radius,
     summarize_rows,
 )
@@ -97,16 +97,7 @@ def graph_chunk_rows(target: Graph, pruned: Graph, x: Tensor, y: Tensor | None, 
 def graph_curve_rows(target: Graph, pruned: Graph, x: Tensor, start: int, ball: BallSpec, hw: Tensor | None,
                      curve: Sequence[tuple[float, float | None]]) -> list[CertifyRadiusRow]:
     """Certified agreement (no attack) of each input at each (scale, radius) of the curve."""
-    flat = x.reshape(x.shape[0], -1)
-    out = []
-    for scale, r in curve:
-        b = dataclasses.replace(ball, radius=float(r) if r is not None else ball.radius * scale)
-        agr = graph_certified_agreement(target, pruned, b, centres=flat, attack=False,
-                                        halfwidth=None if hw is None else hw * scale)
-        up = cast(DifferentialBound, agr.bound).value
-        out += [CertifyRadiusRow(scale=scale, index=start + i, radius=r, certified_agree=v == "certified",
-                                 upper=float(up[i])) for i, v in enumerate(agr.verdicts)]
-    return out
+    return curve_rows(target, pruned, x.reshape(x.shape[0], -1), start, ball, hw, curve, graph_certified_agreement)
 
 
 def _check_centres(target: Graph, centres: Tensor, labels: Tensor | None, clip: tuple[float, float] | None
