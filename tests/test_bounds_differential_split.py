@@ -266,3 +266,39 @@ def test_certify_cli_split_flag(tmp_path: object, capsys: pytest.CaptureFixture[
         code, out, err = run([*base, "--split", bad], capsys)
         lines = err.strip().splitlines()
         assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and "split" in lines[0], err
+
+
+def test_pp_certify_split_keyword() -> None:
+    """``pp.certify(…, split=N)``: the same rows as ``split=0`` except never a larger upper bound and never fewer
+    certified inputs; the upper bound at every input is the split bound's (min with the layerwise one)."""
+    import probprune as pp
+
+    target, pruned = _net_pair(4, (6, 16, 16, 4), 0.5, dtype=torch.float32)
+    x = torch.rand(3, 6, generator=torch.Generator().manual_seed(0))
+    kw = dict(radius=0.3, norm="linf", clip=(0.0, 1.0), n_restarts=2, n_steps=10)
+    plain = pp.certify(target, pruned, x, **kw)  # type: ignore[arg-type]
+    split = pp.certify(target, pruned, x, split=8, **kw)  # type: ignore[arg-type]
+    assert split.summary["certified_agreement"] >= plain.summary["certified_agreement"]
+    tight = 0
+    for a, b in zip(plain.rows, split.rows):
+        assert b["upper"] <= a["upper"] and b["lower"] <= b["upper"]
+        tight += b["upper"] < a["upper"]
+    assert tight >= 1  # at this loose ball the tree tightens at least one input
+    assert pp.certify(target, pruned, x, split=1, **kw).rows == plain.rows  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("split", [-1, 1.5, True, "4"])
+def test_pp_certify_bad_split_is_refused(split: object) -> None:
+    import probprune as pp
+
+    target, pruned = _net_pair(0, (2, 3, 2), 0.5)
+    with pytest.raises(ProbPruneError, match="split="):
+        pp.certify(target, pruned, torch.zeros(1, 2), radius=0.1, split=split)  # type: ignore[arg-type]
+
+
+def test_pp_certify_split_on_graphs_is_refused() -> None:
+    import probprune as pp
+
+    target, pruned = _net_pair(0, (2, 3, 2), 0.5)
+    with pytest.raises(ProbPruneError, match="split=4: not supported for graph models"):
+        pp.certify(target.to_graph(), pruned.to_graph(), torch.zeros(1, 2), radius=0.1, split=4)

@@ -609,8 +609,8 @@ def run_certify(job: CertifyJob, progress: Progress | None = None, write: bool =
     """
     check_job(job)
     loaded = load_job(job)
-    if job.split and isinstance(loaded.target, Graph):
-        raise ProbPruneError(f"split={job.split!r}: not supported for graph models yet (the chain FCN bound only)")
+    if isinstance(loaded.target, Graph):
+        refuse_graph_split(job.split)
     h, files = config_hash(job), job_files(job)
     n = int(loaded.x.shape[0])
     store = None if run_dir is None else CertifyStore(run_dir, _stored_doc(job, h, files, None), n)
@@ -661,11 +661,17 @@ def run_certify(job: CertifyJob, progress: Progress | None = None, write: bool =
     return out
 
 
+def refuse_graph_split(split: int) -> None:
+    """Branch and bound exists for the chain bound only: one refusal for ``certify --split`` and ``split=``."""
+    if split:
+        raise ProbPruneError(f"split={split!r}: not supported for graph models yet (the chain FCN bound only)")
+
+
 def certify(target: Net | Graph, pruned: Net | Graph, centres: Tensor, *, radius: float | None = None,
             norm: CertifyNorm = "l2", clip: tuple[float, float] | None = None, labels: Tensor | None = None,
             seed: int = 0, n_restarts: int = 8, n_steps: int = 100, batch_size: int = 25,
-            progress: Progress | None = None, inputs: str = "centres as given", halfwidth: Tensor | None = None
-            ) -> CertifyOutcome:
+            progress: Progress | None = None, inputs: str = "centres as given", halfwidth: Tensor | None = None,
+            split: int = 0) -> CertifyOutcome:
     """The local sandwich and certified agreement of ``pruned`` (f) against ``target`` (F) around each centre.
 
     The Python form of ``probprune certify`` (the module docstring says what each row holds): for every row
@@ -690,6 +696,9 @@ def certify(target: Net | Graph, pruned: Net | Graph, centres: Tensor, *, radius
         progress: called with (centres done, total) after each chunk.
         inputs: a note on what the centres are (kept in the outcome).
         halfwidth: ``[N, d]`` or ``[d]`` ℓ∞ half-widths: ball i is the box ``c_i ± h_i`` (∩ ``clip``).
+        split: leaves per ball of the branch and bound that tightens the differential bound and the agreement
+            margins (:func:`probprune.bounds.differential_split.split_certified_agreement`; ``certify --split N``);
+            0 or 1: the plain bound. Never looser than the plain bound. Chains only: refused for graphs.
 
     Returns:
         :class:`CertifyOutcome`: rows (one per centre, keys as ``--json`` writes them) and their summary.
@@ -702,7 +711,10 @@ def certify(target: Net | Graph, pruned: Net | Graph, centres: Tensor, *, radius
     >>> out.summary["certified_agreement"], out.summary["max_upper"]
     (1.0, 0.0)
     """
+    if isinstance(split, bool) or not isinstance(split, int) or split < 0:
+        raise ProbPruneError(f"split={split!r}: must be an integer >= 0 (leaves per ball; 0 = no splitting)")
     if isinstance(target, Graph) or isinstance(pruned, Graph):
+        refuse_graph_split(split)
         from probprune.runner.certify_graph import certify_graphs
 
         return certify_graphs(cast(Graph, target), cast(Graph, pruned), centres, radius=radius, norm=norm, clip=clip,
@@ -720,7 +732,7 @@ def certify(target: Net | Graph, pruned: Net | Graph, centres: Tensor, *, radius
         sl = slice(start, start + batch_size)
         gen = torch.Generator().manual_seed(derive_seed(f"seed {seed}", start, "certify"))
         rows += _chunk_rows(target, pruned, x[sl], None if labels is None else labels[sl], start, ball,
-                            (n_restarts, n_steps), gen, None if hw is None else hw[sl], norms=norms)
+                            (n_restarts, n_steps), gen, None if hw is None else hw[sl], norms=norms, split=split)
         if progress is not None:
             progress(len(rows), n)
     summary = summarize_rows([r.to_dict() for r in rows])
