@@ -414,6 +414,61 @@ def _maxpool_state(node: Node, s: _State, in_shape: tuple[int, ...]) -> _State:
     return _State(_tighten((pool(l), pool(u), -pool(-dl), pool(du), pool(tl), pool(tu))))
 
 
+def _pool_dims(node: Node) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    dims = int(node.attrs["dims"])
+
+    def tup(v: Any) -> tuple[int, ...]:
+        return tuple(int(t) for t in v) if isinstance(v, (tuple, list)) else (int(v),) * dims
+
+    return tup(node.attrs["kernel"]), tup(node.attrs["stride"])
+
+
+def _argmax_in_window(node: Node, lo: Tensor, hi: Tensor, in_shape: tuple[int, ...]) -> tuple[Tensor, Tensor]:
+    """Per window (``[B, n_out]``): the flat input index ``k`` of the largest lower bound, and whether it
+    dominates (``lo_k ≥ hi_i`` for every other input ``i`` of the window). Windows must not overlap."""
+    fn = torch.nn.functional.max_pool1d if node.attrs["dims"] == 1 else torch.nn.functional.max_pool2d
+    kernel, stride = _pool_dims(node)
+    bsz, spatial = lo.shape[0], math.prod(in_shape[1:])
+    lk, idx = fn(lo.reshape(bsz, *in_shape), kernel, stride, node.attrs["padding"], return_indices=True)
+    chan = torch.arange(in_shape[0]).view(1, -1, *([1] * (idx.dim() - 2))) * spatial
+    k = (idx + chan).reshape(bsz, -1)
+    others = hi.clone().scatter_(1, k, -math.inf)  # windows do not overlap: input k is in one window only
+    second = fn(others.reshape(bsz, *in_shape), kernel, stride, node.attrs["padding"]).reshape(bsz, -1)
+    return k, lk.reshape(bsz, -1) >= second
+
+
+def _maxpool_step(node: Node, cz: Tensor, cd: Tensor, st: _State, s_in: _State,
+                  in_shape: tuple[int, ...]) -> tuple[Tensor, Tensor, Tensor, Tensor] | None:
+    """Back-substitution through a max pool with non-overlapping windows (None otherwise: the caller concretises).
+
+    Per window, ``m = max_i z_i ≥ z_k`` (``k``: the largest lower bound), with equality where ``z_k`` dominates
+    the window; ``Δm = m̃ − m = δ_k`` where ``k`` dominates the window in both nets. So ``cz·m ≥ cz·z_k`` where
+    ``cz ≥ 0`` or ``k`` dominates, else ``≥ cz·u`` (the node's upper bound); ``cd·Δm = cd·δ_k`` where both dominate
+    at ``k``, else ``≥ cd·Δ_l`` or ``cd·Δ_u`` (the node's interval). ``max`` is exact in floating point and every
+    input gets at most one coefficient (no sums); only the constant's sum is rounded (its slack)."""
+    kernel, stride = _pool_dims(node)
+    if any(s_ < k_ for s_, k_ in zip(stride, kernel)):
+        return None
+    l, u, dl, du, tl, tu = s_in.b
+    k, dom = _argmax_in_window(node, l, u, in_shape)
+    kp, dom_p = _argmax_in_window(node, tl, tu, in_shape)
+    both = dom & dom_p & (k == kp)
+    _, m_hi, d_lo, d_hi, _, _ = st.b
+    use_z = dom.unsqueeze(1) | (cz >= 0)
+    use_d = both.unsqueeze(1).expand_as(cd)
+    zero = torch.zeros_like(cz)
+    terms = torch.where(use_z, zero, torch.where(cz < 0, cz * m_hi.unsqueeze(1), zero)) + torch.where(
+        use_d, zero, torch.where(cd > 0, cd * d_lo.unsqueeze(1), torch.where(cd < 0, cd * d_hi.unsqueeze(1), zero)))
+    g = _g2(cz.shape[-1] + 2)
+    cc = terms.sum(-1)
+    slack = g * terms.abs().sum(-1) * (1.0 + g) * (1.0 + 4.0 * _U) + _TINY
+    idx = k.unsqueeze(1).expand_as(cz)
+    n_in = l.shape[-1]
+    a = torch.zeros(*cz.shape[:2], n_in, dtype=_F64).scatter_(2, idx, torch.where(use_z, cz, zero))
+    gg = torch.zeros_like(a).scatter_(2, idx, torch.where(use_d, cd, zero))
+    return a, gg, cc, slack
+
+
 def _add_state(a: _State, b: _State) -> _State:
     """``fl(a + b) = a + b + ρ``, ``|ρ| ≤ u(|a| + |b|)`` per net; the difference meets ``ρ̃ − ρ``."""
     am, apm, _ = a.mags()
@@ -552,6 +607,10 @@ def _backsub(prep: _Prep, states: dict[str, _State], name: str, lz: Tensor, ld: 
             sl, pushes = sl + s2, [(node.inputs[0], a, gg)]
         elif node.op == "act" and st.clamp is not None:
             a, gg, cc, s2 = _clamp_step(cz, cd, st, states[node.inputs[0]])
+            sl, pushes = sl + s2, [(node.inputs[0], a, gg)]
+        elif node.op == "maxpool" and (mp := _maxpool_step(node, cz, cd, st, states[node.inputs[0]],
+                                                           prep.target.shapes[node.inputs[0]])) is not None:
+            a, gg, cc, s2 = mp
             sl, pushes = sl + s2, [(node.inputs[0], a, gg)]
         elif node.op in ("act", "maxpool"):
             cc, s2 = _concretize(cz, cd, st.b)
