@@ -4,8 +4,6 @@ it replaced on small conv nets, and falls back to the interval rule for overlapp
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -13,10 +11,10 @@ from hypothesis import strategies as st
 from torch import Tensor
 
 from probprune.bounds import differential_graph as dg
-from probprune.bounds.differential_graph import graph_certified_agreement, graph_differential_bound, graph_gap_search
+from probprune.bounds.differential_graph import graph_certified_agreement, graph_differential_bound
 from probprune.config import BallSpec
 from probprune.nets.graph import Graph, Node, activation
-from test_bounds_differential_graph import _dag, _points
+from test_bounds_differential_graph import _dag, _points, check_covers_every_found_gap
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -56,14 +54,7 @@ def test_max_pool_nets_bound_every_sampled_gap(seed: int, pool: tuple[int, int, 
     g = torch.Generator().manual_seed(seed)
     centres = (torch.rand(2, 72, generator=g, dtype=torch.float64) * 2 - 1) * 0.9
     ball = BallSpec(radius=radius, norm=norm, box=(-1.0, 1.0) if box else None)  # type: ignore[arg-type]
-    bound = graph_differential_bound(target, pruned, ball, centres=centres)
-    found = graph_gap_search(target, pruned, ball, g, centres=centres, n_restarts=4, n_steps=40).value
-    assert bool((bound.value >= found).all()), (bound.value, found)
-    for b in range(2):
-        pts = _points(ball, centres[b], 200, g).reshape(-1, 2, 6, 6)
-        diff = pruned(pts) - target(pts)
-        assert float(diff.norm(dim=1).max()) <= float(bound.value[b])
-        assert bool((diff >= bound.lower[b]).all()) and bool((diff <= bound.upper[b]).all())
+    check_covers_every_found_gap(target, pruned, ball, centres, g)
 
 
 def _dominated_pair(shift: float) -> tuple[Graph, Graph, Tensor]:
@@ -137,9 +128,10 @@ def test_certified_agreement_through_max_pools_is_never_contradicted(seed: int) 
     centres = torch.rand(6, 72, generator=g, dtype=torch.float64) * 2 - 1
     ball = BallSpec(radius=0.02, norm="linf")
     res = graph_certified_agreement(target, pruned, ball, centres=centres, generator=g)
+    assert "certified" in res.verdicts  # the check below has something to check (seed 0: 3 of 6, seed 1: 6 of 6)
     for i, v in enumerate(res.verdicts):
         if v == "certified":
             pts = torch.cat([centres[i:i + 1], _points(ball, centres[i], 300, g)]).reshape(-1, 2, 6, 6)
             assert bool((target(pts).argmax(-1) == res.target_class[i]).all())
             assert bool((pruned(pts).argmax(-1) == res.target_class[i]).all())
-    assert math.isfinite(float(res.bound.value.max())) if res.bound is not None else True
+    assert res.bound is not None and bool(torch.isfinite(res.bound.value).all())

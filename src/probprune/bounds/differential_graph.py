@@ -414,20 +414,11 @@ def _maxpool_state(node: Node, s: _State, in_shape: tuple[int, ...]) -> _State:
     return _State(_tighten((pool(l), pool(u), -pool(-dl), pool(du), pool(tl), pool(tu))))
 
 
-def _pool_dims(node: Node) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    dims = int(node.attrs["dims"])
-
-    def tup(v: Any) -> tuple[int, ...]:
-        return tuple(int(t) for t in v) if isinstance(v, (tuple, list)) else (int(v),) * dims
-
-    return tup(node.attrs["kernel"]), tup(node.attrs["stride"])
-
-
 def _argmax_in_window(node: Node, lo: Tensor, hi: Tensor, in_shape: tuple[int, ...]) -> tuple[Tensor, Tensor]:
     """Per window (``[B, n_out]``): the flat input index ``k`` of the largest lower bound, and whether it
     dominates (``lo_k ≥ hi_i`` for every other input ``i`` of the window). Windows must not overlap."""
     fn = torch.nn.functional.max_pool1d if node.attrs["dims"] == 1 else torch.nn.functional.max_pool2d
-    kernel, stride = _pool_dims(node)
+    kernel, stride = node.attrs["kernel"], node.attrs["stride"]  # tuples in the IR (every reader writes them so)
     bsz, spatial = lo.shape[0], math.prod(in_shape[1:])
     lk, idx = fn(lo.reshape(bsz, *in_shape), kernel, stride, node.attrs["padding"], return_indices=True)
     chan = torch.arange(in_shape[0]).view(1, -1, *([1] * (idx.dim() - 2))) * spatial
@@ -446,8 +437,7 @@ def _maxpool_step(node: Node, cz: Tensor, cd: Tensor, st: _State, s_in: _State,
     ``cz ≥ 0`` or ``k`` dominates, else ``≥ cz·u`` (the node's upper bound); ``cd·Δm = cd·δ_k`` where both dominate
     at ``k``, else ``≥ cd·Δ_l`` or ``cd·Δ_u`` (the node's interval). ``max`` is exact in floating point and every
     input gets at most one coefficient (no sums); only the constant's sum is rounded (its slack)."""
-    kernel, stride = _pool_dims(node)
-    if any(s_ < k_ for s_, k_ in zip(stride, kernel)):
+    if any(s_ < k_ for s_, k_ in zip(node.attrs["stride"], node.attrs["kernel"])):
         return None
     l, u, dl, du, tl, tu = s_in.b
     k, dom = _argmax_in_window(node, l, u, in_shape)
