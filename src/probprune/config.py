@@ -918,6 +918,8 @@ class CertifyJob:
             :data:`probprune.runner.certify.RADIUS_FRACTIONS` of ``radius``).
         split: leaves per ball of the branch and bound (:mod:`probprune.bounds.differential_split`) that tightens
             the gap bound and the agreement margins; 0 or 1: none.
+        optimise: Adam steps of per-row slope optimisation of the agreement margins of the inputs the plain
+            relaxation leaves uncertified (never looser; 0: none). The gap bound stays the plain one.
     """
 
     KIND: ClassVar[str] = "certify"
@@ -941,6 +943,7 @@ class CertifyJob:
     halfwidth: str | None = None
     radii: tuple[float, ...] = ()
     split: int = 0
+    optimise: int = 0
 
     def __post_init__(self) -> None:
         if self.halfwidth is None and (isinstance(self.radius, bool) or not isinstance(self.radius, (int, float))
@@ -965,7 +968,8 @@ class CertifyJob:
                     or not clip[0] < clip[1]:
                 raise _fail("clip", self.clip, "must be LO,HI with finite LO < HI")
             object.__setattr__(self, "clip", (float(clip[0]), float(clip[1])))
-        for name, lo in (("n_points", 1), ("n_restarts", 0), ("n_steps", 0), ("batch_size", 1), ("split", 0)):
+        for name, lo in (("n_points", 1), ("n_restarts", 0), ("n_steps", 0), ("batch_size", 1), ("split", 0),
+                         ("optimise", 0)):
             _check_int(name, getattr(self, name), lo)
         check_seed("seed", self.seed)
         _check_choice("activation", self.activation, ACTIVATIONS)

@@ -89,6 +89,9 @@ def certify_cmd(
     seed: Annotated[Optional[int], typer.Option(help="Seed of the searches (default 0).")] = None,
     split: Annotated[Optional[int], typer.Option(help="N: branch and bound, at most N leaves per ball (splits of "
                                                       "unstable neurons; default 0: none).")] = None,
+    optimise: Annotated[Optional[int], typer.Option(
+        help="N: Adam steps of per-row slope optimisation of the agreement margins of the inputs the plain bound "
+             "leaves uncertified (never looser; slower; default 0: none).")] = None,
     out: Annotated[Optional[str], typer.Option(help="Write the per-input rows to this .csv or .json file.")]
     = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document (rows and summary).")] = False,
@@ -119,7 +122,8 @@ def certify_cmd(
     job: CertifyJob = resolve(CertifyJob, table=CERTIFY_FLAGS, config=config, sets=list(sets or []), flags=dict(
         weights=weights, pruned=weights if solve is not None else pruned, data=data, radius=radius,
         n_points=n_points, norm=norm, clip=clip, arch=arch, activation=activation, bias=bias, labels=labels,
-        n_restarts=n_restarts, n_steps=n_steps, seed=seed, out=out, halfwidth=halfwidth, radii=radii, split=split))
+        n_restarts=n_restarts, n_steps=n_steps, seed=seed, out=out, halfwidth=halfwidth, radii=radii, split=split,
+        optimise=optimise))
     _check_certificate_path(certificate, solve, job)
     folder = _run_folder(run_dir, runs_dir, job, solve, method, scope, agreement, tol)
     if solve is not None:

@@ -280,7 +280,8 @@ BOUND_FLAGS: dict[str, FlagRule] = {
 }
 CERTIFY_FLAGS: dict[str, FlagRule] = {
     **{k: k for k in ("weights", "pruned", "data", "radius", "n_points", "norm", "arch", "activation", "bias",
-                      "labels", "seed", "n_restarts", "n_steps", "out", "halfwidth", "split")},
+                      "labels", "seed", "n_restarts", "n_steps", "out", "halfwidth", "split",
+                      "optimise")},
     "clip": ("clip", parse_clip), "radii": ("radii", _floats("radii")),
 }
 EXPERIMENT_FLAGS: dict[str, FlagRule] = {

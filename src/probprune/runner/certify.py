@@ -292,7 +292,7 @@ def summarize_rows(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _chunk_rows(target: Net, pruned: Net, x: Tensor, y: Tensor | None, start: int, ball: BallSpec,
                 budget: tuple[int, int], gen: torch.Generator, hw: Tensor | None = None,
-                norms: PairNorms | None = None, split: int = 0) -> list[CertifyRow]:
+                norms: PairNorms | None = None, split: int = 0, optimise: int = 0) -> list[CertifyRow]:
     n_restarts, n_steps = budget
     radii = layerwise_radius(x, ball.radius, ball.norm, ball.box, hw)
     # the pair's norms once (given, or here for the chunk): each input's layerwise bound only rescales
@@ -301,7 +301,8 @@ def _chunk_rows(target: Net, pruned: Net, x: Tensor, y: Tensor | None, start: in
     low = gap_search(target, pruned, ball, gen, centres=x, n_restarts=n_restarts, n_steps=n_steps, halfwidth=hw)
     # one propagation gives both the agreement margins and the differential gap bound
     agr = split_certified_agreement(target, pruned, ball, centres=x, generator=gen, halfwidth=hw, leaves=split,
-                                    n_restarts=max(1, n_restarts // 2), n_steps=max(1, n_steps // 2))
+                                    n_restarts=max(1, n_restarts // 2), n_steps=max(1, n_steps // 2),
+                                    optimise=optimise)
     diff = cast(DifferentialBound, agr.bound)
     t64, p64 = target.to(dtype=torch.float64), pruned.to(dtype=torch.float64)
     with torch.no_grad():
@@ -548,7 +549,7 @@ def compute_unit(unit: CertifyUnit, loaded: LoadedJob | None = None) -> list[Cer
         return rows
     tn, pn = loaded.target, cast(Net, loaded.pruned)
     rows += _chunk_rows(tn, pn, x, y, unit.start, loaded.ball, budget, gen, hw,
-                       norms=cast(PairNorms, loaded.norms), split=job.split)
+                       norms=cast(PairNorms, loaded.norms), split=job.split, optimise=job.optimise)
     rows += curve_rows(tn, pn, x, unit.start, loaded.ball, hw, curve_points(job))
     return rows
 
@@ -610,7 +611,7 @@ def run_certify(job: CertifyJob, progress: Progress | None = None, write: bool =
     check_job(job)
     loaded = load_job(job)
     if isinstance(loaded.target, Graph):
-        refuse_graph_split(job.split)
+        refuse_graph_options(job.split, job.optimise)
     h, files = config_hash(job), job_files(job)
     n = int(loaded.x.shape[0])
     store = None if run_dir is None else CertifyStore(run_dir, _stored_doc(job, h, files, None), n)
@@ -661,17 +662,19 @@ def run_certify(job: CertifyJob, progress: Progress | None = None, write: bool =
     return out
 
 
-def refuse_graph_split(split: int) -> None:
-    """Branch and bound exists for the chain bound only: one refusal for ``certify --split`` and ``split=``."""
-    if split:
-        raise ProbPruneError(f"split={split!r}: not supported for graph models yet (the chain FCN bound only)")
+def refuse_graph_options(split: int, optimise: int) -> None:
+    """Branch and bound and the margins' slope optimisation exist for the chain bound only: one refusal for
+    ``certify --split`` / ``--optimise`` and ``split=`` / ``optimise=``."""
+    for name, v in (("split", split), ("optimise", optimise)):
+        if v:
+            raise ProbPruneError(f"{name}={v!r}: not supported for graph models yet (the chain FCN bound only)")
 
 
 def certify(target: Net | Graph, pruned: Net | Graph, centres: Tensor, *, radius: float | None = None,
             norm: CertifyNorm = "l2", clip: tuple[float, float] | None = None, labels: Tensor | None = None,
             seed: int = 0, n_restarts: int = 8, n_steps: int = 100, batch_size: int = 25,
             progress: Progress | None = None, inputs: str = "centres as given", halfwidth: Tensor | None = None,
-            split: int = 0) -> CertifyOutcome:
+            split: int = 0, optimise: int = 0) -> CertifyOutcome:
     """The local sandwich and certified agreement of ``pruned`` (f) against ``target`` (F) around each centre.
 
     The Python form of ``probprune certify`` (the module docstring says what each row holds): for every row
@@ -699,6 +702,8 @@ def certify(target: Net | Graph, pruned: Net | Graph, centres: Tensor, *, radius
         split: leaves per ball of the branch and bound that tightens the differential bound and the agreement
             margins (:func:`probprune.bounds.differential_split.split_certified_agreement`; ``certify --split N``);
             0 or 1: the plain bound. Never looser than the plain bound. Chains only: refused for graphs.
+        optimise: Adam steps of per-row slope optimisation of the agreement margins of the centres the plain
+            relaxation leaves uncertified (``certify --optimise N``; never looser; 0: none). Chains only.
 
     Returns:
         :class:`CertifyOutcome`: rows (one per centre, keys as ``--json`` writes them) and their summary.
@@ -713,8 +718,10 @@ def certify(target: Net | Graph, pruned: Net | Graph, centres: Tensor, *, radius
     """
     if isinstance(split, bool) or not isinstance(split, int) or split < 0:
         raise ProbPruneError(f"split={split!r}: must be an integer >= 0 (leaves per ball; 0 = no splitting)")
+    if isinstance(optimise, bool) or not isinstance(optimise, int) or optimise < 0:
+        raise ProbPruneError(f"optimise={optimise!r}: must be an integer >= 0 (Adam steps; 0 = none)")
     if isinstance(target, Graph) or isinstance(pruned, Graph):
-        refuse_graph_split(split)
+        refuse_graph_options(split, optimise)
         from probprune.runner.certify_graph import certify_graphs
 
         return certify_graphs(cast(Graph, target), cast(Graph, pruned), centres, radius=radius, norm=norm, clip=clip,
@@ -732,7 +739,8 @@ def certify(target: Net | Graph, pruned: Net | Graph, centres: Tensor, *, radius
         sl = slice(start, start + batch_size)
         gen = torch.Generator().manual_seed(derive_seed(f"seed {seed}", start, "certify"))
         rows += _chunk_rows(target, pruned, x[sl], None if labels is None else labels[sl], start, ball,
-                            (n_restarts, n_steps), gen, None if hw is None else hw[sl], norms=norms, split=split)
+                            (n_restarts, n_steps), gen, None if hw is None else hw[sl], norms=norms, split=split,
+                            optimise=optimise)
         if progress is not None:
             progress(len(rows), n)
     summary = summarize_rows([r.to_dict() for r in rows])
