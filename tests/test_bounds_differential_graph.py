@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import cast
+from typing import Any, cast
 
 import pytest
 import torch
@@ -178,7 +178,7 @@ def test_random_dags_bound_every_found_gap(seed: int, acts: tuple[str, str], res
 
 
 def check_covers_every_found_gap(target: Graph, pruned: Graph, ball: BallSpec, centres: Tensor,
-                                 g: torch.Generator, **options: int) -> None:
+                                 g: torch.Generator, **options: Any) -> None:
     """The bound ≥ the gap search's value at every ball, ≥ the gap at 200 sampled points of each ball, and the
     per-coordinate bounds contain every sampled difference (``options``: of ``graph_differential_bound``)."""
     bound = graph_differential_bound(target, pruned, ball, centres=centres, **options)
@@ -532,7 +532,8 @@ def test_optimised_agreement_never_contradicted_and_margins_never_lower(seed: in
 def test_bad_optimise_values_are_refused_naming_the_value(name: str, value: object) -> None:
     target, pruned = _dag(1, ("relu", "relu"), False, False, "avg")
     centres = torch.zeros(1, 32, dtype=torch.float64)
+    bad = cast("dict[str, Any]", {name: value})
     with pytest.raises(ProbPruneError, match=re.escape(f"{name}={value!r}")):
-        graph_differential_bound(target, pruned, BallSpec(radius=0.1), centres=centres, **{name: value})
+        graph_differential_bound(target, pruned, BallSpec(radius=0.1), centres=centres, **bad)
     with pytest.raises(ProbPruneError, match=re.escape(f"{name}={value!r}")):
-        graph_certified_agreement(target, pruned, BallSpec(radius=0.1), centres=centres, **{name: value})
+        graph_certified_agreement(target, pruned, BallSpec(radius=0.1), centres=centres, **bad)
