@@ -537,3 +537,38 @@ def test_bad_optimise_values_are_refused_naming_the_value(name: str, value: obje
         graph_differential_bound(target, pruned, BallSpec(radius=0.1), centres=centres, **bad)
     with pytest.raises(ProbPruneError, match=re.escape(f"{name}={value!r}")):
         graph_certified_agreement(target, pruned, BallSpec(radius=0.1), centres=centres, **bad)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.1])
+def test_vertex_intercepts_give_valid_planes_of_the_relu_difference(alpha: float) -> None:
+    """For any slopes (p, q), ``p z + q δ + r_low ≤ σ(z + δ) − σ(z) ≤ p z + q δ + r_up`` on D (the box ∩
+    ``z + δ ∈ [l̃, ũ]``), at dense samples, on D's edges and on the kinks; and the lower intercept is attained
+    within the rounding margin at a sample (the tightest one: no vertex may be missing, none may be too many)."""
+    from probprune.bounds.differential_graph import _intercept, _vertices
+
+    g = torch.Generator().manual_seed(int(alpha * 10))
+    n = 64
+    l, u = -torch.rand(n, generator=g, dtype=torch.float64), torch.rand(n, generator=g, dtype=torch.float64)
+    dl = -torch.rand(n, generator=g, dtype=torch.float64) * 0.7
+    du = torch.rand(n, generator=g, dtype=torch.float64) * 0.7
+    tl = torch.maximum(l + dl, -torch.rand(n, generator=g, dtype=torch.float64) * 0.8)
+    tu = torch.minimum(u + du, torch.rand(n, generator=g, dtype=torch.float64) * 0.8)
+    b = (l, u, dl, du, tl, tu)
+    verts = _vertices(b, alpha)  # type: ignore[arg-type]
+    p, q = torch.randn(n, generator=g, dtype=torch.float64), torch.randn(n, generator=g, dtype=torch.float64)
+    r_lo, r_up = _intercept(p, q, verts, False), _intercept(p, q, verts, True)
+    k = 4000
+    t = torch.rand(k, n, generator=g, dtype=torch.float64)
+    z = torch.cat([l + (u - l) * t, torch.zeros(k, n, dtype=torch.float64), l.expand(k, n), u.expand(k, n)])
+    d = torch.cat([dl + (du - dl) * torch.rand(k, n, generator=g, dtype=torch.float64),
+                   dl + (du - dl) * t, dl + (du - dl) * t, dl + (du - dl) * t])
+    # also on the kink z + δ = 0 and on the edges z + δ = l̃, ũ of D
+    z, d = torch.cat([z, z, z, z]), torch.cat([d, -z, tl - z, tu - z])
+    d = d.clamp(dl, du)
+    inside = (z + d >= tl) & (z + d <= tu)
+    sigma = torch.nn.functional.leaky_relu
+    dh = sigma(z + d, alpha) - sigma(z, alpha)
+    low, up = p * z + q * d + r_lo, p * z + q * d + r_up
+    assert bool(((low <= dh) | ~inside).all()) and bool(((up >= dh) | ~inside).all())
+    gap = torch.where(inside, dh - low, torch.full_like(dh, math.inf)).amin(0)
+    assert bool(inside.any(0).all()) and bool((gap < 1e-2).all()), gap.max()

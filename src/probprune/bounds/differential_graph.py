@@ -702,33 +702,90 @@ def _needed(prep: _Prep, node: Node, st: _State) -> Tensor | None:
 
 _OPT_BUDGET = 1 << 19  # entries of one row chunk's coefficients when its slopes are optimised (per-row relaxations)
 _LR = 0.25  # Adam's step on the lower slopes (they live in [α, 1])
+_LR_PLANE = 0.02  # and on the slopes of the lines of Δh
 
 
-def _slope_params(prep: _Prep, states: dict[str, _State], name: str, r: int) -> dict[str, tuple[Tensor, Tensor]]:
+def _vertices(b: Bounds, alpha: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Points covering the vertices of the pieces of ``Δh = σ(z + δ) − σ(z)`` (σ(y) = max(y, αy)) on
+    ``D = {z ∈ [l, u], δ ∈ [δ_l, δ_u], z + δ ∈ [l̃, ũ]}``: the pairwise intersections of the lines ``z ∈ {l, u, 0}``,
+    ``δ ∈ {δ_l, δ_u}``, ``z + δ ∈ {l̃, ũ, 0}``, clamped into the box (``[..., n, 21]``), with ``Δh`` there, a mask
+    of the points kept (those not outside ``D`` by more than their rounding) and a bound on the magnitudes.
+
+    Δh is linear on each piece (the signs of z and z + δ), so a plane below (above) Δh at every vertex of the
+    pieces is below (above) it on D; points that are not vertices only make the plane's intercept safer.
+    """
+    l, u, dl, du, tl, tu = b
+    zero = torch.zeros_like(l)
+    zs, ds, ss = (l, u, zero), (dl, du), (tl, tu, zero)
+    pz = [a for a in zs for _ in ds] + [a for a in zs for _ in ss] + [c - d for d in ds for c in ss]
+    pd = [d for _ in zs for d in ds] + [c - a for a in zs for c in ss] + [d for d in ds for _ in ss]
+    z = torch.stack(pz, -1).clamp(l.unsqueeze(-1), u.unsqueeze(-1))
+    d = torch.stack(pd, -1).clamp(dl.unsqueeze(-1), du.unsqueeze(-1))
+    mag = torch.maximum(l.abs(), u.abs()) + torch.maximum(dl.abs(), du.abs()) + torch.maximum(tl.abs(), tu.abs())
+    tol = (8.0 * _U * mag + _TINY).unsqueeze(-1)
+    sm = z + d
+    keep = (sm >= tl.unsqueeze(-1) - tol) & (sm <= tu.unsqueeze(-1) + tol)
+    f = torch.maximum(sm, alpha * sm) - torch.maximum(z, alpha * z)
+    return z, d, torch.where(keep, f, torch.full_like(f, math.nan)), mag
+
+
+def _intercept(p: Tensor, q: Tensor, verts: tuple[Tensor, Tensor, Tensor, Tensor], up: bool) -> Tensor:
+    """The tightest intercept ``r`` with ``p z + q δ + r ≤ Δh`` (``up``: ≥) at every kept point of
+    :func:`_vertices`, moved outwards by a bound on the points' rounding (``|∂Δh| ≤ 1`` in z and δ per unit of
+    displacement, ≤ 2u of the magnitudes each) and on the evaluation's (a few roundings of terms ≤
+    ``(2 + |p| + |q|) · mag``): a valid line on D. −inf / +inf where no point is kept."""
+    z, d, f, mag = verts
+    e = f - p.unsqueeze(-1) * z - q.unsqueeze(-1) * d
+    fill = math.inf if not up else -math.inf
+    e = torch.where(torch.isnan(e), torch.full_like(e, fill), e)
+    r = e.amax(-1) if up else e.amin(-1)
+    m = _g2(12) * (2.0 + p.abs() + q.abs()) * mag + _TINY
+    m = m + 2.0 * _U * r.abs().nan_to_num(0.0, 0.0, 0.0)
+    return r + m if up else r - m
+
+
+_PLANES = True  # optimise the slopes of the lines of Δh per row too (intercepts from the vertices)
+
+
+def _slope_params(prep: _Prep, states: dict[str, _State], name: str, r: int) -> dict[str, tuple[Tensor, ...]]:
     """Per ReLU-family node before ``name`` with an unstable neuron (in either graph): the lower slopes of ``h``
-    and ``h̃``, one per ball, row and neuron (``[B, r, n]`` leaves, starting at the plain relaxation's)."""
-    out: dict[str, tuple[Tensor, Tensor]] = {}
+    and ``h̃``, one per ball, row and neuron (``[B, r, n]`` leaves, starting at the plain relaxation's), and
+    (``_PLANES``) the slopes ``(p, q)`` of the lower and of the upper line of ``Δh``."""
+    out: dict[str, tuple[Tensor, ...]] = {}
     for node in prep.target.nodes[:prep.order[name]]:
         rx = states[node.name].relax
         if node.op != "act" or rx is None:
             continue
-        l, u, _, _, tl, tu = states[node.inputs[0]].b
+        l, u, dl, du, tl, tu = states[node.inputs[0]].b
         if not bool((((l < 0) & (u > 0)) | ((tl < 0) & (tu > 0))).any()):
             continue
-        out[node.name] = (rx.hl[0].detach().unsqueeze(1).expand(-1, r, -1).clone().requires_grad_(True),
-                          rx.tl[0].detach().unsqueeze(1).expand(-1, r, -1).clone().requires_grad_(True))
+        ps = [rx.hl[0], rx.tl[0]]
+        if _PLANES:
+            ps += [torch.zeros_like(rx.hl[0])] * 4
+        out[node.name] = tuple(p.detach().unsqueeze(1).expand(-1, r, -1).clone().requires_grad_(True) for p in ps)
     return out
 
 
-def _row_relax(prep: _Prep, states: dict[str, _State], params: dict[str, tuple[Tensor, Tensor]]
-               ) -> dict[str, _Relax]:
+def _row_relax(prep: _Prep, states: dict[str, _State], params: dict[str, tuple[Tensor, ...]]) -> dict[str, _Relax]:
     """The joint relaxations of the nodes of ``params`` from their inputs' intervals, with those lower slopes per
-    row (projected into ``[α, 1]`` by ``_act_lines`` before any use: every such line is valid)."""
+    row (projected into ``[α, 1]`` by ``_act_lines`` before any use: every such line is valid) and, given slopes
+    of the lines of ``Δh``, those lines with the tightest valid intercepts on D (:func:`_intercept`)."""
     out = {}
-    for k, lams in params.items():
+    for k, ps in params.items():
         node = prep.target.node(k)
-        l, u, dl, du, tl, tu = (t.unsqueeze(1) for t in states[node.inputs[0]].b)
-        out[k] = _relax(l, u, dl, du, tl, tu, _alpha(node.attrs["act"]), _F64, _F64, lams=lams)
+        alpha = cast(float, _alpha(node.attrs["act"]))
+        b = cast(Bounds, tuple(t.unsqueeze(1) for t in states[node.inputs[0]].b))
+        rx = _relax(*b[:6], alpha, _F64, _F64, lams=(ps[0], ps[1]))
+        if len(ps) > 2:  # the picked lines' slopes moved by (Δp, Δq), intercepts from the vertices
+            verts = _vertices(b, alpha)
+            p_l, q_l, p_u, q_u = rx.gl[0] + ps[2], rx.gl[1] + ps[3], rx.gu[0] + ps[4], rx.gu[1] + ps[5]
+            gl = (p_l, q_l, _intercept(p_l, q_l, verts, False))
+            gu = (p_u, q_u, _intercept(p_u, q_u, verts, True))
+            l, u, dl, du, _, _ = b
+            zc, dc = (l + u) / 2, (dl + du) / 2
+            wg = ((gu[0] - gl[0]) * zc + (gu[1] - gl[1]) * dc + (gu[2] - gl[2])).clamp_min(0)
+            rx = dataclasses.replace(rx, gl=gl, gu=gu, width_g=wg)
+        out[k] = rx
     return out
 
 
@@ -748,7 +805,9 @@ def _optimised_rows(prep: _Prep, states: dict[str, _State], name: str, lz: Tenso
     if not params or steps == 0:
         return best
     alphas = {k: cast(float, _alpha(prep.target.node(k).attrs["act"])) for k in params}
-    opt = torch.optim.Adam([p for pp in params.values() for p in pp], lr=_LR)
+    groups: list[dict[str, Any]] = [{"params": [p for pp in params.values() for p in pp[:2]]},
+                                    {"params": [p for pp in params.values() for p in pp[2:]], "lr": _LR_PLANE}]
+    opt = torch.optim.Adam(groups, lr=_LR)
     ok = torch.ones_like(best, dtype=torch.bool) if valid is None else valid
     for it in range(steps + 1):
         with torch.enable_grad():
@@ -763,7 +822,7 @@ def _optimised_rows(prep: _Prep, states: dict[str, _State], name: str, lz: Tenso
         opt.step()
         with torch.no_grad():
             for k, pp in params.items():
-                for p in pp:
+                for p in pp[:2]:
                     p.clamp_(alphas[k], 1.0)
     return best
 
