@@ -747,29 +747,41 @@ def _intercept(p: Tensor, q: Tensor, verts: tuple[Tensor, Tensor, Tensor, Tensor
 _PLANES = True  # optimise the slopes of the lines of Δh per row too (intercepts from the vertices)
 
 
-def _slope_params(prep: _Prep, states: dict[str, _State], name: str, r: int) -> dict[str, tuple[Tensor, ...]]:
+_Params = dict[str, tuple[Tensor, ...]]
+
+
+def _slope_params(prep: _Prep, states: dict[str, _State], name: str, r: int) -> tuple[_Params, _Params]:
     """Per ReLU-family node before ``name`` with an unstable neuron (in either graph): the lower slopes of ``h``
     and ``h̃``, one per ball, row and neuron (``[B, r, n]`` leaves, starting at the plain relaxation's), and
-    (``_PLANES``) the slopes ``(p, q)`` of the lower and of the upper line of ``Δh``."""
-    out: dict[str, tuple[Tensor, ...]] = {}
+    (``_PLANES``) offsets ``(Δp, Δq)`` of the slopes of the lower and of the upper line of ``Δh`` for the
+    neurons unstable in either graph (``[B, r, k]`` leaves at 0; the second dict: their indices ``[B, k]``
+    and which are real, ``[B, 1, k]`` — balls with fewer are padded with stable neurons, left unmoved)."""
+    out: _Params = {}
+    aux: _Params = {}
     for node in prep.target.nodes[:prep.order[name]]:
         rx = states[node.name].relax
         if node.op != "act" or rx is None:
             continue
         l, u, dl, du, tl, tu = states[node.inputs[0]].b
-        if not bool((((l < 0) & (u > 0)) | ((tl < 0) & (tu > 0))).any()):
+        unst = ((l < 0) & (u > 0)) | ((tl < 0) & (tu > 0))
+        if not bool(unst.any()):
             continue
-        ps = [rx.hl[0], rx.tl[0]]
+        ps = [rx.hl[0].detach().unsqueeze(1).expand(-1, r, -1)] * 2
+        ps[1] = rx.tl[0].detach().unsqueeze(1).expand(-1, r, -1)
         if _PLANES:
-            ps += [torch.zeros_like(rx.hl[0])] * 4
-        out[node.name] = tuple(p.detach().unsqueeze(1).expand(-1, r, -1).clone().requires_grad_(True) for p in ps)
-    return out
+            k = int(unst.sum(1).max())
+            idx = torch.sort((~unst).to(torch.int8), dim=1, stable=True).indices[:, :k]
+            aux[node.name] = (idx, unst.gather(1, idx).unsqueeze(1).to(_F64))
+            ps += [torch.zeros(l.shape[0], r, k, dtype=_F64)] * 4
+        out[node.name] = tuple(p.clone().requires_grad_(True) for p in ps)
+    return out, aux
 
 
-def _row_relax(prep: _Prep, states: dict[str, _State], params: dict[str, tuple[Tensor, ...]]) -> dict[str, _Relax]:
+def _row_relax(prep: _Prep, states: dict[str, _State], params: _Params, aux: _Params) -> dict[str, _Relax]:
     """The joint relaxations of the nodes of ``params`` from their inputs' intervals, with those lower slopes per
-    row (projected into ``[α, 1]`` by ``_act_lines`` before any use: every such line is valid) and, given slopes
-    of the lines of ``Δh``, those lines with the tightest valid intercepts on D (:func:`_intercept`)."""
+    row (projected into ``[α, 1]`` by ``_act_lines`` before any use: every such line is valid) and, given
+    offsets of the slopes of the lines of ``Δh`` (neurons ``aux``), those lines with the tightest valid
+    intercepts on D (:func:`_intercept`) — for those neurons; the others keep the plain lines."""
     out = {}
     for k, ps in params.items():
         node = prep.target.node(k)
@@ -777,10 +789,17 @@ def _row_relax(prep: _Prep, states: dict[str, _State], params: dict[str, tuple[T
         b = cast(Bounds, tuple(t.unsqueeze(1) for t in states[node.inputs[0]].b))
         rx = _relax(*b[:6], alpha, _F64, _F64, lams=(ps[0], ps[1]))
         if len(ps) > 2:  # the picked lines' slopes moved by (Δp, Δq), intercepts from the vertices
-            verts = _vertices(b, alpha)
-            p_l, q_l, p_u, q_u = rx.gl[0] + ps[2], rx.gl[1] + ps[3], rx.gu[0] + ps[4], rx.gu[1] + ps[5]
-            gl = (p_l, q_l, _intercept(p_l, q_l, verts, False))
-            gu = (p_u, q_u, _intercept(p_u, q_u, verts, True))
+            idx, real = aux[k]
+            bsz, r, n = ps[0].shape
+            ix = idx.unsqueeze(1).expand(-1, r, -1)
+            picked = [t.expand(bsz, r, n).gather(2, ix) for t in (rx.gl[0], rx.gl[1], rx.gu[0], rx.gu[1])]
+            verts = _vertices(cast(Bounds, tuple(t.gather(2, idx.unsqueeze(1)) for t in b)), alpha)
+            p_l, q_l = picked[0] + ps[2] * real, picked[1] + ps[3] * real
+            p_u, q_u = picked[2] + ps[4] * real, picked[3] + ps[5] * real
+            lines = (p_l, q_l, _intercept(p_l, q_l, verts, False), p_u, q_u, _intercept(p_u, q_u, verts, True))
+            old = (*rx.gl, *rx.gu)
+            new = [o.expand(bsz, r, n).scatter(2, ix, v) for o, v in zip(old, lines)]
+            gl, gu = (new[0], new[1], new[2]), (new[3], new[4], new[5])
             l, u, dl, du, _, _ = b
             zc, dc = (l + u) / 2, (dl + du) / 2
             wg = ((gu[0] - gl[0]) * zc + (gu[1] - gl[1]) * dc + (gu[2] - gl[2])).clamp_min(0)
@@ -800,7 +819,7 @@ def _optimised_rows(prep: _Prep, states: dict[str, _State], name: str, lz: Tenso
     and the row's maximum over the ``steps + 1`` evaluations is one (−inf where none is finite). Rows not
     ``valid`` are not pulled; a row stops pulling once its maximum exceeds its ``target``.
     """
-    params = _slope_params(prep, states, name, lz.shape[1])
+    params, aux = _slope_params(prep, states, name, lz.shape[1])
     best = torch.full(lz.shape[:2], -math.inf, dtype=_F64)
     if not params or steps == 0:
         return best
@@ -811,7 +830,7 @@ def _optimised_rows(prep: _Prep, states: dict[str, _State], name: str, lz: Tenso
     ok = torch.ones_like(best, dtype=torch.bool) if valid is None else valid
     for it in range(steps + 1):
         with torch.enable_grad():
-            low = _backsub(prep, states, name, lz, ld, reg, relax=_row_relax(prep, states, params))
+            low = _backsub(prep, states, name, lz, ld, reg, relax=_row_relax(prep, states, params, aux))
             with torch.no_grad():
                 best = torch.maximum(best, torch.nan_to_num(low.detach(), nan=-math.inf))
                 pull = ok & torch.isfinite(low) & (torch.ones_like(ok) if target is None else ~(best > target))
