@@ -5,6 +5,8 @@ Usage::
     .venv/bin/python benchmarks/bench_differential_graph.py --model Convnet_avgpool --radius 0.01 --n 100
     .venv/bin/python benchmarks/bench_differential_graph.py --model resnet_2b --radius 0.01 --n 48
     .venv/bin/python benchmarks/bench_differential_graph.py --model resnet_2b --boxes --n 48
+    .venv/bin/python benchmarks/bench_differential_graph.py --model resnet_2b --radius 0.01 --n 48 --crown-n 0 \
+        --optimise 40
 
 Models: ``../shared/models/vnncomp2021/{Convnet_avgpool,resnet_2b}.onnx`` read by the graph reader (float64
 parameters), pruned 50 % by global magnitude (``runner.graph.run_graph_prune``, as ``probprune prune --scope
@@ -19,7 +21,9 @@ one propagation with the agreement margins and the chord bound on the output nor
 two graphs side by side, each ReLU of F and of f relaxed independently, float64, no rounding margins — a
 baseline, not a certificate) on the first ``--crown-n`` inputs, layerwise = ``certified_graph_gap`` over the ℓ2
 ball around 0 holding every local ball (computed once). Empirical agreement: no disagreement found by the attack
-nor at the centre / the search's witness. Prints one markdown row and writes the per-input values as JSON
+nor at the centre / the search's witness. ``--optimise N`` (``--optimise-depth D``): the same agreement call with
+N steps of slope optimisation too, same balls, its value per input as ``optimised`` and its own time (the call
+includes its own plain propagation). Prints one markdown row and writes the per-input values as JSON
 (``--out``).
 """
 
