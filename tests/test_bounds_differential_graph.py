@@ -572,3 +572,15 @@ def test_vertex_intercepts_give_valid_planes_of_the_relu_difference(alpha: float
     assert bool(((low <= dh) | ~inside).all()) and bool(((up >= dh) | ~inside).all())
     gap = torch.where(inside, dh - low, torch.full_like(dh, math.inf)).amin(0)
     assert bool(inside.any(0).all()) and bool((gap < 1e-2).all()), gap.max()
+
+
+def test_vertex_intercepts_claim_nothing_where_no_point_is_kept() -> None:
+    """Non-finite bounds (no vertex can be evaluated): the lower intercept is −inf, the upper +inf."""
+    from probprune.bounds.differential_graph import _intercept, _vertices
+
+    inf = torch.tensor([math.inf], dtype=torch.float64)
+    b = (-inf, inf, -inf, inf, -inf, inf)
+    verts = _vertices(b, 0.0)  # type: ignore[arg-type]
+    p = q = torch.zeros(1, dtype=torch.float64)
+    assert float(_intercept(p, q, verts, False)[0]) == -math.inf
+    assert float(_intercept(p, q, verts, True)[0]) == math.inf

@@ -737,11 +737,15 @@ def _intercept(p: Tensor, q: Tensor, verts: tuple[Tensor, Tensor, Tensor, Tensor
     z, d, f, mag = verts
     e = f - p.unsqueeze(-1) * z - q.unsqueeze(-1) * d
     fill = math.inf if not up else -math.inf
-    e = torch.where(torch.isnan(e), torch.full_like(e, fill), e)
+    kept = ~torch.isnan(e)
+    e = torch.where(kept, e, torch.full_like(e, fill))
     r = e.amax(-1) if up else e.amin(-1)
     m = _g2(12) * (2.0 + p.abs() + q.abs()) * mag + _TINY
     m = m + 2.0 * _U * r.abs().nan_to_num(0.0, 0.0, 0.0)
-    return r + m if up else r - m
+    r = r + m if up else r - m
+    # no point kept (D empty in floating point, or non-finite bounds): no valid finite intercept is claimed
+    ok = kept.any(-1) & ~torch.isnan(r)
+    return torch.where(ok, r, torch.full_like(r, -fill))
 
 
 _PLANES = True  # optimise the slopes of the lines of Δh per row too (intercepts from the vertices)
