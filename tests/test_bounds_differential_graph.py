@@ -575,12 +575,14 @@ def test_vertex_intercepts_give_valid_planes_of_the_relu_difference(alpha: float
 
 
 def test_vertex_intercepts_claim_nothing_where_no_point_is_kept() -> None:
-    """Non-finite bounds (no vertex can be evaluated): the lower intercept is −inf, the upper +inf."""
+    """Bounds whose D is empty (z + δ ≤ 2 on the box, z̃ ≥ 5): no point is kept, so no finite intercept is
+    claimed — the lower one is −inf, the upper +inf (a minimum over no points would be +inf: unsound)."""
     from probprune.bounds.differential_graph import _intercept, _vertices
 
-    inf = torch.tensor([math.inf], dtype=torch.float64)
-    b = (-inf, inf, -inf, inf, -inf, inf)
-    verts = _vertices(b, 0.0)  # type: ignore[arg-type]
+    def t(v: float) -> Tensor:
+        return torch.tensor([v], dtype=torch.float64)
+
+    verts = _vertices((t(-1.0), t(1.0), t(-1.0), t(1.0), t(5.0), t(6.0)), 0.0)
     p = q = torch.zeros(1, dtype=torch.float64)
     assert float(_intercept(p, q, verts, False)[0]) == -math.inf
     assert float(_intercept(p, q, verts, True)[0]) == math.inf
