@@ -5,6 +5,8 @@ Usage::
     .venv/bin/python benchmarks/bench_differential_graph.py --model Convnet_avgpool --radius 0.01 --n 100
     .venv/bin/python benchmarks/bench_differential_graph.py --model resnet_2b --radius 0.01 --n 48
     .venv/bin/python benchmarks/bench_differential_graph.py --model resnet_2b --boxes --n 48
+    .venv/bin/python benchmarks/bench_differential_graph.py --model resnet_2b --radius 0.01 --n 48 --crown-n 0 \
+        --optimise 40
 
 Models: ``../shared/models/vnncomp2021/{Convnet_avgpool,resnet_2b}.onnx`` read by the graph reader (float64
 parameters), pruned 50 % by global magnitude (``runner.graph.run_graph_prune``, as ``probprune prune --scope
@@ -19,7 +21,9 @@ one propagation with the agreement margins and the chord bound on the output nor
 two graphs side by side, each ReLU of F and of f relaxed independently, float64, no rounding margins — a
 baseline, not a certificate) on the first ``--crown-n`` inputs, layerwise = ``certified_graph_gap`` over the ℓ2
 ball around 0 holding every local ball (computed once). Empirical agreement: no disagreement found by the attack
-nor at the centre / the search's witness. Prints one markdown row and writes the per-input values as JSON
+nor at the centre / the search's witness. ``--optimise N`` (``--optimise-depth D``): the same agreement call with
+N steps of slope optimisation too, same balls, its value per input as ``optimised`` and its own time (the call
+includes its own plain propagation). Prints one markdown row and writes the per-input values as JSON
 (``--out``).
 """
 
@@ -34,6 +38,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -189,6 +194,10 @@ def main() -> None:
     ap.add_argument("--crown-n", type=int, default=None, help="inputs for the CROWN baseline (default: all)")
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--optimise", type=int, default=0,
+                    help="also the bound with N steps of slope optimisation (graph_certified_agreement(optimise=N)), "
+                         "in the same run, beside the plain one")
+    ap.add_argument("--optimise-depth", type=int, default=0, help="optimise_depth of the optimised bound")
     ap.add_argument("--out", default=None)
     ap.add_argument("--time-against", default=None, metavar="FILE.py",
                     help="only time graph_differential_bound against another version of differential_graph.py "
@@ -217,7 +226,7 @@ def main() -> None:
                                    None if hw_all is None else hw_all.reshape(args.n, -1)).max())
     layer = float(certified_graph_gap(graph, pruned, radius=big_r).value)
     t_layer = time.perf_counter() - t0
-    rows, t_cert, t_found, t_crown = [], 0.0, 0.0, 0.0
+    rows, t_cert, t_found, t_crown, t_opt = [], 0.0, 0.0, 0.0, 0.0
     n_crown = args.n if args.crown_n is None else min(args.n, args.crown_n)
     gen = torch.Generator().manual_seed(0)
     for start in range(0, args.n, args.batch):
@@ -226,6 +235,14 @@ def main() -> None:
         t1 = time.perf_counter()
         agr = graph_certified_agreement(graph, pruned, ball, centres=xb, generator=gen, n_restarts=4,
                                         n_steps=args.steps // 2, batch_size=args.batch, halfwidth=hw)
+        t2 = time.perf_counter()
+        opt = None
+        if args.optimise:
+            opt = graph_certified_agreement(graph, pruned, ball, centres=xb, generator=gen, n_restarts=4,
+                                            n_steps=args.steps // 2, batch_size=args.batch, halfwidth=hw,
+                                            optimise=args.optimise, optimise_depth=args.optimise_depth)
+            assert opt.bound is not None
+        t_opt += time.perf_counter() - t2
         t2 = time.perf_counter()
         low = graph_gap_search(graph, pruned, ball, gen, centres=xb, n_restarts=8, n_steps=args.steps, halfwidth=hw)
         t3 = time.perf_counter()
@@ -248,12 +265,14 @@ def main() -> None:
         for i in range(xb.shape[0]):
             rows.append({"index": start + i, "certified": float(agr.bound.value[i]), "found": float(low.value[i]),
                          "crown": crown[i], "verdict": agr.verdicts[i], "label": int(y[start + i]),
+                         "optimised": None if opt is None else float(opt.bound.value[i]),  # type: ignore[union-attr]
+                         "verdict_optimised": None if opt is None else opt.verdicts[i],
                          "empirical_agree": bool(same_w[i]) and bool(same_c[i]) and agr.verdicts[i] != "refuted"})
         print(f"{len(rows)}/{args.n} {time.perf_counter() - t0:.0f}s load {os.getloadavg()[0]:.1f}", flush=True)
         if args.out:  # what is done so far, so that a run stopped early still leaves its rows
             Path(args.out).with_suffix(".partial.json").write_text(json.dumps({"rows": rows, "layerwise": layer,
                                                                                "layerwise_R": big_r}, indent=1))
-    _report(args, rows, layer, big_r, n_crown, (t_cert, t_found, t_crown, t_layer))
+    _report(args, rows, layer, big_r, n_crown, (t_cert, t_found, t_crown, t_layer, t_opt))
 
 
 def _time_against(old_path: str, graph: Graph, pruned: Graph, ball: BallSpec, x: Tensor, hw: Tensor | None) -> None:
@@ -269,7 +288,7 @@ def _time_against(old_path: str, graph: Graph, pruned: Graph, ball: BallSpec, x:
     spec.loader.exec_module(old)
     t_new = t_old = 0.0
     for i in range(x.shape[0]):
-        kw = {} if hw is None else {"halfwidth": hw[i:i + 1]}
+        kw: dict[str, Any] = {} if hw is None else {"halfwidth": hw[i:i + 1]}
         t1 = time.perf_counter()
         v_old = float(old.graph_differential_bound(graph, pruned, ball, centres=x[i:i + 1], **kw).value[0]) \
             if hw is None else math.nan  # the older module has no per-input boxes
@@ -283,9 +302,10 @@ def _time_against(old_path: str, graph: Graph, pruned: Graph, ball: BallSpec, x:
 
 
 def _report(args: argparse.Namespace, rows: list[dict], layer: float, big_r: float, n_crown: int,
-            times: tuple[float, float, float, float]) -> None:
-    t_cert, t_found, t_crown, t_layer = times
+            times: tuple[float, float, float, float, float]) -> None:
+    t_cert, t_found, t_crown, t_layer, t_opt = times
     ratios = [r["certified"] / r["found"] for r in rows]
+    opt = [r["optimised"] / r["found"] for r in rows if r["optimised"] is not None]
     crown = [r["crown"] / r["found"] for r in rows if r["crown"] is not None]
     crown_ours = [r["crown"] / r["certified"] for r in rows if r["crown"] is not None]
     lay = [layer / r["found"] for r in rows]
@@ -301,6 +321,12 @@ def _report(args: argparse.Namespace, rows: list[dict], layer: float, big_r: flo
                "certified_agreement": cert, "empirical_agreement": emp, "s_per_image_certified": t_cert / args.n,
                "s_per_image_found": t_found / args.n, "s_per_image_crown": t_crown / max(n_crown, 1),
                "s_layerwise_once": t_layer,
+               "optimise": args.optimise, "optimise_depth": args.optimise_depth,
+               "median_optimised_ratio": statistics.median(opt) if opt else None,
+               "max_optimised_ratio": max(opt) if opt else None,
+               "s_per_image_optimised": t_opt / args.n if opt else None,
+               "certified_agreement_optimised": sum(r["verdict_optimised"] == "certified" for r in rows) / args.n
+               if opt else None,
                "median_certified": statistics.median(r["certified"] for r in rows),
                "median_found": statistics.median(r["found"] for r in rows),
                "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
@@ -318,6 +344,12 @@ def _report(args: argparse.Namespace, rows: list[dict], layer: float, big_r: flo
           f"| {pair(summary['median_layerwise_ratio'], summary['max_layerwise_ratio'])} | {100 * cert:.0f} % "
           f"| {100 * emp:.0f} % | {summary['s_per_image_certified']:.2f} | {summary['s_per_image_found']:.2f} "
           f"| {summary['s_per_image_crown']:.2f} |")
+    if opt:
+        print(f"optimised (optimise={args.optimise}, depth {args.optimise_depth}): ours ÷ found median / max "
+              f"{pair(summary['median_optimised_ratio'], summary['max_optimised_ratio'])} (plain "
+              f"{pair(summary['median_ratio'], summary['max_ratio'])}), {summary['s_per_image_optimised']:.2f} "
+              f"s/image (plain {summary['s_per_image_certified']:.2f}), certified agreement "
+              f"{100 * summary['certified_agreement_optimised']:.0f} %")
     print(json.dumps(summary))
     if args.out:
         Path(args.out).write_text(json.dumps({"summary": summary, "rows": rows}, indent=1))

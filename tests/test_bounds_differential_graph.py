@@ -4,7 +4,8 @@ exact cases, batching, certified agreement never contradicted, bad input."""
 from __future__ import annotations
 
 import math
-from typing import cast
+import re
+from typing import Any, cast
 
 import pytest
 import torch
@@ -177,10 +178,10 @@ def test_random_dags_bound_every_found_gap(seed: int, acts: tuple[str, str], res
 
 
 def check_covers_every_found_gap(target: Graph, pruned: Graph, ball: BallSpec, centres: Tensor,
-                                 g: torch.Generator) -> None:
+                                 g: torch.Generator, **options: Any) -> None:
     """The bound ≥ the gap search's value at every ball, ≥ the gap at 200 sampled points of each ball, and the
-    per-coordinate bounds contain every sampled difference."""
-    bound = graph_differential_bound(target, pruned, ball, centres=centres)
+    per-coordinate bounds contain every sampled difference (``options``: of ``graph_differential_bound``)."""
+    bound = graph_differential_bound(target, pruned, ball, centres=centres, **options)
     found = graph_gap_search(target, pruned, ball, g, centres=centres, n_restarts=4, n_steps=40).value
     assert bool((bound.value >= found).all()), (bound.value, found)
     for b in range(centres.shape[0]):
@@ -462,3 +463,126 @@ def test_onehot_first_step_equals_the_dense_step() -> None:
     gathered = _backsub(prep, states, "a1", lz, ld, reg, (cz, cd, idx))
     assert torch.allclose(dense, gathered, rtol=1e-12, atol=1e-13)
     assert bool((gathered >= dense).all())  # never a larger slack
+
+
+# ---------------------------------------------------------------------------------------- optimised slopes
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 10_000), acts=st.tuples(st.sampled_from(["relu", "leaky_relu", "relu6"]),
+                                                   st.sampled_from(["relu", "leaky_relu"])),
+       residual=st.booleans(), cat=st.booleans(), pool=st.sampled_from(["max", "avg", "adaptive"]),
+       norm=st.sampled_from(["l2", "linf"]), radius=st.sampled_from([0.05, 0.2, 0.5]), depth=st.integers(0, 2))
+def test_optimised_slopes_bound_every_found_gap(seed: int, acts: tuple[str, str], residual: bool, cat: bool,
+                                                pool: str, norm: str, radius: float, depth: int) -> None:
+    """Slopes optimised per row (output rows, chord row, and the last ``depth`` ReLU inputs' rows) stay sound:
+    the bound covers the strongest gap found and every sampled difference, on residual / conv / pool DAGs."""
+    target, pruned = _dag(seed, acts, residual, cat, pool)
+    g = torch.Generator().manual_seed(seed)
+    centres = (torch.rand(2, 32, generator=g, dtype=torch.float64) * 2 - 1) * 0.9
+    ball = BallSpec(radius=radius, norm=norm)  # type: ignore[arg-type]
+    check_covers_every_found_gap(target, pruned, ball, centres, g, optimise=8, optimise_depth=depth)
+
+
+@pytest.mark.parametrize("seed,pool", [(0, "avg"), (1, "max"), (2, "adaptive"), (3, "avg")])
+def test_optimised_slopes_never_looser_per_ball_and_tighter_somewhere(seed: int, pool: str) -> None:
+    target, pruned = _dag(seed, ("relu", "relu"), True, seed % 2 == 1, pool)
+    centres = torch.rand(4, 32, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) - 0.5
+    ball = BallSpec(radius=0.3, norm="linf")
+    plain = graph_differential_bound(target, pruned, ball, centres=centres)
+    opt = graph_differential_bound(target, pruned, ball, centres=centres, optimise=15)
+    assert bool((opt.value <= plain.value).all()), (opt.value, plain.value)
+    assert bool((opt.lower >= plain.lower).all()) and bool((opt.upper <= plain.upper).all())
+    # the slopes move the bound: strictly tighter for some ball (a plain relaxation with an unstable neuron)
+    assert bool((opt.value < plain.value * (1 - 1e-6)).any()), (opt.value, plain.value)
+
+
+def test_optimised_slopes_batched_equals_one_ball_at_a_time() -> None:
+    target, pruned = _dag(7, ("relu", "leaky_relu"), True, True, "max")
+    centres = torch.rand(3, 2, 4, 4, generator=torch.Generator().manual_seed(3), dtype=torch.float64) - 0.5
+    ball = BallSpec(radius=0.2, norm="linf", box=(-1.0, 1.0))
+    together = graph_differential_bound(target, pruned, ball, centres=centres, batch_size=3, optimise=6,
+                                        optimise_depth=1)
+    alone = torch.cat([graph_differential_bound(target, pruned, ball, centres=centres[i:i + 1], optimise=6,
+                                                optimise_depth=1).value for i in range(3)])
+    assert torch.allclose(together.value, alone, rtol=1e-9, atol=0.0)
+
+
+@pytest.mark.parametrize("seed", [0, 2])
+def test_optimised_agreement_never_contradicted_and_margins_never_lower(seed: int) -> None:
+    target, pruned = _dag(seed, ("relu", "relu"), True, seed % 2 == 0, "avg", keep=0.8)
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.rand(6, 32, generator=g, dtype=torch.float64) * 2 - 1
+    ball = BallSpec(radius=0.15, norm="linf")
+    plain = graph_certified_agreement(target, pruned, ball, centres=centres, attack=False)
+    opt = graph_certified_agreement(target, pruned, ball, centres=centres, attack=False, optimise=10)
+    assert bool((opt.margin_target >= plain.margin_target).all())
+    assert bool((opt.margin_pruned >= plain.margin_pruned).all())
+    assert opt.bound is not None and plain.bound is not None and bool((opt.bound.value <= plain.bound.value).all())
+    for i, v in enumerate(opt.verdicts):
+        if v != "certified":
+            continue
+        pts = torch.cat([centres[i:i + 1], _points(ball, centres[i], 300, g)]).reshape(-1, 2, 4, 4)
+        assert bool((target(pts).argmax(-1) == opt.target_class[i]).all())
+        assert bool((pruned(pts).argmax(-1) == opt.target_class[i]).all())
+
+
+@pytest.mark.parametrize("name", ["optimise", "optimise_depth"])
+@pytest.mark.parametrize("value", [-1, 1.5, True, "3"])
+def test_bad_optimise_values_are_refused_naming_the_value(name: str, value: object) -> None:
+    target, pruned = _dag(1, ("relu", "relu"), False, False, "avg")
+    centres = torch.zeros(1, 32, dtype=torch.float64)
+    bad = cast("dict[str, Any]", {name: value})
+    with pytest.raises(ProbPruneError, match=re.escape(f"{name}={value!r}")):
+        graph_differential_bound(target, pruned, BallSpec(radius=0.1), centres=centres, **bad)
+    with pytest.raises(ProbPruneError, match=re.escape(f"{name}={value!r}")):
+        graph_certified_agreement(target, pruned, BallSpec(radius=0.1), centres=centres, **bad)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.1])
+def test_vertex_intercepts_give_valid_planes_of_the_relu_difference(alpha: float) -> None:
+    """For any slopes (p, q), ``p z + q δ + r_low ≤ σ(z + δ) − σ(z) ≤ p z + q δ + r_up`` on D (the box ∩
+    ``z + δ ∈ [l̃, ũ]``), at dense samples, on D's edges and on the kinks; and the lower intercept is attained
+    within the rounding margin at a sample (the tightest one: no vertex may be missing, none may be too many)."""
+    from probprune.bounds.differential_graph import _intercept, _vertices
+
+    g = torch.Generator().manual_seed(int(alpha * 10))
+    n = 64
+    l, u = -torch.rand(n, generator=g, dtype=torch.float64), torch.rand(n, generator=g, dtype=torch.float64)
+    dl = -torch.rand(n, generator=g, dtype=torch.float64) * 0.7
+    du = torch.rand(n, generator=g, dtype=torch.float64) * 0.7
+    tl = torch.maximum(l + dl, -torch.rand(n, generator=g, dtype=torch.float64) * 0.8)
+    tu = torch.minimum(u + du, torch.rand(n, generator=g, dtype=torch.float64) * 0.8)
+    b = (l, u, dl, du, tl, tu)
+    verts = _vertices(b, alpha)  # type: ignore[arg-type]
+    p, q = torch.randn(n, generator=g, dtype=torch.float64), torch.randn(n, generator=g, dtype=torch.float64)
+    r_lo, r_up = _intercept(p, q, verts, False), _intercept(p, q, verts, True)
+    k = 4000
+    t = torch.rand(k, n, generator=g, dtype=torch.float64)
+    z = torch.cat([l + (u - l) * t, torch.zeros(k, n, dtype=torch.float64), l.expand(k, n), u.expand(k, n)])
+    d = torch.cat([dl + (du - dl) * torch.rand(k, n, generator=g, dtype=torch.float64),
+                   dl + (du - dl) * t, dl + (du - dl) * t, dl + (du - dl) * t])
+    # also on the kink z + δ = 0 and on the edges z + δ = l̃, ũ of D
+    z, d = torch.cat([z, z, z, z]), torch.cat([d, -z, tl - z, tu - z])
+    d = d.clamp(dl, du)
+    inside = (z + d >= tl) & (z + d <= tu)
+    sigma = torch.nn.functional.leaky_relu
+    dh = sigma(z + d, alpha) - sigma(z, alpha)
+    low, up = p * z + q * d + r_lo, p * z + q * d + r_up
+    assert bool(((low <= dh) | ~inside).all()) and bool(((up >= dh) | ~inside).all())
+    gap = torch.where(inside, dh - low, torch.full_like(dh, math.inf)).amin(0)
+    assert bool(inside.any(0).all()) and bool((gap < 1e-2).all()), gap.max()
+
+
+def test_vertex_intercepts_claim_nothing_where_no_point_is_kept() -> None:
+    """Bounds whose D is empty (z + δ ≤ 2 on the box, z̃ ≥ 5): no point is kept, so no finite intercept is
+    claimed — the lower one is −inf, the upper +inf (a minimum over no points would be +inf: unsound)."""
+    from probprune.bounds.differential_graph import _intercept, _vertices
+
+    def t(v: float) -> Tensor:
+        return torch.tensor([v], dtype=torch.float64)
+
+    verts = _vertices((t(-1.0), t(1.0), t(-1.0), t(1.0), t(5.0), t(6.0)), 0.0)
+    p = q = torch.zeros(1, dtype=torch.float64)
+    assert float(_intercept(p, q, verts, False)[0]) == -math.inf
+    assert float(_intercept(p, q, verts, True)[0]) == math.inf

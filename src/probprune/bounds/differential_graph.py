@@ -124,8 +124,8 @@ class _Lin:
                      tuple(lo for lo, _ in a["padding"]), a["dilation"], a["groups"])
             return out.reshape(m, -1)
         x0 = torch.zeros(m, math.prod(self.in_shape), dtype=_F64, device=coef.device, requires_grad=True)
-        with torch.enable_grad():
-            (grad,) = torch.autograd.grad(self.apply(params, x0), x0, coef)
+        with torch.enable_grad():  # linear in coef: its graph is kept where coef needs gradients (optimise)
+            (grad,) = torch.autograd.grad(self.apply(params, x0), x0, coef, create_graph=coef.requires_grad)
         return grad
 
 
@@ -564,12 +564,13 @@ def _onehot_step(cz: Tensor, cd: Tensor, rx: _Relax, idx: Tensor) -> tuple[Tenso
 
 
 def _backsub(prep: _Prep, states: dict[str, _State], name: str, lz: Tensor, ld: Tensor, reg: _Region,
-             onehot: tuple[Tensor, Tensor, Tensor] | None = None) -> Tensor:
+             onehot: tuple[Tensor, Tensor, Tensor] | None = None, relax: dict[str, _Relax] | None = None) -> Tensor:
     """Certified lower value over the ball of ``lzᵀ v + ldᵀ Δv`` at node ``name`` (``[B, R, n]`` each) → ``[B, R]``.
 
     In exact arithmetic the objective is ≥ (current coefficients)·(current pairs) + ``c`` − ``s`` at every step.
     ``onehot``: ``(coefficient of v, of Δv, neuron)`` ``[B, R]`` each when every row is ``(cz e_i, cd e_i)``
-    (ReLU-family nodes then take their step on the gathered neurons, :func:`_onehot_step`).
+    (ReLU-family nodes then take their step on the gathered neurons, :func:`_onehot_step`). ``relax``: per-row
+    relaxations of ReLU-family nodes replacing their states' (slopes optimised per row, :func:`_optimised_rows`).
     """
     coefs: dict[str, tuple[Tensor, Tensor]] = {name: (lz, ld)}
     c = torch.zeros(lz.shape[:2], dtype=_F64)
@@ -593,7 +594,8 @@ def _backsub(prep: _Prep, states: dict[str, _State], name: str, lz: Tensor, ld: 
             a, gg, cc, s2 = _onehot_step(onehot[0], onehot[1], st.relax, onehot[2])
             sl, pushes = sl + s2, [(node.inputs[0], a, gg)]
         elif node.op == "act" and st.relax is not None:
-            a, gg, cc, s2 = _relax_step(cz, cd, st.relax)
+            rx = st.relax if relax is None else relax.get(node.name, st.relax)
+            a, gg, cc, s2 = _relax_step(cz, cd, rx)
             sl, pushes = sl + s2, [(node.inputs[0], a, gg)]
         elif node.op == "act" and st.clamp is not None:
             a, gg, cc, s2 = _clamp_step(cz, cd, st, states[node.inputs[0]])
@@ -633,9 +635,12 @@ def _split(node: Node, cz: Tensor, cd: Tensor, shapes: dict[str, tuple[int, ...]
     return [(i, z.reshape(bsz, r, -1), d.reshape(bsz, r, -1)) for i, z, d in zip(node.inputs, zs, ds)]
 
 
-def _refine(prep: _Prep, states: dict[str, _State], name: str, need: Tensor, reg: _Region) -> Tensor:
+def _refine(prep: _Prep, states: dict[str, _State], name: str, need: Tensor, reg: _Region,
+            optimise: int = 0) -> Tensor:
     """Back-substituted lower values of the rows ``need`` (``[B, 6, n]``, types ``_ROWS``) → ``[B, 6, n]`` (−inf
-    where not needed). Each ball gets its own rows; chunks of rows keep the coefficient tensors small."""
+    where not needed). Each ball gets its own rows; chunks of rows keep the coefficient tensors small.
+    ``optimise`` > 0: each row also with its lower slopes optimised (:func:`_optimised_rows`, smaller chunks:
+    per-row relaxations); the larger of the two valid values is kept."""
     bsz, _, n = need.shape
     flat = need.reshape(bsz, 6 * n)
     r = int(flat.sum(1).max())
@@ -647,13 +652,15 @@ def _refine(prep: _Prep, states: dict[str, _State], name: str, need: Tensor, reg
     kind, neuron = order // n, order % n
     coef = torch.tensor(_ROWS, dtype=_F64)[kind] * valid.unsqueeze(-1)  # [B, R, 2]
     widest = max(math.prod(s) for s in prep.target.shapes.values())
-    chunk = max(1, _ROW_BUDGET // (bsz * widest))
+    chunk = max(1, (_OPT_BUDGET if optimise else _ROW_BUDGET) // (bsz * widest))
     for r0 in range(0, r, chunk):
         sl = slice(r0, min(r, r0 + chunk))
         nb = neuron[:, sl].unsqueeze(-1)
         lz = torch.zeros(bsz, nb.shape[1], n, dtype=_F64).scatter_(2, nb, coef[:, sl, :1])
         ld = torch.zeros_like(lz).scatter_(2, nb, coef[:, sl, 1:])
         low = _backsub(prep, states, name, lz, ld, reg, (coef[:, sl, 0], coef[:, sl, 1], nb[..., 0]))
+        if optimise:
+            low = torch.maximum(low, _optimised_rows(prep, states, name, lz, ld, reg, optimise, valid[:, sl]))
         dst = torch.where(valid[:, sl], order[:, sl], torch.full_like(order[:, sl], 6 * n))
         out.scatter_(1, dst, low)
     return out[:, :-1].reshape(bsz, 6, n)
@@ -693,12 +700,162 @@ def _needed(prep: _Prep, node: Node, st: _State) -> Tensor | None:
     return need if bool(need.any()) else None
 
 
+_OPT_BUDGET = 1 << 19  # entries of one row chunk's coefficients when its slopes are optimised (per-row relaxations)
+_LR = 0.25  # Adam's step on the lower slopes (they live in [α, 1])
+_LR_PLANE = 0.02  # and on the slopes of the lines of Δh
+
+
+def _vertices(b: Bounds, alpha: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Points covering the vertices of the pieces of ``Δh = σ(z + δ) − σ(z)`` (σ(y) = max(y, αy)) on
+    ``D = {z ∈ [l, u], δ ∈ [δ_l, δ_u], z + δ ∈ [l̃, ũ]}``: the pairwise intersections of the lines ``z ∈ {l, u, 0}``,
+    ``δ ∈ {δ_l, δ_u}``, ``z + δ ∈ {l̃, ũ, 0}``, clamped into the box (``[..., n, 21]``), with ``Δh`` there, a mask
+    of the points kept (those not outside ``D`` by more than their rounding) and a bound on the magnitudes.
+
+    Δh is linear on each piece (the signs of z and z + δ), so a plane below (above) Δh at every vertex of the
+    pieces is below (above) it on D; points that are not vertices only make the plane's intercept safer.
+    """
+    l, u, dl, du, tl, tu = b
+    zero = torch.zeros_like(l)
+    zs, ds, ss = (l, u, zero), (dl, du), (tl, tu, zero)
+    pz = [a for a in zs for _ in ds] + [a for a in zs for _ in ss] + [c - d for d in ds for c in ss]
+    pd = [d for _ in zs for d in ds] + [c - a for a in zs for c in ss] + [d for d in ds for _ in ss]
+    z = torch.stack(pz, -1).clamp(l.unsqueeze(-1), u.unsqueeze(-1))
+    d = torch.stack(pd, -1).clamp(dl.unsqueeze(-1), du.unsqueeze(-1))
+    mag = torch.maximum(l.abs(), u.abs()) + torch.maximum(dl.abs(), du.abs()) + torch.maximum(tl.abs(), tu.abs())
+    tol = (8.0 * _U * mag + _TINY).unsqueeze(-1)
+    sm = z + d
+    keep = (sm >= tl.unsqueeze(-1) - tol) & (sm <= tu.unsqueeze(-1) + tol)
+    f = torch.maximum(sm, alpha * sm) - torch.maximum(z, alpha * z)
+    return z, d, torch.where(keep, f, torch.full_like(f, math.nan)), mag
+
+
+def _intercept(p: Tensor, q: Tensor, verts: tuple[Tensor, Tensor, Tensor, Tensor], up: bool) -> Tensor:
+    """The tightest intercept ``r`` with ``p z + q δ + r ≤ Δh`` (``up``: ≥) at every kept point of
+    :func:`_vertices`, moved outwards by a bound on the points' rounding (``|∂Δh| ≤ 1`` in z and δ per unit of
+    displacement, ≤ 2u of the magnitudes each) and on the evaluation's (a few roundings of terms ≤
+    ``(2 + |p| + |q|) · mag``): a valid line on D. −inf / +inf where no point is kept."""
+    z, d, f, mag = verts
+    e = f - p.unsqueeze(-1) * z - q.unsqueeze(-1) * d
+    fill = math.inf if not up else -math.inf
+    kept = ~torch.isnan(e)
+    e = torch.where(kept, e, torch.full_like(e, fill))
+    r = e.amax(-1) if up else e.amin(-1)
+    m = _g2(12) * (2.0 + p.abs() + q.abs()) * mag + _TINY
+    m = m + 2.0 * _U * r.abs().nan_to_num(0.0, 0.0, 0.0)
+    r = r + m if up else r - m
+    # no point kept (D empty in floating point, or non-finite bounds): no valid finite intercept is claimed
+    ok = kept.any(-1) & ~torch.isnan(r)
+    return torch.where(ok, r, torch.full_like(r, -fill))
+
+
+_PLANES = True  # optimise the slopes of the lines of Δh per row too (intercepts from the vertices)
+
+
+_Params = dict[str, tuple[Tensor, ...]]
+
+
+def _slope_params(prep: _Prep, states: dict[str, _State], name: str, r: int) -> tuple[_Params, _Params]:
+    """Per ReLU-family node before ``name`` with an unstable neuron (in either graph): the lower slopes of ``h``
+    and ``h̃``, one per ball, row and neuron (``[B, r, n]`` leaves, starting at the plain relaxation's), and
+    (``_PLANES``) offsets ``(Δp, Δq)`` of the slopes of the lower and of the upper line of ``Δh`` for the
+    neurons unstable in either graph (``[B, r, k]`` leaves at 0; the second dict: their indices ``[B, k]``
+    and which are real, ``[B, 1, k]`` — balls with fewer are padded with stable neurons, left unmoved)."""
+    out: _Params = {}
+    aux: _Params = {}
+    for node in prep.target.nodes[:prep.order[name]]:
+        rx = states[node.name].relax
+        if node.op != "act" or rx is None:
+            continue
+        l, u, dl, du, tl, tu = states[node.inputs[0]].b
+        unst = ((l < 0) & (u > 0)) | ((tl < 0) & (tu > 0))
+        if not bool(unst.any()):
+            continue
+        ps = [rx.hl[0].detach().unsqueeze(1).expand(-1, r, -1)] * 2
+        ps[1] = rx.tl[0].detach().unsqueeze(1).expand(-1, r, -1)
+        if _PLANES:
+            k = int(unst.sum(1).max())
+            idx = torch.sort((~unst).to(torch.int8), dim=1, stable=True).indices[:, :k]
+            aux[node.name] = (idx, unst.gather(1, idx).unsqueeze(1).to(_F64))
+            ps += [torch.zeros(l.shape[0], r, k, dtype=_F64)] * 4
+        out[node.name] = tuple(p.clone().requires_grad_(True) for p in ps)
+    return out, aux
+
+
+def _row_relax(prep: _Prep, states: dict[str, _State], params: _Params, aux: _Params) -> dict[str, _Relax]:
+    """The joint relaxations of the nodes of ``params`` from their inputs' intervals, with those lower slopes per
+    row (projected into ``[α, 1]`` by ``_act_lines`` before any use: every such line is valid) and, given
+    offsets of the slopes of the lines of ``Δh`` (neurons ``aux``), those lines with the tightest valid
+    intercepts on D (:func:`_intercept`) — for those neurons; the others keep the plain lines."""
+    out = {}
+    for k, ps in params.items():
+        node = prep.target.node(k)
+        alpha = cast(float, _alpha(node.attrs["act"]))
+        b = cast(Bounds, tuple(t.unsqueeze(1) for t in states[node.inputs[0]].b))
+        rx = _relax(*b[:6], alpha, _F64, _F64, lams=(ps[0], ps[1]))
+        if len(ps) > 2:  # the picked lines' slopes moved by (Δp, Δq), intercepts from the vertices
+            idx, real = aux[k]
+            bsz, r, n = ps[0].shape
+            ix = idx.unsqueeze(1).expand(-1, r, -1)
+            picked = [t.expand(bsz, r, n).gather(2, ix) for t in (rx.gl[0], rx.gl[1], rx.gu[0], rx.gu[1])]
+            verts = _vertices(cast(Bounds, tuple(t.gather(2, idx.unsqueeze(1)) for t in b)), alpha)
+            p_l, q_l = picked[0] + ps[2] * real, picked[1] + ps[3] * real
+            p_u, q_u = picked[2] + ps[4] * real, picked[3] + ps[5] * real
+            lines = (p_l, q_l, _intercept(p_l, q_l, verts, False), p_u, q_u, _intercept(p_u, q_u, verts, True))
+            old = (*rx.gl, *rx.gu)
+            new = [o.expand(bsz, r, n).scatter(2, ix, v) for o, v in zip(old, lines)]
+            gl, gu = (new[0], new[1], new[2]), (new[3], new[4], new[5])
+            l, u, dl, du, _, _ = b
+            zc, dc = (l + u) / 2, (dl + du) / 2
+            wg = ((gu[0] - gl[0]) * zc + (gu[1] - gl[1]) * dc + (gu[2] - gl[2])).clamp_min(0)
+            rx = dataclasses.replace(rx, gl=gl, gu=gu, width_g=wg)
+        out[k] = rx
+    return out
+
+
+def _optimised_rows(prep: _Prep, states: dict[str, _State], name: str, lz: Tensor, ld: Tensor, reg: _Region,
+                    steps: int, valid: Tensor | None = None, target: Tensor | None = None) -> Tensor:
+    """Lower values ``[B, R]`` of the rows ``lzᵀ v + ldᵀ Δv`` at node ``name`` with the lower slopes optimised per row.
+
+    α-CROWN style: per ball, row and neuron of every ReLU-family node beneath ``name``, the lower slopes λ of
+    ``h`` and ``h̃`` are free in ``[α, 1]``, projected into that range after every Adam step and again before
+    every evaluation; the intervals stay the states'. Every evaluation is the plain back-substitution's
+    arithmetic (rounding slack included) with other valid lines, so each is a certified lower value of its row
+    and the row's maximum over the ``steps + 1`` evaluations is one (−inf where none is finite). Rows not
+    ``valid`` are not pulled; a row stops pulling once its maximum exceeds its ``target``.
+    """
+    params, aux = _slope_params(prep, states, name, lz.shape[1])
+    best = torch.full(lz.shape[:2], -math.inf, dtype=_F64)
+    if not params or steps == 0:
+        return best
+    alphas = {k: cast(float, _alpha(prep.target.node(k).attrs["act"])) for k in params}
+    groups: list[dict[str, Any]] = [{"params": [p for pp in params.values() for p in pp[:2]]},
+                                    {"params": [p for pp in params.values() for p in pp[2:]], "lr": _LR_PLANE}]
+    opt = torch.optim.Adam(groups, lr=_LR)
+    ok = torch.ones_like(best, dtype=torch.bool) if valid is None else valid
+    for it in range(steps + 1):
+        with torch.enable_grad():
+            low = _backsub(prep, states, name, lz, ld, reg, relax=_row_relax(prep, states, params, aux))
+            with torch.no_grad():
+                best = torch.maximum(best, torch.nan_to_num(low.detach(), nan=-math.inf))
+                pull = ok & torch.isfinite(low) & (torch.ones_like(ok) if target is None else ~(best > target))
+            if it == steps or not bool(pull.any()):
+                break
+            opt.zero_grad()
+            (-torch.where(pull, low, torch.zeros_like(low)).sum()).backward()
+        opt.step()
+        with torch.no_grad():
+            for k, pp in params.items():
+                for p in pp[:2]:
+                    p.clamp_(alphas[k], 1.0)
+    return best
+
+
 _PHASES = (torch.tensor([True, True, False, False, True, True]).view(1, 6, 1),
            torch.tensor([False, False, True, True, False, False]).view(1, 6, 1))
 """The two phases of a node's rows: first both sides of ``z`` and ``z̃``, then the differences ``δ`` still needed."""
 
 
-def _states(prep: _Prep, reg: _Region) -> dict[str, _State]:
+def _states(prep: _Prep, reg: _Region, optimise: int = 0, deep: frozenset[str] = frozenset()) -> dict[str, _State]:
     """The intervals of every node, in topological order: the cheap interval step, then the rows ``_needed``
     back-substituted in two phases (:data:`_PHASES`), the node's intervals tightened after each: a neuron the
     first phase proves stable in both graphs needs no rows of its difference (its relaxation is exact; the
@@ -712,7 +869,7 @@ def _states(prep: _Prep, reg: _Region) -> dict[str, _State]:
             need = _needed(prep, node, st)
             if need is None or not bool((need & phase).any()):
                 continue
-            low = _refine(prep, states, node.name, need & phase, reg)
+            low = _refine(prep, states, node.name, need & phase, reg, optimise if node.name in deep else 0)
             l, u, dl, du, tl, tu = st.b
             st.b = _tighten((torch.maximum(l, low[:, 0]), torch.minimum(u, -low[:, 1]),
                              torch.maximum(dl, low[:, 2]), torch.minimum(du, -low[:, 3]),
@@ -765,38 +922,99 @@ def _assumptions(prep: _Prep, ball: BallSpec, boxes: bool = False) -> tuple[str,
             "with every rounding covered")
 
 
+def _deep(prep: _Prep, depth: int) -> frozenset[str]:
+    """The inputs of the last ``depth`` ReLU-family activations (their rows get optimised slopes too)."""
+    acts = [n for n in prep.target.nodes if n.op == "act" and _alpha(n.attrs["act"]) is not None]
+    return frozenset(n.inputs[0] for n in acts[len(acts) - depth:]) if depth > 0 else frozenset()
+
+
+def _check_steps(name: str, v: object) -> None:
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+        raise ProbPruneError(f"{name}={v!r}: must be an integer >= 0")
+
+
+def _output_rows(dl: Tensor, du: Tensor, cls: Tensor | None) -> tuple[Tensor, Tensor]:
+    """The chord row ``−wᵀΔv`` (``w = lo + hi``) and, classes given, the margin rows ``e_c − e_j`` of F (on v)
+    and of f (on v + Δv): ``[b, 1 (+ 2m), m]`` coefficients of v and of Δv."""
+    m = dl.shape[-1]
+    rows_z = torch.zeros(dl.shape[0], 1, m, dtype=_F64)
+    rows_d = (-(dl + du)).unsqueeze(1)
+    if cls is not None:
+        eye = torch.eye(m, dtype=_F64)
+        rows = eye[cls].unsqueeze(1) - eye.unsqueeze(0)  # [b, m, m]: e_c − e_j
+        rows_z = torch.cat([rows_z, rows, rows], 1)
+        rows_d = torch.cat([rows_d, torch.zeros_like(rows), rows], 1)
+    return rows_z, rows_d
+
+
+def _margins(low: Tensor, cls: Tensor) -> tuple[Tensor, Tensor]:
+    """The least margin rows of F and of f (``low`` from :func:`_output_rows`' rows), j ≠ c."""
+    m = (low.shape[1] - 1) // 2
+    not_c = torch.eye(m, dtype=_F64)[cls] == 0
+    inf = torch.full_like(low[:, 1:m + 1], math.inf)
+    return torch.where(not_c, low[:, 1:m + 1], inf).amin(-1), torch.where(not_c, low[:, m + 1:], inf).amin(-1)
+
+
+def _optimised_output(prep: _Prep, states: dict[str, _State], reg: _Region, dl: Tensor, du: Tensor,
+                      sq: Tensor, cls: Tensor | None, mt: Tensor | None, mp: Tensor | None, steps: int
+                      ) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor | None]:
+    """The output's results with optimised slopes (:func:`_optimised_rows`), each never looser than the plain
+    one given: the rows ``±Δv_j`` (intervals intersected), then the chord row of the tightened intervals (the
+    smaller chord bound kept) and the margin rows of balls whose plain margins are not both > 0 (the larger
+    kept; a margin row stops once > 0)."""
+    b, m = dl.shape
+    out = prep.target.output
+    eye = torch.eye(m, dtype=_F64).expand(b, m, m)
+    ld = torch.cat([eye, -eye], 1)
+    low = _optimised_rows(prep, states, out, torch.zeros_like(ld), ld, reg, steps)
+    dl, du = torch.maximum(dl, low[:, :m]), torch.minimum(du, -low[:, m:])
+    rows_z, rows_d = _output_rows(dl, du, cls)
+    valid = torch.zeros(rows_z.shape[:2], dtype=torch.bool)
+    valid[:, 0] = True
+    target = torch.full(valid.shape, math.inf, dtype=_F64)
+    if cls is not None and mt is not None and mp is not None:
+        valid[:, 1:] = ~((mt > 0) & (mp > 0)).unsqueeze(1)
+        target[:, 1:] = 0.0
+    if not bool(valid[:, 1:].any()):  # no margin to pull: the chord row alone
+        rows_z, rows_d, valid, target = rows_z[:, :1], rows_d[:, :1], valid[:, :1], target[:, :1]
+    low = _optimised_rows(prep, states, out, rows_z, rows_d, reg, steps, valid, target)
+    sq = torch.minimum(sq, _chord_square(low[:, 0], dl, du))
+    if cls is not None and mt is not None and mp is not None and low.shape[1] > 1:
+        ot, op = _margins(low, cls)
+        mt, mp = torch.maximum(mt, ot), torch.maximum(mp, op)
+    return dl, du, sq, mt, mp
+
+
 def _analyse(prep: _Prep, ball: BallSpec, centres: Tensor | None, batch_size: int, cls: Tensor | None = None,
-             halfwidth: Tensor | None = None) -> tuple[_Region, Tensor, Tensor, Tensor, Tensor | None, Tensor | None]:
+             halfwidth: Tensor | None = None, optimise: int = 0, depth: int = 0
+             ) -> tuple[_Region, Tensor, Tensor, Tensor, Tensor | None, Tensor | None]:
     """Per chunk of balls: the states; the output differences' intervals ``[B, m]``, the chord bounds on
     ``‖f − F‖₂²`` ``[B]`` (:func:`_chord_square`) and (classes given) the certified margins ``[B]`` of both
-    graphs."""
+    graphs. ``optimise`` > 0: then tightened by that many steps of slope optimisation
+    (:func:`_optimised_output`), and the rows of the inputs of the last ``depth`` ReLU-family activations too."""
     d = math.prod(prep.target.input_shape)
     reg0 = _region(ball, centres, d, torch.device("cpu"), halfwidth)
     los, his, sqs, mts, mps = [], [], [], [], []
-    m = math.prod(prep.target.output_shape)
     out = prep.target.output
+    deep = _deep(prep, depth) if optimise else frozenset()
     for start in range(0, reg0.centres.shape[0], batch_size):
         hw = None if halfwidth is None else reg0.radius[start:start + batch_size]  # type: ignore[index]
         reg = _region(ball, reg0.centres[start:start + batch_size], d, torch.device("cpu"), hw)
-        states = _states(prep, reg)
+        states = _states(prep, reg, optimise, deep)
         _, _, dl, du, _, _ = states[out].b
+        c = None if cls is None else cls[start:start + batch_size]
+        rows_z, rows_d = _output_rows(dl, du, c)
+        low = _backsub(prep, states, out, rows_z, rows_d, reg)
+        sq = _chord_square(low[:, 0], dl, du)
+        mt, mp = (None, None) if c is None else _margins(low, c)
+        if optimise:
+            dl, du, sq, mt, mp = _optimised_output(prep, states, reg, dl, du, sq, c, mt, mp, optimise)
         los.append(dl)
         his.append(du)
-        rows_z = torch.zeros(dl.shape[0], 1, m, dtype=_F64)
-        rows_d = (-(dl + du)).unsqueeze(1)  # the chord row −wᵀΔv, w = lo + hi
-        if cls is not None:
-            c = cls[start:start + batch_size]
-            eye = torch.eye(m, dtype=_F64)
-            rows = eye[c].unsqueeze(1) - eye.unsqueeze(0)  # [b, m, m]: e_c − e_j
-            rows_z = torch.cat([rows_z, rows, rows], 1)
-            rows_d = torch.cat([rows_d, torch.zeros_like(rows), rows], 1)
-        low = _backsub(prep, states, out, rows_z, rows_d, reg)
-        sqs.append(_chord_square(low[:, 0], dl, du))
-        if cls is not None:
-            not_c = eye[c] == 0
-            inf = torch.full_like(low[:, 1:m + 1], math.inf)
-            mts.append(torch.where(not_c, low[:, 1:m + 1], inf).amin(-1))
-            mps.append(torch.where(not_c, low[:, m + 1:], inf).amin(-1))
+        sqs.append(sq)
+        if mt is not None and mp is not None:
+            mts.append(mt)
+            mps.append(mp)
     mt = torch.cat(mts) if cls is not None else None
     mp = torch.cat(mps) if cls is not None else None
     return reg0, torch.cat(los), torch.cat(his), torch.cat(sqs), mt, mp
@@ -831,7 +1049,8 @@ def _value(lo: Tensor, hi: Tensor, squares: Tensor | None = None) -> Tensor:
 
 
 def graph_differential_bound(target: Graph, pruned: Graph, ball: BallSpec, *, centres: Tensor | None = None,
-                             batch_size: int = 8, halfwidth: Tensor | None = None) -> DifferentialBound:
+                             batch_size: int = 8, halfwidth: Tensor | None = None, optimise: int = 0,
+                             optimise_depth: int = 0) -> DifferentialBound:
     """Certified upper bound on ``sup_{x ∈ ball} ‖f(x) − F(x)‖₂`` for two graphs, by differential back-substitution.
 
     Args:
@@ -842,6 +1061,11 @@ def graph_differential_bound(target: Graph, pruned: Graph, ball: BallSpec, *, ce
         batch_size: balls per vectorised chunk.
         halfwidth: per-ball ℓ∞ half-widths shaped as ``centres`` (``linf`` only): ball b is the box ``c_b ± h_b``
             (∩ box), replacing the radius (how VNN-COMP states its properties).
+        optimise: Adam steps on the unstable neurons' lower ReLU slopes, per objective row, of the rows the
+            value is concretised from (the output's ``±Δv_j`` and the chord row; ``docs/certified.md`` §7.6);
+            0: none. Each step costs about one back-substitution of those rows with gradients.
+        optimise_depth: with ``optimise``, the rows of the inputs of the last ``optimise_depth`` ReLU-family
+            activations are optimised too (their intervals tightened before the relaxations above them are built).
 
     Returns:
         :class:`~probprune.bounds.differential.DifferentialBound` (``centres`` flat ``[B, d]``;
@@ -856,6 +1080,8 @@ def graph_differential_bound(target: Graph, pruned: Graph, ball: BallSpec, *, ce
     True
     """
     _check_batch_size(batch_size)
+    _check_steps("optimise", optimise)
+    _check_steps("optimise_depth", optimise_depth)
     prep = _prepare(target, pruned)
     flat = _flat_centres(prep.target, ball, centres)
     hw = _flat_halfwidths(prep.target, halfwidth, flat)
@@ -864,7 +1090,8 @@ def graph_differential_bound(target: Graph, pruned: Graph, ball: BallSpec, *, ce
         z = torch.zeros(reg.centres.shape[0], math.prod(prep.target.output_shape), dtype=_F64)
         return DifferentialBound(z[:, 0], z, z.clone(), ball, reg.centres, "float64",
                                  (*_assumptions(prep, ball, hw is not None), "the graphs are bitwise identical: gap 0"))
-    reg, lo, hi, sq, _, _ = _analyse(prep, ball, flat, batch_size, halfwidth=hw)
+    reg, lo, hi, sq, _, _ = _analyse(prep, ball, flat, batch_size, halfwidth=hw, optimise=optimise,
+                                     depth=optimise_depth)
     return DifferentialBound(_value(lo, hi, sq), lo, hi, ball, reg.centres, "float64",
                              _assumptions(prep, ball, hw is not None))
 
@@ -891,8 +1118,7 @@ def graph_gap_search(target: Graph, pruned: Graph, ball: BallSpec, generator: to
     """
     check_graph_pair(target, pruned)
     for name, v in (("n_restarts", n_restarts), ("n_steps", n_steps)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-            raise ProbPruneError(f"{name}={v!r}: must be an integer >= 0")
+        _check_steps(name, v)
     flat = _flat_centres(target, ball, centres)
     reg = _region(ball, flat, math.prod(target.input_shape), torch.device("cpu"),
                   _flat_halfwidths(target, halfwidth, flat))
@@ -911,8 +1137,8 @@ def graph_gap_search(target: Graph, pruned: Graph, ball: BallSpec, generator: to
 
 def graph_certified_agreement(target: Graph, pruned: Graph, ball: BallSpec, *, centres: Tensor | None = None,
                               attack: bool = True, generator: torch.Generator | None = None, n_restarts: int = 4,
-                              n_steps: int = 50, batch_size: int = 8, halfwidth: Tensor | None = None
-                              ) -> AgreementResult:
+                              n_steps: int = 50, batch_size: int = 8, halfwidth: Tensor | None = None,
+                              optimise: int = 0, optimise_depth: int = 0) -> AgreementResult:
     """Certify (or refute, with a witness) that the graphs f and F have the same top-1 class everywhere in the ball.
 
     As :func:`probprune.bounds.differential.certified_agreement`: ``c`` is F's top-1 class at the centre
@@ -920,9 +1146,12 @@ def graph_certified_agreement(target: Graph, pruned: Graph, ball: BallSpec, *, c
     are ``v + Δv``) are > 0 for every ``j ≠ c`` — exactly and for both graphs evaluated in float64. Otherwise the
     attack looks for an input of the ball where the top-1 classes differ (``"refuted"``). The bound of the same
     propagation is ``AgreementResult.bound``. ``halfwidth``: per-ball ℓ∞ boxes, as for
-    :func:`graph_differential_bound`.
+    :func:`graph_differential_bound`. ``optimise``, ``optimise_depth``: as there; the margin rows of balls the
+    plain relaxation leaves uncertified are optimised too (each stops once > 0).
     """
     _check_batch_size(batch_size)
+    _check_steps("optimise", optimise)
+    _check_steps("optimise_depth", optimise_depth)
     prep = _prepare(target, pruned)
     m = math.prod(prep.target.output_shape)
     if m < 2 or len(prep.target.output_shape) != 1:
@@ -934,7 +1163,7 @@ def graph_certified_agreement(target: Graph, pruned: Graph, ball: BallSpec, *, c
     t64, p64 = _Flat(prep.target), _Flat(prep.pruned)
     with torch.no_grad():
         cls = t64(reg0.centres).argmax(-1)
-    reg, lo, hi, sq, mt_, mp_ = _analyse(prep, ball, reg0.centres, batch_size, cls, hw)
+    reg, lo, hi, sq, mt_, mp_ = _analyse(prep, ball, reg0.centres, batch_size, cls, hw, optimise, optimise_depth)
     mt, mp = cast(Tensor, mt_), cast(Tensor, mp_)
     if _identical(target, pruned):
         z = torch.zeros_like(lo)
