@@ -919,7 +919,8 @@ class CertifyJob:
         split: leaves per ball of the branch and bound (:mod:`probprune.bounds.differential_split`) that tightens
             the gap bound and the agreement margins; 0 or 1: none.
         optimise: Adam steps of per-row slope optimisation of the agreement margins of the inputs the plain
-            relaxation leaves uncertified (never looser; 0: none). The gap bound stays the plain one.
+            relaxation leaves uncertified (never looser; 0: none); chains: the gap bound stays the plain (or
+            split) one, graphs: its output and chord rows are optimised too.
     """
 
     KIND: ClassVar[str] = "certify"

@@ -544,7 +544,8 @@ def compute_unit(unit: CertifyUnit, loaded: LoadedJob | None = None) -> list[Cer
 
         t, p = loaded.target, cast(Graph, loaded.pruned)
         gn = cast(GraphPairNorms, loaded.norms)
-        rows += cg.graph_chunk_rows(t, p, x, y, unit.start, loaded.ball, budget, gen, hw, norms=gn)
+        rows += cg.graph_chunk_rows(t, p, x, y, unit.start, loaded.ball, budget, gen, hw, norms=gn,
+                                    optimise=job.optimise)
         rows += cg.graph_curve_rows(t, p, x, unit.start, loaded.ball, hw, curve_points(job))
         return rows
     tn, pn = loaded.target, cast(Net, loaded.pruned)
@@ -611,7 +612,7 @@ def run_certify(job: CertifyJob, progress: Progress | None = None, write: bool =
     check_job(job)
     loaded = load_job(job)
     if isinstance(loaded.target, Graph):
-        refuse_graph_options(job.split, job.optimise)
+        refuse_graph_split(job.split)
     h, files = config_hash(job), job_files(job)
     n = int(loaded.x.shape[0])
     store = None if run_dir is None else CertifyStore(run_dir, _stored_doc(job, h, files, None), n)
@@ -662,12 +663,10 @@ def run_certify(job: CertifyJob, progress: Progress | None = None, write: bool =
     return out
 
 
-def refuse_graph_options(split: int, optimise: int) -> None:
-    """Branch and bound and the margins' slope optimisation exist for the chain bound only: one refusal for
-    ``certify --split`` / ``--optimise`` and ``split=`` / ``optimise=``."""
-    for name, v in (("split", split), ("optimise", optimise)):
-        if v:
-            raise ProbPruneError(f"{name}={v!r}: not supported for graph models yet (the chain FCN bound only)")
+def refuse_graph_split(split: int) -> None:
+    """Branch and bound exists for the chain bound only: one refusal for ``certify --split`` and ``split=``."""
+    if split:
+        raise ProbPruneError(f"split={split!r}: not supported for graph models yet (the chain FCN bound only)")
 
 
 def certify(target: Net | Graph, pruned: Net | Graph, centres: Tensor, *, radius: float | None = None,
@@ -703,7 +702,8 @@ def certify(target: Net | Graph, pruned: Net | Graph, centres: Tensor, *, radius
             margins (:func:`probprune.bounds.differential_split.split_certified_agreement`; ``certify --split N``);
             0 or 1: the plain bound. Never looser than the plain bound. Chains only: refused for graphs.
         optimise: Adam steps of per-row slope optimisation of the agreement margins of the centres the plain
-            relaxation leaves uncertified (``certify --optimise N``; never looser; 0: none). Chains only.
+            relaxation leaves uncertified (``certify --optimise N``; never looser; 0: none); on graphs also the
+            gap bound's output and chord rows (:func:`probprune.runner.certify_graph.certify_graphs`).
 
     Returns:
         :class:`CertifyOutcome`: rows (one per centre, keys as ``--json`` writes them) and their summary.
@@ -721,12 +721,13 @@ def certify(target: Net | Graph, pruned: Net | Graph, centres: Tensor, *, radius
     if isinstance(optimise, bool) or not isinstance(optimise, int) or optimise < 0:
         raise ProbPruneError(f"optimise={optimise!r}: must be an integer >= 0 (Adam steps; 0 = none)")
     if isinstance(target, Graph) or isinstance(pruned, Graph):
-        refuse_graph_options(split, optimise)
+        refuse_graph_split(split)
         from probprune.runner.certify_graph import certify_graphs
 
         return certify_graphs(cast(Graph, target), cast(Graph, pruned), centres, radius=radius, norm=norm, clip=clip,
                               labels=labels, seed=seed, n_restarts=n_restarts, n_steps=n_steps,
-                              batch_size=batch_size, progress=progress, inputs=inputs, halfwidth=halfwidth)
+                              batch_size=batch_size, progress=progress, inputs=inputs, halfwidth=halfwidth,
+                              optimise=optimise)
     x, hw, ball = _check_api(target, pruned, centres, radius, norm, clip, labels, halfwidth,
                              (("n_restarts", n_restarts), ("n_steps", n_steps), ("batch_size", batch_size)))
     t0 = time.perf_counter()

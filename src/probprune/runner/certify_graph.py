@@ -73,8 +73,9 @@ def load_graph_pair(job: CertifyJob, model: GraphModel) -> tuple[Graph, Graph]:
 
 def graph_chunk_rows(target: Graph, pruned: Graph, x: Tensor, y: Tensor | None, start: int, ball: BallSpec,
                      budget: tuple[int, int], gen: torch.Generator, hw: Tensor | None = None,
-                     norms: GraphPairNorms | None = None) -> list[CertifyRow]:
-    """The rows of inputs ``start ..`` (``x`` ``[b, *input_shape]`` or ``[b, d]``; ``hw`` ``[b, d]`` boxes)."""
+                     norms: GraphPairNorms | None = None, optimise: int = 0) -> list[CertifyRow]:
+    """The rows of inputs ``start ..`` (``x`` ``[b, *input_shape]`` or ``[b, d]``; ``hw`` ``[b, d]`` boxes);
+    ``optimise``: Adam steps of the per-row slope optimisation of the gap bound and the open margins."""
     n_restarts, n_steps = budget
     flat = x.reshape(x.shape[0], -1)
     radii = layerwise_radius(flat, ball.radius, ball.norm, ball.box, hw)
@@ -83,7 +84,8 @@ def graph_chunk_rows(target: Graph, pruned: Graph, x: Tensor, y: Tensor | None, 
     low = graph_gap_search(target, pruned, ball, gen, centres=flat, n_restarts=n_restarts, n_steps=n_steps,
                            halfwidth=hw)
     agr = graph_certified_agreement(target, pruned, ball, centres=flat, generator=gen, halfwidth=hw,
-                                    n_restarts=max(1, n_restarts // 2), n_steps=max(1, n_steps // 2))
+                                    n_restarts=max(1, n_restarts // 2), n_steps=max(1, n_steps // 2),
+                                    optimise=optimise)
     diff = cast(DifferentialBound, agr.bound)  # graph_certified_agreement always returns its bound
     t64, p64 = target.to(torch.float64), pruned.to(torch.float64)
     shaped = flat.reshape(flat.shape[0], *target.input_shape)
@@ -123,7 +125,7 @@ def certify_graphs(target: Graph, pruned: Graph, centres: Tensor, *, radius: flo
                    norm: str = "l2", clip: tuple[float, float] | None = None, labels: Tensor | None = None,
                    seed: int = 0, n_restarts: int = 8, n_steps: int = 100, batch_size: int = 25,
                    progress: Progress | None = None, inputs: str = "centres as given",
-                   halfwidth: Tensor | None = None) -> CertifyOutcome:
+                   halfwidth: Tensor | None = None, optimise: int = 0) -> CertifyOutcome:
     """:func:`probprune.runner.certify.certify` for two graphs of one structure (module docstring).
 
     Args:
@@ -133,6 +135,9 @@ def certify_graphs(target: Graph, pruned: Graph, centres: Tensor, *, radius: flo
         halfwidth: ``[N, d]``, ``[N, *input_shape]``, ``[d]`` or ``input_shape`` ℓ∞ half-widths (``norm="linf"``):
             ball i is the box ``c_i ± h_i`` (∩ ``clip``).
         norm, clip, labels, seed, n_restarts, n_steps, batch_size, progress, inputs: as for chains.
+        optimise: Adam steps of per-row slope optimisation (:func:`~probprune.bounds.differential_graph.
+            graph_certified_agreement`): on graphs it tightens the gap bound's output and chord rows as well as the
+            margins of the inputs the plain relaxation leaves uncertified; never looser; 0: none.
 
     >>> from probprune.nets.graph import Graph, Node, activation
     >>> w = torch.tensor([[1.0, -1.0], [0.5, 2.0]], dtype=torch.float64)
@@ -174,7 +179,8 @@ def certify_graphs(target: Graph, pruned: Graph, centres: Tensor, *, radius: flo
         sl = slice(start, start + batch_size)
         gen = torch.Generator().manual_seed(derive_seed(f"seed {seed}", start, "certify"))
         rows += graph_chunk_rows(target, pruned, x[sl], None if labels is None else labels[sl], start, ball,
-                                 (n_restarts, n_steps), gen, None if hw is None else hw[sl], norms=norms)
+                                 (n_restarts, n_steps), gen, None if hw is None else hw[sl], norms=norms,
+                                 optimise=optimise)
         if progress is not None:
             progress(len(rows), n)
     dicts: list[dict[str, Any]] = [row.to_dict() for row in rows]
