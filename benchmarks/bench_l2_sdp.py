@@ -291,6 +291,87 @@ def optimise(dual: Dual, steps: int, lr: float, log_every: int = 25) -> tuple[fl
     return math.sqrt(best), steps, time.perf_counter() - t0
 
 
+def lbfgs(dual: Dual, steps: int, memory: int = 20, log_every: int = 25) -> tuple[float, int, float]:
+    """L-BFGS (two-loop recursion) on the multipliers' parameters with backtracking: a trial point that loses
+    definiteness counts as +inf, so every accepted iterate is a valid dual point."""
+    params = list(dual.parameters())
+
+    def flat() -> Tensor:
+        return torch.cat([p.detach().reshape(-1) for p in params])
+
+    def put(v: Tensor) -> None:
+        i = 0
+        with torch.no_grad():
+            for p in params:
+                p.copy_(v[i:i + p.numel()].view_as(p))
+                i += p.numel()
+
+    def fg() -> tuple[float, Tensor | None]:
+        for p in params:
+            p.grad = None
+        val, ok = dual.value()
+        if not ok:
+            return math.inf, None
+        val.backward()
+        return float(val.detach()), torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1)
+                                                for p in params])
+
+    t0 = time.perf_counter()
+    x = flat()
+    f, g = fg()
+    if g is None:
+        raise SystemExit("initial multipliers not definite")
+    hist: list[tuple[Tensor, Tensor, float]] = []
+    evals = 1
+    for it in range(steps):
+        q = -g
+        alphas = []
+        for s_, y_, rho in reversed(hist):
+            a = rho * float(s_ @ q)
+            alphas.append(a)
+            q = q - a * y_
+        if hist:
+            s_, y_, _ = hist[-1]
+            q = q * (float(s_ @ y_) / float(y_ @ y_))
+        else:
+            q = q * (0.1 / float(g.abs().max()))
+        for (s_, y_, rho), a in zip(hist, reversed(alphas)):
+            b = rho * float(y_ @ q)
+            q = q + (a - b) * s_
+        d = q
+        slope = float(g @ d)
+        if slope >= 0:
+            hist.clear()
+            d = -g * (0.1 / float(g.abs().max()))
+            slope = float(g @ d)
+        step = 1.0
+        for _ in range(30):
+            put(x + step * d)
+            f_new, g_new = fg()
+            evals += 1
+            if g_new is not None and f_new <= f + 1e-4 * step * slope:
+                break
+            step *= 0.5
+        else:
+            put(x)
+            print(f"  it {it}: line search failed", flush=True)
+            break
+        assert g_new is not None
+        x_new = flat()
+        s_, y_ = x_new - x, g_new - g
+        sy = float(s_ @ y_)
+        if sy > 1e-12 * float(y_ @ y_):
+            hist.append((s_, y_, 1.0 / sy))
+            if len(hist) > memory:
+                hist.pop(0)
+        x, f, g = x_new, f_new, g_new
+        if it % log_every == 0 or it == steps - 1:
+            print(f"  it {it:4d}: bound² {f:.6g} → bound {math.sqrt(max(f, 0)):.5g}, step {step:.3g}, "
+                  f"{evals} evaluations, {time.perf_counter() - t0:.1f} s", flush=True)
+    put(x)
+    return math.sqrt(f), steps, time.perf_counter() - t0
+
+
 def random_pair(widths: tuple[int, ...], seed: int) -> tuple[Net, Net]:
     g = torch.Generator().manual_seed(seed)
     ws = [torch.randn(o, i, generator=g) / math.sqrt(i) for i, o in zip(widths[:-1], widths[1:])]
@@ -308,6 +389,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--lr", type=float, default=0.05)
+    ap.add_argument("--method", default="lbfgs", choices=("lbfgs", "adam"))
     ap.add_argument("--families", default="all", help=f"comma list of {FAMILIES} or all; prefix - to drop one")
     ap.add_argument("--baselines", action="store_true", help="also the library's layerwise / differential bounds")
     ap.add_argument("--search", action="store_true", help="re-measure the found gap (gap_search 16 × 50)")
@@ -346,11 +428,23 @@ def main() -> None:
               f"{diff / found:.4g}, {time.perf_counter() - t0:.1f} s)", flush=True)
     t0 = time.perf_counter()
     layers, w_out, wt_out, c_out = build(target, pruned, 1.0, fam)
-    dual = Dual(layers, w_out, wt_out, c_out, target.layers[0].weight.shape[1], 1.0, fam)
+    d_in = target.layers[0].weight.shape[1]
+    if layers and not layers[0].output:
+        # x enters only through W₁x, W̃₁x and the ball (around 0): the part of x orthogonal to both row spaces
+        # only costs ball, so x = Q α with Q an orthonormal basis of the row spaces, exactly (1809 → 1537 here)
+        q_basis = torch.linalg.qr(torch.cat([layers[0].w, layers[0].wt]).T).Q
+        q_basis = q_basis[:, :min(q_basis.shape[1], d_in)]
+        layers[0].w, layers[0].wt = layers[0].w @ q_basis, layers[0].wt @ q_basis
+        d_in = q_basis.shape[1]
+    dual = Dual(layers, w_out, wt_out, c_out, d_in, 1.0, fam)
     print(f"facts per neuron: {layers[0].names if layers else []}; set-up {time.perf_counter() - t0:.1f} s",
           flush=True)
-    bound, its, secs = optimise(dual, args.steps, args.lr)
-    print(f"SDP dual bound (NOT YET A CERTIFICATE: float64, no rounding analysis) {bound:.5g} after {its} Adam steps "
+    if args.method == "adam":
+        bound, its, secs = optimise(dual, args.steps, args.lr)
+    else:
+        bound, its, secs = lbfgs(dual, args.steps)
+    print(f"SDP dual bound (NOT YET A CERTIFICATE: float64, no rounding analysis) {bound:.5g} after {its} "
+          f"{args.method} steps "
           f"in {secs:.1f} s ({1e3 * secs / max(its, 1):.0f} ms/step); ÷ found {bound / found:.4g}; "
           f"load average {os.getloadavg()[0]:.2f}", flush=True)
 
