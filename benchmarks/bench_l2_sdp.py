@@ -39,7 +39,7 @@ from probprune.masks import prune
 from probprune.nets import Net
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_differential import load_mnist_256x2  # noqa: E402
+from bench_differential import load_mnist_256x2
 
 FOUND = 1.446  # issue 16's converged search on mnist-net_256x2, 50 % global, l2 r = 1 around 0
 FAMILIES = ("relu", "interval", "rlt", "pair", "diff", "lines", "cross", "output")
@@ -121,7 +121,7 @@ def build(target: Net, pruned: Net, radius: float, fam: set[str]) -> tuple[list[
         rows = [("1", [one, zero, zero]), ("z-l", [-l, one, zero]), ("u-z", [u, -one, zero]),
                 ("tz-tl", [-tl, zero, one]), ("tu-tz", [tu, zero, -one]), ("d-dl", [-dl, -one, one]),
                 ("du-d", [du, one, -one])]
-        g = torch.stack([torch.stack(r + [zero, zero], -1) for _, r in rows], 1)
+        g = torch.stack([torch.stack([*r, zero, zero], -1) for _, r in rows], 1)
         mask = torch.triu(torch.ones(len(rows), len(rows), dtype=torch.bool), 1)
         layers.append(Layer(wl, bl, wtl, btl, g, mask, [nm for nm, _ in rows], output=True))
     return layers, wl, wtl, btl - bl
@@ -263,7 +263,9 @@ class Dual(torch.nn.Module):
 
 
 def optimise(dual: Dual, steps: int, lr: float, log_every: int = 25) -> tuple[float, int, float]:
-    """Adam on the multipliers; after a step that loses definiteness, :meth:`Dual.restore`."""
+    """Adam on the multipliers; after a step that loses definiteness, :meth:`Dual.restore`. Returns the square
+    root of the smallest dual value met at an iterate whose Cholesky succeeded (each one is a dual point, so
+    each value bounds the squared gap — in exact arithmetic), the steps and the seconds."""
     opt = torch.optim.Adam(dual.parameters(), lr=lr)
     best = math.inf
     t0 = time.perf_counter()
