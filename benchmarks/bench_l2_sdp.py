@@ -1,7 +1,7 @@
 """A semidefinite (Shor / Lagrangian-dual) bound on the ℓ2 gap of a ReLU chain pair — prototype, NOT YET A CERTIFICATE.
 
-Usage: ``PYTHONPATH=src .venv/bin/python benchmarks/bench_l2_sdp.py [--steps 300] [--families all]
-[--net mnist|random] [--hidden 32,32]``.
+Usage: ``PYTHONPATH=src .venv/bin/python benchmarks/bench_l2_sdp.py [--steps 300] [--lr 0.05] [--decay-from N]
+[--families all] [--net mnist|random] [--hidden 32,32] [--baselines]``.
 
 Problem (issue 16): F = ``mnist-net_256x2`` (784-256-256-10), f = F pruned 50 % by global magnitude, the ℓ2 ball of
 radius 1 around 0; gap = sup ‖f(x) − F(x)‖₂. Lifted vector u = (1, x, y₁, ỹ₁, …, y_L, ỹ_L); every per-neuron fact
@@ -262,7 +262,8 @@ class Dual(torch.nn.Module):
         return m[0, 0] + (mw * sol).sum(), True
 
 
-def optimise(dual: Dual, steps: int, lr: float, log_every: int = 25) -> tuple[float, int, float]:
+def optimise(dual: Dual, steps: int, lr: float, log_every: int = 25, decay_from: int | None = None
+             ) -> tuple[float, int, float]:
     """Adam on the multipliers; after a step that loses definiteness, :meth:`Dual.restore`. Returns the square
     root of the smallest dual value met at an iterate whose Cholesky succeeded (each one is a dual point, so
     each value bounds the squared gap — in exact arithmetic), the steps and the seconds."""
@@ -274,6 +275,10 @@ def optimise(dual: Dual, steps: int, lr: float, log_every: int = 25) -> tuple[fl
         raise SystemExit("initial multipliers not definite")
     n_restore = 0
     for it in range(steps):
+        if decay_from is not None and it >= decay_from:  # cosine from lr down to lr / 10 at the last step
+            frac = (it - decay_from) / max(steps - 1 - decay_from, 1)
+            for gr in opt.param_groups:
+                gr["lr"] = lr * (0.1 + 0.45 * (1.0 + math.cos(math.pi * frac)))
         opt.zero_grad()
         val, ok = dual.value()
         best = min(best, float(val.detach()))
@@ -285,7 +290,8 @@ def optimise(dual: Dual, steps: int, lr: float, log_every: int = 25) -> tuple[fl
             dual.restore()
             n_restore += 1
         if it % log_every == 0 or it == steps - 1:
-            print(f"  it {it:4d}: bound² {float(val):.6g} → bound {math.sqrt(max(float(val), 0)):.5g}, "
+            print(f"  it {it:4d}: bound² {float(val):.6g} → bound {math.sqrt(max(float(val), 0)):.5g} "
+                  f"(best {math.sqrt(max(best, 0)):.5g}), lr {opt.param_groups[0]['lr']:.3g}, "
                   f"{n_restore} restorations, {time.perf_counter() - t0:.1f} s", flush=True)
     with torch.no_grad():
         val, ok = dual.value()
@@ -391,7 +397,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--lr", type=float, default=0.05)
-    ap.add_argument("--method", default="lbfgs", choices=("lbfgs", "adam"))
+    ap.add_argument("--method", default="adam", choices=("lbfgs", "adam"))
+    ap.add_argument("--decay-from", type=int, default=None, help="adam: cosine-decay the rate to lr/10 from this step")
     ap.add_argument("--families", default="all", help=f"comma list of {FAMILIES} or all; prefix - to drop one")
     ap.add_argument("--baselines", action="store_true", help="also the library's layerwise / differential bounds")
     ap.add_argument("--search", action="store_true", help="re-measure the found gap (gap_search 16 × 50)")
@@ -442,7 +449,7 @@ def main() -> None:
     print(f"facts per neuron: {layers[0].names if layers else []}; set-up {time.perf_counter() - t0:.1f} s",
           flush=True)
     if args.method == "adam":
-        bound, its, secs = optimise(dual, args.steps, args.lr)
+        bound, its, secs = optimise(dual, args.steps, args.lr, decay_from=args.decay_from)
     else:
         bound, its, secs = lbfgs(dual, args.steps)
     print(f"SDP dual bound (NOT YET A CERTIFICATE: float64, no rounding analysis) {bound:.5g} after {its} "
