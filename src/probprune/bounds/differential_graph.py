@@ -748,16 +748,13 @@ def _intercept(p: Tensor, q: Tensor, verts: tuple[Tensor, Tensor, Tensor, Tensor
     return torch.where(ok, r, torch.full_like(r, -fill))
 
 
-_PLANES = True  # optimise the slopes of the lines of Δh per row too (intercepts from the vertices)
-
-
 _Params = dict[str, tuple[Tensor, ...]]
 
 
 def _slope_params(prep: _Prep, states: dict[str, _State], name: str, r: int) -> tuple[_Params, _Params]:
     """Per ReLU-family node before ``name`` with an unstable neuron (in either graph): the lower slopes of ``h``
     and ``h̃``, one per ball, row and neuron (``[B, r, n]`` leaves, starting at the plain relaxation's), and
-    (``_PLANES``) offsets ``(Δp, Δq)`` of the slopes of the lower and of the upper line of ``Δh`` for the
+    offsets ``(Δp, Δq)`` of the slopes of the lower and of the upper line of ``Δh`` for the
     neurons unstable in either graph (``[B, r, k]`` leaves at 0; the second dict: their indices ``[B, k]``
     and which are real, ``[B, 1, k]`` — balls with fewer are padded with stable neurons, left unmoved)."""
     out: _Params = {}
@@ -770,44 +767,42 @@ def _slope_params(prep: _Prep, states: dict[str, _State], name: str, r: int) -> 
         unst = ((l < 0) & (u > 0)) | ((tl < 0) & (tu > 0))
         if not bool(unst.any()):
             continue
-        ps = [rx.hl[0].detach().unsqueeze(1).expand(-1, r, -1)] * 2
-        ps[1] = rx.tl[0].detach().unsqueeze(1).expand(-1, r, -1)
-        if _PLANES:
-            k = int(unst.sum(1).max())
-            idx = torch.sort((~unst).to(torch.int8), dim=1, stable=True).indices[:, :k]
-            aux[node.name] = (idx, unst.gather(1, idx).unsqueeze(1).to(_F64))
-            ps += [torch.zeros(l.shape[0], r, k, dtype=_F64)] * 4
+        k = int(unst.sum(1).max())
+        idx = torch.sort((~unst).to(torch.int8), dim=1, stable=True).indices[:, :k]
+        aux[node.name] = (idx, unst.gather(1, idx).unsqueeze(1).to(_F64))
+        ps = [lam.detach().unsqueeze(1).expand(-1, r, -1) for lam in (rx.hl[0], rx.tl[0])]
+        ps += [torch.zeros(l.shape[0], r, k, dtype=_F64)] * 4
         out[node.name] = tuple(p.clone().requires_grad_(True) for p in ps)
     return out, aux
 
 
 def _row_relax(prep: _Prep, states: dict[str, _State], params: _Params, aux: _Params) -> dict[str, _Relax]:
     """The joint relaxations of the nodes of ``params`` from their inputs' intervals, with those lower slopes per
-    row (projected into ``[α, 1]`` by ``_act_lines`` before any use: every such line is valid) and, given
-    offsets of the slopes of the lines of ``Δh`` (neurons ``aux``), those lines with the tightest valid
-    intercepts on D (:func:`_intercept`) — for those neurons; the others keep the plain lines."""
+    row (projected into ``[α, 1]`` by ``_act_lines`` before any use: every such line is valid) and, for the
+    neurons ``aux``, the lines of ``Δh`` with their slopes' offsets and the tightest valid intercepts on D
+    (:func:`_intercept`); the other neurons keep the plain lines."""
     out = {}
     for k, ps in params.items():
         node = prep.target.node(k)
         alpha = cast(float, _alpha(node.attrs["act"]))
         b = cast(Bounds, tuple(t.unsqueeze(1) for t in states[node.inputs[0]].b))
         rx = _relax(*b[:6], alpha, _F64, _F64, lams=(ps[0], ps[1]))
-        if len(ps) > 2:  # the picked lines' slopes moved by (Δp, Δq), intercepts from the vertices
-            idx, real = aux[k]
-            bsz, r, n = ps[0].shape
-            ix = idx.unsqueeze(1).expand(-1, r, -1)
-            picked = [t.expand(bsz, r, n).gather(2, ix) for t in (rx.gl[0], rx.gl[1], rx.gu[0], rx.gu[1])]
-            verts = _vertices(cast(Bounds, tuple(t.gather(2, idx.unsqueeze(1)) for t in b)), alpha)
-            p_l, q_l = picked[0] + ps[2] * real, picked[1] + ps[3] * real
-            p_u, q_u = picked[2] + ps[4] * real, picked[3] + ps[5] * real
-            lines = (p_l, q_l, _intercept(p_l, q_l, verts, False), p_u, q_u, _intercept(p_u, q_u, verts, True))
-            old = (*rx.gl, *rx.gu)
-            new = [o.expand(bsz, r, n).scatter(2, ix, v) for o, v in zip(old, lines)]
-            gl, gu = (new[0], new[1], new[2]), (new[3], new[4], new[5])
-            l, u, dl, du, _, _ = b
-            zc, dc = (l + u) / 2, (dl + du) / 2
-            wg = ((gu[0] - gl[0]) * zc + (gu[1] - gl[1]) * dc + (gu[2] - gl[2])).clamp_min(0)
-            rx = dataclasses.replace(rx, gl=gl, gu=gu, width_g=wg)
+        # the picked lines' slopes moved by (Δp, Δq), intercepts from the vertices
+        idx, real = aux[k]
+        bsz, r, n = ps[0].shape
+        ix = idx.unsqueeze(1).expand(-1, r, -1)
+        picked = [t.expand(bsz, r, n).gather(2, ix) for t in (rx.gl[0], rx.gl[1], rx.gu[0], rx.gu[1])]
+        verts = _vertices(cast(Bounds, tuple(t.gather(2, idx.unsqueeze(1)) for t in b)), alpha)
+        p_l, q_l = picked[0] + ps[2] * real, picked[1] + ps[3] * real
+        p_u, q_u = picked[2] + ps[4] * real, picked[3] + ps[5] * real
+        lines = (p_l, q_l, _intercept(p_l, q_l, verts, False), p_u, q_u, _intercept(p_u, q_u, verts, True))
+        old = (*rx.gl, *rx.gu)
+        new = [o.expand(bsz, r, n).scatter(2, ix, v) for o, v in zip(old, lines)]
+        gl, gu = (new[0], new[1], new[2]), (new[3], new[4], new[5])
+        l, u, dl, du, _, _ = b
+        zc, dc = (l + u) / 2, (dl + du) / 2
+        wg = ((gu[0] - gl[0]) * zc + (gu[1] - gl[1]) * dc + (gu[2] - gl[2])).clamp_min(0)
+        rx = dataclasses.replace(rx, gl=gl, gu=gu, width_g=wg)
         out[k] = rx
     return out
 

@@ -91,7 +91,8 @@ def certify_cmd(
                                                       "unstable neurons; default 0: none).")] = None,
     optimise: Annotated[Optional[int], typer.Option(
         help="N: Adam steps of per-row slope optimisation of the agreement margins of the inputs the plain bound "
-             "leaves uncertified (never looser; slower; default 0: none).")] = None,
+             "leaves uncertified, and on graph models of the gap bound too (never looser; slower; default 0: "
+             "none).")] = None,
     out: Annotated[Optional[str], typer.Option(help="Write the per-input rows to this .csv or .json file.")]
     = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document (rows and summary).")] = False,
