@@ -1,10 +1,24 @@
 """Shared pytest fixtures."""
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+# The CLI processes the tests start inherit this: one OpenMP thread each, as the test processes run
+# (see ``one_thread``). pytest-xdist already runs one worker per core; a child on every core beside
+# a busy worker oversubscribes the CPU, and OpenMP's spinning threads then stall for minutes.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 import pytest
 import torch
+from hypothesis import settings
+
+# Under CI the property tests draw the same examples on every run (seeded by each test's name) and
+# keep no example database: a CI result is reproducible with `CI=true make test`. Elsewhere they
+# draw fresh examples each run, as hypothesis does by default.
+settings.register_profile("ci", derandomize=True, database=None)
+if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+    settings.load_profile("ci")
 
 
 @contextmanager

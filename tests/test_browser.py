@@ -55,10 +55,14 @@ class DevTools:
 
         # chromium expects fd 3 = our commands, fd 4 = its replies: bash (dash takes single-digit fds only) moves them
         script = f'exec "$0" "$@" 3<&{to_chrome_r} 4>&{from_chrome_w} {to_chrome_r}<&- {from_chrome_w}>&-'
+        # chromium's stderr goes to a file: an undrained pipe fills and blocks chromium, and reading one
+        # waits for every child process of chromium to close it
+        self._stderr_path = profile.parent / f"{profile.name}-chromium-stderr.log"
+        self._stderr = open(self._stderr_path, "wb")  # closed in close()
         self.proc = subprocess.Popen(
             ["bash", "-c", script, binary, *FLAGS, f"--user-data-dir={profile}", "--remote-debugging-pipe",
              "about:blank"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._stderr,
             pass_fds=(to_chrome_r, from_chrome_w), close_fds=True)
         os.close(to_chrome_r)
         os.close(from_chrome_w)
@@ -75,7 +79,7 @@ class DevTools:
             if ready:
                 chunk = os.read(self._r, 1 << 20)
                 if not chunk:
-                    err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
+                    err = self._stderr_path.read_bytes().decode(errors="replace")
                     raise RuntimeError(f"chromium closed the debugging pipe: {err[-2000:]}")
                 self._buf += chunk
         msg, _, self._buf = self._buf.partition(b"\0")
@@ -125,6 +129,7 @@ class DevTools:
                 os.close(fd)
             except OSError:
                 pass
+        self._stderr.close()
 
 
 @pytest.fixture(scope="module")
