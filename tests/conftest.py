@@ -5,8 +5,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 # The CLI processes the tests start inherit this: one OpenMP thread each, as the test processes run
-# (see ``one_thread``). pytest-xdist already runs one worker per core; a child on every core beside
-# a busy worker oversubscribes the CPU, and OpenMP's spinning threads then stall for minutes.
+# (see ``one_thread``). pytest-xdist already runs one worker per core; a two-thread child beside a
+# busy worker oversubscribes the CPU (on 2 cores a 3 s bound took 65-120 s so: benchmarks/RESULTS.md).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest
@@ -17,7 +17,7 @@ from hypothesis import settings
 # keep no example database: a CI result is reproducible with `CI=true make test`. Elsewhere they
 # draw fresh examples each run, as hypothesis does by default.
 settings.register_profile("ci", derandomize=True, database=None)
-if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+if os.environ.get("CI") == "true":  # as the rest of the suite reads CI
     settings.load_profile("ci")
 
 

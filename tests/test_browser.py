@@ -58,12 +58,12 @@ class DevTools:
         # chromium's stderr goes to a file: an undrained pipe fills and blocks chromium, and reading one
         # waits for every child process of chromium to close it
         self._stderr_path = profile.parent / f"{profile.name}-chromium-stderr.log"
-        self._stderr = open(self._stderr_path, "wb")  # closed in close()
-        self.proc = subprocess.Popen(
-            ["bash", "-c", script, binary, *FLAGS, f"--user-data-dir={profile}", "--remote-debugging-pipe",
-             "about:blank"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._stderr,
-            pass_fds=(to_chrome_r, from_chrome_w), close_fds=True)
+        with open(self._stderr_path, "wb") as stderr:  # the child keeps its own copy of the descriptor
+            self.proc = subprocess.Popen(
+                ["bash", "-c", script, binary, *FLAGS, f"--user-data-dir={profile}", "--remote-debugging-pipe",
+                 "about:blank"],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr,
+                pass_fds=(to_chrome_r, from_chrome_w), close_fds=True)
         os.close(to_chrome_r)
         os.close(from_chrome_w)
         self._buf = b""
@@ -129,7 +129,6 @@ class DevTools:
                 os.close(fd)
             except OSError:
                 pass
-        self._stderr.close()
 
 
 @pytest.fixture(scope="module")
