@@ -94,7 +94,8 @@ def test_graph_modules_import_only_what_they_may(rel: str) -> None:
 BOUNDS = {
     "norms": set(),
     "certified": {"norms"},
-    "differential": {"norms", "certified"},
+    "signs": {"norms"},  # issue 16: the sign relaxation of the first layer on ℓ2 balls (used by differential)
+    "differential": {"norms", "certified", "signs"},
     "entries": set(),
     "concentration": {"entries"},
     "theorems": {"entries", "concentration"},

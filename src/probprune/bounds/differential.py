@@ -108,6 +108,7 @@ from typing import Any, Literal, cast
 import torch
 from torch import Tensor
 
+from probprune.bounds import signs
 from probprune.bounds.certified import _TINY as _ETA  # smallest subnormal per dtype
 from probprune.bounds.certified import _UNIT, _check_forward_dtype, _unit
 from probprune.bounds.norms import _gamma
@@ -1077,9 +1078,14 @@ def _needed_rows(cheap: tuple[Tensor, ...], last: bool, alpha: float | None) -> 
 
 
 def _layer_bounds(pair: _Pair, k: int, relax: list[_Relax], reg: _Region,
-                  rho: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, ...]:
+                  rho: list[tuple[Tensor, Tensor]], below: list[tuple[Tensor, ...]] | None = None
+                  ) -> tuple[Tensor, ...]:
     """``(l, u, δ_l, δ_u, l̃, ũ)`` of layer k: back-substituted (the input layer: every row, shared by all balls;
-    deeper layers: the cheap intervals, refined where :func:`_needed_rows` says), then cross-tightened."""
+    deeper layers: the cheap intervals, refined where :func:`_needed_rows` says), then cross-tightened.
+
+    On an ℓ2 ball the second layer's rows also get the sign relaxation of the first layer
+    (:func:`probprune.bounds.signs.first_layer_low`, given ``below``: the layers' intervals so far); each row
+    keeps the larger of the two lower values."""
     n = pair.w[k].shape[0]
     if k == 0:
         eye = torch.eye(n, dtype=torch.float64, device=reg.centres.device)
@@ -1096,6 +1102,13 @@ def _layer_bounds(pair: _Pair, k: int, relax: list[_Relax], reg: _Region,
         need = _needed_rows((l, u, dl, du, tl, tu), k == len(pair.w) - 1, pair.alpha[k] if k < len(pair.alpha)
                             else None)
         low = _refine(need, k, pair, relax, reg, rho)
+        if k == 1 and below is not None:
+            if signs.applies(pair, reg):
+                rows = _one_hot_rows(need, dense=True)
+                if rows is not None:
+                    lz, ld, _, order, valid = rows
+                    alt = signs.first_layer_low(lz, ld, pair, relax[0], below[0], reg, rho)
+                    low = torch.maximum(low, _scatter_rows(alt, order, valid, n))
         return _intersect((l, u, dl, du, tl, tu), low)
     return _cross(l, u, dl, du, tl, tu)
 
@@ -1136,7 +1149,7 @@ def _propagate(pair: _Pair, reg: _Region, dt_t: torch.dtype, dt_p: torch.dtype,
         else:
             h_t, h_p = relax[k - 1].hmax_c, relax[k - 1].hpmax_c
         rho.append((_rho(pair.w[k], pair.b[k], h_t, dt_t), _rho(pair.wt[k], pair.bt[k], h_p, dt_p)))
-        bounds.append(_layer_bounds(pair, k, relax, reg, rho))
+        bounds.append(_layer_bounds(pair, k, relax, reg, rho, bounds))
         if clip is not None and k < len(pair.w) - 1:
             bounds[-1] = clip(k, bounds[-1])
         if k < len(pair.w) - 1:

@@ -1,0 +1,165 @@
+"""The sign relaxation of the first hidden layer over an ℓ2 ball (``docs/certified.md`` §6.2).
+
+Linear relaxation (:mod:`probprune.bounds.differential`) charges every unstable first-layer neuron its own worst
+case: ``relu(z) ≤ u(z − l)/(u − l)`` is loosest at ``z = 0``, and around a ball where most neurons are unstable
+(the ℓ2 ball around 0 of a trained net) the sum of those gaps is most of the bound. Over an ℓ2 ball the neurons
+are coupled: ``x`` has one norm to spend. This module bounds a linear function of the second layer's
+pre-activations by keeping that coupling.
+
+With ``z = W₀x + b₀``, ``z̃ = W̃₀x + b̃₀``, ``δ = z̃ − z`` and σ ReLU or LeakyReLU (slope α ∈ [0, 1]):
+
+* ``λσ(z) = ½(1 + α)λz + ½(1 − α)λ|z|`` exactly; for ``λ < 0`` the lower line ``σ(z) ≥ αz`` is used instead
+  (``λσ(z) ≤ αλz``); stable neurons are linear (``z`` or ``αz``).
+* ``σ(z + δ) − σ(z) = sδ`` with ``s ∈ [α, 1]`` (σ monotone, slopes in [α, 1]), so
+  ``μ(σ(z̃) − σ(z)) ≤ max(μδ, αμδ) = ½(1 + α)μδ + ½(1 − α)|μδ|``; where both neurons are stable it is linear.
+
+So a row is at most ``C + θᵀ(z, δ) + πᵀ(|z|, |δ|)`` with ``π ≥ 0``. Over ``x = c + r y``, ``‖y‖ ≤ 1``, with
+``z_j = β_j + r w_jᵀy`` and ``δ_j = ε_j + r a_jᵀy`` (``β``, ``ε`` the values at the centre, ``a_j = −D₀ⱼ``):
+``|β_j + r w_jᵀy| ≤ |β_j| + r|w_jᵀy|``, and
+
+    max_{‖y‖≤1} gᵀy + Σ_j π_j |m_jᵀy| = max_{s ∈ {±1}ⁿ} ‖g + Σ_j s_j π_j m_j‖₂ ≤ sqrt(Σ_{ab} |Ḡ_ab|),
+
+``g = Mᵀθ`` (``M = [W₀; −D₀]``, rows ``m_j``), ``Ḡ`` the Gram matrix of ``(g, π_1 m_1, …)``: for any ±1 vector
+``t``, ``tᵀḠt ≤ Σ_ab |Ḡ_ab|``. With ``K = MMᵀ`` (computed once per pair of nets), ``Σ|Ḡ| = θᵀKθ +
+2Σ_b π_b|(Kθ)_b| + πᵀ|K|π``: a few products per row, no per-ball Gram matrix.
+
+A linear relaxation charges ``Σ_j π_j r‖m_j‖`` for the same terms; this charges the square root of
+``Σ_ab π_a π_b |m_aᵀm_b|`` — the same when the rows are parallel, ``√n`` times less when they are orthogonal (as
+the removed weights of a pruned layer nearly are). The caller keeps the larger of this lower value and the
+back-substituted one, so it never loosens a bound.
+
+Floating point: every product is done in float64 with its rounding bounded as in
+:mod:`probprune.bounds.differential` (``γ_n`` per inner length, a relative ``4u`` per coefficient product); the
+forward passes' rounding ρ (and the leaky product's τ) enter as ``|fl(h₀) − h₀| ≤ ρ₀ + τ``.
+"""
+from __future__ import annotations
+
+from typing import Any, cast
+
+import torch
+from torch import Tensor
+
+from probprune.bounds.norms import _gamma
+
+# ``pair``, ``reg``, ``relax0`` below are probprune.bounds.differential's _Pair, _Region and _Relax (that module
+# imports this one, so they are typed Any here)
+
+_U = 2.0 ** -53
+_TINY = 2.0 ** -960
+
+
+def _g2(n: int) -> float:
+    return 2.0 * _gamma(n + 2, _U)
+
+
+def _down(v: Tensor, err: Tensor | float) -> Tensor:
+    out = v - err
+    return out - (out.abs() * (2.0 * _U) + _TINY)
+
+
+def _gram(pair: Any) -> tuple[Tensor, Tensor, Tensor]:
+    """``K̂ = fl(MMᵀ)``, ``|K̂|`` and ``N = fl(|M||M|ᵀ)`` for ``M = [W₀; −D₀]``, cached on the pair."""
+    key = ("signs_gram", 0)
+    if key not in pair.cache:
+        m = torch.cat([pair.w[0], -pair.d[0]], 0)
+        k = m @ m.T
+        ma = m.abs()
+        pair.cache[key] = (k, k.abs(), ma @ ma.T)
+    return cast("tuple[Tensor, Tensor, Tensor]", pair.cache[key])
+
+
+def applies(pair: Any, reg: Any) -> bool:
+    """Whether :func:`first_layer_low` can be used: an ℓ2 ball (no sub-domain cuts), a ReLU-family first layer."""
+    return reg.norm == "l2" and reg.cut is None and len(pair.w) > 1 and pair.alpha[0] is not None \
+        and isinstance(reg.radius, float)
+
+
+def first_layer_low(lz: Tensor, ld: Tensor, pair: Any, relax0: Any, bounds0: tuple[Tensor, ...],
+                    reg: Any, rho: list[tuple[Tensor, Tensor]]) -> Tensor:
+    """Certified lower values ``[B, R]`` over the ℓ2 ball of the rows ``lzᵀ z₁ + ldᵀ δ₁`` (``[B, R, n₁]`` each).
+
+    ``z₁``, ``δ₁`` are the second layer's pre-activations and their difference *as computed* (as in
+    :func:`probprune.bounds.differential._backsub`); ``bounds0`` the first layer's intervals
+    ``(l, u, δ_l, δ_u, l̃, ũ)`` (valid for the computed and the exact values), ``relax0`` its relaxation (for the
+    bounds on ``|fl(h₀)|``, ``|fl(h̃₀) − fl(h₀)|`` and the leaky rounding τ), ``rho`` the forward rounding bounds.
+    """
+    w1, wt1, d1, de1 = pair.w[1], pair.wt[1], pair.d[1], pair.d_err[1]
+    n1, n0 = w1.shape
+    g1 = _g2(2 * n1 + 2)
+    # the rows in the first layer's outputs: λᵀ fl(h₀) + μᵀ (fl(h̃₀) − fl(h₀)) + const
+    lam = lz @ w1 - ld @ d1
+    mu = ld @ wt1
+    lza, lda = lz.abs(), ld.abs()
+    err_lam = g1 * (lza @ w1.abs() + lda @ d1.abs()) + lda @ de1
+    err_mu = g1 * (lda @ wt1.abs())
+    b1, db1 = pair.b[1], pair.db[1]
+    const = lz @ b1 + ld @ db1
+    const_err = g1 * (lza @ b1.abs() + lda @ db1.abs()) + lda @ pair.db_err[1]
+    rt1, rp1 = rho[1]
+    s_rho1 = ((lz - ld).abs() * rt1.unsqueeze(1)).sum(-1) * (1.0 + 2.0 * _U) + (lda * rp1.unsqueeze(1)).sum(-1)
+    s_coef = (err_lam * relax0.hmax_c.unsqueeze(1)).sum(-1) + (err_mu * relax0.dhmax_c.unsqueeze(1)).sum(-1)
+    slack = (s_rho1 + s_coef + const_err) * (1.0 + _g2(n0 + n1 + 2)) + _TINY
+    up = _upper(-lam, -mu, pair, relax0, bounds0, reg, rho[0])
+    v = const - up
+    err = slack + 4.0 * _U * (const.abs() + up.abs()) + _TINY
+    return _down(v, err)
+
+
+def _upper(lam: Tensor, mu: Tensor, pair: Any, relax0: Any, bounds0: tuple[Tensor, ...], reg: Any,
+           rho0: tuple[Tensor, Tensor]) -> Tensor:
+    """Upper bound ``[B, R]`` over the ball of ``λᵀ fl(h₀) + μᵀ (fl(h̃₀) − fl(h₀))`` (``λ``, ``μ`` ``[B, R, n₀]``)."""
+    alpha = cast(float, pair.alpha[0])
+    l, u, dl, du, tl, tu = (t.unsqueeze(1) for t in bounds0)
+    n0, d = pair.w[0].shape
+    act, ina = l >= 0, u <= 0
+    tact, tina = tl >= 0, tu <= 0
+    unst = ~(act | ina)
+    both = ~unst & (tact | tina)
+    one, slope = lam.new_ones(()), lam.new_full((), alpha)  # float64 (a python float in where() is float32)
+    a_z = torch.where(act, one, slope)   # σ(z) = a_z z where z is stable
+    a_t = torch.where(tact, one, slope)
+    hi_a, lo_a = 0.5 * (1.0 + alpha), 0.5 * (1.0 - alpha)
+    zero = torch.zeros_like(lam)
+    # λσ(z): stable a_z λ z; unstable λ ≥ 0: ½(1+α)λz + ½(1−α)λ|z|; unstable λ < 0: αλz
+    th_z = torch.where(unst, torch.where(lam >= 0, hi_a * lam, alpha * lam), a_z * lam)
+    p_z = torch.where(unst & (lam > 0), lo_a * lam, zero)
+    # μ(σ(z̃) − σ(z)): both stable (a_t − a_z)μ z + a_t μ δ; else ½(1+α)μδ + ½(1−α)|μ||δ|
+    th_z = th_z + torch.where(both, (a_t - a_z) * mu, zero)
+    th_d = torch.where(both, a_t * mu, hi_a * mu)
+    p_d = torch.where(both, zero, lo_a * mu.abs())
+    zmax = torch.maximum(l.abs(), u.abs())
+    dmax = torch.maximum(dl.abs(), du.abs())
+    # each coefficient is a product of at most three rounded factors: off by ≤ 4u of its magnitude
+    s_coef = 4.0 * _U * (((th_z.abs() + p_z) * zmax).sum(-1) + ((th_d.abs() + p_d) * dmax).sum(-1))
+    # values at the centre: β = W₀c + b₀, ε = −D₀c + (b̃₀ − b₀), with their rounding and D₀'s TwoSum error
+    c = reg.centres
+    w0, d0, de0 = pair.w[0], pair.d[0], pair.d_err[0]
+    gd = _g2(d + 1)
+    beta = c @ w0.T + pair.b[0]
+    e_beta = gd * (c.abs() @ w0.abs().T + pair.b[0].abs())
+    eps = -(c @ d0.T) + pair.db[0]
+    xmax = torch.maximum(reg.lo.abs(), reg.hi.abs())
+    e_eps = gd * (c.abs() @ d0.abs().T + pair.db[0].abs()) + (xmax @ de0.T) * (1.0 + gd) + pair.db_err[0]
+    beta, e_beta, eps, e_eps = (t.unsqueeze(1) for t in (beta, e_beta, eps, e_eps))
+    at_c = (th_z * beta).sum(-1) + (p_z * beta.abs()).sum(-1) + (th_d * eps).sum(-1) + (p_d * eps.abs()).sum(-1)
+    at_c_abs = ((th_z.abs() + p_z) * beta.abs()).sum(-1) + ((th_d.abs() + p_d) * eps.abs()).sum(-1)
+    e_c = ((th_z.abs() + p_z) * e_beta).sum(-1) + ((th_d.abs() + p_d) * e_eps).sum(-1)
+    # the ball's part: r sqrt(θᵀKθ + 2Σ π|Kθ| + πᵀ|K|π), θ = (θ_z, θ_δ), π = (p_z, p_δ) against M = [W₀; −D₀]
+    k, k_abs, n_abs = _gram(pair)
+    theta = torch.cat([th_z, th_d], -1)
+    pi = torch.cat([p_z, p_d], -1)
+    kt = theta @ k
+    s_hat = (theta * kt).sum(-1) + 2.0 * (pi * kt.abs()).sum(-1) + (pi * (pi @ k_abs)).sum(-1)
+    mag = theta.abs() + pi
+    s_abs = (mag * (mag @ n_abs)).sum(-1)
+    g = 2.0 * _g2(d + 4 * n0 + 4)
+    s_up = (s_hat + g * s_abs).clamp_min(0.0) * (1.0 + 4.0 * _U) + _TINY
+    ball = float(reg.radius) * s_up.sqrt() * (1.0 + 6.0 * _U)
+    # the forward rounding of the first layer: |fl(h₀) − h₀| ≤ ρ₀ + τ, |Δfl(h₀) − Δh₀| ≤ ρ₀ + ρ̃₀ + τ + τ̃
+    rt0, rp0 = rho0
+    tt = rt0 if relax0.tau_t is None else rt0 + relax0.tau_t
+    tp = rp0 if relax0.tau_p is None else rp0 + relax0.tau_p
+    s_fwd = (lam.abs() * tt.unsqueeze(1)).sum(-1) + (mu.abs() * (tt + tp).unsqueeze(1)).sum(-1)
+    err = (s_coef + e_c + s_fwd + _g2(2 * n0 + 2) * at_c_abs) * (1.0 + _g2(4 * n0 + 4)) + _TINY
+    total = at_c + ball
+    return total + err + 4.0 * _U * (at_c.abs() + ball) + _TINY
