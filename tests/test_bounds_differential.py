@@ -605,9 +605,13 @@ def test_neurons_dead_in_both_nets_contribute_nothing(seed: int, dead: int, ball
 
 def test_compaction_and_input_step_agree_with_the_dense_back_substitution(monkeypatch: pytest.MonkeyPatch) -> None:
     """With the compaction and the one-pass ℓ∞ input step switched off (the dense back-substitution of every
-    neuron, as before the speed work), the values agree to rounding: the fast paths are the same bound."""
+    neuron, as before the speed work), the values agree to rounding: the fast paths are the same bound. (The sign
+    relaxation of the first layer on ℓ2 balls is off here: the dense reference predates it; the next test covers
+    it with and without the compaction.)"""
     import probprune.bounds.differential as dmod
+    from probprune.bounds import signs
 
+    monkeypatch.setattr(signs, "applies", lambda *_: False)
     target, pruned = _net_pair(3, (8, 24, 24, 4), True, "relu", 0.5)
     g = torch.Generator().manual_seed(3)
     cs = torch.rand(7, 8, generator=g, dtype=torch.float64)
@@ -628,6 +632,42 @@ def test_compaction_and_input_step_agree_with_the_dense_back_substitution(monkey
     dense = [differential_bound(target, pruned, b, centres=cs).value for b in balls]
     for a, b in zip(fast, dense):
         assert torch.allclose(a, b, rtol=1e-10, atol=0)
+
+
+def test_sign_relaxation_sees_the_same_rows_with_and_without_the_compaction(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows reaching the second layer in the compacted neurons are put back on every neuron before the sign
+    relaxation: the values with the compaction equal those without it (to rounding), on ℓ2 balls where it acts."""
+    import probprune.bounds.differential as dmod
+    from probprune.bounds import signs
+
+    target, pruned = _net_pair(3, (8, 24, 24, 24, 4), True, "relu", 0.5)
+    cs = torch.rand(2, 8, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    ball = BallSpec(radius=0.6, norm="l2")
+    calls, dropped = [], []
+    orig, orig_compact = signs.first_layer_low, dmod._compact
+
+    def spy_compact(k: int, pair: Any, relax: Any, rho: Any) -> Any:
+        out = orig_compact(k, pair, relax, rho)
+        if out is not None and k >= 2:
+            dropped.append(relax[1].hmax_c.shape[-1] - out[1][1].hmax_c.shape[-1])
+        return out
+
+    monkeypatch.setattr(dmod, "_compact", spy_compact)
+
+    def spy(*a: Any) -> Tensor:
+        calls.append(a[0].shape)
+        return orig(*a)
+
+    monkeypatch.setattr(signs, "first_layer_low", spy)
+    fast = differential_bound(target, pruned, ball, centres=cs).value
+    assert len(calls) >= 2  # the second layer's rows and rows from deeper
+    assert max(dropped) > 0  # rows from deeper reach the second layer compacted
+    monkeypatch.setattr(dmod, "_compact_cached", lambda *_: None)
+    plain = differential_bound(target, pruned, ball, centres=cs).value
+    assert torch.allclose(fast, plain, rtol=1e-10, atol=0)
+    monkeypatch.setattr(signs, "applies", lambda *_: False)
+    without = differential_bound(target, pruned, ball, centres=cs).value
+    assert bool((fast <= without).all()) and bool((fast < without).any()), (fast, without)
 
 
 def _dense_backsub(m: Any) -> Any:

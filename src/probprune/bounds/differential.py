@@ -398,6 +398,7 @@ class _Relax:
     hpmax_c: Tensor
     dhmax_c: Tensor
     box_c: tuple[Tensor, ...]          # intervals of fl(h), fl(h̃), fl(h̃) − fl(h): (lo, hi) × 3
+    zb: tuple[Tensor, ...]             # the intervals (l, u, δ_l, δ_u, l̃, ũ) the lines were built from
 
 
 def _nudge(p: Tensor, q: Tensor, r: Tensor, zmax: Tensor, dmax: Tensor, up: bool) -> Tensor:
@@ -462,7 +463,7 @@ def _relax(l: Tensor, u: Tensor, dl: Tensor, du: Tensor, tl: Tensor, tu: Tensor,
         tmax = torch.maximum(tl.abs(), tu.abs())
         return _Relax((one, zero), (one, zero), (zero, one, zero), (zero, one, zero), zmax, dmax, zmax, dmax,
                       (one, zero), (one, zero), zero, zero, zero, None, None, zmax, tmax, dmax,
-                      (l, u, tl, tu, dl, du))
+                      (l, u, tl, tu, dl, du), (l, u, dl, du, tl, tu))
     lam, s, t = _act_lines(l, u, alpha, None if lams is None else lams[0])
     lam_t, s_t, t_t = _act_lines(tl, tu, alpha, None if lams is None else lams[1])
     ninf = torch.tensor(-math.inf, dtype=torch.float64, device=l.device)
@@ -513,7 +514,8 @@ def _relax(l: Tensor, u: Tensor, dl: Tensor, du: Tensor, tl: Tensor, tu: Tensor,
         dhmax_c = (dhmax + tau_t + tau_p) * (1.0 + 4.0 * _U)
     box_c = _act_boxes(l, u, tl, tu, dh_lo, dh_hi, alpha, tau_t, tau_p)
     return _Relax((lam, zero), (s, t), (pl, ql, rl), (pu, qu, ru), zmax, dmax, hmax, dhmax,
-                  (lam_t, zero), (s_t, t_t), wh, wg, wt, tau_t, tau_p, hmax_c, hpmax_c, dhmax_c, box_c)
+                  (lam_t, zero), (s_t, t_t), wh, wg, wt, tau_t, tau_p, hmax_c, hpmax_c, dhmax_c, box_c,
+                  (l, u, dl, du, tl, tu))
 
 
 def _act_boxes(l: Tensor, u: Tensor, tl: Tensor, tu: Tensor, dh_lo: Tensor, dh_hi: Tensor, alpha: float,
@@ -696,25 +698,55 @@ def _backsub(lz: Tensor, ld: Tensor, k: int, pair: _Pair, relax: list[_Relax], r
     every step; ``c`` is the constant collected, ``s`` ≥ 0 the slack (every rounding so far, rounded up).
     """
     bsz, m = reg.centres.shape[0], lz.shape[-2]
+    full = (pair, relax, rho)
+    signed = k >= 2 and signs.applies(pair, reg) and _plain(relax[0])
     compacted = _compact_cached(k, pair, relax, rho) if k > 0 else None
     if compacted is not None:  # only the neurons not dead in both nets (exact: theirs contribute 0)
         pair, relax, rho = compacted
     c = torch.zeros(bsz, m, dtype=torch.float64, device=lz.device)
     s = torch.zeros_like(c)
+    alt: Tensor | None = None  # the rows' lower value by the sign relaxation of the first layer (ℓ2 balls)
     for j in range(k, -1, -1):
         # (a sub-domain's cuts, ``reg.cut``, need the general input step: _min_linear hands them the rows)
         if j == 0 and j < k and reg.norm == "linf" and lz.dim() == 3 and not lz.requires_grad and reg.cut is None:
             return _input_linf(lz, ld, pair, reg, rho[0], c, s)
+        if j == 1 and signed and lz.dim() == 3:
+            alt = _signed_rows(lz, ld, c, s, full, reg, None if compacted is None else pair)
         a, gg, cc, s_aff = _affine_step(lz, ld, j, pair, relax, reg, rho, onehot if j == k else None)
         s = (s + s_aff) * (1.0 + 4.0 * _U) + _TINY
         c = c + cc
         s = s + 2.0 * _U * c.abs()
         if gg is None:
-            return _down(_min_linear(a, c, reg), s)
+            low = _down(_min_linear(a, c, reg), s)
+            return low if alt is None else torch.maximum(low, alt)
         lz, ld, csum, s_rel = _relax_step(a, gg, relax[j - 1])
         c = c + csum
         s = (s + s_rel + 2.0 * _U * c.abs()) * (1.0 + 4.0 * _U) + _TINY
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _plain(rx: _Relax) -> bool:
+    """Whether a relaxation is one per ball (``[B, n]`` fields), not per objective row."""
+    return rx.hmax_c.dim() == 2 and rx.dhmax_c.dim() == 2 and all(t.dim() == 2 for t in rx.zb) \
+        and (rx.tau_t is None or rx.tau_t.dim() == 2)
+
+
+def _signed_rows(lz: Tensor, ld: Tensor, c: Tensor, s: Tensor,
+                 full: tuple[_Pair, list[_Relax], list[tuple[Tensor, Tensor]]], reg: _Region,
+                 compacted: _Pair | None) -> Tensor:
+    """Certified lower values ``[B, R]`` of rows that have reached the second layer as ``lzᵀ z₁ + ldᵀ δ₁ + c − s``
+    (``[B, R, ·]``, in the compacted neurons where ``compacted`` is given), by the sign relaxation of the first
+    layer (:func:`probprune.bounds.signs.first_layer_low`) on the full pair."""
+    pair, relax, rho = full
+    if compacted is not None:  # back to every neuron of layer 1 (the dropped ones have coefficient 0)
+        kept = compacted.cache[("kept", 0)][1]
+        n1 = pair.w[1].shape[0]
+        ix = kept.unsqueeze(1).expand(-1, lz.shape[1], -1)
+        lz = lz.new_zeros(*lz.shape[:2], n1 + 1).scatter(2, ix, lz)[..., :n1]
+        ld = ld.new_zeros(*ld.shape[:2], n1 + 1).scatter(2, ix, ld)[..., :n1]
+    low = signs.first_layer_low(lz, ld, pair, relax[0], relax[0].zb, reg, rho)
+    v = low + c
+    return _down(v, s + 4.0 * _U * (low.abs() + c.abs()) + _TINY)
 
 
 def _live(rx: _Relax) -> Tensor | None:
@@ -795,6 +827,7 @@ def _compact(k: int, pair: _Pair, relax: list[_Relax], rho: list[tuple[Tensor, T
         w = (m[:, :idx[0].shape[1]], *w[1:])
         d = (m[:, idx[0].shape[1]:], *d[1:])
     out = _Pair(w, wt, d, de, b, bt, db, dbe, pair.alpha)
+    out.cache[("kept", 0)] = idx  # per hidden layer: the kept neurons' indices ([B, L_j]; the phantom: n_j)
     if k > 0:
         out.cache[("stacked", 0)] = (m, m_abs)
     rho_c = [(vec(a, j), vec(b, j)) for j, (a, b) in enumerate(rho[:k])] + [rho[k]]
@@ -1078,13 +1111,12 @@ def _needed_rows(cheap: tuple[Tensor, ...], last: bool, alpha: float | None) -> 
 
 
 def _layer_bounds(pair: _Pair, k: int, relax: list[_Relax], reg: _Region,
-                  rho: list[tuple[Tensor, Tensor]], below: list[tuple[Tensor, ...]] | None = None
-                  ) -> tuple[Tensor, ...]:
+                  rho: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, ...]:
     """``(l, u, δ_l, δ_u, l̃, ũ)`` of layer k: back-substituted (the input layer: every row, shared by all balls;
     deeper layers: the cheap intervals, refined where :func:`_needed_rows` says), then cross-tightened.
 
     On an ℓ2 ball the second layer's rows also get the sign relaxation of the first layer
-    (:func:`probprune.bounds.signs.first_layer_low`, given ``below``: the layers' intervals so far); each row
+    (:func:`probprune.bounds.signs.first_layer_low`; deeper layers' rows get it in :func:`_backsub`); each row
     keeps the larger of the two lower values."""
     n = pair.w[k].shape[0]
     if k == 0:
@@ -1102,13 +1134,12 @@ def _layer_bounds(pair: _Pair, k: int, relax: list[_Relax], reg: _Region,
         need = _needed_rows((l, u, dl, du, tl, tu), k == len(pair.w) - 1, pair.alpha[k] if k < len(pair.alpha)
                             else None)
         low = _refine(need, k, pair, relax, reg, rho)
-        if k == 1 and below is not None:
-            if signs.applies(pair, reg):
-                rows = _one_hot_rows(need, dense=True)
-                if rows is not None:
-                    lz, ld, _, order, valid = rows
-                    alt = signs.first_layer_low(lz, ld, pair, relax[0], below[0], reg, rho)
-                    low = torch.maximum(low, _scatter_rows(alt, order, valid, n))
+        rows = _one_hot_rows(need, dense=True) if k == 1 and signs.applies(pair, reg) and _plain(relax[0]) \
+            else None
+        if rows is not None:
+            lz, ld, _, order, valid = rows
+            alt = signs.first_layer_low(lz, ld, pair, relax[0], relax[0].zb, reg, rho)
+            low = torch.maximum(low, _scatter_rows(alt, order, valid, n))
         return _intersect((l, u, dl, du, tl, tu), low)
     return _cross(l, u, dl, du, tl, tu)
 
@@ -1149,7 +1180,7 @@ def _propagate(pair: _Pair, reg: _Region, dt_t: torch.dtype, dt_p: torch.dtype,
         else:
             h_t, h_p = relax[k - 1].hmax_c, relax[k - 1].hpmax_c
         rho.append((_rho(pair.w[k], pair.b[k], h_t, dt_t), _rho(pair.wt[k], pair.bt[k], h_p, dt_p)))
-        bounds.append(_layer_bounds(pair, k, relax, reg, rho, bounds))
+        bounds.append(_layer_bounds(pair, k, relax, reg, rho))
         if clip is not None and k < len(pair.w) - 1:
             bounds[-1] = clip(k, bounds[-1])
         if k < len(pair.w) - 1:
