@@ -58,6 +58,10 @@ identity followed by valid relaxations, so any choice is sound; ``fl(A − G)``'
 ``[lo_j, hi_j]``; ``‖f(x) − F(x)‖₂ ≤ sqrt(Σ_j max(lo_j², hi_j²))`` since each coordinate's square is
 at most the larger square of its interval's ends.
 
+**ℓ2 balls: the first layer's signs.** A row that reaches the second layer is also bounded by
+:func:`probprune.bounds.signs.first_layer_low` (``relu(z) = z/2 + |z|/2``, the ``|·|`` terms bounded jointly over
+the ball through the first layer's Gram matrix, not neuron by neuron); the larger lower value is kept.
+
 **Floating point (soundness).** All of the above is done in float64 and every rounding is
 covered, so the value is ≥ the exact-arithmetic gap of the given weights *and* of the forward
 passes in the user's dtype:
@@ -1134,11 +1138,11 @@ def _layer_bounds(pair: _Pair, k: int, relax: list[_Relax], reg: _Region,
         need = _needed_rows((l, u, dl, du, tl, tu), k == len(pair.w) - 1, pair.alpha[k] if k < len(pair.alpha)
                             else None)
         low = _refine(need, k, pair, relax, reg, rho)
-        rows = _one_hot_rows(need, dense=True) if k == 1 and signs.applies(pair, reg) and _plain(relax[0]) \
+        rows = _one_hot_rows(need, dense=False) if k == 1 and signs.applies(pair, reg) and _plain(relax[0]) \
             else None
         if rows is not None:
-            lz, ld, _, order, valid = rows
-            alt = signs.first_layer_low(lz, ld, pair, relax[0], relax[0].zb, reg, rho)
+            lz, ld, onehot, order, valid = rows
+            alt = signs.first_layer_low(lz, ld, pair, relax[0], relax[0].zb, reg, rho, onehot)
             low = torch.maximum(low, _scatter_rows(alt, order, valid, n))
         return _intersect((l, u, dl, du, tl, tu), low)
     return _cross(l, u, dl, du, tl, tu)

@@ -68,49 +68,129 @@ def _gram(pair: Any) -> tuple[Tensor, Tensor, Tensor]:
     return cast("tuple[Tensor, Tensor, Tensor]", pair.cache[key])
 
 
+def _onehot_stacks(pair: Any) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Per row kind (z, δ, z̃ = z + δ): the rows of λ, μ, λ's exact error, the constant and its error, cached."""
+    key = ("signs_onehot", 0)
+    if key not in pair.cache:
+        w1, wt1, d1 = pair.w[1], pair.wt[1], pair.d[1]
+        zero = torch.zeros_like(w1)
+        lam = torch.stack([w1, -d1, wt1])        # z: W₁; δ: −(D₁ + D₁,err); z̃: W₁ − D₁ − D₁,err = W̃₁ exactly
+        mu = torch.stack([zero, wt1, wt1])
+        err = torch.stack([zero, pair.d_err[1], zero])
+        const = torch.stack([pair.b[1], pair.db[1], pair.bt[1]])  # b₁ + (b̃₁ − b₁) = b̃₁ exactly
+        const_err = torch.stack([torch.zeros_like(pair.b[1]), pair.db_err[1], torch.zeros_like(pair.b[1])])
+        pair.cache[key] = (lam, mu, err, const, const_err)
+    return cast("tuple[Tensor, Tensor, Tensor, Tensor, Tensor]", pair.cache[key])
+
+
 def applies(pair: Any, reg: Any) -> bool:
     """Whether :func:`first_layer_low` can be used: an ℓ2 ball (no sub-domain cuts), a ReLU-family first layer."""
     return reg.norm == "l2" and reg.cut is None and len(pair.w) > 1 and pair.alpha[0] is not None \
         and isinstance(reg.radius, float)
 
 
+def _kept(relax0: Any) -> tuple[Tensor, Tensor] | None:
+    """Per ball, the first-layer neurons that may be non-zero in either net (``[B, L]`` indices, live ones
+    first, and a 0/1 mask); ``None`` when every neuron is (no gather needed). A neuron with ``|fl(h)| ≤ 0`` and
+    ``|fl(h̃)| ≤ 0`` has ``h = h̃ = 0`` computed and exact, and contributes nothing to any row."""
+    live = ~((relax0.hmax_c == 0) & (relax0.hpmax_c == 0))
+    width = max(1, int(live.sum(1).max()))
+    if width == live.shape[1]:
+        return None
+    order = torch.sort((~live).to(torch.int8), dim=1, stable=True).indices[:, :width]
+    return order, live.gather(1, order).to(torch.float64)
+
+
 def first_layer_low(lz: Tensor, ld: Tensor, pair: Any, relax0: Any, bounds0: tuple[Tensor, ...],
-                    reg: Any, rho: list[tuple[Tensor, Tensor]]) -> Tensor:
+                    reg: Any, rho: list[tuple[Tensor, Tensor]],
+                    onehot: tuple[Tensor, Tensor, Tensor] | None = None) -> Tensor:
     """Certified lower values ``[B, R]`` over the ℓ2 ball of the rows ``lzᵀ z₁ + ldᵀ δ₁`` (``[B, R, n₁]`` each).
 
     ``z₁``, ``δ₁`` are the second layer's pre-activations and their difference *as computed* (as in
     :func:`probprune.bounds.differential._backsub`); ``bounds0`` the first layer's intervals
     ``(l, u, δ_l, δ_u, l̃, ũ)`` (valid for the computed and the exact values), ``relax0`` its relaxation (for the
     bounds on ``|fl(h₀)|``, ``|fl(h̃₀) − fl(h₀)|`` and the leaky rounding τ), ``rho`` the forward rounding bounds.
+    ``onehot``: ``(coefficient of z, of δ, neuron)`` ``[B, R]`` when every row is ``±z_i``, ``±δ_i`` or ``±z̃_i``
+    (``lz``, ``ld`` are then not read): the rows are gathered instead of multiplied.
     """
     w1, wt1, d1, de1 = pair.w[1], pair.wt[1], pair.d[1], pair.d_err[1]
     n1, n0 = w1.shape
-    g1 = _g2(2 * n1 + 2)
-    # the rows in the first layer's outputs: λᵀ fl(h₀) + μᵀ (fl(h̃₀) − fl(h₀)) + const
-    lam = lz @ w1 - ld @ d1
-    mu = ld @ wt1
-    lza, lda = lz.abs(), ld.abs()
-    err_lam = g1 * (lza @ w1.abs() + lda @ d1.abs()) + lda @ de1
-    err_mu = g1 * (lda @ wt1.abs())
-    b1, db1 = pair.b[1], pair.db[1]
-    const = lz @ b1 + ld @ db1
-    const_err = g1 * (lza @ b1.abs() + lda @ db1.abs()) + lda @ pair.db_err[1]
+    kept = _kept(relax0)
     rt1, rp1 = rho[1]
-    s_rho1 = ((lz - ld).abs() * rt1.unsqueeze(1)).sum(-1) * (1.0 + 2.0 * _U) + (lda * rp1.unsqueeze(1)).sum(-1)
-    s_coef = (err_lam * relax0.hmax_c.unsqueeze(1)).sum(-1) + (err_mu * relax0.dhmax_c.unsqueeze(1)).sum(-1)
+    hm = relax0.hmax_c.unsqueeze(1)
+    dhm = relax0.dhmax_c.unsqueeze(1)
+    if onehot is not None:
+        cz, cd, neuron = onehot
+        kind = torch.where(cz == 0, 1, torch.where(cd == 0, 0, 2))
+        sign = torch.where(cz == 0, cd, cz)
+        lam_s, mu_s, err_s, const_s, const_err_s = _onehot_stacks(pair)
+        if kept is None:
+            lam = lam_s[kind, neuron] * sign.unsqueeze(-1)
+            mu = mu_s[kind, neuron] * sign.unsqueeze(-1)
+            err_lam = err_s[kind, neuron]
+        else:
+            ix = kept[0].unsqueeze(1)
+            lam = lam_s[kind.unsqueeze(-1), neuron.unsqueeze(-1), ix] * sign.unsqueeze(-1)
+            mu = mu_s[kind.unsqueeze(-1), neuron.unsqueeze(-1), ix] * sign.unsqueeze(-1)
+            err_lam = err_s[kind.unsqueeze(-1), neuron.unsqueeze(-1), ix]
+            hm, dhm = hm.gather(2, ix), dhm.gather(2, ix)
+        err_mu = torch.zeros(())
+        const = const_s[kind, neuron] * sign
+        const_err = const_err_s[kind, neuron]
+        rows = torch.arange(cz.shape[0], device=cz.device).unsqueeze(1)
+        s_rho1 = (cz - cd).abs() * rt1[rows, neuron] * (1.0 + 2.0 * _U) + cd.abs() * rp1[rows, neuron]
+    else:
+        g1 = _g2(2 * n1 + 2)
+        # the rows in the first layer's outputs: λᵀ fl(h₀) + μᵀ (fl(h̃₀) − fl(h₀)) + const
+        lam = lz @ w1 - ld @ d1
+        mu = ld @ wt1
+        lza, lda = lz.abs(), ld.abs()
+        err_lam = g1 * (lza @ w1.abs() + lda @ d1.abs()) + lda @ de1
+        err_mu = g1 * (lda @ wt1.abs())
+        if kept is not None:
+            ix = kept[0].unsqueeze(1).expand(-1, lam.shape[1], -1)
+            lam, mu, err_lam, err_mu = (t.gather(2, ix) for t in (lam, mu, err_lam, err_mu))
+            hm, dhm = hm.gather(2, ix[:, :1]), dhm.gather(2, ix[:, :1])
+        b1, db1 = pair.b[1], pair.db[1]
+        const = lz @ b1 + ld @ db1
+        const_err = g1 * (lza @ b1.abs() + lda @ db1.abs()) + lda @ pair.db_err[1]
+        s_rho1 = ((lz - ld).abs() * rt1.unsqueeze(1)).sum(-1) * (1.0 + 2.0 * _U) \
+            + (lda * rp1.unsqueeze(1)).sum(-1)
+    if kept is not None:  # padding entries (beyond a ball's live neurons) are zero rows
+        lam, mu = lam * kept[1].unsqueeze(1), mu * kept[1].unsqueeze(1)
+    s_coef = (err_lam * hm).sum(-1) + (err_mu * dhm).sum(-1)
     slack = (s_rho1 + s_coef + const_err) * (1.0 + _g2(n0 + n1 + 2)) + _TINY
-    up = _upper(-lam, -mu, pair, relax0, bounds0, reg, rho[0])
+    up = _upper(-lam, -mu, pair, relax0, bounds0, reg, rho[0], kept)
     v = const - up
     err = slack + 4.0 * _U * (const.abs() + up.abs()) + _TINY
     return _down(v, err)
 
 
 def _upper(lam: Tensor, mu: Tensor, pair: Any, relax0: Any, bounds0: tuple[Tensor, ...], reg: Any,
-           rho0: tuple[Tensor, Tensor]) -> Tensor:
-    """Upper bound ``[B, R]`` over the ball of ``λᵀ fl(h₀) + μᵀ (fl(h̃₀) − fl(h₀))`` (``λ``, ``μ`` ``[B, R, n₀]``)."""
+           rho0: tuple[Tensor, Tensor], kept: tuple[Tensor, Tensor] | None) -> Tensor:
+    """Upper bound ``[B, R]`` over the ball of ``λᵀ fl(h₀) + μᵀ (fl(h̃₀) − fl(h₀))`` (``λ``, ``μ`` ``[B, R, L]`` on
+    the neurons ``kept`` (``None``: all of them, L = n₀))."""
     alpha = cast(float, pair.alpha[0])
-    l, u, dl, du, tl, tu = (t.unsqueeze(1) for t in bounds0)
     n0, d = pair.w[0].shape
+    c = reg.centres
+    w0, d0, de0 = pair.w[0], pair.d[0], pair.d_err[0]
+    gd = _g2(d + 1)
+    # values at the centre: β = W₀c + b₀, ε = −D₀c + (b̃₀ − b₀), with their rounding and D₀'s TwoSum error
+    beta = c @ w0.T + pair.b[0]
+    e_beta = gd * (c.abs() @ w0.abs().T + pair.b[0].abs())
+    eps = -(c @ d0.T) + pair.db[0]
+    xmax = torch.maximum(reg.lo.abs(), reg.hi.abs())
+    e_eps = gd * (c.abs() @ d0.abs().T + pair.db[0].abs()) + (xmax @ de0.T) * (1.0 + gd) + pair.db_err[0]
+    rt0, rp0 = rho0
+    tt = rt0 if relax0.tau_t is None else rt0 + relax0.tau_t
+    tp = rp0 if relax0.tau_p is None else rp0 + relax0.tau_p
+    per = [*bounds0, beta, e_beta, eps, e_eps, tt, tp]  # [B, n₀] each
+    k, k_abs, n_abs = _gram(pair)
+    if kept is not None:
+        per = [t.gather(1, kept[0]) for t in per]
+        ix2 = torch.cat([kept[0], kept[0] + n0], 1)  # the rows of M: W₀'s, then −D₀'s
+        k, k_abs, n_abs = (t[ix2.unsqueeze(-1), ix2.unsqueeze(1)] for t in (k, k_abs, n_abs))
+    l, u, dl, du, tl, tu, beta, e_beta, eps, e_eps, tt, tp = (t.unsqueeze(1) for t in per)
     act, ina = l >= 0, u <= 0
     tact, tina = tl >= 0, tu <= 0
     unst = ~(act | ina)
@@ -131,21 +211,10 @@ def _upper(lam: Tensor, mu: Tensor, pair: Any, relax0: Any, bounds0: tuple[Tenso
     dmax = torch.maximum(dl.abs(), du.abs())
     # each coefficient is a product of at most three rounded factors: off by ≤ 4u of its magnitude
     s_coef = 4.0 * _U * (((th_z.abs() + p_z) * zmax).sum(-1) + ((th_d.abs() + p_d) * dmax).sum(-1))
-    # values at the centre: β = W₀c + b₀, ε = −D₀c + (b̃₀ − b₀), with their rounding and D₀'s TwoSum error
-    c = reg.centres
-    w0, d0, de0 = pair.w[0], pair.d[0], pair.d_err[0]
-    gd = _g2(d + 1)
-    beta = c @ w0.T + pair.b[0]
-    e_beta = gd * (c.abs() @ w0.abs().T + pair.b[0].abs())
-    eps = -(c @ d0.T) + pair.db[0]
-    xmax = torch.maximum(reg.lo.abs(), reg.hi.abs())
-    e_eps = gd * (c.abs() @ d0.abs().T + pair.db[0].abs()) + (xmax @ de0.T) * (1.0 + gd) + pair.db_err[0]
-    beta, e_beta, eps, e_eps = (t.unsqueeze(1) for t in (beta, e_beta, eps, e_eps))
     at_c = (th_z * beta).sum(-1) + (p_z * beta.abs()).sum(-1) + (th_d * eps).sum(-1) + (p_d * eps.abs()).sum(-1)
     at_c_abs = ((th_z.abs() + p_z) * beta.abs()).sum(-1) + ((th_d.abs() + p_d) * eps.abs()).sum(-1)
     e_c = ((th_z.abs() + p_z) * e_beta).sum(-1) + ((th_d.abs() + p_d) * e_eps).sum(-1)
     # the ball's part: r sqrt(θᵀKθ + 2Σ π|Kθ| + πᵀ|K|π), θ = (θ_z, θ_δ), π = (p_z, p_δ) against M = [W₀; −D₀]
-    k, k_abs, n_abs = _gram(pair)
     theta = torch.cat([th_z, th_d], -1)
     pi = torch.cat([p_z, p_d], -1)
     kt = theta @ k
@@ -156,10 +225,7 @@ def _upper(lam: Tensor, mu: Tensor, pair: Any, relax0: Any, bounds0: tuple[Tenso
     s_up = (s_hat + g * s_abs).clamp_min(0.0) * (1.0 + 4.0 * _U) + _TINY
     ball = float(reg.radius) * s_up.sqrt() * (1.0 + 6.0 * _U)
     # the forward rounding of the first layer: |fl(h₀) − h₀| ≤ ρ₀ + τ, |Δfl(h₀) − Δh₀| ≤ ρ₀ + ρ̃₀ + τ + τ̃
-    rt0, rp0 = rho0
-    tt = rt0 if relax0.tau_t is None else rt0 + relax0.tau_t
-    tp = rp0 if relax0.tau_p is None else rp0 + relax0.tau_p
-    s_fwd = (lam.abs() * tt.unsqueeze(1)).sum(-1) + (mu.abs() * (tt + tp).unsqueeze(1)).sum(-1)
+    s_fwd = (lam.abs() * tt).sum(-1) + (mu.abs() * (tt + tp)).sum(-1)
     err = (s_coef + e_c + s_fwd + _g2(2 * n0 + 2) * at_c_abs) * (1.0 + _g2(4 * n0 + 4)) + _TINY
     total = at_c + ball
     return total + err + 4.0 * _U * (at_c.abs() + ball) + _TINY
