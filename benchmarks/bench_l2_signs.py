@@ -93,9 +93,14 @@ def part_local(target: Net, x: Tensor) -> None:
     on, t_on = timed(lambda: differential_bound(target, pruned, ball, centres=x, batch_size=25).value)
     found = gap_search(target, pruned, ball, torch.Generator().manual_seed(0), centres=x, n_restarts=4,
                        n_steps=80).value
+    cr, t_cr = timed(lambda: crown_merged(target, pruned, x, 0.5, "l2", None))
+    big = float(x.norm(dim=-1).max()) + 0.5
+    lw = float(certified_gap_bound(target, pruned, radius=big).value)
     print(f"\nℓ2 r = 0.5 around the first {x.shape[0]} test images, 50 % global magnitude (found: gap_search 4 × 80)")
     print("| bound | certified ÷ found (median / max) | s |")
     print("|---|---|---|")
+    print(f"| layerwise (ℓ2 ball around 0 of radius {big:.3g}, holding every local ball) | {med_max(lw / found)} | |")
+    print(f"| CROWN on the merged net | {med_max(cr / found)} | {t_cr:.2f} |")
     print(f"| differential, no signs | {med_max(off / found)} | {t_off:.2f} |")
     print(f"| differential | {med_max(on / found)} | {t_on:.2f} |")
     print(f"| with ÷ without, per ball (min / median / max) | {float((on / off).min()):.4g} / "
