@@ -156,3 +156,17 @@ def test_only_l2_balls_and_relu_family_first_layers() -> None:
     t2 = Net.from_weights(spec, [lay.weight for lay in target.layers], [lay.bias for lay in target.layers])
     p2 = Net.from_weights(spec, [lay.weight for lay in pruned.layers], [lay.bias for lay in pruned.layers])
     assert not signs.applies(_prepare(t2, p2), l2.reg)
+
+
+def test_blocks_of_rows_give_the_same_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The second layer's rows are bounded in blocks (of balls, and of rows within a ball) to bound memory; the
+    values do not depend on the block size (to rounding: a block gathers its own balls' live neurons)."""
+    target, pruned = _pair(5, (6, 12, 9, 3), True, 0.0, 0.5, torch.float32)
+    cs = torch.rand(5, 6, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    ball = BallSpec(radius=0.8)
+    whole = differential_bound(target, pruned, ball, centres=cs).value
+    monkeypatch.setattr(signs, "ROW_BLOCK", 40)  # 3 rows of 12 neurons per block, one ball at a time
+    blocks = differential_bound(target, pruned, ball, centres=cs).value
+    assert torch.allclose(whole, blocks, rtol=1e-12, atol=0)
+    monkeypatch.setattr(signs, "applies", lambda *_: False)
+    assert bool((whole < differential_bound(target, pruned, ball, centres=cs).value).any())

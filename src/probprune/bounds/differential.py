@@ -1142,7 +1142,18 @@ def _layer_bounds(pair: _Pair, k: int, relax: list[_Relax], reg: _Region,
             else None
         if rows is not None:
             lz, ld, onehot, order, valid = rows
-            alt = signs.first_layer_low(lz, ld, pair, relax[0], relax[0].zb, reg, rho, onehot)
+            bsz, r = order.shape
+            per_row = pair.w[0].shape[0]
+            rstep = max(1, min(r, signs.ROW_BLOCK // per_row))  # rows per block, then balls per block
+            bstep = max(1, signs.ROW_BLOCK // (rstep * per_row))
+            cz, cd, nr = onehot
+            alt = torch.empty(bsz, r, dtype=torch.float64, device=order.device)
+            for i in range(0, bsz, bstep):
+                rx, rg, rh = _take(relax, reg, rho, torch.arange(i, min(i + bstep, bsz), device=order.device))
+                for j in range(0, r, rstep):
+                    b_, r_ = slice(i, i + bstep), slice(j, j + rstep)
+                    alt[b_, r_] = signs.first_layer_low(lz[b_, r_], ld[b_, r_], pair, rx[0], rx[0].zb, rg, rh,
+                                                        (cz[b_, r_], cd[b_, r_], nr[b_, r_]))
             low = torch.maximum(low, _scatter_rows(alt, order, valid, n))
         return _intersect((l, u, dl, du, tl, tu), low)
     return _cross(l, u, dl, du, tl, tu)
