@@ -34,6 +34,7 @@ forward passes' rounding ρ (and the leaky product's τ) enter as ``|fl(h₀) �
 """
 from __future__ import annotations
 
+import math
 from typing import Any, cast
 
 import torch
@@ -208,7 +209,7 @@ def _upper(lam: Tensor, mu: Tensor, pair: Any, relax0: Any, bounds0: tuple[Tenso
     dmax = torch.maximum(dl.abs(), du.abs())
     # each coefficient is a product of at most three rounded factors: off by ≤ 4u of its magnitude
     s_coef = 4.0 * _U * (((th_z.abs() + p_z) * zmax).sum(-1) + ((th_d.abs() + p_d) * dmax).sum(-1))
-    at_c = (th_z * beta).sum(-1) + (p_z * beta.abs()).sum(-1) + (th_d * eps).sum(-1) + (p_d * eps.abs()).sum(-1)
+    at_c = (th_z * beta).sum(-1) + (th_d * eps).sum(-1)  # the |·| terms' centre values go with the ball's part
     at_c_abs = ((th_z.abs() + p_z) * beta.abs()).sum(-1) + ((th_d.abs() + p_d) * eps.abs()).sum(-1)
     e_c = ((th_z.abs() + p_z) * e_beta).sum(-1) + ((th_d.abs() + p_d) * e_eps).sum(-1)
     # the ball's part: r sqrt(θᵀKθ + 2Σ π|Kθ| + πᵀ|K|π), θ = (θ_z, θ_δ), π = (p_z, p_δ) against M = [W₀; −D₀]
@@ -220,9 +221,48 @@ def _upper(lam: Tensor, mu: Tensor, pair: Any, relax0: Any, bounds0: tuple[Tenso
     s_abs = (mag * (mag @ n_abs)).sum(-1)
     g = 2.0 * _g2(d + 4 * n0 + 4)
     s_up = (s_hat + g * s_abs).clamp_min(0.0) * (1.0 + 4.0 * _U) + _TINY
-    ball = float(reg.radius) * s_up.sqrt() * (1.0 + 6.0 * _U)
+    r = float(reg.radius)
+    pb = torch.cat([p_z * beta, p_d * eps], -1)  # π_b times the value of its |·| term at the centre
+    n_pb = pb.abs().sum(-1)
+    ball = (n_pb + r * s_up.sqrt() * (1.0 + 6.0 * _U)) * (1.0 + _g2(4 * n0))
+    ball = torch.minimum(ball, _coupled(pb, pi * kt, s_hat - 2.0 * (pi * kt.abs()).sum(-1), g * s_abs, r,
+                                        r * s_up.sqrt(), n0))
     # the forward rounding of the first layer: |fl(h₀) − h₀| ≤ ρ₀ + τ, |Δfl(h₀) − Δh₀| ≤ ρ₀ + ρ̃₀ + τ + τ̃
     s_fwd = (lam.abs() * tt).sum(-1) + (mu.abs() * (tt + tp)).sum(-1)
     err = (s_coef + e_c + s_fwd + _g2(2 * n0 + 2) * at_c_abs) * (1.0 + _g2(4 * n0 + 4)) + _TINY
     total = at_c + ball
     return total + err + 4.0 * _U * (at_c.abs() + ball) + _TINY
+
+
+_T_STEPS = 12  # bisection steps on log t over [t₀/100, 100 t₀]
+
+
+def _coupled(pb: Tensor, c: Tensor, a: Tensor, a_err: Tensor, r: float, scale: Tensor, n0: int) -> Tensor:
+    """The ball's part with the centre values kept in the signs: an upper bound ``[B, R]`` of
+    ``max_s Σ_b s_b pb_b + r‖g + Σ_b s_b π_b m_b‖``.
+
+    For any ``t > 0``, ``r‖v‖ ≤ 1/(2t) + (r²t/2)‖v‖²`` (AM-GM), and the quadratic form in ``(1, s)`` with the linear
+    terms on its first row is at most the sum of its entries' absolute values:
+    ``φ(t) = 1/(2t) + (r²t/2)(Ḡ₀₀ + Σ_bc|Ḡ_bc|) + Σ_b |r²t Ḡ_0b + pb_b|`` with ``Ḡ_0b = π_b(Kθ)_b`` (``c``), ``a``
+    the computed ``Ḡ₀₀ + Σ_bc|Ḡ_bc|`` and ``a_err`` ≥ the error of every computed Ḡ entry summed. Every ``t`` gives a
+    valid bound; φ is convex, so ``t`` is found by bisection on the sign of φ' (in log t, around ``1/scale``, the
+    optimum without the coupling), and φ is evaluated there with its rounding. At the same t it is never above
+    ``Σ|pb_b| + r sqrt(Σ|Ḡ|)`` (``|x + y| ≤ |x| + |y|``); the caller keeps the smaller anyway."""
+    t0 = 1.0 / scale.clamp_min(1e-150)
+    r2 = r * r
+    quad = 0.5 * r2 * (a.clamp_min(0.0) + a_err)
+    lo, hi = torch.full_like(a, math.log(0.01)), torch.full_like(a, math.log(100.0))
+    with torch.no_grad():
+        for _ in range(_T_STEPS):
+            mid = 0.5 * (lo + hi)
+            t = (t0 * mid.exp()).clamp(1e-150, 1e150)
+            slope = -0.5 / (t * t) + quad + (r2 * c * torch.sign(r2 * t.unsqueeze(-1) * c + pb)).sum(-1)
+            up = slope > 0  # φ increasing: the minimum is to the left
+            hi = torch.where(up, mid, hi)
+            lo = torch.where(up, lo, mid)
+    t = (t0 * (0.5 * (lo + hi)).exp()).clamp(1e-150, 1e150)
+    tc = r2 * t.unsqueeze(-1) * c
+    val = 0.5 / t + quad * t + (tc + pb).abs().sum(-1)
+    mag = 0.5 / t + quad * t + tc.abs().sum(-1) + pb.abs().sum(-1)
+    val = val + _g2(4 * n0 + 8) * mag
+    return torch.nan_to_num(val, nan=math.inf)
