@@ -12,7 +12,7 @@ Usage: ``.venv/bin/python benchmarks/bench_l2_signs.py [--parts global,local,sam
   seeds, ℓ2 r = 1 around 0: how often the differential bound is below the layerwise one, and differential ÷
   layerwise (min / max), without and with the sign relaxation.
 
-"Without" switches the relaxation off for the call (``signs.applies`` returns False); every other part of the
+"Without" switches the relaxation off for the call (``signs.usable`` returns False); every other part of the
 bound is the same code. Prints markdown tables.
 """
 
@@ -43,12 +43,12 @@ from probprune.sampling import sample_net
 
 @contextmanager
 def no_signs() -> Iterator[None]:
-    orig = signs.applies
-    signs.applies = lambda *_: False  # type: ignore[assignment]
+    orig = signs.usable
+    signs.usable = lambda *_: False  # type: ignore[assignment]
     try:
         yield
     finally:
-        signs.applies = orig  # type: ignore[assignment]
+        signs.usable = orig  # type: ignore[assignment]
 
 
 def timed(fn: Callable[[], Tensor]) -> tuple[Tensor, float]:

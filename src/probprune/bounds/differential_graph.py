@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import types
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -45,6 +46,7 @@ import torch
 from torch import Tensor
 from torch.nn import grad as nn_grad
 
+from probprune.bounds import signs
 from probprune.bounds.differential import (
     AgreementResult,
     DifferentialBound,
@@ -178,6 +180,7 @@ class _Prep:
     consumers: dict[str, list[Node]]
     adjacent: frozenset[str]
     order: dict[str, int]
+    cache: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def _root(g: Graph, name: str) -> str:
@@ -575,6 +578,7 @@ def _backsub(prep: _Prep, states: dict[str, _State], name: str, lz: Tensor, ld: 
     coefs: dict[str, tuple[Tensor, Tensor]] = {name: (lz, ld)}
     c = torch.zeros(lz.shape[:2], dtype=_F64)
     s = torch.zeros_like(c)
+    alt: Tensor | None = None  # the rows' lower value by the sign relaxation of the first layer
     for node in reversed(prep.target.nodes[:prep.order[name] + 1]):
         if node.name not in coefs:
             continue
@@ -595,6 +599,11 @@ def _backsub(prep: _Prep, states: dict[str, _State], name: str, lz: Tensor, ld: 
             sl, pushes = sl + s2, [(node.inputs[0], a, gg)]
         elif node.op == "act" and st.relax is not None:
             rx = st.relax if relax is None else relax.get(node.name, st.relax)
+            if not coefs and rx is st.relax and (first := _first_layer(prep, node, reg)) is not None:
+                # every row now sits on the first layer's outputs alone: the sign relaxation (ℓ2 balls)
+                low = signs.act_rows_low(cz, cd, first, st.relax, states[node.inputs[0]].b, reg,
+                                         cast("tuple[Tensor, Tensor]", states[node.inputs[0]].rho))
+                alt = _down(low + c, s + 4.0 * _U * (low.abs() + c.abs()) + _TINY)
             a, gg, cc, s2 = _relax_step(cz, cd, rx)
             sl, pushes = sl + s2, [(node.inputs[0], a, gg)]
         elif node.op == "act" and st.clamp is not None:
@@ -621,9 +630,33 @@ def _backsub(prep: _Prep, states: dict[str, _State], name: str, lz: Tensor, ld: 
             coefs[target_name] = (a, gg)
         c = c + cc
         s = (s + sl + 2.0 * _U * c.abs()) * (1.0 + 4.0 * _U) + _TINY
-    if "input" in coefs:
-        return _down(_min_linear(coefs["input"][0], c, reg), s)
-    return _down(c, s)
+    low = _down(_min_linear(coefs["input"][0], c, reg), s) if "input" in coefs else _down(c, s)
+    return low if alt is None else torch.maximum(low, alt)
+
+
+def _first_layer(prep: _Prep, act: Node, reg: _Region) -> Any:
+    """For a ReLU-family node fed by a fully connected node on the (flat) input, on an ℓ2 ball: that layer in the
+    form :func:`probprune.bounds.signs.act_rows_low` takes (cached per node); else None."""
+    if reg.norm != "l2":
+        return None
+    key = f"signs:{act.name}"
+    if key not in prep.cache:
+        lin = prep.lins.get(act.inputs[0])
+        alpha = _alpha(act.attrs["act"])
+        ok = lin is not None and lin.node.op == "linear" and act.inputs[0] in prep.adjacent \
+            and "weight" in lin.pt and alpha is not None
+        if ok and lin is not None:
+            w = lin.pt["weight"]
+            d = lin.pd["weight"] if lin.pd is not None else torch.zeros_like(w)
+            de = lin.pe["weight"] if lin.pe is not None else torch.zeros_like(w)
+            prep.cache[key] = types.SimpleNamespace(w=(w,), d=(d,), d_err=(de,), b=(lin.bt,), db=(lin.db,),
+                                                    db_err=(lin.dbe,), alpha=(alpha,), cache={})
+        else:
+            prep.cache[key] = None
+    first = prep.cache[key]
+    if first is None or not signs.usable(reg, first.alpha[0], first.w[0].shape[0]):
+        return None
+    return first
 
 
 def _split(node: Node, cz: Tensor, cd: Tensor, shapes: dict[str, tuple[int, ...]]) -> list[tuple[str, Tensor, Tensor]]:

@@ -77,11 +77,29 @@ ROW_BLOCK = 1 << 22
 """At most this many (ball × row × neuron) entries per block of rows (callers split larger sets)."""
 
 
+def usable(reg: Any, alpha: float | None, width: int) -> bool:
+    """An ℓ2 ball (no sub-domain cuts) and a ReLU-family first layer (slope ``alpha``) of at most
+    :data:`MAX_WIDTH` neurons."""
+    return reg.norm == "l2" and reg.cut is None and alpha is not None and isinstance(reg.radius, float) \
+        and width <= MAX_WIDTH
+
+
 def applies(pair: Any, reg: Any) -> bool:
-    """Whether :func:`first_layer_low` can be used: an ℓ2 ball (no sub-domain cuts), a ReLU-family first layer of
-    at most :data:`MAX_WIDTH` neurons."""
-    return reg.norm == "l2" and reg.cut is None and len(pair.w) > 1 and pair.alpha[0] is not None \
-        and isinstance(reg.radius, float) and pair.w[0].shape[0] <= MAX_WIDTH
+    """Whether :func:`first_layer_low` can be used on a chain pair (:func:`usable`, and a second layer)."""
+    return len(pair.w) > 1 and usable(reg, pair.alpha[0], pair.w[0].shape[0])
+
+
+def act_rows_low(lam: Tensor, mu: Tensor, pair: Any, relax0: Any, bounds0: tuple[Tensor, ...], reg: Any,
+                 rho0: tuple[Tensor, Tensor]) -> Tensor:
+    """Certified lower values ``[B, R]`` over the ℓ2 ball of ``λᵀ fl(h₀) + μᵀ (fl(h̃₀) − fl(h₀))`` for rows on the
+    first layer's outputs (``[B, R, n₀]`` each; the graph path). ``pair`` needs ``w[0]`` (W₀), ``d[0]``, ``d_err[0]``
+    (``fl(W₀ − W̃₀)`` and its exact remainder's magnitude), ``b[0]``, ``db[0]``, ``db_err[0]``, ``alpha[0]`` and a
+    ``cache`` dict; ``rho0`` the first layer's forward rounding bounds."""
+    kept = _kept(relax0)
+    if kept is not None:
+        ix = kept[0].unsqueeze(1).expand(-1, lam.shape[1], -1)
+        lam, mu = lam.gather(2, ix) * kept[1].unsqueeze(1), mu.gather(2, ix) * kept[1].unsqueeze(1)
+    return -_upper(-lam, -mu, pair, relax0, bounds0, reg, rho0, kept)
 
 
 def _kept(relax0: Any) -> tuple[Tensor, Tensor] | None:
