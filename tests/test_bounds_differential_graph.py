@@ -186,6 +186,44 @@ def test_random_dags_bound_every_found_gap(seed: int, acts: tuple[str, str], res
     check_covers_every_found_gap(target, pruned, ball, centres, g)
 
 
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 10_000), act=st.sampled_from(["relu", "leaky_relu"]), residual=st.booleans(),
+       flat=st.booleans(), radius=st.sampled_from([0.05, 0.5, 2.0]), box=st.booleans(), at_zero=st.booleans())
+def test_fully_connected_first_layers_on_l2_balls_with_the_sign_relaxation(
+        seed: int, act: str, residual: bool, flat: bool, radius: float, box: bool, at_zero: bool) -> None:
+    """[reshape →] linear → σ → linear → σ [+ the first σ's output] → linear on ℓ2 balls: the sign relaxation of the
+    first layer acts (rows of the second and third layer reach the first σ alone) and every found gap is covered."""
+    g = torch.Generator().manual_seed(seed)
+
+    def t(*shape: int, scale: float = 1.0) -> Tensor:
+        return torch.randn(*shape, generator=g, dtype=torch.float64) * scale
+
+    nodes = [Node("flat", "reshape", ("input",), {"shape": (6,)})] if flat else []
+    first_in = "flat" if flat else "input"
+    nodes += [Node("fc0", "linear", (first_in,), params={"weight": t(10, 6, scale=0.5), "bias": t(10, scale=0.2)}),
+              Node("a0", "act", ("fc0",), {"act": _act(act)}),
+              Node("fc1", "linear", ("a0",), params={"weight": t(10, 10, scale=0.4), "bias": t(10, scale=0.2)}),
+              Node("a1", "act", ("fc1",), {"act": _act(act)})]
+    last = "a1"
+    if residual:
+        nodes.append(Node("sum", "add", ("a1", "a0")))
+        last = "sum"
+    nodes.append(Node("out", "linear", (last,), params={"weight": t(3, 10, scale=0.4), "bias": t(3)}))
+    target = Graph(nodes, (2, 3) if flat else (6,))
+    params = target.parameters()
+    pruned = target.with_parameters({k: params[k] * (torch.rand(params[k].shape, generator=g) < 0.5)
+                                     for k in target.prunable()})
+    centres = torch.zeros(2, 6, dtype=torch.float64) if at_zero else torch.rand(2, 6, generator=g,
+                                                                                    dtype=torch.float64) * 0.8
+    ball = BallSpec(radius=radius, box=(-1.0, 1.0) if box else None)
+    calls = []
+    orig = signs.act_rows_low
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(signs, "act_rows_low", lambda *a: calls.append(1) or orig(*a))
+        check_covers_every_found_gap(target, pruned, ball, centres, g)
+    assert calls
+
+
 def check_covers_every_found_gap(target: Graph, pruned: Graph, ball: BallSpec, centres: Tensor,
                                  g: torch.Generator, **options: Any) -> None:
     """The bound ≥ the gap search's value at every ball, ≥ the gap at 200 sampled points of each ball, and the
