@@ -26,7 +26,10 @@ input, where it is minimised exactly over the ball (:func:`probprune.bounds.diff
 Intervals come first from one cheap interval step per node; the inputs of activations and max pools and the
 output are then refined by back-substitution of the rows where the cheap intervals leave the relaxation
 inexact (ReLU: the unstable neurons), each ball with its own rows. A linear node reading the input directly is
-bounded exactly over the box (``c ± |L| r``) and, for ℓ2, by ``L c ± r‖L_i‖₂``.
+bounded exactly over the box (``c ± |L| r``) and, for ℓ2, by ``L c ± r‖L_i‖₂``. On ℓ2 balls, where every row of a
+back-substitution has reached a ReLU-family node fed by a fully connected node on the input, the rows are also
+bounded by the sign relaxation of that layer (:mod:`probprune.bounds.signs`, ``docs/certified.md`` §6.2) and keep
+the larger value.
 
 Floating point: the bound covers the exact-arithmetic gap and the two graphs **evaluated in float64** (float32
 parameters cast exactly; IEEE round-to-nearest, any summation order, no TF32/FFT/Winograd convolution;
