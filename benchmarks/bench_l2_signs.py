@@ -8,6 +8,8 @@ Usage: ``.venv/bin/python benchmarks/bench_l2_signs.py [--parts global,local,sam
   (``gap_search``, 32 restarts × 300 steps started at the first 100 test images, as ``bench_differential.py``).
 * ``local``: the same net at 50 %, ℓ2 r = 0.5 around the first N test images (no box): certified ÷ found,
   median / max, without and with the sign relaxation, seconds of each.
+* ``lenet`` (with ``--lenet CHECKPOINT``): a LeNet-300-100 trained by ``probprune experiment``, 50 / 90 %, ℓ2 0.3 and
+  1.0 around the first 100 test images, without and with the relaxation.
 * ``sampled``: the paper's nets (``LawSpec()`` uniform, bias-free ReLU), global magnitude 10 / 50 / 90 %, three
   seeds, ℓ2 r = 1 around 0: how often the differential bound is below the layerwise one, and differential ÷
   layerwise (min / max), without and with the sign relaxation.
@@ -107,6 +109,36 @@ def part_local(target: Net, x: Tensor) -> None:
           f"{statistics.median((on / off).tolist()):.4g} / {float((on / off).max()):.4g} | |", flush=True)
 
 
+def part_lenet(checkpoint: str) -> None:
+    """A LeNet-300-100 checkpoint of ``probprune experiment``: ℓ2 0.3 and 1.0 around the first 100 test images."""
+    from probprune.bounds.differential import certified_agreement
+    from probprune.data import inputs_for, lenet_spec
+    from probprune.nets import from_state_dict
+    from probprune.store import load_tensors
+
+    spec = lenet_spec("lenet-300-100")
+    target = from_state_dict(spec, load_tensors(checkpoint)[0])
+    ds = load_dataset("mnist")
+    x = inputs_for(ds.test_images[:100], spec, torch.float64).reshape(100, -1)
+    print(f"\nLeNet-300-100 ({checkpoint}), ℓ2 balls around the first 100 test images (found: gap_search 4 × 80)")
+    print("| prune | ball | no signs (median / max) | with signs (median / max) | "
+          "certified agreement (no signs → with) | s (no signs / with) |")
+    print("|---|---|---|---|---|---|")
+    for frac in (0.5, 0.9):
+        pruned = cast(Net, prune(target, PruneSpec(prune_fraction=frac, scope="global")).model)
+        for r in (0.3, 1.0):
+            ball = BallSpec(radius=r)
+            found = gap_search(target, pruned, ball, torch.Generator().manual_seed(0), centres=x, n_restarts=4,
+                               n_steps=80).value
+            with no_signs():
+                off, t_off = timed(lambda p=pruned, b=ball: differential_bound(target, p, b, centres=x).value)
+                a_off = certified_agreement(target, pruned, ball, centres=x, attack=False).certified_rate
+            on, t_on = timed(lambda p=pruned, b=ball: differential_bound(target, p, b, centres=x).value)
+            a_on = certified_agreement(target, pruned, ball, centres=x, attack=False).certified_rate
+            print(f"| {frac:.0%} | l2 {r} | {med_max(off / found)} | {med_max(on / found)} | {a_off:.0%} → {a_on:.0%} "
+                  f"| {t_off:.1f} / {t_on:.1f} |", flush=True)
+
+
 def part_sampled() -> None:
     print("\nPaper's sampled nets, ℓ2 r = 1 around 0, bias-free ReLU, LawSpec() uniform, global magnitude, seeds 0-2:"
           " balls where differential < layerwise, and differential ÷ layerwise (min / max)")
@@ -146,6 +178,7 @@ def main() -> None:
     ap.add_argument("--parts", default="global,local,sampled")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--n-images", type=int, default=100)
+    ap.add_argument("--lenet", default="", help="part 'lenet': a LeNet-300-100 checkpoint of probprune experiment")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     parts = set(args.parts.split(","))
@@ -161,6 +194,8 @@ def main() -> None:
             part_local(target, x)
     if "sampled" in parts:
         part_sampled()
+    if "lenet" in parts:
+        part_lenet(args.lenet)
 
 
 if __name__ == "__main__":
