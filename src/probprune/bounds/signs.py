@@ -23,6 +23,9 @@ So a row is at most ``C + θᵀ(z, δ) + πᵀ(|z|, |δ|)`` with ``π ≥ 0``. O
 ``t``, ``tᵀḠt ≤ Σ_ab |Ḡ_ab|``. With ``K = MMᵀ`` (computed once per pair of nets), ``Σ|Ḡ| = θᵀKθ +
 2Σ_b π_b|(Kθ)_b| + πᵀ|K|π``: a few products per row, no per-ball Gram matrix.
 
+The split ``|β_j + r w_jᵀy| ≤ |β_j| + r|w_jᵀy|`` is also improved on by keeping the centre values inside the signs
+(AM-GM in a parameter t, :func:`_coupled`); the smaller value is kept.
+
 A linear relaxation charges ``Σ_j π_j r‖m_j‖`` for the same terms; this charges the square root of
 ``Σ_ab π_a π_b |m_aᵀm_b|`` — the same when the rows are parallel, ``√n`` times less when they are orthogonal (as
 the removed weights of a pruned layer nearly are). The caller keeps the larger of this lower value and the
