@@ -255,7 +255,7 @@ def _upper(lam: Tensor, mu: Tensor, pair: Any, relax0: Any, bounds0: tuple[Tenso
     return total + err + 4.0 * _U * (at_c.abs() + ball) + _TINY
 
 
-_T_STEPS = 12  # bisection steps on log t over [t₀/100, 100 t₀]
+_T_STEPS = 8  # bisection steps on log t over [t₀/100, 100 t₀]
 
 
 def _coupled(pb: Tensor, c: Tensor, a: Tensor, a_err: Tensor, r: float, scale: Tensor, n0: int) -> Tensor:
