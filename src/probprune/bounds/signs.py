@@ -247,7 +247,7 @@ def _upper(lam: Tensor, mu: Tensor, pair: Any, relax0: Any, bounds0: tuple[Tenso
     n_pb = pb.abs().sum(-1)
     ball = (n_pb + r * s_up.sqrt() * (1.0 + 6.0 * _U)) * (1.0 + _g2(4 * n0))
     ball = torch.minimum(ball, _coupled(pb, pi * kt, s_hat - 2.0 * (pi * kt.abs()).sum(-1), g * s_abs, r,
-                                        r * s_up.sqrt(), n0))
+                                        r * s_hat.clamp_min(0.0).sqrt(), n0))
     # the forward rounding of the first layer: |fl(h₀) − h₀| ≤ ρ₀ + τ, |Δfl(h₀) − Δh₀| ≤ ρ₀ + ρ̃₀ + τ + τ̃
     s_fwd = (lam.abs() * tt).sum(-1) + (mu.abs() * (tt + tp)).sum(-1)
     err = (s_coef + e_c + s_fwd + _g2(2 * n0 + 2) * at_c_abs) * (1.0 + _g2(4 * n0 + 4)) + _TINY
@@ -268,16 +268,19 @@ def _coupled(pb: Tensor, c: Tensor, a: Tensor, a_err: Tensor, r: float, scale: T
     the computed ``Ḡ₀₀ + Σ_bc|Ḡ_bc|`` and ``a_err`` ≥ the error of every computed Ḡ entry summed. Every ``t`` gives a
     valid bound; φ is convex, so ``t`` is found by bisection on the sign of φ' (in log t, around ``1/scale``, the
     optimum without the coupling), and φ is evaluated there with its rounding. At the same t it is never above
-    ``Σ|pb_b| + r sqrt(Σ|Ḡ|)`` (``|x + y| ≤ |x| + |y|``); the caller keeps the smaller anyway."""
+    ``Σ|pb_b| + r sqrt(Σ|Ḡ|)`` (``|x + y| ≤ |x| + |y|``); the caller keeps the smaller anyway. The choice of t uses
+    the computed values alone (``scale``, ``a``; not the rounding bounds, which depend on the layer widths), so that
+    exact rewritings of a net (dropping dead neurons) choose the same t."""
     t0 = 1.0 / scale.clamp_min(1e-150)
     r2 = r * r
     quad = 0.5 * r2 * (a.clamp_min(0.0) + a_err)
+    quad_c = 0.5 * r2 * a.clamp_min(0.0)
     lo, hi = torch.full_like(a, math.log(0.01)), torch.full_like(a, math.log(100.0))
     with torch.no_grad():
         for _ in range(_T_STEPS):
             mid = 0.5 * (lo + hi)
             t = (t0 * mid.exp()).clamp(1e-150, 1e150)
-            slope = -0.5 / (t * t) + quad + (r2 * c * torch.sign(r2 * t.unsqueeze(-1) * c + pb)).sum(-1)
+            slope = -0.5 / (t * t) + quad_c + (r2 * c * torch.sign(r2 * t.unsqueeze(-1) * c + pb)).sum(-1)
             up = slope > 0  # φ increasing: the minimum is to the left
             hi = torch.where(up, mid, hi)
             lo = torch.where(up, lo, mid)
