@@ -115,7 +115,7 @@ from torch import Tensor
 from probprune.bounds import signs
 from probprune.bounds.certified import _TINY as _ETA  # smallest subnormal per dtype
 from probprune.bounds.certified import _UNIT, _check_forward_dtype, _unit
-from probprune.bounds.norms import _gamma
+from probprune.bounds.norms import _down, _g2, _gamma
 from probprune.config import BallSpec, ProbPruneError
 from probprune.nets import Net, check_pair
 from probprune.search import Budget, Region, maximise
@@ -132,11 +132,6 @@ __all__ = [
 _U = 2.0 ** -53
 _TINY = 2.0 ** -960
 Verdict = Literal["certified", "not certified", "refuted"]
-
-
-def _g2(n: int) -> float:
-    """``2γ_{n+2}``: a rounding factor that also covers the rounding of the error bound itself."""
-    return 2.0 * _gamma(n + 2, _U)
 
 
 # ---------------------------------------------------------------------------------------- results
@@ -334,12 +329,6 @@ def _halfwidths(ball: BallSpec, halfwidth: Tensor, c: Tensor) -> Tensor:
     if not bool((torch.isfinite(h) & (h >= 0)).all()):
         raise ProbPruneError("halfwidth: must be finite and >= 0")
     return h
-
-
-def _down(v: Tensor, err: Tensor | float) -> Tensor:
-    """A value ≤ ``v − err`` in exact arithmetic (covers the subtraction's rounding and underflow)."""
-    out = v - err
-    return out - (out.abs() * (2.0 * _U) + _TINY)
 
 
 def _rowdot(mat: Tensor, v: Tensor) -> Tensor:

@@ -113,6 +113,20 @@ def _gamma(n: int, u: float) -> float:
     return n * u / (1.0 - n * u)
 
 
+_ABS_TINY = 2.0 ** -960  # an absolute slack per rounded float64 step of the local bounds (covers underflow)
+
+
+def _g2(n: int) -> float:
+    """``2γ_{n+2}`` in float64: a rounding factor that also covers the rounding of the error bound itself."""
+    return 2.0 * _gamma(n + 2, _U64)
+
+
+def _down(v: Tensor, err: Tensor | float) -> Tensor:
+    """A value ≤ ``v − err`` in exact arithmetic, float64 (covers the subtraction's rounding and underflow)."""
+    out = v - err
+    return out - (out.abs() * (2.0 * _U64) + _ABS_TINY)
+
+
 def _pow2(exps: list[int], device: torch.device) -> tuple[Tensor, Tensor]:
     """``2^e`` for each exponent, as two float64 factors ``2^a·2^b`` (each within float64's range)."""
     a = [e // 2 for e in exps]

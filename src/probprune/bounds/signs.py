@@ -43,22 +43,13 @@ from typing import Any, cast
 import torch
 from torch import Tensor
 
-from probprune.bounds.norms import _gamma
+from probprune.bounds.norms import _down, _g2
 
 # ``pair``, ``reg``, ``relax0`` below are probprune.bounds.differential's _Pair, _Region and _Relax (that module
 # imports this one, so they are typed Any here)
 
 _U = 2.0 ** -53
 _TINY = 2.0 ** -960
-
-
-def _g2(n: int) -> float:
-    return 2.0 * _gamma(n + 2, _U)
-
-
-def _down(v: Tensor, err: Tensor | float) -> Tensor:
-    out = v - err
-    return out - (out.abs() * (2.0 * _U) + _TINY)
 
 
 def _gram(pair: Any) -> tuple[Tensor, Tensor, Tensor]:
@@ -131,11 +122,24 @@ def first_layer_low(lz: Tensor, ld: Tensor, pair: Any, relax0: Any, bounds0: tup
     """
     w1, wt1, d1, de1 = pair.w[1], pair.wt[1], pair.d[1], pair.d_err[1]
     n1, n0 = w1.shape
-    kept = _kept(relax0)
     rt1, rp1 = rho[1]
     hm = relax0.hmax_c.unsqueeze(1)
     dhm = relax0.dhmax_c.unsqueeze(1)
-    if onehot is not None:
+    if onehot is None:
+        g1 = _g2(2 * n1 + 2)
+        # the rows in the first layer's outputs: λᵀ fl(h₀) + μᵀ (fl(h̃₀) − fl(h₀)) + const
+        lam = lz @ w1 - ld @ d1
+        mu = ld @ wt1
+        lza, lda = lz.abs(), ld.abs()
+        s_coef = ((g1 * (lza @ w1.abs() + lda @ d1.abs()) + lda @ de1) * hm).sum(-1) \
+            + (g1 * (lda @ wt1.abs()) * dhm).sum(-1)
+        const = lz @ pair.b[1] + ld @ pair.db[1]
+        const_err = g1 * (lza @ pair.b[1].abs() + lda @ pair.db[1].abs()) + lda @ pair.db_err[1]
+        s_rho1 = ((lz - ld).abs() * rt1.unsqueeze(1)).sum(-1) * (1.0 + 2.0 * _U) \
+            + (lda * rp1.unsqueeze(1)).sum(-1)
+        low = act_rows_low(lam, mu, pair, relax0, bounds0, reg, rho[0])
+    else:
+        kept = _kept(relax0)
         cz, cd, neuron = onehot
         # row kinds: z (cd = 0): λ = W₁ᵢ, μ = 0; δ (cz = 0): λ = −(D₁ᵢ + D₁ᵢ,err), μ = W̃₁ᵢ;
         # z̃ (cz = cd): λ = W₁ᵢ − D₁ᵢ − D₁ᵢ,err = W̃₁ᵢ and μ = W̃₁ᵢ exactly, constant b₁ᵢ + (b̃₁ᵢ − b₁ᵢ) = b̃₁ᵢ
@@ -148,40 +152,19 @@ def first_layer_low(lz: Tensor, ld: Tensor, pair: Any, relax0: Any, bounds0: tup
         wt_rows = rows(wt1)
         lam = torch.where(is_z, rows(w1), torch.where(is_d, -rows(d1), wt_rows)) * sign
         mu = torch.where(is_z, torch.zeros_like(wt_rows), wt_rows) * sign
-        err_lam = torch.where(is_d, rows(de1), torch.zeros_like(wt_rows))
-        if kept is not None:
-            ix = kept[0].unsqueeze(1)
-            hm, dhm = hm.gather(2, ix), dhm.gather(2, ix)
-        err_mu = torch.zeros(())
+        if kept is not None:  # padding entries (beyond a ball's live neurons) are zero rows
+            lam, mu = lam * kept[1].unsqueeze(1), mu * kept[1].unsqueeze(1)
+            hm = hm.gather(2, kept[0].unsqueeze(1))
+        s_coef = (torch.where(is_d, rows(de1), torch.zeros_like(wt_rows)) * hm).sum(-1)  # μ is exact
         b_rows = torch.where(cd == 0, pair.b[1][neuron], torch.where(cz == 0, pair.db[1][neuron], pair.bt[1][neuron]))
         const = b_rows * sign.squeeze(-1)
         const_err = torch.where((cz == 0) & (cd != 0), pair.db_err[1][neuron], torch.zeros_like(b_rows))
         balls = torch.arange(cz.shape[0], device=cz.device).unsqueeze(1)
         s_rho1 = (cz - cd).abs() * rt1[balls, neuron] * (1.0 + 2.0 * _U) + cd.abs() * rp1[balls, neuron]
-    else:
-        g1 = _g2(2 * n1 + 2)
-        # the rows in the first layer's outputs: λᵀ fl(h₀) + μᵀ (fl(h̃₀) − fl(h₀)) + const
-        lam = lz @ w1 - ld @ d1
-        mu = ld @ wt1
-        lza, lda = lz.abs(), ld.abs()
-        err_lam = g1 * (lza @ w1.abs() + lda @ d1.abs()) + lda @ de1
-        err_mu = g1 * (lda @ wt1.abs())
-        if kept is not None:
-            ix = kept[0].unsqueeze(1).expand(-1, lam.shape[1], -1)
-            lam, mu, err_lam, err_mu = (t.gather(2, ix) for t in (lam, mu, err_lam, err_mu))
-            hm, dhm = hm.gather(2, ix[:, :1]), dhm.gather(2, ix[:, :1])
-        b1, db1 = pair.b[1], pair.db[1]
-        const = lz @ b1 + ld @ db1
-        const_err = g1 * (lza @ b1.abs() + lda @ db1.abs()) + lda @ pair.db_err[1]
-        s_rho1 = ((lz - ld).abs() * rt1.unsqueeze(1)).sum(-1) * (1.0 + 2.0 * _U) \
-            + (lda * rp1.unsqueeze(1)).sum(-1)
-    if kept is not None:  # padding entries (beyond a ball's live neurons) are zero rows
-        lam, mu = lam * kept[1].unsqueeze(1), mu * kept[1].unsqueeze(1)
-    s_coef = (err_lam * hm).sum(-1) + (err_mu * dhm).sum(-1)
+        low = -_upper(-lam, -mu, pair, relax0, bounds0, reg, rho[0], kept)
     slack = (s_rho1 + s_coef + const_err) * (1.0 + _g2(n0 + n1 + 2)) + _TINY
-    up = _upper(-lam, -mu, pair, relax0, bounds0, reg, rho[0], kept)
-    v = const - up
-    err = slack + 4.0 * _U * (const.abs() + up.abs()) + _TINY
+    v = const + low
+    err = slack + 4.0 * _U * (const.abs() + low.abs()) + _TINY
     return _down(v, err)
 
 
