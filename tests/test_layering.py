@@ -41,6 +41,8 @@ def _imports(path: Path, package: tuple[str, ...] = ("probprune",)) -> set[str]:
     for node in ast.walk(ast.parse(path.read_text())):
         names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
             [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else []
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and tuple((node.module or "").split(".")) == package:
+            names = [f"{node.module}.{a.name}" for a in node.names]  # ``from package import module``
         for n in names:
             parts = n.split(".")
             if tuple(parts[:n_pkg]) == package and len(parts) > n_pkg:
@@ -102,7 +104,7 @@ BOUNDS = {
     "probabilistic": {"entries", "concentration", "theorems"},
     "paper": {"entries", "concentration", "theorems", "probabilistic"},
     "graph": {"norms"},  # issue 15's graph bound (branch h-graph)
-    "differential_graph": {"norms", "differential", "graph"},  # issue 16: the differential bound on graphs
+    "differential_graph": {"norms", "differential", "graph", "signs"},  # issue 16: the differential bound on graphs
     "differential_split": {"differential"},  # issue 16: branch and bound on the differential bound
 }
 BOUNDS_FILES = sorted(p for p in (SRC / "bounds").glob("*.py") if p.name != "__init__.py")
