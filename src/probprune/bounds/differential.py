@@ -1127,25 +1127,33 @@ def _layer_bounds(pair: _Pair, k: int, relax: list[_Relax], reg: _Region,
         need = _needed_rows((l, u, dl, du, tl, tu), k == len(pair.w) - 1, pair.alpha[k] if k < len(pair.alpha)
                             else None)
         low = _refine(need, k, pair, relax, reg, rho)
-        rows = _one_hot_rows(need, dense=False) if k == 1 and signs.applies(pair, reg) and _plain(relax[0]) \
-            else None
-        if rows is not None:
-            lz, ld, onehot, order, valid = rows
-            bsz, r = order.shape
-            per_row = pair.w[0].shape[0]
-            rstep = max(1, min(r, signs.ROW_BLOCK // per_row))  # rows per block, then balls per block
-            bstep = max(1, signs.ROW_BLOCK // (rstep * per_row))
-            cz, cd, nr = onehot
-            alt = torch.empty(bsz, r, dtype=torch.float64, device=order.device)
-            for i in range(0, bsz, bstep):
-                rx, rg, rh = _take(relax, reg, rho, torch.arange(i, min(i + bstep, bsz), device=order.device))
-                for j in range(0, r, rstep):
-                    b_, r_ = slice(i, i + bstep), slice(j, j + rstep)
-                    alt[b_, r_] = signs.first_layer_low(lz[b_, r_], ld[b_, r_], pair, rx[0], rx[0].zb, rg, rh,
-                                                        (cz[b_, r_], cd[b_, r_], nr[b_, r_]))
-            low = torch.maximum(low, _scatter_rows(alt, order, valid, n))
+        if k == 1 and signs.applies(pair, reg) and _plain(relax[0]):
+            low = torch.maximum(low, _signed_layer_rows(need, pair, relax, reg, rho))
         return _intersect((l, u, dl, du, tl, tu), low)
     return _cross(l, u, dl, du, tl, tu)
+
+
+def _signed_layer_rows(need: Tensor, pair: _Pair, relax: list[_Relax], reg: _Region,
+                       rho: list[tuple[Tensor, Tensor]]) -> Tensor:
+    """The second layer's rows ``need`` (``[B, 6, n₁]``) by the sign relaxation of the first layer → ``[B, 6, n₁]``
+    (−inf where not needed), in blocks of at most ``signs.ROW_BLOCK`` (ball × row × neuron) entries."""
+    n = need.shape[-1]
+    rows = _one_hot_rows(need, dense=False)
+    if rows is None:
+        return torch.full(need.shape, -math.inf, dtype=torch.float64, device=need.device)
+    lz, ld, (cz, cd, nr), order, valid = rows
+    bsz, r = order.shape
+    width = pair.w[0].shape[0]
+    rstep = max(1, min(r, signs.ROW_BLOCK // width))  # rows per block, then balls per block
+    bstep = max(1, signs.ROW_BLOCK // (rstep * width))
+    alt = torch.empty(bsz, r, dtype=torch.float64, device=order.device)
+    for i in range(0, bsz, bstep):
+        rx, rg, rh = _take(relax, reg, rho, torch.arange(i, min(i + bstep, bsz), device=order.device))
+        for j in range(0, r, rstep):
+            b_, r_ = slice(i, i + bstep), slice(j, j + rstep)
+            alt[b_, r_] = signs.first_layer_low(lz[b_, r_], ld[b_, r_], pair, rx[0], rx[0].zb, rg, rh,
+                                                (cz[b_, r_], cd[b_, r_], nr[b_, r_]))
+    return _scatter_rows(alt, order, valid, n)
 
 
 def _intersect(bounds: tuple[Tensor, ...], low: Tensor) -> tuple[Tensor, ...]:
